@@ -1,0 +1,72 @@
+# hpnlab — the README's two commands are `make lab-up` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+HPNLAB := $(VENV)/bin/hpnlab
+LAB ?= lab.yml
+PROVIDER ?=
+H ?= h1
+NET ?= data
+HPNLAB_ARGS := --lab $(LAB) $(if $(PROVIDER),--provider $(PROVIDER))
+
+# Debian packages the netns provider and the labs need on the machine.
+APT_PACKAGES := iproute2 nftables ethtool tcpdump tshark iperf3 procps psmisc \
+                gcc make libc6-dev liburing-dev python3-venv python3-dev
+SETUP_STAMP := $(VENV)/.setup-done
+
+.PHONY: setup lab-up lab-down lab-status lab-shell lab-capture lab-graph lab-cleanup \
+        test test-unit test-integration bench-substrate clean
+
+setup: $(SETUP_STAMP)
+
+$(SETUP_STAMP): pyproject.toml Makefile
+	@echo "==> apt packages: $(APT_PACKAGES)"
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@echo "==> python venv $(VENV)"
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	@$(VENV)/bin/pip install -q --upgrade pip
+	@$(VENV)/bin/pip install -q -e '.[dev]'
+	@touch $@
+
+lab-up: setup
+	$(HPNLAB) $(HPNLAB_ARGS) up
+
+lab-down: setup
+	$(HPNLAB) $(HPNLAB_ARGS) down
+
+lab-status: setup
+	$(HPNLAB) $(HPNLAB_ARGS) status
+
+lab-shell: setup
+	$(HPNLAB) $(HPNLAB_ARGS) shell $(H)
+
+lab-capture: setup
+	$(HPNLAB) $(HPNLAB_ARGS) capture $(NET) -w results/capture-$(NET).pcap
+
+lab-graph: setup
+	$(HPNLAB) $(HPNLAB_ARGS) graph -o results/topology.png
+
+lab-cleanup: setup
+	$(HPNLAB) cleanup
+
+test: setup
+	$(VENV)/bin/pytest -q -m 'not vm or vm'
+
+test-unit: setup
+	$(VENV)/bin/pytest -q tests/unit tests/topology
+
+test-integration: setup
+	$(VENV)/bin/pytest -q -m integration
+
+bench-substrate: setup
+	$(VENV)/bin/python -m hpnlab.bench.substrate
+
+# Each area (vm, provisioning, benchmarks, labs) keeps its targets in mk/<area>.mk.
+-include mk/*.mk
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info

@@ -1,0 +1,1 @@
+"""hpnlab: a lab environment for high-performance Linux network programming."""

@@ -1,0 +1,53 @@
+"""`hpnlab` — one module per subcommand in this package.
+
+A subcommand module defines HELP (one line), add_arguments(parser) and
+run(args) -> int. Modules are found by name, so adding a subcommand is adding
+a file. `exec_` is `exec` (trailing underscores are dropped).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from ..providers import ProviderError
+from ..state import LabBusy
+from ..topology import PROVIDERS, TopologyError
+
+
+def _subcommands():
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        if not info.name.startswith("_"):
+            yield info.name.rstrip("_").replace("_", "-"), importlib.import_module(f"{__name__}.{info.name}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hpnlab", description="A lab for high-performance Linux network programming.")
+    parser.add_argument("--lab", default="lab.yml", metavar="FILE", help="topology file (default: lab.yml)")
+    parser.add_argument("--provider", choices=PROVIDERS, help="override the provider named in the lab file")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module in _subcommands():
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(func=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except TopologyError as exc:
+        print(f"hpnlab: invalid lab file:\n{exc}", file=sys.stderr)
+        return 2
+    except (ProviderError, LabBusy) as exc:
+        print(f"hpnlab: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("hpnlab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

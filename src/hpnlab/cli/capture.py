@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ._common import console, provider_from
+
+HELP = "tcpdump on a network (its bridge/link) or on HOST:NIC; -w writes a pcap"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("target", help="a network name (e.g. data) or HOST:NIC (e.g. h1:eth1 or h1:data)")
+    parser.add_argument("-w", "--write", metavar="FILE.pcap", help="write packets to a pcap file")
+    parser.add_argument("-c", "--count", type=int, help="stop after this many packets")
+    parser.add_argument("filter", nargs="*", help="a tcpdump filter expression, e.g. tcp port 80")
+
+
+def run(args) -> int:
+    extra = []
+    if args.write:
+        Path(args.write).parent.mkdir(parents=True, exist_ok=True)
+        extra += ["-U", "-w", str(Path(args.write).resolve())]
+    if args.count:
+        extra += ["-c", str(args.count)]
+    argv = provider_from(args).capture_argv(args.target, extra + args.filter)
+    console.print(f"[dim]{' '.join(argv)}[/dim]")
+    os.execvp(argv[0], argv)

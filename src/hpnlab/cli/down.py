@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+import time
+
+from ._common import console, progress, provider_from
+
+HELP = "remove everything the lab made (hosts, links, processes, state)"
+
+
+def add_arguments(parser) -> None:
+    pass
+
+
+def run(args) -> int:
+    provider = provider_from(args)
+    started = time.monotonic()
+    with progress(f"lab {provider.lab.name} down") as step:
+        provider.down(step)
+    console.print(f"[green]lab {provider.lab.name} is down[/green] in {time.monotonic() - started:.2f}s")
+    return 0

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+from ._common import provider_from
+
+HELP = "hosts, NICs, addresses, sysctls and impairments of the lab"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the status as JSON")
+
+
+def run(args) -> int:
+    provider = provider_from(args)
+    if args.json:
+        print(json.dumps(provider.status(), indent=2))
+        return 0
+    return 0 if show(provider) else 3
+
+
+def show(provider) -> bool:
+    st = provider.status()
+    out = Console()
+    state = "[green]up[/green]" if st["up"] else "[yellow]down[/yellow]"
+    out.print(f"lab [bold]{st['lab']}[/bold] — provider {st['provider']} — {state}")
+    hosts = Table(title="hosts", title_justify="left")
+    for col in ("host", "role", "where", "NIC", "network", "address", "MAC", "MTU", "state"):
+        hosts.add_column(col)
+    for h in st["hosts"]:
+        for i, nic in enumerate(h["nics"] or [{}]):
+            first = i == 0
+            live = ",".join(nic.get("addrs", [])) if "addrs" in nic else ""
+            addr = nic.get("address", "")
+            if live and live != addr:
+                addr = f"{addr} [red](live: {live})[/red]"
+            hosts.add_row(h["name"] if first else "", h["role"] if first else "", h["where"] if first else "",
+                          nic.get("ifname", "-"), nic.get("network", "-"), addr, nic.get("mac", ""),
+                          str(nic.get("mtu", "")), nic.get("state", "-"))
+    out.print(hosts)
+    sysctl = Table(title="sysctls (read back from each host)", title_justify="left")
+    sysctl.add_column("host")
+    sysctl.add_column("key")
+    sysctl.add_column("value")
+    for h in st["hosts"]:
+        for i, (k, v) in enumerate(h["sysctls"].items()):
+            sysctl.add_row(h["name"] if i == 0 else "", k, v)
+    out.print(sysctl)
+    nets = Table(title="networks", title_justify="left")
+    for col in ("network", "kind", "subnet", "MTU", "members", "impairment", "mechanism"):
+        nets.add_column(col)
+    for n in st["networks"]:
+        nets.add_row(n["name"], n["kind"], n["subnet"], str(n["mtu"]), " ".join(n["members"]),
+                     n["impair"], n["mechanism"])
+    out.print(nets)
+    if st.get("processes"):
+        procs = Table(title="processes started by labs", title_justify="left")
+        for col in ("host", "name", "pid", "command"):
+            procs.add_column(col)
+        for p in st["processes"]:
+            procs.add_row(p["host"], p["name"], str(p["pid"]), p["cmd"][:80])
+        out.print(procs)
+    return st["up"]

@@ -1,0 +1,75 @@
+"""`.lab/<lab>/state.json`: what a lab has created, kept private and under a lock.
+
+The provider writes ahead: an object is recorded *before* it is created, so a
+`kill -9` at any point leaves a state file that names everything `down` or
+`cleanup` may have to remove.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def state_root() -> Path:
+    return Path(os.environ.get("HPNLAB_STATE_DIR", ".lab")).resolve()
+
+
+class LabBusy(RuntimeError):
+    pass
+
+
+class LabState:
+    def __init__(self, lab: str, root: Path | None = None):
+        self.dir = (root or state_root()) / lab
+        self.path = self.dir / "state.json"
+        self.lockfile = self.dir / "lock"
+        self.logdir = self.dir / "logs"
+
+    def read(self) -> dict | None:
+        try:
+            return json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+
+    def write(self, data: dict) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(data, out, indent=2, sort_keys=True)
+        os.replace(tmp, self.path)
+
+    @contextmanager
+    def lock(self, timeout: float = 60.0):
+        """Exclusive lock for a lifecycle step (up/down/cleanup) of this lab."""
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.dir, 0o700)
+        fd = os.open(self.lockfile, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise LabBusy(f"lab {self.dir.name} is busy: another hpnlab holds {self.lockfile}") from None
+                    time.sleep(0.05)
+            yield self
+        finally:
+            os.close(fd)
+
+    @contextmanager
+    def update(self):
+        """Read-modify-write the state under the lock (short critical sections)."""
+        with self.lock():
+            data = self.read() or {}
+            yield data
+            self.write(data)
+
+    def remove(self) -> None:
+        for p in (self.path, self.path.with_suffix(".tmp")):
+            p.unlink(missing_ok=True)

@@ -1,0 +1,74 @@
+"""Which sysctl keys exist, and which of them a network namespace owns.
+
+A lab host on the netns provider only gets its own copy of the per-namespace
+keys (most of net.ipv4.*, net.core.somaxconn, ...). Keys such as
+net.core.rmem_max or vm.* belong to the whole machine, so lab.yml must put
+them under `machine.sysctls`. The per-namespace set is read from a throw-away
+namespace that dies with the child process that made it: nothing is left.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from pathlib import Path
+
+CLONE_NEWNET = 0x40000000
+CLONE_NEWUSER = 0x10000000
+PROC_SYS = Path("/proc/sys")
+
+
+def key_to_path(key: str, root: Path = PROC_SYS) -> Path:
+    return root / key.replace(".", "/")
+
+
+def normalise(key: str, ifnames: tuple[str, ...] = ()) -> str:
+    """Device keys name a NIC that may not exist yet: check them as `default`."""
+    parts = key.split(".")
+    if len(parts) >= 4 and parts[0] == "net" and parts[2] in ("conf", "neigh") and parts[3] in ifnames:
+        parts[3] = "default"
+    return ".".join(parts)
+
+
+def exists(key: str) -> bool:
+    return key_to_path(key).is_file() or key in netns_keys()
+
+
+@functools.cache
+def netns_keys() -> frozenset[str]:
+    """Keys visible in a fresh network namespace (the per-namespace ones)."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: unshare, list, exit — the namespace goes with us
+        try:
+            os.close(read_fd)
+            libc = ctypes.CDLL(None, use_errno=True)
+            flags = CLONE_NEWNET if os.geteuid() == 0 else CLONE_NEWNET | CLONE_NEWUSER
+            if libc.unshare(flags) != 0:
+                os._exit(1)
+            keys = []
+            for dirpath, _dirs, files in os.walk("/proc/sys/net"):
+                rel = os.path.relpath(dirpath, "/proc/sys").replace("/", ".")
+                keys.extend(f"{rel}.{f}" for f in files)
+            with os.fdopen(write_fd, "w") as out:
+                out.write("\n".join(keys))
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as pipe:
+        data = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        # Cannot make a namespace here (no privileges): fall back to "anything under net.*
+        # except net.core's machine-wide buffers", which is right for current kernels.
+        return frozenset()
+    return frozenset(data.split("\n")) if data else frozenset()
+
+
+def per_netns(key: str) -> bool:
+    keys = netns_keys()
+    if not keys:
+        return key.startswith("net.") and not key.startswith(("net.core.rmem", "net.core.wmem",
+                                                              "net.core.optmem", "net.core.netdev"))
+    return key in keys

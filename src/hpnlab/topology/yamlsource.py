@@ -1,0 +1,63 @@
+"""YAML loading that remembers where every key and item came from.
+
+Validation errors must name the field *and its line*, so the loader builds
+dicts and lists that carry the line numbers of their keys and items. It also
+refuses duplicate keys, which plain PyYAML silently collapses (two hosts
+called `h1` would otherwise become one).
+"""
+from __future__ import annotations
+
+import yaml
+
+
+class LineDict(dict):
+    line: int = 0
+    key_lines: dict
+
+    def line_of(self, key) -> int:
+        return self.key_lines.get(key, self.line)
+
+
+class LineList(list):
+    line: int = 0
+    item_lines: list
+
+    def line_of(self, index: int) -> int:
+        return self.item_lines[index] if index < len(self.item_lines) else self.line
+
+
+class DuplicateKey(yaml.MarkedYAMLError):
+    pass
+
+
+class _Loader(yaml.SafeLoader):
+    def construct_mapping(self, node, deep=False):
+        self.flatten_mapping(node)
+        result = LineDict()
+        result.line = node.start_mark.line + 1
+        result.key_lines = {}
+        for key_node, value_node in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in result:
+                raise DuplicateKey(
+                    "while reading a mapping", node.start_mark,
+                    f"duplicate key {key!r} (first on line {result.key_lines[key]})",
+                    key_node.start_mark)
+            result[key] = self.construct_object(value_node, deep=True)
+            result.key_lines[key] = key_node.start_mark.line + 1
+        return result
+
+    def construct_sequence(self, node, deep=False):
+        result = LineList(self.construct_object(child, deep=True) for child in node.value)
+        result.line = node.start_mark.line + 1
+        result.item_lines = [child.start_mark.line + 1 for child in node.value]
+        return result
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _Loader.construct_mapping)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _Loader.construct_sequence)
+
+
+def load(text: str):
+    """Parse YAML text into LineDict/LineList trees (raises yaml.YAMLError)."""
+    return yaml.load(text, Loader=_Loader)
