@@ -108,17 +108,18 @@ def parse_percent(value) -> float:
     return float(m.group(1))
 
 
-def load_lab(path: str | Path, provider: str | None = None) -> Lab:
+def load_lab(path: str | Path, provider: str | None = None, name: str | None = None) -> Lab:
+    """Load and validate a lab file; `provider`/`name` override the file's own."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise TopologyError([f"{path}: cannot read lab file: {exc.strerror}"]) from None
-    return parse_lab(text, str(path), provider=provider, path=path)
+    return parse_lab(text, str(path), provider=provider, path=path, name=name)
 
 
 def parse_lab(text: str, source: str = "lab.yml", provider: str | None = None,
-              path: Path | None = None) -> Lab:
+              path: Path | None = None, name: str | None = None) -> Lab:
     try:
         doc = yamlsource.load(text)
     except yaml.YAMLError as exc:
@@ -131,7 +132,7 @@ def parse_lab(text: str, source: str = "lab.yml", provider: str | None = None,
         raise TopologyError([f"{source}:1: the lab file must be a mapping with hosts: and networks:"])
     c.mapping(doc, 1, "", TOP_KEYS)
 
-    name = c.typed(doc.get("name"), doc.line_of("name"), "name", str, "hpnlab")
+    name = name or c.typed(doc.get("name"), doc.line_of("name"), "name", str, "hpnlab")
     if not LAB_NAME_RE.match(name):
         c.error(doc.line_of("name"), "name",
                 f"{name!r} must be lower-case letters, digits, '_' or '-', start with a letter, ≤31 chars")
