@@ -73,3 +73,11 @@ class LabState:
     def remove(self) -> None:
         for p in (self.path, self.path.with_suffix(".tmp")):
             p.unlink(missing_ok=True)
+
+    def discard(self) -> None:
+        """After `down`: drop the lock file and the lab's directory, leaving no trace."""
+        self.lockfile.unlink(missing_ok=True)
+        try:
+            self.dir.rmdir()
+        except OSError:
+            pass

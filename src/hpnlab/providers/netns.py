@@ -168,6 +168,7 @@ class NetnsProvider(Provider):
     def down(self, progress: Progress = _quiet) -> None:
         with self.state.lock():
             self._teardown(progress)
+        self.state.discard()
 
     def _teardown(self, progress: Progress) -> None:
         state = self.state.read() or {}
@@ -207,6 +208,7 @@ class NetnsProvider(Provider):
                     removed.append(ns)
             st.remove()
             _remove_tree(st.logdir)
+            st.discard()
         return removed
 
     def _marker(self, ns: str) -> str:

@@ -126,6 +126,9 @@ def parse_lab(text: str, source: str = "lab.yml", provider: str | None = None,
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else 0
         problem = getattr(exc, "problem", None) or str(exc)
+        context = getattr(exc, "context_mark", None)
+        if context and context.line + 1 != line:
+            problem += f" ({getattr(exc, 'context', '') or 'started'} on line {context.line + 1})"
         raise TopologyError([f"{source}:{line}: YAML: {problem}"]) from None
     c = _Checker(source)
     if not isinstance(doc, dict):
@@ -231,8 +234,9 @@ def _networks(c: _Checker, node: LineDict, hosts_node: LineDict, pool: IPv4Netwo
                 c.error(body.line_of("subnet"), f"{field}.subnet", str(exc))
                 subnet = None
         members = _members(c, body.get("hosts"), body.line_of("hosts"), f"{field}.hosts", hosts_node)
-        if kind == "link" and len(members) != 2:
-            c.error(body.line_of("hosts"), f"{field}.hosts", f"a link joins exactly 2 hosts, got {len(members)}")
+        listed = len(body.get("hosts") or ())   # count what was written, valid or not
+        if kind == "link" and listed != 2:
+            c.error(body.line_of("hosts"), f"{field}.hosts", f"a link joins exactly 2 hosts, got {listed}")
         if kind == "lan" and not members:
             c.error(body.line_of("hosts"), f"{field}.hosts", "a LAN needs at least one host")
         impair = _impairment(c, body.get("impair"), body.line_of("impair"), f"{field}.impair")

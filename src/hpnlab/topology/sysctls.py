@@ -36,7 +36,7 @@ def exists(key: str) -> bool:
 
 @functools.cache
 def netns_keys() -> frozenset[str]:
-    """Keys visible in a fresh network namespace (the per-namespace ones)."""
+    """Keys writable in a fresh network namespace (the per-namespace ones)."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: unshare, list, exit — the namespace goes with us
@@ -49,7 +49,9 @@ def netns_keys() -> frozenset[str]:
             keys = []
             for dirpath, _dirs, files in os.walk("/proc/sys/net"):
                 rel = os.path.relpath(dirpath, "/proc/sys").replace("/", ".")
-                keys.extend(f"{rel}.{f}" for f in files)
+                # newer kernels show machine-wide keys (rmem_max, ...) read-only here
+                keys.extend(f"{rel}.{f}" for f in files
+                            if os.stat(os.path.join(dirpath, f)).st_mode & 0o200)
             with os.fdopen(write_fd, "w") as out:
                 out.write("\n".join(keys))
             os._exit(0)

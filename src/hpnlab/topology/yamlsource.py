@@ -11,16 +11,20 @@ import yaml
 
 
 class LineDict(dict):
-    line: int = 0
-    key_lines: dict
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.line = 0
+        self.key_lines: dict = {}
 
     def line_of(self, key) -> int:
         return self.key_lines.get(key, self.line)
 
 
 class LineList(list):
-    line: int = 0
-    item_lines: list
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.line = 0
+        self.item_lines: list = []
 
     def line_of(self, index: int) -> int:
         return self.item_lines[index] if index < len(self.item_lines) else self.line
@@ -35,7 +39,6 @@ class _Loader(yaml.SafeLoader):
         self.flatten_mapping(node)
         result = LineDict()
         result.line = node.start_mark.line + 1
-        result.key_lines = {}
         for key_node, value_node in node.value:
             key = self.construct_object(key_node, deep=True)
             if key in result:

@@ -1,0 +1,100 @@
+"""lab.yml parsing: the default lab, auto-assignment, and every invalid case.
+
+Each file in invalid/ starts with `# expect: <text>`; loading it must raise a
+TopologyError containing that text (file:line: field: message), and `hpnlab up`
+on it must fail with exit status 2 and create nothing.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hpnlab.topology import TopologyError, load_lab, parse_lab
+
+HERE = Path(__file__).parent
+REPO = HERE.parents[1]
+INVALID = sorted((HERE / "invalid").glob("*.yml"))
+
+
+def expected(path: Path) -> str:
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# expect: "), f"{path.name} lacks its '# expect:' line"
+    return first.removeprefix("# expect: ")
+
+
+@pytest.mark.parametrize("path", INVALID, ids=[p.stem for p in INVALID])
+def test_invalid_topology_names_field_and_line(path):
+    with pytest.raises(TopologyError) as err:
+        load_lab(path)
+    assert expected(path) in str(err.value)
+
+
+def _netns() -> set[str]:
+    return set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("path", INVALID, ids=[p.stem for p in INVALID])
+def test_invalid_topology_creates_nothing(path, tmp_path):
+    before = _netns()
+    proc = subprocess.run([sys.executable, "-m", "hpnlab.cli", "--lab", str(path), "up"],
+                          capture_output=True, text=True, cwd=tmp_path,
+                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HPNLAB_STATE_DIR": str(tmp_path / "st")})
+    assert proc.returncode == 2, proc.stderr
+    assert expected(path) in proc.stderr
+    assert _netns() == before
+    assert not (tmp_path / "st").exists()
+
+
+def test_default_lab():
+    lab = load_lab(REPO / "lab.yml")
+    assert lab.name == "hpnlab" and set(lab.hosts) == {"h1", "h2"}
+    h1 = lab.hosts["h1"]
+    assert h1.nic("data").ifname == "eth1"
+    assert str(h1.nic("data").address) == "10.77.1.1/24"
+    assert h1.sysctls["net.core.somaxconn"] == "4096"
+    assert h1.dpdk_nic.ifname == "eth1"
+    assert "net.core.rmem_max" in lab.machine_sysctls
+
+
+def test_auto_assignment_and_macs_are_stable():
+    text = """
+name: auto
+hosts: {a: {}, b: {}, c: {}}
+networks:
+  lan1: {hosts: [a, b, c]}
+  ab:
+    type: link
+    hosts: {a: null, b: 10.77.9.9}
+    subnet: 10.77.9.0/24
+  bc: {type: link, hosts: [b, c]}
+"""
+    lab = parse_lab(text)
+    assert str(lab.networks["lan1"].subnet) == "10.77.0.0/24"      # first free /24 of the pool
+    assert str(lab.networks["bc"].subnet) == "10.77.1.0/24"
+    assert [str(n.ip) for n in lab.nics_on("lan1")] == ["10.77.0.1", "10.77.0.2", "10.77.0.3"]
+    assert str(lab.hosts["a"].nic("ab").ip) == "10.77.9.1"          # skips b's explicit .9? no: first free
+    assert str(lab.hosts["b"].nic("ab").ip) == "10.77.9.9"
+    assert [n.ifname for n in lab.hosts["b"].nics] == ["eth1", "eth2", "eth3"]
+    assert parse_lab(text).hosts["a"].nics[0].mac == lab.hosts["a"].nics[0].mac
+    assert len({n.mac for h in lab.hosts.values() for n in h.nics}) == 7
+
+
+def test_impairment_units():
+    lab = parse_lab("""
+hosts: {a: {}, b: {}}
+networks:
+  w: {type: link, hosts: [a, b], impair: {delay: 1.5ms, jitter: 500us, loss: 2%, rate: 100mbit}}
+""")
+    imp = lab.networks["w"].impair
+    assert (imp.delay_ms, imp.jitter_ms, imp.loss_pct, imp.rate_bps) == (1.5, 0.5, 2.0, 100_000_000)
+    assert imp.describe() == "delay 1.5ms±0.5ms, loss 2%, rate 100mbit"
+
+
+def test_errors_are_all_reported_at_once():
+    with pytest.raises(TopologyError) as err:
+        parse_lab("hosts: {h1: {hugepages: -1, cpus: 0}}\nnetworks: {d: {hosts: [h1, zz]}}\n")
+    assert len(err.value.problems) == 3
