@@ -1,0 +1,44 @@
+"""`hpnlab lab NAME [options]` — run one of the kernel labs against the running lab."""
+from __future__ import annotations
+
+import time
+
+from ..labs import LABS, lab_module
+from ._common import console, progress, provider_from
+
+HELP = "run a lab (p2p, nat, backlog, epoll, close) on the running lab's hosts and write a report"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--up", action="store_true", help="bring the lab up first if it is not up")
+    parser.add_argument("--results", metavar="DIR", help="results root (default: results/)")
+    sub = parser.add_subparsers(dest="lab_name", metavar="NAME", required=True)
+    for name in LABS:
+        module = lab_module(name)
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+
+
+def run(args) -> int:
+    from ..labs._kit import LabError
+    module = lab_module(args.lab_name)
+    provider = provider_from(args)
+    started = time.monotonic()
+    with progress(f"lab {args.lab_name} on {provider.lab.name} ({provider.name})") as step:
+        if args.up and not provider.is_up():
+            provider.up(step)
+        if not provider.is_up():
+            console.print(f"[red]lab {provider.lab.name} is not up[/red]: run `hpnlab --lab {args.lab} up` "
+                          f"(or `make lab-up`), or pass --up")
+            return 1
+        try:
+            result = module.run(provider, args, step)
+        except LabError as exc:
+            console.print(f"[red]lab {args.lab_name}: {exc}[/red]")
+            return 1
+    console.print(f"[green]lab {args.lab_name} done[/green] in {time.monotonic() - started:.1f}s; "
+                  f"report: {result['report']}")
+    summary = result.get("summary")
+    if summary:
+        console.print(summary)
+    return 0

@@ -1,0 +1,345 @@
+"""Lab p2p: TCP simultaneous open between two hosts (course §2.2.1, the P2P homework).
+
+Both peers bind a fixed port and connect() to each other at a shared start
+time; nobody listens. When the two SYNs cross, each side is in SYN_SENT when
+the other's SYN arrives, answers SYN-ACK, and both go SYN_SENT → SYN_RECV →
+ESTABLISHED (the "six-way" handshake: SYN, SYN, SYN-ACK, SYN-ACK). When a SYN
+arrives before the other side has connected, that kernel answers RST and the
+connect() fails with ECONNREFUSED: the peer tries again after a *random*
+pause (a fixed pause keeps both sides missing in lockstep).
+
+    hpnlab lab p2p --tries 20                   # on the running lab's h1, h2
+    python -m hpnlab.labs.p2p peer ...          # the agent each host runs
+"""
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import random
+import socket
+import sys
+import time
+from pathlib import Path
+
+from .. import report
+from . import pcap
+from ._kit import Capture, LabError, StateTrace, agent_argv, need_hosts, need_tools, run_agents, \
+    shared_network, state_paths
+
+HELP = "TCP simultaneous open between two hosts: pcap proof, success rate, ladder diagram"
+BASE_PORT = 41000
+
+
+# ================================================================ agent (runs on a host)
+
+def sleep_until(t: float) -> None:
+    while True:
+        left = t - time.time()
+        if left <= 0:
+            return
+        time.sleep(min(left, 0.05) if left > 0.002 else 0)
+
+
+def simultaneous_connect(local: tuple[str, int], remote: tuple[str, int], start_at: float,
+                         timeout: float, jitter_ms: float, syn_timeout: float | None = None,
+                         rng: random.Random | None = None) -> tuple[socket.socket | None, dict]:
+    """connect() from a fixed local port to a peer doing the same, from `start_at`,
+    retrying refused attempts after a random pause in [0, jitter_ms]."""
+    rng = rng or random.Random()
+    sleep_until(start_at)
+    t0 = time.time()
+    info = {"attempts": 0, "refused": 0, "timeouts": 0, "errors": []}
+    while True:
+        left = t0 + timeout - time.time()
+        if left <= 0:
+            info["seconds"] = time.time() - t0
+            return None, info
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.bind(local)
+        s.settimeout(min(left, syn_timeout) if syn_timeout else left)
+        info["attempts"] += 1
+        try:
+            s.connect(remote)
+            s.settimeout(5)
+            info["seconds"] = time.time() - t0
+            return s, info
+        except ConnectionRefusedError:
+            info["refused"] += 1
+        except socket.timeout:
+            info["timeouts"] += 1
+        except OSError as exc:   # e.g. a reset in SYN_RECV, EADDRNOTAVAIL while a tuple is busy
+            if len(info["errors"]) < 5:
+                info["errors"].append(errno.errorcode.get(exc.errno, str(exc)))
+        s.close()
+        time.sleep(rng.uniform(0, jitter_ms / 1000))
+
+
+def exchange(s: socket.socket, name: str, tag: str) -> str:
+    """Send a line, read the peer's line: data both ways over the P2P connection."""
+    s.sendall(f"hello from {name} {tag}\n".encode())
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = s.recv(256)
+        if not chunk:
+            break
+        buf += chunk
+    return buf.decode(errors="replace").strip()
+
+
+def peer_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="hpnlab.labs.p2p peer")
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--local", required=True, help="this host's address")
+    ap.add_argument("--peer", required=True, help="the other host's address")
+    ap.add_argument("--port", type=int, default=BASE_PORT, help="first port; try i uses port+i on both sides")
+    ap.add_argument("--tries", type=int, default=20)
+    ap.add_argument("--start-at", type=float, required=True, help="shared start time (epoch seconds)")
+    ap.add_argument("--spacing", type=float, default=0.5, help="seconds between the tries' start times")
+    ap.add_argument("--timeout", type=float, default=3.0, help="give a try up after this many seconds")
+    ap.add_argument("--jitter-ms", type=float, default=1.0, help="random pause after a refused attempt")
+    a = ap.parse_args(argv)
+    rng = random.Random()
+    results = []
+    for i in range(a.tries):
+        port = a.port + i
+        s, info = simultaneous_connect((a.local, port), (a.peer, port), a.start_at + i * a.spacing,
+                                       a.timeout, a.jitter_ms, rng=rng)
+        info.update(try_=i, port=port, ok=s is not None)
+        if s is not None:
+            try:
+                info["received"] = exchange(s, a.name, f"#{i}")
+                info["ok"] = info["received"].startswith("hello from")
+            except OSError as exc:
+                info.update(ok=False, errors=info["errors"] + [f"exchange: {exc}"])
+            finally:
+                s.close()
+        results.append(info)
+    print(json.dumps({"name": a.name, "tries": results}))
+    return 0
+
+
+# ================================================================ the lab (runs here)
+
+def add_arguments(p) -> None:
+    p.add_argument("--hosts", default="h1,h2", help="the two peers (default: h1,h2)")
+    p.add_argument("--network", help="the network they meet on (default: the first they share)")
+    p.add_argument("--tries", type=int, default=20, help="simultaneous opens to attempt (default: 20)")
+    p.add_argument("--spacing", type=float, default=0.3, help="seconds between tries (default: 0.3)")
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds before a try counts as failed")
+    p.add_argument("--jitter-ms", type=float, default=1.0,
+                   help="upper bound of the random pause after a refused connect (default: 1 ms)")
+    p.add_argument("--port", type=int, default=BASE_PORT)
+
+
+def run(provider, args, step) -> dict:
+    a_name, b_name = _two(args.hosts)
+    hosts = need_hosts(provider, a_name, b_name)
+    need_tools("tcpdump")
+    net = shared_network(provider, a_name, b_name, args.network)
+    ha, hb = hosts[a_name], hosts[b_name]
+    ip_a, ip_b = str(ha.address(net)), str(hb.address(net))
+    out = report.results_dir("p2p", getattr(args, "results", None))
+    ports = range(args.port, args.port + args.tries)
+    bpf = f"tcp and portrange {ports.start}-{ports.stop - 1}"
+    step(f"{a_name} {ip_a} ⇄ {b_name} {ip_b} on {net}: {args.tries} tries, ports {ports.start}-{ports.stop - 1}")
+
+    start_at = time.time() + 1.0
+    common = ["--port", args.port, "--tries", args.tries, "--start-at", f"{start_at:.6f}",
+              "--spacing", args.spacing, "--timeout", args.timeout, "--jitter-ms", args.jitter_ms]
+    jobs = {ha: agent_argv("p2p", "peer", "--name", a_name, "--local", ip_a, "--peer", ip_b, *common),
+            hb: agent_argv("p2p", "peer", "--name", b_name, "--local", ip_b, "--peer", ip_a, *common)}
+    tracer = StateTrace(ports) if StateTrace.available(provider) else None
+    cap_a = Capture(provider, f"{a_name}:{net}", out / f"{a_name}.pcap", bpf)
+    cap_b = Capture(provider, f"{b_name}:{net}", out / f"{b_name}.pcap", bpf)
+    with cap_a, cap_b:
+        if tracer:
+            tracer.__enter__()
+        try:
+            results = run_agents(jobs, timeout=5 + args.tries * (args.spacing + args.timeout) + 10)
+        finally:
+            if tracer:
+                tracer.__exit__(None, None, None)
+    step("peers finished; reading the pcaps")
+    segs_a = pcap.read_pcap(out / f"{a_name}.pcap")
+    segs_b = pcap.read_pcap(out / f"{b_name}.pcap")
+    analysis = analyse(results[a_name]["tries"], results[b_name]["tries"], segs_a, ip_a, ip_b,
+                       tracer.events if tracer else None)
+    ladder_png = None
+    example = next((t for t in analysis["tries"] if t["kind"] == "simultaneous"),
+                   next((t for t in analysis["tries"] if t["ok"]), None))
+    if example:
+        ladder_png = out / "ladder.png"
+        conn = [s for s in segs_a if args.port + example["try"] in (s.sport, s.dport)]
+        conn_b = [s for s in segs_b if args.port + example["try"] in (s.sport, s.dport)]
+        draw_ladder(pcap.opening(conn)[:12], pcap.opening(conn_b)[:12], (a_name, ip_a), (b_name, ip_b),
+                    ladder_png, title=f"try #{example['try']}: {example['kind']} open, port {args.port + example['try']}")
+    step("writing the report")
+    env = report.fingerprint(provider, ["net.ipv4.tcp_syn_retries", "net.ipv4.tcp_tw_reuse"], hosts)
+    md = render(analysis, a_name, b_name, ip_a, ip_b, net, args, env, ladder_png, out)
+    path = report.write_report(out, md, {"analysis": analysis, "agents": results, "environment": env})
+    return {"report": path, "dir": out, **{k: analysis[k] for k in ("ok", "tries_n", "kinds")}}
+
+
+def _two(spec: str) -> tuple[str, str]:
+    names = [n for n in spec.split(",") if n]
+    if len(names) != 2:
+        raise LabError(f"--hosts wants two host names separated by a comma, got {spec!r}")
+    return names[0], names[1]
+
+
+def analyse(tries_a: list, tries_b: list, segs: list, ip_a: str, ip_b: str, events) -> dict:
+    conns = {}
+    for s in segs:
+        if s.proto == "tcp" and s.sport == s.dport:
+            conns.setdefault(s.sport, []).append(s)
+    paths = state_paths(events) if events is not None else {}
+    rows, kinds = [], {}
+    for ta, tb in zip(tries_a, tries_b):
+        port = ta["port"]
+        conn = conns.get(port, [])
+        kind = pcap.handshake_kind(conn)
+        opening = pcap.opening(conn)
+        state_a = last_life(paths.get((ip_a, port, ip_b, port)))
+        state_b = last_life(paths.get((ip_b, port, ip_a, port)))
+        # the states of the successful socket: the last path that reached ESTABLISHED
+        row = {"try": ta["try_"], "port": port, "ok": ta["ok"] and tb["ok"], "kind": kind,
+               "attempts": [ta["attempts"], tb["attempts"]], "refused": [ta["refused"], tb["refused"]],
+               "seconds": [round(ta.get("seconds", 0), 4), round(tb.get("seconds", 0), 4)],
+               "rsts": sum(1 for s in conn if s.flags & pcap.RST),
+               "opening": [f"{'A' if s.src == ip_a else 'B'} {s.flagstr}" for s in opening[:6]],
+               "states": [state_a, state_b] if events is not None else None,
+               "received": [ta.get("received"), tb.get("received")],
+               "errors": ta["errors"] + tb["errors"]}
+        rows.append(row)
+        kinds[kind] = kinds.get(kind, 0) + 1 if row["ok"] else kinds.get(kind, 0)
+    ok = sum(r["ok"] for r in rows)
+    canonical_states = sum(1 for r in rows if r["states"] and all(
+        st and _subseq(["SYN_SENT", "SYN_RECV", "ESTABLISHED"], st) for st in r["states"]))
+    return {"tries": rows, "tries_n": len(rows), "ok": ok,
+            "kinds": {k: sum(1 for r in rows if r["ok"] and r["kind"] == k)
+                      for k in ("simultaneous", "syn-syn-ack", "three-way", "failed")},
+            "both_syn_sent_syn_recv_established": canonical_states if events is not None else None}
+
+
+def last_life(path: list[str] | None) -> list[str] | None:
+    """The states of the socket that connected: refused attempts on the same
+    4-tuple (CLOSE→SYN_SENT→CLOSE ...) are cut off."""
+    if not path or "ESTABLISHED" not in path:
+        return path[-6:] if path else path
+    first = path.index("ESTABLISHED")
+    start = max((i for i, st in enumerate(path[:first]) if st == "CLOSE"), default=0)
+    return path[start:]
+
+
+def _subseq(needle: list[str], hay: list[str]) -> bool:
+    it = iter(hay)
+    return all(any(x == n for x in it) for n in needle)
+
+
+def draw_ladder(segs_a: list, segs_b: list, a: tuple, b: tuple, path: Path, title: str) -> None:
+    """A ladder (sequence) diagram: each segment an arrow from its sender's
+    capture time to its receiver's capture time, the two hosts as vertical lines."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def k(s):
+        return (s.src, s.sport, s.dst, s.dport, s.seq, s.ack, s.flags)
+    seen_b = {}
+    for s in segs_b:
+        seen_b.setdefault(k(s), s.ts)
+    seen_a = {}
+    for s in segs_a:
+        seen_a.setdefault(k(s), s.ts)
+    arrows = []
+    for s in segs_a + segs_b:
+        key = k(s)
+        if s.src == a[1] and key in seen_a:
+            arrows.append((seen_a[key], seen_b.get(key), "A", s))
+        elif s.src == b[1] and key in seen_b:
+            arrows.append((seen_b[key], seen_a.get(key), "B", s))
+    arrows = sorted({(t0, t1, who, s) for t0, t1, who, s in arrows}, key=lambda x: x[0])
+    if not arrows:
+        return
+    t_base = arrows[0][0]
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.55 * len(arrows)))
+    xa, xb = 0.0, 1.0
+    span = max((t1 or t0) for t0, t1, _w, _s in arrows) - t_base or 1e-6
+    for t0, t1, who, s in arrows:
+        y0 = (t0 - t_base) * 1e6
+        y1 = ((t1 if t1 is not None else t0) - t_base) * 1e6
+        x0, x1 = (xa, xb) if who == "A" else (xb, xa)
+        colour = "tab:red" if s.flags & pcap.RST else ("tab:blue" if who == "A" else "tab:green")
+        style = "-" if t1 is not None else "--"
+        ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
+                    arrowprops=dict(arrowstyle="->", color=colour, linestyle=style, lw=1.4))
+        label = f"{s.flagstr}  seq={s.seq % 100000} ack={s.ack % 100000}" + (f" len={s.length}" if s.length else "")
+        ax.text((x0 + x1) / 2, (y0 + y1) / 2, label, ha="center", va="bottom", fontsize=8, color=colour,
+                bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.8))
+    top = span * 1e6
+    for x, (name, ip) in ((xa, a), (xb, b)):
+        ax.plot([x, x], [-0.05 * top, top * 1.05], color="black", lw=2)
+        ax.text(x, -0.08 * top, f"{name}\n{ip}", ha="center", va="bottom", fontsize=9, weight="bold")
+    ax.set_ylim(top * 1.08, -0.15 * top)
+    ax.set_xlim(-0.25, 1.25)
+    ax.set_xticks([])
+    ax.set_ylabel("µs since the first segment (capture time on sender → receiver)")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def render(an: dict, a: str, b: str, ip_a: str, ip_b: str, net: str, args, env: dict,
+           ladder: Path | None, out: Path) -> str:
+    k = an["kinds"]
+    lines = [f"# P2P lab: TCP simultaneous open, {a} ⇄ {b}", "",
+             f"**{an['ok']} of {an['tries_n']} tries connected and exchanged data both ways** "
+             f"(goal: ≥ 19 of 20).", "",
+             f"- canonical simultaneous opens (SYN, SYN, SYN-ACK, SYN-ACK): **{k['simultaneous']}**",
+             f"- fell back to SYN, SYN, SYN-ACK, ACK (only one SYN met a peer in SYN_SENT): {k['syn-syn-ack']}",
+             f"- plain three-way handshakes: {k['three-way']}"]
+    if an["both_syn_sent_syn_recv_established"] is not None:
+        lines.append(f"- tries where the kernel's `sock:inet_sock_set_state` tracepoint shows **both** sockets "
+                     f"going SYN_SENT → SYN_RECV → ESTABLISHED: **{an['both_syn_sent_syn_recv_established']}**")
+    lines += ["", "Each try uses its own port on both sides (so a try's TIME_WAIT never meets the next one). "
+              "`attempts` counts connect() calls per side: every refused attempt is a SYN that arrived "
+              "before the other side had connected and was answered with RST.", "",
+              report.md_table(["try", "port", "ok", "handshake", "attempts A/B", "RSTs", "connect s A/B",
+                               "opening (pcap, A=" + a + ")", "states A | B (tracepoint)"],
+                              [[r["try"], r["port"], "yes" if r["ok"] else "NO", r["kind"],
+                                "/".join(map(str, r["attempts"])), r["rsts"],
+                                "/".join(f"{x:.3f}" for x in r["seconds"]), ", ".join(r["opening"]),
+                                " \\| ".join("→".join(s or ["?"]) for s in r["states"]) if r["states"] else "-"]
+                               for r in an["tries"]], align="rlllrrlll")]
+    if ladder:
+        lines += ["## Ladder diagram of one handshake", "", f"![ladder]({ladder.name})", "",
+                  "Time runs down. Each arrow starts at the sender's capture time and ends at the receiver's; "
+                  "in a simultaneous open the two SYNs cross, then the two SYN-ACKs cross.", ""]
+    lines += ["## How to read this", "",
+              "- A canonical simultaneous open shows in the pcap as each side sending SYN, receiving the other's "
+              "SYN while still in SYN_SENT, and answering SYN-ACK (with its *own* ISN again and the peer's "
+              "ISN+1). Neither side ever was a listener; both end up ESTABLISHED.",
+              "- `syn-syn-ack` means one SYN arrived while the other host was in SYN_SENT but the reverse SYN did "
+              "not (it was refused or dropped), so one side saw a normal SYN-ACK and closed with a plain ACK.",
+              "- Refused attempts are cheap on a LAN (one RTT); the random pause after each one is what makes "
+              "two retrying peers eventually overlap.", "",
+              f"Files: `{a}.pcap`, `{b}.pcap` (captured on each host's NIC on `{net}`), `data.json`.", "",
+              report.environment_md(env),
+              report.rerun_md(None, "lab-p2p")]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["peer"]:
+        return peer_main(argv[1:])
+    print("usage: python -m hpnlab.labs.p2p peer ...  (the lab itself: hpnlab lab p2p)", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
