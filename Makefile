@@ -10,7 +10,7 @@ NET ?= data
 HPNLAB_ARGS := --lab $(LAB) $(if $(PROVIDER),--provider $(PROVIDER))
 
 # Debian packages the netns provider and the labs need on the machine.
-APT_PACKAGES := iproute2 nftables ethtool tcpdump tshark iperf3 procps psmisc \
+APT_PACKAGES := iproute2 iputils-ping nftables iptables ethtool tcpdump tshark iperf3 procps psmisc \
                 gcc make libc6-dev liburing-dev python3-venv python3-dev
 SETUP_STAMP := $(VENV)/.setup-done
 
@@ -53,8 +53,9 @@ lab-graph: setup
 lab-cleanup: setup
 	$(HPNLAB) cleanup
 
+# Every test: unit, netns integration (root) and the VM tests. CI runs exactly this.
 test: setup
-	$(VENV)/bin/pytest -q -m 'not vm or vm'
+	$(VENV)/bin/pytest -q --timeout 1800
 
 test-unit: setup
 	$(VENV)/bin/pytest -q tests/unit tests/topology

@@ -35,7 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:   # free trailing words (a tcpdump filter after the options) go where a command wants them
+        if not hasattr(args, "trailing") or any(word.startswith("-") for word in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        setattr(args, args.trailing, getattr(args, args.trailing) + extra)
     try:
         return args.func(args) or 0
     except TopologyError as exc:

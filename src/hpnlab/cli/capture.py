@@ -13,6 +13,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("-w", "--write", metavar="FILE.pcap", help="write packets to a pcap file")
     parser.add_argument("-c", "--count", type=int, help="stop after this many packets")
     parser.add_argument("filter", nargs="*", help="a tcpdump filter expression, e.g. tcp port 80")
+    parser.set_defaults(trailing="filter")
 
 
 def run(args) -> int:
