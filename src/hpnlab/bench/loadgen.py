@@ -1,0 +1,77 @@
+"""Build and locate hpnlab-loadgen (loadgen.c beside this file).
+
+`make setup` builds it (mk/bench.mk runs `python -m hpnlab.bench.loadgen
+--build`); the runner also builds it on first use if it is missing or older
+than its source, and says clearly what is missing when it cannot.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+SOURCE = Path(__file__).with_name("loadgen.c")
+CFLAGS = ["-O2", "-g", "-Wall", "-Wextra", "-std=gnu11"]
+
+
+class LoadgenError(RuntimeError):
+    pass
+
+
+def _build_dir() -> Path:
+    # In a checkout (editable install) build into <repo>/build, which git ignores;
+    # an installed package builds into the user's cache.
+    repo = SOURCE.parents[3]
+    if (repo / "pyproject.toml").exists() and os.access(repo, os.W_OK):
+        return repo / "build"
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hpnlab"
+
+
+def binary_path() -> Path:
+    return _build_dir() / "hpnlab-loadgen"
+
+
+def build(force: bool = False) -> Path:
+    out = binary_path()
+    if not force and out.exists() and out.stat().st_mtime >= SOURCE.stat().st_mtime:
+        return out
+    cc = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
+    if not cc:
+        raise LoadgenError("cannot build hpnlab-loadgen: no C compiler (run `make setup`, it installs gcc)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Build to a temporary name and rename, so parallel builds never see half a file.
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".loadgen-")
+    os.close(fd)
+    proc = subprocess.run([cc, *CFLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        os.unlink(tmp)
+        raise LoadgenError(f"building hpnlab-loadgen failed:\n{proc.stderr}")
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, out)
+    return out
+
+
+def argv(host: str, port: int, conns: int, size: int, depth: int = 1,
+         duration: float = 5.0, warmup: float = 1.0, connect_timeout: float = 30.0) -> list[str]:
+    return [str(build()), "-H", host, "-p", str(port), "-c", str(conns), "-s", str(size),
+            "-d", str(depth), "-t", f"{duration:g}", "-w", f"{warmup:g}", "-T", f"{connect_timeout:g}"]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--build", action="store_true", help="(re)build the binary and print its path")
+    args = p.parse_args()
+    try:
+        print(build(force=args.build))
+    except LoadgenError as exc:
+        print(f"hpnlab-loadgen: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,332 @@
+"""The scheduler of hpnlab.coro: a ready queue, timers, and epoll.
+
+Course §2.3 (NtyCo): a coroutine framework turns blocking-style code into
+event-driven code. Where NtyCo switches stacks in assembly, a Python
+coroutine already *is* a suspended frame: `await` on a trap hands a small
+tuple up to the scheduler, which parks the task on an fd or a timer and
+resumes it with `coro.send()` when the event comes. One task costs one frame
+plus a small Task object - no stack of its own - which is why ten thousand
+connections fit in a few MiB.
+
+Traps (what a task yields to the scheduler):
+    (READ, fd) / (WRITE, fd)   park until epoll reports the fd ready
+    (SLEEP, deadline)          park until time.monotonic() >= deadline
+    (JOIN, task, deadline)     park until `task` ends (deadline may be None)
+    (YIELD,)                   go to the back of the ready queue
+
+epoll interest is kept *lazily*: an fd stays registered after its waiter
+woke up, because the next wait is almost always for the same direction
+(recv, send reply, recv again). Only when epoll reports an fd nobody waits
+for is the interest narrowed. In a request/response loop that means no
+epoll_ctl at all per request - the same trick as libev's and NtyCo's.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import select
+import sys
+import time
+import traceback
+from collections import deque
+from typing import Any, Coroutine
+
+READ, WRITE, SLEEP, JOIN, YIELD = range(5)
+
+EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
+_IN_EVENTS = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR | select.EPOLLRDHUP
+_OUT_EVENTS = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
+
+
+class Cancelled(BaseException):
+    """Thrown into a task at its current await by `task.cancel()`.
+
+    A BaseException (as asyncio.CancelledError) so that `except Exception`
+    in user code does not swallow a cancellation by accident.
+    """
+
+
+class Task:
+    """A running coroutine. `await task` gives its result or raises its exception."""
+
+    __slots__ = ("coro", "name", "sched", "done", "_send", "_throw", "_result", "_exc",
+                 "_joiners", "_wait", "_timer", "_cancel_pending", "_observed")
+
+    def __init__(self, coro: Coroutine, sched: "Scheduler", name: str | None = None):
+        self.coro = coro
+        self.sched = sched
+        self.name = name
+        self.done = False
+        self._send: Any = None
+        self._throw: BaseException | None = None
+        self._result: Any = None
+        self._exc: BaseException | None = None
+        self._joiners: list[Task] | None = None
+        self._wait: tuple | None = None     # what it is parked on; None = ready or running
+        self._timer: list | None = None     # its entry in the timer heap, if any
+        self._cancel_pending = False
+        self._observed = False
+
+    def cancel(self) -> bool:
+        """Ask the task to stop: Cancelled is raised at its current (or next) await."""
+        return self.sched.cancel(self)
+
+    @property
+    def cancelled(self) -> bool:
+        return self.done and isinstance(self._exc, Cancelled)
+
+    def result(self) -> Any:
+        if not self.done:
+            raise RuntimeError(f"{self!r} has not finished")
+        self._observed = True
+        if self._exc is not None:
+            raise self._exc
+        return self._result
+
+    def exception(self) -> BaseException | None:
+        self._observed = True
+        return self._exc
+
+    def __await__(self):
+        if not self.done:
+            yield (JOIN, self, None)
+        return self.result()
+
+    def __repr__(self) -> str:
+        state = "done" if self.done else ("parked" if self._wait else "ready")
+        return f"<Task {self.name or hex(id(self))} {state}>"
+
+    def __del__(self):
+        # Like asyncio's "Task exception was never retrieved": a failed task
+        # nobody awaited must not fail silently.
+        if self.done and self._exc is not None and not self._observed \
+                and not isinstance(self._exc, Cancelled):
+            print(f"hpnlab.coro: task {self.name or hex(id(self))} failed and nobody awaited it:",
+                  file=sys.stderr)
+            traceback.print_exception(self._exc, file=sys.stderr)
+
+
+class Scheduler:
+    """Runs tasks until the main one ends. One per thread (normally one per process)."""
+
+    def __init__(self) -> None:
+        self.ep = select.epoll()
+        self.ready: deque[Task] = deque()
+        self.readers: dict[int, Task] = {}
+        self.writers: dict[int, Task] = {}
+        self.masks: dict[int, int] = {}          # fd -> interest registered with epoll
+        self.timers: list[list] = []             # heap of [deadline, seq, task]
+        self._seq = itertools.count()
+        self.current: Task | None = None
+
+    # -- tasks --------------------------------------------------------------
+    def spawn(self, coro: Coroutine, name: str | None = None) -> Task:
+        task = Task(coro, self, name)
+        self.ready.append(task)
+        return task
+
+    def cancel(self, t: Task) -> bool:
+        if t.done:
+            return False
+        if t is self.current:
+            t._cancel_pending = True          # raised at its next await
+            return True
+        self._unpark(t)
+        t._throw = Cancelled()
+        if t._wait is not None:
+            t._wait = None
+            self.ready.append(t)
+        return True
+
+    def _unpark(self, t: Task) -> None:
+        """Take a parked task out of whatever it waits on (not off the ready queue)."""
+        w = t._wait
+        if w is not None:
+            kind, key = w
+            if kind == READ and self.readers.get(key) is t:
+                del self.readers[key]
+            elif kind == WRITE and self.writers.get(key) is t:
+                del self.writers[key]
+            elif kind == JOIN and key._joiners and t in key._joiners:
+                key._joiners.remove(t)
+        if t._timer is not None:
+            t._timer[2] = None                 # lazily deleted from the heap
+            t._timer = None
+
+    def _finish(self, t: Task, result: Any, exc: BaseException | None) -> None:
+        t.done = True
+        t._result, t._exc = result, exc
+        t.coro = None                          # free the frame now, not when the Task goes
+        joiners, t._joiners = t._joiners, None
+        if joiners:
+            for j in joiners:
+                if j._timer is not None:
+                    j._timer[2] = None
+                    j._timer = None
+                j._wait = None
+                self.ready.append(j)
+
+    def _add_timer(self, t: Task, deadline: float) -> None:
+        entry = [deadline, next(self._seq), t]
+        t._timer = entry
+        heapq.heappush(self.timers, entry)
+
+    # -- fds ------------------------------------------------------------------
+    def _park_fd(self, t: Task, fd: int, table: dict[int, Task], bit: int, kind: int) -> None:
+        other = table.get(fd)
+        if other is not None and other is not t:
+            t._throw = RuntimeError(f"fd {fd} already has a task waiting for the same event")
+            self.ready.append(t)
+            return
+        table[fd] = t
+        t._wait = (kind, fd)
+        mask = self.masks.get(fd)
+        if mask is None:
+            self.ep.register(fd, bit)
+            self.masks[fd] = bit
+        elif not mask & bit:
+            self.ep.modify(fd, mask | bit)
+            self.masks[fd] = mask | bit
+
+    def forget(self, fd: int) -> None:
+        """The fd is about to be closed: drop its interest, fail its waiters."""
+        if self.masks.pop(fd, None) is not None:
+            try:
+                self.ep.unregister(fd)
+            except OSError:
+                pass
+        for table in (self.readers, self.writers):
+            t = table.pop(fd, None)
+            if t is not None:
+                t._wait = None
+                t._throw = OSError(9, f"fd {fd} was closed while a task waited on it")
+                self.ready.append(t)
+
+    def _narrow(self, fd: int) -> None:
+        """epoll reported an fd nobody waits for in that direction: stop asking."""
+        mask = (EPOLLIN if fd in self.readers else 0) | (EPOLLOUT if fd in self.writers else 0)
+        if mask:
+            if mask != self.masks.get(fd):
+                self.ep.modify(fd, mask)
+                self.masks[fd] = mask
+        elif self.masks.pop(fd, None) is not None:
+            # Unregister entirely: HUP/ERR are reported even with an empty mask.
+            self.ep.unregister(fd)
+
+    # -- the loop -------------------------------------------------------------
+    def _step(self, t: Task) -> None:
+        self.current = t
+        try:
+            exc = t._throw
+            if exc is not None:
+                t._throw = None
+                trap = t.coro.throw(exc)
+            else:
+                value, t._send = t._send, None
+                trap = t.coro.send(value)
+        except StopIteration as stop:
+            self._finish(t, stop.value, None)
+            return
+        except (Exception, Cancelled) as exc:
+            self._finish(t, None, exc)
+            return
+        finally:
+            self.current = None
+        if t._cancel_pending:
+            t._cancel_pending = False
+            t._throw = Cancelled()
+            self.ready.append(t)
+            return
+        kind = trap[0]
+        if kind == READ:
+            self._park_fd(t, trap[1], self.readers, EPOLLIN, READ)
+        elif kind == WRITE:
+            self._park_fd(t, trap[1], self.writers, EPOLLOUT, WRITE)
+        elif kind == SLEEP:
+            t._wait = (SLEEP, None)
+            self._add_timer(t, trap[1])
+        elif kind == JOIN:
+            target: Task = trap[1]
+            if target.done:
+                self.ready.append(t)
+                return
+            if target._joiners is None:
+                target._joiners = []
+            target._joiners.append(t)
+            t._wait = (JOIN, target)
+            if trap[2] is not None:
+                self._add_timer(t, trap[2])
+        elif kind == YIELD:
+            self.ready.append(t)
+        else:
+            t._throw = RuntimeError(f"a task yielded {trap!r}; await hpnlab.coro functions only")
+            self.ready.append(t)
+
+    def run(self, main: Coroutine) -> Any:
+        """Run `main` (and everything it spawns) until `main` returns; give its result."""
+        global _running
+        if _running is not None:
+            raise RuntimeError("hpnlab.coro.run() cannot be nested")
+        _running = self
+        try:
+            top = self.spawn(main, name="main")
+            self._loop(top)
+            return top.result()
+        finally:
+            _running = None
+
+    def _loop(self, top: Task) -> None:
+        ready, readers, writers, timers = self.ready, self.readers, self.writers, self.timers
+        step, poll, monotonic = self._step, self.ep.poll, time.monotonic
+        while not top.done:
+            # Run what is ready now; tasks readied meanwhile wait for the next
+            # round, after I/O is polled, so no task can starve the others.
+            for _ in range(len(ready)):
+                step(ready.popleft())
+            if top.done:
+                break
+            if ready:
+                timeout = 0.0
+            elif timers:
+                timeout = max(0.0, timers[0][0] - monotonic())
+            elif readers or writers:
+                timeout = -1
+            else:
+                raise RuntimeError("deadlock: the main task waits, but no task can ever wake it")
+            for fd, ev in poll(timeout, 1024):
+                if ev & _IN_EVENTS:
+                    t = readers.pop(fd, None)
+                    if t is not None:
+                        t._wait = None
+                        ready.append(t)
+                    elif ev & EPOLLIN or fd not in writers:
+                        self._narrow(fd)
+                if ev & _OUT_EVENTS:
+                    t = writers.pop(fd, None)
+                    if t is not None:
+                        t._wait = None
+                        ready.append(t)
+                    elif ev & EPOLLOUT:
+                        self._narrow(fd)
+            if timers:
+                now = monotonic()
+                while timers and timers[0][0] <= now:
+                    entry = heapq.heappop(timers)
+                    t = entry[2]
+                    if t is None:
+                        continue                        # cancelled timer
+                    t._timer = None
+                    if t._wait is not None and t._wait[0] == JOIN:
+                        self._unpark(t)
+                        t._throw = TimeoutError()
+                    t._wait = None
+                    ready.append(t)
+
+
+_running: Scheduler | None = None
+
+
+def scheduler() -> Scheduler:
+    if _running is None:
+        raise RuntimeError("no hpnlab.coro scheduler is running (use hpnlab.coro.run(main()))")
+    return _running

@@ -1,0 +1,54 @@
+"""Multi-core mode (course §2.3 协程的多核模式): N worker processes.
+
+Python runs one thread of Python at a time, so the way to use N cores is N
+processes, each with its own scheduler and its own SO_REUSEPORT listener on
+the same port; the kernel spreads incoming connections across them. The
+parent only supervises: it forwards SIGTERM/SIGINT and reaps the workers.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Callable
+
+
+def run_workers(n: int, target: Callable[[int], int | None]) -> int:
+    """Fork `n` workers running target(index); return the worst exit status."""
+    pids: list[int] = []
+    for i in range(n):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = target(i) or 0
+            except BaseException as exc:    # a worker must never return into the parent's code
+                print(f"worker {i}: {exc!r}", file=sys.stderr)
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        pids.append(pid)
+
+    def forward(signum, frame):
+        for p in pids:
+            try:
+                os.kill(p, signum)
+            except ProcessLookupError:
+                pass
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    worst = 0
+    try:
+        for p in pids:
+            while True:
+                try:
+                    _, status = os.waitpid(p, 0)
+                    break
+                except InterruptedError:
+                    continue
+            worst = max(worst, os.waitstatus_to_exitcode(status) & 0xFF)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    return worst

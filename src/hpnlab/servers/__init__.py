@@ -1,0 +1,143 @@
+"""I/O-model servers: one module per engine behind one small interface.
+
+    python -m hpnlab.servers ENGINE --port P [--host H] [--workers N] [--protocol echo]
+
+Every engine serves a sans-I/O protocol handler (servers/protocols) on a
+listening socket it is given, until it is stopped by SIGTERM/SIGINT. The
+engines are the course's I/O models (§2.1-2.5):
+
+    threads    one thread per connection, blocking sockets (一请求一线程)
+    select     reactor on select(2) (FD_SETSIZE caps it at 1024 descriptors)
+    poll       reactor on poll(2)
+    epoll-lt   reactor on level-triggered epoll
+    epoll-et   reactor on edge-triggered epoll: read/write until EAGAIN
+    coro       hpnlab.coro, hpnlab's own coroutine framework (NtyCo idea)
+    greenlet   stack-switching coroutines on an epoll hub
+    uring      proactor on io_uring (hpnlab.uring, cffi over liburing)
+    asyncio    asyncio Protocol, the stdlib reference
+    uvloop     the same Protocol on uvloop (libuv), the fast reference
+"""
+from __future__ import annotations
+
+import errno
+import importlib
+import signal
+import socket
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+from .protocols import ProtocolFactory
+
+# engine name -> module (names in the CLI use '-', modules '_')
+ENGINES: dict[str, str] = {
+    "threads": "threads",
+    "select": "select",
+    "poll": "poll",
+    "epoll-lt": "epoll_lt",
+    "epoll-et": "epoll_et",
+    "coro": "coro",
+    "greenlet": "greenlet",
+    "uring": "uring",
+    "asyncio": "asyncio",
+    "uvloop": "uvloop",
+}
+
+# Socket-level knobs every engine shares, so that engines differ only in the I/O model.
+RECV_SIZE = 64 * 1024          # bytes asked of one recv()
+HIGH_WATER = 256 * 1024        # stop reading a connection with this much unsent output...
+LOW_WATER = 64 * 1024          # ...and resume below this (bounded memory under backpressure)
+BACKLOG = 4096
+
+
+class EngineError(RuntimeError):
+    """An engine cannot run here (unknown name, missing kernel feature, port in use)."""
+
+
+class Shutdown(BaseException):
+    """Raised by the SIGTERM/SIGINT handler to unwind an engine's loop.
+
+    A BaseException so that engines' `except Exception` around per-connection
+    work does not swallow it. Raising from the signal handler interrupts a
+    blocking epoll_wait/accept/io_uring_enter (PEP 475 runs the handler on
+    EINTR before retrying), so no engine needs its own wake-up pipe for it.
+    """
+
+
+class Server(ABC):
+    """One engine. `serve()` blocks until SIGTERM/SIGINT, then closes everything."""
+
+    name: ClassVar[str]
+
+    def __init__(self, listener: socket.socket, protocol: ProtocolFactory):
+        self.listener = listener
+        self.protocol = protocol
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """Why this engine cannot run on this machine, or None if it can."""
+        return None
+
+    @abstractmethod
+    def serve_forever(self) -> None:
+        """Run the event loop / accept loop; only returns by an exception."""
+
+    def close(self) -> None:
+        """Close the listener and every connection (after serve_forever unwound)."""
+        self.listener.close()
+
+    def serve(self) -> None:
+        def on_signal(signum, frame):
+            raise Shutdown(signum)
+        old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.serve_forever()
+        except Shutdown:
+            pass
+        finally:
+            for s, h in old.items():
+                signal.signal(s, signal.SIG_IGN)   # a second signal must not interrupt cleanup
+            self.close()
+            for s, h in old.items():
+                signal.signal(s, h)
+
+
+def engine_class(name: str) -> type[Server]:
+    if name not in ENGINES:
+        raise EngineError(f"unknown engine {name!r} (valid: {', '.join(ENGINES)})")
+    try:
+        module = importlib.import_module(f"{__name__}.{ENGINES[name]}")
+    except ImportError as exc:
+        raise EngineError(f"engine {name} is unavailable: {exc}") from None
+    return module.ENGINE
+
+
+def unavailable(name: str) -> str | None:
+    """None if `name` can run here, else the reason (for the bench's skip list)."""
+    try:
+        return engine_class(name).unavailable()
+    except EngineError as exc:
+        return str(exc)
+
+
+def listen(host: str, port: int, reuseport: bool = False, backlog: int = BACKLOG) -> socket.socket:
+    """A listening TCP socket; a port in use gets a clear EngineError."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuseport:
+        # Multi-core mode: N processes each own a listener on the same port and
+        # the kernel spreads connections among them (course §2.3 协程的多核模式).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise EngineError(f"port {port} on {host} is in use (EADDRINUSE)") from None
+        raise EngineError(f"cannot bind {host}:{port}: {exc.strerror}") from None
+    sock.listen(backlog)
+    return sock
+
+
+def tune(sock: socket.socket) -> None:
+    """Per-connection options all engines set alike: no Nagle delay on replies."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

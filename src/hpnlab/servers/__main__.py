@@ -1,0 +1,76 @@
+"""python -m hpnlab.servers ENGINE --port P [--host H] [--workers N] [--protocol echo]
+
+Runs one engine until SIGTERM/SIGINT, then closes everything and exits 0.
+Exit status 2: bad arguments or unknown engine; 3: the engine cannot run
+here (port in use, no io_uring, ...). One line "listening ..." on stderr
+says the server is ready.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+
+from . import ENGINES, EngineError, engine_class, listen
+from .protocols import get as get_protocol, names as protocol_names
+
+
+def raise_nofile() -> None:
+    """10k connections need more than the default 1024 descriptors."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def serve_one(engine: str, host: str, port: int, protocol: str, reuseport: bool) -> int:
+    cls = engine_class(engine)
+    reason = cls.unavailable()
+    if reason:
+        raise EngineError(f"engine {engine} is unavailable here: {reason}")
+    listener = listen(host, port, reuseport=reuseport)
+    server = cls(listener, get_protocol(protocol))
+    print(f"listening {host}:{port} engine={engine} pid={os.getpid()}", file=sys.stderr, flush=True)
+    server.serve()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m hpnlab.servers", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("engine", metavar="ENGINE", help=f"one of: {', '.join(ENGINES)}")
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--workers", type=int, default=1,
+                   help="N processes sharing the port with SO_REUSEPORT (multi-core mode)")
+    p.add_argument("--protocol", default="echo", help=f"one of: {', '.join(protocol_names())}")
+    args = p.parse_args(argv)
+    if args.engine not in ENGINES:
+        print(f"hpnlab.servers: unknown engine {args.engine!r} (valid: {', '.join(ENGINES)})", file=sys.stderr)
+        return 2
+    if args.protocol not in protocol_names():
+        print(f"hpnlab.servers: unknown protocol {args.protocol!r} (valid: {', '.join(protocol_names())})",
+              file=sys.stderr)
+        return 2
+    if not 0 < args.port < 65536 or args.workers < 1:
+        print("hpnlab.servers: --port must be 1..65535 and --workers >= 1", file=sys.stderr)
+        return 2
+    raise_nofile()
+    try:
+        if args.workers == 1:
+            return serve_one(args.engine, args.host, args.port, args.protocol, False)
+        # Check availability and the port once in the parent, for a clear error.
+        reason = engine_class(args.engine).unavailable()
+        if reason:
+            raise EngineError(f"engine {args.engine} is unavailable here: {reason}")
+        listen(args.host, args.port, reuseport=True).close()
+        from ..coro.multicore import run_workers
+        return run_workers(args.workers, lambda i: serve_one(args.engine, args.host, args.port,
+                                                             args.protocol, True))
+    except EngineError as exc:
+        print(f"hpnlab.servers: {exc}", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""coro: the echo server written on hpnlab.coro, blocking style.
+
+Each connection is one task running a plain recv/feed/sendall loop; the
+framework turns every would-block into a yield to its epoll scheduler.
+Backpressure is the same as with threads: a task parked in sendall() does
+not read. A task costs one coroutine frame and a small Task object.
+"""
+from __future__ import annotations
+
+from .. import coro
+from . import RECV_SIZE, Server, tune
+
+
+async def serve_conn(conn: coro.Socket, handler) -> None:
+    recv, sendall, feed = conn.recv, conn.sendall, handler.feed
+    try:
+        while True:
+            data = await recv(RECV_SIZE)
+            if not data:
+                break
+            out, close = feed(data)
+            if out:
+                await sendall(out)
+            if close:
+                break
+    except OSError:
+        pass                      # reset by peer: just close
+    finally:
+        conn.close()
+
+
+class CoroServer(Server):
+    name = "coro"
+
+    def serve_forever(self):
+        coro.run(self.main())
+
+    async def main(self):
+        listener = coro.Socket(self.listener)
+        spawn, new = coro.spawn, self.protocol.new
+        while True:
+            conn, _ = await listener.accept()
+            tune(conn.sock)
+            spawn(serve_conn(conn, new()))
+
+
+ENGINE = CoroServer

@@ -1,0 +1,73 @@
+"""threads: one thread per connection, blocking sockets (一请求一线程, course §2.1.1).
+
+The simplest model: accept, start a thread, and let the thread block in
+recv/send. The kernel does the multiplexing by scheduling threads. In
+CPython only one thread runs Python at a time (the GIL), so every request
+costs a GIL hand-off and a context switch; with thousands of threads the
+accept loop itself waits for the GIL behind them, and latency collapses.
+Backpressure is free: a thread blocked in sendall() does not read.
+"""
+from __future__ import annotations
+
+import socket
+import threading
+
+from . import RECV_SIZE, Server, tune
+
+# Python threads run little Python per frame here; a small stack keeps
+# thousands of threads from reserving 8 MiB of address space each.
+STACK_SIZE = 256 * 1024
+
+
+class Threads(Server):
+    name = "threads"
+
+    def __init__(self, listener, protocol):
+        super().__init__(listener, protocol)
+        self.conns: set[socket.socket] = set()
+        self.lock = threading.Lock()
+
+    def serve_forever(self):
+        threading.stack_size(STACK_SIZE)
+        while True:
+            try:
+                sock, _addr = self.listener.accept()
+            except OSError:
+                continue          # EMFILE / ECONNABORTED: keep serving the others
+            tune(sock)
+            with self.lock:
+                self.conns.add(sock)
+            threading.Thread(target=self.serve_conn, args=(sock,), daemon=True).start()
+
+    def serve_conn(self, sock: socket.socket) -> None:
+        handler = self.protocol.new()
+        try:
+            while True:
+                data = sock.recv(RECV_SIZE)
+                if not data:
+                    break
+                out, close = handler.feed(data)
+                if out:
+                    sock.sendall(out)
+                if close:
+                    break
+        except OSError:
+            pass
+        finally:
+            with self.lock:
+                self.conns.discard(sock)
+            sock.close()
+
+    def close(self):
+        # Wake every blocked recv() with shutdown() so threads end on their own.
+        with self.lock:
+            conns = list(self.conns)
+        for sock in conns:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        super().close()
+
+
+ENGINE = Threads

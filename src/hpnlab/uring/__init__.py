@@ -1,0 +1,160 @@
+"""hpnlab.uring - a small cffi binding to Debian's liburing (course §2.5).
+
+io_uring is a *proactor*: instead of asking "which sockets are ready?"
+(reactor: epoll) the program hands the kernel whole operations - accept,
+recv, send - on a submission queue, and collects their results from a
+completion queue. One io_uring_enter() both submits a batch and waits, so
+syscalls per request drop well below one.
+
+    ring = Ring(entries=4096, nbufs=512, bufsize=4096)
+    ring.prep_accept(listen_fd, ud=1, multishot=True)
+    for ud, res, flags in ring.wait(): ...
+
+The compiled part (_hpnlab_uring, built from _build.py) is made by
+`make setup`; if it is missing, the first import builds it, and says
+clearly what is missing when it cannot (no gcc, no liburing-dev).
+"""
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+
+class UringUnavailable(RuntimeError):
+    """io_uring cannot be used here; the message says why."""
+
+
+def _load():
+    try:
+        from . import _hpnlab_uring as mod       # type: ignore[attr-defined]
+        return mod.ffi, mod.lib
+    except ImportError:
+        pass
+    from . import _build
+    try:
+        _build.build()
+    except Exception as exc:
+        raise UringUnavailable(f"the liburing binding is not built and cannot be built: {exc}") from None
+    from . import _hpnlab_uring as mod           # type: ignore[attr-defined]
+    return mod.ffi, mod.lib
+
+
+def unavailable() -> str | None:
+    """None if io_uring works on this machine, else the reason."""
+    disabled = Path("/proc/sys/kernel/io_uring_disabled")
+    if disabled.exists() and disabled.read_text().strip() == "2":
+        return "io_uring is disabled by sysctl kernel.io_uring_disabled=2"
+    try:
+        Ring(entries=8, nbufs=0).close()
+    except UringUnavailable as exc:
+        return str(exc)
+    return None
+
+
+class Ring:
+    """One io_uring with (optionally) one provided-buffer ring of `nbufs` x `bufsize`."""
+
+    BATCH = 1024
+
+    def __init__(self, entries: int = 4096, nbufs: int = 512, bufsize: int = 4096, bgid: int = 0):
+        self.ffi, self.lib = ffi, lib = _load()
+        err = ffi.new("int *")
+        # Newest flags first: a single task submits and reaps, so the kernel may
+        # defer completion work to our io_uring_enter (less IPI/interrupt work).
+        attempts = [lib.IORING_SETUP_SINGLE_ISSUER | lib.IORING_SETUP_DEFER_TASKRUN,
+                    lib.IORING_SETUP_COOP_TASKRUN, 0]
+        self.r = ffi.NULL
+        for flags in attempts:
+            self.r = lib.hp_ring_new(entries, flags, err)
+            if self.r != ffi.NULL:
+                break
+            if err[0] != -errno.EINVAL:
+                break
+        if self.r == ffi.NULL:
+            code = -err[0]
+            raise UringUnavailable(f"io_uring_setup failed: {os.strerror(code)} (errno {code})"
+                                   + (" - io_uring is disabled or not built into this kernel"
+                                      if code in (errno.ENOSYS, errno.EPERM) else ""))
+        self.nbufs, self.bufsize = nbufs, bufsize
+        self.bufs: memoryview | None = None
+        if nbufs:
+            ret = lib.hp_bufring_setup(self.r, nbufs, bufsize, bgid)
+            if ret < 0:
+                lib.hp_ring_free(self.r)
+                self.r = ffi.NULL
+                raise UringUnavailable(f"provided-buffer ring setup failed: {os.strerror(-ret)}"
+                                       " (needs Linux >= 5.19)")
+            # One memoryview over all buffers: slicing it copies a CQE's data
+            # out in pure Python, without a cffi call per buffer.
+            self.bufs = memoryview(ffi.buffer(lib.hp_buf_base(self.r), nbufs * bufsize))
+        self._ud = ffi.new("unsigned long long[]", self.BATCH)
+        self._res = ffi.new("int[]", self.BATCH)
+        self._flags = ffi.new("unsigned[]", self.BATCH)
+        self._ud_mv = memoryview(ffi.buffer(self._ud)).cast("Q")
+        self._res_mv = memoryview(ffi.buffer(self._res)).cast("i")
+        self._flags_mv = memoryview(ffi.buffer(self._flags)).cast("I")
+        self.F_MORE = lib.IORING_CQE_F_MORE
+        self.F_BUFFER = lib.IORING_CQE_F_BUFFER
+        self.BUFFER_SHIFT = lib.IORING_CQE_BUFFER_SHIFT
+
+    @property
+    def setup_flags(self) -> int:
+        return self.lib.hp_ring_flags(self.r)
+
+    def wait(self) -> tuple[list[int], list[int], list[int]]:
+        """Submit queued SQEs, wait for >= 1 completion; (user_data, res, flags) lists.
+
+        Raises InterruptedError on a signal, after Python ran its handler.
+        """
+        n = self.lib.hp_wait_harvest(self.r, self._ud, self._res, self._flags, self.BATCH)
+        if n < 0:
+            if n == -errno.EINTR:
+                raise InterruptedError()
+            raise OSError(-n, f"io_uring_enter: {os.strerror(-n)}")
+        return self._ud_mv[:n].tolist(), self._res_mv[:n].tolist(), self._flags_mv[:n].tolist()
+
+    def take(self, bid: int, n: int) -> bytes:
+        """Copy `n` bytes out of provided buffer `bid` and give the buffer back to the kernel."""
+        off = bid * self.bufsize
+        data = self.bufs[off:off + n].tobytes()       # type: ignore[index]
+        self.lib.hp_buf_recycle(self.r, bid)
+        return data
+
+    def recycle(self, bid: int) -> None:
+        self.lib.hp_buf_recycle(self.r, bid)
+
+    def _check(self, ret: int, what: str) -> None:
+        if ret < 0:
+            raise OSError(-ret, f"{what}: {os.strerror(-ret)}")
+
+    def prep_accept(self, fd: int, ud: int, multishot: bool = True) -> None:
+        self._check(self.lib.hp_prep_accept(self.r, fd, ud, int(multishot)), "prep accept")
+
+    def prep_recv(self, fd: int, ud: int, multishot: bool = True) -> None:
+        self._check(self.lib.hp_prep_recv(self.r, fd, ud, int(multishot)), "prep recv")
+
+    def prep_send(self, fd: int, data: bytes, ud: int) -> None:
+        """The caller must keep `data` alive until the send's completion arrives."""
+        self._check(self.lib.hp_prep_send(self.r, fd, data, len(data), ud), "prep send")
+
+    def prep_cancel(self, target_ud: int, ud: int) -> None:
+        self._check(self.lib.hp_prep_cancel(self.r, target_ud, ud), "prep cancel")
+
+    def prep_nop(self, ud: int) -> None:
+        self._check(self.lib.hp_prep_nop(self.r, ud), "prep nop")
+
+    def submit(self) -> int:
+        return self.lib.hp_submit(self.r)
+
+    def close(self) -> None:
+        if self.r != self.ffi.NULL:
+            self.bufs = None
+            self.lib.hp_ring_free(self.r)
+            self.r = self.ffi.NULL
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,268 @@
+"""Build the cffi binding to liburing (API mode: compiled against liburing.h).
+
+liburing's prep helpers are `static inline` in liburing.h, so an ABI-mode
+binding cannot call them; API mode compiles a small C module that can. The
+few C helpers below exist so that Python pays one call per operation instead
+of one per struct field: get an SQE (submitting if the queue is full), fill
+it, tag it. `harvest` copies finished CQEs into three flat arrays.
+
+    python -m hpnlab.uring._build      # what `make setup` runs
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+MODULE = "_hpnlab_uring"
+
+CDEF = r"""
+typedef unsigned long long u64;
+typedef struct hp_ring hp_ring;
+
+hp_ring *hp_ring_new(unsigned entries, unsigned flags, int *err);
+unsigned hp_ring_flags(hp_ring *r);
+unsigned hp_ring_features(hp_ring *r);
+void hp_ring_free(hp_ring *r);
+
+int hp_bufring_setup(hp_ring *r, unsigned nbufs, unsigned bufsize, int bgid);
+char *hp_buf_base(hp_ring *r);
+void hp_buf_recycle(hp_ring *r, unsigned bid);
+
+int hp_prep_accept(hp_ring *r, int fd, u64 ud, int multishot);
+int hp_prep_recv(hp_ring *r, int fd, u64 ud, int multishot);
+int hp_prep_send(hp_ring *r, int fd, const char *buf, unsigned len, u64 ud);
+int hp_prep_cancel(hp_ring *r, u64 target, u64 ud);
+int hp_prep_nop(hp_ring *r, u64 ud);
+
+int hp_submit(hp_ring *r);
+int hp_submit_and_wait(hp_ring *r, unsigned wait_nr);
+int hp_harvest(hp_ring *r, u64 *ud, int *res, unsigned *flags, unsigned max);
+int hp_wait_harvest(hp_ring *r, u64 *ud, int *res, unsigned *flags, unsigned max);
+
+int shutdown(int fd, int how);
+int close(int fd);
+int setsockopt(int fd, int level, int name, const void *val, unsigned len);
+
+#define IORING_SETUP_COOP_TASKRUN ...
+#define IORING_SETUP_SINGLE_ISSUER ...
+#define IORING_SETUP_DEFER_TASKRUN ...
+#define IORING_CQE_F_BUFFER ...
+#define IORING_CQE_F_MORE ...
+#define IORING_CQE_BUFFER_SHIFT ...
+"""
+
+SOURCE = r"""
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <liburing.h>
+
+typedef unsigned long long u64;
+
+typedef struct hp_ring {
+    struct io_uring ring;
+    struct io_uring_buf_ring *br;
+    char *bufs;
+    unsigned nbufs, bufsize, mask;
+    int bgid;
+} hp_ring;
+
+hp_ring *hp_ring_new(unsigned entries, unsigned flags, int *err)
+{
+    hp_ring *r = calloc(1, sizeof *r);
+    if (!r) { *err = -ENOMEM; return NULL; }
+    struct io_uring_params p;
+    memset(&p, 0, sizeof p);
+    p.flags = flags;
+    int ret = io_uring_queue_init_params(entries, &r->ring, &p);
+    if (ret < 0) { free(r); *err = ret; return NULL; }
+    *err = 0;
+    return r;
+}
+
+unsigned hp_ring_flags(hp_ring *r) { return r->ring.flags; }
+unsigned hp_ring_features(hp_ring *r) { return r->ring.features; }
+
+void hp_ring_free(hp_ring *r)
+{
+    if (!r) return;
+    if (r->br) {
+        io_uring_unregister_buf_ring(&r->ring, r->bgid);
+        munmap(r->br, r->nbufs * sizeof(struct io_uring_buf));
+    }
+    free(r->bufs);
+    io_uring_queue_exit(&r->ring);
+    free(r);
+}
+
+/* A provided-buffer ring: the kernel picks a free buffer only when data
+ * arrives, so memory scales with data in flight, not with connections. */
+int hp_bufring_setup(hp_ring *r, unsigned nbufs, unsigned bufsize, int bgid)
+{
+    size_t ring_size = nbufs * sizeof(struct io_uring_buf);
+    void *mem = mmap(NULL, ring_size, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+    if (mem == MAP_FAILED) return -errno;
+    struct io_uring_buf_reg reg;
+    memset(&reg, 0, sizeof reg);
+    reg.ring_addr = (unsigned long)mem;
+    reg.ring_entries = nbufs;
+    reg.bgid = bgid;
+    int ret = io_uring_register_buf_ring(&r->ring, &reg, 0);
+    if (ret < 0) { munmap(mem, ring_size); return ret; }
+    r->br = mem;
+    r->bufs = malloc((size_t)nbufs * bufsize);
+    if (!r->bufs) return -ENOMEM;
+    r->nbufs = nbufs; r->bufsize = bufsize; r->bgid = bgid;
+    r->mask = io_uring_buf_ring_mask(nbufs);
+    io_uring_buf_ring_init(r->br);
+    for (unsigned i = 0; i < nbufs; i++)
+        io_uring_buf_ring_add(r->br, r->bufs + (size_t)i * bufsize, bufsize, i, r->mask, i);
+    io_uring_buf_ring_advance(r->br, nbufs);
+    return 0;
+}
+
+char *hp_buf_base(hp_ring *r) { return r->bufs; }
+
+void hp_buf_recycle(hp_ring *r, unsigned bid)
+{
+    io_uring_buf_ring_add(r->br, r->bufs + (size_t)bid * r->bufsize, r->bufsize, bid, r->mask, 0);
+    io_uring_buf_ring_advance(r->br, 1);
+}
+
+static struct io_uring_sqe *get_sqe(hp_ring *r)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
+    if (!sqe) {              /* submission queue full: hand it to the kernel, retry */
+        io_uring_submit(&r->ring);
+        sqe = io_uring_get_sqe(&r->ring);
+    }
+    return sqe;
+}
+
+int hp_prep_accept(hp_ring *r, int fd, u64 ud, int multishot)
+{
+    struct io_uring_sqe *sqe = get_sqe(r);
+    if (!sqe) return -EBUSY;
+    if (multishot)
+        io_uring_prep_multishot_accept(sqe, fd, NULL, NULL, SOCK_CLOEXEC);
+    else
+        io_uring_prep_accept(sqe, fd, NULL, NULL, SOCK_CLOEXEC);
+    io_uring_sqe_set_data64(sqe, ud);
+    return 0;
+}
+
+int hp_prep_recv(hp_ring *r, int fd, u64 ud, int multishot)
+{
+    struct io_uring_sqe *sqe = get_sqe(r);
+    if (!sqe) return -EBUSY;
+    if (multishot)
+        io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
+    else
+        io_uring_prep_recv(sqe, fd, NULL, r->bufsize, 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = r->bgid;
+    io_uring_sqe_set_data64(sqe, ud);
+    return 0;
+}
+
+int hp_prep_send(hp_ring *r, int fd, const char *buf, unsigned len, u64 ud)
+{
+    struct io_uring_sqe *sqe = get_sqe(r);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_send(sqe, fd, buf, len, MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, ud);
+    return 0;
+}
+
+int hp_prep_cancel(hp_ring *r, u64 target, u64 ud)
+{
+    struct io_uring_sqe *sqe = get_sqe(r);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_cancel64(sqe, target, 0);
+    io_uring_sqe_set_data64(sqe, ud);
+    return 0;
+}
+
+int hp_prep_nop(hp_ring *r, u64 ud)
+{
+    struct io_uring_sqe *sqe = get_sqe(r);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_nop(sqe);
+    io_uring_sqe_set_data64(sqe, ud);
+    return 0;
+}
+
+int hp_submit(hp_ring *r) { return io_uring_submit(&r->ring); }
+int hp_submit_and_wait(hp_ring *r, unsigned wait_nr) { return io_uring_submit_and_wait(&r->ring, wait_nr); }
+
+int hp_harvest(hp_ring *r, u64 *ud, int *res, unsigned *flags, unsigned max)
+{
+    struct io_uring_cqe *cqe;
+    unsigned head, n = 0;
+    io_uring_for_each_cqe(&r->ring, head, cqe) {
+        if (n == max) break;
+        ud[n] = cqe->user_data;
+        res[n] = cqe->res;
+        flags[n] = cqe->flags;
+        n++;
+    }
+    io_uring_cq_advance(&r->ring, n);
+    return (int)n;
+}
+
+/* Submit what is queued, wait for at least one completion, harvest up to
+ * `max`. One Python->C call per loop turn. Returns -EINTR on a signal so
+ * that Python can run its handler. */
+int hp_wait_harvest(hp_ring *r, u64 *ud, int *res, unsigned *flags, unsigned max)
+{
+    int n = hp_harvest(r, ud, res, flags, max);
+    if (n > 0) {
+        io_uring_submit(&r->ring);
+        return n;
+    }
+    int ret = io_uring_submit_and_wait(&r->ring, 1);
+    if (ret < 0 && ret != -EBUSY) return ret;
+    return hp_harvest(r, ud, res, flags, max);
+}
+"""
+
+
+def build_dir() -> Path:
+    return Path(__file__).resolve().parent
+
+
+def build(target_dir: Path | None = None, verbose: bool = False) -> Path:
+    """Compile the module into the package (or `target_dir`); return the .so path."""
+    from cffi import FFI
+    if not Path("/usr/include/liburing.h").exists():
+        raise RuntimeError("liburing.h not found: install liburing-dev (`make setup` does)")
+    if not (shutil.which("gcc") or shutil.which("cc")):
+        raise RuntimeError("no C compiler: install gcc (`make setup` does)")
+    ffi = FFI()
+    ffi.cdef(CDEF)
+    ffi.set_source(MODULE, SOURCE, libraries=["uring"], extra_compile_args=["-O2"])
+    target = target_dir or build_dir()
+    with tempfile.TemporaryDirectory(prefix="hpnlab-uring-") as tmp:
+        so = ffi.compile(tmpdir=tmp, verbose=verbose)
+        suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+        out = target / f"{MODULE}{suffix}"
+        # copy then rename: a concurrent importer never sees half a file
+        staged = target / f".{MODULE}.{os.getpid()}.tmp"
+        shutil.copyfile(so, staged)
+        os.replace(staged, out)
+    return out
+
+
+if __name__ == "__main__":
+    try:
+        print(build(verbose="-v" in sys.argv))
+    except Exception as exc:          # a setup step: say what failed, in one line
+        print(f"hpnlab.uring: build failed: {exc}", file=sys.stderr)
+        sys.exit(1)
