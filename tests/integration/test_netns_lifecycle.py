@@ -162,3 +162,19 @@ def test_rate_limit_and_tcp_under_impairment(lab_factory):
     import json
     bps = json.loads(out)["end"]["sum_received"]["bits_per_second"]
     assert 12e6 < bps < 22e6, bps
+
+
+def test_two_concurrent_ups_do_not_collide(tmp_path):
+    name = unique_lab_name("c")
+    lab_file = tmp_path / "lab.yml"
+    lab_file.write_text((REPO / "lab.yml").read_text().replace("name: hpnlab", f"name: {name}"))
+    state = tmp_path / "st"
+    try:
+        procs = [hpnlab("--lab", str(lab_file), "up", state=state) for _ in range(2)]
+        outputs = [(p.wait(60), p.stderr.read()) for p in procs]
+        assert [rc for rc, _ in outputs] == [0, 0], outputs
+        assert sum("already up" in err for _, err in outputs) == 1, outputs
+        assert sorted(n for n in netns() if n.startswith(name)) == [f"{name}-h1", f"{name}-h2", f"{name}.switch"]
+    finally:
+        assert hpnlab("--lab", str(lab_file), "down", state=state).wait(60) == 0
+    assert residue(name) == []
