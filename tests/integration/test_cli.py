@@ -88,6 +88,12 @@ def test_bad_arguments_get_clear_errors(cli):
     assert provider.returncode == 2 and "invalid choice: 'docker'" in provider.stderr
 
 
+def test_every_subcommand_loads():
+    from hpnlab.cli import build_parser
+    help_text = build_parser().format_help()
+    assert "(broken" not in help_text, help_text
+
+
 def test_exec_on_a_lab_that_is_down(cli):
     proc = cli("exec", "h1", "--", "true", check=False)
     assert proc.returncode == 1 and "is not up" in proc.stderr

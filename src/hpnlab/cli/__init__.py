@@ -19,7 +19,15 @@ from ..topology import PROVIDERS, TopologyError
 def _subcommands():
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
         if not info.name.startswith("_"):
-            yield info.name.rstrip("_").replace("_", "-"), importlib.import_module(f"{__name__}.{info.name}")
+            yield info.name.rstrip("_").replace("_", "-"), f"{__name__}.{info.name}"
+
+
+def _broken(name: str, exc: Exception):
+    """One subcommand that cannot load must not take `down` or `cleanup` with it."""
+    def run(_args) -> int:
+        print(f"hpnlab: the `{name}` command cannot load: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,10 +35,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lab", default="lab.yml", metavar="FILE", help="topology file (default: lab.yml)")
     parser.add_argument("--provider", choices=PROVIDERS, help="override the provider named in the lab file")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, module in _subcommands():
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
-        module.add_arguments(p)
-        p.set_defaults(func=module.run)
+    for name, module_name in _subcommands():
+        try:
+            module = importlib.import_module(module_name)
+            p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+            module.add_arguments(p)
+            p.set_defaults(func=module.run)
+        except Exception as exc:  # noqa: BLE001 — reported when the command is used
+            if name in sub.choices:
+                del sub.choices[name]
+            p = sub.add_parser(name, help=f"(broken: {exc})")
+            p.set_defaults(func=_broken(name, exc))
     return parser
 
 
