@@ -61,7 +61,6 @@ class NetnsHost(Host):
         self.netns = netns
         self.logdir = logdir
         self._record = record
-        self._count = 0
 
     def _exec(self, cmd: Command, timeout: float, input: str | None, env: dict | None) -> Result:
         started = time.monotonic()
@@ -79,9 +78,12 @@ class NetnsHost(Host):
                       time.monotonic() - started)
 
     def start(self, cmd: Command, name: str | None = None, env: dict | None = None) -> Process:
-        self._count += 1
-        name = name or f"{Path(str(cmd if isinstance(cmd, str) else cmd[0]).split()[0]).name}-{self._count}"
+        base = name or Path(str(cmd if isinstance(cmd, str) else cmd[0]).split()[0]).name
         self.logdir.mkdir(parents=True, exist_ok=True)
+        name, n = base, 1
+        while (self.logdir / f"{name}.out").exists():   # Host objects come and go; logs must not clash
+            n += 1
+            name = f"{base}-{n}"
         out, err = self.logdir / f"{name}.out", self.logdir / f"{name}.err"
         with open(out, "wb") as fout, open(err, "wb") as ferr:
             popen = subprocess.Popen(netns_argv(self.netns, cmd), stdout=fout, stderr=ferr,
