@@ -11,8 +11,9 @@
  *   hpnlab-loadgen -H 127.0.0.1 -p 7000 -c 100 -s 64 -d 1 -t 5 -w 1
  *
  * Progress markers go to stderr ("# connected", "# measuring", "# done") so
- * a runner can sample the server exactly around the measured window; the
- * result is one JSON object on stdout. The client's own CPU use over the
+ * a runner can sample the server exactly around the measured window; after
+ * "# done" the connections stay open for -L seconds (default 0.5) so the
+ * server can be sampled loaded. The result is one JSON object on stdout. The client's own CPU use over the
  * window is reported so a reader can see it is not the bottleneck.
  */
 #define _GNU_SOURCE
@@ -94,8 +95,8 @@ struct conn {
 static struct {
     const char *host;
     int port, conns, size, depth, max_connecting;
-    double duration, warmup, connect_timeout;
-} opt = {"127.0.0.1", 7000, 10, 64, 1, 256, 5.0, 1.0, 30.0};
+    double duration, warmup, connect_timeout, linger;
+} opt = {"127.0.0.1", 7000, 10, 64, 1, 256, 5.0, 1.0, 30.0, 0.5};
 
 static int epfd;
 static struct conn *C;
@@ -220,7 +221,8 @@ static void usage(void)
 {
     fprintf(stderr,
             "usage: hpnlab-loadgen [-H host] [-p port] [-c conns] [-s size] [-d depth]\n"
-            "                      [-t seconds] [-w warmup] [-m max-connecting] [-T connect-timeout]\n");
+            "                      [-t seconds] [-w warmup] [-m max-connecting] [-T connect-timeout]\n"
+            "                      [-L linger-seconds]\n");
     exit(2);
 }
 
@@ -233,7 +235,7 @@ static double cpu_seconds(struct rusage *r, int sys)
 int main(int argc, char **argv)
 {
     int ch;
-    while ((ch = getopt(argc, argv, "H:p:c:s:d:t:w:m:T:h")) != -1) {
+    while ((ch = getopt(argc, argv, "H:p:c:s:d:t:w:m:T:L:h")) != -1) {
         switch (ch) {
         case 'H': opt.host = optarg; break;
         case 'p': opt.port = atoi(optarg); break;
@@ -244,6 +246,7 @@ int main(int argc, char **argv)
         case 'w': opt.warmup = atof(optarg); break;
         case 'm': opt.max_connecting = atoi(optarg); break;
         case 'T': opt.connect_timeout = atof(optarg); break;
+        case 'L': opt.linger = atof(optarg); break;
         default: usage();
         }
     }
@@ -366,6 +369,13 @@ int main(int argc, char **argv)
     getrusage(RUSAGE_SELF, &ru1);
     fprintf(stderr, "# done\n");
     fflush(stderr);
+    /* Keep the connections open a moment so the runner can sample the server
+     * in its loaded state (threads alive, RSS) right after the window. */
+    if (opt.linger > 0) {
+        struct timespec ls = {.tv_sec = (time_t)opt.linger,
+                              .tv_nsec = (long)((opt.linger - (double)(time_t)opt.linger) * 1e9)};
+        nanosleep(&ls, NULL);
+    }
 
     double secs = (double)(m1 - m0) / 1e9;
     double cu = cpu_seconds(&ru1, 0) - cpu_seconds(&ru0, 0);

@@ -215,23 +215,31 @@ class Scheduler:
 
     # -- the loop -------------------------------------------------------------
     def _step(self, t: Task) -> None:
+        """Resume `t` until its next trap, and park it where the trap says.
+
+        This runs once per wake-up of every task, so it is written for speed:
+        the READ trap (a recv waiting) is tested first and parked inline.
+        """
         self.current = t
         try:
-            exc = t._throw
-            if exc is not None:
-                t._throw = None
-                trap = t.coro.throw(exc)
-            else:
+            if t._throw is None:
                 value, t._send = t._send, None
                 trap = t.coro.send(value)
+            else:
+                exc, t._throw = t._throw, None
+                trap = t.coro.throw(exc)
         except StopIteration as stop:
+            self.current = None
             self._finish(t, stop.value, None)
             return
         except (Exception, Cancelled) as exc:
+            self.current = None
             self._finish(t, None, exc)
             return
-        finally:
+        except BaseException:
             self.current = None
+            raise
+        self.current = None
         if t._cancel_pending:
             t._cancel_pending = False
             t._throw = Cancelled()
@@ -239,7 +247,13 @@ class Scheduler:
             return
         kind = trap[0]
         if kind == READ:
-            self._park_fd(t, trap[1], self.readers, EPOLLIN, READ)
+            fd = trap[1]
+            # fast path: nobody else reads this fd and epoll already watches it for input
+            if fd not in self.readers and self.masks.get(fd, 0) & EPOLLIN:
+                self.readers[fd] = t
+                t._wait = trap
+            else:
+                self._park_fd(t, fd, self.readers, EPOLLIN, READ)
         elif kind == WRITE:
             self._park_fd(t, trap[1], self.writers, EPOLLOUT, WRITE)
         elif kind == SLEEP:

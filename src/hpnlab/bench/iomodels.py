@@ -1,0 +1,367 @@
+"""The I/O-models benchmark: engines x connections x message sizes.
+
+For each cell a fresh server process runs the engine (so its memory starts
+clean), the C load generator drives it for `repeats` runs, and one more
+short run counts the server's syscalls with perf (a counting tracepoint
+perturbs the throughput a little, so it is kept out of the timed runs).
+Around each timed run's measured window the runner samples the server's
+/proc (CPU, context switches, RSS) and the machine's /proc/stat (to see
+whether someone else's load disturbed the run, in which case it repeats it).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+
+from ..servers import ENGINES, unavailable
+from . import loadgen, procstat
+from .sides import Side
+
+SELECT_LIMIT = 1024 - 24     # FD_SETSIZE minus the descriptors a Python process already holds
+
+
+@dataclass
+class Config:
+    engines: list[str] = field(default_factory=lambda: list(ENGINES))
+    conns: list[int] = field(default_factory=lambda: [1, 10, 100, 1000, 10000])
+    sizes: list[int] = field(default_factory=lambda: [64, 4096])
+    duration: float = 3.0
+    warmup: float = 1.0
+    repeats: int = 3
+    depth: int = 1
+    port: int = 7300
+    quiet_wait: float = 60.0        # seconds to wait for a quiet machine before a cell
+    quiet_threshold: float = 0.25   # machine busy fraction that counts as "not quiet"
+    disturbed_cores: float = 0.3    # others' CPU use during a run (in cores) that makes us repeat it
+    max_extra: int = 2              # extra runs allowed per cell for disturbed ones
+    syscalls: bool = True
+    syscall_duration: float = 1.0
+
+
+def _wait_marker(handle, marker: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if marker in handle.logs()[1]:
+            return True
+        if not handle.alive():
+            return marker in handle.logs()[1]
+        time.sleep(0.005)
+    return False
+
+
+def _loadgen_json(handle) -> dict:
+    out, err = handle.logs()
+    lines = [ln for ln in out.splitlines() if ln.strip().startswith("{")]
+    if not lines:
+        raise RuntimeError(f"loadgen printed no result: {err.strip()[-300:]}")
+    return json.loads(lines[-1])
+
+
+def timed_run(cfg: Config, srv: Side, cli: Side, pid: int, conns: int, size: int,
+              duration: float, syscall_probe: bool = False) -> dict:
+    """One loadgen run; server /proc and machine /proc/stat sampled around its window."""
+    connect_timeout = 30.0 + conns / 500
+    lg = cli.start(loadgen.argv(srv.address, cfg.port, conns, size, cfg.depth, duration, cfg.warmup,
+                                connect_timeout), name="loadgen")
+    probe = None
+    try:
+        if not _wait_marker(lg, "# measuring", connect_timeout + cfg.warmup + 15):
+            lg.stop()
+            raise RuntimeError("loadgen never started measuring: " + lg.logs()[1].strip()[-300:])
+        t0 = time.monotonic()
+        if syscall_probe:
+            probe = start_syscall_probe(srv, pid)
+        else:
+            m0, s0 = procstat.machine(), procstat.sample(srv, pid)
+        if syscall_probe and probe is not None:
+            # stop the probe inside the window: its rate must come from steady state
+            time.sleep(max(0.1, duration - 0.15 - (time.monotonic() - t0)))
+            syscall_rate = stop_syscall_probe(probe)
+        if not _wait_marker(lg, "# done", duration + 30):
+            raise RuntimeError("loadgen did not finish its window")
+        if not syscall_probe:
+            s1, m1 = procstat.sample(srv, pid), procstat.machine()
+        lg.wait(30)
+        res = _loadgen_json(lg)
+    finally:
+        if lg.alive():
+            lg.stop()
+    if "error" in res:
+        raise RuntimeError(f"loadgen: {res['error']}")
+    if syscall_probe:
+        return {"rps": res["rps"], "syscalls_per_s": syscall_rate if probe is not None else None}
+    if s0 is None or s1 is None:
+        raise RuntimeError("the server died during the run")
+    reqs = max(res["requests"], 1)
+    server_cpu = s1.cpu_s - s0.cpu_s
+    client_cpu = res["client_cpu"]["user_s"] + res["client_cpu"]["sys_s"]
+    busy = m1.busy - m0.busy
+    window = max(res["duration_s"], 1e-6)
+    foreign = max(0.0, busy - server_cpu - client_cpu) / window     # cores used by others
+    steal = (m1.steal - m0.steal) / window
+    return {
+        "rps": res["rps"], "requests": res["requests"], "lat_us": res["lat_us"],
+        "connected": res["connected"], "alive": res["alive"], "connect_errors": res["connect_errors"],
+        "errors": res["errors"] + res["closed_by_peer"], "client_util": res["client_cpu"]["util"],
+        "server_util": server_cpu / window, "cpu_us_per_req": server_cpu * 1e6 / reqs,
+        "ctxsw_vol_per_req": (s1.vol - s0.vol) / reqs, "ctxsw_invol_per_req": (s1.invol - s0.invol) / reqs,
+        "rss_kib": max(s0.rss_kib, s1.rss_kib), "threads": s1.threads,
+        "foreign_cores": round(foreign, 3), "steal_cores": round(steal, 3),
+        "disturbed": foreign > cfg.disturbed_cores,
+    }
+
+
+# -- syscall counting -----------------------------------------------------------
+def syscall_tool() -> str | None:
+    if shutil.which("perf"):
+        return "perf"
+    if shutil.which("strace"):
+        return "strace"
+    return None
+
+
+def start_syscall_probe(srv: Side, pid: int):
+    tool = syscall_tool()
+    if tool == "perf":
+        argv = ["perf", "stat", "-I", "100", "-x,", "-e", "raw_syscalls:sys_enter", "-p", str(pid)]
+    elif tool == "strace":
+        argv = ["strace", "-c", "-f", "-q", "-p", str(pid)]
+    else:
+        return None
+    # not pinned: the probe must not steal the server's or the client's CPU slot
+    side = Side(srv.name + "-probe", srv.address, None, srv.host, srv.local_proc)
+    return tool, side.start(argv, name="syscalls"), time.monotonic()
+
+
+def stop_syscall_probe(probe) -> float | None:
+    """Syscalls per second the server made while the probe ran."""
+    tool, handle, started = probe
+    handle.signal(signal.SIGINT)
+    try:
+        handle.wait(10)
+    except TimeoutError:
+        handle.stop()
+    elapsed = time.monotonic() - started
+    out, err = handle.logs()
+    text = out + err
+    if tool == "perf":
+        total, last_ts = 0, 0.0
+        for line in text.splitlines():
+            parts = line.strip().split(",")
+            if len(parts) > 3 and "raw_syscalls" in parts[3] and parts[1].strip().isdigit():
+                total += int(parts[1])
+                last_ts = float(parts[0])
+        return total / last_ts if last_ts > 0 else None
+    for line in text.splitlines():           # strace -c: "100.00 ... <calls> <errors> total"
+        parts = line.split()
+        if parts and parts[-1] == "total":
+            nums = [p for p in parts[:-1] if p.isdigit()]
+            if nums:
+                return int(nums[0]) / elapsed
+    return None
+
+
+# -- a cell -------------------------------------------------------------------------
+def skip_reason(engine: str, conns: int) -> str | None:
+    why = unavailable(engine)
+    if why:
+        return why
+    if engine == "select" and conns > SELECT_LIMIT:
+        return "select() watches at most FD_SETSIZE=1024 descriptors"
+    return None
+
+
+def summarize(cell: dict) -> None:
+    runs = [r for r in cell["runs"] if not r.get("disturbed")] or cell["runs"]
+    rps = [r["rps"] for r in runs]
+    med = statistics.median(rps)
+    mid = min(runs, key=lambda r: abs(r["rps"] - med))        # the run that represents the cell
+    cell.update({
+        "rps": round(med, 1), "rps_min": round(min(rps), 1), "rps_max": round(max(rps), 1),
+        "spread_pct": round(100 * (max(rps) - min(rps)) / med, 1) if med else None,
+        "runs_used": len(runs), "runs_disturbed": sum(1 for r in cell["runs"] if r.get("disturbed")),
+        "p50_us": mid["lat_us"]["p50"], "p99_us": mid["lat_us"]["p99"], "p999_us": mid["lat_us"]["p999"],
+        "cpu_us_per_req": round(statistics.median(r["cpu_us_per_req"] for r in runs), 2),
+        "ctxsw_per_req": round(statistics.median(r["ctxsw_vol_per_req"] + r["ctxsw_invol_per_req"]
+                                                 for r in runs), 3),
+        "client_util": round(max(r["client_util"] for r in runs), 3),
+        "server_util": round(statistics.median(r["server_util"] for r in runs), 3),
+        "errors": sum(r["errors"] + r["connect_errors"] for r in runs),
+        "connected": min(r["connected"] for r in runs),
+    })
+    rss = cell["runs"][0]["rss_kib"]      # the first run is the one on a fresh server
+    cell["rss_kib"] = rss
+    cell["kib_per_conn"] = round(max(0, rss - cell["rss_idle_kib"]) / cell["conns"], 2)
+
+
+def run_cell(cfg: Config, engine: str, conns: int, size: int, srv: Side, cli: Side, say=print) -> dict:
+    cell: dict = {"engine": engine, "conns": conns, "size": size, "status": "ok", "runs": []}
+    why = skip_reason(engine, conns)
+    if why:
+        cell.update(status="skipped", reason=why)
+        return cell
+    cell["quiet"] = procstat.wait_quiet(cfg.quiet_wait, cfg.quiet_threshold, say)
+    server = srv.start([sys.executable, "-m", "hpnlab.servers", engine, "--host", srv.bind_address,
+                        "--port", str(cfg.port)], name=engine)
+    try:
+        why = srv.wait_listening(server, cfg.port)
+        if why:
+            cell.update(status="skipped", reason=why)
+            return cell
+        time.sleep(0.2)
+        idle = procstat.sample(srv, server.pid, with_ctx=False)
+        cell["rss_idle_kib"] = idle.rss_kib if idle else 0
+        budget = cfg.repeats + cfg.max_extra
+        while budget and sum(1 for r in cell["runs"] if not r["disturbed"]) < cfg.repeats:
+            budget -= 1
+            run = timed_run(cfg, srv, cli, server.pid, conns, size, cfg.duration)
+            cell["runs"].append(run)
+            note = " (disturbed: others used %.2f cores; repeating)" % run["foreign_cores"] \
+                if run["disturbed"] and budget else ""
+            say(f"    run {len(cell['runs'])}: {run['rps']:,.0f} req/s p99 {run['lat_us']['p99']:,.0f} µs"
+                f" server {run['server_util']:.0%} CPU client {run['client_util']:.0%}{note}")
+        if cfg.syscalls and syscall_tool():
+            probe = timed_run(cfg, srv, cli, server.pid, conns, size, cfg.syscall_duration, syscall_probe=True)
+            rate = probe["syscalls_per_s"]
+            cell["syscalls_per_req"] = round(rate / probe["rps"], 3) if rate and probe["rps"] else None
+            cell["syscall_tool"] = syscall_tool()
+        summarize(cell)
+        if not server.alive():
+            cell.update(status="error", reason="the server exited during the cell")
+    except (RuntimeError, OSError, ValueError) as exc:
+        cell.update(status="error", reason=str(exc).strip().splitlines()[0][:300])
+        if cell["runs"]:
+            try:
+                summarize(cell)
+            except (KeyError, ValueError, statistics.StatisticsError):
+                pass
+    finally:
+        rc = server.stop(timeout=10)
+        cell["server_exit"] = rc
+    return cell
+
+
+def run_grid(cfg: Config, srv: Side, cli: Side, say=print) -> list[dict]:
+    cells = []
+    total = len(cfg.engines) * len(cfg.conns) * len(cfg.sizes)
+    n = 0
+    for size in cfg.sizes:
+        for conns in cfg.conns:
+            for engine in cfg.engines:
+                n += 1
+                say(f"[{n}/{total}] {engine} conns={conns} size={size}")
+                cell = run_cell(cfg, engine, conns, size, srv, cli, say)
+                if cell["status"] != "ok":
+                    say(f"    {cell['status']}: {cell.get('reason')}")
+                cells.append(cell)
+    return cells
+
+
+# -- a whole benchmark: sides, grid, report -------------------------------------------
+SYSCTLS = ["net.core.somaxconn", "net.ipv4.tcp_max_syn_backlog", "net.core.rmem_max", "net.core.wmem_max",
+           "net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem", "net.ipv4.ip_local_port_range", "net.ipv4.tcp_tw_reuse",
+           "kernel.io_uring_disabled", "fs.nr_open"]
+
+
+class _LocalRunner:
+    """Just enough of a Host for report.fingerprint() to read this machine's sysctls."""
+
+    def run(self, argv, timeout=10, check=True):
+        import subprocess
+        from types import SimpleNamespace
+        p = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
+        return SimpleNamespace(stdout=p.stdout, rc=p.returncode)
+
+
+def sides_for(mode: str, provider=None, server: str = "h1", client: str = "h2",
+              network: str = "data") -> tuple[Side, Side, dict]:
+    """(server side, client side, hosts for the fingerprint)."""
+    import os
+    if mode == "loopback":
+        pin = (os.cpu_count() or 1) >= 2
+        return (Side("server", "127.0.0.1", 0 if pin else None),
+                Side("client", "127.0.0.1", 1 if pin else None), {"local": _LocalRunner()})
+    h_srv, h_cli = provider.host(server), provider.host(client)
+    addr = str(h_srv.address(network))
+    same_machine = provider.name == "netns"      # namespaces share this machine's CPUs and /proc
+    pin = same_machine and (os.cpu_count() or 1) >= 2
+    srv = Side(server, addr, 0 if pin else None, h_srv, local_proc=same_machine)
+    cli = Side(client, addr, 1 if pin else None, h_cli, local_proc=same_machine)
+    return srv, cli, {server: h_srv, client: h_cli}
+
+
+def versions() -> dict:
+    import platform
+    v = {"python": platform.python_version()}
+    for mod in ("uvloop", "greenlet", "cffi"):
+        try:
+            v[mod] = __import__(mod).__version__
+        except Exception:       # noqa: BLE001 - a version is informational
+            v[mod] = None
+    try:
+        import subprocess
+        v["liburing"] = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "liburing-dev"],
+                                       capture_output=True, text=True).stdout or None
+    except OSError:
+        v["liburing"] = None
+    return v
+
+
+def benchmark(cfg: Config, mode: str, provider=None, argv: list[str] | None = None,
+              results_root=None, say=print, make_target: str | None = None) -> dict:
+    """Run the grid and write results/bench/<stamp>/; returns {"dir", "cells", "goals"}."""
+    import resource
+
+    from ..report import environment_md, fingerprint, rerun_command, rerun_md, results_dir, write_report
+    from . import writeup
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:       # 10k connections: children inherit the raised limit
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    loadgen.build()
+    srv, cli, hosts = sides_for(mode, provider)
+    say(f"server on {srv.describe()}; client on {cli.describe()}")
+    started = time.time()
+    cells = run_grid(cfg, srv, cli, say)
+    out = results_dir("bench", results_root)
+    env = fingerprint(provider, SYSCTLS, hosts=hosts)
+    env["provider"] = provider.name if provider is not None else None
+    env["mode"] = mode
+    env["versions"] = versions()
+    env["syscall_tool"] = syscall_tool()
+    env["nofile_limit"] = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    goal_rows = writeup.goals(cells)
+    pngs = writeup.plots(cells, out)
+    writeup.write_csv(cells, out / "data.csv")
+    sizes = sorted({c["size"] for c in cells})
+    text = ["# I/O models: threads, select/poll, epoll LT/ET, coroutines, io_uring", "",
+            "Course §2.1–2.5, phase 1: *how do multi-threaded epoll, coroutine epoll and asynchronous "
+            "I/O (io_uring) differ in throughput, latency, CPU and memory?*", "",
+            f"- mode: **{mode}** — server on {srv.describe()}, client (hpnlab-loadgen, C epoll) on "
+            f"{cli.describe()}",
+            f"- grid: engines {', '.join(cfg.engines)}; connections {cfg.conns}; message sizes {cfg.sizes} B; "
+            f"pipeline depth {cfg.depth}",
+            f"- each cell: fresh server; {cfg.repeats} timed run(s) of {cfg.duration:g} s after "
+            f"{cfg.warmup:g} s warm-up (runs that others' load disturbed are repeated, up to "
+            f"{cfg.max_extra} extra); syscalls counted by {env['syscall_tool'] or 'nothing (no perf/strace)'} "
+            f"in a separate {cfg.syscall_duration:g} s run",
+            f"- took {time.time() - started:.0f} s", "",
+            writeup.goals_md(goal_rows), ""]
+    for size in sizes:
+        text += [f"## Results — {size} B messages", "",
+                 "req/s is the median of the runs, with [min–max] and spread = (max−min)/median; latency "
+                 "is from the median run; KiB/conn = (RSS under load − idle RSS) / connections; CPU "
+                 "server/client is the share of one core each used.", "",
+                 writeup.results_table(cells, size), ""]
+    text += [f"![{p}]({p})" for p in pngs] + [""]
+    text += [writeup.reading(cells), writeup.skipped_md(cells), "",
+             environment_md(env), "", rerun_md(argv, make_target=make_target)]
+    data = {"config": cfg.__dict__, "mode": mode, "cells": cells, "goals": goal_rows, "environment": env,
+            "command": rerun_command(argv)}
+    write_report(out, "\n".join(text), data)
+    return {"dir": out, "cells": cells, "goals": goal_rows}

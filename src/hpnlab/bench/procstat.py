@@ -1,0 +1,92 @@
+"""What the kernel says about a process and the machine: CPU, context switches, RSS.
+
+/proc/PID/stat utime+stime count every thread of the process (also exited
+ones, and io_uring's iou-wrk threads, which belong to the process).
+Context switches are per thread in /proc/PID/task/*/status, so they are
+summed. /proc/stat gives the machine's busy and steal time, to see whether
+someone else's load disturbed a run.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class ProcSample:
+    cpu_s: float          # user + system CPU seconds, all threads
+    vol: int              # voluntary context switches, all live threads
+    invol: int            # non-voluntary
+    rss_kib: int
+    threads: int
+
+
+def sample(side, pid: int, with_ctx: bool = True) -> ProcSample | None:
+    stat = side.read(f"/proc/{pid}/stat")
+    status = side.read(f"/proc/{pid}/status")
+    if stat is None or status is None:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / HZ       # utime, stime (fields 14, 15)
+    rss = threads = 0
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1])
+        elif line.startswith("Threads:"):
+            threads = int(line.split()[1])
+    vol = invol = 0
+    if with_ctx:
+        for tid in side.listdir(f"/proc/{pid}/task"):
+            st = side.read(f"/proc/{pid}/task/{tid}/status")
+            for line in (st or "").splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    vol += int(line.split()[1])
+                elif line.startswith("nonvoluntary_ctxt_switches:"):
+                    invol += int(line.split()[1])
+    return ProcSample(cpu, vol, invol, rss, threads)
+
+
+@dataclass
+class MachineSample:
+    busy: float    # CPU seconds (all CPUs) not idle/iowait/steal
+    steal: float
+    total: float
+
+
+def machine() -> MachineSample:
+    with open("/proc/stat") as f:
+        vals = [int(v) for v in f.readline().split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = (vals + [0] * 8)[:8]
+    busy = user + nice + system + irq + softirq
+    return MachineSample(busy / HZ, steal / HZ, (busy + idle + iowait + steal) / HZ)
+
+
+def busy_fraction(seconds: float = 1.0) -> tuple[float, float]:
+    """(busy, steal) as fractions of all CPUs over `seconds`."""
+    a = machine()
+    time.sleep(seconds)
+    b = machine()
+    total = max(b.total - a.total, 1e-9)
+    return (b.busy - a.busy) / total, (b.steal - a.steal) / total
+
+
+def wait_quiet(max_wait: float, threshold: float = 0.25, say=print) -> dict:
+    """Wait (up to max_wait s) until the machine is below `threshold` busy.
+
+    Load average lags by a minute and counts our own just-finished run, so
+    this samples /proc/stat directly instead; loadavg is still recorded.
+    """
+    started = time.monotonic()
+    busy, steal = busy_fraction(0.5)
+    warned = False
+    while busy > threshold and time.monotonic() - started < max_wait:
+        if not warned:
+            say(f"    machine busy {busy:.0%} (others' load); waiting up to {max_wait:g}s for quiet")
+            warned = True
+        busy, steal = busy_fraction(1.0)
+    return {"busy_before": round(busy, 3), "steal_before": round(steal, 3),
+            "waited_s": round(time.monotonic() - started, 1),
+            "loadavg": open("/proc/loadavg").read().split()[:3]}

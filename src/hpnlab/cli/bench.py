@@ -1,0 +1,98 @@
+"""`hpnlab bench` — the I/O-models benchmark (issue 5, course §2.1–2.5)."""
+from __future__ import annotations
+
+import sys
+
+from ..servers import ENGINES
+from ._common import console
+
+HELP = "benchmark the I/O-model servers (threads ... io_uring) and write results/bench/<stamp>/"
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        vals = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
+    if not vals or any(v < 1 for v in vals):
+        raise ValueError(f"expected positive integers, got {text!r}")
+    return vals
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--mode", choices=["auto", "lab", "loopback"], default="auto",
+                        help="lab: server on h1, client on h2 of the running lab; loopback: this machine, "
+                             "server pinned to CPU0 and client to CPU1; auto: lab if it is up")
+    parser.add_argument("--engines", default=",".join(ENGINES), help=f"comma list (default all: {', '.join(ENGINES)})")
+    parser.add_argument("--conns", default="1,10,100,1000,10000", help="comma list of connection counts")
+    parser.add_argument("--sizes", default="64,4096", help="comma list of message sizes in bytes")
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds measured per run")
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--depth", type=int, default=1, help="requests in flight per connection")
+    parser.add_argument("--port", type=int, default=7300)
+    parser.add_argument("--quiet-wait", type=float, default=60.0,
+                        help="seconds to wait for a quiet machine before each cell")
+    parser.add_argument("--no-syscalls", action="store_true", help="skip the perf/strace syscall count")
+    parser.add_argument("--quick", action="store_true",
+                        help="a fast smoke run: conns 1,100; 64 B; 0.5 s; 1 repeat (for tests)")
+    parser.add_argument("--results", metavar="DIR", help="results root (default: results/)")
+    parser.add_argument("--server-host", default="h1")
+    parser.add_argument("--client-host", default="h2")
+    parser.add_argument("--network", default="data")
+
+
+def run(args) -> int:
+    from ..bench.iomodels import Config, benchmark
+    from ..providers import ProviderError, open_lab
+
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    bad = [e for e in engines if e not in ENGINES]
+    if bad or not engines:
+        console.print(f"[red]unknown engine(s) {', '.join(bad) or '(none)'}[/red]; "
+                      f"valid engines: {', '.join(ENGINES)}")
+        return 2
+    try:
+        conns, sizes = _ints(args.conns), _ints(args.sizes)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 2
+    cfg = Config(engines=engines, conns=conns, sizes=sizes, duration=args.duration, warmup=args.warmup,
+                 repeats=args.repeats, depth=args.depth, port=args.port, quiet_wait=args.quiet_wait,
+                 syscalls=not args.no_syscalls)
+    if args.quick:
+        if args.conns == "1,10,100,1000,10000":
+            cfg.conns = [1, 100]
+        if args.sizes == "64,4096":
+            cfg.sizes = [64]
+        cfg.duration, cfg.warmup, cfg.repeats, cfg.max_extra = 0.5, 0.2, 1, 0
+        cfg.quiet_wait, cfg.syscall_duration = 0.0, 0.4
+    if cfg.repeats < 1 or cfg.duration <= 0 or not 0 < cfg.port < 65536:
+        console.print("[red]--repeats must be >= 1, --duration > 0, --port 1..65535[/red]")
+        return 2
+
+    provider, mode = None, args.mode
+    if mode in ("auto", "lab"):
+        try:
+            provider = open_lab(args.lab, provider=args.provider)
+            up = provider.is_up()
+        except (ProviderError, OSError) as exc:
+            if mode == "lab":
+                raise
+            console.print(f"[dim]no lab ({exc}); using loopback mode[/dim]")
+            up = False
+        if mode == "lab" and not up:
+            console.print(f"[red]lab {provider.lab.name} is not up[/red]: run `make lab-up` first, "
+                          "or use --mode loopback")
+            return 1
+        mode = "lab" if up else "loopback"
+        if mode == "loopback":
+            provider = None
+    console.print(f"hpnlab bench: mode {mode}")
+    result = benchmark(cfg, mode, provider, argv=list(sys.argv), results_root=args.results, say=lambda m: console.print(m),
+                       make_target=None)
+    for g in result["goals"]:
+        mark = {True: "[green]PASS[/green]", False: "[yellow]FAIL[/yellow]", None: "n/a"}[g["pass"]]
+        console.print(f"  {mark} {g['goal']}: {g['measured']}")
+    console.print(f"report: {result['dir']}/report.md")
+    return 0
