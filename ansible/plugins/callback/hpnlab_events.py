@@ -8,7 +8,7 @@ DOCUMENTATION = r"""
     description:
       - Appends one JSON object a line to the file named by the HPNLAB_EVENTS environment variable
         (nothing happens without it). C(hpnlab provision) reads it to show progress, name the failing
-        host and reason, count changes and collect the hpnlab_* facts the roles record.
+        host and reason, count changes and collect the (small) facts the roles set, such as dpdk_testpmd.
     requirements:
       - enable in callbacks_enabled (hpnlab provision does so through ANSIBLE_CALLBACKS_ENABLED)
 """
@@ -44,7 +44,8 @@ class CallbackModule(CallbackBase):
     def _result(self, status, result):
         res = result._result
         task = result._task
-        facts = {k: v for k, v in (res.get("ansible_facts") or {}).items() if k.startswith("hpnlab_")}
+        facts = {k: v for k, v in (res.get("ansible_facts") or {}).items()
+                 if not k.startswith(("ansible_", "discovered_")) and len(json.dumps(v, default=str)) < 4096}
         msg = res.get("msg") or ""
         if status in ("failed", "unreachable"):
             err = (res.get("stderr") or "").strip()

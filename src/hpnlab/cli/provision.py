@@ -50,7 +50,7 @@ class Outcome:
     seconds: float
     stats: dict = field(default_factory=dict)           # host → {ok, changed, failures, unreachable, ...}
     failures: list = field(default_factory=list)        # [{host, task, msg, status}]
-    facts: dict = field(default_factory=dict)           # host → {hpnlab_* facts}
+    facts: dict = field(default_factory=dict)           # host → facts the roles set (dpdk_testpmd, ...)
     changed_tasks: list = field(default_factory=list)   # [(host, task)]
     log: Path | None = None
 
@@ -161,7 +161,7 @@ def show(outcome: Outcome, out: Console | None = None) -> None:
     for col in ("host", "ok", "changed", "failed", "unreachable", "skipped", "testpmd pps"):
         table.add_column(col, justify="left" if col == "host" else "right")
     for host, s in sorted(outcome.stats.items()):
-        pps = (outcome.facts.get(host, {}).get("hpnlab_testpmd") or {}).get("pps")
+        pps = (outcome.facts.get(host, {}).get("dpdk_testpmd") or {}).get("pps")
         table.add_row(host, str(s.get("ok", 0)), str(s.get("changed", 0)),
                       _red(s.get("failures", 0)), _red(s.get("unreachable", 0)), str(s.get("skipped", 0)),
                       f"{pps:,}" if isinstance(pps, int) else "-")
