@@ -226,6 +226,7 @@ def one_case(srv, cli, server_ip: str, port: int, backlog: int, n: int, wait: fl
                "client": _summarise(fate), "fate": fate}
         if hold:
             row["third_acks_dropped"] = held
+        row["t_measured"] = time.time()        # before the clients go away (and reset what is left)
     finally:
         for p in clients:
             p.stop(3)
@@ -329,7 +330,8 @@ def run(provider, args, step) -> dict:
     step("reading the pcap, plotting")
     segs = pcap.read_pcap(out / "server.pcap")
     for row in data["overflow"]:
-        row["rst_from_server"] = sum(1 for s in segs if s.sport == row["port"] and s.flags & pcap.RST)
+        row["rst_from_server"] = sum(1 for s in segs if s.sport == row["port"] and s.flags & pcap.RST
+                                     and s.ts < row["t_measured"])
     plots = plot(data, out)
     md = render(data, names, env, plots)
     path = report.write_report(out, md, {**data, "environment": env})
@@ -395,7 +397,8 @@ def render(data: dict, names: list[str], env: dict, plots: list[str]) -> str:
          "Linux lets the accept queue hold **one more** than the limit: `sk_acceptq_is_full()` tests "
          "`sk_ack_backlog > sk_max_ack_backlog`. A SYN that arrives while the queue is full is dropped "
          "(ListenOverflows and ListenDrops both count it), so the client's connect() sees no SYN-ACK and "
-         "retransmits the SYN after 1 s (`client SYN retrans`); with nobody calling accept(), it times out.", "",
+         "retransmits the SYN after 1 s (`client SYN retrans`); with nobody calling accept(), it times out. "
+         "ListenOverflows counts every dropped SYN, the retransmitted ones too.", "",
          "## B. SYN queue under a SYN flood (3rd ACKs dropped by an nftables rule on the server)", "",
          report.md_table(["syncookies", "tcp_max_syn_backlog", "backlog", "SYNs sent", "SYN_RECV on server",
                           "SyncookiesSent", "ReqQFullDrop", "ReqQFullDoCookies", "ListenDrops"],
