@@ -1,0 +1,59 @@
+#!/bin/bash
+# mmdebstrap --customize-hook: turn the chroot $1 into a Vagrant box's root.
+# Env (from build.sh): HPNLAB_BOX_FILES, HPNLAB_BOX_UUID, HPNLAB_BOX_PUBKEY_FILE, HPNLAB_BOX_RECIPE.
+set -euo pipefail
+root=${1:?}
+files=$HPNLAB_BOX_FILES
+chr() { chroot "$root" "$@"; }
+
+echo hpnlab > "$root/etc/hostname"
+printf '127.0.0.1\tlocalhost\n127.0.1.1\thpnlab\n::1\tlocalhost ip6-localhost ip6-loopback\n' > "$root/etc/hosts"
+printf 'UUID=%s\t/\text4\tdefaults,noatime\t0\t1\n' "$HPNLAB_BOX_UUID" > "$root/etc/fstab"
+: > "$root/etc/resolv.conf"
+# An empty machine-id: every VM makes its own at first boot (and so its own DHCP client id).
+: > "$root/etc/machine-id"
+rm -f "$root/var/lib/dbus/machine-id"
+
+# Network: networkd does the management NIC only; net.ifnames=0 keeps eth0, eth1, ...
+install -m 0644 "$files/10-hpnlab-mgmt.network" "$root/etc/systemd/network/"
+chr systemctl enable systemd-networkd.service
+chr systemctl mask systemd-networkd-wait-online.service
+# Boot faster: nothing in a lab VM needs these timers.
+for unit in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service fstrim.timer \
+            dpkg-db-backup.timer; do
+  chr systemctl mask "$unit" >/dev/null 2>&1 || true
+done
+
+# SSH: fresh host keys per VM, key-only logins.
+rm -f "$root"/etc/ssh/ssh_host_*
+install -m 0644 "$files/hpnlab-hostkeys.service" "$root/etc/systemd/system/"
+chr systemctl enable hpnlab-hostkeys.service
+install -m 0644 "$files/sshd-hpnlab.conf" "$root/etc/ssh/sshd_config.d/hpnlab.conf"
+
+# The vagrant user (password-less sudo), logging in first with Vagrant's well-known
+# key; hpnlab's Vagrantfile replaces that key with the lab's own on first boot.
+chr useradd --create-home --shell /bin/bash --user-group vagrant
+echo 'vagrant ALL=(ALL) NOPASSWD:ALL' > "$root/etc/sudoers.d/vagrant"
+chmod 0440 "$root/etc/sudoers.d/vagrant"
+install -d -m 0700 "$root/home/vagrant/.ssh"
+install -m 0600 "$HPNLAB_BOX_PUBKEY_FILE" "$root/home/vagrant/.ssh/authorized_keys"
+chr chown -R vagrant:vagrant /home/vagrant/.ssh
+install -d -m 0700 "$root/root/.ssh"
+
+# Kernel modules a lab uses (DPDK's uio_pci_generic, netem for impairment) load on demand.
+printf 'uio_pci_generic\n' > "$root/etc/modules-load.d/hpnlab.conf"
+
+# GRUB reads this; build.sh puts GRUB itself in the MBR gap.
+kernel=$(cd "$root/boot" && ls vmlinuz-* | sort -V | tail -1)
+initrd=initrd.img-${kernel#vmlinuz-}
+[ -e "$root/boot/$initrd" ] || { echo "customize.sh: no $initrd in the image" >&2; exit 1; }
+install -d "$root/boot/grub"
+cat > "$root/boot/grub/grub.cfg" <<CFG
+# hpnlab-debian12 (recipe $HPNLAB_BOX_RECIPE): boot straight into the one kernel.
+set timeout=0
+linux /boot/$kernel root=UUID=$HPNLAB_BOX_UUID ro net.ifnames=0 biosdevname=0 console=tty0 console=ttyS0,115200n8 loglevel=4 mitigations=off
+initrd /boot/$initrd
+boot
+CFG
+echo "$HPNLAB_BOX_RECIPE" > "$root/etc/hpnlab-box-recipe"
+chr apt-get clean

@@ -1,0 +1,495 @@
+"""The vagrant provider: lab hosts as real VMs (libvirt/QEMU through Vagrant).
+
+    up    vm-setup (packages, libvirtd/virtlogd, storage pool) -> the box (built
+          locally from Debian packages, cached by recipe hash) -> KVM or TCG
+          (short timed boot) -> a per-lab SSH key -> .lab/<lab>/vagrant.json
+          (the model + resolved VM settings) -> `vagrant up` with the top-level
+          Vagrantfile -> management addresses -> sysctls, netem
+    down  every libvirt domain, volume and network named hpnlab-<lab>-*, the
+          QEMU processes of those guests, the lab's files; then the libvirt
+          daemons hpnlab started, once no domain is left
+
+State is written ahead: what `up` is about to create (by name) is recorded
+before `vagrant up` runs, and `cleanup` finds leftovers by name prefix even
+without a state file (after kill -9 of the whole bring-up).
+"""
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from .. import vm
+from ..hosts.ssh import SshHost
+from ..state import LabState, state_root
+from ..topology import Lab
+from ..vm import accel, box as vmbox, setup as vmsetup, virt
+from . import Progress, Provider, ProviderError, _quiet
+
+DEFAULTS = {"box": vm.BOX_NAME, "driver": "auto", "iommu": False, "nat": False,
+            "management_subnet": "auto", "tb_size_mb": 64}
+BOOT_TIMEOUT = int(os.environ.get("HPNLAB_VM_BOOT_TIMEOUT", "600"))
+
+
+class VagrantProvider(Provider):
+    name = "vagrant"
+
+    def __init__(self, lab: Lab, state_root: Path | None = None):
+        super().__init__(lab, state_root)
+
+    # -- names and files -------------------------------------------------------
+    @property
+    def prefix(self) -> str:
+        return vm.lab_prefix(self.lab.name)
+
+    def domain(self, host: str) -> str:
+        return f"{self.prefix}{host}"
+
+    @property
+    def mgmt_network(self) -> str:
+        return f"{self.prefix}mgmt"
+
+    @property
+    def spec_path(self) -> Path:
+        return self.state.dir / "vagrant.json"
+
+    @property
+    def dotfile(self) -> Path:
+        return self.state.dir / "vagrant"
+
+    @property
+    def key_path(self) -> Path:
+        return self.state.dir / "ssh" / "id_ed25519"
+
+    def settings(self) -> dict:
+        return {**DEFAULTS, **(self.lab.vm or {})}
+
+    def expected(self) -> dict:
+        """Every libvirt object `up` may create, by name (recorded before creating)."""
+        return {"domains": [self.domain(h) for h in self.lab.hosts],
+                "volumes": [f"{self.domain(h)}.img" for h in self.lab.hosts],
+                "networks": [self.mgmt_network] + [f"{self.prefix}{n}" for n in self.lab.networks]}
+
+    # -- lifecycle ---------------------------------------------------------------
+    def is_up(self) -> bool:
+        state = self.state.read()
+        if not (state and state.get("phase") == "up"):
+            return False
+        try:
+            running = set(virt.running_domains(self.prefix))
+        except vm.VmError:
+            return False
+        return all(d in running for d in state.get("domains", []))
+
+    def up(self, progress: Progress = _quiet) -> bool:
+        _require_root()
+        with self.state.lock(timeout=BOOT_TIMEOUT):
+            if self.is_up():
+                progress(f"lab {self.lab.name} is already up: nothing changed")
+                return False
+            try:
+                vmsetup.ensure(progress)
+                settings = self.settings()
+                if settings["box"] == vm.BOX_NAME:
+                    vmbox.ensure(progress)
+                kernel = vmbox.kernel_path() if settings["box"] == vm.BOX_NAME else None
+                driver = accel.detect(kernel, progress, settings["driver"])
+            except vm.VmError as exc:
+                raise ProviderError(f"{exc}\n(nothing of lab {self.lab.name} was created; "
+                                    f"`make lab-up PROVIDER=netns` needs no hypervisor)") from None
+            if self.state.read() or virt.domains(self.prefix) or virt.networks(self.prefix):
+                progress("removing leftovers of an earlier, unfinished run")
+                self._teardown(progress, keep_daemons=True)
+            state = {"lab": self.lab.name, "provider": self.name, "phase": "creating",
+                     "started": time.time(), "prefix": self.prefix, **self.expected(),
+                     "driver": driver, "processes": []}
+            self.state.write(state)          # write-ahead: names before anything exists
+            try:
+                self._create(state, settings, driver, progress)
+            except BaseException as exc:
+                progress(f"up failed ({type(exc).__name__}): rolling back")
+                try:
+                    self._teardown(progress, keep_daemons=True)
+                finally:
+                    pass
+                if isinstance(exc, (vm.VmError, subprocess.SubprocessError)):
+                    raise ProviderError(str(exc)) from None
+                raise
+            state["phase"] = "up"
+            self.state.write(state)
+        return True
+
+    def _create(self, state: dict, settings: dict, driver: str, progress: Progress) -> None:
+        self._ensure_key()
+        subnet = self._management_subnet(settings)
+        state["management_subnet"] = subnet
+        self.state.write(state)
+        self.render(driver=driver, subnet=subnet)
+        progress(f"vagrant up: {len(self.lab.hosts)} VM(s), driver {driver}"
+                 + (" (TCG: software emulation)" if driver == "qemu" else ""))
+        self._vagrant(["up", "--provider", "libvirt"], progress, timeout=BOOT_TIMEOUT, log="vagrant-up.log")
+        state["hosts"] = {}
+        for hname in self.lab.hosts:
+            ip = virt.domain_ip(self.domain(hname), self.mgmt_network)
+            if not ip:
+                raise ProviderError(f"no management address for {self.domain(hname)}")
+            state["hosts"][hname] = {"address": ip, "domain": self.domain(hname)}
+        self.state.write(state)
+        progress("management addresses: " + ", ".join(f"{h} {v['address']}" for h, v in state["hosts"].items()))
+        hosts = self.hosts(state)
+        for hname, host in hosts.items():
+            self._wait_ssh(host)
+            self._configure(host, state)
+        progress("data NICs checked, sysctls applied")
+        impaired = [n for n in self.lab.networks.values() if n.impair]
+        if impaired:
+            from .. import impair
+            for net in impaired:
+                for member in net.members:
+                    plan = impair.netem_plan(self.lab.hosts[member].nic(net.name).ifname, net.impair)
+                    for argv in plan.commands:
+                        hosts[member].run(argv, timeout=30)
+            state["impairments"] = {n.name: "netem (in the guests)" for n in impaired}
+            progress("impaired " + ", ".join(f"{n.name}: {n.impair.describe()}" for n in impaired))
+
+    def _configure(self, host: SshHost, state: dict) -> None:
+        """Check each data NIC has the model's MAC and address; apply sysctls."""
+        spec = host.spec
+        deadline = time.monotonic() + 60
+        while True:
+            out = host.run(["ip", "-j", "addr", "show"], timeout=30).stdout
+            links = {link["ifname"]: link for link in json.loads(out or "[]")}
+            missing = []
+            for nic in spec.nics:
+                link = links.get(nic.ifname)
+                addrs = [f"{a['local']}/{a['prefixlen']}" for a in (link or {}).get("addr_info", [])
+                         if a.get("family") == "inet"]
+                if not link or link.get("address", "").lower() != nic.mac.lower() or str(nic.address) not in addrs:
+                    missing.append(f"{nic.ifname} ({nic.mac}, {nic.address}; have "
+                                   f"{(link or {}).get('address')}, {addrs})")
+            if not missing:
+                break
+            if time.monotonic() > deadline:
+                raise ProviderError(f"[{host.name}] data NIC(s) not as the model says: {'; '.join(missing)}")
+            time.sleep(1)
+        sysctls = {**self.lab.machine_sysctls, **spec.sysctls}
+        if sysctls:
+            host.run(["sysctl", "-q", "-w", *(f"{k}={v}" for k, v in sysctls.items())], timeout=30)
+
+    def _wait_ssh(self, host: SshHost, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            r = host.run("true", timeout=20, check=False)
+            if r.ok:
+                return
+            if time.monotonic() > deadline:
+                raise ProviderError(f"[{host.name}] no SSH as root with the lab key: {r.stderr.strip()}")
+            time.sleep(1)
+
+    def down(self, progress: Progress = _quiet) -> None:
+        _require_root()
+        with self.state.lock(timeout=BOOT_TIMEOUT):
+            self._teardown(progress)
+        self.state.discard()
+
+    def _teardown(self, progress: Progress, keep_daemons: bool = False) -> None:
+        state = self.state.read() or {}
+        _kill_vagrant(self.lab.name, progress)
+        if vmsetup.LIBVIRT_SOCK.exists() or virt.qemu_processes(self.prefix):
+            if not virt.available() and shutil.which("libvirtd"):
+                vmsetup.ensure_daemons(progress)    # leftovers exist: libvirt must be up to remove them
+            virt.remove_all(self.prefix, progress)
+            # also anything recorded under other names (a renamed prefix)
+            for dom in state.get("domains", []):
+                if not dom.startswith(self.prefix):
+                    virt.remove_all(dom, progress)
+        for path in (self.dotfile, self.spec_path.parent / "ssh", self.state.logdir):
+            shutil.rmtree(path, ignore_errors=True)
+        self.spec_path.unlink(missing_ok=True)
+        self.state.remove()
+        if not keep_daemons:
+            for what in vmsetup.stop_daemons(progress):
+                progress(f"stopped {what}")
+
+    @classmethod
+    def cleanup(cls, progress: Progress = _quiet, lab: str | None = None) -> list[str]:
+        _require_root()
+        prefix = vm.lab_prefix(lab) if lab else vm.PREFIX
+        removed = [f"vagrant pid {p}" for p in _kill_vagrant(lab, progress)]
+        leftovers = virt.qemu_processes(prefix)
+        if not virt.available() and (leftovers or _state_files(cls.name, lab)) and shutil.which("libvirtd"):
+            vmsetup.ensure_daemons(progress)
+        removed += virt.remove_all(prefix, progress)
+        for st in _state_files(cls.name, lab):
+            data = st.read() or {}
+            for dom in data.get("domains", []):
+                if not dom.startswith(prefix):
+                    removed += virt.remove_all(dom, progress)
+            for path in (st.dir / "vagrant", st.dir / "ssh", st.logdir):
+                shutil.rmtree(path, ignore_errors=True)
+            (st.dir / "vagrant.json").unlink(missing_ok=True)
+            st.remove()
+            st.discard()
+            removed.append(f"state {st.dir}")
+        for what in vmsetup.stop_daemons(progress):
+            removed.append(what)
+        return removed
+
+    # -- rendering for the Vagrantfile ----------------------------------------------
+    def render(self, driver: str | None = None, subnet: str | None = None) -> Path:
+        """Write .lab/<lab>/vagrant.json: Lab.to_dict() plus the resolved VM settings."""
+        settings = self.settings()
+        driver = driver or accel.detect(vmbox.kernel_path(), _quiet, settings["driver"])
+        self._ensure_key()
+        doc = self.lab.to_dict()
+        doc["vagrant"] = {
+            "prefix": self.prefix,
+            "box": settings["box"],
+            "driver": driver,
+            "tb_size_mb": settings["tb_size_mb"],
+            "iommu": settings["iommu"],
+            "nat": settings["nat"],
+            "management_subnet": subnet or self._management_subnet(settings),
+            "pool": vm.POOL,
+            "ssh_key": str(self.key_path),
+            "ssh_pubkey": (self.key_path.with_suffix(".pub")).read_text().strip(),
+        }
+        self.state.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = self.spec_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=2, sort_keys=True))
+        tmp.replace(self.spec_path)
+        return self.spec_path
+
+    def _ensure_key(self) -> None:
+        """The lab's own SSH key (ed25519, 0600), made once per lab."""
+        if self.key_path.exists() and self.key_path.with_suffix(".pub").exists():
+            return
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        self.key_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.state.dir, 0o700)
+        key = Ed25519PrivateKey.generate()
+        private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                    serialization.NoEncryption())
+        public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        fd = os.open(self.key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(private)
+        self.key_path.with_suffix(".pub").write_text(public.decode() + f" hpnlab-{self.lab.name}\n")
+
+    def _management_subnet(self, settings: dict) -> str:
+        """lab.yml's vm.management_subnet, else a /24 in 192.168.100-227 picked from the
+        lab name, skipping ones another libvirt network or a host route already uses."""
+        state = self.state.read() or {}
+        if settings["management_subnet"] != "auto":
+            return str(ipaddress.ip_network(settings["management_subnet"], strict=False))
+        if state.get("management_subnet"):
+            return state["management_subnet"]
+        used = _used_subnets()
+        start = int(hashlib.sha256(self.lab.name.encode()).hexdigest(), 16) % 128
+        for i in range(128):
+            net = ipaddress.ip_network(f"192.168.{100 + (start + i) % 128}.0/24")
+            if not any(net.overlaps(u) for u in used):
+                return str(net)
+        raise ProviderError("no free /24 for the management network in 192.168.100.0-192.168.227.0; "
+                            "set vm.management_subnet in lab.yml")
+
+    def _vagrant(self, args: list[str], progress: Progress, timeout: float, log: str) -> None:
+        env = vmbox.vagrant_env()
+        env.update(HPNLAB_VAGRANT_JSON=str(self.spec_path), VAGRANT_DOTFILE_PATH=str(self.dotfile),
+                   VAGRANT_CWD=str(vm.repo_root()), HPNLAB_VAGRANT_LAB=self.lab.name)
+        self.state.logdir.mkdir(parents=True, exist_ok=True)
+        logfile = self.state.logdir / log
+        started = time.monotonic()
+        with open(logfile, "w") as out:
+            proc = subprocess.Popen(["vagrant", *args], cwd=vm.repo_root(), env=env, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            try:
+                for line in proc.stdout:
+                    out.write(line)
+                    out.flush()
+                    text = line.strip()
+                    if text.startswith("==>") and _interesting(text):
+                        progress(text[4:])
+                    if time.monotonic() - started > timeout:
+                        raise ProviderError(f"`vagrant {' '.join(args)}` took more than {timeout}s; log: {logfile}")
+                rc = proc.wait()
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        if rc != 0:
+            tail = "".join(logfile.read_text(errors="replace").splitlines(True)[-25:])
+            raise ProviderError(f"`vagrant {' '.join(args)}` failed (exit {rc}); log: {logfile}\n{tail}")
+
+    # -- using a running lab -------------------------------------------------------
+    def hosts(self, state: dict | None = None) -> dict:
+        if state is None:
+            state = self.state.read() or {}
+            if state.get("phase") != "up":
+                raise ProviderError(f"lab {self.lab.name} is not up (run `hpnlab up`, provider vagrant)")
+
+            def record(proc: dict) -> None:
+                with self.state.update() as data:
+                    data.setdefault("processes", []).append(proc)
+        else:
+            def record(proc: dict) -> None:
+                state.setdefault("processes", []).append(proc)
+                self.state.write(state)
+        return {name: SshHost(spec, state["hosts"][name]["address"], user="root", key=self.key_path,
+                              record=record)
+                for name, spec in self.lab.hosts.items()}
+
+    def _ssh_target(self, host: str) -> str:
+        self.host(host)
+        return f"root@{(self.state.read() or {})['hosts'][host]['address']}"
+
+    def ssh_argv(self, host: str) -> list[str]:
+        return ["ssh", "-i", str(self.key_path), "-o", "IdentitiesOnly=yes",
+                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                "-o", "LogLevel=ERROR", self._ssh_target(host)]
+
+    def shell_argv(self, host: str) -> list[str]:
+        return [*self.ssh_argv(host), "-t", f"HPNLAB_HOST={host} exec bash -l"]
+
+    def capture_argv(self, target: str, extra: list[str]) -> list[str]:
+        """Capture on the host side: a data network's bridge, or HOST:NIC's tap device."""
+        if ":" in target:
+            hname, nic_name = target.split(":", 1)
+            spec = self.host(hname).spec
+            nic = next((n for n in spec.nics if nic_name in (n.ifname, n.network)), None)
+            if nic is None:
+                raise ProviderError(f"host {hname} has no NIC {nic_name!r} (NICs: "
+                                    + ", ".join(f"{n.ifname}/{n.network}" for n in spec.nics) + ")")
+            tap = virt.tap_of(self.domain(hname), nic.mac)
+            if not tap:
+                raise ProviderError(f"no tap device for {hname}:{nic.ifname} (is the lab up?)")
+            return ["tcpdump", "-i", tap, "-n", *extra]
+        if target not in self.lab.networks:
+            raise ProviderError(f"no network {target!r} (networks: {', '.join(self.lab.networks)}; "
+                                f"or give HOST:NIC)")
+        bridge = virt.bridge_of(f"{self.prefix}{target}")
+        if not bridge:
+            raise ProviderError(f"network {target} has no bridge (is the lab up?)")
+        return ["tcpdump", "-i", bridge, "-n", *extra]
+
+    def status(self) -> dict:
+        state = self.state.read() or {}
+        up = self.is_up()
+        hosts = []
+        live_hosts = self.hosts() if up else {}
+        for name, spec in self.lab.hosts.items():
+            live, sysctls = {}, {}
+            addr = (state.get("hosts") or {}).get(name, {}).get("address", "-")
+            host = live_hosts.get(name)
+            if host is not None:
+                r = host.run(["ip", "-j", "addr", "show"], timeout=30, check=False)
+                for link in json.loads(r.stdout or "[]") if r.ok else []:
+                    live[link["ifname"]] = {"state": link.get("operstate", "?"), "mtu": link.get("mtu"),
+                                            "addrs": [f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", [])
+                                                      if a.get("family") == "inet"]}
+                if spec.sysctls:
+                    r = host.run(["sysctl", "-n", *spec.sysctls], timeout=30, check=False)
+                    sysctls = dict(zip(spec.sysctls, r.stdout.split("\n")))
+            hosts.append({"name": name, "where": f"vm {self.domain(name)} ({addr})", "role": spec.role,
+                          "nics": [{"ifname": n.ifname, "network": n.network, "address": str(n.address),
+                                    "mac": n.mac, "mtu": n.mtu, **live.get(n.ifname, {})} for n in spec.nics],
+                          "sysctls": sysctls or spec.sysctls})
+        networks = [{"name": n.name, "kind": n.kind, "subnet": str(n.subnet), "mtu": n.mtu,
+                     "members": list(n.members), "impair": n.impair.describe(),
+                     "mechanism": state.get("impairments", {}).get(n.name, "-" if not n.impair else "?")}
+                    for n in self.lab.networks.values()]
+        return {"lab": self.lab.name, "provider": self.name, "up": up, "hosts": hosts,
+                "networks": networks, "processes": state.get("processes", []) if up else [],
+                "driver": state.get("driver"), "management_subnet": state.get("management_subnet")}
+
+
+PROVIDER = VagrantProvider
+
+
+# -- helpers ------------------------------------------------------------------------
+
+_BORING = ("Checking if box", "Creating shared folders", "Setting hostname", "Machine booted and ready",
+           "Running provisioner", "Configuring and enabling network interfaces")
+
+
+def _interesting(line: str) -> bool:
+    return any(word in line for word in ("Creating", "Starting", "Waiting", "Uploading", "IP address",
+                                         "Setting hostname", "Configuring and enabling", "Running provisioner",
+                                         "booted", "error", "Error"))
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        raise ProviderError("the vagrant provider needs root (libvirt system daemon, bridges)")
+
+
+def _used_subnets() -> list[ipaddress.IPv4Network]:
+    used = []
+    out = subprocess.run(["ip", "-4", "-j", "route", "show", "table", "all"], capture_output=True, text=True).stdout
+    for route in json.loads(out or "[]"):
+        dst = route.get("dst", "")
+        if dst and dst != "default" and "/" in dst:
+            try:
+                used.append(ipaddress.ip_network(dst, strict=False))
+            except ValueError:
+                pass
+    if virt.available():
+        for net in virt.networks(""):
+            xml = vm.run([*virt.VIRSH, "net-dumpxml", net], check=False).stdout
+            for part in xml.split("<ip ")[1:]:
+                attrs = dict(a.split("=", 1) for a in part.split(">")[0].split() if "=" in a)
+                addr, mask = attrs.get("address", "").strip("'\""), attrs.get("netmask", "").strip("'\"")
+                if addr and mask:
+                    used.append(ipaddress.ip_network(f"{addr}/{mask}", strict=False))
+    return used
+
+
+def _state_files(provider: str, lab: str | None) -> list[LabState]:
+    root = state_root()
+    found = []
+    for path in sorted(root.glob("*/state.json")) if root.exists() else []:
+        if lab is not None and path.parent.name != lab:
+            continue
+        st = LabState(path.parent.name)
+        if (st.read() or {}).get("provider") == provider:
+            found.append(st)
+    return found
+
+
+def _kill_vagrant(lab: str | None, progress: Progress) -> list[int]:
+    """End `vagrant` processes hpnlab started for `lab` (or any lab): they carry
+    HPNLAB_VAGRANT_LAB in their environment."""
+    killed = []
+    me = os.getpid()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == me:
+            continue
+        try:
+            env = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        tag = next((e[len(b"HPNLAB_VAGRANT_LAB="):].decode() for e in env
+                    if e.startswith(b"HPNLAB_VAGRANT_LAB=")), None)
+        if tag is None or (lab is not None and tag != lab):
+            continue
+        try:
+            comm = (proc / "comm").read_text().strip()
+        except OSError:
+            continue
+        if comm not in ("vagrant", "ruby", "ruby3.1"):
+            continue
+        pid = int(proc.name)
+        progress(f"ending vagrant (pid {pid}) of lab {tag}")
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        except ProcessLookupError:
+            pass
+    return killed

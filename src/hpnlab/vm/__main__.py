@@ -1,0 +1,61 @@
+"""`python -m hpnlab.vm setup|box|detect|render LAB|stop-daemons` (used by mk/vm.mk
+and the Vagrantfile)."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from . import VmError
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hpnlab.vm")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("setup", help="install packages, start libvirtd/virtlogd, define the storage pool")
+    b = sub.add_parser("box", help="build (if its recipe changed) and add the hpnlab-debian12 box")
+    b.add_argument("--force", action="store_true", help="rebuild even if cached")
+    sub.add_parser("hash", help="print the box recipe hash")
+    sub.add_parser("detect", help="print kvm or qemu (short timed KVM boot)")
+    r = sub.add_parser("render", help="write .lab/<lab>/vagrant.json for the Vagrantfile; print its path")
+    r.add_argument("lab", nargs="?", default="lab.yml")
+    sub.add_parser("stop-daemons", help="stop the libvirt daemons hpnlab started (if no domain is left)")
+    args = parser.parse_args(argv)
+    t0 = time.monotonic()
+    try:
+        if args.cmd == "setup":
+            from . import setup
+            setup.ensure(_say)
+            _say(f"vm-setup: ready in {time.monotonic() - t0:.1f} s")
+        elif args.cmd == "box":
+            from . import box, setup
+            setup.ensure(_say)
+            recipe = box.ensure(_say, force=args.force)
+            _say(f"box: hpnlab-debian12 (recipe {recipe}) ready in {time.monotonic() - t0:.1f} s")
+        elif args.cmd == "hash":
+            from . import box
+            print(box.recipe_hash())
+        elif args.cmd == "detect":
+            from . import accel, box
+            print(accel.detect(box.kernel_path(), _say))
+        elif args.cmd == "render":
+            from ..providers.vagrant import VagrantProvider
+            from ..topology import load_lab
+            lab = load_lab(args.lab, provider="vagrant")
+            print(VagrantProvider(lab.with_provider("vagrant")).render())
+        elif args.cmd == "stop-daemons":
+            from . import setup
+            for what in setup.stop_daemons(_say):
+                _say(f"stopped {what}")
+    except VmError as exc:
+        _say(f"error: {exc}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""The hpnlab-debian12 box: built from Debian packages by box/build.sh, cached by
+the hash of its recipe (every file under box/), added to Vagrant as
+`hpnlab-debian12`. A recipe change means a rebuild on the next `make box`/`up`.
+
+An online user can set `vm: {box: debian/bookworm64}` in lab.yml instead; then
+nothing is built and Vagrant fetches that box itself.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from . import BOX_NAME, POOL, Progress, VmError, repo_root, run
+
+CACHE = Path(os.environ.get("HPNLAB_BOX_CACHE", "/var/cache/hpnlab/box"))
+
+
+def recipe_dir() -> Path:
+    return repo_root() / "box"
+
+
+def recipe_hash() -> str:
+    """sha256 over the recipe's file names and contents (16 hex digits)."""
+    root = recipe_dir()
+    if not root.is_dir():
+        raise VmError(f"no box recipe at {root}")
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def cached(recipe: str | None = None) -> Path:
+    return CACHE / (recipe or recipe_hash())
+
+
+def vagrant_home() -> Path:
+    return Path(os.environ.get("VAGRANT_HOME", Path.home() / ".vagrant.d"))
+
+
+def added_recipe() -> str | None:
+    """The recipe hash of the box Vagrant has as hpnlab-debian12, if any."""
+    meta = vagrant_home() / "boxes" / BOX_NAME / "0" / "libvirt" / "metadata.json"
+    try:
+        return json.loads(meta.read_text()).get("hpnlab_recipe")
+    except (OSError, ValueError):
+        return None
+
+
+def kernel_path() -> Path | None:
+    """The guest kernel of the current box (for the KVM test boot)."""
+    path = cached() / "vmlinuz"
+    return path if path.exists() else None
+
+
+def build(progress: Progress, force: bool = False) -> Path:
+    """Build the box into the cache (atomically: a failed build leaves nothing)."""
+    recipe = recipe_hash()
+    final = cached(recipe)
+    if (final / f"{BOX_NAME}.box").exists() and not force:
+        return final
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = CACHE / f".{recipe}.building.{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    progress(f"box: building {BOX_NAME} (recipe {recipe}) from Debian packages, ~1-2 min")
+    t0 = time.monotonic()
+    log = CACHE / f"build-{recipe}.log"
+    try:
+        with open(log, "w") as out:
+            proc = subprocess.Popen([str(recipe_dir() / "build.sh"), str(tmp), recipe],
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for line in proc.stdout:
+                out.write(line)
+                if line.startswith("==>"):
+                    progress(line.strip())
+            rc = proc.wait()
+        if rc != 0:
+            tail = log.read_text()[-1500:]
+            hint = ""
+            if any(s in tail for s in ("Could not resolve", "Failed to fetch", "Temporary failure",
+                                        "Unable to connect", "Connection failed", "No route")):
+                hint = ("\nThe build could not reach the Debian mirror. Check the network (or set "
+                        "HPNLAB_DEBIAN_MIRROR to a reachable mirror) and run `make box` again; "
+                        "or set `vm: {box: debian/bookworm64}` in lab.yml to use Vagrant's box.")
+            raise VmError(f"box build failed (exit {rc}); full log: {log}\n{tail}{hint}")
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    progress(f"box: built in {time.monotonic() - t0:.0f} s")
+    _prune(keep=recipe)
+    return final
+
+
+def _prune(keep: str) -> None:
+    for old in CACHE.iterdir():
+        if old.is_dir() and old.name != keep and not old.name.startswith("."):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def vagrant_env() -> dict:
+    return dict(os.environ, VAGRANT_CHECKPOINT_DISABLE="1", VAGRANT_BOX_UPDATE_CHECK_DISABLE="1",
+                VAGRANT_DEFAULT_PROVIDER="libvirt", VAGRANT_NO_PARALLEL="")
+
+
+def ensure(progress: Progress, force: bool = False) -> str:
+    """Build (if the recipe changed) and add the box to Vagrant; returns the recipe hash."""
+    recipe = recipe_hash()
+    if added_recipe() == recipe and not force:
+        return recipe
+    where = build(progress, force=force)
+    progress(f"box: vagrant box add {BOX_NAME}")
+    run(["vagrant", "box", "add", "--force", "--name", BOX_NAME, "--provider", "libvirt",
+         str(where / f"{BOX_NAME}.box")], timeout=600, env=vagrant_env())
+    remove_base_volumes(progress)
+    return recipe
+
+
+def remove_base_volumes(progress: Progress) -> None:
+    """vagrant-libvirt copies a box into the pool once, by name; after a rebuild the
+    old copy must go, or new VMs would start from it."""
+    virsh = ["virsh", "-c", "qemu:///system"]
+    if run([*virsh, "pool-info", POOL], check=False).returncode != 0:
+        return
+    out = run([*virsh, "vol-list", POOL], check=False).stdout
+    for line in out.splitlines()[2:]:
+        name = line.split()[0] if line.split() else ""
+        if name.startswith(f"{BOX_NAME}_vagrant_box_image"):
+            progress(f"box: removing the previous base volume {name}")
+            run([*virsh, "vol-delete", "--pool", POOL, name], check=False)
