@@ -1,0 +1,72 @@
+"""The generated Ansible inventory: groups by role, host vars from the topology, connection per provider."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hpnlab import inventory
+from hpnlab.topology import load_lab
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_netns_inventory_groups_vars_and_connection(tmp_path):
+    lab = load_lab(REPO / "lab.yml", provider="netns", name="invtest")
+    path = inventory.write(lab, directory=tmp_path)
+    assert path == tmp_path / "invtest.yml"
+    doc = yaml.safe_load(path.read_text())["all"]
+    assert doc["children"]["server"]["hosts"] == {"h1": None}
+    assert doc["children"]["client"]["hosts"] == {"h2": None}
+    assert set(doc["children"]["provider_netns"]["hosts"]) == {"h1", "h2"}
+    assert doc["vars"]["hpnlab_machine_sysctls"]["net.core.rmem_max"] == "16777216"
+    h1 = doc["hosts"]["h1"]
+    assert h1["ansible_connection"] == "hpnlab_netns" and h1["hpnlab_netns"] == "invtest-h1"
+    assert h1["hpnlab_sysctls"]["net.core.somaxconn"] == "4096"
+    assert h1["hpnlab_hugepages"] == 64 and h1["hpnlab_dpdk_ifname"] == "eth1"
+    assert h1["hpnlab_nics"][0]["address"] == "10.77.1.1/24" and h1["hpnlab_nics"][0]["mtu"] == 1500
+    assert h1["hpnlab_peers"] == [{"host": "h2", "network": "data", "ip": "10.77.1.2", "via": "eth1"}]
+    # rewriting an unchanged lab leaves the file alone
+    mtime = path.stat().st_mtime_ns
+    inventory.write(lab, directory=tmp_path)
+    assert path.stat().st_mtime_ns == mtime
+
+
+def test_static_inventory_takes_connection_and_nic_names_from_the_user(tmp_path):
+    static = tmp_path / "static.yml"
+    static.write_text(yaml.safe_dump({"all": {"vars": {"ansible_user": "lab"}, "hosts": {
+        "h1": {"ansible_host": "192.0.2.11", "hpnlab_ifnames": {"data": "enp3s0f1"}, "hpnlab_dpdk_pci": "0000:03:00.1"},
+        "h2": {"ansible_host": "192.0.2.12", "ansible_become": True}}}}))
+    lab = load_lab(REPO / "lab.yml", provider="static", name="st")
+    hosts = inventory.build(lab, static_inventory=static)["all"]["hosts"]
+    assert hosts["h1"]["ansible_host"] == "192.0.2.11" and hosts["h1"]["ansible_user"] == "lab"
+    assert hosts["h1"]["hpnlab_nics"][0]["ifname"] == "enp3s0f1"
+    assert hosts["h1"]["hpnlab_dpdk_ifname"] == "enp3s0f1" and hosts["h1"]["hpnlab_dpdk_pci"] == "0000:03:00.1"
+    assert hosts["h2"]["ansible_become"] is True and hosts["h2"]["hpnlab_nics"][0]["ifname"] == "eth1"
+
+
+def test_static_example_is_a_valid_static_inventory():
+    hosts = inventory.load_static(REPO / "inventory" / "static.example.yml")
+    assert {"h1", "h2"} <= set(hosts) and all("ansible_host" in v for v in hosts.values())
+
+
+def test_static_host_missing_is_named(tmp_path):
+    static = tmp_path / "static.yml"
+    static.write_text(yaml.safe_dump({"all": {"hosts": {"h1": {"ansible_host": "192.0.2.11"}}}}))
+    lab = load_lab(REPO / "lab.yml", provider="static", name="st")
+    with pytest.raises(inventory.InventoryError, match="host h2: not in the static inventory"):
+        inventory.build(lab, static_inventory=static)
+
+
+def test_vagrant_without_ssh_address_names_the_host():
+    lab = load_lab(REPO / "lab.yml", provider="vagrant", name="vg")
+
+    class NoState:
+        class state:
+            @staticmethod
+            def read():
+                return {}
+
+    with pytest.raises(inventory.InventoryError, match="host h1: the vagrant provider has no SSH address"):
+        inventory.build(lab, NoState())
