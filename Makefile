@@ -33,7 +33,7 @@ $(SETUP_STAMP): pyproject.toml Makefile
 	@touch $@
 
 lab-up: setup
-	$(HPNLAB) $(HPNLAB_ARGS) up
+	$(HPNLAB) $(HPNLAB_ARGS) up && $(HPNLAB) $(HPNLAB_ARGS) provision
 
 lab-down: setup
 	$(HPNLAB) $(HPNLAB_ARGS) down
