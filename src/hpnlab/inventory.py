@@ -14,8 +14,9 @@ Connection per provider:
     vagrant  ssh to the VM's management address with the lab's key. The address comes
              from the vagrant provider: `provider.ssh_info(host)` → {host, port, user,
              key} if it has that method, else state.json `hosts.<host>.ssh` with the
-             same keys. Until the VM is up neither exists and generation fails naming
-             the host.
+             same keys, else state.json `hosts.<host>.address` as root with the lab key
+             `provider.key_path` (what providers/vagrant.py records today). Until the VM
+             is up none exists and generation fails naming the host.
     static   ssh, with the connection variables (ansible_host, ansible_user, ansible_port,
              ansible_ssh_private_key_file, ansible_become, ...) taken from the user's
              inventory (inventory/static.yml; see inventory/static.example.yml). There a
@@ -94,7 +95,11 @@ def _vagrant_connection(lab: Lab, host: str, provider=None) -> dict:
         info = provider.ssh_info(host)
     if info is None and provider is not None:
         state = provider.state.read() or {}
-        info = ((state.get("hosts") or {}).get(host) or {}).get("ssh")
+        entry = (state.get("hosts") or {}).get(host) or {}
+        info = entry.get("ssh")
+        if info is None and entry.get("address"):      # the vagrant provider: root with the lab's key
+            info = {"host": entry["address"], "user": "root",
+                    "key": str(getattr(provider, "key_path", "") or "")}
     if not info:
         raise InventoryError(f"host {host}: the vagrant provider has no SSH address for it "
                              f"(is the VM up? `make lab-up PROVIDER=vagrant`)")

@@ -70,3 +70,20 @@ def test_vagrant_without_ssh_address_names_the_host():
 
     with pytest.raises(inventory.InventoryError, match="host h1: the vagrant provider has no SSH address"):
         inventory.build(lab, NoState())
+
+
+def test_vagrant_connection_from_provider_state(tmp_path):
+    lab = load_lab(REPO / "lab.yml", provider="vagrant", name="vg")
+
+    class Up:
+        key_path = tmp_path / "ssh" / "id_ed25519"
+
+        class state:
+            @staticmethod
+            def read():
+                return {"hosts": {"h1": {"address": "192.168.121.11"}, "h2": {"address": "192.168.121.12"}}}
+
+    hosts = inventory.build(lab, Up())["all"]["hosts"]
+    assert hosts["h2"]["ansible_host"] == "192.168.121.12" and hosts["h2"]["ansible_user"] == "root"
+    assert hosts["h2"]["ansible_ssh_private_key_file"] == str(Up.key_path)
+    assert hosts["h2"]["ansible_become"] is False and hosts["h2"]["ansible_connection"] == "ssh"
