@@ -373,6 +373,7 @@ def _scenario(srv, cli, sip: str, port: int, scen: str, args, net: str) -> dict:
     delay = []
     if scen == "simultaneous":
         delay = [DelayLine(h, h.nic(net).ifname, (port, port), args.delay_ms) for h in (srv, cli)]
+    s = c = None
     try:
         for d in delay:
             d.__enter__()
@@ -396,6 +397,9 @@ def _scenario(srv, cli, sip: str, port: int, scen: str, args, net: str) -> dict:
         time.sleep(0.4 if scen != "simultaneous" else 0.2)   # let ss see FIN_WAIT2/TIME_WAIT
         return res
     finally:
+        for proc in (c, s):
+            if proc is not None and proc.alive():
+                proc.stop(2)
         for d in delay:
             d.__exit__()
 
