@@ -11,6 +11,7 @@ whether someone else's load disturbed the run, in which case it repeats it).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import statistics
@@ -77,7 +78,8 @@ def timed_run(cfg: Config, srv: Side, cli: Side, pid: int, conns: int, size: int
         if syscall_probe:
             probe = start_syscall_probe(srv, pid)
         else:
-            m0, s0 = procstat.machine(), procstat.sample(srv, pid)
+            exclude = {pid, lg.pid, os.getpid()}
+            m0, o0, s0 = procstat.machine(), procstat.others_cpu(exclude), procstat.sample(srv, pid)
         if syscall_probe and probe is not None:
             # stop the probe inside the window: its rate must come from steady state
             time.sleep(max(0.1, duration - 0.15 - (time.monotonic() - t0)))
@@ -85,7 +87,7 @@ def timed_run(cfg: Config, srv: Side, cli: Side, pid: int, conns: int, size: int
         if not _wait_marker(lg, "# done", duration + 30):
             raise RuntimeError("loadgen did not finish its window")
         if not syscall_probe:
-            s1, m1 = procstat.sample(srv, pid), procstat.machine()
+            s1, m1, o1 = procstat.sample(srv, pid), procstat.machine(), procstat.others_cpu(exclude)
         lg.wait(30)
         res = _loadgen_json(lg)
     finally:
@@ -99,11 +101,9 @@ def timed_run(cfg: Config, srv: Side, cli: Side, pid: int, conns: int, size: int
         raise RuntimeError("the server died during the run")
     reqs = max(res["requests"], 1)
     server_cpu = s1.cpu_s - s0.cpu_s
-    client_cpu = res["client_cpu"]["user_s"] + res["client_cpu"]["sys_s"]
-    busy = m1.busy - m0.busy
     window = max(res["duration_s"], 1e-6)
-    foreign = max(0.0, busy - server_cpu - client_cpu) / window     # cores used by others
-    steal = (m1.steal - m0.steal) / window
+    foreign = procstat.others_delta(o0, o1) / window     # cores other people's processes used
+    steal = (m1.steal - m0.steal) / window               # a VM's CPU taken by its hypervisor
     return {
         "rps": res["rps"], "requests": res["requests"], "lat_us": res["lat_us"],
         "connected": res["connected"], "alive": res["alive"], "connect_errors": res["connect_errors"],
@@ -221,10 +221,15 @@ def run_cell(cfg: Config, engine: str, conns: int, size: int, srv: Side, cli: Si
             budget -= 1
             run = timed_run(cfg, srv, cli, server.pid, conns, size, cfg.duration)
             cell["runs"].append(run)
-            note = " (disturbed: others used %.2f cores; repeating)" % run["foreign_cores"] \
-                if run["disturbed"] and budget else ""
+            note = " (others used %.2f cores: repeat)" % run["foreign_cores"] if run["disturbed"] and budget else ""
             say(f"    run {len(cell['runs'])}: {run['rps']:,.0f} req/s p99 {run['lat_us']['p99']:,.0f} µs"
                 f" server {run['server_util']:.0%} CPU client {run['client_util']:.0%}{note}")
+            if run["connected"] < 0.9 * conns or run["requests"] == 0:
+                # The engine collapsed (could not even accept the connections in time):
+                # that is the result; repeating it only burns minutes.
+                cell["collapsed"] = f"only {run['connected']}/{conns} connections were accepted in time"
+                say(f"    collapsed: {cell['collapsed']}")
+                break
         if cfg.syscalls and syscall_tool():
             probe = timed_run(cfg, srv, cli, server.pid, conns, size, cfg.syscall_duration, syscall_probe=True)
             rate = probe["syscalls_per_s"]

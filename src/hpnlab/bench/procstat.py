@@ -64,6 +64,35 @@ def machine() -> MachineSample:
     return MachineSample(busy / HZ, steal / HZ, (busy + idle + iowait + steal) / HZ)
 
 
+PF_KTHREAD = 0x00200000
+
+
+def others_cpu(exclude: set[int]) -> dict[int, float]:
+    """CPU seconds so far of every user-space process on this machine except `exclude`.
+
+    The difference of two of these samples is the load *other people* put on
+    the machine during a run. Machine-wide busy time would not do: the
+    loopback traffic's own softirq work is not charged to our processes.
+    """
+    cpu: dict[int, float] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in exclude:
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[6]) & PF_KTHREAD:          # field 9: flags
+            continue
+        cpu[int(name)] = (int(fields[11]) + int(fields[12])) / HZ
+    return cpu
+
+
+def others_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(max(0.0, t - before.get(pid, 0.0)) for pid, t in after.items())
+
+
 def busy_fraction(seconds: float = 1.0) -> tuple[float, float]:
     """(busy, steal) as fractions of all CPUs over `seconds`."""
     a = machine()

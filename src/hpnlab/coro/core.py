@@ -49,43 +49,46 @@ class Cancelled(BaseException):
 class Task:
     """A running coroutine. `await task` gives its result or raises its exception."""
 
-    __slots__ = ("coro", "name", "sched", "done", "_send", "_throw", "_result", "_exc",
-                 "_joiners", "_wait", "_timer", "_cancel_pending", "_observed")
+    # Ten slots and no __dict__: with 10k connections every byte here counts
+    # 10k times. _value is the value to send in while running and the result
+    # once done; _error is the exception to throw in, then the one it ended with.
+    __slots__ = ("coro", "name", "done", "_value", "_error", "_joiners", "_wait", "_timer",
+                 "_cancel_pending", "_observed")
 
-    def __init__(self, coro: Coroutine, sched: "Scheduler", name: str | None = None):
+    def __init__(self, coro: Coroutine, name: str | None = None):
         self.coro = coro
-        self.sched = sched
         self.name = name
         self.done = False
-        self._send: Any = None
-        self._throw: BaseException | None = None
-        self._result: Any = None
-        self._exc: BaseException | None = None
+        self._value: Any = None
+        self._error: BaseException | None = None
         self._joiners: list[Task] | None = None
-        self._wait: tuple | None = None     # what it is parked on; None = ready or running
+        # What it is parked on; None = ready or running. An fd wait is stored as
+        # the int fd*4 + 1 (read) or + 2 (write) rather than a tuple: 56 bytes
+        # less per parked connection. Timer and join waits are tuples.
+        self._wait: tuple | int | None = None
         self._timer: list | None = None     # its entry in the timer heap, if any
         self._cancel_pending = False
         self._observed = False
 
     def cancel(self) -> bool:
         """Ask the task to stop: Cancelled is raised at its current (or next) await."""
-        return self.sched.cancel(self)
+        return False if self.done else scheduler().cancel(self)
 
     @property
     def cancelled(self) -> bool:
-        return self.done and isinstance(self._exc, Cancelled)
+        return self.done and isinstance(self._error, Cancelled)
 
     def result(self) -> Any:
         if not self.done:
             raise RuntimeError(f"{self!r} has not finished")
         self._observed = True
-        if self._exc is not None:
-            raise self._exc
-        return self._result
+        if self._error is not None:
+            raise self._error
+        return self._value
 
     def exception(self) -> BaseException | None:
         self._observed = True
-        return self._exc
+        return self._error if self.done else None
 
     def __await__(self):
         if not self.done:
@@ -99,11 +102,11 @@ class Task:
     def __del__(self):
         # Like asyncio's "Task exception was never retrieved": a failed task
         # nobody awaited must not fail silently.
-        if self.done and self._exc is not None and not self._observed \
-                and not isinstance(self._exc, Cancelled):
+        if self.done and self._error is not None and not self._observed \
+                and not isinstance(self._error, Cancelled):
             print(f"hpnlab.coro: task {self.name or hex(id(self))} failed and nobody awaited it:",
                   file=sys.stderr)
-            traceback.print_exception(self._exc, file=sys.stderr)
+            traceback.print_exception(self._error, file=sys.stderr)
 
 
 class Scheduler:
@@ -112,16 +115,20 @@ class Scheduler:
     def __init__(self) -> None:
         self.ep = select.epoll()
         self.ready: deque[Task] = deque()
-        self.readers: dict[int, Task] = {}
-        self.writers: dict[int, Task] = {}
-        self.masks: dict[int, int] = {}          # fd -> interest registered with epoll
+        # Indexed by fd (descriptors are small dense integers): a list slot is
+        # 8 bytes and a bytearray slot 1, where a dict entry with its int key
+        # costs ~100 - this is most of what keeps a connection under 1 KiB.
+        self.readers: list[Task | None] = []
+        self.writers: list[Task | None] = []
+        self.masks = bytearray()                 # fd -> interest registered with epoll (0: none)
+        self.fd_waiters = 0                      # tasks parked on an fd
         self.timers: list[list] = []             # heap of [deadline, seq, task]
         self._seq = itertools.count()
         self.current: Task | None = None
 
     # -- tasks --------------------------------------------------------------
     def spawn(self, coro: Coroutine, name: str | None = None) -> Task:
-        task = Task(coro, self, name)
+        task = Task(coro, name)
         self.ready.append(task)
         return task
 
@@ -132,7 +139,7 @@ class Scheduler:
             t._cancel_pending = True          # raised at its next await
             return True
         self._unpark(t)
-        t._throw = Cancelled()
+        t._error = Cancelled()
         if t._wait is not None:
             t._wait = None
             self.ready.append(t)
@@ -142,11 +149,13 @@ class Scheduler:
         """Take a parked task out of whatever it waits on (not off the ready queue)."""
         w = t._wait
         if w is not None:
-            kind, key = w
-            if kind == READ and self.readers.get(key) is t:
-                del self.readers[key]
-            elif kind == WRITE and self.writers.get(key) is t:
-                del self.writers[key]
+            kind, key = ((w & 3) - 1, w >> 2) if type(w) is int else w
+            if kind == READ and self.readers[key] is t:
+                self.readers[key] = None
+                self.fd_waiters -= 1
+            elif kind == WRITE and self.writers[key] is t:
+                self.writers[key] = None
+                self.fd_waiters -= 1
             elif kind == JOIN and key._joiners and t in key._joiners:
                 key._joiners.remove(t)
         if t._timer is not None:
@@ -155,7 +164,7 @@ class Scheduler:
 
     def _finish(self, t: Task, result: Any, exc: BaseException | None) -> None:
         t.done = True
-        t._result, t._exc = result, exc
+        t._value, t._error = result, exc
         t.coro = None                          # free the frame now, not when the Task goes
         joiners, t._joiners = t._joiners, None
         if joiners:
@@ -172,16 +181,26 @@ class Scheduler:
         heapq.heappush(self.timers, entry)
 
     # -- fds ------------------------------------------------------------------
-    def _park_fd(self, t: Task, fd: int, table: dict[int, Task], bit: int, kind: int) -> None:
-        other = table.get(fd)
+    def _grow(self, fd: int) -> None:
+        n = max(fd + 1, 2 * len(self.masks), 1024) - len(self.masks)
+        self.readers.extend([None] * n)
+        self.writers.extend([None] * n)
+        self.masks.extend(bytes(n))
+
+    def _park_fd(self, t: Task, fd: int, table: list, bit: int, kind: int) -> None:
+        if fd >= len(self.masks):
+            self._grow(fd)
+        other = table[fd]
         if other is not None and other is not t:
-            t._throw = RuntimeError(f"fd {fd} already has a task waiting for the same event")
+            t._error = RuntimeError(f"fd {fd} already has a task waiting for the same event")
             self.ready.append(t)
             return
+        if other is None:
+            self.fd_waiters += 1
         table[fd] = t
-        t._wait = (kind, fd)
-        mask = self.masks.get(fd)
-        if mask is None:
+        t._wait = fd << 2 | (kind + 1)
+        mask = self.masks[fd]
+        if not mask:
             self.ep.register(fd, bit)
             self.masks[fd] = bit
         elif not mask & bit:
@@ -190,27 +209,34 @@ class Scheduler:
 
     def forget(self, fd: int) -> None:
         """The fd is about to be closed: drop its interest, fail its waiters."""
-        if self.masks.pop(fd, None) is not None:
+        if fd >= len(self.masks):
+            return
+        if self.masks[fd]:
+            self.masks[fd] = 0
             try:
                 self.ep.unregister(fd)
             except OSError:
                 pass
         for table in (self.readers, self.writers):
-            t = table.pop(fd, None)
+            t = table[fd]
             if t is not None:
+                table[fd] = None
+                self.fd_waiters -= 1
                 t._wait = None
-                t._throw = OSError(9, f"fd {fd} was closed while a task waited on it")
+                t._error = OSError(9, f"fd {fd} was closed while a task waited on it")
                 self.ready.append(t)
 
     def _narrow(self, fd: int) -> None:
         """epoll reported an fd nobody waits for in that direction: stop asking."""
-        mask = (EPOLLIN if fd in self.readers else 0) | (EPOLLOUT if fd in self.writers else 0)
+        mask = (EPOLLIN if self.readers[fd] is not None else 0) | \
+            (EPOLLOUT if self.writers[fd] is not None else 0)
         if mask:
-            if mask != self.masks.get(fd):
+            if mask != self.masks[fd]:
                 self.ep.modify(fd, mask)
                 self.masks[fd] = mask
-        elif self.masks.pop(fd, None) is not None:
+        elif self.masks[fd]:
             # Unregister entirely: HUP/ERR are reported even with an empty mask.
+            self.masks[fd] = 0
             self.ep.unregister(fd)
 
     # -- the loop -------------------------------------------------------------
@@ -222,11 +248,11 @@ class Scheduler:
         """
         self.current = t
         try:
-            if t._throw is None:
-                value, t._send = t._send, None
+            if t._error is None:
+                value, t._value = t._value, None
                 trap = t.coro.send(value)
             else:
-                exc, t._throw = t._throw, None
+                exc, t._error = t._error, None
                 trap = t.coro.throw(exc)
         except StopIteration as stop:
             self.current = None
@@ -242,16 +268,17 @@ class Scheduler:
         self.current = None
         if t._cancel_pending:
             t._cancel_pending = False
-            t._throw = Cancelled()
+            t._error = Cancelled()
             self.ready.append(t)
             return
         kind = trap[0]
         if kind == READ:
             fd = trap[1]
             # fast path: nobody else reads this fd and epoll already watches it for input
-            if fd not in self.readers and self.masks.get(fd, 0) & EPOLLIN:
+            if fd < len(self.masks) and self.masks[fd] & EPOLLIN and self.readers[fd] is None:
                 self.readers[fd] = t
-                t._wait = trap
+                self.fd_waiters += 1
+                t._wait = fd << 2 | 1
             else:
                 self._park_fd(t, fd, self.readers, EPOLLIN, READ)
         elif kind == WRITE:
@@ -273,7 +300,7 @@ class Scheduler:
         elif kind == YIELD:
             self.ready.append(t)
         else:
-            t._throw = RuntimeError(f"a task yielded {trap!r}; await hpnlab.coro functions only")
+            t._error = RuntimeError(f"a task yielded {trap!r}; await hpnlab.coro functions only")
             self.ready.append(t)
 
     def run(self, main: Coroutine) -> Any:
@@ -303,21 +330,25 @@ class Scheduler:
                 timeout = 0.0
             elif timers:
                 timeout = max(0.0, timers[0][0] - monotonic())
-            elif readers or writers:
+            elif self.fd_waiters:
                 timeout = -1
             else:
                 raise RuntimeError("deadlock: the main task waits, but no task can ever wake it")
             for fd, ev in poll(timeout, 1024):
                 if ev & _IN_EVENTS:
-                    t = readers.pop(fd, None)
+                    t = readers[fd]
                     if t is not None:
+                        readers[fd] = None
+                        self.fd_waiters -= 1
                         t._wait = None
                         ready.append(t)
-                    elif ev & EPOLLIN or fd not in writers:
+                    elif ev & EPOLLIN or writers[fd] is None:
                         self._narrow(fd)
                 if ev & _OUT_EVENTS:
-                    t = writers.pop(fd, None)
+                    t = writers[fd]
                     if t is not None:
+                        writers[fd] = None
+                        self.fd_waiters -= 1
                         t._wait = None
                         ready.append(t)
                     elif ev & EPOLLOUT:
@@ -330,9 +361,9 @@ class Scheduler:
                     if t is None:
                         continue                        # cancelled timer
                     t._timer = None
-                    if t._wait is not None and t._wait[0] == JOIN:
+                    if type(t._wait) is tuple and t._wait[0] == JOIN:
                         self._unpark(t)
-                        t._throw = TimeoutError()
+                        t._error = TimeoutError()
                     t._wait = None
                     ready.append(t)
 

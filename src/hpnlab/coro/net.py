@@ -16,36 +16,45 @@ from .core import READ, WRITE, scheduler
 from . import wait_readable, wait_writable
 
 
-class Socket:
-    """A non-blocking socket driven by the running hpnlab.coro scheduler."""
+_recv, _send = socket.socket.recv, socket.socket.send
+_accept, _close = socket.socket._accept, socket.socket.close   # type: ignore[attr-defined]
 
-    __slots__ = ("sock", "fd")
 
-    def __init__(self, sock: socket.socket):
-        sock.setblocking(False)
-        self.sock = sock
-        self.fd = sock.fileno()
+class Socket(socket.socket):
+    """A non-blocking socket whose accept/recv/send/sendall/connect are awaitables
+    driven by the running hpnlab.coro scheduler (NtyCo hooks the POSIX names the
+    same way). It *is* a socket.socket - no wrapper object per connection.
 
-    async def accept(self) -> tuple["Socket", tuple]:
+        Socket(sock)          adopt an existing socket (it is detached)
+        Socket(fileno=fd)     adopt a descriptor
+    """
+
+    __slots__ = ()
+
+    def __init__(self, sock: socket.socket | None = None, *, fileno: int | None = None):
+        super().__init__(fileno=sock.detach() if sock is not None else fileno)
+        self.setblocking(False)
+
+    async def accept(self) -> tuple["Socket", tuple]:  # type: ignore[override]
         while True:
             try:
-                conn, addr = self.sock.accept()
+                fd, addr = _accept(self)
             except BlockingIOError:
-                await wait_readable(self.fd)
+                await wait_readable(self.fileno())
                 continue
-            return Socket(conn), addr
+            return Socket(fileno=fd), addr
 
     # recv/send/sendall are generator-based awaitables (types.coroutine), not
-    # `async def`: an await on them creates one generator instead of a
-    # coroutine plus the trap's generator - the hot path of every request.
+    # `async def`: awaiting one creates one generator instead of a coroutine
+    # plus the trap's generator - this is the hot path of every request.
     @types.coroutine
-    def recv(self, n: int):
-        yield (READ, self.fd)
+    def recv(self, n: int):  # type: ignore[override]
+        yield (READ, self.fileno())
         while True:
             try:
-                return self.sock.recv(n)
+                return _recv(self, n)
             except BlockingIOError:       # spurious wake-up (another reader, or RST race)
-                yield (READ, self.fd)
+                yield (READ, self.fileno())
 
     async def recv_exactly(self, n: int) -> bytes:
         parts, got = [], 0
@@ -58,55 +67,46 @@ class Socket:
         return b"".join(parts)
 
     @types.coroutine
-    def send(self, data: bytes):
+    def send(self, data: bytes):  # type: ignore[override]
         while True:
             try:
-                return self.sock.send(data)
+                return _send(self, data)
             except BlockingIOError:
-                yield (WRITE, self.fd)
+                yield (WRITE, self.fileno())
 
     @types.coroutine
-    def sendall(self, data: bytes):
+    def sendall(self, data: bytes):  # type: ignore[override]
         try:
-            n = self.sock.send(data)
+            n = _send(self, data)
         except BlockingIOError:
             n = 0
         if n == len(data):
             return
         view = memoryview(data)[n:]
         while view:
-            yield (WRITE, self.fd)
+            yield (WRITE, self.fileno())
             try:
-                view = view[self.sock.send(view):]
+                view = view[_send(self, view):]
             except BlockingIOError:
                 pass
 
-    async def connect(self, address: tuple) -> None:
-        err = self.sock.connect_ex(address)
+    async def connect(self, address: tuple) -> None:  # type: ignore[override]
+        err = self.connect_ex(address)
         if err in (errno.EINPROGRESS, errno.EAGAIN):
-            await wait_writable(self.fd)
-            err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            await wait_writable(self.fileno())
+            err = self.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             raise OSError(err, f"connect to {address}: {errno.errorcode.get(err, err)}")
 
-    def setsockopt(self, *args) -> None:
-        self.sock.setsockopt(*args)
-
     def close(self) -> None:
         """Close; tasks parked on this socket get OSError(EBADF)."""
-        if self.fd >= 0:
+        fd = self.fileno()
+        if fd >= 0:
             try:
-                scheduler().forget(self.fd)
+                scheduler().forget(fd)
             except RuntimeError:
                 pass                      # no scheduler running: nothing to forget
-            self.fd = -1
-            self.sock.close()
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def getsockname(self):
-        return self.sock.getsockname()
+        _close(self)
 
 
 def listen(host: str, port: int, backlog: int = 4096, reuseport: bool = False) -> Socket:
