@@ -1,8 +1,6 @@
 """`hpnlab bench` — the I/O-models benchmark (issue 5, course §2.1–2.5)."""
 from __future__ import annotations
 
-import sys
-
 from ..servers import ENGINES
 from ._common import console
 
@@ -40,6 +38,24 @@ def add_arguments(parser) -> None:
     parser.add_argument("--server-host", default="h1")
     parser.add_argument("--client-host", default="h2")
     parser.add_argument("--network", default="data")
+
+
+def rerun_argv(args, cfg, mode: str) -> list[str]:
+    """The explicit command line that repeats this run (every knob spelled out)."""
+    argv = ["hpnlab", "--lab", str(args.lab)] + (["--provider", args.provider] if args.provider else [])
+    argv += ["bench", "--mode", mode, "--engines", ",".join(cfg.engines),
+             "--conns", ",".join(map(str, cfg.conns)), "--sizes", ",".join(map(str, cfg.sizes))]
+    if args.quick:
+        argv.append("--quick")
+    else:
+        argv += ["--duration", f"{cfg.duration:g}", "--warmup", f"{cfg.warmup:g}",
+                 "--repeats", str(cfg.repeats), "--quiet-wait", f"{cfg.quiet_wait:g}"]
+    argv += ["--depth", str(cfg.depth), "--port", str(cfg.port)]
+    if not cfg.syscalls:
+        argv.append("--no-syscalls")
+    if args.results:
+        argv += ["--results", args.results]
+    return argv
 
 
 def run(args) -> int:
@@ -89,7 +105,7 @@ def run(args) -> int:
         if mode == "loopback":
             provider = None
     console.print(f"hpnlab bench: mode {mode}")
-    result = benchmark(cfg, mode, provider, argv=list(sys.argv), results_root=args.results, say=lambda m: console.print(m),
+    result = benchmark(cfg, mode, provider, argv=rerun_argv(args, cfg, mode), results_root=args.results, say=lambda m: console.print(m),
                        make_target=None)
     for g in result["goals"]:
         mark = {True: "[green]PASS[/green]", False: "[yellow]FAIL[/yellow]", None: "n/a"}[g["pass"]]

@@ -1,0 +1,96 @@
+"""`hpnlab bench --quick` runs end to end on loopback and its numbers are sane."""
+from __future__ import annotations
+
+import csv
+import json
+import socket
+
+import pytest
+
+from hpnlab.bench import writeup
+from hpnlab.cli import main
+
+
+def _run_dir(root) -> "Path":  # noqa: F821
+    dirs = sorted((root / "bench").iterdir())
+    assert len(dirs) == 1
+    return dirs[0]
+
+
+@pytest.mark.slow
+def test_quick_bench_runs_and_numbers_are_sane(tmp_path):
+    rc = main(["bench", "--quick", "--mode", "loopback", "--engines", "epoll-lt,uring",
+               "--port", "7391", "--results", str(tmp_path)])
+    assert rc == 0
+    out = _run_dir(tmp_path)
+    for name in ("report.md", "data.json", "data.csv", "throughput.png", "latency.png",
+                 "kib_per_conn.png", "cpu_per_req.png"):
+        assert (out / name).stat().st_size > 0, name
+    data = json.loads((out / "data.json").read_text())
+    cells = data["cells"]
+    assert {(c["engine"], c["conns"]) for c in cells} == {("epoll-lt", 1), ("epoll-lt", 100),
+                                                         ("uring", 1), ("uring", 100)}
+    for c in cells:
+        assert c["status"] == "ok", c.get("reason")
+        assert c["rps"] > 200, c                       # even a loaded 2-core VM does this
+        assert 0 < c["p50_us"] <= c["p99_us"] <= c["p999_us"] < 5_000_000
+        assert 0 < c["cpu_us_per_req"] < 10_000
+        assert c["client_util"] <= 1.5 and c["server_util"] <= 1.5
+        assert c["connected"] == c["conns"] and c["errors"] == 0
+        assert c["kib_per_conn"] >= 0 and c["rss_kib"] > 1000
+        if c.get("syscalls_per_req") is not None:
+            assert 0 < c["syscalls_per_req"] < 50
+    report = (out / "report.md").read_text()
+    for words in ("Performance goals", "Reading", "Environment", "Re-run", "bench --mode loopback"):
+        assert words in report
+    rows = list(csv.DictReader(open(out / "data.csv")))
+    assert len(rows) == 4
+    env = data["environment"]
+    assert env["machine"]["kernel"] and env["mode"] == "loopback"
+    assert "net.core.somaxconn" in env["hosts"]["local"]["sysctls"]
+
+
+def test_unknown_engine_lists_the_valid_ones(capsys):
+    assert main(["bench", "--engines", "epoll,uring"]) == 2
+    err = capsys.readouterr().err
+    assert "epoll" in err and "epoll-lt" in err and "uvloop" in err
+
+
+def test_port_in_use_is_skipped_and_reported(tmp_path):
+    with socket.socket() as busy:
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        rc = main(["bench", "--quick", "--mode", "loopback", "--engines", "epoll-lt", "--conns", "1",
+                   "--port", str(port), "--no-syscalls", "--results", str(tmp_path)])
+    assert rc == 0
+    out = _run_dir(tmp_path)
+    cell = json.loads((out / "data.json").read_text())["cells"][0]
+    assert cell["status"] == "skipped" and "in use" in cell["reason"]
+    assert "in use" in (out / "report.md").read_text()
+
+
+def test_select_is_skipped_past_fd_setsize():
+    from hpnlab.bench.iomodels import skip_reason
+    assert "FD_SETSIZE" in skip_reason("select", 10000)
+    assert skip_reason("select", 100) is None
+
+
+def _cell(engine, conns, rps, kib=0.5):
+    return {"engine": engine, "conns": conns, "size": 64, "status": "ok", "rps": rps,
+            "kib_per_conn": kib}
+
+
+def test_goals_are_computed_from_the_cells():
+    cells = [_cell("uvloop", 100, 100.0), _cell("uring", 100, 120.0, 3.0), _cell("epoll-lt", 100, 110.0),
+             _cell("coro", 100, 90.0), _cell("greenlet", 100, 95.0),
+             _cell("coro", 10000, 50.0, 0.8), _cell("uring", 1000, 70.0, 9.0), _cell("epoll-lt", 1000, 60.0)]
+    g = {row["goal"]: row for row in writeup.goals(cells)}
+    assert g["best hpnlab engine ≥ uvloop req/s @100 conns, 64 B"]["pass"] is True
+    assert g["best hpnlab engine ≥ uvloop req/s @100 conns, 64 B"]["ratio"] == pytest.approx(1.2)
+    assert g["coro ≥ greenlet req/s @100 conns, 64 B"]["pass"] is False
+    assert g["coro ≥ greenlet req/s @10000 conns, 64 B"]["pass"] is None      # greenlet not measured
+    assert g["coro ≤ 1 KiB/conn @10000 conns, 64 B"]["pass"] is True
+    assert g["uring ≥ epoll-lt req/s @1000 conns, 64 B"]["pass"] is True
+    assert g["uring ≤ 8 KiB/conn @1000 conns, 64 B"]["pass"] is False
