@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,32 @@ from ..providers import ProviderError
 
 class LabError(RuntimeError):
     """A lab cannot run here: the message names what is missing and how to get it."""
+
+
+# -- interrupts ----------------------------------------------------------------------------------
+
+_deferring = 0
+
+
+@contextmanager
+def deferred_interrupts():
+    """Hold Ctrl-C (SIGINT) back while cleanup runs, so a lab interrupted at any
+    point still stops every process and removes every rule it made; the
+    interrupt is raised once the (outermost) cleanup is done."""
+    global _deferring
+    if threading.current_thread() is not threading.main_thread() or _deferring:
+        yield                      # an outer cleanup (or another thread) already holds SIGINT
+        return
+    got = []
+    old = signal.signal(signal.SIGINT, lambda *_: got.append(1))
+    _deferring = 1
+    try:
+        yield
+    finally:
+        _deferring = 0
+        signal.signal(signal.SIGINT, old)
+        if got:
+            raise KeyboardInterrupt
 
 
 # -- preconditions -----------------------------------------------------------------------------
@@ -95,6 +122,13 @@ class Capture:
         self._err: list[str] = []
 
     def __enter__(self):
+        try:
+            return self._start()
+        except BaseException:          # Ctrl-C or a failure half-way: leave no tcpdump behind
+            self.stop()
+            raise
+
+    def _start(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._out = open(self.path, "wb")
         self.proc = subprocess.Popen(self.argv, stdout=self._out, stderr=subprocess.PIPE,
@@ -110,12 +144,15 @@ class Capture:
             ready.set()
         threading.Thread(target=drain, daemon=True).start()
         if not ready.wait(10) or self.proc.poll() is not None:
-            self.stop()
             raise LabError(f"tcpdump did not start: {''.join(self._err).strip() or 'no output'}")
         time.sleep(0.05)
         return self
 
     def stop(self) -> None:
+        with deferred_interrupts():
+            self._stop()
+
+    def _stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             time.sleep(0.15)                      # let the last packets reach the file
             try:
@@ -127,7 +164,7 @@ class Capture:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
-        if not self._out.closed:
+        if getattr(self, "_out", None) and not self._out.closed:
             self._out.close()
 
     def __exit__(self, *exc):
@@ -179,13 +216,22 @@ class StateTrace:
             (TRACEFS / "events/sock/inet_sock_set_state").is_dir()
 
     def __enter__(self):
-        self.dir.mkdir()
-        ev = self.dir / "events/sock/inet_sock_set_state"
-        (ev / "filter").write_text(self.filter)
-        (ev / "enable").write_text("1")
+        with deferred_interrupts():
+            self.dir.mkdir()
+            try:
+                ev = self.dir / "events/sock/inet_sock_set_state"
+                (ev / "filter").write_text(self.filter)
+                (ev / "enable").write_text("1")
+            except BaseException:
+                self._exit()
+                raise
         return self
 
     def __exit__(self, *exc):
+        with deferred_interrupts():
+            self._exit()
+
+    def _exit(self):
         try:
             (self.dir / "events/sock/inet_sock_set_state/enable").write_text("0")
             self.events = parse_trace((self.dir / "trace").read_text())
@@ -258,9 +304,10 @@ def run_agents(jobs: dict, timeout: float = 60.0, names: dict | None = None) -> 
                 raise LabError(f"[{host.name}] agent printed no JSON: {out[-500:]} {err[-500:]}") from None
         return results
     finally:
-        for proc in procs.values():
-            if proc.alive():
-                proc.stop(2)
+        with deferred_interrupts():
+            for proc in procs.values():
+                if proc.alive():
+                    proc.stop(2)
 
 
 def nstat(host, counters: list[str]) -> dict[str, int]:

@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 from .. import report
-from ._kit import Capture, LabError, agent_argv, need_hosts, need_tools, nstat, set_sysctls, shared_network
+from ._kit import Capture, LabError, agent_argv, deferred_interrupts, need_hosts, need_tools, nstat, \
+    set_sysctls, shared_network
 from . import pcap
 
 HELP = "SYN queue / accept queue: backlog vs somaxconn, SYN cookies, ListenOverflows, abort_on_overflow RSTs"
@@ -168,7 +169,8 @@ class HoldThirdAck:
         return 0
 
     def __exit__(self, *exc):
-        self.host.run(["nft", "delete", "table", "inet", self.TABLE], check=False)
+        with deferred_interrupts():
+            self.host.run(["nft", "delete", "table", "inet", self.TABLE], check=False)
 
 
 def listener_queue(host, port: int) -> tuple[int, int]:
@@ -228,9 +230,10 @@ def one_case(srv, cli, server_ip: str, port: int, backlog: int, n: int, wait: fl
             row["third_acks_dropped"] = held
         row["t_measured"] = time.time()        # before the clients go away (and reset what is left)
     finally:
-        for p in clients:
-            p.stop(3)
-        server.stop(3)
+        with deferred_interrupts():
+            for p in clients:
+                p.stop(3)
+            server.stop(3)
     after_s, after_c = nstat(srv, COUNTERS), nstat(cli, COUNTERS)
     row["server_counters"] = {k: after_s[k] - before_s[k] for k in COUNTERS}
     row["client_counters"] = {k: after_c[k] - before_c[k] for k in COUNTERS}
@@ -326,7 +329,8 @@ def run(provider, args, step) -> dict:
                 data["slow"] = row
                 port += 1
     finally:
-        set_sysctls(srv, old)
+        with deferred_interrupts():
+            set_sysctls(srv, old)
     step("reading the pcap, plotting")
     segs = pcap.read_pcap(out / "server.pcap")
     for row in data["overflow"]:

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from .. import report
 from . import pcap
-from ._kit import Capture, LabError, StateTrace, agent_argv, need_hosts, need_tools, run_agents, \
-    set_sysctls, shared_network, state_paths
+from ._kit import Capture, LabError, StateTrace, agent_argv, deferred_interrupts, need_hosts, need_tools, \
+    run_agents, set_sysctls, shared_network, state_paths
 from .p2p import sleep_until
 
 HELP = "four-way close: active/passive, simultaneous (CLOSING), half-close, RST on close, TIME_WAIT"
@@ -250,8 +250,9 @@ class DelayLine:
                 "-j", "NFQUEUE", "--queue-num", str(self.QUEUE), "--queue-bypass"]
 
     def __enter__(self):
-        self.proc = self.host.start([sys.executable, "-m", "hpnlab.impair.delayq", "--queue", str(self.QUEUE),
-                                     "--delay-ms", str(self.delay)], name=f"close-delayq-{self.ifname}")
+        with deferred_interrupts():
+            self.proc = self.host.start([sys.executable, "-m", "hpnlab.impair.delayq", "--queue", str(self.QUEUE),
+                                         "--delay-ms", str(self.delay)], name=f"close-delayq-{self.ifname}")
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             table = self.host.run(["cat", "/proc/net/netfilter/nfnetlink_queue"], check=False).stdout
@@ -265,9 +266,10 @@ class DelayLine:
         return self
 
     def __exit__(self, *exc):
-        self.host.run(self._rule("-D"), check=False)
-        if self.proc:
-            self.proc.stop(3)
+        with deferred_interrupts():
+            self.host.run(self._rule("-D"), check=False)
+            if self.proc:
+                self.proc.stop(3)
 
 
 def add_arguments(p) -> None:
@@ -322,7 +324,8 @@ def run(provider, args, step) -> dict:
                                                  "--local-port", base + 60 + i), timeout=30)
                         results["tw"].append({"tcp_timestamps": ts, **json.loads(res.stdout.splitlines()[-1])})
                 finally:
-                    sink.stop(3)
+                    with deferred_interrupts():
+                        sink.stop(3)
                 # the fixed ports of the P2P lab
                 if not args.no_p2p:
                     for i, ts in enumerate((1, 0)):
@@ -333,8 +336,9 @@ def run(provider, args, step) -> dict:
                 if tracer:
                     tracer.__exit__(None, None, None)
     finally:
-        for h in (srv, cli):
-            set_sysctls(h, old[h.name])
+        with deferred_interrupts():
+            for h in (srv, cli):
+                set_sysctls(h, old[h.name])
     step("reading the pcap and the state traces")
     segs = pcap.read_pcap(out / "close.pcap")
     paths = state_paths(tracer.events) if tracer else {}
@@ -397,11 +401,12 @@ def _scenario(srv, cli, sip: str, port: int, scen: str, args, net: str) -> dict:
         time.sleep(0.4 if scen != "simultaneous" else 0.2)   # let ss see FIN_WAIT2/TIME_WAIT
         return res
     finally:
-        for proc in (c, s):
-            if proc is not None and proc.alive():
-                proc.stop(2)
-        for d in delay:
-            d.__exit__()
+        with deferred_interrupts():
+            for proc in (c, s):
+                if proc is not None and proc.alive():
+                    proc.stop(2)
+            for d in delay:
+                d.__exit__()
 
 
 def _p2p_twice(a, b, ip_a: str, ip_b: str, port: int, ts: int, step) -> dict:

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from .. import report
-from ._kit import LabError, agent_argv, need_hosts, need_tools, shared_network
+from ._kit import LabError, agent_argv, deferred_interrupts, need_hosts, need_tools, shared_network
 
 HELP = "level- vs edge-triggered epoll: epoll_wait calls, wakeups, reads and time for a 1 KiB reader"
 PORT = 43000
@@ -185,7 +185,8 @@ def one_run(snd, rcv, ip: str, port: int, mode: str, pattern: str, nbytes: int, 
         except (IndexError, json.JSONDecodeError):
             raise LabError(f"[{rcv.name}] reader printed no result: {err[-800:]}") from None
     finally:
-        r.stop(3)
+        with deferred_interrupts():
+            r.stop(3)
     res.update(pattern=pattern, sender=json.loads(send.stdout.strip().splitlines()[-1]))
     if res["bytes"] + res.get("stranded", 0) != nbytes:
         raise LabError(f"reader got {res['bytes']} bytes, sender sent {nbytes}")

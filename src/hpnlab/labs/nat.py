@@ -40,7 +40,7 @@ from pathlib import Path
 
 from .. import report
 from . import pcap
-from ._kit import Capture, LabError, agent_argv, need_hosts, need_tools, run_agents
+from ._kit import Capture, LabError, agent_argv, deferred_interrupts, need_hosts, need_tools, run_agents
 from .p2p import exchange, simultaneous_connect
 
 HELP = "NAT traversal: UDP hole punching and TCP simultaneous open through cone / symmetric NATs"
@@ -296,13 +296,15 @@ def run(provider, args, step) -> dict:
                                        "--local", str(pb.address("lan_b")), *common)},
                         timeout=4 * args.timeout + 20)
             finally:
-                rzp.stop(3)
+                with deferred_interrupts():
+                    rzp.stop(3)
             results.append(analyse(name, mode_a, mode_b, res, out / f"{name}.pcap", rz_ip))
     finally:
-        for router in (ra, rb):
-            router.run(["nft", "delete", "table", "ip", TABLE], check=False)
-        for peer, net in routes:
-            peer.run(["ip", "route", "del", net], check=False)
+        with deferred_interrupts():
+            for router in (ra, rb):
+                router.run(["nft", "delete", "table", "ip", TABLE], check=False)
+            for peer, net in routes:
+                peer.run(["ip", "route", "del", net], check=False)
     md = render(results, env)
     path = report.write_report(out, md, {"scenarios": results, "environment": env})
     return {"report": path, "dir": out, "scenarios": results}

@@ -1,0 +1,76 @@
+"""Lab close on real namespaces: active/passive close, simultaneous close
+through CLOSING, RST on close with unread data, TIME_WAIT vs SO_REUSEADDR;
+and Ctrl-C leaves nothing behind."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hpnlab.cli import build_parser
+from hpnlab.labs import lab_module
+from hpnlab.providers.netns import netns_pids
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_close_scenarios(netns_lab, tmp_path):
+    args = build_parser().parse_args(["lab", "--results", str(tmp_path), "close"])
+    res = lab_module("close").run(netns_lab, args, lambda m: None)
+    sc = res["scenarios"]
+    n, sim = sc["normal"], sc["simultaneous"]
+    assert "CLOSE-WAIT" in n["ss_server"] and {"FIN-WAIT-2", "TIME-WAIT"} & set(n["ss_client"])
+    assert "TIME-WAIT" in sim["ss_client"] and "TIME-WAIT" in sim["ss_server"]
+    if sim.get("trace_client") is not None:
+        for side in ("trace_client", "trace_server"):
+            path = sim[side]
+            assert "CLOSING" in path and "FIN_WAIT2" not in path, (side, path)
+        assert "FIN_WAIT2" in n["trace_client"] and "CLOSE_WAIT" in n["trace_server"]
+    assert sc["rst"]["rst"] >= 1 and any("RST" in s for s in sc["rst"]["segments"])
+    assert "late line" in sc["halfclose"]["client"]["received_after_shutdown"]
+    ts_on, ts_off = res["tw"]
+    assert ts_on["bind_without_reuseaddr"] == "EADDRINUSE" and ts_on["bind_with_reuseaddr"] == "ok"
+    assert ts_off["connect_same_4tuple_at_0.1s"] == "EADDRNOTAVAIL"
+    # knobs back, no delay line or rule left
+    for h in ("h1", "h2"):
+        host = netns_lab.host(h)
+        assert "NFQUEUE" not in host.run(["iptables-nft", "-t", "mangle", "-S"]).stdout
+        assert host.sysctl("net.ipv4.tcp_timestamps") == "1"
+
+
+def test_ctrl_c_leaves_nothing(netns_lab, tmp_path):
+    """SIGINT to `hpnlab lab close` mid-run: every agent stops, rules and trace instances go."""
+    lab_file = tmp_path / "lab.yml"
+    src = Path(netns_lab.lab.source).read_text()
+    lab_file.write_text(src.replace(f"name: {netns_lab.lab.name}", "").replace("name: hpnlab", "")
+                        + f"\nname: {netns_lab.lab.name}\n")
+    env = dict(os.environ, HPNLAB_STATE_DIR=str(netns_lab.state.dir.parent))
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "hpnlab"), "--lab", str(lab_file), "lab", "--results",
+                             str(tmp_path / "r"), "close"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    time.sleep(5)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode in (130, 0, 1), out
+    time.sleep(0.5)
+    for h in ("h1", "h2"):
+        ns = f"{netns_lab.lab.name}-{h}"
+        left = netns_pids(ns)
+        assert left == [], (h, [_cmdline(p) for p in left], out[-2000:])
+        host = netns_lab.host(h)
+        assert "NFQUEUE" not in host.run(["iptables-nft", "-t", "mangle", "-S"]).stdout
+    tracing = Path("/sys/kernel/tracing/instances")
+    if tracing.is_dir():
+        assert not [p for p in tracing.iterdir() if p.name.startswith(f"hpnlab-{proc.pid}-")]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return "?"
