@@ -63,11 +63,11 @@ def _loadgen_json(handle) -> dict:
     return json.loads(lines[-1])
 
 
-def timed_run(cfg: Config, srv: Side, cli: Side, pid: int, conns: int, size: int,
+def timed_run(cfg: Config, srv: Side, cli: Side, pid: int, port: int, conns: int, size: int,
               duration: float, syscall_probe: bool = False) -> dict:
     """One loadgen run; server /proc and machine /proc/stat sampled around its window."""
     connect_timeout = 30.0 + conns / 500
-    lg = cli.start(loadgen.argv(srv.address, cfg.port, conns, size, cfg.depth, duration, cfg.warmup,
+    lg = cli.start(loadgen.argv(srv.address, port, conns, size, cfg.depth, duration, cfg.warmup,
                                 connect_timeout), name="loadgen")
     probe = None
     try:
@@ -199,71 +199,128 @@ def summarize(cell: dict) -> None:
     cell["kib_per_conn"] = round(max(0, rss - cell["rss_idle_kib"]) / cell["conns"], 2)
 
 
-def run_cell(cfg: Config, engine: str, conns: int, size: int, srv: Side, cli: Side, say=print) -> dict:
-    cell: dict = {"engine": engine, "conns": conns, "size": size, "status": "ok", "runs": []}
-    why = skip_reason(engine, conns)
-    if why:
-        cell.update(status="skipped", reason=why)
-        return cell
-    cell["quiet"] = procstat.wait_quiet(cfg.quiet_wait, cfg.quiet_threshold, say)
-    server = srv.start([sys.executable, "-m", "hpnlab.servers", engine, "--host", srv.bind_address,
-                        "--port", str(cfg.port)], name=engine)
-    try:
-        why = srv.wait_listening(server, cfg.port)
-        if why:
-            cell.update(status="skipped", reason=why)
-            return cell
+def _settle(srv: Side, pid: int, limit: float = 5.0) -> None:
+    """Wait until a server is idle again (an engine that fell behind may still be
+    working off the previous run's connections); it must not eat the next run's CPU."""
+    deadline = time.monotonic() + limit
+    prev = procstat.sample(srv, pid, with_ctx=False)
+    while prev is not None and time.monotonic() < deadline:
         time.sleep(0.2)
-        idle = procstat.sample(srv, server.pid, with_ctx=False)
-        cell["rss_idle_kib"] = idle.rss_kib if idle else 0
-        budget = cfg.repeats + cfg.max_extra
-        while budget and sum(1 for r in cell["runs"] if not r["disturbed"]) < cfg.repeats:
-            budget -= 1
-            run = timed_run(cfg, srv, cli, server.pid, conns, size, cfg.duration)
-            cell["runs"].append(run)
-            note = " (others used %.2f cores: repeat)" % run["foreign_cores"] if run["disturbed"] and budget else ""
-            say(f"    run {len(cell['runs'])}: {run['rps']:,.0f} req/s p99 {run['lat_us']['p99']:,.0f} µs"
-                f" server {run['server_util']:.0%} CPU client {run['client_util']:.0%}{note}")
-            if run["connected"] < 0.9 * conns or run["requests"] == 0:
-                # The engine collapsed (could not even accept the connections in time):
-                # that is the result; repeating it only burns minutes.
-                cell["collapsed"] = f"only {run['connected']}/{conns} connections were accepted in time"
-                say(f"    collapsed: {cell['collapsed']}")
-                break
-        if cfg.syscalls and syscall_tool():
-            probe = timed_run(cfg, srv, cli, server.pid, conns, size, cfg.syscall_duration, syscall_probe=True)
-            rate = probe["syscalls_per_s"]
-            cell["syscalls_per_req"] = round(rate / probe["rps"], 3) if rate and probe["rps"] else None
-            cell["syscall_tool"] = syscall_tool()
-        summarize(cell)
-        if not server.alive():
-            cell.update(status="error", reason="the server exited during the cell")
-    except (RuntimeError, OSError, ValueError) as exc:
-        cell.update(status="error", reason=str(exc).strip().splitlines()[0][:300])
-        if cell["runs"]:
+        cur = procstat.sample(srv, pid, with_ctx=False)
+        if cur is None or cur.cpu_s - prev.cpu_s < 0.02:
+            return
+        prev = cur
+
+
+def _record(cell: dict, run: dict, conns: int, say) -> None:
+    cell["runs"].append(run)
+    note = f" (others used {run['foreign_cores']:.2f} cores)" if run["disturbed"] else ""
+    say(f"    {cell['engine']:>9} run {len(cell['runs'])}: {run['rps']:,.0f} req/s "
+        f"p99 {run['lat_us']['p99']:,.0f} µs server {run['server_util']:.0%} CPU "
+        f"client {run['client_util']:.0%}{note}")
+    if run["connected"] < 0.9 * conns or run["requests"] == 0:
+        # The engine collapsed (could not even accept the connections in time):
+        # that is the result; repeating it only burns minutes.
+        cell["collapsed"] = f"only {run['connected']}/{conns} connections were accepted in time"
+        say(f"    {cell['engine']:>9} collapsed: {cell['collapsed']}")
+
+
+def run_group(cfg: Config, conns: int, size: int, srv: Side, cli: Side, say=print,
+              quiet: procstat.QuietWaiter | None = None) -> list[dict]:
+    """All engines at one (connections, size): a fresh server each, runs interleaved.
+
+    Every engine's server is started up front (each on its own port) and the
+    timed runs go round-robin - engine A, B, C, then A, B, C again - so slow
+    changes in the machine's load hit all engines alike instead of whichever
+    happened to run during them; that keeps the *ratios* between engines honest
+    on a shared machine. The first run of each server is the one on a fresh
+    process, so it is the one that gives memory per connection.
+    """
+    cells = {e: {"engine": e, "conns": conns, "size": size, "status": "ok", "runs": []} for e in cfg.engines}
+    servers: dict[str, tuple] = {}
+    quiet_info = (quiet or procstat.QuietWaiter(cfg.quiet_wait, cfg.quiet_threshold, say))()
+    try:
+        for i, engine in enumerate(cfg.engines):
+            cell = cells[engine]
+            why = skip_reason(engine, conns)
+            if why:
+                cell.update(status="skipped", reason=why)
+                continue
+            port = cfg.port + i
+            handle = srv.start([sys.executable, "-m", "hpnlab.servers", engine, "--host", srv.bind_address,
+                                "--port", str(port)], name=engine)
+            servers[engine] = (handle, port)
+            why = srv.wait_listening(handle, port)
+            if why:
+                cell.update(status="skipped", reason=why)
+                handle.stop()
+                del servers[engine]
+        time.sleep(0.3)
+        for engine, (handle, _port) in servers.items():
+            idle = procstat.sample(srv, handle.pid, with_ctx=False)
+            cells[engine]["rss_idle_kib"] = idle.rss_kib if idle else 0
+            cells[engine]["quiet"] = quiet_info
+
+        def active() -> list[str]:
+            return [e for e in servers if cells[e]["status"] == "ok" and "collapsed" not in cells[e]]
+
+        def one_run(engine: str, duration: float, probe: bool = False):
+            handle, port = servers[engine]
+            _settle(srv, handle.pid)
             try:
-                summarize(cell)
-            except (KeyError, ValueError, statistics.StatisticsError):
-                pass
+                return timed_run(cfg, srv, cli, handle.pid, port, conns, size, duration, probe)
+            except (RuntimeError, OSError, ValueError) as exc:
+                cells[engine].update(status="error", reason=str(exc).strip().splitlines()[0][:300])
+                say(f"    {engine:>9} error: {cells[engine]['reason']}")
+                return None
+
+        for r in range(cfg.repeats):
+            order = active()
+            order = order[r % len(order):] + order[:r % len(order)] if order else []   # rotate
+            for engine in order:
+                run = one_run(engine, cfg.duration)
+                if run is not None:
+                    _record(cells[engine], run, conns, say)
+        for _ in range(cfg.max_extra):          # repeat runs others' load disturbed
+            for engine in active():
+                runs = cells[engine]["runs"]
+                if sum(1 for x in runs if not x["disturbed"]) < cfg.repeats and any(x["disturbed"] for x in runs):
+                    run = one_run(engine, cfg.duration)
+                    if run is not None:
+                        _record(cells[engine], run, conns, say)
+        if cfg.syscalls and syscall_tool():
+            for engine in active():
+                probe = one_run(engine, cfg.syscall_duration, probe=True)
+                if probe is not None:
+                    rate = probe["syscalls_per_s"]
+                    cells[engine]["syscalls_per_req"] = round(rate / probe["rps"], 3) \
+                        if rate and probe["rps"] else None
+                    cells[engine]["syscall_tool"] = syscall_tool()
     finally:
-        rc = server.stop(timeout=10)
-        cell["server_exit"] = rc
-    return cell
+        for engine, (handle, _port) in servers.items():
+            cell = cells[engine]
+            if cell["status"] == "ok" and not handle.alive():
+                cell.update(status="error", reason="the server exited during the runs: "
+                            + (handle.logs()[1].strip().splitlines() or ["?"])[-1][:200])
+            cell["server_exit"] = handle.stop(timeout=10)
+    for cell in cells.values():
+        if cell["runs"]:
+            summarize(cell)
+        if cell.get("collapsed") and cell["status"] == "ok":
+            cell["note"] = cell["collapsed"]
+    return [cells[e] for e in cfg.engines]
 
 
 def run_grid(cfg: Config, srv: Side, cli: Side, say=print) -> list[dict]:
-    cells = []
-    total = len(cfg.engines) * len(cfg.conns) * len(cfg.sizes)
-    n = 0
-    for size in cfg.sizes:
-        for conns in cfg.conns:
-            for engine in cfg.engines:
-                n += 1
-                say(f"[{n}/{total}] {engine} conns={conns} size={size}")
-                cell = run_cell(cfg, engine, conns, size, srv, cli, say)
-                if cell["status"] != "ok":
-                    say(f"    {cell['status']}: {cell.get('reason')}")
-                cells.append(cell)
+    cells: list[dict] = []
+    groups = [(size, conns) for size in cfg.sizes for conns in cfg.conns]
+    quiet = procstat.QuietWaiter(cfg.quiet_wait, cfg.quiet_threshold, say)
+    for n, (size, conns) in enumerate(groups, 1):
+        say(f"[{n}/{len(groups)}] conns={conns} size={size}: {', '.join(cfg.engines)}")
+        for cell in run_group(cfg, conns, size, srv, cli, say, quiet):
+            if cell["status"] != "ok":
+                say(f"    {cell['engine']:>9} {cell['status']}: {cell.get('reason')}")
+            cells.append(cell)
     return cells
 
 
@@ -335,7 +392,9 @@ def benchmark(cfg: Config, mode: str, provider=None, argv: list[str] | None = No
     cells = run_grid(cfg, srv, cli, say)
     out = results_dir("bench", results_root)
     env = fingerprint(provider, SYSCTLS, hosts=hosts)
-    env["provider"] = provider.name if provider is not None else None
+    env["provider"] = provider.name if provider is not None else "none (loopback mode)"
+    if provider is None:
+        env["lab"] = "none"
     env["mode"] = mode
     env["versions"] = versions()
     env["syscall_tool"] = syscall_tool()
@@ -364,7 +423,7 @@ def benchmark(cfg: Config, mode: str, provider=None, argv: list[str] | None = No
                  "server/client is the share of one core each used.", "",
                  writeup.results_table(cells, size), ""]
     text += [f"![{p}]({p})" for p in pngs] + [""]
-    text += [writeup.reading(cells), writeup.skipped_md(cells), "",
+    text += [writeup.reading(cells), writeup.load_md(cells), writeup.skipped_md(cells), "",
              environment_md(env), "", rerun_md(argv, make_target=make_target)]
     data = {"config": cfg.__dict__, "mode": mode, "cells": cells, "goals": goal_rows, "environment": env,
             "command": rerun_command(argv)}

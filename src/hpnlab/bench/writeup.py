@@ -19,7 +19,7 @@ CSV_FIELDS = ["engine", "conns", "size", "status", "reason", "rps", "rps_min", "
 
 
 def ok(cells: list[dict]) -> list[dict]:
-    return [c for c in cells if c.get("rps") is not None]
+    return [c for c in cells if c.get("rps") is not None and c["status"] == "ok"]
 
 
 def find(cells: list[dict], engine: str, conns: int, size: int) -> dict | None:
@@ -256,6 +256,28 @@ def skipped_md(cells: list[dict]) -> str:
     rows = [[e, s, ", ".join(where), r] for (e, s, r), where in seen.items()]
     return "## Skipped or failed\n\n" + md_table(["engine", "status", "cells (conns/size)", "why"], rows,
                                                  align="llll")
+
+
+def load_md(cells: list[dict]) -> str:
+    """How much other people's load and the hypervisor took during the runs."""
+    runs = [r for c in cells for r in c.get("runs", [])]
+    if not runs:
+        return ""
+    foreign = sorted(r["foreign_cores"] for r in runs)
+    steal = sorted(r["steal_cores"] for r in runs)
+    disturbed = sum(1 for r in runs if r.get("disturbed"))
+    waits = [c["quiet"]["waited_s"] for c in cells if c.get("quiet")]
+    loads = [c["quiet"]["loadavg"][0] for c in cells if c.get("quiet")]
+    return "\n".join([
+        "## Machine load during the runs", "",
+        f"- other people's processes used {foreign[len(foreign) // 2]:.2f} cores in the median run "
+        f"(max {foreign[-1]:.2f}); {disturbed} of {len(runs)} runs were over the limit and repeated "
+        "(or kept, marked, when the repeat budget ran out)",
+        f"- hypervisor steal: median {steal[len(steal) // 2]:.2f} cores, max {steal[-1]:.2f}",
+        f"- waited {sum(waits):.0f} s in total for a quiet machine before cells; 1-min load average "
+        f"at cell starts: {min(loads) if loads else '?'} – {max(loads) if loads else '?'}",
+        "- spreads above ~15% in the tables mean the machine was not steady: compare engines by "
+        "CPU µs/request there, which load disturbs less than req/s", ""]) + "\n"
 
 
 def goals_md(rows: list[dict]) -> str:
