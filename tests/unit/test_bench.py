@@ -11,7 +11,7 @@ from hpnlab.bench import writeup
 from hpnlab.cli import main
 
 
-def _run_dir(root) -> "Path":  # noqa: F821
+def _run_dir(root) -> Path:  # noqa: F821
     dirs = sorted((root / "bench").iterdir())
     assert len(dirs) == 1
     return dirs[0]
@@ -43,7 +43,8 @@ def test_quick_bench_runs_and_numbers_are_sane(tmp_path):
     report = (out / "report.md").read_text()
     for words in ("Performance goals", "Reading", "Environment", "Re-run", "bench --mode loopback"):
         assert words in report
-    rows = list(csv.DictReader(open(out / "data.csv")))
+    with open(out / "data.csv") as f:
+        rows = list(csv.DictReader(f))
     assert len(rows) == 4
     env = data["environment"]
     assert env["machine"]["kernel"] and env["mode"] == "loopback"

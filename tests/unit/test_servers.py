@@ -32,10 +32,11 @@ class ServerProc:
         self.engine = engine
         self.port = free_port()
         self.err = Path(f"/tmp/hpnlab-test-{engine}-{self.port}.err")
-        self.popen = subprocess.Popen(
-            [sys.executable, "-m", "hpnlab.servers", engine, "--host", "127.0.0.1",
-             "--port", str(self.port), *extra],
-            stdout=subprocess.DEVNULL, stderr=open(self.err, "wb"), start_new_session=True)
+        with open(self.err, "wb") as err:
+            self.popen = subprocess.Popen(
+                [sys.executable, "-m", "hpnlab.servers", engine, "--host", "127.0.0.1",
+                 "--port", str(self.port), *extra],
+                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
         deadline = time.monotonic() + 15
         while "listening" not in self.err.read_text():
             if self.popen.poll() is not None or time.monotonic() > deadline:
@@ -76,7 +77,7 @@ def engine_params():
 
 @pytest.fixture(scope="module", params=list(engine_params()))
 def server(request):
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     srv = ServerProc(request.param)
     yield srv
@@ -300,7 +301,7 @@ def test_clean_shutdown_on_sigterm(engine):
 
 def test_unknown_engine_lists_valid_ones():
     p = subprocess.run([sys.executable, "-m", "hpnlab.servers", "epoll-xx", "--port", "1"],
-                       capture_output=True, text=True)
+                       capture_output=True, check=False, text=True)
     assert p.returncode == 2
     assert "epoll-xx" in p.stderr and "epoll-lt" in p.stderr and "uring" in p.stderr
 
@@ -311,7 +312,7 @@ def test_port_in_use_is_a_clear_error():
         busy.listen()
         port = busy.getsockname()[1]
         p = subprocess.run([sys.executable, "-m", "hpnlab.servers", "epoll-lt", "--host", "127.0.0.1",
-                            "--port", str(port)], capture_output=True, text=True, timeout=20)
+                            "--port", str(port)], capture_output=True, check=False, text=True, timeout=20)
     assert p.returncode == 3
     assert "in use" in p.stderr
 

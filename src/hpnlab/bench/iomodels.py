@@ -336,7 +336,7 @@ class _LocalRunner:
     def run(self, argv, timeout=10, check=True):
         import subprocess
         from types import SimpleNamespace
-        p = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
+        p = subprocess.run(list(argv), capture_output=True, check=False, text=True, timeout=timeout)
         return SimpleNamespace(stdout=p.stdout, rc=p.returncode)
 
 
@@ -368,7 +368,7 @@ def versions() -> dict:
     try:
         import subprocess
         v["liburing"] = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "liburing-dev"],
-                                       capture_output=True, text=True).stdout or None
+                                       capture_output=True, check=False, text=True).stdout or None
     except OSError:
         v["liburing"] = None
     return v
@@ -379,7 +379,14 @@ def benchmark(cfg: Config, mode: str, provider=None, argv: list[str] | None = No
     """Run the grid and write results/bench/<stamp>/; returns {"dir", "cells", "goals"}."""
     import resource
 
-    from ..report import environment_md, fingerprint, rerun_command, rerun_md, results_dir, write_report
+    from ..report import (
+        environment_md,
+        fingerprint,
+        rerun_command,
+        rerun_md,
+        results_dir,
+        write_report,
+    )
     from . import writeup
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -8,33 +8,31 @@ and file system, so their /proc is read directly; other hosts via `cat`.
 from __future__ import annotations
 
 import os
-import signal
+import shlex
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, Sequence
+from types import SimpleNamespace
+
+from ..hosts import Process
 
 
-class Handle(Protocol):
-    pid: int
-
-    def alive(self) -> bool: ...
-    def logs(self) -> tuple[str, str]: ...
-    def stop(self, timeout: float = 5.0) -> int: ...
-    def signal(self, signum: int) -> None: ...
-    def wait(self, timeout: float | None = None) -> int: ...
-
-
-class LocalProcess:
-    """A child process of the runner whose output goes to files (like the Host API's)."""
+class LocalProcess(Process):
+    """A child process of the runner whose output goes to files, behind the Host
+    API's Process interface (stop() = SIGTERM, then SIGKILL)."""
 
     def __init__(self, argv: Sequence[str], logdir: Path, name: str, env: dict | None):
+        super().__init__(SimpleNamespace(name="local"), shlex.join([str(a) for a in argv]), name)
         self.out, self.err = logdir / f"{name}.out", logdir / f"{name}.err"
         with open(self.out, "wb") as fo, open(self.err, "wb") as fe:
             self.popen = subprocess.Popen(list(argv), stdout=fo, stderr=fe, stdin=subprocess.DEVNULL,
                                           env=env, start_new_session=True)
-        self.pid = self.popen.pid
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -54,14 +52,6 @@ class LocalProcess:
             return self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
             raise TimeoutError(f"pid {self.pid} still running after {timeout}s") from None
-
-    def stop(self, timeout: float = 5.0) -> int:
-        self.signal(signal.SIGTERM)
-        try:
-            return self.wait(timeout)
-        except TimeoutError:
-            self.signal(signal.SIGKILL)
-            return self.wait(timeout)
 
 
 class Side:
@@ -84,7 +74,7 @@ class Side:
     def _pinned(self, argv: Sequence[str]) -> list[str]:
         return (["taskset", "-c", str(self.cpu)] if self.cpu is not None else []) + [str(a) for a in argv]
 
-    def start(self, argv: Sequence[str], name: str) -> Handle:
+    def start(self, argv: Sequence[str], name: str) -> Process:
         # taskset and `ip netns exec` both exec(), so the pid is the program's own.
         self._n += 1
         argv = self._pinned(argv)
@@ -94,7 +84,7 @@ class Side:
 
     def run(self, argv: Sequence[str], timeout: float = 60.0) -> tuple[int, str, str]:
         if self.host is None:
-            p = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=timeout)
+            p = subprocess.run([str(a) for a in argv], capture_output=True, check=False, text=True, timeout=timeout)
             return p.returncode, p.stdout, p.stderr
         r = self.host.run([str(a) for a in argv], timeout=timeout, check=False)
         return r.rc, r.stdout, r.stderr
@@ -118,7 +108,7 @@ class Side:
         rc, out, _ = self.run(["ls", path], timeout=10)
         return out.split() if rc == 0 else []
 
-    def wait_listening(self, handle: Handle, port: int, timeout: float = 15.0) -> str | None:
+    def wait_listening(self, handle: Process, port: int, timeout: float = 15.0) -> str | None:
         """None once the server said it listens, else why it did not (its own message)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import time
 import types
-from typing import Any, Awaitable, Coroutine
+from collections.abc import Awaitable, Coroutine
+from typing import Any
 
 from .core import JOIN, READ, SLEEP, WRITE, YIELD, Cancelled, Scheduler, Task, scheduler
 
@@ -99,9 +100,23 @@ async def gather(*aws: Awaitable) -> list[Any]:
         raise
 
 
-from .multicore import run_workers  # noqa: E402
-from .net import Socket, connect, listen  # noqa: E402
+from .multicore import run_workers
+from .net import Socket, connect, listen
 
-__all__ = ["run", "spawn", "current", "sleep", "wait_for", "gather", "wait_readable",
-           "wait_writable", "Task", "Cancelled", "Scheduler", "Socket", "listen", "connect",
-           "run_workers"]
+__all__ = [
+    "Cancelled",
+    "Scheduler",
+    "Socket",
+    "Task",
+    "connect",
+    "current",
+    "gather",
+    "listen",
+    "run",
+    "run_workers",
+    "sleep",
+    "spawn",
+    "wait_for",
+    "wait_readable",
+    "wait_writable",
+]

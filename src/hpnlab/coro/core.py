@@ -29,7 +29,8 @@ import sys
 import time
 import traceback
 from collections import deque
-from typing import Any, Coroutine
+from collections.abc import Coroutine
+from typing import Any
 
 READ, WRITE, SLEEP, JOIN, YIELD = range(5)
 
@@ -52,8 +53,18 @@ class Task:
     # Ten slots and no __dict__: with 10k connections every byte here counts
     # 10k times. _value is the value to send in while running and the result
     # once done; _error is the exception to throw in, then the one it ended with.
-    __slots__ = ("coro", "name", "done", "_value", "_error", "_joiners", "_wait", "_timer",
-                 "_cancel_pending", "_observed")
+    __slots__ = (
+        "_cancel_pending",
+        "_error",
+        "_joiners",
+        "_observed",
+        "_timer",
+        "_value",
+        "_wait",
+        "coro",
+        "done",
+        "name",
+    )
 
     def __init__(self, coro: Coroutine, name: str | None = None):
         self.coro = coro
@@ -258,7 +269,7 @@ class Scheduler:
             self.current = None
             self._finish(t, stop.value, None)
             return
-        except (Exception, Cancelled) as exc:
+        except (Exception, Cancelled) as exc:  # noqa: BLE001 - a task's failure is its result
             self.current = None
             self._finish(t, None, exc)
             return

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 
 def run_workers(n: int, target: Callable[[int], int | None]) -> int:
@@ -22,7 +22,7 @@ def run_workers(n: int, target: Callable[[int], int | None]) -> int:
             code = 1
             try:
                 code = target(i) or 0
-            except BaseException as exc:    # a worker must never return into the parent's code
+            except BaseException as exc:  # noqa: BLE001 - a worker must never return into the parent
                 print(f"worker {i}: {exc!r}", file=sys.stderr)
             finally:
                 sys.stdout.flush()

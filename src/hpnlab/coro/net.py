@@ -12,9 +12,8 @@ import errno
 import socket
 import types
 
-from .core import READ, WRITE, scheduler
 from . import wait_readable, wait_writable
-
+from .core import READ, WRITE, scheduler
 
 _recv, _send = socket.socket.recv, socket.socket.send
 _accept, _close = socket.socket._accept, socket.socket.close   # type: ignore[attr-defined]
@@ -35,7 +34,7 @@ class Socket(socket.socket):
         super().__init__(fileno=sock.detach() if sock is not None else fileno)
         self.setblocking(False)
 
-    async def accept(self) -> tuple["Socket", tuple]:  # type: ignore[override]
+    async def accept(self) -> tuple[Socket, tuple]:  # type: ignore[override]
         while True:
             try:
                 fd, addr = _accept(self)
@@ -130,4 +129,4 @@ async def connect(address: tuple) -> Socket:
 
 
 # READ/WRITE re-exported for engines that build their own traps.
-__all__ = ["Socket", "listen", "connect", "READ", "WRITE"]
+__all__ = ["READ", "WRITE", "Socket", "connect", "listen"]

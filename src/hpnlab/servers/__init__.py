@@ -101,6 +101,15 @@ class Server(ABC):
                 signal.signal(s, h)
 
 
+def missing_module(module: str) -> str | None:
+    """For Server.unavailable(): why an engine's library cannot be imported, or None."""
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        return f"{module} is not installed ({exc})"
+    return None
+
+
 def engine_class(name: str) -> type[Server]:
     if name not in ENGINES:
         raise EngineError(f"unknown engine {name!r} (valid: {', '.join(ENGINES)})")

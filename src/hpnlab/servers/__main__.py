@@ -13,7 +13,8 @@ import resource
 import sys
 
 from . import ENGINES, EngineError, engine_class, listen
-from .protocols import get as get_protocol, names as protocol_names
+from .protocols import get as get_protocol
+from .protocols import names as protocol_names
 
 
 def raise_nofile() -> None:

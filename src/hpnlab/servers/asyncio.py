@@ -14,7 +14,7 @@ from . import HIGH_WATER, LOW_WATER, Server
 
 
 class EngineProtocol(_asyncio.Protocol):
-    __slots__ = ("transport", "handler")
+    __slots__ = ("handler", "transport")
 
     def __init__(self, factory):
         self.handler = factory.new()

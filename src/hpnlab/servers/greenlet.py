@@ -15,7 +15,7 @@ from __future__ import annotations
 import select
 import socket
 
-from . import RECV_SIZE, Server, tune
+from . import RECV_SIZE, Server, missing_module, tune
 
 IN, OUT = select.EPOLLIN, select.EPOLLOUT
 _IN_EV = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR
@@ -84,11 +84,7 @@ class GreenletServer(Server):
 
     @classmethod
     def unavailable(cls):
-        try:
-            import greenlet  # noqa: F401
-        except ImportError as exc:
-            return f"greenlet is not installed ({exc})"
-        return None
+        return missing_module("greenlet")
 
     def serve_forever(self):
         self.hub = hub = Hub()

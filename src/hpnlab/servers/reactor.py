@@ -20,7 +20,7 @@ READ, WRITE = 1, 2
 
 
 class Conn:
-    __slots__ = ("sock", "handler", "out", "mask", "closing", "paused", "readable")
+    __slots__ = ("closing", "handler", "mask", "out", "paused", "readable", "sock")
 
     def __init__(self, sock: socket.socket, handler):
         self.sock = sock
@@ -167,3 +167,55 @@ class Reactor(Server):
         for fd, c in list(self.conns.items()):
             self.drop(fd, c)
         super().close()
+
+
+class PollerReactor(Reactor):
+    """A reactor over a poller object with register/modify/unregister/poll:
+    select.poll and select.epoll share that interface, so poll and epoll-lt are
+    this class with different flags (and a different cost inside the kernel)."""
+
+    IN: int
+    OUT: int
+    ERR: int          # reported without being asked for: treat as readable (recv tells what happened)
+
+    def __init__(self, listener, protocol):
+        super().__init__(listener, protocol)
+        self.poller = self.new_poller()
+
+    @abstractmethod
+    def new_poller(self): ...
+
+    @abstractmethod
+    def wait(self) -> list[tuple[int, int]]: ...
+
+    def _mask(self, mask: int) -> int:
+        return (self.IN if mask & READ else 0) | (self.OUT if mask & WRITE else 0)
+
+    def _register(self, fd, mask):
+        self.poller.register(fd, self._mask(mask))
+
+    def _modify(self, fd, mask):
+        self.poller.modify(fd, self._mask(mask))
+
+    def _unregister(self, fd):
+        self.poller.unregister(fd)
+
+    def serve_forever(self):
+        lfd = self.listener.fileno()
+        self.poller.register(lfd, self.IN)
+        conns, wait = self.conns, self.wait
+        on_readable, on_writable = self.on_readable, self.on_writable
+        IN, OUT = self.IN | self.ERR, self.OUT
+        while True:
+            for fd, ev in wait():
+                c = conns.get(fd)
+                if c is None:
+                    if fd == lfd:
+                        self.on_accept()
+                    continue
+                if ev & OUT:
+                    on_writable(fd, c)
+                    if fd not in conns:
+                        continue
+                if ev & IN and c.mask & READ:
+                    on_readable(fd, c)

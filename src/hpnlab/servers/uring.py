@@ -29,7 +29,7 @@ NBUFS, BUFSIZE = 512, 4096
 
 
 class UConn:
-    __slots__ = ("fd", "feed", "inflight", "queue", "pending", "recv_on", "paused", "closing")
+    __slots__ = ("closing", "fd", "feed", "inflight", "paused", "pending", "queue", "recv_on")
 
     def __init__(self, fd: int, feed):
         self.fd = fd

@@ -1,6 +1,7 @@
 """uvloop: the asyncio Protocol engine on uvloop (libuv in C), the fast reference."""
 from __future__ import annotations
 
+from . import missing_module
 from .asyncio import AsyncioServer
 
 
@@ -9,11 +10,7 @@ class UvloopServer(AsyncioServer):
 
     @classmethod
     def unavailable(cls):
-        try:
-            import uvloop  # noqa: F401
-        except ImportError as exc:
-            return f"uvloop is not installed ({exc})"
-        return None
+        return missing_module("uvloop")
 
     def new_loop(self):
         import uvloop

@@ -27,16 +27,16 @@ class UringUnavailable(RuntimeError):
 
 def _load():
     try:
-        from . import _hpnlab_uring as mod       # type: ignore[attr-defined]
+        from . import _hpnlab_uring as mod  # type: ignore[attr-defined]
         return mod.ffi, mod.lib
     except ImportError:
         pass
     from . import _build
     try:
         _build.build()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any build failure means unavailable, and why
         raise UringUnavailable(f"the liburing binding is not built and cannot be built: {exc}") from None
-    from . import _hpnlab_uring as mod           # type: ignore[attr-defined]
+    from . import _hpnlab_uring as mod  # type: ignore[attr-defined]
     return mod.ffi, mod.lib
 
 

@@ -17,7 +17,8 @@ engine itself needs.
 """
 from __future__ import annotations
 
-from typing import Callable, Protocol as _Protocol
+from collections.abc import Callable
+from typing import Protocol as _Protocol
 
 
 class Handler(_Protocol):
@@ -47,4 +48,4 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-from . import echo  # noqa: E402  (registers itself)
+from . import echo  # noqa: F401  (registers itself)
