@@ -82,6 +82,18 @@ def need_tools(*tools: str, hosts=()) -> None:
             raise LabError(f"[{host.name}] missing tool(s): {' '.join(res.stdout.split())}")
 
 
+def host_pair(provider, spec: str, roles: str, network: str | None = None, tools: tuple = ()):
+    """`--hosts A,B` → (host A, host B, the network they share); checks that
+    both exist and have `tools`, and names what is missing."""
+    names = [n for n in spec.split(",") if n]
+    if len(names) != 2:
+        raise LabError(f"--hosts wants two host names, {roles}; got {spec!r}")
+    hosts = need_hosts(provider, *names)
+    if tools:
+        need_tools(*tools, hosts=hosts.values())
+    return hosts[names[0]], hosts[names[1]], shared_network(provider, names[0], names[1], network)
+
+
 def shared_network(provider, a: str, b: str, network: str | None = None) -> str:
     """The network both hosts sit on (the named one, or the first they share)."""
     lab = provider.lab

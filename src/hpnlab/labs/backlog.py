@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import errno
 import json
-import os
 import select
 import signal
 import socket
@@ -25,9 +24,17 @@ import time
 from pathlib import Path
 
 from .. import report
-from ._kit import Capture, LabError, agent_argv, deferred_interrupts, need_hosts, need_tools, nstat, \
-    set_sysctls, shared_network
 from . import pcap
+from ._agent import dispatch, listener
+from ._kit import (
+    Capture,
+    LabError,
+    agent_argv,
+    deferred_interrupts,
+    host_pair,
+    nstat,
+    set_sysctls,
+)
 
 HELP = "SYN queue / accept queue: backlog vs somaxconn, SYN cookies, ListenOverflows, abort_on_overflow RSTs"
 PORT = 42000
@@ -49,10 +56,7 @@ def server_main(argv: list[str]) -> int:
     a = ap.parse_args(argv)
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((a.addr, a.port))
-    s.listen(a.backlog)
+    s = listener(a.port, a.backlog, a.addr)
     print(json.dumps({"listening": True}), flush=True)
     accepted, held = 0, []
     while not stop:
@@ -265,13 +269,9 @@ def add_arguments(p) -> None:
 
 
 def run(provider, args, step) -> dict:
-    names = [n for n in args.hosts.split(",") if n]
-    if len(names) != 2:
-        raise LabError("--hosts wants server,client")
-    hosts = need_hosts(provider, *names)
-    need_tools("tcpdump", "ss", "nstat", "nft", hosts=hosts.values())
-    srv, cli = hosts[names[0]], hosts[names[1]]
-    net = shared_network(provider, names[0], names[1], args.network)
+    srv, cli, net = host_pair(provider, args.hosts, "server,client", args.network, ("tcpdump", "ss", "nstat", "nft"))
+    names = [srv.name, cli.name]
+    hosts = {srv.name: srv, cli.name: cli}
     ip = str(srv.address(net))
     out = report.results_dir("backlog", getattr(args, "results", None))
     backlogs = [int(x) for x in args.backlogs.split(",")]
@@ -385,7 +385,7 @@ def _c(row, side, key):
 
 def render(data: dict, names: list[str], env: dict, plots: list[str]) -> str:
     srv, cli = names
-    L = [f"# Backlog lab: 半连接队列 (SYN queue) and 全连接队列 (accept queue)", "",
+    L = ["# Backlog lab: 半连接队列 (SYN queue) and 全连接队列 (accept queue)", "",
          f"Server `{srv}` listens and never calls accept(); client `{cli}` opens connections all at once.", "",
          "## A. Accept-queue length vs backlog and somaxconn", "",
          "The listener's `ss -lnt` Recv-Q is the accept queue's current length, Send-Q its limit "
@@ -439,7 +439,7 @@ def render(data: dict, names: list[str], env: dict, plots: list[str]) -> str:
         buckets = {"< 0.5 s": sum(1 for x in lat if x < 500), "0.5–2 s": sum(1 for x in lat if 500 <= x < 2000),
                    "2–4.5 s": sum(1 for x in lat if x >= 2000), "timed out": r["client"].get("timeout", 0)}
         L += ["## D. Connect latency against a slowly accepting server", "",
-              f"backlog 8, 40 clients at once, the server accepts one connection every 40 ms.", "",
+              "backlog 8, 40 clients at once, the server accepts one connection every 40 ms.", "",
               report.md_table(list(buckets), [list(buckets.values())]),
               f"Client SYN retransmissions: {_c(r, 'client', 'TcpExtTCPSynRetrans')}; "
               f"server ListenOverflows: {_c(r, 'server', 'TcpExtListenOverflows')}.", "",
@@ -453,13 +453,7 @@ def render(data: dict, names: list[str], env: dict, plots: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["server"]:
-        return server_main(argv[1:])
-    if argv[:1] == ["client"]:
-        return client_main(argv[1:])
-    print("usage: python -m hpnlab.labs.backlog server|client ...", file=sys.stderr)
-    return 2
+    return dispatch("backlog", {"server": server_main, "client": client_main}, argv)
 
 
 if __name__ == "__main__":

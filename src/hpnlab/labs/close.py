@@ -18,12 +18,21 @@ import socket
 import sys
 import threading
 import time
-from pathlib import Path
 
 from .. import report
 from . import pcap
-from ._kit import Capture, LabError, StateTrace, agent_argv, deferred_interrupts, need_hosts, need_tools, \
-    run_agents, set_sysctls, shared_network, state_paths
+from ._agent import dispatch, listener
+from ._kit import (
+    Capture,
+    LabError,
+    StateTrace,
+    agent_argv,
+    deferred_interrupts,
+    host_pair,
+    run_agents,
+    set_sysctls,
+    state_paths,
+)
 from .p2p import sleep_until
 
 HELP = "four-way close: active/passive, simultaneous (CLOSING), half-close, RST on close, TIME_WAIT"
@@ -44,10 +53,7 @@ def server_main(argv: list[str]) -> int:
     ap.add_argument("--close-at", type=float, default=0.0)
     ap.add_argument("--hold", type=float, default=0.4, help="seconds to stay in CLOSE_WAIT")
     a = ap.parse_args(argv)
-    ls = socket.socket()
-    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind(("0.0.0.0", a.port))
-    ls.listen(4)
+    ls = listener(a.port, 4)
     print(json.dumps({"listening": True}), flush=True)
     c, _ = ls.accept()
     ls.close()
@@ -180,10 +186,7 @@ def sink_main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="hpnlab.labs.close sink")
     ap.add_argument("--port", type=int, required=True)
     a = ap.parse_args(argv)
-    ls = socket.socket()
-    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind(("0.0.0.0", a.port))
-    ls.listen(16)
+    ls = listener(a.port, 16)
     while True:
         c, _ = ls.accept()
         try:
@@ -281,13 +284,9 @@ def add_arguments(p) -> None:
 
 
 def run(provider, args, step) -> dict:
-    names = [n for n in args.hosts.split(",") if n]
-    if len(names) != 2:
-        raise LabError("--hosts wants server,client")
-    hosts = need_hosts(provider, *names)
-    need_tools("tcpdump", "ss", hosts=hosts.values())
-    srv, cli = hosts[names[0]], hosts[names[1]]
-    net = shared_network(provider, names[0], names[1], args.network)
+    srv, cli, net = host_pair(provider, args.hosts, "server,client", args.network, ("tcpdump", "ss"))
+    names = [srv.name, cli.name]
+    hosts = {srv.name: srv, cli.name: cli}
     sip, cip = str(srv.address(net)), str(cli.address(net))
     out = report.results_dir("close", getattr(args, "results", None))
     env = report.fingerprint(provider, ["net.ipv4.tcp_tw_reuse", "net.ipv4.tcp_fin_timeout",
@@ -496,12 +495,7 @@ def render(results: dict, names: list[str], env: dict, args, traced: bool) -> st
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    cmds = {"server": server_main, "client": client_main, "tw": tw_main, "sink": sink_main}
-    if argv[:1] and argv[0] in cmds:
-        return cmds[argv[0]](argv[1:])
-    print("usage: python -m hpnlab.labs.close server|client|tw|sink ...", file=sys.stderr)
-    return 2
+    return dispatch("close", {"server": server_main, "client": client_main, "tw": tw_main, "sink": sink_main}, argv)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 
 from .. import report
-from ._kit import LabError, agent_argv, deferred_interrupts, need_hosts, need_tools, shared_network
+from ._agent import dispatch, listener
+from ._kit import LabError, agent_argv, deferred_interrupts, host_pair, need_tools
 
 HELP = "level- vs edge-triggered epoll: epoll_wait calls, wakeups, reads and time for a 1 KiB reader"
 PORT = 43000
@@ -46,10 +47,7 @@ def recv_main(argv: list[str]) -> int:
     ap.add_argument("--buf", type=int, default=1024)
     ap.add_argument("--rcvbuf", type=int, default=0, help="SO_RCVBUF (0: kernel default/autotuning)")
     a = ap.parse_args(argv)
-    ls = socket.socket()
-    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind(("0.0.0.0", a.port))
-    ls.listen(1)
+    ls = listener(a.port, 1)
     conn, _ = ls.accept()
     if a.rcvbuf:
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, a.rcvbuf)
@@ -127,7 +125,7 @@ def send_main(argv: list[str]) -> int:
             time.sleep(0.02)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     chunk = bytes(65536)
-    left, bursts, reset = a.bytes, 0, False
+    left, reset = a.bytes, False
     t0 = time.perf_counter()
     try:
         _send(s, a, chunk, left)
@@ -206,12 +204,9 @@ def parse_strace_c(text: str) -> dict[str, int]:
 
 
 def run(provider, args, step) -> dict:
-    names = [n for n in args.hosts.split(",") if n]
-    if len(names) != 2:
-        raise LabError("--hosts wants sender,receiver")
-    hosts = need_hosts(provider, *names)
-    snd, rcv = hosts[names[0]], hosts[names[1]]
-    net = shared_network(provider, names[0], names[1], args.network)
+    snd, rcv, net = host_pair(provider, args.hosts, "sender,receiver", args.network)
+    names = [snd.name, rcv.name]
+    hosts = {snd.name: snd, rcv.name: rcv}
     ip = str(rcv.address(net))
     out = report.results_dir("epoll", getattr(args, "results", None))
     env = report.fingerprint(provider, ["net.ipv4.tcp_rmem", "net.core.rmem_default"], hosts)
@@ -327,13 +322,7 @@ def render(runs, checks, names, args, env, png, et_once) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["recv"]:
-        return recv_main(argv[1:])
-    if argv[:1] == ["send"]:
-        return send_main(argv[1:])
-    print("usage: python -m hpnlab.labs.epoll recv|send ...", file=sys.stderr)
-    return 2
+    return dispatch("epoll", {"recv": recv_main, "send": send_main}, argv)
 
 
 if __name__ == "__main__":

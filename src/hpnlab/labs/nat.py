@@ -40,7 +40,16 @@ from pathlib import Path
 
 from .. import report
 from . import pcap
-from ._kit import Capture, LabError, agent_argv, deferred_interrupts, need_hosts, need_tools, run_agents
+from ._agent import dispatch
+from ._kit import (
+    Capture,
+    LabError,
+    agent_argv,
+    deferred_interrupts,
+    need_hosts,
+    need_tools,
+    run_agents,
+)
 from .p2p import exchange, simultaneous_connect
 
 HELP = "NAT traversal: UDP hole punching and TCP simultaneous open through cone / symmetric NATs"
@@ -378,13 +387,7 @@ def render(results: list[dict], env: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["rendezvous"]:
-        return rendezvous_main(argv[1:])
-    if argv[:1] == ["peer"]:
-        return peer_main(argv[1:])
-    print("usage: python -m hpnlab.labs.nat rendezvous|peer ...", file=sys.stderr)
-    return 2
+    return dispatch("nat", {"rendezvous": rendezvous_main, "peer": peer_main}, argv)
 
 
 if __name__ == "__main__":

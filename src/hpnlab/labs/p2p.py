@@ -24,8 +24,16 @@ from pathlib import Path
 
 from .. import report
 from . import pcap
-from ._kit import Capture, LabError, StateTrace, agent_argv, need_hosts, need_tools, run_agents, \
-    shared_network, state_paths
+from ._agent import dispatch
+from ._kit import (
+    Capture,
+    StateTrace,
+    agent_argv,
+    host_pair,
+    need_tools,
+    run_agents,
+    state_paths,
+)
 
 HELP = "TCP simultaneous open between two hosts: pcap proof, success rate, ladder diagram"
 BASE_PORT = 41000
@@ -135,11 +143,10 @@ def add_arguments(p) -> None:
 
 
 def run(provider, args, step) -> dict:
-    a_name, b_name = _two(args.hosts)
-    hosts = need_hosts(provider, a_name, b_name)
     need_tools("tcpdump")
-    net = shared_network(provider, a_name, b_name, args.network)
-    ha, hb = hosts[a_name], hosts[b_name]
+    ha, hb, net = host_pair(provider, args.hosts, "the two peers", args.network)
+    a_name, b_name = ha.name, hb.name
+    hosts = {a_name: ha, b_name: hb}
     ip_a, ip_b = str(ha.address(net)), str(hb.address(net))
     out = report.results_dir("p2p", getattr(args, "results", None))
     ports = range(args.port, args.port + args.tries)
@@ -181,13 +188,6 @@ def run(provider, args, step) -> dict:
     md = render(analysis, a_name, b_name, ip_a, ip_b, net, args, env, ladder_png, out)
     path = report.write_report(out, md, {"analysis": analysis, "agents": results, "environment": env})
     return {"report": path, "dir": out, **{k: analysis[k] for k in ("ok", "tries_n", "kinds")}}
-
-
-def _two(spec: str) -> tuple[str, str]:
-    names = [n for n in spec.split(",") if n]
-    if len(names) != 2:
-        raise LabError(f"--hosts wants two host names separated by a comma, got {spec!r}")
-    return names[0], names[1]
 
 
 def analyse(tries_a: list, tries_b: list, segs: list, ip_a: str, ip_b: str, events) -> dict:
@@ -334,11 +334,7 @@ def render(an: dict, a: str, b: str, ip_a: str, ip_b: str, net: str, args, env: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["peer"]:
-        return peer_main(argv[1:])
-    print("usage: python -m hpnlab.labs.p2p peer ...  (the lab itself: hpnlab lab p2p)", file=sys.stderr)
-    return 2
+    return dispatch("p2p", {"peer": peer_main}, argv)
 
 
 if __name__ == "__main__":
