@@ -285,9 +285,16 @@ def state_paths(events: list[StateEvent]) -> dict[tuple, list[str]]:
 
 # -- the labs' agents on hosts ---------------------------------------------------------------------
 
+def agent_python() -> str:
+    """The interpreter agents run with on the hosts: this venv's (netns hosts share
+    the file system), or $HPNLAB_AGENT_PYTHON (e.g. `python3` on VMs where hpnlab
+    is installed)."""
+    return os.environ.get("HPNLAB_AGENT_PYTHON") or sys.executable
+
+
 def agent_argv(module: str, *args) -> list[str]:
-    """Run `python -m hpnlab.labs.<module> ...` on a host (netns hosts share this venv)."""
-    return [sys.executable, "-m", f"hpnlab.labs.{module}", *[str(a) for a in args]]
+    """Run `python -m hpnlab.labs.<module> ...` on a host."""
+    return [agent_python(), "-m", f"hpnlab.labs.{module}", *[str(a) for a in args]]
 
 
 def run_agents(jobs: dict, timeout: float = 60.0, names: dict | None = None) -> dict:

@@ -27,6 +27,7 @@ from ._kit import (
     LabError,
     StateTrace,
     agent_argv,
+    agent_python,
     deferred_interrupts,
     host_pair,
     run_agents,
@@ -254,7 +255,7 @@ class DelayLine:
 
     def __enter__(self):
         with deferred_interrupts():
-            self.proc = self.host.start([sys.executable, "-m", "hpnlab.impair.delayq", "--queue", str(self.QUEUE),
+            self.proc = self.host.start([agent_python(), "-m", "hpnlab.impair.delayq", "--queue", str(self.QUEUE),
                                          "--delay-ms", str(self.delay)], name=f"close-delayq-{self.ifname}")
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
