@@ -311,7 +311,8 @@ def run_group(cfg: Config, conns: int, size: int, srv: Side, cli: Side, say=prin
     return [cells[e] for e in cfg.engines]
 
 
-def run_grid(cfg: Config, srv: Side, cli: Side, say=print) -> list[dict]:
+def run_grid(cfg: Config, srv: Side, cli: Side, say=print, checkpoint=None) -> list[dict]:
+    """All groups; `checkpoint(cells)` after each, so a long run that dies keeps its data."""
     cells: list[dict] = []
     groups = [(size, conns) for size in cfg.sizes for conns in cfg.conns]
     quiet = procstat.QuietWaiter(cfg.quiet_wait, cfg.quiet_threshold, say)
@@ -321,6 +322,8 @@ def run_grid(cfg: Config, srv: Side, cli: Side, say=print) -> list[dict]:
             if cell["status"] != "ok":
                 say(f"    {cell['engine']:>9} {cell['status']}: {cell.get('reason')}")
             cells.append(cell)
+        if checkpoint:
+            checkpoint(cells)
     return cells
 
 
@@ -396,8 +399,14 @@ def benchmark(cfg: Config, mode: str, provider=None, argv: list[str] | None = No
     srv, cli, hosts = sides_for(mode, provider)
     say(f"server on {srv.describe()}; client on {cli.describe()}")
     started = time.time()
-    cells = run_grid(cfg, srv, cli, say)
     out = results_dir("bench", results_root)
+    partial = out / "data.partial.json"
+    say(f"results: {out}")
+
+    def checkpoint(cells: list[dict]) -> None:
+        partial.write_text(json.dumps({"config": cfg.__dict__, "cells": cells}, indent=1, default=str))
+
+    cells = run_grid(cfg, srv, cli, say, checkpoint)
     env = fingerprint(provider, SYSCTLS, hosts=hosts)
     env["provider"] = provider.name if provider is not None else "none (loopback mode)"
     if provider is None:
@@ -435,4 +444,5 @@ def benchmark(cfg: Config, mode: str, provider=None, argv: list[str] | None = No
     data = {"config": cfg.__dict__, "mode": mode, "cells": cells, "goals": goal_rows, "environment": env,
             "command": rerun_command(argv)}
     write_report(out, "\n".join(text), data)
+    partial.unlink(missing_ok=True)
     return {"dir": out, "cells": cells, "goals": goal_rows}
