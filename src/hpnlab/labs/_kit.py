@@ -128,7 +128,7 @@ class Capture:
 
     def __init__(self, provider, target: str, path: Path, bpf: str = "", snaplen: int = 128):
         self.path = Path(path)
-        self.argv = provider.capture_argv(target, ["-U", "-s", str(snaplen), "-w", "-",
+        self.argv = provider.capture_argv(target, ["-U", "--immediate-mode", "-s", str(snaplen), "-w", "-",
                                                    *(bpf.split() if bpf else [])])
         self.proc: subprocess.Popen | None = None
         self._err: list[str] = []
@@ -178,6 +178,7 @@ class Capture:
                 self.proc.wait(5)
         if getattr(self, "_out", None) and not self._out.closed:
             self._out.close()
+        self.summary = " ".join(l.strip() for l in self._err if "packets" in l)
 
     def __exit__(self, *exc):
         self.stop()

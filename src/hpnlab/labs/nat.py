@@ -296,8 +296,9 @@ def run(provider, args, step) -> dict:
                 rz.wait_for_port(RZ_PORT)
                 common = ["--rz", f"{rz_ip}:{RZ_PORT}", "--udp-port", udp_port, "--tcp-port", tcp_port,
                           "--timeout", args.timeout]
-                with Capture(provider, "wan", out / f"{name}.pcap", f"host {rz_ip} or portrange {base}-{base + 99}"
-                             f" or (net 10.77.10.0/24 and (tcp or udp))"):
+                bpf = "tcp or udp"
+                with Capture(provider, "ra:wan", out / f"{name}-ra.pcap", bpf), \
+                        Capture(provider, "rb:wan", out / f"{name}-rb.pcap", bpf):
                     res = run_agents({
                         pa: agent_argv("nat", "peer", "--name", "pa", "--peer-name", "pb",
                                        "--local", str(pa.address("lan_a")), *common),
@@ -307,7 +308,7 @@ def run(provider, args, step) -> dict:
             finally:
                 with deferred_interrupts():
                     rzp.stop(3)
-            results.append(analyse(name, mode_a, mode_b, res, out / f"{name}.pcap", rz_ip))
+            results.append(analyse(name, mode_a, mode_b, res, out / f"{name}-ra.pcap", rz_ip))
     finally:
         with deferred_interrupts():
             for router in (ra, rb):
@@ -321,7 +322,12 @@ def run(provider, args, step) -> dict:
 
 def analyse(name: str, mode_a: str, mode_b: str, res: dict, pcap_path: Path, rz_ip: str) -> dict:
     a, b = res["pa"], res["pb"]
-    segs = [s for s in pcap.read_pcap(pcap_path) if s.proto == "tcp" and rz_ip not in (s.src, s.dst)]
+    allsegs = pcap.read_pcap(pcap_path)
+    segs = [s for s in allsegs if s.proto == "tcp" and rz_ip not in (s.src, s.dst)]
+    # the public ports each NAT really used toward the other peer (UDP), from the wan capture
+    pub = {k: r["udp"].get("self_public", "?:").split(":")[0] for k, r in (("a", a), ("b", b))}
+    used = {k: sorted({s.sport for s in allsegs if s.proto == "udp" and s.src == pub[k]
+                       and s.dst == pub["b" if k == "a" else "a"]}) for k in ("a", "b")}
     kind = "failed"
     conns = pcap.connections(segs)
     if conns:
@@ -334,16 +340,19 @@ def analyse(name: str, mode_a: str, mode_b: str, res: dict, pcap_path: Path, rz_
         "tcp_handshake": ("failed" if not (a["tcp"]["ok"] and b["tcp"]["ok"]) else
                           kind if kind != "failed" else "(not in the pcap)"),
         "a": a, "b": b,
+        "udp_ports_toward_peer": used,
         "wan_syns": sum(1 for s in segs if s.has(pcap.SYN) and not s.flags & pcap.ACK),
         "wan_rsts": sum(1 for s in segs if s.flags & pcap.RST),
     }
 
 
-def _mapping(r: dict, who: str, proto: str, other: dict) -> str:
-    """What rz saw of this peer vs what the other peer saw of it."""
-    seen_rz = r[proto].get("self_public", "?")
-    seen_peer = other[proto].get("received_from" if proto == "udp" else "peer_seen_as")
-    return f"{seen_rz} → peer saw {seen_peer or 'nothing'}"
+def _mapping(row: dict, side: str) -> str:
+    """UDP: the public port rz saw, the port(s) the NAT used toward the peer, what the peer received."""
+    me, other = row[side], row["b" if side == "a" else "a"]
+    rz_port = me["udp"].get("self_public", "?:?").split(":")[1]
+    used = ",".join(map(str, row["udp_ports_toward_peer"][side][:3])) or "-"
+    got = other["udp"].get("received_from")
+    return f"rz saw :{rz_port}; toward peer :{used}; peer got {':' + got.split(':')[1] if got else 'nothing'}"
 
 
 def render(results: list[dict], env: dict) -> str:
@@ -351,11 +360,11 @@ def render(results: list[dict], env: dict) -> str:
          "pa (10.77.11.10) behind ra, pb (10.77.12.10) behind rb, rendezvous rz on the lab's `wan` "
          "(10.77.10.0/24). Each peer registers with rz from the port it will use, learns the other's "
          "public endpoint, then punches: UDP first, then TCP simultaneous open from the same fixed port.", "",
-         report.md_table(["ra NAT", "rb NAT", "UDP hole punch", "TCP simultaneous open", "TCP handshake (wan pcap)",
-                          "pa public: rz saw → pb saw", "pb public: rz saw → pa saw", "SYNs on wan"],
+         report.md_table(["ra NAT", "rb NAT", "UDP hole punch", "TCP simultaneous open", "TCP handshake (pcap at ra)",
+                          "ra's mapping for pa (UDP)", "rb's mapping for pb (UDP)", "SYNs on wan"],
                          [[r["nat_a"], r["nat_b"], "ok" if r["udp_ok"] else "FAILED",
                            "ok" if r["tcp_ok"] else "FAILED", r["tcp_handshake"],
-                           _mapping(r["a"], "pa", "udp", r["b"]), _mapping(r["b"], "pb", "udp", r["a"]),
+                           _mapping(r, "a"), _mapping(r, "b"),
                            r["wan_syns"]] for r in results], align="llllllll"),
          "## Why", "",
          "- **cone (port-preserving) on both sides — works.** Plain `masquerade` keeps the peer's source "
@@ -380,7 +389,8 @@ def render(results: list[dict], env: dict) -> str:
          "a RST or ICMP error from them would tear down the other peer's half-open attempt; and because the "
          "drop happens before the conntrack entry is confirmed, it leaves no entry that would make "
          "`masquerade` pick another port later.", "",
-         "Files: one pcap per scenario, captured on the `wan` bridge (public addresses only), `data.json` "
+         "Files: two pcaps per scenario, captured on each router's `wan` NIC (`<scenario>-ra.pcap`, "
+         "`-rb.pcap`: public addresses only, including the packets the router then drops), `data.json` "
          "(every agent's view).", "",
          report.environment_md(env), report.rerun_md(None, "lab-p2p")]
     return "\n".join(L)

@@ -323,8 +323,13 @@ def render(an: dict, a: str, b: str, ip_a: str, ip_b: str, net: str, args, env: 
               "- A canonical simultaneous open shows in the pcap as each side sending SYN, receiving the other's "
               "SYN while still in SYN_SENT, and answering SYN-ACK (with its *own* ISN again and the peer's "
               "ISN+1). Neither side ever was a listener; both end up ESTABLISHED.",
-              "- `syn-syn-ack` means one SYN arrived while the other host was in SYN_SENT but the reverse SYN did "
-              "not (it was refused or dropped), so one side saw a normal SYN-ACK and closed with a plain ACK.",
+              "- `syn-syn-ack` means both sides sent a SYN, but only one of them reached its peer while that "
+              "peer was in SYN_SENT (the other arrived between two of the peer's attempts and was refused, or "
+              "was dropped): that peer went SYN_SENT → SYN_RECV and answered SYN-ACK with its own ISN; the other "
+              "took the SYN-ACK like a client, SYN_SENT → ESTABLISHED, and answered a plain ACK. The pcap tells "
+              "the two apart by sequence numbers (a SYN-ACK that repeats its sender's own SYN's ISN), and the "
+              "state trace agrees. How often each happens depends on how the two retry loops interleave, i.e. "
+              "on the machine's load.",
               "- Refused attempts are cheap on a LAN (one RTT); the random pause after each one is what makes "
               "two retrying peers eventually overlap.", "",
               f"Files: `{a}.pcap`, `{b}.pcap` (captured on each host's NIC on `{net}`), `data.json`.", "",

@@ -129,23 +129,29 @@ def connections(segments: list[Segment]) -> dict[tuple, list[Segment]]:
 def handshake_kind(segs: list[Segment]) -> str:
     """Classify the opening of one connection from its segments.
 
-    simultaneous   both sides sent a SYN and both answered with a SYN-ACK
-                   (SYN, SYN, SYN-ACK, SYN-ACK: the "six-way" open of the course)
-    syn-syn-ack    both sides sent a SYN, but only one SYN was seen by a peer in
-                   SYN_SENT: SYN, SYN, SYN-ACK, ACK
-    three-way      one SYN, a SYN-ACK, an ACK (a listener answered)
+    simultaneous   both sides answered the other's SYN with a SYN-ACK, and the two
+                   SYN-ACKs acknowledge each other's ISN (SYN, SYN, SYN-ACK, SYN-ACK:
+                   the course's "six-way" open)
+    syn-syn-ack    one side's SYN-ACK repeats the ISN of a SYN it had sent itself
+                   (it was in SYN_SENT when the other's SYN came), the other side
+                   answered with a plain ACK: SYN, SYN, SYN-ACK, ACK
+    three-way      the SYN-ACK carries a fresh ISN: a listener answered
     failed         no SYN-ACK at all (RSTs, drops)
+
+    Refused earlier attempts on the same 4-tuple do not confuse it: SYN-ACKs are
+    matched to each other and to SYNs by sequence numbers.
     """
-    segs = opening(segs)
-    syn_from = {s.endpoint() for s in segs if s.has(SYN) and not s.flags & ACK}
-    synack_from = {s.endpoint() for s in segs if s.has(SYN, ACK)}
-    if not synack_from:
+    synacks = [s for s in segs if s.has(SYN, ACK)]
+    if not synacks:
         return "failed"
-    if len(synack_from) >= 2:
-        return "simultaneous"
-    if len(syn_from) >= 2:
-        return "syn-syn-ack"
-    return "three-way"
+    for x in synacks:
+        for y in synacks:
+            if x.endpoint() != y.endpoint() and x.ack == (y.seq + 1) % 2**32 and y.ack == (x.seq + 1) % 2**32:
+                return "simultaneous"
+    last = synacks[-1]
+    own_syn = any(s.endpoint() == last.endpoint() and s.flags & SYN and not s.flags & ACK and s.seq == last.seq
+                  for s in segs)
+    return "syn-syn-ack" if own_syn else "three-way"
 
 
 def opening(segs: list[Segment]) -> list[Segment]:
