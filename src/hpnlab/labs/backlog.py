@@ -445,8 +445,9 @@ def render(data: dict, names: list[str], env: dict, plots: list[str]) -> str:
               f"server ListenOverflows: {_c(r, 'server', 'TcpExtListenOverflows')}.", "",
               "![connect latency](connect_latency.png)", "",
               "Latency comes in steps: connections that found room connect in well under a millisecond; "
-              "the others had their SYN dropped and wait for the SYN retransmission timer (1 s, then 3 s: "
-              "exponential backoff from an initial RTO of 1 s).", ""]
+              "the others had their SYN dropped and wait for the SYN retransmission timer — 1 s after the "
+              "first SYN, then 3 s, 7 s … (exponential backoff from an initial RTO of 1 s). A server that "
+              "accepts slowly turns a full accept queue into whole seconds of connect latency.", ""]
     L += ["Files: `server.pcap` (the server's NIC), `data.json` (every connection's fate, every counter).", "",
           report.environment_md(env), report.rerun_md(None, "lab-backlog")]
     return "\n".join(L)
