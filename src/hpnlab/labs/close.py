@@ -485,12 +485,16 @@ def render(results: dict, names: list[str], env: dict, args, traced: bool) -> st
                                 "/".join(map(str, t["attempts"])), " ".join(sorted(set(t["errors"]))) or "-",
                                 "/".join(str(v) for v in t["time_wait_after"].values())]
                                for r in results["p2p"] for i, t in enumerate(r["tries"])]),
-              "A simultaneous close leaves TIME_WAIT on *both* peers. With timestamps (the default) the second "
-              "P2P open on the same ports still works — both connect() calls take the TIME_WAIT 4-tuple over, "
-              "as above. Without timestamps the same program fails for 60 s (EADDRNOTAVAIL on connect()). A P2P "
-              "program that must not depend on that picks a fresh port per attempt (its NAT mapping then "
-              "changes too: it must go back to the rendezvous server), or closes with SO_LINGER 0 (RST, no "
-              "TIME_WAIT, unsent data lost).", ""]
+              "With timestamps (the default) the second P2P open on the same ports works: connect() takes the "
+              "TIME_WAIT 4-tuple over, as above. Without timestamps, connect() on a peer that holds TIME_WAIT "
+              "fails with EADDRNOTAVAIL (the `errors` column). Whether the open still succeeds then depends on "
+              "who holds TIME_WAIT: if only one peer does (one side closed first), the other peer's SYNs reach "
+              "that TIME_WAIT socket and the exchange of RSTs that follows can end it early (RFC 1337 "
+              "\"TIME-WAIT assassination\", allowed while net.ipv4.tcp_rfc1337=0), and a later retry gets "
+              "through; if both do (a simultaneous close leaves TIME_WAIT on *both* peers), every retry fails "
+              "until TIME_WAIT expires (60 s). A P2P program that must not depend on that picks a fresh port "
+              "per attempt (its NAT mapping then changes too: back to the rendezvous server), or closes with "
+              "SO_LINGER 0 (RST, no TIME_WAIT, unsent data lost).", ""]
     L += ["Files: `close.pcap`, `data.json`.", "", report.environment_md(env), report.rerun_md(None, "lab-close")]
     return "\n".join(L)
 
