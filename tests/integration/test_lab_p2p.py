@@ -60,3 +60,8 @@ def test_nat_cone_works_symmetric_fails(lab_factory, tmp_path):
         assert "hpnlab_nat" not in lab.host(r).run(["nft", "list", "tables"]).stdout
     assert "10.77.10.0" not in lab.host("pa").run(["ip", "route"]).stdout
     assert "default" not in lab.host("pa").run(["ip", "route"]).stdout
+
+
+def test_nat_on_a_lab_without_routers_says_what_is_missing(netns_lab, tmp_path):
+    with pytest.raises(LabError, match="nat.yml"):
+        lab_module("nat").run(netns_lab, lab_args(tmp_path, "nat"), lambda m: None)

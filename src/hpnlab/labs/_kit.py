@@ -228,7 +228,22 @@ class StateTrace:
         return (TRACEFS / "instances").is_dir() and os.access(TRACEFS / "instances", os.W_OK) and \
             (TRACEFS / "events/sock/inet_sock_set_state").is_dir()
 
+    @staticmethod
+    def remove_stale() -> list[str]:
+        """Instances left by a lab process that was killed (-9) before its cleanup ran."""
+        removed = []
+        for inst in (TRACEFS / "instances").glob("hpnlab-*-*"):
+            pid = inst.name.split("-")[1]
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                try:
+                    inst.rmdir()
+                    removed.append(inst.name)
+                except OSError:
+                    pass
+        return removed
+
     def __enter__(self):
+        self.remove_stale()
         with deferred_interrupts():
             self.dir.mkdir()
             try:

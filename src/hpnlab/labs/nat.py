@@ -256,6 +256,10 @@ def add_arguments(p) -> None:
 
 
 def run(provider, args, step) -> dict:
+    missing = [h for h in HOSTS if h not in provider.lab.hosts]
+    if missing:
+        raise LabError(f"lab {provider.lab.name} has no host(s) {', '.join(missing)}: the NAT lab runs on "
+                       "labs/p2p/nat.yml (`hpnlab --lab labs/p2p/nat.yml lab --up nat`)")
     hosts = need_hosts(provider, *HOSTS)
     need_tools("tcpdump")
     need_tools("nft", "ip", hosts=[hosts["ra"], hosts["rb"]])

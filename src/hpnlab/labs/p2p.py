@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import os
 import random
 import socket
 import sys
@@ -108,7 +109,13 @@ def peer_main(argv: list[str]) -> int:
     ap.add_argument("--spacing", type=float, default=0.5, help="seconds between the tries' start times")
     ap.add_argument("--timeout", type=float, default=3.0, help="give a try up after this many seconds")
     ap.add_argument("--jitter-ms", type=float, default=1.0, help="random pause after a refused attempt")
+    ap.add_argument("--cpu", type=int, default=-1, help="pin this peer to a CPU (-1: do not)")
     a = ap.parse_args(argv)
+    if a.cpu >= 0 and hasattr(os, "sched_setaffinity"):
+        try:            # the two peers on different CPUs: their retry loops really run at the same time
+            os.sched_setaffinity(0, {a.cpu % (os.cpu_count() or 1)})
+        except OSError:
+            pass
     rng = random.Random()
     results = []
     for i in range(a.tries):
@@ -156,8 +163,11 @@ def run(provider, args, step) -> dict:
     start_at = time.time() + 1.0
     common = ["--port", args.port, "--tries", args.tries, "--start-at", f"{start_at:.6f}",
               "--spacing", args.spacing, "--timeout", args.timeout, "--jitter-ms", args.jitter_ms]
-    jobs = {ha: agent_argv("p2p", "peer", "--name", a_name, "--local", ip_a, "--peer", ip_b, *common),
-            hb: agent_argv("p2p", "peer", "--name", b_name, "--local", ip_b, "--peer", ip_a, *common)}
+    pin = provider.name == "netns" and (os.cpu_count() or 1) >= 2     # the hosts share this machine's CPUs
+    jobs = {ha: agent_argv("p2p", "peer", "--name", a_name, "--local", ip_a, "--peer", ip_b, *common,
+                           "--cpu", 0 if pin else -1),
+            hb: agent_argv("p2p", "peer", "--name", b_name, "--local", ip_b, "--peer", ip_a, *common,
+                           "--cpu", 1 if pin else -1)}
     tracer = StateTrace(ports) if StateTrace.available(provider) else None
     cap_a = Capture(provider, f"{a_name}:{net}", out / f"{a_name}.pcap", bpf)
     cap_b = Capture(provider, f"{b_name}:{net}", out / f"{b_name}.pcap", bpf)
