@@ -133,7 +133,7 @@ class VagrantProvider(Provider):
         self.render(driver=driver, subnet=subnet)
         progress(f"vagrant up: {len(self.lab.hosts)} VM(s), driver {driver}"
                  + (" (TCG: software emulation)" if driver == "qemu" else ""))
-        self._vagrant(["up", "--provider", "libvirt"], progress, timeout=BOOT_TIMEOUT, log="vagrant-up.log")
+        self._vagrant(["up", "--provider", "libvirt", "--parallel"], progress, timeout=BOOT_TIMEOUT, log="vagrant-up.log")
         state["hosts"] = {}
         for hname in self.lab.hosts:
             ip = virt.domain_ip(self.domain(hname), self.mgmt_network)
@@ -397,7 +397,7 @@ class VagrantProvider(Provider):
                 if spec.sysctls:
                     r = host.run(["sysctl", "-n", *spec.sysctls], timeout=30, check=False)
                     sysctls = dict(zip(spec.sysctls, r.stdout.split("\n")))
-            hosts.append({"name": name, "where": f"vm {self.domain(name)} ({addr})", "role": spec.role,
+            hosts.append({"name": name, "where": f"vm {addr}", "role": spec.role,
                           "nics": [{"ifname": n.ifname, "network": n.network, "address": str(n.address),
                                     "mac": n.mac, "mtu": n.mtu, **live.get(n.ifname, {})} for n in spec.nics],
                           "sysctls": sysctls or spec.sysctls})
@@ -415,14 +415,10 @@ PROVIDER = VagrantProvider
 
 # -- helpers ------------------------------------------------------------------------
 
-_BORING = ("Checking if box", "Creating shared folders", "Setting hostname", "Machine booted and ready",
-           "Running provisioner", "Configuring and enabling network interfaces")
-
-
 def _interesting(line: str) -> bool:
-    return any(word in line for word in ("Creating", "Starting", "Waiting", "Uploading", "IP address",
-                                         "Setting hostname", "Configuring and enabling", "Running provisioner",
-                                         "booted", "error", "Error"))
+    return any(word in line for word in ("Creating domain", "Starting domain", "Waiting for domain",
+                                         "Uploading base box", "Machine booted", "Running provisioner",
+                                         "rror"))
 
 
 def _require_root() -> None:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from . import BOX_NAME, POOL, Progress, VmError, repo_root, run
 
+# box/ files that are not part of the image (changing them needs no rebuild)
+NOT_RECIPE = {"provision.sh", "README.md"}
 CACHE = Path(os.environ.get("HPNLAB_BOX_CACHE", "/var/cache/hpnlab/box"))
 
 
@@ -25,12 +27,13 @@ def recipe_dir() -> Path:
 
 
 def recipe_hash() -> str:
-    """sha256 over the recipe's file names and contents (16 hex digits)."""
+    """sha256 over the recipe's file names and contents (16 hex digits): every file
+    under box/ but those in NOT_RECIPE."""
     root = recipe_dir()
     if not root.is_dir():
         raise VmError(f"no box recipe at {root}")
     h = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name not in NOT_RECIPE):
         h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()[:16]
 
@@ -105,8 +108,10 @@ def _prune(keep: str) -> None:
 
 
 def vagrant_env() -> dict:
-    return dict(os.environ, VAGRANT_CHECKPOINT_DISABLE="1", VAGRANT_BOX_UPDATE_CHECK_DISABLE="1",
-                VAGRANT_DEFAULT_PROVIDER="libvirt", VAGRANT_NO_PARALLEL="")
+    env = dict(os.environ, VAGRANT_CHECKPOINT_DISABLE="1", VAGRANT_BOX_UPDATE_CHECK_DISABLE="1",
+               VAGRANT_DEFAULT_PROVIDER="libvirt")
+    env.pop("VAGRANT_NO_PARALLEL", None)     # any value, even "", makes `up` serial
+    return env
 
 
 def ensure(progress: Progress, force: bool = False) -> str:
@@ -123,14 +128,26 @@ def ensure(progress: Progress, force: bool = False) -> str:
 
 
 def remove_base_volumes(progress: Progress) -> None:
-    """vagrant-libvirt copies a box into the pool once, by name; after a rebuild the
-    old copy must go, or new VMs would start from it."""
-    virsh = ["virsh", "-c", "qemu:///system"]
+    """vagrant-libvirt copies a box into the pool once per box version; after a
+    rebuild the old copies are garbage, unless a running lab's disks still sit
+    on top of them (backing files), so those stay."""
+    virsh = ["virsh", "-q", "-c", "qemu:///system"]
     if run([*virsh, "pool-info", POOL], check=False).returncode != 0:
         return
-    out = run([*virsh, "vol-list", POOL], check=False).stdout
-    for line in out.splitlines()[2:]:
-        name = line.split()[0] if line.split() else ""
-        if name.startswith(f"{BOX_NAME}_vagrant_box_image"):
-            progress(f"box: removing the previous base volume {name}")
-            run([*virsh, "vol-delete", "--pool", POOL, name], check=False)
+    names = [line.split()[0] for line in run([*virsh, "vol-list", POOL], check=False).stdout.splitlines()
+             if line.strip()]
+    bases = [n for n in names if n.startswith(f"{BOX_NAME}_vagrant_box_image")]
+    if not bases:
+        return
+    in_use = set()
+    for name in names:
+        if name in bases:
+            continue
+        xml = run([*virsh, "vol-dumpxml", "--pool", POOL, name], check=False).stdout
+        for base in bases:
+            if base in xml:
+                in_use.add(base)
+    for base in bases:
+        if base not in in_use:
+            progress(f"box: removing the previous base volume {base}")
+            run([*virsh, "vol-delete", "--pool", POOL, base], check=False)

@@ -116,9 +116,14 @@ def ensure_daemons(progress: Progress) -> None:
             continue
         progress(f"vm-setup: starting {name}")
         Path("/var/log/libvirt").mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run([name, "-d"], capture_output=True, text=True, timeout=60)
+        # Its output goes to a file, never to a pipe of ours: a daemon writing to a
+        # closed pipe after we exit would die of SIGPIPE.
+        log = Path("/var/log/libvirt") / f"{name}-hpnlab.log"
+        with open(log, "ab") as out:
+            proc = subprocess.run([name, "-d"], stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                  timeout=60, start_new_session=True)
         if proc.returncode != 0:
-            raise VmError(f"{name} did not start: {proc.stderr.strip() or proc.stdout.strip()}")
+            raise VmError(f"{name} did not start (exit {proc.returncode}); see {log}")
         deadline = time.monotonic() + 30
         while not (pid := _pidfile_pid(pidfile)):
             if time.monotonic() > deadline:
