@@ -133,7 +133,7 @@ class VagrantProvider(Provider):
         self.render(driver=driver, subnet=subnet)
         progress(f"vagrant up: {len(self.lab.hosts)} VM(s), driver {driver}"
                  + (" (TCG: software emulation)" if driver == "qemu" else ""))
-        self._vagrant(["up", "--provider", "libvirt", "--parallel"], progress, timeout=BOOT_TIMEOUT, log="vagrant-up.log")
+        self._vagrant(["up", "--provider", "libvirt", "--parallel", *self.lab.hosts], progress, timeout=BOOT_TIMEOUT, log="vagrant-up.log")
         state["hosts"] = {}
         for hname in self.lab.hosts:
             ip = virt.domain_ip(self.domain(hname), self.mgmt_network)
@@ -209,6 +209,7 @@ class VagrantProvider(Provider):
             for dom in state.get("domains", []):
                 if not dom.startswith(self.prefix):
                     virt.remove_all(dom, progress)
+        _forget_machines(self.dotfile)
         for path in (self.dotfile, self.spec_path.parent / "ssh", self.state.logdir):
             shutil.rmtree(path, ignore_errors=True)
         self.spec_path.unlink(missing_ok=True)
@@ -231,6 +232,7 @@ class VagrantProvider(Provider):
             for dom in data.get("domains", []):
                 if not dom.startswith(prefix):
                     removed += virt.remove_all(dom, progress)
+            _forget_machines(st.dir / "vagrant")
             for path in (st.dir / "vagrant", st.dir / "ssh", st.logdir):
                 shutil.rmtree(path, ignore_errors=True)
             (st.dir / "vagrant.json").unlink(missing_ok=True)
@@ -489,3 +491,26 @@ def _kill_vagrant(lab: str | None, progress: Progress) -> list[int]:
         except ProcessLookupError:
             pass
     return killed
+
+
+def _forget_machines(dotfile: Path) -> None:
+    """Drop the lab's machines from Vagrant's global machine index: hpnlab removes
+    VMs through libvirt, so Vagrant would otherwise keep listing them as running
+    (and `vagrant` commands of other labs would trip over them)."""
+    index = vmbox.vagrant_home() / "data" / "machine-index" / "index"
+    if not index.exists():
+        return
+    import fcntl
+    with open(index.with_name("index.lock"), "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            data = json.loads(index.read_text())
+        except (OSError, ValueError):
+            return
+        machines = data.get("machines", {})
+        keep = {k: v for k, v in machines.items() if v.get("local_data_path") != str(dotfile)}
+        if len(keep) != len(machines):
+            data["machines"] = keep
+            tmp = index.with_name("index.hpnlab-tmp")
+            tmp.write_text(json.dumps(data))
+            tmp.replace(index)

@@ -7,12 +7,14 @@ nothing is built and Vagrant fetches that box itself.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import BOX_NAME, POOL, Progress, VmError, repo_root, run
@@ -114,11 +116,32 @@ def vagrant_env() -> dict:
     return env
 
 
+@contextmanager
+def _build_lock(progress: Progress):
+    """One box build/add at a time on this machine (two labs coming up at once
+    wait for the same build instead of racing it)."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress("box: another hpnlab is building or adding the box; waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def ensure(progress: Progress, force: bool = False) -> str:
     """Build (if the recipe changed) and add the box to Vagrant; returns the recipe hash."""
     recipe = recipe_hash()
     if added_recipe() == recipe and not force:
         return recipe
+    with _build_lock(progress):
+        if added_recipe() == recipe and not force:
+            return recipe
+        return _build_and_add(recipe, progress, force)
+
+
+def _build_and_add(recipe: str, progress: Progress, force: bool) -> str:
     where = build(progress, force=force)
     progress(f"box: vagrant box add {BOX_NAME}")
     run(["vagrant", "box", "add", "--force", "--name", BOX_NAME, "--provider", "libvirt",

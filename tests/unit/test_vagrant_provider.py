@@ -1,0 +1,108 @@
+"""The vagrant provider without booting anything: what it renders for the
+Vagrantfile, the per-lab key, the box recipe hash, names for cleanup, and the
+Vagrantfile itself (`vagrant validate`, where Vagrant is installed)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hpnlab.providers.vagrant import VagrantProvider
+from hpnlab.topology import parse_lab
+from hpnlab.vm import box as vmbox
+from hpnlab.vm import lab_prefix
+
+REPO = Path(__file__).resolve().parents[2]
+
+THREE_HOSTS = """
+name: vtest
+provider: vagrant
+vm:
+  driver: qemu
+  tb_size_mb: 96
+  iommu: true
+  management_subnet: 192.168.201.0/24
+hosts:
+  a: {cpus: 2, memory: 768}
+  b: {}
+  c: {}
+networks:
+  front: {type: lan, subnet: 10.88.1.0/24, mtu: 9000, hosts: {a: 10.88.1.10, b: 10.88.1.20, c: 10.88.1.30}}
+  back:  {type: link, subnet: 10.88.2.0/30, hosts: {a: 10.88.2.1, c: 10.88.2.2}}
+"""
+
+
+@pytest.fixture
+def provider(tmp_path):
+    lab = parse_lab(THREE_HOSTS)
+    return VagrantProvider(lab, state_root=tmp_path)
+
+
+def test_render_carries_the_model_and_resolved_settings(provider):
+    doc = json.loads(provider.render().read_text())
+    assert set(doc["hosts"]) == {"a", "b", "c"}
+    a = doc["hosts"]["a"]
+    assert (a["cpus"], a["memory_mb"]) == (2, 768)
+    assert [(n["ifname"], n["network"], n["address"], n["mtu"]) for n in a["nics"]] == [
+        ("eth1", "front", "10.88.1.10/24", 9000), ("eth2", "back", "10.88.2.1/30", 1500)]
+    assert a["nics"][0]["mac"] == provider.lab.hosts["a"].nic("front").mac
+    vm = doc["vagrant"]
+    assert vm["prefix"] == "hpnlab-vtest-" == lab_prefix("vtest")
+    assert (vm["driver"], vm["tb_size_mb"], vm["iommu"], vm["nat"]) == ("qemu", 96, True, False)
+    assert vm["management_subnet"] == "192.168.201.0/24"
+    assert vm["ssh_pubkey"].startswith("ssh-ed25519 ")
+
+
+def test_lab_key_is_private_and_kept(provider):
+    provider.render()
+    key = provider.key_path
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    first = key.read_bytes()
+    provider.render()
+    assert key.read_bytes() == first
+    assert b"OPENSSH PRIVATE KEY" in first
+
+
+def test_expected_names_all_share_the_lab_prefix(provider):
+    names = provider.expected()
+    assert names["domains"] == ["hpnlab-vtest-a", "hpnlab-vtest-b", "hpnlab-vtest-c"]
+    assert "hpnlab-vtest-mgmt" in names["networks"] and "hpnlab-vtest-back" in names["networks"]
+    assert all(n.startswith("hpnlab-vtest-") for group in names.values() for n in group)
+
+
+def test_auto_management_subnet_is_stable_and_private(tmp_path):
+    lab = parse_lab(THREE_HOSTS.replace("  management_subnet: 192.168.201.0/24\n", ""))
+    p1 = VagrantProvider(lab, state_root=tmp_path / "1")
+    p2 = VagrantProvider(lab, state_root=tmp_path / "2")
+    s1 = p1._management_subnet(p1.settings())
+    assert s1 == p2._management_subnet(p2.settings())
+    assert s1.startswith("192.168.") and s1.endswith(".0/24")
+
+
+def test_recipe_hash_follows_the_image_recipe_only(tmp_path, monkeypatch):
+    root = tmp_path / "repo"
+    shutil.copytree(REPO / "box", root / "box")
+    (root / "Vagrantfile").write_text("# test\n")
+    monkeypatch.setenv("HPNLAB_ROOT", str(root))
+    before = vmbox.recipe_hash()
+    (root / "box" / "provision.sh").write_text("# provisioning is not part of the image\n")
+    assert vmbox.recipe_hash() == before
+    with open(root / "box" / "packages.txt", "a") as f:
+        f.write("less\n")
+    assert vmbox.recipe_hash() != before
+
+
+@pytest.mark.skipif(shutil.which("vagrant") is None or os.geteuid() != 0, reason="needs vagrant")
+def test_vagrantfile_validates_for_the_rendered_lab(provider, tmp_path):
+    spec = provider.render()
+    env = dict(os.environ, HPNLAB_VAGRANT_JSON=str(spec), VAGRANT_DOTFILE_PATH=str(tmp_path / "dot"),
+               VAGRANT_CHECKPOINT_DISABLE="1", VAGRANT_DEFAULT_PROVIDER="libvirt")
+    r = subprocess.run(["vagrant", "validate"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = subprocess.run(["vagrant", "status"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert all(f"{h} " in r.stdout for h in ("a", "b", "c")), r.stdout + r.stderr
