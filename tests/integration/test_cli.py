@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import REPO, unique_lab_name
+from hpnlab.testing import REPO, unique_lab_name
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, unique_lab_name
+from hpnlab.testing import REPO, unique_lab_name
 
 pytestmark = pytest.mark.integration
 
