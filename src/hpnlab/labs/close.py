@@ -51,7 +51,6 @@ def server_main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="hpnlab.labs.close server")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--scenario", choices=SCENARIOS, required=True)
-    ap.add_argument("--close-at", type=float, default=0.0)
     ap.add_argument("--hold", type=float, default=0.4, help="seconds to stay in CLOSE_WAIT")
     a = ap.parse_args(argv)
     ls = listener(a.port, 4)
@@ -71,8 +70,8 @@ def server_main(argv: list[str]) -> int:
         c.close()
         ev("close(): LAST_ACK")
     elif a.scenario == "simultaneous":
-        c.recv(100)
-        sleep_until(a.close_at)
+        close_at = float(c.recv(100).split()[1])       # the client names the moment, once both are up
+        sleep_until(close_at)
         c.close()
         ev("close() at the shared time")
     elif a.scenario == "halfclose":
@@ -103,7 +102,6 @@ def client_main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="hpnlab.labs.close client")
     ap.add_argument("--server", required=True, help="IP:PORT")
     ap.add_argument("--scenario", choices=SCENARIOS, required=True)
-    ap.add_argument("--close-at", type=float, default=0.0)
     a = ap.parse_args(argv)
     ip, port = a.server.rsplit(":", 1)
     c = socket.create_connection((ip, int(port)), timeout=10)
@@ -116,8 +114,9 @@ def client_main(argv: list[str]) -> int:
         c.close()
         ev("close(): active close, FIN_WAIT1")
     elif a.scenario == "simultaneous":
-        c.sendall(b"hello\n")
-        sleep_until(a.close_at)
+        close_at = time.time() + 0.5                   # same clock on both hosts (netns; NTP on VMs)
+        c.sendall(f"hello {close_at:.6f}\n".encode())
+        sleep_until(close_at)
         c.close()
         ev("close() at the shared time")
     elif a.scenario == "halfclose":
@@ -279,8 +278,8 @@ class DelayLine:
 def add_arguments(p) -> None:
     p.add_argument("--hosts", default="h1,h2", help="server,client (default: h1,h2)")
     p.add_argument("--network")
-    p.add_argument("--delay-ms", type=float, default=5.0,
-                   help="one-way delay added for the simultaneous close (default: 5 ms)")
+    p.add_argument("--delay-ms", type=float, default=20.0,
+                   help="one-way delay added for the simultaneous close (default: 20 ms)")
     p.add_argument("--no-p2p", action="store_true", help="skip the P2P fixed-port TIME_WAIT part")
 
 
@@ -373,7 +372,6 @@ def _closing_path(paths, addr, sport, dport=None) -> list[str] | None:
 
 
 def _scenario(srv, cli, sip: str, port: int, scen: str, args, net: str) -> dict:
-    close_at = time.time() + 2.0
     delay = []
     if scen == "simultaneous":
         delay = [DelayLine(h, h.nic(net).ifname, (port, port), args.delay_ms) for h in (srv, cli)]
@@ -381,11 +379,11 @@ def _scenario(srv, cli, sip: str, port: int, scen: str, args, net: str) -> dict:
     try:
         for d in delay:
             d.__enter__()
-        s = srv.start(agent_argv("close", "server", "--port", port, "--scenario", scen,
-                                 "--close-at", f"{close_at:.6f}"), name=f"close-server-{port}")
+        s = srv.start(agent_argv("close", "server", "--port", port, "--scenario", scen),
+                          name=f"close-server-{port}")
         srv.wait_for_port(port)
-        c = cli.start(agent_argv("close", "client", "--server", f"{sip}:{port}", "--scenario", scen,
-                                 "--close-at", f"{close_at:.6f}"), name=f"close-client-{port}")
+        c = cli.start(agent_argv("close", "client", "--server", f"{sip}:{port}", "--scenario", scen),
+                          name=f"close-client-{port}")
         res = {}
         for who, proc in (("server", s), ("client", c)):
             try:
@@ -399,6 +397,11 @@ def _scenario(srv, cli, sip: str, port: int, scen: str, args, net: str) -> dict:
                 raise LabError(f"{scen}: the {who} failed: {err[-800:]}")
             res[who] = json.loads(lines[-1])
         time.sleep(0.4 if scen != "simultaneous" else 0.2)   # let ss see FIN_WAIT2/TIME_WAIT
+        # who holds TIME_WAIT afterwards: asked once, synchronously (it lasts 60 s)
+        res["time_wait_after"] = {
+            who: len([l for l in h.run(["ss", "-Htan", "state", "time-wait",
+                                        f"( sport = :{port} or dport = :{port} )"]).stdout.splitlines() if l.strip()])
+            for who, h in (("client", cli), ("server", srv))}
         return res
     finally:
         with deferred_interrupts():
@@ -443,9 +446,12 @@ def render(results: dict, names: list[str], env: dict, args, traced: bool) -> st
             if traced else "(no state tracepoint on this provider)"), "",
          "The tracepoint follows the full socket: on entering TIME_WAIT the kernel swaps it for a small "
          "timewait socket, so the trace ends in `→CLOSE` where ss shows TIME-WAIT.", "",
-         report.md_table(["scenario", "pcap", "ss client", "ss server", "trace client", "trace server"],
+         report.md_table(["scenario", "pcap", "ss client", "ss server", "trace client", "trace server",
+                          "TIME_WAIT after C/S"],
                          [[k, ", ".join(r["segments"][:10]), " ".join(r["ss_client"]), " ".join(r["ss_server"]),
-                           tr(r, "client"), tr(r, "server")] for k, r in sc.items()], align="llllll"),
+                           tr(r, "client"), tr(r, "server"),
+                           f"{r['time_wait_after']['client']}/{r['time_wait_after']['server']}"]
+                          for k, r in sc.items()], align="lllllll"),
          "## What each one shows", "",
          "- **normal** — the client closes first (主动关闭): FIN_WAIT1 → FIN_WAIT2 → TIME_WAIT; the server "
          "reads EOF and sits in CLOSE_WAIT (被动关闭) until *it* calls close(), then LAST_ACK → CLOSED. "
