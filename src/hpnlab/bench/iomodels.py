@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import statistics
@@ -382,15 +383,7 @@ def benchmark(cfg: Config, mode: str, provider=None, argv: list[str] | None = No
     """Run the grid and write results/bench/<stamp>/; returns {"dir", "cells", "goals"}."""
     import resource
 
-    from ..report import (
-        environment_md,
-        fingerprint,
-        rerun_command,
-        rerun_md,
-        results_dir,
-        write_report,
-    )
-    from . import writeup
+    from ..report import fingerprint, rerun_command, results_dir
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:       # 10k connections: children inherit the raised limit
@@ -415,34 +408,52 @@ def benchmark(cfg: Config, mode: str, provider=None, argv: list[str] | None = No
     env["versions"] = versions()
     env["syscall_tool"] = syscall_tool()
     env["nofile_limit"] = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    goal_rows = writeup.goals(cells)
+    data = {"config": cfg.__dict__, "mode": mode, "cells": cells, "environment": env,
+            "command": rerun_command(argv), "argv": list(argv or []), "make_target": make_target,
+            "server_side": srv.describe(), "client_side": cli.describe(),
+            "took_s": round(time.time() - started)}
+    render(out, data)
+    partial.unlink(missing_ok=True)
+    return {"dir": out, "cells": cells, "goals": data["goals"]}
+
+
+def render(out, data: dict) -> None:
+    """Write report.md, data.json, data.csv and the plots of a run from its data
+    (also used to re-render an earlier run: `hpnlab bench --render DIR`)."""
+    from ..report import environment_md, rerun_md, write_report
+    from . import writeup
+
+    cfg, cells, env = data["config"], data["cells"], data["environment"]
+    writeup.derive(cells)
+    data["goals"] = goal_rows = writeup.goals(cells)
     pngs = writeup.plots(cells, out)
     writeup.write_csv(cells, out / "data.csv")
     sizes = sorted({c["size"] for c in cells})
     text = ["# I/O models: threads, select/poll, epoll LT/ET, coroutines, io_uring", "",
             "Course §2.1–2.5, phase 1: *how do multi-threaded epoll, coroutine epoll and asynchronous "
             "I/O (io_uring) differ in throughput, latency, CPU and memory?*", "",
-            f"- mode: **{mode}** — server on {srv.describe()}, client (hpnlab-loadgen, C epoll) on "
-            f"{cli.describe()}",
-            f"- grid: engines {', '.join(cfg.engines)}; connections {cfg.conns}; message sizes {cfg.sizes} B; "
-            f"pipeline depth {cfg.depth}",
-            f"- each cell: fresh server; {cfg.repeats} timed run(s) of {cfg.duration:g} s after "
-            f"{cfg.warmup:g} s warm-up (runs that others' load disturbed are repeated, up to "
-            f"{cfg.max_extra} extra); syscalls counted by {env['syscall_tool'] or 'nothing (no perf/strace)'} "
-            f"in a separate {cfg.syscall_duration:g} s run",
-            f"- took {time.time() - started:.0f} s", "",
+            f"- mode: **{data['mode']}** — server on {data.get('server_side', '?')}, client (hpnlab-loadgen, "
+            f"C epoll) on {data.get('client_side', '?')}",
+            f"- grid: engines {', '.join(cfg['engines'])}; connections {cfg['conns']}; message sizes "
+            f"{cfg['sizes']} B; pipeline depth {cfg['depth']}",
+            f"- per (connections, size): a fresh server per engine; {cfg['repeats']} timed run(s) each of "
+            f"{cfg['duration']:g} s after {cfg['warmup']:g} s warm-up, engines interleaved round-robin; runs "
+            f"that others' load disturbed are repeated (up to {cfg['max_extra']} extra); syscalls counted by "
+            f"{env.get('syscall_tool') or 'nothing (no perf/strace)'} in a separate "
+            f"{cfg['syscall_duration']:g} s run",
+            f"- took {data.get('took_s', '?')} s", "",
             writeup.goals_md(goal_rows), ""]
     for size in sizes:
         text += [f"## Results — {size} B messages", "",
                  "req/s is the median of the runs, with [min–max] and spread = (max−min)/median; latency "
-                 "is from the median run; KiB/conn = (RSS under load − idle RSS) / connections; CPU "
-                 "server/client is the share of one core each used.", "",
+                 "is from the median run; req/CPU-s = requests per second of server CPU time (what one "
+                 "fully available core would sustain: the engine's own cost, robust to others' load); "
+                 "KiB/conn = (RSS under load − idle RSS) / connections; CPU server/client is the share of "
+                 "one core each used.", "",
                  writeup.results_table(cells, size), ""]
     text += [f"![{p}]({p})" for p in pngs] + [""]
     text += [writeup.reading(cells), writeup.load_md(cells), writeup.skipped_md(cells), "",
-             environment_md(env), "", rerun_md(argv, make_target=make_target)]
-    data = {"config": cfg.__dict__, "mode": mode, "cells": cells, "goals": goal_rows, "environment": env,
-            "command": rerun_command(argv)}
+             environment_md(env), "",
+             rerun_md(data.get("argv") or shlex.split(data.get("command", "hpnlab bench")),
+                      make_target=data.get("make_target"))]
     write_report(out, "\n".join(text), data)
-    partial.unlink(missing_ok=True)
-    return {"dir": out, "cells": cells, "goals": goal_rows}

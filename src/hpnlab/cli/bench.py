@@ -35,6 +35,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="a fast smoke run: conns 1,100; 64 B; 0.5 s; 1 repeat (for tests)")
     parser.add_argument("--results", metavar="DIR", help="results root (default: results/)")
+    parser.add_argument("--render", metavar="RUN_DIR",
+                        help="only re-write the report of an earlier run from its data.json")
     parser.add_argument("--server-host", default="h1")
     parser.add_argument("--client-host", default="h2")
     parser.add_argument("--network", default="data")
@@ -59,8 +61,21 @@ def rerun_argv(args, cfg, mode: str) -> list[str]:
 
 
 def run(args) -> int:
-    from ..bench.iomodels import Config, benchmark
+    from ..bench.iomodels import Config, benchmark, render
     from ..providers import ProviderError, open_lab
+
+    if args.render:
+        import json
+        from pathlib import Path
+        run_dir = Path(args.render)
+        try:
+            data = json.loads((run_dir / "data.json").read_text())
+        except (OSError, ValueError) as exc:
+            console.print(f"[red]cannot read {run_dir}/data.json: {exc}[/red]")
+            return 1
+        render(run_dir, data)
+        console.print(f"report: {run_dir}/report.md")
+        return 0
 
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     bad = [e for e in engines if e not in ENGINES]
