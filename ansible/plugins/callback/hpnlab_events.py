@@ -20,6 +20,16 @@ import time
 from ansible.plugins.callback import CallbackBase
 
 
+def _rescued(task) -> bool:
+    """A failure inside a block that has a rescue section is handled by the play."""
+    parent = getattr(task, "_parent", None)
+    while parent is not None:
+        if getattr(parent, "rescue", None):
+            return True
+        parent = getattr(parent, "_parent", None)
+    return False
+
+
 class CallbackModule(CallbackBase):
     CALLBACK_VERSION = 2.0
     CALLBACK_TYPE = "notification"
@@ -63,7 +73,7 @@ class CallbackModule(CallbackBase):
         self._result("changed" if result._result.get("changed") else "ok", result)
 
     def v2_runner_on_failed(self, result, ignore_errors=False):
-        self._result("ignored" if ignore_errors else "failed", result)
+        self._result("ignored" if ignore_errors else "rescued" if _rescued(result._task) else "failed", result)
 
     def v2_runner_on_unreachable(self, result):
         self._result("unreachable", result)
