@@ -34,7 +34,7 @@ from ._kit import (
     set_sysctls,
     state_paths,
 )
-from .p2p import sleep_until
+from .p2p import peer_jobs, sleep_until
 
 HELP = "four-way close: active/passive, simultaneous (CLOSING), half-close, RST on close, TIME_WAIT"
 PORT = 44000
@@ -330,7 +330,7 @@ def run(provider, args, step) -> dict:
                     for i, ts in enumerate((1, 0)):
                         for h in (srv, cli):
                             set_sysctls(h, {"net.ipv4.tcp_tw_reuse": 0, "net.ipv4.tcp_timestamps": ts})
-                        results["p2p"].append(_p2p_twice(srv, cli, sip, cip, base + 70 + i, ts, step))
+                        results["p2p"].append(_p2p_twice(provider, srv, cli, sip, cip, base + 70 + i, ts, step))
             finally:
                 if tracer:
                     tracer.__exit__(None, None, None)
@@ -412,17 +412,15 @@ def _scenario(srv, cli, sip: str, port: int, scen: str, args, net: str) -> dict:
                 d.__exit__()
 
 
-def _p2p_twice(a, b, ip_a: str, ip_b: str, port: int, ts: int, step) -> dict:
+def _p2p_twice(provider, a, b, ip_a: str, ip_b: str, port: int, ts: int, step) -> dict:
     """Two P2P simultaneous opens on the same fixed ports, 1.5 s apart: the
     first one's TIME_WAIT sits on exactly the 4-tuple the second one needs."""
     res = {"tcp_timestamps": ts, "port": port, "tries": []}
     for i in range(2):
         step(f"P2P on fixed port {port}, run {i + 1}/2, tcp_timestamps={ts}")
         start = time.time() + 0.8
-        common = ["--port", port, "--tries", 1, "--start-at", f"{start:.6f}", "--timeout", 2.5, "--jitter-ms", 1]
-        r = run_agents({a: agent_argv("p2p", "peer", "--name", a.name, "--local", ip_a, "--peer", ip_b, *common),
-                        b: agent_argv("p2p", "peer", "--name", b.name, "--local", ip_b, "--peer", ip_a, *common)},
-                       timeout=20)
+        common = ["--port", port, "--tries", 1, "--start-at", f"{start:.6f}", "--timeout", 3, "--jitter-ms", 1]
+        r = run_agents(peer_jobs(provider, a, b, ip_a, ip_b, common), timeout=25)
         tw = {h.name: len([l for l in h.run(["ss", "-Htan", "state", "time-wait", f"sport = :{port}"]).stdout
                            .splitlines() if l.strip()]) for h in (a, b)}
         ta, tb = r[a.name]["tries"][0], r[b.name]["tries"][0]

@@ -163,11 +163,7 @@ def run(provider, args, step) -> dict:
     start_at = time.time() + 1.0
     common = ["--port", args.port, "--tries", args.tries, "--start-at", f"{start_at:.6f}",
               "--spacing", args.spacing, "--timeout", args.timeout, "--jitter-ms", args.jitter_ms]
-    pin = provider.name == "netns" and (os.cpu_count() or 1) >= 2     # the hosts share this machine's CPUs
-    jobs = {ha: agent_argv("p2p", "peer", "--name", a_name, "--local", ip_a, "--peer", ip_b, *common,
-                           "--cpu", 0 if pin else -1),
-            hb: agent_argv("p2p", "peer", "--name", b_name, "--local", ip_b, "--peer", ip_a, *common,
-                           "--cpu", 1 if pin else -1)}
+    jobs = peer_jobs(provider, ha, hb, ip_a, ip_b, common)
     tracer = StateTrace(ports) if StateTrace.available(provider) else None
     cap_a = Capture(provider, f"{a_name}:{net}", out / f"{a_name}.pcap", bpf)
     cap_b = Capture(provider, f"{b_name}:{net}", out / f"{b_name}.pcap", bpf)
@@ -232,6 +228,16 @@ def analyse(tries_a: list, tries_b: list, segs: list, ip_a: str, ip_b: str, even
             "kinds": {k: sum(1 for r in rows if r["ok"] and r["kind"] == k)
                       for k in ("simultaneous", "syn-syn-ack", "three-way", "failed")},
             "both_syn_sent_syn_recv_established": canonical_states if events is not None else None}
+
+
+def peer_jobs(provider, ha, hb, ip_a: str, ip_b: str, common: list) -> dict:
+    """The two peer agents; on netns (one machine) pinned to different CPUs so
+    that their retry loops really run at the same time, even under load."""
+    pin = provider.name == "netns" and (os.cpu_count() or 1) >= 2
+    return {ha: agent_argv("p2p", "peer", "--name", ha.name, "--local", ip_a, "--peer", ip_b, *common,
+                           "--cpu", 0 if pin else -1),
+            hb: agent_argv("p2p", "peer", "--name", hb.name, "--local", ip_b, "--peer", ip_a, *common,
+                           "--cpu", 1 if pin else -1)}
 
 
 def last_life(path: list[str] | None) -> list[str] | None:
