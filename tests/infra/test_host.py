@@ -83,9 +83,13 @@ def test_dpdk_nic(host, spec, record_property):
         mem = ["--no-huge", "-m", "64"] if not pages else [
             f"--huge-dir=/run/hpnlab/{spec['hpnlab_lab']}/{spec['hpnlab_host']}/hugepages", "--huge-unlink",
             "-m", str(min(64, pages * (2 if spec["hpnlab_hugepage_size"] == "2M" else 1024)))]
-        cmd = ("timeout -s INT 2 dpdk-testpmd --lcores 0@0,1@0 --no-pci --no-telemetry "
-               f"--vdev=net_af_packet0,iface={ifname} --file-prefix={spec['hpnlab_netns']}-verify "
-               + " ".join(mem) + " -- --forward-mode=rxonly --stats-period 1 --total-num-mbufs=2048 </dev/null")
+        # start testpmd, wait (≤ 15 s, the machine may be busy) until it reports the port, stop it
+        testpmd = ("timeout -s INT 15 dpdk-testpmd --lcores 0@0,1@0 --no-pci --no-telemetry "
+                   f"--vdev=net_af_packet0,iface={ifname} --file-prefix={spec['hpnlab_netns']}-verify "
+                   + " ".join(mem) + " -- --forward-mode=rxonly --stats-period 1 --total-num-mbufs=2048")
+        cmd = (f'log=$(mktemp); {testpmd} </dev/null >"$log" 2>&1 & pid=$!; '
+               'i=0; while [ $i -lt 150 ] && kill -0 $pid 2>/dev/null && ! grep -q "Port 0: " "$log"; '
+               'do sleep 0.1; i=$((i+1)); done; kill -INT $pid 2>/dev/null; wait $pid; cat "$log"; rm -f "$log"')
         out = host.run(cmd)
         text = out.stdout + out.stderr
         mac = spec["hpnlab_dpdk_mac"].upper()
