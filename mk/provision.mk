@@ -3,7 +3,7 @@
 #   make lab-verify                                   testinfra on every host: table host × check
 #   make lab-release                                  give back hugepages/hugetlbfs/machine sysctls (netns)
 #   make lint-ansible                                 ansible-lint (also run by `make test` through a test)
-.PHONY: lab-provision lab-verify lab-release lint-ansible
+.PHONY: lab-provision lab-verify lab-release lab-release-all lint-ansible
 
 lab-provision: setup
 	$(HPNLAB) $(HPNLAB_ARGS) provision
@@ -17,6 +17,12 @@ lab-release: setup
 # `make lab-down` first gives back what provisioning took from the machine
 # (netns hosts share its hugepage pool and machine-wide sysctls).
 lab-down: lab-release
+
+# `make lab-cleanup` removes every hpnlab lab's leftovers: give back what they all hold first.
+lab-cleanup: lab-release-all
+
+lab-release-all: setup
+	$(VENV)/bin/python -m hpnlab.machine release-all
 
 lint-ansible: setup
 	cd ansible && ../$(VENV)/bin/ansible-lint

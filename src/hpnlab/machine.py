@@ -174,13 +174,18 @@ def release(lab: str) -> list[str]:
         for mount, owner in list(data["mounts"].items()):
             if owner != lab:
                 continue
+            how = "unmounted"
             if _mounted(Path(mount)):
                 proc = subprocess.run(["umount", mount], capture_output=True, text=True)
                 if proc.returncode != 0:
-                    raise MachineError(f"cannot unmount {mount}: {proc.stderr.strip()} "
-                                       f"(a process of lab {lab} still uses its hugepages?)")
+                    # still in use (a lab process that `down` is about to end): detach it now; the
+                    # kernel frees its pages when the last user goes
+                    lazy = subprocess.run(["umount", "-l", mount], capture_output=True, text=True)
+                    if lazy.returncode != 0:
+                        raise MachineError(f"cannot unmount {mount}: {proc.stderr.strip()}")
+                    how = "lazily unmounted (still in use)"
             del data["mounts"][mount]
-            done.append(f"unmounted {mount}")
+            done.append(f"{how} {mount}")
         for size, pool in data["hugepages"].items():
             mine = sum(n for k, n in pool.items() if k.split("/")[0] == lab)
             if mine:
@@ -268,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("release", help="give back everything a lab holds")
     p.add_argument("--lab", required=True)
     sub.add_parser("release-orphans", help="give back what labs without namespaces hold")
+    sub.add_parser("release-all", help="give back what every lab holds (before `hpnlab cleanup`)")
     sub.add_parser("show", help="print the ledger")
     args = parser.parse_args(argv)
     started = time.monotonic()
@@ -281,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
             out = {"changed": bool(done), "done": done}
         elif args.cmd == "release-orphans":
             done = release_orphans()
+            out = {"changed": bool(done), "done": done}
+        elif args.cmd == "release-all":
+            done = [f"{lab}: {d}" for lab in sorted(holders()) for d in release(lab)]
             out = {"changed": bool(done), "done": done}
         else:
             out = json.loads(ledger_path().read_text()) if ledger_path().exists() else {}
