@@ -10,7 +10,7 @@ NET ?= data
 HPNLAB_ARGS := --lab $(LAB) $(if $(PROVIDER),--provider $(PROVIDER))
 
 # Debian packages the netns provider and the labs need on the machine.
-APT_PACKAGES := iproute2 iputils-ping nftables iptables ethtool tcpdump tshark iperf3 procps psmisc \
+APT_PACKAGES := iproute2 iputils-ping nftables iptables ethtool tcpdump tshark iperf3 procps psmisc strace \
                 gcc make libc6-dev liburing-dev python3-venv python3-dev
 SETUP_STAMP := $(VENV)/.setup-done
 
