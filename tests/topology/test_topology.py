@@ -32,20 +32,22 @@ def test_invalid_topology_names_field_and_line(path):
     assert expected(path) in str(err.value)
 
 
-def _netns() -> set[str]:
-    return set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
+def _netns(lab: str) -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.startswith((f"{lab}-", f"{lab}."))}
 
 
 @pytest.mark.integration
 @pytest.mark.parametrize("path", INVALID, ids=[p.stem for p in INVALID])
 def test_invalid_topology_creates_nothing(path, tmp_path):
-    before = _netns()
+    name = "bad" if "name: bad" in path.read_text() else "hpnlab"
+    before = _netns(name)
     proc = subprocess.run([sys.executable, "-m", "hpnlab.cli", "--lab", str(path), "up"],
                           capture_output=True, text=True, cwd=tmp_path,
                           env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HPNLAB_STATE_DIR": str(tmp_path / "st")})
     assert proc.returncode == 2, proc.stderr
     assert expected(path) in proc.stderr
-    assert _netns() == before
+    assert _netns(name) == before
     assert not (tmp_path / "st").exists()
 
 
