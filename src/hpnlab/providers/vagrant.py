@@ -89,7 +89,8 @@ class VagrantProvider(Provider):
 
     def up(self, progress: Progress = _quiet) -> bool:
         _require_root()
-        with self.state.lock(timeout=BOOT_TIMEOUT):
+        with self.state.lock(timeout=BOOT_TIMEOUT), vmsetup.bringing_up():
+            _register(self.lab.name, self.state.path)
             if self.is_up():
                 progress(f"lab {self.lab.name} is already up: nothing changed")
                 return False
@@ -210,6 +211,8 @@ class VagrantProvider(Provider):
                 if not dom.startswith(self.prefix):
                     virt.remove_all(dom, progress)
         _forget_machines(self.dotfile)
+        if not keep_daemons:           # a rollback keeps the entry until `up` returns
+            _unregister(self.lab.name)
         for path in (self.dotfile, self.spec_path.parent / "ssh", self.state.logdir):
             shutil.rmtree(path, ignore_errors=True)
         self.spec_path.unlink(missing_ok=True)
@@ -222,12 +225,19 @@ class VagrantProvider(Provider):
     def cleanup(cls, progress: Progress = _quiet, lab: str | None = None) -> list[str]:
         _require_root()
         prefix = vm.lab_prefix(lab) if lab else vm.PREFIX
-        removed = [f"vagrant pid {p}" for p in _kill_vagrant(lab, progress)]
+        # Without --only, labs that are up or coming up (in any state directory) are
+        # not leftovers: they stay. A lab named with --only goes whatever its state.
+        live = () if lab else tuple(vm.lab_prefix(name) for name in _live_labs())
+        for name in _live_labs() if not lab else []:
+            progress(f"lab {name} is live (up or coming up): kept")
+        removed = [f"vagrant pid {p}" for p in _kill_vagrant(lab, progress, skip=live)]
         leftovers = virt.qemu_processes(prefix)
         if not virt.available() and (leftovers or _state_files(cls.name, lab)) and shutil.which("libvirtd"):
             vmsetup.ensure_daemons(progress)
-        removed += virt.remove_all(prefix, progress)
+        removed += virt.remove_all(prefix, progress, keep=live)
         for st in _state_files(cls.name, lab):
+            if live and vm.lab_prefix(st.dir.name).startswith(live):
+                continue
             data = st.read() or {}
             for dom in data.get("domains", []):
                 if not dom.startswith(prefix):
@@ -239,6 +249,8 @@ class VagrantProvider(Provider):
             st.remove()
             st.discard()
             removed.append(f"state {st.dir}")
+        if lab:
+            _unregister(lab)
         for what in vmsetup.stop_daemons(progress):
             removed.append(what)
         return removed
@@ -327,8 +339,14 @@ class VagrantProvider(Provider):
                     proc.kill()
                     proc.wait()
         if rc != 0:
-            tail = "".join(logfile.read_text(errors="replace").splitlines(True)[-25:])
-            raise ProviderError(f"`vagrant {' '.join(args)}` failed (exit {rc}); log: {logfile}\n{tail}")
+            lines = logfile.read_text(errors="replace").splitlines(True)
+            # keep the log past the rollback, beside the lab's state directory
+            kept = self.state.dir.parent / f"{self.lab.name}-{log}"
+            kept.write_text("".join(lines))
+            starts = [i for i, line in enumerate(lines) if line.startswith("An error occurred while executing")
+                      or "Error" in line.split(":")[0]]
+            excerpt = "".join(lines[starts[0]:starts[0] + 15] if starts else lines[-25:])
+            raise ProviderError(f"`vagrant {' '.join(args)}` failed (exit {rc}); log: {kept}\n{excerpt}")
 
     # -- using a running lab -------------------------------------------------------
     def hosts(self, state: dict | None = None) -> dict:
@@ -461,9 +479,42 @@ def _state_files(provider: str, lab: str | None) -> list[LabState]:
     return found
 
 
-def _kill_vagrant(lab: str | None, progress: Progress) -> list[int]:
-    """End `vagrant` processes hpnlab started for `lab` (or any lab): they carry
-    HPNLAB_VAGRANT_LAB in their environment."""
+LABS_DIR = vmsetup.RUN_DIR / "labs"
+
+
+def _register(lab: str, state_path: Path) -> None:
+    """/run/hpnlab/labs/<lab>: this lab has an owner (its state file, wherever the
+    state directory is), so a global `cleanup` leaves it alone while it is live."""
+    LABS_DIR.mkdir(parents=True, exist_ok=True)
+    (LABS_DIR / lab).write_text(json.dumps({"state": str(state_path), "pid": os.getpid()}))
+
+
+def _unregister(lab: str) -> None:
+    (LABS_DIR / lab).unlink(missing_ok=True)
+
+
+def _live_labs() -> list[str]:
+    """Labs coming up (their `up` process is alive) or up (their state says so)."""
+    live = []
+    for entry in sorted(LABS_DIR.glob("*")) if LABS_DIR.exists() else []:
+        try:
+            info = json.loads(entry.read_text())
+        except (OSError, ValueError):
+            continue
+        pid = int(info.get("pid") or 0)
+        pid_alive = pid > 0 and vmsetup._pid_alive(pid)
+        try:
+            phase = json.loads(Path(info["state"]).read_text()).get("phase")
+        except (OSError, ValueError, KeyError):
+            phase = None
+        if phase == "up" or (pid_alive and phase == "creating"):
+            live.append(entry.name)
+    return live
+
+
+def _kill_vagrant(lab: str | None, progress: Progress, skip: tuple[str, ...] = ()) -> list[int]:
+    """End `vagrant` processes hpnlab started for `lab` (or any lab but the `skip`
+    prefixes): they carry HPNLAB_VAGRANT_LAB in their environment."""
     killed = []
     me = os.getpid()
     for proc in Path("/proc").iterdir():
@@ -475,7 +526,7 @@ def _kill_vagrant(lab: str | None, progress: Progress) -> list[int]:
             continue
         tag = next((e[len(b"HPNLAB_VAGRANT_LAB="):].decode() for e in env
                     if e.startswith(b"HPNLAB_VAGRANT_LAB=")), None)
-        if tag is None or (lab is not None and tag != lab):
+        if tag is None or (lab is not None and tag != lab) or (skip and vm.lab_prefix(tag).startswith(skip)):
             continue
         try:
             comm = (proc / "comm").read_text().strip()

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import POOL, POOL_DIR, Progress, VmError, run
@@ -148,6 +149,8 @@ def stop_daemons(progress: Progress, force: bool = False) -> list[str]:
         out = run(["virsh", "-c", "qemu:///system", "list", "--all", "--name"], check=False).stdout
         if out.strip():
             return []
+    if not force and _bring_up_running():
+        return []
     stopped = []
     for name in ("libvirtd", "virtlogd"):
         pid = started.get(name)
@@ -163,6 +166,36 @@ def stop_daemons(progress: Progress, force: bool = False) -> list[str]:
         stopped.append(f"{name} (pid {pid})")
     DAEMONS_FILE.unlink(missing_ok=True)
     return stopped
+
+
+@contextmanager
+def bringing_up():
+    """Marks this process as bringing a lab up, so no `down` of another lab stops
+    the daemons under it."""
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    marker = RUN_DIR / f"up.{os.getpid()}"
+    marker.touch()
+    try:
+        yield
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+def _bring_up_running() -> bool:
+    """Is some hpnlab `up` or `vagrant up` (of any lab) running? Then the daemons stay."""
+    for marker in RUN_DIR.glob("up.*"):
+        pid = marker.name.split(".", 1)[1]
+        if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+            return True
+    me = os.getpid()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != me:
+            try:
+                if b"HPNLAB_VAGRANT_LAB=" in (proc / "environ").read_bytes():
+                    return True
+            except OSError:
+                continue
+    return False
 
 
 def _comm(pid: int) -> str:

@@ -91,12 +91,16 @@ def tap_of(domain: str, mac: str) -> str | None:
     return None
 
 
-def remove_all(prefix: str, progress: Progress) -> list[str]:
+def remove_all(prefix: str, progress: Progress, keep: tuple[str, ...] = ()) -> list[str]:
     """Destroy and undefine every domain, volume and network named `prefix`*, and
-    kill QEMU processes of such guests (by PID). Returns what was removed."""
+    kill QEMU processes of such guests (by PID), except names starting with one of
+    `keep` (the prefixes of live labs). Returns what was removed."""
+    def mine(names):
+        return [n for n in names if not (keep and n.startswith(keep))]
+
     removed = []
     if available():
-        for dom in domains(prefix):
+        for dom in mine(domains(prefix)):
             progress(f"removing domain {dom}")
             run([*VIRSH, "destroy", dom], check=False, timeout=60)
             run([*VIRSH, "undefine", dom, "--nvram", "--managed-save", "--snapshots-metadata"],
@@ -105,15 +109,17 @@ def remove_all(prefix: str, progress: Progress) -> list[str]:
                 run([*VIRSH, "undefine", dom], check=False, timeout=60)
             removed.append(f"domain {dom}")
     for pid, name in qemu_processes(prefix).items():
+        if keep and name.startswith(keep):
+            continue
         progress(f"killing QEMU of {name} (pid {pid})")
         _kill(pid)
         removed.append(f"qemu {name} pid {pid}")
     if available():
-        for vol in volumes(prefix):
+        for vol in mine(volumes(prefix)):
             progress(f"removing volume {vol}")
             run([*VIRSH, "vol-delete", "--pool", POOL, vol], check=False, timeout=60)
             removed.append(f"volume {vol}")
-        for net in networks(prefix):
+        for net in mine(networks(prefix)):
             progress(f"removing network {net}")
             run([*VIRSH, "net-destroy", net], check=False, timeout=60)
             run([*VIRSH, "net-undefine", net], check=False, timeout=60)

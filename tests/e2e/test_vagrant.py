@@ -1,0 +1,174 @@
+"""Real VMs: `make lab-up` of the default two-host lab with the vagrant provider
+(box built locally if its recipe changed), then ping/iperf3 over the data NIC,
+`hpnlab exec` on each guest, `make lab-down` leaving nothing; and a bring-up
+killed halfway that `hpnlab cleanup` clears.
+
+Each test uses its own lab name and state directory, so it never touches a
+lab a person has up. Set HPNLAB_SKIP_VM=1 to skip (e.g. a machine without QEMU).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+HPNLAB = [sys.executable, "-m", "hpnlab.cli"]
+_serial = itertools.count(1)
+
+
+def unique_lab_name(prefix: str) -> str:
+    return f"{prefix}{os.getpid() % 100000}x{next(_serial)}"
+
+pytestmark = [pytest.mark.vm, pytest.mark.slow]
+
+
+def _skip_unless_possible():
+    if os.geteuid() != 0:
+        pytest.skip("VMs through libvirt need root")
+    if os.environ.get("HPNLAB_SKIP_VM") == "1":
+        pytest.skip("HPNLAB_SKIP_VM=1")
+
+
+def _lab_file(tmp: Path, name: str, memory: int | None = None) -> Path:
+    text = (REPO / "lab.yml").read_text()
+    text = re.sub(r"(?m)^name:.*$", f"name: {name}", text, count=1)
+    if memory:
+        text = re.sub(r"(?m)^(\s+memory:)\s*\d+", rf"\g<1> {memory}", text)
+    path = tmp / "lab.yml"
+    path.write_text(text)
+    return path
+
+
+def _env(state: Path) -> dict:
+    return dict(os.environ, HPNLAB_STATE_DIR=str(state), PYTHONUNBUFFERED="1")
+
+
+def _leftovers(lab: str) -> dict:
+    from hpnlab.vm import lab_prefix, virt
+    prefix = lab_prefix(lab)
+    found = {"qemu": sorted(virt.qemu_processes(prefix).values())}
+    if virt.available():
+        found |= {"domains": virt.domains(prefix), "volumes": virt.volumes(prefix),
+                  "networks": virt.networks(prefix)}
+    return {k: v for k, v in found.items() if v}
+
+
+def _qemu_rss_mb(lab: str) -> dict:
+    from hpnlab.vm import lab_prefix, virt
+    rss = {}
+    for pid, name in virt.qemu_processes(lab_prefix(lab)).items():
+        status = Path(f"/proc/{pid}/status").read_text()
+        kb = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
+        rss[name] = kb // 1024
+    return rss
+
+
+@pytest.fixture(scope="module")
+def vm_lab(tmp_path_factory):
+    _skip_unless_possible()
+    tmp = tmp_path_factory.mktemp("vmlab")
+    name = unique_lab_name("vm")
+    lab_file = _lab_file(tmp, name)
+    env = _env(tmp / "state")
+    make = ["make", "-C", str(REPO), f"LAB={lab_file}", "PROVIDER=vagrant"]
+    t0 = time.monotonic()
+    up = subprocess.run([*make, "lab-up"], env=env, capture_output=True, text=True, timeout=1500)
+    up_s = time.monotonic() - t0
+    print(f"\n[vm] make lab-up: {up_s:.0f} s (rc {up.returncode})")
+    try:
+        assert up.returncode == 0, f"make lab-up failed:\n{up.stdout[-4000:]}\n{up.stderr[-4000:]}"
+        os.environ["HPNLAB_STATE_DIR"] = str(tmp / "state")
+        from hpnlab.providers import open_lab
+        provider = open_lab(lab_file, provider="vagrant")
+        yield {"name": name, "file": lab_file, "env": env, "make": make, "provider": provider,
+               "up_seconds": up_s}
+    finally:
+        os.environ.pop("HPNLAB_STATE_DIR", None)
+        down = subprocess.run([*make, "lab-down"], env=env, capture_output=True, text=True, timeout=600)
+        left = _leftovers(name)
+        if left or down.returncode != 0:   # never leave VMs behind, whatever failed
+            subprocess.run([*HPNLAB, "--provider", "vagrant", "cleanup", "--only", name], env=env,
+                           capture_output=True, text=True, timeout=600, cwd=REPO)
+        assert down.returncode == 0, f"make lab-down failed:\n{down.stdout[-3000:]}\n{down.stderr[-3000:]}"
+        assert not left, f"make lab-down left {left}"
+
+
+def test_ping_over_the_data_nic(vm_lab):
+    hosts = vm_lab["provider"].hosts()
+    h1, h2 = hosts["h1"], hosts["h2"]
+    assert h1.run(["ip", "-br", "link", "show", "eth1"]).stdout.split()[2].lower() == h1.nic("data").mac
+    r = h1.run(["ping", "-c", "3", "-W", "5", "-I", "eth1", str(h2.address("data"))], timeout=60)
+    assert " 0% packet loss" in r.stdout
+    # the management network is isolated: no default route out of the guest
+    assert "default" not in h1.run(["ip", "route"]).stdout
+
+
+def test_iperf3_between_guests(vm_lab):
+    hosts = vm_lab["provider"].hosts()
+    h1, h2 = hosts["h1"], hosts["h2"]
+    server = h1.start(["iperf3", "-s", "-1", "-B", str(h1.address("data"))], name="iperf3-server")
+    try:
+        h1.wait_for_port(5201, timeout=30)
+        r = h2.run(["iperf3", "-c", str(h1.address("data")), "-t", "5", "-J"], timeout=120)
+        gbps = json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
+        print(f"\n[vm] iperf3 h2 -> h1 over eth1: {gbps:.2f} Gbit/s; QEMU RSS MB: {_qemu_rss_mb(vm_lab['name'])}")
+        assert gbps > 0.05
+        assert server.wait(30) == 0
+    finally:
+        server.stop()
+
+
+def test_hpnlab_exec_and_status_on_each_guest(vm_lab):
+    for host in ("h1", "h2"):
+        r = subprocess.run([*HPNLAB, "--lab", str(vm_lab["file"]), "--provider", "vagrant", "exec", host,
+                            "--", "hostname"], env=vm_lab["env"], capture_output=True, text=True,
+                           timeout=120, cwd=REPO)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == host
+    st = subprocess.run([*HPNLAB, "--lab", str(vm_lab["file"]), "--provider", "vagrant", "status", "--json"],
+                        env=vm_lab["env"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert st.returncode == 0, st.stderr
+    status = json.loads(st.stdout)
+    assert status["up"] is True
+    nics = {h["name"]: h["nics"][0] for h in status["hosts"]}
+    assert nics["h1"]["addrs"] == [nics["h1"]["address"]]
+
+
+def test_killed_bring_up_is_cleaned_up(tmp_path):
+    """kill -9 of `hpnlab up` (and its vagrant) while the VMs are being made,
+    then `hpnlab cleanup` leaves no domain, volume, network or QEMU process."""
+    _skip_unless_possible()
+    from hpnlab.vm import lab_prefix, virt
+    name = unique_lab_name("vk")
+    lab_file = _lab_file(tmp_path, name, memory=512)
+    env = _env(tmp_path / "state")
+    proc = subprocess.Popen([*HPNLAB, "--lab", str(lab_file), "--provider", "vagrant", "up"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline and proc.poll() is None:
+            if virt.qemu_processes(lab_prefix(name)):      # halfway: guests exist, `up` not done
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, "hpnlab up ended before its VMs started"
+        assert virt.qemu_processes(lab_prefix(name)), "no guest started in time"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert _leftovers(name), "the kill should have left something to clean up"
+    r = subprocess.run([*HPNLAB, "--provider", "vagrant", "cleanup", "--only", name], env=env,
+                       capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert _leftovers(name) == {}
+    assert not list((tmp_path / "state").glob(f"{name}/state.json"))
