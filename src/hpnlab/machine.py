@@ -9,7 +9,7 @@ reservations it describes):
     hugepages  per page size: how many pages each lab host holds; the pool
                grows and shrinks by exactly that many (relative changes, so
                other users of the pool are left alone)
-    mounts     one hugetlbfs per lab host under /run/hpnlab/<lab>/<host>/hugepages
+    mounts     one hugetlbfs per lab host at /run/hpnlab/hugetlbfs/<lab>/<host>
     sysctls    the value before the first lab set a key, and which labs hold it;
                the last lab to let go restores the original (if the value is
                still the one hpnlab set)
@@ -84,8 +84,12 @@ def _set_pool(size: str, target: int) -> int:
     return _read_int(path)
 
 
+def lab_dir(lab: str) -> Path:
+    return RUN_DIR / "hugetlbfs" / lab
+
+
 def lab_mount(lab: str, host: str) -> Path:
-    return RUN_DIR / lab / host / "hugepages"
+    return lab_dir(lab) / host
 
 
 def _mounted(path: Path) -> bool:
@@ -204,15 +208,14 @@ def release(lab: str) -> list[str]:
                     path.write_text(entry["original"] + "\n")
                     done.append(f"restored {key}={entry['original']}")
                 del data["sysctls"][key]
-        for d in (RUN_DIR / lab).glob("*/hugepages") if (RUN_DIR / lab).exists() else []:
+        for d in lab_dir(lab).glob("*") if lab_dir(lab).exists() else []:
             if not _mounted(d):
-                for p in (d, d.parent):
-                    try:
-                        p.rmdir()
-                    except OSError:
-                        pass
+                try:
+                    d.rmdir()
+                except OSError:
+                    pass
         try:
-            (RUN_DIR / lab).rmdir()
+            lab_dir(lab).rmdir()
         except OSError:
             pass
     return done

@@ -56,7 +56,7 @@ def test_hugetlbfs_mounted(host, spec, record_property):
     if not int(spec["hpnlab_hugepages"]):
         pytest.skip("the lab asks no hugepages for this host")
     if _netns(spec):
-        path = f"/run/hpnlab/{spec['hpnlab_lab']}/{spec['hpnlab_host']}/hugepages"
+        path = f"/run/hpnlab/hugetlbfs/{spec['hpnlab_lab']}/{spec['hpnlab_host']}"
         mount = host.mount_point(path)
         assert mount.exists, f"no hugetlbfs at {path}"
         assert mount.filesystem == "hugetlbfs", f"{path} is {mount.filesystem}, not hugetlbfs"
@@ -81,7 +81,7 @@ def test_dpdk_nic(host, spec, record_property):
         assert "tx-checksumming: off" in offloads, f"{ifname}: TX checksum offload is on (AF_PACKET needs it off)"
         pages = int(spec["hpnlab_hugepages"])
         mem = ["--no-huge", "-m", "64"] if not pages else [
-            f"--huge-dir=/run/hpnlab/{spec['hpnlab_lab']}/{spec['hpnlab_host']}/hugepages", "--huge-unlink",
+            f"--huge-dir=/run/hpnlab/hugetlbfs/{spec['hpnlab_lab']}/{spec['hpnlab_host']}", "--huge-unlink",
             "-m", str(min(64, pages * (2 if spec["hpnlab_hugepage_size"] == "2M" else 1024)))]
         # start testpmd, wait (≤ 15 s, the machine may be busy) until it reports the port, stop it
         testpmd = ("timeout -s INT 15 dpdk-testpmd --lcores 0@0,1@0 --no-pci --no-telemetry "

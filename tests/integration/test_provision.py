@@ -24,7 +24,7 @@ def hugepages_total() -> int:
 
 def mounts_of(lab: str) -> list[str]:
     return [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
-            if f"/run/hpnlab/{lab}/" in line.split()[4]]
+            if f"/run/hpnlab/hugetlbfs/{lab}/" in line.split()[4]]
 
 
 def test_provision_verify_drift_and_idempotence(lab_factory, tmp_path):
