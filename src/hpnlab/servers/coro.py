@@ -20,8 +20,12 @@ async def serve_conn(conn: coro.Socket, handler) -> None:
             if not data:
                 break
             out, close = handler.feed(data)
+            # Drop the message before parking again: a local still holding it
+            # would keep one message (4 KiB, say) alive per idle connection.
+            data = None
             if out:
                 await conn.sendall(out)
+                out = None
             if close:
                 break
     except OSError:

@@ -120,11 +120,15 @@ class GreenletServer(Server):
                     break
                 out, close = feed(data)
                 view = memoryview(out)
+                # Drop the message before parking again (or each idle
+                # connection's stack keeps its last message alive).
+                data = out = None
                 while view:
                     try:
                         view = view[sock.send(view):]
                     except BlockingIOError:
                         hub.wait(fd, OUT)
+                view = None
                 if close:
                     break
         except OSError:

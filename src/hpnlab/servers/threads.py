@@ -47,8 +47,10 @@ class Threads(Server):
                 if not data:
                     break
                 out, close = handler.feed(data)
+                data = None                    # do not hold the last message while blocked in recv
                 if out:
                     sock.sendall(out)
+                    out = None
                 if close:
                     break
         except OSError:
