@@ -106,7 +106,7 @@ def timed_run(cfg: Config, srv: Side, cli: Side, pid: int, port: int, conns: int
     foreign = procstat.others_delta(o0, o1) / window     # cores other people's processes used
     steal = (m1.steal - m0.steal) / window               # a VM's CPU taken by its hypervisor
     return {
-        "rps": res["rps"], "requests": res["requests"], "lat_us": res["lat_us"],
+        "rps": res["rps"], "requests": res["requests"], "lat_us": res["lat_us"], "window_s": window,
         "connected": res["connected"], "alive": res["alive"], "connect_errors": res["connect_errors"],
         "errors": res["errors"] + res["closed_by_peer"], "client_util": res["client_cpu"]["util"],
         "server_util": server_cpu / window, "cpu_us_per_req": server_cpu * 1e6 / reqs,
@@ -213,16 +213,23 @@ def _settle(srv: Side, pid: int, limit: float = 5.0) -> None:
         prev = cur
 
 
+def cfg_duration(run: dict) -> str:
+    return f"{run.get('window_s', 0):.1f}"
+
+
 def _record(cell: dict, run: dict, conns: int, say) -> None:
     cell["runs"].append(run)
     note = f" (others used {run['foreign_cores']:.2f} cores)" if run["disturbed"] else ""
     say(f"    {cell['engine']:>9} run {len(cell['runs'])}: {run['rps']:,.0f} req/s "
         f"p99 {run['lat_us']['p99']:,.0f} µs server {run['server_util']:.0%} CPU "
         f"client {run['client_util']:.0%}{note}")
-    if run["connected"] < 0.9 * conns or run["requests"] == 0:
-        # The engine collapsed (could not even accept the connections in time):
-        # that is the result; repeating it only burns minutes.
-        cell["collapsed"] = f"only {run['connected']}/{conns} connections were accepted in time"
+    if run["connected"] < 0.9 * conns or run["requests"] < conns:
+        # The engine collapsed (could not accept the connections in time, or not
+        # even serve each one once in the window): that is the result; repeating
+        # it only burns minutes.
+        cell["collapsed"] = (f"only {run['connected']}/{conns} connections were accepted in time"
+                             if run["connected"] < 0.9 * conns else
+                             f"{run['requests']} requests in {cfg_duration(run)} s for {conns} connections")
         say(f"    {cell['engine']:>9} collapsed: {cell['collapsed']}")
 
 
@@ -417,6 +424,13 @@ def benchmark(cfg: Config, mode: str, provider=None, argv: list[str] | None = No
     return {"dir": out, "cells": cells, "goals": data["goals"]}
 
 
+def software_md(env: dict) -> str:
+    v = env.get("versions", {})
+    return ("- software: " + ", ".join(f"{k} {val}" for k, val in v.items() if val)
+            + f"; syscalls counted with {env.get('syscall_tool') or '-'}; "
+            f"descriptor limit {env.get('nofile_limit', '?')}; mode {env.get('mode', '?')}\n")
+
+
 def render(out, data: dict) -> None:
     """Write report.md, data.json, data.csv and the plots of a run from its data
     (also used to re-render an earlier run: `hpnlab bench --render DIR`)."""
@@ -453,7 +467,7 @@ def render(out, data: dict) -> None:
                  writeup.results_table(cells, size), ""]
     text += [f"![{p}]({p})" for p in pngs] + [""]
     text += [writeup.reading(cells), writeup.load_md(cells), writeup.skipped_md(cells), "",
-             environment_md(env), "",
+             environment_md(env) + software_md(env), "",
              rerun_md(data.get("argv") or shlex.split(data.get("command", "hpnlab bench")),
                       make_target=data.get("make_target"))]
     write_report(out, "\n".join(text), data)

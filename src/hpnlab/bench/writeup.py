@@ -154,14 +154,22 @@ def reading(cells: list[dict]) -> str:
     lo_c = 100 if 100 in conns_all else conns_all[len(conns_all) // 2]
     hi_c = max(conns_all)
     out = ["## Reading", "",
-           f"Numbers quoted below are for {size} B messages, from this run.", ""]
+           f"Numbers quoted below are for {size} B messages, from this run. Where req/s and CPU µs/request "
+           "disagree, trust the CPU cost: req/s also reflects how much CPU other load left the server.", ""]
+    lt = find(cells, "epoll-lt", lo_c, size)
 
     th_lo, th_hi = find(cells, "threads", lo_c, size), find(cells, "threads", hi_c, size)
     lt_hi = find(cells, "epoll-lt", hi_c, size)
+    mid_c = 1000 if 1000 in conns_all and 1000 not in (lo_c, hi_c) else None
+    th_mid, lt_mid = (find(cells, "threads", mid_c, size), find(cells, "epoll-lt", mid_c, size)) \
+        if mid_c else (None, None)
+    mid = (f"at {mid_c}: {_fmt(th_mid)} (p99 {_fmt(th_mid, 'p99_us', ' µs')}, epoll-lt {_fmt(lt_mid)}); "
+           if th_mid else "")
+    collapsed = th_hi.get("note") if th_hi else None
     out += ["### Why one-thread-per-connection collapses (一请求一线程)", "",
-            f"threads: {_fmt(th_lo)} at {lo_c} connections, {_fmt(th_hi)} at {hi_c} "
-            f"(p99 {_fmt(th_lo, 'p99_us', ' µs')} → {_fmt(th_hi, 'p99_us', ' µs')}); "
-            f"epoll-lt at {hi_c}: {_fmt(lt_hi)}. "
+            f"threads: {_fmt(th_lo)} at {lo_c} connections (epoll-lt {_fmt(lt)}); {mid}"
+            f"{_fmt(th_hi)} at {hi_c} (p99 {_fmt(th_hi, 'p99_us', ' µs')}"
+            + (f"; {collapsed}" if collapsed else "") + f"); epoll-lt at {hi_c}: {_fmt(lt_hi)}. "
             f"Context switches per request: {_fmt(th_lo, 'ctxsw_per_req', '')} (threads) vs "
             f"{_fmt(find(cells, 'epoll-lt', lo_c, size), 'ctxsw_per_req', '')} (epoll-lt) at {lo_c}. "
             "Every request wakes a different thread: the kernel switches to it, it must take the GIL, "
@@ -172,10 +180,13 @@ def reading(cells: list[dict]) -> str:
             "tail latency explodes long before the CPU is full. Each thread also keeps a kernel task and "
             f"a stack: {_fmt(th_hi, 'kib_per_conn', ' KiB/conn')} at {hi_c} connections.", ""]
 
-    lt, et = find(cells, "epoll-lt", lo_c, size), find(cells, "epoll-et", lo_c, size)
+    et = find(cells, "epoll-et", lo_c, size)
     faster = "slower" if lt and et and et["rps"] < lt["rps"] else "not slower"
+    costlier = "more" if lt and et and et["cpu_us_per_req"] > lt["cpu_us_per_req"] else "not more"
     out += ["### Why edge-triggered can be slower than level-triggered in Python", "",
-            f"At {lo_c} connections epoll-et {_fmt(et)} vs epoll-lt {_fmt(lt)} — ET was {faster} here; "
+            f"At {lo_c} connections epoll-et {_fmt(et)} vs epoll-lt {_fmt(lt)} — ET was {faster} here, and it "
+            f"cost {costlier} CPU per request ({_fmt(et, 'cpu_us_per_req', ' µs')} vs "
+            f"{_fmt(lt, 'cpu_us_per_req', ' µs')}); "
             f"syscalls/request {_fmt(et, 'syscalls_per_req', '')} (ET) vs {_fmt(lt, 'syscalls_per_req', '')} (LT). "
             "The ET rule is: read until EAGAIN, because no new event comes for data already there. "
             "With one small request per connection at a time, that is one extra recv() per event that "
