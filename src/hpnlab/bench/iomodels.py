@@ -135,7 +135,7 @@ def start_syscall_probe(srv: Side, pid: int):
     else:
         return None
     # not pinned: the probe must not steal the server's or the client's CPU slot
-    side = Side(srv.name + "-probe", srv.address, None, srv.host, srv.local_proc)
+    side = Side(srv.name + "-probe", srv.address, None, srv.host, srv.local_proc, logdir=srv.logdir)
     return tool, side.start(argv, name="syscalls"), time.monotonic()
 
 
@@ -406,7 +406,11 @@ def benchmark(cfg: Config, mode: str, provider=None, argv: list[str] | None = No
     def checkpoint(cells: list[dict]) -> None:
         partial.write_text(json.dumps({"config": cfg.__dict__, "cells": cells}, indent=1, default=str))
 
-    cells = run_grid(cfg, srv, cli, say, checkpoint)
+    try:
+        cells = run_grid(cfg, srv, cli, say, checkpoint)
+    finally:
+        for side in (srv, cli):
+            side.cleanup()
     env = fingerprint(provider, SYSCTLS, hosts=hosts)
     env["provider"] = provider.name if provider is not None else "none (loopback mode)"
     if provider is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import tempfile
 import time
@@ -57,15 +58,20 @@ class LocalProcess(Process):
 class Side:
     """One end of the benchmark."""
 
-    def __init__(self, name: str, address: str, cpu: int | None, host=None, local_proc: bool = True):
+    def __init__(self, name: str, address: str, cpu: int | None, host=None, local_proc: bool = True,
+                 logdir: Path | None = None):
         self.name = name
         self.address = address
         self.bind_address = address      # what a server on this side binds to
         self.cpu = cpu
         self.host = host                 # a hpnlab.hosts.Host, or None for this machine
         self.local_proc = local_proc     # can /proc/<pid> of its processes be read here?
-        self.logdir = Path(tempfile.mkdtemp(prefix=f"hpnlab-bench-{name}-"))
+        self.logdir = logdir or Path(tempfile.mkdtemp(prefix=f"hpnlab-bench-{name}-"))
         self._n = 0
+
+    def cleanup(self) -> None:
+        """Remove the processes' log files (they were read as the runs went)."""
+        shutil.rmtree(self.logdir, ignore_errors=True)
 
     def describe(self) -> str:
         where = f"lab host {self.host.name}" if self.host else "this machine"
