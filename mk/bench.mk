@@ -8,6 +8,9 @@ URING_SO_STAMP := build/.uring-binding-built
 
 .PHONY: lab-bench bench-build
 
+# perf counts the servers' syscalls per request (strace is the fallback).
+APT_PACKAGES += linux-perf strace
+
 # `setup` also builds what the bench needs (after the venv exists).
 setup: bench-build
 
