@@ -8,8 +8,8 @@ URING_SO_STAMP := build/.uring-binding-built
 
 .PHONY: lab-bench bench-build
 
-# perf counts the servers' syscalls per request (strace is the fallback).
-APT_PACKAGES += linux-perf strace
+# perf counts the servers' syscalls per request (strace, in the main list, is the fallback).
+APT_PACKAGES += linux-perf
 
 # `setup` also builds what the bench needs (after the venv exists).
 setup: bench-build
