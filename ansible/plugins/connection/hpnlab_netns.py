@@ -20,7 +20,7 @@ DOCUMENTATION = r"""
         vars:
           - name: hpnlab_netns
           - name: ansible_host
-      timeout:
+      command_timeout:
         description: Seconds after which a single command is killed (0 = no limit).
         type: int
         default: 0
@@ -72,7 +72,7 @@ class Connection(ConnectionBase):
         self._connect()
         argv = ["ip", "netns", "exec", self._netns(), "/bin/sh", "-c", to_text(cmd)]
         display.vvv(f"EXEC {argv}", host=self._play_context.remote_addr)
-        timeout = self.get_option("timeout") or None
+        timeout = self.get_option("command_timeout") or None
         try:
             proc = subprocess.run(argv, input=in_data, capture_output=True, timeout=timeout,
                                   stdin=None if in_data is not None else subprocess.DEVNULL)
