@@ -128,7 +128,15 @@ class SshHost(Host):
             result = Result(self.name, shell, 255, "", f"ssh {self.user}@{self.ssh_address}: {exc}",
                             time.monotonic() - started)
             return result
-        return Result(self.name, shell, r.exited, r.stdout, r.stderr, time.monotonic() - started)
+        seconds = time.monotonic() - started
+        if r.exited == -1:      # the channel closed with no exit status: Fabric's timeout, or a lost link
+            if seconds >= timeout * 0.9:
+                result = Result(self.name, shell, -9, r.stdout, f"timed out after {timeout:g}s", seconds)
+                raise CommandError(result, f"timed out after {timeout:g}s")
+            self.close()
+            return Result(self.name, shell, 255, r.stdout, r.stderr or "ssh: no exit status (connection lost?)",
+                          seconds)
+        return Result(self.name, shell, r.exited, r.stdout, r.stderr, seconds)
 
     def start(self, cmd: Command, name: str | None = None, env: dict | None = None) -> Process:
         self._count += 1
@@ -137,7 +145,9 @@ class SshHost(Host):
         name = name or f"{Path(first).name}-{self._count}"
         base = f"{PROC_DIR}/{name}-{time.time_ns()}"
         inner = f"{_env_prefix(env)}{shell}"
-        launch = (f"mkdir -p {PROC_DIR} && rm -f {base}.rc && "
+        # Only the setsid'd shell goes to the background (a `&` after `a && b && c`
+        # would background the whole list, holding the SSH channel open until it ends).
+        launch = (f"mkdir -p {PROC_DIR}; rm -f {base}.rc; "
                   f"setsid sh -c {shlex.quote(inner + '; echo $? > ' + base + '.rc')} "
                   f"> {base}.out 2> {base}.err < /dev/null & echo $!")
         r = self.run(launch, timeout=30)
