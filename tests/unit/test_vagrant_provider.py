@@ -1,6 +1,6 @@
 """The vagrant provider without booting anything: what it renders for the
 Vagrantfile, the per-lab key, the box recipe hash, names for cleanup, and the
-Vagrantfile itself (`vagrant validate`, where Vagrant is installed)."""
+Vagrantfile itself (`vagrant status`, where Vagrant is installed)."""
 from __future__ import annotations
 
 import json
@@ -98,11 +98,16 @@ def test_recipe_hash_follows_the_image_recipe_only(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(shutil.which("vagrant") is None or os.geteuid() != 0, reason="needs vagrant")
-def test_vagrantfile_validates_for_the_rendered_lab(provider, tmp_path):
+def test_vagrantfile_loads_the_rendered_lab(provider, tmp_path):
     spec = provider.render()
+    from hpnlab.vm.box import lab_vagrant_home
+    # the lab's own Vagrant home (as `up` uses): other labs' machines in Vagrant's
+    # global index (same Vagrantfile) must not matter
     env = dict(os.environ, HPNLAB_VAGRANT_JSON=str(spec), VAGRANT_DOTFILE_PATH=str(tmp_path / "dot"),
-               VAGRANT_CHECKPOINT_DISABLE="1", VAGRANT_DEFAULT_PROVIDER="libvirt")
+               VAGRANT_CHECKPOINT_DISABLE="1", VAGRANT_DEFAULT_PROVIDER="libvirt",
+               VAGRANT_HOME=str(lab_vagrant_home(tmp_path / "vagrant.d")))
     r = subprocess.run(["vagrant", "validate"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     r = subprocess.run(["vagrant", "status"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
     assert all(f"{h} " in r.stdout for h in ("a", "b", "c")), r.stdout + r.stderr

@@ -213,7 +213,8 @@ class VagrantProvider(Provider):
         _forget_machines(self.dotfile)
         if not keep_daemons:           # a rollback keeps the entry until `up` returns
             _unregister(self.lab.name)
-        for path in (self.dotfile, self.spec_path.parent / "ssh", self.state.logdir):
+        for path in (self.dotfile, self.spec_path.parent / "ssh", self.state.logdir,
+                     self.state.dir / "vagrant.d"):
             shutil.rmtree(path, ignore_errors=True)
         self.spec_path.unlink(missing_ok=True)
         self.state.remove()
@@ -243,7 +244,7 @@ class VagrantProvider(Provider):
                 if not dom.startswith(prefix):
                     removed += virt.remove_all(dom, progress)
             _forget_machines(st.dir / "vagrant")
-            for path in (st.dir / "vagrant", st.dir / "ssh", st.logdir):
+            for path in (st.dir / "vagrant", st.dir / "ssh", st.logdir, st.dir / "vagrant.d"):
                 shutil.rmtree(path, ignore_errors=True)
             (st.dir / "vagrant.json").unlink(missing_ok=True)
             st.remove()
@@ -317,7 +318,8 @@ class VagrantProvider(Provider):
     def _vagrant(self, args: list[str], progress: Progress, timeout: float, log: str) -> None:
         env = vmbox.vagrant_env()
         env.update(HPNLAB_VAGRANT_JSON=str(self.spec_path), VAGRANT_DOTFILE_PATH=str(self.dotfile),
-                   VAGRANT_CWD=str(vm.repo_root()), HPNLAB_VAGRANT_LAB=self.lab.name)
+                   VAGRANT_CWD=str(vm.repo_root()), HPNLAB_VAGRANT_LAB=self.lab.name,
+                   VAGRANT_HOME=str(vmbox.lab_vagrant_home(self.state.dir / "vagrant.d")))
         self.state.logdir.mkdir(parents=True, exist_ok=True)
         logfile = self.state.logdir / log
         started = time.monotonic()

@@ -109,6 +109,21 @@ def _prune(keep: str) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def lab_vagrant_home(path: Path) -> Path:
+    """A Vagrant home of the lab's own, sharing the boxes: Vagrant's global machine
+    index would otherwise mix every lab's machines (all share one Vagrantfile), and
+    a `vagrant up a b` fails while another lab has an `h1` up."""
+    path.mkdir(parents=True, exist_ok=True)
+    shared = vagrant_home() / "boxes"
+    shared.mkdir(parents=True, exist_ok=True)
+    link = path / "boxes"
+    if not link.is_symlink():
+        if link.exists():
+            shutil.rmtree(link)
+        link.symlink_to(shared)
+    return path
+
+
 def vagrant_env() -> dict:
     env = dict(os.environ, VAGRANT_CHECKPOINT_DISABLE="1", VAGRANT_BOX_UPDATE_CHECK_DISABLE="1",
                VAGRANT_DEFAULT_PROVIDER="libvirt")
