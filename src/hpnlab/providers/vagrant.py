@@ -118,7 +118,7 @@ class VagrantProvider(Provider):
                 try:
                     self._teardown(progress, keep_daemons=True)
                 finally:
-                    pass
+                    _unregister(self.lab.name)
                 if isinstance(exc, (vm.VmError, subprocess.SubprocessError)):
                     raise ProviderError(str(exc)) from None
                 raise
