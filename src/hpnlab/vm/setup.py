@@ -185,8 +185,11 @@ def _bring_up_running() -> bool:
     """Is some hpnlab `up` or `vagrant up` (of any lab) running? Then the daemons stay."""
     for marker in RUN_DIR.glob("up.*"):
         pid = marker.name.split(".", 1)[1]
-        if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        if _pid_alive(int(pid)):
             return True
+        marker.unlink(missing_ok=True)      # its `up` was killed: nothing to wait for
     me = os.getpid()
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit() and int(proc.name) != me:
