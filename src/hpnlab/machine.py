@@ -15,7 +15,7 @@ reservations it describes):
                still the one hpnlab set)
 
 `release(lab)` gives everything of a lab back; `hpnlab provision --release`,
-`make lab-down` and the provisioning tests call it. `release_orphans()` does
+`hpnlab down`, `hpnlab cleanup` and the provisioning tests call it. `release_orphans()` does
 the same for labs whose namespaces are gone (after a crash).
 
 Run as `python -m hpnlab.machine COMMAND ...`: the Ansible roles call it on

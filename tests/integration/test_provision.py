@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hpnlab import machine
-from hpnlab.cli.provision import release, run_playbook
+from hpnlab.cli.provision import run_playbook
 from hpnlab.cli.verify import verify
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -71,7 +71,7 @@ def test_provision_verify_drift_and_idempotence(lab_factory, tmp_path):
               f"idempotent {third.seconds:.1f}s; verify {report.seconds:.1f}s; testpmd pps "
               + ", ".join(f"{h}={f['dpdk_testpmd']['pps']}" for h, f in sorted(first.facts.items())))
     finally:
-        release(lab)
+        lab.down()          # `hpnlab down`: the namespaces go, and what provisioning took from the machine
     assert hugepages_total() == before_pages
     assert mounts_of(name) == []
     assert Path("/proc/sys/net/core/rmem_max").read_text() == before_rmem
@@ -79,7 +79,9 @@ def test_provision_verify_drift_and_idempotence(lab_factory, tmp_path):
 
 
 def test_unreachable_host_is_named(lab_factory, tmp_path):
-    """A host whose namespace is gone: the run fails naming it; the other host is provisioned."""
+    """A host whose namespace is gone: the run fails naming it; the other host is provisioned.
+    `hpnlab cleanup --only LAB` then gives back what h1's provisioning took."""
+    before_pages = hugepages_total()
     lab = lab_factory(REPO / "lab.yml")
     try:
         subprocess.run(["ip", "netns", "del", lab.host_ns("h2")], check=True)
@@ -89,5 +91,9 @@ def test_unreachable_host_is_named(lab_factory, tmp_path):
         assert [(f["host"], f["status"]) for f in out.failures] == [("h2", "unreachable")]
         assert "does not exist" in out.failures[0]["msg"]
         assert out.stats["h1"]["failures"] == 0 and out.stats["h1"]["unreachable"] == 0
+        assert lab.lab.name in machine.holders()
     finally:
-        release(lab)
+        type(lab).cleanup(lab=lab.lab.name)
+    assert lab.lab.name not in machine.holders()
+    assert hugepages_total() == before_pages
+    assert mounts_of(lab.lab.name) == []

@@ -8,6 +8,7 @@ the hosts of a running lab.
 from __future__ import annotations
 
 import importlib
+import json
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Callable
@@ -69,9 +70,46 @@ class Provider(ABC):
     def capture_argv(self, target: str, extra: list[str]) -> list[str]:
         """A tcpdump command for a network name or HOST:NIC, with extra tcpdump args."""
 
-    @abstractmethod
+    # -- status: built on the Host API, so every provider reports the same shape --
     def status(self) -> dict:
-        """{"up": bool, "hosts": [...], "networks": [...]} for `hpnlab status`."""
+        """{"up": bool, "hosts": [...], "networks": [...], ...} for `hpnlab status`."""
+        state = self.state.read() or {}
+        up = self.is_up()
+        live_hosts = self.hosts() if up else {}
+        hosts = []
+        for name, spec in self.lab.hosts.items():
+            live, sysctls = {}, {}
+            host = live_hosts.get(name)
+            if host is not None:
+                r = host.run(["ip", "-j", "addr", "show"], timeout=30, check=False)
+                for link in json.loads(r.stdout or "[]") if r.ok else []:
+                    live[link["ifname"]] = {"state": link.get("operstate", "?"), "mtu": link.get("mtu"),
+                                            "addrs": [f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", [])
+                                                      if a.get("family") == "inet"]}
+                if spec.sysctls:
+                    r = host.run(["sysctl", "-n", *spec.sysctls], timeout=30, check=False)
+                    sysctls = dict(zip(spec.sysctls, r.stdout.split("\n")))
+            hosts.append({"name": name, "where": self._where(name, state), "role": spec.role,
+                          "nics": [{"ifname": n.ifname, "network": n.network, "address": str(n.address),
+                                    "mac": n.mac, "mtu": n.mtu, **live.get(n.ifname, {})} for n in spec.nics],
+                          "sysctls": sysctls or spec.sysctls})
+        networks = [{"name": n.name, "kind": n.kind, "subnet": str(n.subnet), "mtu": n.mtu,
+                     "members": list(n.members), "impair": n.impair.describe(),
+                     "mechanism": state.get("impairments", {}).get(n.name, "-" if not n.impair else "?")}
+                    for n in self.lab.networks.values()]
+        return {"lab": self.lab.name, "provider": self.name, "up": up, "hosts": hosts,
+                "networks": networks, "processes": self._live_processes(state) if up else [],
+                **self._status_extras(state)}
+
+    @abstractmethod
+    def _where(self, host: str, state: dict) -> str:
+        """Where a host runs, for people: "netns lab-h1", "vm 192.168.121.10"."""
+
+    def _live_processes(self, state: dict) -> list[dict]:
+        return state.get("processes", [])
+
+    def _status_extras(self, state: dict) -> dict:
+        return {}
 
 
 def provider_class(name: str) -> type[Provider]:

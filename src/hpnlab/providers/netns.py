@@ -10,12 +10,15 @@ namespace carries a marker (the alias of its `lo`), which is how `cleanup`
 recognises hpnlab's namespaces without a state file and never touches others.
 
 Interfaces are configured with `ip -batch`, one process per namespace: on
-the dev machines that brings up 50 hosts in ~0.4 s where pyroute2's NetNS
-(which forks a helper per namespace) took ~2.6 s (`make bench-substrate`).
+the dev machines that wires 10 hosts in ~0.22 s where pyroute2's NetNS
+(which forks a helper per namespace) took ~0.95 s (`make bench-substrate`).
+
+Provisioning may take machine-wide resources for the lab (hugepages,
+hugetlbfs, vm.* sysctls; see hpnlab.machine): `down` and `cleanup` give
+them back, since the namespaces' hosts share the machine's kernel.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -23,9 +26,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from .. import impair
+from .. import impair, machine
 from ..hosts.netns import NetnsHost, netns_argv
-from ..topology import Lab
 from ..state import LabState, state_root
 from . import Progress, Provider, ProviderError, _quiet
 
@@ -177,6 +179,7 @@ class NetnsProvider(Provider):
         for ns in sorted(names):
             progress(f"deleting namespace {ns}")
             delete_netns(ns)
+        _release_machine(self.lab.name, progress)
         self.state.remove()
         _remove_tree(self.state.logdir)
 
@@ -209,6 +212,10 @@ class NetnsProvider(Provider):
             st.remove()
             _remove_tree(st.logdir)
             st.discard()
+        if lab is not None:
+            removed += _release_machine(lab, progress)
+        else:
+            removed += machine.release_orphans()
         return removed
 
     def _marker(self, ns: str) -> str:
@@ -342,33 +349,11 @@ class NetnsProvider(Provider):
         first = net.members[0]
         return self.host_ns(first), self.lab.hosts[first].nic(net.name).ifname
 
-    def status(self) -> dict:
-        state = self.state.read() or {}
-        up = self.is_up()
-        hosts = []
-        for name, spec in self.lab.hosts.items():
-            ns = self.host_ns(name)
-            live = {}
-            sysctls = {}
-            if up:
-                for link in json.loads(_run(["ip", "-n", ns, "-j", "addr", "show"]).stdout or "[]"):
-                    live[link["ifname"]] = {"state": link.get("operstate", "?"), "mtu": link.get("mtu"),
-                                            "addrs": [f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", [])
-                                                      if a.get("family") == "inet"]}
-                if spec.sysctls:
-                    values = _run(netns_argv(ns, ["sysctl", "-n", *spec.sysctls]), check=False).stdout.split("\n")
-                    sysctls = dict(zip(spec.sysctls, values))
-            hosts.append({"name": name, "where": f"netns {ns}", "role": spec.role,
-                          "nics": [{"ifname": n.ifname, "network": n.network, "address": str(n.address),
-                                    "mac": n.mac, "mtu": n.mtu, **live.get(n.ifname, {})} for n in spec.nics],
-                          "sysctls": sysctls or spec.sysctls})
-        networks = [{"name": n.name, "kind": n.kind, "subnet": str(n.subnet), "mtu": n.mtu,
-                     "members": list(n.members), "impair": n.impair.describe(),
-                     "mechanism": state.get("impairments", {}).get(n.name, "-" if not n.impair else "?")}
-                    for n in self.lab.networks.values()]
-        processes = [p for p in state.get("processes", []) if _alive(p["pid"])]
-        return {"lab": self.lab.name, "provider": self.name, "up": up, "hosts": hosts,
-                "networks": networks, "processes": processes}
+    def _where(self, host: str, state: dict) -> str:
+        return f"netns {self.host_ns(host)}"
+
+    def _live_processes(self, state: dict) -> list[dict]:
+        return [p for p in state.get("processes", []) if _alive(p["pid"])]
 
 
 def _wait_queue_bound(host, queue: int, timeout: float = 5.0) -> None:
@@ -380,6 +365,18 @@ def _wait_queue_bound(host, queue: int, timeout: float = 5.0) -> None:
             return
         time.sleep(0.02)
     raise ProviderError(f"[{host.name}] the NFQUEUE delay line for queue {queue} did not start")
+
+
+def _release_machine(lab: str, progress: Progress) -> list[str]:
+    """Give back the hugepages, hugetlbfs mounts and machine sysctls that provisioning took
+    for the lab: its hosts shared the machine's kernel, so these outlive the namespaces."""
+    try:
+        done = machine.release(lab)
+    except machine.MachineError as exc:
+        raise ProviderError(f"lab {lab}: namespaces removed, but {exc}") from exc
+    for what in done:
+        progress(what)
+    return done
 
 
 def _remove_tree(path: Path) -> None:

@@ -29,7 +29,9 @@ from .. import vm
 from ..hosts.ssh import SshHost
 from ..state import LabState, state_root
 from ..topology import Lab
-from ..vm import accel, box as vmbox, setup as vmsetup, virt
+from ..vm import accel, virt
+from ..vm import box as vmbox
+from ..vm import setup as vmsetup
 from . import Progress, Provider, ProviderError, _quiet
 
 DEFAULTS = {"box": vm.BOX_NAME, "driver": "auto", "iommu": False, "nat": False,
@@ -401,35 +403,11 @@ class VagrantProvider(Provider):
             raise ProviderError(f"network {target} has no bridge (is the lab up?)")
         return ["tcpdump", "-i", bridge, "-n", *extra]
 
-    def status(self) -> dict:
-        state = self.state.read() or {}
-        up = self.is_up()
-        hosts = []
-        live_hosts = self.hosts() if up else {}
-        for name, spec in self.lab.hosts.items():
-            live, sysctls = {}, {}
-            addr = (state.get("hosts") or {}).get(name, {}).get("address", "-")
-            host = live_hosts.get(name)
-            if host is not None:
-                r = host.run(["ip", "-j", "addr", "show"], timeout=30, check=False)
-                for link in json.loads(r.stdout or "[]") if r.ok else []:
-                    live[link["ifname"]] = {"state": link.get("operstate", "?"), "mtu": link.get("mtu"),
-                                            "addrs": [f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", [])
-                                                      if a.get("family") == "inet"]}
-                if spec.sysctls:
-                    r = host.run(["sysctl", "-n", *spec.sysctls], timeout=30, check=False)
-                    sysctls = dict(zip(spec.sysctls, r.stdout.split("\n")))
-            hosts.append({"name": name, "where": f"vm {addr}", "role": spec.role,
-                          "nics": [{"ifname": n.ifname, "network": n.network, "address": str(n.address),
-                                    "mac": n.mac, "mtu": n.mtu, **live.get(n.ifname, {})} for n in spec.nics],
-                          "sysctls": sysctls or spec.sysctls})
-        networks = [{"name": n.name, "kind": n.kind, "subnet": str(n.subnet), "mtu": n.mtu,
-                     "members": list(n.members), "impair": n.impair.describe(),
-                     "mechanism": state.get("impairments", {}).get(n.name, "-" if not n.impair else "?")}
-                    for n in self.lab.networks.values()]
-        return {"lab": self.lab.name, "provider": self.name, "up": up, "hosts": hosts,
-                "networks": networks, "processes": state.get("processes", []) if up else [],
-                "driver": state.get("driver"), "management_subnet": state.get("management_subnet")}
+    def _where(self, host: str, state: dict) -> str:
+        return f"vm {(state.get('hosts') or {}).get(host, {}).get('address', '-')}"
+
+    def _status_extras(self, state: dict) -> dict:
+        return {"driver": state.get("driver"), "management_subnet": state.get("management_subnet")}
 
 
 PROVIDER = VagrantProvider
