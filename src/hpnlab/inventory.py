@@ -7,7 +7,8 @@
         provider_<name>   netns / vagrant / static: the group the roles branch on
       host vars           everything the roles and testinfra need about a host, from
                           the topology: hpnlab_sysctls, hpnlab_hugepages, hpnlab_dpdk_*,
-                          hpnlab_nics (ifname, network, address, mac, mtu), hpnlab_peers
+                          hpnlab_nics (ifname, network, address, mac, mtu, kernel:
+                          false once DPDK takes it), hpnlab_peers (kernel NICs only)
 
 Connection per provider:
     netns    ansible/plugins/connection/hpnlab_netns.py into namespace <lab>-<host>
@@ -59,10 +60,12 @@ def host_vars(lab: Lab, host: str) -> dict:
     spec = lab.hosts[host]
     d = lab.to_dict()["hosts"][host]
     nics = d["nics"]
+    for nic in nics:
+        nic["kernel"] = _kernel_keeps(lab, host, nic["network"])
     peers = []
     for nic in spec.nics:
         for other in lab.networks[nic.network].members:
-            if other != host:
+            if other != host and _kernel_keeps(lab, host, nic.network) and _kernel_keeps(lab, other, nic.network):
                 peer = lab.hosts[other].nic(nic.network)
                 peers.append({"host": other, "network": nic.network, "ip": str(peer.ip),
                               "via": nic.ifname})
@@ -148,6 +151,15 @@ def _static_connection(lab: Lab, host: str, static: dict[str, dict]) -> dict:
     return conn
 
 
+def _kernel_keeps(lab: Lab, host: str, network: str) -> bool:
+    """Whether the host's NIC on `network` stays a kernel interface after provisioning.
+    On VMs and real machines DPDK binds its NIC to uio_pci_generic/vfio-pci, which takes it
+    from the kernel (no address, no ping); netns hosts give DPDK an af_packet vdev over the
+    kernel's veth, so the NIC stays."""
+    dpdk = lab.hosts[host].dpdk_nic
+    return lab.provider == "netns" or dpdk is None or dpdk.network != network
+
+
 def build(lab: Lab, provider=None, static_inventory: str | Path | None = None) -> dict:
     """The inventory as a dict (see the module docstring for its shape)."""
     static = load_static(static_inventory) if lab.provider == "static" else {}
@@ -210,3 +222,12 @@ def read(path: str | Path) -> dict[str, dict]:
     doc = yaml.safe_load(Path(path).read_text())
     top = doc["all"]
     return {h: {**(top.get("vars") or {}), **(hv or {})} for h, hv in (top.get("hosts") or {}).items()}
+
+
+def remove(lab: Lab, directory: str | Path = "inventory") -> Path | None:
+    """Delete the lab's generated inventory (never a file a person wrote); its path if it was there."""
+    path = inventory_path(lab, directory)
+    if path.exists() and path.read_text().startswith(HEADER.split(" from ")[0]):
+        path.unlink()
+        return path
+    return None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,16 @@ _serial = itertools.count(1)
 
 def unique_lab_name(prefix: str = "t") -> str:
     return f"{prefix}{os.getpid() % 100000}x{next(_serial)}"
+
+
+def write_lab_file(path: Path, name: str, source: str | Path = REPO / "lab.yml", provider: str = "netns") -> Path:
+    """A copy of a lab file under another name and provider, for tests that drive the CLI
+    (lab.yml's own provider is the VMs'; a test must not boot them by accident)."""
+    text = Path(source).read_text()
+    text = re.sub(r"(?m)^name:.*$", f"name: {name}", text, count=1)
+    text = re.sub(r"(?m)^provider:.*$", f"provider: {provider}", text, count=1)
+    path.write_text(text)
+    return path
 
 
 def _needs_root():

@@ -1,7 +1,10 @@
-"""Real VMs: `hpnlab up` of the default two-host lab with the vagrant provider
-(box built locally if its recipe changed), then ping/iperf3 over the data NIC,
-`hpnlab exec` on each guest, `make lab-down` leaving nothing; and a bring-up
-killed halfway that `hpnlab cleanup` clears.
+"""Real VMs: `make lab-up` of the default two-host lab with the vagrant provider
+(box built locally if its recipe changed; Ansible provisioning included), then
+ping/iperf3 over the data NIC, `hpnlab exec`/`status` on each guest, provisioning
+idempotent and verified (testinfra over SSH, drift caught, DPDK holding each VM's
+NIC on the dpdk LAN and testpmd sending across to the other guest),
+`make lab-down` leaving nothing; and a bring-up killed halfway that
+`hpnlab cleanup` clears.
 
 Each test uses its own lab name and state directory, so it never touches a
 lab a person has up. Set HPNLAB_SKIP_VM=1 to skip (e.g. a machine without QEMU).
@@ -28,7 +31,8 @@ _serial = itertools.count(1)
 def unique_lab_name(prefix: str) -> str:
     return f"{prefix}{os.getpid() % 100000}x{next(_serial)}"
 
-pytestmark = [pytest.mark.vm, pytest.mark.slow]
+# the first test also pays for the bring-up: box build, two TCG boots, provisioning
+pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(3600)]
 
 
 def _skip_unless_possible():
@@ -80,17 +84,15 @@ def vm_lab(tmp_path_factory):
     lab_file = _lab_file(tmp, name)
     env = _env(tmp / "state")
     make = ["make", "-C", str(REPO), f"LAB={lab_file}", "PROVIDER=vagrant"]
-    # `make lab-up` is `hpnlab up` + `hpnlab provision`; provisioning hands each data
-    # NIC to DPDK (lab.yml: dpdk: data), after which the kernel has no eth1 to ping
-    # over. Provisioning on VMs is tests/e2e/test_provision_vm.py's; this is the bring-up.
+    # `make lab-up` = `hpnlab up` + `hpnlab provision`: DPDK takes each guest's NIC on the
+    # dpdk LAN (eth2); the data LAN's eth1 stays with the kernel for the labs.
     t0 = time.monotonic()
-    up = subprocess.run([*HPNLAB, "--lab", str(lab_file), "--provider", "vagrant", "up"], env=env,
-                        capture_output=True, text=True, timeout=1500, cwd=REPO)
+    up = subprocess.run([*make, "lab-up"], env=env, capture_output=True, text=True, timeout=3000)
     up_s = time.monotonic() - t0
-    print(f"\n[vm] hpnlab up (2 VMs, box cached: {'box: building' not in up.stderr}): {up_s:.0f} s "
-          f"(rc {up.returncode})")
+    print(f"\n[vm] make lab-up (2 VMs + provisioning, box cached: {'box: building' not in up.stdout + up.stderr}): "
+          f"{up_s:.0f} s (rc {up.returncode}); QEMU RSS MB: {_qemu_rss_mb(name)}")
     try:
-        assert up.returncode == 0, f"hpnlab up failed:\n{up.stdout[-4000:]}\n{up.stderr[-4000:]}"
+        assert up.returncode == 0, f"make lab-up failed:\n{up.stdout[-4000:]}\n{up.stderr[-4000:]}"
         os.environ["HPNLAB_STATE_DIR"] = str(tmp / "state")
         from hpnlab.providers import open_lab
         provider = open_lab(lab_file, provider="vagrant")
@@ -99,6 +101,7 @@ def vm_lab(tmp_path_factory):
     finally:
         os.environ.pop("HPNLAB_STATE_DIR", None)
         down = subprocess.run([*make, "lab-down"], env=env, capture_output=True, text=True, timeout=600)
+        assert not (REPO / "inventory" / f"{name}.yml").exists(), "make lab-down left the generated inventory"
         left = _leftovers(name)
         if left or down.returncode != 0:   # never leave VMs behind, whatever failed
             subprocess.run([*HPNLAB, "--provider", "vagrant", "cleanup", "--only", name], env=env,
@@ -150,6 +153,51 @@ def test_hpnlab_exec_and_status_on_each_guest(vm_lab):
     assert status["up"] is True
     nics = {h["name"]: h["nics"][0] for h in status["hosts"]}
     assert nics["h1"]["addrs"] == [nics["h1"]["address"]]
+
+
+def test_provisioned_idempotent_verified_and_dpdk_sends_across(vm_lab, tmp_path):
+    from hpnlab.cli.provision import run_playbook
+    from hpnlab.cli.verify import verify
+    provider, inv = vm_lab["provider"], tmp_path / "inventory"
+    # `make lab-up` provisioned the guests: running the playbook again changes nothing
+    again = run_playbook(provider, inv)
+    assert again.ok, again.failures
+    assert again.changed == 0, again.changed_tasks
+    report = verify(provider, inv)
+    assert report.ok, [c.__dict__ for c in report.failures] or report.errors
+    passed = {(c.host, c.check) for c in report.checks if c.status == "passed"}
+    dpdk_if = provider.lab.hosts["h2"].dpdk_nic.ifname
+    assert ("h2", f"dpdk NIC {dpdk_if} bound") in passed and ("h1", "tcp h2 over data") in passed
+
+    # drift by hand inside h2: verify fails naming h2 and the key; provisioning repairs it
+    hosts = provider.hosts()
+    hosts["h2"].run(["sysctl", "-w", "net.ipv4.tcp_tw_reuse=0"])
+    proc = subprocess.run([*HPNLAB, "--lab", str(vm_lab["file"]), "--provider", "vagrant", "verify",
+                           "--inventory-dir", str(inv)], env=vm_lab["env"], capture_output=True, text=True,
+                          timeout=600, cwd=REPO)
+    assert proc.returncode != 0
+    assert "FAILED host h2: sysctl net.ipv4.tcp_tw_reuse" in proc.stderr, proc.stderr
+    repair = run_playbook(provider, inv)
+    assert repair.ok and repair.changed > 0, repair.failures
+    print(f"\n[vm] provision idempotent {again.seconds:.1f}s, repair {repair.seconds:.1f}s, "
+          f"verify {report.seconds:.1f}s; testpmd txonly pps " + ", ".join(
+              f"{h}={(f.get('dpdk_testpmd') or {}).get('pps')}" for h, f in sorted(repair.facts.items())))
+
+    # testpmd on h1 sends to h2's DPDK NIC over the dpdk LAN; testpmd on h2 counts what arrives
+    h2_mac = provider.lab.hosts["h2"].dpdk_nic.mac
+    eal = "--no-telemetry --huge-unlink -m 64 --lcores 0@0,1@0 -a $(cat /var/lib/hpnlab/dpdk-nic)"
+    rx = hosts["h2"].start(f"timeout -s INT 35 dpdk-testpmd {eal} --file-prefix rx -- --forward-mode=rxonly "
+                           f"--stats-period 1 --total-num-mbufs=2048 </dev/null", name="testpmd-rx")
+    time.sleep(10)      # EAL start-up under TCG
+    tx = hosts["h1"].run(f"timeout -s INT 12 dpdk-testpmd {eal} --file-prefix tx -- --forward-mode=txonly "
+                         f"--eth-peer=0,{h2_mac} --stats-period 1 --total-num-mbufs=2048 </dev/null",
+                         timeout=120, check=False)
+    rx.wait(60)
+    out, _err = rx.logs()
+    received = max([int(n) for n in re.findall(r"RX-packets:\s+(\d+)", out)] or [0])
+    sent = max([int(n) for n in re.findall(r"TX-packets:\s+(\d+)", tx.stdout)] or [0])
+    print(f"[vm] testpmd h1 -> h2 over the dpdk LAN: sent {sent}, h2 counted {received}")
+    assert sent > 0 and received > 0, (tx.stdout[-1500:], out[-1500:])
 
 
 def test_killed_bring_up_is_cleaned_up(tmp_path):

@@ -40,7 +40,7 @@ def pytest_generate_tests(metafunc):
     params = {
         "sysctl": [(k, str(v)) for k, v in s["hpnlab_sysctls"].items()],
         "machine_sysctl": [(k, str(v)) for k, v in s["hpnlab_machine_sysctls"].items()],
-        "nic": s["hpnlab_nics"],
+        "nic": [n for n in s["hpnlab_nics"] if n.get("kernel", True)],   # DPDK's NIC: test_dpdk_nic
         "peer": s["hpnlab_peers"],
         "service": [sv for sv in json.loads(os.environ.get("HPNLAB_SERVICES") or "[]")
                     if sv.get("host") == s["hpnlab_host"]],

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from hpnlab.testing import REPO, unique_lab_name
+from hpnlab.testing import unique_lab_name, write_lab_file
 
 pytestmark = pytest.mark.integration
 
@@ -17,8 +17,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def cli(tmp_path):
     name = unique_lab_name("cli")
-    lab_file = tmp_path / "lab.yml"
-    lab_file.write_text((REPO / "lab.yml").read_text().replace("name: hpnlab", f"name: {name}"))
+    lab_file = write_lab_file(tmp_path / "lab.yml", name)
     env = dict(os.environ, HPNLAB_STATE_DIR=str(tmp_path / "state"))
 
     def hpnlab(*args, check=True, **kw):

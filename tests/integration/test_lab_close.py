@@ -15,6 +15,7 @@ import pytest
 from hpnlab.cli import build_parser
 from hpnlab.labs import lab_module
 from hpnlab.providers.netns import netns_pids
+from hpnlab.testing import write_lab_file
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -48,10 +49,7 @@ def test_close_scenarios(netns_lab, tmp_path):
 
 def test_ctrl_c_leaves_nothing(netns_lab, tmp_path):
     """SIGINT to `hpnlab lab close` mid-run: every agent stops, rules and trace instances go."""
-    lab_file = tmp_path / "lab.yml"
-    src = Path(netns_lab.lab.source).read_text()
-    lab_file.write_text(src.replace(f"name: {netns_lab.lab.name}", "").replace("name: hpnlab", "")
-                        + f"\nname: {netns_lab.lab.name}\n")
+    lab_file = write_lab_file(tmp_path / "lab.yml", netns_lab.lab.name)
     env = dict(os.environ, HPNLAB_STATE_DIR=str(netns_lab.state.dir.parent))
     proc = subprocess.Popen([str(Path(sys.executable).parent / "hpnlab"), "--lab", str(lab_file), "lab", "--results",
                              str(tmp_path / "r"), "close"], env=env, stdout=subprocess.PIPE,

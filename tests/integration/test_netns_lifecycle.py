@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hpnlab.testing import REPO, unique_lab_name
+from hpnlab.testing import REPO, unique_lab_name, write_lab_file
 
 pytestmark = pytest.mark.integration
 
@@ -166,8 +166,7 @@ def test_rate_limit_and_tcp_under_impairment(lab_factory):
 
 def test_two_concurrent_ups_do_not_collide(tmp_path):
     name = unique_lab_name("c")
-    lab_file = tmp_path / "lab.yml"
-    lab_file.write_text((REPO / "lab.yml").read_text().replace("name: hpnlab", f"name: {name}"))
+    lab_file = write_lab_file(tmp_path / "lab.yml", name)
     state = tmp_path / "st"
     try:
         procs = [hpnlab("--lab", str(lab_file), "up", state=state) for _ in range(2)]

@@ -58,7 +58,8 @@ def test_default_lab():
     assert h1.nic("data").ifname == "eth1"
     assert str(h1.nic("data").address) == "10.77.1.1/24"
     assert h1.sysctls["net.core.somaxconn"] == "4096"
-    assert h1.dpdk_nic.ifname == "eth1"
+    assert h1.dpdk_nic.ifname == "eth2" and h1.dpdk_nic.network == "dpdk"
+    assert lab.provider == "vagrant"                # `make lab-up` brings up VMs
     assert "net.core.rmem_max" in lab.machine_sysctls
 
 

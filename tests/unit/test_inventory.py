@@ -24,9 +24,12 @@ def test_netns_inventory_groups_vars_and_connection(tmp_path):
     h1 = doc["hosts"]["h1"]
     assert h1["ansible_connection"] == "hpnlab_netns" and h1["hpnlab_netns"] == "invtest-h1"
     assert h1["hpnlab_sysctls"]["net.core.somaxconn"] == "4096"
-    assert h1["hpnlab_hugepages"] == 64 and h1["hpnlab_dpdk_ifname"] == "eth1"
+    assert h1["hpnlab_hugepages"] == 64 and h1["hpnlab_dpdk_ifname"] == "eth2"
     assert h1["hpnlab_nics"][0]["address"] == "10.77.1.1/24" and h1["hpnlab_nics"][0]["mtu"] == 1500
-    assert h1["hpnlab_peers"] == [{"host": "h2", "network": "data", "ip": "10.77.1.2", "via": "eth1"}]
+    # netns hosts keep DPDK's NIC (an af_packet vdev rides on it): peers over both LANs
+    assert h1["hpnlab_peers"] == [{"host": "h2", "network": "data", "ip": "10.77.1.2", "via": "eth1"},
+                                  {"host": "h2", "network": "dpdk", "ip": "10.77.2.2", "via": "eth2"}]
+    assert [n["kernel"] for n in h1["hpnlab_nics"]] == [True, True]
     # rewriting an unchanged lab leaves the file alone
     mtime = path.stat().st_mtime_ns
     inventory.write(lab, directory=tmp_path)
@@ -36,12 +39,12 @@ def test_netns_inventory_groups_vars_and_connection(tmp_path):
 def test_static_inventory_takes_connection_and_nic_names_from_the_user(tmp_path):
     static = tmp_path / "static.yml"
     static.write_text(yaml.safe_dump({"all": {"vars": {"ansible_user": "lab"}, "hosts": {
-        "h1": {"ansible_host": "192.0.2.11", "hpnlab_ifnames": {"data": "enp3s0f1"}, "hpnlab_dpdk_pci": "0000:03:00.1"},
+        "h1": {"ansible_host": "192.0.2.11", "hpnlab_ifnames": {"data": "enp3s0f0", "dpdk": "enp3s0f1"}, "hpnlab_dpdk_pci": "0000:03:00.1"},
         "h2": {"ansible_host": "192.0.2.12", "ansible_become": True}}}}))
     lab = load_lab(REPO / "lab.yml", provider="static", name="st")
     hosts = inventory.build(lab, static_inventory=static)["all"]["hosts"]
     assert hosts["h1"]["ansible_host"] == "192.0.2.11" and hosts["h1"]["ansible_user"] == "lab"
-    assert hosts["h1"]["hpnlab_nics"][0]["ifname"] == "enp3s0f1"
+    assert [n["ifname"] for n in hosts["h1"]["hpnlab_nics"]] == ["enp3s0f0", "enp3s0f1"]
     assert hosts["h1"]["hpnlab_dpdk_ifname"] == "enp3s0f1" and hosts["h1"]["hpnlab_dpdk_pci"] == "0000:03:00.1"
     assert hosts["h2"]["ansible_become"] is True and hosts["h2"]["hpnlab_nics"][0]["ifname"] == "eth1"
 
@@ -87,3 +90,6 @@ def test_vagrant_connection_from_provider_state(tmp_path):
     assert hosts["h2"]["ansible_host"] == "192.168.121.12" and hosts["h2"]["ansible_user"] == "root"
     assert hosts["h2"]["ansible_ssh_private_key_file"] == str(Up.key_path)
     assert hosts["h2"]["ansible_become"] is False and hosts["h2"]["ansible_connection"] == "ssh"
+    # on VMs DPDK takes eth2 from the kernel: verify checks neither its address nor pings over it
+    assert [(n["ifname"], n["kernel"]) for n in hosts["h1"]["hpnlab_nics"]] == [("eth1", True), ("eth2", False)]
+    assert [p["network"] for p in hosts["h1"]["hpnlab_peers"]] == ["data"]

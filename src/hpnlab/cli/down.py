@@ -2,9 +2,10 @@ from __future__ import annotations
 
 import time
 
+from .. import inventory
 from ._common import console, progress, provider_from
 
-HELP = "remove everything the lab made (hosts, links, processes, state)"
+HELP = "remove everything the lab made (hosts, links, processes, state, generated inventory)"
 
 
 def add_arguments(parser) -> None:
@@ -16,5 +17,8 @@ def run(args) -> int:
     started = time.monotonic()
     with progress(f"lab {provider.lab.name} down") as step:
         provider.down(step)
+        generated = inventory.remove(provider.lab)
+        if generated:
+            step(f"removed {generated}")
     console.print(f"[green]lab {provider.lab.name} is down[/green] in {time.monotonic() - started:.2f}s")
     return 0

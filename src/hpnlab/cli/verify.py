@@ -133,7 +133,10 @@ def verify(provider, inventory_dir: str | Path = "inventory", step=lambda _m: No
         raise ProviderError(f"no host {', '.join(unknown)} in lab {lab.name} (hosts: {', '.join(hostvars)})")
     started = time.monotonic()
     report = Report()
-    env = dict(os.environ, HPNLAB_INVENTORY=str(inv.resolve()), HPNLAB_VERIFY_PORT=str(port),
+    # testinfra's ansible backend runs `ansible-inventory`: the venv's bin/ must be on PATH
+    # even when hpnlab runs as .venv/bin/hpnlab from a shell without the venv activated
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)])
+    env = dict(os.environ, PATH=path, HPNLAB_INVENTORY=str(inv.resolve()), HPNLAB_VERIFY_PORT=str(port),
                HPNLAB_MACHINE_PID=str(os.getpid()),
                HPNLAB_SERVICES=json.dumps(services if services is not None else services_of(provider)),
                PYTHONDONTWRITEBYTECODE="1")
@@ -199,6 +202,9 @@ def _parse_junit(host: str, path: Path) -> list[Check]:
             if node is not None:
                 status = {"failure": "failed", "error": "error", "skipped": "skipped"}[kind]
                 message = _first_line(node.get("message") or node.text or "")
+                if message == "collection failure":     # the reason is in the traceback's E lines
+                    reasons = [ln[1:].strip() for ln in (node.text or "").splitlines() if ln.startswith("E ")]
+                    message = f"collection failure: {reasons[0] if reasons else 'see pytest output'}"
                 break
         checks.append(Check(host, name, status, message))
     return checks
