@@ -55,7 +55,7 @@ lab-cleanup: setup
 
 # Every test: unit, netns integration (root) and the VM tests. CI runs exactly this.
 test: setup
-	$(VENV)/bin/pytest -q --timeout 1800
+	$(VENV)/bin/pytest -q -rs --timeout 1800
 
 test-unit: setup
 	$(VENV)/bin/pytest -q tests/unit tests/topology

@@ -81,3 +81,47 @@ class LabState:
             self.dir.rmdir()
         except OSError:
             pass
+
+
+# -- the registry of live labs ---------------------------------------------------
+# A lab's state file may sit in any state directory (HPNLAB_STATE_DIR, a test's tmp
+# dir), so a global `hpnlab cleanup` could not tell a running lab from a leftover.
+# Every `up` registers its lab in /run/hpnlab/labs/<provider>.<lab> (tmpfs: a reboot
+# ends every lab with it); cleanup without --only keeps what this registry calls live.
+LIVE_DIR = Path(os.environ.get("HPNLAB_RUN_DIR", "/run/hpnlab")) / "labs"
+
+
+def register_live(provider: str, lab: str, state_path: Path) -> None:
+    LIVE_DIR.mkdir(parents=True, exist_ok=True)
+    (LIVE_DIR / f"{provider}.{lab}").write_text(json.dumps({"state": str(state_path), "pid": os.getpid()}))
+
+
+def unregister_live(provider: str, lab: str) -> None:
+    (LIVE_DIR / f"{provider}.{lab}").unlink(missing_ok=True)
+
+
+def live_labs(provider: str) -> list[str]:
+    """The provider's labs that are up (their state file says so) or coming up (the
+    process running their `up` is alive)."""
+    live = []
+    for entry in sorted(LIVE_DIR.glob(f"{provider}.*")) if LIVE_DIR.exists() else []:
+        try:
+            info = json.loads(entry.read_text())
+            phase = json.loads(Path(info["state"]).read_text()).get("phase")
+        except (OSError, ValueError, KeyError):
+            phase, info = None, {}
+        if phase == "up" or (phase == "creating" and _pid_alive(int(info.get("pid") or 0))):
+            live.append(entry.name.removeprefix(f"{provider}."))
+    return live
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -62,6 +62,27 @@ def test_kill_9_during_up_then_cleanup_leaves_nothing(tmp_path):
     assert not (tmp_path / "st" / name / "state.json").exists()
 
 
+def test_global_cleanup_keeps_live_labs_and_removes_a_killed_one(lab_factory, tmp_path):
+    """`hpnlab cleanup` without --only: a lab that is up stays (its state lives in another
+    directory: the registry of live labs says so), a bring-up killed with -9 goes."""
+    live = lab_factory()
+    name = unique_lab_name("g")
+    lab_file = tmp_path / "star.yml"
+    lab_file.write_text(f"name: {name}\n" + star(30))
+    proc = hpnlab("--lab", str(lab_file), "up", state=tmp_path / "st")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and len([n for n in netns() if n.startswith(name)]) < 8:
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert residue(name), "the kill came too late to leave anything behind"
+    out = hpnlab("--provider", "netns", "cleanup", state=tmp_path / "elsewhere")
+    assert out.wait(120) == 0, out.stderr.read()
+    assert f"lab {live.lab.name} is live" in out.stderr.read()
+    assert residue(name) == []
+    assert live.is_up() and live.host("h1").run(["ping", "-c1", "-W2", "10.77.1.2"]).ok
+
+
 def test_cleanup_without_state_file_by_marker(lab_factory):
     lab = lab_factory(star(3, impaired=True))
     lab.state.path.unlink()                       # as if the state were lost

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .. import impair, machine
 from ..hosts.netns import NetnsHost, netns_argv
-from ..state import LabState, state_root
+from ..state import LabState, live_labs, register_live, state_root, unregister_live
 from . import Progress, Provider, ProviderError, _quiet
 
 MARKER = "hpnlab"
@@ -152,6 +152,7 @@ class NetnsProvider(Provider):
                      "started": time.time(), "namespaces": [], "processes": [],
                      "source": str(self.lab.source or ""), "topology": self.lab.to_dict()}
             self.state.write(state)
+            register_live(self.name, self.lab.name, self.state.path)
             try:
                 self._create(state, progress)
             except BaseException as exc:
@@ -180,6 +181,7 @@ class NetnsProvider(Provider):
             progress(f"deleting namespace {ns}")
             delete_netns(ns)
         _release_machine(self.lab.name, progress)
+        unregister_live(self.name, self.lab.name)
         self.state.remove()
         _remove_tree(self.state.logdir)
 
@@ -187,9 +189,16 @@ class NetnsProvider(Provider):
     def cleanup(cls, progress: Progress = _quiet, lab: str | None = None) -> list[str]:
         _require_root()
         removed = []
+        # Without --only, labs that are up or coming up (whatever their state directory) are
+        # not leftovers: they stay. A lab named with --only goes whatever its state.
+        live = set() if lab is not None else set(live_labs(cls.name))
+        for name in sorted(live):
+            progress(f"lab {name} is live (up or coming up): kept")
         for ns in list_netns():
             marker = marker_of(ns)
             if marker is None or (lab is not None and f" lab={lab} " not in marker + " "):
+                continue
+            if any(f" lab={name} " in marker + " " for name in live):
                 continue
             progress(f"removing leftover namespace {ns}")
             delete_netns(ns)
@@ -198,7 +207,7 @@ class NetnsProvider(Provider):
         root = state_root()
         for state_file in sorted(root.glob("*/state.json")) if root.exists() else []:
             name = state_file.parent.name
-            if lab is not None and name != lab:
+            if (lab is not None and name != lab) or name in live:
                 continue
             st = LabState(name)
             data = st.read() or {}
@@ -213,6 +222,7 @@ class NetnsProvider(Provider):
             _remove_tree(st.logdir)
             st.discard()
         if lab is not None:
+            unregister_live(cls.name, lab)
             removed += _release_machine(lab, progress)
         else:
             removed += machine.release_orphans()

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from .. import vm
 from ..hosts.ssh import SshHost
-from ..state import LabState, state_root
+from ..state import LabState, live_labs, register_live, state_root, unregister_live
 from ..topology import Lab
 from ..vm import accel, virt
 from ..vm import box as vmbox
@@ -92,7 +92,7 @@ class VagrantProvider(Provider):
     def up(self, progress: Progress = _quiet) -> bool:
         _require_root()
         with self.state.lock(timeout=BOOT_TIMEOUT), vmsetup.bringing_up():
-            _register(self.lab.name, self.state.path)
+            register_live(self.name, self.lab.name, self.state.path)
             if self.is_up():
                 progress(f"lab {self.lab.name} is already up: nothing changed")
                 return False
@@ -120,7 +120,7 @@ class VagrantProvider(Provider):
                 try:
                     self._teardown(progress, keep_daemons=True)
                 finally:
-                    _unregister(self.lab.name)
+                    unregister_live(self.name, self.lab.name)
                 if isinstance(exc, (vm.VmError, subprocess.SubprocessError)):
                     raise ProviderError(str(exc)) from None
                 raise
@@ -214,7 +214,7 @@ class VagrantProvider(Provider):
                     virt.remove_all(dom, progress)
         _forget_machines(self.dotfile)
         if not keep_daemons:           # a rollback keeps the entry until `up` returns
-            _unregister(self.lab.name)
+            unregister_live(self.name, self.lab.name)
         for path in (self.dotfile, self.spec_path.parent / "ssh", self.state.logdir,
                      self.state.dir / "vagrant.d"):
             shutil.rmtree(path, ignore_errors=True)
@@ -230,8 +230,8 @@ class VagrantProvider(Provider):
         prefix = vm.lab_prefix(lab) if lab else vm.PREFIX
         # Without --only, labs that are up or coming up (in any state directory) are
         # not leftovers: they stay. A lab named with --only goes whatever its state.
-        live = () if lab else tuple(vm.lab_prefix(name) for name in _live_labs())
-        for name in _live_labs() if not lab else []:
+        live = () if lab else tuple(vm.lab_prefix(name) for name in live_labs(cls.name))
+        for name in live_labs(cls.name) if not lab else []:
             progress(f"lab {name} is live (up or coming up): kept")
         removed = [f"vagrant pid {p}" for p in _kill_vagrant(lab, progress, skip=live)]
         leftovers = virt.qemu_processes(prefix)
@@ -253,7 +253,7 @@ class VagrantProvider(Provider):
             st.discard()
             removed.append(f"state {st.dir}")
         if lab:
-            _unregister(lab)
+            unregister_live(cls.name, lab)
         for what in vmsetup.stop_daemons(progress):
             removed.append(what)
         return removed
@@ -457,39 +457,6 @@ def _state_files(provider: str, lab: str | None) -> list[LabState]:
         if (st.read() or {}).get("provider") == provider:
             found.append(st)
     return found
-
-
-LABS_DIR = vmsetup.RUN_DIR / "labs"
-
-
-def _register(lab: str, state_path: Path) -> None:
-    """/run/hpnlab/labs/<lab>: this lab has an owner (its state file, wherever the
-    state directory is), so a global `cleanup` leaves it alone while it is live."""
-    LABS_DIR.mkdir(parents=True, exist_ok=True)
-    (LABS_DIR / lab).write_text(json.dumps({"state": str(state_path), "pid": os.getpid()}))
-
-
-def _unregister(lab: str) -> None:
-    (LABS_DIR / lab).unlink(missing_ok=True)
-
-
-def _live_labs() -> list[str]:
-    """Labs coming up (their `up` process is alive) or up (their state says so)."""
-    live = []
-    for entry in sorted(LABS_DIR.glob("*")) if LABS_DIR.exists() else []:
-        try:
-            info = json.loads(entry.read_text())
-        except (OSError, ValueError):
-            continue
-        pid = int(info.get("pid") or 0)
-        pid_alive = pid > 0 and vmsetup._pid_alive(pid)
-        try:
-            phase = json.loads(Path(info["state"]).read_text()).get("phase")
-        except (OSError, ValueError, KeyError):
-            phase = None
-        if phase == "up" or (pid_alive and phase == "creating"):
-            live.append(entry.name)
-    return live
 
 
 def _kill_vagrant(lab: str | None, progress: Progress, skip: tuple[str, ...] = ()) -> list[int]:
