@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 
 from hpnlab.labs import pcap
 from hpnlab.labs._kit import parse_trace, state_paths
@@ -68,3 +70,16 @@ def test_md_table_aligns_numbers_right():
     text = md_table(["n", "name"], [[1, "a|b"], [2.5, "c"]])
     assert text.splitlines()[1] == "|---:|:---|"
     assert "a\\|b" in text
+
+
+def test_lab_agents_import_with_the_standard_library_alone():
+    """The agents run on VMs and real machines, where provisioning installs hpnlab's wheel
+    without its dependencies: importing a lab module must not pull in rich or matplotlib
+    (the box carries python3-yaml for the topology code, nothing else)."""
+    code = ("import sys\n"
+            "for name in ('rich', 'matplotlib', 'fabric', 'pyroute2'):\n"
+            "    sys.modules[name] = None\n"
+            "import hpnlab.labs.p2p, hpnlab.labs.backlog, hpnlab.labs.close, hpnlab.labs.epoll, hpnlab.labs.nat\n"
+            "import hpnlab.impair.delayq\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

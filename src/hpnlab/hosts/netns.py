@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -54,6 +55,7 @@ class NetnsProcess(Process):
 
 class NetnsHost(Host):
     provider = "netns"
+    python = sys.executable        # a namespace shares this machine's file system and venv
 
     def __init__(self, spec, netns: str, logdir: Path,
                  record: Callable[[dict], None] | None = None):

@@ -16,14 +16,11 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-
-from ..providers import ProviderError
 
 
 class LabError(RuntimeError):
@@ -59,6 +56,9 @@ def deferred_interrupts():
 # -- preconditions -----------------------------------------------------------------------------
 
 def need_hosts(provider, *names: str) -> dict:
+    # imported here: the agents import this module on the hosts, where only the standard
+    # library is sure to exist (VMs and machines have no pyyaml for the topology code)
+    from ..providers import ProviderError
     try:
         hosts = provider.hosts()
     except ProviderError as exc:
@@ -301,16 +301,16 @@ def state_paths(events: list[StateEvent]) -> dict[tuple, list[str]]:
 
 # -- the labs' agents on hosts ---------------------------------------------------------------------
 
-def agent_python() -> str:
-    """The interpreter agents run with on the hosts: this venv's (netns hosts share
-    the file system), or $HPNLAB_AGENT_PYTHON (e.g. `python3` on VMs where hpnlab
-    is installed)."""
-    return os.environ.get("HPNLAB_AGENT_PYTHON") or sys.executable
+def agent_python(host) -> str:
+    """The interpreter agents run with on a host: $HPNLAB_AGENT_PYTHON if set, else the
+    host's own (this venv's on netns hosts, which share the file system; the system
+    python3 on VMs and machines, where provisioning's labcode role put hpnlab)."""
+    return os.environ.get("HPNLAB_AGENT_PYTHON") or host.python
 
 
-def agent_argv(module: str, *args) -> list[str]:
+def agent_argv(host, module: str, *args) -> list[str]:
     """Run `python -m hpnlab.labs.<module> ...` on a host."""
-    return [agent_python(), "-m", f"hpnlab.labs.{module}", *[str(a) for a in args]]
+    return [agent_python(host), "-m", f"hpnlab.labs.{module}", *[str(a) for a in args]]
 
 
 def run_agents(jobs: dict, timeout: float = 60.0, names: dict | None = None) -> dict:

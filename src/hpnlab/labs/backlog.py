@@ -197,13 +197,13 @@ def one_case(srv, cli, server_ip: str, port: int, backlog: int, n: int, wait: fl
     """One experiment: listen(backlog), `prefill` normal connections, then `n`
     connects (with the 3rd ACK held for `hold_ack` s if given); read both sides."""
     before_s, before_c = nstat(srv, COUNTERS), nstat(cli, COUNTERS)
-    server = srv.start(agent_argv("backlog", "server", "--port", port, "--backlog", backlog,
+    server = srv.start(agent_argv(srv, "backlog", "server", "--port", port, "--backlog", backlog,
                                   "--accept-every", accept_every), name=f"backlog-server-{port}")
     clients = []
     try:
         _json_line(server, 10, "listening")
         if prefill:
-            pre = cli.start(agent_argv("backlog", "client", "--target", f"{server_ip}:{port}", "--n", prefill,
+            pre = cli.start(agent_argv(cli, "backlog", "client", "--target", f"{server_ip}:{port}", "--n", prefill,
                                        "--wait", 0.5), name=f"backlog-prefill-{port}")
             clients.append(pre)
             _json_line(pre, 10, "fate")
@@ -212,7 +212,7 @@ def one_case(srv, cli, server_ip: str, port: int, backlog: int, n: int, wait: fl
         if hold:
             hold.__enter__()
         try:
-            c = cli.start(agent_argv("backlog", "client", "--target", f"{server_ip}:{port}", "--n", n,
+            c = cli.start(agent_argv(cli, "backlog", "client", "--target", f"{server_ip}:{port}", "--n", n,
                                      "--wait", wait, *(["--probe"] if probe else [])),
                           name=f"backlog-client-{port}")
             clients.append(c)

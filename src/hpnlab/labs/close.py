@@ -254,7 +254,7 @@ class DelayLine:
 
     def __enter__(self):
         with deferred_interrupts():
-            self.proc = self.host.start([agent_python(), "-m", "hpnlab.impair.delayq", "--queue", str(self.QUEUE),
+            self.proc = self.host.start([agent_python(self.host), "-m", "hpnlab.impair.delayq", "--queue", str(self.QUEUE),
                                          "--delay-ms", str(self.delay)], name=f"close-delayq-{self.ifname}")
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
@@ -313,13 +313,13 @@ def run(provider, args, step) -> dict:
                     port += 1
                 time.sleep(0.3)
                 # TIME_WAIT vs bind/connect from a fixed port
-                sink = srv.start(agent_argv("close", "sink", "--port", base + 50), name="close-sink")
+                sink = srv.start(agent_argv(srv, "close", "sink", "--port", base + 50), name="close-sink")
                 try:
                     srv.wait_for_port(base + 50)
                     for i, ts in enumerate((1, 0)):
                         set_sysctls(cli, {"net.ipv4.tcp_tw_reuse": 0, "net.ipv4.tcp_timestamps": ts})
                         step(f"TIME_WAIT vs SO_REUSEADDR, tcp_timestamps={ts}, tcp_tw_reuse=0")
-                        res = cli.run(agent_argv("close", "tw", "--server", f"{sip}:{base + 50}",
+                        res = cli.run(agent_argv(cli, "close", "tw", "--server", f"{sip}:{base + 50}",
                                                  "--local-port", base + 60 + i), timeout=30)
                         results["tw"].append({"tcp_timestamps": ts, **json.loads(res.stdout.splitlines()[-1])})
                 finally:
@@ -379,10 +379,10 @@ def _scenario(srv, cli, sip: str, port: int, scen: str, args, net: str) -> dict:
     try:
         for d in delay:
             d.__enter__()
-        s = srv.start(agent_argv("close", "server", "--port", port, "--scenario", scen),
+        s = srv.start(agent_argv(srv, "close", "server", "--port", port, "--scenario", scen),
                           name=f"close-server-{port}")
         srv.wait_for_port(port)
-        c = cli.start(agent_argv("close", "client", "--server", f"{sip}:{port}", "--scenario", scen),
+        c = cli.start(agent_argv(cli, "close", "client", "--server", f"{sip}:{port}", "--scenario", scen),
                           name=f"close-client-{port}")
         res = {}
         for who, proc in (("server", s), ("client", c)):

@@ -166,14 +166,14 @@ def add_arguments(p) -> None:
 
 def one_run(snd, rcv, ip: str, port: int, mode: str, pattern: str, nbytes: int, args,
             strace_out: Path | None = None) -> dict:
-    argv = agent_argv("epoll", "recv", "--port", port, "--mode", mode, "--buf", args.buf)
+    argv = agent_argv(rcv, "epoll", "recv", "--port", port, "--mode", mode, "--buf", args.buf)
     if strace_out:
         argv = ["strace", "-f", "-c", "-o", str(strace_out), "-e", "trace=epoll_wait,epoll_pwait,recvfrom,read",
                 *argv]
     r = rcv.start(argv, name=f"epoll-recv-{port}")
     try:
         rcv.wait_for_port(port, timeout=15)
-        send = snd.run(agent_argv("epoll", "send", "--to", f"{ip}:{port}", "--bytes", nbytes,
+        send = snd.run(agent_argv(snd, "epoll", "send", "--to", f"{ip}:{port}", "--bytes", nbytes,
                                   "--pattern", pattern, "--burst", args.burst_kib * 1024,
                                   "--gap-ms", args.gap_ms), timeout=120)
         r.wait(30)

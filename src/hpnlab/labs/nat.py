@@ -295,7 +295,7 @@ def run(provider, args, step) -> dict:
                 router.run(["nft", "delete", "table", "ip", TABLE], check=False)
                 router.run(["nft", "-f", "-"], input=nat_rules(lan_if, wan_if, str(lab.networks[lan].subnet), mode))
             udp_port, tcp_port = base + 10 * i, base + 10 * i + 5
-            rzp = rz.start(agent_argv("nat", "rendezvous", "--port", RZ_PORT), name=f"nat-rz-{i}")
+            rzp = rz.start(agent_argv(rz, "nat", "rendezvous", "--port", RZ_PORT), name=f"nat-rz-{i}")
             try:
                 rz.wait_for_port(RZ_PORT)
                 common = ["--rz", f"{rz_ip}:{RZ_PORT}", "--udp-port", udp_port, "--tcp-port", tcp_port,
@@ -304,9 +304,9 @@ def run(provider, args, step) -> dict:
                 with Capture(provider, "ra:wan", out / f"{name}-ra.pcap", bpf), \
                         Capture(provider, "rb:wan", out / f"{name}-rb.pcap", bpf):
                     res = run_agents({
-                        pa: agent_argv("nat", "peer", "--name", "pa", "--peer-name", "pb",
+                        pa: agent_argv(pa, "nat", "peer", "--name", "pa", "--peer-name", "pb",
                                        "--local", str(pa.address("lan_a")), *common),
-                        pb: agent_argv("nat", "peer", "--name", "pb", "--peer-name", "pa",
+                        pb: agent_argv(pb, "nat", "peer", "--name", "pb", "--peer-name", "pa",
                                        "--local", str(pb.address("lan_b")), *common)},
                         timeout=4 * args.timeout + 20)
             finally:
