@@ -100,22 +100,30 @@ def unregister_live(provider: str, lab: str) -> None:
     (LIVE_DIR / f"{provider}.{lab}").unlink(missing_ok=True)
 
 
-def live_labs(provider: str) -> list[str]:
-    """The provider's labs that are up (their state file says so) or coming up (the
-    process running their `up` is alive)."""
-    live = []
+def registered(provider: str) -> dict[str, dict]:
+    """The provider's registered labs: name → {"state": its state file, "live": whether it
+    is up (its state file says so) or coming up (the process running its `up` is alive)}."""
+    found = {}
     for entry in sorted(LIVE_DIR.glob(f"{provider}.*")) if LIVE_DIR.exists() else []:
         try:
             info = json.loads(entry.read_text())
+        except (OSError, ValueError):
+            info = {}
+        try:
             phase = json.loads(Path(info["state"]).read_text()).get("phase")
         except (OSError, ValueError, KeyError):
-            phase, info = None, {}
-        if phase == "up" or (phase == "creating" and _pid_alive(int(info.get("pid") or 0))):
-            live.append(entry.name.removeprefix(f"{provider}."))
-    return live
+            phase = None        # no state (yet: an `up` registers before it writes any)
+        found[entry.name.removeprefix(f"{provider}.")] = {
+            "state": Path(info["state"]) if info.get("state") else None,
+            "live": phase == "up" or pid_alive(int(info.get("pid") or 0))}
+    return found
 
 
-def _pid_alive(pid: int) -> bool:
+def live_labs(provider: str) -> list[str]:
+    return [name for name, entry in registered(provider).items() if entry["live"]]
+
+
+def pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False
     try:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from hpnlab.state import LIVE_DIR
 from hpnlab.testing import REPO, unique_lab_name, write_lab_file
 
 pytestmark = pytest.mark.integration
@@ -44,18 +45,22 @@ def hpnlab(*args, state: Path, **kw) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
-def test_kill_9_during_up_then_cleanup_leaves_nothing(tmp_path):
-    name = unique_lab_name("k")
+def kill_9_halfway_up(name: str, tmp_path: Path, impaired: bool) -> None:
+    """`hpnlab up` of a 30-host star, killed with -9 once some namespaces exist."""
     lab_file = tmp_path / "star.yml"
-    lab_file.write_text(f"name: {name}\n" + star(30, impaired=True))
+    lab_file.write_text(f"name: {name}\n" + star(30, impaired=impaired))
     proc = hpnlab("--lab", str(lab_file), "up", state=tmp_path / "st")
-    # wait until it is half-way: some namespaces exist, the lab is not up yet
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and len([n for n in netns() if n.startswith(name)]) < 8:
         time.sleep(0.005)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert residue(name), "the kill came too late to leave anything behind"
+
+
+def test_kill_9_during_up_then_cleanup_leaves_nothing(tmp_path):
+    name = unique_lab_name("k")
+    kill_9_halfway_up(name, tmp_path, impaired=True)
     out = hpnlab("cleanup", "--only", name, state=tmp_path / "st")   # only ours: other labs may be running
     assert out.wait(60) == 0, out.stderr.read()
     assert residue(name) == []
@@ -67,19 +72,12 @@ def test_global_cleanup_keeps_live_labs_and_removes_a_killed_one(lab_factory, tm
     directory: the registry of live labs says so), a bring-up killed with -9 goes."""
     live = lab_factory()
     name = unique_lab_name("g")
-    lab_file = tmp_path / "star.yml"
-    lab_file.write_text(f"name: {name}\n" + star(30))
-    proc = hpnlab("--lab", str(lab_file), "up", state=tmp_path / "st")
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and len([n for n in netns() if n.startswith(name)]) < 8:
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert residue(name), "the kill came too late to leave anything behind"
+    kill_9_halfway_up(name, tmp_path, impaired=False)
     out = hpnlab("--provider", "netns", "cleanup", state=tmp_path / "elsewhere")
     assert out.wait(120) == 0, out.stderr.read()
     assert f"lab {live.lab.name} is live" in out.stderr.read()
     assert residue(name) == []
+    assert not list(LIVE_DIR.glob(f"netns.{name}")), "the killed lab is still registered as live"
     assert live.is_up() and live.host("h1").run(["ping", "-c1", "-W2", "10.77.1.2"]).ok
 
 
@@ -132,7 +130,8 @@ def test_two_labs_side_by_side(lab_factory):
 
 def test_failed_up_rolls_back(lab_factory, monkeypatch):
     lab = lab_factory(up=False)
-    from hpnlab.providers import ProviderError, netns as netns_mod
+    from hpnlab.providers import ProviderError
+    from hpnlab.providers import netns as netns_mod
     real = netns_mod.NetnsProvider._apply_sysctls
 
     def broken(self, host, sysctls):

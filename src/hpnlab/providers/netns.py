@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .. import impair, machine
 from ..hosts.netns import NetnsHost, netns_argv
-from ..state import LabState, live_labs, register_live, state_root, unregister_live
+from ..state import LabState, register_live, registered, state_root, unregister_live
 from . import Progress, Provider, ProviderError, _quiet
 
 MARKER = "hpnlab"
@@ -191,7 +191,8 @@ class NetnsProvider(Provider):
         removed = []
         # Without --only, labs that are up or coming up (whatever their state directory) are
         # not leftovers: they stay. A lab named with --only goes whatever its state.
-        live = set() if lab is not None else set(live_labs(cls.name))
+        registry = registered(cls.name)
+        live = set() if lab is not None else {name for name, e in registry.items() if e["live"]}
         for name in sorted(live):
             progress(f"lab {name} is live (up or coming up): kept")
         for ns in list_netns():
@@ -203,13 +204,16 @@ class NetnsProvider(Provider):
             progress(f"removing leftover namespace {ns}")
             delete_netns(ns)
             removed.append(ns)
-        # namespaces recorded (write-ahead) but never marked: a kill -9 between `add` and alias
+        # namespaces recorded (write-ahead) but never marked: a kill -9 between `add` and alias.
+        # The state files are here and wherever the registry says a lab's `up` kept its own.
         root = state_root()
-        for state_file in sorted(root.glob("*/state.json")) if root.exists() else []:
+        state_files = sorted(root.glob("*/state.json")) if root.exists() else []
+        state_files += [e["state"] for e in registry.values() if e["state"] and e["state"] not in state_files]
+        for state_file in state_files:
             name = state_file.parent.name
             if (lab is not None and name != lab) or name in live:
                 continue
-            st = LabState(name)
+            st = LabState(name, state_file.parent.parent)
             data = st.read() or {}
             if data.get("provider") not in (None, cls.name):
                 continue
@@ -221,8 +225,10 @@ class NetnsProvider(Provider):
             st.remove()
             _remove_tree(st.logdir)
             st.discard()
+        for name in registry if lab is None else [lab]:
+            if name not in live:
+                unregister_live(cls.name, name)
         if lab is not None:
-            unregister_live(cls.name, lab)
             removed += _release_machine(lab, progress)
         else:
             removed += machine.release_orphans()

@@ -27,7 +27,14 @@ from pathlib import Path
 
 from .. import vm
 from ..hosts.ssh import SshHost
-from ..state import LabState, live_labs, register_live, state_root, unregister_live
+from ..state import (
+    LabState,
+    live_labs,
+    register_live,
+    registered,
+    state_root,
+    unregister_live,
+)
 from ..topology import Lab
 from ..vm import accel, virt
 from ..vm import box as vmbox
@@ -252,8 +259,9 @@ class VagrantProvider(Provider):
             st.remove()
             st.discard()
             removed.append(f"state {st.dir}")
-        if lab:
-            unregister_live(cls.name, lab)
+        for name, entry in registered(cls.name).items() if not lab else [(lab, None)]:
+            if entry is None or not entry["live"]:
+                unregister_live(cls.name, name)
         for what in vmsetup.stop_daemons(progress):
             removed.append(what)
         return removed

@@ -14,6 +14,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..state import pid_alive as _pid_alive
 from . import POOL, POOL_DIR, Progress, VmError, run
 
 # apt-get install --no-install-recommends of these, and nothing else.
@@ -76,16 +77,6 @@ def ensure_qemu_user() -> None:
 
 
 # -- daemons --------------------------------------------------------------------
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
 
 def _pidfile_pid(path: Path) -> int | None:
     try:
