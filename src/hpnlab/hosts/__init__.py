@@ -103,6 +103,9 @@ class Host(ABC):
     # the interpreter that runs hpnlab's code on the host (lab agents): the system python3,
     # where provisioning (the labcode role) installs hpnlab on VMs and machines
     python: str = "python3"
+    # how long a program may take to start listening: Python's start-up alone takes seconds
+    # on an emulated (TCG) guest of a busy machine
+    start_timeout: float = 60.0
 
     def __init__(self, spec: HostSpec):
         self.spec = spec
@@ -144,12 +147,13 @@ class Host(ABC):
     def sysctl(self, key: str) -> str:
         return self.run(["sysctl", "-n", key], timeout=10).stdout.strip()
 
-    def wait_for_port(self, port: int, timeout: float = 10.0, proto: str = "tcp") -> None:
-        """Wait until something listens on `port` on this host."""
+    def wait_for_port(self, port: int, timeout: float | None = None, proto: str = "tcp") -> None:
+        """Wait until something listens on `port` on this host (default: the host's start_timeout)."""
         flag = "-lnt" if proto == "tcp" else "-lnu"
+        timeout = timeout or self.start_timeout
         deadline = time.monotonic() + timeout
         while True:
-            out = self.run(["ss", "-H", flag, f"sport = :{port}"], timeout=5).stdout
+            out = self.run(["ss", "-H", flag, f"sport = :{port}"], timeout=max(5.0, timeout / 2)).stdout
             if out.strip():
                 return
             if time.monotonic() > deadline:

@@ -56,6 +56,7 @@ class NetnsProcess(Process):
 class NetnsHost(Host):
     provider = "netns"
     python = sys.executable        # a namespace shares this machine's file system and venv
+    start_timeout = 10.0
 
     def __init__(self, spec, netns: str, logdir: Path,
                  record: Callable[[dict], None] | None = None):

@@ -64,12 +64,14 @@ def recv_main(argv: list[str]) -> int:
     drain = a.mode in ("lt-drain", "et")
     stranded = 0
     while not done:
-        events = ep.poll(0.5 if a.mode == "et-once" else 5.0)
+        # et-once gives up after a quiet spell: long enough for every burst to have arrived
+        # even on a slow (emulated) guest, so what is left in the queue was stranded by ET
+        events = ep.poll(2.0 if a.mode == "et-once" else 5.0)
         waits += 1
         if not events:
             empty_waits += 1
             if a.mode == "et-once" and t0 is not None:
-                # no event for 0.5 s: whatever is still queued was left behind by an edge
+                # no event for 2 s: whatever is still queued was left behind by an edge
                 import fcntl
                 import struct
                 import termios
@@ -172,7 +174,7 @@ def one_run(snd, rcv, ip: str, port: int, mode: str, pattern: str, nbytes: int, 
                 *argv]
     r = rcv.start(argv, name=f"epoll-recv-{port}")
     try:
-        rcv.wait_for_port(port, timeout=15)
+        rcv.wait_for_port(port, timeout=max(15.0, rcv.start_timeout))
         send = snd.run(agent_argv(snd, "epoll", "send", "--to", f"{ip}:{port}", "--bytes", nbytes,
                                   "--pattern", pattern, "--burst", args.burst_kib * 1024,
                                   "--gap-ms", args.gap_ms), timeout=120)
@@ -186,8 +188,12 @@ def one_run(snd, rcv, ip: str, port: int, mode: str, pattern: str, nbytes: int, 
         with deferred_interrupts():
             r.stop(3)
     res.update(pattern=pattern, sender=json.loads(send.stdout.strip().splitlines()[-1]))
-    if res["bytes"] + res.get("stranded", 0) != nbytes:
+    # et-once stops reading, so its receive window closes: what did not fit stays in the
+    # sender's buffer (more of it on a guest whose window opened less), never more than sent
+    arrived = res["bytes"] + res.get("stranded", 0)
+    if arrived != nbytes and not (mode == "et-once" and arrived < nbytes):
         raise LabError(f"reader got {res['bytes']} bytes, sender sent {nbytes}")
+    res["unsent"] = nbytes - arrived
     if strace_out:
         res["strace"] = parse_strace_c(strace_out.read_text())
     return res
@@ -306,7 +312,9 @@ def render(runs, checks, names, args, env, png, et_once) -> str:
           "### ET with one read per wakeup (`et-once`, bursts)", "",
           f"{et_once['wakeups']} wakeups for {et_once['sender']['bursts']} bursts, {et_once['reads']} reads of 1 KiB, "
           f"**{et_once['stranded']} bytes left in the receive queue** when no further event came "
-          f"(of {et_once['bytes'] + et_once['stranded']}). Two things show here: (1) the reader was woken "
+          f"(of {et_once['bytes'] + et_once['stranded']} that arrived"
+          + (f"; {et_once['unsent']} more never left the sender: the unread queue closed the receive window"
+             if et_once.get("unsent") else "") + "). Two things show here: (1) the reader was woken "
           "again for every new burst although it never emptied the buffer — Linux ET fires on *arrival*, "
           "not only on empty → non-empty; (2) the bytes behind each 1 KiB read never produce an event of "
           "their own: with ET, a reader that stops before EAGAIN strands data until more arrives "
