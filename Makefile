@@ -10,8 +10,10 @@ NET ?= data
 HPNLAB_ARGS := --lab $(LAB) $(if $(PROVIDER),--provider $(PROVIDER))
 
 # Debian packages the netns provider and the labs need on the machine.
+# openssh-server and netcat-openbsd: the static provider's test runs sshd inside lab
+# namespaces and reaches it with `nc` as the ProxyCommand (no sshd runs on the machine).
 APT_PACKAGES := iproute2 iputils-ping nftables iptables ethtool tcpdump tshark iperf3 procps psmisc strace \
-                gcc make libc6-dev liburing-dev python3-venv python3-dev
+                gcc make libc6-dev liburing-dev python3-venv python3-dev openssh-server netcat-openbsd
 SETUP_STAMP := $(VENV)/.setup-done
 
 .PHONY: setup lab-up lab-down lab-status lab-shell lab-capture lab-graph lab-cleanup \
@@ -19,12 +21,19 @@ SETUP_STAMP := $(VENV)/.setup-done
 
 setup: $(SETUP_STAMP)
 
+# A policy-rc.d (exit 101) while apt installs, unless one is there: openssh-server's
+# postinst would otherwise start an sshd on the machine.
 $(SETUP_STAMP): pyproject.toml Makefile
 	@echo "==> apt packages: $(APT_PACKAGES)"
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; \
+	  policy=; if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	    policy=/usr/sbin/policy-rc.d; printf '#!/bin/sh\nexit 101\n' > $$policy; chmod 0755 $$policy; \
+	  fi; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; rc=$$?; \
+	  if [ -n "$$policy" ]; then rm -f $$policy; fi; \
+	  [ $$rc -eq 0 ]; \
 	fi
 	@echo "==> python venv $(VENV)"
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
