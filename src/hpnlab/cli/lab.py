@@ -20,6 +20,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from ..hosts import CommandError
     from ..labs._kit import LabError
     module = lab_module(args.lab_name)
     provider = provider_from(args)
@@ -33,7 +34,9 @@ def run(args) -> int:
             return 1
         try:
             result = module.run(provider, args, step)
-        except LabError as exc:
+        except (LabError, CommandError, TimeoutError) as exc:
+            # a host that did not do what the lab asked: name it, no traceback (the lab has
+            # already stopped what it started on every host)
             console.print(f"[red]lab {args.lab_name}: {exc}[/red]")
             return 1
     console.print(f"[green]lab {args.lab_name} done[/green] in {time.monotonic() - started:.1f}s; "

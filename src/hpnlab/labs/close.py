@@ -465,7 +465,7 @@ def render(results: dict, names: list[str], env: dict, args, traced: bool) -> st
          "reads EOF and sits in CLOSE_WAIT (被动关闭) until *it* calls close(), then LAST_ACK → CLOSED. "
          "Only the active closer keeps TIME_WAIT (2×MSL, 60 s on Linux).",
          f"- **simultaneous** — both call close() at the same instant; {args.delay_ms:g} ms of one-way delay "
-         "(an NFQUEUE delay line on both NICs for this port only) makes the FINs cross in flight. Each side "
+         "(netem on both data NICs where the kernel has it, else an NFQUEUE delay line for this port only) makes the FINs cross in flight. Each side "
          "receives a FIN while in FIN_WAIT1 (its own FIN not yet ACKed) and goes to **CLOSING**, skipping "
          "FIN_WAIT2, then TIME_WAIT when its FIN is ACKed: *both* sides end in TIME_WAIT.",
          "- **halfclose** — shutdown(SHUT_WR) sends a FIN but keeps the read side: the client sits in "

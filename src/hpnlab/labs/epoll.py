@@ -169,9 +169,9 @@ def add_arguments(p) -> None:
 def one_run(snd, rcv, ip: str, port: int, mode: str, pattern: str, nbytes: int, args,
             strace_out: Path | None = None) -> dict:
     argv = agent_argv(rcv, "epoll", "recv", "--port", port, "--mode", mode, "--buf", args.buf)
+    on_host = f"/tmp/hpnlab-epoll-strace-{port}.txt"     # strace writes on the receiver; fetched below
     if strace_out:
-        argv = ["strace", "-f", "-c", "-o", str(strace_out), "-e", "trace=epoll_wait,epoll_pwait,recvfrom,read",
-                *argv]
+        argv = ["strace", "-f", "-c", "-o", on_host, "-e", "trace=epoll_wait,epoll_pwait,recvfrom,read", *argv]
     r = rcv.start(argv, name=f"epoll-recv-{port}")
     try:
         rcv.wait_for_port(port, timeout=max(15.0, rcv.start_timeout))
@@ -195,6 +195,8 @@ def one_run(snd, rcv, ip: str, port: int, mode: str, pattern: str, nbytes: int, 
         raise LabError(f"reader got {res['bytes']} bytes, sender sent {nbytes}")
     res["unsent"] = nbytes - arrived
     if strace_out:
+        rcv.get(on_host, strace_out)
+        rcv.run(["rm", "-f", on_host], check=False)
         res["strace"] = parse_strace_c(strace_out.read_text())
     return res
 
