@@ -8,6 +8,7 @@ process group, its output goes to files beside an exit-status file, so
 from __future__ import annotations
 
 import io
+import re
 import shlex
 import time
 from pathlib import Path
@@ -16,6 +17,48 @@ from typing import Callable
 from . import Command, CommandError, Host, Process, Result, as_shell
 
 PROC_DIR = "/var/tmp/hpnlab/procs"
+
+
+def proxy_command(ssh_args: str | None, host: str, port: int = 22, user: str = "root") -> str | None:
+    """The ProxyCommand that OpenSSH options (Ansible's ansible_ssh_common_args) give a
+    host, for Fabric's `gateway=`: `-o ProxyCommand=CMD`, or `-o ProxyJump=JUMP` / `-J JUMP`
+    as `ssh -W %h:%p JUMP`. Run by a shell with %h %p %r filled in, as OpenSSH does."""
+    words = shlex.split(ssh_args or "")
+    found = None
+    for i, word in enumerate(words):
+        option = None
+        if word == "-o" and i + 1 < len(words):
+            option = words[i + 1]
+        elif word.startswith("-o") and len(word) > 2:
+            option = word[2:]
+        elif word == "-J" and i + 1 < len(words):
+            option = f"ProxyJump={words[i + 1]}"
+        if not option:
+            continue
+        m = re.match(r"\s*(\w+)\s*[=\s]\s*(.*)", option, re.S)
+        key, value = (m.group(1).lower(), m.group(2).strip()) if m else ("", "")
+        if key == "proxycommand" and value.lower() != "none":
+            found = value
+        elif key == "proxyjump" and value.lower() != "none":
+            found = _jump_command(value)
+        if found:
+            break       # OpenSSH too keeps the first value it is given
+    if not found:
+        return None
+    tokens = {"%": "%", "h": host, "p": str(port), "r": user}
+    command = re.sub(r"%([%hpr])", lambda m: tokens[m.group(1)], found)
+    return shlex.join(["sh", "-c", f"exec {command}"])
+
+
+def _jump_command(jumps: str) -> str:
+    """ProxyJump [user@]host[:port][,...] as the command OpenSSH makes of it."""
+    *earlier, last = jumps.split(",")
+    m = re.fullmatch(r"(?:(?P<user>[^@]+)@)?(?P<host>\[[^]]+\]|[^:]+)(?::(?P<port>\d+))?", last.strip())
+    if not m:
+        raise ValueError(f"cannot read ProxyJump {jumps!r}")
+    argv = ["ssh"] + (["-J", ",".join(earlier)] if earlier else [])
+    argv += (["-l", m["user"]] if m["user"] else []) + (["-p", m["port"]] if m["port"] else [])
+    return shlex.join([*argv, "-W", "%h:%p", m["host"].strip("[]")]).replace("'%h:%p'", "%h:%p")
 
 
 def _env_prefix(env: dict | None) -> str:
@@ -63,7 +106,8 @@ class SshProcess(Process):
 
     def signal(self, signum: int) -> None:
         # the whole process group (setsid made the shell its leader)
-        self.host.run(f"kill -{int(signum)} -- -{self._pid} 2>/dev/null || kill -{int(signum)} {self._pid} 2>/dev/null || true",
+        # `-PID` without `--`: dash (sh on Debian) reads `--` as a PID
+        self.host.run(f"kill -{int(signum)} -{self._pid} 2>/dev/null || kill -{int(signum)} {self._pid} 2>/dev/null || true",
                       timeout=30, check=False)
 
     def logs(self) -> tuple[str, str]:
@@ -77,10 +121,13 @@ class SshHost(Host):
 
     def __init__(self, spec, address: str, user: str = "root", key: str | Path | None = None,
                  port: int = 22, record: Callable[[dict], None] | None = None,
-                 connect_timeout: float = 15.0):
+                 connect_timeout: float = 15.0, proxy_command: str | None = None,
+                 become: bool = False):
         super().__init__(spec)
         self.ssh_address, self.user, self.port = address, user, port
         self.key = str(key) if key else None
+        self.proxy_command = proxy_command      # a jump host: Fabric's gateway= (see proxy_command())
+        self.become = become                    # a non-root login: commands run through `sudo -n`
         self.connect_timeout = connect_timeout
         self._record = record
         self._conn = None
@@ -98,7 +145,8 @@ class SshHost(Host):
                 kwargs["key_filename"] = [self.key]
             config = Config(overrides={"load_ssh_configs": False})
             conn = Connection(self.ssh_address, user=self.user, port=self.port, config=config,
-                              connect_timeout=self.connect_timeout, connect_kwargs=kwargs)
+                              connect_timeout=self.connect_timeout, connect_kwargs=kwargs,
+                              gateway=self.proxy_command or None)
             # Lab VMs get new host keys on every `up`, often at a reused address:
             # trust what answers on the lab's own management network, remember nothing.
             conn.client._system_host_keys = paramiko.HostKeys()
@@ -112,12 +160,15 @@ class SshHost(Host):
             self._conn = None
 
     # -- commands ---------------------------------------------------------------
+    def _as_root(self, shell: str) -> str:
+        return f"sudo -n -- sh -c {shlex.quote(shell)}" if self.become else shell
+
     def _exec(self, cmd: Command, timeout: float, input: str | None, env: dict | None) -> Result:
         from invoke.exceptions import CommandTimedOut
         shell = as_shell(cmd)
         started = time.monotonic()
         try:
-            r = self.conn.run(_env_prefix(env) + shell, hide=True, warn=True, timeout=timeout,
+            r = self.conn.run(self._as_root(_env_prefix(env) + shell), hide=True, warn=True, timeout=timeout,
                               in_stream=io.StringIO(input) if input is not None else False)
         except CommandTimedOut as exc:
             result = Result(self.name, shell, -9, exc.result.stdout, f"timed out after {timeout:g}s",
@@ -168,4 +219,5 @@ class SshHost(Host):
         self.conn.get(remote, str(local))
 
     def __repr__(self):
-        return f"<SshHost {self.name} {self.user}@{self.ssh_address}>"
+        via = " via proxy" if self.proxy_command else ""
+        return f"<SshHost {self.name} {self.user}@{self.ssh_address}{via}>"
