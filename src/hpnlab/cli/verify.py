@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -94,7 +95,8 @@ def _host_argv(lab, name: str, hv: dict, inv: Path, junit: Path) -> list[str]:
               "--rootdir", str(infra_dir()), "-o", "addopts=", "--junitxml", str(junit)]
     if hv.get("ansible_connection") == "hpnlab_netns":
         return ["ip", "netns", "exec", hv["hpnlab_netns"], *pytest, "--hosts=local://"]
-    return [*pytest, f"--hosts=ansible://{name}", f"--ansible-inventory={inv}"]
+    # absolute: the checks run with cwd in a temporary directory
+    return [*pytest, f"--hosts=ansible://{name}", f"--ansible-inventory={inv.resolve()}"]
 
 
 def _listener_argv(hv: dict, port: int) -> list[str]:
@@ -105,8 +107,8 @@ def _listener_argv(hv: dict, port: int) -> list[str]:
            "-p", str(hv.get("ansible_port", 22))]
     if hv.get("ansible_ssh_private_key_file"):
         ssh += ["-i", str(hv["ansible_ssh_private_key_file"])]
+    ssh += shlex.split(str(hv.get("ansible_ssh_common_args") or ""))   # a jump host (ProxyCommand), as Ansible uses it
     target = f"{hv['ansible_user']}@{hv['ansible_host']}" if hv.get("ansible_user") else hv["ansible_host"]
-    import shlex
     return [*ssh, target, shlex.join(py)]
 
 
