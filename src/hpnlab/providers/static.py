@@ -1,0 +1,367 @@
+"""The static provider: real machines that already exist, reached over SSH.
+
+    inventory/static.yml   how to reach each host (ansible_host, ansible_user, ansible_port,
+                           ansible_ssh_private_key_file, ansible_become; a jump host as
+                           ansible_ssh_common_args: -o ProxyCommand=... or -o ProxyJump=...)
+                           and what its NICs are called (hpnlab_ifnames: network → NIC)
+    up     every host answers over SSH and has every data NIC named → each NIC gets the
+           topology's address, MTU and link state where it lacks them → the host's sysctls
+           (machine + profile) are set and read back → state phase up
+    down   the processes labs started, then exactly what `up` changed, undone
+
+The machines are not hpnlab's: `up` records each change in state.json before it makes
+it, so `down`, a rolled-back `up` and `cleanup` undo those changes and touch nothing
+else. A machine without a state file is never touched. Provisioning (`hpnlab provision`)
+is what a real machine keeps: `down` does not undo it.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from .. import inventory
+from ..hosts.ssh import SshHost, proxy_command
+from ..state import LabState, register_live, registered, state_root, unregister_live
+from ..topology import Lab
+from ..topology.model import Host as HostSpec
+from . import Progress, Provider, ProviderError, _quiet
+
+SSH_TIMEOUT = 30.0
+
+
+class StaticProvider(Provider):
+    name = "static"
+
+    def __init__(self, lab: Lab, state_root: Path | None = None):
+        # The hosts' NICs carry their real names (hpnlab_ifnames) everywhere: labs, status,
+        # inventory. Without a static inventory the lab keeps lab.yml's names until `up` asks.
+        try:
+            self.static = inventory.load_static()
+        except inventory.InventoryError as exc:
+            self.static, self.static_error = None, str(exc)
+        else:
+            lab = _with_real_ifnames(lab, self.static)
+        super().__init__(lab, state_root)
+
+    # -- lifecycle -----------------------------------------------------------------
+    def is_up(self) -> bool:
+        state = self.state.read()
+        return bool(state and state.get("phase") == "up")
+
+    def up(self, progress: Progress = _quiet) -> bool:
+        with self.state.lock():
+            if self.is_up():
+                progress(f"lab {self.lab.name} is already up: nothing changed")
+                return False
+            if self.state.read():
+                progress("undoing what an earlier, unfinished `up` changed")
+                self._teardown(progress)
+            state = {"lab": self.lab.name, "provider": self.name, "phase": "creating",
+                     "started": time.time(), "hosts": self._reach(), "changes": {h: [] for h in self.lab.hosts},
+                     "processes": [], "source": str(self.lab.source or ""), "topology": self.lab.to_dict()}
+            self.state.write(state)
+            register_live(self.name, self.lab.name, self.state.path)
+            try:
+                self._create(state, progress)
+            except BaseException as exc:
+                progress(f"up failed: undoing what it changed ({exc})")
+                try:
+                    self._teardown(progress)
+                finally:
+                    unregister_live(self.name, self.lab.name)
+                if isinstance(exc, (KeyboardInterrupt, SystemExit, ProviderError)):
+                    raise
+                raise ProviderError(f"bring-up of {self.lab.name} failed and was undone: {exc}") from exc
+            state["phase"] = "up"
+            state["ready"] = time.time()
+            self.state.write(state)
+        return True
+
+    def _reach(self) -> dict:
+        """How to reach each host, from the static inventory (kept in state.json so that
+        `down` and `cleanup` reach the machines `up` changed, whatever the file says later)."""
+        if self.static is None:
+            raise ProviderError(self.static_error)
+        reach = {}
+        for name in self.lab.hosts:
+            try:
+                conn = inventory._static_connection(self.lab, name, self.static)
+            except inventory.InventoryError as exc:
+                raise ProviderError(str(exc)) from None
+            user = str(conn.get("ansible_user") or "root")
+            port = int(conn.get("ansible_port") or 22)
+            key = conn.get("ansible_ssh_private_key_file")
+            ssh_args = str(conn.get("ansible_ssh_common_args") or "")
+            reach[name] = {"address": str(conn["ansible_host"]), "user": user, "port": port,
+                           "key": str(Path(key).expanduser()) if key else None, "ssh_args": ssh_args,
+                           "proxy": proxy_command(ssh_args, str(conn["ansible_host"]), port, user),
+                           "become": user != "root" and _true(conn.get("ansible_become"))}
+        return reach
+
+    def _create(self, state: dict, progress: Progress) -> None:
+        hosts = self.hosts(state)
+        # Look before changing anything: every host answers and has its NICs.
+        links = {}
+        for name, host in hosts.items():
+            r = host.run("true", timeout=SSH_TIMEOUT, check=False)
+            if not r.ok:
+                raise ProviderError(f"[{name}] no SSH to {_describe(state['hosts'][name])}: "
+                                    f"{(r.stderr or r.stdout).strip() or f'exit status {r.rc}'}")
+            links[name] = _links(host)
+            missing = [f"{n.ifname} (network {n.network})" for n in host.spec.nics if n.ifname not in links[name]]
+            if missing:
+                raise ProviderError(f"[{name}] no NIC {', '.join(missing)} (NICs there: "
+                                    f"{', '.join(sorted(links[name]))}); name the real ones in the static "
+                                    f"inventory: hpnlab_ifnames: {{network: NIC}}")
+        progress(f"{len(hosts)} host(s) answer over SSH and have their NICs")
+        for name, host in hosts.items():
+            self._configure(host, links[name], state)
+        progress("NICs given their addresses/MTUs where missing, sysctls applied and read back")
+
+    def _configure(self, host: SshHost, links: dict, state: dict) -> None:
+        def change(record: dict, argv: list[str]) -> None:
+            state["changes"][host.name].append(record)      # write-ahead: recorded before made
+            self.state.write(state)
+            host.run(argv, timeout=SSH_TIMEOUT)
+
+        for nic in host.spec.nics:
+            link = links[nic.ifname]
+            if link.get("mtu") != nic.mtu:
+                change({"kind": "mtu", "ifname": nic.ifname, "was": link.get("mtu"), "set": nic.mtu},
+                       ["ip", "link", "set", "dev", nic.ifname, "mtu", str(nic.mtu)])
+            if str(nic.address) not in _inet(link):
+                change({"kind": "addr", "ifname": nic.ifname, "addr": str(nic.address)},
+                       ["ip", "addr", "replace", str(nic.address), "dev", nic.ifname])
+            if "UP" not in link.get("flags", []):
+                change({"kind": "link-up", "ifname": nic.ifname}, ["ip", "link", "set", "dev", nic.ifname, "up"])
+        sysctls = {**self.lab.machine_sysctls, **host.spec.sysctls}
+        if not sysctls:
+            return
+        have = _sysctls(host, sysctls)
+        for key, want in sysctls.items():
+            if _norm(have[key]) != _norm(want):
+                change({"kind": "sysctl", "key": key, "was": have[key], "set": _norm(want)},
+                       ["sysctl", "-q", "-w", f"{key}={_norm(want)}"])
+        for key, got in _sysctls(host, sysctls).items():
+            if _norm(got) != _norm(sysctls[key]):
+                raise ProviderError(f"[{host.name}] sysctl {key} reads back {got!r}, wanted {sysctls[key]!r}")
+
+    def down(self, progress: Progress = _quiet) -> None:
+        with self.state.lock():
+            self._teardown(progress)
+        self.state.discard()
+
+    def _teardown(self, progress: Progress) -> None:
+        state = self.state.read() or {}
+        _undo(state, progress)
+        unregister_live(self.name, self.lab.name)
+        self.state.remove()
+
+    @classmethod
+    def cleanup(cls, progress: Progress = _quiet, lab: str | None = None) -> list[str]:
+        """Undo what the recorded changes of static labs say (all not live, or `lab`): only
+        machines a state file names are reached, and only what it recorded is undone."""
+        registry = registered(cls.name)
+        live = set() if lab is not None else {name for name, e in registry.items() if e["live"]}
+        for name in sorted(live):
+            progress(f"lab {name} is live (up or coming up): kept")
+        root = state_root()
+        files = sorted(root.glob("*/state.json")) if root.exists() else []
+        files += [e["state"] for e in registry.values() if e["state"] and e["state"] not in files]
+        removed = []
+        for path in files:
+            name = path.parent.name
+            if (lab is not None and name != lab) or name in live:
+                continue
+            st = LabState(name, path.parent.parent)
+            with st.lock():
+                data = st.read()
+                if not data or data.get("provider") != cls.name:
+                    continue
+                progress(f"undoing what lab {name} changed on its machines")
+                removed += _undo(data, progress)
+                st.remove()
+            st.discard()
+            unregister_live(cls.name, name)
+            removed.append(f"state {st.dir}")
+        for name in registry if lab is None else [lab]:
+            if name not in live:
+                unregister_live(cls.name, name)
+        return removed
+
+    # -- using the lab -----------------------------------------------------------------
+    def hosts(self, state: dict | None = None) -> dict:
+        if state is None:
+            state = self.state.read() or {}
+            if state.get("phase") != "up":
+                raise ProviderError(f"lab {self.lab.name} is not up (run `hpnlab up`, provider static)")
+
+            def record(proc: dict) -> None:
+                with self.state.update() as data:
+                    data.setdefault("processes", []).append(proc)
+        else:       # during `up`, which holds the lock and owns `state`
+            def record(proc: dict) -> None:
+                state.setdefault("processes", []).append(proc)
+                self.state.write(state)
+        return {name: _ssh_host(spec, state["hosts"][name], record) for name, spec in self.lab.hosts.items()}
+
+    def _reach_of(self, host: str) -> dict:
+        self.host(host)
+        return (self.state.read() or {})["hosts"][host]
+
+    def ssh_argv(self, host: str) -> list[str]:
+        return _ssh_argv(self._reach_of(host))
+
+    def shell_argv(self, host: str) -> list[str]:
+        return [*self.ssh_argv(host), "-t", f"HPNLAB_HOST={host} exec bash -l"]
+
+    def capture_argv(self, target: str, extra: list[str]) -> list[str]:
+        """tcpdump on the host (a network: its first member's NIC); a pcap (-w FILE) comes
+        back through SSH into the local FILE."""
+        hname, ifname = self._capture_point(target)
+        extra = list(extra)
+        local = None
+        if "-w" in extra:
+            i = extra.index("-w")
+            local, extra[i + 1] = extra[i + 1], "-"
+        remote = shlex.join(["tcpdump", "-i", ifname, "-n", *extra])
+        if self._reach_of(hname).get("become"):
+            remote = f"sudo -n {remote}"
+        argv = [*self.ssh_argv(hname), remote]
+        if local is None:
+            return argv
+        return ["sh", "-c", f"{shlex.join(argv)} > {shlex.quote(local)}"]
+
+    def _capture_point(self, target: str) -> tuple[str, str]:
+        if ":" in target:
+            hname, wanted = target.split(":", 1)
+            spec = self.host(hname).spec
+            nic = next((n for n in spec.nics if wanted in (n.ifname, n.network)), None)
+            if nic is None:
+                raise ProviderError(f"host {hname} has no NIC {wanted!r} (NICs: "
+                                    + ", ".join(f"{n.ifname}/{n.network}" for n in spec.nics) + ")")
+            return hname, nic.ifname
+        net = self.lab.networks.get(target)
+        if net is None:
+            raise ProviderError(f"no network {target!r} (networks: {', '.join(self.lab.networks)}; "
+                                f"or give HOST:NIC)")
+        first = net.members[0]
+        return first, self.lab.hosts[first].nic(net.name).ifname
+
+    def _where(self, host: str, state: dict) -> str:
+        reach = (state.get("hosts") or {}).get(host)
+        return f"ssh {_describe(reach)}" if reach else "-"
+
+
+PROVIDER = StaticProvider
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+def _with_real_ifnames(lab: Lab, static: dict[str, dict]) -> Lab:
+    """The lab with each host's NICs named as the static inventory's hpnlab_ifnames says."""
+    hosts = {}
+    for name, spec in lab.hosts.items():
+        renames = (static.get(name) or {}).get("hpnlab_ifnames") or {}
+        hosts[name] = replace(spec, nics=tuple(replace(n, ifname=str(renames.get(n.network, n.ifname)))
+                                               for n in spec.nics))
+    return replace(lab, hosts=hosts)
+
+
+def _ssh_host(spec: HostSpec, reach: dict, record=None) -> SshHost:
+    return SshHost(spec, reach["address"], user=reach["user"], key=reach.get("key"), port=reach["port"],
+                   record=record, proxy_command=reach.get("proxy"), become=reach.get("become", False))
+
+
+def _ssh_argv(reach: dict) -> list[str]:
+    argv = ["ssh", "-p", str(reach["port"]), *shlex.split(reach.get("ssh_args") or "")]
+    if reach.get("key"):
+        argv += ["-i", reach["key"]]
+    return [*argv, f"{reach['user']}@{reach['address']}"]
+
+
+def _describe(reach: dict) -> str:
+    via = " via proxy" if reach.get("proxy") else ""
+    return f"{reach['user']}@{reach['address']}:{reach['port']}{via}"
+
+
+def _undo(state: dict, progress: Progress) -> list[str]:
+    """End the processes labs started and undo the recorded changes, newest first, on
+    every host the state names. A host that cannot be reached keeps its record (the state
+    stays) and is named in the error."""
+    done, failed = [], []
+    for name, reach in (state.get("hosts") or {}).items():
+        host = _ssh_host(_bare_spec(name), reach)
+        processes = [p for p in state.get("processes", []) if p.get("host") == name]
+        changes = (state.get("changes") or {}).get(name, [])
+        if not processes and not changes:
+            continue
+        if not host.run("true", timeout=SSH_TIMEOUT, check=False).ok:
+            failed.append(f"{name} ({_describe(reach)})")
+            continue
+        for proc in processes:
+            base = proc["stdout"].removesuffix(".out")
+            # the group only while its exit-status file is missing: then the PID is still the lab's
+            host.run(f"if [ ! -e {base}.rc ] && kill -0 {proc['pid']} 2>/dev/null; then "
+                     f"kill -TERM -{proc['pid']} 2>/dev/null; sleep 1; kill -KILL -{proc['pid']} 2>/dev/null; "
+                     f"fi; rm -f {base}.out {base}.err {base}.rc", timeout=SSH_TIMEOUT, check=False)
+            done.append(f"{name}: ended {proc['name']} (pid {proc['pid']})")
+        for change in reversed(changes):
+            argv = _undo_argv(host, change)
+            if argv:
+                host.run(argv, timeout=SSH_TIMEOUT, check=False)
+                done.append(f"{name}: {shlex.join(argv)}")
+        host.close()
+    for what in done:
+        progress(what)
+    if failed:
+        raise ProviderError(f"cannot reach {', '.join(failed)} to undo what the lab changed there; "
+                            f"its record stays: run `hpnlab down` again once SSH works")
+    return done
+
+
+def _undo_argv(host: SshHost, change: dict) -> list[str] | None:
+    kind, ifname = change["kind"], change.get("ifname")
+    if kind == "addr":
+        return ["ip", "addr", "del", change["addr"], "dev", ifname]
+    if kind == "mtu" and change.get("was"):
+        return ["ip", "link", "set", "dev", ifname, "mtu", str(change["was"])]
+    if kind == "link-up":
+        return ["ip", "link", "set", "dev", ifname, "down"]
+    if kind == "sysctl":
+        # only while it still holds what `up` set: a value someone set since is theirs
+        now = host.run(["sysctl", "-n", change["key"]], timeout=SSH_TIMEOUT, check=False)
+        if now.ok and _norm(now.stdout) == change["set"]:
+            return ["sysctl", "-q", "-w", f"{change['key']}={_norm(change['was'])}"]
+    return None
+
+
+def _bare_spec(name: str) -> HostSpec:
+    """Enough of a host to reach it (cleanup reads machines from a state file alone)."""
+    return HostSpec(name=name, role="-", cpus=0, memory_mb=0, profile=None, sysctls={}, hugepages=0,
+                    hugepage_size="2M", dpdk_network=None, nics=())
+
+
+def _links(host: SshHost) -> dict[str, dict]:
+    out = host.run(["ip", "-j", "addr", "show"], timeout=SSH_TIMEOUT).stdout
+    return {link["ifname"]: link for link in json.loads(out or "[]")}
+
+
+def _inet(link: dict) -> list[str]:
+    return [f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", []) if a.get("family") == "inet"]
+
+
+def _sysctls(host: SshHost, sysctls: dict) -> dict[str, str]:
+    got = host.run(["sysctl", "-n", *sysctls], timeout=SSH_TIMEOUT).stdout.split("\n")
+    return dict(zip(sysctls, got))
+
+
+def _norm(value) -> str:
+    return " ".join(str(value).split())
+
+
+def _true(value) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
