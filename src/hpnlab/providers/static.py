@@ -49,13 +49,17 @@ class StaticProvider(Provider):
     # -- lifecycle -----------------------------------------------------------------
     def is_up(self) -> bool:
         state = self.state.read()
-        return bool(state and state.get("phase") == "up")
+        return bool(state and state.get("phase") == "up" and state.get("provider") == self.name)
 
     def up(self, progress: Progress = _quiet) -> bool:
         with self.state.lock():
             if self.is_up():
                 progress(f"lab {self.lab.name} is already up: nothing changed")
                 return False
+            other = (self.state.read() or {}).get("provider", self.name)
+            if other != self.name:
+                raise ProviderError(f"lab {self.lab.name} has state of provider {other} ({self.state.path}): "
+                                    f"`hpnlab --provider {other} down` it first, or rename the lab")
             if self.state.read():
                 progress("undoing what an earlier, unfinished `up` changed")
                 self._teardown(progress)
@@ -196,7 +200,7 @@ class StaticProvider(Provider):
     def hosts(self, state: dict | None = None) -> dict:
         if state is None:
             state = self.state.read() or {}
-            if state.get("phase") != "up":
+            if not self.is_up():
                 raise ProviderError(f"lab {self.lab.name} is not up (run `hpnlab up`, provider static)")
 
             def record(proc: dict) -> None:
@@ -252,7 +256,7 @@ class StaticProvider(Provider):
         return first, self.lab.hosts[first].nic(net.name).ifname
 
     def _where(self, host: str, state: dict) -> str:
-        reach = (state.get("hosts") or {}).get(host)
+        reach = (state.get("hosts") or {}).get(host) if state.get("provider") == self.name else None
         return f"ssh {_describe(reach)}" if reach else "-"
 
 
