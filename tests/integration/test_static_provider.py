@@ -44,13 +44,19 @@ for d in etc opt root usr/local var; do
   mount -t overlay overlay -o "lowerdir=/$d,upperdir=$layer/upper,workdir=$layer/work" "/$d"
 done
 mount -t hugetlbfs -o pagesize=2M hugetlbfs /mnt
+# a login that is not root, for the "missing sudo" case (this machine has no sudo at all);
+# its home is under /var, which is this fake machine's own
+useradd -M -d /var/tmp/labuser -s /bin/sh -p "*" labuser   # "*": no password, yet not locked (sshd refuses "!")
+mkdir -p /var/tmp/labuser/.ssh
+cp "$dir/authorized_keys" /var/tmp/labuser/.ssh/authorized_keys
+chown -R labuser /var/tmp/labuser
 exec /usr/sbin/sshd -D -e -f "$dir/sshd_config"
 """
 
 SSHD_CONFIG = """\
 ListenAddress 127.0.0.1:22
 HostKey {dir}/host_key
-AuthorizedKeysFile {dir}/authorized_keys
+AuthorizedKeysFile {dir}/authorized_keys .ssh/authorized_keys
 PidFile none
 PermitRootLogin prohibit-password
 PasswordAuthentication no
@@ -128,7 +134,8 @@ def _cli(args: list[str], cwd: Path, env: dict, check: bool = True) -> subproces
     return proc
 
 
-def _inventory(machines: dict[str, str], key: Path, sshless: str | None = None) -> str:
+def _inventory(machines: dict[str, str], key: Path, sshless: str | None = None,
+               sudoless: str | None = None) -> str:
     known_hosts = key.parent / "known_hosts"
     hosts = {}
     for i, (host, ns) in enumerate(sorted(machines.items()), start=1):
@@ -142,6 +149,8 @@ def _inventory(machines: dict[str, str], key: Path, sshless: str | None = None) 
                                        f'-o UserKnownHostsFile={known_hosts} -o StrictHostKeyChecking=accept-new',
             "hpnlab_ifnames": {"data": "lan0"},
         }
+        if host == sudoless:        # a login that must become root, on a machine without sudo
+            hosts[host] |= {"ansible_user": "labuser", "ansible_become": True}
     return json.dumps({"all": {"vars": {"ansible_user": "root", "ansible_ssh_private_key_file": str(key),
                                          "ansible_python_interpreter": "/usr/bin/python3"},
                                "hosts": hosts}})
@@ -247,6 +256,24 @@ def test_static_provider_on_namespace_machines(leaves_nothing, lab_factory, tmp_
         assert not (work / "inventory" / f"{name}.yml").exists()
         h1.close()
         h2.close()
+
+        # bad input, each named with its host and reason: a login without sudo (h2) stops
+        # `up` before it changes anything anywhere ...
+        static.write_text(_inventory(machines, key, sudoless="h2"))
+        proc = _cli(["up"], work, env, check=False)
+        assert proc.returncode == 1 and "[h2]" in proc.stderr and "sudo" in proc.stderr, proc.stderr
+        assert not (tmp_path / "state" / name / "state.json").exists()
+        assert "10.77.1.2/24" not in _addrs(_link(ns2, "lan0"))
+        # ... and fails provisioning there, while h1 is given a NIC DPDK cannot take (a veth
+        # has no PCI address to bind): each host's failure names it and why
+        (work / "lab.yml").write_text(re.sub(r"(?m)^(  h1:\n)", r"\1    dpdk: data\n",
+                                             _lab_text(name, "static", pool + 64)))
+        proc = _cli(["provision"], work, dict(env, COLUMNS="500"), check=False)     # no wrapped lines
+        failed = {line.split(":")[0].removeprefix("FAILED host "): line
+                  for line in proc.stderr.splitlines() if line.startswith("FAILED host ")}
+        assert proc.returncode != 0 and set(failed) == {"h1", "h2"}, proc.stderr
+        assert "DPDK" in failed["h1"] or "PCI" in failed["h1"], failed["h1"]
+        assert "sudo" in failed["h2"], failed["h2"]
         for proc in (sshd1, sshd2):
             assert proc.poll() is None
 

@@ -58,7 +58,10 @@ class CallbackModule(CallbackBase):
                  if not k.startswith(("ansible_", "discovered_")) and len(json.dumps(v, default=str)) < 4096}
         msg = res.get("msg") or ""
         if status in ("failed", "unreachable"):
-            err = (res.get("stderr") or "").strip()
+            # a module that never ran (e.g. `become` without sudo) says why only in module_stderr
+            err = (res.get("stderr") or res.get("module_stderr") or res.get("module_stdout") or "").strip()
+            if res.get("module_stderr") is not None:
+                msg = msg.splitlines()[0] if msg else msg     # drop "See stdout/stderr ...": err is here
             if err and err not in msg:
                 msg = f"{msg}: {err}" if msg else err
             if not msg:
