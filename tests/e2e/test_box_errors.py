@@ -1,0 +1,33 @@
+"""The box build's bad input: no Debian mirror to reach. The error says what to do, and the
+cache keeps nothing half-built (only the build log it points to)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from hpnlab.vm import VmError
+from hpnlab.vm import box as vmbox
+from hpnlab.vm import setup as vmsetup
+
+pytestmark = [pytest.mark.vm]
+
+
+def test_box_build_without_a_mirror_fails_clearly_and_leaves_nothing(tmp_path, monkeypatch):
+    if os.geteuid() != 0:
+        pytest.skip("building the box needs root (mmdebstrap --mode=root)")
+    if os.environ.get("HPNLAB_SKIP_VM") == "1":
+        pytest.skip("HPNLAB_SKIP_VM=1")
+    vmsetup.ensure_packages(print)                  # mmdebstrap and friends, as `make lab-up` does
+    cache = tmp_path / "box"
+    monkeypatch.setattr(vmbox, "CACHE", cache)
+    # a mirror on loopback that nothing serves: apt fails at once, nothing leaves the machine
+    monkeypatch.setenv("HPNLAB_DEBIAN_MIRROR", "http://127.0.0.1:9/debian")
+    monkeypatch.setenv("HPNLAB_DEB_CACHE", str(tmp_path / "debs"))
+    with pytest.raises(VmError) as err:
+        vmbox.build(print, force=True)
+    message = str(err.value)
+    assert "box build failed" in message and "could not reach the Debian mirror" in message, message
+    assert "HPNLAB_DEBIAN_MIRROR" in message and "make box" in message
+    left = sorted(p.name for p in cache.iterdir())
+    assert left == [f"build-{vmbox.recipe_hash()}.log"], left
