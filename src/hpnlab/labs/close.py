@@ -34,7 +34,7 @@ from ._kit import (
     set_sysctls,
     state_paths,
 )
-from .p2p import peer_jobs, sleep_until
+from .p2p import peer_jobs
 
 HELP = "four-way close: active/passive, simultaneous (CLOSING), half-close, RST on close, TIME_WAIT"
 PORT = 44000
@@ -45,6 +45,26 @@ SCENARIOS = ("normal", "simultaneous", "halfclose", "rst")
 
 def _err(exc: OSError) -> str:
     return errno.errorcode.get(exc.errno, str(exc)) if exc.errno else type(exc).__name__
+
+
+def _close_phase(segments: list[str]) -> list[str]:
+    """The segments from the last one before the first FIN or RST (the data before that, such
+    as the simultaneous scenario's pings, is not what the row is about)."""
+    first = next((i for i, s in enumerate(segments) if "FIN" in s or "RST" in s), len(segments))
+    return segments[max(0, first - 1):][:10]
+
+
+def _lines(sock: socket.socket):
+    """The lines a peer sends, without their newline, until it closes."""
+    buf = b""
+    while True:
+        while b"\n" not in buf:
+            data = sock.recv(4096)
+            if not data:
+                return
+            buf += data
+        line, buf = buf.split(b"\n", 1)
+        yield line.decode()
 
 
 def server_main(argv: list[str]) -> int:
@@ -70,10 +90,17 @@ def server_main(argv: list[str]) -> int:
         c.close()
         ev("close(): LAST_ACK")
     elif a.scenario == "simultaneous":
-        close_at = float(c.recv(100).split()[1])       # the client names the moment, once both are up
-        sleep_until(close_at)
+        # answer the client's pings, then close `after` seconds from its "close-in" message
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        lines = _lines(c)
+        for line in lines:
+            if line == "ping":
+                c.sendall(b"pong\n")
+            elif line.startswith("close-in "):
+                time.sleep(float(line.split()[1]))
+                break
         c.close()
-        ev("close() at the shared time")
+        ev("close() at the agreed moment")
     elif a.scenario == "halfclose":
         c.recv(100)
         while c.recv(100):
@@ -114,11 +141,22 @@ def client_main(argv: list[str]) -> int:
         c.close()
         ev("close(): active close, FIN_WAIT1")
     elif a.scenario == "simultaneous":
-        close_at = time.time() + 0.5                   # same clock on both hosts (netns; NTP on VMs)
-        c.sendall(f"hello {close_at:.6f}\n".encode())
-        sleep_until(close_at)
+        # Agree on the moment without trusting the hosts' clocks (two emulated guests may differ
+        # by more than the delay that makes FINs cross): the server closes `after` seconds from
+        # receiving "close-in", the client `after` seconds plus the one-way time from sending it.
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        lines, rtts = _lines(c), []
+        for _ in range(5):
+            t0 = time.monotonic()
+            c.sendall(b"ping\n")
+            next(lines)
+            rtts.append(time.monotonic() - t0)
+        after = 0.3
+        sent = time.monotonic()
+        c.sendall(f"close-in {after}\n".encode())
+        time.sleep(max(0.0, sent + after + min(rtts) / 2 - time.monotonic()))
         c.close()
-        ev("close() at the shared time")
+        ev(f"close() at the agreed moment (one-way time {min(rtts) / 2 * 1000:.1f} ms)")
     elif a.scenario == "halfclose":
         c.sendall(b"request\n")
         c.shutdown(socket.SHUT_WR)
@@ -456,7 +494,7 @@ def render(results: dict, names: list[str], env: dict, args, traced: bool) -> st
          "timewait socket, so the trace ends in `→CLOSE` where ss shows TIME-WAIT.", "",
          report.md_table(["scenario", "pcap", "ss client", "ss server", "trace client", "trace server",
                           "TIME_WAIT after C/S"],
-                         [[k, ", ".join(r["segments"][:10]), " ".join(r["ss_client"]), " ".join(r["ss_server"]),
+                         [[k, ", ".join(_close_phase(r["segments"])), " ".join(r["ss_client"]), " ".join(r["ss_server"]),
                            tr(r, "client"), tr(r, "server"),
                            f"{r['time_wait_after']['client']}/{r['time_wait_after']['server']}"]
                           for k, r in sc.items()], align="lllllll"),
