@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..hosts import Host
-from ..state import LabState
+from ..state import LabState, registered, state_root, unregister_live
 from ..topology import Lab, load_lab
 
 Progress = Callable[[str], None]
@@ -40,9 +40,17 @@ class Provider(ABC):
     def up(self, progress: Progress = _quiet) -> bool:
         """Bring the lab up. Returns False (and changes nothing) if it already is."""
 
-    @abstractmethod
+    lock_timeout: float = 60.0          # how long a lifecycle step waits for another one
+
     def down(self, progress: Progress = _quiet) -> None:
         """Remove everything the lab made, including processes it started."""
+        with self.state.lock(timeout=self.lock_timeout):
+            self._teardown(progress)
+        self.state.discard()
+
+    @abstractmethod
+    def _teardown(self, progress: Progress) -> None:
+        """down's work, under the lab's lock (a failed `up` rolls back with it too)."""
 
     @abstractmethod
     def is_up(self) -> bool: ...
@@ -51,6 +59,35 @@ class Provider(ABC):
     @abstractmethod
     def cleanup(cls, progress: Progress = _quiet, lab: str | None = None) -> list[str]:
         """Find leftovers of hpnlab labs (all, or one) without trusting state; remove them."""
+
+    @classmethod
+    def _leftovers(cls, lab: str | None, progress: Progress) -> tuple[set[str], list[LabState]]:
+        """What a cleanup may touch: the provider's labs that are live (kept, unless one is
+        named with --only) and the state of the others, in this state directory and wherever
+        the registry says an `up` kept its own."""
+        registry = registered(cls.name)
+        live = set() if lab is not None else {name for name, e in registry.items() if e["live"]}
+        for name in sorted(live):
+            progress(f"lab {name} is live (up or coming up): kept")
+        root = state_root()
+        files = sorted(root.glob("*/state.json")) if root.exists() else []
+        files += [e["state"] for e in registry.values() if e["state"] and e["state"] not in files]
+        states = []
+        for path in files:
+            name = path.parent.name
+            if (lab is not None and name != lab) or name in live:
+                continue
+            st = LabState(name, path.parent.parent)
+            if (st.read() or {}).get("provider") in (None, cls.name):
+                states.append(st)
+        return live, states
+
+    @classmethod
+    def _forget_dead(cls, lab: str | None, live: set[str]) -> None:
+        """Drop the registry entries of labs a cleanup has removed."""
+        for name in registered(cls.name) if lab is None else [lab]:
+            if name not in live:
+                unregister_live(cls.name, name)
 
     # -- using a running lab --------------------------------------------------
     @abstractmethod
@@ -61,6 +98,15 @@ class Provider(ABC):
         if name not in hosts:
             raise ProviderError(f"no host {name!r} in lab {self.lab.name} (hosts: {', '.join(hosts)})")
         return hosts[name]
+
+    def nic_of(self, host: str, wanted: str):
+        """The NIC of `host` named by interface or network name (HOST:NIC of `capture`)."""
+        spec = self.host(host).spec
+        nic = next((n for n in spec.nics if wanted in (n.ifname, n.network)), None)
+        if nic is None:
+            raise ProviderError(f"host {host} has no NIC {wanted!r} (NICs: "
+                                + ", ".join(f"{n.ifname}/{n.network}" for n in spec.nics) + ")")
+        return nic
 
     @abstractmethod
     def shell_argv(self, host: str) -> list[str]:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .. import impair, machine
 from ..hosts.netns import NetnsHost, netns_argv
-from ..state import LabState, register_live, registered, state_root, unregister_live
+from ..state import register_live, unregister_live
 from . import Progress, Provider, ProviderError, _quiet
 
 MARKER = "hpnlab"
@@ -168,11 +168,6 @@ class NetnsProvider(Provider):
             self.state.write(state)
         return True
 
-    def down(self, progress: Progress = _quiet) -> None:
-        with self.state.lock():
-            self._teardown(progress)
-        self.state.discard()
-
     def _teardown(self, progress: Progress) -> None:
         state = self.state.read() or {}
         names = set(state.get("namespaces", [])) | {ns for ns in self.namespaces()
@@ -191,10 +186,7 @@ class NetnsProvider(Provider):
         removed = []
         # Without --only, labs that are up or coming up (whatever their state directory) are
         # not leftovers: they stay. A lab named with --only goes whatever its state.
-        registry = registered(cls.name)
-        live = set() if lab is not None else {name for name, e in registry.items() if e["live"]}
-        for name in sorted(live):
-            progress(f"lab {name} is live (up or coming up): kept")
+        live, states = cls._leftovers(lab, progress)
         for ns in list_netns():
             marker = marker_of(ns)
             if marker is None or (lab is not None and f" lab={lab} " not in marker + " "):
@@ -204,20 +196,9 @@ class NetnsProvider(Provider):
             progress(f"removing leftover namespace {ns}")
             delete_netns(ns)
             removed.append(ns)
-        # namespaces recorded (write-ahead) but never marked: a kill -9 between `add` and alias.
-        # The state files are here and wherever the registry says a lab's `up` kept its own.
-        root = state_root()
-        state_files = sorted(root.glob("*/state.json")) if root.exists() else []
-        state_files += [e["state"] for e in registry.values() if e["state"] and e["state"] not in state_files]
-        for state_file in state_files:
-            name = state_file.parent.name
-            if (lab is not None and name != lab) or name in live:
-                continue
-            st = LabState(name, state_file.parent.parent)
-            data = st.read() or {}
-            if data.get("provider") not in (None, cls.name):
-                continue
-            for ns in data.get("namespaces", []):
+        # namespaces recorded (write-ahead) but never marked: a kill -9 between `add` and alias
+        for st in states:
+            for ns in (st.read() or {}).get("namespaces", []):
                 if ns in list_netns():
                     progress(f"removing recorded namespace {ns}")
                     delete_netns(ns)
@@ -225,9 +206,7 @@ class NetnsProvider(Provider):
             st.remove()
             _remove_tree(st.logdir)
             st.discard()
-        for name in registry if lab is None else [lab]:
-            if name not in live:
-                unregister_live(cls.name, name)
+        cls._forget_dead(lab, live)
         if lab is not None:
             removed += _release_machine(lab, progress)
         else:
@@ -349,13 +328,8 @@ class NetnsProvider(Provider):
 
     def _capture_point(self, target: str) -> tuple[str, str]:
         if ":" in target:
-            hname, nic = target.split(":", 1)
-            host = self.host(hname).spec
-            names = {n.ifname: n.ifname for n in host.nics} | {n.network: n.ifname for n in host.nics}
-            if nic not in names:
-                raise ProviderError(f"host {hname} has no NIC {nic!r} (NICs: "
-                                    + ", ".join(f"{n.ifname}/{n.network}" for n in host.nics) + ")")
-            return self.host_ns(hname), names[nic]
+            hname, wanted = target.split(":", 1)
+            return self.host_ns(hname), self.nic_of(hname, wanted).ifname
         net = self.lab.networks.get(target)
         if net is None:
             raise ProviderError(f"no network {target!r} (networks: {', '.join(self.lab.networks)}; "

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .. import inventory
 from ..hosts.ssh import SshHost, proxy_command
-from ..state import LabState, register_live, registered, state_root, unregister_live
+from ..state import register_live, unregister_live
 from ..topology import Lab
 from ..topology.model import Host as HostSpec
 from . import Progress, Provider, ProviderError, _quiet
@@ -153,11 +153,6 @@ class StaticProvider(Provider):
             if _norm(got) != _norm(sysctls[key]):
                 raise ProviderError(f"[{host.name}] sysctl {key} reads back {got!r}, wanted {sysctls[key]!r}")
 
-    def down(self, progress: Progress = _quiet) -> None:
-        with self.state.lock():
-            self._teardown(progress)
-        self.state.discard()
-
     def _teardown(self, progress: Progress) -> None:
         state = self.state.read() or {}
         _undo(state, progress)
@@ -168,32 +163,19 @@ class StaticProvider(Provider):
     def cleanup(cls, progress: Progress = _quiet, lab: str | None = None) -> list[str]:
         """Undo what the recorded changes of static labs say (all not live, or `lab`): only
         machines a state file names are reached, and only what it recorded is undone."""
-        registry = registered(cls.name)
-        live = set() if lab is not None else {name for name, e in registry.items() if e["live"]}
-        for name in sorted(live):
-            progress(f"lab {name} is live (up or coming up): kept")
-        root = state_root()
-        files = sorted(root.glob("*/state.json")) if root.exists() else []
-        files += [e["state"] for e in registry.values() if e["state"] and e["state"] not in files]
+        live, states = cls._leftovers(lab, progress)
         removed = []
-        for path in files:
-            name = path.parent.name
-            if (lab is not None and name != lab) or name in live:
-                continue
-            st = LabState(name, path.parent.parent)
+        for st in states:
             with st.lock():
                 data = st.read()
-                if not data or data.get("provider") != cls.name:
+                if not data:
                     continue
-                progress(f"undoing what lab {name} changed on its machines")
+                progress(f"undoing what lab {st.dir.name} changed on its machines")
                 removed += _undo(data, progress)
                 st.remove()
             st.discard()
-            unregister_live(cls.name, name)
             removed.append(f"state {st.dir}")
-        for name in registry if lab is None else [lab]:
-            if name not in live:
-                unregister_live(cls.name, name)
+        cls._forget_dead(lab, live)
         return removed
 
     # -- using the lab -----------------------------------------------------------------
@@ -242,12 +224,7 @@ class StaticProvider(Provider):
     def _capture_point(self, target: str) -> tuple[str, str]:
         if ":" in target:
             hname, wanted = target.split(":", 1)
-            spec = self.host(hname).spec
-            nic = next((n for n in spec.nics if wanted in (n.ifname, n.network)), None)
-            if nic is None:
-                raise ProviderError(f"host {hname} has no NIC {wanted!r} (NICs: "
-                                    + ", ".join(f"{n.ifname}/{n.network}" for n in spec.nics) + ")")
-            return hname, nic.ifname
+            return hname, self.nic_of(hname, wanted).ifname
         net = self.lab.networks.get(target)
         if net is None:
             raise ProviderError(f"no network {target!r} (networks: {', '.join(self.lab.networks)}; "

@@ -28,11 +28,7 @@ from pathlib import Path
 from .. import vm
 from ..hosts.ssh import SshHost
 from ..state import (
-    LabState,
-    live_labs,
     register_live,
-    registered,
-    state_root,
     unregister_live,
 )
 from ..topology import Lab
@@ -202,11 +198,11 @@ class VagrantProvider(Provider):
                 raise ProviderError(f"[{host.name}] no SSH as root with the lab key: {r.stderr.strip()}")
             time.sleep(1)
 
+    lock_timeout = BOOT_TIMEOUT     # a `down` may wait for an `up` that is booting guests
+
     def down(self, progress: Progress = _quiet) -> None:
         _require_root()
-        with self.state.lock(timeout=BOOT_TIMEOUT):
-            self._teardown(progress)
-        self.state.discard()
+        super().down(progress)
 
     def _teardown(self, progress: Progress, keep_daemons: bool = False) -> None:
         state = self.state.read() or {}
@@ -237,17 +233,14 @@ class VagrantProvider(Provider):
         prefix = vm.lab_prefix(lab) if lab else vm.PREFIX
         # Without --only, labs that are up or coming up (in any state directory) are
         # not leftovers: they stay. A lab named with --only goes whatever its state.
-        live = () if lab else tuple(vm.lab_prefix(name) for name in live_labs(cls.name))
-        for name in live_labs(cls.name) if not lab else []:
-            progress(f"lab {name} is live (up or coming up): kept")
+        live_labs, states = cls._leftovers(lab, progress)
+        live = tuple(vm.lab_prefix(name) for name in sorted(live_labs))
         removed = [f"vagrant pid {p}" for p in _kill_vagrant(lab, progress, skip=live)]
         leftovers = virt.qemu_processes(prefix)
-        if not virt.available() and (leftovers or _state_files(cls.name, lab)) and shutil.which("libvirtd"):
+        if not virt.available() and (leftovers or states) and shutil.which("libvirtd"):
             vmsetup.ensure_daemons(progress)
         removed += virt.remove_all(prefix, progress, keep=live)
-        for st in _state_files(cls.name, lab):
-            if live and vm.lab_prefix(st.dir.name).startswith(live):
-                continue
+        for st in states:
             data = st.read() or {}
             for dom in data.get("domains", []):
                 if not dom.startswith(prefix):
@@ -259,9 +252,7 @@ class VagrantProvider(Provider):
             st.remove()
             st.discard()
             removed.append(f"state {st.dir}")
-        for name, entry in registered(cls.name).items() if not lab else [(lab, None)]:
-            if entry is None or not entry["live"]:
-                unregister_live(cls.name, name)
+        cls._forget_dead(lab, live_labs)
         for what in vmsetup.stop_daemons(progress):
             removed.append(what)
         return removed
@@ -394,11 +385,7 @@ class VagrantProvider(Provider):
         """Capture on the host side: a data network's bridge, or HOST:NIC's tap device."""
         if ":" in target:
             hname, nic_name = target.split(":", 1)
-            spec = self.host(hname).spec
-            nic = next((n for n in spec.nics if nic_name in (n.ifname, n.network)), None)
-            if nic is None:
-                raise ProviderError(f"host {hname} has no NIC {nic_name!r} (NICs: "
-                                    + ", ".join(f"{n.ifname}/{n.network}" for n in spec.nics) + ")")
+            nic = self.nic_of(hname, nic_name)
             tap = virt.tap_of(self.domain(hname), nic.mac)
             if not tap:
                 raise ProviderError(f"no tap device for {hname}:{nic.ifname} (is the lab up?)")
@@ -453,18 +440,6 @@ def _used_subnets() -> list[ipaddress.IPv4Network]:
                 if addr and mask:
                     used.append(ipaddress.ip_network(f"{addr}/{mask}", strict=False))
     return used
-
-
-def _state_files(provider: str, lab: str | None) -> list[LabState]:
-    root = state_root()
-    found = []
-    for path in sorted(root.glob("*/state.json")) if root.exists() else []:
-        if lab is not None and path.parent.name != lab:
-            continue
-        st = LabState(path.parent.name)
-        if (st.read() or {}).get("provider") == provider:
-            found.append(st)
-    return found
 
 
 def _kill_vagrant(lab: str | None, progress: Progress, skip: tuple[str, ...] = ()) -> list[int]:
