@@ -119,10 +119,6 @@ def registered(provider: str) -> dict[str, dict]:
     return found
 
 
-def live_labs(provider: str) -> list[str]:
-    return [name for name, entry in registered(provider).items() if entry["live"]]
-
-
 def pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False

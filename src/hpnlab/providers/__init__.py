@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import importlib
 import json
+import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Callable
 
 from ..hosts import Host
-from ..state import LabState, registered, state_root, unregister_live
+from ..state import LabState, register_live, registered, state_root, unregister_live
 from ..topology import Lab, load_lab
 
 Progress = Callable[[str], None]
@@ -41,6 +42,31 @@ class Provider(ABC):
         """Bring the lab up. Returns False (and changes nothing) if it already is."""
 
     lock_timeout: float = 60.0          # how long a lifecycle step waits for another one
+
+    def _bring_up(self, progress: Progress, **records) -> None:
+        """`up`'s common part, under the lab's lock: write the state ahead (phase creating,
+        plus the provider's `records` of what it will make), register the lab as live, run
+        `_create`; on any failure roll back with `_teardown` and raise a ProviderError (Ctrl-C
+        stays itself); else mark the lab up."""
+        state = {"lab": self.lab.name, "provider": self.name, "phase": "creating", "started": time.time(),
+                 "processes": [], "source": str(self.lab.source or ""), "topology": self.lab.to_dict(),
+                 **records}
+        self.state.write(state)
+        register_live(self.name, self.lab.name, self.state.path)
+        try:
+            self._create(state, progress)
+        except BaseException as exc:
+            progress(f"bring-up failed ({exc}); rolling back")
+            try:
+                self._teardown(progress)
+            finally:
+                unregister_live(self.name, self.lab.name)
+            if isinstance(exc, (KeyboardInterrupt, SystemExit, ProviderError)):
+                raise
+            raise ProviderError(f"bring-up of {self.lab.name} failed and was rolled back: {exc}") from exc
+        state["phase"] = "up"
+        state["ready"] = time.time()
+        self.state.write(state)
 
     def down(self, progress: Progress = _quiet) -> None:
         """Remove everything the lab made, including processes it started."""

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .. import impair, machine
 from ..hosts.netns import NetnsHost, netns_argv
-from ..state import register_live, unregister_live
+from ..state import unregister_live
 from . import Progress, Provider, ProviderError, _quiet
 
 MARKER = "hpnlab"
@@ -148,24 +148,7 @@ class NetnsProvider(Provider):
             if clash:
                 raise ProviderError(f"namespace(s) {', '.join(clash)} exist and were not made by hpnlab; "
                                     f"rename the lab (name: in {self.lab.source or 'lab.yml'})")
-            state = {"lab": self.lab.name, "provider": self.name, "phase": "creating",
-                     "started": time.time(), "namespaces": [], "processes": [],
-                     "source": str(self.lab.source or ""), "topology": self.lab.to_dict()}
-            self.state.write(state)
-            register_live(self.name, self.lab.name, self.state.path)
-            try:
-                self._create(state, progress)
-            except BaseException as exc:
-                progress(f"bring-up failed ({exc}); rolling back")
-                self._teardown(progress)
-                if isinstance(exc, ProviderError):
-                    raise
-                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                    raise
-                raise ProviderError(f"bring-up of {self.lab.name} failed and was rolled back: {exc}") from exc
-            state["phase"] = "up"
-            state["ready"] = time.time()
-            self.state.write(state)
+            self._bring_up(progress, namespaces=[])
         return True
 
     def _teardown(self, progress: Progress) -> None:

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import json
 import shlex
-import time
 from dataclasses import replace
 from pathlib import Path
 
 from .. import inventory
 from ..hosts.ssh import SshHost, proxy_command
-from ..state import register_live, unregister_live
+from ..state import unregister_live
 from ..topology import Lab
 from ..topology.model import Host as HostSpec
 from . import Progress, Provider, ProviderError, _quiet
@@ -63,25 +62,7 @@ class StaticProvider(Provider):
             if self.state.read():
                 progress("undoing what an earlier, unfinished `up` changed")
                 self._teardown(progress)
-            state = {"lab": self.lab.name, "provider": self.name, "phase": "creating",
-                     "started": time.time(), "hosts": self._reach(), "changes": {h: [] for h in self.lab.hosts},
-                     "processes": [], "source": str(self.lab.source or ""), "topology": self.lab.to_dict()}
-            self.state.write(state)
-            register_live(self.name, self.lab.name, self.state.path)
-            try:
-                self._create(state, progress)
-            except BaseException as exc:
-                progress(f"up failed: undoing what it changed ({exc})")
-                try:
-                    self._teardown(progress)
-                finally:
-                    unregister_live(self.name, self.lab.name)
-                if isinstance(exc, (KeyboardInterrupt, SystemExit, ProviderError)):
-                    raise
-                raise ProviderError(f"bring-up of {self.lab.name} failed and was undone: {exc}") from exc
-            state["phase"] = "up"
-            state["ready"] = time.time()
-            self.state.write(state)
+            self._bring_up(progress, hosts=self._reach(), changes={h: [] for h in self.lab.hosts})
         return True
 
     def _reach(self) -> dict:

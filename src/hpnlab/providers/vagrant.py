@@ -27,10 +27,7 @@ from pathlib import Path
 
 from .. import vm
 from ..hosts.ssh import SshHost
-from ..state import (
-    register_live,
-    unregister_live,
-)
+from ..state import register_live, unregister_live
 from ..topology import Lab
 from ..vm import accel, virt
 from ..vm import box as vmbox
