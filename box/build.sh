@@ -39,7 +39,7 @@ export HPNLAB_BOX_FILES="$here/files" HPNLAB_BOX_UUID=$(cat /proc/sys/kernel/ran
 
 step "mmdebstrap $suite minbase + $(tr ',' '\n' <<<"$pkgs" | wc -l) packages from $mirror"
 mmdebstrap --variant=minbase --mode=root --include="$pkgs" \
-  --aptopt='Acquire::Retries "2"' --aptopt='APT::Install-Recommends "false"' \
+  --aptopt='Acquire::Retries "2"' --aptopt='APT::Install-Recommends "false"' --dpkgopt=force-unsafe-io \
   --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
   --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
   --dpkgopt='path-exclude=/usr/share/dpdk/examples/*' \

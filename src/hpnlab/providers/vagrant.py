@@ -23,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .. import vm
@@ -146,9 +147,13 @@ class VagrantProvider(Provider):
         self.state.write(state)
         progress("management addresses: " + ", ".join(f"{h} {v['address']}" for h, v in state["hosts"].items()))
         hosts = self.hosts(state)
-        for hname, host in hosts.items():
+
+        def ready(host: SshHost) -> None:
             self._wait_ssh(host)
             self._configure(host, state)
+        with ThreadPoolExecutor(max_workers=len(hosts)) as pool:    # each SSH handshake is slow under TCG
+            for done in [pool.submit(ready, host) for host in hosts.values()]:
+                done.result()
         progress("data NICs checked, sysctls applied")
         impaired = [n for n in self.lab.networks.values() if n.impair]
         if impaired:
