@@ -203,12 +203,14 @@ def _comm(pid: int) -> str:
 
 def ensure_pool(progress: Progress) -> None:
     virsh = ["virsh", "-c", "qemu:///system"]
+    # The directory first, always: libvirt keeps a pool's definition (in /etc/libvirt)
+    # even when its directory is gone, and then cannot start it.
+    POOL_DIR.mkdir(parents=True, exist_ok=True)
+    os.chmod(POOL_DIR, 0o755)
+    os.chmod(POOL_DIR.parent, 0o755)
     info = run([*virsh, "pool-info", POOL], check=False)
     if info.returncode != 0:
         progress(f"vm-setup: storage pool {POOL} at {POOL_DIR}")
-        POOL_DIR.mkdir(parents=True, exist_ok=True)
-        os.chmod(POOL_DIR, 0o755)
-        os.chmod(POOL_DIR.parent, 0o755)
         run([*virsh, "pool-define-as", POOL, "dir", "--target", str(POOL_DIR)])
         run([*virsh, "pool-autostart", POOL], check=False)
         info = run([*virsh, "pool-info", POOL])
