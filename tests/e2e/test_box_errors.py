@@ -31,3 +31,33 @@ def test_box_build_without_a_mirror_fails_clearly_and_leaves_nothing(tmp_path, m
     assert "HPNLAB_DEBIAN_MIRROR" in message and "make box" in message
     left = sorted(p.name for p in cache.iterdir())
     assert left == [f"build-{vmbox.recipe_hash()}.log"], left
+
+
+def test_up_whose_box_build_fails_leaves_nothing(tmp_path, monkeypatch):
+    """`hpnlab up` of a VM lab whose box cannot be built: a ProviderError that says what to
+    do, no libvirt object of the lab, no live-lab entry, no daemon this run started."""
+    if os.geteuid() != 0:
+        pytest.skip("VM labs need root")
+    if os.environ.get("HPNLAB_SKIP_VM") == "1":
+        pytest.skip("HPNLAB_SKIP_VM=1")
+    from hpnlab.providers import ProviderError, open_lab
+    from hpnlab.state import registered
+    from hpnlab.testing import unique_lab_name, write_lab_file
+    from hpnlab.vm import virt
+
+    monkeypatch.setenv("HPNLAB_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setattr(vmbox, "CACHE", tmp_path / "box")          # no cached box: it must be built
+    monkeypatch.setenv("HPNLAB_DEBIAN_MIRROR", "http://127.0.0.1:9/debian")
+    monkeypatch.setenv("HPNLAB_DEB_CACHE", str(tmp_path / "debs"))
+    daemons_before = vmsetup._started()
+    name = unique_lab_name("boxfail")
+    provider = open_lab(write_lab_file(tmp_path / "lab.yml", name, provider="vagrant"))
+    with pytest.raises(ProviderError) as err:
+        provider.up(print)
+    message = str(err.value)
+    assert "could not reach the Debian mirror" in message and f"nothing of lab {name} was created" in message
+    assert name not in registered("vagrant")
+    if virt.available():
+        assert not virt.domains(provider.prefix) and not virt.networks(provider.prefix)
+    if not daemons_before:                 # this run started libvirtd/virtlogd: it stopped them too
+        assert not vmsetup._started(), vmsetup._started()

@@ -105,6 +105,8 @@ class VagrantProvider(Provider):
                 kernel = vmbox.kernel_path() if settings["box"] == vm.BOX_NAME else None
                 driver = accel.detect(kernel, progress, settings["driver"])
             except vm.VmError as exc:
+                unregister_live(self.name, self.lab.name)
+                vmsetup.stop_daemons(progress)          # those this run started, with no domain left
                 raise ProviderError(f"{exc}\n(nothing of lab {self.lab.name} was created; "
                                     f"`make lab-up PROVIDER=netns` needs no hypervisor)") from None
             if self.state.read() or virt.domains(self.prefix) or virt.networks(self.prefix):
