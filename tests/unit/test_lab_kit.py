@@ -4,6 +4,7 @@ from __future__ import annotations
 import struct
 import subprocess
 import sys
+from pathlib import Path
 
 from hpnlab.labs import pcap
 from hpnlab.labs._kit import parse_trace, state_paths
@@ -73,7 +74,7 @@ def test_md_table_aligns_numbers_right():
 
 
 def test_lab_agents_import_with_the_standard_library_alone():
-    """The agents run on VMs and real machines, where provisioning installs hpnlab's wheel
+    """The agents run on VMs and real machines, where provisioning installs hpnlab's package
     without its dependencies: importing a lab module must not pull in rich or matplotlib
     (the box carries python3-yaml for the topology code, nothing else)."""
     code = ("import sys\n"
@@ -83,3 +84,17 @@ def test_lab_agents_import_with_the_standard_library_alone():
             "import hpnlab.impair.delayq\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_labcode_pack_zips_the_package_once_per_fingerprint(tmp_path):
+    """What the labcode role copies to VMs: the package as it sits in site-packages, no
+    bytecode or built extension, rebuilt only when a file of the package changes."""
+    import zipfile
+
+    from hpnlab import labcode
+    first = labcode.pack(tmp_path)
+    names = zipfile.ZipFile(first["zip"]).namelist()
+    assert "hpnlab/__init__.py" in names and "hpnlab/labs/p2p.py" in names
+    assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", ".so"))]
+    again = labcode.pack(tmp_path)
+    assert again == first and sorted(p.name for p in tmp_path.iterdir()) == [Path(first["zip"]).name]
