@@ -12,21 +12,22 @@ HPNLAB_ARGS := --lab $(LAB) $(if $(PROVIDER),--provider $(PROVIDER))
 # Debian packages the netns provider and the labs need on the machine.
 # openssh-server and netcat-openbsd: the static provider's test runs sshd inside lab
 # namespaces and reaches it with `nc` as the ProxyCommand (no sshd runs on the machine).
+# python3-yaml: `make lab-up` reads the lab file with the system python3 (before the venv).
 APT_PACKAGES := iproute2 iputils-ping nftables iptables ethtool tcpdump tshark iperf3 procps psmisc strace \
-                gcc make libc6-dev liburing-dev python3-venv python3-dev openssh-server netcat-openbsd
+                gcc make libc6-dev liburing-dev python3-venv python3-dev python3-yaml openssh-server netcat-openbsd
 SETUP_STAMP := $(VENV)/.setup-done
 
-.PHONY: setup lab-up lab-down lab-status lab-shell lab-capture lab-graph lab-cleanup \
+.PHONY: setup apt-packages lab-up lab-down lab-status lab-shell lab-capture lab-graph lab-cleanup \
         test test-unit test-integration bench-substrate clean
 
 setup: $(SETUP_STAMP)
 
 # A policy-rc.d (exit 101) while apt installs, unless one is there: openssh-server's
 # postinst would otherwise start an sshd on the machine.
-$(SETUP_STAMP): pyproject.toml Makefile
-	@echo "==> apt packages: $(APT_PACKAGES)"
+apt-packages:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
+	  echo "==> apt packages:" $$missing; \
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  policy=; if [ ! -e /usr/sbin/policy-rc.d ]; then \
 	    policy=/usr/sbin/policy-rc.d; printf '#!/bin/sh\nexit 101\n' > $$policy; chmod 0755 $$policy; \
@@ -35,14 +36,21 @@ $(SETUP_STAMP): pyproject.toml Makefile
 	  if [ -n "$$policy" ]; then rm -f $$policy; fi; \
 	  [ $$rc -eq 0 ]; \
 	fi
+
+$(SETUP_STAMP): pyproject.toml Makefile | apt-packages
 	@echo "==> python venv $(VENV)"
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	@# --no-compile: Python compiles what it imports, on first import; compiling every
-	@# module of every dependency here took a third of a cold `make lab-up`'s setup.
+	@# module of every dependency here took a third of pip's time.
 	@$(VENV)/bin/pip install -q --no-compile -e '.[dev]'
 	@touch $@
 
-lab-up: setup
+# A VM lab's packages and box build (`hpnlab.vm prepare`, system python3) run while pip
+# fills the venv: on a fresh machine the two overlap instead of adding up.
+lab-up: apt-packages
+	@PYTHONPATH=src $(PYTHON) -m hpnlab.vm prepare $(HPNLAB_ARGS) & prepare=$$!; \
+	$(MAKE) --no-print-directory setup; rc=$$?; \
+	wait $$prepare && [ $$rc -eq 0 ]
 	$(HPNLAB) $(HPNLAB_ARGS) up && $(HPNLAB) $(HPNLAB_ARGS) provision
 
 lab-down: setup

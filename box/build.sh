@@ -44,13 +44,12 @@ mmdebstrap --variant=minbase --mode=root --include="$pkgs" \
   --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
   --dpkgopt='path-exclude=/usr/share/dpdk/examples/*' \
   --skip=download/empty --skip=essential/unlink \
-  --setup-hook='mkdir -p "$1/var/cache/apt/archives"' \
-  --setup-hook='sync-in '"$debs"' /var/cache/apt/archives/' \
+  --setup-hook='"'"$here"'/debcache.sh" in "$1" "'"$debs"'"' \
   --essential-hook='mkdir -p "$1/etc/initramfs-tools/conf.d"' \
   --essential-hook='printf "MODULES=list\n" > "$1/etc/initramfs-tools/conf.d/hpnlab.conf"' \
   --essential-hook='mkdir -p "$1/usr/share/initramfs-tools/modules.d"' \
   --essential-hook='printf "virtio_pci\nvirtio_blk\n" > "$1/usr/share/initramfs-tools/modules.d/hpnlab"' \
-  --customize-hook='sync-out /var/cache/apt/archives '"$debs" \
+  --customize-hook='"'"$here"'/debcache.sh" out "$1" "'"$debs"'"' \
   --customize-hook='"'"$here"'/customize.sh" "$1"' \
   --skip=cleanup/apt/lists \
   "$suite" "$work/root" "$mirror"

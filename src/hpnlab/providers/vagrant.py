@@ -35,8 +35,6 @@ from ..vm import box as vmbox
 from ..vm import setup as vmsetup
 from . import Progress, Provider, ProviderError, _quiet
 
-DEFAULTS = {"box": vm.BOX_NAME, "driver": "auto", "iommu": False, "nat": False,
-            "management_subnet": "auto", "tb_size_mb": 64}
 BOOT_TIMEOUT = int(os.environ.get("HPNLAB_VM_BOOT_TIMEOUT", "600"))
 
 
@@ -71,7 +69,7 @@ class VagrantProvider(Provider):
         return self.state.dir / "ssh" / "id_ed25519"
 
     def settings(self) -> dict:
-        return {**DEFAULTS, **(self.lab.vm or {})}
+        return vm.settings(self.lab)
 
     def expected(self) -> dict:
         """Every libvirt object `up` may create, by name (recorded before creating)."""
@@ -124,6 +122,7 @@ class VagrantProvider(Provider):
                     self._teardown(progress, keep_daemons=True)
                 finally:
                     unregister_live(self.name, self.lab.name)
+                    vmsetup.stop_daemons(progress)      # those this run started, with no domain left
                 if isinstance(exc, (vm.VmError, subprocess.SubprocessError)):
                     raise ProviderError(str(exc)) from None
                 raise

@@ -18,6 +18,14 @@ PREFIX = "hpnlab-"
 POOL = "hpnlab"
 POOL_DIR = Path(os.environ.get("HPNLAB_POOL_DIR", "/var/lib/hpnlab/pool"))
 BOX_NAME = "hpnlab-debian12"
+# A lab's `vm:` block over these: the VM settings the Vagrantfile gets.
+DEFAULTS = {"box": BOX_NAME, "driver": "auto", "iommu": False, "nat": False,
+            "management_subnet": "auto", "tb_size_mb": 64}
+
+
+def settings(lab) -> dict:
+    return {**DEFAULTS, **(lab.vm or {})}
+
 
 Progress = Callable[[str], None]
 

@@ -1,5 +1,8 @@
-"""`python -m hpnlab.vm setup|box|detect|render LAB|stop-daemons` (used by mk/vm.mk
-and the Vagrantfile)."""
+"""`python -m hpnlab.vm setup|box|prepare|detect|render LAB|stop-daemons` (used by
+mk/vm.mk, the Makefile's lab-up and the Vagrantfile).
+
+`prepare` runs under the system python3 (PYTHONPATH=src), before the project's venv
+exists: `make lab-up` builds a VM lab's box while pip fills the venv."""
 from __future__ import annotations
 
 import argparse
@@ -19,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("setup", help="install packages, start libvirtd/virtlogd, define the storage pool")
     b = sub.add_parser("box", help="build (if its recipe changed) and add the hpnlab-debian12 box")
     b.add_argument("--force", action="store_true", help="rebuild even if cached")
+    p = sub.add_parser("prepare", help="a VM lab's packages and box build (no daemons); nothing for other providers")
+    p.add_argument("--lab", default="lab.yml")
+    p.add_argument("--provider")
     sub.add_parser("hash", help="print the box recipe hash")
     sub.add_parser("detect", help="print kvm or qemu (short timed KVM boot)")
     r = sub.add_parser("render", help="write .lab/<lab>/vagrant.json for the Vagrantfile; print its path")
@@ -36,6 +42,18 @@ def main(argv: list[str] | None = None) -> int:
             setup.ensure(_say)
             recipe = box.ensure(_say, force=args.force)
             _say(f"box: hpnlab-debian12 (recipe {recipe}) ready in {time.monotonic() - t0:.1f} s")
+        elif args.cmd == "prepare":
+            from .. import vm
+            from ..topology import TopologyError, load_lab
+            from . import box, setup
+            try:
+                lab = load_lab(args.lab, provider=args.provider)
+            except TopologyError:
+                return 0            # `hpnlab up` reports what is wrong with the lab file
+            if lab.provider == "vagrant":
+                setup.ensure_packages(_say)
+                if vm.settings(lab)["box"] == vm.BOX_NAME:
+                    box.prebuild(_say)
         elif args.cmd == "hash":
             from . import box
             print(box.recipe_hash())
@@ -53,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
                 _say(f"stopped {what}")
     except VmError as exc:
         _say(f"error: {exc}")
+        if args.cmd == "prepare":
+            _say("(no lab was brought up; `make lab-up PROVIDER=netns` needs no hypervisor)")
         return 1
     return 0
 

@@ -156,6 +156,16 @@ def ensure(progress: Progress, force: bool = False) -> str:
         return _build_and_add(recipe, progress, force)
 
 
+def prebuild(progress: Progress) -> None:
+    """Build the box into the cache if Vagrant lacks this recipe's box (`ensure` adds it)."""
+    recipe = recipe_hash()
+    if added_recipe() == recipe:
+        return
+    with _build_lock(progress):
+        if added_recipe() != recipe:
+            build(progress)
+
+
 def _build_and_add(recipe: str, progress: Progress, force: bool) -> str:
     where = build(progress, force=force)
     progress(f"box: vagrant box add {BOX_NAME}")
