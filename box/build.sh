@@ -4,9 +4,9 @@
 #   -> MBR disk with GRUB's boot.img + core.img (BIOS boot)  ->  qcow2  ->  box (tar)
 #
 # usage: box/build.sh OUTDIR RECIPE_HASH
-# Writes OUTDIR/hpnlab-debian12.box and OUTDIR/vmlinuz (the guest kernel, for the
-# short KVM test boot). Env: HPNLAB_DEBIAN_MIRROR (default deb.debian.org),
-# HPNLAB_BOX_DISK_GB (virtual disk size, default 8), HPNLAB_BOX_PUBKEY (the public
+# Writes OUTDIR/hpnlab-debian12.box and, for a direct kernel boot and the short KVM
+# test boot, OUTDIR/vmlinuz, initrd.img and cmdline.
+# Env: HPNLAB_DEBIAN_MIRROR (default deb.debian.org), HPNLAB_BOX_DISK_GB (virtual disk size, default 8), HPNLAB_BOX_PUBKEY (the public
 # key Vagrant logs in with first; default: the key that ships with Vagrant).
 # Called by `make box` / `python -m hpnlab.vm box`, which caches the result by recipe hash.
 set -euo pipefail
@@ -54,7 +54,12 @@ mmdebstrap --variant=minbase --mode=root --include="$pkgs" \
   --skip=cleanup/apt/lists \
   "$suite" "$work/root" "$mirror"
 rm -rf "$work/root/var/lib/apt/lists/"* "$work/root/var/cache/apt/"*.bin
+# The kernel, initrd and command line also go beside the box: hpnlab boots the guests'
+# kernel directly (QEMU -kernel), past SeaBIOS and GRUB, and tests KVM with it.
 cp "$work/root/boot/"vmlinuz-* "$work/vmlinuz"
+cp "$work/root/boot/"initrd.img-* "$work/initrd.img"
+sed -n 's/^linux [^ ]* //p' "$work/root/boot/grub/grub.cfg" > "$work/cmdline"
+grep -q "root=UUID=$HPNLAB_BOX_UUID" "$work/cmdline" || { echo "build.sh: no kernel command line in grub.cfg" >&2; exit 1; }
 
 step "disk image: ${size_gb} GiB MBR disk, ext4 root (mke2fs -d), GRUB for BIOS boot"
 disk=$work/disk.raw
@@ -82,5 +87,5 @@ printf '{"provider": "libvirt", "format": "qcow2", "virtual_size": %d, "hpnlab_r
 mkdir -p "$out"
 tar -C "$work" -cf "$out/hpnlab-debian12.box.part" metadata.json Vagrantfile box.img
 mv "$out/hpnlab-debian12.box.part" "$out/hpnlab-debian12.box"
-cp "$work/vmlinuz" "$out/vmlinuz"
+cp "$work/vmlinuz" "$work/initrd.img" "$work/cmdline" "$out/"
 step "done in $((SECONDS - t0)) s: $out/hpnlab-debian12.box ($(du -h "$out/hpnlab-debian12.box" | cut -f1))"

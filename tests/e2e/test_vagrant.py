@@ -59,7 +59,9 @@ def _env(state: Path) -> dict:
 def _leftovers(lab: str) -> dict:
     from hpnlab.vm import lab_prefix, virt
     prefix = lab_prefix(lab)
-    found = {"qemu": sorted(virt.qemu_processes(prefix).values())}
+    from hpnlab.vm import BOOT_DIR
+    found = {"qemu": sorted(virt.qemu_processes(prefix).values()),
+             "boot files": sorted(p.name for p in BOOT_DIR.glob(f"{prefix}*"))}
     if virt.available():
         found |= {"domains": virt.domains(prefix), "volumes": virt.volumes(prefix),
                   "networks": virt.networks(prefix)}
@@ -153,6 +155,18 @@ def test_hpnlab_exec_and_status_on_each_guest(vm_lab):
     assert status["up"] is True
     nics = {h["name"]: h["nics"][0] for h in status["hosts"]}
     assert nics["h1"]["addrs"] == [nics["h1"]["address"]]
+
+
+def test_guests_boot_the_box_kernel_directly(vm_lab):
+    """QEMU loads the box's kernel itself (no SeaBIOS + GRUB disk reads), from the lab's
+    own copy; the guest runs that kernel with the box's root file system."""
+    from hpnlab.vm import BOOT_DIR, lab_prefix
+    h1 = vm_lab["provider"].host("h1")
+    xml = subprocess.run(["virsh", "-c", "qemu:///system", "dumpxml", f"{lab_prefix(vm_lab['name'])}h1"],
+                         capture_output=True, text=True, check=True).stdout
+    assert f"<kernel>{BOOT_DIR / lab_prefix(vm_lab['name'])}vmlinuz</kernel>" in xml, xml
+    cmdline = h1.run(["cat", "/proc/cmdline"]).stdout
+    assert "root=UUID=" in cmdline and "BOOT_IMAGE" not in cmdline, cmdline     # GRUB adds BOOT_IMAGE
 
 
 def test_provisioned_idempotent_verified_and_dpdk_sends_across(vm_lab, tmp_path):

@@ -135,6 +135,7 @@ class VagrantProvider(Provider):
         subnet = self._management_subnet(settings)
         state["management_subnet"] = subnet
         self.state.write(state)
+        _remove_boot_files(self.prefix)          # this box's kernel, not an older one
         self.render(driver=driver, subnet=subnet)
         progress(f"vagrant up: {len(self.lab.hosts)} VM(s), driver {driver}"
                  + (" (TCG: software emulation)" if driver == "qemu" else ""))
@@ -219,6 +220,7 @@ class VagrantProvider(Provider):
                 if not dom.startswith(self.prefix):
                     virt.remove_all(dom, progress)
         _forget_machines(self.dotfile)
+        _remove_boot_files(self.prefix)
         if not keep_daemons:           # a rollback keeps the entry until `up` returns
             unregister_live(self.name, self.lab.name)
         for path in (self.dotfile, self.spec_path.parent / "ssh", self.state.logdir,
@@ -249,6 +251,8 @@ class VagrantProvider(Provider):
                 if not dom.startswith(prefix):
                     removed += virt.remove_all(dom, progress)
             _forget_machines(st.dir / "vagrant")
+            if data.get("prefix"):
+                _remove_boot_files(data["prefix"])
             for path in (st.dir / "vagrant", st.dir / "ssh", st.logdir, st.dir / "vagrant.d"):
                 shutil.rmtree(path, ignore_errors=True)
             (st.dir / "vagrant.json").unlink(missing_ok=True)
@@ -261,6 +265,24 @@ class VagrantProvider(Provider):
         return removed
 
     # -- rendering for the Vagrantfile ----------------------------------------------
+    def _direct_boot(self, settings: dict) -> dict:
+        """The hpnlab box's kernel, booted by QEMU itself: SeaBIOS and GRUB reading it
+        through BIOS disk calls cost a TCG guest ~5 s a boot. The lab boots its own copy
+        (under the lab's prefix, where QEMU's user can read it), so a box rebuilt
+        meanwhile cannot pull the kernel from under its disks. GRUB stays on the disk
+        for `vagrant up` without hpnlab's rendering and for other boxes."""
+        files = vmbox.boot_files() if settings["box"] == vm.BOX_NAME else None
+        if not files:
+            return {}
+        copies = {}
+        for key in ("kernel", "initrd"):
+            copies[key] = vm.BOOT_DIR / f"{self.prefix}{files[key].name}"
+            if not copies[key].exists():
+                vm.BOOT_DIR.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(files[key], copies[key])
+        return {"kernel": str(copies["kernel"]), "initrd": str(copies["initrd"]),
+                "cmdline": files["cmdline"].read_text().strip()}
+
     def render(self, driver: str | None = None, subnet: str | None = None) -> Path:
         """Write .lab/<lab>/vagrant.json: Lab.to_dict() plus the resolved VM settings."""
         settings = self.settings()
@@ -278,6 +300,7 @@ class VagrantProvider(Provider):
             "pool": vm.POOL,
             "ssh_key": str(self.key_path),
             "ssh_pubkey": (self.key_path.with_suffix(".pub")).read_text().strip(),
+            **self._direct_boot(settings),
         }
         self.state.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = self.spec_path.with_suffix(".tmp")
@@ -475,6 +498,11 @@ def _kill_vagrant(lab: str | None, progress: Progress, skip: tuple[str, ...] = (
         except ProcessLookupError:
             pass
     return killed
+
+
+def _remove_boot_files(prefix: str) -> None:
+    for name in ("vmlinuz", "initrd.img"):           # exact names: lab `a` must spare lab `a-b`'s
+        (vm.BOOT_DIR / f"{prefix}{name}").unlink(missing_ok=True)
 
 
 def _forget_machines(dotfile: Path) -> None:

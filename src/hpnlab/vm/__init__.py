@@ -4,7 +4,8 @@ libvirt objects of a lab, found by name (virt).
 
 Names: every libvirt object hpnlab makes starts with ``hpnlab-``:
 domains ``hpnlab-<lab>-<host>``, their disks ``hpnlab-<lab>-<host>.img`` in the
-storage pool ``hpnlab``, networks ``hpnlab-<lab>-mgmt`` and ``hpnlab-<lab>-<net>``.
+storage pool ``hpnlab``, networks ``hpnlab-<lab>-mgmt`` and ``hpnlab-<lab>-<net>``;
+the kernel the lab's guests boot is ``BOOT_DIR/hpnlab-<lab>-vmlinuz`` (and initrd).
 `cleanup` relies on that and on nothing else.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Callable, Sequence
 PREFIX = "hpnlab-"
 POOL = "hpnlab"
 POOL_DIR = Path(os.environ.get("HPNLAB_POOL_DIR", "/var/lib/hpnlab/pool"))
+BOOT_DIR = POOL_DIR.parent / "boot"      # each lab's copy of the box kernel: hpnlab-<lab>-vmlinuz, ...
 BOX_NAME = "hpnlab-debian12"
 # A lab's `vm:` block over these: the VM settings the Vagrantfile gets.
 DEFAULTS = {"box": BOX_NAME, "driver": "auto", "iommu": False, "nat": False,

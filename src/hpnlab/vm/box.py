@@ -57,6 +57,17 @@ def added_recipe() -> str | None:
         return None
 
 
+def boot_files() -> dict | None:
+    """Kernel, initrd and command line of the box Vagrant has, for a direct kernel boot
+    (None when that box was not built here, or before boot files were kept)."""
+    recipe = added_recipe()
+    if not recipe:
+        return None
+    where = cached(recipe)
+    files = {"kernel": where / "vmlinuz", "initrd": where / "initrd.img", "cmdline": where / "cmdline"}
+    return files if all(p.exists() for p in files.values()) else None
+
+
 def kernel_path() -> Path | None:
     """The guest kernel of the current box (for the KVM test boot)."""
     path = cached() / "vmlinuz"
