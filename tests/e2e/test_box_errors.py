@@ -46,14 +46,19 @@ def test_up_whose_box_build_fails_leaves_nothing(tmp_path, monkeypatch):
     from hpnlab.vm import virt
 
     monkeypatch.setenv("HPNLAB_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setattr(vmbox, "CACHE", tmp_path / "box")          # no cached box: it must be built
+    monkeypatch.setattr(vmbox, "CACHE", tmp_path / "box")          # no cached box and none added:
+    monkeypatch.setattr(vmbox, "added_recipe", lambda: None)        # it must be built
     monkeypatch.setenv("HPNLAB_DEBIAN_MIRROR", "http://127.0.0.1:9/debian")
     monkeypatch.setenv("HPNLAB_DEB_CACHE", str(tmp_path / "debs"))
     daemons_before = vmsetup._started()
     name = unique_lab_name("boxfail")
     provider = open_lab(write_lab_file(tmp_path / "lab.yml", name, provider="vagrant"))
-    with pytest.raises(ProviderError) as err:
-        provider.up(print)
+    try:
+        with pytest.raises(ProviderError) as err:
+            provider.up(print)
+    finally:
+        if provider.is_up():                # it must not, but never leave VMs behind
+            provider.down(print)
     message = str(err.value)
     assert "could not reach the Debian mirror" in message and f"nothing of lab {name} was created" in message
     assert name not in registered("vagrant")
