@@ -111,3 +111,12 @@ def test_vagrantfile_loads_the_rendered_lab(provider, tmp_path):
     r = subprocess.run(["vagrant", "status"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert all(f"{h} " in r.stdout for h in ("a", "b", "c")), r.stdout + r.stderr
+
+
+def test_render_leaves_no_boot_files(provider, tmp_path, monkeypatch):
+    """Rendering (also what a bare `vagrant` command does) copies no kernel: only `up` does,
+    and `down`/`cleanup` remove what it copied."""
+    from hpnlab import vm
+    monkeypatch.setattr(vm, "BOOT_DIR", tmp_path / "boot")
+    doc = json.loads(provider.render().read_text())
+    assert "kernel" not in doc["vagrant"] and not (tmp_path / "boot").exists()

@@ -135,7 +135,7 @@ class VagrantProvider(Provider):
         subnet = self._management_subnet(settings)
         state["management_subnet"] = subnet
         self.state.write(state)
-        _remove_boot_files(self.prefix)          # this box's kernel, not an older one
+        self._copy_boot_files(settings)          # this box's kernel, not an older one
         self.render(driver=driver, subnet=subnet)
         progress(f"vagrant up: {len(self.lab.hosts)} VM(s), driver {driver}"
                  + (" (TCG: software emulation)" if driver == "qemu" else ""))
@@ -265,21 +265,23 @@ class VagrantProvider(Provider):
         return removed
 
     # -- rendering for the Vagrantfile ----------------------------------------------
-    def _direct_boot(self, settings: dict) -> dict:
-        """The hpnlab box's kernel, booted by QEMU itself: SeaBIOS and GRUB reading it
-        through BIOS disk calls cost a TCG guest ~5 s a boot. The lab boots its own copy
-        (under the lab's prefix, where QEMU's user can read it), so a box rebuilt
-        meanwhile cannot pull the kernel from under its disks. GRUB stays on the disk
-        for `vagrant up` without hpnlab's rendering and for other boxes."""
+    def _copy_boot_files(self, settings: dict) -> None:
+        """`up`: the lab's own copy of the hpnlab box's kernel and initrd (where QEMU's user
+        can read them), so a box rebuilt meanwhile cannot pull them from under its disks."""
         files = vmbox.boot_files() if settings["box"] == vm.BOX_NAME else None
-        if not files:
+        if files:
+            vm.BOOT_DIR.mkdir(parents=True, exist_ok=True)
+            for key, copy in _boot_copies(self.prefix).items():
+                shutil.copyfile(files[key], copy)
+
+    def _direct_boot(self, settings: dict) -> dict:
+        """QEMU boots the hpnlab box's kernel itself: SeaBIOS and GRUB reading it through
+        BIOS disk calls cost a TCG guest ~5 s a boot. Only with the copies `up` made
+        (a bare `vagrant up` of a lab hpnlab never brought up boots through GRUB)."""
+        files = vmbox.boot_files() if settings["box"] == vm.BOX_NAME else None
+        copies = _boot_copies(self.prefix)
+        if not files or not all(p.exists() for p in copies.values()):
             return {}
-        copies = {}
-        for key in ("kernel", "initrd"):
-            copies[key] = vm.BOOT_DIR / f"{self.prefix}{files[key].name}"
-            if not copies[key].exists():
-                vm.BOOT_DIR.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(files[key], copies[key])
         return {"kernel": str(copies["kernel"]), "initrd": str(copies["initrd"]),
                 "cmdline": files["cmdline"].read_text().strip()}
 
@@ -500,9 +502,14 @@ def _kill_vagrant(lab: str | None, progress: Progress, skip: tuple[str, ...] = (
     return killed
 
 
+def _boot_copies(prefix: str) -> dict[str, Path]:
+    """A lab's copy of the box kernel and initrd (exact names: lab `a` spares lab `a-b`'s)."""
+    return {"kernel": vm.BOOT_DIR / f"{prefix}vmlinuz", "initrd": vm.BOOT_DIR / f"{prefix}initrd.img"}
+
+
 def _remove_boot_files(prefix: str) -> None:
-    for name in ("vmlinuz", "initrd.img"):           # exact names: lab `a` must spare lab `a-b`'s
-        (vm.BOOT_DIR / f"{prefix}{name}").unlink(missing_ok=True)
+    for path in _boot_copies(prefix).values():
+        path.unlink(missing_ok=True)
 
 
 def _forget_machines(dotfile: Path) -> None:
