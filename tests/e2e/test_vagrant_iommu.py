@@ -52,7 +52,7 @@ def test_iommu_guests_bind_a_nic_to_vfio_pci(tmp_path, monkeypatch):
         groups = h1.run(["sh", "-c", "ls /sys/kernel/iommu_groups | wc -l"]).stdout.strip()
         assert int(groups) > 1, groups
         r = h1.run(["sh", "-c", BIND_VFIO, "bind", h1.nic("dpdk").ifname], check=False, timeout=120)
-        assert r.returncode == 0, (r.stdout, r.stderr)
+        assert r.ok, (r.stdout, r.stderr)
         pci, driver, group, noiommu = r.stdout.split()
         print(f"\n[vm] iommu: {groups} IOMMU groups; {pci} bound to {driver}, group {group}, noiommu {noiommu}")
         assert driver == "vfio-pci" and noiommu in ("N", "not-built")
