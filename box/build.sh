@@ -6,8 +6,9 @@
 # usage: box/build.sh OUTDIR RECIPE_HASH
 # Writes OUTDIR/hpnlab-debian12.box and, for a direct kernel boot and the short KVM
 # test boot, OUTDIR/vmlinuz, initrd.img and cmdline.
-# Env: HPNLAB_DEBIAN_MIRROR (default deb.debian.org), HPNLAB_BOX_DISK_GB (virtual disk size, default 8), HPNLAB_BOX_PUBKEY (the public
-# key Vagrant logs in with first; default: the key that ships with Vagrant).
+# Env: HPNLAB_DEBIAN_MIRROR (default deb.debian.org), HPNLAB_BOX_DISK_GB (virtual disk
+# size, default 8), HPNLAB_BOX_PUBKEY (the public key Vagrant logs in with first;
+# default: the key that ships with Vagrant).
 # Called by `make box` / `python -m hpnlab.vm box`, which caches the result by recipe hash.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)

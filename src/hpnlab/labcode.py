@@ -56,12 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("pack", help="zip the hpnlab package into DIR (if not there); print JSON")
     p.add_argument("directory", type=Path)
-    sub.add_parser("fingerprint", help="print the package's fingerprint")
     args = parser.parse_args(argv)
-    if args.cmd == "pack":
-        print(json.dumps(pack(args.directory)))
-    else:
-        print(fingerprint())
+    print(json.dumps(pack(args.directory)))
     return 0
 
 

@@ -1,8 +1,8 @@
 """`hpnlab provision`: write inventory/<lab>.yml and run ansible/site.yml against the lab.
 
-The playbook's own output goes to .lab/<lab>/provision.log (its events, with times,
-to provision-events.jsonl); the terminal shows one
-line a task, then a table host × (ok, changed, failed, unreachable, testpmd pps).
+The playbook's own output goes to .lab/<lab>/provision.log, its events with their
+times to provision-events.jsonl; the terminal shows one line a task, then a table
+host × (ok, changed, failed, unreachable, testpmd pps).
 A failure names the host, the task and the reason, and exits non-zero.
 `--release` gives back what provisioning took from the machine (netns labs:
 hugepages, hugetlbfs mounts, machine sysctls) and removes the generated

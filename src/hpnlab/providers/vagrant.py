@@ -110,27 +110,13 @@ class VagrantProvider(Provider):
             if self.state.read() or virt.domains(self.prefix) or virt.networks(self.prefix):
                 progress("removing leftovers of an earlier, unfinished run")
                 self._teardown(progress, keep_daemons=True)
-            state = {"lab": self.lab.name, "provider": self.name, "phase": "creating",
-                     "started": time.time(), "prefix": self.prefix, **self.expected(),
-                     "driver": driver, "processes": []}
-            self.state.write(state)          # write-ahead: names before anything exists
-            try:
-                self._create(state, settings, driver, progress)
-            except BaseException as exc:
-                progress(f"up failed ({type(exc).__name__}): rolling back")
-                try:
-                    self._teardown(progress, keep_daemons=True)
-                finally:
-                    unregister_live(self.name, self.lab.name)
-                    vmsetup.stop_daemons(progress)      # those this run started, with no domain left
-                if isinstance(exc, (vm.VmError, subprocess.SubprocessError)):
-                    raise ProviderError(str(exc)) from None
-                raise
-            state["phase"] = "up"
-            self.state.write(state)
+            # write-ahead (names before anything exists); a failure rolls back through
+            # _teardown, which also stops the daemons this run started
+            self._bring_up(progress, prefix=self.prefix, **self.expected(), driver=driver)
         return True
 
-    def _create(self, state: dict, settings: dict, driver: str, progress: Progress) -> None:
+    def _create(self, state: dict, progress: Progress) -> None:
+        settings, driver = self.settings(), state["driver"]
         self._ensure_key()
         subnet = self._management_subnet(settings)
         state["management_subnet"] = subnet
@@ -221,7 +207,7 @@ class VagrantProvider(Provider):
                     virt.remove_all(dom, progress)
         _forget_machines(self.dotfile)
         _remove_boot_files(self.prefix)
-        if not keep_daemons:           # a rollback keeps the entry until `up` returns
+        if not keep_daemons:           # leftovers cleared by `up` itself: its entry and daemons stay
             unregister_live(self.name, self.lab.name)
         for path in (self.dotfile, self.spec_path.parent / "ssh", self.state.logdir,
                      self.state.dir / "vagrant.d"):
