@@ -13,8 +13,12 @@ import sys
 from collections.abc import Callable
 
 
-def run_workers(n: int, target: Callable[[int], int | None]) -> int:
-    """Fork `n` workers running target(index); return the worst exit status."""
+def run_workers(n: int, target: Callable[[int], int | None],
+                after_fork: Callable[[], object] | None = None) -> int:
+    """Fork `n` workers running target(index); return the worst exit status.
+
+    `after_fork()` runs in the parent once all are forked (to close what only
+    the workers should hold, such as a listener)."""
     pids: list[int] = []
     for i in range(n):
         pid = os.fork()
@@ -29,6 +33,8 @@ def run_workers(n: int, target: Callable[[int], int | None]) -> int:
                 sys.stderr.flush()
                 os._exit(code)
         pids.append(pid)
+    if after_fork is not None:
+        after_fork()
 
     def forward(signum, frame):
         for p in pids:

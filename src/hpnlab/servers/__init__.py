@@ -4,13 +4,18 @@
 
 Every engine serves a sans-I/O protocol handler (servers/protocols) on a
 listening socket it is given, until it is stopped by SIGTERM/SIGINT. The
-engines are the course's I/O models (§2.1-2.5):
+readiness-based engines (select ... epoll-procs, coro, greenlet) all run on
+one event loop, servers/loop.py. The engines are the course's I/O models
+(§2.1-2.5; the multi-threaded ones answer §2.4.4 "多个 EPOLL 该如何实现？"):
 
     threads    one thread per connection, blocking sockets (一请求一线程)
     select     reactor on select(2) (FD_SETSIZE caps it at 1024 descriptors)
     poll       reactor on poll(2)
     epoll-lt   reactor on level-triggered epoll
     epoll-et   reactor on edge-triggered epoll: read/write until EAGAIN
+    epoll-threads   N threads, each an epoll reactor with its own SO_REUSEPORT listener
+    epoll-acceptor  one acceptor thread handing connections to N epoll worker threads
+    epoll-procs     N pre-forked epoll reactor processes with SO_REUSEPORT listeners
     coro       hpnlab.coro, hpnlab's own coroutine framework (NtyCo idea)
     greenlet   stack-switching coroutines on an epoll hub
     uring      proactor on io_uring (hpnlab.uring, cffi over liburing)
@@ -26,15 +31,19 @@ import socket
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
+from ..errors import HpnlabError
 from .protocols import ProtocolFactory
 
 # engine name -> module (names in the CLI use '-', modules '_')
 ENGINES: dict[str, str] = {
     "threads": "threads",
-    "select": "select",
+    "select": "select_reactor",
     "poll": "poll",
     "epoll-lt": "epoll_lt",
     "epoll-et": "epoll_et",
+    "epoll-threads": "epoll_threads",
+    "epoll-acceptor": "epoll_acceptor",
+    "epoll-procs": "epoll_procs",
     "coro": "coro",
     "greenlet": "greenlet",
     "uring": "uring",
@@ -49,7 +58,7 @@ LOW_WATER = 64 * 1024          # ...and resume below this (bounded memory under 
 BACKLOG = 4096
 
 
-class EngineError(RuntimeError):
+class EngineError(HpnlabError, RuntimeError):
     """An engine cannot run here (unknown name, missing kernel feature, port in use)."""
 
 
@@ -64,13 +73,20 @@ class Shutdown(BaseException):
 
 
 class Server(ABC):
-    """One engine. `serve()` blocks until SIGTERM/SIGINT, then closes everything."""
+    """One engine. `serve()` blocks until SIGTERM/SIGINT, then closes everything.
+
+    An engine with `parallel = True` runs `workers` threads or processes of its
+    own (default: the host's CPU count) on a listener bound with SO_REUSEPORT;
+    for the others `--workers N` means N forked copies of the whole engine.
+    """
 
     name: ClassVar[str]
+    parallel: ClassVar[bool] = False
 
-    def __init__(self, listener: socket.socket, protocol: ProtocolFactory):
+    def __init__(self, listener: socket.socket, protocol: ProtocolFactory, workers: int = 1):
         self.listener = listener
         self.protocol = protocol
+        self.workers = workers
 
     @classmethod
     def unavailable(cls) -> str | None:

@@ -24,14 +24,15 @@ def raise_nofile() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def serve_one(engine: str, host: str, port: int, protocol: str, reuseport: bool) -> int:
+def serve_one(engine: str, host: str, port: int, protocol: str, reuseport: bool, workers: int = 1) -> int:
     cls = engine_class(engine)
     reason = cls.unavailable()
     if reason:
         raise EngineError(f"engine {engine} is unavailable here: {reason}")
     listener = listen(host, port, reuseport=reuseport)
-    server = cls(listener, get_protocol(protocol))
-    print(f"listening {host}:{port} engine={engine} pid={os.getpid()}", file=sys.stderr, flush=True)
+    server = cls(listener, get_protocol(protocol), workers)
+    extra = f" workers={workers}" if cls.parallel else ""
+    print(f"listening {host}:{port} engine={engine}{extra} pid={os.getpid()}", file=sys.stderr, flush=True)
     server.serve()
     return 0
 
@@ -42,8 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("engine", metavar="ENGINE", help=f"one of: {', '.join(ENGINES)}")
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--workers", type=int, default=1,
-                   help="N processes sharing the port with SO_REUSEPORT (multi-core mode)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="epoll-threads/-acceptor/-procs: their N threads or processes (default: the "
+                        "CPU count); other engines: N forked copies sharing the port with "
+                        "SO_REUSEPORT (multi-core mode; default 1)")
     p.add_argument("--protocol", default="echo", help=f"one of: {', '.join(protocol_names())}")
     args = p.parse_args(argv)
     if args.engine not in ENGINES:
@@ -53,12 +56,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hpnlab.servers: unknown protocol {args.protocol!r} (valid: {', '.join(protocol_names())})",
               file=sys.stderr)
         return 2
-    if not 0 < args.port < 65536 or args.workers < 1:
+    if not 0 < args.port < 65536 or (args.workers is not None and args.workers < 1):
         print("hpnlab.servers: --port must be 1..65535 and --workers >= 1", file=sys.stderr)
         return 2
     raise_nofile()
     try:
-        if args.workers == 1:
+        if engine_class(args.engine).parallel:
+            return serve_one(args.engine, args.host, args.port, args.protocol, True,
+                             args.workers or os.cpu_count() or 1)
+        if (args.workers or 1) == 1:
             return serve_one(args.engine, args.host, args.port, args.protocol, False)
         # Check availability and the port once in the parent, for a clear error.
         reason = engine_class(args.engine).unavailable()

@@ -7,24 +7,12 @@ reported again - the simple handler (course notes, "EPOLL 原理复习").
 """
 from __future__ import annotations
 
-import select
-
-from .reactor import PollerReactor
+from .reactor import Reactor
 
 
-class EpollLT(PollerReactor):
+class EpollLT(Reactor):
     name = "epoll-lt"
-    IN, OUT, ERR = select.EPOLLIN, select.EPOLLOUT, select.EPOLLHUP | select.EPOLLERR
-
-    def new_poller(self):
-        return select.epoll()
-
-    def wait(self):
-        return self.poller.poll(-1, 1024)
-
-    def close(self):
-        super().close()
-        self.poller.close()
+    backend = "epoll"
 
 
 ENGINE = EpollLT

@@ -7,21 +7,12 @@ connections, busy or idle.
 """
 from __future__ import annotations
 
-import select
-
-from .reactor import PollerReactor
+from .reactor import Reactor
 
 
-class Poll(PollerReactor):
+class Poll(Reactor):
     name = "poll"
-    IN, OUT = select.POLLIN, select.POLLOUT
-    ERR = select.POLLHUP | select.POLLERR | select.POLLNVAL
-
-    def new_poller(self):
-        return select.poll()
-
-    def wait(self):
-        return self.poller.poll()
+    backend = "poll"
 
 
 ENGINE = Poll

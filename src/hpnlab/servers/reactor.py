@@ -2,220 +2,86 @@
 
 A reactor waits for readiness on many non-blocking sockets at once and
 dispatches each ready socket to its handler; EAGAIN means "not now, ask the
-demultiplexer again". The engines differ only in the demultiplexer
-(select/poll/epoll, level- or edge-triggered), so the per-connection work
-lives here once: read, feed the protocol handler, write what it can,
-buffer the rest, and stop reading while the buffered output is above a high
-water mark (backpressure: a client that sends without reading cannot make
-the server's memory grow without bound).
+demultiplexer again". The engines differ only in the demultiplexer - the
+Loop's backend (servers/loop.py) - so an engine is a class attribute: the
+listener's reader accepts and wraps each connection in a Transport
+(servers/transport.py), which reads, feeds the protocol handler, writes, and
+applies backpressure.
 """
 from __future__ import annotations
 
 import socket
-from abc import abstractmethod
+import threading
+from typing import ClassVar
 
-from . import HIGH_WATER, LOW_WATER, RECV_SIZE, Server, tune
+from . import Server, tune
+from .loop import Loop
+from .transport import Transport
 
-READ, WRITE = 1, 2
-
-
-class Conn:
-    __slots__ = ("closing", "handler", "mask", "out", "paused", "readable", "sock")
-
-    def __init__(self, sock: socket.socket, handler):
-        self.sock = sock
-        self.handler = handler
-        self.out = b""          # unsent output (bytes or bytearray)
-        self.mask = 0           # interest currently registered (READ|WRITE)
-        self.closing = False    # close once `out` is flushed
-        self.paused = False     # reading stopped by backpressure
-        self.readable = False   # edge-triggered only: data may be waiting unread
+ACCEPT_BATCH = 256    # accepts per listener event: a connect storm must not starve the others
 
 
 class Reactor(Server):
-    """Subclasses implement the demultiplexer: `_register`, `_modify`, `_unregister`, `serve_forever`."""
+    """A reactor on one Loop. With listener=None it only serves connections handed
+    to it (adopt), as the workers of epoll-acceptor do."""
 
-    def __init__(self, listener, protocol):
-        super().__init__(listener, protocol)
-        listener.setblocking(False)
-        self.conns: dict[int, Conn] = {}
+    backend: ClassVar[str] = "epoll"
 
-    # -- the demultiplexer ----------------------------------------------------
-    @abstractmethod
-    def _register(self, fd: int, mask: int) -> None: ...
+    def __init__(self, listener, protocol, workers: int = 1):
+        super().__init__(listener, protocol, workers)
+        self.loop = Loop(self.backend)
+        self.transports: set[Transport] = set()
 
-    @abstractmethod
-    def _modify(self, fd: int, mask: int) -> None: ...
+    def serve_forever(self):
+        if self.listener is not None:
+            self.listener.setblocking(False)
+            self.loop.add_reader(self.listener.fileno(), self.on_accept)
+        self.loop.run_forever()
 
-    @abstractmethod
-    def _unregister(self, fd: int) -> None: ...
-
-    def _want(self, fd: int, c: Conn, mask: int) -> None:
-        # Only tell the kernel when the interest really changes: with epoll each
-        # change is an epoll_ctl syscall.
-        if mask != c.mask:
-            c.mask = mask
-            self._modify(fd, mask)
-
-    def accept_fd_ok(self, fd: int) -> bool:
-        """select() overrides this: it cannot watch descriptors >= FD_SETSIZE."""
-        return True
-
-    # -- connection work ------------------------------------------------------
     def on_accept(self) -> None:
-        # Accept everything queued (bounded, so a connect storm cannot starve
-        # established connections).
-        for _ in range(256):
+        max_fd = self.loop.backend.max_fd
+        # Edge-triggered: accept until EAGAIN, or the queued rest waits for another connect.
+        for _ in range(ACCEPT_BATCH):
             try:
                 sock, _addr = self.listener.accept()
             except BlockingIOError:
                 return
             except OSError:
                 return              # EMFILE, ECONNABORTED: try again on the next event
-            fd = sock.fileno()
-            if not self.accept_fd_ok(fd):
-                sock.close()
+            if max_fd is not None and sock.fileno() >= max_fd:
+                sock.close()        # select cannot watch it: refuse rather than fail later
                 continue
-            sock.setblocking(False)
-            tune(sock)
-            c = Conn(sock, self.protocol.new())
-            self.conns[fd] = c
-            c.mask = READ
-            self._register(fd, READ)
+            self.adopt(sock)
+        if self.loop.edge_triggered:
+            self.loop.call_soon(self.on_accept)
 
-    def on_readable(self, fd: int, c: Conn) -> None:
-        """Level-triggered: one recv per readiness event; the kernel will tell us again."""
-        try:
-            data = c.sock.recv(RECV_SIZE)
-        except BlockingIOError:
-            return
-        except OSError:
-            self.drop(fd, c)
-            return
-        if data:
-            self.deliver(fd, c, data)
-        else:
-            self.on_eof(fd, c)
-
-    def on_eof(self, fd: int, c: Conn) -> None:
-        if c.out:
-            c.closing = True
-            self._want(fd, c, WRITE)
-        else:
-            self.drop(fd, c)
-
-    def deliver(self, fd: int, c: Conn, data: bytes) -> bool:
-        """Feed `data` to the handler and send the reply; False if the connection is gone."""
-        out, close = c.handler.feed(data)
-        if out:
-            if c.out:
-                if not isinstance(c.out, bytearray):
-                    c.out = bytearray(c.out)
-                c.out += out
-            else:
-                # Optimistic write: the socket is almost always writable, so try
-                # now instead of waiting for a readiness event.
-                try:
-                    n = c.sock.send(out)
-                except BlockingIOError:
-                    n = 0
-                except OSError:
-                    self.drop(fd, c)
-                    return False
-                if n < len(out):
-                    c.out = out[n:]
-        if close:
-            c.closing = True
-        if c.out:
-            if len(c.out) > HIGH_WATER:
-                c.paused = True
-            self._want(fd, c, WRITE if (c.paused or c.closing) else READ | WRITE)
-        elif c.closing:
-            self.drop(fd, c)
-            return False
-        return True
-
-    def on_writable(self, fd: int, c: Conn) -> None:
-        if c.out:
-            try:
-                n = c.sock.send(c.out)
-            except BlockingIOError:
-                return
-            except OSError:
-                self.drop(fd, c)
-                return
-            c.out = c.out[n:]
-        if not c.out:
-            if c.closing:
-                self.drop(fd, c)
-                return
-            c.paused = False
-            self._want(fd, c, READ)
-        elif c.paused and len(c.out) < LOW_WATER:
-            c.paused = False
-            self._want(fd, c, READ | WRITE)
-
-    def drop(self, fd: int, c: Conn) -> None:
-        self.conns.pop(fd, None)
-        try:
-            self._unregister(fd)
-        except (OSError, KeyError, ValueError):
-            pass
-        c.sock.close()
+    def adopt(self, sock: socket.socket) -> Transport:
+        tune(sock)
+        t = Transport(self.loop, sock, self.protocol.new(), self.transports.discard)
+        self.transports.add(t)
+        return t
 
     def close(self) -> None:
-        for fd, c in list(self.conns.items()):
-            self.drop(fd, c)
-        super().close()
+        for t in list(self.transports):
+            t.abort()
+        if self.listener is not None:
+            self.loop.forget(self.listener.fileno())
+            super().close()
+        self.loop.close()
 
 
-class PollerReactor(Reactor):
-    """A reactor over a poller object with register/modify/unregister/poll:
-    select.poll and select.epoll share that interface, so poll and epoll-lt are
-    this class with different flags (and a different cost inside the kernel)."""
+class ReactorThread(threading.Thread):
+    """A Reactor running in a thread of its own; stop() ends it from any thread."""
 
-    IN: int
-    OUT: int
-    ERR: int          # reported without being asked for: treat as readable (recv tells what happened)
+    def __init__(self, reactor: Reactor, name: str):
+        super().__init__(name=name, daemon=True)
+        self.reactor = reactor
 
-    def __init__(self, listener, protocol):
-        super().__init__(listener, protocol)
-        self.poller = self.new_poller()
+    def run(self) -> None:
+        try:
+            self.reactor.serve_forever()
+        finally:
+            self.reactor.close()
 
-    @abstractmethod
-    def new_poller(self): ...
-
-    @abstractmethod
-    def wait(self) -> list[tuple[int, int]]: ...
-
-    def _mask(self, mask: int) -> int:
-        return (self.IN if mask & READ else 0) | (self.OUT if mask & WRITE else 0)
-
-    def _register(self, fd, mask):
-        self.poller.register(fd, self._mask(mask))
-
-    def _modify(self, fd, mask):
-        self.poller.modify(fd, self._mask(mask))
-
-    def _unregister(self, fd):
-        self.poller.unregister(fd)
-
-    def serve_forever(self):
-        lfd = self.listener.fileno()
-        self.poller.register(lfd, self.IN)
-        conns, wait = self.conns, self.wait
-        on_readable, on_writable = self.on_readable, self.on_writable
-        IN, OUT = self.IN | self.ERR, self.OUT
-        while True:
-            for fd, ev in wait():
-                c = conns.get(fd)
-                if c is None:
-                    if fd == lfd:
-                        self.on_accept()
-                    continue
-                if ev & OUT:
-                    on_writable(fd, c)
-                    if fd not in conns:
-                        continue
-                if ev & IN and c.mask & READ:
-                    on_readable(fd, c)
+    def stop(self) -> None:
+        self.reactor.loop.call_soon_threadsafe(self.reactor.loop.stop)

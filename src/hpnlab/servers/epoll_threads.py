@@ -1,0 +1,45 @@
+"""epoll-threads: N threads, each an epoll reactor with its own SO_REUSEPORT listener.
+
+The first answer to "多个 EPOLL 该如何实现？" (course §2.4.4): every thread
+owns one epoll, one listener and the connections the kernel hands that
+listener - SO_REUSEPORT hashes each new connection to one of the N
+listeners, so the threads share nothing and need no locks. In C this scales
+with cores. In CPython only one thread runs Python at a time (the GIL): the
+threads take turns, each hand-off a futex wake and a context switch, so the
+CPU per request can only grow; what N threads buy is that a thread blocked
+in the kernel lets another run Python. epoll-procs is the way out.
+"""
+from __future__ import annotations
+
+from . import Server, listen
+from .reactor import Reactor, ReactorThread
+
+JOIN_TIMEOUT = 5.0
+
+
+class EpollThreads(Server):
+    name = "epoll-threads"
+    parallel = True
+
+    def serve_forever(self):
+        host, port = self.listener.getsockname()[:2]
+        # Thread 0 (this one) serves the listener it was given; the others open their own.
+        self.main = Reactor(self.listener, self.protocol)
+        self.threads = [ReactorThread(Reactor(listen(host, port, reuseport=True), self.protocol),
+                                      name=f"epoll-{i}") for i in range(1, self.workers)]
+        for t in self.threads:
+            t.start()
+        self.main.serve_forever()
+
+    def close(self):
+        for t in getattr(self, "threads", []):
+            t.stop()
+        for t in getattr(self, "threads", []):
+            t.join(JOIN_TIMEOUT)
+        if hasattr(self, "main"):
+            self.main.close()        # closes the listener too
+        else:
+            super().close()
+
+
+ENGINE = EpollThreads
