@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "prepare":
             from .. import vm
             from ..topology import TopologyError, load_lab
-            from . import box, setup
+            from . import accel, box, setup
             try:
                 lab = load_lab(args.lab, provider=args.provider)
             except TopologyError:
@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
                 setup.ensure_packages(_say)
                 if vm.settings(lab)["box"] == vm.BOX_NAME:
                     box.prebuild(_say)
+                    # the KVM test boot (up to 20 s where KVM hangs) while pip still runs
+                    accel.detect(box.kernel_path(), _say, vm.settings(lab)["driver"])
         elif args.cmd == "hash":
             from . import box
             print(box.recipe_hash())

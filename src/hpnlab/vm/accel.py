@@ -56,17 +56,24 @@ def kvm_boots(kernel: Path, timeout: float = 20.0) -> tuple[bool, str]:
             proc.wait()
 
 
+def decided() -> str | None:
+    """This boot's answer ('kvm' or 'qemu'), if the test boot ran."""
+    try:
+        cached = json.loads(CACHE.read_text())
+    except (OSError, ValueError):
+        return None
+    if cached.get("boot_id") == _boot_id() and cached.get("driver") in ("kvm", "qemu"):
+        return cached["driver"]
+    return None
+
+
 def detect(kernel: Path | None, progress: Progress, requested: str = "auto") -> str:
     """'kvm' or 'qemu' (libvirt's driver names). `requested` from lab.yml's vm.driver."""
     if requested in ("kvm", "qemu"):
         return requested
+    if known := decided():
+        return known
     boot = _boot_id()
-    try:
-        cached = json.loads(CACHE.read_text())
-        if cached.get("boot_id") == boot and cached.get("driver") in ("kvm", "qemu"):
-            return cached["driver"]
-    except (OSError, ValueError):
-        pass
     if kernel is None:
         return "qemu"
     progress("vm: testing whether KVM boots a guest (short timed boot)")

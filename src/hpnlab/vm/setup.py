@@ -1,14 +1,27 @@
 """Install what the vagrant provider needs, start libvirt's daemons when no init
 system does (PID 1 here is not systemd), and define hpnlab's storage pool.
 
+libvirtd and /dev/kvm must agree. libvirt probes each QEMU binary once and caches
+the capabilities (/var/cache/libvirt/qemu/capabilities), but it throws the cache
+away on every lookup when "KVM was enabled when probing" disagrees with "its QEMU
+user can open /dev/kvm now". With no udev, /dev/kvm stays 0600 root:root: the probe
+(-machine none,accel=kvm:tcg) gets KVM, the access check for libvirt-qemu fails,
+and each of vagrant-libvirt's dozens of API calls re-probes (~4 s each, one at a
+time): five minutes of a first `vagrant up`. So where hpnlab runs guests under TCG,
+libvirtd runs in a mount namespace of its own whose /dev/kvm is an unopenable empty
+file (libvirt probes TCG alone, once); where KVM works, /dev/kvm gets what udev's
+rule gives it (group kvm, 0660), so the probe and the check agree.
+
 Everything is idempotent: `ensure()` on a ready machine costs a few milliseconds.
 """
 from __future__ import annotations
 
+import grp
 import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import time
 from contextlib import contextmanager
@@ -33,6 +46,9 @@ PLUGIN_DIR = Path("/usr/share/rubygems-integration/all/gems")
 RUN_DIR = Path("/run/hpnlab")
 DAEMONS_FILE = RUN_DIR / "daemons.json"
 LIBVIRT_SOCK = Path("/run/libvirt/libvirt-sock")
+KVM = Path("/dev/kvm")
+NO_KVM = RUN_DIR / "no-kvm"             # what a TCG libvirtd sees as /dev/kvm
+LIBVIRTD_PIDFILE = Path("/run/libvirtd.pid")
 
 
 def missing_tools() -> list[str]:
@@ -98,21 +114,31 @@ def _started() -> dict:
         return {}
 
 
-def ensure_daemons(progress: Progress) -> None:
-    """virtlogd and libvirtd, started by hand (with -d) unless already running."""
+def ensure_daemons(progress: Progress, kvm: bool | None = None) -> None:
+    """virtlogd and libvirtd, started by hand (with -d) unless already running.
+    `kvm`: do guests run under KVM (None: what this boot's KVM test decided)."""
+    if kvm is None:
+        from .accel import decided
+        kvm = decided() == "kvm"
+    if kvm:
+        _share_kvm()
     started = _started()
-    for name, pidfile in (("virtlogd", Path("/run/virtlogd.pid")), ("libvirtd", Path("/run/libvirtd.pid"))):
-        if _pidfile_pid(pidfile):
+    for name, pidfile in (("virtlogd", Path("/run/virtlogd.pid")), ("libvirtd", LIBVIRTD_PIDFILE)):
+        pid = _pidfile_pid(pidfile)
+        if name == "libvirtd" and pid and _sees_kvm(pid) != kvm:
+            pid = _refit_libvirtd(pid, kvm, started, progress)
+        if pid:
             continue
         if name == "libvirtd" and _libvirt_ready():
             continue
-        progress(f"vm-setup: starting {name}")
+        progress(f"vm-setup: starting {name}" + ("" if name != "libvirtd" or kvm or not KVM.exists()
+                                                 else " (its /dev/kvm masked: guests run under TCG)"))
         Path("/var/log/libvirt").mkdir(parents=True, exist_ok=True)
         # Its output goes to a file, never to a pipe of ours: a daemon writing to a
         # closed pipe after we exit would die of SIGPIPE.
         log = Path("/var/log/libvirt") / f"{name}-hpnlab.log"
         with open(log, "ab") as out:
-            proc = subprocess.run([name, "-d"], stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+            proc = subprocess.run(_start_argv(name, kvm), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                   timeout=60, start_new_session=True)
         if proc.returncode != 0:
             raise VmError(f"{name} did not start (exit {proc.returncode}); see {log}")
@@ -129,6 +155,58 @@ def ensure_daemons(progress: Progress) -> None:
         if time.monotonic() > deadline:
             raise VmError("libvirtd runs but `virsh -c qemu:///system version` fails; see /var/log/libvirt")
         time.sleep(0.2)
+
+
+def _start_argv(name: str, kvm: bool) -> list[str]:
+    if name != "libvirtd" or kvm or not KVM.exists():
+        return [name, "-d"]
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    NO_KVM.touch()
+    os.chmod(NO_KVM, 0)
+    # propagation slave: mounts made on the host later (a pool, hugepages) still
+    # reach libvirtd; its own mask never leaks out
+    return ["unshare", "--mount", "--propagation", "slave", "sh", "-c",
+            f"mount --bind {NO_KVM} {KVM} && exec {name} -d"]
+
+
+def _sees_kvm(pid: int) -> bool:
+    """Does process `pid` see the real /dev/kvm (its mount namespace's view)?"""
+    try:
+        return stat.S_ISCHR(os.stat(f"/proc/{pid}/root{KVM}").st_mode)
+    except OSError:
+        return False
+
+
+def _share_kvm() -> None:
+    """/dev/kvm as udev's rule leaves it (group kvm, 0660): libvirt's QEMU user opens it."""
+    try:
+        info = KVM.stat()
+        gid = grp.getgrnam("kvm").gr_gid
+    except (OSError, KeyError):
+        return
+    if info.st_gid != gid or info.st_mode & 0o060 != 0o060:
+        os.chown(KVM, -1, gid)
+        os.chmod(KVM, stat.S_IMODE(info.st_mode) | 0o660)
+
+
+def _refit_libvirtd(pid: int, kvm: bool, started: dict, progress: Progress) -> int | None:
+    """A running libvirtd whose /dev/kvm is not the one this lab needs: restart it if
+    hpnlab started it and nothing uses it (returns None), else make do with it."""
+    ours = started.get("libvirtd") == pid
+    idle = _libvirt_ready() and not run(["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
+                                        check=False).stdout.strip() and not _bring_up_running()
+    if ours and idle:
+        progress(f"vm-setup: restarting libvirtd (pid {pid}) " +
+                 ("with /dev/kvm: guests run under KVM" if kvm else "without /dev/kvm: guests run under TCG"))
+        _stop(pid)
+        return None
+    if kvm:
+        raise VmError(f"libvirtd (pid {pid}) was started without /dev/kvm and still has domains; "
+                      f"take those labs down first, or set `vm: {{driver: qemu}}` in lab.yml")
+    # TCG guests under a libvirtd that sees /dev/kvm: let its QEMU user open it, so that
+    # libvirt's KVM check agrees with its probe (one probe, not one per API call)
+    _share_kvm()
+    return pid
 
 
 def stop_daemons(progress: Progress, force: bool = False) -> list[str]:
@@ -148,15 +226,19 @@ def stop_daemons(progress: Progress, force: bool = False) -> list[str]:
         if not pid or not _pid_alive(pid) or _comm(pid) != name:
             continue
         progress(f"stopping {name} (pid {pid})")
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        while _pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if _pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
+        _stop(pid)
         stopped.append(f"{name} (pid {pid})")
     DAEMONS_FILE.unlink(missing_ok=True)
     return stopped
+
+
+def _stop(pid: int) -> None:
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
 
 
 @contextmanager
@@ -218,9 +300,9 @@ def ensure_pool(progress: Progress) -> None:
         run([*virsh, "pool-start", POOL])
 
 
-def ensure(progress: Progress) -> None:
-    """All of vm-setup: packages, the QEMU user, daemons, storage pool."""
+def ensure(progress: Progress, kvm: bool | None = None) -> None:
+    """All of vm-setup: packages, the QEMU user, daemons (see ensure_daemons), storage pool."""
     ensure_packages(progress)
     ensure_qemu_user()
-    ensure_daemons(progress)
+    ensure_daemons(progress, kvm)
     ensure_pool(progress)
