@@ -1,4 +1,4 @@
-"""The scheduler of hpnlab.coro: a ready queue, timers, and epoll.
+"""The scheduler of hpnlab.coro: a ready queue of tasks on hpnlab's event loop.
 
 Course §2.3 (NtyCo): a coroutine framework turns blocking-style code into
 event-driven code. Where NtyCo switches stacks in assembly, a Python
@@ -14,29 +14,26 @@ Traps (what a task yields to the scheduler):
     (JOIN, task, deadline)     park until `task` ends (deadline may be None)
     (YIELD,)                   go to the back of the ready queue
 
-epoll interest is kept *lazily*: an fd stays registered after its waiter
-woke up, because the next wait is almost always for the same direction
-(recv, send reply, recv again). Only when epoll reports an fd nobody waits
-for is the interest narrowed. In a request/response loop that means no
-epoll_ctl at all per request - the same trick as libev's and NtyCo's.
+The waiting is the event loop's (servers/loop.py, level-triggered epoll):
+a task parked on an fd *is* that fd's reader or writer callback (calling a
+parked Task wakes it), and sleeps and join deadlines are the loop's timers.
+The loop keeps epoll interest lazily: an fd stays registered after its
+waiter woke up, because the next wait is almost always for the same
+direction (recv, send reply, recv again), so a request/response loop costs
+no epoll_ctl at all per request - the same trick as libev's and NtyCo's.
 """
 from __future__ import annotations
 
-import heapq
-import itertools
-import select
 import sys
-import time
 import traceback
 from collections import deque
 from collections.abc import Coroutine
 from typing import Any
 
-READ, WRITE, SLEEP, JOIN, YIELD = range(5)
+from ..servers.loop import READ as LOOP_READ
+from ..servers.loop import Loop, TimerHandle
 
-EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
-_IN_EVENTS = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR | select.EPOLLRDHUP
-_OUT_EVENTS = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
+READ, WRITE, SLEEP, JOIN, YIELD = range(5)
 
 
 class Cancelled(BaseException):
@@ -77,7 +74,7 @@ class Task:
         # the int fd*4 + 1 (read) or + 2 (write) rather than a tuple: 56 bytes
         # less per parked connection. Timer and join waits are tuples.
         self._wait: tuple | int | None = None
-        self._timer: list | None = None     # its entry in the timer heap, if any
+        self._timer: TimerHandle | None = None     # its loop timer (sleep, join deadline), if any
         self._cancel_pending = False
         self._observed = False
 
@@ -100,6 +97,15 @@ class Task:
     def exception(self) -> BaseException | None:
         self._observed = True
         return self._error if self.done else None
+
+    def __call__(self) -> None:
+        """The loop calls a task parked on an fd when the fd is ready: wake it (once)."""
+        s = _running
+        w = self._wait
+        (s.loop.readers if w & 3 == 1 else s.loop.writers)[w >> 2] = None   # type: ignore[operator]
+        s.fd_waiters -= 1
+        self._wait = None
+        s.ready.append(self)
 
     def __await__(self):
         if not self.done:
@@ -124,17 +130,9 @@ class Scheduler:
     """Runs tasks until the main one ends. One per thread (normally one per process)."""
 
     def __init__(self) -> None:
-        self.ep = select.epoll()
+        self.loop = Loop("epoll")
         self.ready: deque[Task] = deque()
-        # Indexed by fd (descriptors are small dense integers): a list slot is
-        # 8 bytes and a bytearray slot 1, where a dict entry with its int key
-        # costs ~100 - this is most of what keeps a connection under 1 KiB.
-        self.readers: list[Task | None] = []
-        self.writers: list[Task | None] = []
-        self.masks = bytearray()                 # fd -> interest registered with epoll (0: none)
         self.fd_waiters = 0                      # tasks parked on an fd
-        self.timers: list[list] = []             # heap of [deadline, seq, task]
-        self._seq = itertools.count()
         self.current: Task | None = None
 
     # -- tasks --------------------------------------------------------------
@@ -161,16 +159,15 @@ class Scheduler:
         w = t._wait
         if w is not None:
             kind, key = ((w & 3) - 1, w >> 2) if type(w) is int else w
-            if kind == READ and self.readers[key] is t:
-                self.readers[key] = None
-                self.fd_waiters -= 1
-            elif kind == WRITE and self.writers[key] is t:
-                self.writers[key] = None
-                self.fd_waiters -= 1
+            if kind in (READ, WRITE):
+                table = self.loop.readers if kind == READ else self.loop.writers
+                if table[key] is t:
+                    table[key] = None
+                    self.fd_waiters -= 1
             elif kind == JOIN and key._joiners and t in key._joiners:
                 key._joiners.remove(t)
         if t._timer is not None:
-            t._timer[2] = None                 # lazily deleted from the heap
+            t._timer.cancel()
             t._timer = None
 
     def _finish(self, t: Task, result: Any, exc: BaseException | None) -> None:
@@ -181,54 +178,42 @@ class Scheduler:
         if joiners:
             for j in joiners:
                 if j._timer is not None:
-                    j._timer[2] = None
+                    j._timer.cancel()
                     j._timer = None
                 j._wait = None
                 self.ready.append(j)
 
     def _add_timer(self, t: Task, deadline: float) -> None:
-        entry = [deadline, next(self._seq), t]
-        t._timer = entry
-        heapq.heappush(self.timers, entry)
+        t._timer = self.loop.call_at(deadline, self._timer_fired, t)
+
+    def _timer_fired(self, t: Task) -> None:
+        t._timer = None
+        if type(t._wait) is tuple and t._wait[0] == JOIN:
+            self._unpark(t)
+            t._error = TimeoutError()
+        t._wait = None
+        self.ready.append(t)
 
     # -- fds ------------------------------------------------------------------
-    def _grow(self, fd: int) -> None:
-        n = max(fd + 1, 2 * len(self.masks), 1024) - len(self.masks)
-        self.readers.extend([None] * n)
-        self.writers.extend([None] * n)
-        self.masks.extend(bytes(n))
-
-    def _park_fd(self, t: Task, fd: int, table: list, bit: int, kind: int) -> None:
-        if fd >= len(self.masks):
-            self._grow(fd)
-        other = table[fd]
+    def _park_fd(self, t: Task, fd: int, kind: int) -> None:
+        loop = self.loop
+        table = loop.readers if kind == READ else loop.writers
+        other = table[fd] if fd < len(table) else None
         if other is not None and other is not t:
             t._error = RuntimeError(f"fd {fd} already has a task waiting for the same event")
             self.ready.append(t)
             return
         if other is None:
             self.fd_waiters += 1
-        table[fd] = t
         t._wait = fd << 2 | (kind + 1)
-        mask = self.masks[fd]
-        if not mask:
-            self.ep.register(fd, bit)
-            self.masks[fd] = bit
-        elif not mask & bit:
-            self.ep.modify(fd, mask | bit)
-            self.masks[fd] = mask | bit
+        (loop.add_reader if kind == READ else loop.add_writer)(fd, t)
 
     def forget(self, fd: int) -> None:
         """The fd is about to be closed: drop its interest, fail its waiters."""
-        if fd >= len(self.masks):
+        loop = self.loop
+        if fd >= len(loop.masks):
             return
-        if self.masks[fd]:
-            self.masks[fd] = 0
-            try:
-                self.ep.unregister(fd)
-            except OSError:
-                pass
-        for table in (self.readers, self.writers):
+        for table in (loop.readers, loop.writers):
             t = table[fd]
             if t is not None:
                 table[fd] = None
@@ -236,19 +221,7 @@ class Scheduler:
                 t._wait = None
                 t._error = OSError(9, f"fd {fd} was closed while a task waited on it")
                 self.ready.append(t)
-
-    def _narrow(self, fd: int) -> None:
-        """epoll reported an fd nobody waits for in that direction: stop asking."""
-        mask = (EPOLLIN if self.readers[fd] is not None else 0) | \
-            (EPOLLOUT if self.writers[fd] is not None else 0)
-        if mask:
-            if mask != self.masks[fd]:
-                self.ep.modify(fd, mask)
-                self.masks[fd] = mask
-        elif self.masks[fd]:
-            # Unregister entirely: HUP/ERR are reported even with an empty mask.
-            self.masks[fd] = 0
-            self.ep.unregister(fd)
+        loop.forget(fd)
 
     # -- the loop -------------------------------------------------------------
     def _step(self, t: Task) -> None:
@@ -285,15 +258,16 @@ class Scheduler:
         kind = trap[0]
         if kind == READ:
             fd = trap[1]
-            # fast path: nobody else reads this fd and epoll already watches it for input
-            if fd < len(self.masks) and self.masks[fd] & EPOLLIN and self.readers[fd] is None:
-                self.readers[fd] = t
+            # fast path: nobody else reads this fd and the loop already watches it for input
+            loop = self.loop
+            if fd < len(loop.masks) and loop.masks[fd] & LOOP_READ and loop.readers[fd] is None:
+                loop.readers[fd] = t
                 self.fd_waiters += 1
                 t._wait = fd << 2 | 1
             else:
-                self._park_fd(t, fd, self.readers, EPOLLIN, READ)
+                self._park_fd(t, fd, READ)
         elif kind == WRITE:
-            self._park_fd(t, trap[1], self.writers, EPOLLOUT, WRITE)
+            self._park_fd(t, trap[1], WRITE)
         elif kind == SLEEP:
             t._wait = (SLEEP, None)
             self._add_timer(t, trap[1])
@@ -328,55 +302,21 @@ class Scheduler:
             _running = None
 
     def _loop(self, top: Task) -> None:
-        ready, readers, writers, timers = self.ready, self.readers, self.writers, self.timers
-        step, poll, monotonic = self._step, self.ep.poll, time.monotonic
-        while not top.done:
-            # Run what is ready now; tasks readied meanwhile wait for the next
-            # round, after I/O is polled, so no task can starve the others.
-            for _ in range(len(ready)):
-                step(ready.popleft())
-            if top.done:
-                break
-            if ready:
-                timeout = 0.0
-            elif timers:
-                timeout = max(0.0, timers[0][0] - monotonic())
-            elif self.fd_waiters:
-                timeout = -1
-            else:
-                raise RuntimeError("deadlock: the main task waits, but no task can ever wake it")
-            for fd, ev in poll(timeout, 1024):
-                if ev & _IN_EVENTS:
-                    t = readers[fd]
-                    if t is not None:
-                        readers[fd] = None
-                        self.fd_waiters -= 1
-                        t._wait = None
-                        ready.append(t)
-                    elif ev & EPOLLIN or writers[fd] is None:
-                        self._narrow(fd)
-                if ev & _OUT_EVENTS:
-                    t = writers[fd]
-                    if t is not None:
-                        writers[fd] = None
-                        self.fd_waiters -= 1
-                        t._wait = None
-                        ready.append(t)
-                    elif ev & EPOLLOUT:
-                        self._narrow(fd)
-            if timers:
-                now = monotonic()
-                while timers and timers[0][0] <= now:
-                    entry = heapq.heappop(timers)
-                    t = entry[2]
-                    if t is None:
-                        continue                        # cancelled timer
-                    t._timer = None
-                    if type(t._wait) is tuple and t._wait[0] == JOIN:
-                        self._unpark(t)
-                        t._error = TimeoutError()
-                    t._wait = None
-                    ready.append(t)
+        ready, step, loop = self.ready, self._step, self.loop
+        run_once = loop.run_once
+        try:
+            while not top.done:
+                # Run what is ready now; tasks readied meanwhile wait for the next
+                # round, after I/O is polled, so no task can starve the others.
+                for _ in range(len(ready)):
+                    step(ready.popleft())
+                if top.done:
+                    break
+                if not (ready or self.fd_waiters or loop.timers or loop.ready):
+                    raise RuntimeError("deadlock: the main task waits, but no task can ever wake it")
+                run_once(not ready)
+        finally:
+            loop.close()
 
 
 _running: Scheduler | None = None

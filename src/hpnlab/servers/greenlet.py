@@ -7,76 +7,48 @@ no `await` - which is what gevent is built on. The price is per connection:
 each parked greenlet keeps a saved slice of C stack (a few KiB), where a
 generator coroutine keeps only its frame.
 
-The hub is the main greenlet: it runs epoll (level-triggered, interest kept
-lazily like hpnlab.coro) and switches into whichever greenlet's fd is ready.
+The hub is the main greenlet: it runs hpnlab's event loop (servers/loop.py,
+level-triggered epoll with lazy interest) and a parked greenlet's switch()
+is the loop callback of the fd it waits for.
 """
 from __future__ import annotations
 
-import select
 import socket
 
 from . import RECV_SIZE, Server, missing_module, tune
+from .loop import Loop
 
-IN, OUT = select.EPOLLIN, select.EPOLLOUT
-_IN_EV = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR
-_OUT_EV = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
+IN, OUT = 1, 2
 
 
 class Hub:
     def __init__(self):
         import greenlet as _g
         self.greenlet = _g.greenlet
+        self.getcurrent = _g.getcurrent
         self.main = _g.getcurrent()
-        self.ep = select.epoll()
-        self.waiting: dict[tuple[int, int], object] = {}   # (fd, IN|OUT) -> greenlet
-        self.masks: dict[int, int] = {}
-        self.runnable: list = []
+        self.loop = Loop("epoll")
 
     def wait(self, fd: int, bit: int) -> None:
-        """Park the current greenlet until fd is ready for `bit`; the hub switches back."""
-        self.waiting[(fd, bit)] = self.greenlet.getcurrent()
-        mask = self.masks.get(fd, 0)
-        if not mask & bit:
-            if mask:
-                self.ep.modify(fd, mask | bit)
-            else:
-                self.ep.register(fd, bit)
-            self.masks[fd] = mask | bit
-        self.main.switch()
+        """Park the current greenlet until fd is ready for `bit`; the loop switches back."""
+        loop = self.loop
+        if bit == IN:
+            loop.add_reader(fd, self.getcurrent().switch)
+            self.main.switch()
+            loop.remove_reader(fd)         # one-shot: the next wait registers again (no syscall)
+        else:
+            loop.add_writer(fd, self.getcurrent().switch)
+            self.main.switch()
+            loop.remove_writer(fd)
 
     def forget(self, fd: int) -> None:
-        if self.masks.pop(fd, None):
-            self.ep.unregister(fd)
-        self.waiting.pop((fd, IN), None)
-        self.waiting.pop((fd, OUT), None)
+        self.loop.forget(fd)
 
     def spawn(self, fn, *args) -> None:
-        self.runnable.append(self.greenlet(fn, parent=self.main))
-        self.runnable.append(args)
+        self.loop.call_soon(self.greenlet(fn, parent=self.main).switch, *args)
 
     def run(self) -> None:
-        waiting, masks = self.waiting, self.masks
-        while True:
-            while self.runnable:
-                g, args = self.runnable[0], self.runnable[1]
-                del self.runnable[:2]
-                g.switch(*args)
-            for fd, ev in self.ep.poll(-1, 1024):
-                g = waiting.pop((fd, IN), None) if ev & _IN_EV else None
-                if g is not None:
-                    g.switch()
-                g2 = waiting.pop((fd, OUT), None) if ev & _OUT_EV else None
-                if g2 is not None:
-                    g2.switch()
-                if g is None and g2 is None and fd in masks:
-                    # Nobody waits any more: narrow the interest (lazy, as in hpnlab.coro).
-                    want = (IN if (fd, IN) in waiting else 0) | (OUT if (fd, OUT) in waiting else 0)
-                    if want:
-                        self.ep.modify(fd, want)
-                        masks[fd] = want
-                    else:
-                        del masks[fd]
-                        self.ep.unregister(fd)
+        self.loop.run_forever()
 
 
 class GreenletServer(Server):
