@@ -33,11 +33,14 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import HpnlabError
+from .topology.sysctls import key_to_path
+
 RUN_DIR = Path(os.environ.get("HPNLAB_RUN_DIR", "/run/hpnlab"))
 SIZES_KB = {"2M": 2048, "1G": 1048576}
 
 
-class MachineError(RuntimeError):
+class MachineError(HpnlabError, RuntimeError):
     pass
 
 
@@ -141,7 +144,10 @@ def hold_hugepages(lab: str, host: str, count: int, size: str = "2M") -> dict:
 
 # -- machine sysctls --------------------------------------------------------
 def _sysctl_path(key: str) -> Path:
-    return Path("/proc/sys") / key.replace(".", "/")
+    try:
+        return key_to_path(key)      # refuses any key that is not a name under /proc/sys
+    except ValueError as exc:
+        raise MachineError(f"machine sysctl: {exc}") from None
 
 
 def _norm(value: str) -> str:

@@ -13,13 +13,15 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import HpnlabError
+
 
 def state_root() -> Path:
     return Path(os.environ.get("HPNLAB_STATE_DIR", ".lab")).resolve()
 
 
-class LabBusy(RuntimeError):
-    pass
+class LabBusy(HpnlabError, RuntimeError):
+    hint = "wait for the other hpnlab command on this lab to finish, or end it"
 
 
 class LabState:

@@ -37,8 +37,14 @@ keys:
 """
 
 import os
+import re
 
 from ansible.module_utils.basic import AnsibleModule
+
+PROC_SYS = "/proc/sys"
+# The kernel's own sysctl names. hpnlab's loader checks keys too; this module checks them
+# again because it also runs from inventories a user edits, with become.
+KEY_RE = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")
 
 
 def _norm(value) -> str:
@@ -47,8 +53,15 @@ def _norm(value) -> str:
     return " ".join(str(value).split())
 
 
-def _path(key: str) -> str:
-    return os.path.join("/proc/sys", *key.split("."))
+def sysctl_path(key) -> str:
+    """The file of a sysctl key under /proc/sys; ValueError for anything else."""
+    if not isinstance(key, str) or not KEY_RE.fullmatch(key):
+        raise ValueError(f"{key!r} is not a sysctl name (dotted words of [a-z0-9_-], e.g. net.core.somaxconn)")
+    path = os.path.join(PROC_SYS, *key.split("."))
+    real = os.path.realpath(path)
+    if os.path.commonpath([real, PROC_SYS]) != PROC_SYS or real == PROC_SYS:
+        raise ValueError(f"sysctl {key!r} resolves to {real}, outside {PROC_SYS}")
+    return path
 
 
 def main():
@@ -56,9 +69,15 @@ def main():
                                           "persist": {"type": "path"}},
                            supports_check_mode=True)
     values = {k: _norm(v) for k, v in module.params["values"].items()}
+    paths = {}
+    for key in values:      # every key checked before anything is written
+        try:
+            paths[key] = sysctl_path(key)
+        except ValueError as exc:
+            module.fail_json(msg=f"sysctl {exc}", key=key)
     changed_keys = []
     for key, want in values.items():
-        path = _path(key)
+        path = paths[key]
         try:
             with open(path) as f:
                 have = _norm(f.read())

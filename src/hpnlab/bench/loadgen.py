@@ -14,20 +14,27 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ..errors import HpnlabError
+from ..labcode import installed_prefix
+
 SOURCE = Path(__file__).with_name("loadgen.c")
 CFLAGS = ["-O2", "-g", "-Wall", "-Wextra", "-std=gnu11"]
 
 
-class LoadgenError(RuntimeError):
+class LoadgenError(HpnlabError, RuntimeError):
     pass
 
 
 def _build_dir() -> Path:
-    # In a checkout (editable install) build into <repo>/build, which git ignores;
-    # an installed package builds into the user's cache.
+    # In a checkout (editable install) build into <repo>/build, which git ignores; the
+    # copy the labcode role installs on a lab host into <prefix>/bin; any other installed
+    # package into the user's cache.
     repo = SOURCE.parents[3]
     if (repo / "pyproject.toml").exists() and os.access(repo, os.W_OK):
         return repo / "build"
+    prefix = installed_prefix()
+    if prefix:
+        return prefix / "bin"
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hpnlab"
 
 
@@ -35,13 +42,18 @@ def binary_path() -> Path:
     return _build_dir() / "hpnlab-loadgen"
 
 
+def is_current() -> bool:
+    out = binary_path()
+    return out.exists() and out.stat().st_mtime >= SOURCE.stat().st_mtime
+
+
 def build(force: bool = False) -> Path:
     out = binary_path()
-    if not force and out.exists() and out.stat().st_mtime >= SOURCE.stat().st_mtime:
+    if not force and is_current():
         return out
     cc = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
     if not cc:
-        raise LoadgenError("cannot build hpnlab-loadgen: no C compiler (run `make setup`, it installs gcc)")
+        raise LoadgenError("cannot build hpnlab-loadgen: no C compiler (gcc)")
     out.parent.mkdir(parents=True, exist_ok=True)
     # Build to a temporary name and rename, so parallel builds never see half a file.
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".loadgen-")
@@ -55,9 +67,9 @@ def build(force: bool = False) -> Path:
     return out
 
 
-def argv(host: str, port: int, conns: int, size: int, depth: int = 1,
+def argv(binary: str, host: str, port: int, conns: int, size: int, depth: int = 1,
          duration: float = 5.0, warmup: float = 1.0, connect_timeout: float = 30.0) -> list[str]:
-    return [str(build()), "-H", host, "-p", str(port), "-c", str(conns), "-s", str(size),
+    return [binary, "-H", host, "-p", str(port), "-c", str(conns), "-s", str(size),
             "-d", str(depth), "-t", f"{duration:g}", "-w", f"{warmup:g}", "-T", f"{connect_timeout:g}"]
 
 

@@ -3,70 +3,131 @@
 A subcommand module defines HELP (one line), add_arguments(parser) and
 run(args) -> int. Modules are found by name, so adding a subcommand is adding
 a file. `exec_` is `exec` (trailing underscores are dropped).
+
+Only the module of the subcommand that runs is imported (the others' HELP is
+read from their source), so a module that cannot load affects nobody but its
+own command: `down` and `cleanup` work whatever state `lab` is in.
+
+Errors: every error meant for the user is an HpnlabError, handled once in
+main(): its message, its hint, its exit status, no traceback (HPNLAB_DEBUG=1
+prints it).
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
+import os
 import pkgutil
 import sys
+import traceback
+from pathlib import Path
 
-from ..providers import ProviderError
-from ..state import LabBusy
-from ..topology import PROVIDERS, TopologyError
+from ..errors import HpnlabError
+from ..topology.model import PROVIDERS
 
-
-def _subcommands():
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
-        if not info.name.startswith("_"):
-            yield info.name.rstrip("_").replace("_", "-"), f"{__name__}.{info.name}"
+DEBUG_HINT = "HPNLAB_DEBUG=1 shows the traceback"
 
 
-def _broken(name: str, exc: Exception):
-    """One subcommand that cannot load must not take `down` or `cleanup` with it."""
-    def run(_args) -> int:
-        print(f"hpnlab: the `{name}` command cannot load: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    return run
+def _subcommands() -> dict[str, str]:
+    """Command name → module name, for every module here not starting with '_'."""
+    return {info.name.rstrip("_").replace("_", "-"): info.name
+            for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name)
+            if not info.name.startswith("_")}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hpnlab", description="A lab for high-performance Linux network programming.")
+def _help_of(module: str) -> str:
+    """A module's HELP string, read from its source without importing it."""
+    try:
+        tree = ast.parse((Path(__file__).parent / f"{module}.py").read_text())
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "HELP" for t in node.targets):
+                return ast.literal_eval(node.value)
+    except (OSError, SyntaxError, ValueError):
+        pass
+    return ""
+
+
+def _load(name: str, module: str):
+    try:
+        return importlib.import_module(f"{__name__}.{module}")
+    except Exception as exc:
+        raise HpnlabError(f"the `{name}` command cannot load: {type(exc).__name__}: {exc}",
+                          hint=f"the other commands still work; {DEBUG_HINT}") from exc
+
+
+def _global_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lab", default="lab.yml", metavar="FILE", help="topology file (default: lab.yml)")
     parser.add_argument("--provider", choices=PROVIDERS, help="override the provider named in the lab file")
+
+
+class _Silent(argparse.ArgumentParser):
+    def error(self, message):
+        raise ValueError(message)
+
+
+def command_in(argv: list[str]) -> str | None:
+    """The subcommand an argument list asks for (None if it names none)."""
+    pre = _Silent(add_help=False)
+    _global_options(pre)
+    pre.add_argument("command", nargs="?")
+    try:
+        known, _rest = pre.parse_known_args(argv)
+    except ValueError:      # a bad global option: the full parser reports it
+        return None
+    return known.command
+
+
+def build_parser(load: list[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser; `load` names the subcommands whose modules are imported
+    (default: all of them, e.g. for documentation and tests)."""
+    parser = argparse.ArgumentParser(prog="hpnlab", description="A lab for high-performance Linux network programming.",
+                                     epilog=f"Errors print a message and a hint; {DEBUG_HINT}.")
+    _global_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, module_name in _subcommands():
-        try:
-            module = importlib.import_module(module_name)
+    for name, module_name in _subcommands().items():
+        if load is None or name in load:
+            module = _load(name, module_name)
             p = sub.add_parser(name, help=module.HELP, description=module.HELP)
             module.add_arguments(p)
             p.set_defaults(func=module.run)
-        except Exception as exc:  # noqa: BLE001 — reported when the command is used
-            if name in sub.choices:
-                del sub.choices[name]
-            p = sub.add_parser(name, help=f"(broken: {exc})")
-            p.set_defaults(func=_broken(name, exc))
+        else:
+            sub.add_parser(name, help=_help_of(module_name))
     return parser
 
 
+def _report(exc: BaseException, message: str, hint: str | None) -> None:
+    if os.environ.get("HPNLAB_DEBUG", "") not in ("", "0"):
+        traceback.print_exception(exc)
+    print(f"hpnlab: {message}", file=sys.stderr)
+    if hint:
+        print(f"hint: {hint}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra:   # free trailing words (a tcpdump filter after the options) go where a command wants them
-        if not hasattr(args, "trailing") or any(word.startswith("-") for word in extra):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        setattr(args, args.trailing, getattr(args, args.trailing) + extra)
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        command = command_in(argv)
+        parser = build_parser([command] if command else [])
+        args, extra = parser.parse_known_args(argv)
+        if extra:   # free trailing words (a tcpdump filter after the options) go where a command wants them
+            if not hasattr(args, "trailing") or any(word.startswith("-") for word in extra):
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            setattr(args, args.trailing, getattr(args, args.trailing) + extra)
         return args.func(args) or 0
-    except TopologyError as exc:
-        print(f"hpnlab: invalid lab file:\n{exc}", file=sys.stderr)
-        return 2
-    except (ProviderError, LabBusy) as exc:
-        print(f"hpnlab: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("hpnlab: interrupted", file=sys.stderr)
+    except HpnlabError as exc:
+        _report(exc, str(exc), exc.hint)
+        return exc.exit_code
+    except KeyboardInterrupt as exc:
+        _report(exc, "interrupted", None)
         return 130
+    except OSError as exc:      # a tool or file the command needed (its name is in the message)
+        _report(exc, str(exc), DEBUG_HINT)
+        return 1
+    except Exception as exc:    # a bug: say so, in one line
+        _report(exc, f"internal error: {type(exc).__name__}: {exc}",
+                f"this is a bug in hpnlab; {DEBUG_HINT}, please include it in a report")
+        return 1
 
 
 if __name__ == "__main__":

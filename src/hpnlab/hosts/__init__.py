@@ -18,6 +18,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Sequence
 
+from ..errors import HpnlabError
 from ..topology.model import Host as HostSpec
 from ..topology.model import Nic
 
@@ -42,7 +43,7 @@ class Result:
         return self.rc == 0
 
 
-class CommandError(RuntimeError):
+class CommandError(HpnlabError, RuntimeError):
     def __init__(self, result: Result, reason: str | None = None):
         self.result = result
         why = reason or f"exit status {result.rc}"

@@ -22,8 +22,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import HpnlabError
 
-class LabError(RuntimeError):
+
+class LabError(HpnlabError, RuntimeError):
     """A lab cannot run here: the message names what is missing and how to get it."""
 
 

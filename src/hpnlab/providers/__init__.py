@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Callable
 
+from ..errors import HpnlabError
 from ..hosts import Host
 from ..state import LabState, register_live, registered, state_root, unregister_live
 from ..topology import Lab, load_lab
@@ -25,7 +26,7 @@ def _quiet(_msg: str) -> None:
     pass
 
 
-class ProviderError(RuntimeError):
+class ProviderError(HpnlabError, RuntimeError):
     """A lifecycle step failed; the message says what and what to do."""
 
 

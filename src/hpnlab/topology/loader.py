@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import re
+import reprlib
 from ipaddress import IPv4Interface, IPv4Network, ip_address, ip_network
 from pathlib import Path
 
 import yaml
 
+from ..errors import HpnlabError
 from . import sysctls, yamlsource
 from .model import PROVIDERS, Host, Impairment, Lab, Network, Nic, stable_mac
 from .yamlsource import LineDict, LineList
@@ -24,14 +26,31 @@ IMPAIR_KEYS = {"delay", "jitter", "loss", "rate"}
 MACHINE_KEYS = {"sysctls"}
 VM_KEYS = {"box": str, "driver": str, "iommu": bool, "nat": bool, "management_subnet": str,
            "tb_size_mb": int}
+VM_DRIVERS = ("auto", "kvm", "qemu")
+BOX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
+TB_SIZE_MB = (8, 4096)      # QEMU's TCG translation cache, MiB
+
+_short = reprlib.Repr()     # values quoted in messages: bounded, however big or nested
+_short.maxstring = _short.maxother = 60
 
 
-class TopologyError(ValueError):
+def show(value) -> str:
+    return _short.repr(value)
+
+
+def part(key) -> str:
+    """A key as part of a field path: bare when it is a plain word, quoted otherwise."""
+    return key if isinstance(key, str) and re.fullmatch(r"[^\s'\"]{1,64}", key) else show(key)
+
+
+class TopologyError(HpnlabError, ValueError):
     """Every problem found in a lab file, one `file:line: field: message` per line."""
+    exit_code = 2
+    hint = "fix each `file:line: field` named above (lab.yml reference: README.md)"
 
-    def __init__(self, problems: list[str]):
+    def __init__(self, problems: list[str], hint: str | None = None):
         self.problems = problems
-        super().__init__("\n".join(problems))
+        super().__init__("invalid lab file:\n" + "\n".join(problems), hint=hint)
 
 
 class _Checker:
@@ -50,7 +69,7 @@ class _Checker:
             return LineDict()
         for key in value:
             if key not in allowed:
-                self.error(value.line_of(key), f"{field}.{key}" if field else str(key),
+                self.error(value.line_of(key), f"{field}.{part(key)}" if field else part(key),
                            f"unknown key (allowed: {', '.join(sorted(allowed))})")
         return value
 
@@ -58,13 +77,13 @@ class _Checker:
         if value is None:
             return default
         if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-            self.error(line, field, f"must be an integer, got {type_name(value)} {value!r}")
+            self.error(line, field, f"must be an integer, got {type_name(value)} {show(value)}")
             return default
         if kind is str and not isinstance(value, str):
-            self.error(line, field, f"must be a string, got {type_name(value)} {value!r}")
+            self.error(line, field, f"must be a string, got {type_name(value)} {show(value)}")
             return default
         if kind is bool and not isinstance(value, bool):
-            self.error(line, field, f"must be true or false, got {value!r}")
+            self.error(line, field, f"must be true or false, got {show(value)}")
             return default
         return value
 
@@ -80,42 +99,82 @@ _RATE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(bit|kbit|mbit|gbit|bps|kbps|mbps|g
 _PERCENT = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*%?\s*$")
 
 
+MAX_DELAY_MS = 3_600_000           # an hour: anything longer is a typo
+MAX_RATE_BPS = 10**12              # 1 Tbit/s
+
+
+def _finite(number: float, limit: float, what: str, value) -> float:
+    if not 0 <= number <= limit:     # also NaN and inf
+        raise ValueError(f"{what} out of range: {show(value)}")
+    return number
+
+
 def parse_duration_ms(value) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    m = _DURATION.match(str(value))
+        return _finite(float(min(max(value, -1), MAX_DELAY_MS + 1)), MAX_DELAY_MS, "duration", value)
+    m = _DURATION.match(value) if isinstance(value, str) else None
     if not m:
-        raise ValueError(f"not a duration: {value!r} (use e.g. 10ms, 500us, 1s)")
-    return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0, None: 1.0}[m.group(2)]
+        raise ValueError(f"not a duration: {show(value)} (use e.g. 10ms, 500us, 1s)")
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0, None: 1.0}[m.group(2)]
+    return _finite(float(m.group(1)) * scale, MAX_DELAY_MS, "duration", value)
 
 
 def parse_rate_bps(value) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    m = _RATE.match(str(value))
+        return int(_finite(min(max(value, -1), MAX_RATE_BPS + 1), MAX_RATE_BPS, "rate", value))
+    m = _RATE.match(value) if isinstance(value, str) else None
     if not m:
-        raise ValueError(f"not a rate: {value!r} (use e.g. 100mbit, 1gbit)")
+        raise ValueError(f"not a rate: {show(value)} (use e.g. 100mbit, 1gbit)")
     unit = (m.group(2) or "bit").lower()
     scale = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9,
              "bps": 8, "kbps": 8 * 10**3, "mbps": 8 * 10**6, "gbps": 8 * 10**9}[unit]
-    return int(float(m.group(1)) * scale)
+    return int(_finite(float(m.group(1)) * scale, MAX_RATE_BPS, "rate", value))
 
 
 def parse_percent(value) -> float:
-    m = _PERCENT.match(str(value))
-    if not m or isinstance(value, bool):
-        raise ValueError(f"not a percentage: {value!r} (use e.g. 1% or 0.5%)")
-    return float(m.group(1))
+    m = _PERCENT.match(value) if isinstance(value, str) else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(min(max(value, -1), 101))
+    elif m:
+        number = float(m.group(1))
+    else:
+        raise ValueError(f"not a percentage: {show(value)} (use e.g. 1% or 0.5%)")
+    return _finite(number, 100, "percentage", value)
 
 
 def load_lab(path: str | Path, provider: str | None = None, name: str | None = None) -> Lab:
     """Load and validate a lab file; `provider`/`name` override the file's own."""
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as exc:
-        raise TopologyError([f"{path}: cannot read lab file: {exc.strerror}"]) from None
-    return parse_lab(text, str(path), provider=provider, path=path, name=name)
+        raise TopologyError([f"{path}: cannot read lab file: {exc.strerror}"],
+                            hint="name the lab file with --lab FILE (make: LAB=FILE)") from None
+    return parse_lab(decode(data, str(path)), str(path), provider=provider, path=path, name=name)
+
+
+def decode(data: bytes, source: str) -> str:
+    """A lab file's text (UTF-8), or a TopologyError naming the line and byte that is not."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise TopologyError([f"{source}:{line}: column {column}: byte 0x{data[exc.start]:02x} "
+                             f"is not UTF-8 (save the lab file as UTF-8)"]) from None
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str, source: str) -> str:
+    if isinstance(exc, yaml.reader.ReaderError):     # a character YAML does not allow
+        line = text.count("\n", 0, exc.position) + 1
+        return f"{source}:{line}: YAML: character U+{exc.character:04X} is not allowed in a YAML file"
+    mark = getattr(exc, "problem_mark", None)
+    line = mark.line + 1 if mark else 0
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context_mark", None)
+    if context and context.line + 1 != line:
+        problem += f" ({getattr(exc, 'context', '') or 'started'} on line {context.line + 1})"
+    return f"{source}:{line}: YAML: {problem}"
 
 
 def parse_lab(text: str, source: str = "lab.yml", provider: str | None = None,
@@ -123,41 +182,45 @@ def parse_lab(text: str, source: str = "lab.yml", provider: str | None = None,
     try:
         doc = yamlsource.load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark else 0
-        problem = getattr(exc, "problem", None) or str(exc)
-        context = getattr(exc, "context_mark", None)
-        if context and context.line + 1 != line:
-            problem += f" ({getattr(exc, 'context', '') or 'started'} on line {context.line + 1})"
-        raise TopologyError([f"{source}:{line}: YAML: {problem}"]) from None
+        raise TopologyError([_yaml_problem(exc, text, source)]) from None
+    except RecursionError:
+        raise TopologyError([f"{source}:1: YAML: nested too deeply"]) from None
     c = _Checker(source)
     if not isinstance(doc, dict):
         raise TopologyError([f"{source}:1: the lab file must be a mapping with hosts: and networks:"])
     c.mapping(doc, 1, "", TOP_KEYS)
 
     name = name or c.typed(doc.get("name"), doc.line_of("name"), "name", str, "hpnlab")
-    if not LAB_NAME_RE.match(name):
+    if not LAB_NAME_RE.fullmatch(name):
         c.error(doc.line_of("name"), "name",
-                f"{name!r} must be lower-case letters, digits, '_' or '-', start with a letter, ≤31 chars")
+                f"{show(name)} must be lower-case letters, digits, '_' or '-', start with a letter, ≤31 chars")
     chosen = provider or c.typed(doc.get("provider"), doc.line_of("provider"), "provider", str, "netns")
     if chosen not in PROVIDERS:
         where = "--provider" if provider else f"{doc.line_of('provider')}: provider"
-        raise TopologyError([f"{source}:{where}: unknown provider {chosen!r} (valid: {', '.join(PROVIDERS)})"])
+        raise TopologyError([f"{source}:{where}: unknown provider {show(chosen)} (valid: {', '.join(PROVIDERS)})"])
 
     vm = c.mapping(doc.get("vm"), doc.line_of("vm"), "vm", set(VM_KEYS))
-    vm_settings = {k: c.typed(v, vm.line_of(k), f"vm.{k}", VM_KEYS[k]) for k, v in vm.items() if k in VM_KEYS}
+    vm_settings = _vm_settings(c, vm)
 
     machine = c.mapping(doc.get("machine"), doc.line_of("machine"), "machine", MACHINE_KEYS)
     machine_sysctls = _sysctl_table(c, machine.get("sysctls"), machine.line_of("sysctls"),
                                     "machine.sysctls", per_host=False)
 
-    profiles_node = c.mapping(doc.get("profiles"), doc.line_of("profiles"), "profiles", set(doc.get("profiles") or {}))
-    profiles = {pname: _sysctl_table(c, body, profiles_node.line_of(pname), f"profiles.{pname}", per_host=True)
-                for pname, body in profiles_node.items()}
+    profiles_node = doc.get("profiles")
+    profiles_node = c.mapping(profiles_node, doc.line_of("profiles"), "profiles",
+                              set(profiles_node) if isinstance(profiles_node, dict) else set())
+    profiles = {}
+    for pname, body in profiles_node.items():
+        if not isinstance(pname, str) or not NAME_RE.match(pname):
+            c.error(profiles_node.line_of(pname), f"profiles.{part(pname)}",
+                    "profile names are lower-case letters, digits and '_', starting with a letter")
+            continue
+        profiles[pname] = _sysctl_table(c, body, profiles_node.line_of(pname), f"profiles.{pname}", per_host=True)
 
     hosts_node = doc.get("hosts")
     if not isinstance(hosts_node, dict) or not hosts_node:
-        c.error(doc.line_of("hosts"), "hosts", "a lab needs at least one host (a mapping of name → settings)")
+        got = "" if hosts_node is None else f", got {type_name(hosts_node)} {show(hosts_node)}"
+        c.error(doc.line_of("hosts"), "hosts", f"a lab needs at least one host (a mapping of name → settings){got}")
         hosts_node = LineDict()
     networks_node = doc.get("networks")
     if networks_node is None:
@@ -168,22 +231,64 @@ def parse_lab(text: str, source: str = "lab.yml", provider: str | None = None,
 
     for hname in hosts_node:
         if not isinstance(hname, str) or not NAME_RE.match(hname):
-            c.error(hosts_node.line_of(hname), f"hosts.{hname}",
+            c.error(hosts_node.line_of(hname), f"hosts.{part(hname)}",
                     "host names are lower-case letters, digits and '_', starting with a letter")
 
     pool_text = c.typed(doc.get("subnet_pool"), doc.line_of("subnet_pool"), "subnet_pool", str, DEFAULT_POOL)
     try:
         pool = IPv4Network(pool_text)
+        if pool.prefixlen > 30:
+            raise ValueError(f"{pool} is too small to carve subnets from (/30 or larger)")
     except ValueError as exc:
         c.error(doc.line_of("subnet_pool"), "subnet_pool", str(exc))
         pool = IPv4Network(DEFAULT_POOL)
 
     networks, memberships = _networks(c, networks_node, hosts_node, pool)
     hosts = _hosts(c, name, hosts_node, profiles, networks, memberships)
+    _check_management_subnet(c, vm, vm_settings, networks)
     if c.problems:
         raise TopologyError(c.problems)
     return Lab(name=name, provider=chosen, hosts=hosts, networks=networks,
                machine_sysctls=machine_sysctls, source=path, vm=vm_settings)
+
+
+def _vm_settings(c: _Checker, vm: LineDict) -> dict:
+    """`vm:` (the vagrant provider's settings), each value checked here rather than deep in `up`."""
+    settings = {}
+    for key, value in vm.items():
+        if key not in VM_KEYS:
+            continue
+        field, line = f"vm.{key}", vm.line_of(key)
+        value = c.typed(value, line, field, VM_KEYS[key])
+        if value is None:
+            continue
+        if key == "driver" and value not in VM_DRIVERS:
+            c.error(line, field, f"must be one of {', '.join(VM_DRIVERS)}, got {show(value)}")
+        elif key == "box" and not BOX_RE.match(value):
+            c.error(line, field, f"{show(value)} is not a box name (letters, digits, '.', '_', '-', '/')")
+        elif key == "tb_size_mb" and not TB_SIZE_MB[0] <= value <= TB_SIZE_MB[1]:
+            c.error(line, field, f"MiB, must be {TB_SIZE_MB[0]}..{TB_SIZE_MB[1]}, got {value}")
+        elif key == "management_subnet" and value != "auto":
+            try:
+                net = ip_network(value, strict=False)
+                if net.version != 4 or not net.is_private or net.prefixlen > 29:
+                    raise ValueError("must be a private IPv4 network of /29 or larger, or `auto`")
+            except ValueError as exc:
+                c.error(line, field, f"{show(value)}: {exc}")
+                continue
+            value = str(net)
+        settings[key] = value
+    return settings
+
+
+def _check_management_subnet(c: _Checker, vm: LineDict, settings: dict, networks: dict) -> None:
+    subnet = settings.get("management_subnet")
+    if subnet in (None, "auto"):
+        return
+    for net in networks.values():
+        if net.subnet.overlaps(ip_network(subnet)):
+            c.error(vm.line_of("management_subnet"), "vm.management_subnet",
+                    f"{subnet} overlaps {net.subnet} of network {net.name}")
 
 
 def _sysctl_table(c: _Checker, node, line: int, field: str, per_host: bool,
@@ -192,8 +297,13 @@ def _sysctl_table(c: _Checker, node, line: int, field: str, per_host: bool,
     table = {}
     for key, value in node.items():
         kline = node.line_of(key)
-        if not isinstance(key, str) or isinstance(value, (dict, list)) or value is None:
-            c.error(kline, f"{field}.{key}", "a sysctl is `dotted.key: value` (a number or a string)")
+        problem = sysctls.key_problem(key)
+        if problem:
+            c.error(kline, f"{field}.{part(key)}", problem)
+            continue
+        if not isinstance(value, (str, int, float)) or value is None:
+            c.error(kline, f"{field}.{key}", "a sysctl is `dotted.key: value` (a number or a string), "
+                    f"got {type_name(value)} {show(value)}")
             continue
         value = " ".join(str(v) for v in value.split()) if isinstance(value, str) else str(int(value)) \
             if isinstance(value, bool) else str(value)
@@ -215,26 +325,30 @@ def _networks(c: _Checker, node: LineDict, hosts_node: LineDict, pool: IPv4Netwo
         nline = node.line_of(nname)
         field = f"networks.{nname}"
         if not isinstance(nname, str) or not NAME_RE.match(nname):
-            c.error(nline, field, "network names are lower-case letters, digits and '_', starting with a letter")
+            c.error(nline, f"networks.{part(nname)}", "network names are lower-case letters, digits and '_', starting with a letter")
             continue
         body = c.mapping(body, nline, field, NETWORK_KEYS)
         kind = c.typed(body.get("type"), body.line_of("type"), f"{field}.type", str, "lan")
         if kind not in ("lan", "link"):
-            c.error(body.line_of("type"), f"{field}.type", f"must be lan or link, got {kind!r}")
+            c.error(body.line_of("type"), f"{field}.type", f"must be lan or link, got {show(kind)}")
         mtu = c.typed(body.get("mtu"), body.line_of("mtu"), f"{field}.mtu", int, DEFAULT_MTU)
         if not 68 <= mtu <= 65535:
             c.error(body.line_of("mtu"), f"{field}.mtu", f"must be 68..65535, got {mtu}")
         subnet = None
         if body.get("subnet") is not None:
             try:
-                subnet = ip_network(str(body["subnet"]), strict=True)
+                if not isinstance(body["subnet"], str):
+                    raise ValueError(f"must be a string like 10.77.1.0/24, got {type_name(body['subnet'])} "
+                                     f"{show(body['subnet'])}")
+                subnet = ip_network(body["subnet"], strict=True)
                 if subnet.version != 4 or subnet.num_addresses < 4:
                     raise ValueError("must be an IPv4 network with room for hosts (/30 or larger)")
             except ValueError as exc:
                 c.error(body.line_of("subnet"), f"{field}.subnet", str(exc))
                 subnet = None
         members = _members(c, body.get("hosts"), body.line_of("hosts"), f"{field}.hosts", hosts_node)
-        listed = len(body.get("hosts") or ())   # count what was written, valid or not
+        written = body.get("hosts")
+        listed = len(written) if isinstance(written, (list, dict)) else 0   # what was written, valid or not
         if kind == "link" and listed != 2:
             c.error(body.line_of("hosts"), f"{field}.hosts", f"a link joins exactly 2 hosts, got {listed}")
         if kind == "lan" and not members:
@@ -292,12 +406,13 @@ def _members(c: _Checker, node, line: int, field: str, hosts_node: LineDict):
     elif isinstance(node, dict):
         items = [(h, a, node.line_of(h)) for h, a in node.items()]
     else:
-        c.error(line, field, "list the hosts, or map host → address")
+        c.error(line, field, f"list the hosts, or map host → address; got {type_name(node)} {show(node)}")
         return members
     seen = set()
     for host, addr, hline in items:
         if not isinstance(host, str) or host not in hosts_node:
-            c.error(hline, f"{field}.{host}", f"unknown host {host!r} (hosts: {', '.join(map(str, hosts_node))})")
+            c.error(hline, f"{field}.{part(host)}",
+                    f"unknown host {show(host)} (hosts: {', '.join(map(show, hosts_node))})")
             continue
         if host in seen:
             c.error(hline, f"{field}.{host}", "host listed twice")
@@ -306,9 +421,14 @@ def _members(c: _Checker, node, line: int, field: str, hosts_node: LineDict):
         parsed = None
         if addr is not None:
             try:
-                parsed = ip_address(str(addr).split("/")[0])
+                if not isinstance(addr, str):
+                    raise ValueError
+                parsed = ip_address(addr.split("/")[0])
+                if parsed.version != 4:
+                    raise ValueError
             except ValueError:
-                c.error(hline, f"{field}.{host}", f"not an IPv4 address: {addr!r}")
+                c.error(hline, f"{field}.{host}", f"not an IPv4 address: {show(addr)}")
+                parsed = None
         members.append((host, parsed, hline))
     return members
 
@@ -325,8 +445,6 @@ def _impairment(c: _Checker, node, line: int, field: str) -> Impairment:
         except ValueError as exc:
             c.error(node.line_of(key), f"{field}.{key}", str(exc))
             continue
-        if values[key] < 0 or (key == "loss" and values[key] > 100):
-            c.error(node.line_of(key), f"{field}.{key}", f"out of range: {node[key]!r}")
     if values.get("jitter") and not values.get("delay"):
         c.error(node.line_of("jitter"), f"{field}.jitter", "jitter needs a delay")
     return Impairment(delay_ms=values.get("delay", 0.0), jitter_ms=values.get("jitter", 0.0),
@@ -354,7 +472,7 @@ def _hosts(c: _Checker, lab: str, node: LineDict, profiles, networks, membership
         hp_size = c.typed(body.get("hugepage_size"), body.line_of("hugepage_size"),
                           f"{field}.hugepage_size", str, "2M")
         if hp_size not in ("2M", "1G"):
-            c.error(body.line_of("hugepage_size"), f"{field}.hugepage_size", f"must be 2M or 1G, got {hp_size!r}")
+            c.error(body.line_of("hugepage_size"), f"{field}.hugepage_size", f"must be 2M or 1G, got {show(hp_size)}")
 
         joined = memberships.get(hname, [])
         nics = []
@@ -372,7 +490,7 @@ def _hosts(c: _Checker, lab: str, node: LineDict, profiles, networks, membership
         if profile is not None:
             if profile not in profiles:
                 c.error(body.line_of("profile"), f"{field}.profile",
-                        f"unknown profile {profile!r} (profiles: {', '.join(profiles) or 'none'})")
+                        f"unknown profile {show(profile)} (profiles: {', '.join(profiles) or 'none'})")
             else:
                 merged.update(profiles[profile])
         merged.update(_sysctl_table(c, body.get("sysctls"), body.line_of("sysctls"),
@@ -381,7 +499,7 @@ def _hosts(c: _Checker, lab: str, node: LineDict, profiles, networks, membership
         dpdk = c.typed(body.get("dpdk"), body.line_of("dpdk"), f"{field}.dpdk", str)
         if dpdk is not None and dpdk not in {n.network for n in nics}:
             c.error(body.line_of("dpdk"), f"{field}.dpdk",
-                    f"{hname} has no NIC on network {dpdk!r} (its networks: {', '.join(n.network for n in nics) or 'none'})")
+                    f"{hname} has no NIC on network {show(dpdk)} (its networks: {', '.join(n.network for n in nics) or 'none'})")
         hosts[hname] = Host(hname, role, cpus, memory, profile, merged, hugepages, hp_size,
                             dpdk, tuple(nics), hline)
     return hosts

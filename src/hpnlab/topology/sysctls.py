@@ -11,15 +11,36 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import re
 from pathlib import Path
 
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUSER = 0x10000000
 PROC_SYS = Path("/proc/sys")
+# The kernel's own sysctl names: dotted words of [a-z0-9_-]. Nothing else can name a
+# file: no '/', no '..', no absolute path (pathlib would drop /proc/sys for one).
+KEY_RE = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")
+
+
+def key_problem(key) -> str | None:
+    """Why `key` is not a sysctl name (None if it is one)."""
+    if not isinstance(key, str) or not KEY_RE.fullmatch(key):
+        return (f"{key!r} is not a sysctl name: dotted words of lower-case letters, digits, "
+                "'_' and '-' (e.g. net.core.somaxconn)")
+    return None
 
 
 def key_to_path(key: str, root: Path = PROC_SYS) -> Path:
-    return root / key.replace(".", "/")
+    """The file under `root` (/proc/sys) for a sysctl key; ValueError for anything that is
+    not a sysctl name or that resolves outside `root`."""
+    problem = key_problem(key)
+    if problem:
+        raise ValueError(problem)
+    path = root.joinpath(*key.split("."))
+    real, top = os.path.realpath(path), os.path.realpath(root)
+    if os.path.commonpath([real, top]) != top or real == top:
+        raise ValueError(f"sysctl {key!r} resolves to {real}, outside {top}")
+    return path
 
 
 def normalise(key: str, ifnames: tuple[str, ...] = ()) -> str:
@@ -31,7 +52,11 @@ def normalise(key: str, ifnames: tuple[str, ...] = ()) -> str:
 
 
 def exists(key: str) -> bool:
-    return key_to_path(key).is_file() or key in netns_keys()
+    """A valid key naming a file under /proc/sys (or a per-namespace key)."""
+    try:
+        return key_to_path(key).is_file() or key in netns_keys()
+    except ValueError:
+        return False
 
 
 @functools.cache

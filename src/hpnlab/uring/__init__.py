@@ -20,8 +20,10 @@ import errno
 import os
 from pathlib import Path
 
+from ..errors import HpnlabError
 
-class UringUnavailable(RuntimeError):
+
+class UringUnavailable(HpnlabError, RuntimeError):
     """io_uring cannot be used here; the message says why."""
 
 

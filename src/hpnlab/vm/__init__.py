@@ -15,6 +15,8 @@ import subprocess
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ..errors import HpnlabError
+
 PREFIX = "hpnlab-"
 POOL = "hpnlab"
 POOL_DIR = Path(os.environ.get("HPNLAB_POOL_DIR", "/var/lib/hpnlab/pool"))
@@ -32,7 +34,7 @@ def settings(lab) -> dict:
 Progress = Callable[[str], None]
 
 
-class VmError(RuntimeError):
+class VmError(HpnlabError, RuntimeError):
     """A VM substrate step failed; the message says what to do."""
 
 
