@@ -1,6 +1,7 @@
 """hpnlab's own code, packed for VMs and real machines (the Ansible role `labcode`).
 
     python -m hpnlab.labcode pack DIR     → {"fingerprint": ..., "zip": DIR/hpnlab-<fingerprint>.zip}
+    python -m hpnlab.labcode build        → on the host: {"built": [...], "ready": {...}, "missing": {...}}
 
 The zip holds the `hpnlab` package as it would sit in site-packages; the role unpacks it
 under /opt/hpnlab/lib and puts that on the system python's path. It is built from the
@@ -8,6 +9,11 @@ checkout the controller runs, in well under a second and with no package index: 
 would need pip's isolated build environment (setuptools fetched from an index) for no
 gain, since the hosts only import the package. The fingerprint, a hash over the
 package's files, decides whether a host's copy is current.
+
+The zip carries sources only; `build`, run on the host by the role, compiles the native
+parts there (the bench's C load generator into <prefix>/bin, the liburing binding beside
+its package) with the host's own compiler and headers, which the hpnlab box carries.
+A part the host cannot build is reported, not fatal: the bench names it and its fix.
 """
 from __future__ import annotations
 
@@ -19,6 +25,14 @@ import zipfile
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
+FINGERPRINT = "FINGERPRINT"        # in the prefix, written by the role after unpacking
+
+
+def installed_prefix() -> Path | None:
+    """The labcode prefix (/opt/hpnlab) when this package is the copy the role unpacked
+    into <prefix>/lib, else None (a checkout, a venv)."""
+    prefix = PACKAGE.parents[1]
+    return prefix if (prefix / FINGERPRINT).exists() else None
 
 
 def _files() -> list[Path]:
@@ -51,13 +65,46 @@ def pack(directory: Path) -> dict:
     return {"fingerprint": fp, "zip": str(target)}
 
 
+def _uring_binding() -> Path:
+    import sysconfig
+
+    from .uring import _build
+    return _build.build_dir() / f"{_build.MODULE}{sysconfig.get_config_var('EXT_SUFFIX') or '.so'}"
+
+
+def _build_uring_binding() -> Path:
+    from .uring import _build
+    try:
+        return _build.build()
+    except ImportError as exc:
+        raise RuntimeError(f"{exc.name} is not installed (Debian: python3-{exc.name})") from None
+
+
+def build() -> dict:
+    """Build what is missing or stale of the native parts; say what is ready and what cannot be."""
+    from .bench import loadgen
+    result: dict = {"built": [], "ready": {}, "missing": {}}
+    parts = {"hpnlab-loadgen": (loadgen.binary_path, loadgen.is_current, loadgen.build),
+             "liburing binding": (_uring_binding, lambda: _uring_binding().exists(), _build_uring_binding)}
+    for name, (path, current, make) in parts.items():
+        try:
+            if not current():
+                make()
+                result["built"].append(name)
+            result["ready"][name] = str(path())
+        except Exception as exc:  # noqa: BLE001 - any failure is reported with its reason
+            result["missing"][name] = (str(exc).strip() or repr(exc)).splitlines()[0]
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hpnlab.labcode")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("pack", help="zip the hpnlab package into DIR (if not there); print JSON")
     p.add_argument("directory", type=Path)
+    sub.add_parser("build", help="build the native parts here (load generator, liburing binding); print JSON")
     args = parser.parse_args(argv)
-    print(json.dumps(pack(args.directory)))
+    print(json.dumps(pack(args.directory) if args.cmd == "pack" else build()))
     return 0
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import csv
 import json
 import socket
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -11,7 +13,7 @@ from hpnlab.bench import writeup
 from hpnlab.cli import main
 
 
-def _run_dir(root) -> Path:  # noqa: F821
+def _run_dir(root) -> Path:
     dirs = sorted((root / "bench").iterdir())
     assert len(dirs) == 1
     return dirs[0]
@@ -57,7 +59,7 @@ def test_unknown_engine_lists_the_valid_ones(capsys):
     assert "epoll" in err and "epoll-lt" in err and "uvloop" in err
 
 
-def test_port_in_use_is_skipped_and_reported(tmp_path):
+def test_port_in_use_fails_the_run_with_a_partial_report(tmp_path):
     with socket.socket() as busy:
         busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         busy.bind(("127.0.0.1", 0))
@@ -65,17 +67,39 @@ def test_port_in_use_is_skipped_and_reported(tmp_path):
         port = busy.getsockname()[1]
         rc = main(["bench", "--quick", "--mode", "loopback", "--engines", "epoll-lt", "--conns", "1",
                    "--port", str(port), "--no-syscalls", "--results", str(tmp_path)])
-    assert rc == 0
+    assert rc == 1
     out = _run_dir(tmp_path)
     cell = json.loads((out / "data.json").read_text())["cells"][0]
-    assert cell["status"] == "skipped" and "in use" in cell["reason"]
-    assert "in use" in (out / "report.md").read_text()
+    assert cell["status"] == "error" and "in use" in cell["reason"]
+    report = (out / "report.md").read_text()
+    banner = report.split("## ")[0]           # the top of the report, before the first section
+    assert "**INCOMPLETE RUN: 1 of 1 requested cells did not run" in banner
+    assert "in use" in banner and "**epoll-lt error**" in banner
 
 
-def test_select_is_skipped_past_fd_setsize():
-    from hpnlab.bench.iomodels import skip_reason
-    assert "FD_SETSIZE" in skip_reason("select", 10000)
-    assert skip_reason("select", 100) is None
+def test_a_missing_dependency_fails_the_run_naming_it_and_its_fix(tmp_path, monkeypatch, capsys):
+    """The servers run with the system python3 (as on a lab host), which has no uvloop:
+    the run still measures what it can, exits 1, and names uvloop and its Debian package."""
+    if subprocess.run(["/usr/bin/python3", "-c", "import uvloop"], capture_output=True).returncode == 0:
+        pytest.skip("this machine's system python3 has uvloop")
+    monkeypatch.setenv("HPNLAB_AGENT_PYTHON", "/usr/bin/python3")
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[2] / "src"))
+    rc = main(["bench", "--quick", "--mode", "loopback", "--engines", "epoll-lt,uvloop", "--conns", "10",
+               "--port", "7393", "--no-syscalls", "--results", str(tmp_path)])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "uvloop is not installed" in err and "python3-uvloop" in err
+    cells = {c["engine"]: c for c in json.loads((_run_dir(tmp_path) / "data.json").read_text())["cells"]}
+    assert cells["epoll-lt"]["status"] == "ok" and cells["epoll-lt"]["rps"] > 0
+    assert cells["uvloop"]["status"] == "skipped" and "make lab-provision" in cells["uvloop"]["reason"]
+
+
+def test_select_is_not_applicable_past_fd_setsize():
+    from hpnlab.bench.iomodels import out_of_range
+    assert "FD_SETSIZE" in out_of_range("select", 10000)
+    assert out_of_range("select", 100) is None
+    na = {"engine": "select", "conns": 10000, "size": 64, "status": "n/a", "reason": "FD_SETSIZE"}
+    assert writeup.failures([na]) == []       # a cell that cannot exist does not fail a run
 
 
 def _cell(engine, conns, rps, kib=0.5):

@@ -13,16 +13,15 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import signal
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 
-from ..servers import ENGINES, unavailable
+from ..servers import ENGINES
 from . import loadgen, procstat
 from .sides import Side
+from .writeup import failures, label
 
 SELECT_LIMIT = 1024 - 24     # FD_SETSIZE minus the descriptors a Python process already holds
 
@@ -43,6 +42,10 @@ class Config:
     max_extra: int = 2              # extra runs allowed per cell for disturbed ones
     syscalls: bool = True
     syscall_duration: float = 1.0
+    workers: list[int] = field(default_factory=list)   # for parallel engines; [] = the server host's CPUs
+    # what the server's host said (probe): engines it cannot run, and why; which are parallel
+    unavailable: dict[str, str] = field(default_factory=dict)
+    parallel: dict[str, bool] = field(default_factory=dict)
 
 
 def _wait_marker(handle, marker: str, timeout: float) -> bool:
@@ -64,23 +67,24 @@ def _loadgen_json(handle) -> dict:
     return json.loads(lines[-1])
 
 
-def timed_run(cfg: Config, srv: Side, cli: Side, pid: int, port: int, conns: int, size: int,
+def timed_run(cfg: Config, srv: Side, cli: Side, pids: list[int], port: int, conns: int, size: int,
               duration: float, syscall_probe: bool = False) -> dict:
-    """One loadgen run; server /proc and machine /proc/stat sampled around its window."""
+    """One loadgen run; the server's /proc and its host's load sampled around its window."""
     connect_timeout = 30.0 + conns / 500
-    lg = cli.start(loadgen.argv(srv.address, port, conns, size, cfg.depth, duration, cfg.warmup,
+    lg = cli.start(loadgen.argv(cli.loadgen, srv.address, port, conns, size, cfg.depth, duration, cfg.warmup,
                                 connect_timeout), name="loadgen")
     probe = None
+    # others' load on the server's host: on this machine the bench and the client are ours too
+    exclude = {lg.pid, os.getpid()} if srv.local_proc else set()
     try:
         if not _wait_marker(lg, "# measuring", connect_timeout + cfg.warmup + 15):
             lg.stop()
             raise RuntimeError("loadgen never started measuring: " + lg.logs()[1].strip()[-300:])
         t0 = time.monotonic()
         if syscall_probe:
-            probe = start_syscall_probe(srv, pid)
+            probe = start_syscall_probe(srv, pids)
         else:
-            exclude = {pid, lg.pid, os.getpid()}
-            m0, o0, s0 = procstat.machine(), procstat.others_cpu(exclude), procstat.sample(srv, pid)
+            s0, o0, m0 = procstat.snapshot(srv, pids, exclude=exclude)
         if syscall_probe and probe is not None:
             # stop the probe inside the window: its rate must come from steady state
             time.sleep(max(0.1, duration - 0.15 - (time.monotonic() - t0)))
@@ -88,7 +92,7 @@ def timed_run(cfg: Config, srv: Side, cli: Side, pid: int, port: int, conns: int
         if not _wait_marker(lg, "# done", duration + 30):
             raise RuntimeError("loadgen did not finish its window")
         if not syscall_probe:
-            s1, m1, o1 = procstat.sample(srv, pid), procstat.machine(), procstat.others_cpu(exclude)
+            s1, o1, m1 = procstat.snapshot(srv, pids, exclude=exclude)
         lg.wait(30)
         res = _loadgen_json(lg)
     finally:
@@ -111,27 +115,21 @@ def timed_run(cfg: Config, srv: Side, cli: Side, pid: int, port: int, conns: int
         "errors": res["errors"] + res["closed_by_peer"], "client_util": res["client_cpu"]["util"],
         "server_util": server_cpu / window, "cpu_us_per_req": server_cpu * 1e6 / reqs,
         "ctxsw_vol_per_req": (s1.vol - s0.vol) / reqs, "ctxsw_invol_per_req": (s1.invol - s0.invol) / reqs,
-        "rss_kib": max(s0.rss_kib, s1.rss_kib), "threads": s1.threads,
+        "rss_kib": max(s0.rss_kib, s1.rss_kib), "threads": s1.threads, "processes": len(pids),
         "foreign_cores": round(foreign, 3), "steal_cores": round(steal, 3),
         "disturbed": foreign > cfg.disturbed_cores,
     }
 
 
 # -- syscall counting -----------------------------------------------------------
-def syscall_tool() -> str | None:
-    if shutil.which("perf"):
-        return "perf"
-    if shutil.which("strace"):
-        return "strace"
-    return None
-
-
-def start_syscall_probe(srv: Side, pid: int):
-    tool = syscall_tool()
+def start_syscall_probe(srv: Side, pids: list[int]):
+    """perf (or strace) counting the server's syscalls, on the server's host."""
+    tool = srv.syscall_tool
     if tool == "perf":
-        argv = ["perf", "stat", "-I", "100", "-x,", "-e", "raw_syscalls:sys_enter", "-p", str(pid)]
+        argv = ["perf", "stat", "-I", "100", "-x,", "-e", "raw_syscalls:sys_enter",
+                "-p", ",".join(map(str, pids))]
     elif tool == "strace":
-        argv = ["strace", "-c", "-f", "-q", "-p", str(pid)]
+        argv = ["strace", "-c", "-f", "-q"] + [a for p in pids for a in ("-p", str(p))]
     else:
         return None
     # not pinned: the probe must not steal the server's or the client's CPU slot
@@ -168,10 +166,8 @@ def stop_syscall_probe(probe) -> float | None:
 
 
 # -- a cell -------------------------------------------------------------------------
-def skip_reason(engine: str, conns: int) -> str | None:
-    why = unavailable(engine)
-    if why:
-        return why
+def out_of_range(engine: str, conns: int) -> str | None:
+    """Why a cell cannot exist by the engine's own nature (not a failure of the run)."""
     if engine == "select" and conns > SELECT_LIMIT:
         return "select() watches at most FD_SETSIZE=1024 descriptors"
     return None
@@ -200,7 +196,7 @@ def summarize(cell: dict) -> None:
     cell["kib_per_conn"] = round(max(0, rss - cell["rss_idle_kib"]) / cell["conns"], 2)
 
 
-def _settle(srv: Side, pid: int, limit: float = 5.0) -> None:
+def _settle(srv: Side, pid, limit: float = 5.0) -> None:
     """Wait until a server is idle again (an engine that fell behind may still be
     working off the previous run's connections); it must not eat the next run's CPU."""
     deadline = time.monotonic() + limit
@@ -220,7 +216,7 @@ def cfg_duration(run: dict) -> str:
 def _record(cell: dict, run: dict, conns: int, say) -> None:
     cell["runs"].append(run)
     note = f" (others used {run['foreign_cores']:.2f} cores)" if run["disturbed"] else ""
-    say(f"    {cell['engine']:>9} run {len(cell['runs'])}: {run['rps']:,.0f} req/s "
+    say(f"    {label(cell['engine'], cell.get('workers')):>9} run {len(cell['runs'])}: {run['rps']:,.0f} req/s "
         f"p99 {run['lat_us']['p99']:,.0f} µs server {run['server_util']:.0%} CPU "
         f"client {run['client_util']:.0%}{note}")
     if run["connected"] < 0.9 * conns or run["requests"] < conns:
@@ -230,7 +226,13 @@ def _record(cell: dict, run: dict, conns: int, say) -> None:
         cell["collapsed"] = (f"only {run['connected']}/{conns} connections were accepted in time"
                              if run["connected"] < 0.9 * conns else
                              f"{run['requests']} requests in {cfg_duration(run)} s for {conns} connections")
-        say(f"    {cell['engine']:>9} collapsed: {cell['collapsed']}")
+        say(f"    {label(cell['engine'], cell.get('workers')):>9} collapsed: {cell['collapsed']}")
+
+
+def lineup(cfg: Config) -> list[tuple[str, int | None]]:
+    """(engine, workers) of one group: each parallel engine once per --workers value."""
+    return [(e, w) for e in cfg.engines
+            for w in (cfg.workers if cfg.parallel.get(e) else [None])]
 
 
 def run_group(cfg: Config, conns: int, size: int, srv: Side, cli: Side, say=print,
@@ -244,69 +246,76 @@ def run_group(cfg: Config, conns: int, size: int, srv: Side, cli: Side, say=prin
     on a shared machine. The first run of each server is the one on a fresh
     process, so it is the one that gives memory per connection.
     """
-    cells = {e: {"engine": e, "conns": conns, "size": size, "status": "ok", "runs": []} for e in cfg.engines}
+    cells = {label(e, w): {"engine": e, "workers": w, "conns": conns, "size": size, "status": "ok", "runs": []}
+             for e, w in lineup(cfg)}
     servers: dict[str, tuple] = {}
     quiet_info = (quiet or procstat.QuietWaiter(cfg.quiet_wait, cfg.quiet_threshold, say))()
     try:
-        for i, engine in enumerate(cfg.engines):
-            cell = cells[engine]
-            why = skip_reason(engine, conns)
+        for i, (engine, workers) in enumerate(lineup(cfg)):
+            cell = cells[label(engine, workers)]
+            why = cfg.unavailable.get(engine)
             if why:
                 cell.update(status="skipped", reason=why)
                 continue
+            why = out_of_range(engine, conns)
+            if why:
+                cell.update(status="n/a", reason=why)
+                continue
             port = cfg.port + i
-            handle = srv.start([sys.executable, "-m", "hpnlab.servers", engine, "--host", srv.bind_address,
-                                "--port", str(port)], name=engine)
-            servers[engine] = (handle, port)
+            argv = [srv.python, "-m", "hpnlab.servers", engine, "--host", srv.bind_address, "--port", str(port)]
+            servers[label(engine, workers)] = (srv.start(argv + (["--workers", str(workers)] if workers else []),
+                                                         name=engine), port, [])
+        for name, (handle, port, pids) in list(servers.items()):   # all start at once; wait for each
             why = srv.wait_listening(handle, port)
             if why:
-                cell.update(status="skipped", reason=why)
+                cells[name].update(status="error", reason=why)
                 handle.stop()
-                del servers[engine]
+                del servers[name]
         time.sleep(0.3)
-        for engine, (handle, _port) in servers.items():
-            idle = procstat.sample(srv, handle.pid, with_ctx=False)
-            cells[engine]["rss_idle_kib"] = idle.rss_kib if idle else 0
-            cells[engine]["quiet"] = quiet_info
+        for name, (handle, _port, pids) in servers.items():
+            pids += procstat.family(srv, Side.server_pids(handle))     # pre-forked workers too
+            idle = procstat.sample(srv, pids, with_ctx=False)
+            cells[name]["rss_idle_kib"] = idle.rss_kib if idle else 0
+            cells[name]["quiet"] = quiet_info
 
         def active() -> list[str]:
             return [e for e in servers if cells[e]["status"] == "ok" and "collapsed" not in cells[e]]
 
-        def one_run(engine: str, duration: float, probe: bool = False):
-            handle, port = servers[engine]
-            _settle(srv, handle.pid)
+        def one_run(name: str, duration: float, probe: bool = False):
+            _handle, port, pids = servers[name]
+            _settle(srv, pids)
             try:
-                return timed_run(cfg, srv, cli, handle.pid, port, conns, size, duration, probe)
+                return timed_run(cfg, srv, cli, pids, port, conns, size, duration, probe)
             except (RuntimeError, OSError, ValueError) as exc:
-                cells[engine].update(status="error", reason=str(exc).strip().splitlines()[0][:300])
-                say(f"    {engine:>9} error: {cells[engine]['reason']}")
+                cells[name].update(status="error", reason=str(exc).strip().splitlines()[0][:300])
+                say(f"    {name:>9} error: {cells[name]['reason']}")
                 return None
 
         for r in range(cfg.repeats):
             order = active()
             order = order[r % len(order):] + order[:r % len(order)] if order else []   # rotate
-            for engine in order:
-                run = one_run(engine, cfg.duration)
+            for name in order:
+                run = one_run(name, cfg.duration)
                 if run is not None:
-                    _record(cells[engine], run, conns, say)
+                    _record(cells[name], run, conns, say)
         for _ in range(cfg.max_extra):          # repeat runs others' load disturbed
-            for engine in active():
-                runs = cells[engine]["runs"]
+            for name in active():
+                runs = cells[name]["runs"]
                 if sum(1 for x in runs if not x["disturbed"]) < cfg.repeats and any(x["disturbed"] for x in runs):
-                    run = one_run(engine, cfg.duration)
+                    run = one_run(name, cfg.duration)
                     if run is not None:
-                        _record(cells[engine], run, conns, say)
-        if cfg.syscalls and syscall_tool():
-            for engine in active():
-                probe = one_run(engine, cfg.syscall_duration, probe=True)
+                        _record(cells[name], run, conns, say)
+        if cfg.syscalls and srv.syscall_tool:
+            for name in active():
+                probe = one_run(name, cfg.syscall_duration, probe=True)
                 if probe is not None:
                     rate = probe["syscalls_per_s"]
-                    cells[engine]["syscalls_per_req"] = round(rate / probe["rps"], 3) \
+                    cells[name]["syscalls_per_req"] = round(rate / probe["rps"], 3) \
                         if rate and probe["rps"] else None
-                    cells[engine]["syscall_tool"] = syscall_tool()
+                    cells[name]["syscall_tool"] = srv.syscall_tool
     finally:
-        for engine, (handle, _port) in servers.items():
-            cell = cells[engine]
+        for name, (handle, _port, _pids) in servers.items():
+            cell = cells[name]
             if cell["status"] == "ok" and not handle.alive():
                 cell.update(status="error", reason="the server exited during the runs: "
                             + (handle.logs()[1].strip().splitlines() or ["?"])[-1][:200])
@@ -316,7 +325,7 @@ def run_group(cfg: Config, conns: int, size: int, srv: Side, cli: Side, say=prin
             summarize(cell)
         if cell.get("collapsed") and cell["status"] == "ok":
             cell["note"] = cell["collapsed"]
-    return [cells[e] for e in cfg.engines]
+    return list(cells.values())
 
 
 def run_grid(cfg: Config, srv: Side, cli: Side, say=print, checkpoint=None) -> list[dict]:
@@ -328,7 +337,7 @@ def run_grid(cfg: Config, srv: Side, cli: Side, say=print, checkpoint=None) -> l
         say(f"[{n}/{len(groups)}] conns={conns} size={size}: {', '.join(cfg.engines)}")
         for cell in run_group(cfg, conns, size, srv, cli, say, quiet):
             if cell["status"] != "ok":
-                say(f"    {cell['engine']:>9} {cell['status']}: {cell.get('reason')}")
+                say(f"    {label(cell['engine'], cell.get('workers')):>9} {cell['status']}: {cell.get('reason')}")
             cells.append(cell)
         if checkpoint:
             checkpoint(cells)
@@ -368,26 +377,37 @@ def sides_for(mode: str, provider=None, server: str = "h1", client: str = "h2",
     return srv, cli, {server: h_srv, client: h_cli}
 
 
-def versions() -> dict:
-    import platform
-    v = {"python": platform.python_version()}
-    for mod in ("uvloop", "greenlet", "cffi"):
-        try:
-            v[mod] = __import__(mod).__version__
-        except Exception:       # noqa: BLE001 - a version is informational
-            v[mod] = None
+def prepare(cfg: Config, srv: Side, cli: Side, say=print) -> tuple[dict, str | None]:
+    """Ask each side's host what it can run (hpnlab.bench.probe there); fill in `cfg`
+    and the sides. Returns (the server's answer, why no cell can run or None)."""
     try:
-        import subprocess
-        v["liburing"] = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "liburing-dev"],
-                                       capture_output=True, check=False, text=True).stdout or None
-    except OSError:
-        v["liburing"] = None
-    return v
+        answer = srv.probe(cfg.engines)
+        client = cli.probe([])
+    except (RuntimeError, OSError, ValueError) as exc:
+        return {}, str(exc)
+    where = f"on {srv.host.name}" if srv.host else "here"
+    cfg.unavailable = {e: f"{where}: {why}" for e, why in answer["engines"].items() if why}
+    cfg.parallel = {e: True for e in answer.get("parallel", [])}
+    cfg.workers = cfg.workers or [answer["cpus"]]
+    srv.syscall_tool = answer.get("syscall_tool")
+    for engine, why in cfg.unavailable.items():
+        say(f"  {engine} cannot run {why}")
+    if "error" in client["loadgen"]:
+        return answer, f"the client {'on ' + cli.host.name if cli.host else 'here'}: {client['loadgen']['error']}"
+    cli.loadgen = client["loadgen"]["path"]
+    return answer, None
+
+
+def failed_cells(cfg: Config, reason: str) -> list[dict]:
+    """Every cell of the grid, failed for one reason (nothing could run)."""
+    return [{"engine": e, "workers": w, "conns": c, "size": s, "status": "error", "reason": reason, "runs": []}
+            for s in cfg.sizes for c in cfg.conns for e, w in lineup(cfg)]
 
 
 def benchmark(cfg: Config, mode: str, provider=None, argv: list[str] | None = None,
               results_root=None, say=print, make_target: str | None = None) -> dict:
-    """Run the grid and write results/bench/<stamp>/; returns {"dir", "cells", "goals"}."""
+    """Run the grid and write results/bench/<stamp>/ (also when cells failed: a partial
+    report); returns {"dir", "cells", "goals", "failed": the cells asked for that did not run}."""
     import resource
 
     from ..report import fingerprint, rerun_command, results_dir
@@ -395,7 +415,6 @@ def benchmark(cfg: Config, mode: str, provider=None, argv: list[str] | None = No
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:       # 10k connections: children inherit the raised limit
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    loadgen.build()
     srv, cli, hosts = sides_for(mode, provider)
     say(f"server on {srv.describe()}; client on {cli.describe()}")
     started = time.time()
@@ -407,7 +426,10 @@ def benchmark(cfg: Config, mode: str, provider=None, argv: list[str] | None = No
         partial.write_text(json.dumps({"config": cfg.__dict__, "cells": cells}, indent=1, default=str))
 
     try:
-        cells = run_grid(cfg, srv, cli, say, checkpoint)
+        server, fatal = prepare(cfg, srv, cli, say)
+        if fatal:
+            say(f"[cannot run] {fatal}")
+        cells = failed_cells(cfg, fatal) if fatal else run_grid(cfg, srv, cli, say, checkpoint)
     finally:
         for side in (srv, cli):
             side.cleanup()
@@ -416,8 +438,10 @@ def benchmark(cfg: Config, mode: str, provider=None, argv: list[str] | None = No
     if provider is None:
         env["lab"] = "none"
     env["mode"] = mode
-    env["versions"] = versions()
-    env["syscall_tool"] = syscall_tool()
+    env["versions"] = server.get("versions", {})
+    env["server_python"] = server.get("python")
+    env["server_cpus"] = server.get("cpus")
+    env["syscall_tool"] = srv.syscall_tool
     env["nofile_limit"] = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     data = {"config": cfg.__dict__, "mode": mode, "cells": cells, "environment": env,
             "command": rerun_command(argv), "argv": list(argv or []), "make_target": make_target,
@@ -425,7 +449,7 @@ def benchmark(cfg: Config, mode: str, provider=None, argv: list[str] | None = No
             "took_s": round(time.time() - started)}
     render(out, data)
     partial.unlink(missing_ok=True)
-    return {"dir": out, "cells": cells, "goals": data["goals"]}
+    return {"dir": out, "cells": cells, "goals": data["goals"], "failed": failures(cells)}
 
 
 def software_md(env: dict) -> str:
@@ -461,6 +485,7 @@ def render(out, data: dict) -> None:
             f"{cfg['syscall_duration']:g} s run",
             f"- took {data.get('took_s', '?')} s", "",
             writeup.goals_md(goal_rows), ""]
+    text[2:2] = [writeup.failure_banner(cells), ""] if failures(cells) else []
     for size in sizes:
         text += [f"## Results — {size} B messages", "",
                  "req/s is the median of the runs, with [min–max] and spread = (max−min)/median; latency "

@@ -4,13 +4,18 @@
 ones, and io_uring's iou-wrk threads, which belong to the process).
 Context switches are per thread in /proc/PID/task/*/status, so they are
 summed. /proc/stat gives the machine's busy and steal time, to see whether
-someone else's load disturbed a run.
+someone else's load disturbed a run. A server of several processes (pre-forked
+workers) is the sum of its processes.
+
+On a host of its own (a VM, a machine) all of it is read in one shell command over
+SSH (`snapshot`): one round trip per sample, not one per /proc file.
 """
 from __future__ import annotations
 
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 HZ = os.sysconf("SC_CLK_TCK")
 
@@ -24,29 +29,131 @@ class ProcSample:
     threads: int
 
 
-def sample(side, pid: int, with_ctx: bool = True) -> ProcSample | None:
-    stat = side.read(f"/proc/{pid}/stat")
-    status = side.read(f"/proc/{pid}/status")
-    if stat is None or status is None:
-        return None
+def _parse(stat: str, status: str, task_status: str) -> ProcSample:
     fields = stat.rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / HZ       # utime, stime (fields 14, 15)
-    rss = threads = 0
+    rss = threads = vol = invol = 0
     for line in status.splitlines():
         if line.startswith("VmRSS:"):
             rss = int(line.split()[1])
         elif line.startswith("Threads:"):
             threads = int(line.split()[1])
-    vol = invol = 0
-    if with_ctx:
-        for tid in side.listdir(f"/proc/{pid}/task"):
-            st = side.read(f"/proc/{pid}/task/{tid}/status")
-            for line in (st or "").splitlines():
-                if line.startswith("voluntary_ctxt_switches:"):
-                    vol += int(line.split()[1])
-                elif line.startswith("nonvoluntary_ctxt_switches:"):
-                    invol += int(line.split()[1])
+    for line in task_status.splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            vol += int(line.split()[1])
+        elif line.startswith("nonvoluntary_ctxt_switches:"):
+            invol += int(line.split()[1])
     return ProcSample(cpu, vol, invol, rss, threads)
+
+
+def _total(samples: list[ProcSample | None]) -> ProcSample | None:
+    """The sum over a server's processes; None once its first (main) process is gone."""
+    if not samples or samples[0] is None:
+        return None
+    live = [s for s in samples if s is not None]
+    return ProcSample(sum(s.cpu_s for s in live), sum(s.vol for s in live), sum(s.invol for s in live),
+                      sum(s.rss_kib for s in live), sum(s.threads for s in live))
+
+
+def _pids(pid) -> list[int]:
+    return [pid] if isinstance(pid, int) else list(pid)
+
+
+def _local_one(pid: int, with_ctx: bool) -> ProcSample | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    tasks = []
+    if with_ctx:
+        for task in Path(f"/proc/{pid}/task").glob("*/status"):
+            try:
+                tasks.append(task.read_text())
+            except OSError:
+                pass
+    return _parse(stat, status, "".join(tasks))
+
+
+def sample(side, pid, with_ctx: bool = True) -> ProcSample | None:
+    """CPU, context switches, RSS of a server (one pid or its processes' pids)."""
+    if side.local_proc:
+        return _total([_local_one(p, with_ctx) for p in _pids(pid)])
+    return snapshot(side, pid, with_ctx=with_ctx)[0]
+
+
+def family(side, pids: list[int]) -> list[int]:
+    """`pids` and all their descendants (an engine's pre-forked worker processes)."""
+    if side.local_proc:
+        stats = []
+        for name in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                stats.append(Path(f"/proc/{name}/stat").read_text())
+            except OSError:
+                pass
+    else:
+        stats = side.run(["sh", "-c", "cat /proc/[0-9]*/stat 2>/dev/null"], timeout=30)[1].splitlines()
+    children: dict[int, list[int]] = {}
+    for line in stats:
+        head, _, tail = line.partition(" (")
+        if head.strip().isdigit() and ")" in tail:
+            children.setdefault(int(tail.rsplit(")", 1)[1].split()[1]), []).append(int(head))   # ppid
+    out = list(pids)
+    for pid in out:                      # grows as it goes: breadth-first
+        out += [c for c in children.get(pid, []) if c not in out]
+    return out
+
+
+_SNAPSHOT = r"""
+for p in {pids}; do
+  echo "@pid $p"; cat /proc/$p/stat 2>/dev/null; echo "@status"; cat /proc/$p/status 2>/dev/null
+  echo "@tasks"; {tasks}
+done
+{others}
+echo "@machine"; head -1 /proc/stat
+"""
+
+
+def snapshot(side, pid, with_ctx: bool = True, exclude: set[int] | None = None):
+    """(server sample, {pid: CPU s} of every user process not in `exclude` nor the server's,
+    MachineSample) of a side, in one round trip on a remote host; the last two are None
+    without `exclude`."""
+    others = exclude is not None
+    mine = set(_pids(pid)) | (exclude or set())
+    if side.local_proc:
+        return (sample(side, pid, with_ctx), others_cpu(mine) if others else None,
+                machine() if others else None)
+    script = _SNAPSHOT.format(
+        pids=" ".join(str(p) for p in _pids(pid)),
+        tasks="grep -h ctxt_switches /proc/$p/task/*/status 2>/dev/null" if with_ctx else ":",
+        others='echo "@others"; cat /proc/[0-9]*/stat 2>/dev/null' if others else "")
+    _rc, out, _ = side.run(["sh", "-c", script], timeout=30)
+    procs: list[dict[str, list[str]]] = []
+    rest: dict[str, list[str]] = {"others": [], "machine": []}
+    section, cur = "", None
+    for line in out.splitlines():
+        if line.startswith("@pid "):
+            cur, section = {"stat": [], "status": [], "tasks": []}, "stat"
+            procs.append(cur)
+        elif line in ("@status", "@tasks", "@others", "@machine"):
+            section = line[1:]
+        elif section in rest:
+            rest[section].append(line)
+        elif cur is not None:
+            cur[section].append(line)
+    proc = _total([_parse(*("\n".join(p[k]) for k in ("stat", "status", "tasks")))
+                   if p["stat"] and p["status"] else None for p in procs])
+    if not others:
+        return proc, None, None
+    cpu = {}
+    for line in rest["others"]:
+        head, _, tail = line.partition(" (")
+        if not head.isdigit() or int(head) in mine or ")" not in tail:
+            continue
+        fields = tail.rsplit(")", 1)[1].split()
+        if not int(fields[6]) & PF_KTHREAD:
+            cpu[int(head)] = (int(fields[11]) + int(fields[12])) / HZ
+    return proc, cpu, _machine_from(rest["machine"][0]) if rest["machine"] else None
 
 
 @dataclass
@@ -58,7 +165,11 @@ class MachineSample:
 
 def machine() -> MachineSample:
     with open("/proc/stat") as f:
-        vals = [int(v) for v in f.readline().split()[1:]]
+        return _machine_from(f.readline())
+
+
+def _machine_from(cpu_line: str) -> MachineSample:
+    vals = [int(v) for v in cpu_line.split()[1:]]
     user, nice, system, idle, iowait, irq, softirq, steal = (vals + [0] * 8)[:8]
     busy = user + nice + system + irq + softirq
     return MachineSample(busy / HZ, steal / HZ, (busy + idle + iowait + steal) / HZ)

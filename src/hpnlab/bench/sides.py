@@ -7,10 +7,13 @@ and file system, so their /proc is read directly; other hosts via `cat`.
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -66,6 +69,12 @@ class Side:
         self.cpu = cpu
         self.host = host                 # a hpnlab.hosts.Host, or None for this machine
         self.local_proc = local_proc     # can /proc/<pid> of its processes be read here?
+        # the interpreter its servers run with: $HPNLAB_AGENT_PYTHON if set (as for the labs'
+        # agents), else the host's own (this venv on netns hosts, the system python3 on VMs
+        # and machines, where the labcode role installed hpnlab)
+        self.python = os.environ.get("HPNLAB_AGENT_PYTHON") or (host.python if host is not None else sys.executable)
+        self.loadgen = ""                # the load generator's path there (from probe())
+        self.syscall_tool: str | None = None   # perf or strace there (from probe())
         self.logdir = logdir or Path(tempfile.mkdtemp(prefix=f"hpnlab-bench-{name}-"))
         self._n = 0
 
@@ -95,27 +104,28 @@ class Side:
         r = self.host.run([str(a) for a in argv], timeout=timeout, check=False)
         return r.rc, r.stdout, r.stderr
 
-    def read(self, path: str) -> str | None:
-        """A /proc file of a process on this side (None if it is gone)."""
-        if self.local_proc:
-            try:
-                return Path(path).read_text()
-            except OSError:
-                return None
-        rc, out, _ = self.run(["cat", path], timeout=10)
-        return out if rc == 0 else None
+    def probe(self, engines: list[str]) -> dict:
+        """What this side's host can run (hpnlab.bench.probe, run there with the servers' python)."""
+        rc, out, err = self.run([self.python, "-m", "hpnlab.bench.probe", *engines],
+                                timeout=max(120.0, getattr(self.host, "start_timeout", 0)))
+        lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+        if rc != 0 or not lines:
+            where = f"host {self.host.name}" if self.host else "this machine"
+            hint = " (is hpnlab installed there? `make lab-provision` installs it)" if self.host else ""
+            raise RuntimeError(f"cannot run `{self.python} -m hpnlab.bench.probe` on {where}{hint}: "
+                               + ((err or out).strip().splitlines() or [f"exit status {rc}"])[-1])
+        return json.loads(lines[-1])
 
-    def listdir(self, path: str) -> list[str]:
-        if self.local_proc:
-            try:
-                return os.listdir(path)
-            except OSError:
-                return []
-        rc, out, _ = self.run(["ls", path], timeout=10)
-        return out.split() if rc == 0 else []
+    @staticmethod
+    def server_pids(handle: Process) -> list[int]:
+        """The pids a server announced ("listening ... pid=N", one line per process): on a
+        remote host the handle's pid is the shell that started it, not the server."""
+        pids = [int(m) for m in re.findall(r"(?m)^listening .*\bpid=(\d+)", handle.logs()[1])]
+        return list(dict.fromkeys(pids)) or [handle.pid]
 
-    def wait_listening(self, handle: Process, port: int, timeout: float = 15.0) -> str | None:
+    def wait_listening(self, handle: Process, port: int) -> str | None:
         """None once the server said it listens, else why it did not (its own message)."""
+        timeout = self.host.start_timeout if self.host else 15.0
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             _, err = handle.logs()

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from ..report import md_table
 
-OURS = ["threads", "select", "poll", "epoll-lt", "epoll-et", "coro", "greenlet", "uring"]
-CSV_FIELDS = ["engine", "conns", "size", "status", "reason", "rps", "rps_min", "rps_max", "spread_pct",
+REFERENCES = ("asyncio", "uvloop")       # the peers; every other engine is hpnlab's own
+MULTI = ("epoll-threads", "epoll-acceptor", "epoll-procs")   # the multi-threaded epoll variants
+CSV_FIELDS = ["engine", "workers", "conns", "size", "status", "reason", "rps", "rps_min", "rps_max", "spread_pct",
               "runs_used", "runs_disturbed", "cpu_capacity_rps", "p50_us", "p99_us", "p999_us", "cpu_us_per_req",
               "syscalls_per_req", "ctxsw_per_req", "rss_idle_kib", "rss_kib", "kib_per_conn",
               "server_util", "client_util", "errors", "connected"]
@@ -22,11 +23,37 @@ def ok(cells: list[dict]) -> list[dict]:
     return [c for c in cells if c.get("rps") is not None and c["status"] == "ok"]
 
 
-def find(cells: list[dict], engine: str, conns: int, size: int) -> dict | None:
-    for c in ok(cells):
-        if c["engine"] == engine and c["conns"] == conns and c["size"] == size:
-            return c
-    return None
+def label(engine: str, workers: int | None) -> str:
+    """An engine with its --workers (parallel engines run once per value)."""
+    return engine if workers is None else f"{engine}×{workers}"
+
+
+def name(c: dict) -> str:
+    return label(c["engine"], c.get("workers"))
+
+
+def find(cells: list[dict], engine: str, conns: int, size: int, workers: int | None = None) -> dict | None:
+    """The cell of an engine; for a parallel engine the one with `workers`, or the most workers."""
+    hits = [c for c in ok(cells) if c["engine"] == engine and c["conns"] == conns and c["size"] == size
+            and (workers is None or c.get("workers") == workers)]
+    return max(hits, key=lambda c: c.get("workers") or 0) if hits else None
+
+
+def failures(cells: list[dict]) -> list[dict]:
+    """Cells that were asked for and did not run (n/a: outside the engine's nature, e.g. select past 1024)."""
+    return [c for c in cells if c["status"] in ("skipped", "error")]
+
+
+def failure_banner(cells: list[dict]) -> str:
+    bad = failures(cells)
+    by_reason: dict[tuple, list[str]] = {}
+    for c in bad:
+        by_reason.setdefault((name(c), c["status"], c.get("reason") or "?"), []).append(f"{c['conns']}/{c['size']}B")
+    lines = [f"**INCOMPLETE RUN: {len(bad)} of {len(cells)} requested cells did not run, so `hpnlab bench` "
+             "exited non-zero. The numbers below are the part that ran.**", ""]
+    lines += [f"- **{engine} {status}** ({', '.join(where)}): **{reason}**"
+              for (engine, status, reason), where in by_reason.items()]
+    return "\n".join(lines)
 
 
 def derive(cells: list[dict]) -> None:
@@ -60,7 +87,7 @@ def plots(cells: list[dict], out: Path) -> list[str]:
 
     good = ok(cells)
     sizes = sorted({c["size"] for c in good})
-    engines = [e for e in dict.fromkeys(c["engine"] for c in cells) if any(c["engine"] == e for c in good)]
+    engines = [e for e in dict.fromkeys(name(c) for c in cells) if any(name(c) == e for c in good)]
     if not sizes:
         return []
     written = []
@@ -69,11 +96,11 @@ def plots(cells: list[dict], out: Path) -> list[str]:
         for ax, size in zip(axes[0], sizes):
             for i, engine in enumerate(engines):
                 pts = sorted((c["conns"], c[key], c) for c in good
-                             if c["engine"] == engine and c["size"] == size and c.get(key) is not None)
+                             if name(c) == engine and c["size"] == size and c.get(key) is not None)
                 if not pts:
                     continue
                 xs, ys = [p[0] for p in pts], [max(p[1], 1e-3) for p in pts]
-                style = "--" if engine in ("asyncio", "uvloop") else "-"
+                style = "--" if engine in REFERENCES else "-"
                 marker = "os^vD<>pP*X"[i % 11]
                 if key == "rps":
                     lo = [y - p[2]["rps_min"] for y, p in zip(ys, pts)]
@@ -119,11 +146,11 @@ def goals(cells: list[dict]) -> list[dict]:
     rows: list[dict] = []
     for size in sorted({c["size"] for c in ok(cells)}):
         uv = find(cells, "uvloop", 100, size)
-        ours = [c for c in (find(cells, e, 100, size) for e in OURS) if c]
+        ours = [c for c in ok(cells) if c["engine"] not in REFERENCES and c["conns"] == 100 and c["size"] == size]
         best = max(ours, key=lambda c: c["rps"]) if ours else None
         row = _faster(f"best hpnlab engine ≥ uvloop req/s @100 conns, {size} B", best, uv)
         if best and uv:
-            row["measured"] = f"{best['engine']} {row['measured']} (uvloop)"
+            row["measured"] = f"{name(best)} {row['measured']} (uvloop)"
         rows.append(row)
         for conns in (100, 10000):
             rows.append(_faster(f"coro ≥ greenlet req/s @{conns} conns, {size} B",
@@ -239,9 +266,9 @@ def reading(cells: list[dict]) -> str:
     bound = [c for c in good if (c.get("client_util") or 0) > 0.9]
     out += ["### Is the load generator the bottleneck?", "",
             f"The C load generator used at most {client['client_util']:.0%} of its CPU "
-            f"({client['engine']}, {client['conns']} conns, {client['size']} B). "
+            f"({name(client)}, {client['conns']} conns, {client['size']} B). "
             + (f"{len(bound)} cell(s) had it above 90% — those numbers are client-bound: "
-               + ", ".join(f"{c['engine']}@{c['conns']}/{c['size']}B" for c in bound[:8]) + "."
+               + ", ".join(f"{name(c)}@{c['conns']}/{c['size']}B" for c in bound[:8]) + "."
                if bound else "No cell had it above 90%, so the servers set the pace."), ""]
     return "\n".join(out) + "\n"
 
@@ -267,9 +294,9 @@ def results_table(cells: list[dict], size: int) -> str:
         if c["size"] != size:
             continue
         if c.get("rps") is None:
-            rows.append([c["engine"], c["conns"], c["status"], "", "", "", "", "", "", "", "", "", ""])
+            rows.append([name(c), c["conns"], c["status"], "", "", "", "", "", "", "", "", "", ""])
             continue
-        rows.append([c["engine"], c["conns"],
+        rows.append([name(c), c["conns"],
                      f"{c['rps']:,.0f} [{c['rps_min']:,.0f}–{c['rps_max']:,.0f}]",
                      f"{c['spread_pct']:.1f}%" if c.get("spread_pct") is not None else "",
                      f"{c['cpu_capacity_rps']:,.0f}" if c.get("cpu_capacity_rps") else "",
@@ -289,7 +316,7 @@ def skipped_md(cells: list[dict]) -> str:
         return "## Skipped or failed\n\nNothing: every cell ran.\n"
     seen: dict[tuple, list] = {}
     for c in bad:
-        seen.setdefault((c["engine"], c["status"], c.get("reason", "")), []).append(f"{c['conns']}/{c['size']}B")
+        seen.setdefault((name(c), c["status"], c.get("reason", "")), []).append(f"{c['conns']}/{c['size']}B")
     rows = [[e, s, ", ".join(where), r] for (e, s, r), where in seen.items()]
     return "## Skipped or failed\n\n" + md_table(["engine", "status", "cells (conns/size)", "why"], rows,
                                                  align="llll")

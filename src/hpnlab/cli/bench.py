@@ -28,6 +28,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--depth", type=int, default=1, help="requests in flight per connection")
+    parser.add_argument("--workers", metavar="N[,N...]",
+                        help="threads/processes of the parallel engines (epoll-threads, -acceptor, -procs); "
+                             "several values draw a scaling curve (default: the server host's CPU count)")
     parser.add_argument("--port", type=int, default=7300)
     parser.add_argument("--quiet-wait", type=float, default=60.0,
                         help="seconds to wait for a quiet machine before each cell")
@@ -53,6 +56,8 @@ def rerun_argv(args, cfg, mode: str) -> list[str]:
         argv += ["--duration", f"{cfg.duration:g}", "--warmup", f"{cfg.warmup:g}",
                  "--repeats", str(cfg.repeats), "--quiet-wait", f"{cfg.quiet_wait:g}"]
     argv += ["--depth", str(cfg.depth), "--port", str(cfg.port)]
+    if args.workers:
+        argv += ["--workers", args.workers]
     if not cfg.syscalls:
         argv.append("--no-syscalls")
     if args.results:
@@ -85,12 +90,13 @@ def run(args) -> int:
         return 2
     try:
         conns, sizes = _ints(args.conns), _ints(args.sizes)
+        workers = _ints(args.workers) if args.workers else []
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         return 2
     cfg = Config(engines=engines, conns=conns, sizes=sizes, duration=args.duration, warmup=args.warmup,
                  repeats=args.repeats, depth=args.depth, port=args.port, quiet_wait=args.quiet_wait,
-                 syscalls=not args.no_syscalls)
+                 syscalls=not args.no_syscalls, workers=workers)
     if args.quick:
         if args.conns == "1,10,100,1000,10000":
             cfg.conns = [1, 100]
@@ -126,4 +132,9 @@ def run(args) -> int:
         mark = {True: "[green]PASS[/green]", False: "[yellow]FAIL[/yellow]", None: "n/a"}[g["pass"]]
         console.print(f"  {mark} {g['goal']}: {g['measured']}")
     console.print(f"report: {result['dir']}/report.md")
+    if result["failed"]:
+        reasons = dict.fromkeys(f"{c['engine']}: {c.get('reason')}" for c in result["failed"])
+        console.print(f"[red]{len(result['failed'])} of {len(result['cells'])} requested cells did not run[/red] "
+                      "(a partial report was written):\n  " + "\n  ".join(reasons))
+        return 1
     return 0
