@@ -1,0 +1,107 @@
+"""The CLI's one error contract: every HpnlabError prints `hpnlab: message` and a
+hint and exits with its status, with no traceback unless HPNLAB_DEBUG=1; only
+the subcommand that runs is imported, so a broken one cannot take others down."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hpnlab.errors import HpnlabError
+from hpnlab.inventory import InventoryError
+from hpnlab.labs._kit import LabError
+from hpnlab.providers import ProviderError
+from hpnlab.state import LabBusy
+from hpnlab.topology import TopologyError
+
+REPO = Path(__file__).resolve().parents[2]
+INVALID = REPO / "tests/topology/invalid/wrong_type.yml"
+
+
+def python(code: str, *, debug: bool = False, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "HPNLAB_DEBUG"}
+    if debug:
+        env["HPNLAB_DEBUG"] = "1"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=cwd,
+                          timeout=60)
+
+
+def hpnlab(*argv: str, **kw) -> subprocess.CompletedProcess:
+    return python(f"import sys; from hpnlab.cli import main; sys.exit(main({list(argv)!r}))", **kw)
+
+
+def test_every_error_class_is_an_hpnlab_error():
+    from hpnlab.bench.loadgen import LoadgenError
+    from hpnlab.hosts import CommandError
+    from hpnlab.machine import MachineError
+    from hpnlab.servers import EngineError
+    from hpnlab.uring import UringUnavailable
+    from hpnlab.vm import VmError
+    for cls in (TopologyError, ProviderError, LabBusy, InventoryError, LoadgenError, LabError, CommandError,
+                MachineError, EngineError, UringUnavailable, VmError):
+        assert issubclass(cls, HpnlabError), cls
+
+
+def test_an_invalid_lab_file_gets_message_hint_and_status_without_traceback():
+    proc = hpnlab("--lab", str(INVALID), "status")
+    assert proc.returncode == 2
+    assert "hpnlab: invalid lab file:" in proc.stderr and ":5: hosts.h1.cpus: must be an integer" in proc.stderr
+    assert "hint: " in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_hpnlab_debug_shows_the_traceback():
+    proc = hpnlab("--lab", str(INVALID), "status", debug=True)
+    assert proc.returncode == 2 and "Traceback (most recent call last)" in proc.stderr
+    assert "hpnlab: invalid lab file:" in proc.stderr
+
+
+def test_a_command_error_with_its_own_hint(tmp_path):
+    """An error raised deep in a command (the static inventory) reaches the user as message + hint."""
+    (tmp_path / "inventory").mkdir()
+    (tmp_path / "inventory/static.yml").write_text("all:\n  hosts:\n    h1: {ansible_host: 192.0.2.1}\n")
+    proc = hpnlab("--lab", str(REPO / "lab.yml"), "--provider", "static", "verify", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert "hpnlab: host h2: not in the static inventory" in proc.stderr
+    assert "hint: fix the inventory file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_bug_is_one_line_and_a_hint():
+    code = ("import sys; import hpnlab.cli.status as s\n"
+            "def boom(args): raise KeyError('oops')\n"
+            "s.run = boom\n"
+            "from hpnlab.cli import main; sys.exit(main(['--lab', %r, 'status']))" % str(REPO / "lab.yml"))
+    proc = python(code)
+    assert proc.returncode == 1
+    assert "hpnlab: internal error: KeyError: 'oops'" in proc.stderr and "HPNLAB_DEBUG=1" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+STATUS = ("from hpnlab.cli import main\n"
+          "rc = main(['--lab', %r, '--provider', 'netns', 'status', '--json'])\n" % str(REPO / "lab.yml"))
+
+
+def test_only_the_running_subcommand_is_imported(tmp_path):
+    code = ("import os, sys; os.environ['HPNLAB_STATE_DIR'] = %r\n" % str(tmp_path) + STATUS +
+            "print(sorted(m for m in sys.modules if m.startswith(('hpnlab.cli.', 'hpnlab.labs'))\n"
+            "             and not m.startswith('hpnlab.cli._')))\n"
+            "sys.exit(rc)")
+    proc = python(code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "['hpnlab.cli.status']", proc.stdout
+
+
+@pytest.mark.parametrize("broken", ["hpnlab.cli.lab", "hpnlab.labs"])
+def test_a_broken_subcommand_leaves_the_others_working(broken, tmp_path):
+    poison = f"import sys; sys.modules[{broken!r}] = None\n"    # importing it now raises ImportError
+    lab = str(REPO / "lab.yml")
+    ok = python(poison + "import os; os.environ['HPNLAB_STATE_DIR'] = %r\n" % str(tmp_path) + STATUS +
+                "sys.exit(rc)")
+    assert ok.returncode == 0 and '"up": false' in ok.stdout, ok.stderr
+    helped = python(poison + "from hpnlab.cli import main; main(['--help'])")
+    assert " lab " in helped.stdout and "down" in helped.stdout
+    bad = python(poison + "from hpnlab.cli import main; sys.exit(main(['--lab', %r, 'lab', 'p2p']))" % lab)
+    assert bad.returncode == 1 and "hpnlab: the `lab` command cannot load: ModuleNotFoundError" in bad.stderr, bad.stderr
+    assert "hint: the other commands still work" in bad.stderr and "Traceback" not in bad.stderr
