@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import zipfile
 from pathlib import Path
@@ -66,18 +67,45 @@ def pack(directory: Path) -> dict:
 
 
 def _uring_binding() -> Path:
+    """Where the uring package imports its compiled binding from."""
     import sysconfig
 
     from .uring import _build
     return _build.build_dir() / f"{_build.MODULE}{sysconfig.get_config_var('EXT_SUFFIX') or '.so'}"
 
 
-def _build_uring_binding() -> Path:
+def _uring_cached() -> Path:
+    """The binding as built from this _build.py, kept beside the load generator: the role
+    unpacks a fresh package on every install, and the compile is the slow part under TCG."""
+    from .bench import loadgen
     from .uring import _build
-    try:
-        return _build.build()
-    except ImportError as exc:
-        raise RuntimeError(f"{exc.name} is not installed (Debian: python3-{exc.name})") from None
+    recipe = hashlib.sha256(Path(_build.__file__).read_bytes()).hexdigest()[:16]
+    return loadgen.binary_path().parent / f"{_uring_binding().stem}-{recipe}.so"
+
+
+def _uring_is_current() -> bool:
+    binding, cached = _uring_binding(), _uring_cached()
+    return binding.exists() and cached.exists() and binding.read_bytes() == cached.read_bytes()
+
+
+def _build_uring_binding() -> Path:
+    import shutil
+    import tempfile
+
+    from .uring import _build
+    cached = _uring_cached()
+    if not cached.exists():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cached.parent) as tmp:
+            try:
+                built = _build.build(target_dir=Path(tmp))
+            except ImportError as exc:
+                raise RuntimeError(f"{exc.name} is not installed (Debian: python3-{exc.name})") from None
+            for old in cached.parent.glob(f"{_uring_binding().stem}-*.so"):
+                old.unlink()
+            os.replace(built, cached)
+    shutil.copyfile(cached, _uring_binding())
+    return _uring_binding()
 
 
 def build() -> dict:
@@ -85,7 +113,7 @@ def build() -> dict:
     from .bench import loadgen
     result: dict = {"built": [], "ready": {}, "missing": {}}
     parts = {"hpnlab-loadgen": (loadgen.binary_path, loadgen.is_current, loadgen.build),
-             "liburing binding": (_uring_binding, lambda: _uring_binding().exists(), _build_uring_binding)}
+             "liburing binding": (_uring_binding, _uring_is_current, _build_uring_binding)}
     for name, (path, current, make) in parts.items():
         try:
             if not current():

@@ -7,6 +7,7 @@ than its source, and says clearly what is missing when it cannot.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import subprocess
@@ -27,14 +28,14 @@ class LoadgenError(HpnlabError, RuntimeError):
 
 def _build_dir() -> Path:
     # In a checkout (editable install) build into <repo>/build, which git ignores; the
-    # copy the labcode role installs on a lab host into <prefix>/bin; any other installed
+    # copy the labcode role installs on a lab host into <prefix>/build; any other installed
     # package into the user's cache.
     repo = SOURCE.parents[3]
     if (repo / "pyproject.toml").exists() and os.access(repo, os.W_OK):
         return repo / "build"
     prefix = installed_prefix()
     if prefix:
-        return prefix / "bin"
+        return prefix / "build"
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hpnlab"
 
 
@@ -42,9 +43,16 @@ def binary_path() -> Path:
     return _build_dir() / "hpnlab-loadgen"
 
 
+def _recipe() -> str:
+    """What the binary is built from: a fresh copy of the same source (the labcode role
+    unpacks a new mtime on every install) needs no rebuild."""
+    return hashlib.sha256(SOURCE.read_bytes() + " ".join(CFLAGS).encode()).hexdigest()
+
+
 def is_current() -> bool:
     out = binary_path()
-    return out.exists() and out.stat().st_mtime >= SOURCE.stat().st_mtime
+    stamp = out.with_name(out.name + ".recipe")
+    return out.exists() and stamp.exists() and stamp.read_text() == _recipe()
 
 
 def build(force: bool = False) -> Path:
@@ -64,6 +72,7 @@ def build(force: bool = False) -> Path:
         raise LoadgenError(f"building hpnlab-loadgen failed:\n{proc.stderr}")
     os.chmod(tmp, 0o755)
     os.replace(tmp, out)
+    out.with_name(out.name + ".recipe").write_text(_recipe())
     return out
 
 
