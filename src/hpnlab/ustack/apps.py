@@ -1,0 +1,292 @@
+"""Applications on the stack's socket API and epoll: echo, discard, bulk sink and
+source (sha256 of every byte), a small HTTP/1.1 server, UDP echo; and clients: bulk
+source/sink to a listener, ping, and a connect from a fixed port at an agreed moment
+(simultaneous open). Each reports JSON lines through `report`."""
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import time
+
+from .epoll import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Epoll
+from .errors import SocketError
+from .sockets import SOCK_DGRAM
+
+CHUNK = os.urandom(1 << 16)
+
+
+class Handler:
+    """One accepted connection: bytes in, bytes out, non-blocking."""
+
+    def __init__(self, sock, report, args):
+        self.sock, self.report, self.args = sock, report, args
+        self.out = bytearray()
+        self.done = False
+        self.started = time.monotonic()
+
+    def on_data(self, data: bytes) -> None: ...
+    def on_eof(self) -> None:
+        self.finish()
+
+    def want_write(self) -> bool:
+        return bool(self.out)
+
+    def on_writable(self) -> None:
+        if self.out:
+            try:
+                n = self.sock.send(self.out)
+                del self.out[:n]
+            except SocketError as exc:
+                if exc.errno != errno.EAGAIN:
+                    self.done = True
+
+    def finish(self) -> None:
+        if not self.out:
+            self.done = True
+
+
+class Echo(Handler):
+    def on_data(self, data):
+        self.out += data
+
+
+class Discard(Handler):
+    pass
+
+
+class Sink(Handler):
+    def __init__(self, *a):
+        super().__init__(*a)
+        self.hash, self.bytes = hashlib.sha256(), 0
+
+    def on_data(self, data):
+        self.hash.update(data)
+        self.bytes += len(data)
+
+    def finish(self):
+        secs = time.monotonic() - self.started
+        self.report({"event": "sink", "bytes": self.bytes, "sha256": self.hash.hexdigest(), "secs": round(secs, 4),
+                     "mbps": round(self.bytes * 8 / secs / 1e6, 2) if secs > 0 else None,
+                     "peer": self.sock.getpeername()[0] if self.sock.conn else None})
+        self.done = True
+
+
+class Source(Handler):
+    """Sends --bytes to whoever connects, then closes; reports what it sent."""
+
+    def __init__(self, *a):
+        super().__init__(*a)
+        self.left, self.hash = self.args.bytes, hashlib.sha256()
+        if self.sock.conn is not None and self.args.trace:
+            self.sock.conn.trace = []
+
+    def want_write(self):
+        return self.left > 0 or bool(self.out)
+
+    def on_writable(self):
+        while self.left > 0:
+            chunk = CHUNK[:self.left] if self.left < len(CHUNK) else CHUNK
+            try:
+                n = self.sock.send(chunk)
+            except SocketError as exc:
+                if exc.errno != errno.EAGAIN:
+                    self.done = True
+                return
+            self.hash.update(chunk[:n])
+            self.left -= n
+        if self.left == 0:
+            self.left = -1
+            self.sock.shutdown(1)
+            secs = time.monotonic() - self.started
+            self.report({"event": "source", "bytes": self.args.bytes, "sha256": self.hash.hexdigest(),
+                         "secs": round(secs, 4), "conn": _conn_summary(self.sock.conn)})
+
+    def on_eof(self):
+        self.done = self.left <= 0
+
+
+class Http(Handler):
+    def __init__(self, *a):
+        super().__init__(*a)
+        self.buf = bytearray()
+
+    def on_data(self, data):
+        self.buf += data
+        while b"\r\n\r\n" in self.buf:
+            head, _, rest = bytes(self.buf).partition(b"\r\n\r\n")
+            self.buf = bytearray(rest)
+            line = head.split(b"\r\n", 1)[0].decode("latin-1")
+            parts = line.split()
+            if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+                self.out += b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                self.closing = True
+                return
+            body = f"hello from the hpnlab user-space stack: {parts[0]} {parts[1]}\n".encode()
+            close = b"connection: close" in head.lower() or parts[2] == "HTTP/1.0"
+            self.out += (f"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
+                         f"Server: hpnlab-ustack\r\n{'Connection: close' if close else 'Connection: keep-alive'}"
+                         f"\r\n\r\n").encode() + body
+            if close:
+                self.closing = True
+
+    closing = False
+
+    def on_writable(self):
+        super().on_writable()
+        if self.closing and not self.out:
+            self.done = True
+
+
+SERVERS = {"echo": Echo, "discard": Discard, "sink": Sink, "source": Source, "http": Http}
+
+
+def _conn_summary(conn) -> dict | None:
+    if conn is None:
+        return None
+    return {"stats": dict(conn.stats), "history": [(round(t, 6), s) for t, s in conn.history],
+            "cwnd": conn.cc.cwnd, "ssthresh": min(conn.cc.ssthresh, 1 << 30), "srtt": conn.rto.srtt,
+            "rto": conn.rto.rto, "mss": conn.mss, "snd_wscale": conn.snd_wscale, "rcv_wscale": conn.rcv_wscale,
+            "ts": conn.ts_ok, "cc_events": dict(conn.cc.events),
+            "trace": conn.trace}
+
+
+def serve(net, args, report, stop) -> None:
+    """A TCP server on the stack's epoll: accept, then feed each connection's handler."""
+    cls = SERVERS[args.app]
+    ep = Epoll(net, args.interest)
+    lsock = net.socket()
+    lsock.setblocking(False)
+    lsock.bind(("", args.port))
+    lsock.listen(args.backlog)
+    ep.register(lsock.fd, EPOLLIN)
+    handlers: dict[int, Handler] = {}
+    report({"event": "listening", "port": args.port, "app": args.app})
+    served = 0
+    while not stop():
+        for fd, ev in ep.wait(256, 0.1):
+            if fd == lsock.fd:
+                while True:
+                    try:
+                        sock, _peer = lsock.accept()
+                    except SocketError:
+                        break
+                    sock.setblocking(False)
+                    h = handlers[sock.fd] = cls(sock, report, args)
+                    ep.register(sock.fd, EPOLLIN | EPOLLRDHUP | (EPOLLOUT if h.want_write() else 0))
+                    if h.want_write():
+                        h.on_writable()
+                continue
+            h = handlers.get(fd)
+            if h is None:
+                continue
+            if ev & EPOLLIN:
+                while True:
+                    try:
+                        data = h.sock.recv(1 << 18)
+                    except SocketError as exc:
+                        if exc.errno != errno.EAGAIN:
+                            h.done = True
+                        break
+                    if not data:
+                        h.on_eof()
+                        break
+                    h.on_data(data)
+            if h.want_write():
+                h.on_writable()
+            if ev & EPOLLERR:
+                h.done = True
+            if h.done:
+                ep.unregister(fd)
+                h.sock.close()
+                del handlers[fd]
+                served += 1
+                if args.once and served >= args.once:
+                    return
+            else:
+                ep.modify(fd, EPOLLIN | EPOLLRDHUP | (EPOLLOUT if h.want_write() else 0))
+
+
+def udp_echo(net, args, report, stop) -> None:
+    sock = net.socket(type=SOCK_DGRAM)
+    sock.setblocking(False)
+    sock.bind(("", args.port))
+    ep = Epoll(net, args.interest)
+    ep.register(sock.fd, EPOLLIN)
+    report({"event": "listening", "port": args.port, "app": "udp-echo"})
+    while not stop():
+        for _fd, _ev in ep.wait(16, 0.1):
+            while True:
+                try:
+                    data, peer = sock.recvfrom()
+                except SocketError:
+                    break
+                sock.sendto(data, peer)
+
+
+def client(net, args, report, stop) -> None:
+    """--connect HOST:PORT with --app source (send --bytes) or sink (receive to EOF)."""
+    host, port = args.connect.rsplit(":", 1)
+    sock = net.socket()
+    if args.bind_port:
+        sock.bind(("", args.bind_port))
+    sock.settimeout(args.timeout)
+    if args.start_at:
+        time.sleep(max(0.0, args.start_at - time.time()))
+    started = time.monotonic()
+    err = sock.connect_ex((host, int(port)))
+    if err:
+        report({"event": "connect", "error": errno.errorcode.get(err, str(err)),
+                "conn": _conn_summary(sock.conn)})
+        return
+    report({"event": "connect", "error": None, "secs": round(time.monotonic() - started, 4),
+            "conn": _conn_summary(sock.conn) if args.app == "connect" else None})
+    if args.trace:
+        sock.conn.trace = []
+    h = hashlib.sha256()
+    total = 0
+    started = time.monotonic()
+    if args.app == "source":
+        left = args.bytes
+        while left > 0:
+            chunk = CHUNK[:left] if left < len(CHUNK) else CHUNK
+            n = sock.send(chunk)
+            h.update(chunk[:n])
+            left -= n
+            total += n
+        sock.shutdown(1)
+        while sock.recv(1 << 16):      # the peer's close
+            pass
+    elif args.app == "sink":
+        while True:
+            data = sock.recv(1 << 18)
+            if not data:
+                break
+            h.update(data)
+            total += len(data)
+    elif args.app == "connect":
+        net.wait(lambda: stop() or sock.conn.fin_received, args.timeout)
+    secs = time.monotonic() - started
+    report({"event": args.app, "bytes": total, "sha256": h.hexdigest(), "secs": round(secs, 4),
+            "mbps": round(total * 8 / secs / 1e6, 2) if secs > 0 else None, "conn": _conn_summary(sock.conn)})
+    sock.close()
+    net.wait(lambda: sock.conn.state in ("CLOSED", "TIME_WAIT"), 5)
+
+
+def ping(net, args, report, stop) -> None:
+    """ICMP echo from the stack (which ARPs for the peer first)."""
+    import ipaddress
+    dst = ipaddress.IPv4Address(args.ping).packed
+    stack = net.stack
+    ident = os.getpid() & 0xFFFF
+    payload = bytes(range(256)) * (args.size // 256 + 1)
+    sent = {}
+    for seq in range(args.count):
+        sent[seq] = time.monotonic()
+        stack.ping(dst, ident, seq, payload[:args.size])
+        net.loop.flush()
+        net.wait(lambda: any(r[3] == seq for r in stack.echo_replies) or stop(), args.interval)
+    net.wait(lambda: len(stack.echo_replies) >= args.count or stop(), 2)
+    rtts = [round((t - sent[s]) * 1000, 3) for t, _src, i, s, _n in stack.echo_replies if i == ident and s in sent]
+    report({"event": "ping", "sent": args.count, "received": len(rtts), "rtt_ms": rtts,
+            "peer_mac_learned": stack.arp.lookup(dst, time.monotonic()) is not None})

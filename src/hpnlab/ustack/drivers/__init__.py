@@ -1,0 +1,49 @@
+"""Drivers: how frames reach the stack. One small interface for all of them:
+
+    rx_burst(n) -> [(frame, csum_ok), ...]   up to n frames, never blocking
+    tx_burst(frames) -> int                 frames sent
+    fileno() -> int                         poll() it for readability
+    mac, mtu, name                          the stack's MAC and the link's MTU
+    close()
+
+`csum_ok` is True when the kernel says the transport checksum was never filled in
+(the frame came from this machine's own kernel, e.g. across a veth), so the stack
+must not check it.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol
+
+
+class Driver(Protocol):
+    name: str
+    mac: bytes
+    mtu: int
+
+    def rx_burst(self, n: int = 64) -> list[tuple[bytes, bool]]: ...
+    def tx_burst(self, frames: list[bytes]) -> int: ...
+    def fileno(self) -> int: ...
+    def close(self) -> None: ...
+
+
+def random_mac() -> bytes:
+    """A locally administered unicast MAC (02:xx:...)."""
+    b = bytearray(os.urandom(6))
+    b[0] = (b[0] & 0xFC) | 0x02
+    return bytes(b)
+
+
+def link_mtu(ifname: str) -> int:
+    return int(Path(f"/sys/class/net/{ifname}/mtu").read_text())
+
+
+def open_driver(kind: str, ifname: str, mac: bytes | None = None):
+    if kind == "afpacket":
+        from .afpacket import AfPacket
+        return AfPacket(ifname, mac)
+    if kind == "tap":
+        from .tap import Tap
+        return Tap(ifname, mac)
+    raise ValueError(f"driver {kind!r}: one of afpacket, tap")

@@ -1,0 +1,103 @@
+"""AF_PACKET on an existing NIC: the stack takes the NIC's frames with its own MAC and
+IP. The NIC goes promiscuous (a membership, released when the socket closes) so a real
+NIC's filter passes frames for the stack's MAC; the kernel marks those PACKET_OTHERHOST
+and drops them, so it never answers (no RST, no ICMP) for the stack's traffic.
+
+Receiving is a TPACKET_V3 ring (PACKET_MMAP): the kernel fills blocks of frames in
+shared memory, one poll() wakes for a block, no system call per frame. Each frame's
+tp_status says TP_STATUS_CSUMNOTREADY when its checksum was left to an offload that
+never ran (a veth from this machine's kernel). Sending is one send() per frame.
+"""
+from __future__ import annotations
+
+import mmap
+import socket
+import struct
+
+from . import link_mtu, random_mac
+
+ETH_P_ALL = 0x0003
+SOL_PACKET = 263
+PACKET_ADD_MEMBERSHIP, PACKET_MR_PROMISC = 1, 1
+PACKET_RX_RING, PACKET_VERSION, PACKET_IGNORE_OUTGOING = 5, 10, 23
+TPACKET_V3 = 2
+TP_STATUS_KERNEL, TP_STATUS_USER, TP_STATUS_CSUMNOTREADY = 0, 1, 1 << 3
+BLOCK_SIZE, BLOCK_NR, FRAME_SIZE = 1 << 18, 64, 1 << 11
+_BLOCK_HDR = struct.Struct("<III")          # block_status, num_pkts, offset_to_first_pkt (at +8)
+_PKT_HDR = struct.Struct("<IIIIIIHH")       # next_offset, sec, nsec, snaplen, len, status, mac, net
+
+
+class AfPacket:
+    def __init__(self, ifname: str, mac: bytes | None = None, block_timeout_ms: int = 1):
+        self.name = ifname
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        try:
+            self.sock.bind((ifname, ETH_P_ALL))
+            ifindex = socket.if_nametoindex(ifname)
+            self.sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP,
+                                 struct.pack("iHH8s", ifindex, PACKET_MR_PROMISC, 0, b""))
+            self.sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)   # not our own sends
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            self.sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
+            self.sock.setsockopt(SOL_PACKET, PACKET_RX_RING, struct.pack(
+                "IIIIIII", BLOCK_SIZE, BLOCK_NR, FRAME_SIZE, BLOCK_SIZE * BLOCK_NR // FRAME_SIZE,
+                block_timeout_ms, 0, 0))
+            self.ring = mmap.mmap(self.sock.fileno(), BLOCK_SIZE * BLOCK_NR, mmap.MAP_SHARED,
+                                  mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError:
+            self.sock.close()
+            raise
+        self.sock.setblocking(False)
+        self.block = 0
+        self.mac = mac or random_mac()
+        self.mtu = link_mtu(ifname)
+        self.counters = {"blocks": 0, "frames": 0, "csum_not_ready": 0}
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def rx_burst(self, n: int = 64) -> list[tuple[bytes, bool]]:
+        """Every frame of the blocks the kernel has handed over (a block at a time: `n`
+        is a floor, not a cap, since a block must be returned whole)."""
+        out = []
+        ring = self.ring
+        while len(out) < n:
+            base = self.block * BLOCK_SIZE
+            status, num, first = _BLOCK_HDR.unpack_from(ring, base + 8)
+            if not status & TP_STATUS_USER:
+                break
+            off = base + first
+            for _ in range(num):
+                nxt, _s, _ns, snaplen, _len, pstatus, mac_off, _net = _PKT_HDR.unpack_from(ring, off)
+                start = off + mac_off
+                csum_ok = bool(pstatus & TP_STATUS_CSUMNOTREADY)
+                out.append((ring[start:start + snaplen], csum_ok))
+                if csum_ok:
+                    self.counters["csum_not_ready"] += 1
+                off += nxt
+            struct.pack_into("<I", ring, base + 8, TP_STATUS_KERNEL)
+            self.block = (self.block + 1) % BLOCK_NR
+            self.counters["blocks"] += 1
+            self.counters["frames"] += num
+        return out
+
+    def tx_burst(self, frames: list[bytes]) -> int:
+        sent = 0
+        send = self.sock.send
+        for f in frames:
+            try:
+                send(f)
+            except BlockingIOError:
+                break
+            except OSError:
+                pass                    # ENOBUFS, ENETDOWN: dropped, as on a wire
+            sent += 1
+        return sent
+
+    def close(self) -> None:
+        if self.sock.fileno() >= 0:
+            try:
+                self.ring.close()
+            except (BufferError, ValueError):
+                pass
+            self.sock.close()

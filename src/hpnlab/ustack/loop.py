@@ -1,0 +1,72 @@
+"""The stack's own event loop: a driver, the sans-I/O core and the clock, joined.
+
+Its surface is small on purpose — `fileno()`, `next_deadline()`, `process(now)` — so
+another event loop (hpnlab.servers' shared one, later) can drive the stack as one of
+its backends: poll the driver's fd, call `process` when it is readable or a deadline
+passed. `run_once` is that loop on its own, with poll().
+"""
+from __future__ import annotations
+
+import select
+import time
+
+from .stack import Stack
+
+
+class Loop:
+    def __init__(self, driver, stack: Stack, clock=time.monotonic, burst: int = 256):
+        self.driver, self.stack, self.clock, self.burst = driver, stack, clock, burst
+        self._poll = select.poll()
+        self._poll.register(driver.fileno(), select.POLLIN)
+        self._backlog: list[bytes] = []
+        self.stats = {"rx": 0, "tx": 0, "wakeups": 0}
+
+    def fileno(self) -> int:
+        return self.driver.fileno()
+
+    def next_deadline(self) -> float | None:
+        return self.stack.next_deadline()
+
+    def process(self, now: float | None = None) -> int:
+        """Take what the driver has, run due timers, send what the stack made."""
+        now = self.clock() if now is None else now
+        frames = self.driver.rx_burst(self.burst)
+        receive = self.stack.receive
+        for frame, csum_ok in frames:
+            receive(frame, now, csum_ok)
+        self.stack.tick(now)
+        self.flush()
+        self.stats["rx"] += len(frames)
+        return len(frames)
+
+    def flush(self) -> None:
+        out = self._backlog + self.stack.take_tx() if self._backlog else self.stack.take_tx()
+        if out:
+            n = self.driver.tx_burst(out)
+            self.stats["tx"] += n
+            self._backlog = out[n:]
+
+    def run_once(self, timeout: float | None = None) -> int:
+        """Wait for frames or the next timer (at most `timeout` s), then process."""
+        self.flush()
+        deadline = self.stack.next_deadline()
+        now = self.clock()
+        wait = timeout
+        if deadline is not None:
+            wait = max(0.0, deadline - now) if wait is None else min(wait, max(0.0, deadline - now))
+        if self._backlog:
+            wait = 0.001 if wait is None else min(wait, 0.001)
+        ms = -1 if wait is None else int(wait * 1000 + 0.999)
+        if self._poll.poll(ms):
+            self.stats["wakeups"] += 1
+        return self.process()
+
+    def run_until(self, done, timeout: float | None = None) -> bool:
+        """Run until `done()` is true (True) or `timeout` s pass (False)."""
+        end = None if timeout is None else self.clock() + timeout
+        while not done():
+            left = None if end is None else end - self.clock()
+            if left is not None and left <= 0:
+                return done()
+            self.run_once(0.05 if left is None else min(left, 0.05))
+        return True

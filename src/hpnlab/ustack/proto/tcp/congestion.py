@@ -1,0 +1,65 @@
+"""Congestion control: slow start and congestion avoidance (RFC 5681, byte counting
+per RFC 3465 with L = 1 SMSS), fast retransmit and NewReno fast recovery (RFC 6582)."""
+from __future__ import annotations
+
+
+class NewReno:
+    def __init__(self, mss: int):
+        self.mss = mss
+        # RFC 5681 §3.1's initial window
+        self.cwnd = min(4 * mss, max(2 * mss, 4380))
+        self.ssthresh = 1 << 30
+        self.dupacks = 0
+        self.in_recovery = False
+        self.recover: int | None = None   # snd_max when recovery (or a timeout) began
+        self._acked = 0             # bytes acked toward the next congestion-avoidance step
+        self.events: dict[str, int] = {}
+
+    def _count(self, key):
+        self.events[key] = self.events.get(key, 0) + 1
+
+    def on_ack(self, acked: int, flight_after: int, full: bool) -> bool:
+        """New data acked. `full`: the ack covers `recover` (ends a recovery). Returns True
+        when the caller must retransmit the first unacked segment (a partial ack)."""
+        self.dupacks = 0
+        if self.in_recovery:
+            if full:
+                self.in_recovery = False
+                self.cwnd = max(min(self.ssthresh, flight_after + self.mss), self.mss)
+                self._count("recovery_exit")
+                return False
+            # partial ack: deflate by what was acked, add back one SMSS, retransmit the next hole
+            self.cwnd = max(self.cwnd - acked + (self.mss if acked >= self.mss else 0), self.mss)
+            self._count("partial_ack")
+            return True
+        if self.cwnd < self.ssthresh:
+            self.cwnd += min(acked, self.mss)
+        else:
+            self._acked += acked
+            if self._acked >= self.cwnd:
+                self._acked -= self.cwnd
+                self.cwnd += self.mss
+        return False
+
+    def on_dupack(self, flight: int, snd_max: int, una_after_recover: bool) -> bool:
+        """A duplicate ACK. Returns True on the third (fast retransmit now)."""
+        self.dupacks += 1
+        if self.in_recovery:
+            self.cwnd += self.mss               # each dupack: a segment has left the network
+            return False
+        if self.dupacks == 3 and una_after_recover:
+            self.ssthresh = max(flight // 2, 2 * self.mss)
+            self.cwnd = self.ssthresh + 3 * self.mss
+            self.recover = snd_max
+            self.in_recovery = True
+            self._count("fast_retransmit")
+            return True
+        return False
+
+    def on_timeout(self, flight: int, snd_max: int) -> None:
+        self.ssthresh = max(flight // 2, 2 * self.mss)
+        self.cwnd = self.mss                    # the loss window: one segment
+        self.in_recovery = False
+        self.dupacks = 0
+        self.recover = snd_max
+        self._count("timeout")

@@ -1,0 +1,108 @@
+"""The TCP segment (RFC 9293 §3.1) and its options: MSS, window scale, SACK-permitted
+(recognised, not used), timestamps (RFC 7323)."""
+from __future__ import annotations
+
+from ...checksum import ones_sum, pseudo_header, checksum
+from ...errors import ParseError
+
+HEADER = 20
+PROTO = 6
+FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 1, 2, 4, 8, 16, 32, 64, 128
+OPT_EOL, OPT_NOP, OPT_MSS, OPT_WS, OPT_SACK_OK, OPT_SACK, OPT_TS = 0, 1, 2, 3, 4, 5, 8
+_OPT_LEN = {OPT_MSS: 4, OPT_WS: 3, OPT_SACK_OK: 2, OPT_TS: 10}
+
+
+class Segment:
+    __slots__ = ("sport", "dport", "seq", "ack", "flags", "window", "payload",
+                 "mss", "wscale", "sack_ok", "tsval", "tsecr")
+
+    def __init__(self, sport, dport, seq, ack, flags, window, payload):
+        self.sport, self.dport, self.seq, self.ack = sport, dport, seq, ack
+        self.flags, self.window, self.payload = flags, window, payload
+        self.mss = self.wscale = self.tsval = self.tsecr = None
+        self.sack_ok = False
+
+    @property
+    def seg_len(self) -> int:
+        """Sequence space taken: data, plus one each for SYN and FIN."""
+        return len(self.payload) + (self.flags & SYN and 1) + (self.flags & FIN and 1)
+
+    def __repr__(self):
+        names = "".join(c for bit, c in ((SYN, "S"), (FIN, "F"), (RST, "R"), (PSH, "P"), (ACK, "."))
+                        if self.flags & bit)
+        return f"<{self.sport}>{self.dport} [{names}] seq={self.seq} ack={self.ack} win={self.window} len={len(self.payload)}>"
+
+
+def parse(data, src: bytes, dst: bytes, verify_checksum: bool = True) -> Segment:
+    view = memoryview(data)
+    n = len(view)
+    # integrity: header length and checksum
+    if n < HEADER:
+        raise ParseError("truncated", f"tcp: {n} bytes, the header needs {HEADER}")
+    doff = (view[12] >> 4) * 4
+    if doff < HEADER or doff > n:
+        raise ParseError("bad_data_offset", f"tcp: data offset {doff} (byte 12) with {n} bytes")
+    if verify_checksum and ones_sum(pseudo_header(src, dst, PROTO, n), view) != 0:
+        raise ParseError("bad_checksum", "tcp: checksum (bytes 16-17) does not match")
+    # sanity: ports, flag combinations no stack sends
+    flags = view[13]
+    sport, dport = int.from_bytes(view[0:2], "big"), int.from_bytes(view[2:4], "big")
+    if sport == 0 or dport == 0:
+        raise ParseError("bad_port", f"tcp: port 0 (bytes {'0-1' if sport == 0 else '2-3'})")
+    if flags & SYN and flags & (FIN | RST):
+        raise ParseError("bad_flags", f"tcp: flags {flags:#04x} (byte 13) combine SYN with FIN or RST")
+    seg = Segment(sport, dport, int.from_bytes(view[4:8], "big"), int.from_bytes(view[8:12], "big"),
+                  flags, int.from_bytes(view[14:16], "big"), view[doff:])
+    if doff > HEADER:
+        _options(seg, view[HEADER:doff])
+    return seg
+
+
+def _options(seg: Segment, opts: memoryview) -> None:
+    i, n = 0, len(opts)
+    while i < n:
+        kind = opts[i]
+        if kind == OPT_EOL:
+            return
+        if kind == OPT_NOP:
+            i += 1
+            continue
+        if i + 1 >= n or opts[i + 1] < 2 or i + opts[i + 1] > n:
+            raise ParseError("bad_option", f"tcp: option {kind} at byte {HEADER + i} has a bad length")
+        length = opts[i + 1]
+        want = _OPT_LEN.get(kind)
+        if want is not None and length != want:
+            raise ParseError("bad_option", f"tcp: option {kind} at byte {HEADER + i} has length {length}, "
+                                           f"not {want}")
+        if kind == OPT_MSS:
+            seg.mss = int.from_bytes(opts[i + 2:i + 4], "big")
+        elif kind == OPT_WS:
+            seg.wscale = min(opts[i + 2], 14)          # RFC 7323 §2.3: larger shifts count as 14
+        elif kind == OPT_SACK_OK:
+            seg.sack_ok = True
+        elif kind == OPT_TS:
+            seg.tsval = int.from_bytes(opts[i + 2:i + 6], "big")
+            seg.tsecr = int.from_bytes(opts[i + 6:i + 10], "big")
+        i += length
+
+
+def options(mss: int | None = None, wscale: int | None = None, ts: tuple[int, int] | None = None) -> bytes:
+    """Options, NOP-padded the way Linux lays them out (a 32-bit boundary each)."""
+    out = b""
+    if mss is not None:
+        out += bytes((OPT_MSS, 4)) + mss.to_bytes(2, "big")
+    if ts is not None:
+        out += bytes((OPT_NOP, OPT_NOP, OPT_TS, 10)) + ts[0].to_bytes(4, "big") + ts[1].to_bytes(4, "big")
+    if wscale is not None:
+        out += bytes((OPT_NOP, OPT_WS, 3, wscale))
+    return out
+
+
+def build(src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int, flags: int, window: int,
+          payload=b"", opts: bytes = b"") -> bytes:
+    doff = HEADER + len(opts)
+    head = (sport.to_bytes(2, "big") + dport.to_bytes(2, "big") + seq.to_bytes(4, "big")
+            + ack.to_bytes(4, "big") + bytes(((doff // 4) << 4, flags)) + window.to_bytes(2, "big"))
+    length = doff + len(payload)
+    c = checksum(pseudo_header(src, dst, PROTO, length), head, b"\0\0\0\0", opts, payload)
+    return b"".join((head, c.to_bytes(2, "big"), b"\0\0", opts, payload))

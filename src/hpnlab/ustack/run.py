@@ -1,0 +1,129 @@
+"""Run the stack with one app in this network namespace (what `hpnlab ustack serve`
+and the lab's agents run on a host): open the driver, bring the stack up, announce it
+(gratuitous ARP), run the app, and on exit (its end, --duration, SIGTERM or SIGINT)
+write the stack's counters and connection traces to --stats.
+
+Every event is a JSON line on stdout; the first is {"event": "ready", ...}.
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import signal
+import subprocess
+import sys
+import time
+
+from . import apps
+from .drivers import open_driver
+from .loop import Loop
+from .proto.ether import mac_bytes, mac_str
+from .sockets import Net
+from .stack import Stack
+
+APPS = ["echo", "discard", "sink", "source", "http", "udp-echo", "ping", "connect"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--driver", choices=["afpacket", "tap"], default="afpacket")
+    p.add_argument("--ifname", required=True, help="the NIC to take (afpacket) or the TAP device to make")
+    p.add_argument("--ip", required=True, metavar="ADDR/LEN", help="the stack's own address, e.g. 10.77.2.101/24")
+    p.add_argument("--mac", help="the stack's MAC (default: a random locally administered one)")
+    p.add_argument("--gateway", help="next hop for addresses off the subnet")
+    p.add_argument("--tap-kernel-ip", metavar="ADDR/LEN",
+                   help="tap: give the kernel's side of the device this address and bring it up")
+    p.add_argument("--app", choices=APPS, default="echo")
+    p.add_argument("--port", type=int, default=7, help="server port (default 7)")
+    p.add_argument("--backlog", type=int, default=128)
+    p.add_argument("--interest", choices=["rbtree", "dict"], default="rbtree", help="epoll's interest set")
+    p.add_argument("--once", type=int, default=0, metavar="N", help="server: exit after N connections")
+    p.add_argument("--connect", metavar="IP:PORT", help="client: connect here (apps source, sink, connect)")
+    p.add_argument("--bind-port", type=int, default=0, help="client: local port (simultaneous open)")
+    p.add_argument("--start-at", type=float, default=0.0, help="client: connect at this time.time()")
+    p.add_argument("--bytes", type=int, default=1 << 20, help="source: bytes to send")
+    p.add_argument("--ping", metavar="IP", help="ping: whom")
+    p.add_argument("--count", type=int, default=5)
+    p.add_argument("--size", type=int, default=56)
+    p.add_argument("--interval", type=float, default=0.2)
+    p.add_argument("--timeout", type=float, default=30.0, help="client: seconds a blocking call may take")
+    p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: never)")
+    p.add_argument("--trace", action="store_true", help="record cwnd/ssthresh/RTT/flight of bulk connections")
+    p.add_argument("--stats", metavar="FILE", help="write counters and connection traces here at exit")
+
+
+def _report(obj: dict) -> None:
+    print(json.dumps(obj, default=str), flush=True)
+
+
+def open_net(args) -> tuple[Net, object]:
+    try:
+        iface = ipaddress.IPv4Interface(args.ip)
+    except ValueError:
+        raise SystemExit(f"--ip {args.ip!r}: an address with a prefix length, e.g. 10.77.2.101/24")
+    mac = mac_bytes(args.mac) if args.mac else None
+    driver = open_driver(args.driver, args.ifname, mac)
+    if args.driver == "tap" and args.tap_kernel_ip:
+        subprocess.run(["ip", "addr", "add", args.tap_kernel_ip, "dev", args.ifname], check=True)
+        subprocess.run(["ip", "link", "set", args.ifname, "up"], check=True)
+    stack = Stack(driver.mac, str(iface.ip), iface.network.prefixlen, driver.mtu, args.gateway)
+    return Net(Loop(driver, stack)), driver
+
+
+def stats(net: Net, driver, conns=()) -> dict:
+    stack = net.stack
+    return {"counters": dict(sorted(stack.all_counters().items())), "timers_fired": dict(stack.timers.fired),
+            "loop": net.loop.stats, "driver": getattr(driver, "counters", {}),
+            "tcp_states": stack.tcp.tick_stats(), "last_error": stack.last_error}
+
+
+def main(args) -> int:
+    stopping = {"flag": False}
+
+    def on_signal(_sig, _frame):
+        stopping["flag"] = True
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    net, driver = open_net(args)
+    deadline = time.monotonic() + args.duration if args.duration else None
+
+    def stop() -> bool:
+        return stopping["flag"] or (deadline is not None and time.monotonic() > deadline)
+    rc = 0
+    try:
+        net.stack.gratuitous_arp()
+        net.loop.flush()
+        _report({"event": "ready", "mac": mac_str(driver.mac), "ip": args.ip, "driver": args.driver,
+                 "ifname": args.ifname, "mtu": driver.mtu})
+        if args.app == "udp-echo":
+            apps.udp_echo(net, args, _report, stop)
+        elif args.app == "ping":
+            if not args.ping:
+                raise SystemExit("--app ping needs --ping IP")
+            apps.ping(net, args, _report, stop)
+        elif args.connect:
+            apps.client(net, args, _report, stop)
+        elif args.app == "connect":
+            raise SystemExit("--app connect needs --connect IP:PORT")
+        else:
+            apps.serve(net, args, _report, stop)
+        # keep answering (ACKs, ARP, ping) until told to stop when a server was asked to linger
+        if args.duration and not stop():
+            net.wait(stop, None)
+    except OSError as exc:
+        _report({"event": "error", "error": str(exc)})
+        rc = 1
+    finally:
+        data = stats(net, driver)
+        if args.stats:
+            with open(args.stats, "w") as f:
+                json.dump(data, f, default=str)
+        _report({"event": "stats", **{k: data[k] for k in ("counters", "tcp_states", "last_error")}})
+        driver.close()
+    return rc
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m hpnlab.ustack.run", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    sys.exit(main(parser.parse_args()))

@@ -1,0 +1,240 @@
+"""The protocol core, sans-I/O: `receive(frame, now)` takes a frame, `tick(now)` runs the
+timers, `take_tx()` hands over the frames to send. No sockets, no clock, no driver here.
+
+Every frame's path is counted (`counters`): `ether.rx`, `ipv4.drop.bad_checksum`,
+`tcp.rst_sent`, ... — the parsers raise ParseError with a reason, the stack counts
+`<layer>.drop.<reason>`. Nothing a frame carries can raise out of `receive`: an
+unexpected exception is counted as `stack.internal_error` and kept in `last_error`.
+"""
+from __future__ import annotations
+
+import ipaddress
+import traceback
+
+from .errors import ParseError
+from .proto import arp, ether, icmp, ipv4, tcp, udp
+from .timers import TimerHeap
+
+MULTICAST_BIT = 1
+
+
+class Stack:
+    def __init__(self, mac: bytes, ip: str, prefix_len: int = 24, mtu: int = 1500, gateway: str | None = None,
+                 arp_lifetime: float = 60.0):
+        self.mac = mac
+        self.ip = ipaddress.IPv4Address(ip).packed
+        self.network = ipaddress.IPv4Network(f"{ip}/{prefix_len}", strict=False)
+        self.broadcast = self.network.broadcast_address.packed
+        self.gateway = ipaddress.IPv4Address(gateway).packed if gateway else None
+        self.mtu = mtu
+        self.now = 0.0
+        self.timers = TimerHeap()
+        self.counters: dict[str, int] = {}
+        self.tx: list[bytes] = []
+        self.last_error: str | None = None
+        self._ip_id = 0
+        self.arp = arp.Cache(self.timers, self._arp_request, self._emit_ipv4, lifetime=arp_lifetime)
+        self.reasm = ipv4.Reassembler(self.timers)
+        self.tcp = tcp.TcpLayer(self, self.timers, self._tcp_out, mss=mtu - 40)
+        self.udp_ports: dict[int, object] = {}        # port -> callback(src_ip, sport, payload)
+        self.echo_replies: list[tuple[float, bytes, int, int, int]] = []   # (t, src, id, seq, len)
+        self._arp_sweep = self.timers.add(arp_lifetime, self._sweep_arp, "arp_expire")
+
+    # -- bookkeeping ----------------------------------------------------------------------
+
+    def count(self, key: str, n: int = 1) -> None:
+        self.counters[key] = self.counters.get(key, 0) + n
+
+    def all_counters(self) -> dict[str, int]:
+        out = dict(self.counters)
+        for part in (self.arp.counters, self.reasm.counters):
+            for k, v in part.items():
+                out[k] = out.get(k, 0) + v
+        return out
+
+    def take_tx(self) -> list[bytes]:
+        out, self.tx = self.tx, []
+        return out
+
+    def next_deadline(self) -> float | None:
+        return self.timers.next_deadline()
+
+    def tick(self, now: float) -> None:
+        self.now = now
+        try:
+            self.timers.run(now)
+        except Exception:           # noqa: BLE001 — a timer must not stop the loop either
+            self._internal_error()
+
+    def _internal_error(self) -> None:
+        self.count("stack.internal_error")
+        self.last_error = traceback.format_exc()
+
+    # -- receive --------------------------------------------------------------------------
+
+    def receive(self, frame, now: float, csum_ok: bool = False) -> None:
+        """One frame from the wire. `csum_ok`: the driver says the transport checksum was
+        never computed because the frame came from this machine's kernel (AF_PACKET's
+        TP_STATUS_CSUMNOTREADY on a veth), so there is nothing to verify."""
+        self.now = now
+        try:
+            self._receive(frame, now, csum_ok)
+        except ParseError as exc:
+            self.count(exc.layer_reason)
+        except Exception:           # noqa: BLE001
+            self._internal_error()
+
+    def _receive(self, frame, now: float, csum_ok: bool) -> None:
+        try:
+            eth = ether.parse(frame)
+        except ParseError as exc:
+            exc.layer_reason = f"ether.drop.{exc.reason}"
+            raise
+        if eth.dst != self.mac and eth.dst != ether.BROADCAST:
+            self.count("ether.drop.not_for_us")
+            return
+        self.count("ether.rx")
+        if eth.ethertype == ether.TYPE_ARP:
+            self._arp_input(eth, now)
+        elif eth.ethertype == ether.TYPE_IPV4:
+            self._ipv4_input(eth.payload, now, csum_ok)
+        else:
+            self.count("ether.drop.unknown_type")
+
+    def _parse(self, layer: str, fn, *args):
+        try:
+            return fn(*args)
+        except ParseError as exc:
+            exc.layer_reason = f"{layer}.drop.{exc.reason}"
+            raise
+
+    def _arp_input(self, eth, now: float) -> None:
+        pkt = self._parse("arp", arp.parse, eth.payload)
+        if pkt.spa == self.ip and pkt.sha != self.mac:
+            self.count("arp.conflict")
+            return
+        for_us = pkt.tpa == self.ip
+        if pkt.spa != b"\0\0\0\0" and (for_us or pkt.spa in self.arp.entries):
+            self.arp.learn(pkt.spa, pkt.sha, now)          # RFC 826's merge: update, or add if for us
+        if pkt.op == arp.REQUEST and for_us:
+            self.count("arp.reply_sent")
+            self.tx.append(ether.build(pkt.sha, self.mac, ether.TYPE_ARP,
+                                       arp.build(arp.REPLY, self.mac, self.ip, pkt.sha, pkt.spa)))
+        elif pkt.op == arp.REPLY and for_us:
+            self.count("arp.reply_received")
+        else:
+            self.count("arp.not_for_us" if not for_us else "arp.other")
+
+    def _ipv4_input(self, data, now: float, csum_ok: bool) -> None:
+        pkt = self._parse("ipv4", ipv4.parse, data)
+        if pkt.dst != self.ip and pkt.dst != self.broadcast and pkt.dst != b"\xff\xff\xff\xff":
+            self.count("ipv4.drop.not_for_us")
+            return
+        if pkt.has_options:
+            self.count("ipv4.options_skipped")
+        self.count("ipv4.rx")
+        payload = pkt.payload
+        if pkt.fragment:
+            self.count("ipv4.fragment")
+            csum_ok = False
+            payload = self.reasm.add(pkt, now)
+            if payload is None:
+                return
+        if pkt.proto == ipv4.TCP:
+            if pkt.dst != self.ip:
+                self.count("tcp.drop.broadcast")
+                return
+            seg = self._parse("tcp", tcp.parse, payload, pkt.src, pkt.dst, not csum_ok)
+            self.count("tcp.rx")
+            self.tcp.input(seg, pkt.src, pkt.dst, now)
+        elif pkt.proto == ipv4.UDP:
+            self._udp_input(pkt, payload, data, csum_ok)
+        elif pkt.proto == ipv4.ICMP:
+            self._icmp_input(pkt, payload, now)
+        else:
+            self.count("ipv4.drop.unknown_protocol")
+
+    def _udp_input(self, pkt, payload, raw_ip, csum_ok: bool) -> None:
+        dgram = self._parse("udp", udp.parse, payload, pkt.src, pkt.dst, not csum_ok)
+        handler = self.udp_ports.get(dgram.dport)
+        if handler is None:
+            self.count("udp.port_unreachable")
+            if pkt.dst == self.ip and not pkt.fragment:
+                self.send_ip(pkt.src, ipv4.ICMP, icmp.unreachable(icmp.PORT_UNREACH, raw_ip))
+            return
+        self.count("udp.rx")
+        handler(pkt.src, dgram.sport, bytes(dgram.payload))
+
+    def _icmp_input(self, pkt, payload, now: float) -> None:
+        msg = self._parse("icmp", icmp.parse, payload)
+        if msg.type == icmp.ECHO_REQUEST:
+            if pkt.dst != self.ip:
+                self.count("icmp.drop.broadcast_echo")
+                return
+            self.count("icmp.echo_request")
+            self.send_ip(pkt.src, ipv4.ICMP, icmp.echo_reply(msg))
+        elif msg.type == icmp.ECHO_REPLY:
+            self.count("icmp.echo_reply")
+            ident, seq = int.from_bytes(msg.rest[:2], "big"), int.from_bytes(msg.rest[2:], "big")
+            if len(self.echo_replies) < 100000:
+                self.echo_replies.append((now, pkt.src, ident, seq, len(msg.body)))
+        elif msg.type == icmp.DEST_UNREACH:
+            self.count(f"icmp.unreachable.{msg.code}")
+        else:
+            self.count("icmp.other")
+
+    # -- send -----------------------------------------------------------------------------
+
+    def _next_id(self) -> int:
+        self._ip_id = (self._ip_id + 1) & 0xFFFF
+        return self._ip_id
+
+    def _arp_request(self, ip: bytes) -> None:
+        self.tx.append(ether.build(ether.BROADCAST, self.mac, ether.TYPE_ARP,
+                                   arp.build(arp.REQUEST, self.mac, self.ip, b"\0" * 6, ip)))
+
+    def gratuitous_arp(self) -> None:
+        """Announce our address (a request for our own IP, RFC 5227 §3)."""
+        self.count("arp.gratuitous")
+        self.tx.append(ether.build(ether.BROADCAST, self.mac, ether.TYPE_ARP,
+                                   arp.build(arp.REQUEST, self.mac, self.ip, b"\0" * 6, self.ip)))
+
+    def _emit_ipv4(self, mac: bytes, packet: bytes) -> None:
+        self.tx.append(ether.build(mac, self.mac, ether.TYPE_IPV4, packet))
+
+    def _next_hop(self, dst: bytes) -> bytes | None:
+        if ipaddress.IPv4Address(dst) in self.network:
+            return dst
+        return self.gateway
+
+    def send_ip(self, dst: bytes, proto: int, payload, df: bool = True) -> bool:
+        hop = self._next_hop(dst)
+        if hop is None:
+            self.count("ipv4.drop.no_route")
+            return False
+        if dst == self.broadcast:
+            self._emit_ipv4(ether.BROADCAST, ipv4.build(self.ip, dst, proto, payload, self._next_id(), df=False))
+            return True
+        if ipv4.HEADER + len(payload) <= self.mtu:
+            packets = [ipv4.build(self.ip, dst, proto, payload, self._next_id(), df=df)]
+        else:
+            self.count("ipv4.fragmented_tx")
+            packets = ipv4.fragment(self.ip, dst, proto, payload, self._next_id(), self.mtu)
+        for p in packets:
+            self.arp.resolve(hop, p, self.now)
+        self.count("ipv4.tx", len(packets))
+        return True
+
+    def _tcp_out(self, dst: bytes, segment: bytes) -> None:
+        self.send_ip(dst, ipv4.TCP, segment)
+
+    def send_udp(self, dst: bytes, sport: int, dport: int, payload) -> bool:
+        return self.send_ip(dst, ipv4.UDP, udp.build(self.ip, dst, sport, dport, payload), df=False)
+
+    def ping(self, dst: bytes, ident: int, seq: int, payload: bytes = b"") -> bool:
+        msg = icmp.build(icmp.ECHO_REQUEST, 0, ident.to_bytes(2, "big") + seq.to_bytes(2, "big"), payload)
+        return self.send_ip(dst, ipv4.ICMP, msg, df=False)
+
+    def _sweep_arp(self, now: float) -> None:
+        self.arp.expire(now)
+        self._arp_sweep = self.timers.add(now + self.arp.lifetime, self._sweep_arp, "arp_expire")
