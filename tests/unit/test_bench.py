@@ -119,3 +119,35 @@ def test_goals_are_computed_from_the_cells():
     assert g["coro ≤ 1 KiB/conn @10000 conns, 64 B"]["pass"] is True
     assert g["uring ≥ epoll-lt req/s @1000 conns, 64 B"]["pass"] is True
     assert g["uring ≤ 8 KiB/conn @1000 conns, 64 B"]["pass"] is False
+
+
+def _full(engine, rps, cpu, util=1.0, ctxsw=0.0, workers=None, client=0.5):
+    return {"engine": engine, "workers": workers, "conns": 100, "size": 64, "status": "ok", "rps": rps,
+            "cpu_us_per_req": cpu, "server_util": util, "client_util": client, "ctxsw_per_req": ctxsw,
+            "kib_per_conn": 1.0, "rss_idle_kib": 10000, "p99_us": 100.0}
+
+
+def test_the_reading_follows_the_numbers():
+    """The multi-threaded epoll verdicts flip with what was measured (no fixed conclusion)."""
+    lt = _full("epoll-lt", 10000, 90, util=0.9)
+    flat = writeup.reading([lt, _full("epoll-threads", 9000, 110, ctxsw=0.8, workers=2),
+                            _full("epoll-procs", 9500, 95, util=0.9, workers=2)], {"mode": "loopback"})
+    assert "Threads did not buy throughput here (epoll-threads×2: 0.90×)" in flat
+    assert "+0.80 context switches per request" in flat
+    assert "Processes did not scale here" in flat and "the server had one core" in flat
+    assert "**the server has one core**" in flat
+    scaled = writeup.reading([lt, _full("epoll-threads", 12000, 95, workers=2),
+                              _full("epoll-procs", 19000, 95, util=1.9, workers=2)],
+                             {"mode": "lab", "server_cpus": 2, "server_host": "h1"})
+    assert "Threads bought 1.20× here" in scaled and "Processes scaled: epoll-procs 1.90× on 1.90 cores" in scaled
+    assert "has 2 CPU(s)" in scaled and "one core" not in scaled
+    assert "Fastest first: epoll-procs×2 19,000 req/s" in scaled
+
+
+def test_a_scaling_curve_over_workers_is_drawn(tmp_path):
+    cells = [_full("epoll-procs", 1000 * w, 90, util=w, workers=w) for w in (1, 2, 4)]
+    text = writeup.reading(cells, {"mode": "lab", "server_cpus": 4})
+    assert "- epoll-procs: 1 → 1,000 req/s (1.00×, 1.00 cores), 2 → 2,000 req/s (2.00×" in text
+    assert writeup.scaling_plot(cells, tmp_path) == ["scaling.png"]
+    assert (tmp_path / "scaling.png").stat().st_size > 0
+    assert "Not measured in this run" in writeup.reading(cells[:1], {"mode": "lab"})

@@ -441,6 +441,7 @@ def benchmark(cfg: Config, mode: str, provider=None, argv: list[str] | None = No
     env["versions"] = server.get("versions", {})
     env["server_python"] = server.get("python")
     env["server_cpus"] = server.get("cpus")
+    env["server_host"] = srv.host.name if srv.host else "this machine"
     env["syscall_tool"] = srv.syscall_tool
     env["nofile_limit"] = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     data = {"config": cfg.__dict__, "mode": mode, "cells": cells, "environment": env,
@@ -468,7 +469,7 @@ def render(out, data: dict) -> None:
     cfg, cells, env = data["config"], data["cells"], data["environment"]
     writeup.derive(cells)
     data["goals"] = goal_rows = writeup.goals(cells)
-    pngs = writeup.plots(cells, out)
+    pngs = writeup.plots(cells, out) + writeup.scaling_plot(cells, out)
     writeup.write_csv(cells, out / "data.csv")
     sizes = sorted({c["size"] for c in cells})
     text = ["# I/O models: threads, select/poll, epoll LT/ET, coroutines, io_uring", "",
@@ -495,7 +496,7 @@ def render(out, data: dict) -> None:
                  "one core each used.", "",
                  writeup.results_table(cells, size), ""]
     text += [f"![{p}]({p})" for p in pngs] + [""]
-    text += [writeup.reading(cells), writeup.load_md(cells), writeup.skipped_md(cells), "",
+    text += [writeup.reading(cells, env | {'mode': data['mode']}), writeup.load_md(cells), writeup.skipped_md(cells), "",
              environment_md(env) + software_md(env), "",
              rerun_md(data.get("argv") or shlex.split(data.get("command", "hpnlab bench")),
                       make_target=data.get("make_target"))]

@@ -172,7 +172,159 @@ def _fmt(c: dict | None, key: str = "rps", unit: str = " req/s") -> str:
     return f"{v:,.0f}{unit}" if abs(v) >= 100 else f"{v:.2f}{unit}"
 
 
-def reading(cells: list[dict]) -> str:
+def _ranking(cells: list[dict], conns: int, size: int) -> list[str]:
+    """Every engine at one (connections, size), fastest first, with what it cost."""
+    here = sorted((c for c in ok(cells) if c["conns"] == conns and c["size"] == size),
+                  key=lambda c: -c["rps"])
+    if len(here) < 2:
+        return []
+    fast, slow = here[0], here[-1]
+    cheap = min(here, key=lambda c: c["cpu_us_per_req"])
+    ours = [c for c in here if c["engine"] not in REFERENCES]
+    refs = [c for c in here if c["engine"] in REFERENCES]
+    out = [f"### All engines at {conns} connections", "",
+           "Fastest first: " + "; ".join(f"{name(c)} {_fmt(c)} ({_fmt(c, 'cpu_us_per_req', ' µs')} CPU/req, "
+                                         f"{_fmt(c, 'ctxsw_per_req', '')} ctxsw/req)" for c in here) + ".", "",
+           f"{name(fast)} served {fast['rps'] / slow['rps']:.1f}× the requests of {name(slow)}; the cheapest per "
+           f"request was {name(cheap)} at {_fmt(cheap, 'cpu_us_per_req', ' µs')} of server CPU."]
+    if ours and refs:
+        best, ref = ours[0], refs[0]
+        verdict = "ahead of" if best["rps"] >= ref["rps"] else "behind"
+        out[-1] += (f" The best hpnlab engine, {name(best)}, was {verdict} the best reference peer "
+                    f"{name(ref)} ({best['rps'] / ref['rps']:.2f}×).")
+    return out + [""]
+
+
+def _cores(cells: list[dict], env: dict) -> list[str]:
+    """How many cores the server had: what the parallel engines could possibly gain."""
+    cpus, machine = env.get("server_cpus"), (env.get("machine") or {}).get("cpus")
+    par = [c for c in ok(cells) if c.get("workers")]
+    most = max(par, key=lambda c: c.get("server_util") or 0) if par else None
+    used = (f" The most any server used was {most['server_util']:.2f} cores ({name(most)} at "
+            f"{most['conns']} connections)." if most else "")
+    if env.get("mode") == "loopback":
+        text = (f"This machine has {machine} cores and loopback mode pins the server to CPU0 and the load "
+                "generator to CPU1" if (machine or 0) >= 2 else
+                f"This machine has {machine} core(s): server and load generator share it")
+        text += (", so **the server has one core**: threads or processes of a parallel engine can only take "
+                 "turns on it, and what their numbers show is the cost of parallelism, not its gain (the "
+                 "kernel's loopback softirq work also lands on those two cores)." + used)
+    else:
+        text = (f"The server host ({env.get('server_host', 'h1')}) has {cpus} CPU(s)"
+                + (", so a parallel engine has one core to take turns on." if cpus == 1 else
+                   f"; parallel engines ran with up to {max((c['workers'] for c in par), default=cpus)} "
+                   "threads/processes.") + used)
+    return ["### Cores available to the server", "", text, ""]
+
+
+def one_core(env: dict) -> bool:
+    """Did the server have a single core (loopback pins it to CPU0; a 1-vCPU server host)?"""
+    return env.get("mode") == "loopback" or env.get("server_cpus") == 1
+
+
+def _multi(cells: list[dict], conns: int, size: int, env: dict) -> list[str]:
+    """The multi-threaded epoll variants against single-threaded epoll, from CPU and switches."""
+    lt = find(cells, "epoll-lt", conns, size)
+    rows = [c for c in (find(cells, e, conns, size) for e in MULTI) if c]
+    if not rows or not lt:
+        return []
+
+    def vs(c: dict) -> str:
+        return (f"{name(c)} {_fmt(c)} = {c['rps'] / lt['rps']:.2f}× epoll-lt, on {c['server_util']:.2f} cores, "
+                f"{_fmt(c, 'cpu_us_per_req', ' µs')} CPU/request ({c['cpu_us_per_req'] / lt['cpu_us_per_req'] - 1:+.0%}), "
+                f"{_fmt(c, 'ctxsw_per_req', '')} context switches/request")
+    out = ["### Multi-threaded epoll: threads vs processes in CPython (多线程 epoll, 多个 EPOLL)", "",
+           f"At {conns} connections, epoll-lt (one thread) {_fmt(lt)} on {lt['server_util']:.2f} cores, "
+           f"{_fmt(lt, 'cpu_us_per_req', ' µs')} CPU/request, {_fmt(lt, 'ctxsw_per_req', '')} context "
+           "switches/request; " + "; ".join(vs(c) for c in rows) + ".", ""]
+    threads = [c for c in rows if c["engine"] != "epoll-procs"]
+    if threads:
+        t = max(threads, key=lambda c: c["rps"])
+        gain, cost = t["rps"] / lt["rps"], t["cpu_us_per_req"] / lt["cpu_us_per_req"]
+        switches = (t["ctxsw_per_req"] or 0) - (lt["ctxsw_per_req"] or 0)
+        if gain < 1.1:
+            why = (f"That hand-off is what the numbers show: {cost - 1:+.0%} CPU per request and {switches:+.2f} "
+                   "context switches per request against one thread doing all the work." if switches >= 0.05 else
+                   f"Here it cost {cost - 1:+.0%} CPU per request and context switches barely changed "
+                   f"({switches:+.2f}/request): the threads mostly ran in turn rather than fighting for the GIL.")
+            out += [f"Threads did not buy throughput here ({name(t)}: {gain:.2f}×). Each request runs Python "
+                       "bytecode, and only the thread holding the GIL can; a thread woken by epoll first waits "
+                       "for the GIL, then the holder drops it at a blocking syscall or after the 5 ms switch "
+                       "interval. " + why, ""]
+        else:
+            out += [f"Threads bought {gain:.2f}× here ({name(t)}), at {cost - 1:+.0%} CPU per request: "
+                       "recv, send and epoll_wait release the GIL, so while one thread is in the kernel another "
+                       "runs Python; the gain is bounded by the share of time spent in syscalls, not by the "
+                       "number of cores.", ""]
+    procs = find(cells, "epoll-procs", conns, size)
+    if procs:
+        gain = procs["rps"] / lt["rps"]
+        if gain >= 1.1 and procs["server_util"] > 1.2:
+            out += [f"Processes scaled: epoll-procs {gain:.2f}× on {procs['server_util']:.2f} cores — each "
+                       "process has its own interpreter and GIL, SO_REUSEPORT spreads the connections, nothing "
+                       "is shared or locked. The price is memory: "
+                       f"{_fmt(procs, 'rss_idle_kib', ' KiB')} idle RSS for all processes vs "
+                       f"{_fmt(lt, 'rss_idle_kib', ' KiB')} for one.", ""]
+        else:
+            why = ("the server had one core, so they could only take turns on it" if one_core(env) else
+                   f"the load generator set the pace (it used {procs['client_util']:.0%} of its core)"
+                   if procs["client_util"] > 0.9 else
+                   f"they used {procs['server_util']:.2f} cores and the client {procs['client_util']:.0%} of "
+                   "one, so neither was saturated: the wire or the hypervisor set the pace")
+            out += [f"Processes did not scale here (epoll-procs {gain:.2f}× on {procs['server_util']:.2f} cores): "
+                       f"each process has its own GIL and could run in parallel with free cores, but {why}.", ""]
+    out.append("GIL waits are not counted directly; a thread that finds the GIL taken sleeps on a condition "
+               "variable, which the kernel counts as a voluntary context switch, so switches per request stand "
+               "in for them.")
+    return out + [""]
+
+
+def _scaling(cells: list[dict], conns: int, size: int) -> list[str]:
+    """req/s over --workers for each parallel engine (when the run had several values)."""
+    curves = {}
+    for c in ok(cells):
+        if c.get("workers") and c["conns"] == conns and c["size"] == size:
+            curves.setdefault(c["engine"], {})[c["workers"]] = c
+    curves = {e: v for e, v in curves.items() if len(v) > 1}
+    if not curves:
+        return ["### Scaling over --workers", "",
+                "Not measured in this run (one --workers value). Run `hpnlab bench --workers 1,2,4 ...` on a "
+                "lab whose server host has several CPUs (lab.yml: `cpus:` of h1) to draw the curve.", ""]
+    out = ["### Scaling over --workers", "", f"req/s at {conns} connections, {size} B (scaling.png):", ""]
+    for engine, by_w in curves.items():
+        ws = sorted(by_w)
+        base = by_w[ws[0]]["rps"]
+        out.append(f"- {engine}: " + ", ".join(f"{w} → {_fmt(by_w[w])} ({by_w[w]['rps'] / base:.2f}×, "
+                                                f"{by_w[w]['server_util']:.2f} cores)" for w in ws))
+    return out + [""]
+
+
+def scaling_plot(cells: list[dict], out: Path) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    pts: dict[tuple, list] = {}
+    for c in ok(cells):
+        if c.get("workers"):
+            pts.setdefault((c["engine"], c["conns"], c["size"]), []).append((c["workers"], c["rps"]))
+    pts = {k: sorted(v) for k, v in pts.items() if len(v) > 1}
+    if not pts:
+        return []
+    fig, ax = plt.subplots(figsize=(6.5, 4.6))
+    for (engine, conns, size), xy in sorted(pts.items()):
+        ax.plot([x for x, _ in xy], [y for _, y in xy], marker="o", label=f"{engine} {conns} conns {size} B")
+    ax.set_xlabel("--workers (threads or processes)")
+    ax.set_ylabel("requests/s")
+    ax.set_title("Parallel engines: scaling over workers")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "scaling.png", dpi=110)
+    plt.close(fig)
+    return ["scaling.png"]
+
+
+def reading(cells: list[dict], env: dict | None = None) -> str:
     good = ok(cells)
     if not good:
         return "## Reading\n\nNo cell produced numbers; see the skipped/failed list.\n"
@@ -183,6 +335,7 @@ def reading(cells: list[dict]) -> str:
     out = ["## Reading", "",
            f"Numbers quoted below are for {size} B messages, from this run. Where req/s and CPU µs/request "
            "disagree, trust the CPU cost: req/s also reflects how much CPU other load left the server.", ""]
+    out += _ranking(cells, lo_c, size) + _cores(cells, env or {})
     lt = find(cells, "epoll-lt", lo_c, size)
 
     th_lo, th_hi = find(cells, "threads", lo_c, size), find(cells, "threads", hi_c, size)
@@ -193,7 +346,9 @@ def reading(cells: list[dict]) -> str:
     mid = (f"at {mid_c}: {_fmt(th_mid)} (p99 {_fmt(th_mid, 'p99_us', ' µs')}, epoll-lt {_fmt(lt_mid)}); "
            if th_mid else "")
     collapsed = th_hi.get("note") if th_hi else None
-    out += ["### Why one-thread-per-connection collapses (一请求一线程)", "",
+    fell = bool(collapsed) or bool(th_hi and lt_hi and th_hi["rps"] < 0.5 * lt_hi["rps"])
+    out += [] if not (th_lo or th_hi) else [("### Why one-thread-per-connection collapses (一请求一线程)" if fell else
+             f"### One thread per connection (一请求一线程): it held up to {hi_c} connections in this run"), "",
             f"threads: {_fmt(th_lo)} at {lo_c} connections (epoll-lt {_fmt(lt)}); {mid}"
             f"{_fmt(th_hi)} at {hi_c} (p99 {_fmt(th_hi, 'p99_us', ' µs')}"
             + (f"; {collapsed}" if collapsed else "") + f"); epoll-lt at {hi_c}: {_fmt(lt_hi)}. "
@@ -206,6 +361,7 @@ def reading(cells: list[dict]) -> str:
             "accepts late (accept starvation), new connections sit in the SYN/accept queue, and the "
             "tail latency explodes long before the CPU is full. Each thread also keeps a kernel task and "
             f"a stack: {_fmt(th_hi, 'kib_per_conn', ' KiB/conn')} at {hi_c} connections.", ""]
+    out += _multi(cells, lo_c, size, env or {}) + _scaling(cells, lo_c, size)
 
     et = find(cells, "epoll-et", lo_c, size)
     faster = "slower" if lt and et and et["rps"] < lt["rps"] else "not slower"
