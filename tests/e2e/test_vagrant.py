@@ -214,6 +214,44 @@ def test_provisioned_idempotent_verified_and_dpdk_sends_across(vm_lab, tmp_path)
     assert sent > 0 and received > 0, (tx.stdout[-1500:], out[-1500:])
 
 
+def test_bench_quick_runs_every_engine_across_the_guests(vm_lab, tmp_path):
+    """`make lab-bench BENCH_ARGS=--quick` on the VMs: every registered engine serves on h1 with
+    the guest's own python3 (its libraries and the liburing binding from the box and the labcode
+    role), the load generator runs on h2 over the data LAN, every cell completes, exit 0. With
+    uvloop hidden on h1 the bench still measures what it can, exits 1 and names uvloop and its fix."""
+    from hpnlab.servers import ENGINES
+    t0 = time.monotonic()
+    r = subprocess.run([*vm_lab["make"], "lab-bench", f"BENCH_ARGS=--quick --results {tmp_path / 'ok'}"],
+                       env=vm_lab["env"], capture_output=True, text=True, timeout=1500)
+    took = time.monotonic() - t0
+    assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
+    data = json.loads(next((tmp_path / "ok" / "bench").glob("*/data.json")).read_text())
+    cells = data["cells"]
+    print(f"\n[vm] make lab-bench BENCH_ARGS=--quick: {took:.0f} s, {len(cells)} cells; req/s @100 conns: "
+          + ", ".join(f"{c['engine']}{'×' + str(c['workers']) if c.get('workers') else ''}={c.get('rps')}"
+                      for c in cells if c["conns"] == 100))
+    assert data["mode"] == "lab" and "lab host h1" in data["server_side"] and "lab host h2" in data["client_side"]
+    assert data["environment"]["server_python"] == "/usr/bin/python3"
+    assert {c["engine"] for c in cells} == set(ENGINES)
+    for c in cells:
+        assert c["status"] == "ok" and c["rps"] > 0 and c["connected"] == c["conns"], c
+
+    h1 = vm_lab["provider"].host("h1")
+    where = h1.run(["python3", "-c", "import os, uvloop; print(os.path.dirname(uvloop.__file__))"]).stdout.strip()
+    h1.run(["mv", where, where + ".hidden"])
+    try:
+        r = subprocess.run([*HPNLAB, "--lab", str(vm_lab["file"]), "--provider", "vagrant", "bench", "--mode",
+                            "lab", "--quick", "--engines", "epoll-lt,uvloop", "--conns", "10", "--no-syscalls",
+                            "--results", str(tmp_path / "missing")], env=vm_lab["env"], capture_output=True,
+                           text=True, timeout=600, cwd=REPO)
+    finally:
+        h1.run(["mv", where + ".hidden", where])
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "uvloop is not installed" in r.stderr and "python3-uvloop" in r.stderr, r.stderr[-3000:]
+    report = next((tmp_path / "missing" / "bench").glob("*/report.md")).read_text()
+    assert "**INCOMPLETE RUN: 1 of 2 requested cells did not run" in report.split("## ")[0]
+
+
 def test_killed_bring_up_is_cleaned_up(tmp_path):
     """kill -9 of `hpnlab up` (and its vagrant) while the VMs are being made,
     then `hpnlab cleanup` leaves no domain, volume, network or QEMU process."""

@@ -135,6 +135,6 @@ def run(args) -> int:
     if result["failed"]:
         reasons = dict.fromkeys(f"{c['engine']}: {c.get('reason')}" for c in result["failed"])
         console.print(f"[red]{len(result['failed'])} of {len(result['cells'])} requested cells did not run[/red] "
-                      "(a partial report was written):\n  " + "\n  ".join(reasons))
+                      "(a partial report was written):\n  " + "\n  ".join(reasons), soft_wrap=True)
         return 1
     return 0
