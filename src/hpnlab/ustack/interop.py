@@ -1,0 +1,260 @@
+"""The interop suite: the stack on h1's NIC (AF_PACKET, its own MAC and IP) against the
+Linux kernel of h2, over the lab LAN. Each case starts the stack with one app, drives
+the peer with `hpnlab.ustack.peer` (kernel sockets) or iputils, and returns
+{"name", "ok", "detail"}; nothing it started outlives it.
+"""
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+
+from ..labs._kit import DelayLine, LabError, agent_python
+
+NETWORK = "stack"
+
+
+def stack_ip(host, network: str = NETWORK) -> str:
+    """The stack's address: the kernel's address on that LAN + 100 (its own IP, which the
+    kernel does not own, so the kernel neither answers ARP for it nor sends RSTs)."""
+    iface = host.nic(network).address
+    return f"{iface.ip + 100}/{iface.network.prefixlen}"
+
+
+def _events(text: str) -> list[dict]:
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    return out
+
+
+class StackRun:
+    """The stack running one app on a host; `events` are its JSON lines so far."""
+
+    def __init__(self, host, ifname: str, ip: str, *app_args, stats: str | None = None):
+        self.host = host
+        self.argv = [agent_python(host), "-m", "hpnlab.ustack.run", "--ifname", ifname, "--ip", ip,
+                     *[str(a) for a in app_args]] + (["--stats", stats] if stats else [])
+        self.proc = None
+
+    def start(self, wait_for: str = "ready", timeout: float = 30.0) -> "StackRun":
+        self.proc = self.host.start(self.argv, name=f"ustack-{int(time.time() * 1000) % 100000}")
+        self.wait(wait_for, timeout)
+        return self
+
+    @property
+    def events(self) -> list[dict]:
+        return _events(self.proc.logs()[0]) if self.proc else []
+
+    def wait(self, event: str, timeout: float = 30.0) -> dict:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            for e in self.events:
+                if e.get("event") == event:
+                    return e
+            if not self.proc.alive():
+                break
+            time.sleep(0.05)
+        out, err = self.proc.logs()
+        raise LabError(f"[{self.host.name}] the stack did not report {event!r} in {timeout:g}s: "
+                       f"{out[-600:]} {err[-800:]}")
+
+    def stop(self) -> list[dict]:
+        if self.proc is not None and self.proc.alive():
+            self.proc.stop(5)
+        return self.events
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+@contextmanager
+def stack_app(host, ifname, ip, *app_args, wait_for="listening", stats=None):
+    run = StackRun(host, ifname, ip, *app_args, stats=stats)
+    try:
+        run.start(wait_for)
+        yield run
+    finally:
+        run.stop()
+
+
+def peer(host, *args, timeout: float = 120.0) -> dict:
+    res = host.run([agent_python(host), "-m", "hpnlab.ustack.peer", *[str(a) for a in args]], timeout=timeout,
+                   check=False)
+    events = _events(res.stdout)
+    if not events:
+        raise LabError(f"[{host.name}] peer {args[0]} printed nothing (exit {res.rc}): {res.stderr[-600:]}")
+    return events[-1]
+
+
+def _ping(host, ip: str, *opts: str) -> tuple[bool, str]:
+    res = host.run(["ping", "-n", "-q", *opts, ip], timeout=60, check=False)
+    line = next((l for l in res.stdout.splitlines() if "transmitted" in l), res.stdout.strip()[-200:])
+    return res.ok and " 0% packet loss" in line, line
+
+
+class Suite:
+    def __init__(self, provider, stack_host: str = "h1", peer_host: str = "h2", network: str = NETWORK,
+                 bulk_bytes: int = 8 << 20):
+        self.h1, self.h2 = provider.host(stack_host), provider.host(peer_host)
+        self.network = network
+        self.ifname = self.h1.nic(network).ifname
+        self.ip = stack_ip(self.h1, network)
+        self.addr = self.ip.split("/")[0]
+        self.peer_addr = str(self.h2.nic(network).address.ip)
+        self.bulk_bytes = bulk_bytes
+        self.results: list[dict] = []
+        self.data: dict = {}
+
+    def app(self, *args, wait_for="listening", stats=None):
+        return stack_app(self.h1, self.ifname, self.ip, *args, wait_for=wait_for, stats=stats)
+
+    def record(self, name: str, fn) -> dict:
+        t0 = time.monotonic()
+        try:
+            ok, detail = fn()
+        except Exception as exc:     # noqa: BLE001 — one failing case must not hide the others
+            ok, detail = False, f"{type(exc).__name__}: {exc}"
+        row = {"name": name, "ok": bool(ok), "detail": detail, "secs": round(time.monotonic() - t0, 2)}
+        self.results.append(row)
+        return row
+
+    # -- the cases ------------------------------------------------------------------------
+
+    def ping_cases(self) -> None:
+        with self.app("--app", "echo", "--port", 7):
+            self.h2.run(["ip", "neigh", "flush", "dev", self.h2.nic(self.network).ifname], check=False)
+            self.record("arp: linux resolves the stack", lambda: self._arp_from_linux())
+            self.record("ping 56 bytes", lambda: _ping(self.h2, self.addr, "-c", "5", "-i", "0.2"))
+            self.record("ping 1472 bytes (DF, a full frame)",
+                        lambda: _ping(self.h2, self.addr, "-c", "3", "-i", "0.2", "-s", "1472", "-M", "do"))
+            self.record("ping 4000 bytes (fragmented both ways)",
+                        lambda: _ping(self.h2, self.addr, "-c", "3", "-i", "0.2", "-s", "4000"))
+            self.record("ping -f for 5 s", lambda: self._ping_flood())
+
+    def _arp_from_linux(self):
+        ok, line = _ping(self.h2, self.addr, "-c", "1")
+        neigh = self.h2.run(["ip", "neigh", "show", self.addr], check=False).stdout.strip()
+        return ok and "lladdr" in neigh, neigh or line
+
+    def _ping_flood(self):
+        res = self.h2.run(["ping", "-n", "-q", "-f", "-w", "5", self.addr], timeout=60, check=False)
+        line = next((l for l in res.stdout.splitlines() if "transmitted" in l), res.stdout[-200:])
+        parts = line.split()
+        sent, got = int(parts[0]), int(parts[3])
+        self.data["ping_flood"] = {"sent": sent, "received": got, "line": line}
+        return got >= 0.99 * sent and got > 0, line
+
+    def stack_ping(self) -> None:
+        def go():
+            run = StackRun(self.h1, self.ifname, self.ip, "--app", "ping", "--ping", self.peer_addr,
+                           "--count", 5, "--interval", 0.2)
+            run.start("ready")
+            try:
+                e = run.wait("ping", 30)
+            finally:
+                run.stop()
+            return e["received"] == e["sent"] and e["peer_mac_learned"], \
+                f"{e['received']}/{e['sent']} replies, rtt ms {e['rtt_ms']}, ARP learned {e['peer_mac_learned']}"
+        self.record("arp + ping: the stack resolves and pings linux", go)
+
+    def udp_echo(self) -> None:
+        def go():
+            with self.app("--app", "udp-echo", "--port", 7007):
+                e = peer(self.h2, "udp", self.addr, 7007, 20)
+            return e["matched"] == e["sent"], f"{e['matched']}/{e['sent']} datagrams echoed"
+        self.record("udp echo", go)
+
+        def unreachable():
+            res = self.h2.run([agent_python(self.h2), "-c",
+                               "import socket;s=socket.socket(2,2);s.settimeout(2);s.connect(('%s',7999));"
+                               "s.send(b'x')\ntry:\n s.recv(10);print('answer')\nexcept ConnectionRefusedError:"
+                               "\n print('refused')\nexcept socket.timeout:\n print('timeout')" % self.addr],
+                              check=False, timeout=30)
+            return res.stdout.strip() == "refused", f"linux saw: {res.stdout.strip() or res.stderr[-200:]}"
+        with self.app("--app", "echo", "--port", 7):
+            self.record("udp to a closed port: ICMP port unreachable", unreachable)
+
+    def tcp_cases(self) -> None:
+        with self.app("--app", "echo", "--port", 7):
+            def echo():
+                e = peer(self.h2, "echo", self.addr, 7, 200, 100)
+                self.data["echo_rps_1conn"] = e["rps"]
+                return e["matched"] == e["round_trips"], f"{e['matched']}/{e['round_trips']} echoes, {e['rps']} rt/s"
+            self.record("tcp: linux client -> stack echo server", echo)
+
+            def refused():
+                e = peer(self.h2, "refused", self.addr, 8081)
+                return e["error"] == "ECONNREFUSED", f"connect: {e['error']}"
+            self.record("tcp: RST on a closed port", refused)
+
+    def bulk(self) -> None:
+        n = self.bulk_bytes
+
+        def to_stack():
+            with self.app("--app", "sink", "--port", 9000, "--once", 1, "--trace") as run:
+                p = peer(self.h2, "source", self.addr, 9000, n)
+                s = run.wait("sink", 120)
+            self.data.setdefault("bulk", {})["linux_to_stack"] = {"peer": p, "stack": s}
+            return s["sha256"] == p["sha256"] and s["bytes"] == n, \
+                f"{n} B, sha256 {'match' if s['sha256'] == p['sha256'] else 'MISMATCH'}, {p['mbps']} Mbit/s"
+        self.record(f"tcp: {n >> 20} MiB linux -> stack, sha256", to_stack)
+
+        def from_stack():
+            port = 9001
+            proc = self.h2.start([agent_python(self.h2), "-m", "hpnlab.ustack.peer", "sink", port], name="ustack-peer-sink")
+            try:
+                self.h2.wait_for_port(port, 30)
+                run = StackRun(self.h1, self.ifname, self.ip, "--app", "source", "--connect",
+                               f"{self.peer_addr}:{port}", "--bytes", n, "--trace").start("ready")
+                try:
+                    s = run.wait("source", 120)
+                finally:
+                    run.stop()
+                proc.wait(60)
+                p = _events(proc.logs()[0])[-1]
+            finally:
+                if proc.alive():
+                    proc.stop(2)
+            self.data.setdefault("bulk", {})["stack_to_linux"] = {"peer": p, "stack": s}
+            return s["sha256"] == p["sha256"] and p["bytes"] == n, \
+                f"{n} B, sha256 {'match' if s['sha256'] == p['sha256'] else 'MISMATCH'}, {p['mbps']} Mbit/s"
+        self.record(f"tcp: {n >> 20} MiB stack -> linux, sha256", from_stack)
+
+    def simultaneous_open(self, delay_ms: float = 200.0) -> None:
+        """Linux connects at T, the stack at T + delay/2; h2's segments leave `delay_ms`
+        late (the NFQUEUE delay line), so each SYN meets a peer in SYN-SENT."""
+        def go():
+            sport, lport = 40123, 40321
+            with DelayLine(self.h2, self.h2.nic(self.network).ifname, (lport, lport), delay_ms):
+                at = time.time() + 2.0
+                run = StackRun(self.h1, self.ifname, self.ip, "--app", "connect", "--connect",
+                               f"{self.peer_addr}:{lport}", "--bind-port", sport,
+                               "--start-at", f"{at + delay_ms / 2000:.6f}", "--timeout", 15).start("ready")
+                try:
+                    p = peer(self.h2, "simopen", self.addr, sport, lport, f"{at:.6f}", timeout=60)
+                    s = run.wait("connect", 30)
+                finally:
+                    run.stop()
+            path = [state for _, state in (s.get("conn") or {}).get("history", [])]
+            self.data["simultaneous_open"] = {"stack_path": path, "linux": p}
+            ok = p["error"] is None and s.get("error") is None and "SYN_RECEIVED" in path and "ESTABLISHED" in path
+            return ok, f"stack path {' > '.join(path)}; linux connect: {p['error'] or 'ok'}"
+        self.record("tcp: simultaneous open with linux", go)
+
+    def run_all(self, flood: bool = True) -> list[dict]:
+        self.ping_cases() if flood else None
+        self.stack_ping()
+        self.udp_echo()
+        self.tcp_cases()
+        self.bulk()
+        self.simultaneous_open()
+        return self.results

@@ -1,0 +1,210 @@
+"""The Linux side of the interop suite: small kernel-socket tools run on the peer host
+(`python -m hpnlab.ustack.peer MODE ...`), each printing one JSON line.
+
+    sink PORT                 accept one connection, read to EOF, report bytes + sha256
+    source IP PORT BYTES      connect, send BYTES, shut down, report sha256
+    fetch IP PORT             connect, read to EOF (the stack's source), report sha256
+    echo IP PORT N SIZE       N round trips of SIZE bytes, report whether every echo matched
+    udp IP PORT N             N datagrams to a UDP echo, count the answers
+    refused IP PORT           connect to a closed port: expect ECONNREFUSED (an RST)
+    simopen IP PORT LPORT AT  connect from LPORT to PORT at time AT (simultaneous open)
+    flood IP SECONDS          ICMP echo as fast as answers come (one in flight per socket, 64 sockets)
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import socket
+import sys
+import time
+
+CHUNK = os.urandom(1 << 16)
+
+
+def _out(obj) -> None:
+    print(json.dumps(obj), flush=True)
+
+
+def sink(port: int) -> None:
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("", port))
+    ls.listen(1)
+    _out({"event": "listening", "port": port})
+    s, peer = ls.accept()
+    h, total, t0 = hashlib.sha256(), 0, time.monotonic()
+    while True:
+        data = s.recv(1 << 20)
+        if not data:
+            break
+        h.update(data)
+        total += len(data)
+    secs = time.monotonic() - t0
+    s.close()
+    _out({"event": "sink", "bytes": total, "sha256": h.hexdigest(), "secs": round(secs, 4),
+          "mbps": round(total * 8 / secs / 1e6, 2) if secs else None, "peer": peer[0]})
+
+
+def source(ip: str, port: int, nbytes: int) -> None:
+    s = socket.create_connection((ip, port), timeout=60)
+    h, left, t0 = hashlib.sha256(), nbytes, time.monotonic()
+    while left > 0:
+        chunk = CHUNK[:left] if left < len(CHUNK) else CHUNK
+        s.sendall(chunk)
+        h.update(chunk)
+        left -= len(chunk)
+    s.shutdown(socket.SHUT_WR)
+    while s.recv(65536):
+        pass
+    secs = time.monotonic() - t0
+    s.close()
+    _out({"event": "source", "bytes": nbytes, "sha256": h.hexdigest(), "secs": round(secs, 4),
+          "mbps": round(nbytes * 8 / secs / 1e6, 2)})
+
+
+def fetch(ip: str, port: int) -> None:
+    s = socket.create_connection((ip, port), timeout=60)
+    h, total, t0 = hashlib.sha256(), 0, time.monotonic()
+    while True:
+        data = s.recv(1 << 20)
+        if not data:
+            break
+        h.update(data)
+        total += len(data)
+    secs = time.monotonic() - t0
+    s.close()
+    _out({"event": "fetch", "bytes": total, "sha256": h.hexdigest(), "secs": round(secs, 4),
+          "mbps": round(total * 8 / secs / 1e6, 2) if secs else None})
+
+
+def echo(ip: str, port: int, n: int, size: int) -> None:
+    s = socket.create_connection((ip, port), timeout=30)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    ok, t0 = 0, time.monotonic()
+    for i in range(n):
+        msg = os.urandom(size)
+        s.sendall(msg)
+        got = b""
+        while len(got) < size:
+            data = s.recv(size - len(got))
+            if not data:
+                break
+            got += data
+        ok += got == msg
+    secs = time.monotonic() - t0
+    s.close()
+    _out({"event": "echo", "round_trips": n, "matched": ok, "secs": round(secs, 4),
+          "rps": round(n / secs, 1) if secs else None})
+
+
+def udp(ip: str, port: int, n: int) -> None:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(1.0)
+    ok = 0
+    for i in range(n):
+        msg = b"udp %d " % i + os.urandom(32)
+        s.sendto(msg, (ip, port))
+        try:
+            data, _ = s.recvfrom(2048)
+            ok += data == msg
+        except socket.timeout:
+            pass
+    _out({"event": "udp", "sent": n, "matched": ok})
+
+
+def refused(ip: str, port: int) -> None:
+    s = socket.socket()
+    s.settimeout(10)
+    err = s.connect_ex((ip, port))
+    _out({"event": "refused", "error": errno.errorcode.get(err, str(err)) if err else None})
+
+
+def simopen(ip: str, port: int, lport: int, at: float) -> None:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("", lport))
+    s.settimeout(15)
+    time.sleep(max(0.0, at - time.time()))
+    err = s.connect_ex((ip, port))
+    if not err:
+        s.sendall(b"hello from linux")
+        s.shutdown(socket.SHUT_WR)
+        got = b""
+        while True:
+            try:
+                data = s.recv(4096)
+            except OSError:
+                break
+            if not data:
+                break
+            got += data
+    _out({"event": "simopen", "error": errno.errorcode.get(err, str(err)) if err else None,
+          "received": got.decode(errors="replace") if not err else None})
+    s.close()
+
+
+def flood(ip: str, seconds: float, window: int = 64) -> None:
+    """ping -f's idea with up to WINDOW echoes in flight (a raw ICMP socket): each reply
+    sends the next request; an idle 0.2 s refills the window. Reports replies per second."""
+    import select
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    s.setblocking(False)
+    ident = os.getpid() & 0xFFFF
+    target = socket.inet_aton(ip)
+
+    def request(seq: int) -> None:
+        body = b"hpnlab flood" + bytes(44)
+        head = bytes((8, 0, 0, 0)) + ident.to_bytes(2, "big") + (seq & 0xFFFF).to_bytes(2, "big")
+        total = int.from_bytes(head + body, "big") % 0xFFFF
+        s.sendto(head[:2] + (~total & 0xFFFF).to_bytes(2, "big") + head[4:] + body, (ip, 0))
+    sent = got = lost = 0
+    end = time.monotonic() + seconds
+    t0 = time.monotonic()
+    while time.monotonic() < end:
+        while sent - got - lost < window:
+            request(sent)
+            sent += 1
+        if not select.select([s], [], [], 0.2)[0]:
+            lost = sent - got           # 0.2 s of silence: whatever is out is lost
+            continue
+        try:
+            while True:
+                pkt = s.recv(2048)
+                ihl = (pkt[0] & 15) * 4
+                if pkt[12:16] == target and pkt[ihl] == 0 and int.from_bytes(pkt[ihl + 4:ihl + 6], "big") == ident:
+                    got += 1
+        except BlockingIOError:
+            pass
+    secs = time.monotonic() - t0
+    _out({"event": "flood", "sent": sent, "replies": got, "secs": round(secs, 3),
+          "replies_per_s": round(got / secs, 1)})
+
+
+def main(argv: list[str]) -> int:
+    mode, rest = argv[0], argv[1:]
+    if mode == "sink":
+        sink(int(rest[0]))
+    elif mode == "source":
+        source(rest[0], int(rest[1]), int(rest[2]))
+    elif mode == "fetch":
+        fetch(rest[0], int(rest[1]))
+    elif mode == "echo":
+        echo(rest[0], int(rest[1]), int(rest[2]), int(rest[3]))
+    elif mode == "udp":
+        udp(rest[0], int(rest[1]), int(rest[2]))
+    elif mode == "refused":
+        refused(rest[0], int(rest[1]))
+    elif mode == "simopen":
+        simopen(rest[0], int(rest[1]), int(rest[2]), float(rest[3]))
+    elif mode == "flood":
+        flood(rest[0], float(rest[1]))
+    else:
+        print(f"unknown mode {mode!r}; see the module's docstring", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
