@@ -9,15 +9,19 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_bench_across_two_lab_hosts(netns_lab, tmp_path):
-    cfg = Config(engines=["epoll-lt", "coro", "uring"], conns=[10], sizes=[64], duration=0.5,
-                 warmup=0.2, repeats=1, max_extra=0, quiet_wait=0, syscall_duration=0.4, port=7392)
+    cfg = Config(engines=["epoll-lt", "coro", "uring", "epoll-procs"], conns=[10], sizes=[64], duration=0.5,
+                 warmup=0.2, repeats=1, max_extra=0, quiet_wait=0, syscall_duration=0.4, port=7392, workers=[2])
     result = benchmark(cfg, "lab", netns_lab, argv=["hpnlab", "bench", "--mode", "lab"],
                        results_root=tmp_path, say=lambda m: None)
     cells = result["cells"]
-    assert [c["status"] for c in cells] == ["ok"] * 3, [c.get("reason") for c in cells]
+    assert [c["status"] for c in cells] == ["ok"] * 4, [c.get("reason") for c in cells]
+    assert result["failed"] == []
     for c in cells:
         assert c["rps"] > 100 and c["connected"] == 10 and c["errors"] == 0
         assert c["cpu_us_per_req"] > 0
+    # a pre-forked server is measured as all its processes: the supervisor and its 2 workers
+    procs = next(c for c in cells if c["engine"] == "epoll-procs")
+    assert procs["workers"] == 2 and procs["runs"][0]["processes"] == 3
     report = (result["dir"] / "report.md").read_text()
     assert "lab host h1 (10.77.1.1)" in report and "lab host h2" in report
     # nothing of ours is left running in the lab's namespaces
