@@ -48,6 +48,8 @@ DAEMONS_FILE = RUN_DIR / "daemons.json"
 LIBVIRT_SOCK = Path("/run/libvirt/libvirt-sock")
 KVM = Path("/dev/kvm")
 NO_KVM = RUN_DIR / "no-kvm"             # what a TCG libvirtd sees as /dev/kvm
+QEMU_CONF = Path("/etc/libvirt/qemu.conf")
+NO_KVM_CONF = RUN_DIR / "qemu.conf"     # ... and as its qemu.conf
 LIBVIRTD_PIDFILE = Path("/run/libvirtd.pid")
 
 
@@ -163,10 +165,17 @@ def _start_argv(name: str, kvm: bool) -> list[str]:
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     NO_KVM.touch()
     os.chmod(NO_KVM, 0)
+    # libvirt gives each QEMU a /dev of its own and moves every mount under /dev into
+    # it, which fails for a file mount ("Unable to move ... mount to /dev/kvm"): this
+    # libvirtd's QEMUs share its /dev (qemu.conf namespaces = []), the masked one.
+    QEMU_CONF.parent.mkdir(parents=True, exist_ok=True)
+    QEMU_CONF.touch()
+    kept = [line for line in QEMU_CONF.read_text().splitlines() if not line.strip().startswith("namespaces")]
+    NO_KVM_CONF.write_text("\n".join([*kept, "namespaces = []", ""]))
     # propagation slave: mounts made on the host later (a pool, hugepages) still
-    # reach libvirtd; its own mask never leaks out
+    # reach libvirtd; its own masks never leak out
     return ["unshare", "--mount", "--propagation", "slave", "sh", "-c",
-            f"mount --bind {NO_KVM} {KVM} && exec {name} -d"]
+            f"mount --bind {NO_KVM} {KVM} && mount --bind {NO_KVM_CONF} {QEMU_CONF} && exec {name} -d"]
 
 
 def _sees_kvm(pid: int) -> bool:
