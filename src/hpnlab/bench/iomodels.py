@@ -428,7 +428,7 @@ def benchmark(cfg: Config, mode: str, provider=None, argv: list[str] | None = No
     try:
         server, fatal = prepare(cfg, srv, cli, say)
         if fatal:
-            say(f"[cannot run] {fatal}")
+            say(f"nothing can run: {fatal}")
         cells = failed_cells(cfg, fatal) if fatal else run_grid(cfg, srv, cli, say, checkpoint)
     finally:
         for side in (srv, cli):

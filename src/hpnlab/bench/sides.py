@@ -106,8 +106,11 @@ class Side:
 
     def probe(self, engines: list[str]) -> dict:
         """What this side's host can run (hpnlab.bench.probe, run there with the servers' python)."""
-        rc, out, err = self.run([self.python, "-m", "hpnlab.bench.probe", *engines],
-                                timeout=max(120.0, getattr(self.host, "start_timeout", 0)))
+        try:
+            rc, out, err = self.run([self.python, "-m", "hpnlab.bench.probe", *engines],
+                                    timeout=max(120.0, getattr(self.host, "start_timeout", 0)))
+        except OSError as exc:
+            rc, out, err = 127, "", str(exc)
         lines = [ln for ln in out.splitlines() if ln.startswith("{")]
         if rc != 0 or not lines:
             where = f"host {self.host.name}" if self.host else "this machine"
