@@ -29,11 +29,13 @@ Nothing else restates the lab: the inventory is rewritten from lab.yml every tim
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 
 import yaml
 
 from .errors import HpnlabError
+from .hosts.ssh import known_hosts_args, reach_of
 from .topology import Lab
 
 RESERVED_GROUPS = {"all", "ungrouped", "localhost"}
@@ -107,11 +109,11 @@ def _vagrant_connection(lab: Lab, host: str, provider=None) -> dict:
     if not info:
         raise InventoryError(f"host {host}: the vagrant provider has no SSH address for it "
                              f"(is the VM up? `make lab-up PROVIDER=vagrant`)")
+    known = getattr(provider, "known_hosts_path", None) or "/dev/null"     # the keys `up` recorded, no others
     conn = {"ansible_connection": "ssh", "ansible_host": info["host"], "ansible_port": int(info.get("port", 22)),
             "ansible_user": info.get("user", "vagrant"), "ansible_become": info.get("user", "vagrant") != "root",
             "ansible_python_interpreter": "/usr/bin/python3",
-            "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
-                                       "-o IdentitiesOnly=yes"}
+            "ansible_ssh_common_args": shlex.join([*known_hosts_args(str(known)), "-o", "IdentitiesOnly=yes"])}
     if info.get("key"):
         conn["ansible_ssh_private_key_file"] = str(info["key"])
     return conn
@@ -149,6 +151,10 @@ def _static_connection(lab: Lab, host: str, static: dict[str, dict]) -> dict:
         raise InventoryError(f"host {host}: the static inventory gives no ansible_host (its address)")
     conn = {"ansible_connection": "ssh"} | {k: v for k, v in given.items() if k in CONNECTION_VARS}
     conn.update({k: v for k, v in given.items() if k.startswith("hpnlab_")})
+    # Host keys are checked, by Ansible as by hpnlab, against one file: OpenSSH keeps the
+    # first value of an option, so these go before the user's own.
+    checking = shlex.join(known_hosts_args(reach_of(conn)["known_hosts"]))
+    conn["ansible_ssh_common_args"] = f"{checking} {conn.get('ansible_ssh_common_args') or ''}".strip()
     return conn
 
 

@@ -1,6 +1,7 @@
 """Real VMs: `make lab-up` of the default two-host lab with the vagrant provider
 (box built locally if its recipe changed; Ansible provisioning included), then
-ping/iperf3 over the data NIC, `hpnlab exec`/`status` on each guest, provisioning
+ping/iperf3 over the data NIC, `hpnlab exec`/`status` on each guest, SSH host keys
+recorded from the guests' consoles and checked by every client, provisioning
 idempotent and verified (testinfra over SSH, drift caught, DPDK holding each VM's
 NIC on the dpdk LAN and testpmd sending across to the other guest),
 `make lab-down` leaving nothing; and a bring-up killed halfway that
@@ -59,9 +60,11 @@ def _env(state: Path) -> dict:
 def _leftovers(lab: str) -> dict:
     from hpnlab.vm import lab_prefix, virt
     prefix = lab_prefix(lab)
+    from hpnlab.providers.vagrant import CONSOLE_DIR
     from hpnlab.vm import BOOT_DIR
     found = {"qemu": sorted(virt.qemu_processes(prefix).values()),
-             "boot files": sorted(p.name for p in BOOT_DIR.glob(f"{prefix}*"))}
+             "boot files": sorted(p.name for p in BOOT_DIR.glob(f"{prefix}*")),
+             "console files": sorted(p.name for p in CONSOLE_DIR.glob(f"{prefix}*"))}
     if virt.available():
         found |= {"domains": virt.domains(prefix), "volumes": virt.volumes(prefix),
                   "networks": virt.networks(prefix)}
@@ -157,6 +160,46 @@ def test_hpnlab_exec_and_status_on_each_guest(vm_lab):
     assert nics["h1"]["addrs"] == [nics["h1"]["address"]]
 
 
+def test_ssh_checks_the_host_keys_recorded_from_the_consoles(vm_lab, tmp_path):
+    """`up` recorded each guest's key from its serial console into .lab/<lab>/known_hosts;
+    with h1's entry tampered (h2's key in its place) Fabric (`hpnlab exec`), OpenSSH
+    (`hpnlab shell`'s argv), testinfra (`hpnlab verify`) and Ansible (`hpnlab provision`)
+    all refuse h1, with the clear message; the true record makes them work again."""
+    from hpnlab.providers.vagrant import _console_log
+    provider = vm_lab["provider"]
+    known = provider.known_hosts_path
+    record = known.read_text()
+    entries = {line.split()[0]: line.split()[1:] for line in record.splitlines()}
+    state = provider.state.read()
+    for host in ("h1", "h2"):
+        address = state["hosts"][host]["address"]
+        guest_key = provider.host(host).run(["cat", "/etc/ssh/ssh_host_ed25519_key.pub"]).stdout.split()[:2]
+        assert entries[address] == guest_key, (host, record)
+        console = _console_log(provider.domain(host)).read_text(errors="replace")
+        assert f"hpnlab-hostkey: {' '.join(guest_key)}" in console
+    h1, h2 = state["hosts"]["h1"]["address"], state["hosts"]["h2"]["address"]
+    known.write_text(record.replace(f"{h1} {' '.join(entries[h1])}", f"{h1} {' '.join(entries[h2])}"))
+    try:
+        cli = [*HPNLAB, "--lab", str(vm_lab["file"]), "--provider", "vagrant"]
+
+        def run(*args):
+            return subprocess.run([*cli, *args], env=dict(vm_lab["env"], COLUMNS="500"), capture_output=True,
+                                  text=True, timeout=300, cwd=REPO)
+        r = run("exec", "h1", "--", "true")
+        assert r.returncode == 1 and "[h1]" in r.stderr and "the SSH host key CHANGED" in r.stderr, r.stderr
+        assert "serial console" in r.stderr and "hpnlab down && hpnlab up" in r.stderr, r.stderr
+        assert run("exec", "h2", "--", "true").returncode == 0
+        ssh = subprocess.run([*provider.ssh_argv("h1"), "true"], capture_output=True, text=True, timeout=120)
+        assert ssh.returncode == 255 and "Host key verification failed" in ssh.stderr, ssh.stderr
+        r = run("verify", "--json", "--host", "h1", "--inventory-dir", str(tmp_path))
+        assert r.returncode == 1 and "CHANGED" in json.loads(r.stdout)["errors"].get("h1", ""), r.stdout
+        r = run("provision", "--limit", "h1", "--inventory-dir", str(tmp_path))
+        assert r.returncode != 0 and "host key" in r.stderr.lower(), r.stderr[-3000:]
+    finally:
+        known.write_text(record)
+    assert subprocess.run([*provider.ssh_argv("h1"), "true"], capture_output=True, timeout=120).returncode == 0
+
+
 def test_guests_boot_the_box_kernel_directly(vm_lab):
     """QEMU loads the box's kernel itself (no SeaBIOS + GRUB disk reads), from the lab's
     own copy; the guest runs that kernel with the box's root file system."""
@@ -179,6 +222,9 @@ def test_provisioned_idempotent_verified_and_dpdk_sends_across(vm_lab, tmp_path)
     assert again.changed == 0, again.changed_tasks
     report = verify(provider, inv)
     assert report.ok, [c.__dict__ for c in report.failures] or report.errors
+    # one SSH connection a host, a shell command a check (it took 60 s with an Ansible module
+    # a check): ≤ 15 s on an idle machine, the margin for a busy one
+    assert report.seconds < 30, f"verify took {report.seconds:.1f}s for {len(report.checks)} checks"
     passed = {(c.host, c.check) for c in report.checks if c.status == "passed"}
     dpdk_if = provider.lab.hosts["h2"].dpdk_nic.ifname
     assert ("h2", f"dpdk NIC {dpdk_if} bound") in passed and ("h1", "tcp h2 over data") in passed

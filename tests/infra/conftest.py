@@ -5,10 +5,11 @@
     HPNLAB_VERIFY_PORT a TCP port every host listens on during verify (peers connect to it)
     HPNLAB_SERVICES    JSON list of {host, port, proto, name} a running lab says should listen
 
-Netns hosts are checked with the local backend inside their namespace
-(`ip netns exec <lab>-<host> pytest --hosts=local:// tests/infra`); VMs and real
-machines with the ssh backend through the inventory (`--hosts=ansible://<host>`).
-Without HPNLAB_INVENTORY (a plain `pytest` of the repo) nothing here is collected.
+The `host` fixture is testinfra's host for HPNLAB_HOST (hpnlab.verify.testinfra_host):
+netns hosts are checked with the local backend inside their namespace (`hpnlab verify`
+runs pytest there); VMs and real machines over one SSH connection per run, the host key
+checked against the known_hosts the inventory names. Without HPNLAB_INVENTORY (a plain
+`pytest` of the repo) nothing here is collected.
 """
 from __future__ import annotations
 
@@ -31,6 +32,12 @@ def _spec() -> dict:
 @pytest.fixture(scope="session")
 def spec() -> dict:
     return _spec()
+
+
+@pytest.fixture(scope="session")
+def host(spec):
+    from hpnlab.verify import testinfra_host
+    return testinfra_host(spec)
 
 
 def pytest_generate_tests(metafunc):

@@ -1,7 +1,9 @@
 """The static provider end to end, against "real machines" made here: the hosts of a netns
 lab, each running a real OpenSSH sshd inside its namespace (on 127.0.0.1:22 there), reached
 with a ProxyCommand `ip netns exec NS nc 127.0.0.1 22` — the jump-host path of real labs.
-Nothing is routed from the machine, so no lab traffic can leak.
+Nothing is routed from the machine, so no lab traffic can leak. Their host keys are checked
+against a known_hosts file the inventory names (`hpnlab_known_hosts`): the test accepts each
+one with the command hpnlab prints for an unknown key, and later changes one machine's key.
 
 Each fake machine's sshd has a view of its own of the parts of the file system that
 provisioning writes (/etc, /opt, /root, /usr/local, /var: overlays with their upper layer in
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -96,11 +99,7 @@ def _fake_machine(ns: str, dir: Path, client_pub: str):
     proc = subprocess.Popen(["ip", "netns", "exec", ns, "sh", str(dir / "fake-machine.sh"), str(dir)],
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 20
-        while _sh("ip", "netns", "exec", ns, "nc", "-z", "-w", "1", "127.0.0.1", "22", check=False).returncode:
-            assert proc.poll() is None, f"sshd in {ns} exited: {(dir / 'sshd.log').read_text()}"
-            assert time.monotonic() < deadline, f"sshd in {ns} does not listen"
-            time.sleep(0.1)
+        _wait_listening(ns, proc, dir)
         yield proc
     finally:
         proc.terminate()
@@ -110,6 +109,14 @@ def _fake_machine(ns: str, dir: Path, client_pub: str):
             proc.kill()
             proc.wait()
         log.close()
+
+
+def _wait_listening(ns: str, sshd: subprocess.Popen, dir: Path) -> None:
+    deadline = time.monotonic() + 20
+    while _sh("ip", "netns", "exec", ns, "nc", "-z", "-w", "1", "127.0.0.1", "22", check=False).returncode:
+        assert sshd.poll() is None, f"sshd in {ns} exited: {(dir / 'sshd.log').read_text()}"
+        assert time.monotonic() < deadline, f"sshd in {ns} does not listen"
+        time.sleep(0.1)
 
 
 @contextmanager
@@ -136,24 +143,32 @@ def _cli(args: list[str], cwd: Path, env: dict, check: bool = True) -> subproces
 
 def _inventory(machines: dict[str, str], key: Path, sshless: str | None = None,
                sudoless: str | None = None) -> str:
-    known_hosts = key.parent / "known_hosts"
     hosts = {}
     for i, (host, ns) in enumerate(sorted(machines.items()), start=1):
         target = "nc 127.0.0.1 2222" if host == sshless else "nc 127.0.0.1 22"
         hosts[host] = {
             # never dialled (the ProxyCommand carries the connection), but distinct: SSH
-            # connection sharing (ControlPath) tells machines apart by host/port/user
+            # connection sharing (ControlPath) tells machines apart by host/port/user; and
+            # the names of the machines' keys in known_hosts
             "ansible_host": f"127.0.0.{10 + i}",
-            # the machines' host keys go to a file of the test's, not to ~/.ssh/known_hosts
-            "ansible_ssh_common_args": f'-o ProxyCommand="ip netns exec {ns} {target}" '
-                                       f'-o UserKnownHostsFile={known_hosts} -o StrictHostKeyChecking=accept-new',
+            "ansible_ssh_common_args": f'-o ProxyCommand="ip netns exec {ns} {target}"',
             "hpnlab_ifnames": {"data": "lan0"},
         }
         if host == sudoless:        # a login that must become root, on a machine without sudo
             hosts[host] |= {"ansible_user": "labuser", "ansible_become": True}
+    # the machines' host keys: a file of the test's, not ~/.ssh/known_hosts
     return json.dumps({"all": {"vars": {"ansible_user": "root", "ansible_ssh_private_key_file": str(key),
-                                         "ansible_python_interpreter": "/usr/bin/python3"},
+                                         "ansible_python_interpreter": "/usr/bin/python3",
+                                         "hpnlab_known_hosts": str(key.parent / "known_hosts")},
                                "hosts": hosts}})
+
+
+def _refused_key(proc: subprocess.CompletedProcess, host: str, why: str, command: str) -> str:
+    """The command (starting `command`) that hpnlab's hint gives, after checking that it
+    refused `host` for `why`."""
+    assert proc.returncode == 1 and f"[{host}]" in proc.stderr and why in proc.stderr, proc.stderr
+    hint = " ".join(proc.stderr.split("hint: ", 1)[1].split())      # unwrapped
+    return hint[hint.index(command):]
 
 
 def _link(ns: str, ifname: str) -> dict:
@@ -196,6 +211,21 @@ def test_static_provider_on_namespace_machines(leaves_nothing, lab_factory, tmp_
          _fake_machine(ns2, tmp_path / "h2", key.with_suffix(".pub").read_text()) as sshd2, \
          _hugepage_pool() as pool:
         (work / "lab.yml").write_text(_lab_text(name, "static", pool + 64))
+
+        # Host keys nobody accepted yet: refused, one machine at a time, with the fingerprint
+        # and the command that accepts it (run here as a person would, once they checked it)
+        static.write_text(_inventory(machines, key))
+        known_hosts = tmp_path / "known_hosts"
+        for host, ns in sorted(machines.items()):
+            proc = _cli(["up"], work, dict(env, COLUMNS="500"), check=False)
+            fingerprint = _sh("ssh-keygen", "-lf", str(tmp_path / host / "host_key.pub")).stdout.split()[1]
+            assert fingerprint in proc.stderr, proc.stderr
+            accept = _refused_key(proc, host, "unknown SSH host key", "ssh -o StrictHostKeyChecking=accept-new")
+            assert not (tmp_path / "state" / name / "state.json").exists()
+            assert "10.77.1.2/24" not in _addrs(_link(ns2, "lan0"))
+            _sh("sh", "-c", accept)
+            assert _sh("ssh-keygen", "-F", f"127.0.0.{10 + sorted(machines).index(host) + 1}",
+                       "-f", str(known_hosts)).stdout.strip()
 
         # a machine that does not answer: a clear error naming it, and nothing left up or changed
         static.write_text(_inventory(machines, key, sshless="h2"))
@@ -277,6 +307,26 @@ def test_static_provider_on_namespace_machines(leaves_nothing, lab_factory, tmp_
         for proc in (sshd1, sshd2):
             assert proc.poll() is None
 
+        # h1 changes its host key (sshd reloads its keys on SIGHUP): hpnlab's SSH (Fabric),
+        # testinfra (verify) and Ansible (provision) all refuse it, and say what to do
+        static.write_text(_inventory(machines, key))
+        (work / "lab.yml").write_text(_lab_text(name, "static", pool + 64))
+        for old in (tmp_path / "h1").glob("host_key*"):
+            old.unlink()
+        _sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "h1" / "host_key"))
+        sshd1.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        _wait_listening(ns1, sshd1, tmp_path / "h1")
+        proc = _cli(["up"], work, dict(env, COLUMNS="500"), check=False)
+        fix = _refused_key(proc, "h1", "the SSH host key CHANGED", "ssh-keygen -f ")
+        assert fix.startswith(f"ssh-keygen -f {known_hosts} -R 127.0.0.11 && ssh "), fix
+        assert not (tmp_path / "state" / name / "state.json").exists()
+        proc = _cli(["verify", "--json", "--host", "h1"], work, env, check=False)
+        report = json.loads(proc.stdout)
+        assert proc.returncode == 1 and "CHANGED" in report["errors"].get("h1", ""), proc.stdout
+        proc = _cli(["provision", "--limit", "h1"], work, dict(env, COLUMNS="500"), check=False)
+        assert proc.returncode != 0 and "host key" in proc.stderr.lower(), proc.stderr
+
 
 
 @pytest.fixture
@@ -284,11 +334,14 @@ def leaves_nothing(tmp_path):
     """Asked for before lab_factory, so this checks after the machines' namespaces are gone
     (their end ends the SSH sessions, and with them Ansible's persistent connections)."""
     pool = int(POOL.read_text())
+    user_known_hosts = Path("~/.ssh/known_hosts").expanduser()
+    known_before = user_known_hosts.read_bytes() if user_known_hosts.exists() else None
     yield
     deadline = time.monotonic() + 15
     while _sh("pgrep", "-f", str(tmp_path), check=False).stdout.strip() and time.monotonic() < deadline:
         time.sleep(0.2)
     left = _sh("pgrep", "-a", "-f", str(tmp_path), check=False).stdout.strip()
     assert not left, f"processes of the test remain: {left}"
-    assert not Path("~/.ssh/known_hosts").expanduser().exists() or str(tmp_path) not in left
+    known_after = user_known_hosts.read_bytes() if user_known_hosts.exists() else None
+    assert known_after == known_before, "the machines' keys went to ~/.ssh/known_hosts, not the lab's file"
     assert int(POOL.read_text()) == pool, "the hugepage pool is not what it was"

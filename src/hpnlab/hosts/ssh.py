@@ -14,17 +14,27 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from ..errors import HpnlabError
+from ..topology.model import Host as HostSpec
 from . import Command, CommandError, Host, Process, Result, as_shell
 
 PROC_DIR = "/var/tmp/hpnlab/procs"
+USER_KNOWN_HOSTS = "~/.ssh/known_hosts"
+SYSTEM_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"
+# Who vouches for a lab VM's key: the guest prints it on its serial console at first boot
+# (box/files/hpnlab-hostkeys.service) and `hpnlab up` records it from there.
+CONSOLE_RECORD = "the VM's serial console, read by `hpnlab up`"
 
 
-def proxy_command(ssh_args: str | None, host: str, port: int = 22, user: str = "root") -> str | None:
-    """The ProxyCommand that OpenSSH options (Ansible's ansible_ssh_common_args) give a
-    host, for Fabric's `gateway=`: `-o ProxyCommand=CMD`, or `-o ProxyJump=JUMP` / `-J JUMP`
-    as `ssh -W %h:%p JUMP`. Run by a shell with %h %p %r filled in, as OpenSSH does."""
+class HostKeyError(HpnlabError):
+    """A host's SSH key is unknown, or not the one on record: hpnlab does not connect."""
+
+
+def ssh_options(ssh_args: str | None) -> list[tuple[str, str]]:
+    """(option in lower case, value) of OpenSSH command-line options, in order: `-o K=V`,
+    `-oK=V`, `-o 'K V'`, and `-J JUMP` as ProxyJump. OpenSSH keeps the first value of each."""
     words = shlex.split(ssh_args or "")
-    found = None
+    found = []
     for i, word in enumerate(words):
         option = None
         if word == "-o" and i + 1 < len(words):
@@ -33,10 +43,23 @@ def proxy_command(ssh_args: str | None, host: str, port: int = 22, user: str = "
             option = word[2:]
         elif word == "-J" and i + 1 < len(words):
             option = f"ProxyJump={words[i + 1]}"
-        if not option:
-            continue
-        m = re.match(r"\s*(\w+)\s*[=\s]\s*(.*)", option, re.S)
-        key, value = (m.group(1).lower(), m.group(2).strip()) if m else ("", "")
+        m = re.match(r"\s*(\w+)\s*[=\s]\s*(.*)", option or "", re.S)
+        if m:
+            found.append((m.group(1).lower(), m.group(2).strip()))
+    return found
+
+
+def ssh_option(ssh_args: str | None, name: str) -> str | None:
+    """The value OpenSSH takes for option `name` from `ssh_args` (the first one given)."""
+    return next((value for key, value in ssh_options(ssh_args) if key == name.lower()), None)
+
+
+def proxy_command(ssh_args: str | None, host: str, port: int = 22, user: str = "root") -> str | None:
+    """The ProxyCommand that OpenSSH options (Ansible's ansible_ssh_common_args) give a
+    host, for Fabric's `gateway=`: `-o ProxyCommand=CMD`, or `-o ProxyJump=JUMP` / `-J JUMP`
+    as `ssh -W %h:%p JUMP`. Run by a shell with %h %p %r filled in, as OpenSSH does."""
+    found = None
+    for key, value in ssh_options(ssh_args):
         if key == "proxycommand" and value.lower() != "none":
             found = value
         elif key == "proxyjump" and value.lower() != "none":
@@ -48,6 +71,40 @@ def proxy_command(ssh_args: str | None, host: str, port: int = 22, user: str = "
     tokens = {"%": "%", "h": host, "p": str(port), "r": user}
     command = re.sub(r"%([%hpr])", lambda m: tokens[m.group(1)], found)
     return shlex.join(["sh", "-c", f"exec {command}"])
+
+
+def known_hosts_args(known_hosts: str | None) -> list[str]:
+    """OpenSSH options that check host keys as SshHost does: against `known_hosts` alone, or
+    (None) the user's and the system's files; an unknown or changed key is refused."""
+    args = ["-o", "StrictHostKeyChecking=yes"]
+    if known_hosts:
+        args += ["-o", f"UserKnownHostsFile={known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null"]
+    return args
+
+
+def reach_of(hostvars: dict) -> dict:
+    """How to reach a host, from its Ansible connection variables (an inventory's host vars):
+    address, user, port, key, ssh_args, proxy (for Fabric), become, and the known_hosts
+    file its key is checked against: `hpnlab_known_hosts`, else the UserKnownHostsFile of
+    `ansible_ssh_common_args`, else None (the user's and the system's files)."""
+    address = str(hostvars["ansible_host"])
+    user = str(hostvars.get("ansible_user") or "root")
+    port = int(hostvars.get("ansible_port") or 22)
+    key = hostvars.get("ansible_ssh_private_key_file")
+    ssh_args = str(hostvars.get("ansible_ssh_common_args") or "")
+    known = hostvars.get("hpnlab_known_hosts") or ssh_option(ssh_args, "UserKnownHostsFile")
+    become = str(hostvars.get("ansible_become", "")).strip().lower() in ("1", "true", "yes", "on")
+    return {"address": address, "user": user, "port": port,
+            "key": str(Path(key).expanduser()) if key else None, "ssh_args": ssh_args,
+            "proxy": proxy_command(ssh_args, address, port, user), "become": user != "root" and become,
+            "known_hosts": str(Path(str(known).split()[0]).expanduser()) if known else None,
+            "recorded_by": CONSOLE_RECORD if hostvars.get("hpnlab_provider") == "vagrant" else None}
+
+
+def bare_spec(name: str) -> HostSpec:
+    """Enough of a host to reach it (from a state file or an inventory alone)."""
+    return HostSpec(name=name, role="-", cpus=0, memory_mb=0, profile=None, sysctls={}, hugepages=0,
+                    hugepage_size="2M", dpdk_network=None, nics=())
 
 
 def _jump_command(jumps: str) -> str:
@@ -116,26 +173,49 @@ class SshProcess(Process):
         return out, err
 
 
+class _RefuseUnknown:
+    """paramiko's missing-host-key policy: refuse, saying which key and how to accept it."""
+
+    def __init__(self, host: "SshHost"):
+        self.host = host
+
+    def missing_host_key(self, client, hostname, key):
+        raise self.host.host_key_error(key)
+
+
 class SshHost(Host):
     provider = "ssh"
 
     def __init__(self, spec, address: str, user: str = "root", key: str | Path | None = None,
                  port: int = 22, record: Callable[[dict], None] | None = None,
                  connect_timeout: float = 15.0, proxy_command: str | None = None,
-                 become: bool = False):
+                 become: bool = False, known_hosts: str | Path | None = None,
+                 recorded_by: str | None = None):
         super().__init__(spec)
         self.ssh_address, self.user, self.port = address, user, port
         self.key = str(key) if key else None
         self.proxy_command = proxy_command      # a jump host: Fabric's gateway= (see proxy_command())
         self.become = become                    # a non-root login: commands run through `sudo -n`
+        # the host's key must be in this file (None: the user's or the system's known_hosts);
+        # `recorded_by` says who put it there when hpnlab did (lab VMs), else a person accepts it
+        self.known_hosts = str(known_hosts) if known_hosts else None
+        self.recorded_by = recorded_by
         self.connect_timeout = connect_timeout
         self._record = record
         self._conn = None
         self._count = 0
 
     # -- connection -----------------------------------------------------------
+    @classmethod
+    def from_reach(cls, spec, reach: dict, record: Callable[[dict], None] | None = None) -> "SshHost":
+        """The host that a reach_of() dict (or one kept in a state file) describes."""
+        return cls(spec, reach["address"], user=reach["user"], key=reach.get("key"), port=reach["port"],
+                   record=record, proxy_command=reach.get("proxy"), become=reach.get("become", False),
+                   known_hosts=reach.get("known_hosts"), recorded_by=reach.get("recorded_by"))
+
     @property
     def conn(self):
+        """The open connection; the host's key checked against known_hosts first."""
         if self._conn is None:
             import paramiko
             from fabric import Config, Connection
@@ -147,12 +227,67 @@ class SshHost(Host):
             conn = Connection(self.ssh_address, user=self.user, port=self.port, config=config,
                               connect_timeout=self.connect_timeout, connect_kwargs=kwargs,
                               gateway=self.proxy_command or None)
-            # Lab VMs get new host keys on every `up`, often at a reused address:
-            # trust what answers on the lab's own management network, remember nothing.
             conn.client._system_host_keys = paramiko.HostKeys()
-            conn.client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+            for path in self._known_hosts_files():
+                if path.exists():
+                    conn.client.load_system_host_keys(str(path))
+            conn.client.set_missing_host_key_policy(_RefuseUnknown(self))
+            try:
+                conn.open()
+            except paramiko.BadHostKeyException as exc:
+                conn.close()
+                raise self.host_key_error(exc.key, exc.expected_key) from None
+            except BaseException:
+                conn.close()
+                raise
             self._conn = conn
         return self._conn
+
+    # -- host keys --------------------------------------------------------------
+    def _known_hosts_files(self) -> list[Path]:
+        if self.known_hosts:
+            return [Path(self.known_hosts)]
+        return [Path(USER_KNOWN_HOSTS).expanduser(), Path(SYSTEM_KNOWN_HOSTS)]
+
+    @property
+    def known_hosts_entry(self) -> str:
+        """The host's name in known_hosts, as OpenSSH and paramiko look it up."""
+        return self.ssh_address if self.port == 22 else f"[{self.ssh_address}]:{self.port}"
+
+    def accept_command(self) -> str:
+        """The OpenSSH command that adds the key the host offers to the known_hosts file."""
+        argv = ["ssh", "-o", "StrictHostKeyChecking=accept-new",
+                "-o", f"UserKnownHostsFile={self._known_hosts_files()[0]}", "-p", str(self.port)]
+        if self.key:
+            argv += ["-i", self.key, "-o", "IdentitiesOnly=yes"]
+        if self.proxy_command:
+            argv += ["-o", f"ProxyCommand={self.proxy_command}"]
+        return shlex.join([*argv, f"{self.user}@{self.ssh_address}", "true"])
+
+    def host_key_error(self, offered, expected=None) -> HostKeyError:
+        """Why the connection is refused, with what to do about it."""
+        where = " or ".join(str(p) for p in self._known_hosts_files())
+        who = f"[{self.name}] {self.user}@{self.ssh_address}:{self.port}"
+        got = f"{offered.get_name()} {offered.fingerprint}"
+        if expected is None:
+            message = f"{who}: unknown SSH host key {got} (no key for {self.known_hosts_entry} in {where})"
+        else:
+            message = (f"{who}: the SSH host key CHANGED: it offers {got}, {where} has "
+                       f"{expected.get_name()} {expected.fingerprint}; someone may be intercepting "
+                       f"the connection")
+        if self.recorded_by:
+            hint = (f"the key on record came from {self.recorded_by}; another key means another machine "
+                    f"answers at {self.ssh_address}, or the record was changed: take the lab down and "
+                    f"up again (`hpnlab down && hpnlab up`) to record its VMs' keys anew")
+        elif expected is None:
+            kind = offered.get_name().removeprefix("ssh-").split("-")[0]
+            hint = (f"check that it is the machine's key (`ssh-keygen -lf /etc/ssh/ssh_host_{kind}_key.pub` "
+                    f"on it), then accept it: {self.accept_command()}")
+        else:
+            hint = (f"only if the machine's key really changed (reinstalled?), forget the old key and "
+                    f"accept the new one: ssh-keygen -f {shlex.quote(str(self._known_hosts_files()[0]))} "
+                    f"-R {shlex.quote(self.known_hosts_entry)} && {self.accept_command()}")
+        return HostKeyError(message, hint=hint)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -174,6 +309,8 @@ class SshHost(Host):
             result = Result(self.name, shell, -9, exc.result.stdout, f"timed out after {timeout:g}s",
                             time.monotonic() - started)
             raise CommandError(result, f"timed out after {timeout:g}s") from None
+        except HostKeyError:        # not a command's failure: nothing may run on that host
+            raise
         except Exception as exc:  # connection trouble: report it as this command's failure
             self.close()
             result = Result(self.name, shell, 255, "", f"ssh {self.user}@{self.ssh_address}: {exc}",
@@ -207,6 +344,12 @@ class SshHost(Host):
             self._record({"host": self.name, "name": name, "pid": pid, "cmd": shell,
                           "started": time.time(), "stdout": f"{base}.out", "stderr": f"{base}.err"})
         return SshProcess(self, shell, name, pid, base)
+
+    def attach(self, cmd: Command):
+        """Run `cmd` on a channel of this connection, tied to it: (stdin, stdout, stderr) as
+        paramiko files. Its stdin ends when the connection closes, and with it a program that
+        reads stdin until then (verify's listeners)."""
+        return self.conn.client.exec_command(self._as_root(as_shell(cmd)))
 
     # -- files ------------------------------------------------------------------
     def put(self, local: str | Path, remote: str) -> None:

@@ -22,10 +22,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from .. import inventory
-from ..hosts.ssh import SshHost, proxy_command
+from ..hosts.ssh import HostKeyError, SshHost, bare_spec, reach_of
 from ..state import unregister_live
 from ..topology import Lab
-from ..topology.model import Host as HostSpec
 from . import Progress, Provider, ProviderError, _quiet
 
 SSH_TIMEOUT = 30.0
@@ -76,14 +75,7 @@ class StaticProvider(Provider):
                 conn = inventory._static_connection(self.lab, name, self.static)
             except inventory.InventoryError as exc:
                 raise ProviderError(str(exc)) from None
-            user = str(conn.get("ansible_user") or "root")
-            port = int(conn.get("ansible_port") or 22)
-            key = conn.get("ansible_ssh_private_key_file")
-            ssh_args = str(conn.get("ansible_ssh_common_args") or "")
-            reach[name] = {"address": str(conn["ansible_host"]), "user": user, "port": port,
-                           "key": str(Path(key).expanduser()) if key else None, "ssh_args": ssh_args,
-                           "proxy": proxy_command(ssh_args, str(conn["ansible_host"]), port, user),
-                           "become": user != "root" and _true(conn.get("ansible_become"))}
+            reach[name] = reach_of(conn)
         return reach
 
     def _create(self, state: dict, progress: Progress) -> None:
@@ -91,7 +83,10 @@ class StaticProvider(Provider):
         # Look before changing anything: every host answers and has its NICs.
         links = {}
         for name, host in hosts.items():
-            r = host.run("true", timeout=SSH_TIMEOUT, check=False)
+            try:
+                r = host.run("true", timeout=SSH_TIMEOUT, check=False)
+            except HostKeyError as exc:
+                raise ProviderError(str(exc), hint=exc.hint) from None
             if not r.ok:
                 raise ProviderError(f"[{name}] no SSH to {_describe(state['hosts'][name])}: "
                                     f"{(r.stderr or r.stdout).strip() or f'exit status {r.rc}'}")
@@ -173,7 +168,7 @@ class StaticProvider(Provider):
             def record(proc: dict) -> None:
                 state.setdefault("processes", []).append(proc)
                 self.state.write(state)
-        return {name: _ssh_host(spec, state["hosts"][name], record) for name, spec in self.lab.hosts.items()}
+        return {name: SshHost.from_reach(spec, state["hosts"][name], record) for name, spec in self.lab.hosts.items()}
 
     def _reach_of(self, host: str) -> dict:
         self.host(host)
@@ -233,12 +228,8 @@ def _with_real_ifnames(lab: Lab, static: dict[str, dict]) -> Lab:
     return replace(lab, hosts=hosts)
 
 
-def _ssh_host(spec: HostSpec, reach: dict, record=None) -> SshHost:
-    return SshHost(spec, reach["address"], user=reach["user"], key=reach.get("key"), port=reach["port"],
-                   record=record, proxy_command=reach.get("proxy"), become=reach.get("become", False))
-
-
 def _ssh_argv(reach: dict) -> list[str]:
+    # ssh_args carry the host-key checking options too (inventory._static_connection)
     argv = ["ssh", "-p", str(reach["port"]), *shlex.split(reach.get("ssh_args") or "")]
     if reach.get("key"):
         argv += ["-i", reach["key"]]
@@ -256,12 +247,17 @@ def _undo(state: dict, progress: Progress) -> list[str]:
     stays) and is named in the error."""
     done, failed = [], []
     for name, reach in (state.get("hosts") or {}).items():
-        host = _ssh_host(_bare_spec(name), reach)
+        host = SshHost.from_reach(bare_spec(name), reach)
         processes = [p for p in state.get("processes", []) if p.get("host") == name]
         changes = (state.get("changes") or {}).get(name, [])
         if not processes and not changes:
             continue
-        if not host.run("true", timeout=SSH_TIMEOUT, check=False).ok:
+        try:
+            reachable = host.run("true", timeout=SSH_TIMEOUT, check=False).ok
+        except HostKeyError as exc:
+            failed.append(f"{name} ({exc}; {exc.hint})")
+            continue
+        if not reachable:
             failed.append(f"{name} ({_describe(reach)})")
             continue
         for proc in processes:
@@ -301,12 +297,6 @@ def _undo_argv(host: SshHost, change: dict) -> list[str] | None:
     return None
 
 
-def _bare_spec(name: str) -> HostSpec:
-    """Enough of a host to reach it (cleanup reads machines from a state file alone)."""
-    return HostSpec(name=name, role="-", cpus=0, memory_mb=0, profile=None, sysctls={}, hugepages=0,
-                    hugepage_size="2M", dpdk_network=None, nics=())
-
-
 def _links(host: SshHost) -> dict[str, dict]:
     out = host.run(["ip", "-j", "addr", "show"], timeout=SSH_TIMEOUT).stdout
     return {link["ifname"]: link for link in json.loads(out or "[]")}
@@ -323,7 +313,3 @@ def _sysctls(host: SshHost, sysctls: dict) -> dict[str, str]:
 
 def _norm(value) -> str:
     return " ".join(str(value).split())
-
-
-def _true(value) -> bool:
-    return str(value).strip().lower() in ("1", "true", "yes", "on")

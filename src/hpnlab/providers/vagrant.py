@@ -19,6 +19,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -27,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .. import vm
-from ..hosts.ssh import SshHost
+from ..hosts.ssh import CONSOLE_RECORD, SshHost, known_hosts_args
 from ..state import register_live, unregister_live
 from ..topology import Lab
 from ..vm import accel, virt
@@ -36,6 +37,10 @@ from ..vm import setup as vmsetup
 from . import Progress, Provider, ProviderError, _quiet
 
 BOOT_TIMEOUT = int(os.environ.get("HPNLAB_VM_BOOT_TIMEOUT", "600"))
+# Each guest's serial console goes to a file here (QEMU's user must reach it: not under .lab/).
+CONSOLE_DIR = vm.POOL_DIR.parent / "console"
+# What the hpnlab box prints on its console at every boot (box/files/hpnlab-hostkeys.service)
+HOSTKEY_LINE = re.compile(r"hpnlab-hostkey: (ssh-ed25519|ecdsa-sha2-nistp\d+|ssh-rsa) ([A-Za-z0-9+/]+=*)")
 
 
 class VagrantProvider(Provider):
@@ -67,6 +72,11 @@ class VagrantProvider(Provider):
     @property
     def key_path(self) -> Path:
         return self.state.dir / "ssh" / "id_ed25519"
+
+    @property
+    def known_hosts_path(self) -> Path:
+        """The guests' SSH host keys as `up` recorded them from their consoles."""
+        return self.state.dir / "known_hosts"
 
     def settings(self) -> dict:
         return vm.settings(self.lab)
@@ -126,6 +136,8 @@ class VagrantProvider(Provider):
         state["management_subnet"] = subnet
         self.state.write(state)
         self._copy_boot_files(settings)          # this box's kernel, not an older one
+        CONSOLE_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
+        _remove_console_logs(state["domains"])   # libvirt appends: no key of an earlier guest
         self.render(driver=driver, subnet=subnet)
         progress(f"vagrant up: {len(self.lab.hosts)} VM(s), driver {driver}"
                  + (" (TCG: software emulation)" if driver == "qemu" else ""))
@@ -138,6 +150,7 @@ class VagrantProvider(Provider):
             state["hosts"][hname] = {"address": ip, "domain": self.domain(hname)}
         self.state.write(state)
         progress("management addresses: " + ", ".join(f"{h} {v['address']}" for h, v in state["hosts"].items()))
+        self._record_host_keys(state["hosts"], settings, progress)
         hosts = self.hosts(state)
 
         def ready(host: SshHost) -> None:
@@ -157,6 +170,33 @@ class VagrantProvider(Provider):
                         hosts[member].run(argv, timeout=30)
             state["impairments"] = {n.name: "netem (in the guests)" for n in impaired}
             progress("impaired " + ", ".join(f"{n.name}: {n.impair.describe()}" for n in impaired))
+
+    def _record_host_keys(self, hosts: dict, settings: dict, progress: Progress) -> None:
+        """Write known_hosts from the key each guest printed on its serial console at boot: a
+        channel from the hypervisor, which nothing on the management network can forge. Every
+        later SSH connection (Fabric, Ansible, testinfra) accepts that key and no other."""
+        lines = []
+        for hname, entry in hosts.items():
+            log = _console_log(entry["domain"])
+            deadline = time.monotonic() + 30        # printed before sshd starts: there by now
+            while not (found := HOSTKEY_LINE.findall(log.read_text(errors="replace") if log.exists() else "")):
+                if settings["box"] != vm.BOX_NAME or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            if found:
+                lines += [f"{entry['address']} {kind} {blob}\n" for kind, blob in dict(found).items()]
+            elif settings["box"] != vm.BOX_NAME:     # a box that prints no key: trust the first answer
+                scan = vm.run(["ssh-keyscan", "-T", "30", entry["address"]], check=False, timeout=60)
+                lines += [line + "\n" for line in scan.stdout.splitlines() if line and not line.startswith("#")]
+                progress(f"{hname}: box {settings['box']} prints no host key on its console: "
+                         f"trusting the keys it offered on first contact")
+            else:
+                raise ProviderError(f"[{hname}] printed no SSH host key on its serial console ({log}); "
+                                    f"hpnlab connects to no VM whose key it has not recorded")
+        fd = os.open(self.known_hosts_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.writelines(lines)
+        progress(f"SSH host keys recorded from the guests' consoles: {self.known_hosts_path}")
 
     def _configure(self, host: SshHost, state: dict) -> None:
         """Check each data NIC has the model's MAC and address; apply sysctls."""
@@ -217,6 +257,8 @@ class VagrantProvider(Provider):
                      self.state.dir / "vagrant.d"):
             shutil.rmtree(path, ignore_errors=True)
         self.spec_path.unlink(missing_ok=True)
+        self.known_hosts_path.unlink(missing_ok=True)
+        _remove_console_logs({*state.get("domains", []), *self.expected()["domains"]})
         self.state.remove()
         if not keep_daemons:
             for what in vmsetup.stop_daemons(progress):
@@ -243,9 +285,11 @@ class VagrantProvider(Provider):
             _forget_machines(st.dir / "vagrant")
             if data.get("prefix"):
                 _remove_boot_files(data["prefix"])
+            _remove_console_logs(data.get("domains", []))
             for path in (st.dir / "vagrant", st.dir / "ssh", st.logdir, st.dir / "vagrant.d"):
                 shutil.rmtree(path, ignore_errors=True)
             (st.dir / "vagrant.json").unlink(missing_ok=True)
+            (st.dir / "known_hosts").unlink(missing_ok=True)
             st.remove()
             st.discard()
             removed.append(f"state {st.dir}")
@@ -292,6 +336,7 @@ class VagrantProvider(Provider):
             "pool": vm.POOL,
             "ssh_key": str(self.key_path),
             "ssh_pubkey": (self.key_path.with_suffix(".pub")).read_text().strip(),
+            "console_dir": str(CONSOLE_DIR),
             **self._direct_boot(settings),
         }
         self.state.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -384,7 +429,7 @@ class VagrantProvider(Provider):
                 state.setdefault("processes", []).append(proc)
                 self.state.write(state)
         return {name: SshHost(spec, state["hosts"][name]["address"], user="root", key=self.key_path,
-                              record=record)
+                              record=record, known_hosts=self.known_hosts_path, recorded_by=CONSOLE_RECORD)
                 for name, spec in self.lab.hosts.items()}
 
     def _ssh_target(self, host: str) -> str:
@@ -393,8 +438,7 @@ class VagrantProvider(Provider):
 
     def ssh_argv(self, host: str) -> list[str]:
         return ["ssh", "-i", str(self.key_path), "-o", "IdentitiesOnly=yes",
-                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                "-o", "LogLevel=ERROR", self._ssh_target(host)]
+                *known_hosts_args(str(self.known_hosts_path)), "-o", "LogLevel=ERROR", self._ssh_target(host)]
 
     def shell_argv(self, host: str) -> list[str]:
         return [*self.ssh_argv(host), "-t", f"HPNLAB_HOST={host} exec bash -l"]
@@ -500,6 +544,15 @@ def _boot_copies(prefix: str) -> dict[str, Path]:
 def _remove_boot_files(prefix: str) -> None:
     for path in _boot_copies(prefix).values():
         path.unlink(missing_ok=True)
+
+
+def _console_log(domain: str) -> Path:
+    return CONSOLE_DIR / f"{domain}.log"
+
+
+def _remove_console_logs(domains) -> None:
+    for domain in domains:
+        _console_log(domain).unlink(missing_ok=True)
 
 
 def _forget_machines(dotfile: Path) -> None:
