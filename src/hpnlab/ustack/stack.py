@@ -94,6 +94,8 @@ class Stack:
             self.count("ether.drop.not_for_us")
             return
         self.count("ether.rx")
+        if len(frame) > self.mtu + ether.HEADER:
+            self.count("ether.rx_super_frame")      # a GSO frame from a local kernel (veth), not a wire frame
         if eth.ethertype == ether.TYPE_ARP:
             self._arp_input(eth, now)
         elif eth.ethertype == ether.TYPE_IPV4:

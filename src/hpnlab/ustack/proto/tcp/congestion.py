@@ -18,9 +18,11 @@ class NewReno:
     def _count(self, key):
         self.events[key] = self.events.get(key, 0) + 1
 
-    def on_ack(self, acked: int, flight_after: int, full: bool) -> bool:
+    def on_ack(self, acked: int, flight_after: int, full: bool, cwnd_limited: bool = True) -> bool:
         """New data acked. `full`: the ack covers `recover` (ends a recovery). Returns True
-        when the caller must retransmit the first unacked segment (a partial ack)."""
+        when the caller must retransmit the first unacked segment (a partial ack).
+        `cwnd_limited`: the window was the limit; if the application or the receiver's
+        window was, cwnd does not grow (RFC 7661's point: an unused cwnd proves nothing)."""
         self.dupacks = 0
         if self.in_recovery:
             if full:
@@ -32,6 +34,8 @@ class NewReno:
             self.cwnd = max(self.cwnd - acked + (self.mss if acked >= self.mss else 0), self.mss)
             self._count("partial_ack")
             return True
+        if not cwnd_limited:
+            return False
         if self.cwnd < self.ssthresh:
             self.cwnd += min(acked, self.mss)
         else:

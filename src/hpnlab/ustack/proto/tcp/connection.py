@@ -688,7 +688,8 @@ class Connection:
             self.sndbuf.clear()
         self.retries = 0
         full = self.cc.recover is None or _d(seg.ack, self.cc.recover) >= 0
-        if self.cc.on_ack(acked, self.flight, full):
+        cwnd_limited = self.flight + acked + self.mss >= self.cc.cwnd
+        if self.cc.on_ack(acked, self.flight, full, cwnd_limited):
             self._retransmit_first(now)
             self._arm_rto(now)
         if self.flight == 0:

@@ -1,0 +1,89 @@
+"""`hpnlab ustack …` — the user-space TCP/IP stack (course §2.4).
+
+    hpnlab ustack serve --ifname eth2 --ip 10.77.5.101/24 --app echo   run it here (inside a host)
+    hpnlab --lab labs/ustack/lab.yml ustack run h1 --app http --port 80  run it on a lab host
+    hpnlab --lab labs/ustack/lab.yml ustack lab                          interop suite + measurements
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+from ._common import console, progress, provider_from
+
+HELP = "the user-space TCP/IP stack: run an app on it, or run its interop suite and measurements"
+
+
+def add_arguments(parser) -> None:
+    from ..ustack import run as stackrun
+    sub = parser.add_subparsers(dest="ustack_cmd", metavar="ACTION", required=True)
+    serve = sub.add_parser("serve", help="run the stack with an app in this network namespace")
+    stackrun.add_arguments(serve)
+    on = sub.add_parser("run", help="run the stack with an app on a lab host's NIC (Ctrl-C stops it)")
+    on.add_argument("host")
+    on.add_argument("--net", default="stack", help="the LAN whose NIC the stack takes (default: stack)")
+    on.add_argument("stack_args", nargs="*", help="options for `serve` after `--` (--app, --port, ...)")
+    lab = sub.add_parser("lab", help="interop suite against the peer's kernel + measurements, into results/ustack/")
+    lab.add_argument("--up", action="store_true", help="bring the lab up first if it is not up")
+    lab.add_argument("--bytes", type=int, default=64 << 20, help="bulk transfer size (default 64 MiB)")
+    lab.add_argument("--results", metavar="DIR", help="results root (default: results/)")
+
+
+def run(args) -> int:
+    if args.ustack_cmd == "serve":
+        from ..ustack.run import main
+        return main(args)
+    provider = provider_from(args)
+    if args.ustack_cmd == "run":
+        return _run_on_host(provider, args)
+    from ..labs._kit import LabError
+    from ..ustack import lab
+    started = time.monotonic()
+    with progress(f"ustack lab on {provider.lab.name} ({provider.name})") as step:
+        if args.up and not provider.is_up():
+            provider.up(step)
+        if not provider.is_up():
+            console.print(f"[red]lab {provider.lab.name} is not up[/red]: `hpnlab --lab {args.lab} up` or pass --up")
+            return 1
+        try:
+            result = lab.run(provider, args.bytes, args.results, step, sys.argv)
+        except LabError as exc:
+            console.print(f"[red]ustack lab: {exc}[/red]")
+            return 1
+    failed = [r["name"] for r in result["data"]["interop"] if not r["ok"]]
+    console.print(f"ustack lab done in {time.monotonic() - started:.1f}s; report: {result['report']}")
+    if failed:
+        console.print(f"[red]interop cases failed: {', '.join(failed)}[/red]")
+        return 1
+    return 0
+
+
+def _run_on_host(provider, args) -> int:
+    from ..labs._kit import agent_python
+    from ..ustack.interop import stack_ip
+    host = provider.host(args.host)
+    nic = host.nic(args.net)
+    extra = list(args.stack_args)
+    argv = [agent_python(host), "-m", "hpnlab.ustack.run", "--ifname", nic.ifname]
+    if "--ip" not in extra:
+        argv += ["--ip", stack_ip(host, args.net)]
+    proc = host.start(argv + extra, name=f"ustack-{args.host}")
+    console.print(f"stack on {args.host}:{nic.ifname} ({' '.join(argv[3:] + extra)}); Ctrl-C stops it")
+    seen = 0
+    try:
+        while proc.alive():
+            out = proc.logs()[0]
+            if len(out) > seen:
+                sys.stdout.write(out[seen:])
+                sys.stdout.flush()
+                seen = len(out)
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        rc = proc.stop(5) if proc.alive() else proc.wait(1)
+    out, err = proc.logs()
+    sys.stdout.write(out[seen:])
+    if rc not in (0, None) and err.strip():
+        console.print(f"[red]{err.strip()[-800:]}[/red]")
+    return 0 if rc in (0, None, -15, 143) else 1
