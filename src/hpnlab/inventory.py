@@ -12,7 +12,8 @@
 
 Connection per provider:
     netns    ansible/plugins/connection/hpnlab_netns.py into namespace <lab>-<host>
-    vagrant  ssh to the VM's management address with the lab's key. The address comes
+    vagrant  ssh to the VM's management address with the lab's key, its host key checked
+             against the one `up` recorded from the VM's console. The address comes
              from the vagrant provider: `provider.ssh_info(host)` → {host, port, user,
              key} if it has that method, else state.json `hosts.<host>.ssh` with the
              same keys, else state.json `hosts.<host>.address` as root with the lab key
@@ -22,7 +23,9 @@ Connection per provider:
              ansible_ssh_private_key_file, ansible_become, ...) taken from the user's
              inventory (inventory/static.yml; see inventory/static.example.yml). There a
              host may also rename its NICs (`hpnlab_ifnames: {data: enp3s0f1}`) and name
-             the DPDK NIC's PCI address (`hpnlab_dpdk_pci`).
+             the DPDK NIC's PCI address (`hpnlab_dpdk_pci`). Host keys are checked against
+             `hpnlab_known_hosts` (or the UserKnownHostsFile of ansible_ssh_common_args, or
+             the user's known_hosts): StrictHostKeyChecking=yes goes first in the SSH options.
 
 Nothing else restates the lab: the inventory is rewritten from lab.yml every time.
 """
