@@ -8,6 +8,12 @@ arrives before the other side has connected, that kernel answers RST and the
 connect() fails with ECONNREFUSED: the peer tries again after a *random*
 pause (a fixed pause keeps both sides missing in lockstep).
 
+The SYNs cross only if each is still in flight when the other side connects:
+the two connect() calls must fall within one one-way delay of each other. A
+LAN's few microseconds make that a matter of luck, so during the run the lab
+delays each peer's segments of its ports by --delay-ms (netem, or hpnlab's
+NFQUEUE delay line where the kernel has no netem): a window of ± that delay.
+
     hpnlab lab p2p --tries 20                   # on the running lab's h1, h2
     python -m hpnlab.labs.p2p peer ...          # the agent each host runs
 """
@@ -16,11 +22,14 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import math
 import os
 import random
 import socket
+import statistics
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from .. import report
@@ -28,6 +37,7 @@ from . import pcap
 from ._agent import dispatch
 from ._kit import (
     Capture,
+    DelayLine,
     StateTrace,
     agent_argv,
     host_pair,
@@ -38,6 +48,7 @@ from ._kit import (
 
 HELP = "TCP simultaneous open between two hosts: pcap proof, success rate, ladder diagram"
 BASE_PORT = 41000
+DELAY_MS = 10.0
 
 
 # ================================================================ agent (runs on a host)
@@ -58,7 +69,7 @@ def simultaneous_connect(local: tuple[str, int], remote: tuple[str, int], start_
     rng = rng or random.Random()
     sleep_until(start_at)
     t0 = time.time()
-    info = {"attempts": 0, "refused": 0, "timeouts": 0, "errors": []}
+    info = {"attempts": 0, "refused": 0, "timeouts": 0, "errors": [], "first_connect": t0}
     while True:
         left = t0 + timeout - time.time()
         if left <= 0:
@@ -147,6 +158,10 @@ def add_arguments(p) -> None:
     p.add_argument("--jitter-ms", type=float, default=1.0,
                    help="upper bound of the random pause after a refused connect (default: 1 ms)")
     p.add_argument("--port", type=int, default=BASE_PORT)
+    p.add_argument("--delay-ms", type=float, default=DELAY_MS,
+                   help="one-way delay on each peer's segments of the lab's ports during the run, so the SYNs "
+                        f"cross in flight: the two connect() calls may be this far apart (default: {DELAY_MS:g} ms; "
+                        "0: the bare link)")
 
 
 def run(provider, args, step) -> dict:
@@ -160,26 +175,30 @@ def run(provider, args, step) -> dict:
     bpf = f"tcp and portrange {ports.start}-{ports.stop - 1}"
     step(f"{a_name} {ip_a} ⇄ {b_name} {ip_b} on {net}: {args.tries} tries, ports {ports.start}-{ports.stop - 1}")
 
-    start_at = time.time() + 1.0
-    common = ["--port", args.port, "--tries", args.tries, "--start-at", f"{start_at:.6f}",
-              "--spacing", args.spacing, "--timeout", args.timeout, "--jitter-ms", args.jitter_ms]
-    jobs = peer_jobs(provider, ha, hb, ip_a, ip_b, common)
+    common = ["--port", args.port, "--tries", args.tries, "--spacing", args.spacing, "--timeout", args.timeout,
+              "--jitter-ms", args.jitter_ms]
     tracer = StateTrace(ports) if StateTrace.available(provider) else None
     cap_a = Capture(provider, f"{a_name}:{net}", out / f"{a_name}.pcap", bpf)
     cap_b = Capture(provider, f"{b_name}:{net}", out / f"{b_name}.pcap", bpf)
-    with cap_a, cap_b:
+    with ExitStack() as stack:
+        if args.delay_ms > 0:
+            for host in (ha, hb):
+                stack.enter_context(DelayLine(host, host.nic(net).ifname, (ports.start, ports.stop - 1),
+                                              args.delay_ms))
+            step(f"{args.delay_ms:g} ms one-way delay on both peers' ports: the SYNs cross if the two "
+                 f"connect() calls are < {args.delay_ms:g} ms apart")
+        stack.enter_context(cap_a)
+        stack.enter_context(cap_b)
         if tracer:
-            tracer.__enter__()
-        try:
-            results = run_agents(jobs, timeout=5 + args.tries * (args.spacing + args.timeout) + 10)
-        finally:
-            if tracer:
-                tracer.__exit__(None, None, None)
+            stack.enter_context(tracer)
+        start = ["--start-at", f"{time.time() + 1.0:.6f}"]     # once the delay and captures are in place
+        jobs = peer_jobs(provider, ha, hb, ip_a, ip_b, common + start)
+        results = run_agents(jobs, timeout=5 + args.tries * (args.spacing + args.timeout) + 10)
     step("peers finished; reading the pcaps")
     segs_a = pcap.read_pcap(out / f"{a_name}.pcap")
     segs_b = pcap.read_pcap(out / f"{b_name}.pcap")
     analysis = analyse(results[a_name]["tries"], results[b_name]["tries"], segs_a, ip_a, ip_b,
-                       tracer.events if tracer else None)
+                       tracer.events if tracer else None, args.delay_ms)
     ladder_png = None
     example = next((t for t in analysis["tries"] if t["kind"] == "simultaneous"),
                    next((t for t in analysis["tries"] if t["ok"]), None))
@@ -196,7 +215,21 @@ def run(provider, args, step) -> dict:
     return {"report": path, "dir": out, **{k: analysis[k] for k in ("ok", "tries_n", "kinds")}}
 
 
-def analyse(tries_a: list, tries_b: list, segs: list, ip_a: str, ip_b: str, events) -> dict:
+def syn_gap_ms(opening: list, ip_a: str, ip_b: str) -> float | None:
+    """B's SYN minus A's SYN as captured on A's NIC: both have passed an egress delay there
+    (A's leaving, B's arriving), so this is the connect() gap plus the difference of the
+    two delays' own jitter — read with no clock but A's."""
+    first = {}
+    for s in opening:
+        if s.flags & pcap.SYN and not s.flags & pcap.ACK:
+            first.setdefault(s.src, s.ts)
+    if ip_a not in first or ip_b not in first:
+        return None
+    return round((first[ip_b] - first[ip_a]) * 1e3, 3)
+
+
+def analyse(tries_a: list, tries_b: list, segs: list, ip_a: str, ip_b: str, events,
+            delay_ms: float = 0.0) -> dict:
     conns = {}
     for s in segs:
         if s.proto == "tcp" and s.sport == s.dport:
@@ -216,6 +249,9 @@ def analyse(tries_a: list, tries_b: list, segs: list, ip_a: str, ip_b: str, even
                "seconds": [round(ta.get("seconds", 0), 4), round(tb.get("seconds", 0), 4)],
                "rsts": sum(1 for s in conn if s.flags & pcap.RST),
                "opening": [f"{'A' if s.src == ip_a else 'B'} {s.flagstr}" for s in opening[:6]],
+               "syn_gap_ms": syn_gap_ms(opening, ip_a, ip_b),
+               # how far apart the two first connect() calls were, by the hosts' clocks
+               "connect_gap_ms": round((tb["first_connect"] - ta["first_connect"]) * 1e3, 3),
                "states": [state_a, state_b] if events is not None else None,
                "received": [ta.get("received"), tb.get("received")],
                "errors": ta["errors"] + tb["errors"]}
@@ -224,9 +260,15 @@ def analyse(tries_a: list, tries_b: list, segs: list, ip_a: str, ip_b: str, even
     ok = sum(r["ok"] for r in rows)
     canonical_states = sum(1 for r in rows if r["states"] and all(
         st and _subseq(["SYN_SENT", "SYN_RECV", "ESTABLISHED"], st) for st in r["states"]))
+    gaps = [abs(r["connect_gap_ms"]) for r in rows]
+    inside = [r for r in rows if abs(r["connect_gap_ms"]) < delay_ms]
     return {"tries": rows, "tries_n": len(rows), "ok": ok,
             "kinds": {k: sum(1 for r in rows if r["ok"] and r["kind"] == k)
                       for k in ("simultaneous", "syn-syn-ack", "three-way", "failed")},
+            "window": {"delay_ms": delay_ms, "inside": len(inside),
+                       "inside_simultaneous": sum(1 for r in inside if r["ok"] and r["kind"] == "simultaneous"),
+                       "median_gap_ms": statistics.median(gaps) if gaps else None,
+                       "max_gap_ms": max(gaps) if gaps else None},
             "both_syn_sent_syn_recv_established": canonical_states if events is not None else None}
 
 
@@ -311,26 +353,52 @@ def draw_ladder(segs_a: list, segs_b: list, a: tuple, b: tuple, path: Path, titl
 
 def render(an: dict, a: str, b: str, ip_a: str, ip_b: str, net: str, args, env: dict,
            ladder: Path | None, out: Path) -> str:
-    k = an["kinds"]
+    k, w = an["kinds"], an["window"]
+    goal = math.ceil(0.95 * an["tries_n"])
+    met = "met" if k["simultaneous"] >= goal else "**missed**"
     lines = [f"# P2P lab: TCP simultaneous open, {a} ⇄ {b}", "",
-             f"**{an['ok']} of {an['tries_n']} tries connected and exchanged data both ways** "
-             f"(goal: ≥ 19 of 20).", "",
+             f"**{k['simultaneous']} of {an['tries_n']} tries were canonical simultaneous opens** "
+             f"(goal ≥ 95 %, {goal} of {an['tries_n']}: {met}); {an['ok']} connected and exchanged data both ways.",
+             "",
              f"- canonical simultaneous opens (SYN, SYN, SYN-ACK, SYN-ACK): **{k['simultaneous']}**",
              f"- fell back to SYN, SYN, SYN-ACK, ACK (only one SYN met a peer in SYN_SENT): {k['syn-syn-ack']}",
              f"- plain three-way handshakes: {k['three-way']}"]
     if an["both_syn_sent_syn_recv_established"] is not None:
         lines.append(f"- tries where the kernel's `sock:inet_sock_set_state` tracepoint shows **both** sockets "
                      f"going SYN_SENT → SYN_RECV → ESTABLISHED: **{an['both_syn_sent_syn_recv_established']}**")
-    lines += ["", "Each try uses its own port on both sides (so a try's TIME_WAIT never meets the next one). "
+    else:
+        lines.append("- the kernel's state tracepoint was not read (it needs the netns provider and a writable "
+                     "tracefs): the pcap alone classifies the handshakes")
+    lines += ["", "## The timing window", ""]
+    if w["delay_ms"] > 0:
+        lines += [f"Two SYNs cross only if each is still in flight when the other side calls connect(): the two "
+                  f"calls must be less than one one-way delay apart. On a LAN that is a few microseconds, so the "
+                  f"lab delays each peer's segments of its ports by **{w['delay_ms']:g} ms** while it runs "
+                  f"(netem where the kernel has it, else hpnlab's NFQUEUE delay line): a window of "
+                  f"±{w['delay_ms']:g} ms around the shared start time.", ""]
+    else:
+        lines += ["This run used the bare link (--delay-ms 0): the window is the link's own one-way delay, "
+                  "microseconds on a LAN, so crossing SYNs are a matter of luck.", ""]
+    if w["median_gap_ms"] is not None:
+        inside = (f" {w['inside']} of {an['tries_n']} tries started inside the window, and "
+                  f"{w['inside_simultaneous']} of those were canonical." if w["delay_ms"] > 0 else "")
+        lines += [f"How far apart the two first connect() calls of a try were (`connect gap`, by the hosts' "
+                  f"clocks — one clock on the netns provider; VMs' clocks may differ by more): median "
+                  f"{w['median_gap_ms']:.3f} ms, largest {w['max_gap_ms']:.3f} ms.{inside} A try that starts "
+                  f"outside it still connects: the early SYN is refused (RST) and retried until the two overlap. "
+                  f"`SYN gap` is the same gap read from {a}'s pcap alone (B's SYN minus A's): it adds the "
+                  f"difference between the delay each SYN actually got.", ""]
+    lines += ["Each try uses its own port on both sides (so a try's TIME_WAIT never meets the next one). "
               "`attempts` counts connect() calls per side: every refused attempt is a SYN that arrived "
               "before the other side had connected and was answered with RST.", "",
-              report.md_table(["try", "port", "ok", "handshake", "attempts A/B", "RSTs", "connect s A/B",
-                               "opening (pcap, A=" + a + ")", "states A | B (tracepoint)"],
-                              [[r["try"], r["port"], "yes" if r["ok"] else "NO", r["kind"],
+              report.md_table(["try", "port", "ok", "handshake", "connect gap ms", "SYN gap ms", "attempts A/B",
+                               "RSTs", "connect s A/B", "opening (pcap, A=" + a + ")", "states A | B (tracepoint)"],
+                              [[r["try"], r["port"], "yes" if r["ok"] else "NO", r["kind"], f"{r['connect_gap_ms']:+.3f}",
+                                "-" if r["syn_gap_ms"] is None else f"{r['syn_gap_ms']:+.3f}",
                                 "/".join(map(str, r["attempts"])), r["rsts"],
                                 "/".join(f"{x:.3f}" for x in r["seconds"]), ", ".join(r["opening"]),
                                 " \\| ".join("→".join(s or ["?"]) for s in r["states"]) if r["states"] else "-"]
-                               for r in an["tries"]], align="rlllrrlll")]
+                               for r in an["tries"]], align="rlllrrrrlll")]
     if ladder:
         lines += ["## Ladder diagram of one handshake", "", f"![ladder]({ladder.name})", "",
                   "Time runs down. Each arrow starts at the sender's capture time and ends at the receiver's; "
@@ -344,8 +412,8 @@ def render(an: dict, a: str, b: str, ip_a: str, ip_b: str, net: str, args, env: 
               "was dropped): that peer went SYN_SENT → SYN_RECV and answered SYN-ACK with its own ISN; the other "
               "took the SYN-ACK like a client, SYN_SENT → ESTABLISHED, and answered a plain ACK. The pcap tells "
               "the two apart by sequence numbers (a SYN-ACK that repeats its sender's own SYN's ISN), and the "
-              "state trace agrees. How often each happens depends on how the two retry loops interleave, i.e. "
-              "on the machine's load.",
+              "state trace agrees. Outside the timing window (or with --delay-ms 0) how often each happens "
+              "depends on how the two retry loops interleave, i.e. on the machine's load.",
               "- Refused attempts are cheap on a LAN (one RTT); the random pause after each one is what makes "
               "two retrying peers eventually overlap.", "",
               f"Files: `{a}.pcap`, `{b}.pcap` (captured on each host's NIC on `{net}`), `data.json`.", "",
