@@ -200,10 +200,12 @@ class Suite:
         n = self.bulk_bytes
 
         def to_stack():
-            with self.app("--app", "sink", "--port", 9000, "--once", 1, "--trace") as run:
+            with self.app("--app", "sink", "--port", 9000, "--once", 1) as run:
                 p = peer(self.h2, "source", self.addr, 9000, n)
                 s = run.wait("sink", 120)
-            self.data.setdefault("bulk", {})["linux_to_stack"] = {"peer": p, "stack": s}
+                stats = run.wait("stats", 30)        # --once: it exits after the one connection
+            self.data.setdefault("bulk", {})["linux_to_stack"] = {"peer": p, "stack": s,
+                                                                  "counters": stats.get("counters", {})}
             return s["sha256"] == p["sha256"] and s["bytes"] == n, \
                 f"{n} B, sha256 {'match' if s['sha256'] == p['sha256'] else 'MISMATCH'}, {p['mbps']} Mbit/s"
         self.record(f"tcp: {n >> 20} MiB linux -> stack, sha256", to_stack)
@@ -250,6 +252,43 @@ class Suite:
             return ok, f"stack path {' > '.join(path)}; linux connect: {p['error'] or 'ok'}"
         self.record("tcp: simultaneous open with linux", go)
 
+    def tap_cases(self, nbytes: int | None = None, tap: str = "ustap0", subnet: str = "10.77.99") -> None:
+        """The TAP driver on h1, against h1's own kernel through the TAP device."""
+        n = nbytes or self.bulk_bytes
+        kernel, addr = f"{subnet}.1", f"{subnet}.2"
+        tap_args = ("--driver", "tap", "--tap-kernel-ip", f"{kernel}/24")
+
+        def to_stack():
+            run = StackRun(self.h1, tap, f"{addr}/24", *tap_args, "--app", "sink", "--port", 9000, "--once", 1)
+            try:
+                run.start("listening")
+                p = peer(self.h1, "source", addr, 9000, n)
+                s = run.wait("sink", 120)
+            finally:
+                run.stop()
+            self.data.setdefault("tap", {})["kernel_to_stack"] = {"peer": p, "stack": s}
+            return s["sha256"] == p["sha256"] and s["bytes"] == n, f"{n} B, {p['mbps']} Mbit/s"
+        self.record(f"tap driver: {n >> 20} MiB kernel -> stack, sha256", to_stack)
+
+        def from_stack():
+            proc = self.h1.start([agent_python(self.h1), "-m", "hpnlab.ustack.peer", "sink", 9002], name="ustack-tap-sink")
+            try:
+                self.h1.wait_for_port(9002, 30)
+                run = StackRun(self.h1, tap, f"{addr}/24", *tap_args, "--app", "source", "--connect",
+                               f"{kernel}:9002", "--bytes", n).start("ready")
+                try:
+                    s = run.wait("source", 120)
+                finally:
+                    run.stop()
+                proc.wait(60)
+                p = _events(proc.logs()[0])[-1]
+            finally:
+                if proc.alive():
+                    proc.stop(2)
+            self.data.setdefault("tap", {})["stack_to_kernel"] = {"peer": p, "stack": s}
+            return s["sha256"] == p["sha256"] and p["bytes"] == n, f"{n} B, {p['mbps']} Mbit/s"
+        self.record(f"tap driver: {n >> 20} MiB stack -> kernel, sha256", from_stack)
+
     def run_all(self, flood: bool = True) -> list[dict]:
         self.ping_cases() if flood else None
         self.stack_ping()
@@ -257,4 +296,5 @@ class Suite:
         self.tcp_cases()
         self.bulk()
         self.simultaneous_open()
+        self.tap_cases(4 << 20)
         return self.results

@@ -1,0 +1,75 @@
+"""PyTCP (pip `PyTCP`, the reference user-space stack) on a TAP device, run the way its
+README documents (`TcpIpStack(interface=...)`, `start()`, its Berkeley-like sockets),
+with console logging switched off in its config (logging every packet to the console
+would measure the terminal, not the stack). One JSON line per result.
+
+    python -m hpnlab.ustack.pytcp_peer sink TAP ADDR/LEN KERNEL_ADDR/LEN PORT
+    python -m hpnlab.ustack.pytcp_peer source TAP ADDR/LEN KERNEL_ADDR/LEN IP:PORT BYTES
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+
+def main(argv: list[str]) -> int:
+    mode, tap, addr, kernel_addr = argv[:4]
+    from pytcp import TcpIpStack, config
+    from pytcp.lib import socket as psocket
+    config.LOG_CHANEL = set()
+    stack = TcpIpStack(interface=tap, ip4_address=addr)
+    config.IP6_SUPPORT = False
+    subprocess.run(["ip", "addr", "add", kernel_addr, "dev", tap], check=True)
+    subprocess.run(["ip", "link", "set", tap, "up"], check=True)
+    stack.start()
+    print(json.dumps({"event": "ready", "version": getattr(__import__("pytcp"), "__version__", None)}), flush=True)
+    h, total = hashlib.sha256(), 0
+    try:
+        if mode == "sink":
+            ls = psocket.socket(psocket.AF_INET4, psocket.SOCK_STREAM)
+            ls.bind((addr.split("/")[0], int(argv[4])))
+            ls.listen()
+            print(json.dumps({"event": "listening"}), flush=True)
+            s, _ = ls.accept()
+            t0 = time.monotonic()
+            while True:
+                data = s.recv()
+                if not data:
+                    break
+                h.update(data)
+                total += len(data)
+            secs = time.monotonic() - t0
+            s.close()
+        else:
+            ip, port = argv[4].rsplit(":", 1)
+            nbytes = int(argv[5])
+            chunk = os.urandom(1 << 16)
+            s = psocket.socket(psocket.AF_INET4, psocket.SOCK_STREAM)
+            time.sleep(1.0)                      # its ARP cache fills on the first packets
+            s.connect((ip, int(port)))
+            t0 = time.monotonic()
+            while total < nbytes:
+                part = chunk[:nbytes - total]
+                n = s.send(part)
+                h.update(part[:n])
+                total += n
+            s.close()
+            # send() only queues: the transfer ends when the session has closed (the kernel
+            # sink's own timing is the one the lab reports)
+            end = time.monotonic() + float(argv[6] if len(argv) > 6 else 600)
+            while str(s.state).split(".")[-1] not in ("CLOSED", "TIME_WAIT") and time.monotonic() < end:
+                time.sleep(0.05)
+            secs = time.monotonic() - t0
+        print(json.dumps({"event": mode, "bytes": total, "sha256": h.hexdigest(), "secs": round(secs, 4),
+                          "mbps": round(total * 8 / secs / 1e6, 3) if secs else None}), flush=True)
+    finally:
+        stack.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
