@@ -24,7 +24,13 @@ IN, OUT = 1, 2
 class Hub:
     def __init__(self):
         import greenlet as _g
-        self.greenlet = _g.greenlet
+
+        class Green(_g.greenlet):
+            # Calling a parked greenlet switches into it: the greenlet itself is
+            # its fd's loop callback, no bound method made per wait.
+            __call__ = _g.greenlet.switch
+
+        self.greenlet = Green
         self.getcurrent = _g.getcurrent
         self.main = _g.getcurrent()
         self.loop = Loop("epoll")
@@ -33,13 +39,13 @@ class Hub:
         """Park the current greenlet until fd is ready for `bit`; the loop switches back."""
         loop = self.loop
         if bit == IN:
-            loop.add_reader(fd, self.getcurrent().switch)
+            loop.add_reader(fd, self.getcurrent())
             self.main.switch()
-            loop.remove_reader(fd)         # one-shot: the next wait registers again (no syscall)
+            loop.readers[fd] = None        # one-shot: the next wait registers again (no syscall)
         else:
-            loop.add_writer(fd, self.getcurrent().switch)
+            loop.add_writer(fd, self.getcurrent())
             self.main.switch()
-            loop.remove_writer(fd)
+            loop.writers[fd] = None
 
     def forget(self, fd: int) -> None:
         self.loop.forget(fd)

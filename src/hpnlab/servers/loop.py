@@ -40,6 +40,10 @@ Closing an fd: call `loop.forget(fd)` first (the kernel drops a closed
 fd from epoll by itself, but the loop's own table would think the fd is
 still registered and a new socket reusing the number would never be watched).
 
+`loop.readers` / `loop.writers` are the fd -> callback tables (None: nobody
+listens). A one-shot waiter (a coroutine or greenlet parked on an fd) may
+clear its own slot there directly, as remove_reader would, without a call.
+
 Callbacks run on the loop's thread; one Loop per thread. An exception in a
 callback propagates out of run_forever (a server catches per-connection
 errors in its own callbacks).
@@ -52,8 +56,9 @@ import os
 import select as _select
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
+from itertools import repeat
 
 READ, WRITE = 1, 2     # interest bits of add_reader/add_writer, and what Backend.register takes
 
@@ -78,7 +83,7 @@ class Backend:
     def unregister(self, fd: int) -> None:
         raise NotImplementedError
 
-    def poll(self, timeout: float | None) -> list[tuple[int, int]]:
+    def poll(self, timeout: float | None) -> Iterable[tuple[int, int]]:
         """Wait up to `timeout` s (None: no limit) for readiness."""
         raise NotImplementedError
 
@@ -114,7 +119,7 @@ class SelectBackend(Backend):
     def poll(self, timeout):
         r, w, _ = _select.select(self.rset, self.wset, (), timeout)
         if not w:
-            return [(fd, READ) for fd in r]
+            return zip(r, repeat(READ))      # zip reuses its tuple: no list of pairs built
         ev = dict.fromkeys(r, READ)
         for fd in w:
             ev[fd] = ev.get(fd, 0) | WRITE
@@ -159,13 +164,15 @@ class EpollBackend(PollBackend):
     name = "epoll"
     IN, OUT = _select.EPOLLIN, _select.EPOLLOUT
     ERR = _select.EPOLLHUP | _select.EPOLLERR
-    MAX_EVENTS = 1024
+
+    def __init__(self):
+        super().__init__()
+        # epoll.poll takes seconds and None for "no limit", as Backend.poll does:
+        # hand out the C method itself, one Python frame less per turn.
+        self.poll = self.poller.poll
 
     def new_poller(self):
         return _select.epoll()
-
-    def poll(self, timeout):
-        return self.poller.poll(-1 if timeout is None else timeout, self.MAX_EVENTS)
 
     def close(self):
         self.poller.close()
@@ -252,7 +259,12 @@ class Loop:
 
     def add_reader(self, fd: int, callback: Callable[[], object]) -> None:
         """Call `callback()` whenever fd is readable (replaces an earlier reader)."""
-        self._watch(fd, READ, self.readers, callback)
+        # Fast path (a connection's next wait for input): the kernel is already
+        # asked about this fd, so only the callback changes.
+        if fd < len(self.masks) and self.masks[fd] & READ and not self.edge_triggered:
+            self.readers[fd] = callback
+        else:
+            self._watch(fd, READ, self.readers, callback)
 
     def add_writer(self, fd: int, callback: Callable[[], object]) -> None:
         """Call `callback()` whenever fd is writable (replaces an earlier writer)."""
@@ -340,15 +352,13 @@ class Loop:
             timeout = max(0.0, timers[0][0] - time.monotonic())
         else:
             timeout = None
-        events = self.backend.poll(timeout)
-        if events:
-            self._dispatch(events)
+        self._dispatch(self.backend.poll(timeout))
         if timers:
             self._run_timers()
         for _ in range(len(ready)):           # what was queued before this turn's calls
             ready.popleft()()
 
-    def _dispatch(self, events: list[tuple[int, int]]) -> None:
+    def _dispatch(self, events: Iterable[tuple[int, int]]) -> None:
         readers, writers = self.readers, self.writers
         R, W = self.backend.readable, self.backend.writable
         r_only, w_only = R & ~W, W & ~R      # hang-ups and errors are in both
