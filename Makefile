@@ -23,7 +23,8 @@ SETUP_STAMP := $(VENV)/.setup-done
 setup: $(SETUP_STAMP)
 
 # A policy-rc.d (exit 101) while apt installs, unless one is there: openssh-server's
-# postinst would otherwise start an sshd on the machine.
+# postinst would otherwise start an sshd on the machine. apt prints a line per phase
+# (hpnlab.vm apt; plain apt-get where there is no python3 yet), its full log goes to a file.
 apt-packages:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -32,7 +33,9 @@ apt-packages:
 	  policy=; if [ ! -e /usr/sbin/policy-rc.d ]; then \
 	    policy=/usr/sbin/policy-rc.d; printf '#!/bin/sh\nexit 101\n' > $$policy; chmod 0755 $$policy; \
 	  fi; \
-	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; rc=$$?; \
+	  if command -v $(PYTHON) >/dev/null; then \
+	    PYTHONPATH=src $(PYTHON) -m hpnlab.vm apt --log /var/log/hpnlab/apt-base.log $$missing; \
+	  else apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; fi; rc=$$?; \
 	  if [ -n "$$policy" ]; then rm -f $$policy; fi; \
 	  [ $$rc -eq 0 ]; \
 	fi

@@ -1,4 +1,4 @@
-"""`python -m hpnlab.vm setup|box|prepare|detect|render LAB|stop-daemons` (used by
+"""`python -m hpnlab.vm setup|box|prepare|apt|detect|render LAB|stop-daemons` (used by
 mk/vm.mk, the Makefile's lab-up and the Vagrantfile).
 
 `prepare` runs under the system python3 (PYTHONPATH=src), before the project's venv
@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("prepare", help="a VM lab's packages and box build (no daemons); nothing for other providers")
     p.add_argument("--lab", default="lab.yml")
     p.add_argument("--provider")
+    a = sub.add_parser("apt", help="apt-get install PACKAGE...: a line per phase, the full log in --log")
+    a.add_argument("--log", required=True)
+    a.add_argument("packages", nargs="+")
     sub.add_parser("hash", help="print the box recipe hash")
     sub.add_parser("detect", help="print kvm or qemu (short timed KVM boot)")
     r = sub.add_parser("render", help="write .lab/<lab>/vagrant.json for the Vagrantfile; print its path")
@@ -56,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
                     box.prebuild(_say)
                     # the KVM test boot (up to 20 s where KVM hangs) while pip still runs
                     accel.detect(box.kernel_path(), _say, vm.settings(lab)["driver"])
+        elif args.cmd == "apt":
+            from pathlib import Path
+
+            from . import apt
+            apt.install(args.packages, _say, Path(args.log))
         elif args.cmd == "hash":
             from . import box
             print(box.recipe_hash())

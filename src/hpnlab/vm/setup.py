@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..state import pid_alive as _pid_alive
-from . import POOL, POOL_DIR, Progress, VmError, run
+from . import POOL, POOL_DIR, Progress, VmError, apt, run
 
 # apt-get install --no-install-recommends of these, and nothing else.
 APT_PACKAGES = (
@@ -69,10 +69,8 @@ def ensure_packages(progress: Progress) -> None:
     if os.geteuid() != 0:
         raise VmError(f"missing {', '.join(missing)}; run as root: make vm-setup")
     progress(f"vm-setup: apt-get install --no-install-recommends ({', '.join(missing)} missing)")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    run(["apt-get", "update", "-qq"], timeout=600, env=env)
     try:
-        run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *APT_PACKAGES], timeout=1200, env=env)
+        apt.install(APT_PACKAGES, progress, apt.LOG_DIR / "apt-vm.log")
     except VmError as exc:
         raise VmError(f"{exc}\nInstalling the VM packages failed. Check that apt reaches the Debian "
                       f"mirror, then run `make vm-setup` again, or use `PROVIDER=netns`.") from None
@@ -141,7 +139,7 @@ def ensure_daemons(progress: Progress, kvm: bool | None = None) -> None:
         log = Path("/var/log/libvirt") / f"{name}-hpnlab.log"
         with open(log, "ab") as out:
             proc = subprocess.run(_start_argv(name, kvm), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                  timeout=60, start_new_session=True)
+                                  timeout=60, start_new_session=True, check=False)
         if proc.returncode != 0:
             raise VmError(f"{name} did not start (exit {proc.returncode}); see {log}")
         deadline = time.monotonic() + 30
