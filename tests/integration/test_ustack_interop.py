@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from hpnlab.testing import REPO
-from hpnlab.ustack.interop import Suite
+from hpnlab.ustack.interop import Suite, impair_args
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -43,3 +43,23 @@ def test_host_kernel_stays_out(ustack_lab):
                                      f"print(s.connect_ex(('{suite.addr}', 7)))"], check=False, timeout=30)
     assert res.stdout.strip() in ("11", "113", "110"), res.stdout     # EAGAIN (timeout), EHOSTUNREACH, ETIMEDOUT
     assert suite.addr not in h1.run(["ip", "-4", "addr"]).stdout
+
+
+@pytest.fixture(scope="module")
+def impaired_lab(tmp_path_factory):
+    from hpnlab.testing import _Factory, _needs_root
+    _needs_root()
+    factory = _Factory(tmp_path_factory.mktemp("state"))
+    yield factory(REPO / "labs/ustack/impaired.yml")
+    factory.teardown()
+
+
+def test_bulk_under_loss_delay_and_reordering(impaired_lab):
+    """5 % loss and 20 ± 5 ms each way (h2: the lab's nftables/NFQUEUE; the stack: its own
+    egress): both directions still deliver every byte, and the stack had to recover."""
+    suite = Suite(impaired_lab, bulk_bytes=512 << 10, stack_extra=impair_args(impaired_lab))
+    assert suite.stack_extra == ("--impair", "loss=5,delay=20,jitter=5")
+    suite.bulk()
+    assert all(r["ok"] for r in suite.results), suite.results
+    sent = suite.data["bulk"]["stack_to_linux"]["stack"]["conn"]
+    assert sent["stats"]["retransmits"] > 0 and sent["cc_events"]

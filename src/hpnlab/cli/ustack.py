@@ -27,6 +27,9 @@ def add_arguments(parser) -> None:
     lab.add_argument("--up", action="store_true", help="bring the lab up first if it is not up")
     lab.add_argument("--bytes", type=int, default=64 << 20, help="bulk transfer size (default 64 MiB)")
     lab.add_argument("--results", metavar="DIR", help="results root (default: results/)")
+    lab.add_argument("--impaired-lab", default="labs/ustack/impaired.yml", metavar="FILE",
+                     help="the lab for the cases under loss and delay ('' to skip)")
+    lab.add_argument("--impaired-bytes", type=int, default=2 << 20, help="bulk size under impairment (default 2 MiB)")
 
 
 def run(args) -> int:
@@ -46,7 +49,8 @@ def run(args) -> int:
             console.print(f"[red]lab {provider.lab.name} is not up[/red]: `hpnlab --lab {args.lab} up` or pass --up")
             return 1
         try:
-            result = lab.run(provider, args.bytes, args.results, step, sys.argv)
+            result = lab.run(provider, args.bytes, args.results, step, sys.argv,
+                             args.impaired_lab or None, args.impaired_bytes)
         except LabError as exc:
             console.print(f"[red]ustack lab: {exc}[/red]")
             return 1

@@ -95,6 +95,10 @@ def peer(host, *args, timeout: float = 120.0) -> dict:
     return events[-1]
 
 
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB"
+
+
 def _ping(host, ip: str, *opts: str) -> tuple[bool, str]:
     res = host.run(["ping", "-n", "-q", *opts, ip], timeout=60, check=False)
     line = next((l for l in res.stdout.splitlines() if "transmitted" in l), res.stdout.strip()[-200:])
@@ -103,7 +107,7 @@ def _ping(host, ip: str, *opts: str) -> tuple[bool, str]:
 
 class Suite:
     def __init__(self, provider, stack_host: str = "h1", peer_host: str = "h2", network: str = NETWORK,
-                 bulk_bytes: int = 8 << 20):
+                 bulk_bytes: int = 8 << 20, stack_extra: tuple = ()):
         self.h1, self.h2 = provider.host(stack_host), provider.host(peer_host)
         self.network = network
         self.ifname = self.h1.nic(network).ifname
@@ -111,11 +115,15 @@ class Suite:
         self.addr = self.ip.split("/")[0]
         self.peer_addr = str(self.h2.nic(network).address.ip)
         self.bulk_bytes = bulk_bytes
+        self.stack_extra = tuple(stack_extra)       # e.g. ("--impair", "loss=5,delay=20,jitter=5")
         self.results: list[dict] = []
         self.data: dict = {}
 
     def app(self, *args, wait_for="listening", stats=None):
-        return stack_app(self.h1, self.ifname, self.ip, *args, wait_for=wait_for, stats=stats)
+        return stack_app(self.h1, self.ifname, self.ip, *self.stack_extra, *args, wait_for=wait_for, stats=stats)
+
+    def _run(self, *args) -> StackRun:
+        return StackRun(self.h1, self.ifname, self.ip, *self.stack_extra, *args)
 
     def record(self, name: str, fn) -> dict:
         t0 = time.monotonic()
@@ -126,6 +134,9 @@ class Suite:
         row = {"name": name, "ok": bool(ok), "detail": detail, "secs": round(time.monotonic() - t0, 2)}
         self.results.append(row)
         return row
+
+    def _label(self) -> str:
+        return f" under impairment ({self.stack_extra[-1]})" if self.stack_extra else ""
 
     # -- the cases ------------------------------------------------------------------------
 
@@ -155,8 +166,7 @@ class Suite:
 
     def stack_ping(self) -> None:
         def go():
-            run = StackRun(self.h1, self.ifname, self.ip, "--app", "ping", "--ping", self.peer_addr,
-                           "--count", 5, "--interval", 0.2)
+            run = self._run("--app", "ping", "--ping", self.peer_addr, "--count", 5, "--interval", 0.2)
             run.start("ready")
             try:
                 e = run.wait("ping", 30)
@@ -208,15 +218,15 @@ class Suite:
                                                                   "counters": stats.get("counters", {})}
             return s["sha256"] == p["sha256"] and s["bytes"] == n, \
                 f"{n} B, sha256 {'match' if s['sha256'] == p['sha256'] else 'MISMATCH'}, {p['mbps']} Mbit/s"
-        self.record(f"tcp: {n >> 20} MiB linux -> stack, sha256", to_stack)
+        self.record(f"tcp: {_size(n)} linux -> stack, sha256{self._label()}", to_stack)
 
         def from_stack():
             port = 9001
             proc = self.h2.start([agent_python(self.h2), "-m", "hpnlab.ustack.peer", "sink", port], name="ustack-peer-sink")
             try:
                 self.h2.wait_for_port(port, 30)
-                run = StackRun(self.h1, self.ifname, self.ip, "--app", "source", "--connect",
-                               f"{self.peer_addr}:{port}", "--bytes", n, "--trace").start("ready")
+                run = self._run("--app", "source", "--connect", f"{self.peer_addr}:{port}", "--bytes", n,
+                                "--trace").start("ready")
                 try:
                     s = run.wait("source", 120)
                 finally:
@@ -229,7 +239,7 @@ class Suite:
             self.data.setdefault("bulk", {})["stack_to_linux"] = {"peer": p, "stack": s}
             return s["sha256"] == p["sha256"] and p["bytes"] == n, \
                 f"{n} B, sha256 {'match' if s['sha256'] == p['sha256'] else 'MISMATCH'}, {p['mbps']} Mbit/s"
-        self.record(f"tcp: {n >> 20} MiB stack -> linux, sha256", from_stack)
+        self.record(f"tcp: {_size(n)} stack -> linux, sha256{self._label()}", from_stack)
 
     def simultaneous_open(self, delay_ms: float = 200.0) -> None:
         """Linux connects at T, the stack at T + delay/2; h2's segments leave `delay_ms`
@@ -238,9 +248,8 @@ class Suite:
             sport, lport = 40123, 40321
             with DelayLine(self.h2, self.h2.nic(self.network).ifname, (lport, lport), delay_ms):
                 at = time.time() + 2.0
-                run = StackRun(self.h1, self.ifname, self.ip, "--app", "connect", "--connect",
-                               f"{self.peer_addr}:{lport}", "--bind-port", sport,
-                               "--start-at", f"{at + delay_ms / 2000:.6f}", "--timeout", 15).start("ready")
+                run = self._run("--app", "connect", "--connect", f"{self.peer_addr}:{lport}", "--bind-port", sport,
+                                "--start-at", f"{at + delay_ms / 2000:.6f}", "--timeout", 15).start("ready")
                 try:
                     p = peer(self.h2, "simopen", self.addr, sport, lport, f"{at:.6f}", timeout=60)
                     s = run.wait("connect", 30)
@@ -268,7 +277,7 @@ class Suite:
                 run.stop()
             self.data.setdefault("tap", {})["kernel_to_stack"] = {"peer": p, "stack": s}
             return s["sha256"] == p["sha256"] and s["bytes"] == n, f"{n} B, {p['mbps']} Mbit/s"
-        self.record(f"tap driver: {n >> 20} MiB kernel -> stack, sha256", to_stack)
+        self.record(f"tap driver: {_size(n)} kernel -> stack, sha256", to_stack)
 
         def from_stack():
             proc = self.h1.start([agent_python(self.h1), "-m", "hpnlab.ustack.peer", "sink", 9002], name="ustack-tap-sink")
@@ -287,7 +296,7 @@ class Suite:
                     proc.stop(2)
             self.data.setdefault("tap", {})["stack_to_kernel"] = {"peer": p, "stack": s}
             return s["sha256"] == p["sha256"] and p["bytes"] == n, f"{n} B, {p['mbps']} Mbit/s"
-        self.record(f"tap driver: {n >> 20} MiB stack -> kernel, sha256", from_stack)
+        self.record(f"tap driver: {_size(n)} stack -> kernel, sha256", from_stack)
 
     def run_all(self, flood: bool = True) -> list[dict]:
         self.ping_cases() if flood else None
@@ -298,3 +307,9 @@ class Suite:
         self.simultaneous_open()
         self.tap_cases(4 << 20)
         return self.results
+
+
+def impair_args(provider, network: str = NETWORK) -> tuple:
+    """The lab's impairment of `network`, for the stack's own egress (--impair)."""
+    imp = provider.lab.networks[network].impair
+    return ("--impair", f"loss={imp.loss_pct:g},delay={imp.delay_ms:g},jitter={imp.jitter_ms:g}") if imp else ()

@@ -15,7 +15,7 @@ import tracemalloc
 
 from ..labs._kit import Capture, LabError, agent_python
 from ..report import environment_md, fingerprint, md_table, rerun_md, results_dir, write_report
-from .interop import NETWORK, Suite, peer
+from .interop import NETWORK, Suite, impair_args, peer
 
 
 def _kernel_bulk(provider, nbytes: int) -> dict:
@@ -159,7 +159,26 @@ def _plot_trace(trace: list, path) -> bool:
     return True
 
 
-def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=None) -> dict:
+def _impaired(lab_file: str, provider_name: str | None, nbytes: int, step) -> tuple[list, dict]:
+    """The bulk cases on the impaired lab (brought up here and taken down again)."""
+    from ..providers import open_lab
+    from ..topology import load_lab
+    imp = open_lab(load_lab(lab_file, provider=provider_name))
+    was_up = imp.is_up()
+    try:
+        if not was_up:
+            imp.up(step)
+        suite = Suite(imp, bulk_bytes=nbytes, stack_extra=impair_args(imp))
+        step(f"impaired lab {imp.lab.name}: {suite.stack_extra[-1]} at each end, {nbytes >> 10} KiB each way")
+        suite.bulk()
+        return suite.results, suite.data.get("bulk", {})
+    finally:
+        if not was_up:
+            imp.down()
+
+
+def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=None,
+        impaired_lab: str | None = "labs/ustack/impaired.yml", impaired_bytes: int = 2 << 20) -> dict:
     out = results_dir("ustack", results_root)
     suite = Suite(provider, bulk_bytes=nbytes)
     step(f"interop suite: stack {suite.ip} on h1:{suite.ifname} vs linux {suite.peer_addr} (h2)")
@@ -185,6 +204,11 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
     with suite.app("--app", "echo", "--port", 7):
         flood = peer(suite.h2, "flood", suite.addr, 5)
     interest = _epoll_interest()
+    if impaired_lab:
+        imp_results, imp_bulk = _impaired(impaired_lab, provider.name, impaired_bytes, step)
+        suite.results += imp_results
+    else:
+        imp_bulk = {}
     bulk = suite.data.get("bulk", {})
     to_stack = bulk.get("linux_to_stack", {}).get("peer", {}).get("mbps")
     from_stack = bulk.get("stack_to_linux", {}).get("peer", {}).get("mbps")
@@ -207,6 +231,10 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
         "ping_flood_replies_per_s": flood["replies_per_s"],
         "echo_round_trips_per_s_1conn": suite.data.get("echo_rps_1conn"),
         "epoll_interest": interest,
+        "impaired": {name: {"mbps": v.get("peer", {}).get("mbps"),
+                            "cc_events": (v.get("stack", {}).get("conn") or {}).get("cc_events"),
+                            "retransmits": ((v.get("stack", {}).get("conn") or {}).get("stats") or {}).get("retransmits")}
+                     for name, v in imp_bulk.items()},
         "simultaneous_open": suite.data.get("simultaneous_open"),
         "bytes": nbytes,
         "environment": fingerprint(provider),

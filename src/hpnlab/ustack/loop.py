@@ -50,6 +50,9 @@ class Loop:
         """Wait for frames or the next timer (at most `timeout` s), then process."""
         self.flush()
         deadline = self.stack.next_deadline()
+        held = getattr(self.driver, "next_deadline", None)
+        if held is not None and (due := held()) is not None:
+            deadline = due if deadline is None else min(deadline, due)
         now = self.clock()
         wait = timeout
         if deadline is not None:

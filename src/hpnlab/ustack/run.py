@@ -50,6 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: never)")
     p.add_argument("--trace", action="store_true", help="record cwnd/ssthresh/RTT/flight of bulk connections")
     p.add_argument("--stats", metavar="FILE", help="write counters and connection traces here at exit")
+    p.add_argument("--impair", metavar="loss=PCT,delay=MS,jitter=MS",
+                   help="impair the stack's own egress (netem's knobs; jitter reorders)")
 
 
 def _report(obj: dict) -> None:
@@ -62,7 +64,11 @@ def open_net(args) -> tuple[Net, object]:
     except ValueError:
         raise SystemExit(f"--ip {args.ip!r}: an address with a prefix length, e.g. 10.77.2.101/24")
     mac = mac_bytes(args.mac) if args.mac else None
+    impair = _impair_spec(args.impair) if args.impair else None
     driver = open_driver(args.driver, args.ifname, mac)
+    if impair:
+        from .drivers.impair import ImpairedDriver
+        driver = ImpairedDriver(driver, **impair)
     if args.driver == "tap" and args.tap_kernel_ip:
         subprocess.run(["ip", "addr", "add", args.tap_kernel_ip, "dev", args.ifname], check=True)
         subprocess.run(["ip", "link", "set", args.ifname, "up"], check=True)
@@ -70,10 +76,25 @@ def open_net(args) -> tuple[Net, object]:
     return Net(Loop(driver, stack)), driver
 
 
+def _impair_spec(text: str) -> dict:
+    names = {"loss": "loss_pct", "delay": "delay_ms", "jitter": "jitter_ms"}
+    out = {}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        if key.strip() not in names:
+            raise SystemExit(f"--impair: {key.strip()!r} is not one of loss, delay, jitter")
+        try:
+            out[names[key.strip()]] = float(value.rstrip("%ms"))
+        except ValueError:
+            raise SystemExit(f"--impair: {part!r}: a number expected after '='") from None
+    return out
+
+
 def stats(net: Net, driver, conns=()) -> dict:
     stack = net.stack
     return {"counters": dict(sorted(stack.all_counters().items())), "timers_fired": dict(stack.timers.fired),
-            "loop": net.loop.stats, "driver": getattr(driver, "counters", {}),
+            "loop": net.loop.stats,
+            "driver": getattr(driver, "counters_all", None) or getattr(driver, "counters", {}),
             "tcp_states": stack.tcp.tick_stats(), "last_error": stack.last_error}
 
 
@@ -110,6 +131,10 @@ def main(args) -> int:
         # keep answering (ACKs, ARP, ping) until told to stop when a server was asked to linger
         if args.duration and not stop():
             net.wait(stop, None)
+        # closing connections still owe FINs and ACKs (lost ones are retransmitted): as a
+        # kernel does after close(), finish them before the stack goes away
+        tcp = net.stack.tcp
+        net.wait(lambda: stopping["flag"] or all(c.state == "TIME_WAIT" for c in tcp.conns.values()), 30)
     except OSError as exc:
         _report({"event": "error", "error": str(exc)})
         rc = 1
