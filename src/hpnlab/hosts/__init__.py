@@ -44,6 +44,8 @@ class Result:
 
 
 class CommandError(HpnlabError, RuntimeError):
+    hint = "run it by hand on the host: hpnlab exec HOST -- COMMAND"
+
     def __init__(self, result: Result, reason: str | None = None):
         self.result = result
         why = reason or f"exit status {result.rc}"

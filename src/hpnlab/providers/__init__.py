@@ -28,6 +28,7 @@ def _quiet(_msg: str) -> None:
 
 class ProviderError(HpnlabError, RuntimeError):
     """A lifecycle step failed; the message says what and what to do."""
+    hint = "`hpnlab status` shows the lab's hosts, NICs and whether it is up"
 
 
 class Provider(ABC):
