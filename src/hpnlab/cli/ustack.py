@@ -71,6 +71,11 @@ def _run_on_host(provider, args) -> int:
     argv = [agent_python(host), "-m", "hpnlab.ustack.run", "--ifname", nic.ifname]
     if "--ip" not in extra:
         argv += ["--ip", stack_ip(host, args.net)]
+    import signal
+
+    def terminate(_sig, _frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, terminate)      # a SIGTERM stops the stack too, as Ctrl-C does
     proc = host.start(argv + extra, name=f"ustack-{args.host}")
     console.print(f"stack on {args.host}:{nic.ifname} ({' '.join(argv[3:] + extra)}); Ctrl-C stops it")
     seen = 0
