@@ -1,6 +1,7 @@
 # Kernel labs (issue 6). Each target brings its lab up if it is not (up is
 # idempotent), runs the lab on the running lab's hosts, and writes
-# results/<lab>/<stamp>/report.md with its plots, pcaps and data.json.
+# results/<lab>/<stamp>/report.md with its plots, pcaps and data.json. A lab the
+# target brought up for itself goes down again afterwards, unless KEEP=1.
 #   make lab-p2p            TCP simultaneous open on $(LAB), then NAT traversal on $(NAT_LAB)
 #   make lab-backlog        SYN queue / accept queue
 #   make lab-epoll          LT vs ET
@@ -9,25 +10,37 @@
 NAT_LAB ?= labs/p2p/nat.yml
 LAB_ARGS ?=
 NAT_ARGS := --lab $(NAT_LAB) $(if $(PROVIDER),--provider $(PROVIDER))
+KEEP ?=
+
+# $(call run-lab,HPNLAB ARGS,LAB): run LAB on that lab, bringing it up if it is not up;
+# down again afterwards if this target brought it up (the lab's exit status stays).
+define run-lab
+	@if $(HPNLAB) $(1) status >/dev/null 2>&1; then was=up; else was=down; fi; \
+	$(HPNLAB) $(1) lab --up $(2) $(LAB_ARGS); rc=$$?; \
+	if [ $$was = down ] && [ "$(KEEP)" != 1 ]; then \
+	  echo "==> $(2): taking down the lab this target brought up (KEEP=1 keeps it)"; \
+	  $(HPNLAB) $(1) down || rc=1; \
+	fi; exit $$rc
+endef
 
 .PHONY: lab-p2p lab-p2p-lan lab-p2p-nat lab-p2p-nat-down lab-backlog lab-epoll lab-close
 
 lab-p2p: lab-p2p-lan lab-p2p-nat
 
 lab-p2p-lan: setup
-	$(HPNLAB) $(HPNLAB_ARGS) lab --up p2p $(LAB_ARGS)
+	$(call run-lab,$(HPNLAB_ARGS),p2p)
 
 lab-p2p-nat: setup
-	$(HPNLAB) $(NAT_ARGS) lab --up nat $(LAB_ARGS)
+	$(call run-lab,$(NAT_ARGS),nat)
 
 lab-p2p-nat-down: setup
 	$(HPNLAB) $(NAT_ARGS) down
 
 lab-backlog: setup
-	$(HPNLAB) $(HPNLAB_ARGS) lab --up backlog $(LAB_ARGS)
+	$(call run-lab,$(HPNLAB_ARGS),backlog)
 
 lab-epoll: setup
-	$(HPNLAB) $(HPNLAB_ARGS) lab --up epoll $(LAB_ARGS)
+	$(call run-lab,$(HPNLAB_ARGS),epoll)
 
 lab-close: setup
-	$(HPNLAB) $(HPNLAB_ARGS) lab --up close $(LAB_ARGS)
+	$(call run-lab,$(HPNLAB_ARGS),close)

@@ -4,6 +4,7 @@ import time
 
 from .. import inventory
 from ._common import console, progress, provider_from
+from .status import say_other_labs_up
 
 HELP = "remove everything the lab made (hosts, links, processes, state, generated inventory)"
 
@@ -21,4 +22,5 @@ def run(args) -> int:
         if generated:
             step(f"removed {generated}")
     console.print(f"[green]lab {provider.lab.name} is down[/green] in {time.monotonic() - started:.2f}s")
+    say_other_labs_up(provider, console)
     return 0

@@ -5,6 +5,7 @@ import json
 from rich.console import Console
 from rich.table import Table
 
+from ..state import LIVE_DIR, registered
 from ._common import provider_from
 
 HELP = "hosts, NICs, addresses, sysctls and impairments of the lab"
@@ -17,9 +18,27 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     provider = provider_from(args)
     if args.json:
-        print(json.dumps(provider.status(), indent=2))
+        print(json.dumps({**provider.status(), "other_labs_up": other_labs_up(provider)}, indent=2))
         return 0
     return 0 if show(provider) else 3
+
+
+def other_labs_up(provider) -> list[dict]:
+    """Every other lab that is up or coming up (any provider, any state directory), from
+    the registry of live labs."""
+    kinds = sorted({p.name.split(".", 1)[0] for p in LIVE_DIR.glob("*.*")}) if LIVE_DIR.exists() else []
+    return [{"lab": name, "provider": kind, "state": str(entry["state"] or "")}
+            for kind in kinds for name, entry in registered(kind).items()
+            if entry["live"] and (kind, name) != (provider.name, provider.lab.name)]
+
+
+def say_other_labs_up(provider, out: Console) -> None:
+    others = other_labs_up(provider)
+    if others:
+        out.print("[yellow]other labs still up[/yellow]: "
+                  + ", ".join(f"{o['lab']} ({o['provider']})" for o in others)
+                  + " — `hpnlab --lab FILE down` with its lab file, or `hpnlab cleanup --only NAME`",
+                  soft_wrap=True)
 
 
 def show(provider) -> bool:
@@ -63,4 +82,5 @@ def show(provider) -> bool:
         for p in st["processes"]:
             procs.add_row(p["host"], p["name"], str(p["pid"]), p["cmd"][:80])
         out.print(procs)
+    say_other_labs_up(provider, out)
     return st["up"]
