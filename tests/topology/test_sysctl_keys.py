@@ -51,7 +51,7 @@ def run_module(values: dict, check_mode: bool, tmp_path: Path, persist: Path | N
                                     **({"persist": str(persist)} if persist else {})}}
     (tmp_path / "args.json").write_text(json.dumps(args))
     proc = subprocess.run([sys.executable, str(MODULE), str(tmp_path / "args.json")],
-                          capture_output=True, text=True, timeout=60)
+                          check=False, capture_output=True, text=True, timeout=60)
     return json.loads(proc.stdout)
 
 

@@ -25,7 +25,7 @@ def python(code: str, *, debug: bool = False, cwd: Path | None = None) -> subpro
     env = {k: v for k, v in os.environ.items() if k != "HPNLAB_DEBUG"}
     if debug:
         env["HPNLAB_DEBUG"] = "1"
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=cwd,
+    return subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env, cwd=cwd,
                           timeout=60)
 
 
@@ -72,7 +72,7 @@ def test_a_bug_is_one_line_and_a_hint():
     code = ("import sys; import hpnlab.cli.status as s\n"
             "def boom(args): raise KeyError('oops')\n"
             "s.run = boom\n"
-            "from hpnlab.cli import main; sys.exit(main(['--lab', %r, 'status']))" % str(REPO / "lab.yml"))
+            f"from hpnlab.cli import main; sys.exit(main(['--lab', {str(REPO / 'lab.yml')!r}, 'status']))")
     proc = python(code)
     assert proc.returncode == 1
     assert "hpnlab: internal error: KeyError: 'oops'" in proc.stderr and "HPNLAB_DEBUG=1" in proc.stderr
@@ -80,11 +80,11 @@ def test_a_bug_is_one_line_and_a_hint():
 
 
 STATUS = ("from hpnlab.cli import main\n"
-          "rc = main(['--lab', %r, '--provider', 'netns', 'status', '--json'])\n" % str(REPO / "lab.yml"))
+          f"rc = main(['--lab', {str(REPO / 'lab.yml')!r}, '--provider', 'netns', 'status', '--json'])\n")
 
 
 def test_only_the_running_subcommand_is_imported(tmp_path):
-    code = ("import os, sys; os.environ['HPNLAB_STATE_DIR'] = %r\n" % str(tmp_path) + STATUS +
+    code = (f"import os, sys; os.environ['HPNLAB_STATE_DIR'] = {str(tmp_path)!r}\n" + STATUS +
             "print(sorted(m for m in sys.modules if m.startswith(('hpnlab.cli.', 'hpnlab.labs'))\n"
             "             and not m.startswith('hpnlab.cli._')))\n"
             "sys.exit(rc)")
@@ -97,11 +97,11 @@ def test_only_the_running_subcommand_is_imported(tmp_path):
 def test_a_broken_subcommand_leaves_the_others_working(broken, tmp_path):
     poison = f"import sys; sys.modules[{broken!r}] = None\n"    # importing it now raises ImportError
     lab = str(REPO / "lab.yml")
-    ok = python(poison + "import os; os.environ['HPNLAB_STATE_DIR'] = %r\n" % str(tmp_path) + STATUS +
+    ok = python(poison + f"import os; os.environ['HPNLAB_STATE_DIR'] = {str(tmp_path)!r}\n" + STATUS +
                 "sys.exit(rc)")
     assert ok.returncode == 0 and '"up": false' in ok.stdout, ok.stderr
     helped = python(poison + "from hpnlab.cli import main; main(['--help'])")
     assert " lab " in helped.stdout and "down" in helped.stdout
-    bad = python(poison + "from hpnlab.cli import main; sys.exit(main(['--lab', %r, 'lab', 'p2p']))" % lab)
+    bad = python(poison + f"from hpnlab.cli import main; sys.exit(main(['--lab', {lab!r}, 'lab', 'p2p']))")
     assert bad.returncode == 1 and "hpnlab: the `lab` command cannot load: ModuleNotFoundError" in bad.stderr, bad.stderr
     assert "hint: the other commands still work" in bad.stderr and "Traceback" not in bad.stderr

@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:      # a tool or file the command needed (its name is in the message)
         _report(exc, str(exc), DEBUG_HINT)
         return 1
-    except Exception as exc:    # a bug: say so, in one line
+    except Exception as exc:    # noqa: BLE001 — a bug: say so in one line, not a traceback
         _report(exc, f"internal error: {type(exc).__name__}: {exc}",
                 f"this is a bug in hpnlab; {DEBUG_HINT}, please include it in a report")
         return 1

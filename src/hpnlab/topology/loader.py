@@ -160,8 +160,8 @@ def decode(data: bytes, source: str) -> str:
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise TopologyError([f"{source}:{line}: column {column}: byte 0x{data[exc.start]:02x} "
-                             f"is not UTF-8 (save the lab file as UTF-8)"]) from None
+        problem = f"{source}:{line}: column {column}: byte 0x{data[exc.start]:02x} is not UTF-8"
+        raise TopologyError([problem], hint="save the lab file as UTF-8") from None
 
 
 def _yaml_problem(exc: yaml.YAMLError, text: str, source: str) -> str:
@@ -334,13 +334,13 @@ def _networks(c: _Checker, node: LineDict, hosts_node: LineDict, pool: IPv4Netwo
         mtu = c.typed(body.get("mtu"), body.line_of("mtu"), f"{field}.mtu", int, DEFAULT_MTU)
         if not 68 <= mtu <= 65535:
             c.error(body.line_of("mtu"), f"{field}.mtu", f"must be 68..65535, got {mtu}")
-        subnet = None
-        if body.get("subnet") is not None:
+        subnet, written_subnet = None, body.get("subnet")
+        if written_subnet is not None and not isinstance(written_subnet, str):
+            c.error(body.line_of("subnet"), f"{field}.subnet",
+                    f"must be a string like 10.77.1.0/24, got {type_name(written_subnet)} {show(written_subnet)}")
+        elif written_subnet is not None:
             try:
-                if not isinstance(body["subnet"], str):
-                    raise ValueError(f"must be a string like 10.77.1.0/24, got {type_name(body['subnet'])} "
-                                     f"{show(body['subnet'])}")
-                subnet = ip_network(body["subnet"], strict=True)
+                subnet = ip_network(written_subnet, strict=True)
                 if subnet.version != 4 or subnet.num_addresses < 4:
                     raise ValueError("must be an IPv4 network with room for hosts (/30 or larger)")
             except ValueError as exc:
@@ -421,12 +421,10 @@ def _members(c: _Checker, node, line: int, field: str, hosts_node: LineDict):
         parsed = None
         if addr is not None:
             try:
-                if not isinstance(addr, str):
-                    raise ValueError
-                parsed = ip_address(addr.split("/")[0])
-                if parsed.version != 4:
-                    raise ValueError
+                parsed = ip_address(addr.split("/")[0]) if isinstance(addr, str) else None
             except ValueError:
+                pass
+            if parsed is None or parsed.version != 4:
                 c.error(hline, f"{field}.{host}", f"not an IPv4 address: {show(addr)}")
                 parsed = None
         members.append((host, parsed, hline))
