@@ -101,3 +101,12 @@ def test_errors_are_all_reported_at_once():
     with pytest.raises(TopologyError) as err:
         parse_lab("hosts: {h1: {hugepages: -1, cpus: 0}}\nnetworks: {d: {hosts: [h1, zz]}}\n")
     assert len(err.value.problems) == 3
+
+
+def test_a_lab_file_that_is_not_utf8_names_line_and_byte(tmp_path):
+    path = tmp_path / "lab.yml"
+    path.write_bytes(b"name: x\nhosts:\n  h\xe9: {}\n")
+    with pytest.raises(TopologyError) as err:
+        load_lab(path)
+    assert f"{path}:3: column 4: byte 0xe9 is not UTF-8" in str(err.value)
+    assert err.value.hint == "save the lab file as UTF-8" and err.value.exit_code == 2
