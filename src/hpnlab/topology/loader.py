@@ -16,6 +16,7 @@ from .yamlsource import LineDict, LineList
 IFNAMSIZ = 15          # usable characters in a Linux interface name
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 LAB_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,30}$")
+ROLE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 DEFAULT_POOL = "10.77.0.0/16"
 DEFAULT_MTU = 1500
 
@@ -458,6 +459,9 @@ def _hosts(c: _Checker, lab: str, node: LineDict, profiles, networks, membership
         field = f"hosts.{hname}"
         body = c.mapping(body, hline, field, HOST_KEYS)
         role = c.typed(body.get("role"), body.line_of("role"), f"{field}.role", str, "host")
+        if not ROLE_RE.fullmatch(role):     # it names an Ansible group
+            c.error(body.line_of("role"), f"{field}.role",
+                    f"{show(role)} must be letters, digits and '_', starting with a letter (an Ansible group name)")
         cpus = c.typed(body.get("cpus"), body.line_of("cpus"), f"{field}.cpus", int, 1)
         memory = c.typed(body.get("memory"), body.line_of("memory"), f"{field}.memory", int, 512)
         if cpus < 1:
