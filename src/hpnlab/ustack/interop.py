@@ -164,6 +164,14 @@ class Suite:
         self.data["ping_flood"] = {"sent": sent, "received": got, "line": line}
         return got >= 0.99 * sent and got > 0, line
 
+    def ring_v3(self) -> None:
+        def go():
+            with self.app("--driver", "afpacket-v3", "--app", "echo", "--port", 7):
+                ok, line = _ping(self.h2, self.addr, "-c", "3", "-i", "0.2")
+                e = peer(self.h2, "echo", self.addr, 7, 50, 100)
+            return ok and e["matched"] == e["round_trips"], f"{line}; {e['matched']}/{e['round_trips']} echoes"
+        self.record("afpacket-v3 ring: ping and tcp echo", go)
+
     def stack_ping(self) -> None:
         def go():
             run = self._run("--app", "ping", "--ping", self.peer_addr, "--count", 5, "--interval", 0.2)
@@ -301,6 +309,7 @@ class Suite:
     def run_all(self, flood: bool = True) -> list[dict]:
         self.ping_cases() if flood else None
         self.stack_ping()
+        self.ring_v3()
         self.udp_echo()
         self.tcp_cases()
         self.bulk()

@@ -114,6 +114,14 @@ def _pytcp_reading(tap_from, tap_to, py_from, py_to, pytcp: dict) -> str:
             f"{'met' if worst >= 10 else 'not met'}.")
 
 
+def _ring_reading(rings: dict) -> str:
+    v2, v3 = rings["afpacket"], rings["afpacket-v3"]
+    return (f"AF_PACKET rings: with TPACKET_V2 the stack answered {v2['flood']['replies_per_s']:,.0f} pings/s and "
+            f"{v2['echo']['rps']:,.0f} echo round trips/s; with TPACKET_V3 {v3['flood']['replies_per_s']:,.0f} and "
+            f"{v3['echo']['rps']:,.0f} — V3 hands frames over a block at a time, when the block fills or its "
+            f"timer runs out, so a request/response exchange waits for the timer.")
+
+
 def _super_frame_reading(counters: dict) -> str:
     frames, big = counters.get("ether.rx", 0), counters.get("ether.rx_super_frame", 0)
     if not frames:
@@ -201,8 +209,12 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
             pytcp = {"error": f"{type(exc).__name__}: {exc}"}
     else:
         pytcp = {"error": "PyTCP is not installed (make setup installs it)"}
-    with suite.app("--app", "echo", "--port", 7):
-        flood = peer(suite.h2, "flood", suite.addr, 5)
+    rings = {}
+    for driver in ("afpacket", "afpacket-v3"):
+        with suite.app("--driver", driver, "--app", "echo", "--port", 7):
+            rings[driver] = {"flood": peer(suite.h2, "flood", suite.addr, 5),
+                             "echo": peer(suite.h2, "echo", suite.addr, 7, 1000, 100)}
+    flood = rings["afpacket"]["flood"]
     interest = _epoll_interest()
     if impaired_lab:
         imp_results, imp_bulk = _impaired(impaired_lab, provider.name, impaired_bytes, step)
@@ -229,6 +241,8 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
             "kernel_to_kernel": kernel["mbps"]},
         "pytcp": {"version": _version("PyTCP"), "bytes": pytcp_bytes, **pytcp},
         "ping_flood_replies_per_s": flood["replies_per_s"],
+        "rings": {d: {"ping_flood_replies_per_s": r["flood"]["replies_per_s"],
+                      "echo_round_trips_per_s": r["echo"]["rps"]} for d, r in rings.items()},
         "echo_round_trips_per_s_1conn": suite.data.get("echo_rps_1conn"),
         "epoll_interest": interest,
         "impaired": {name: {"mbps": v.get("peer", {}).get("mbps"),
@@ -245,7 +259,7 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
     rows = [(r["name"], "ok" if r["ok"] else "FAIL", r["detail"]) for r in suite.results]
     ratio = (from_stack / kernel["mbps"]) if from_stack and kernel.get("mbps") else None
     text = [f"# User-space TCP/IP stack (course §2.4) — {ok}/{len(suite.results)} interop cases pass", "",
-            f"The stack owns h1's NIC `{suite.ifname}` on the `{NETWORK}` LAN through AF_PACKET (a TPACKET_V3 ring) "
+            f"The stack owns h1's NIC `{suite.ifname}` on the `{NETWORK}` LAN through AF_PACKET (a TPACKET_V2 ring) "
             f"with its own MAC and IP ({suite.ip}); h2 ({suite.peer_addr}) talks to it with its Linux kernel.", "",
             "## Interop", "", md_table(["case", "result", "detail"], rows), "",
             "## Measurements", "",
@@ -261,6 +275,7 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
             f"Goal: ping flood ≥ 40,000 replies/s — measured {flood['replies_per_s']:,.0f} "
             f"({'met' if flood['replies_per_s'] >= 40000 else 'not met'}). "
             + _pytcp_reading(tap_from, tap_to, py_from, py_to, data["pytcp"]), "",
+            _ring_reading(rings), "",
             _super_frame_reading(bulk.get("linux_to_stack", {}).get("counters", {})), "",
             "## epoll's interest set: red-black tree vs dict", "",
             md_table(["set", "fds", "add µs", "lookup µs", "del µs", "bytes/fd"],

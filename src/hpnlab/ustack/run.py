@@ -16,7 +16,7 @@ import sys
 import time
 
 from . import apps
-from .drivers import open_driver
+from .drivers import DRIVERS, open_driver
 from .loop import Loop
 from .proto.ether import mac_bytes, mac_str
 from .sockets import Net
@@ -26,7 +26,9 @@ APPS = ["echo", "discard", "sink", "source", "http", "udp-echo", "ping", "connec
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--driver", choices=["afpacket", "tap"], default="afpacket")
+    p.add_argument("--driver", choices=DRIVERS, default="afpacket",
+                   help="afpacket: a TPACKET_V2 ring (a frame at a time); afpacket-v3: a TPACKET_V3 ring "
+                        "(blocks of frames, up to a block timeout of latency); tap: a TAP device")
     p.add_argument("--ifname", required=True, help="the NIC to take (afpacket) or the TAP device to make")
     p.add_argument("--ip", required=True, metavar="ADDR/LEN", help="the stack's own address, e.g. 10.77.2.101/24")
     p.add_argument("--mac", help="the stack's MAC (default: a random locally administered one)")

@@ -25,6 +25,7 @@ class Stack:
         self.ip = ipaddress.IPv4Address(ip).packed
         self.network = ipaddress.IPv4Network(f"{ip}/{prefix_len}", strict=False)
         self.broadcast = self.network.broadcast_address.packed
+        self._mask, self._net = int(self.network.netmask), int(self.network.network_address)
         self.gateway = ipaddress.IPv4Address(gateway).packed if gateway else None
         self.mtu = mtu
         self.now = 0.0
@@ -205,7 +206,7 @@ class Stack:
         self.tx.append(ether.build(mac, self.mac, ether.TYPE_IPV4, packet))
 
     def _next_hop(self, dst: bytes) -> bytes | None:
-        if ipaddress.IPv4Address(dst) in self.network:
+        if int.from_bytes(dst, "big") & self._mask == self._net:
             return dst
         return self.gateway
 

@@ -39,11 +39,14 @@ def link_mtu(ifname: str) -> int:
     return int(Path(f"/sys/class/net/{ifname}/mtu").read_text())
 
 
+DRIVERS = ("afpacket", "afpacket-v3", "tap")
+
+
 def open_driver(kind: str, ifname: str, mac: bytes | None = None):
-    if kind == "afpacket":
+    if kind in ("afpacket", "afpacket-v3"):
         from .afpacket import AfPacket
-        return AfPacket(ifname, mac)
+        return AfPacket(ifname, mac, version=3 if kind == "afpacket-v3" else 2)
     if kind == "tap":
         from .tap import Tap
         return Tap(ifname, mac)
-    raise ValueError(f"driver {kind!r}: one of afpacket, tap")
+    raise ValueError(f"driver {kind!r}: one of {', '.join(DRIVERS)}")
