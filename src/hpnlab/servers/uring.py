@@ -7,14 +7,21 @@ The kernel does the I/O; we only hand it operations and read results:
     kernel picks a buffer from a shared provided-buffer ring only when data
     arrives, so an idle connection owns no buffer at all (a fixed 64 KiB
     buffer per connection would cost 64 KiB/conn);
-  - sends are submitted as operations; at most one is in flight per
-    connection (two in-flight sends on one TCP socket could interleave if
-    one is short), later output is queued and sent as one.
+  - sends go to a send queue kept in C (hpnlab.uring: Ring.send copies the
+    bytes there); C keeps one send in flight per connection (two on one TCP
+    socket could interleave if one is short), re-issues partial sends, and
+    handles their completions inside the harvest - Python never sees a
+    successful send. That halves the completions Python handles per request:
+    in Python, a completion costs more than the syscall io_uring saves.
 A batch of completions is reaped and the next batch of submissions is sent
 in a single io_uring_enter().
 
-Backpressure: if a connection's unsent output passes HIGH_WATER we cancel
-its recv and re-arm it once the output drains below LOW_WATER.
+Provided buffers go back to the kernel in one batch at the next wait(), so
+the data of a recv completion is copied out (bytes) before that.
+
+Backpressure: if a connection's queued output passes HIGH_WATER we cancel
+its recv and ask the ring to tell us (a DRAIN completion) once the queue is
+below LOW_WATER, and re-arm the recv then.
 """
 from __future__ import annotations
 
@@ -24,21 +31,17 @@ import socket
 
 from . import HIGH_WATER, LOW_WATER, Server
 
-ACCEPT, RECV, SEND, CANCEL = 1, 2, 3, 4
+ACCEPT, RECV, CANCEL = 1, 2, 4     # user_data = fd << 3 | kind (the ring's SEND/DRAIN tags are 5, 6)
 NBUFS, BUFSIZE = 512, 4096
 
 
 class UConn:
-    __slots__ = ("closing", "fd", "feed", "inflight", "paused", "pending", "queue", "recv_on")
+    __slots__ = ("closing", "feed", "paused", "recv_on")
 
-    def __init__(self, fd: int, feed):
-        self.fd = fd
+    def __init__(self, feed):
         self.feed = feed
-        self.inflight: bytes | None = None   # the one send the kernel holds (kept alive here)
-        self.queue: list[bytes] = []
-        self.pending = 0                     # bytes not yet sent (in flight + queued)
         self.recv_on = False                 # a (multishot) recv is armed
-        self.paused = False
+        self.paused = False                  # recv cancelled by backpressure
         self.closing = False
 
 
@@ -54,65 +57,70 @@ class UringServer(Server):
         from ..uring import Ring
         self.ring = ring = Ring(entries=4096, nbufs=NBUFS, bufsize=BUFSIZE)
         self.conns: dict[int, UConn] = {}
-        self.next_id = 1
         self.multishot_accept = self.multishot_recv = True
         lfd = self.listener.fileno()
         ring.prep_accept(lfd, ACCEPT, multishot=True)
-        conns, take, recycle = self.conns, ring.take, ring.recycle
-        F_MORE, F_BUFFER, SHIFT = ring.F_MORE, ring.F_BUFFER, ring.BUFFER_SHIFT
-        send, arm_recv, finish = self.send, self.arm_recv, self.maybe_finish
+        conns, bufs, bufsize = self.conns, ring.bufs, ring.bufsize
+        send, r = ring.lib.hp_send, ring.r
+        F_MORE, SHIFT = ring.F_MORE, ring.BUFFER_SHIFT
+        SEND, DRAIN = ring.SEND_TAG, ring.DRAIN_TAG
+        arm_recv, finish = self.arm_recv, self.maybe_finish
         while True:
             try:
                 uds, results, flagss = ring.wait()
             except InterruptedError:
                 continue
             for ud, res, flags in zip(uds, results, flagss):
-                kind, cid = ud & 7, ud >> 3
+                kind, fd = ud & 7, ud >> 3
                 if kind == RECV:
-                    c = conns.get(cid)
+                    c = conns.get(fd)
                     if res > 0:
-                        data = take(flags >> SHIFT, res)
                         if c is None or c.closing:
                             continue
-                        out, close = c.feed(data)
+                        off = (flags >> SHIFT) * bufsize
+                        out, close = c.feed(bufs[off:off + res].tobytes())
                         if out:
-                            send(c, cid, out)
+                            queued = send(r, fd, out, len(out))
+                            if not 0 <= queued <= HIGH_WATER:
+                                self.on_backlog(c, fd, queued)
                         if close:
                             c.closing = True
-                            finish(c, cid)
+                            finish(c, fd)
                         if not flags & F_MORE:
                             c.recv_on = False
-                            arm_recv(c, cid)
+                            arm_recv(c, fd)
                         continue
-                    if flags & F_BUFFER:
-                        recycle(flags >> SHIFT)
                     if c is None:
                         continue
                     if not flags & F_MORE:
                         c.recv_on = False
                     if res == -errno.EINVAL and self.multishot_recv:
                         self.multishot_recv = False     # old kernel: fall back to one-shot recv
-                        arm_recv(c, cid)
+                        arm_recv(c, fd)
                     elif res == -errno.ENOBUFS or res == -errno.ECANCELED:
-                        arm_recv(c, cid)                # buffers ran out / backpressure cancel
+                        arm_recv(c, fd)                 # buffers ran out / backpressure cancel
                     else:
                         c.closing = True                # 0 = EOF, or an error (reset)
-                        finish(c, cid)
-                elif kind == SEND:
-                    c = conns.get(cid)
+                        finish(c, fd)
+                elif kind == DRAIN:
+                    c = conns.get(fd)
                     if c is not None:
-                        self.on_sent(c, cid, res)
+                        self.on_drained(c, fd)
+                elif kind == SEND:                      # a send failed: the peer is gone
+                    c = conns.get(fd)
+                    if c is not None:
+                        c.closing = True
+                        finish(c, fd)
                 elif kind == ACCEPT:
                     self.on_accept(lfd, res, flags & F_MORE)
 
     def on_accept(self, lfd: int, res: int, more: int) -> None:
         if res >= 0:
-            cid, self.next_id = self.next_id, self.next_id + 1
-            c = UConn(res, self.protocol.new().feed)
-            self.conns[cid] = c
+            c = UConn(self.protocol.new().feed)
+            self.conns[res] = c
             # TCP_NODELAY as every engine does (see servers.tune).
             self.ring.lib.setsockopt(res, socket.IPPROTO_TCP, socket.TCP_NODELAY, self._one(), 4)
-            self.arm_recv(c, cid)
+            self.arm_recv(c, res)
         elif res == -errno.EINVAL and self.multishot_accept:
             self.multishot_accept = False           # kernel < 5.19: one accept at a time
         if not more:
@@ -124,62 +132,47 @@ class UringServer(Server):
             one = self._one_c = self.ring.ffi.new("int *", 1)
         return one
 
-    def arm_recv(self, c: UConn, cid: int) -> None:
+    def arm_recv(self, c: UConn, fd: int) -> None:
         if not c.recv_on and not c.paused and not c.closing:
             c.recv_on = True
-            self.ring.prep_recv(c.fd, cid << 3 | RECV, self.multishot_recv)
+            self.ring.prep_recv(fd, fd << 3 | RECV, self.multishot_recv)
 
-    def send(self, c: UConn, cid: int, out: bytes) -> None:
-        c.pending += len(out)
-        if c.inflight is None:
-            c.inflight = out
-            self.ring.prep_send(c.fd, out, cid << 3 | SEND)
-        else:
-            c.queue.append(out)
-        if c.pending > HIGH_WATER and not c.paused:
+    def on_backlog(self, c: UConn, fd: int, queued: int) -> None:
+        """A send could not be queued (queued < 0), or the queue passed HIGH_WATER."""
+        if queued < 0:
+            c.closing = True
+            self.maybe_finish(c, fd)
+        elif not c.paused:
             c.paused = True
             if c.recv_on:
-                self.ring.prep_cancel(cid << 3 | RECV, cid << 3 | CANCEL)
+                self.ring.prep_cancel(fd << 3 | RECV, fd << 3 | CANCEL)
+            if not c.closing:
+                self.ring.send_notify(fd, LOW_WATER)
 
-    def on_sent(self, c: UConn, cid: int, res: int) -> None:
-        if res < 0:                                  # EPIPE / ECONNRESET: the peer is gone
-            c.inflight, c.queue, c.pending = None, [], 0
-            c.closing = True
-            self.maybe_finish(c, cid)
-            return
-        c.pending -= res
-        rest = c.inflight[res:] if res < len(c.inflight) else b""   # type: ignore[index]
-        if not rest and c.queue:
-            rest = c.queue[0] if len(c.queue) == 1 else b"".join(c.queue)
-            c.queue = []
-        if rest:
-            c.inflight = rest
-            self.ring.prep_send(c.fd, rest, cid << 3 | SEND)
-        else:
-            c.inflight = None
-            if c.closing:
-                self.maybe_finish(c, cid)
-                return
-        if c.paused and c.pending < LOW_WATER:
+    def on_drained(self, c: UConn, fd: int) -> None:
+        if c.closing:
+            self.maybe_finish(c, fd)
+        elif c.paused:
             c.paused = False
-            self.arm_recv(c, cid)
+            self.arm_recv(c, fd)
 
-    def maybe_finish(self, c: UConn, cid: int) -> None:
+    def maybe_finish(self, c: UConn, fd: int) -> None:
         """Close once nothing of ours is in flight in the kernel for this fd."""
-        if c.inflight is not None:
-            return
+        if self.ring.send_notify(fd, 0) > 0:
+            return                                   # a DRAIN (or a failed send) comes back here
         if c.recv_on:
             # Wake the armed recv so its buffer-holding operation ends (res 0).
-            self.ring.lib.shutdown(c.fd, socket.SHUT_RDWR)
+            self.ring.lib.shutdown(fd, socket.SHUT_RDWR)
             return
-        del self.conns[cid]
-        os.close(c.fd)
+        del self.conns[fd]
+        self.ring.send_forget(fd)
+        os.close(fd)
 
     def close(self):
         ring = getattr(self, "ring", None)
-        for c in getattr(self, "conns", {}).values():
+        for fd in getattr(self, "conns", {}):
             try:
-                os.close(c.fd)
+                os.close(fd)
             except OSError:
                 pass
         if ring is not None:

@@ -10,7 +10,7 @@ syscalls per request drop well below one.
     ring.prep_accept(listen_fd, ud=1, multishot=True)
     for ud, res, flags in ring.wait(): ...
 
-The compiled part (_hpnlab_uring, built from _build.py) is made by
+The compiled part (_hpnlab_uring_v2, built from _build.py) is made by
 `make setup`; if it is missing, the first import builds it, and says
 clearly what is missing when it cannot (no gcc, no liburing-dev).
 """
@@ -29,7 +29,7 @@ class UringUnavailable(HpnlabError, RuntimeError):
 
 def _load():
     try:
-        from . import _hpnlab_uring as mod  # type: ignore[attr-defined]
+        from . import _hpnlab_uring_v2 as mod  # type: ignore[attr-defined]
         return mod.ffi, mod.lib
     except ImportError:
         pass
@@ -38,7 +38,7 @@ def _load():
         _build.build()
     except Exception as exc:  # noqa: BLE001 - any build failure means unavailable, and why
         raise UringUnavailable(f"the liburing binding is not built and cannot be built: {exc}") from None
-    from . import _hpnlab_uring as mod  # type: ignore[attr-defined]
+    from . import _hpnlab_uring_v2 as mod  # type: ignore[attr-defined]
     return mod.ffi, mod.lib
 
 
@@ -96,6 +96,7 @@ class Ring:
         self._ud_mv = memoryview(ffi.buffer(self._ud)).cast("Q")
         self._res_mv = memoryview(ffi.buffer(self._res)).cast("i")
         self._flags_mv = memoryview(ffi.buffer(self._flags)).cast("I")
+        self.TAG_BITS, self.SEND_TAG, self.DRAIN_TAG = lib.HP_TAG_BITS, lib.HP_SEND_TAG, lib.HP_DRAIN_TAG
         self.F_MORE = lib.IORING_CQE_F_MORE
         self.F_BUFFER = lib.IORING_CQE_F_BUFFER
         self.BUFFER_SHIFT = lib.IORING_CQE_BUFFER_SHIFT
@@ -117,14 +118,10 @@ class Ring:
         return self._ud_mv[:n].tolist(), self._res_mv[:n].tolist(), self._flags_mv[:n].tolist()
 
     def take(self, bid: int, n: int) -> bytes:
-        """Copy `n` bytes out of provided buffer `bid` and give the buffer back to the kernel."""
+        """Copy `n` bytes out of provided buffer `bid`. A buffer a completion handed
+        out goes back to the kernel at the next wait(): copy it before that."""
         off = bid * self.bufsize
-        data = self.bufs[off:off + n].tobytes()       # type: ignore[index]
-        self.lib.hp_buf_recycle(self.r, bid)
-        return data
-
-    def recycle(self, bid: int) -> None:
-        self.lib.hp_buf_recycle(self.r, bid)
+        return self.bufs[off:off + n].tobytes()       # type: ignore[index]
 
     def _check(self, ret: int, what: str) -> None:
         if ret < 0:
@@ -136,9 +133,23 @@ class Ring:
     def prep_recv(self, fd: int, ud: int, multishot: bool = True) -> None:
         self._check(self.lib.hp_prep_recv(self.r, fd, ud, int(multishot)), "prep recv")
 
-    def prep_send(self, fd: int, data: bytes, ud: int) -> None:
-        """The caller must keep `data` alive until the send's completion arrives."""
-        self._check(self.lib.hp_prep_send(self.r, fd, data, len(data), ud), "prep send")
+    def send(self, fd: int, data: bytes) -> int:
+        """Queue a copy of `data` on fd's send queue (kept in C, one send in flight
+        per fd); the bytes now queued for fd. Successful sends post no completion;
+        a failed one posts SEND_TAG with res < 0, after which send() raises."""
+        n = self.lib.hp_send(self.r, fd, data, len(data))
+        if n < 0:
+            raise OSError(-n, f"send on fd {fd}: {os.strerror(-n)}")
+        return n
+
+    def send_notify(self, fd: int, mark: int) -> int:
+        """Post one DRAIN_TAG completion once fd's queue is <= mark bytes; the bytes
+        queued now (if already <= mark, none will come)."""
+        return self.lib.hp_send_notify(self.r, fd, mark)
+
+    def send_forget(self, fd: int) -> None:
+        """Drop fd's send queue (it is closed, and nothing of it is in flight)."""
+        self.lib.hp_send_forget(self.r, fd)
 
     def prep_cancel(self, target_ud: int, ud: int) -> None:
         self._check(self.lib.hp_prep_cancel(self.r, target_ud, ud), "prep cancel")
