@@ -22,8 +22,8 @@ STACK_SIZE = 256 * 1024
 class Threads(Server):
     name = "threads"
 
-    def __init__(self, listener, protocol):
-        super().__init__(listener, protocol)
+    def __init__(self, listener, protocol, workers: int = 1):
+        super().__init__(listener, protocol, workers)
         self.conns: set[socket.socket] = set()
         self.lock = threading.Lock()
 
