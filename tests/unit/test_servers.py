@@ -328,3 +328,59 @@ def test_multicore_mode_serves_and_stops():
         assert srv.stop() == 0
     for pid in children:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+
+def listening_sockets(port: int) -> int:
+    """LISTEN entries for `port` in /proc/net/tcp (one per SO_REUSEPORT listener)."""
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for r in rows if r.split()[1].endswith(f":{port:04X}") and r.split()[3] == "0A")
+
+
+def thread_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def connection_fds(pid: int) -> int:
+    """Sockets a process holds, less its listener."""
+    return sum(1 for fd in os.listdir(f"/proc/{pid}/fd")
+               if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")) - 1
+
+
+@pytest.mark.parametrize("engine", ["epoll-threads", "epoll-acceptor", "epoll-procs"])
+def test_multi_epoll_engines_run_their_workers(engine):
+    """--workers 3: epoll-threads is 3 threads with 3 listeners, epoll-acceptor an
+    acceptor thread and 3 epoll threads, epoll-procs 3 processes with 3 listeners
+    that the kernel spreads connections over; all echo concurrently."""
+    srv = ServerProc(engine, "--workers", "3")
+    clients = []
+    try:
+        clients = [connect(srv.port) for _ in range(60)]
+        for i, c in enumerate(clients):
+            c.sendall(b"w%d" % i)
+        for i, c in enumerate(clients):
+            c.settimeout(10)
+            assert c.recv(100) == b"w%d" % i
+        if engine == "epoll-procs":
+            children = [int(p) for p in Path(f"/proc/{srv.pid}/task/{srv.pid}/children").read_text().split()]
+            assert len(children) == 3
+            assert listening_sockets(srv.port) == 3
+            assert all(connection_fds(p) > 0 for p in children), "SO_REUSEPORT gave every worker connections"
+        elif engine == "epoll-threads":
+            assert thread_count(srv.pid) == 3
+            assert listening_sockets(srv.port) == 3
+        else:
+            assert thread_count(srv.pid) == 4
+            assert listening_sockets(srv.port) == 1
+    finally:
+        for c in clients:
+            c.close()
+        assert srv.stop() == 0
+
+
+def test_multi_epoll_workers_default_to_the_cpu_count():
+    srv = ServerProc("epoll-threads")
+    try:
+        assert f"workers={os.cpu_count()}" in srv.err.read_text()
+        assert thread_count(srv.pid) == os.cpu_count()
+    finally:
+        srv.stop()

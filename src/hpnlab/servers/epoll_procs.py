@@ -19,20 +19,24 @@ class EpollProcs(Server):
     name = "epoll-procs"
     parallel = True
 
+    def __init__(self, listener, protocol, workers: int = 1):
+        super().__init__(listener, protocol, workers)
+        # All N listeners now, before "listening" is said, so that the kernel
+        # spreads connections over all of them from the first one on.
+        host, port = listener.getsockname()[:2]
+        self.listeners = [listener] + [listen(host, port, reuseport=True) for _ in range(1, workers)]
+
     def serve_forever(self):
         from ..coro.multicore import run_workers
-        host, port = self.listener.getsockname()[:2]
 
         def worker(i: int) -> int:
-            # Worker 0 keeps the inherited listener; the others open their own.
-            # Everyone else's copy is closed, or the parent's listener would take
-            # its share of connections and never accept them.
+            # Each worker keeps its own listener and closes the others' copies.
             reactor = None
             try:                     # Server.serve's SIGTERM handler, inherited, raises Shutdown
-                if i:
-                    self.listener.close()
-                listener = self.listener if i == 0 else listen(host, port, reuseport=True)
-                reactor = Reactor(listener, self.protocol)
+                for j, other in enumerate(self.listeners):
+                    if j != i:
+                        other.close()
+                reactor = Reactor(self.listeners[i], self.protocol)
                 reactor.serve_forever()
             except Shutdown:
                 pass
@@ -43,9 +47,15 @@ class EpollProcs(Server):
                     reactor.close()
             return 0
 
-        code = run_workers(self.workers, worker, after_fork=self.listener.close)
+        # The parent's copies are closed once all are forked: a listener nobody
+        # accepts on would still take its share of connections.
+        code = run_workers(self.workers, worker, after_fork=self.close)
         if code:
             raise SystemExit(code)
+
+    def close(self):
+        for listener in self.listeners:
+            listener.close()
 
 
 ENGINE = EpollProcs

@@ -21,25 +21,28 @@ class EpollThreads(Server):
     name = "epoll-threads"
     parallel = True
 
+    def __init__(self, listener, protocol, workers: int = 1):
+        super().__init__(listener, protocol, workers)
+        # Thread 0 (the main one) serves the listener it was given; the others get
+        # their own, opened now so that all N take connections from the start.
+        host, port = listener.getsockname()[:2]
+        self.main = Reactor(listener, protocol)
+        self.threads = [ReactorThread(Reactor(listen(host, port, reuseport=True), protocol),
+                                      name=f"epoll-{i}") for i in range(1, workers)]
+
     def serve_forever(self):
-        host, port = self.listener.getsockname()[:2]
-        # Thread 0 (this one) serves the listener it was given; the others open their own.
-        self.main = Reactor(self.listener, self.protocol)
-        self.threads = [ReactorThread(Reactor(listen(host, port, reuseport=True), self.protocol),
-                                      name=f"epoll-{i}") for i in range(1, self.workers)]
         for t in self.threads:
             t.start()
         self.main.serve_forever()
 
     def close(self):
-        for t in getattr(self, "threads", []):
-            t.stop()
-        for t in getattr(self, "threads", []):
-            t.join(JOIN_TIMEOUT)
-        if hasattr(self, "main"):
-            self.main.close()        # closes the listener too
-        else:
-            super().close()
+        for t in self.threads:
+            if t.is_alive():
+                t.stop()
+                t.join(JOIN_TIMEOUT)
+            else:
+                t.reactor.close()    # never started (a signal came first)
+        self.main.close()            # closes the listener too
 
 
 ENGINE = EpollThreads
