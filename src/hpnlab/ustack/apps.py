@@ -98,12 +98,15 @@ class Source(Handler):
         if self.left == 0:
             self.left = -1
             self.sock.shutdown(1)
+
+    def on_eof(self):
+        # the peer closed after reading everything: only now is the transfer over (what
+        # was queued may have waited out a zero window)
+        if self.left <= 0:
             secs = time.monotonic() - self.started
             self.report({"event": "source", "bytes": self.args.bytes, "sha256": self.hash.hexdigest(),
                          "secs": round(secs, 4), "conn": _conn_summary(self.sock.conn)})
-
-    def on_eof(self):
-        self.done = self.left <= 0
+            self.done = True
 
 
 class Http(Handler):
@@ -264,6 +267,11 @@ def client(net, args, report, stop) -> None:
                 break
             h.update(data)
             total += len(data)
+    elif args.app == "connect" and args.close_at:
+        # simultaneous close: close at the agreed moment, then see the close through
+        net.wait(lambda: stop() or time.time() >= args.close_at, None)
+        sock.close()
+        net.wait(lambda: stop() or sock.conn.state in ("TIME_WAIT", "CLOSED"), args.timeout)
     elif args.app == "connect":
         net.wait(lambda: stop() or sock.conn.fin_received, args.timeout)
     secs = time.monotonic() - started

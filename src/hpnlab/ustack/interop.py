@@ -306,6 +306,57 @@ class Suite:
             return s["sha256"] == p["sha256"] and p["bytes"] == n, f"{n} B, {p['mbps']} Mbit/s"
         self.record(f"tap driver: {_size(n)} stack -> kernel, sha256", from_stack)
 
+    def concurrency(self, n: int = 1000) -> None:
+        def go():
+            with self.app("--app", "echo", "--port", 7, "--backlog", n):
+                e = peer(self.h2, "concurrent", self.addr, 7, n, timeout=180)
+            self.data["concurrent"] = e
+            return e["matched"] == n, f"{e['matched']}/{n} connections echoed in {e['secs']} s"
+        self.record(f"tcp: {n} concurrent connections to the stack's epoll echo server", go)
+
+    def zero_window(self, hold: float = 10.0, nbytes: int = 1 << 20) -> None:
+        """Linux reads nothing for `hold` s with a small buffer: its window closes, the stack
+        probes (persist timer), and the transfer completes once Linux reads."""
+        def go():
+            with self.app("--app", "source", "--port", 9010, "--bytes", nbytes, "--once", 1) as run:
+                p = peer(self.h2, "zerowin", self.addr, 9010, hold, timeout=hold + 120)
+                s = run.wait("source", 60)
+            probes = (s.get("conn") or {}).get("stats", {}).get("zero_window_probes", 0)
+            self.data["zero_window"] = {"peer": p, "probes": probes}
+            return p["sha256"] == s["sha256"] and p["bytes"] == nbytes and probes > 0, \
+                f"held {hold:g} s: {probes} zero-window probes, then {p['bytes']} B, sha256 " \
+                f"{'match' if p['sha256'] == s['sha256'] else 'MISMATCH'}"
+        self.record(f"tcp: zero window held {hold:g} s, then reopened", go)
+
+    def simultaneous_close(self, delay_ms: float = 200.0) -> None:
+        """Both ends close at once: h2's FIN leaves `delay_ms` late, the stack closes
+        delay/2 after Linux, so each FIN meets a peer in FIN_WAIT_1 (CLOSING on both)."""
+        def go():
+            lport = 40555
+            with DelayLine(self.h2, self.h2.nic(self.network).ifname, (lport, lport), delay_ms):
+                at = time.time() + 2.5
+                proc = self.h2.start([agent_python(self.h2), "-m", "hpnlab.ustack.peer", "simclose", lport,
+                                      f"{at:.6f}"], name="ustack-peer-simclose")
+                try:
+                    self.h2.wait_for_port(lport, 30)
+                    run = self._run("--app", "connect", "--connect", f"{self.peer_addr}:{lport}",
+                                    "--close-at", f"{at + delay_ms / 2000:.6f}", "--timeout", 15).start("ready")
+                    try:
+                        s = run.wait("connect", 30)
+                        s = [e for e in run.events if e.get("event") == "connect"][-1] if run.wait("stats", 30) else s
+                    finally:
+                        run.stop()
+                    proc.wait(30)
+                    p = _events(proc.logs()[0])[-1]
+                finally:
+                    if proc.alive():
+                        proc.stop(2)
+            path = [state for _, state in (s.get("conn") or {}).get("history", [])]
+            self.data["simultaneous_close"] = {"stack_path": path, "linux": p}
+            ok = "CLOSING" in path and "TIME_WAIT" in path and "FIN_WAIT_2" not in path and p.get("time_wait")
+            return ok, f"stack path {' > '.join(path)}; linux TIME-WAIT: {p.get('time_wait')}"
+        self.record("tcp: simultaneous close with linux", go)
+
     def run_all(self, flood: bool = True) -> list[dict]:
         self.ping_cases() if flood else None
         self.stack_ping()
@@ -314,6 +365,9 @@ class Suite:
         self.tcp_cases()
         self.bulk()
         self.simultaneous_open()
+        self.simultaneous_close()
+        self.concurrency(1000)
+        self.zero_window(3.0)
         self.tap_cases(4 << 20)
         return self.results
 

@@ -8,6 +8,9 @@
     udp IP PORT N             N datagrams to a UDP echo, count the answers
     refused IP PORT           connect to a closed port: expect ECONNREFUSED (an RST)
     simopen IP PORT LPORT AT  connect from LPORT to PORT at time AT (simultaneous open)
+    simclose PORT AT          accept one connection, close it at time AT, report TIME-WAIT seen
+    concurrent IP PORT N      N connections at once to an echo server, one message each
+    zerowin IP PORT HOLD      connect to a source, read nothing for HOLD s (small buffer), then all
     flood IP SECONDS          ICMP echo as fast as answers come (one in flight per socket, 64 sockets)
 """
 from __future__ import annotations
@@ -145,6 +148,79 @@ def simopen(ip: str, port: int, lport: int, at: float) -> None:
     s.close()
 
 
+def simclose(port: int, at: float) -> None:
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("", port))
+    ls.listen(1)
+    _out({"event": "listening", "port": port})
+    s, peer = ls.accept()
+    time.sleep(max(0.0, at - time.time()))
+    s.close()
+    time.sleep(1.0)
+    import subprocess
+    tw = subprocess.run(["ss", "-Htan", "state", "time-wait", f"sport = :{port}"], capture_output=True,
+                        text=True).stdout.strip()
+    _out({"event": "simclose", "time_wait": bool(tw), "ss": tw})
+
+
+def concurrent(ip: str, port: int, n: int) -> None:
+    import resource
+    import select
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, n + 64)), hard))
+    ep = select.epoll()
+    socks, t0 = {}, time.monotonic()
+    for i in range(n):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex((ip, port))
+        socks[s.fileno()] = [s, b"conn %d " % i + os.urandom(16), b"", False]
+        ep.register(s.fileno(), select.EPOLLOUT)
+    done = matched = 0
+    end = time.monotonic() + 90
+    while done < n and time.monotonic() < end:
+        for fd, ev in ep.poll(0.5):
+            st = socks[fd]
+            s, msg = st[0], st[1]
+            if ev & (select.EPOLLERR | select.EPOLLHUP) and not st[3]:
+                st[3] = True
+                done += 1
+                ep.unregister(fd)
+                continue
+            if ev & select.EPOLLOUT:
+                s.send(msg)
+                ep.modify(fd, select.EPOLLIN)
+            elif ev & select.EPOLLIN:
+                st[2] += s.recv(4096)
+                if len(st[2]) >= len(msg):
+                    matched += st[2] == msg
+                    done += 1
+                    st[3] = True
+                    ep.unregister(fd)
+    secs = time.monotonic() - t0
+    for st in socks.values():
+        st[0].close()
+    _out({"event": "concurrent", "connections": n, "matched": matched, "secs": round(secs, 3)})
+
+
+def zerowin(ip: str, port: int, hold: float) -> None:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    s.settimeout(60)
+    s.connect((ip, port))
+    time.sleep(hold)
+    h, total = hashlib.sha256(), 0
+    while True:
+        data = s.recv(1 << 16)
+        if not data:
+            break
+        h.update(data)
+        total += len(data)
+    s.close()
+    _out({"event": "zerowin", "bytes": total, "sha256": h.hexdigest(), "held_s": hold})
+
+
 def flood(ip: str, seconds: float, window: int = 64) -> None:
     """ping -f's idea with up to WINDOW echoes in flight (a raw ICMP socket): each reply
     sends the next request; an idle 0.2 s refills the window. Reports replies per second."""
@@ -198,6 +274,12 @@ def main(argv: list[str]) -> int:
         refused(rest[0], int(rest[1]))
     elif mode == "simopen":
         simopen(rest[0], int(rest[1]), int(rest[2]), float(rest[3]))
+    elif mode == "simclose":
+        simclose(int(rest[0]), float(rest[1]))
+    elif mode == "concurrent":
+        concurrent(rest[0], int(rest[1]), int(rest[2]))
+    elif mode == "zerowin":
+        zerowin(rest[0], int(rest[1]), float(rest[2]))
     elif mode == "flood":
         flood(rest[0], float(rest[1]))
     else:

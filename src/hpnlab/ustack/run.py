@@ -43,6 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--connect", metavar="IP:PORT", help="client: connect here (apps source, sink, connect)")
     p.add_argument("--bind-port", type=int, default=0, help="client: local port (simultaneous open)")
     p.add_argument("--start-at", type=float, default=0.0, help="client: connect at this time.time()")
+    p.add_argument("--close-at", type=float, default=0.0, help="client (--app connect): close at this time.time()")
     p.add_argument("--bytes", type=int, default=1 << 20, help="source: bytes to send")
     p.add_argument("--ping", metavar="IP", help="ping: whom")
     p.add_argument("--count", type=int, default=5)
@@ -141,11 +142,14 @@ def main(args) -> int:
         _report({"event": "error", "error": str(exc)})
         rc = 1
     finally:
+        inner = getattr(driver, "inner", driver)
+        if hasattr(inner, "ring_stats"):
+            inner.ring_stats()
         data = stats(net, driver)
         if args.stats:
             with open(args.stats, "w") as f:
                 json.dump(data, f, default=str)
-        _report({"event": "stats", **{k: data[k] for k in ("counters", "tcp_states", "last_error")}})
+        _report({"event": "stats", **{k: data[k] for k in ("counters", "tcp_states", "last_error", "driver")}})
         driver.close()
     return rc
 

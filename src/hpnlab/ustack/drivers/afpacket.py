@@ -5,7 +5,7 @@ and drops them, so it never answers (no RST, no ICMP) for the stack's traffic.
 
 Receiving is a PACKET_MMAP ring, no system call per frame, in one of two layouts:
 
-- TPACKET_V2 (the default): fixed slots of 128 KiB (a GSO super-frame fits), each
+- TPACKET_V2 (the default): fixed slots of 68 KiB (a GSO super-frame fits), each
   handed over at once — a wakeup per burst, no added latency;
 - TPACKET_V3: variable-sized frames packed into blocks, a block handed over when full
   or when its timer (`block_timeout_ms`, in practice a few jiffies) runs out — few
@@ -27,9 +27,9 @@ from . import link_mtu, random_mac
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP, PACKET_MR_PROMISC = 1, 1
-PACKET_RX_RING, PACKET_VERSION, PACKET_IGNORE_OUTGOING = 5, 10, 23
+PACKET_RX_RING, PACKET_STATISTICS, PACKET_VERSION, PACKET_IGNORE_OUTGOING = 5, 6, 10, 23
 TPACKET_V2, TPACKET_V3 = 1, 2
-V2_FRAME, V2_FRAMES = 1 << 17, 128             # 16 MiB of 128 KiB slots
+V2_FRAME, V2_FRAMES = 17 << 12, 512            # 34 MiB of 68 KiB slots: a 64 KiB GSO frame fits, and bursts (1000 SYNs)
 _V2_HDR = struct.Struct("<IIIHH")               # status, len, snaplen, mac, net
 TP_STATUS_KERNEL, TP_STATUS_USER, TP_STATUS_CSUMNOTREADY = 0, 1, 1 << 3
 BLOCK_SIZE, BLOCK_NR, FRAME_SIZE = 1 << 18, 64, 1 << 11
@@ -133,8 +133,18 @@ class AfPacket:
             sent += 1
         return sent
 
+    def ring_stats(self) -> dict:
+        """PACKET_STATISTICS since the last call: frames the kernel queued, and dropped
+        because the ring was full."""
+        raw = self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 12)
+        packets, drops = struct.unpack_from("II", raw)
+        self.counters["kernel_packets"] = self.counters.get("kernel_packets", 0) + packets
+        self.counters["kernel_ring_drops"] = self.counters.get("kernel_ring_drops", 0) + drops
+        return {"packets": packets, "drops": drops}
+
     def close(self) -> None:
         if self.sock.fileno() >= 0:
+            self.ring_stats()
             try:
                 self.ring.close()
             except (BufferError, ValueError):

@@ -19,9 +19,11 @@ class Listener:
     a SYN flood cannot grow memory) and established ones waiting for accept(), which holds
     backlog + 1 as Linux's does (`sk_acceptq_is_full` is `>`)."""
 
-    def __init__(self, layer, local: tuple[bytes, int], backlog: int, opts: Options, syn_backlog: int = 256):
+    def __init__(self, layer, local: tuple[bytes, int], backlog: int, opts: Options, syn_backlog: int | None = None):
         self.layer, self.local, self.opts = layer, local, opts
-        self.backlog, self.syn_backlog = max(0, backlog), syn_backlog
+        # the half-open bound: the backlog, at least 128, at most 4096 (tcp_max_syn_backlog's role)
+        self.backlog = max(0, backlog)
+        self.syn_backlog = syn_backlog if syn_backlog is not None else min(max(backlog, 128), 4096)
         self.syn_queue: set[Connection] = set()
         self.accept_queue: collections.deque[Connection] = collections.deque()
         self.state = LISTEN
@@ -84,7 +86,7 @@ class TcpLayer:
 
     # -- opening --------------------------------------------------------------------------
 
-    def listen(self, local: tuple[bytes, int], backlog: int, opts: Options, syn_backlog: int = 256) -> Listener:
+    def listen(self, local: tuple[bytes, int], backlog: int, opts: Options, syn_backlog: int | None = None) -> Listener:
         listener = Listener(self, local, backlog, opts, syn_backlog)
         self.listeners[local[1]] = listener
         return listener

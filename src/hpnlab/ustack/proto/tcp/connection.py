@@ -646,15 +646,15 @@ class Connection:
                 if self.persist_timer:
                     self.persist_timer.cancel()
                     self.persist_timer = None
-                if self.flight > 0:
-                    self._arm_rto(now)         # a probe byte may still be out
+                if 0 < self.flight <= 1:
+                    self.snd_nxt = self.snd_una   # the probe's byte was not taken: send it again first
             window_changed = old != self.snd_wnd
         else:
             window_changed = False
         if acked > 0:
             self._new_ack(seg, acked, now)
         elif acked == 0 and self.flight > 0 and not seg.payload and not seg.flags & (SYN | FIN) \
-                and not window_changed:
+                and not window_changed and self.snd_wnd > 0:      # answers to window probes are no dupacks
             self.stats["dupacks_in"] += 1
             # RFC 6582 §3.2 step 1: no new recovery for losses of the previous window
             una_after = self.cc.recover is None or _d(self.snd_una, self.cc.recover) > 0
