@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import time
 import tracemalloc
+from pathlib import Path
 
 from ..labs._kit import Capture, LabError, agent_python
 from ..report import environment_md, fingerprint, md_table, rerun_md, results_dir, write_report
@@ -62,6 +63,29 @@ def _pytcp_bulk(host, nbytes: int, tap: str = "pytap0", subnet: str = "10.77.98"
     finally:
         if sink.alive():
             sink.stop(2)
+    return out
+
+
+def _load(suite, kernel_ip: str, port: int, kernel_port: int = 9207) -> dict:
+    """Echo round trips/s at 1 and 100 connections and connections accepted/s, on the
+    stack's epoll echo server and on h1's kernel (hpnlab.servers' epoll-lt engine)."""
+    h1, h2 = suite.h1, suite.h2
+    out: dict = {"ustack": {}, "kernel": {}}
+
+    def measure(side: str, ip: str, p: int) -> None:
+        for conns in (1, 100):
+            e = peer(h2, "echoload", ip, p, conns, 3, timeout=120)
+            out[side][f"echo_rps_{conns}"] = e["rps"]
+        out[side]["accepts_per_s"] = peer(h2, "connrate", ip, p, 3, timeout=120)["per_s"]
+    with suite.app("--app", "echo", "--port", port, "--backlog", 256):
+        measure("ustack", suite.addr, port)
+    server = h1.start([agent_python(h1), "-m", "hpnlab.servers", "epoll-lt", "--port", kernel_port],
+                      name="ustack-kernel-echo")
+    try:
+        h1.wait_for_port(kernel_port, 30)
+        measure("kernel", kernel_ip, kernel_port)
+    finally:
+        server.stop(5)
     return out
 
 
@@ -143,7 +167,67 @@ def _interest_reading(m: dict) -> str:
             f"choice; in CPython the dict's C code is the other side of the trade.")
 
 
-def _plot_trace(trace: list, path) -> bool:
+def read_pcap_tcp(path) -> list[dict]:
+    """TCP headers (options included) from a classic pcap of Ethernet frames, decoded with
+    the stack's own option parser; the capture may be cut short after the headers."""
+    import ipaddress
+    import struct as st
+    from .proto.tcp import segment as tcpseg
+    data = Path(path).read_bytes()
+    if len(data) < 24 or data[:4] not in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"):
+        return []
+    nano = data[:4] == b"\x4d\x3c\xb2\xa1"
+    out, off = [], 24
+    while off + 16 <= len(data):
+        sec, frac, incl, _orig = st.unpack_from("<IIII", data, off)
+        frame = memoryview(data)[off + 16:off + 16 + incl]
+        off += 16 + incl
+        if len(frame) < 54 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
+            continue
+        ihl = (frame[14] & 15) * 4
+        t = frame[14 + ihl:]
+        if len(t) < 20:
+            continue
+        doff = (t[12] >> 4) * 4
+        seg = tcpseg.Segment(int.from_bytes(t[0:2], "big"), int.from_bytes(t[2:4], "big"),
+                             int.from_bytes(t[4:8], "big"), int.from_bytes(t[8:12], "big"), t[13],
+                             int.from_bytes(t[14:16], "big"), b"")
+        try:
+            tcpseg.parse_options(seg, t[20:min(doff, len(t))])
+        except Exception:        # noqa: BLE001 — a cut capture: the options we have are enough
+            pass
+        total = int.from_bytes(frame[16:18], "big")
+        out.append({"t": sec + frac / (1e9 if nano else 1e6), "src": str(ipaddress.IPv4Address(bytes(frame[26:30]))),
+                    "dst": str(ipaddress.IPv4Address(bytes(frame[30:34]))), "sport": seg.sport, "dport": seg.dport,
+                    "seq": seg.seq, "ack": seg.ack, "flags": seg.flags, "win": seg.window,
+                    "len": total - ihl - doff, "mss": seg.mss, "wscale": seg.wscale, "tsval": seg.tsval})
+    return out
+
+
+def _pcap_flight(segs: list[dict], sender: str) -> list[tuple[float, int]]:
+    """Bytes in flight as the capture saw them: the sender's highest sequence sent minus
+    the receiver's latest ACK, on the sender's longest connection."""
+    conns: dict = {}
+    for s in segs:
+        key = (s["sport"], s["dport"]) if s["src"] == sender else (s["dport"], s["sport"])
+        conns.setdefault(key, []).append(s)
+    if not conns:
+        return []
+    segs = max(conns.values(), key=len)
+    hi = ack = None
+    out = []
+    for s in segs:
+        if s["src"] == sender and s["len"] > 0:
+            end = (s["seq"] + s["len"]) & 0xFFFFFFFF
+            hi = end if hi is None or 0 < ((end - hi) & 0xFFFFFFFF) < 1 << 31 else hi
+        elif s["src"] != sender and s["flags"] & 16:
+            ack = s["ack"]
+        if hi is not None and ack is not None:
+            out.append((s["t"], (hi - ack) & 0xFFFFFFFF if ((hi - ack) & 0xFFFFFFFF) < 1 << 30 else 0))
+    return out
+
+
+def _plot_trace(trace: list, path, pcap_flight: list | None = None) -> bool:
     if not trace:
         return False
     import matplotlib
@@ -155,6 +239,11 @@ def _plot_trace(trace: list, path) -> bool:
     ax[0].plot(ts, [r[1] / 1024 for r in trace], label="cwnd")
     ax[0].plot(ts, [min(r[2], 1 << 24) / 1024 for r in trace], label="ssthresh (capped)")
     ax[0].plot(ts, [r[4] / 1024 for r in trace], label="bytes in flight", alpha=0.6)
+    if pcap_flight:
+        # the capture's clock is the machine's wall clock; align the two by their first samples
+        p0 = pcap_flight[0][0]
+        ax[0].plot([t - p0 for t, _ in pcap_flight], [f / 1024 for _, f in pcap_flight],
+                   label="in flight, from the pcap", alpha=0.5, linestyle=":")
     ax[0].set_ylabel("KiB")
     ax[0].legend()
     ax[1].plot(ts, [(r[3] or 0) * 1000 for r in trace], color="C3")
@@ -215,6 +304,8 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
             rings[driver] = {"flood": peer(suite.h2, "flood", suite.addr, 5),
                              "echo": peer(suite.h2, "echo", suite.addr, 7, 1000, 100)}
     flood = rings["afpacket"]["flood"]
+    step("echo load and accept rate: the stack's epoll server vs the kernel's")
+    load = _load(suite, str(suite.h1.nic(NETWORK).address.ip), 7)
     interest = _epoll_interest()
     if impaired_lab:
         imp_results, imp_bulk = _impaired(impaired_lab, provider.name, impaired_bytes, step)
@@ -245,6 +336,7 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
                       "echo_round_trips_per_s": r["echo"]["rps"]} for d, r in rings.items()},
         "echo_round_trips_per_s_1conn": suite.data.get("echo_rps_1conn"),
         "epoll_interest": interest,
+        "load": load,
         "impaired": {name: {"mbps": v.get("peer", {}).get("mbps"),
                             "cc_events": (v.get("stack", {}).get("conn") or {}).get("cc_events"),
                             "retransmits": ((v.get("stack", {}).get("conn") or {}).get("stats") or {}).get("retransmits")}
@@ -254,7 +346,10 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
         "environment": fingerprint(provider),
     }
     trace = (bulk.get("stack_to_linux", {}).get("stack", {}).get("conn") or {}).get("trace") or []
-    plotted = _plot_trace(trace, out / "cwnd.png")
+    segs = read_pcap_tcp(out / "bulk.pcap")
+    syns = [{k: s[k] for k in ("src", "flags", "mss", "wscale", "tsval")} for s in segs if s["flags"] & 2]
+    data["pcap_syn_options"] = syns
+    plotted = _plot_trace(trace, out / "cwnd.png", _pcap_flight(segs, suite.addr))
     ok = sum(r["ok"] for r in suite.results)
     rows = [(r["name"], "ok" if r["ok"] else "FAIL", r["detail"]) for r in suite.results]
     ratio = (from_stack / kernel["mbps"]) if from_stack and kernel.get("mbps") else None
@@ -275,6 +370,10 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
             f"Goal: ping flood ≥ 40,000 replies/s — measured {flood['replies_per_s']:,.0f} "
             f"({'met' if flood['replies_per_s'] >= 40000 else 'not met'}). "
             + _pytcp_reading(tap_from, tap_to, py_from, py_to, data["pytcp"]), "",
+            "## Echo and accept rates: the stack's epoll server vs the kernel's (hpnlab.servers epoll-lt)", "",
+            md_table(["", "echo rt/s, 1 conn", "echo rt/s, 100 conns", "connections accepted/s"],
+                     [(side, v.get("echo_rps_1"), v.get("echo_rps_100"), v.get("accepts_per_s"))
+                      for side, v in load.items()]), "",
             _ring_reading(rings), "",
             _super_frame_reading(bulk.get("linux_to_stack", {}).get("counters", {})), "",
             "## epoll's interest set: red-black tree vs dict", "",
@@ -284,6 +383,11 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
             _interest_reading(interest), ""]
     if plotted:
         text += ["## cwnd, ssthresh, flight and SRTT (stack sending)", "", "![cwnd](cwnd.png)", ""]
+    if syns:
+        text += ["## Window scaling, timestamps and MSS in the pcap", "",
+                 md_table(["from", "flags", "mss", "wscale", "TSval"],
+                          [(s["src"], "SYN-ACK" if s["flags"] & 16 else "SYN", s["mss"], s["wscale"], s["tsval"])
+                           for s in syns[:8]]), ""]
     so = suite.data.get("simultaneous_open")
     if so:
         text += ["## Simultaneous open", "", f"the stack's path: {' → '.join(so['stack_path'])}", ""]

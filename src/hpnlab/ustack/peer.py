@@ -11,6 +11,8 @@
     simclose PORT AT          accept one connection, close it at time AT, report TIME-WAIT seen
     concurrent IP PORT N      N connections at once to an echo server, one message each
     zerowin IP PORT HOLD      connect to a source, read nothing for HOLD s (small buffer), then all
+    echoload IP PORT N SECS   N connections, each with one 64-byte message in flight: round trips/s
+    connrate IP PORT SECS     connect and close, one after another: connections/s
     flood IP SECONDS          ICMP echo as fast as answers come (one in flight per socket, 64 sockets)
 """
 from __future__ import annotations
@@ -221,6 +223,48 @@ def zerowin(ip: str, port: int, hold: float) -> None:
     _out({"event": "zerowin", "bytes": total, "sha256": h.hexdigest(), "held_s": hold})
 
 
+def echoload(ip: str, port: int, n: int, seconds: float) -> None:
+    import select
+    ep = select.epoll()
+    msg = b"x" * 64
+    socks = {}
+    for _ in range(n):
+        s = socket.create_connection((ip, port), timeout=30)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.setblocking(False)
+        socks[s.fileno()] = [s, 0]
+        ep.register(s.fileno(), select.EPOLLIN)
+        s.send(msg)
+    done, t0 = 0, time.monotonic()
+    end = t0 + seconds
+    while time.monotonic() < end:
+        for fd, _ in ep.poll(0.2):
+            st = socks[fd]
+            try:
+                st[1] += len(st[0].recv(65536))
+            except BlockingIOError:
+                continue
+            while st[1] >= len(msg):
+                st[1] -= len(msg)
+                done += 1
+                st[0].send(msg)
+    secs = time.monotonic() - t0
+    for st in socks.values():
+        st[0].close()
+    _out({"event": "echoload", "connections": n, "round_trips": done, "rps": round(done / secs, 1)})
+
+
+def connrate(ip: str, port: int, seconds: float) -> None:
+    n, t0 = 0, time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        s = socket.create_connection((ip, port), timeout=10)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        s.close()                # RST: no TIME_WAIT piling up on the client
+        n += 1
+    secs = time.monotonic() - t0
+    _out({"event": "connrate", "connections": n, "per_s": round(n / secs, 1)})
+
+
 def flood(ip: str, seconds: float, window: int = 64) -> None:
     """ping -f's idea with up to WINDOW echoes in flight (a raw ICMP socket): each reply
     sends the next request; an idle 0.2 s refills the window. Reports replies per second."""
@@ -280,6 +324,10 @@ def main(argv: list[str]) -> int:
         concurrent(rest[0], int(rest[1]), int(rest[2]))
     elif mode == "zerowin":
         zerowin(rest[0], int(rest[1]), float(rest[2]))
+    elif mode == "echoload":
+        echoload(rest[0], int(rest[1]), int(rest[2]), float(rest[3]))
+    elif mode == "connrate":
+        connrate(rest[0], int(rest[1]), float(rest[2]))
     elif mode == "flood":
         flood(rest[0], float(rest[1]))
     else:

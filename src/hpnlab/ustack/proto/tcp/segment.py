@@ -54,11 +54,12 @@ def parse(data, src: bytes, dst: bytes, verify_checksum: bool = True) -> Segment
     seg = Segment(sport, dport, int.from_bytes(view[4:8], "big"), int.from_bytes(view[8:12], "big"),
                   flags, int.from_bytes(view[14:16], "big"), view[doff:])
     if doff > HEADER:
-        _options(seg, view[HEADER:doff])
+        parse_options(seg, view[HEADER:doff])
     return seg
 
 
-def _options(seg: Segment, opts: memoryview) -> None:
+def parse_options(seg: Segment, opts: memoryview) -> None:
+    """Fill `seg`'s option fields from the option bytes (raises ParseError on a bad length)."""
     i, n = 0, len(opts)
     while i < n:
         kind = opts[i]
