@@ -13,7 +13,8 @@ import pytest
 
 from hpnlab.ustack.epoll import EPOLLET, EPOLLIN, EPOLLOUT, Epoll
 from hpnlab.ustack.proto import ether, ipv4
-from hpnlab.ustack.proto.tcp import Options, segment as tcpseg
+from hpnlab.ustack.proto.tcp import Options
+from hpnlab.ustack.proto.tcp import segment as tcpseg
 from hpnlab.ustack.rbtree import RBTree
 from hpnlab.ustack.sockets import Net
 from hpnlab.ustack.stack import Stack
@@ -116,7 +117,7 @@ def test_rto_backoff_and_karn():
     rtos = []
     for _ in range(4):
         before = c.stats["retransmits"]
-        w.pump(lambda: c.stats["retransmits"] > before, limit=200)
+        w.pump(lambda before=before: c.stats["retransmits"] > before, limit=200)
         rtos.append(c.rto.rto)
     assert rtos == sorted(rtos) and rtos[-1] >= 4 * rtos[0] * 0.99 and c.rtt_seq is None
     w.drop = lambda f, d: False
@@ -158,7 +159,7 @@ def test_normal_close_time_wait_on_active_side():
 
 def test_rfc5961_challenge_acks():
     w = Wire()
-    c, s, _ = connect(w)
+    c, _s, _ = connect(w)
     # an in-window RST that is not exactly rcv_nxt: challenge ACK, connection lives
     w.a.tcp.input(tcpseg.Segment(80, 40000, (c.rcv_nxt + 100) & 0xFFFFFFFF, 0, tcpseg.RST, 0, b""),
                   w.b.ip, w.a.ip, w.t)
@@ -190,7 +191,7 @@ def test_zero_window_persist_then_reopen():
 
 def test_keepalive_probes_and_timeout():
     w = Wire()
-    c, s, _ = connect(w, opts_a=Options(keepalive=True, keepidle=10, keepintvl=2, keepcnt=3))
+    c, _s, _ = connect(w, opts_a=Options(keepalive=True, keepidle=10, keepintvl=2, keepcnt=3))
     c.arm_keepalive(w.t)
     w.pump(lambda: c.stats["keepalive_probes"] >= 1, limit=30)
     w.pump(lambda: False, limit=5)

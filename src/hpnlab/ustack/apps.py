@@ -9,7 +9,7 @@ import hashlib
 import os
 import time
 
-from .epoll import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Epoll
+from .epoll import EPOLLERR, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Epoll
 from .errors import SocketError
 from .sockets import SOCK_DGRAM
 
@@ -293,7 +293,7 @@ def ping(net, args, report, stop) -> None:
         sent[seq] = time.monotonic()
         stack.ping(dst, ident, seq, payload[:args.size])
         net.loop.flush()
-        net.wait(lambda: any(r[3] == seq for r in stack.echo_replies) or stop(), args.interval)
+        net.wait(lambda seq=seq: any(r[3] == seq for r in stack.echo_replies) or stop(), args.interval)
     net.wait(lambda: len(stack.echo_replies) >= args.count or stop(), 2)
     rtts = [round((t - sent[s]) * 1000, 3) for t, _src, i, s, _n in stack.echo_replies if i == ident and s in sent]
     report({"event": "ping", "sent": args.count, "received": len(rtts), "rtt_ms": rtts,

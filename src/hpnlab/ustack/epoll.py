@@ -20,7 +20,7 @@ _ALWAYS = EPOLLERR | EPOLLHUP          # reported whether asked for or not
 
 
 class _Item:
-    __slots__ = ("sock", "events", "data", "armed")
+    __slots__ = ("armed", "data", "events", "sock")
 
     def __init__(self, sock, events, data):
         self.sock, self.events, self.data, self.armed = sock, events, data, True

@@ -42,7 +42,7 @@ class StackRun:
                      *[str(a) for a in app_args]] + (["--stats", stats] if stats else [])
         self.proc = None
 
-    def start(self, wait_for: str = "ready", timeout: float = 30.0) -> "StackRun":
+    def start(self, wait_for: str = "ready", timeout: float = 30.0) -> StackRun:
         self.proc = self.host.start(self.argv, name=f"ustack-{int(time.time() * 1000) % 100000}")
         self.wait(wait_for, timeout)
         return self

@@ -15,7 +15,14 @@ import tracemalloc
 from pathlib import Path
 
 from ..labs._kit import Capture, LabError, agent_python
-from ..report import environment_md, fingerprint, md_table, rerun_md, results_dir, write_report
+from ..report import (
+    environment_md,
+    fingerprint,
+    md_table,
+    rerun_md,
+    results_dir,
+    write_report,
+)
 from .interop import NETWORK, Suite, impair_args, peer
 
 
@@ -172,6 +179,7 @@ def read_pcap_tcp(path) -> list[dict]:
     the stack's own option parser; the capture may be cut short after the headers."""
     import ipaddress
     import struct as st
+
     from .proto.tcp import segment as tcpseg
     data = Path(path).read_bytes()
     if len(data) < 24 or data[:4] not in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"):
@@ -225,6 +233,22 @@ def _pcap_flight(segs: list[dict], sender: str) -> list[tuple[float, int]]:
         if hi is not None and ack is not None:
             out.append((s["t"], (hi - ack) & 0xFFFFFFFF if ((hi - ack) & 0xFFFFFFFF) < 1 << 30 else 0))
     return out
+
+
+def _median(xs: list) -> float | None:
+    xs = sorted(x for x in xs if x is not None)
+    return xs[len(xs) // 2] if xs else None
+
+
+def _flight_reading(m: dict) -> str:
+    st, wire = m.get("stack"), m.get("pcap")
+    if not st or wire is None:
+        return ""
+    return (f"Median bytes in flight: {st / 1024:.0f} KiB by the stack's count, {wire / 1024:.0f} KiB on the wire "
+            f"(h1's capture: data sent minus the ACKs that have reached the NIC). "
+            + (f"The difference, {(st - wire) / 1024:.0f} KiB, is acknowledged data whose ACKs wait in the receive "
+               f"ring for the stack to read them: the sender is CPU-bound, not window- or network-bound."
+               if st > 1.5 * wire else "The two agree: the window, not the stack's own pace, bounds the flight."))
 
 
 def _plot_trace(trace: list, path, pcap_flight: list | None = None) -> bool:
@@ -283,7 +307,9 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
     suite.stack_ping()
     suite.udp_echo()
     suite.tcp_cases()
-    with Capture(provider, f"h2:{NETWORK}", out / "bulk.pcap", "tcp", snaplen=96):
+    # captured on h1's NIC, where the stack's frames leave and Linux's ACKs arrive: the
+    # sender's view of what is in flight, to set beside the stack's own count
+    with Capture(provider, f"h1:{NETWORK}", out / "bulk.pcap", "tcp", snaplen=96):
         suite.bulk()
     suite.simultaneous_open()
     step("measurements: kernel bulk, ping flood, epoll interest set")
@@ -349,7 +375,9 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
     segs = read_pcap_tcp(out / "bulk.pcap")
     syns = [{k: s[k] for k in ("src", "flags", "mss", "wscale", "tsval")} for s in segs if s["flags"] & 2]
     data["pcap_syn_options"] = syns
-    plotted = _plot_trace(trace, out / "cwnd.png", _pcap_flight(segs, suite.addr))
+    wire = _pcap_flight(segs, suite.addr)
+    plotted = _plot_trace(trace, out / "cwnd.png", wire)
+    data["flight_median"] = {"stack": _median([r[4] for r in trace]), "pcap": _median([f for _, f in wire])}
     ok = sum(r["ok"] for r in suite.results)
     rows = [(r["name"], "ok" if r["ok"] else "FAIL", r["detail"]) for r in suite.results]
     ratio = (from_stack / kernel["mbps"]) if from_stack and kernel.get("mbps") else None
@@ -382,7 +410,8 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
                       for k, v in interest.items()]), "",
             _interest_reading(interest), ""]
     if plotted:
-        text += ["## cwnd, ssthresh, flight and SRTT (stack sending)", "", "![cwnd](cwnd.png)", ""]
+        text += ["## cwnd, ssthresh, flight and SRTT (stack sending)", "", "![cwnd](cwnd.png)", "",
+                 _flight_reading(data["flight_median"]), ""]
     if syns:
         text += ["## Window scaling, timestamps and MSS in the pcap", "",
                  md_table(["from", "flags", "mss", "wscale", "TSval"],
@@ -391,7 +420,7 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
     so = suite.data.get("simultaneous_open")
     if so:
         text += ["## Simultaneous open", "", f"the stack's path: {' → '.join(so['stack_path'])}", ""]
-    text += ["Pcap of the bulk transfers as h2 saw them: `bulk.pcap`.", "",
+    text += ["Pcap of the bulk transfers at h1's NIC: `bulk.pcap`.", "",
              environment_md(data["environment"]), rerun_md(argv, "lab-ustack")]
     report = write_report(out, "\n".join(text), data)
     return {"report": report, "data": data, "ok": ok == len(suite.results)}

@@ -114,7 +114,7 @@ def udp(ip: str, port: int, n: int) -> None:
         try:
             data, _ = s.recvfrom(2048)
             ok += data == msg
-        except socket.timeout:
+        except TimeoutError:
             pass
     _out({"event": "udp", "sent": n, "matched": ok})
 
@@ -156,13 +156,13 @@ def simclose(port: int, at: float) -> None:
     ls.bind(("", port))
     ls.listen(1)
     _out({"event": "listening", "port": port})
-    s, peer = ls.accept()
+    s, _peer = ls.accept()
     time.sleep(max(0.0, at - time.time()))
     s.close()
     time.sleep(1.0)
     import subprocess
     tw = subprocess.run(["ss", "-Htan", "state", "time-wait", f"sport = :{port}"], capture_output=True,
-                        text=True).stdout.strip()
+                        text=True, check=False).stdout.strip()
     _out({"event": "simclose", "time_wait": bool(tw), "ss": tw})
 
 

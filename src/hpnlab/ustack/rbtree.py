@@ -7,7 +7,7 @@ RED, BLACK = True, False
 
 
 class _Node:
-    __slots__ = ("key", "value", "left", "right", "color")
+    __slots__ = ("color", "key", "left", "right", "value")
 
     def __init__(self, key, value):
         self.key, self.value, self.left, self.right, self.color = key, value, None, None, RED

@@ -15,7 +15,13 @@ import socket as _socket
 from .errors import SocketError
 from .loop import Loop
 from .proto.tcp import Options
-from .proto.tcp.connection import CLOSED, ESTABLISHED, SYN_RECEIVED, SYN_SENT, CLOSE_WAIT
+from .proto.tcp.connection import (
+    CLOSE_WAIT,
+    CLOSED,
+    ESTABLISHED,
+    SYN_RECEIVED,
+    SYN_SENT,
+)
 
 AF_INET = _socket.AF_INET
 SOCK_STREAM, SOCK_DGRAM = _socket.SOCK_STREAM, _socket.SOCK_DGRAM
@@ -54,7 +60,7 @@ class Net:
     def now(self) -> float:
         return self.loop.clock()
 
-    def socket(self, family: int = AF_INET, type: int = SOCK_STREAM) -> "Socket":
+    def socket(self, family: int = AF_INET, type: int = SOCK_STREAM) -> Socket:
         if family != AF_INET:
             raise SocketError(errno.EAFNOSUPPORT, "only AF_INET")
         if type not in (SOCK_STREAM, SOCK_DGRAM):
@@ -183,7 +189,7 @@ class Socket:
         else:
             self.listener.backlog = backlog
 
-    def accept(self) -> tuple["Socket", tuple[str, int]]:
+    def accept(self) -> tuple[Socket, tuple[str, int]]:
         if self.listener is None:
             raise SocketError(errno.EINVAL, "accept on a socket that is not listening")
         if not self.listener.accept_queue:

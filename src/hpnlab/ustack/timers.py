@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from typing import Callable
+from collections.abc import Callable
 
 
 class Timer:
-    __slots__ = ("deadline", "callback", "name", "alive")
+    __slots__ = ("alive", "callback", "deadline", "name")
 
     def __init__(self, deadline: float, callback: Callable[[float], None], name: str):
         self.deadline, self.callback, self.name, self.alive = deadline, callback, name, True

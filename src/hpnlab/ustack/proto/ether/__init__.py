@@ -10,7 +10,7 @@ BROADCAST = b"\xff" * 6
 
 
 class Frame:
-    __slots__ = ("dst", "src", "ethertype", "payload")
+    __slots__ = ("dst", "ethertype", "payload", "src")
 
     def __init__(self, dst: bytes, src: bytes, ethertype: int, payload: memoryview):
         self.dst, self.src, self.ethertype, self.payload = dst, src, ethertype, payload

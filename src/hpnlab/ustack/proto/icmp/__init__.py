@@ -10,7 +10,7 @@ KNOWN = {ECHO_REPLY, DEST_UNREACH, 4, 5, ECHO_REQUEST, TIME_EXCEEDED, 12, 13, 14
 
 
 class Message:
-    __slots__ = ("type", "code", "rest", "body")
+    __slots__ = ("body", "code", "rest", "type")
 
     def __init__(self, type_, code, rest, body):
         self.type, self.code, self.rest, self.body = type_, code, rest, body

@@ -15,7 +15,7 @@ DF = 0x4000
 
 
 class Packet:
-    __slots__ = ("src", "dst", "proto", "ttl", "ident", "flags", "offset", "header_len", "payload", "has_options")
+    __slots__ = ("dst", "flags", "has_options", "header_len", "ident", "offset", "payload", "proto", "src", "ttl")
 
     def __init__(self, src, dst, proto, ttl, ident, flags, offset, header_len, payload, has_options):
         self.src, self.dst, self.proto, self.ttl = src, dst, proto, ttl

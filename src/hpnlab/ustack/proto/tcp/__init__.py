@@ -8,8 +8,8 @@ import ipaddress
 import os
 import random
 
-from .connection import (CLOSED, LISTEN, SYN_RECEIVED, Connection, Options, _d)
-from .segment import ACK, RST, SYN, Segment, build, parse  # noqa: F401  (parse: the layer's parser)
+from .connection import CLOSED, LISTEN, SYN_RECEIVED, Connection, Options, _d
+from .segment import ACK, RST, SYN, Segment, build, parse
 
 EPHEMERAL = range(32768, 61000)
 
@@ -180,4 +180,4 @@ class TcpLayer:
         return states
 
 
-__all__ = ["TcpLayer", "Listener", "Connection", "Options", "Segment", "parse", "build", "SYN_RECEIVED", "_d"]
+__all__ = ["SYN_RECEIVED", "Connection", "Listener", "Options", "Segment", "TcpLayer", "_d", "build", "parse"]

@@ -30,8 +30,22 @@ def _d(a: int, b: int) -> int:
 
 class Options:
     """The per-connection knobs (setsockopt)."""
-    __slots__ = ("nodelay", "keepalive", "keepidle", "keepintvl", "keepcnt", "rcvbuf", "sndbuf",
-                 "window_scaling", "timestamps", "delack", "msl", "rto_min", "syn_retries", "retries")
+    __slots__ = (
+        "delack",
+        "keepalive",
+        "keepcnt",
+        "keepidle",
+        "keepintvl",
+        "msl",
+        "nodelay",
+        "rcvbuf",
+        "retries",
+        "rto_min",
+        "sndbuf",
+        "syn_retries",
+        "timestamps",
+        "window_scaling",
+    )
 
     def __init__(self, **kw):
         self.nodelay, self.keepalive = False, False
@@ -43,7 +57,7 @@ class Options:
         for k, v in kw.items():
             setattr(self, k, v)
 
-    def copy(self) -> "Options":
+    def copy(self) -> Options:
         return Options(**{k: getattr(self, k) for k in self.__slots__})
 
 

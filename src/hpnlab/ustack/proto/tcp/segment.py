@@ -2,7 +2,7 @@
 (recognised, not used), timestamps (RFC 7323)."""
 from __future__ import annotations
 
-from ...checksum import ones_sum, pseudo_header, checksum
+from ...checksum import checksum, ones_sum, pseudo_header
 from ...errors import ParseError
 
 HEADER = 20
@@ -13,8 +13,20 @@ _OPT_LEN = {OPT_MSS: 4, OPT_WS: 3, OPT_SACK_OK: 2, OPT_TS: 10}
 
 
 class Segment:
-    __slots__ = ("sport", "dport", "seq", "ack", "flags", "window", "payload",
-                 "mss", "wscale", "sack_ok", "tsval", "tsecr")
+    __slots__ = (
+        "ack",
+        "dport",
+        "flags",
+        "mss",
+        "payload",
+        "sack_ok",
+        "seq",
+        "sport",
+        "tsecr",
+        "tsval",
+        "window",
+        "wscale",
+    )
 
     def __init__(self, sport, dport, seq, ack, flags, window, payload):
         self.sport, self.dport, self.seq, self.ack = sport, dport, seq, ack

@@ -9,7 +9,7 @@ PROTO = 17
 
 
 class Datagram:
-    __slots__ = ("sport", "dport", "payload")
+    __slots__ = ("dport", "payload", "sport")
 
     def __init__(self, sport, dport, payload):
         self.sport, self.dport, self.payload = sport, dport, payload
@@ -23,9 +23,8 @@ def parse(data, src: bytes, dst: bytes, verify_checksum: bool = True) -> Datagra
     length = int.from_bytes(view[4:6], "big")
     if length < HEADER or length > n:
         raise ParseError("bad_length", f"udp: length {length} (bytes 4-5) with {n} bytes received")
-    if verify_checksum and (view[6] or view[7]):
-        if ones_sum(pseudo_header(src, dst, PROTO, length), view[:length]) != 0:
-            raise ParseError("bad_checksum", "udp: checksum (bytes 6-7) does not match")
+    if verify_checksum and (view[6] or view[7]) and ones_sum(pseudo_header(src, dst, PROTO, length), view[:length]):
+        raise ParseError("bad_checksum", "udp: checksum (bytes 6-7) does not match")
     dport = int.from_bytes(view[2:4], "big")
     if dport == 0:
         raise ParseError("bad_port", "udp: destination port 0 (bytes 2-3)")
