@@ -29,6 +29,7 @@ from .providers import ProviderError
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_PORT = 47999
+LISTEN_TIMEOUT = 120.0      # python3's start-up on an emulated (TCG) guest of a busy machine
 
 # Listens on every address until its stdin closes (the verify run ends): nothing outlives it.
 LISTENER = r"""
@@ -94,7 +95,12 @@ def testinfra_host(hv: dict):
     import testinfra.host
     if _netns(hv):
         return testinfra.get_host("local://")
-    backend = _SshBackend(ssh_host(hv))
+    ssh = ssh_host(hv)
+    try:
+        ssh.conn        # connect now: `hpnlab verify` starts the listeners meanwhile
+    except Exception:   # noqa: BLE001 — each check says why it cannot connect
+        pass
+    backend = _SshBackend(ssh)
     host = testinfra.host.Host(backend)
     backend.set_host(host)
     return host
@@ -139,16 +145,19 @@ class _Listener:
             return err.strip()[-300:] or "no answer"
         try:
             # kept: a file object's end (even garbage collection) closes the listener's stdin
-            self.stdin, out, err = self.ssh.attach(self.py)
+            self.stdin, out, err = self.ssh.attach(self.py, timeout=LISTEN_TIMEOUT)
         except HpnlabError as exc:          # a host key refused: the message and what to do
             self.connected = False
             return f"{exc}" + (f" (hint: {exc.hint})" if exc.hint else "")
         except Exception as exc:            # no connection: the checks cannot run there either
             self.connected = False
             return f"no SSH to {self.ssh.user}@{self.ssh.ssh_address}: {exc}"
-        if "listening" in out.readline():
-            return None
-        return err.read().decode(errors="replace").strip()[-300:] or "no answer"
+        try:
+            if "listening" in out.readline():
+                return None
+            return err.read().decode(errors="replace").strip()[-300:] or "no answer"
+        except TimeoutError:
+            return f"no answer in {LISTEN_TIMEOUT:g}s"
 
     def close(self) -> None:
         if self.proc is not None:
@@ -201,31 +210,43 @@ def verify(provider, inventory_dir: str | Path = "inventory", step=lambda _m: No
                HPNLAB_SERVICES=json.dumps(services if services is not None else services_of(provider)),
                PYTHONDONTWRITEBYTECODE="1")
     env.pop("PYTEST_ADDOPTS", None)
-    # every host listens: peers of the checked hosts connect to it
+    # Every host listens (peers of the checked hosts connect to it) while the checks start:
+    # pytest's start-up and its connection overlap the listeners', and the checks wait
+    # (tests/infra/conftest.py) until HPNLAB_VERIFY_READY exists.
     listeners = {name: _Listener(hostvars[name], port) for name in lab.hosts}
     with tempfile.TemporaryDirectory(prefix="hpnlab-verify-") as tmp, \
-            ThreadPoolExecutor(max_workers=len(listeners)) as pool:
+            ThreadPoolExecutor(max_workers=max(len(listeners), len(names))) as pool:
+        ready = Path(tmp) / "listening"
+        runs = {name: subprocess.Popen(_pytest_argv(hostvars[name], Path(tmp) / f"{name}.xml"),
+                                       env=dict(env, HPNLAB_HOST=name, HPNLAB_VERIFY_READY=str(ready)),
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                       stdin=subprocess.DEVNULL, cwd=tmp)
+                for name in names}
         try:
             for name, why in zip(listeners, pool.map(_Listener.ready, listeners.values())):
                 if why:
                     report.errors[name] = f"cannot listen on tcp/{port}: {why}"
+            for name, run in runs.items():
+                if not listeners[name].connected:       # no SSH there: no checks either
+                    run.kill()
+            ready.touch()
             step(f"listeners up on tcp/{port}")
-
-            def one(name: str):
-                junit = Path(tmp) / f"{name}.xml"
-                proc = subprocess.run(_pytest_argv(hostvars[name], junit), env=dict(env, HPNLAB_HOST=name),
-                                      capture_output=True, text=True, stdin=subprocess.DEVNULL, cwd=tmp)
-                return name, proc, junit
-
-            for name, proc, junit in pool.map(one, [n for n in names if listeners[n].connected]):
-                checks = _parse_junit(name, junit)
+            for name, (out, err) in zip(runs, pool.map(lambda run: run.communicate(), runs.values())):
+                if not listeners[name].connected:
+                    continue
+                checks = _parse_junit(name, Path(tmp) / f"{name}.xml")
                 if not checks:
-                    out = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-3:]
-                    report.errors[name] = f"the checks did not run (exit {proc.returncode}): " + " / ".join(out)
+                    lines = (err.strip() or out.strip()).splitlines()[-3:]
+                    report.errors[name] = (f"the checks did not run (exit {runs[name].returncode}): "
+                                           + " / ".join(lines))
                 report.checks += checks
                 bad = sum(c.status in ("failed", "error") for c in checks)
                 step(f"{name}: {len(checks)} checks, {bad} failing")
         finally:
+            for run in runs.values():
+                if run.poll() is None:
+                    run.kill()
+                    run.communicate()
             for listener in listeners.values():
                 listener.close()
     report.seconds = time.monotonic() - started

@@ -4,6 +4,7 @@
     HPNLAB_HOST        which of its hosts this run checks
     HPNLAB_VERIFY_PORT a TCP port every host listens on during verify (peers connect to it)
     HPNLAB_SERVICES    JSON list of {host, port, proto, name} a running lab says should listen
+    HPNLAB_VERIFY_READY a file that appears once every host listens: the checks wait for it
 
 The `host` fixture is testinfra's host for HPNLAB_HOST (hpnlab.verify.testinfra_host):
 netns hosts are checked with the local backend inside their namespace (`hpnlab verify`
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 import yaml
@@ -36,8 +38,14 @@ def spec() -> dict:
 
 @pytest.fixture(scope="session")
 def host(spec):
-    from hpnlab.verify import testinfra_host
-    return testinfra_host(spec)
+    """The host, connected (while `hpnlab verify` starts the listeners: then the checks run)."""
+    from hpnlab.verify import LISTEN_TIMEOUT, testinfra_host
+    host = testinfra_host(spec)
+    ready = os.environ.get("HPNLAB_VERIFY_READY")
+    deadline = time.monotonic() + LISTEN_TIMEOUT + 30
+    while ready and not os.path.exists(ready) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return host
 
 
 def pytest_generate_tests(metafunc):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..verify import DEFAULT_PORT, Check, Report, verify
@@ -57,15 +58,16 @@ def run(args) -> int:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         show(report, hosts)
-    for host, why in report.errors.items():
-        console.print(f"[red]FAILED[/red] host {host}: {why}")
+    for host, why in report.errors.items():     # (escaped: "[h1]" in a message is not markup)
+        console.print(f"[red]FAILED[/red] host {host}: {escape(why)}")
     for c in report.failures:
-        console.print(f"[red]FAILED[/red] host {c.host}: {c.check}: {c.message}")
+        console.print(f"[red]FAILED[/red] host {c.host}: {escape(c.check)}: {escape(c.message)}")
     if report.ok:
         console.print(f"[green]all {len(report.checks)} checks hold[/green] on {len(hosts)} host(s) "
                       f"in {report.seconds:.1f}s")
         return 0
     names = sorted({c.host for c in report.failures} | set(report.errors))
-    console.print(f"[red]verification failed[/red] on {', '.join(names)}: "
-                  + "; ".join(f"{c.host}: {c.check}" for c in report.failures))
+    console.print(f"[red]verification failed[/red] on {', '.join(names)}"
+                  + "".join((": " if i == 0 else "; ") + f"{c.host}: {escape(c.check)}"
+                            for i, c in enumerate(report.failures)))
     return 1

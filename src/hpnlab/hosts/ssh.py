@@ -345,11 +345,11 @@ class SshHost(Host):
                           "started": time.time(), "stdout": f"{base}.out", "stderr": f"{base}.err"})
         return SshProcess(self, shell, name, pid, base)
 
-    def attach(self, cmd: Command):
+    def attach(self, cmd: Command, timeout: float | None = None):
         """Run `cmd` on a channel of this connection, tied to it: (stdin, stdout, stderr) as
-        paramiko files. Its stdin ends when the connection closes, and with it a program that
-        reads stdin until then (verify's listeners)."""
-        return self.conn.client.exec_command(self._as_root(as_shell(cmd)))
+        paramiko files, whose reads wait at most `timeout` seconds. Its stdin ends when the
+        connection closes, and with it a program that reads stdin until then (verify's listeners)."""
+        return self.conn.client.exec_command(self._as_root(as_shell(cmd)), timeout=timeout)
 
     # -- files ------------------------------------------------------------------
     def put(self, local: str | Path, remote: str) -> None:
