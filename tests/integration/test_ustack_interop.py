@@ -2,7 +2,8 @@
 of the suite (ARP both ways, ping incl. 1472-byte and fragmented 4000-byte, ping -f,
 UDP echo and port unreachable, TCP both directions, 8 MiB each way with matching
 sha256, RST on a closed port, simultaneous open and close, 1000 concurrent connections,
-a zero window held and reopened, the TPACKET_V3 ring and the TAP driver)."""
+a zero window held and reopened, the TPACKET_V3 ring, the TAP driver, and a second stack
+on h2 as the peer)."""
 from __future__ import annotations
 
 import pytest
@@ -32,6 +33,8 @@ def test_interop_suite(ustack_lab):
     assert "SYN_RECEIVED" in suite.data["simultaneous_open"]["stack_path"]
     assert "CLOSING" in suite.data["simultaneous_close"]["stack_path"]
     assert suite.data["zero_window"]["probes"] > 0 and suite.data["concurrent"]["matched"] == 1000
+    s2s = suite.data["stack_to_stack"]
+    assert s2s["sink"]["sha256"] == s2s["source"]["sha256"]
     # the stack's own counters saw the transfers: no frame raised out of its loop
     for direction in ("linux_to_stack", "stack_to_linux"):
         assert suite.data["bulk"][direction]["peer"]["bytes"] == 8 << 20

@@ -306,6 +306,26 @@ class Suite:
             return s["sha256"] == p["sha256"] and p["bytes"] == n, f"{n} B, {p['mbps']} Mbit/s"
         self.record(f"tap driver: {_size(n)} stack -> kernel, sha256", from_stack)
 
+    def stack_to_stack(self, nbytes: int | None = None) -> None:
+        """Both ends run the stack: h2's NIC is taken by a second one (h2's address + 100)."""
+        n = nbytes or self.bulk_bytes
+        ip2 = stack_ip(self.h2, self.network)
+
+        def go():
+            with self.app("--app", "sink", "--port", 9020, "--once", 1) as run:
+                other = StackRun(self.h2, self.h2.nic(self.network).ifname, ip2, *self.stack_extra, "--app", "source",
+                                 "--connect", f"{self.addr}:9020", "--bytes", n).start("ready")
+                try:
+                    src = other.wait("source", 120)
+                finally:
+                    other.stop()
+                s = run.wait("sink", 60)
+            self.data["stack_to_stack"] = {"source": src, "sink": s}
+            return s["sha256"] == src["sha256"] and s["bytes"] == n, \
+                f"{_size(n)} from {ip2.split('/')[0]} (a stack on h2), sha256 " \
+                f"{'match' if s['sha256'] == src['sha256'] else 'MISMATCH'}, {s['mbps']} Mbit/s"
+        self.record(f"tcp: {_size(n)} stack -> stack (both ends user space), sha256", go)
+
     def concurrency(self, n: int = 1000) -> None:
         def go():
             with self.app("--app", "echo", "--port", 7, "--backlog", n):
@@ -366,6 +386,7 @@ class Suite:
         self.bulk()
         self.simultaneous_open()
         self.simultaneous_close()
+        self.stack_to_stack(4 << 20)
         self.concurrency(1000)
         self.zero_window(3.0)
         self.tap_cases(4 << 20)

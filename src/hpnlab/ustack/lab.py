@@ -305,6 +305,7 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
     step(f"interop suite: stack {suite.ip} on h1:{suite.ifname} vs linux {suite.peer_addr} (h2)")
     suite.ping_cases()
     suite.stack_ping()
+    suite.ring_v3()
     suite.udp_echo()
     suite.tcp_cases()
     # captured on h1's NIC, where the stack's frames leave and Linux's ACKs arrive: the
@@ -312,6 +313,10 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
     with Capture(provider, f"h1:{NETWORK}", out / "bulk.pcap", "tcp", snaplen=96):
         suite.bulk()
     suite.simultaneous_open()
+    suite.simultaneous_close()
+    suite.stack_to_stack()
+    suite.concurrency(1000)
+    suite.zero_window(10.0)
     step("measurements: kernel bulk, ping flood, epoll interest set")
     kernel = _kernel_bulk(provider, nbytes)
     suite.tap_cases(nbytes)
