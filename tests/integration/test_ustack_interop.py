@@ -33,6 +33,7 @@ def test_interop_suite(ustack_lab):
     assert "SYN_RECEIVED" in suite.data["simultaneous_open"]["stack_path"]
     assert "CLOSING" in suite.data["simultaneous_close"]["stack_path"]
     assert suite.data["zero_window"]["probes"] > 0 and suite.data["concurrent"]["matched"] == 1000
+    assert suite.data["thread_per_connection"]["matched"] == 200
     s2s = suite.data["stack_to_stack"]
     assert s2s["sink"]["sha256"] == s2s["source"]["sha256"]
     # the stack's own counters saw the transfers: no frame raised out of its loop

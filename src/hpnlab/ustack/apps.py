@@ -210,6 +210,46 @@ def serve(net, args, report, stop) -> None:
                 ep.modify(fd, EPOLLIN | EPOLLRDHUP | (EPOLLOUT if h.want_write() else 0))
 
 
+def thread_echo(net, args, report, stop) -> None:
+    """Echo with a thread per connection and blocking calls (§2.4.4: 一请求一线程), the
+    stack's loop in a thread of its own."""
+    import threading
+    net.start_thread()
+    lsock = net.socket()
+    lsock.bind(("", args.port))
+    lsock.listen(args.backlog)
+    lsock.settimeout(0.2)
+    threads: list[threading.Thread] = []
+
+    def serve_one(sock) -> None:
+        sock.settimeout(0.2)
+        try:
+            while not stop():
+                try:
+                    data = sock.recv(1 << 16)
+                except SocketError as exc:
+                    if exc.errno == errno.EAGAIN:
+                        continue
+                    break
+                if not data:
+                    break
+                sock.sendall(data)
+        finally:
+            sock.close()
+    report({"event": "listening", "port": args.port, "app": "thread-echo"})
+    while not stop():
+        try:
+            sock, _peer = lsock.accept()
+        except SocketError:
+            continue
+        t = threading.Thread(target=serve_one, args=(sock,), daemon=True)
+        t.start()
+        threads.append(t)
+        threads = [t for t in threads if t.is_alive()]
+    report({"event": "threads", "live": sum(t.is_alive() for t in threads)})
+    lsock.close()
+
+
 def udp_echo(net, args, report, stop) -> None:
     sock = net.socket(type=SOCK_DGRAM)
     sock.setblocking(False)

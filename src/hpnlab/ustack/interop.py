@@ -334,6 +334,14 @@ class Suite:
             return e["matched"] == n, f"{e['matched']}/{n} connections echoed in {e['secs']} s"
         self.record(f"tcp: {n} concurrent connections to the stack's epoll echo server", go)
 
+    def thread_per_connection(self, n: int = 200) -> None:
+        def go():
+            with self.app("--app", "thread-echo", "--port", 7, "--backlog", n):
+                e = peer(self.h2, "concurrent", self.addr, 7, n, timeout=180)
+            self.data["thread_per_connection"] = e
+            return e["matched"] == n, f"{e['matched']}/{n} connections echoed by {n} threads in {e['secs']} s"
+        self.record(f"tcp: a thread per connection, {n} at once (blocking sockets)", go)
+
     def zero_window(self, hold: float = 10.0, nbytes: int = 1 << 20) -> None:
         """Linux reads nothing for `hold` s with a small buffer: its window closes, the stack
         probes (persist timer), and the transfer completes once Linux reads."""
@@ -388,6 +396,7 @@ class Suite:
         self.simultaneous_close()
         self.stack_to_stack(4 << 20)
         self.concurrency(1000)
+        self.thread_per_connection(200)
         self.zero_window(3.0)
         self.tap_cases(4 << 20)
         return self.results

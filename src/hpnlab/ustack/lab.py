@@ -316,6 +316,7 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
     suite.simultaneous_close()
     suite.stack_to_stack()
     suite.concurrency(1000)
+    suite.thread_per_connection(200)
     suite.zero_window(10.0)
     step("measurements: kernel bulk, ping flood, epoll interest set")
     kernel = _kernel_bulk(provider, nbytes)

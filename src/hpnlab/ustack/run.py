@@ -22,7 +22,7 @@ from .proto.ether import mac_bytes, mac_str
 from .sockets import Net
 from .stack import Stack
 
-APPS = ["echo", "discard", "sink", "source", "http", "udp-echo", "ping", "connect"]
+APPS = ["echo", "thread-echo", "discard", "sink", "source", "http", "udp-echo", "ping", "connect"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -121,6 +121,8 @@ def main(args) -> int:
                  "ifname": args.ifname, "mtu": driver.mtu})
         if args.app == "udp-echo":
             apps.udp_echo(net, args, _report, stop)
+        elif args.app == "thread-echo":
+            apps.thread_echo(net, args, _report, stop)
         elif args.app == "ping":
             if not args.ping:
                 raise SystemExit("--app ping needs --ping IP")
@@ -142,6 +144,7 @@ def main(args) -> int:
         _report({"event": "error", "error": str(exc)})
         rc = 1
     finally:
+        net.stop_thread()
         inner = getattr(driver, "inner", driver)
         if hasattr(inner, "ring_stats"):
             inner.ring_stats()

@@ -2,15 +2,21 @@
 sendto/recvfrom/shutdown/close/setsockopt, blocking and non-blocking, with errno-style
 errors (SocketError.errno is what errno would hold).
 
-One thread drives everything: a blocking call runs the stack's loop until it can
-return (or its timeout passes), as a single-threaded kernel would run softirqs while a
-process sleeps. Descriptors are small integers in the stack's own table.
+By default one thread drives everything: a blocking call runs the stack's loop until it
+can return (or its timeout passes), as a single-threaded kernel would run softirqs while
+a process sleeps. `Net.start_thread()` instead gives the loop a thread of its own, and
+then any number of threads may block in socket calls at once (one lock guards the
+stack; a blocking call sleeps on a condition the loop signals after each pass) — the
+thread-per-connection server of §2.4.4. Descriptors are small integers in the stack's
+own table.
 """
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import socket as _socket
+import threading
 
 from .errors import SocketError
 from .loop import Loop
@@ -55,23 +61,65 @@ class Net:
         self.stack = loop.stack
         self.fds: dict[int, Socket] = {}
         self._next_fd = 3
+        self.lock = threading.RLock()
+        self.cond = threading.Condition(self.lock)
+        self._thread: threading.Thread | None = None
+        self._running = False
+
+    def start_thread(self) -> None:
+        """Run the loop in its own thread; from now on sockets may be used from many threads."""
+        if self._thread is None:
+            self._running = True
+            self._thread = threading.Thread(target=self._run, name="ustack-loop", daemon=True)
+            self._thread.start()
+
+    def stop_thread(self) -> None:
+        if self._thread is not None:
+            self._running = False
+            self._thread.join(5)
+            self._thread = None
+
+    def _run(self) -> None:
+        loop = self.loop
+        while self._running:
+            with self.lock:
+                deadline = loop.next_deadline()
+                loop.flush()
+            wait = 0.01 if deadline is None else min(0.01, max(0.0, deadline - loop.clock()))
+            loop._poll.poll(int(wait * 1000))
+            with self.cond:
+                loop.process()
+                self.cond.notify_all()
 
     @property
     def now(self) -> float:
         return self.loop.clock()
 
-    def socket(self, family: int = AF_INET, type: int = SOCK_STREAM) -> Socket:
+    def socket(self, family: int = AF_INET, type: int = SOCK_STREAM) -> Socket:  # noqa: A002 — BSD's name
         if family != AF_INET:
             raise SocketError(errno.EAFNOSUPPORT, "only AF_INET")
         if type not in (SOCK_STREAM, SOCK_DGRAM):
             raise SocketError(errno.EPROTONOSUPPORT, "SOCK_STREAM or SOCK_DGRAM")
-        sock = Socket(self, type, self._next_fd)
-        self.fds[self._next_fd] = sock
-        self._next_fd += 1
+        with self.lock:
+            sock = Socket(self, type, self._next_fd)
+            self.fds[self._next_fd] = sock
+            self._next_fd += 1
         return sock
 
     def wait(self, ready, timeout: float | None) -> bool:
-        return self.loop.run_until(ready, timeout)
+        if self._thread is None:
+            return self.loop.run_until(ready, timeout)
+        with self.cond:
+            return self.cond.wait_for(ready, timeout)
+
+
+def _locked(method):
+    """Socket calls hold the stack's lock (re-entrant; a blocking wait releases it)."""
+    @functools.wraps(method)
+    def call(self, *args, **kw):
+        with self.net.lock:
+            return method(self, *args, **kw)
+    return call
 
 
 class Socket:
@@ -131,6 +179,7 @@ class Socket:
     def settimeout(self, value: float | None) -> None:
         self.timeout, self.blocking = value, True
 
+    @_locked
     def setsockopt(self, level: int, name: int, value) -> None:
         if (level, name) == (SOL_SOCKET, SO_REUSEADDR):
             self.reuseaddr = bool(value)
@@ -156,6 +205,7 @@ class Socket:
             raise SocketError(errno.ENOPROTOOPT, f"option ({level}, {name})")
         return getattr(self.opts, attr)
 
+    @_locked
     def bind(self, addr: tuple[str, int]) -> None:
         ip, port = addr
         ipb = _ip(ip) if ip not in ("", "0.0.0.0") else self.net.stack.ip
@@ -178,6 +228,7 @@ class Socket:
         if self.type == SOCK_DGRAM:
             stack.udp_ports[port] = self._udp_input
 
+    @_locked
     def listen(self, backlog: int = 128) -> None:
         if self.type != SOCK_STREAM:
             raise SocketError(errno.EOPNOTSUPP, "listen on a datagram socket")
@@ -189,6 +240,7 @@ class Socket:
         else:
             self.listener.backlog = backlog
 
+    @_locked
     def accept(self) -> tuple[Socket, tuple[str, int]]:
         if self.listener is None:
             raise SocketError(errno.EINVAL, "accept on a socket that is not listening")
@@ -207,6 +259,7 @@ class Socket:
         if err:
             raise SocketError(err, f"connect to {addr[0]}:{addr[1]}")
 
+    @_locked
     def connect_ex(self, addr: tuple[str, int]) -> int:
         ip, port = addr
         remote = (_ip(ip), int(port))
@@ -251,6 +304,7 @@ class Socket:
             raise SocketError(errno.ENOTCONN, "not connected")
         return self.conn
 
+    @_locked
     def send(self, data) -> int:
         c = self._need_conn()
         if c.error is not None:
@@ -273,6 +327,7 @@ class Socket:
             n = self.send(view)
             view = view[n:]
 
+    @_locked
     def recv(self, n: int = 65536) -> bytes:
         c = self._need_conn()
         if not c.rcvbuf and not c.fin_received and c.error is None and not self.rd_shut:
@@ -292,6 +347,7 @@ class Socket:
         else:
             self.net.stack.count("udp.drop.socket_full")
 
+    @_locked
     def sendto(self, data, addr: tuple[str, int]) -> int:
         if self.type != SOCK_DGRAM:
             raise SocketError(errno.EOPNOTSUPP, "sendto on a stream socket; use send")
@@ -302,6 +358,7 @@ class Socket:
         self.net.loop.flush()
         return len(data)
 
+    @_locked
     def recvfrom(self, n: int = 65536) -> tuple[bytes, tuple[str, int]]:
         if self.type != SOCK_DGRAM:
             raise SocketError(errno.EOPNOTSUPP, "recvfrom on a stream socket; use recv")
@@ -310,6 +367,7 @@ class Socket:
         src, sport, payload = self.dgrams.pop(0)
         return payload[:n], (str(ipaddress.IPv4Address(src)), sport)
 
+    @_locked
     def shutdown(self, how: int) -> None:
         c = self._need_conn()
         if how in (SHUT_RD, SHUT_RDWR):
@@ -318,6 +376,7 @@ class Socket:
             c.shutdown_write(self.net.now)
             self.net.loop.flush()
 
+    @_locked
     def close(self) -> None:
         if self.closed:
             return
