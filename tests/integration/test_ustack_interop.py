@@ -14,13 +14,20 @@ from hpnlab.ustack.interop import Suite, impair_args
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def ustack_lab(tmp_path_factory):
+def _lab(tmp_path_factory, name: str):
+    """labs/ustack/<name> up under a unique name for this module, and down after it."""
     from hpnlab.testing import _Factory, _needs_root
     _needs_root()
     factory = _Factory(tmp_path_factory.mktemp("state"))
-    yield factory(REPO / "labs/ustack/lab.yml")
-    factory.teardown()
+    try:
+        yield factory(REPO / "labs/ustack" / name)
+    finally:
+        factory.teardown()
+
+
+@pytest.fixture(scope="module")
+def ustack_lab(tmp_path_factory):
+    yield from _lab(tmp_path_factory, "lab.yml")
 
 
 def test_interop_suite(ustack_lab):
@@ -54,11 +61,7 @@ def test_host_kernel_stays_out(ustack_lab):
 
 @pytest.fixture(scope="module")
 def impaired_lab(tmp_path_factory):
-    from hpnlab.testing import _Factory, _needs_root
-    _needs_root()
-    factory = _Factory(tmp_path_factory.mktemp("state"))
-    yield factory(REPO / "labs/ustack/impaired.yml")
-    factory.teardown()
+    yield from _lab(tmp_path_factory, "impaired.yml")
 
 
 def test_bulk_under_loss_delay_and_reordering(impaired_lab):

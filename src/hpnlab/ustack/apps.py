@@ -5,15 +5,14 @@ source/sink to a listener, ping, and a connect from a fixed port at an agreed mo
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import time
 
 from .epoll import EPOLLERR, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Epoll
+from .bulk import CHUNK, Transfer, receive_all, send_all
 from .errors import SocketError
 from .sockets import SOCK_DGRAM
 
-CHUNK = os.urandom(1 << 16)
 
 
 class Handler:
@@ -58,17 +57,14 @@ class Discard(Handler):
 class Sink(Handler):
     def __init__(self, *a):
         super().__init__(*a)
-        self.hash, self.bytes = hashlib.sha256(), 0
+        self.t = Transfer()
 
     def on_data(self, data):
-        self.hash.update(data)
-        self.bytes += len(data)
+        self.t.hash.update(data)
+        self.t.bytes += len(data)
 
     def finish(self):
-        secs = time.monotonic() - self.started
-        self.report({"event": "sink", "bytes": self.bytes, "sha256": self.hash.hexdigest(), "secs": round(secs, 4),
-                     "mbps": round(self.bytes * 8 / secs / 1e6, 2) if secs > 0 else None,
-                     "peer": self.sock.getpeername()[0] if self.sock.conn else None})
+        self.report(self.t.result("sink", peer=self.sock.getpeername()[0] if self.sock.conn else None))
         self.done = True
 
 
@@ -77,9 +73,13 @@ class Source(Handler):
 
     def __init__(self, *a):
         super().__init__(*a)
-        self.left, self.hash = self.args.bytes, hashlib.sha256()
+        self.t = Transfer()
         if self.sock.conn is not None and self.args.trace:
             self.sock.conn.trace = []
+
+    @property
+    def left(self) -> int:
+        return self.args.bytes - self.t.bytes
 
     def want_write(self):
         return self.left > 0 or bool(self.out)
@@ -89,23 +89,23 @@ class Source(Handler):
             chunk = CHUNK[:self.left] if self.left < len(CHUNK) else CHUNK
             try:
                 n = self.sock.send(chunk)
-            except SocketError as exc:
+            except SocketError as exc:          # EAGAIN: the send buffer is full, wait for EPOLLOUT
                 if exc.errno != errno.EAGAIN:
                     self.done = True
                 return
-            self.hash.update(chunk[:n])
-            self.left -= n
-        if self.left == 0:
-            self.left = -1
+            self.t.hash.update(chunk[:n])
+            self.t.bytes += n
+        if not self.shut:
+            self.shut = True
             self.sock.shutdown(1)
+
+    shut = False
 
     def on_eof(self):
         # the peer closed after reading everything: only now is the transfer over (what
         # was queued may have waited out a zero window)
         if self.left <= 0:
-            secs = time.monotonic() - self.started
-            self.report({"event": "source", "bytes": self.args.bytes, "sha256": self.hash.hexdigest(),
-                         "secs": round(secs, 4), "conn": _conn_summary(self.sock.conn)})
+            self.report(self.t.result("source", conn=_conn_summary(self.sock.conn)))
             self.done = True
 
 
@@ -286,27 +286,14 @@ def client(net, args, report, stop) -> None:
             "conn": _conn_summary(sock.conn) if args.app == "connect" else None})
     if args.trace:
         sock.conn.trace = []
-    h = hashlib.sha256()
-    total = 0
-    started = time.monotonic()
+    t = Transfer()
     if args.app == "source":
-        left = args.bytes
-        while left > 0:
-            chunk = CHUNK[:left] if left < len(CHUNK) else CHUNK
-            n = sock.send(chunk)
-            h.update(chunk[:n])
-            left -= n
-            total += n
+        t = send_all(sock.send, args.bytes)
         sock.shutdown(1)
         while sock.recv(1 << 16):      # the peer's close
             pass
     elif args.app == "sink":
-        while True:
-            data = sock.recv(1 << 18)
-            if not data:
-                break
-            h.update(data)
-            total += len(data)
+        t = receive_all(sock.recv)
     elif args.app == "connect" and args.close_at:
         # simultaneous close: close at the agreed moment, then see the close through
         net.wait(lambda: stop() or time.time() >= args.close_at, None)
@@ -314,9 +301,7 @@ def client(net, args, report, stop) -> None:
         net.wait(lambda: stop() or sock.conn.state in ("TIME_WAIT", "CLOSED"), args.timeout)
     elif args.app == "connect":
         net.wait(lambda: stop() or sock.conn.fin_received, args.timeout)
-    secs = time.monotonic() - started
-    report({"event": args.app, "bytes": total, "sha256": h.hexdigest(), "secs": round(secs, 4),
-            "mbps": round(total * 8 / secs / 1e6, 2) if secs > 0 else None, "conn": _conn_summary(sock.conn)})
+    report(t.result(args.app, conn=_conn_summary(sock.conn)))
     sock.close()
     net.wait(lambda: sock.conn.state in ("CLOSED", "TIME_WAIT"), 5)
 

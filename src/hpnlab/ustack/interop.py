@@ -33,18 +33,22 @@ def _events(text: str) -> list[dict]:
     return out
 
 
-class StackRun:
-    """The stack running one app on a host; `events` are its JSON lines so far."""
+class HostTool:
+    """`python -m MODULE ARGS` running on a host (the stack, or a kernel-side peer tool) for
+    the length of a `with`; `events` are its JSON lines so far."""
 
-    def __init__(self, host, ifname: str, ip: str, *app_args, stats: str | None = None):
-        self.host = host
-        self.argv = [agent_python(host), "-m", "hpnlab.ustack.run", "--ifname", ifname, "--ip", ip,
-                     *[str(a) for a in app_args]] + (["--stats", stats] if stats else [])
+    def __init__(self, host, module: str, *args, name: str = "ustack-tool"):
+        self.host, self.name = host, name
+        self.argv = [agent_python(host), "-m", module, *[str(a) for a in args]]
         self.proc = None
 
-    def start(self, wait_for: str = "ready", timeout: float = 30.0) -> StackRun:
-        self.proc = self.host.start(self.argv, name=f"ustack-{int(time.time() * 1000) % 100000}")
-        self.wait(wait_for, timeout)
+    def start(self, wait_for: str = "ready", timeout: float = 30.0) -> HostTool:
+        self.proc = self.host.start(self.argv, name=f"{self.name}-{int(time.time() * 1000) % 100000}")
+        try:
+            self.wait(wait_for, timeout)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     @property
@@ -61,7 +65,7 @@ class StackRun:
                 break
             time.sleep(0.05)
         out, err = self.proc.logs()
-        raise LabError(f"[{self.host.name}] the stack did not report {event!r} in {timeout:g}s: "
+        raise LabError(f"[{self.host.name}] {self.argv[2]} did not report {event!r} in {timeout:g}s: "
                        f"{out[-600:]} {err[-800:]}")
 
     def stop(self) -> list[dict]:
@@ -74,6 +78,19 @@ class StackRun:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+class StackRun(HostTool):
+    """The stack running one app on a host's NIC."""
+
+    def __init__(self, host, ifname: str, ip: str, *app_args, stats: str | None = None):
+        super().__init__(host, "hpnlab.ustack.run", "--ifname", ifname, "--ip", ip, *app_args,
+                         *(["--stats", stats] if stats else []), name="ustack")
+
+
+def kernel_tool(host, mode: str, *args) -> HostTool:
+    """A `hpnlab.ustack.peer` tool (kernel sockets) in the background on a host."""
+    return HostTool(host, "hpnlab.ustack.peer", mode, *args, name=f"ustack-peer-{mode}")
 
 
 @contextmanager
@@ -229,21 +246,11 @@ class Suite:
         self.record(f"tcp: {_size(n)} linux -> stack, sha256{self._label()}", to_stack)
 
         def from_stack():
-            port = 9001
-            proc = self.h2.start([agent_python(self.h2), "-m", "hpnlab.ustack.peer", "sink", port], name="ustack-peer-sink")
-            try:
-                self.h2.wait_for_port(port, 30)
-                run = self._run("--app", "source", "--connect", f"{self.peer_addr}:{port}", "--bytes", n,
-                                "--trace").start("ready")
-                try:
+            with kernel_tool(self.h2, "sink", 9001).start("listening") as sink:
+                with self._run("--app", "source", "--connect", f"{self.peer_addr}:9001", "--bytes", n,
+                               "--trace").start("ready") as run:
                     s = run.wait("source", 120)
-                finally:
-                    run.stop()
-                proc.wait(60)
-                p = _events(proc.logs()[0])[-1]
-            finally:
-                if proc.alive():
-                    proc.stop(2)
+                p = sink.wait("sink", 60)
             self.data.setdefault("bulk", {})["stack_to_linux"] = {"peer": p, "stack": s}
             return s["sha256"] == p["sha256"] and p["bytes"] == n, \
                 f"{n} B, sha256 {'match' if s['sha256'] == p['sha256'] else 'MISMATCH'}, {p['mbps']} Mbit/s"
@@ -288,20 +295,11 @@ class Suite:
         self.record(f"tap driver: {_size(n)} kernel -> stack, sha256", to_stack)
 
         def from_stack():
-            proc = self.h1.start([agent_python(self.h1), "-m", "hpnlab.ustack.peer", "sink", 9002], name="ustack-tap-sink")
-            try:
-                self.h1.wait_for_port(9002, 30)
-                run = StackRun(self.h1, tap, f"{addr}/24", *tap_args, "--app", "source", "--connect",
-                               f"{kernel}:9002", "--bytes", n).start("ready")
-                try:
+            with kernel_tool(self.h1, "sink", 9002).start("listening") as sink:
+                with StackRun(self.h1, tap, f"{addr}/24", *tap_args, "--app", "source", "--connect",
+                              f"{kernel}:9002", "--bytes", n).start("ready") as run:
                     s = run.wait("source", 120)
-                finally:
-                    run.stop()
-                proc.wait(60)
-                p = _events(proc.logs()[0])[-1]
-            finally:
-                if proc.alive():
-                    proc.stop(2)
+                p = sink.wait("sink", 60)
             self.data.setdefault("tap", {})["stack_to_kernel"] = {"peer": p, "stack": s}
             return s["sha256"] == p["sha256"] and p["bytes"] == n, f"{n} B, {p['mbps']} Mbit/s"
         self.record(f"tap driver: {_size(n)} stack -> kernel, sha256", from_stack)
@@ -363,22 +361,12 @@ class Suite:
             lport = 40555
             with DelayLine(self.h2, self.h2.nic(self.network).ifname, (lport, lport), delay_ms):
                 at = time.time() + 2.5
-                proc = self.h2.start([agent_python(self.h2), "-m", "hpnlab.ustack.peer", "simclose", lport,
-                                      f"{at:.6f}"], name="ustack-peer-simclose")
-                try:
-                    self.h2.wait_for_port(lport, 30)
-                    run = self._run("--app", "connect", "--connect", f"{self.peer_addr}:{lport}",
-                                    "--close-at", f"{at + delay_ms / 2000:.6f}", "--timeout", 15).start("ready")
-                    try:
-                        s = run.wait("connect", 30)
-                        s = [e for e in run.events if e.get("event") == "connect"][-1] if run.wait("stats", 30) else s
-                    finally:
-                        run.stop()
-                    proc.wait(30)
-                    p = _events(proc.logs()[0])[-1]
-                finally:
-                    if proc.alive():
-                        proc.stop(2)
+                with kernel_tool(self.h2, "simclose", lport, f"{at:.6f}").start("listening") as closer:
+                    with self._run("--app", "connect", "--connect", f"{self.peer_addr}:{lport}",
+                                   "--close-at", f"{at + delay_ms / 2000:.6f}", "--timeout", 15).start("ready") as run:
+                        run.wait("stats", 30)        # the app reports its "connect" events, then exits
+                        s = [e for e in run.events if e.get("event") == "connect"][-1]
+                    p = closer.wait("simclose", 30)
             path = [state for _, state in (s.get("conn") or {}).get("history", [])]
             self.data["simultaneous_close"] = {"stack_path": path, "linux": p}
             ok = "CLOSING" in path and "TIME_WAIT" in path and "FIN_WAIT_2" not in path and p.get("time_wait")

@@ -14,7 +14,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from ..labs._kit import Capture, LabError, agent_python
+from ..labs._kit import Capture, agent_python
 from ..report import (
     environment_md,
     fingerprint,
@@ -23,53 +23,32 @@ from ..report import (
     results_dir,
     write_report,
 )
-from .interop import NETWORK, Suite, impair_args, peer
+from .interop import NETWORK, HostTool, Suite, impair_args, kernel_tool, peer
 
 
 def _kernel_bulk(provider, nbytes: int) -> dict:
     """The same transfer between the two kernels over the `data` LAN (h2 -> h1)."""
     h1, h2 = provider.host("h1"), provider.host("h2")
-    port = 9100
-    proc = h1.start([agent_python(h1), "-m", "hpnlab.ustack.peer", "sink", port], name="ustack-kernel-sink")
-    try:
-        h1.wait_for_port(port, 30)
-        src = peer(h2, "source", str(h1.nic("data").address.ip), port, nbytes)
-        proc.wait(60)
-    finally:
-        if proc.alive():
-            proc.stop(2)
+    with kernel_tool(h1, "sink", 9100).start("listening") as sink:
+        src = peer(h2, "source", str(h1.nic("data").address.ip), 9100, nbytes)
+        sink.wait("sink", 60)
     return src
 
 
 def _pytcp_bulk(host, nbytes: int, tap: str = "pytap0", subnet: str = "10.77.98") -> dict:
     """PyTCP on a TAP device of h1 against h1's kernel, both directions, as the stack's
     TAP cases run (same host, same kind of device, same kernel-side tools)."""
-    from .interop import _events
     kernel, addr = f"{subnet}.1/24", f"{subnet}.2/24"
-    base = [agent_python(host), "-m", "hpnlab.ustack.pytcp_peer"]
     out = {}
-    proc = host.start(base + ["sink", tap, addr, kernel, 9000], name="pytcp-sink")
-    try:
-        end = time.monotonic() + 60
-        while not any(e.get("event") == "listening" for e in _events(proc.logs()[0])):
-            if time.monotonic() > end or not proc.alive():
-                raise LabError(f"PyTCP did not start: {proc.logs()[1][-600:]}")
-            time.sleep(0.1)
+    with HostTool(host, "hpnlab.ustack.pytcp_peer", "sink", tap, addr, kernel, 9000,
+                  name="pytcp-sink").start("listening", 60) as pytcp:
         time.sleep(0.5)
         out["kernel_to_pytcp"] = peer(host, "source", addr.split("/")[0], 9000, nbytes, timeout=600)
-        proc.wait(60)
-    finally:
-        if proc.alive():
-            proc.stop(2)
-    sink = host.start([agent_python(host), "-m", "hpnlab.ustack.peer", "sink", 9001], name="pytcp-kernel-sink")
-    try:
-        host.wait_for_port(9001, 30)
-        host.run(base + ["source", tap, addr, kernel, f"{kernel.split('/')[0]}:9001", nbytes], timeout=600)
-        sink.wait(60)
-        out["pytcp_to_kernel"] = _events(sink.logs()[0])[-1]
-    finally:
-        if sink.alive():
-            sink.stop(2)
+        pytcp.wait("sink", 60)
+    with kernel_tool(host, "sink", 9001).start("listening") as sink:
+        host.run([agent_python(host), "-m", "hpnlab.ustack.pytcp_peer", "source", tap, addr, kernel,
+                  f"{kernel.split('/')[0]}:9001", nbytes], timeout=600)
+        out["pytcp_to_kernel"] = sink.wait("sink", 60)
     return out
 
 

@@ -18,14 +18,13 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import socket
 import sys
 import time
 
-CHUNK = os.urandom(1 << 16)
+from .bulk import receive_all, send_all
 
 
 def _out(obj) -> None:
@@ -39,49 +38,26 @@ def sink(port: int) -> None:
     ls.listen(1)
     _out({"event": "listening", "port": port})
     s, peer = ls.accept()
-    h, total, t0 = hashlib.sha256(), 0, time.monotonic()
-    while True:
-        data = s.recv(1 << 20)
-        if not data:
-            break
-        h.update(data)
-        total += len(data)
-    secs = time.monotonic() - t0
+    t = receive_all(s.recv, 1 << 20)
     s.close()
-    _out({"event": "sink", "bytes": total, "sha256": h.hexdigest(), "secs": round(secs, 4),
-          "mbps": round(total * 8 / secs / 1e6, 2) if secs else None, "peer": peer[0]})
+    _out(t.result("sink", peer=peer[0]))
 
 
 def source(ip: str, port: int, nbytes: int) -> None:
     s = socket.create_connection((ip, port), timeout=60)
-    h, left, t0 = hashlib.sha256(), nbytes, time.monotonic()
-    while left > 0:
-        chunk = CHUNK[:left] if left < len(CHUNK) else CHUNK
-        s.sendall(chunk)
-        h.update(chunk)
-        left -= len(chunk)
+    t = send_all(s.send, nbytes)
     s.shutdown(socket.SHUT_WR)
     while s.recv(65536):
         pass
-    secs = time.monotonic() - t0
     s.close()
-    _out({"event": "source", "bytes": nbytes, "sha256": h.hexdigest(), "secs": round(secs, 4),
-          "mbps": round(nbytes * 8 / secs / 1e6, 2)})
+    _out(t.result("source"))
 
 
 def fetch(ip: str, port: int) -> None:
     s = socket.create_connection((ip, port), timeout=60)
-    h, total, t0 = hashlib.sha256(), 0, time.monotonic()
-    while True:
-        data = s.recv(1 << 20)
-        if not data:
-            break
-        h.update(data)
-        total += len(data)
-    secs = time.monotonic() - t0
+    t = receive_all(s.recv, 1 << 20)
     s.close()
-    _out({"event": "fetch", "bytes": total, "sha256": h.hexdigest(), "secs": round(secs, 4),
-          "mbps": round(total * 8 / secs / 1e6, 2) if secs else None})
+    _out(t.result("fetch"))
 
 
 def echo(ip: str, port: int, n: int, size: int) -> None:
@@ -212,15 +188,9 @@ def zerowin(ip: str, port: int, hold: float) -> None:
     s.settimeout(60)
     s.connect((ip, port))
     time.sleep(hold)
-    h, total = hashlib.sha256(), 0
-    while True:
-        data = s.recv(1 << 16)
-        if not data:
-            break
-        h.update(data)
-        total += len(data)
+    t = receive_all(s.recv, 1 << 16)
     s.close()
-    _out({"event": "zerowin", "bytes": total, "sha256": h.hexdigest(), "held_s": hold})
+    _out(t.result("zerowin", held_s=hold))
 
 
 def echoload(ip: str, port: int, n: int, seconds: float) -> None:

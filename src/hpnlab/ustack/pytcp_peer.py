@@ -8,12 +8,12 @@ would measure the terminal, not the stack). One JSON line per result.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import subprocess
 import sys
 import time
+
+from .bulk import receive_all, send_all
 
 
 def main(argv: list[str]) -> int:
@@ -27,7 +27,6 @@ def main(argv: list[str]) -> int:
     subprocess.run(["ip", "link", "set", tap, "up"], check=True)
     stack.start()
     print(json.dumps({"event": "ready", "version": getattr(__import__("pytcp"), "__version__", None)}), flush=True)
-    h, total = hashlib.sha256(), 0
     try:
         if mode == "sink":
             ls = psocket.socket(psocket.AF_INET4, psocket.SOCK_STREAM)
@@ -35,37 +34,22 @@ def main(argv: list[str]) -> int:
             ls.listen()
             print(json.dumps({"event": "listening"}), flush=True)
             s, _ = ls.accept()
-            t0 = time.monotonic()
-            while True:
-                data = s.recv()
-                if not data:
-                    break
-                h.update(data)
-                total += len(data)
-            secs = time.monotonic() - t0
+            t = receive_all(lambda _n: s.recv())
             s.close()
         else:
             ip, port = argv[4].rsplit(":", 1)
             nbytes = int(argv[5])
-            chunk = os.urandom(1 << 16)
             s = psocket.socket(psocket.AF_INET4, psocket.SOCK_STREAM)
             time.sleep(1.0)                      # its ARP cache fills on the first packets
             s.connect((ip, int(port)))
-            t0 = time.monotonic()
-            while total < nbytes:
-                part = chunk[:nbytes - total]
-                n = s.send(part)
-                h.update(part[:n])
-                total += n
+            t = send_all(s.send, nbytes)
             s.close()
             # send() only queues: the transfer ends when the session has closed (the kernel
             # sink's own timing is the one the lab reports)
             end = time.monotonic() + float(argv[6] if len(argv) > 6 else 600)
             while str(s.state).split(".")[-1] not in ("CLOSED", "TIME_WAIT") and time.monotonic() < end:
                 time.sleep(0.05)
-            secs = time.monotonic() - t0
-        print(json.dumps({"event": mode, "bytes": total, "sha256": h.hexdigest(), "secs": round(secs, 4),
-                          "mbps": round(total * 8 / secs / 1e6, 3) if secs else None}), flush=True)
+        print(json.dumps(t.result(mode)), flush=True)
     finally:
         stack.stop()
     return 0

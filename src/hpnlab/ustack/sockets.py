@@ -95,7 +95,7 @@ class Net:
     def now(self) -> float:
         return self.loop.clock()
 
-    def socket(self, family: int = AF_INET, type: int = SOCK_STREAM) -> Socket:  # noqa: A002 — BSD's name
+    def socket(self, family: int = AF_INET, type: int = SOCK_STREAM) -> Socket:
         if family != AF_INET:
             raise SocketError(errno.EAFNOSUPPORT, "only AF_INET")
         if type not in (SOCK_STREAM, SOCK_DGRAM):
