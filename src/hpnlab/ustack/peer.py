@@ -272,37 +272,26 @@ def flood(ip: str, seconds: float, window: int = 64) -> None:
           "replies_per_s": round(got / secs, 1)})
 
 
+MODES = {                # mode: (function, argument types)
+    "sink": (sink, int), "source": (source, str, int, int), "fetch": (fetch, str, int),
+    "echo": (echo, str, int, int, int), "udp": (udp, str, int, int), "refused": (refused, str, int),
+    "simopen": (simopen, str, int, int, float), "simclose": (simclose, int, float),
+    "concurrent": (concurrent, str, int, int), "zerowin": (zerowin, str, int, float),
+    "echoload": (echoload, str, int, int, float), "connrate": (connrate, str, int, float),
+    "flood": (flood, str, float),
+}
+
+
 def main(argv: list[str]) -> int:
-    mode, rest = argv[0], argv[1:]
-    if mode == "sink":
-        sink(int(rest[0]))
-    elif mode == "source":
-        source(rest[0], int(rest[1]), int(rest[2]))
-    elif mode == "fetch":
-        fetch(rest[0], int(rest[1]))
-    elif mode == "echo":
-        echo(rest[0], int(rest[1]), int(rest[2]), int(rest[3]))
-    elif mode == "udp":
-        udp(rest[0], int(rest[1]), int(rest[2]))
-    elif mode == "refused":
-        refused(rest[0], int(rest[1]))
-    elif mode == "simopen":
-        simopen(rest[0], int(rest[1]), int(rest[2]), float(rest[3]))
-    elif mode == "simclose":
-        simclose(int(rest[0]), float(rest[1]))
-    elif mode == "concurrent":
-        concurrent(rest[0], int(rest[1]), int(rest[2]))
-    elif mode == "zerowin":
-        zerowin(rest[0], int(rest[1]), float(rest[2]))
-    elif mode == "echoload":
-        echoload(rest[0], int(rest[1]), int(rest[2]), float(rest[3]))
-    elif mode == "connrate":
-        connrate(rest[0], int(rest[1]), float(rest[2]))
-    elif mode == "flood":
-        flood(rest[0], float(rest[1]))
-    else:
-        print(f"unknown mode {mode!r}; see the module's docstring", file=sys.stderr)
+    if not argv or argv[0] not in MODES:
+        print(f"mode {argv[0] if argv else ''!r}: one of {', '.join(MODES)}; see the module's docstring",
+              file=sys.stderr)
         return 2
+    fn, *types = MODES[argv[0]]
+    if len(argv) - 1 != len(types):
+        print(f"{argv[0]} takes {len(types)} arguments, not {len(argv) - 1}", file=sys.stderr)
+        return 2
+    fn(*(t(a) for t, a in zip(types, argv[1:])))
     return 0
 
 
