@@ -41,6 +41,7 @@ def test_interop_suite(ustack_lab):
     assert "CLOSING" in suite.data["simultaneous_close"]["stack_path"]
     assert suite.data["zero_window"]["probes"] > 0 and suite.data["concurrent"]["matched"] == 1000
     assert suite.data["thread_per_connection"]["matched"] == 200
+    assert suite.data["fuzz"]["internal_errors"] == 0 and suite.data["fuzz"]["parser_drops"] > 0
     s2s = suite.data["stack_to_stack"]
     assert s2s["sink"]["sha256"] == s2s["source"]["sha256"]
     # the stack's own counters saw the transfers: no frame raised out of its loop

@@ -324,6 +324,29 @@ class Suite:
                 f"{'match' if s['sha256'] == src['sha256'] else 'MISMATCH'}, {s['mbps']} Mbit/s"
         self.record(f"tcp: {_size(n)} stack -> stack (both ends user space), sha256", go)
 
+    def fuzz(self, n: int = 100000) -> None:
+        """Malformed frames from h2 at the running stack, which must keep serving and count
+        each as a drop, never as an internal error."""
+        def go():
+            with self.app("--app", "echo", "--port", 7) as run:
+                mac = run.wait("ready")["mac"]
+                f = peer(self.h2, "fuzz", self.h2.nic(self.network).ifname, mac, self.addr, n, timeout=300)
+                e = peer(self.h2, "echo", self.addr, 7, 50, 100)
+                run.stop()
+                stats = run.wait("stats", 10)
+            c = stats["counters"]
+            drops = sum(v for k, v in c.items() if ".drop." in k)
+            errors = c.get("stack.internal_error", 0)
+            ring = stats.get("driver", {}).get("kernel_ring_drops", 0)
+            self.data["fuzz"] = {"sent": f["sent"], "ring_drops": ring, "parser_drops": drops,
+                                 "internal_errors": errors, "last_error": stats.get("last_error"),
+                                 "counters": {k: v for k, v in c.items() if ".drop." in k}}
+            return errors == 0 and e["matched"] == e["round_trips"] and drops > 0, \
+                f"{f['sent']} frames sent, {ring} lost to a full ring, {drops} rejected by a parser check, " \
+                f"the rest taken (RSTs, ICMP errors, replies); {errors} internal errors; " \
+                f"then {e['matched']}/{e['round_trips']} echoes"
+        self.record(f"fuzz: {n} malformed frames, then still serving", go)
+
     def concurrency(self, n: int = 1000) -> None:
         def go():
             with self.app("--app", "echo", "--port", 7, "--backlog", n):
@@ -383,6 +406,7 @@ class Suite:
         self.simultaneous_open()
         self.simultaneous_close()
         self.stack_to_stack(4 << 20)
+        self.fuzz(20000)
         self.concurrency(1000)
         self.thread_per_connection(200)
         self.zero_window(3.0)

@@ -294,6 +294,7 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
     suite.simultaneous_open()
     suite.simultaneous_close()
     suite.stack_to_stack()
+    suite.fuzz(100000)
     suite.concurrency(1000)
     suite.thread_per_connection(200)
     suite.zero_window(10.0)

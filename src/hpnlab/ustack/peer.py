@@ -13,7 +13,9 @@
     zerowin IP PORT HOLD      connect to a source, read nothing for HOLD s (small buffer), then all
     echoload IP PORT N SECS   N connections, each with one 64-byte message in flight: round trips/s
     connrate IP PORT SECS     connect and close, one after another: connections/s
-    flood IP SECONDS          ICMP echo as fast as answers come (one in flight per socket, 64 sockets)
+    flood IP SECONDS          ICMP echo as fast as answers come (64 in flight)
+    fuzz IFNAME MAC IP N      N malformed frames at MAC/IP from IFNAME (AF_PACKET): cut short, bytes
+                              flipped, lengths, checksums and TCP options at random
 """
 from __future__ import annotations
 
@@ -272,13 +274,58 @@ def flood(ip: str, seconds: float, window: int = 64) -> None:
           "replies_per_s": round(got / secs, 1)})
 
 
+def fuzz(ifname: str, mac: str, ip: str, n: int) -> None:
+    import random
+    from .proto import ether, icmp, ipv4, udp
+    from .proto.tcp import segment as tcpseg
+    dst_mac = bytes(int(x, 16) for x in mac.split(":"))
+    src_mac = bytes.fromhex(open(f"/sys/class/net/{ifname}/address").read().strip().replace(":", ""))
+    dst = socket.inet_aton(ip)
+    src = bytes(dst[:3]) + bytes([250])              # a made-up neighbour on the same subnet
+    rng = random.Random(n)
+    seeds = [
+        ipv4.build(src, dst, ipv4.TCP, tcpseg.build(src, dst, 40000, 7, 1, 0, tcpseg.SYN, 1000, b"",
+                                                    tcpseg.options(mss=1460, wscale=7, ts=(1, 0))), 1),
+        ipv4.build(src, dst, ipv4.TCP, tcpseg.build(src, dst, 40001, 7, 5, 9, tcpseg.ACK, 1000, b"d" * 100), 2),
+        ipv4.build(src, dst, ipv4.UDP, udp.build(src, dst, 5000, 7, b"u" * 60), 3),
+        ipv4.build(src, dst, ipv4.ICMP, icmp.build(icmp.ECHO_REQUEST, 0, b"\0\1\0\1", b"p" * 56), 4),
+        *ipv4.fragment(src, dst, ipv4.UDP, udp.build(src, dst, 5000, 9, b"f" * 3000), 5, 1500),
+    ]
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    s.bind((ifname, 0))
+    sent = 0
+    for i in range(n):
+        f = bytearray(ether.build(dst_mac, src_mac, ether.TYPE_IPV4, rng.choice(seeds)))
+        kind = i % 5
+        if kind == 0:
+            f = f[:rng.randrange(1, len(f))]
+        elif kind == 1:
+            for _ in range(rng.randrange(1, 6)):
+                f[rng.randrange(14, len(f))] = rng.randrange(256)
+        elif kind == 2:
+            f[14 + rng.choice([0, 2, 3, 6, 7])] = rng.randrange(256)
+        elif kind == 3 and len(f) > 60:
+            f[46] = rng.randrange(256)
+            f[54:60] = rng.randbytes(6)
+        else:
+            f = f[:14] + bytearray(rng.randbytes(rng.randrange(0, 120)))
+        if len(f) < 14:
+            continue
+        try:
+            s.send(bytes(f))
+            sent += 1
+        except OSError:
+            pass
+    _out({"event": "fuzz", "sent": sent})
+
+
 MODES = {                # mode: (function, argument types)
     "sink": (sink, int), "source": (source, str, int, int), "fetch": (fetch, str, int),
     "echo": (echo, str, int, int, int), "udp": (udp, str, int, int), "refused": (refused, str, int),
     "simopen": (simopen, str, int, int, float), "simclose": (simclose, int, float),
     "concurrent": (concurrent, str, int, int), "zerowin": (zerowin, str, int, float),
     "echoload": (echoload, str, int, int, float), "connrate": (connrate, str, int, float),
-    "flood": (flood, str, float),
+    "flood": (flood, str, float), "fuzz": (fuzz, str, str, str, int),
 }
 
 
