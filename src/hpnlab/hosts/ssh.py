@@ -97,7 +97,7 @@ def reach_of(hostvars: dict) -> dict:
     return {"address": address, "user": user, "port": port,
             "key": str(Path(key).expanduser()) if key else None, "ssh_args": ssh_args,
             "proxy": proxy_command(ssh_args, address, port, user), "become": user != "root" and become,
-            "known_hosts": str(Path(str(known).split()[0]).expanduser()) if known else None,
+            "known_hosts": str(Path(str(known).split()[0]).expanduser().absolute()) if known else None,
             "recorded_by": CONSOLE_RECORD if hostvars.get("hpnlab_provider") == "vagrant" else None}
 
 
