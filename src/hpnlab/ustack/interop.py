@@ -153,7 +153,11 @@ class Suite:
         return row
 
     def _label(self) -> str:
-        return f" under impairment ({self.stack_extra[-1]})" if self.stack_extra else ""
+        if not self.stack_extra:
+            return ""
+        if self.stack_extra[0] == "--impair":
+            return f" under impairment ({self.stack_extra[-1]})"
+        return f" ({' '.join(self.stack_extra)})"
 
     # -- the cases ------------------------------------------------------------------------
 
@@ -276,11 +280,14 @@ class Suite:
             return ok, f"stack path {' > '.join(path)}; linux connect: {p['error'] or 'ok'}"
         self.record("tcp: simultaneous open with linux", go)
 
-    def tap_cases(self, nbytes: int | None = None, tap: str = "ustap0", subnet: str = "10.77.99") -> None:
+    def tap_cases(self, nbytes: int | None = None, tap: str = "ustap0", subnet: str = "10.77.99",
+                  offload: bool = False) -> None:
         """The TAP driver on h1, against h1's own kernel through the TAP device."""
         n = nbytes or self.bulk_bytes
         kernel, addr = f"{subnet}.1", f"{subnet}.2"
-        tap_args = ("--driver", "tap", "--tap-kernel-ip", f"{kernel}/24")
+        tap_args = ("--driver", "tap", "--tap-kernel-ip", f"{kernel}/24") + (("--offload",) if offload else ())
+        key = "tap_offload" if offload else "tap"
+        label = " with offloads" if offload else ""
 
         def to_stack():
             run = StackRun(self.h1, tap, f"{addr}/24", *tap_args, "--app", "sink", "--port", 9000, "--once", 1)
@@ -290,9 +297,9 @@ class Suite:
                 s = run.wait("sink", 120)
             finally:
                 run.stop()
-            self.data.setdefault("tap", {})["kernel_to_stack"] = {"peer": p, "stack": s}
+            self.data.setdefault(key, {})["kernel_to_stack"] = {"peer": p, "stack": s}
             return s["sha256"] == p["sha256"] and s["bytes"] == n, f"{n} B, {p['mbps']} Mbit/s"
-        self.record(f"tap driver: {_size(n)} kernel -> stack, sha256", to_stack)
+        self.record(f"tap driver{label}: {_size(n)} kernel -> stack, sha256", to_stack)
 
         def from_stack():
             with kernel_tool(self.h1, "sink", 9002).start("listening") as sink:
@@ -300,9 +307,9 @@ class Suite:
                               f"{kernel}:9002", "--bytes", n).start("ready") as run:
                     s = run.wait("source", 120)
                 p = sink.wait("sink", 60)
-            self.data.setdefault("tap", {})["stack_to_kernel"] = {"peer": p, "stack": s}
+            self.data.setdefault(key, {})["stack_to_kernel"] = {"peer": p, "stack": s}
             return s["sha256"] == p["sha256"] and p["bytes"] == n, f"{n} B, {p['mbps']} Mbit/s"
-        self.record(f"tap driver: {_size(n)} stack -> kernel, sha256", from_stack)
+        self.record(f"tap driver{label}: {_size(n)} stack -> kernel, sha256", from_stack)
 
     def stack_to_stack(self, nbytes: int | None = None) -> None:
         """Both ends run the stack: h2's NIC is taken by a second one (h2's address + 100)."""

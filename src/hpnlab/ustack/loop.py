@@ -16,6 +16,7 @@ from .stack import Stack
 class Loop:
     def __init__(self, driver, stack: Stack, clock=time.monotonic, burst: int = 256):
         self.driver, self.stack, self.clock, self.burst = driver, stack, clock, burst
+        stack.offload = bool(getattr(driver, "offload", False))
         self._poll = select.poll()
         self._poll.register(driver.fileno(), select.POLLIN)
         self._backlog: list[bytes] = []

@@ -53,6 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: never)")
     p.add_argument("--trace", action="store_true", help="record cwnd/ssthresh/RTT/flight of bulk connections")
     p.add_argument("--stats", metavar="FILE", help="write counters and connection traces here at exit")
+    p.add_argument("--offload", action="store_true",
+                   help="leave TCP checksums and segmentation to the kernel (virtio-net header: TSO)")
     p.add_argument("--impair", metavar="loss=PCT,delay=MS,jitter=MS",
                    help="impair the stack's own egress (netem's knobs; jitter reorders)")
 
@@ -68,7 +70,7 @@ def open_net(args) -> tuple[Net, object]:
         raise SystemExit(f"--ip {args.ip!r}: an address with a prefix length, e.g. 10.77.2.101/24")
     mac = mac_bytes(args.mac) if args.mac else None
     impair = _impair_spec(args.impair) if args.impair else None
-    driver = open_driver(args.driver, args.ifname, mac)
+    driver = open_driver(args.driver, args.ifname, mac, offload=args.offload)
     if impair:
         from .drivers.impair import ImpairedDriver
         driver = ImpairedDriver(driver, **impair)

@@ -42,11 +42,13 @@ def link_mtu(ifname: str) -> int:
 DRIVERS = ("afpacket", "afpacket-v3", "tap")
 
 
-def open_driver(kind: str, ifname: str, mac: bytes | None = None):
+def open_driver(kind: str, ifname: str, mac: bytes | None = None, offload: bool = False):
+    """`offload`: TCP checksum and segmentation left to the kernel through a virtio-net
+    header (afpacket on the V2 ring, tap)."""
     if kind in ("afpacket", "afpacket-v3"):
         from .afpacket import AfPacket
-        return AfPacket(ifname, mac, version=3 if kind == "afpacket-v3" else 2)
+        return AfPacket(ifname, mac, version=3 if kind == "afpacket-v3" else 2, offload=offload)
     if kind == "tap":
         from .tap import Tap
-        return Tap(ifname, mac)
+        return Tap(ifname, mac, offload=offload)
     raise ValueError(f"driver {kind!r}: one of {', '.join(DRIVERS)}")

@@ -21,6 +21,7 @@ class ImpairedDriver:
         self._seq = itertools.count()
         self.counters = {"impair_dropped": 0, "impair_delayed": 0}
         self.name, self.mac, self.mtu = inner.name, inner.mac, inner.mtu
+        self.offload = False        # a loss must take one wire frame, not a 64 KiB burst of them
 
     def fileno(self) -> int:
         return self.inner.fileno()

@@ -75,6 +75,16 @@ class TcpLayer:
     def count(self, key: str) -> None:
         self.stack.count(key)
 
+    @property
+    def offload(self) -> bool:
+        """The driver segments and checksums (TSO): segments may be up to offload_max."""
+        return self.stack.offload
+
+    offload_max = 63 * 1024
+
+    def emit_offload(self, dst: bytes, segment: bytes, header_len: int, mss: int) -> None:
+        self.stack.send_tcp_offload(dst, segment, header_len, mss)
+
     @staticmethod
     def addr_str(key) -> str:
         return f"{ipaddress.IPv4Address(key[0])}:{key[1]}-{ipaddress.IPv4Address(key[2])}:{key[3]}"

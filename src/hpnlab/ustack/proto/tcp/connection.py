@@ -10,7 +10,7 @@ import errno
 
 from .congestion import NewReno
 from .rto import RtoEstimator
-from .segment import ACK, FIN, PSH, RST, SYN, Segment, build, options
+from .segment import ACK, FIN, HEADER, PSH, RST, SYN, Segment, build, options
 
 M = 0xFFFFFFFF
 
@@ -171,8 +171,13 @@ class Connection:
                 self.delack_timer.cancel()
                 self.delack_timer = None
         self.stats["segs_out"] += 1
-        self.layer.emit(self.remote[0], build(self.local[0], self.remote[0], self.local[1], self.remote[1],
-                                               seq, ack, flags, window, payload, opts))
+        if self.layer.offload:
+            self.layer.emit_offload(self.remote[0], build(self.local[0], self.remote[0], self.local[1],
+                                                          self.remote[1], seq, ack, flags, window, payload, opts,
+                                                          partial=True), HEADER + len(opts), self.mss)
+        else:
+            self.layer.emit(self.remote[0], build(self.local[0], self.remote[0], self.local[1], self.remote[1],
+                                                   seq, ack, flags, window, payload, opts))
 
     def _syn_options(self, now: float, ack: bool) -> bytes:
         ws = ts = None
@@ -317,6 +322,8 @@ class Connection:
         if self.state not in (ESTABLISHED, CLOSE_WAIT, FIN_WAIT_1, CLOSING, LAST_ACK):
             return
         mss = self.mss
+        # with segmentation offload one segment may carry many MSS (the driver cuts it)
+        burst = mss * max(1, self.layer.offload_max // mss) if self.layer.offload else mss
         sent = False
         while True:
             off = _d(self.snd_nxt, self.data_seq)
@@ -324,7 +331,7 @@ class Connection:
             flight = self.flight
             usable = min(self.snd_wnd, self.cc.cwnd) - flight
             if unsent > 0:
-                n = min(mss, unsent, usable)
+                n = min(burst, unsent, usable)
                 if n <= 0:
                     break
                 last = n == unsent
