@@ -301,6 +301,11 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
     step("measurements: kernel bulk, ping flood, epoll interest set")
     kernel = _kernel_bulk(provider, nbytes)
     suite.tap_cases(nbytes)
+    step("segmentation offload (virtio-net header) on AF_PACKET and TAP")
+    offload = Suite(provider, bulk_bytes=nbytes, stack_extra=("--offload",))
+    offload.bulk()
+    offload.tap_cases(nbytes, offload=True)
+    suite.results += offload.results
     pytcp_bytes = min(nbytes, 4 << 20)
     if importlib.util.find_spec("pytcp") is not None:
         step(f"PyTCP {_version('PyTCP')} on a TAP device, {pytcp_bytes >> 20} MiB each way")
@@ -331,6 +336,15 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
     tap_to = tap.get("kernel_to_stack", {}).get("peer", {}).get("mbps")
     tap_from = tap.get("stack_to_kernel", {}).get("peer", {}).get("mbps")
     py_to = pytcp.get("kernel_to_pytcp", {}).get("mbps")
+
+    def mbps(d: dict, *path):
+        for k in path:
+            d = d.get(k, {})
+        return d.get("mbps")
+    off_from = mbps(offload.data, "bulk", "stack_to_linux", "peer")
+    off_to = mbps(offload.data, "bulk", "linux_to_stack", "peer")
+    off_tap_from = mbps(offload.data, "tap_offload", "stack_to_kernel", "peer")
+    off_tap_to = mbps(offload.data, "tap_offload", "kernel_to_stack", "peer")
     py_from = pytcp.get("pytcp_to_kernel", {}).get("mbps")
     data = {
         "interop": [{"name": r["name"], "ok": r["ok"], "detail": r["detail"]} for r in suite.results],
@@ -341,6 +355,8 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
             "afpacket": {"stack_to_linux": from_stack, "linux_to_stack": to_stack},
             "tap": {"ustack_to_kernel": tap_from, "kernel_to_ustack": tap_to,
                     "pytcp_to_kernel": py_from, "kernel_to_pytcp": py_to},
+            "offload": {"afpacket_stack_to_linux": off_from, "afpacket_linux_to_stack": off_to,
+                        "tap_stack_to_kernel": off_tap_from, "tap_kernel_to_stack": off_tap_to},
             "kernel_to_kernel": kernel["mbps"]},
         "pytcp": {"version": _version("PyTCP"), "bytes": pytcp_bytes, **pytcp},
         "ping_flood_replies_per_s": flood["replies_per_s"],
@@ -377,13 +393,18 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
                 ("bulk kernel → kernel, same LAN (Mbit/s)", kernel["mbps"]),
                 ("stack ÷ kernel (stack sending)", f"{ratio:.3f}" if ratio else "n/a"),
                 ("TAP: stack → kernel / kernel → stack (Mbit/s)", f"{tap_from} / {tap_to}"),
+                ("with --offload (TSO + checksum by the kernel), AF_PACKET: stack → linux / linux → stack",
+                 f"{off_from} / {off_to}"),
+                ("with --offload, TAP: stack → kernel / kernel → stack", f"{off_tap_from} / {off_tap_to}"),
                 ("TAP: PyTCP → kernel / kernel → PyTCP (Mbit/s)",
                  f"{py_from} / {py_to}" if py_from or py_to else pytcp.get("error")),
                 ("ping flood, 64 in flight (replies/s)", flood["replies_per_s"]),
                 ("echo round trips/s, 1 connection, 100 B", suite.data.get("echo_rps_1conn"))]), "",
             f"Goal: ping flood ≥ 40,000 replies/s — measured {flood['replies_per_s']:,.0f} "
             f"({'met' if flood['replies_per_s'] >= 40000 else 'not met'}). "
-            + _pytcp_reading(tap_from, tap_to, py_from, py_to, data["pytcp"]), "",
+            + _pytcp_reading(tap_from, tap_to, py_from, py_to, data["pytcp"])
+            + (f" Stretch: ≥ 1 Gbit/s with TAP offloads — {off_tap_from} Mbit/s sending, {off_tap_to} receiving "
+               f"({'met' if min(off_tap_from or 0, off_tap_to or 0) >= 1000 else 'not met'})."), "",
             "## Echo and accept rates: the stack's epoll server vs the kernel's (hpnlab.servers epoll-lt)", "",
             md_table(["", "echo rt/s, 1 conn", "echo rt/s, 100 conns", "connections accepted/s"],
                      [(side, v.get("echo_rps_1"), v.get("echo_rps_100"), v.get("accepts_per_s"))
