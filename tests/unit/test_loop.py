@@ -270,3 +270,14 @@ def test_close_flushes_then_closes_and_eof_closes(backend, pair):
         loop.run_once(block=False)
     assert closed == [t] and t.fd == -1
     loop.close()
+
+
+def test_removing_a_closed_fd_touches_no_other_slot():
+    """A closed transport's fd is -1: removing it must not clear the table's last slot."""
+    loop = Loop()
+    last = len(loop.readers) - 1
+    loop.readers[last] = loop.writers[last] = print
+    loop.remove_reader(-1)
+    loop.remove_writer(-1)
+    assert loop.readers[last] is print and loop.writers[last] is print
+    loop.close()

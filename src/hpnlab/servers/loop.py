@@ -271,11 +271,11 @@ class Loop:
         self._watch(fd, WRITE, self.writers, callback)
 
     def remove_reader(self, fd: int) -> None:
-        if fd < len(self.readers):
+        if 0 <= fd < len(self.readers):
             self.readers[fd] = None
 
     def remove_writer(self, fd: int) -> None:
-        if fd < len(self.writers):
+        if 0 <= fd < len(self.writers):
             self.writers[fd] = None
 
     def forget(self, fd: int) -> None:

@@ -124,6 +124,8 @@ class Transport:
             self.pause_reading()
 
     def _on_writable(self) -> None:
+        if self.fd < 0:
+            return                # closed before this (edge-triggered first) call came
         queue = self.queue
         while queue:
             try:
