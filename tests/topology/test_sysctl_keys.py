@@ -79,3 +79,18 @@ def test_ansible_module_accepts_real_keys(tmp_path):
     have = Path("/proc/sys/net/core/somaxconn").read_text().strip()
     out = run_module({"net.core.somaxconn": have}, True, tmp_path)
     assert not out.get("failed") and out["changed"] is False, out
+
+
+def test_machine_sysctls_refuse_keys_outside_proc_sys(tmp_path):
+    """The netns provider's machine-wide sysctls (hpnlab.machine, run as root) check keys too."""
+    victim = tmp_path / "victim"
+    victim.write_text("original\n")
+    code = ("import sys; from hpnlab import machine\n"
+            "try:\n"
+            f"    machine.hold_sysctls('t11', {{{str(victim)!r}: 'pwned'}})\n"
+            "except machine.MachineError as exc:\n"
+            "    print(exc); sys.exit(3)\n")
+    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "HPNLAB_RUN_DIR": str(tmp_path / "run")})
+    assert proc.returncode == 3 and "is not a sysctl name" in proc.stdout, proc.stdout + proc.stderr
+    assert victim.read_text() == "original\n"
