@@ -110,6 +110,10 @@ typedef struct hp_ring {
     int bgid;
     unsigned *held;              /* buffers handed out by the last harvest */
     unsigned nheld;
+    unsigned *spare;             /* free buffers not in the ring: a stack, last freed on top */
+    unsigned nspare;
+    unsigned posted;             /* buffers in the ring the kernel has not taken yet */
+    unsigned target;             /* how many to keep posted (doubles on ENOBUFS) */
     hp_fdq *q;                   /* indexed by fd */
     unsigned nq;
 } hp_ring;
@@ -144,6 +148,7 @@ void hp_ring_free(hp_ring *r)
     for (unsigned i = 0; i < r->nq; i++) fdq_clear(&r->q[i]);
     free(r->q);
     free(r->held);
+    free(r->spare);
     if (r->br) {
         io_uring_unregister_buf_ring(&r->ring, r->bgid);
         munmap(r->br, r->nbufs * sizeof(struct io_uring_buf));
@@ -155,6 +160,19 @@ void hp_ring_free(hp_ring *r)
 
 /* A provided-buffer ring: the kernel picks a free buffer only when data
  * arrives, so memory scales with data in flight, not with connections. */
+/* Post free buffers (most recently used first) until `target` are in the ring. */
+static void hp_buf_post(hp_ring *r)
+{
+    unsigned n = 0;
+    while (r->posted < r->target && r->nspare) {
+        unsigned bid = r->spare[--r->nspare];
+        io_uring_buf_ring_add(r->br, r->bufs + (size_t)bid * r->bufsize, r->bufsize, bid, r->mask, (int)n);
+        n++;
+        r->posted++;
+    }
+    if (n) io_uring_buf_ring_advance(r->br, n);
+}
+
 int hp_bufring_setup(hp_ring *r, unsigned nbufs, unsigned bufsize, int bgid)
 {
     size_t ring_size = nbufs * sizeof(struct io_uring_buf);
@@ -170,18 +188,26 @@ int hp_bufring_setup(hp_ring *r, unsigned nbufs, unsigned bufsize, int bgid)
     r->br = mem;
     r->bufs = malloc((size_t)nbufs * bufsize);
     r->held = malloc(nbufs * sizeof *r->held);
-    if (!r->bufs || !r->held) return -ENOMEM;
-    /* Touch the buffers now: the kernel cycles through all of them (the ring
-     * is FIFO), so they end up resident anyway. Faulting them in up front
-     * makes them part of the idle RSS - a fixed cost, not a per-connection one. */
+    r->spare = malloc(nbufs * sizeof *r->spare);
+    if (!r->bufs || !r->held || !r->spare) return -ENOMEM;
+    /* Touch the buffers now: a burst may use all of them, so they may all end
+     * up resident. Faulting them in up front makes them part of the idle
+     * RSS - a fixed cost, not a per-connection one. */
     for (size_t off = 0; off < (size_t)nbufs * bufsize; off += 4096)
         ((volatile char *)r->bufs)[off] = 0;   /* volatile: gcc would turn malloc+memset into calloc */
     r->nbufs = nbufs; r->bufsize = bufsize; r->bgid = bgid;
     r->mask = io_uring_buf_ring_mask(nbufs);
     io_uring_buf_ring_init(r->br);
+    /* The ring is FIFO: posting all nbufs would make the kernel cycle through
+     * every buffer (2 MiB at 512 x 4 KiB, more than a core's L2) and each recv
+     * would land in cold memory. So only `target` buffers are posted, taken
+     * from a stack of free ones with the most recently used on top; the
+     * target doubles whenever a recv finds no buffer (ENOBUFS). */
     for (unsigned i = 0; i < nbufs; i++)
-        io_uring_buf_ring_add(r->br, r->bufs + (size_t)i * bufsize, bufsize, i, r->mask, i);
-    io_uring_buf_ring_advance(r->br, nbufs);
+        r->spare[i] = nbufs - 1 - i;
+    r->nspare = nbufs;
+    r->target = nbufs < 64 ? nbufs : 64;
+    hp_buf_post(r);
     return 0;
 }
 
@@ -352,11 +378,12 @@ int hp_harvest(hp_ring *r, u64 *ud, int *res, unsigned *flags, unsigned max)
     unsigned head, seen = 0, n = 0;
     const u64 tagmask = (1u << HP_TAG_BITS) - 1;
     /* The buffers the caller was given last time: it has copied them out by now. */
-    for (unsigned i = 0; i < r->nheld; i++)
-        io_uring_buf_ring_add(r->br, r->bufs + (size_t)r->held[i] * r->bufsize, r->bufsize,
-                              r->held[i], r->mask, (int)i);
-    if (r->nheld) io_uring_buf_ring_advance(r->br, r->nheld);
-    r->nheld = 0;
+    if (r->br) {
+        for (unsigned i = r->nheld; i > 0; i--)
+            r->spare[r->nspare++] = r->held[i - 1];
+        r->nheld = 0;
+        hp_buf_post(r);
+    }
     io_uring_for_each_cqe(&r->ring, head, cqe) {
         if (n == max) break;
         seen++;
@@ -369,8 +396,12 @@ int hp_harvest(hp_ring *r, u64 *ud, int *res, unsigned *flags, unsigned max)
             n++;
             continue;
         }
-        if (cqe->flags & IORING_CQE_F_BUFFER)
+        if (cqe->flags & IORING_CQE_F_BUFFER) {
             r->held[r->nheld++] = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+            r->posted--;
+        } else if (cqe->res == -ENOBUFS && r->target < r->nbufs) {
+            r->target = r->target * 2 < r->nbufs ? r->target * 2 : r->nbufs;
+        }
         ud[n] = cqe->user_data;
         res[n] = cqe->res;
         flags[n] = cqe->flags;
