@@ -65,12 +65,21 @@ def _report(obj: dict) -> None:
 
 def open_net(args) -> tuple[Net, object]:
     try:
+        if "/" not in args.ip:
+            raise ValueError
         iface = ipaddress.IPv4Interface(args.ip)
     except ValueError:
-        raise SystemExit(f"--ip {args.ip!r}: an address with a prefix length, e.g. 10.77.2.101/24")
-    mac = mac_bytes(args.mac) if args.mac else None
+        raise SystemExit(f"--ip {args.ip!r}: an address with a prefix length, e.g. 10.77.2.101/24") from None
+    try:
+        mac = mac_bytes(args.mac) if args.mac else None
+    except ValueError as exc:
+        raise SystemExit(f"--mac: {exc}") from None
     impair = _impair_spec(args.impair) if args.impair else None
-    driver = open_driver(args.driver, args.ifname, mac, offload=args.offload)
+    try:
+        driver = open_driver(args.driver, args.ifname, mac, offload=args.offload)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"--driver {args.driver} --ifname {args.ifname}: {exc.strerror or exc}"
+                         if isinstance(exc, OSError) else f"--driver {args.driver}: {exc}") from None
     if impair:
         from .drivers.impair import ImpairedDriver
         driver = ImpairedDriver(driver, **impair)
