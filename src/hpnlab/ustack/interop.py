@@ -260,13 +260,13 @@ class Suite:
                 f"{n} B, sha256 {'match' if s['sha256'] == p['sha256'] else 'MISMATCH'}, {p['mbps']} Mbit/s"
         self.record(f"tcp: {_size(n)} stack -> linux, sha256{self._label()}", from_stack)
 
-    def simultaneous_open(self, delay_ms: float = 200.0) -> None:
+    def simultaneous_open(self, delay_ms: float = 400.0) -> None:
         """Linux connects at T, the stack at T + delay/2; h2's segments leave `delay_ms`
         late (the NFQUEUE delay line), so each SYN meets a peer in SYN-SENT."""
         def go():
             sport, lport = 40123, 40321
             with DelayLine(self.h2, self.h2.nic(self.network).ifname, (lport, lport), delay_ms):
-                at = time.time() + 2.0
+                at = time.time() + 4.0     # room for both programs to start on a loaded machine
                 run = self._run("--app", "connect", "--connect", f"{self.peer_addr}:{lport}", "--bind-port", sport,
                                 "--start-at", f"{at + delay_ms / 2000:.6f}", "--timeout", 15).start("ready")
                 try:
@@ -384,13 +384,13 @@ class Suite:
                 f"{'match' if p['sha256'] == s['sha256'] else 'MISMATCH'}"
         self.record(f"tcp: zero window held {hold:g} s, then reopened", go)
 
-    def simultaneous_close(self, delay_ms: float = 200.0) -> None:
+    def simultaneous_close(self, delay_ms: float = 400.0) -> None:
         """Both ends close at once: h2's FIN leaves `delay_ms` late, the stack closes
         delay/2 after Linux, so each FIN meets a peer in FIN_WAIT_1 (CLOSING on both)."""
         def go():
             lport = 40555
             with DelayLine(self.h2, self.h2.nic(self.network).ifname, (lport, lport), delay_ms):
-                at = time.time() + 2.5
+                at = time.time() + 4.0
                 with kernel_tool(self.h2, "simclose", lport, f"{at:.6f}").start("listening") as closer:
                     with self._run("--app", "connect", "--connect", f"{self.peer_addr}:{lport}",
                                    "--close-at", f"{at + delay_ms / 2000:.6f}", "--timeout", 15).start("ready") as run:
