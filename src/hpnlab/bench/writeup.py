@@ -238,6 +238,19 @@ def _multi(cells: list[dict], conns: int, size: int, env: dict) -> list[str]:
            f"{_fmt(lt, 'cpu_us_per_req', ' µs')} CPU/request, {_fmt(lt, 'ctxsw_per_req', '')} context "
            "switches/request; " + "; ".join(vs(c) for c in rows) + ".", ""]
     threads = [c for c in rows if c["engine"] != "epoll-procs"]
+    procs = find(cells, "epoll-procs", conns, size)
+    if lt["server_util"] < 0.8:
+        # Nothing saturated the server: req/s was set by the client or by others' load, and a
+        # throughput ratio would be noise; the cost per request still tells the mechanisms apart.
+        costs = [f"{name(c)} {c['cpu_us_per_req'] / lt['cpu_us_per_req'] - 1:+.0%} CPU per request and "
+                 f"{(c['ctxsw_per_req'] or 0) - (lt['ctxsw_per_req'] or 0):+.2f} context switches per request"
+                 for c in rows]
+        out += [f"The server was not what set the pace here: epoll-lt used {lt['server_util']:.2f} of a core "
+                f"(the load generator {lt['client_util']:.0%} of its own; others' load is under Machine load), so "
+                "req/s cannot show what threads or processes gain. Their cost per request, against one "
+                "thread doing all the work, can: " + "; ".join(costs) + ". "
+                + _thread_vs_process_cost(threads, procs), ""]
+        threads, procs = [], None
     if threads:
         t = max(threads, key=lambda c: c["rps"])
         gain, cost = t["rps"] / lt["rps"], t["cpu_us_per_req"] / lt["cpu_us_per_req"]
@@ -248,23 +261,22 @@ def _multi(cells: list[dict], conns: int, size: int, env: dict) -> list[str]:
                    f"Here it cost {cost - 1:+.0%} CPU per request and context switches barely changed "
                    f"({switches:+.2f}/request): the threads mostly ran in turn rather than fighting for the GIL.")
             out += [f"Threads did not buy throughput here ({name(t)}: {gain:.2f}×). Each request runs Python "
-                       "bytecode, and only the thread holding the GIL can; a thread woken by epoll first waits "
-                       "for the GIL, then the holder drops it at a blocking syscall or after the 5 ms switch "
-                       "interval. " + why, ""]
+                    "bytecode, and only the thread holding the GIL can; a thread woken by epoll first waits "
+                    "for the GIL, then the holder drops it at a blocking syscall or after the 5 ms switch "
+                    "interval. " + why, ""]
         else:
             out += [f"Threads bought {gain:.2f}× here ({name(t)}), at {cost - 1:+.0%} CPU per request: "
-                       "recv, send and epoll_wait release the GIL, so while one thread is in the kernel another "
-                       "runs Python; the gain is bounded by the share of time spent in syscalls, not by the "
-                       "number of cores.", ""]
-    procs = find(cells, "epoll-procs", conns, size)
+                    "recv, send and epoll_wait release the GIL, so while one thread is in the kernel another "
+                    "runs Python; the gain is bounded by the share of time spent in syscalls, not by the "
+                    "number of cores.", ""]
     if procs:
         gain = procs["rps"] / lt["rps"]
         if gain >= 1.1 and procs["server_util"] > 1.2:
             out += [f"Processes scaled: epoll-procs {gain:.2f}× on {procs['server_util']:.2f} cores — each "
-                       "process has its own interpreter and GIL, SO_REUSEPORT spreads the connections, nothing "
-                       "is shared or locked. The price is memory: "
-                       f"{_fmt(procs, 'rss_idle_kib', ' KiB')} idle RSS for all processes vs "
-                       f"{_fmt(lt, 'rss_idle_kib', ' KiB')} for one.", ""]
+                    "process has its own interpreter and GIL, SO_REUSEPORT spreads the connections, nothing "
+                    "is shared or locked. The price is memory: "
+                    f"{_fmt(procs, 'rss_idle_kib', ' KiB')} idle RSS for all processes vs "
+                    f"{_fmt(lt, 'rss_idle_kib', ' KiB')} for one.", ""]
         else:
             why = ("the server had one core, so they could only take turns on it" if one_core(env) else
                    f"the load generator set the pace (it used {procs['client_util']:.0%} of its core)"
@@ -272,11 +284,22 @@ def _multi(cells: list[dict], conns: int, size: int, env: dict) -> list[str]:
                    f"they used {procs['server_util']:.2f} cores and the client {procs['client_util']:.0%} of "
                    "one, so neither was saturated: the wire or the hypervisor set the pace")
             out += [f"Processes did not scale here (epoll-procs {gain:.2f}× on {procs['server_util']:.2f} cores): "
-                       f"each process has its own GIL and could run in parallel with free cores, but {why}.", ""]
+                    f"each process has its own GIL and could run in parallel with free cores, but {why}.", ""]
     out.append("GIL waits are not counted directly; a thread that finds the GIL taken sleeps on a condition "
                "variable, which the kernel counts as a voluntary context switch, so switches per request stand "
                "in for them.")
     return out + [""]
+
+
+def _thread_vs_process_cost(threads: list[dict], procs: dict | None) -> str:
+    if not threads or not procs:
+        return ""
+    t = min(threads, key=lambda c: c["cpu_us_per_req"])
+    if t["cpu_us_per_req"] > procs["cpu_us_per_req"]:
+        return (f"Even the cheaper threaded variant ({name(t)}) paid more per request than the processes: "
+                "threads share one GIL and hand it over, processes share nothing.")
+    return (f"Here a threaded variant ({name(t)}) cost no more per request than the processes: the GIL "
+            "hand-off was not what the CPU went to.")
 
 
 def _scaling(cells: list[dict], conns: int, size: int) -> list[str]:
