@@ -30,8 +30,7 @@ def test_quick_bench_runs_and_numbers_are_sane(tmp_path):
         assert (out / name).stat().st_size > 0, name
     data = json.loads((out / "data.json").read_text())
     cells = data["cells"]
-    assert {(c["engine"], c["conns"]) for c in cells} == {("epoll-lt", 1), ("epoll-lt", 100),
-                                                         ("uring", 1), ("uring", 100)}
+    assert {(c["engine"], c["conns"]) for c in cells} == {("epoll-lt", 100), ("uring", 100)}
     for c in cells:
         assert c["status"] == "ok", c.get("reason")
         assert c["rps"] > 200, c                       # even a loaded 2-core VM does this
@@ -47,7 +46,7 @@ def test_quick_bench_runs_and_numbers_are_sane(tmp_path):
         assert words in report
     with open(out / "data.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 4
+    assert len(rows) == 2
     env = data["environment"]
     assert env["machine"]["kernel"] and env["mode"] == "loopback"
     assert "net.core.somaxconn" in env["hosts"]["local"]["sysctls"]

@@ -48,14 +48,14 @@ class Config:
     parallel: dict[str, bool] = field(default_factory=dict)
 
 
-def _wait_marker(handle, marker: str, timeout: float) -> bool:
+def _wait_marker(handle, marker: str, timeout: float, interval: float = 0.005) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if marker in handle.logs()[1]:
             return True
         if not handle.alive():
             return marker in handle.logs()[1]
-        time.sleep(0.005)
+        time.sleep(interval)
     return False
 
 
@@ -77,7 +77,7 @@ def timed_run(cfg: Config, srv: Side, cli: Side, pids: list[int], port: int, con
     # others' load on the server's host: on this machine the bench and the client are ours too
     exclude = {lg.pid, os.getpid()} if srv.local_proc else set()
     try:
-        if not _wait_marker(lg, "# measuring", connect_timeout + cfg.warmup + 15):
+        if not _wait_marker(lg, "# measuring", connect_timeout + cfg.warmup + 15, cli.poll_interval):
             lg.stop()
             raise RuntimeError("loadgen never started measuring: " + lg.logs()[1].strip()[-300:])
         t0 = time.monotonic()
@@ -89,7 +89,7 @@ def timed_run(cfg: Config, srv: Side, cli: Side, pids: list[int], port: int, con
             # stop the probe inside the window: its rate must come from steady state
             time.sleep(max(0.1, duration - 0.15 - (time.monotonic() - t0)))
             syscall_rate = stop_syscall_probe(probe)
-        if not _wait_marker(lg, "# done", duration + 30):
+        if not _wait_marker(lg, "# done", duration + 30, cli.poll_interval):
             raise RuntimeError("loadgen did not finish its window")
         if not syscall_probe:
             s1, o1, m1 = procstat.snapshot(srv, pids, exclude=exclude)

@@ -75,6 +75,9 @@ class Side:
         self.python = os.environ.get("HPNLAB_AGENT_PYTHON") or (host.python if host is not None else sys.executable)
         self.loadgen = ""                # the load generator's path there (from probe())
         self.syscall_tool: str | None = None   # perf or strace there (from probe())
+        # how often to look at its processes' output: every look at a host of its own is an SSH
+        # command, which on an emulated guest takes CPU from the very processes being watched
+        self.poll_interval = 0.005 if local_proc else 0.25
         self.logdir = logdir or Path(tempfile.mkdtemp(prefix=f"hpnlab-bench-{name}-"))
         self._n = 0
 
@@ -137,5 +140,5 @@ class Side:
             if not handle.alive():
                 msg = [ln for ln in err.strip().splitlines() if ln.strip()]
                 return msg[-1] if msg else f"server exited with status {handle.wait(1)}"
-            time.sleep(0.02)
+            time.sleep(self.poll_interval)
         return f"server did not report listening on port {port} within {timeout:g}s"
