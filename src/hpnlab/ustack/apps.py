@@ -300,7 +300,7 @@ def client(net, args, report, stop) -> None:
         sock.close()
         net.wait(lambda: stop() or sock.conn.state in ("TIME_WAIT", "CLOSED"), args.timeout)
     elif args.app == "connect":
-        net.wait(lambda: stop() or sock.conn.fin_received, args.timeout)
+        t = receive_all(sock.recv)      # what the peer says, to its FIN; then a clean close (no RST)
     report(t.result(args.app, conn=_conn_summary(sock.conn)))
     sock.close()
     net.wait(lambda: sock.conn.state in ("CLOSED", "TIME_WAIT"), 5)

@@ -267,17 +267,18 @@ class Suite:
             sport, lport = 40123, 40321
             with DelayLine(self.h2, self.h2.nic(self.network).ifname, (lport, lport), delay_ms):
                 at = time.time() + 4.0     # room for both programs to start on a loaded machine
-                run = self._run("--app", "connect", "--connect", f"{self.peer_addr}:{lport}", "--bind-port", sport,
-                                "--start-at", f"{at + delay_ms / 2000:.6f}", "--timeout", 15).start("ready")
-                try:
+                with self._run("--app", "connect", "--connect", f"{self.peer_addr}:{lport}", "--bind-port", sport,
+                               "--start-at", f"{at + delay_ms / 2000:.6f}", "--timeout", 15).start("ready") as run:
                     p = peer(self.h2, "simopen", self.addr, sport, lport, f"{at:.6f}", timeout=60)
-                    s = run.wait("connect", 30)
-                finally:
-                    run.stop()
+                    run.wait("stats", 30)            # connected, read Linux's greeting to its FIN, closed
+                    connects = [e for e in run.events if e.get("event") == "connect"]
+                    opened, s = connects[0], connects[-1]   # at connect(); at the end, with the byte count
             path = [state for _, state in (s.get("conn") or {}).get("history", [])]
-            self.data["simultaneous_open"] = {"stack_path": path, "linux": p}
-            ok = p["error"] is None and s.get("error") is None and "SYN_RECEIVED" in path and "ESTABLISHED" in path
-            return ok, f"stack path {' > '.join(path)}; linux connect: {p['error'] or 'ok'}"
+            self.data["simultaneous_open"] = {"stack_path": path, "linux": p, "received": s.get("bytes")}
+            ok = (p["error"] is None and opened.get("error") is None and "SYN_RECEIVED" in path
+                  and "ESTABLISHED" in path and s.get("bytes") == len("hello from linux"))
+            return ok, f"stack path {' > '.join(path)}; linux connect: {p['error'] or 'ok'}; " \
+                       f"then {s.get('bytes')} B from linux and a close"
         self.record("tcp: simultaneous open with linux", go)
 
     def tap_cases(self, nbytes: int | None = None, tap: str = "ustap0", subnet: str = "10.77.99",

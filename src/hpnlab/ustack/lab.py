@@ -214,6 +214,50 @@ def _pcap_flight(segs: list[dict], sender: str) -> list[tuple[float, int]]:
     return out
 
 
+def _ladders(out: Path, stack_ip: str, linux_ip: str) -> list[str]:
+    """Ladder diagrams of the simultaneous open and close, from both ends' captures."""
+    from ..labs import pcap
+    from ..labs.p2p import draw_ladder
+    a, b = pcap.read_pcap(out / "sim-h1.pcap"), pcap.read_pcap(out / "sim-h2.pcap")
+    made = []
+    for port, name, title in ((40321, "ladder-simultaneous-open.png", "simultaneous open: the stack and Linux"),
+                              (40555, "ladder-simultaneous-close.png", "simultaneous close: the stack and Linux")):
+        def mine(segs, port=port):
+            return [s for s in segs if port in (s.sport, s.dport)]
+        draw_ladder(mine(a), mine(b), ("stack (h1)", stack_ip), ("linux (h2)", linux_ip), out / name, title)
+        if (out / name).exists():
+            made.append(name)
+    return made
+
+
+def _per_size(provider, sizes: list[int], path: Path) -> dict:
+    """Bulk throughput each way at several transfer sizes (connection set-up and slow
+    start weigh on the small ones), plotted."""
+    rows = {}
+    for n in sizes:
+        s = Suite(provider, bulk_bytes=n)
+        s.bulk()
+        b = s.data.get("bulk", {})
+        rows[n] = {"stack_to_linux": b.get("stack_to_linux", {}).get("peer", {}).get("mbps"),
+                   "linux_to_stack": b.get("linux_to_stack", {}).get("peer", {}).get("mbps"),
+                   "ok": all(r["ok"] for r in s.results)}
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label in (("stack_to_linux", "stack → linux"), ("linux_to_stack", "linux → stack")):
+        ax.plot([n / 1024 for n in rows], [rows[n][key] or 0 for n in rows], marker="o", label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("transfer size (KiB)")
+    ax.set_ylabel("Mbit/s (receiver's timing)")
+    ax.set_title("bulk throughput per size, AF_PACKET, no offloads")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return rows
+
+
 def _median(xs: list) -> float | None:
     xs = sorted(x for x in xs if x is not None)
     return xs[len(xs) // 2] if xs else None
@@ -291,8 +335,13 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
     # sender's view of what is in flight, to set beside the stack's own count
     with Capture(provider, f"h1:{NETWORK}", out / "bulk.pcap", "tcp", snaplen=96):
         suite.bulk()
-    suite.simultaneous_open()
-    suite.simultaneous_close()
+    # both ends' captures of the simultaneous open and close, for the ladders
+    ports = "tcp port 40321 or tcp port 40555"
+    with Capture(provider, f"h1:{NETWORK}", out / "sim-h1.pcap", ports), \
+            Capture(provider, f"h2:{NETWORK}", out / "sim-h2.pcap", ports):
+        suite.simultaneous_open()
+        suite.simultaneous_close()
+    ladders = _ladders(out, suite.addr, suite.peer_addr)
     suite.stack_to_stack()
     suite.fuzz(100000)
     suite.concurrency(1000)
@@ -321,6 +370,9 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
             rings[driver] = {"flood": peer(suite.h2, "flood", suite.addr, 5),
                              "echo": peer(suite.h2, "echo", suite.addr, 7, 1000, 100)}
     flood = rings["afpacket"]["flood"]
+    step("throughput per transfer size")
+    sizes = sorted({64 << 10, 1 << 20, 8 << 20, nbytes})
+    per_size = _per_size(provider, sizes, out / "throughput.png")
     step("echo load and accept rate: the stack's epoll server vs the kernel's")
     load = _load(suite, str(suite.h1.nic(NETWORK).address.ip), 7)
     interest = _epoll_interest()
@@ -365,6 +417,7 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
         "echo_round_trips_per_s_1conn": suite.data.get("echo_rps_1conn"),
         "epoll_interest": interest,
         "load": load,
+        "throughput_per_size_mbps": {str(k): v for k, v in per_size.items()},
         "impaired": {name: {"mbps": v.get("peer", {}).get("mbps"),
                             "cc_events": (v.get("stack", {}).get("conn") or {}).get("cc_events"),
                             "retransmits": ((v.get("stack", {}).get("conn") or {}).get("stats") or {}).get("retransmits")}
@@ -405,6 +458,10 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
             + _pytcp_reading(tap_from, tap_to, py_from, py_to, data["pytcp"])
             + (f" Stretch: ≥ 1 Gbit/s with TAP offloads — {off_tap_from} Mbit/s sending, {off_tap_to} receiving "
                f"({'met' if min(off_tap_from or 0, off_tap_to or 0) >= 1000 else 'not met'})."), "",
+            "## Throughput per transfer size", "",
+            md_table(["bytes", "stack → linux (Mbit/s)", "linux → stack (Mbit/s)", "sha256 ok"],
+                     [(n, v["stack_to_linux"], v["linux_to_stack"], "yes" if v["ok"] else "NO")
+                      for n, v in per_size.items()]), "", "![throughput](throughput.png)", "",
             "## Echo and accept rates: the stack's epoll server vs the kernel's (hpnlab.servers epoll-lt)", "",
             md_table(["", "echo rt/s, 1 conn", "echo rt/s, 100 conns", "connections accepted/s"],
                      [(side, v.get("echo_rps_1"), v.get("echo_rps_100"), v.get("accepts_per_s"))
@@ -426,7 +483,11 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
                            for s in syns[:8]]), ""]
     so = suite.data.get("simultaneous_open")
     if so:
-        text += ["## Simultaneous open", "", f"the stack's path: {' → '.join(so['stack_path'])}", ""]
+        text += ["## Simultaneous open and close", "", f"The stack's path opening: {' → '.join(so['stack_path'])}; "
+                 f"closing: {' → '.join((suite.data.get('simultaneous_close') or {}).get('stack_path', []))}. "
+                 f"The ladders are drawn from both ends' captures (`sim-h1.pcap`, `sim-h2.pcap`); h2's segments "
+                 f"left through a delay line, so each side's SYN and FIN met a peer that had sent its own.", ""]
+        text += [f"![{name}]({name})" for name in ladders] + [""]
     text += ["Pcap of the bulk transfers at h1's NIC: `bulk.pcap`.", "",
              environment_md(data["environment"]), rerun_md(argv, "lab-ustack")]
     report = write_report(out, "\n".join(text), data)
