@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import json
 import socket
 import subprocess
@@ -156,3 +157,36 @@ def test_a_scaling_curve_over_workers_is_drawn(tmp_path):
     assert writeup.scaling_plot(cells, tmp_path) == ["scaling.png"]
     assert (tmp_path / "scaling.png").stat().st_size > 0
     assert "Not measured in this run" in writeup.reading(cells[:1], {"mode": "lab"})
+
+
+def test_proc_snapshot_over_a_shell_matches_the_local_read(tmp_path):
+    """The one-round-trip /proc read used for hosts of their own (VMs, machines), run here
+    through `sh` the way it runs over SSH, agrees with reading /proc directly."""
+    import sys
+    import time
+
+    from hpnlab.bench import procstat
+    from hpnlab.bench.sides import Side
+    code = ("import os, threading, time\n"
+            "if os.fork() == 0:\n    time.sleep(30)\n"
+            "threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+            "end = time.time() + 0.3\nwhile time.time() < end: pass\ntime.sleep(30)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        time.sleep(0.6)
+        local = Side("here", "127.0.0.1", None, logdir=tmp_path)
+        remote = Side("there", "127.0.0.1", None, local_proc=False, logdir=tmp_path)
+        pids = procstat.family(remote, [proc.pid])
+        assert pids[0] == proc.pid and len(pids) == 2 and procstat.family(local, [proc.pid]) == pids
+        mine, others, machine = procstat.snapshot(remote, pids, exclude={os.getpid()})
+        here = procstat.sample(local, pids)
+        assert mine.threads == here.threads == 3           # parent with its thread, and the child
+        assert mine.cpu_s == pytest.approx(here.cpu_s, abs=0.02) and mine.cpu_s >= 0.2
+        assert abs(mine.rss_kib - here.rss_kib) < 2048 and mine.vol > 0
+        assert proc.pid not in others and os.getpid() not in others and len(others) > 3
+        assert machine.total > 0
+    finally:
+        for pid in procstat.family(Side("x", "", None, logdir=tmp_path), [proc.pid])[1:]:
+            os.kill(pid, 9)
+        proc.kill()
+        proc.wait()
