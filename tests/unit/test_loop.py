@@ -147,7 +147,7 @@ def test_call_soon_threadsafe_wakes_a_waiting_loop():
 
 
 def test_forget_lets_a_reused_fd_number_be_watched(pair):
-    a, b = pair
+    a, _ = pair
     loop = Loop()
     loop.add_reader(a.fileno(), lambda: None)
     fd = a.fileno()
