@@ -12,6 +12,7 @@ class ParseError(ValueError):
     def __init__(self, reason: str, message: str):
         super().__init__(message)
         self.reason = reason
+        self.counter = f"drop.{reason}"     # the stack prefixes the layer: "ipv4.drop.bad_checksum"
 
 
 class SocketError(OSError):

@@ -109,7 +109,7 @@ def stats(net: Net, driver, conns=()) -> dict:
     return {"counters": dict(sorted(stack.all_counters().items())), "timers_fired": dict(stack.timers.fired),
             "loop": net.loop.stats,
             "driver": getattr(driver, "counters_all", None) or getattr(driver, "counters", {}),
-            "tcp_states": stack.tcp.tick_stats(), "last_error": stack.last_error}
+            "tcp_states": stack.tcp.states(), "last_error": stack.last_error}
 
 
 def main(args) -> int:

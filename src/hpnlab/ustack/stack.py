@@ -16,7 +16,6 @@ from .errors import ParseError
 from .proto import arp, ether, icmp, ipv4, tcp, udp
 from .timers import TimerHeap
 
-MULTICAST_BIT = 1
 # struct virtio_net_hdr: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset (host order)
 VNET_HDR = struct.Struct("=BBHHHH")
 VNET_NEEDS_CSUM, VNET_GSO_TCPV4 = 1, 1
@@ -86,7 +85,7 @@ class Stack:
         try:
             self._receive(frame, now, csum_ok)
         except ParseError as exc:
-            self.count(exc.layer_reason)
+            self.count(exc.counter)
         except Exception:           # noqa: BLE001
             self._internal_error()
 
@@ -94,7 +93,7 @@ class Stack:
         try:
             eth = ether.parse(frame)
         except ParseError as exc:
-            exc.layer_reason = f"ether.drop.{exc.reason}"
+            exc.counter = f"ether.drop.{exc.reason}"
             raise
         if eth.dst != self.mac and eth.dst != ether.BROADCAST:
             self.count("ether.drop.not_for_us")
@@ -113,7 +112,7 @@ class Stack:
         try:
             return fn(*args)
         except ParseError as exc:
-            exc.layer_reason = f"{layer}.drop.{exc.reason}"
+            exc.counter = f"{layer}.drop.{exc.reason}"
             raise
 
     def _arp_input(self, eth, now: float) -> None:

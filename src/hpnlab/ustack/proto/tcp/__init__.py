@@ -183,7 +183,8 @@ class TcpLayer:
                         RST | ACK, 0)
         self.emit(remote[0], raw)
 
-    def tick_stats(self) -> dict:
+    def states(self) -> dict[str, int]:
+        """How many connections are in each state."""
         states: dict[str, int] = {}
         for c in self.conns.values():
             states[c.state] = states.get(c.state, 0) + 1
