@@ -1,0 +1,138 @@
+"""A fresh machine's first VM bring-up does not wait on libvirt probing QEMU (issue 12).
+
+The condition, made on any machine: libvirt's capability cache empty, /dev/kvm 0600
+root:root (no udev gave it the kvm group), and a qemu-system-x86_64 whose guests abort
+under KVM (tests/e2e/kvm_fails, first in PATH) while libvirt's `-machine none` probe gets
+KVM. A libvirtd that sees that /dev/kvm throws its cache away on every lookup ("KVM was
+enabled when probing, but it is not available now") and probes again, ~4 s a time, for
+each of vagrant-libvirt's API calls: minutes between "Creating domain" and "Starting
+domain". hpnlab's libvirtd for TCG guests sees no usable /dev/kvm: one probe, then none.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from hpnlab.vm import accel, virt
+from hpnlab.vm import setup as vmsetup
+
+pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(1200)]
+
+REPO = Path(__file__).resolve().parents[2]
+WRAPPER = Path(__file__).with_name("kvm_fails") / "qemu-system-x86_64"
+CAPS = Path("/var/cache/libvirt/qemu/capabilities")
+LAB = """\
+name: {name}
+provider: vagrant
+hosts:
+  h1: {{cpus: 1, memory: 512}}
+networks:
+  data: {{type: lan, subnet: 10.79.1.0/24, hosts: {{h1: 10.79.1.1}}}}
+"""
+
+
+@pytest.fixture
+def fresh_libvirt():
+    """No libvirtd, an empty capability cache, no KVM answer for this boot, /dev/kvm
+    0600 root:root, and the failing QEMU first in PATH; all put back afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("VM labs need root")
+    if os.environ.get("HPNLAB_SKIP_VM") == "1":
+        pytest.skip("HPNLAB_SKIP_VM=1")
+    if not vmsetup.KVM.exists():
+        pytest.skip("no /dev/kvm: nothing for libvirt to probe")
+    vmsetup.ensure_packages(print)
+    assert not virt.available() or not virt.domains(""), \
+        f"libvirt has domains ({virt.domains('')}): run with no VM lab up (under the VM lock)"
+    vmsetup.stop_daemons(print)
+    if vmsetup._pidfile_pid(vmsetup.LIBVIRTD_PIDFILE):
+        pytest.skip("libvirtd here was not started by hpnlab: the test cannot restart it")
+    wrapdir = Path(tempfile.mkdtemp(prefix="hpnlab-kvmfails-", dir="/tmp"))
+    os.chmod(wrapdir, 0o755)                        # libvirt's QEMU user runs the wrapper
+    shutil.copy(WRAPPER, wrapdir)
+    calls = wrapdir / "calls.log"
+    calls.touch(mode=0o666)
+    os.chmod(calls, 0o666)
+    kvm, answer = vmsetup.KVM.stat(), accel.CACHE.read_bytes() if accel.CACHE.exists() else None
+    shutil.rmtree(CAPS, ignore_errors=True)
+    accel.CACHE.unlink(missing_ok=True)
+    os.chown(vmsetup.KVM, 0, 0)
+    os.chmod(vmsetup.KVM, 0o600)
+    try:
+        yield {"calls": calls, "wrapdir": wrapdir,
+               "PATH": f"{wrapdir}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+    finally:
+        vmsetup.stop_daemons(print)
+        os.chown(vmsetup.KVM, kvm.st_uid, kvm.st_gid)
+        os.chmod(vmsetup.KVM, kvm.st_mode & 0o7777)
+        if answer is None:
+            accel.CACHE.unlink(missing_ok=True)
+        else:
+            accel.CACHE.write_bytes(answer)
+        shutil.rmtree(wrapdir, ignore_errors=True)
+
+
+def _elapsed(output: str, event: str) -> float:
+    found = re.search(rf"^\s*([\d.]+)s h1: {event}", output, re.MULTILINE)
+    assert found, f"no `h1: {event}` in the bring-up's output:\n{output[-3000:]}"
+    return float(found.group(1))
+
+
+def test_first_up_with_kvm_failing_does_not_wait_on_libvirt_probes(fresh_libvirt, tmp_path):
+    name = f"probe{os.getpid() % 100000}"
+    lab = tmp_path / "lab.yml"
+    lab.write_text(LAB.format(name=name))
+    # a libvirtd re-probing on every call would take minutes: `vagrant up` gets 5
+    env = dict(os.environ, PATH=fresh_libvirt["PATH"], HPNLAB_STATE_DIR=str(tmp_path / "state"),
+               PYTHONUNBUFFERED="1", HPNLAB_VM_BOOT_TIMEOUT="300")
+    hpnlab = [sys.executable, "-m", "hpnlab.cli", "--lab", str(lab)]
+    t0 = time.monotonic()
+    up = subprocess.run([*hpnlab, "up"], env=env, capture_output=True, text=True, timeout=900, cwd=REPO,
+                        check=False)
+    up_s = time.monotonic() - t0
+    try:
+        out = up.stdout + up.stderr
+        print(f"\n[vm] first up, empty capability cache, KVM aborting: {up_s:.0f} s")
+        assert up.returncode == 0, f"hpnlab up failed:\n{out[-4000:]}"
+        calls = fresh_libvirt["calls"].read_text().splitlines()
+        # hpnlab's KVM test boot ran the wrapper, saw the abort, and chose TCG
+        assert any("-accel kvm" in c for c in calls), calls
+        assert "TCG (software): qemu -accel kvm exited" in out, out[-3000:]
+        # libvirt probed the (wrapper) binary once, and cached what it found
+        probes = [c for c in calls if " none,accel=" in f" {c}"]
+        assert 1 <= len(probes) <= 2, f"libvirt probed QEMU {len(probes)} times:\n" + "\n".join(probes)
+        assert any(str(fresh_libvirt["wrapdir"]) in p.read_text() for p in CAPS.glob("*.xml")), \
+            "libvirt wrote no capability cache for the QEMU in PATH"
+        gap = _elapsed(out, "Starting domain") - _elapsed(out, "Creating domain")
+        assert gap < 15, f"{gap:.0f} s between creating and starting the domain (libvirt re-probing?)"
+    finally:
+        down = subprocess.run([*hpnlab, "down"], env=env, capture_output=True, text=True, timeout=600, cwd=REPO,
+                              check=False)
+        if virt.available() and virt.domains(f"hpnlab-{name}-"):
+            subprocess.run([*hpnlab, "cleanup", "--only", name], env=env, capture_output=True, timeout=600,
+                           cwd=REPO, check=False)
+    assert down.returncode == 0, down.stdout[-2000:] + down.stderr[-2000:]
+
+
+def test_a_kvm_libvirtd_sees_dev_kvm_and_probes_once(fresh_libvirt):
+    """Where KVM works, libvirt keeps it: /dev/kvm as udev leaves it, one probe, then
+    lookups from the cache (libvirt's check and its probe agree)."""
+    vmsetup.ensure_daemons(print, kvm=True)
+    pid = vmsetup._pidfile_pid(vmsetup.LIBVIRTD_PIDFILE)
+    assert pid and vmsetup._sees_kvm(pid)
+    assert vmsetup.KVM.stat().st_mode & 0o060 == 0o060
+    virsh = [*virt.VIRSH, "domcapabilities", "--virttype", "kvm", "--emulatorbin", "/usr/bin/qemu-system-x86_64"]
+    first = subprocess.run(virsh, capture_output=True, text=True, timeout=120, check=False)
+    assert first.returncode == 0 and "<domain>kvm</domain>" in first.stdout, first.stderr
+    for _ in range(3):
+        t0 = time.monotonic()
+        subprocess.run(virsh, capture_output=True, timeout=120, check=True)
+        assert time.monotonic() - t0 < 1.5, "libvirt probed QEMU again: its cache did not hold"
