@@ -25,6 +25,7 @@ import os
 import socket
 import sys
 import time
+from pathlib import Path
 
 from .bulk import receive_all, send_all
 
@@ -33,16 +34,23 @@ def _out(obj) -> None:
     print(json.dumps(obj), flush=True)
 
 
-def sink(port: int) -> None:
+def _accept_one(port: int) -> tuple[socket.socket, str]:
+    """Listen on `port`, say so, take one connection."""
     ls = socket.socket()
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     ls.bind(("", port))
     ls.listen(1)
     _out({"event": "listening", "port": port})
     s, peer = ls.accept()
+    ls.close()
+    return s, peer[0]
+
+
+def sink(port: int) -> None:
+    s, peer = _accept_one(port)
     t = receive_all(s.recv, 1 << 20)
     s.close()
-    _out(t.result("sink", peer=peer[0]))
+    _out(t.result("sink", peer=peer))
 
 
 def source(ip: str, port: int, nbytes: int) -> None:
@@ -129,12 +137,7 @@ def simopen(ip: str, port: int, lport: int, at: float) -> None:
 
 
 def simclose(port: int, at: float) -> None:
-    ls = socket.socket()
-    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind(("", port))
-    ls.listen(1)
-    _out({"event": "listening", "port": port})
-    s, _peer = ls.accept()
+    s, _peer = _accept_one(port)
     time.sleep(max(0.0, at - time.time()))
     s.close()
     time.sleep(1.0)
@@ -276,10 +279,11 @@ def flood(ip: str, seconds: float, window: int = 64) -> None:
 
 def fuzz(ifname: str, mac: str, ip: str, n: int) -> None:
     import random
+
     from .proto import ether, icmp, ipv4, udp
     from .proto.tcp import segment as tcpseg
     dst_mac = bytes(int(x, 16) for x in mac.split(":"))
-    src_mac = bytes.fromhex(open(f"/sys/class/net/{ifname}/address").read().strip().replace(":", ""))
+    src_mac = bytes.fromhex(Path(f"/sys/class/net/{ifname}/address").read_text().strip().replace(":", ""))
     dst = socket.inet_aton(ip)
     src = bytes(dst[:3]) + bytes([250])              # a made-up neighbour on the same subnet
     rng = random.Random(n)

@@ -40,6 +40,27 @@ def link_mtu(ifname: str) -> int:
 
 
 DRIVERS = ("afpacket", "afpacket-v3", "tap")
+ZERO_VNET = bytes(10)                       # a virtio-net header asking for nothing
+
+
+def send_frames(write, frames: list, vnet: bool) -> int:
+    """Write frames one by one; a frame is bytes, or (virtio-net header, bytes) for the
+    offloads. With `vnet` every frame needs a header. A full queue (EAGAIN) stops the
+    burst (the caller keeps the rest); other errors drop the frame, as a wire would."""
+    sent = 0
+    for f in frames:
+        if type(f) is tuple:
+            f = f[0] + f[1]
+        elif vnet:
+            f = ZERO_VNET + f
+        try:
+            write(f)
+        except BlockingIOError:
+            break
+        except OSError:             # ENOBUFS, ENETDOWN, EIO (link down)
+            pass
+        sent += 1
+    return sent
 
 
 def open_driver(kind: str, ifname: str, mac: bytes | None = None, offload: bool = False):

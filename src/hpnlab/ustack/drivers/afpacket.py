@@ -22,13 +22,12 @@ import mmap
 import socket
 import struct
 
-from . import link_mtu, random_mac
+from . import link_mtu, random_mac, send_frames
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP, PACKET_MR_PROMISC = 1, 1
 PACKET_RX_RING, PACKET_STATISTICS, PACKET_VERSION, PACKET_VNET_HDR, PACKET_IGNORE_OUTGOING = 5, 6, 10, 15, 23
-ZERO_VNET = bytes(10)
 TPACKET_V2, TPACKET_V3 = 1, 2
 V2_FRAME, V2_FRAMES = 17 << 12, 512            # 34 MiB of 68 KiB slots: a 64 KiB GSO frame fits, and bursts (1000 SYNs)
 _V2_HDR = struct.Struct("<IIIHH")               # status, len, snaplen, mac, net
@@ -129,22 +128,8 @@ class AfPacket:
             self.counters["frames"] += num
         return out
 
-    def tx_burst(self, frames: list[bytes]) -> int:
-        sent = 0
-        send = self.sock.send
-        for f in frames:
-            if type(f) is tuple:
-                f = f[0] + f[1]
-            elif self.offload:
-                f = ZERO_VNET + f
-            try:
-                send(f)
-            except BlockingIOError:
-                break
-            except OSError:
-                pass                    # ENOBUFS, ENETDOWN: dropped, as on a wire
-            sent += 1
-        return sent
+    def tx_burst(self, frames: list) -> int:
+        return send_frames(self.sock.send, frames, self.offload)
 
     def ring_stats(self) -> dict:
         """PACKET_STATISTICS since the last call: frames the kernel queued, and dropped

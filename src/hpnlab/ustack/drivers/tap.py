@@ -6,13 +6,12 @@ import fcntl
 import os
 import struct
 
-from . import link_mtu, random_mac
+from . import link_mtu, random_mac, send_frames
 
 TUNSETIFF, TUNSETOFFLOAD = 0x400454CA, 0x400454D0
 IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
 TUN_F_CSUM, TUN_F_TSO4 = 0x01, 0x02
 VNET_LEN, VNET_NEEDS_CSUM, VNET_DATA_VALID = 10, 1, 2
-ZERO_VNET = bytes(VNET_LEN)
 
 
 class Tap:
@@ -53,21 +52,8 @@ class Tap:
             pass
         return out
 
-    def tx_burst(self, frames: list[bytes]) -> int:
-        sent = 0
-        for f in frames:
-            if type(f) is tuple:
-                f = f[0] + f[1]
-            elif self.offload:
-                f = ZERO_VNET + f
-            try:
-                os.write(self.fd, f)
-            except BlockingIOError:
-                break
-            except OSError:           # the link is down (EIO): what a NIC does is drop
-                pass
-            sent += 1
-        return sent
+    def tx_burst(self, frames: list) -> int:
+        return send_frames(lambda f: os.write(self.fd, f), frames, self.offload)
 
     def close(self) -> None:
         if self.fd >= 0:
