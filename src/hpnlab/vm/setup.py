@@ -208,8 +208,9 @@ def _refit_libvirtd(pid: int, kvm: bool, started: dict, progress: Progress) -> i
         _stop(pid)
         return None
     if kvm:
-        raise VmError(f"libvirtd (pid {pid}) was started without /dev/kvm and still has domains; "
-                      f"take those labs down first, or set `vm: {{driver: qemu}}` in lab.yml")
+        raise VmError(f"libvirtd (pid {pid}) runs without /dev/kvm and is in use (domains, another bring-up) "
+                      f"or was not started by hpnlab; take those labs down (or stop it) first, "
+                      f"or set `vm: {{driver: qemu}}` in lab.yml")
     # TCG guests under a libvirtd that sees /dev/kvm: let its QEMU user open it, so that
     # libvirt's KVM check agrees with its probe (one probe, not one per API call)
     _share_kvm()
