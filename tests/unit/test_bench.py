@@ -185,6 +185,8 @@ def test_proc_snapshot_over_a_shell_matches_the_local_read(tmp_path):
         assert abs(mine.rss_kib - here.rss_kib) < 2048 and mine.vol > 0
         assert proc.pid not in others and os.getpid() not in others and len(others) > 3
         assert machine.total > 0
+        time.sleep(0.3)          # each look carries the host's own clock (/proc/uptime over there)
+        assert procstat.snapshot(remote, pids)[0].at - mine.at == pytest.approx(0.3, abs=0.1)
     finally:
         for pid in procstat.family(Side("x", "", None, logdir=tmp_path), [proc.pid])[1:]:
             os.kill(pid, 9)

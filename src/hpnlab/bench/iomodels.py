@@ -85,14 +85,16 @@ def timed_run(cfg: Config, srv: Side, cli: Side, pids: list[int], port: int, con
             probe = start_syscall_probe(srv, pids)
         else:
             s0, o0, m0 = procstat.snapshot(srv, pids, exclude=exclude)
-        if syscall_probe and probe is not None:
-            # stop the probe inside the window: its rate must come from steady state
-            time.sleep(max(0.1, duration - 0.15 - (time.monotonic() - t0)))
-            syscall_rate = stop_syscall_probe(probe)
+        # the second look, like the probe's stop, inside the window: its numbers must come from
+        # steady load, not from the idle moments after it (which on a host reached over SSH
+        # the bench only notices a few hundred ms late)
+        time.sleep(max(0.05, duration - 0.1 - (time.monotonic() - t0)))
+        if syscall_probe:
+            syscall_rate = stop_syscall_probe(probe) if probe is not None else None
+        else:
+            s1, o1, m1 = procstat.snapshot(srv, pids, exclude=exclude)
         if not _wait_marker(lg, "# done", duration + 30, cli.poll_interval):
             raise RuntimeError("loadgen did not finish its window")
-        if not syscall_probe:
-            s1, o1, m1 = procstat.snapshot(srv, pids, exclude=exclude)
         lg.wait(30)
         res = _loadgen_json(lg)
     finally:
@@ -101,19 +103,20 @@ def timed_run(cfg: Config, srv: Side, cli: Side, pids: list[int], port: int, con
     if "error" in res:
         raise RuntimeError(f"loadgen: {res['error']}")
     if syscall_probe:
-        return {"rps": res["rps"], "syscalls_per_s": syscall_rate if probe is not None else None}
+        return {"rps": res["rps"], "syscalls_per_s": syscall_rate}
     if s0 is None or s1 is None:
         raise RuntimeError("the server died during the run")
-    reqs = max(res["requests"], 1)
-    server_cpu = s1.cpu_s - s0.cpu_s
     window = max(res["duration_s"], 1e-6)
-    foreign = procstat.others_delta(o0, o1) / window     # cores other people's processes used
-    steal = (m1.steal - m0.steal) / window               # a VM's CPU taken by its hypervisor
+    looked = max(s1.at - s0.at, 1e-3)                    # between the two looks, on the server's clock
+    reqs = max(res["rps"] * looked, 1.0)                 # requests served meanwhile, at the window's rate
+    server_cpu = s1.cpu_s - s0.cpu_s
+    foreign = procstat.others_delta(o0, o1) / looked     # cores other people's processes used
+    steal = (m1.steal - m0.steal) / looked               # a VM's CPU taken by its hypervisor
     return {
         "rps": res["rps"], "requests": res["requests"], "lat_us": res["lat_us"], "window_s": window,
         "connected": res["connected"], "alive": res["alive"], "connect_errors": res["connect_errors"],
         "errors": res["errors"] + res["closed_by_peer"], "client_util": res["client_cpu"]["util"],
-        "server_util": server_cpu / window, "cpu_us_per_req": server_cpu * 1e6 / reqs,
+        "server_util": server_cpu / looked, "cpu_us_per_req": server_cpu * 1e6 / reqs, "sampled_s": looked,
         "ctxsw_vol_per_req": (s1.vol - s0.vol) / reqs, "ctxsw_invol_per_req": (s1.invol - s0.invol) / reqs,
         "rss_kib": max(s0.rss_kib, s1.rss_kib), "threads": s1.threads, "processes": len(pids),
         "foreign_cores": round(foreign, 3), "steal_cores": round(steal, 3),

@@ -27,6 +27,7 @@ class ProcSample:
     invol: int            # non-voluntary
     rss_kib: int
     threads: int
+    at: float = 0.0       # when, in seconds of the host's own clock (CPU deltas need its intervals)
 
 
 def _parse(stat: str, status: str, task_status: str) -> ProcSample:
@@ -52,7 +53,7 @@ def _total(samples: list[ProcSample | None]) -> ProcSample | None:
         return None
     live = [s for s in samples if s is not None]
     return ProcSample(sum(s.cpu_s for s in live), sum(s.vol for s in live), sum(s.invol for s in live),
-                      sum(s.rss_kib for s in live), sum(s.threads for s in live))
+                      sum(s.rss_kib for s in live), sum(s.threads for s in live), samples[0].at)
 
 
 def _pids(pid) -> list[int]:
@@ -78,7 +79,9 @@ def _local_one(pid: int, with_ctx: bool) -> ProcSample | None:
 def sample(side, pid, with_ctx: bool = True) -> ProcSample | None:
     """CPU, context switches, RSS of a server (one pid or its processes' pids)."""
     if side.local_proc:
-        return _total([_local_one(p, with_ctx) for p in _pids(pid)])
+        now = time.monotonic()
+        total = _total([_local_one(p, with_ctx) for p in _pids(pid)])
+        return total and ProcSample(**{**total.__dict__, "at": now})
     return snapshot(side, pid, with_ctx=with_ctx)[0]
 
 
@@ -105,6 +108,7 @@ def family(side, pids: list[int]) -> list[int]:
 
 
 _SNAPSHOT = r"""
+echo "@uptime"; cat /proc/uptime
 for p in {pids}; do
   echo "@pid $p"; cat /proc/$p/stat 2>/dev/null; echo "@status"; cat /proc/$p/status 2>/dev/null
   echo "@tasks"; {tasks}
@@ -129,13 +133,13 @@ def snapshot(side, pid, with_ctx: bool = True, exclude: set[int] | None = None):
         others='echo "@others"; cat /proc/[0-9]*/stat 2>/dev/null' if others else "")
     _rc, out, _ = side.run(["sh", "-c", script], timeout=30)
     procs: list[dict[str, list[str]]] = []
-    rest: dict[str, list[str]] = {"others": [], "machine": []}
+    rest: dict[str, list[str]] = {"uptime": [], "others": [], "machine": []}
     section, cur = "", None
     for line in out.splitlines():
         if line.startswith("@pid "):
             cur, section = {"stat": [], "status": [], "tasks": []}, "stat"
             procs.append(cur)
-        elif line in ("@status", "@tasks", "@others", "@machine"):
+        elif line in ("@uptime", "@status", "@tasks", "@others", "@machine"):
             section = line[1:]
         elif section in rest:
             rest[section].append(line)
@@ -143,6 +147,8 @@ def snapshot(side, pid, with_ctx: bool = True, exclude: set[int] | None = None):
             cur[section].append(line)
     proc = _total([_parse(*("\n".join(p[k]) for k in ("stat", "status", "tasks")))
                    if p["stat"] and p["status"] else None for p in procs])
+    if proc is not None and rest["uptime"]:
+        proc.at = float(rest["uptime"][0].split()[0])
     if not others:
         return proc, None, None
     cpu = {}
