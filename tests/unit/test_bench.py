@@ -181,7 +181,7 @@ def test_proc_snapshot_over_a_shell_matches_the_local_read(tmp_path):
         mine, others, machine = procstat.snapshot(remote, pids, exclude={os.getpid()})
         here = procstat.sample(local, pids)
         assert mine.threads == here.threads == 3           # parent with its thread, and the child
-        assert mine.cpu_s == pytest.approx(here.cpu_s, abs=0.02) and mine.cpu_s >= 0.2
+        assert mine.cpu_s == pytest.approx(here.cpu_s, abs=0.02) and mine.cpu_s >= 0.05
         assert abs(mine.rss_kib - here.rss_kib) < 2048 and mine.vol > 0
         assert proc.pid not in others and os.getpid() not in others and len(others) > 3
         assert machine.total > 0
