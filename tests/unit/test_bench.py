@@ -143,11 +143,16 @@ def test_the_reading_follows_the_numbers():
     assert "has 2 CPU(s)" in scaled and "one core" not in scaled
     assert "Fastest first: epoll-procs×2 19,000 req/s" in scaled
     # a server that never saturated its core: no throughput verdict, the cost per request instead
-    idle = writeup.reading([_full("epoll-lt", 5000, 90, util=0.3), _full("epoll-threads", 7000, 99, workers=2),
-                            _full("epoll-procs", 7000, 92, workers=2)], {"mode": "loopback"})
+    idle = writeup.reading([_full("epoll-lt", 5000, 90, util=0.3),
+                            _full("epoll-threads", 7000, 99, util=0.3, workers=2),
+                            _full("epoll-procs", 7000, 92, util=0.3, workers=2)], {"mode": "loopback"})
     assert "The server was not what set the pace here: epoll-lt used 0.30 of a core" in idle
     assert "epoll-threads×2 +10% CPU per request" in idle and "Threads bought" not in idle
     assert "paid more per request than the processes" in idle
+    assert "shares a core per task" not in idle                  # every engine had the same share
+    shared = writeup.reading([_full("epoll-lt", 5000, 90, util=0.5), _full("epoll-procs", 9000, 90, util=0.9,
+                                                                            workers=2)], {"mode": "loopback"})
+    assert "epoll-procs×2 got 0.90 of the core where epoll-lt got 0.50" in shared
 
 
 def test_a_scaling_curve_over_workers_is_drawn(tmp_path):

@@ -249,7 +249,7 @@ def _multi(cells: list[dict], conns: int, size: int, env: dict) -> list[str]:
                 f"(the load generator {lt['client_util']:.0%} of its own; others' load is under Machine load), so "
                 "req/s cannot show what threads or processes gain. Their cost per request, against one "
                 "thread doing all the work, can: " + "; ".join(costs) + ". "
-                + _thread_vs_process_cost(threads, procs), ""]
+                + _thread_vs_process_cost(threads, procs) + _fair_share(rows, lt, env), ""]
         threads, procs = [], None
     if threads:
         t = max(threads, key=lambda c: c["rps"])
@@ -289,6 +289,19 @@ def _multi(cells: list[dict], conns: int, size: int, env: dict) -> list[str]:
                "variable, which the kernel counts as a voluntary context switch, so switches per request stand "
                "in for them.")
     return out + [""]
+
+
+def _fair_share(rows: list[dict], lt: dict, env: dict) -> str:
+    """On one shared core the scheduler shares CPU per task: N tasks get more of it than one."""
+    more = [c for c in rows if c["server_util"] > 1.3 * lt["server_util"]]
+    others = max((r.get("foreign_cores", 0) for r in lt.get("runs", [])), default=None)
+    if not more or not one_core(env) or (others is not None and others < 0.2):
+        return ""
+    return (" Yet " + ", ".join(f"{name(c)} got {c['server_util']:.2f}" for c in more)
+            + f" of the core where epoll-lt got {lt['server_util']:.2f}: with other processes runnable"
+            + (f" (others used {others:.2f} cores during epoll-lt's runs)" if others is not None else "")
+            + ", the scheduler shares a core per task, so N threads or processes get a larger share than "
+            "one. That, not parallelism, is where their extra req/s came from.")
 
 
 def _thread_vs_process_cost(threads: list[dict], procs: dict | None) -> str:
