@@ -197,3 +197,33 @@ def test_proc_snapshot_over_a_shell_matches_the_local_read(tmp_path):
             os.kill(pid, 9)
         proc.kill()
         proc.wait()
+
+
+def test_labcode_build_makes_the_native_parts_on_an_installed_copy(tmp_path):
+    """What the labcode role runs on a host after unpacking: the load generator into
+    <prefix>/build and the liburing binding beside its package, once; then nothing to do.
+    A python without cffi gets the binding named as missing, with its Debian package."""
+    import sys
+    import zipfile
+
+    from hpnlab import labcode
+    zipfile.ZipFile(labcode.pack(tmp_path / "pack")["zip"]).extractall(tmp_path / "lib")
+    (tmp_path / "FINGERPRINT").write_text("x\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "lib"))
+
+    def build(python=sys.executable):
+        out = subprocess.run([python, "-m", "hpnlab.labcode", "build"], env=env, capture_output=True,
+                             text=True, check=True).stdout
+        return json.loads(out)
+    first = build()
+    assert first["built"] == ["hpnlab-loadgen", "liburing binding"] and first["missing"] == {}
+    assert first["ready"]["hpnlab-loadgen"] == str(tmp_path / "build" / "hpnlab-loadgen")
+    assert first["ready"]["liburing binding"].startswith(str(tmp_path / "lib" / "hpnlab" / "uring"))
+    assert build()["built"] == []
+    if subprocess.run(["/usr/bin/python3", "-c", "import cffi"], capture_output=True, check=False).returncode:
+        for so in (tmp_path / "lib" / "hpnlab" / "uring").glob("*.so"):
+            so.unlink()
+        for so in (tmp_path / "build").glob("*.so"):
+            so.unlink()
+        assert build("/usr/bin/python3")["missing"] == {
+            "liburing binding": "cffi is not installed (Debian: python3-cffi)"}
