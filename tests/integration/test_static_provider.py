@@ -83,6 +83,19 @@ def _lab_text(name: str, provider: str, hugepages: int) -> str:
     return re.sub(r"(?m)^(\s+hugepages:) \d+", rf"\1 {hugepages}", text)
 
 
+def _machine_has_dpdk_packages() -> None:
+    """The fake machines share this machine's /usr and reach no mirror, so the dpdk role's
+    packages, which a real machine's apt would fetch during provisioning, come from here."""
+    import yaml
+    from hpnlab.vm import apt
+    wanted = yaml.safe_load((REPO / "ansible/roles/dpdk/defaults/main.yml").read_text())["dpdk_packages"]
+    query = _sh("dpkg-query", "-W", "-f=${db:Status-Status} ${Package}\n", *wanted, check=False)
+    installed = {line.split()[1] for line in query.stdout.splitlines() if line.startswith("installed ")}
+    missing = [p for p in wanted if p not in installed]
+    if missing:
+        apt.install(missing, print, apt.LOG_DIR / "apt-test-static.log")
+
+
 def _sh(*argv, check=True, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, check=check, **kw)
 
@@ -182,6 +195,7 @@ def _addrs(link: dict) -> list[str]:
 def test_static_provider_on_namespace_machines(leaves_nothing, lab_factory, tmp_path, monkeypatch):
     if not (os.path.exists(SSHD) and _sh("which", "nc", check=False).returncode == 0):
         pytest.fail("openssh-server and netcat-openbsd are needed: `make setup` installs them")
+    _machine_has_dpdk_packages()
     machines_lab = lab_factory(_lab_text("x", "netns", 64))
     machines = {h: machines_lab.host_ns(h) for h in machines_lab.lab.hosts}
     ns1, ns2 = machines["h1"], machines["h2"]
