@@ -23,7 +23,8 @@ def test_bench_across_two_lab_hosts(netns_lab, tmp_path):
     procs = next(c for c in cells if c["engine"] == "epoll-procs")
     assert procs["workers"] == 2 and procs["runs"][0]["processes"] == 3
     report = (result["dir"] / "report.md").read_text()
-    assert "lab host h1 (10.77.1.1)" in report and "lab host h2" in report
+    h2 = netns_lab.host("h2").address("data")
+    assert "server on lab host h1 (10.77.1.1)" in report and f"on lab host h2 ({h2})" in report
     # nothing of ours is left running in the lab's namespaces
     for host in netns_lab.hosts().values():
         out = host.run(["ss", "-Htn", "state", "listening", "sport = :7392"], check=False).stdout

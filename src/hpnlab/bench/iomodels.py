@@ -376,7 +376,7 @@ def sides_for(mode: str, provider=None, server: str = "h1", client: str = "h2",
     same_machine = provider.name == "netns"      # namespaces share this machine's CPUs and /proc
     pin = same_machine and (os.cpu_count() or 1) >= 2
     srv = Side(server, addr, 0 if pin else None, h_srv, local_proc=same_machine)
-    cli = Side(client, addr, 1 if pin else None, h_cli, local_proc=same_machine)
+    cli = Side(client, str(h_cli.address(network)), 1 if pin else None, h_cli, local_proc=same_machine)
     return srv, cli, {server: h_srv, client: h_cli}
 
 
