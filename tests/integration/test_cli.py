@@ -110,3 +110,9 @@ def test_substrate_benchmark_writes_a_sane_report(tmp_path):
     assert fifty["hosts"] == 50 and 0 < fifty["up_median_s"] < 60
     assert set(data["netlink_10_hosts"]) == {"ip -batch", "pyroute2"}
     assert "## Environment" in (run / "report.md").read_text()
+
+
+def test_capture_on_a_lab_that_is_down(cli):
+    proc = cli("capture", "data", "-c", "1", check=False)
+    assert proc.returncode == 1 and "is not up" in proc.stderr and "hint: " in proc.stderr
+    assert "Traceback" not in proc.stderr

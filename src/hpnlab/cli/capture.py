@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..providers import ProviderError
 from ._common import console, provider_from
 
 HELP = "tcpdump on a network (its bridge/link) or on HOST:NIC; -w writes a pcap"
@@ -17,12 +18,16 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    provider = provider_from(args)
+    if not provider.is_up():
+        raise ProviderError(f"lab {provider.lab.name} is not up: there is nothing to capture",
+                            hint=f"`hpnlab --lab {args.lab} up` (or `make lab-up`) first")
     extra = []
     if args.write:
         Path(args.write).parent.mkdir(parents=True, exist_ok=True)
         extra += ["-U", "-w", str(Path(args.write).resolve())]
     if args.count:
         extra += ["-c", str(args.count)]
-    argv = provider_from(args).capture_argv(args.target, extra + args.filter)
+    argv = provider.capture_argv(args.target, extra + args.filter)
     console.print(f"[dim]{' '.join(argv)}[/dim]")
     os.execvp(argv[0], argv)
