@@ -320,3 +320,39 @@ def test_two_thousand_socket_pairs_ping_pong():
 def test_run_workers_forks_and_reports_worst_status():
     assert coro.run_workers(3, lambda i: i) == 2
     assert coro.run_workers(2, lambda i: coro.run(coro.sleep(0.01))) == 0
+
+
+def test_run_workers_forwards_a_sigterm_that_comes_while_forking():
+    """A SIGTERM between the forks and the forwarding handler reaches every worker."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+    code = r'''
+import os, signal, sys, time
+from hpnlab.coro.multicore import run_workers
+def stop(signum, frame):
+    raise SystemExit(0)
+signal.signal(signal.SIGTERM, stop)          # as a server's own handler would
+def worker(i):
+    try:
+        time.sleep(30)                       # only a forwarded SIGTERM ends this early
+    except SystemExit:
+        return 0
+    return 3
+sys.exit(run_workers(2, worker, after_fork=lambda: os.kill(os.getpid(), signal.SIGTERM)))
+'''
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True)
+    try:
+        rc = proc.wait(15)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert rc == 0
+    # no worker outlives the parent: the session holds nothing else
+    left = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    for pid in left:
+        os.kill(int(pid), signal.SIGKILL)
+    assert left == []

@@ -19,22 +19,11 @@ def run_workers(n: int, target: Callable[[int], int | None],
 
     `after_fork()` runs in the parent once all are forked (to close what only
     the workers should hold, such as a listener)."""
+    # SIGTERM/SIGINT stay blocked from the first fork until the forwarding handler is in
+    # place: a signal in that window would otherwise stop the parent alone and leave its
+    # workers serving. A signal that came meanwhile is delivered once unblocked.
+    signals = (signal.SIGTERM, signal.SIGINT)
     pids: list[int] = []
-    for i in range(n):
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                code = target(i) or 0
-            except BaseException as exc:  # noqa: BLE001 - a worker must never return into the parent
-                print(f"worker {i}: {exc!r}", file=sys.stderr)
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
-        pids.append(pid)
-    if after_fork is not None:
-        after_fork()
 
     def forward(signum, frame):
         for p in pids:
@@ -43,7 +32,27 @@ def run_workers(n: int, target: Callable[[int], int | None],
             except ProcessLookupError:
                 pass
 
-    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        for i in range(n):
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
+                    code = target(i) or 0
+                except BaseException as exc:  # noqa: BLE001 - a worker must never return into the parent
+                    print(f"worker {i}: {exc!r}", file=sys.stderr)
+                finally:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(code)
+            pids.append(pid)
+        if after_fork is not None:
+            after_fork()
+        old = {s: signal.signal(s, forward) for s in signals}
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
     worst = 0
     try:
         for p in pids:
