@@ -163,6 +163,13 @@ def listen(host: str, port: int, reuseport: bool = False, backlog: int = BACKLOG
     return sock
 
 
+def reuseport_listeners(listener: socket.socket, n: int) -> list[socket.socket]:
+    """`listener` and n-1 more SO_REUSEPORT listeners on its address, all opened now so
+    that the kernel spreads connections over all n from the first one on."""
+    host, port = listener.getsockname()[:2]
+    return [listener] + [listen(host, port, reuseport=True) for _ in range(1, n)]
+
+
 def tune(sock: socket.socket) -> None:
     """Per-connection options all engines set alike: no Nagle delay on replies."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import signal
 
-from . import Server, Shutdown, listen
+from . import Server, Shutdown, reuseport_listeners
 from .reactor import Reactor
 
 
@@ -23,8 +23,7 @@ class EpollProcs(Server):
         super().__init__(listener, protocol, workers)
         # All N listeners now, before "listening" is said, so that the kernel
         # spreads connections over all of them from the first one on.
-        host, port = listener.getsockname()[:2]
-        self.listeners = [listener] + [listen(host, port, reuseport=True) for _ in range(1, workers)]
+        self.listeners = reuseport_listeners(listener, workers)
 
     def serve_forever(self):
         from ..coro.multicore import run_workers

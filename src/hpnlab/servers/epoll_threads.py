@@ -11,7 +11,7 @@ in the kernel lets another run Python. epoll-procs is the way out.
 """
 from __future__ import annotations
 
-from . import Server, listen
+from . import Server, reuseport_listeners
 from .reactor import Reactor, ReactorThread
 
 JOIN_TIMEOUT = 5.0
@@ -25,10 +25,10 @@ class EpollThreads(Server):
         super().__init__(listener, protocol, workers)
         # Thread 0 (the main one) serves the listener it was given; the others get
         # their own, opened now so that all N take connections from the start.
-        host, port = listener.getsockname()[:2]
-        self.main = Reactor(listener, protocol)
-        self.threads = [ReactorThread(Reactor(listen(host, port, reuseport=True), protocol),
-                                      name=f"epoll-{i}") for i in range(1, workers)]
+        first, *others = reuseport_listeners(listener, workers)
+        self.main = Reactor(first, protocol)
+        self.threads = [ReactorThread(Reactor(sock, protocol), name=f"epoll-{i}")
+                        for i, sock in enumerate(others, start=1)]
 
     def serve_forever(self):
         for t in self.threads:
