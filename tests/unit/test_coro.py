@@ -336,11 +336,15 @@ def stop(signum, frame):
     raise SystemExit(0)
 signal.signal(signal.SIGTERM, stop)          # as a server's own handler would
 def worker(i):
+    # Waiting in sigtimedwait with SIGTERM blocked, not in time.sleep: a signal that lands
+    # between Python's last check and a sleep's syscall is only acted on when the sleep
+    # ends, a race of the waiting, not of run_workers.
     try:
-        time.sleep(30)                       # only a forwarded SIGTERM ends this early
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})   # runs the handler if one came
+        got = signal.sigtimedwait({signal.SIGTERM}, 30)
     except SystemExit:
         return 0
-    return 3
+    return 0 if got else 3
 sys.exit(run_workers(2, worker, after_fork=lambda: os.kill(os.getpid(), signal.SIGTERM)))
 '''
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
