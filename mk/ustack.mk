@@ -1,5 +1,7 @@
 # The user-space TCP/IP stack (issue 14, course §2.4).
-#   make lab-ustack        interop suite + measurements on labs/ustack/lab.yml (brought up if needed)
+#   make lab-ustack        interop suite + measurements on labs/ustack/lab.yml (brought up if
+#                          needed, and down again afterwards unless KEEP=1)
+#   make lab-ustack USTACK_LAB=lab.yml   the same on the default lab (the stack on h1's data NIC)
 #   make lab-ustack-down   take that lab down
 # USTACK_ARGS="--bytes 8388608" for a shorter run.
 USTACK_LAB ?= labs/ustack/lab.yml
@@ -9,7 +11,12 @@ USTACK_HPNLAB := $(HPNLAB) --lab $(USTACK_LAB) $(if $(PROVIDER),--provider $(PRO
 .PHONY: lab-ustack lab-ustack-down
 
 lab-ustack: setup
-	$(USTACK_HPNLAB) ustack lab --up $(USTACK_ARGS)
+	@if $(USTACK_HPNLAB) status >/dev/null 2>&1; then was=up; else was=down; fi; \
+	$(USTACK_HPNLAB) ustack lab --up $(USTACK_ARGS); rc=$$?; \
+	if [ $$was = down ] && [ "$(KEEP)" != 1 ]; then \
+	  echo "==> lab-ustack: taking down the lab this target brought up (KEEP=1 keeps it)"; \
+	  $(USTACK_HPNLAB) down || rc=1; \
+	fi; exit $$rc
 
 lab-ustack-down: setup
 	$(USTACK_HPNLAB) down

@@ -21,10 +21,12 @@ def add_arguments(parser) -> None:
     stackrun.add_arguments(serve)
     on = sub.add_parser("run", help="run the stack with an app on a lab host's NIC (Ctrl-C stops it)")
     on.add_argument("host")
-    on.add_argument("--net", default="stack", help="the LAN whose NIC the stack takes (default: stack)")
+    on.add_argument("--net", help="the LAN whose NIC the stack takes (default: stack if the lab has it, else data)")
     on.add_argument("stack_args", nargs="*", help="options for `serve` after `--` (--app, --port, ...)")
     lab = sub.add_parser("lab", help="interop suite against the peer's kernel + measurements, into results/ustack/")
     lab.add_argument("--up", action="store_true", help="bring the lab up first if it is not up")
+    lab.add_argument("--net", help="the LAN whose NIC the stack takes on h1 (default: stack if the lab has it, "
+                                   "else data)")
     lab.add_argument("--bytes", type=int, default=64 << 20, help="bulk transfer size (default 64 MiB)")
     lab.add_argument("--results", metavar="DIR", help="results root (default: results/)")
     lab.add_argument("--impaired-lab", default="labs/ustack/impaired.yml", metavar="FILE",
@@ -50,7 +52,7 @@ def run(args) -> int:
             return 1
         try:
             result = lab.run(provider, args.bytes, args.results, step, sys.argv,
-                             args.impaired_lab or None, args.impaired_bytes)
+                             args.impaired_lab or None, args.impaired_bytes, args.net)
         except LabError as exc:
             console.print(f"[red]ustack lab: {exc}[/red]")
             return 1
@@ -64,13 +66,14 @@ def run(args) -> int:
 
 def _run_on_host(provider, args) -> int:
     from ..labs._kit import agent_python
-    from ..ustack.interop import stack_ip
+    from ..ustack.interop import stack_ip, stack_network
     host = provider.host(args.host)
-    nic = host.nic(args.net)
+    net = stack_network(provider, args.net)
+    nic = host.nic(net)
     extra = list(args.stack_args)
     argv = [agent_python(host), "-m", "hpnlab.ustack.run", "--ifname", nic.ifname]
     if "--ip" not in extra:
-        argv += ["--ip", stack_ip(host, args.net)]
+        argv += ["--ip", stack_ip(host, net)]
     import signal
 
     def terminate(_sig, _frame):

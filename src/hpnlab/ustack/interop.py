@@ -14,6 +14,19 @@ from ..labs._kit import DelayLine, LabError, agent_python
 NETWORK = "stack"
 
 
+def stack_network(provider, network: str | None = None) -> str:
+    """The LAN whose NIC the stack takes on h1: the one asked for, else the lab's `stack`
+    LAN (labs/ustack/lab.yml), else `data` (the default lab: the kernels keep their own
+    addresses on it, the stack adds its own MAC and IP beside them)."""
+    nets = provider.lab.networks
+    if network is not None:
+        if network not in nets:
+            raise LabError(f"--net {network}: lab {provider.lab.name} has no such network "
+                           f"(it has {', '.join(nets)})")
+        return network
+    return NETWORK if NETWORK in nets else "data"
+
+
 def stack_ip(host, network: str = NETWORK) -> str:
     """The stack's address: the kernel's address on that LAN + 100 (its own IP, which the
     kernel does not own, so the kernel neither answers ARP for it nor sends RSTs)."""
@@ -123,10 +136,10 @@ def _ping(host, ip: str, *opts: str) -> tuple[bool, str]:
 
 
 class Suite:
-    def __init__(self, provider, stack_host: str = "h1", peer_host: str = "h2", network: str = NETWORK,
+    def __init__(self, provider, stack_host: str = "h1", peer_host: str = "h2", network: str | None = None,
                  bulk_bytes: int = 8 << 20, stack_extra: tuple = ()):
         self.h1, self.h2 = provider.host(stack_host), provider.host(peer_host)
-        self.network = network
+        self.network = network = stack_network(provider, network)
         self.ifname = self.h1.nic(network).ifname
         self.ip = stack_ip(self.h1, network)
         self.addr = self.ip.split("/")[0]
@@ -422,7 +435,7 @@ class Suite:
         return self.results
 
 
-def impair_args(provider, network: str = NETWORK) -> tuple:
+def impair_args(provider, network: str | None = None) -> tuple:
     """The lab's impairment of `network`, for the stack's own egress (--impair)."""
-    imp = provider.lab.networks[network].impair
+    imp = provider.lab.networks[stack_network(provider, network)].impair
     return ("--impair", f"loss={imp.loss_pct:g},delay={imp.delay_ms:g},jitter={imp.jitter_ms:g}") if imp else ()

@@ -23,7 +23,7 @@ from ..report import (
     results_dir,
     write_report,
 )
-from .interop import NETWORK, HostTool, Suite, impair_args, kernel_tool, peer
+from .interop import HostTool, Suite, impair_args, kernel_tool, peer
 
 
 def _kernel_bulk(provider, nbytes: int) -> dict:
@@ -230,12 +230,12 @@ def _ladders(out: Path, stack_ip: str, linux_ip: str) -> list[str]:
     return made
 
 
-def _per_size(provider, sizes: list[int], path: Path) -> dict:
+def _per_size(provider, network: str, sizes: list[int], path: Path) -> dict:
     """Bulk throughput each way at several transfer sizes (connection set-up and slow
     start weigh on the small ones), plotted."""
     rows = {}
     for n in sizes:
-        s = Suite(provider, bulk_bytes=n)
+        s = Suite(provider, network=network, bulk_bytes=n)
         s.bulk()
         b = s.data.get("bulk", {})
         rows[n] = {"stack_to_linux": b.get("stack_to_linux", {}).get("peer", {}).get("mbps"),
@@ -322,9 +322,11 @@ def _impaired(lab_file: str, provider_name: str | None, nbytes: int, step) -> tu
 
 
 def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=None,
-        impaired_lab: str | None = "labs/ustack/impaired.yml", impaired_bytes: int = 2 << 20) -> dict:
+        impaired_lab: str | None = "labs/ustack/impaired.yml", impaired_bytes: int = 2 << 20,
+        network: str | None = None) -> dict:
     out = results_dir("ustack", results_root)
-    suite = Suite(provider, bulk_bytes=nbytes)
+    suite = Suite(provider, network=network, bulk_bytes=nbytes)
+    net = suite.network
     step(f"interop suite: stack {suite.ip} on h1:{suite.ifname} vs linux {suite.peer_addr} (h2)")
     suite.ping_cases()
     suite.stack_ping()
@@ -333,12 +335,12 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
     suite.tcp_cases()
     # captured on h1's NIC, where the stack's frames leave and Linux's ACKs arrive: the
     # sender's view of what is in flight, to set beside the stack's own count
-    with Capture(provider, f"h1:{NETWORK}", out / "bulk.pcap", "tcp", snaplen=96):
+    with Capture(provider, f"h1:{net}", out / "bulk.pcap", "tcp", snaplen=96):
         suite.bulk()
     # both ends' captures of the simultaneous open and close, for the ladders
     ports = "tcp port 40321 or tcp port 40555"
-    with Capture(provider, f"h1:{NETWORK}", out / "sim-h1.pcap", ports), \
-            Capture(provider, f"h2:{NETWORK}", out / "sim-h2.pcap", ports):
+    with Capture(provider, f"h1:{net}", out / "sim-h1.pcap", ports), \
+            Capture(provider, f"h2:{net}", out / "sim-h2.pcap", ports):
         suite.simultaneous_open()
         suite.simultaneous_close()
     ladders = _ladders(out, suite.addr, suite.peer_addr)
@@ -351,7 +353,7 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
     kernel = _kernel_bulk(provider, nbytes)
     suite.tap_cases(nbytes)
     step("segmentation offload (virtio-net header) on AF_PACKET and TAP")
-    offload = Suite(provider, bulk_bytes=nbytes, stack_extra=("--offload",))
+    offload = Suite(provider, network=net, bulk_bytes=nbytes, stack_extra=("--offload",))
     offload.bulk()
     offload.tap_cases(nbytes, offload=True)
     suite.results += offload.results
@@ -372,9 +374,9 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
     flood = rings["afpacket"]["flood"]
     step("throughput per transfer size")
     sizes = sorted({64 << 10, 1 << 20, 8 << 20, nbytes})
-    per_size = _per_size(provider, sizes, out / "throughput.png")
+    per_size = _per_size(provider, net, sizes, out / "throughput.png")
     step("echo load and accept rate: the stack's epoll server vs the kernel's")
-    load = _load(suite, str(suite.h1.nic(NETWORK).address.ip), 7)
+    load = _load(suite, str(suite.h1.nic(net).address.ip), 7)
     interest = _epoll_interest()
     if impaired_lab:
         imp_results, imp_bulk = _impaired(impaired_lab, provider.name, impaired_bytes, step)
@@ -437,7 +439,7 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
     rows = [(r["name"], "ok" if r["ok"] else "FAIL", r["detail"]) for r in suite.results]
     ratio = (from_stack / kernel["mbps"]) if from_stack and kernel.get("mbps") else None
     text = [f"# User-space TCP/IP stack (course §2.4) — {ok}/{len(suite.results)} interop cases pass", "",
-            f"The stack owns h1's NIC `{suite.ifname}` on the `{NETWORK}` LAN through AF_PACKET (a TPACKET_V2 ring) "
+            f"The stack owns h1's NIC `{suite.ifname}` on the `{net}` LAN through AF_PACKET (a TPACKET_V2 ring) "
             f"with its own MAC and IP ({suite.ip}); h2 ({suite.peer_addr}) talks to it with its Linux kernel.", "",
             "## Interop", "", md_table(["case", "result", "detail"], rows), "",
             "## Measurements", "",
