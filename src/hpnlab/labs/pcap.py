@@ -33,6 +33,7 @@ class Segment:
     ack: int = 0
     length: int = 0     # payload bytes
     ttl: int = 0
+    options: bytes = b""    # TCP option bytes as captured (a short snaplen may cut them)
 
     @property
     def flagstr(self) -> str:
@@ -111,7 +112,7 @@ def _decode(frame: bytes, linktype: int, ts: float) -> Segment | None:
         sport, dport, seq, ack, off_flags = struct.unpack("!HHIIH", frame[l4:l4 + 14])
         doff = (off_flags >> 12) * 4
         return Segment(ts, "tcp", src, sport, dst, dport, off_flags & 0x3F, seq, ack,
-                       max(0, end - l4 - doff), ttl)
+                       max(0, end - l4 - doff), ttl, frame[l4 + 20:l4 + doff])
     if proto == 17 and len(frame) >= l4 + 8:
         sport, dport, ulen = struct.unpack("!HHH", frame[l4:l4 + 6])
         return Segment(ts, "udp", src, sport, dst, dport, 0, 0, 0, max(0, ulen - 8), ttl)

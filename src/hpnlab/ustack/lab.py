@@ -14,6 +14,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
+from ..labs import pcap
 from ..labs._kit import Capture, agent_python
 from ..report import (
     environment_md,
@@ -23,6 +24,7 @@ from ..report import (
     results_dir,
     write_report,
 )
+from .errors import ParseError
 from .interop import HostTool, Suite, impair_args, kernel_tool, peer
 
 
@@ -153,70 +155,43 @@ def _interest_reading(m: dict) -> str:
             f"choice; in CPython the dict's C code is the other side of the trade.")
 
 
-def read_pcap_tcp(path) -> list[dict]:
-    """TCP headers (options included) from a classic pcap of Ethernet frames, decoded with
-    the stack's own option parser; the capture may be cut short after the headers."""
-    import ipaddress
-    import struct as st
-
+def _syn_options(segs) -> list[dict]:
+    """The options of the SYNs and SYN-ACKs in a capture, decoded by the stack's own parser."""
     from .proto.tcp import segment as tcpseg
-    data = Path(path).read_bytes()
-    if len(data) < 24 or data[:4] not in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"):
-        return []
-    nano = data[:4] == b"\x4d\x3c\xb2\xa1"
-    out, off = [], 24
-    while off + 16 <= len(data):
-        sec, frac, incl, _orig = st.unpack_from("<IIII", data, off)
-        frame = memoryview(data)[off + 16:off + 16 + incl]
-        off += 16 + incl
-        if len(frame) < 54 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
+    out = []
+    for s in segs:
+        if s.proto != "tcp" or not s.flags & tcpseg.SYN:
             continue
-        ihl = (frame[14] & 15) * 4
-        t = frame[14 + ihl:]
-        if len(t) < 20:
-            continue
-        doff = (t[12] >> 4) * 4
-        seg = tcpseg.Segment(int.from_bytes(t[0:2], "big"), int.from_bytes(t[2:4], "big"),
-                             int.from_bytes(t[4:8], "big"), int.from_bytes(t[8:12], "big"), t[13],
-                             int.from_bytes(t[14:16], "big"), b"")
+        seg = tcpseg.Segment(s.sport, s.dport, s.seq, s.ack, s.flags, 0, b"")
         try:
-            tcpseg.parse_options(seg, t[20:min(doff, len(t))])
-        except Exception:        # noqa: BLE001 — a cut capture: the options we have are enough
+            tcpseg.parse_options(seg, memoryview(s.options))
+        except ParseError:          # a capture cut inside the options: what was read is kept
             pass
-        total = int.from_bytes(frame[16:18], "big")
-        out.append({"t": sec + frac / (1e9 if nano else 1e6), "src": str(ipaddress.IPv4Address(bytes(frame[26:30]))),
-                    "dst": str(ipaddress.IPv4Address(bytes(frame[30:34]))), "sport": seg.sport, "dport": seg.dport,
-                    "seq": seg.seq, "ack": seg.ack, "flags": seg.flags, "win": seg.window,
-                    "len": total - ihl - doff, "mss": seg.mss, "wscale": seg.wscale, "tsval": seg.tsval})
+        out.append({"src": s.src, "flags": s.flags, "mss": seg.mss, "wscale": seg.wscale, "tsval": seg.tsval})
     return out
 
 
-def _pcap_flight(segs: list[dict], sender: str) -> list[tuple[float, int]]:
+def _pcap_flight(segs: list, sender: str) -> list[tuple[float, int]]:
     """Bytes in flight as the capture saw them: the sender's highest sequence sent minus
     the receiver's latest ACK, on the sender's longest connection."""
-    conns: dict = {}
-    for s in segs:
-        key = (s["sport"], s["dport"]) if s["src"] == sender else (s["dport"], s["sport"])
-        conns.setdefault(key, []).append(s)
+    conns = pcap.connections([s for s in segs if s.proto == "tcp"])
     if not conns:
         return []
-    segs = max(conns.values(), key=len)
     hi = ack = None
     out = []
-    for s in segs:
-        if s["src"] == sender and s["len"] > 0:
-            end = (s["seq"] + s["len"]) & 0xFFFFFFFF
+    for s in max(conns.values(), key=len):
+        if s.src == sender and s.length > 0:
+            end = (s.seq + s.length) & 0xFFFFFFFF
             hi = end if hi is None or 0 < ((end - hi) & 0xFFFFFFFF) < 1 << 31 else hi
-        elif s["src"] != sender and s["flags"] & 16:
-            ack = s["ack"]
+        elif s.src != sender and s.flags & pcap.ACK:
+            ack = s.ack
         if hi is not None and ack is not None:
-            out.append((s["t"], (hi - ack) & 0xFFFFFFFF if ((hi - ack) & 0xFFFFFFFF) < 1 << 30 else 0))
+            out.append((s.ts, (hi - ack) & 0xFFFFFFFF if ((hi - ack) & 0xFFFFFFFF) < 1 << 30 else 0))
     return out
 
 
 def _ladders(out: Path, stack_ip: str, linux_ip: str) -> list[str]:
     """Ladder diagrams of the simultaneous open and close, from both ends' captures."""
-    from ..labs import pcap
     from ..labs.p2p import draw_ladder
     a, b = pcap.read_pcap(out / "sim-h1.pcap"), pcap.read_pcap(out / "sim-h2.pcap")
     made = []
@@ -429,8 +404,8 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
         "environment": fingerprint(provider),
     }
     trace = (bulk.get("stack_to_linux", {}).get("stack", {}).get("conn") or {}).get("trace") or []
-    segs = read_pcap_tcp(out / "bulk.pcap")
-    syns = [{k: s[k] for k in ("src", "flags", "mss", "wscale", "tsval")} for s in segs if s["flags"] & 2]
+    segs = pcap.read_pcap(out / "bulk.pcap")
+    syns = _syn_options(segs)
     data["pcap_syn_options"] = syns
     wire = _pcap_flight(segs, suite.addr)
     plotted = _plot_trace(trace, out / "cwnd.png", wire)
