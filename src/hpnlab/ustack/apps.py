@@ -8,11 +8,10 @@ import errno
 import os
 import time
 
-from .epoll import EPOLLERR, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Epoll
 from .bulk import CHUNK, Transfer, receive_all, send_all
+from .epoll import EPOLLERR, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Epoll
 from .errors import SocketError
 from .sockets import SOCK_DGRAM
-
 
 
 class Handler:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import contextmanager
 
 from ..labs._kit import DelayLine, LabError, agent_python
 
@@ -96,24 +95,13 @@ class HostTool:
 class StackRun(HostTool):
     """The stack running one app on a host's NIC."""
 
-    def __init__(self, host, ifname: str, ip: str, *app_args, stats: str | None = None):
-        super().__init__(host, "hpnlab.ustack.run", "--ifname", ifname, "--ip", ip, *app_args,
-                         *(["--stats", stats] if stats else []), name="ustack")
+    def __init__(self, host, ifname: str, ip: str, *app_args):
+        super().__init__(host, "hpnlab.ustack.run", "--ifname", ifname, "--ip", ip, *app_args, name="ustack")
 
 
 def kernel_tool(host, mode: str, *args) -> HostTool:
     """A `hpnlab.ustack.peer` tool (kernel sockets) in the background on a host."""
     return HostTool(host, "hpnlab.ustack.peer", mode, *args, name=f"ustack-peer-{mode}")
-
-
-@contextmanager
-def stack_app(host, ifname, ip, *app_args, wait_for="listening", stats=None):
-    run = StackRun(host, ifname, ip, *app_args, stats=stats)
-    try:
-        run.start(wait_for)
-        yield run
-    finally:
-        run.stop()
 
 
 def peer(host, *args, timeout: float = 120.0) -> dict:
@@ -131,7 +119,7 @@ def _size(n: int) -> str:
 
 def _ping(host, ip: str, *opts: str) -> tuple[bool, str]:
     res = host.run(["ping", "-n", "-q", *opts, ip], timeout=60, check=False)
-    line = next((l for l in res.stdout.splitlines() if "transmitted" in l), res.stdout.strip()[-200:])
+    line = next((ln for ln in res.stdout.splitlines() if "transmitted" in ln), res.stdout.strip()[-200:])
     return res.ok and " 0% packet loss" in line, line
 
 
@@ -149,8 +137,9 @@ class Suite:
         self.results: list[dict] = []
         self.data: dict = {}
 
-    def app(self, *args, wait_for="listening", stats=None):
-        return stack_app(self.h1, self.ifname, self.ip, *self.stack_extra, *args, wait_for=wait_for, stats=stats)
+    def app(self, *args, wait_for="listening") -> StackRun:
+        """The stack with an app, started (it is stopped at the end of a `with`)."""
+        return self._run(*args).start(wait_for)
 
     def _run(self, *args) -> StackRun:
         return StackRun(self.h1, self.ifname, self.ip, *self.stack_extra, *args)
@@ -192,7 +181,7 @@ class Suite:
 
     def _ping_flood(self):
         res = self.h2.run(["ping", "-n", "-q", "-f", "-w", "5", self.addr], timeout=60, check=False)
-        line = next((l for l in res.stdout.splitlines() if "transmitted" in l), res.stdout[-200:])
+        line = next((ln for ln in res.stdout.splitlines() if "transmitted" in ln), res.stdout[-200:])
         parts = line.split()
         sent, got = int(parts[0]), int(parts[3])
         self.data["ping_flood"] = {"sent": sent, "received": got, "line": line}
@@ -208,12 +197,9 @@ class Suite:
 
     def stack_ping(self) -> None:
         def go():
-            run = self._run("--app", "ping", "--ping", self.peer_addr, "--count", 5, "--interval", 0.2)
-            run.start("ready")
-            try:
+            with self._run("--app", "ping", "--ping", self.peer_addr, "--count", 5, "--interval", 0.2
+                           ).start("ready") as run:
                 e = run.wait("ping", 30)
-            finally:
-                run.stop()
             return e["received"] == e["sent"] and e["peer_mac_learned"], \
                 f"{e['received']}/{e['sent']} replies, rtt ms {e['rtt_ms']}, ARP learned {e['peer_mac_learned']}"
         self.record("arp + ping: the stack resolves and pings linux", go)
@@ -227,9 +213,9 @@ class Suite:
 
         def unreachable():
             res = self.h2.run([agent_python(self.h2), "-c",
-                               "import socket;s=socket.socket(2,2);s.settimeout(2);s.connect(('%s',7999));"
+                               f"import socket;s=socket.socket(2,2);s.settimeout(2);s.connect(('{self.addr}',7999));"
                                "s.send(b'x')\ntry:\n s.recv(10);print('answer')\nexcept ConnectionRefusedError:"
-                               "\n print('refused')\nexcept socket.timeout:\n print('timeout')" % self.addr],
+                               "\n print('refused')\nexcept socket.timeout:\n print('timeout')"],
                               check=False, timeout=30)
             return res.stdout.strip() == "refused", f"linux saw: {res.stdout.strip() or res.stderr[-200:]}"
         with self.app("--app", "echo", "--port", 7):
@@ -304,13 +290,10 @@ class Suite:
         label = " with offloads" if offload else ""
 
         def to_stack():
-            run = StackRun(self.h1, tap, f"{addr}/24", *tap_args, "--app", "sink", "--port", 9000, "--once", 1)
-            try:
-                run.start("listening")
+            with StackRun(self.h1, tap, f"{addr}/24", *tap_args, "--app", "sink", "--port", 9000, "--once", 1
+                          ).start("listening") as run:
                 p = peer(self.h1, "source", addr, 9000, n)
                 s = run.wait("sink", 120)
-            finally:
-                run.stop()
             self.data.setdefault(key, {})["kernel_to_stack"] = {"peer": p, "stack": s}
             return s["sha256"] == p["sha256"] and s["bytes"] == n, f"{n} B, {p['mbps']} Mbit/s"
         self.record(f"tap driver{label}: {_size(n)} kernel -> stack, sha256", to_stack)
@@ -332,12 +315,9 @@ class Suite:
 
         def go():
             with self.app("--app", "sink", "--port", 9020, "--once", 1) as run:
-                other = StackRun(self.h2, self.h2.nic(self.network).ifname, ip2, *self.stack_extra, "--app", "source",
-                                 "--connect", f"{self.addr}:9020", "--bytes", n).start("ready")
-                try:
+                with StackRun(self.h2, self.h2.nic(self.network).ifname, ip2, *self.stack_extra, "--app", "source",
+                              "--connect", f"{self.addr}:9020", "--bytes", n).start("ready") as other:
                     src = other.wait("source", 120)
-                finally:
-                    other.stop()
                 s = run.wait("sink", 60)
             self.data["stack_to_stack"] = {"source": src, "sink": s}
             return s["sha256"] == src["sha256"] and s["bytes"] == n, \

@@ -146,10 +146,10 @@ def _super_frame_reading(counters: dict) -> str:
 
 def _interest_reading(m: dict) -> str:
     rb, d = m["rbtree"], m["dict"]
-    faster = "dict" if d["add_us"] + d["lookup_us"] + d["del_us"] < rb["add_us"] + rb["lookup_us"] + rb["del_us"] \
-        else "red-black tree"
-    return (f"Per add+lookup+delete the {faster} was faster here ({rb['add_us'] + rb['lookup_us'] + rb['del_us']:.2f} µs "
-            f"for the tree, {d['add_us'] + d['lookup_us'] + d['del_us']:.2f} µs for the dict); the tree held "
+    t_rb, t_d = (x["add_us"] + x["lookup_us"] + x["del_us"] for x in (rb, d))
+    faster = "dict" if t_d < t_rb else "red-black tree"
+    return (f"Per add+lookup+delete the {faster} was faster here ({t_rb:.2f} µs "
+            f"for the tree, {t_d:.2f} µs for the dict); the tree held "
             f"{rb['bytes_per_fd']:.0f} B per descriptor, the dict {d['bytes_per_fd']:.0f} B. The tree grows one "
             f"node at a time with no table to resize and keeps the set ordered — the course's argument for epoll's "
             f"choice; in CPython the dict's C code is the other side of the trade.")
@@ -231,6 +231,11 @@ def _per_size(provider, network: str, sizes: list[int], path: Path) -> dict:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return rows
+
+
+def _conn(case: dict) -> dict:
+    """The stack's connection summary in a bulk case's result ({} if it has none)."""
+    return case.get("stack", {}).get("conn") or {}
 
 
 def _median(xs: list) -> float | None:
@@ -396,14 +401,14 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
         "load": load,
         "throughput_per_size_mbps": {str(k): v for k, v in per_size.items()},
         "impaired": {name: {"mbps": v.get("peer", {}).get("mbps"),
-                            "cc_events": (v.get("stack", {}).get("conn") or {}).get("cc_events"),
-                            "retransmits": ((v.get("stack", {}).get("conn") or {}).get("stats") or {}).get("retransmits")}
+                            "cc_events": _conn(v).get("cc_events"),
+                            "retransmits": (_conn(v).get("stats") or {}).get("retransmits")}
                      for name, v in imp_bulk.items()},
         "simultaneous_open": suite.data.get("simultaneous_open"),
         "bytes": nbytes,
         "environment": fingerprint(provider),
     }
-    trace = (bulk.get("stack_to_linux", {}).get("stack", {}).get("conn") or {}).get("trace") or []
+    trace = _conn(bulk.get("stack_to_linux", {})).get("trace") or []
     segs = pcap.read_pcap(out / "bulk.pcap")
     syns = _syn_options(segs)
     data["pcap_syn_options"] = syns

@@ -74,7 +74,7 @@ def echo(ip: str, port: int, n: int, size: int) -> None:
     s = socket.create_connection((ip, port), timeout=30)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     ok, t0 = 0, time.monotonic()
-    for i in range(n):
+    for _ in range(n):
         msg = os.urandom(size)
         s.sendall(msg)
         got = b""

@@ -42,7 +42,8 @@ class Segment:
     def __repr__(self):
         names = "".join(c for bit, c in ((SYN, "S"), (FIN, "F"), (RST, "R"), (PSH, "P"), (ACK, "."))
                         if self.flags & bit)
-        return f"<{self.sport}>{self.dport} [{names}] seq={self.seq} ack={self.ack} win={self.window} len={len(self.payload)}>"
+        return (f"<{self.sport}>{self.dport} [{names}] seq={self.seq} ack={self.ack} win={self.window} "
+                f"len={len(self.payload)}>")
 
 
 def parse(data, src: bytes, dst: bytes, verify_checksum: bool = True) -> Segment:
