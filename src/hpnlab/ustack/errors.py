@@ -6,13 +6,13 @@ import os
 
 
 class ParseError(ValueError):
-    """A frame failed a check. `reason` names the check (and so the counter bumped);
-    the message names the field or byte."""
+    """A frame failed a layer's check. `reason` names the check, `counter` the stack's
+    counter it bumps ("ipv4.drop.bad_checksum"); the message names the field or byte."""
 
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
-        self.counter = f"drop.{reason}"     # the stack prefixes the layer: "ipv4.drop.bad_checksum"
+    def __init__(self, layer: str, reason: str, detail: str):
+        super().__init__(f"{layer}: {detail}")
+        self.layer, self.reason = layer, reason
+        self.counter = f"{layer}.drop.{reason}"
 
 
 class SocketError(OSError):

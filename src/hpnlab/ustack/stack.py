@@ -2,7 +2,7 @@
 timers, `take_tx()` hands over the frames to send. No sockets, no clock, no driver here.
 
 Every frame's path is counted (`counters`): `ether.rx`, `ipv4.drop.bad_checksum`,
-`tcp.rst_sent`, ... — the parsers raise ParseError with a reason, the stack counts
+`tcp.rst_sent`, ... — the parsers raise ParseError naming its counter, the stack counts
 `<layer>.drop.<reason>`. Nothing a frame carries can raise out of `receive`: an
 unexpected exception is counted as `stack.internal_error` and kept in `last_error`.
 """
@@ -90,11 +90,7 @@ class Stack:
             self._internal_error()
 
     def _receive(self, frame, now: float, csum_ok: bool) -> None:
-        try:
-            eth = ether.parse(frame)
-        except ParseError as exc:
-            exc.counter = f"ether.drop.{exc.reason}"
-            raise
+        eth = ether.parse(frame)
         if eth.dst != self.mac and eth.dst != ether.BROADCAST:
             self.count("ether.drop.not_for_us")
             return
@@ -108,15 +104,8 @@ class Stack:
         else:
             self.count("ether.drop.unknown_type")
 
-    def _parse(self, layer: str, fn, *args):
-        try:
-            return fn(*args)
-        except ParseError as exc:
-            exc.counter = f"{layer}.drop.{exc.reason}"
-            raise
-
     def _arp_input(self, eth, now: float) -> None:
-        pkt = self._parse("arp", arp.parse, eth.payload)
+        pkt = arp.parse(eth.payload)
         if pkt.spa == self.ip and pkt.sha != self.mac:
             self.count("arp.conflict")
             return
@@ -133,7 +122,7 @@ class Stack:
             self.count("arp.not_for_us" if not for_us else "arp.other")
 
     def _ipv4_input(self, data, now: float, csum_ok: bool) -> None:
-        pkt = self._parse("ipv4", ipv4.parse, data)
+        pkt = ipv4.parse(data)
         if pkt.dst != self.ip and pkt.dst != self.broadcast and pkt.dst != b"\xff\xff\xff\xff":
             self.count("ipv4.drop.not_for_us")
             return
@@ -151,7 +140,7 @@ class Stack:
             if pkt.dst != self.ip:
                 self.count("tcp.drop.broadcast")
                 return
-            seg = self._parse("tcp", tcp.parse, payload, pkt.src, pkt.dst, not csum_ok)
+            seg = tcp.parse(payload, pkt.src, pkt.dst, not csum_ok)
             self.count("tcp.rx")
             self.tcp.input(seg, pkt.src, pkt.dst, now)
         elif pkt.proto == ipv4.UDP:
@@ -162,7 +151,7 @@ class Stack:
             self.count("ipv4.drop.unknown_protocol")
 
     def _udp_input(self, pkt, payload, raw_ip, csum_ok: bool) -> None:
-        dgram = self._parse("udp", udp.parse, payload, pkt.src, pkt.dst, not csum_ok)
+        dgram = udp.parse(payload, pkt.src, pkt.dst, not csum_ok)
         handler = self.udp_ports.get(dgram.dport)
         if handler is None:
             self.count("udp.port_unreachable")
@@ -173,7 +162,7 @@ class Stack:
         handler(pkt.src, dgram.sport, bytes(dgram.payload))
 
     def _icmp_input(self, pkt, payload, now: float) -> None:
-        msg = self._parse("icmp", icmp.parse, payload)
+        msg = icmp.parse(payload)
         if msg.type == icmp.ECHO_REQUEST:
             if pkt.dst != self.ip:
                 self.count("icmp.drop.broadcast_echo")

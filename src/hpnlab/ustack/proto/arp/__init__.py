@@ -19,16 +19,16 @@ class Packet:
 def parse(data) -> Packet:
     view = memoryview(data)
     if len(view) < LENGTH:
-        raise ParseError("truncated", f"arp: {len(view)} bytes, a packet needs {LENGTH}")
+        raise ParseError("arp", "truncated", f"{len(view)} bytes, a packet needs {LENGTH}")
     if bytes(view[0:6]) != _FIXED:
-        raise ParseError("bad_format", f"arp: hardware/protocol fields {bytes(view[0:6]).hex()} "
+        raise ParseError("arp", "bad_format", f"hardware/protocol fields {bytes(view[0:6]).hex()} "
                                        "are not Ethernet/IPv4 (bytes 0-5)")
     op = int.from_bytes(view[6:8], "big")
     pkt = Packet(op, bytes(view[8:14]), bytes(view[14:18]), bytes(view[18:24]), bytes(view[24:28]))
     if op not in (REQUEST, REPLY):
-        raise ParseError("bad_op", f"arp: operation {op} (bytes 6-7) is neither request nor reply")
+        raise ParseError("arp", "bad_op", f"operation {op} (bytes 6-7) is neither request nor reply")
     if pkt.sha[0] & 1:
-        raise ParseError("bad_sha", "arp: sender hardware address is a group address (byte 8)")
+        raise ParseError("arp", "bad_sha", "sender hardware address is a group address (byte 8)")
     return pkt
 
 

@@ -20,14 +20,14 @@ def parse(frame) -> Frame:
     view = memoryview(frame)
     # integrity: the header is there
     if len(view) < HEADER:
-        raise ParseError("truncated", f"ethernet: {len(view)} bytes, the header needs {HEADER}")
+        raise ParseError("ether", "truncated", f"{len(view)} bytes, the header needs {HEADER}")
     dst, src = bytes(view[0:6]), bytes(view[6:12])
     ethertype = int.from_bytes(view[12:14], "big")
     # sanity: a unicast source, an Ethernet II type (not an 802.3 length)
     if src[0] & 1:
-        raise ParseError("bad_src", f"ethernet: source {mac_str(src)} is a group address (byte 6)")
+        raise ParseError("ether", "bad_src", f"source {mac_str(src)} is a group address (byte 6)")
     if ethertype < 0x0600:
-        raise ParseError("not_ethernet2", f"ethernet: type/length {ethertype:#06x} is an 802.3 length (byte 12)")
+        raise ParseError("ether", "not_ethernet2", f"type/length {ethertype:#06x} is an 802.3 length (byte 12)")
     return Frame(dst, src, ethertype, view[HEADER:])
 
 

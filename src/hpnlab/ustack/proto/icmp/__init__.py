@@ -19,11 +19,11 @@ class Message:
 def parse(data) -> Message:
     view = memoryview(data)
     if len(view) < 8:
-        raise ParseError("truncated", f"icmp: {len(view)} bytes, the header needs 8")
+        raise ParseError("icmp", "truncated", f"{len(view)} bytes, the header needs 8")
     if not verify(view):
-        raise ParseError("bad_checksum", "icmp: checksum (bytes 2-3) does not match")
+        raise ParseError("icmp", "bad_checksum", "checksum (bytes 2-3) does not match")
     if view[0] not in KNOWN:
-        raise ParseError("bad_type", f"icmp: type {view[0]} (byte 0) is not one this stack knows")
+        raise ParseError("icmp", "bad_type", f"type {view[0]} (byte 0) is not one this stack knows")
     return Message(view[0], view[1], bytes(view[4:8]), view[8:])
 
 

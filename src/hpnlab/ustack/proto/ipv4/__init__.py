@@ -32,22 +32,22 @@ def parse(data) -> Packet:
     n = len(view)
     # integrity: the header is whole, the lengths agree with the buffer, the checksum holds
     if n < HEADER:
-        raise ParseError("truncated", f"ipv4: {n} bytes, the header needs {HEADER}")
+        raise ParseError("ipv4", "truncated", f"{n} bytes, the header needs {HEADER}")
     version, ihl = view[0] >> 4, (view[0] & 15) * 4
     if version != 4:
-        raise ParseError("bad_version", f"ipv4: version {version} (byte 0, high nibble)")
+        raise ParseError("ipv4", "bad_version", f"version {version} (byte 0, high nibble)")
     if ihl < HEADER or ihl > n:
-        raise ParseError("bad_header_length", f"ipv4: header length {ihl} (byte 0, low nibble) with {n} bytes")
+        raise ParseError("ipv4", "bad_header_length", f"header length {ihl} (byte 0, low nibble) with {n} bytes")
     total = int.from_bytes(view[2:4], "big")
     if total < ihl or total > n:
-        raise ParseError("bad_total_length", f"ipv4: total length {total} (bytes 2-3) with a {ihl}-byte "
+        raise ParseError("ipv4", "bad_total_length", f"total length {total} (bytes 2-3) with a {ihl}-byte "
                                              f"header and {n} bytes received")
     if not verify(view[:ihl]):
-        raise ParseError("bad_checksum", "ipv4: header checksum (bytes 10-11) does not match")
+        raise ParseError("ipv4", "bad_checksum", "header checksum (bytes 10-11) does not match")
     # sanity: addresses a host may receive from
     src, dst = bytes(view[12:16]), bytes(view[16:20])
     if src[0] >= 224 or src == b"\xff\xff\xff\xff" or src[0] == 127:
-        raise ParseError("bad_src", f"ipv4: source {ipaddress.IPv4Address(src)} (bytes 12-15) is not unicast")
+        raise ParseError("ipv4", "bad_src", f"source {ipaddress.IPv4Address(src)} (bytes 12-15) is not unicast")
     flags_frag = int.from_bytes(view[6:8], "big")
     return Packet(src, dst, view[9], view[8], int.from_bytes(view[4:6], "big"), flags_frag & 0xe000,
                   (flags_frag & 0x1fff) * 8, ihl, view[ihl:total], ihl > HEADER)

@@ -51,19 +51,19 @@ def parse(data, src: bytes, dst: bytes, verify_checksum: bool = True) -> Segment
     n = len(view)
     # integrity: header length and checksum
     if n < HEADER:
-        raise ParseError("truncated", f"tcp: {n} bytes, the header needs {HEADER}")
+        raise ParseError("tcp", "truncated", f"{n} bytes, the header needs {HEADER}")
     doff = (view[12] >> 4) * 4
     if doff < HEADER or doff > n:
-        raise ParseError("bad_data_offset", f"tcp: data offset {doff} (byte 12) with {n} bytes")
+        raise ParseError("tcp", "bad_data_offset", f"data offset {doff} (byte 12) with {n} bytes")
     if verify_checksum and ones_sum(pseudo_header(src, dst, PROTO, n), view) != 0:
-        raise ParseError("bad_checksum", "tcp: checksum (bytes 16-17) does not match")
+        raise ParseError("tcp", "bad_checksum", "checksum (bytes 16-17) does not match")
     # sanity: ports, flag combinations no stack sends
     flags = view[13]
     sport, dport = int.from_bytes(view[0:2], "big"), int.from_bytes(view[2:4], "big")
     if sport == 0 or dport == 0:
-        raise ParseError("bad_port", f"tcp: port 0 (bytes {'0-1' if sport == 0 else '2-3'})")
+        raise ParseError("tcp", "bad_port", f"port 0 (bytes {'0-1' if sport == 0 else '2-3'})")
     if flags & SYN and flags & (FIN | RST):
-        raise ParseError("bad_flags", f"tcp: flags {flags:#04x} (byte 13) combine SYN with FIN or RST")
+        raise ParseError("tcp", "bad_flags", f"flags {flags:#04x} (byte 13) combine SYN with FIN or RST")
     seg = Segment(sport, dport, int.from_bytes(view[4:8], "big"), int.from_bytes(view[8:12], "big"),
                   flags, int.from_bytes(view[14:16], "big"), view[doff:])
     if doff > HEADER:
@@ -82,11 +82,11 @@ def parse_options(seg: Segment, opts: memoryview) -> None:
             i += 1
             continue
         if i + 1 >= n or opts[i + 1] < 2 or i + opts[i + 1] > n:
-            raise ParseError("bad_option", f"tcp: option {kind} at byte {HEADER + i} has a bad length")
+            raise ParseError("tcp", "bad_option", f"option {kind} at byte {HEADER + i} has a bad length")
         length = opts[i + 1]
         want = _OPT_LEN.get(kind)
         if want is not None and length != want:
-            raise ParseError("bad_option", f"tcp: option {kind} at byte {HEADER + i} has length {length}, "
+            raise ParseError("tcp", "bad_option", f"option {kind} at byte {HEADER + i} has length {length}, "
                                            f"not {want}")
         if kind == OPT_MSS:
             seg.mss = int.from_bytes(opts[i + 2:i + 4], "big")

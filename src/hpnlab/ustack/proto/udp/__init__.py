@@ -19,15 +19,15 @@ def parse(data, src: bytes, dst: bytes, verify_checksum: bool = True) -> Datagra
     view = memoryview(data)
     n = len(view)
     if n < HEADER:
-        raise ParseError("truncated", f"udp: {n} bytes, the header needs {HEADER}")
+        raise ParseError("udp", "truncated", f"{n} bytes, the header needs {HEADER}")
     length = int.from_bytes(view[4:6], "big")
     if length < HEADER or length > n:
-        raise ParseError("bad_length", f"udp: length {length} (bytes 4-5) with {n} bytes received")
+        raise ParseError("udp", "bad_length", f"length {length} (bytes 4-5) with {n} bytes received")
     if verify_checksum and (view[6] or view[7]) and ones_sum(pseudo_header(src, dst, PROTO, length), view[:length]):
-        raise ParseError("bad_checksum", "udp: checksum (bytes 6-7) does not match")
+        raise ParseError("udp", "bad_checksum", "checksum (bytes 6-7) does not match")
     dport = int.from_bytes(view[2:4], "big")
     if dport == 0:
-        raise ParseError("bad_port", "udp: destination port 0 (bytes 2-3)")
+        raise ParseError("udp", "bad_port", "destination port 0 (bytes 2-3)")
     return Datagram(int.from_bytes(view[0:2], "big"), dport, view[HEADER:length])
 
 
