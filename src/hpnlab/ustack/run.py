@@ -106,7 +106,7 @@ def _impair_spec(text: str) -> dict:
 
 def stats(net: Net, driver, conns=()) -> dict:
     stack = net.stack
-    return {"counters": dict(sorted(stack.all_counters().items())), "timers_fired": dict(stack.timers.fired),
+    return {"counters": dict(sorted(stack.counters.items())), "timers_fired": dict(stack.timers.fired),
             "loop": net.loop.stats,
             "driver": getattr(driver, "counters_all", None) or getattr(driver, "counters", {}),
             "tcp_states": stack.tcp.states(), "last_error": stack.last_error}

@@ -9,6 +9,7 @@ unexpected exception is counted as `stack.internal_error` and kept in `last_erro
 from __future__ import annotations
 
 import ipaddress
+from collections import Counter
 import struct
 import traceback
 
@@ -34,12 +35,13 @@ class Stack:
         self.offload = False        # the driver takes TCP segments to cut and checksum (virtio-net header)
         self.now = 0.0
         self.timers = TimerHeap()
-        self.counters: dict[str, int] = {}
+        self.counters: Counter = Counter()    # shared with the ARP cache and the reassembler
         self.tx: list[bytes] = []
         self.last_error: str | None = None
         self._ip_id = 0
-        self.arp = arp.Cache(self.timers, self._arp_request, self._emit_ipv4, lifetime=arp_lifetime)
-        self.reasm = ipv4.Reassembler(self.timers)
+        self.arp = arp.Cache(self.timers, self._arp_request, self._emit_ipv4, lifetime=arp_lifetime,
+                             counters=self.counters)
+        self.reasm = ipv4.Reassembler(self.timers, counters=self.counters)
         self.tcp = tcp.TcpLayer(self, self.timers, self._tcp_out, mss=mtu - 40)
         self.udp_ports: dict[int, object] = {}        # port -> callback(src_ip, sport, payload)
         self.echo_replies: list[tuple[float, bytes, int, int, int]] = []   # (t, src, id, seq, len)
@@ -48,14 +50,7 @@ class Stack:
     # -- bookkeeping ----------------------------------------------------------------------
 
     def count(self, key: str, n: int = 1) -> None:
-        self.counters[key] = self.counters.get(key, 0) + n
-
-    def all_counters(self) -> dict[str, int]:
-        out = dict(self.counters)
-        for part in (self.arp.counters, self.reasm.counters):
-            for k, v in part.items():
-                out[k] = out.get(k, 0) + v
-        return out
+        self.counters[key] += n
 
     def take_tx(self) -> list[bytes]:
         out, self.tx = self.tx, []

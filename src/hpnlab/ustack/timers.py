@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections import Counter
 from collections.abc import Callable
 
 
@@ -25,7 +26,7 @@ class TimerHeap:
     def __init__(self):
         self._heap: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
-        self.fired: dict[str, int] = {}
+        self.fired: Counter = Counter()
 
     def add(self, deadline: float, callback: Callable[[float], None], name: str = "timer") -> Timer:
         timer = Timer(deadline, callback, name)
@@ -45,7 +46,7 @@ class TimerHeap:
             _, _, timer = heapq.heappop(heap)
             if timer.alive:
                 timer.alive = False
-                self.fired[timer.name] = self.fired.get(timer.name, 0) + 1
+                self.fired[timer.name] += 1
                 timer.callback(now)
                 n += 1
         return n

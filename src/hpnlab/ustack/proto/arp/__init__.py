@@ -2,6 +2,8 @@
 requests with retry, replies and gratuitous ARP."""
 from __future__ import annotations
 
+from collections import Counter
+
 from ...errors import ParseError
 
 LENGTH = 28
@@ -43,15 +45,12 @@ class Cache:
     call `retry`. A request that gets no answer after `tries` sends drops its queue."""
 
     def __init__(self, timers, send_request, emit, lifetime: float = 60.0, retry: float = 1.0,
-                 tries: int = 3, queue_limit: int = 64):
+                 tries: int = 3, queue_limit: int = 64, counters: Counter | None = None):
         self.timers, self.send_request, self.emit = timers, send_request, emit
         self.lifetime, self.retry_every, self.tries, self.queue_limit = lifetime, retry, tries, queue_limit
         self.entries: dict[bytes, tuple[bytes, float]] = {}
         self.pending: dict[bytes, list] = {}        # ip -> [queued packets, tries left]
-        self.counters: dict[str, int] = {}
-
-    def _count(self, key):
-        self.counters[key] = self.counters.get(key, 0) + 1
+        self.counters = Counter() if counters is None else counters    # the stack's, shared
 
     def lookup(self, ip: bytes, now: float) -> bytes | None:
         entry = self.entries.get(ip)
@@ -75,13 +74,13 @@ class Cache:
         waiting = self.pending.get(ip)
         if waiting is None:
             self.pending[ip] = [[packet], self.tries - 1]
-            self._count("arp.request")
+            self.counters["arp.request"] += 1
             self.send_request(ip)
             self.timers.add(now + self.retry_every, lambda t, ip=ip: self.retry(ip, t), "arp_retry")
         elif len(waiting[0]) < self.queue_limit:
             waiting[0].append(packet)
         else:
-            self._count("arp.queue_full")
+            self.counters["arp.queue_full"] += 1
 
     def expire(self, now: float) -> int:
         """Forget entries past their lifetime; returns how many went."""
@@ -95,10 +94,10 @@ class Cache:
         if waiting is None:
             return
         if waiting[1] <= 0:
-            self._count("arp.unresolved")
+            self.counters["arp.unresolved"] += 1
             del self.pending[ip]
             return
         waiting[1] -= 1
-        self._count("arp.request")
+        self.counters["arp.request"] += 1
         self.send_request(ip)
         self.timers.add(now + self.retry_every, lambda t, ip=ip: self.retry(ip, t), "arp_retry")

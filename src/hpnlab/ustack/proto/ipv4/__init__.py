@@ -4,6 +4,7 @@ fragments by offset, joined when the pieces cover the datagram)."""
 from __future__ import annotations
 
 import ipaddress
+from collections import Counter
 
 from ...checksum import checksum, verify
 from ...errors import ParseError
@@ -81,24 +82,21 @@ class Reassembler:
     datagram is given up after `timeout` s, and the whole store never holds more than
     `max_bytes` (a fragment that would exceed it is dropped)."""
 
-    def __init__(self, timers, timeout: float = 30.0, max_bytes: int = 1 << 20):
+    def __init__(self, timers, timeout: float = 30.0, max_bytes: int = 1 << 20, counters: Counter | None = None):
         self.timers, self.timeout, self.max_bytes = timers, timeout, max_bytes
         self.pending: dict[tuple, dict] = {}
         self.bytes = 0
-        self.counters: dict[str, int] = {}
-
-    def _count(self, key):
-        self.counters[key] = self.counters.get(key, 0) + 1
+        self.counters = Counter() if counters is None else counters    # the stack's, shared
 
     def add(self, pkt: Packet, now: float) -> bytes | None:
         """The whole payload once the last missing piece arrives, else None."""
         key = (pkt.src, pkt.dst, pkt.proto, pkt.ident)
         size = len(pkt.payload)
         if pkt.offset + size > 65535 - HEADER:
-            self._count("ipv4.frag_too_big")
+            self.counters["ipv4.frag_too_big"] += 1
             return None
         if self.bytes + size > self.max_bytes:
-            self._count("ipv4.frag_memory_full")
+            self.counters["ipv4.frag_memory_full"] += 1
             return None
         entry = self.pending.get(key)
         if entry is None:
@@ -106,7 +104,7 @@ class Reassembler:
                      "timer": self.timers.add(now + self.timeout, lambda t, k=key: self._expire(k), "ip_reasm")}
             self.pending[key] = entry
         if pkt.offset in entry["pieces"]:
-            self._count("ipv4.frag_duplicate")
+            self.counters["ipv4.frag_duplicate"] += 1
             return None
         entry["pieces"][pkt.offset] = bytes(pkt.payload)
         entry["bytes"] += size
@@ -126,7 +124,7 @@ class Reassembler:
         for off, piece in sorted(entry["pieces"].items()):
             data[off:off + len(piece)] = piece
         self._drop(key)
-        self._count("ipv4.reassembled")
+        self.counters["ipv4.reassembled"] += 1
         return bytes(data[:entry["end"]])
 
     def _drop(self, key) -> None:
@@ -136,6 +134,6 @@ class Reassembler:
 
     def _expire(self, key) -> None:
         if key in self.pending:
-            self._count("ipv4.frag_timeout")
+            self.counters["ipv4.frag_timeout"] += 1
             entry = self.pending.pop(key)
             self.bytes -= entry["bytes"]

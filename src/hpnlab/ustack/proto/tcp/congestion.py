@@ -2,6 +2,8 @@
 per RFC 3465 with L = 1 SMSS), fast retransmit and NewReno fast recovery (RFC 6582)."""
 from __future__ import annotations
 
+from collections import Counter
+
 
 class NewReno:
     def __init__(self, mss: int):
@@ -13,10 +15,7 @@ class NewReno:
         self.in_recovery = False
         self.recover: int | None = None   # snd_max when recovery (or a timeout) began
         self._acked = 0             # bytes acked toward the next congestion-avoidance step
-        self.events: dict[str, int] = {}
-
-    def _count(self, key):
-        self.events[key] = self.events.get(key, 0) + 1
+        self.events: Counter = Counter()
 
     def on_ack(self, acked: int, flight_after: int, full: bool, cwnd_limited: bool = True) -> bool:
         """New data acked. `full`: the ack covers `recover` (ends a recovery). Returns True
@@ -28,11 +27,11 @@ class NewReno:
             if full:
                 self.in_recovery = False
                 self.cwnd = max(min(self.ssthresh, flight_after + self.mss), self.mss)
-                self._count("recovery_exit")
+                self.events["recovery_exit"] += 1
                 return False
             # partial ack: deflate by what was acked, add back one SMSS, retransmit the next hole
             self.cwnd = max(self.cwnd - acked + (self.mss if acked >= self.mss else 0), self.mss)
-            self._count("partial_ack")
+            self.events["partial_ack"] += 1
             return True
         if not cwnd_limited:
             return False
@@ -56,7 +55,7 @@ class NewReno:
             self.cwnd = self.ssthresh + 3 * self.mss
             self.recover = snd_max
             self.in_recovery = True
-            self._count("fast_retransmit")
+            self.events["fast_retransmit"] += 1
             return True
         return False
 
@@ -66,4 +65,4 @@ class NewReno:
         self.in_recovery = False
         self.dupacks = 0
         self.recover = snd_max
-        self._count("timeout")
+        self.events["timeout"] += 1
