@@ -373,7 +373,7 @@ def sides_for(mode: str, provider=None, server: str = "h1", client: str = "h2",
                 Side("client", "127.0.0.1", 1 if pin else None), {"local": _LocalRunner()})
     h_srv, h_cli = provider.host(server), provider.host(client)
     addr = str(h_srv.address(network))
-    same_machine = provider.name == "netns"      # namespaces share this machine's CPUs and /proc
+    same_machine = provider.shares_kernel        # the hosts share this machine's CPUs and /proc
     pin = same_machine and (os.cpu_count() or 1) >= 2
     srv = Side(server, addr, 0 if pin else None, h_srv, local_proc=same_machine)
     cli = Side(client, str(h_cli.address(network)), 1 if pin else None, h_cli, local_proc=same_machine)

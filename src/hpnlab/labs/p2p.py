@@ -275,7 +275,7 @@ def analyse(tries_a: list, tries_b: list, segs: list, ip_a: str, ip_b: str, even
 def peer_jobs(provider, ha, hb, ip_a: str, ip_b: str, common: list) -> dict:
     """The two peer agents; on netns (one machine) pinned to different CPUs so
     that their retry loops really run at the same time, even under load."""
-    pin = provider.name == "netns" and (os.cpu_count() or 1) >= 2
+    pin = provider.shares_kernel and (os.cpu_count() or 1) >= 2
     return {ha: agent_argv(ha, "p2p", "peer", "--name", ha.name, "--local", ip_a, "--peer", ip_b, *common,
                            "--cpu", 0 if pin else -1),
             hb: agent_argv(hb, "p2p", "peer", "--name", hb.name, "--local", ip_b, "--peer", ip_a, *common,
