@@ -9,9 +9,9 @@ unexpected exception is counted as `stack.internal_error` and kept in `last_erro
 from __future__ import annotations
 
 import ipaddress
-from collections import Counter
 import struct
 import traceback
+from collections import Counter
 
 from .errors import ParseError
 from .proto import arp, ether, icmp, ipv4, tcp, udp

@@ -19,7 +19,10 @@ FIN_WAIT_1, FIN_WAIT_2, CLOSE_WAIT, CLOSING, LAST_ACK, TIME_WAIT = (
     "FIN_WAIT_1", "FIN_WAIT_2", "CLOSE_WAIT", "CLOSING", "LAST_ACK", "TIME_WAIT")
 SYNCHRONIZED = {ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2, CLOSE_WAIT, CLOSING, LAST_ACK, TIME_WAIT}
 CAN_SEND = {ESTABLISHED, CLOSE_WAIT}
+CAN_QUEUE = CAN_SEND | {SYN_SENT, SYN_RECEIVED}            # send() may queue data before the handshake ends
+CAN_OUTPUT = {ESTABLISHED, CLOSE_WAIT, FIN_WAIT_1, CLOSING, LAST_ACK}   # data or a FIN may still leave
 CAN_RECEIVE_DATA = {ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2}
+LIVE = SYNCHRONIZED - {TIME_WAIT}                           # keep-alives and RST on abort
 
 
 def _d(a: int, b: int) -> int:
@@ -167,7 +170,7 @@ class Connection:
         if flags & ACK:
             self.last_ack_sent = ack
             self.unacked_segments = 0
-            if self.delack_timer:
+            if self.delack_timer:               # inline: every ACK-bearing segment passes here
                 self.delack_timer.cancel()
                 self.delack_timer = None
         self.stats["segs_out"] += 1
@@ -260,7 +263,7 @@ class Connection:
         """Queue what fits in the send buffer; returns how many bytes were taken."""
         if self.error is not None:
             raise OSError(self.error, "connection failed")
-        if self.fin_queued or self.state not in CAN_SEND | {SYN_SENT, SYN_RECEIVED}:
+        if self.fin_queued or self.state not in CAN_QUEUE:
             raise OSError(errno.EPIPE, "the sending side is shut down")
         room = self.opts.sndbuf - len(self.sndbuf)
         n = min(room, len(data))
@@ -285,11 +288,10 @@ class Connection:
         return data
 
     def shutdown_write(self, now: float) -> None:
-        if self.state in (SYN_SENT,) or self.state not in CAN_SEND | {SYN_RECEIVED}:
-            if self.state == SYN_SENT:
-                self._drop(now)
+        if self.state == SYN_SENT:
+            self._drop(now)
             return
-        if self.fin_queued:
+        if self.fin_queued or self.state not in CAN_SEND and self.state != SYN_RECEIVED:
             return
         self.fin_queued = True
         if self.state == CLOSE_WAIT:
@@ -311,7 +313,7 @@ class Connection:
             self._arm_fin_wait2(now)
 
     def abort(self, now: float) -> None:
-        if self.state in SYNCHRONIZED - {TIME_WAIT} or self.state == SYN_RECEIVED:
+        if self.state in LIVE or self.state == SYN_RECEIVED:
             self._send_rst(now)
         self._drop(now)
 
@@ -319,7 +321,7 @@ class Connection:
 
     def output(self, now: float) -> None:
         """Send what the windows allow (Nagle and sender SWS avoidance), the FIN when due."""
-        if self.state not in (ESTABLISHED, CLOSE_WAIT, FIN_WAIT_1, CLOSING, LAST_ACK):
+        if self.state not in CAN_OUTPUT:
             return
         mss = self.mss
         # with segmentation offload one segment may carry many MSS (the driver cuts it)
@@ -379,6 +381,18 @@ class Connection:
 
     # -- timers -------------------------------------------------------------------------------
 
+    def _stop(self, *timers: str) -> None:
+        """Cancel these timers (attribute names) and forget them."""
+        for name in timers:
+            t = getattr(self, name)
+            if t is not None:
+                t.cancel()
+                setattr(self, name, None)
+
+    def _sample_echo(self, tsecr: int, now: float) -> None:
+        """An RTT sample from a timestamp echo (RFC 7323 §4.1): our clock counts ms."""
+        self.rto.sample(max(0.0, (int(now * 1000) - tsecr) / 1000))
+
     def _arm_rto(self, now: float) -> None:
         if self.rto_timer:
             self.rto_timer.cancel()
@@ -422,7 +436,7 @@ class Connection:
         """A zero-window probe: one byte past the window, sent while the peer's window is
         zero, with backoff; its ACK brings the window update we would otherwise wait for."""
         self.persist_timer = None
-        if self.state not in (ESTABLISHED, CLOSE_WAIT, FIN_WAIT_1, CLOSING, LAST_ACK) or self.snd_wnd > 0:
+        if self.state not in CAN_OUTPUT or self.snd_wnd > 0:
             self.persist_backoff = 0
             self.output(now)
             return
@@ -450,15 +464,13 @@ class Connection:
             self.send_ack(now)
 
     def arm_keepalive(self, now: float) -> None:
-        if self.keep_timer:
-            self.keep_timer.cancel()
-            self.keep_timer = None
-        if self.opts.keepalive and self.state in SYNCHRONIZED - {TIME_WAIT}:
+        self._stop("keep_timer")
+        if self.opts.keepalive and self.state in LIVE:
             self.keep_timer = self.layer.timers.add(now + self.opts.keepidle, self._on_keepalive, "tcp_keepalive")
 
     def _on_keepalive(self, now: float) -> None:
         self.keep_timer = None
-        if not self.opts.keepalive or self.state not in SYNCHRONIZED - {TIME_WAIT}:
+        if not self.opts.keepalive or self.state not in LIVE:
             return
         idle = now - self.last_rx
         if idle < self.opts.keepidle and self.keep_probes == 0:
@@ -481,10 +493,7 @@ class Connection:
 
     def _enter_time_wait(self, now: float) -> None:
         self._set_state(TIME_WAIT, now)
-        for t in (self.rto_timer, self.persist_timer, self.keep_timer, self.tw_timer):
-            if t:
-                t.cancel()
-        self.rto_timer = self.persist_timer = self.keep_timer = None
+        self._stop("rto_timer", "persist_timer", "keep_timer", "tw_timer")
         self.tw_timer = self.layer.timers.add(now + 2 * self.opts.msl, self._on_final_timer, "tcp_time_wait")
         self._notify()
 
@@ -498,10 +507,7 @@ class Connection:
 
     def _drop(self, now: float) -> None:
         """To CLOSED: forget the connection and stop its timers."""
-        for t in (self.rto_timer, self.delack_timer, self.persist_timer, self.keep_timer, self.tw_timer):
-            if t:
-                t.cancel()
-        self.rto_timer = self.delack_timer = self.persist_timer = self.keep_timer = self.tw_timer = None
+        self._stop("rto_timer", "delack_timer", "persist_timer", "keep_timer", "tw_timer")
         if self.state != CLOSED:
             self._set_state(CLOSED, now)
         self.layer.forget(self)
@@ -534,13 +540,11 @@ class Connection:
             self.snd_una = seg.ack
             self.snd_wl1, self.snd_wl2 = seg.seq, seg.ack
             if seg.tsecr:
-                self.rto.sample(max(0.0, (int(now * 1000) - seg.tsecr) / 1000))
+                self._sample_echo(seg.tsecr, now)
             elif self.retries == 0:
                 self.rto.sample(now - self.history[-1][0])
             self.retries = 0
-            if self.rto_timer:
-                self.rto_timer.cancel()
-                self.rto_timer = None
+            self._stop("rto_timer")
             self._set_state(ESTABLISHED, now)
             self.arm_keepalive(now)
             self.send_ack(now)
@@ -618,10 +622,8 @@ class Connection:
             self.snd_una = seg.ack
             self.retries = 0
             if seg.tsecr:
-                self.rto.sample(max(0.0, (int(now * 1000) - seg.tsecr) / 1000))
-            if self.rto_timer:
-                self.rto_timer.cancel()
-                self.rto_timer = None
+                self._sample_echo(seg.tsecr, now)
+            self._stop("rto_timer")
             self.snd_wnd = seg.window << self.snd_wscale
             self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
             self.snd_wl1, self.snd_wl2 = seg.seq, seg.ack
@@ -664,9 +666,7 @@ class Connection:
             self.snd_wl1, self.snd_wl2 = seg.seq, seg.ack
             if old == 0 and self.snd_wnd > 0:
                 self.persist_backoff = 0
-                if self.persist_timer:
-                    self.persist_timer.cancel()
-                    self.persist_timer = None
+                self._stop("persist_timer")
                 if 0 < self.flight <= 1:
                     self.snd_nxt = self.snd_una   # the probe's byte was not taken: send it again first
             window_changed = old != self.snd_wnd
@@ -690,7 +690,7 @@ class Connection:
     def _new_ack(self, seg: Segment, acked: int, now: float) -> None:
         # RTT: the timestamp echo, else Karn's one timed segment
         if self.ts_ok and seg.tsecr:
-            self.rto.sample(max(0.0, (int(now * 1000) - seg.tsecr) / 1000))
+            self._sample_echo(seg.tsecr, now)
         elif self.rtt_seq is not None and _d(seg.ack, self.rtt_seq) > 0:
             self.rto.sample(now - self.rtt_time)
             self.rtt_seq = None
@@ -714,9 +714,7 @@ class Connection:
             self._retransmit_first(now)
             self._arm_rto(now)
         if self.flight == 0:
-            if self.rto_timer:
-                self.rto_timer.cancel()
-                self.rto_timer = None
+            self._stop("rto_timer")
         else:
             self._arm_rto(now)
         self._sample(now)
