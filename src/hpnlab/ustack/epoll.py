@@ -124,6 +124,5 @@ class Epoll:
     def close(self) -> None:
         for _, item in list(self.interest.items()):
             item.sock.watchers.discard(self)
-        self.interest.clear() if isinstance(self.interest, dict) else None
-        self.interest = {}
+        self.interest = type(self.interest)()
         self.ready.clear()

@@ -47,22 +47,31 @@ class Loop:
             self.stats["tx"] += n
             self._backlog = out[n:]
 
-    def run_once(self, timeout: float | None = None) -> int:
-        """Wait for frames or the next timer (at most `timeout` s), then process."""
-        self.flush()
+    def wait_time(self, limit: float | None = None) -> float | None:
+        """How long to wait for frames: until the next timer (the stack's, or a frame a
+        driver holds back), at most `limit` s (None: no limit), briefly while sends wait."""
         deadline = self.stack.next_deadline()
         held = getattr(self.driver, "next_deadline", None)
         if held is not None and (due := held()) is not None:
             deadline = due if deadline is None else min(deadline, due)
-        now = self.clock()
-        wait = timeout
+        wait = limit
         if deadline is not None:
-            wait = max(0.0, deadline - now) if wait is None else min(wait, max(0.0, deadline - now))
+            left = max(0.0, deadline - self.clock())
+            wait = left if wait is None else min(wait, left)
         if self._backlog:
             wait = 0.001 if wait is None else min(wait, 0.001)
-        ms = -1 if wait is None else int(wait * 1000 + 0.999)
-        if self._poll.poll(ms):
-            self.stats["wakeups"] += 1
+        return wait
+
+    def poll(self, timeout: float | None) -> bool:
+        """Wait up to `timeout` s (None: forever) for the driver to have frames."""
+        ready = bool(self._poll.poll(-1 if timeout is None else int(timeout * 1000 + 0.999)))
+        self.stats["wakeups"] += ready
+        return ready
+
+    def run_once(self, timeout: float | None = None) -> int:
+        """Wait for frames or the next timer (at most `timeout` s), then process."""
+        self.flush()
+        self.poll(self.wait_time(timeout))
         return self.process()
 
     def run_until(self, done, timeout: float | None = None) -> bool:

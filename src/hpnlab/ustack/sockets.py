@@ -18,6 +18,7 @@ import ipaddress
 import socket as _socket
 import threading
 
+from .epoll import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP
 from .errors import SocketError
 from .loop import Loop
 from .proto.tcp import Options
@@ -83,10 +84,9 @@ class Net:
         loop = self.loop
         while self._running:
             with self.lock:
-                deadline = loop.next_deadline()
                 loop.flush()
-            wait = 0.01 if deadline is None else min(0.01, max(0.0, deadline - loop.clock()))
-            loop._poll.poll(int(wait * 1000))
+                wait = loop.wait_time(0.01)     # short: a socket call may have queued frames meanwhile
+            loop.poll(wait)
             with self.cond:
                 loop.process()
                 self.cond.notify_all()
@@ -150,7 +150,6 @@ class Socket:
             ep._wakeup(self)
 
     def poll_events(self) -> int:
-        from .epoll import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP
         ev = 0
         if self.listener is not None:
             return EPOLLIN if self.listener.accept_queue else 0
