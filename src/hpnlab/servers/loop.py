@@ -216,10 +216,15 @@ class TimerHandle:
 class Loop:
     """One event loop; see the module docstring."""
 
-    def __init__(self, backend: str = "epoll"):
-        if backend not in BACKENDS:
+    def __init__(self, backend: str | Backend = "epoll"):
+        # a Backend object: a demultiplexer made elsewhere (the user-space stack's epoll,
+        # hpnlab.ustack.engine), so every engine built on the Loop runs on it unchanged
+        if isinstance(backend, Backend):
+            self.backend = backend
+        elif backend not in BACKENDS:
             raise ValueError(f"unknown loop backend {backend!r} (valid: {', '.join(BACKENDS)})")
-        self.backend: Backend = BACKENDS[backend]()
+        else:
+            self.backend = BACKENDS[backend]()
         self.edge_triggered = self.backend.edge_triggered
         # Indexed by fd (descriptors are small dense integers): cheaper than dicts
         # and what makes the dispatch a list lookup.

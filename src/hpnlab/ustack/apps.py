@@ -209,6 +209,29 @@ def serve(net, args, report, stop) -> None:
                 ep.modify(fd, EPOLLIN | EPOLLRDHUP | (EPOLLOUT if h.want_write() else 0))
 
 
+def reactor(net, args, report, stop) -> None:
+    """hpnlab.servers' Reactor (the epoll-lt engine's accept loop, Transports and the
+    --protocol handler) on the stack's epoll, through the shared event loop."""
+    from ..servers import protocols
+    from .engine import StackReactor
+    lsock = net.socket()
+    lsock.bind(("", args.port))
+    lsock.listen(args.backlog)
+    engine = StackReactor(net, lsock, protocols.get(args.protocol), args.interest)
+
+    def check() -> None:
+        if stop():
+            engine.loop.stop()
+        else:
+            engine.loop.call_later(0.1, check)
+    engine.loop.call_later(0.1, check)
+    report({"event": "listening", "port": args.port, "app": f"reactor ({args.protocol})"})
+    try:
+        engine.serve_forever()
+    finally:
+        engine.close()
+
+
 def thread_echo(net, args, report, stop) -> None:
     """Echo with a thread per connection and blocking calls (§2.4.4: 一请求一线程), the
     stack's loop in a thread of its own."""

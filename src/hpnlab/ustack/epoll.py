@@ -4,10 +4,15 @@ Linux's ep_poll_callback feeds it), so wait() never scans the interest set.
 
 The interest set is a red-black tree as in Linux (`interest="rbtree"`) or a dict
 (`interest="dict"`); both are measured in the lab report.
+
+A kernel descriptor (an eventfd, a pipe: what an event loop wakes itself with) may be
+added too: it goes into a kernel epoll nested in this one, as Linux nests an epoll fd
+in another, and the stack's wait also ends when that epoll is readable.
 """
 from __future__ import annotations
 
 import errno
+import select
 
 from .errors import SocketError
 from .rbtree import RBTree
@@ -34,11 +39,14 @@ class Epoll:
         self.interest = RBTree() if interest == "rbtree" else {}
         self.ready: dict[int, _Item] = {}       # insertion-ordered: the ready list
         self.stats = {"wait_calls": 0, "events": 0, "wakeups": 0}
+        self._kernel: select.epoll | None = None    # kernel descriptors, made on the first
+        self._kernel_data: dict[int, object] = {}
 
     def ctl(self, op: int, fd: int, events: int = 0, data=None) -> None:
         sock = self.net.fds.get(fd)
         if sock is None:
-            raise SocketError(errno.EBADF, f"fd {fd}")
+            self._kernel_ctl(op, fd, events, data)
+            return
         if op == EPOLL_CTL_ADD:
             if fd in self.interest:
                 raise SocketError(errno.EEXIST, f"fd {fd} is already in the interest set")
@@ -62,6 +70,29 @@ class Epoll:
             sock.watchers.discard(self)
         else:
             raise SocketError(errno.EINVAL, f"op {op}")
+
+    def _kernel_ctl(self, op: int, fd: int, events: int, data) -> None:
+        """epoll_ctl on the nested kernel epoll (its flag bits are Linux's, as ours are)."""
+        if self._kernel is None:
+            self._kernel = select.epoll()
+            self.net.loop.watch(self._kernel.fileno())
+        try:
+            if op == EPOLL_CTL_ADD:
+                self._kernel.register(fd, events)
+                self._kernel_data[fd] = fd if data is None else data
+            elif op == EPOLL_CTL_MOD:
+                self._kernel.modify(fd, events)
+                if data is not None:
+                    self._kernel_data[fd] = data
+            elif op == EPOLL_CTL_DEL:
+                self._kernel.unregister(fd)
+                del self._kernel_data[fd]
+            else:
+                raise SocketError(errno.EINVAL, f"op {op}")
+        except OSError as exc:
+            if isinstance(exc, SocketError):
+                raise
+            raise SocketError(exc.errno or errno.EBADF, f"fd {fd}") from None
 
     def register(self, fd: int, events: int = EPOLLIN, data=None) -> None:
         self.ctl(EPOLL_CTL_ADD, fd, events, data)
@@ -98,6 +129,9 @@ class Epoll:
                 item.armed = False
             elif not item.events & EPOLLET:
                 self.ready[fd] = item             # level-triggered: stays on the list
+        if self._kernel is not None and len(out) < maxevents:
+            kdata = self._kernel_data
+            out += [(kdata[fd], ev) for fd, ev in self._kernel.poll(0, maxevents - len(out))]
         return out
 
     def wait(self, maxevents: int = 64, timeout: float | None = -1) -> list[tuple[object, int]]:
@@ -126,3 +160,8 @@ class Epoll:
             item.sock.watchers.discard(self)
         self.interest = type(self.interest)()
         self.ready.clear()
+        if self._kernel is not None:
+            self.net.loop.unwatch(self._kernel.fileno())
+            self._kernel.close()
+            self._kernel = None
+            self._kernel_data.clear()

@@ -16,12 +16,28 @@ class ParseError(ValueError):
 
 
 class SocketError(OSError):
-    """What the BSD call would have set errno to (EAGAIN, ECONNREFUSED, ...)."""
+    """What the BSD call would have set errno to (EAGAIN, ECONNREFUSED, ...).
+
+    Like a kernel socket's error it is also the built-in class for its errno, so code
+    written for kernel sockets works unchanged: EAGAIN is a BlockingIOError,
+    ECONNRESET a ConnectionResetError, ETIMEDOUT a TimeoutError, ..."""
+
+    def __new__(cls, code: int, detail: str = ""):
+        if cls is SocketError:
+            cls = _BY_ERRNO.get(code, cls)
+        return super().__new__(cls, code, os.strerror(code) + (f": {detail}" if detail else ""))
 
     def __init__(self, code: int, detail: str = ""):
-        text = os.strerror(code) + (f": {detail}" if detail else "")
-        super().__init__(code, text)
+        super().__init__(code, os.strerror(code) + (f": {detail}" if detail else ""))
 
     @property
     def name(self) -> str:
         return errno.errorcode.get(self.errno, str(self.errno))
+
+
+# errno -> a SocketError that is also the built-in OSError subclass Python picks for it
+_BY_ERRNO: dict[int, type[SocketError]] = {}
+for _code in errno.errorcode:
+    _builtin = type(OSError(_code, ""))
+    if _builtin is not OSError:
+        _BY_ERRNO[_code] = type(f"Socket{_builtin.__name__}", (SocketError, _builtin), {})

@@ -1,9 +1,8 @@
 """The stack's own event loop: a driver, the sans-I/O core and the clock, joined.
 
-Its surface is small on purpose — `fileno()`, `next_deadline()`, `process(now)` — so
-another event loop (hpnlab.servers' shared one, later) can drive the stack as one of
-its backends: poll the driver's fd, call `process` when it is readable or a deadline
-passed. `run_once` is that loop on its own, with poll().
+Its surface is small on purpose — `wait_time()`, `poll()`, `process(now)`, `flush()`;
+`run_once` is one turn of them. The stack's epoll waits in it, and through that epoll
+hpnlab.servers' shared event loop drives the stack (engine.StackBackend).
 """
 from __future__ import annotations
 
@@ -61,6 +60,14 @@ class Loop:
         if self._backlog:
             wait = 0.001 if wait is None else min(wait, 0.001)
         return wait
+
+    def watch(self, fd: int) -> None:
+        """Also end a wait when kernel descriptor `fd` is readable (an epoll nesting
+        kernel descriptors in the stack's, see epoll.py)."""
+        self._poll.register(fd, select.POLLIN)
+
+    def unwatch(self, fd: int) -> None:
+        self._poll.unregister(fd)
 
     def poll(self, timeout: float | None) -> bool:
         """Wait up to `timeout` s (None: forever) for the driver to have frames."""

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 
+from ..servers.protocols import names as protocol_names
 from . import apps
 from .drivers import DRIVERS, open_driver
 from .loop import Loop
@@ -22,7 +23,7 @@ from .proto.ether import mac_bytes, mac_str
 from .sockets import Net
 from .stack import Stack
 
-APPS = ["echo", "thread-echo", "discard", "sink", "source", "http", "udp-echo", "ping", "connect"]
+APPS = ["echo", "reactor", "thread-echo", "discard", "sink", "source", "http", "udp-echo", "ping", "connect"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,8 +36,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gateway", help="next hop for addresses off the subnet")
     p.add_argument("--tap-kernel-ip", metavar="ADDR/LEN",
                    help="tap: give the kernel's side of the device this address and bring it up")
-    p.add_argument("--app", choices=APPS, default="echo")
+    p.add_argument("--app", choices=APPS, default="echo",
+                   help="reactor: hpnlab.servers' epoll-lt engine, unchanged, on the stack's epoll; "
+                        "thread-echo: a thread per connection on blocking sockets")
     p.add_argument("--port", type=int, default=7, help="server port (default 7)")
+    p.add_argument("--protocol", default="echo", choices=protocol_names(),
+                   help="reactor: the hpnlab.servers protocol handler to serve (default echo)")
     p.add_argument("--backlog", type=int, default=128)
     p.add_argument("--interest", choices=["rbtree", "dict"], default="rbtree", help="epoll's interest set")
     p.add_argument("--once", type=int, default=0, metavar="N", help="server: exit after N connections")
@@ -132,6 +137,8 @@ def main(args) -> int:
                  "ifname": args.ifname, "mtu": driver.mtu})
         if args.app == "udp-echo":
             apps.udp_echo(net, args, _report, stop)
+        elif args.app == "reactor":
+            apps.reactor(net, args, _report, stop)
         elif args.app == "thread-echo":
             apps.thread_echo(net, args, _report, stop)
         elif args.app == "ping":

@@ -7,14 +7,19 @@ can return (or its timeout passes), as a single-threaded kernel would run softir
 a process sleeps. `Net.start_thread()` instead gives the loop a thread of its own, and
 then any number of threads may block in socket calls at once (one lock guards the
 stack; a blocking call sleeps on a condition the loop signals after each pass) — the
-thread-per-connection server of §2.4.4. Descriptors are small integers in the stack's
-own table.
+thread-per-connection server of §2.4.4.
+
+Descriptors are numbers the kernel handed out (each socket holds an open /dev/null):
+never the same as a kernel descriptor of this process, so one event loop can index
+the stack's sockets and its own eventfd or pipes in one fd table (hpnlab.servers' Loop
+on `engine.StackBackend`).
 """
 from __future__ import annotations
 
 import errno
 import functools
 import ipaddress
+import os
 import socket as _socket
 import threading
 
@@ -61,7 +66,6 @@ class Net:
         self.loop = loop
         self.stack = loop.stack
         self.fds: dict[int, Socket] = {}
-        self._next_fd = 3
         self.lock = threading.RLock()
         self.cond = threading.Condition(self.lock)
         self._thread: threading.Thread | None = None
@@ -100,10 +104,9 @@ class Net:
             raise SocketError(errno.EAFNOSUPPORT, "only AF_INET")
         if type not in (SOCK_STREAM, SOCK_DGRAM):
             raise SocketError(errno.EPROTONOSUPPORT, "SOCK_STREAM or SOCK_DGRAM")
+        fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)     # a number no kernel descriptor has
         with self.lock:
-            sock = Socket(self, type, self._next_fd)
-            self.fds[self._next_fd] = sock
-            self._next_fd += 1
+            sock = self.fds[fd] = Socket(self, type, fd)
         return sock
 
     def wait(self, ready, timeout: float | None) -> bool:
@@ -320,6 +323,21 @@ class Socket:
         self.net.loop.flush()
         return n
 
+    def sendmsg(self, buffers, *_ancillary) -> int:
+        """Gather-send (writev): as much of the buffers, in order, as the send buffer takes."""
+        total = 0
+        for buf in buffers:
+            try:
+                n = self.send(buf)
+            except BlockingIOError:
+                if total:
+                    break
+                raise
+            total += n
+            if n < len(buf):
+                break
+        return total
+
     def sendall(self, data) -> None:
         view = memoryview(data)
         while view:
@@ -391,6 +409,7 @@ class Socket:
         if self.type == SOCK_DGRAM and self.local is not None:
             self.net.stack.udp_ports.pop(self.local[1], None)
         self.net.fds.pop(self.fd, None)
+        os.close(self.fd)
         self.net.loop.flush()
 
     def getsockname(self) -> tuple[str, int]:
