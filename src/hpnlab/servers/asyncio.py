@@ -13,6 +13,15 @@ import signal
 from . import HIGH_WATER, LOW_WATER, Server
 
 
+class LaterConn:
+    """What a handler needs to answer outside data_received: write, close and the loop's timers."""
+    __slots__ = ("call_later", "call_soon_threadsafe", "close", "write")
+
+    def __init__(self, transport, loop):
+        self.write, self.close = transport.write, transport.close
+        self.call_later, self.call_soon_threadsafe = loop.call_later, loop.call_soon_threadsafe
+
+
 class EngineProtocol(_asyncio.Protocol):
     __slots__ = ("handler", "transport")
 
@@ -23,6 +32,14 @@ class EngineProtocol(_asyncio.Protocol):
     def connection_made(self, transport):
         self.transport = transport
         transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+        made = getattr(self.handler, "connection_made", None)
+        if made is not None:      # a handler that answers later (the KV store's BLPOP)
+            made(LaterConn(transport, _asyncio.get_running_loop()))
+
+    def connection_lost(self, exc):
+        lost = getattr(self.handler, "connection_lost", None)
+        if lost is not None:
+            lost()
 
     def data_received(self, data):
         out, close = self.handler.feed(data)

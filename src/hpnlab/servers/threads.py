@@ -19,6 +19,36 @@ from . import RECV_SIZE, Server, tune
 STACK_SIZE = 256 * 1024
 
 
+class ThreadConn:
+    """What a handler needs to answer outside feed(): the connection's thread is blocked in
+    recv meanwhile, so another thread may send; timers are threads of their own."""
+    __slots__ = ("sock",)
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def call_later(self, delay: float, callback, *args) -> threading.Timer:
+        timer = threading.Timer(delay, callback, args)
+        timer.daemon = True
+        timer.start()
+        return timer
+
+    def call_soon_threadsafe(self, callback, *args) -> None:
+        callback(*args)
+
+
 class Threads(Server):
     name = "threads"
 
@@ -41,6 +71,9 @@ class Threads(Server):
 
     def serve_conn(self, sock: socket.socket) -> None:
         handler = self.protocol.new()
+        made = getattr(handler, "connection_made", None)
+        if made is not None:      # a handler that answers later (the KV store's BLPOP)
+            made(ThreadConn(sock))
         try:
             while True:
                 data = sock.recv(RECV_SIZE)
@@ -59,6 +92,9 @@ class Threads(Server):
             with self.lock:
                 self.conns.discard(sock)
             sock.close()
+            lost = getattr(handler, "connection_lost", None)
+            if lost is not None:
+                lost()
 
     def close(self):
         # Wake every blocked recv() with shutdown() so threads end on their own.

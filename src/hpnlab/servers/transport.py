@@ -47,6 +47,16 @@ class Transport:
         self.paused = False                        # reading stopped by backpressure
         self.closing = False                       # close once `queue` is flushed
         loop.add_reader(self.fd, self._read_edge if loop.edge_triggered else self._read_level)
+        made = getattr(handler, "connection_made", None)
+        if made is not None:      # a handler that answers later (the KV store's BLPOP) keeps us
+            made(self)
+
+    # -- for handlers that answer later ---------------------------------------------
+    def call_later(self, delay: float, callback: Callable, *args):
+        return self.loop.call_later(delay, callback, *args)
+
+    def call_soon_threadsafe(self, callback: Callable, *args) -> None:
+        self.loop.call_soon_threadsafe(callback, *args)
 
     # -- reading ----------------------------------------------------------------
     def _read_level(self) -> None:
@@ -179,5 +189,8 @@ class Transport:
         self.queue.clear()
         self.buffered = 0
         self.sock.close()
+        lost = getattr(self.handler, "connection_lost", None)
+        if lost is not None:
+            lost()
         if self.on_close is not None:
             self.on_close(self)
