@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from hpnlab.servers import ENGINES, unavailable
+from hpnlab.servers import ENGINES, engine_class, unavailable
 
 
 def free_port() -> int:
@@ -297,6 +297,59 @@ def test_clean_shutdown_on_sigterm(engine):
     with pytest.raises(ConnectionRefusedError):
         connect(srv.port)
     srv.stop()
+
+
+# The server with SIGTERM/SIGINT blocked on its main thread and a helper thread that takes
+# them: the C-level handler runs (CPython's flag is set) while the main thread sleeps in its
+# wait and gets no EINTR - the state of a signal that lands just before the wait's syscall,
+# made certain instead of 1 in 10.
+SIGNAL_ON_ANOTHER_THREAD = """
+import signal, sys, threading
+threading.Thread(target=threading.Event().wait, daemon=True).start()
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+from hpnlab.servers.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_that_misses_the_wait_still_stops_every_engine():
+    # the parallel engines with 2 threads/processes; coro --workers 2: forked copies
+    cases = [[e, *(["--workers", "2"] if engine_class(e).parallel else [])]
+             for e in ENGINES if not unavailable(e)] + [["coro", "--workers", "2"]]
+    procs = []
+    for case in cases:
+        port = free_port()
+        err = Path(f"/tmp/hpnlab-test-missed-signal-{port}.err")
+        with open(err, "wb") as f:
+            procs.append((case, err, subprocess.Popen(
+                [sys.executable, "-c", SIGNAL_ON_ANOTHER_THREAD, *case, "--host", "127.0.0.1",
+                 "--port", str(port)],
+                stdout=subprocess.DEVNULL, stderr=f, start_new_session=True)))
+    hung = []
+    try:
+        deadline = time.monotonic() + 30
+        for case, err, p in procs:
+            while "listening" not in err.read_text():
+                assert p.poll() is None and time.monotonic() < deadline, f"{case}: {err.read_text()}"
+                time.sleep(0.02)
+        time.sleep(0.2)                      # every main thread asleep in its wait
+        for _case, _err, p in procs:
+            p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        for case, err, p in procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                hung.append(" ".join(case))
+                continue
+            assert p.returncode == 0, f"{case}: {err.read_text()}"
+    finally:
+        for _case, err, p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+            err.unlink(missing_ok=True)
+    assert not hung, f"still running 5 s after SIGTERM: {hung}"
 
 
 def test_unknown_engine_lists_valid_ones():

@@ -294,6 +294,8 @@ class Scheduler:
         if _running is not None:
             raise RuntimeError("hpnlab.coro.run() cannot be nested")
         _running = self
+        # A signal (Ctrl-C, SIGTERM) that lands just before epoll_wait must still wake us.
+        self.loop.wake_on_signals()
         try:
             top = self.spawn(main, name="main")
             self._loop(top)

@@ -11,6 +11,9 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from functools import partial
+
+from ..servers.loop import Loop
 
 
 def run_workers(n: int, target: Callable[[int], int | None],
@@ -32,14 +35,19 @@ def run_workers(n: int, target: Callable[[int], int | None],
             except ProcessLookupError:
                 pass
 
-    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
     try:
         for i in range(n):
             pid = os.fork()
             if pid == 0:
+                try:
+                    # A signal the parent forwarded before this worker ran is delivered (and
+                    # its handler run) here: told to stop before it began, a clean stop.
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
+                except BaseException:  # noqa: BLE001 - whatever the inherited handler raises
+                    os._exit(0)
                 code = 1
                 try:
-                    signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
                     code = target(i) or 0
                 except BaseException as exc:  # noqa: BLE001 - a worker must never return into the parent
                     print(f"worker {i}: {exc!r}", file=sys.stderr)
@@ -52,18 +60,38 @@ def run_workers(n: int, target: Callable[[int], int | None],
             after_fork()
         old = {s: signal.signal(s, forward) for s in signals}
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
-    worst = 0
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     try:
-        for p in pids:
-            while True:
-                try:
-                    _, status = os.waitpid(p, 0)
-                    break
-                except InterruptedError:
-                    continue
-            worst = max(worst, os.waitstatus_to_exitcode(status) & 0xFF)
+        return _reap(pids)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def _reap(pids: list[int]) -> int:
+    """Wait for every worker; the worst exit status. The wait is a Loop on the workers'
+    pidfds that a signal wakes too, so a SIGTERM landing just before the wait's syscall
+    is forwarded at once (a blocking waitpid would sit on it until a worker ended)."""
+    loop = Loop("epoll")
+    loop.wake_on_signals()
+    worst, left = 0, len(pids)
+
+    def reap(pid: int, pidfd: int) -> None:
+        nonlocal worst, left
+        loop.forget(pidfd)
+        os.close(pidfd)
+        _, status = os.waitpid(pid, 0)
+        worst = max(worst, os.waitstatus_to_exitcode(status) & 0xFF)
+        left -= 1
+        if not left:
+            loop.stop()
+
+    try:
+        for pid in pids:
+            pidfd = os.pidfd_open(pid)
+            loop.add_reader(pidfd, partial(reap, pid, pidfd))
+        if left:
+            loop.run_forever()
+    finally:
+        loop.close()
     return worst

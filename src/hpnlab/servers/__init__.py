@@ -66,9 +66,12 @@ class Shutdown(BaseException):
     """Raised by the SIGTERM/SIGINT handler to unwind an engine's loop.
 
     A BaseException so that engines' `except Exception` around per-connection
-    work does not swallow it. Raising from the signal handler interrupts a
-    blocking epoll_wait/accept/io_uring_enter (PEP 475 runs the handler on
-    EINTR before retrying), so no engine needs its own wake-up pipe for it.
+    work does not swallow it. CPython runs the handler only between bytecodes
+    of the main thread: a signal that lands just before a blocking
+    epoll_wait/io_uring_enter (or on another thread) does not interrupt it and
+    would wait for the next event. So every engine's main thread waits where
+    the signal.set_wakeup_fd pipe wakes it (servers/loop.py: Loop.wake_on_signals,
+    SignalWakeup); asyncio and uvloop do the same in add_signal_handler.
     """
 
 

@@ -10,38 +10,42 @@ as to epoll-threads: one thread runs Python at a time.
 """
 from __future__ import annotations
 
+import socket
 from itertools import cycle
 
-from . import Server
 from .reactor import Reactor, ReactorThread
 
 JOIN_TIMEOUT = 5.0
 
 
-class EpollAcceptor(Server):
+class EpollAcceptor(Reactor):
+    """The main thread's reactor only accepts; adopt() deals connections out."""
+
     name = "epoll-acceptor"
     parallel = True
 
+    def __init__(self, listener, protocol, workers: int = 1):
+        super().__init__(listener, protocol, workers)
+        self.threads = [ReactorThread(Reactor(None, protocol), name=f"epoll-{i}")
+                        for i in range(workers)]
+        self.next_thread = cycle(self.threads)
+
     def serve_forever(self):
-        self.threads = [ReactorThread(Reactor(None, self.protocol), name=f"epoll-{i}")
-                        for i in range(self.workers)]
         for t in self.threads:
             t.start()
-        self.listener.setblocking(True)      # this thread does nothing but accept
-        for t in cycle(self.threads):
-            while True:
-                try:
-                    sock, _addr = self.listener.accept()
-                    break
-                except OSError:
-                    continue                 # EMFILE / ECONNABORTED: keep serving the others
-            t.reactor.loop.call_soon_threadsafe(t.reactor.adopt, sock)
+        super().serve_forever()
+
+    def adopt(self, sock: socket.socket) -> None:
+        worker = next(self.next_thread).reactor
+        worker.loop.call_soon_threadsafe(worker.adopt, sock)
 
     def close(self):
-        for t in getattr(self, "threads", []):
-            t.stop()
-        for t in getattr(self, "threads", []):
-            t.join(JOIN_TIMEOUT)
+        for t in self.threads:
+            if t.is_alive():
+                t.stop()
+                t.join(JOIN_TIMEOUT)
+            else:
+                t.reactor.close()    # never started (a signal came first)
         super().close()
 
 

@@ -66,6 +66,7 @@ class GreenletServer(Server):
 
     def serve_forever(self):
         self.hub = hub = Hub()
+        hub.loop.wake_on_signals()            # SIGTERM must end the hub's wait
         self.listener.setblocking(False)
         hub.spawn(self.accept_loop)
         hub.run()
@@ -114,6 +115,12 @@ class GreenletServer(Server):
         finally:
             hub.forget(fd)
             sock.close()
+
+    def close(self):
+        hub = getattr(self, "hub", None)
+        if hub is not None:
+            hub.loop.close()
+        super().close()
 
 
 ENGINE = GreenletServer

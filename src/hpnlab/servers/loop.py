@@ -47,6 +47,13 @@ clear its own slot there directly, as remove_reader would, without a call.
 Callbacks run on the loop's thread; one Loop per thread. An exception in a
 callback propagates out of run_forever (a server catches per-connection
 errors in its own callbacks).
+
+Signals: CPython runs a Python signal handler only between bytecodes of
+the main thread. A signal that lands after the last check and before the
+wait's syscall (or on another thread) only sets a flag, and the handler
+would wait for the next event. `loop.wake_on_signals()` closes that gap
+the way asyncio does: signal.set_wakeup_fd makes the C-level handler write
+a byte to a pipe this loop watches, so the wait returns and the handler runs.
 """
 from __future__ import annotations
 
@@ -54,6 +61,8 @@ import heapq
 import itertools
 import os
 import select as _select
+import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -213,6 +222,30 @@ class TimerHandle:
         self.cancelled = True     # left in the heap, skipped when it comes up (lazy deletion)
 
 
+class SignalWakeup:
+    """A non-blocking pipe that every signal with a Python handler writes a byte to
+    (signal.set_wakeup_fd): a wait that watches `rfd` returns when a signal comes,
+    even one that came just before the wait began. One per process at a time,
+    made on the main thread; close() puts the previous wake-up fd back."""
+
+    def __init__(self):
+        self.rfd, self.wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.previous = signal.set_wakeup_fd(self.wfd, warn_on_full_buffer=False)
+
+    def drain(self) -> None:
+        try:
+            os.read(self.rfd, 4096)          # more than that: the fd stays ready, read again
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        if self.wfd >= 0:
+            signal.set_wakeup_fd(self.previous)
+            os.close(self.rfd)
+            os.close(self.wfd)
+            self.rfd = self.wfd = -1
+
+
 class Loop:
     """One event loop; see the module docstring."""
 
@@ -239,6 +272,7 @@ class Loop:
         # Another thread's call_soon_threadsafe wakes us through this eventfd.
         self._wakeup = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.add_reader(self._wakeup, self._drain_wakeup)
+        self._signals: SignalWakeup | None = None
 
     # -- fds --------------------------------------------------------------------
     def _grow(self, fd: int) -> None:
@@ -327,6 +361,14 @@ class Loop:
         except BlockingIOError:
             pass
 
+    def wake_on_signals(self) -> None:
+        """Make a signal end this loop's wait at once, so that its Python handler runs
+        (see the module docstring). Only the main thread runs signal handlers: on any
+        other thread this does nothing (stop such a loop with call_soon_threadsafe)."""
+        if self._signals is None and threading.current_thread() is threading.main_thread():
+            self._signals = SignalWakeup()
+            self.add_reader(self._signals.rfd, self._signals.drain)
+
     def call_later(self, delay: float, callback: Callable, *args) -> TimerHandle:
         return self.call_at(time.monotonic() + delay, callback, *args)
 
@@ -392,6 +434,10 @@ class Loop:
                                   else handle.callback)
 
     def close(self) -> None:
+        if self._signals is not None:
+            self.forget(self._signals.rfd)
+            self._signals.close()
+            self._signals = None
         if self._wakeup >= 0:
             self.forget(self._wakeup)
             os.close(self._wakeup)

@@ -7,6 +7,11 @@ Loop's backend (servers/loop.py) - so an engine is a class attribute: the
 listener's reader accepts and wraps each connection in a Transport
 (servers/transport.py), which reads, feeds the protocol handler, writes, and
 applies backpressure.
+
+The accept loop here is also the main thread's loop of the engines that
+hand connections elsewhere (threads, epoll-acceptor: they override adopt),
+so that every engine's main thread waits where a signal can wake it
+(Loop.wake_on_signals).
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ class Reactor(Server):
         self.transports: set[Transport] = set()
 
     def serve_forever(self):
+        self.loop.wake_on_signals()           # main thread only: SIGTERM must end the wait
         if self.listener is not None:
             self.listener.setblocking(False)
             self.loop.add_reader(self.listener.fileno(), self.on_accept)
@@ -55,11 +61,10 @@ class Reactor(Server):
         if self.loop.edge_triggered:
             self.loop.call_soon(self.on_accept)
 
-    def adopt(self, sock: socket.socket) -> Transport:
+    def adopt(self, sock: socket.socket) -> None:
+        """Serve a new connection (here: a Transport on this loop)."""
         tune(sock)
-        t = Transport(self.loop, sock, self.protocol.new(), self.transports.discard)
-        self.transports.add(t)
-        return t
+        self.transports.add(Transport(self.loop, sock, self.protocol.new(), self.transports.discard))
 
     def close(self) -> None:
         for t in list(self.transports):

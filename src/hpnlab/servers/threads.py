@@ -6,13 +6,16 @@ CPython only one thread runs Python at a time (the GIL), so every request
 costs a GIL hand-off and a context switch; with thousands of threads the
 accept loop itself waits for the GIL behind them, and latency collapses.
 Backpressure is free: a thread blocked in sendall() does not read.
+The main thread accepts on the reactor's loop (where a signal can wake it)
+and starts a thread per connection.
 """
 from __future__ import annotations
 
 import socket
 import threading
 
-from . import RECV_SIZE, Server, tune
+from . import RECV_SIZE, tune
+from .reactor import Reactor
 
 # Python threads run little Python per frame here; a small stack keeps
 # thousands of threads from reserving 8 MiB of address space each.
@@ -49,7 +52,7 @@ class ThreadConn:
         callback(*args)
 
 
-class Threads(Server):
+class Threads(Reactor):
     name = "threads"
 
     def __init__(self, listener, protocol, workers: int = 1):
@@ -59,15 +62,14 @@ class Threads(Server):
 
     def serve_forever(self):
         threading.stack_size(STACK_SIZE)
-        while True:
-            try:
-                sock, _addr = self.listener.accept()
-            except OSError:
-                continue          # EMFILE / ECONNABORTED: keep serving the others
-            tune(sock)
-            with self.lock:
-                self.conns.add(sock)
-            threading.Thread(target=self.serve_conn, args=(sock,), daemon=True).start()
+        super().serve_forever()
+
+    def adopt(self, sock: socket.socket) -> None:
+        sock.setblocking(True)           # accepted from a non-blocking listener
+        tune(sock)
+        with self.lock:
+            self.conns.add(sock)
+        threading.Thread(target=self.serve_conn, args=(sock,), daemon=True).start()
 
     def serve_conn(self, sock: socket.socket) -> None:
         handler = self.protocol.new()

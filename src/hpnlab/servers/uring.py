@@ -19,6 +19,10 @@ in a single io_uring_enter().
 Provided buffers go back to the kernel in one batch at the next wait(), so
 the data of a recv completion is copied out (bytes) before that.
 
+A signal wakes the wait through a poll on the wake-up pipe of
+signal.set_wakeup_fd (servers/loop.py's SignalWakeup), re-armed each time:
+io_uring_enter only returns EINTR for a signal that comes while it waits.
+
 Backpressure: if a connection's queued output passes HIGH_WATER we cancel
 its recv and ask the ring to tell us (a DRAIN completion) once the queue is
 below LOW_WATER, and re-arm the recv then.
@@ -30,8 +34,9 @@ import os
 import socket
 
 from . import HIGH_WATER, LOW_WATER, Server
+from .loop import SignalWakeup
 
-ACCEPT, RECV, CANCEL = 1, 2, 4     # user_data = fd << 3 | kind (the ring's SEND/DRAIN tags are 5, 6)
+ACCEPT, RECV, SIGNAL, CANCEL = 1, 2, 3, 4   # user_data = fd << 3 | kind (the ring's SEND/DRAIN tags are 5, 6)
 NBUFS, BUFSIZE = 512, 4096
 
 
@@ -60,6 +65,8 @@ class UringServer(Server):
         self.multishot_accept = self.multishot_recv = True
         lfd = self.listener.fileno()
         ring.prep_accept(lfd, ACCEPT, multishot=True)
+        self.signals = signals = SignalWakeup()
+        ring.prep_poll(signals.rfd, SIGNAL)
         conns, bufs, bufsize = self.conns, ring.bufs, ring.bufsize
         send, r = ring.lib.hp_send, ring.r
         F_MORE, SHIFT = ring.F_MORE, ring.BUFFER_SHIFT
@@ -113,6 +120,9 @@ class UringServer(Server):
                         finish(c, fd)
                 elif kind == ACCEPT:
                     self.on_accept(lfd, res, flags & F_MORE)
+                elif kind == SIGNAL:                    # its handler runs next (or ran)
+                    signals.drain()
+                    ring.prep_poll(signals.rfd, SIGNAL)
 
     def on_accept(self, lfd: int, res: int, more: int) -> None:
         if res >= 0:
@@ -177,6 +187,8 @@ class UringServer(Server):
                 pass
         if ring is not None:
             ring.close()                             # cancels what is still in flight
+        if getattr(self, "signals", None) is not None:
+            self.signals.close()
         super().close()
 
 

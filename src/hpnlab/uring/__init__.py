@@ -10,7 +10,7 @@ syscalls per request drop well below one.
     ring.prep_accept(listen_fd, ud=1, multishot=True)
     for ud, res, flags in ring.wait(): ...
 
-The compiled part (_hpnlab_uring_v2, built from _build.py) is made by
+The compiled part (_hpnlab_uring_v3, built from _build.py) is made by
 `make setup`; if it is missing, the first import builds it, and says
 clearly what is missing when it cannot (no gcc, no liburing-dev).
 """
@@ -29,7 +29,7 @@ class UringUnavailable(HpnlabError, RuntimeError):
 
 def _load():
     try:
-        from . import _hpnlab_uring_v2 as mod  # type: ignore[attr-defined]
+        from . import _hpnlab_uring_v3 as mod  # type: ignore[attr-defined]
         return mod.ffi, mod.lib
     except ImportError:
         pass
@@ -38,7 +38,7 @@ def _load():
         _build.build()
     except Exception as exc:  # noqa: BLE001 - any build failure means unavailable, and why
         raise UringUnavailable(f"the liburing binding is not built and cannot be built: {exc}") from None
-    from . import _hpnlab_uring_v2 as mod  # type: ignore[attr-defined]
+    from . import _hpnlab_uring_v3 as mod  # type: ignore[attr-defined]
     return mod.ffi, mod.lib
 
 
@@ -156,6 +156,10 @@ class Ring:
 
     def prep_nop(self, ud: int) -> None:
         self._check(self.lib.hp_prep_nop(self.r, ud), "prep nop")
+
+    def prep_poll(self, fd: int, ud: int) -> None:
+        """One completion (res: the poll events) once fd is readable."""
+        self._check(self.lib.hp_prep_poll(self.r, fd, ud), "prep poll")
 
     def submit(self) -> int:
         return self.lib.hp_submit(self.r)

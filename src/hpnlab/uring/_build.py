@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 # The version changes with the C interface, so a build of an older one is never loaded.
-MODULE = "_hpnlab_uring_v2"
+MODULE = "_hpnlab_uring_v3"
 
 CDEF = r"""
 typedef unsigned long long u64;
@@ -55,6 +55,7 @@ int hp_prep_accept(hp_ring *r, int fd, u64 ud, int multishot);
 int hp_prep_recv(hp_ring *r, int fd, u64 ud, int multishot);
 int hp_prep_cancel(hp_ring *r, u64 target, u64 ud);
 int hp_prep_nop(hp_ring *r, u64 ud);
+int hp_prep_poll(hp_ring *r, int fd, u64 ud);
 
 int hp_submit(hp_ring *r);
 int hp_submit_and_wait(hp_ring *r, unsigned wait_nr);
@@ -75,6 +76,7 @@ int setsockopt(int fd, int level, int name, const void *val, unsigned len);
 
 SOURCE = r"""
 #include <errno.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -365,6 +367,16 @@ int hp_prep_nop(hp_ring *r, u64 ud)
     struct io_uring_sqe *sqe = get_sqe(r);
     if (!sqe) return -EBUSY;
     io_uring_prep_nop(sqe);
+    io_uring_sqe_set_data64(sqe, ud);
+    return 0;
+}
+
+/* One-shot POLLIN on fd: a completion when it is readable (a signal's wake-up pipe). */
+int hp_prep_poll(hp_ring *r, int fd, u64 ud)
+{
+    struct io_uring_sqe *sqe = get_sqe(r);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_poll_add(sqe, fd, POLLIN);
     io_uring_sqe_set_data64(sqe, ud);
     return 0;
 }
