@@ -1,45 +1,29 @@
-"""Lab nat: why P2P needs simultaneous open — UDP hole punching and TCP
-simultaneous open through two NAT routers (labs/p2p/nat.yml).
+"""Lab nat: NAT traversal — how two peers behind two NAT routers connect
+(labs/p2p/nat.yml): hole punching, port prediction, birthday-paradox punching
+and a relay, UDP first and then TCP simultaneous open.
 
-Peers pa and pb sit on private LANs behind routers ra and rb, which masquerade
-onto the lab's `wan`, where the rendezvous server rz lives. Each peer
-registers with rz from the very port it will use for the peer (UDP and TCP),
-learns the other's *public* endpoint (what rz saw), and then:
-
-  UDP   both send datagrams to each other's public endpoint; the first one out
-        of each NAT opens a mapping + conntrack entry ("punches the hole"), so
-        the other's datagrams are let in as replies;
-  TCP   both connect() from their fixed port to the other's public endpoint at
-        a time rz gives them: the SYNs create the same conntrack entries, and
-        the kernel's simultaneous-open path completes the handshake. No peer
-        listens — a listener behind a NAT is unreachable.
-
-The routers behave like home routers: unsolicited packets from `wan` are
-dropped silently (no RST, no ICMP), as they must be for the punching to work.
-The knob is each router's NAT behaviour:
-
-  cone       plain `masquerade`: the source port is kept when it can be
-             (port-preserving, endpoint-independent mapping)
-  symmetric  `masquerade fully-random`: every destination gets a new random
-             port, so what rz saw is not what the peer will see
+Peers pa and pb sit on private LANs behind routers ra and rb, which NAT onto
+the lab's `wan`, where the rendezvous host rz lives. The routers behave like
+home routers: unsolicited packets from `wan` are dropped silently (no RST, no
+ICMP), and conntrack lets in only replies from the exact address and port a
+packet went to (RFC 4787 "address and port-dependent filtering"). The knob is
+each router's mapping behaviour (KINDS). Per try, each peer observes its own
+NAT through rz (traversal.py), both pick the method that fits the pair, and
+fall back to rz's relay when no direct path opens before the deadline. Every
+outcome is then proven from captures on the routers' `wan` NICs.
 
     hpnlab --lab labs/p2p/nat.yml lab nat
     python -m hpnlab.labs.nat rendezvous|peer ...      (the agents)
 """
 from __future__ import annotations
 
-import argparse
-import json
-import random
-import select
-import signal
-import socket
+import math
+import statistics
 import sys
 import time
-from pathlib import Path
 
 from .. import report
-from . import pcap
+from . import pcap, rendezvous, traversal
 from ._agent import dispatch
 from ._kit import (
     Capture,
@@ -50,193 +34,37 @@ from ._kit import (
     need_tools,
     run_agents,
 )
-from .p2p import exchange, simultaneous_connect
 
-HELP = "NAT traversal: UDP hole punching and TCP simultaneous open through cone / symmetric NATs"
+HELP = "NAT traversal: hole punching, port prediction, birthday punching and relay through four kinds of NAT"
 RZ_PORT = 9000
-SCENARIOS = (("cone", "cone"), ("cone", "symmetric"), ("symmetric", "symmetric"))
 HOSTS = ("pa", "pb", "ra", "rb", "rz")
 TABLE = "hpnlab_nat"
+N_PORTS = traversal.PORT_HI - traversal.PORT_LO + 1
+
+# kind: (the nftables NAT statement for TCP/UDP, RFC 4787's name for the behaviour)
+KINDS = {
+    "cone": ("masquerade", "endpoint-independent mapping, port preservation"),
+    "remap": ("masquerade to :jhash ip saddr . th sport mod 20000 seed 0x5eed offset 30000",
+              "endpoint-independent mapping, no port preservation (the port is a hash of the private endpoint)"),
+    # nft 1.0.6 hands numgen's host-order number to the NAT unconverted (ports would
+    # step by 256): a map from the counter to ports gives real consecutive ports
+    "seq": ("masquerade to :numgen inc mod 1000 map { "
+            + ", ".join(f"{i} : {20000 + i}" for i in range(1000)) + " }",
+            "address and port-dependent mapping, sequential port assignment (a new port per new destination)"),
+    "random": ("masquerade fully-random",
+               "address and port-dependent mapping, random port assignment"),
+}
+SCENARIOS = ("cone-cone", "remap-cone", "cone-seq", "cone-random", "seq-seq", "random-random")
 
 
-# ================================================================ agents
-
-def rendezvous_main(argv: list[str]) -> int:
-    """Pair two peers of one session over UDP and TCP; tell each the other's
-    public endpoint (the source address this server saw)."""
-    ap = argparse.ArgumentParser(prog="hpnlab.labs.nat rendezvous")
-    ap.add_argument("--port", type=int, default=RZ_PORT)
-    ap.add_argument("--lead", type=float, default=0.5, help="seconds from pairing to the TCP start time")
-    a = ap.parse_args(argv)
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    u.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    u.bind(("0.0.0.0", a.port))
-    t = socket.socket()
-    t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    t.bind(("0.0.0.0", a.port))
-    t.listen(8)
-    udp_seen: dict[str, tuple] = {}
-    tcp_seen: dict[str, tuple] = {}
-    tcp_conns: dict[str, socket.socket] = {}
-    pending: dict[socket.socket, bytes] = {}
-    log = {"udp": {}, "tcp": {}}
-    print(json.dumps({"listening": True}), flush=True)
-    while not stop:
-        r, _, _ = select.select([u, t, *pending, *tcp_conns.values()], [], [], 0.1)
-        for s in r:
-            if s is u:
-                data, addr = u.recvfrom(2048)
-                msg = json.loads(data)
-                udp_seen[msg["name"]] = addr
-                log["udp"][msg["name"]] = f"{addr[0]}:{addr[1]}"
-                other = msg["peer"]
-                if other in udp_seen:
-                    u.sendto(json.dumps({"self": udp_seen[msg["name"]], "peer": udp_seen[other]}).encode(), addr)
-            elif s is t:
-                c, _ = t.accept()
-                pending[c] = b""
-            elif s in pending:
-                chunk = s.recv(1024)
-                if not chunk:
-                    del pending[s]
-                    s.close()
-                    continue
-                pending[s] += chunk
-                if b"\n" in pending[s]:
-                    msg = json.loads(pending.pop(s).split(b"\n")[0])
-                    tcp_seen[msg["name"]] = s.getpeername()
-                    tcp_conns[msg["name"]] = s
-                    log["tcp"][msg["name"]] = "%s:%d" % s.getpeername()
-                    if len(tcp_conns) == 2:
-                        start_at = time.time() + a.lead
-                        names = list(tcp_conns)
-                        for me, other in ((names[0], names[1]), (names[1], names[0])):
-                            tcp_conns[me].sendall(json.dumps({"self": tcp_seen[me], "peer": tcp_seen[other],
-                                                              "start_at": start_at}).encode() + b"\n")
-            else:                                   # a registered peer closed its rendezvous connection
-                if not s.recv(1024):
-                    for k, v in list(tcp_conns.items()):
-                        if v is s:
-                            del tcp_conns[k]
-                    s.close()
-    print(json.dumps(log), flush=True)
-    return 0
-
-
-def udp_punch(name: str, peer_name: str, port: int, rz: tuple, timeout: float) -> dict:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("0.0.0.0", port))
-    s.settimeout(0.1)
-    out = {"ok": False, "sent": 0, "received_from": None}
-    deadline = time.time() + timeout
-    reg = json.dumps({"name": name, "peer": peer_name}).encode()
-    info = None
-    while info is None and time.time() < deadline:        # register until rz knows both of us
-        s.sendto(reg, rz)
-        try:
-            data, addr = s.recvfrom(2048)
-            if addr == rz:
-                info = json.loads(data)
-        except socket.timeout:
-            pass
-    if info is None:
-        out["error"] = "rendezvous did not pair us"
-        return out
-    peer = tuple(info["peer"])
-    out.update(self_public="%s:%d" % tuple(info["self"]), peer_public="%s:%d" % peer)
-    got_punch = got_ack = False
-    acks_to_send = 0
-    while time.time() < deadline and not (got_punch and got_ack and acks_to_send == 0):
-        s.sendto(b"PUNCH " + name.encode(), peer)
-        out["sent"] += 1
-        if acks_to_send:
-            s.sendto(b"ACK " + name.encode(), peer)
-            acks_to_send -= 1
-        end = time.time() + 0.05
-        while time.time() < end:
-            try:
-                data, addr = s.recvfrom(2048)
-            except socket.timeout:
-                break
-            if addr == rz:
-                continue
-            out["received_from"] = "%s:%d" % addr
-            if data.startswith(b"PUNCH"):
-                got_punch = True
-                acks_to_send = 3
-            elif data.startswith(b"ACK"):
-                got_ack = True
-    out["ok"] = got_punch and got_ack       # each side heard the other, and knows it was heard
-    out["got_punch"], out["got_ack"] = got_punch, got_ack
-    return out
-
-
-def tcp_open(name: str, peer_name: str, local_ip: str, port: int, rz: tuple, timeout: float) -> dict:
-    out = {"ok": False}
-    r = socket.socket()
-    r.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    r.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    r.bind((local_ip, port))
-    r.settimeout(timeout + 5)
-    r.connect(rz)
-    r.sendall(json.dumps({"name": name, "peer": peer_name}).encode() + b"\n")
-    buf = b""
-    while b"\n" not in buf:
-        chunk = r.recv(1024)
-        if not chunk:
-            out["error"] = "rendezvous closed"
-            return out
-        buf += chunk
-    info = json.loads(buf.split(b"\n")[0])
-    peer = tuple(info["peer"])
-    out.update(self_public="%s:%d" % tuple(info["self"]), peer_public="%s:%d" % peer)
-    s, stats = simultaneous_connect((local_ip, port), peer, info["start_at"], timeout, jitter_ms=5.0,
-                                    rng=random.Random())
-    out.update(stats)
-    if s is not None:
-        try:
-            out["received"] = exchange(s, name, "over TCP through two NATs")
-            out["ok"] = out["received"].startswith("hello from")
-            out["peer_seen_as"] = "%s:%d" % s.getpeername()
-        except OSError as exc:
-            out["error"] = str(exc)
-        finally:
-            s.close()
-    r.close()
-    return out
-
-
-def peer_main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="hpnlab.labs.nat peer")
-    ap.add_argument("--name", required=True)
-    ap.add_argument("--peer-name", required=True)
-    ap.add_argument("--local", required=True, help="this peer's private address")
-    ap.add_argument("--rz", required=True, help="rendezvous IP:PORT")
-    ap.add_argument("--udp-port", type=int, required=True)
-    ap.add_argument("--tcp-port", type=int, required=True)
-    ap.add_argument("--timeout", type=float, default=3.0)
-    a = ap.parse_args(argv)
-    ip, port = a.rz.rsplit(":", 1)
-    rz = (ip, int(port))
-    res = {"name": a.name,
-           "udp": udp_punch(a.name, a.peer_name, a.udp_port, rz, a.timeout),
-           "tcp": tcp_open(a.name, a.peer_name, a.local, a.tcp_port, rz, a.timeout)}
-    print(json.dumps(res), flush=True)
-    return 0
-
-
-# ================================================================ orchestration
-
-def nat_rules(lan_if: str, wan_if: str, lan_net: str, mode: str) -> str:
-    """An nftables ruleset for a home-router-like NAT: masquerade from the
-    private LAN onto `wan` only; drop whatever comes in from `wan` unasked."""
-    masq = "masquerade fully-random" if mode == "symmetric" else "masquerade"
+def nat_rules(lan_if: str, wan_if: str, lan_net: str, kind: str) -> str:
+    """A home-router-like NAT: translate from the private LAN onto `wan` only;
+    drop whatever comes in from `wan` unasked."""
     return f"""
 table ip {TABLE} {{
   chain nat_post {{ type nat hook postrouting priority srcnat; policy accept;
-    oifname "{wan_if}" ip saddr {lan_net} {masq}
+    oifname "{wan_if}" ip saddr {lan_net} meta l4proto {{ tcp, udp }} {KINDS[kind][0]}
+    oifname "{wan_if}" ip saddr {lan_net} masquerade
   }}
   chain filter_fwd {{ type filter hook forward priority filter; policy drop;
     ct state established,related accept
@@ -249,10 +77,29 @@ table ip {TABLE} {{
 """
 
 
+def parse_scenarios(spec: str) -> list[tuple[str, str]]:
+    out = []
+    for sc in (s for s in spec.split(",") if s):
+        pair = tuple(sc.split("-"))
+        if len(pair) != 2 or any(k not in KINDS for k in pair):
+            raise LabError(f"--scenarios: bad scenario {sc!r}: use A-B with A, B among {', '.join(KINDS)} "
+                           f"(e.g. {SCENARIOS[3]})")
+        out.append(pair)
+    if not out:
+        raise LabError("--scenarios: no scenario given")
+    return out
+
+
 def add_arguments(p) -> None:
-    p.add_argument("--scenarios", default=",".join(f"{a}-{b}" for a, b in SCENARIOS),
-                   help="NAT pairs to try: cone-cone,cone-symmetric,symmetric-symmetric")
-    p.add_argument("--timeout", type=float, default=3.0, help="seconds each peer tries (UDP, then TCP)")
+    p.add_argument("--scenarios", default=",".join(SCENARIOS),
+                   help=f"NAT pairs (ra's kind-rb's kind; kinds: {', '.join(KINDS)}); default: all of "
+                        f"{','.join(SCENARIOS)}")
+    p.add_argument("--tries", type=int, default=20, help="tries per scenario (default: 20)")
+    p.add_argument("--deadline", type=float, default=1.0, help="seconds a direct attempt may take before the relay")
+    p.add_argument("--relay-deadline", type=float, default=2.0, help="seconds for the relay (0: no relay)")
+    p.add_argument("--hard-sockets", type=int, default=256, help="sockets a random-allocation side opens")
+    p.add_argument("--probes", type=int, default=2048, help="random ports the other side probes at most")
+    p.add_argument("--no-tcp", dest="tcp", action="store_false", help="UDP only")
 
 
 def run(provider, args, step) -> dict:
@@ -260,6 +107,9 @@ def run(provider, args, step) -> dict:
     if missing:
         raise LabError(f"lab {provider.lab.name} has no host(s) {', '.join(missing)}: the NAT lab runs on "
                        "labs/p2p/nat.yml (`hpnlab --lab labs/p2p/nat.yml lab --up nat`)")
+    scenarios = parse_scenarios(args.scenarios)
+    if args.tries < 1:
+        raise LabError(f"--tries must be at least 1 (got {args.tries})")
     hosts = need_hosts(provider, *HOSTS)
     need_tools("tcpdump")
     need_tools("nft", "ip", hosts=[hosts["ra"], hosts["rb"]])
@@ -271,137 +121,248 @@ def run(provider, args, step) -> dict:
     pa, pb, ra, rb, rz = (hosts[h] for h in HOSTS)
     side = {"a": (pa, ra, "lan_a"), "b": (pb, rb, "lan_b")}
     wan_net = lab.networks["wan"]
-    rz_ip = str(rz.address("wan"))
+    ips = {"rz": str(rz.address("wan")), "a": str(ra.address("wan")), "b": str(rb.address("wan"))}
     out = report.results_dir("nat", getattr(args, "results", None))
-    scenarios = [tuple(s.split("-")) for s in args.scenarios.split(",") if s]
-    for sc in scenarios:
-        if len(sc) != 2 or any(m not in ("cone", "symmetric") for m in sc):
-            raise LabError(f"bad scenario {'-'.join(sc)!r}: use cone-cone, cone-symmetric, symmetric-symmetric")
-    env = report.fingerprint(provider, ["net.ipv4.ip_forward", "net.netfilter.nf_conntrack_tcp_loose"], hosts)
-    results = []
+    env = report.fingerprint(provider, ["net.ipv4.ip_forward", "net.netfilter.nf_conntrack_udp_timeout"], hosts)
+    results, agents = [], {}
     routes = []
+    per_try = 2 * (args.deadline + args.relay_deadline + 1.5) if args.tcp else args.deadline + args.relay_deadline + 1.5
     try:
-        for key, (peer, router, lan) in side.items():
-            via = str(router.address(lan))
-            peer.run(["ip", "route", "replace", str(wan_net.subnet), "via", via])
+        for peer, router, lan in side.values():
+            peer.run(["ip", "route", "replace", str(wan_net.subnet), "via", str(router.address(lan))])
             routes.append((peer, str(wan_net.subnet)))
-        base = 45000 + (int(time.time()) % 10) * 100
-        for i, (mode_a, mode_b) in enumerate(scenarios):
-            name = f"{mode_a}-{mode_b}"
-            step(f"{name}: ra {mode_a}, rb {mode_b}")
-            for (peer, router, lan), mode in ((side["a"], mode_a), (side["b"], mode_b)):
-                lan_if = router.nic(lan).ifname
-                wan_if = router.nic("wan").ifname
+        base = 20000 + (int(time.time()) % 8) * 1000      # fresh private ports per run: no stale conntrack
+        for i, (kind_a, kind_b) in enumerate(scenarios):
+            name = f"{kind_a}-{kind_b}"
+            step(f"{name}: ra {KINDS[kind_a][1]}; rb {KINDS[kind_b][1]}; {args.tries} tries")
+            for (_peer, router, lan), kind in ((side["a"], kind_a), (side["b"], kind_b)):
                 router.run(["nft", "delete", "table", "ip", TABLE], check=False)
-                router.run(["nft", "-f", "-"], input=nat_rules(lan_if, wan_if, str(lab.networks[lan].subnet), mode))
-            udp_port, tcp_port = base + 10 * i, base + 10 * i + 5
+                router.run(["nft", "-f", "-"], input=nat_rules(router.nic(lan).ifname, router.nic("wan").ifname,
+                                                               str(lab.networks[lan].subnet), kind))
+            udp_port = base + 100 * i
             rzp = rz.start(agent_argv(rz, "nat", "rendezvous", "--port", RZ_PORT), name=f"nat-rz-{i}")
             try:
                 rz.wait_for_port(RZ_PORT)
-                common = ["--rz", f"{rz_ip}:{RZ_PORT}", "--udp-port", udp_port, "--tcp-port", tcp_port,
-                          "--timeout", args.timeout]
-                bpf = "tcp or udp"
-                with Capture(provider, "ra:wan", out / f"{name}-ra.pcap", bpf), \
-                        Capture(provider, "rb:wan", out / f"{name}-rb.pcap", bpf):
+                common = ["--rz", f"{ips['rz']}:{RZ_PORT}", "--udp-port", udp_port, "--tcp-port", udp_port + 50,
+                          "--tries", args.tries, "--deadline", args.deadline,
+                          "--relay-deadline", args.relay_deadline, "--hard-sockets", args.hard_sockets,
+                          "--probes", args.probes, "--tcp" if args.tcp else "--no-tcp"]
+                with Capture(provider, "ra:wan", out / f"{name}-ra.pcap", "tcp or udp"), \
+                        Capture(provider, "rb:wan", out / f"{name}-rb.pcap", "tcp or udp"):
                     res = run_agents({
                         pa: agent_argv(pa, "nat", "peer", "--name", "pa", "--peer-name", "pb",
                                        "--local", str(pa.address("lan_a")), *common),
                         pb: agent_argv(pb, "nat", "peer", "--name", "pb", "--peer-name", "pa",
                                        "--local", str(pb.address("lan_b")), *common)},
-                        timeout=4 * args.timeout + 20)
+                        timeout=args.tries * per_try + 30)
             finally:
                 with deferred_interrupts():
                     rzp.stop(3)
-            results.append(analyse(name, mode_a, mode_b, res, out / f"{name}-ra.pcap", rz_ip))
+            agents[name] = res
+            step(f"{name}: reading the routers' wan captures")
+            results.append(analyse(name, kind_a, kind_b, res, pcap.read_pcap(out / f"{name}-ra.pcap"),
+                                   pcap.read_pcap(out / f"{name}-rb.pcap"), ips, args.hard_sockets))
     finally:
         with deferred_interrupts():
             for router in (ra, rb):
                 router.run(["nft", "delete", "table", "ip", TABLE], check=False)
             for peer, net in routes:
                 peer.run(["ip", "route", "del", net], check=False)
-    md = render(results, env)
-    path = report.write_report(out, md, {"scenarios": results, "environment": env})
-    return {"report": path, "dir": out, "scenarios": results}
+    md = render(results, args, env)
+    summary = {r["scenario"]: {p: r[p]["summary"] for p in ("udp", "tcp") if p in r} for r in results}
+    path = report.write_report(out, md, {"summary": summary, "scenarios": results, "agents": agents,
+                                              "environment": env})
+    return {"report": path, "dir": out, "summary": summary, "scenarios": results}
 
 
-def analyse(name: str, mode_a: str, mode_b: str, res: dict, pcap_path: Path, rz_ip: str) -> dict:
-    a, b = res["pa"], res["pb"]
-    allsegs = pcap.read_pcap(pcap_path)
-    segs = [s for s in allsegs if s.proto == "tcp" and rz_ip not in (s.src, s.dst)]
-    # the public ports each NAT really used toward the other peer (UDP), from the wan capture
-    pub = {k: r["udp"].get("self_public", "?:").split(":")[0] for k, r in (("a", a), ("b", b))}
-    used = {k: sorted({s.sport for s in allsegs if s.proto == "udp" and s.src == pub[k]
-                       and s.dst == pub["b" if k == "a" else "a"]}) for k in ("a", "b")}
-    kind = "failed"
-    conns = pcap.connections(segs)
-    if conns:
-        best = max(conns.values(), key=lambda c: sum(1 for s in c if s.has(pcap.SYN, pcap.ACK)))
-        kind = pcap.handshake_kind(best)
-    return {
-        "scenario": name, "nat_a": mode_a, "nat_b": mode_b,
-        "udp_ok": a["udp"]["ok"] and b["udp"]["ok"],
-        "tcp_ok": a["tcp"]["ok"] and b["tcp"]["ok"],
-        "tcp_handshake": ("failed" if not (a["tcp"]["ok"] and b["tcp"]["ok"]) else
-                          kind if kind != "failed" else "(not in the pcap)"),
-        "a": a, "b": b,
-        "udp_ports_toward_peer": used,
-        "wan_syns": sum(1 for s in segs if s.has(pcap.SYN) and not s.flags & pcap.ACK),
-        "wan_rsts": sum(1 for s in segs if s.flags & pcap.RST),
-    }
+# ================================================================ proof from the captures
+
+def _ep(text: str | None) -> tuple[str, int] | None:
+    if not text:
+        return None
+    ip, port = text.rsplit(":", 1)
+    return ip, int(port)
 
 
-def _mapping(row: dict, side: str) -> str:
-    """UDP: the public port rz saw, the port(s) the NAT used toward the peer, what the peer received."""
-    me, other = row[side], row["b" if side == "a" else "a"]
-    rz_port = me["udp"].get("self_public", "?:?").split(":")[1]
-    used = ",".join(map(str, row["udp_ports_toward_peer"][side][:3])) or "-"
-    got = other["udp"].get("received_from")
-    return f"rz saw :{rz_port}; toward peer :{used}; peer got {':' + got.split(':')[1] if got else 'nothing'}"
+def _flows(segs: list) -> dict:
+    """(proto, src, sport, dst, dport) -> [packets, payload-carrying packets, segments]."""
+    out: dict = {}
+    for s in segs:
+        f = out.setdefault((s.proto, s.src, s.sport, s.dst, s.dport), [0, 0, []])
+        f[0] += 1
+        f[1] += s.length > 0
+        if s.proto == "tcp":
+            f[2].append(s)
+    return out
 
 
-def render(results: list[dict], env: dict) -> str:
-    L = ["# NAT lab: UDP hole punching and TCP simultaneous open through two NATs", "",
-         "pa (10.77.11.10) behind ra, pb (10.77.12.10) behind rb, rendezvous rz on the lab's `wan` "
-         "(10.77.10.0/24). Each peer registers with rz from the port it will use, learns the other's "
-         "public endpoint, then punches: UDP first, then TCP simultaneous open from the same fixed port.", "",
-         report.md_table(["ra NAT", "rb NAT", "UDP hole punch", "TCP simultaneous open", "TCP handshake (pcap at ra)",
-                          "ra's mapping for pa (UDP)", "rb's mapping for pb (UDP)", "SYNs on wan"],
-                         [[r["nat_a"], r["nat_b"], "ok" if r["udp_ok"] else "FAILED",
-                           "ok" if r["tcp_ok"] else "FAILED", r["tcp_handshake"],
-                           _mapping(r, "a"), _mapping(r, "b"),
-                           r["wan_syns"]] for r in results], align="llllllll"),
-         "## Why", "",
-         "- **cone (port-preserving) on both sides — works.** Plain `masquerade` keeps the peer's source "
-         "port, so the endpoint rz saw is the endpoint the other peer must aim at. The first packet each "
-         "peer sends creates a NAT mapping and a conntrack entry whose *reply* tuple is exactly the other "
-         "peer's public endpoint; the other peer's packets then count as replies (ct state established) "
-         "and are let in. For TCP the first SYN out of a NAT is usually dropped by the other router (it "
-         "has no entry yet); the second side's SYN then finds the entry, reaches a peer sitting in "
-         "SYN_SENT, and that peer answers SYN-ACK — the SYN/SYN/SYN-ACK/ACK shape (`syn-syn-ack`), or the "
-         "full six-way simultaneous open when the two SYNs cross on the wan.",
-         "- **Why simultaneous open and not listen()?** A listening peer behind a NAT never sees the "
-         "other's SYN: the router drops unsolicited packets. Only an *outgoing* SYN opens the hole, so both "
-         "sides must connect(), and each side's kernel must accept a SYN while in SYN_SENT — that is TCP "
-         "simultaneous open.",
-         "- **symmetric on either side — fails.** `masquerade fully-random` gives every new destination "
-         "its own random public port: the port rz saw (and passed on) is not the port the peer's packets "
-         "to the other peer leave from. The other side aims at a port with no mapping behind it, and its "
-         "own hole was punched for a port the symmetric side never uses. Linux conntrack filters on the "
-         "full address *and port* (port-restricted), so even the cone side cannot accept the symmetric "
-         "side's packets. Getting through needs port prediction or a relay (TURN).",
-         "- The routers silently drop unsolicited packets from `wan` (`ct state new` on input and forward): "
-         "a RST or ICMP error from them would tear down the other peer's half-open attempt; and because the "
-         "drop happens before the conntrack entry is confirmed, it leaves no entry that would make "
-         "`masquerade` pick another port later.", "",
-         "Files: two pcaps per scenario, captured on each router's `wan` NIC (`<scenario>-ra.pcap`, "
-         "`-rb.pcap`: public addresses only, including the packets the router then drops), `data.json` "
-         "(every agent's view).", "",
-         report.environment_md(env), report.rerun_md(None, "lab-p2p")]
+def both_ways(flows: dict, proto: str, x: tuple, y: tuple) -> bool:
+    """Payload went x → y and y → x."""
+    return all(flows.get((proto, *p, *q), [0, 0])[1] > 0 for p, q in ((x, y), (y, x)))
+
+
+def prove(proto: str, a: dict, b: dict, flows: dict, ips: dict) -> tuple[str, str | None]:
+    """The outcome the wan captures show for one try: the peers' own claims say
+    which endpoints to look at; the packets must be there, both ways, in both
+    routers' captures (`flows` holds one dict per router)."""
+    claim = str(a.get("outcome")) if a.get("outcome") == b.get("outcome") else "failed"
+    if claim == "failed":
+        return "failed", None
+    if claim == "relayed":
+        relay = (ips["rz"], RZ_PORT + 2)
+        ok = all(both_ways(flows[k], proto, _ep(row.get("relay_seen_as")) or ("?", 0), relay)
+                 for k, row in (("a", a), ("b", b)))
+        return ("relayed" if ok else "failed"), None
+    ea, eb = _ep(b.get("peer_seen_as")), _ep(a.get("peer_seen_as"))     # each peer's public endpoint
+    if not ea or not eb or ea[0] != ips["a"] or eb[0] != ips["b"]:
+        return "failed", None
+    if not all(both_ways(flows[k], proto, ea, eb) for k in ("a", "b")):
+        return "failed", None
+    shape = None
+    if proto == "tcp":
+        none: list = [0, 0, []]
+        segs = flows["a"].get(("tcp", *ea, *eb), none)[2] + flows["a"].get(("tcp", *eb, *ea), none)[2]
+        shape = pcap.handshake_kind(sorted(segs, key=lambda s: s.ts))
+    return claim, shape
+
+
+def summarise(rows: list[dict]) -> dict:
+    times = [r["ms"] for r in rows if r["proven"] != "failed" and r.get("ms") is not None]
+    direct = [r for r in rows if r["proven"].startswith("direct")]
+    return {"tries": len(rows), "direct": len(direct),
+            "relayed": sum(r["proven"] == "relayed" for r in rows),
+            "failed": sum(r["proven"] == "failed" for r in rows),
+            "median_ms": round(statistics.median(times), 1) if times else None,
+            "median_direct_ms": round(statistics.median([r["ms"] for r in direct]), 1) if direct else None,
+            "claims_not_in_pcap": sum(r["claimed"] != "failed" and r["proven"] == "failed" for r in rows)}
+
+
+def birthday(rows: list[dict], hard_sockets: int) -> dict | None:
+    """Probes until success against the bound: with n mappings among N ports, each
+    random probe hits with p = n/N, so P(hit within k) = 1 - (1 - p)^k (a median of
+    ln 2 / p probes); when both sides are random, a probe pair matches with 1/N²."""
+    probes = [r["probes"] for r in rows if r.get("probes") is not None and r["proven"].startswith("direct")]
+    spent = [r["probes"] for r in rows if r.get("probes") is not None]
+    if not spent:
+        return None
+    both_hard = any(r.get("role") == "both-hard" for r in rows)
+    k = statistics.median(spent)
+    if both_hard:
+        bound = 1 - math.exp(-(k * k) / N_PORTS ** 2)
+        return {"both_hard": True, "probes_per_side": k, "bound_p_direct": bound,
+                "measured_p_direct": sum(r["proven"].startswith("direct") for r in rows) / len(rows)}
+    p = hard_sockets / N_PORTS
+    return {"both_hard": False, "median_probes": statistics.median(probes) if probes else None,
+            "max_probes": max(probes) if probes else None, "expected_probes": round(1 / p),
+            "median_bound": round(math.log(2) / p), "p_hit_within_max": 1 - (1 - p) ** max(spent)}
+
+
+def analyse(name: str, kind_a: str, kind_b: str, res: dict, segs_a: list, segs_b: list, ips: dict,
+            hard_sockets: int) -> dict:
+    flows = {"a": _flows(segs_a), "b": _flows(segs_b)}
+    out: dict = {"scenario": name, "nat_a": kind_a, "nat_b": kind_b,
+           "rfc4787_a": KINDS[kind_a][1], "rfc4787_b": KINDS[kind_b][1]}
+    for proto in ("udp", "tcp"):
+        rows = []
+        for ta, tb in zip(res["pa"]["tries"], res["pb"]["tries"]):
+            a, b = ta.get(proto), tb.get(proto)
+            if a is None or b is None:
+                continue
+            proven, shape = prove(proto, a, b, flows, ips)
+            easy_side = a if a.get("role") in ("easy", "both-hard") else b
+            rows.append({"try": ta["try"], "method": a.get("method"), "claimed": a.get("outcome")
+                         if a.get("outcome") == b.get("outcome") else "failed", "proven": proven,
+                         "handshake": shape, "role": easy_side.get("role"), "probes": easy_side.get("probes"),
+                         "ms": max(a.get("ms") or 0, b.get("ms") or 0) or None,
+                         "a_mapping": a.get("nat"), "b_mapping": b.get("nat"),
+                         "errors": [x for x in (a.get("error"), b.get("error")) if x]})
+        if rows:
+            methods = sorted({r["method"] for r in rows if r["method"]})
+            out[proto] = {"summary": summarise(rows), "methods": methods, "tries": rows,
+                          "birthday": birthday(rows, hard_sockets) if "birthday" in methods else None}
+    return out
+
+
+# ================================================================ report
+
+def _mapping(m: dict | None) -> str:
+    if not m:
+        return "-"
+    return f":{m['private']} → rz saw :{m['ports'][0]}, :{m['ports'][1]} ({m['kind']})"
+
+
+def _short(rule: str) -> str:
+    return rule if len(rule) < 100 else rule.split("{")[0] + "{ 0 : 20000, 1 : 20001, … 999 : 20999 }"
+
+
+def render(results: list[dict], args, env: dict) -> str:
+    L = ["# NAT lab: hole punching, port prediction, birthday punching and relay", "",
+         "pa (10.77.11.10) behind ra, pb (10.77.12.10) behind rb, rendezvous rz (10.77.10.100) on the lab's `wan`. "
+         f"{args.tries} tries per scenario; per try UDP first, then TCP, each direct within {args.deadline:g} s or "
+         f"relayed through rz. Outcomes are counted from the captures on both routers' `wan` NICs (a claim by the "
+         "peers that the packets do not show counts as failed).", "", "## NAT kinds (RFC 4787)", "",
+         report.md_table(["kind", "nftables (TCP/UDP)", "RFC 4787 behaviour"],
+                         [[k, f"`{_short(v[0])}`", v[1] + "; address and port-dependent filtering (conntrack)"]
+                          for k, v in KINDS.items()], align="lll"),
+         "## Results", ""]
+    rows = []
+    for r in results:
+        for proto in ("udp", "tcp"):
+            if proto not in r:
+                continue
+            s = r[proto]["summary"]
+            rows.append([r["scenario"], proto.upper(), ", ".join(r[proto]["methods"]), s["tries"], s["direct"],
+                         s["relayed"], s["failed"], "-" if s["median_ms"] is None else s["median_ms"],
+                         "-" if s["median_direct_ms"] is None else s["median_direct_ms"]])
+    L += [report.md_table(["scenario (ra-rb)", "proto", "method", "tries", "direct", "relayed", "failed",
+                           "median ms", "median direct ms"], rows, align="lllrrrrrr")]
+    L += ["## Mappings seen from the rendezvous host", "",
+          "Try 0 of each scenario: the peer's private port, the public ports rz saw from it toward "
+          f"{RZ_PORT} and {RZ_PORT + 1}, and what the peer concluded.", "",
+          report.md_table(["scenario", "proto", "pa behind ra", "pb behind rb"],
+                          [[r["scenario"], p.upper(),
+                            _mapping(r[p]["tries"][0]["a_mapping"]), _mapping(r[p]["tries"][0]["b_mapping"])]
+                           for r in results for p in ("udp", "tcp") if p in r], align="llll")]
+    L += ["## Birthday punching against the bound", ""]
+    for r in results:
+        for proto in ("udp", "tcp"):
+            bd = r.get(proto, {}).get("birthday")
+            if not bd:
+                continue
+            if bd["both_hard"]:
+                L.append(f"- {r['scenario']} {proto.upper()}: both sides random; each sent a median "
+                         f"{bd['probes_per_side']:g} probes. A probe pair matches only if each hits the mapping "
+                         f"the other's probe created: P ≈ 1 − exp(−k²/N²) = {bd['bound_p_direct']:.2%} per try "
+                         f"(N = {N_PORTS}); measured direct {bd['measured_p_direct']:.0%}.")
+            else:
+                med = "-" if bd["median_probes"] is None else f"{bd['median_probes']:g}"
+                L.append(f"- {r['scenario']} {proto.upper()}: the random side opened {args.hard_sockets} mappings; "
+                         f"the easy side needed a median **{med}** probes (most {bd['max_probes']}); the bound: "
+                         f"median ln 2·N/n = {bd['median_bound']}, mean N/n = {bd['expected_probes']}, "
+                         f"P(hit within {args.probes}) = {bd['p_hit_within_max']:.4f}.")
+    L += ["", "## How each method works", "",
+          "- **punch** (both endpoint-independent): the endpoint rz saw is the one the peer must aim at; each "
+          "side's first packet opens its own router's conntrack entry, so the other side's packets arrive as "
+          "replies. TCP: both connect(); the SYN that finds the hole reaches a socket in SYN_SENT.",
+          "- **prediction** (sequential allocation): a peer sends from its socket to rz's two ports and sees "
+          "the mapping move by a step; the next new destination gets the next port, so the other side aims at "
+          "a few ports past it (a sequential side aims at exactly one, as each new destination costs it a port).",
+          "- **birthday** (random allocation): the random side opens many sockets toward the easy side's public "
+          "endpoint, each creating its own random mapping; the easy side probes random ports until one is such "
+          "a mapping: the probe arrives as a reply. With n mappings among N ports that takes about N/n probes, "
+          "not N. When both sides are random, every probe creates a new random mapping on its own side as well, "
+          "so a match needs two independent 1/N events: that is what the relay is for.",
+          "- **relay**: both peers send to rz's relay port (UDP) or connect to it (TCP) — outgoing packets, which "
+          "every NAT lets through — and rz forwards between them (TURN/DERP-like).", "",
+          "Files: two pcaps per scenario, captured on each router's `wan` NIC (`<scenario>-ra.pcap`, "
+          "`-rb.pcap`), `data.json` (per scenario `{tries, direct, relayed, failed, median_ms}` for UDP and "
+          "TCP, and every try).", "",
+          report.environment_md(env), report.rerun_md(None, "lab-p2p-nat")]
     return "\n".join(L)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return dispatch("nat", {"rendezvous": rendezvous_main, "peer": peer_main}, argv)
+    return dispatch("nat", {"rendezvous": rendezvous.main, "peer": traversal.peer_main}, argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,458 @@
+"""The NAT lab's peer agent: per try, UDP then TCP, each by the first method
+that fits the two NATs as the peers observed them through the rendezvous host,
+and the relay when no direct path opened before the deadline.
+
+  observe      send from the try's socket to two rendezvous ports: the two public
+               endpoints seen tell the NAT's mapping (RFC 4787 §4.1): the same port
+               twice is endpoint-independent (port-preserving if it is the local
+               port), ports a small step apart are address-and-port-dependent with
+               sequential allocation, anything else is taken as random allocation
+  punch        both sides endpoint-independent: aim at the endpoint rz saw
+  prediction   a sequential side's next mapping is its last one plus the step:
+               the other side aims at a few ports from there
+  birthday     a random side opens many sockets (--hard-sockets) toward the easy
+               side's public endpoint, each creating its own mapping; the easy side
+               probes random ports until one of them is such a mapping
+  relay        through the rendezvous host (UDP datagrams, a spliced TCP stream)
+
+TCP uses the same methods with non-blocking connect()s: nobody listens; a probe
+SYN that meets a mapping reaches a socket in SYN_SENT (simultaneous open).
+"""
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import random
+import resource
+import selectors
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+
+from .p2p import exchange, sleep_until
+
+PORT_LO, PORT_HI = 1024, 65535      # where Linux NAT allocates ports for sources >= 1024
+TICK = 0.005
+BATCH = 32                          # probes per tick
+
+
+# ================================================================ observing the NAT
+
+def classify(local_port: int, seen: list) -> dict:
+    """The mapping behaviour from the two public endpoints rz saw (toward PORT, PORT+1)."""
+    (ip, m0), (_, m1) = seen
+    if m0 == m1:
+        kind = "eim-preserving" if m0 == local_port else "eim"
+    elif 0 < m1 - m0 <= 16:
+        kind = "sequential"
+    else:
+        kind = "random"
+    return {"kind": kind, "ip": ip, "private": local_port, "ports": [m0, m1], "step": m1 - m0}
+
+
+def easy(info: dict) -> bool:
+    return info["kind"].startswith("eim")
+
+
+def plan(me: dict, peer: dict, predict: int) -> dict:
+    """What this side does, from both sides' observations (both compute it the same way).
+    targets: the peer ports to aim at from the try's socket; hard: open many sockets;
+    probe: aim at random peer ports."""
+    if easy(me) and easy(peer):
+        return {"method": "punch", "targets": [peer["ports"][0]]}
+    if peer["kind"] == "sequential" and (easy(me) or me["kind"] == "sequential"):
+        # an easy side can aim at several ports (its own mapping does not move); a
+        # sequential side must send its first new packet to the one port predicted
+        n = predict if easy(me) else 1
+        last = peer["ports"][1]
+        return {"method": "prediction", "targets": [last + peer["step"] * (j + 1) for j in range(n)]}
+    if me["kind"] == "sequential" and easy(peer):
+        return {"method": "prediction", "targets": [peer["ports"][0]]}
+    if easy(me):
+        return {"method": "birthday", "role": "easy", "probe": True, "targets": []}
+    if easy(peer):
+        return {"method": "birthday", "role": "hard", "hard": True, "targets": [peer["ports"][0]]}
+    return {"method": "birthday", "role": "both-hard", "hard": True, "probe": True, "targets": []}
+
+
+def _udp_socket(port: int = 0) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", port))
+    s.setblocking(False)
+    return s
+
+
+def _request(s: socket.socket, msg: dict, to: tuple, deadline: float, want: str) -> dict | None:
+    """Send a JSON datagram until a reply with `want` comes back from `to`."""
+    raw = json.dumps(msg).encode()
+    while time.time() < deadline:
+        s.sendto(raw, to)
+        end = time.time() + 0.05
+        while time.time() < end:
+            try:
+                data, addr = s.recvfrom(4096)
+            except BlockingIOError:
+                time.sleep(0.002)
+                continue
+            if addr == to:
+                reply = json.loads(data)
+                if want in reply:
+                    return reply
+    return None
+
+
+def observe_udp(s: socket.socket, rz_ip: str, port: int, deadline: float) -> list | None:
+    seen = []
+    for off in (0, 1):
+        r = _request(s, {"op": "observe"}, (rz_ip, port + off), deadline, "seen")
+        if r is None:
+            return None
+        seen.append(r["seen"])
+    return seen
+
+
+def observe_tcp(local: tuple, rz_ip: str, port: int, deadline: float) -> list:
+    seen = []
+    for off in (0, 1):
+        c = _tcp_socket(local)
+        c.settimeout(max(0.1, deadline - time.time()))
+        c.connect((rz_ip, port + off))
+        buf = b""
+        while b"\n" not in buf:
+            chunk = c.recv(256)
+            if not chunk:
+                raise ConnectionError("rendezvous closed before saying what it saw")
+            buf += chunk
+        seen.append(json.loads(buf.split(b"\n")[0])["seen"])
+        c.close()
+    return seen
+
+
+def _endpoint(addr) -> str:
+    return f"{addr[0]}:{addr[1]}"
+
+
+def _tcp_socket(local: tuple | None) -> socket.socket:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if local:
+        s.bind(local)
+    return s
+
+
+# ================================================================ UDP
+
+@dataclass
+class UdpHandshake:
+    """Both sides send PUNCH; whoever hears one answers ACK on that path. Done when
+    this side has heard the peer and knows it was heard."""
+    key: str
+    name: str
+    heard: bool = False
+    acked: bool = False
+    path: tuple | None = None               # (socket, peer address) that worked
+    first_heard: float | None = None
+    done_at: float | None = None
+    log: list = field(default_factory=list)
+
+    def msg(self, kind: str) -> bytes:
+        return f"{kind} {self.key} {self.name}".encode()
+
+    def receive(self, s: socket.socket, data: bytes, addr) -> bool:
+        parts = data.decode(errors="replace").split()
+        if len(parts) != 3 or parts[1] != self.key or parts[2] == self.name:
+            return False                    # a stale probe of an earlier try, or rz
+        if self.path is None:
+            self.path = (s, addr)
+            self.first_heard = time.time()
+        if parts[0] == "PUNCH":
+            self.heard = True
+            s.sendto(self.msg("ACK"), addr)
+        elif parts[0] == "ACK":
+            self.acked = True
+        self.mark()
+        return True
+
+    def mark(self) -> None:
+        if self.done and self.done_at is None:
+            self.done_at = time.time()
+
+    @property
+    def done(self) -> bool:
+        return self.heard and self.acked
+
+
+def udp_direct(hs: UdpHandshake, main: socket.socket, peer_ip: str, pl: dict, start_at: float,
+               deadline: float, hard_sockets: int, probes: int, rng: random.Random) -> dict:
+    socks = [main]
+    if pl.get("hard"):
+        socks += [_udp_socket() for _ in range(hard_sockets - 1)]
+    sel = selectors.DefaultSelector()
+    socks_by_fd = {s.fileno(): s for s in socks}
+    for s in socks:
+        sel.register(s, selectors.EVENT_READ)
+    candidates = rng.sample(range(PORT_LO, PORT_HI + 1), min(probes, PORT_HI - PORT_LO + 1)) if pl.get("probe") else []
+    sent = 0
+    try:
+        sleep_until(start_at + (0.03 if pl.get("role") == "easy" else 0))   # the hard side's mappings first
+        if pl.get("role") == "hard":
+            for s in socks:                  # each socket's first packet opens its own mapping
+                s.sendto(hs.msg("PUNCH"), (peer_ip, pl["targets"][0]))
+        last_aim = 0.0
+        while time.time() < deadline and not hs.done:
+            now = time.time()
+            if hs.path is not None:
+                if now - last_aim > 0.02:
+                    hs.path[0].sendto(hs.msg("PUNCH"), hs.path[1])
+                    last_aim = now
+            elif candidates and sent < len(candidates):
+                for x in candidates[sent:sent + BATCH]:
+                    rng.choice(socks).sendto(hs.msg("PUNCH"), (peer_ip, x))
+                sent = min(len(candidates), sent + BATCH)
+            elif pl["targets"] and now - last_aim > 0.02 and pl.get("role") != "hard":
+                for x in pl["targets"]:
+                    main.sendto(hs.msg("PUNCH"), (peer_ip, x))
+                last_aim = now
+            for key, _ in sel.select(TICK):
+                _drain(socks_by_fd[key.fd], hs)
+        if hs.done:                          # the peer may still wait for our ACK
+            linger = time.time() + 0.1
+            while time.time() < linger:
+                for key, _ in sel.select(TICK):
+                    _drain(socks_by_fd[key.fd], hs)
+        return {"probes": sent if pl.get("probe") else None,
+                "sockets": len(socks),
+                "peer_seen_as": _endpoint(hs.path[1]) if hs.path else None,
+                "local_port": hs.path[0].getsockname()[1] if hs.path else None}
+    finally:
+        sel.close()
+        for s in socks[1:]:
+            s.close()
+
+
+def _drain(s: socket.socket, hs: UdpHandshake) -> None:
+    while True:
+        try:
+            data, addr = s.recvfrom(2048)
+        except BlockingIOError:
+            return
+        except OSError:                      # an ICMP error on a probe
+            return
+        hs.receive(s, data, addr)
+
+
+def udp_relay(hs: UdpHandshake, s: socket.socket, relay: tuple, peer_name: str, deadline: float) -> dict:
+    """Punch/ack through rz's relay port: the same handshake, carried in relay envelopes."""
+    seen = None
+    last = 0.0
+    while time.time() < deadline and not hs.done:
+        if time.time() - last > 0.02:
+            for kind in (("PUNCH",) + (("ACK",) if hs.heard else ())):
+                s.sendto(json.dumps({"key": hs.key, "name": hs.name, "peer": peer_name,
+                                     "data": hs.msg(kind).decode()}).encode(), relay)
+            last = time.time()
+        try:
+            data, addr = s.recvfrom(4096)
+        except BlockingIOError:
+            time.sleep(0.002)
+            continue
+        if addr != relay:
+            continue
+        msg = json.loads(data)
+        seen = msg["seen"]
+        parts = msg["data"].split()
+        if len(parts) == 3 and parts[1] == hs.key and parts[2] != hs.name:
+            hs.heard |= parts[0] == "PUNCH"
+            hs.acked |= parts[0] == "ACK"
+            hs.mark()
+    # one more round so the peer hears our ACK
+    s.sendto(json.dumps({"key": hs.key, "name": hs.name, "peer": peer_name,
+                         "data": hs.msg("ACK").decode()}).encode(), relay)
+    return {"relay_seen_as": _endpoint(seen) if seen else None}
+
+
+def udp_try(a, i: int, ctl: socket.socket, rz: tuple, rng: random.Random) -> dict:
+    key = f"udp-{i}"
+    s = _udp_socket(a.udp_port + i)
+    out: dict = {"ok": False, "outcome": "failed"}
+    try:
+        t_end = time.time() + a.deadline + a.relay_deadline + 3
+        seen = observe_udp(s, rz[0], rz[1], t_end)
+        if seen is None:
+            return {**out, "error": "the rendezvous host did not answer"}
+        me = classify(a.udp_port + i, seen)
+        paired = _request(ctl, {"op": "pair", "key": key, "name": a.name, "peer": a.peer_name, "info": me},
+                          rz, t_end, "peer")
+        if paired is None:
+            return {**out, "error": "the rendezvous host did not pair us", "nat": me}
+        peer, start_at = paired["peer"], paired["start_at"]
+        pl = plan(me, peer, a.predict)
+        hs = UdpHandshake(key, a.name)
+        out.update(nat=me, peer_nat=peer, method=pl["method"], role=pl.get("role"), targets=pl["targets"][:8])
+        direct = udp_direct(hs, s, peer["ip"], pl, start_at, start_at + a.deadline, a.hard_sockets, a.probes, rng)
+        out.update(direct)
+        if hs.done:
+            out.update(ok=True, outcome="direct-hole-punch", ms=round((hs.done_at - start_at) * 1e3, 1))
+            return out
+        if a.relay_deadline <= 0:
+            return out
+        hs = UdpHandshake(key, a.name)
+        relayed = udp_relay(hs, s, (rz[0], rz[1] + 2), a.peer_name, time.time() + a.relay_deadline)
+        out.update(relayed)
+        if hs.done:
+            out.update(ok=True, outcome="relayed", ms=round((hs.done_at - start_at) * 1e3, 1))
+        return out
+    finally:
+        s.close()
+
+
+# ================================================================ TCP
+
+def tcp_direct(local: tuple, peer_ip: str, pl: dict, start_at: float, deadline: float,
+               hard_sockets: int, probes: int, rng: random.Random) -> tuple[socket.socket | None, dict]:
+    """Non-blocking connect()s as the plan says; the first that completes wins."""
+    sel = selectors.DefaultSelector()
+    pending: dict[socket.socket, tuple] = {}
+    by_fd: dict[int, socket.socket] = {}
+
+    def connect(src: tuple | None, port: int) -> None:
+        c = _tcp_socket(src)
+        c.setblocking(False)
+        err = c.connect_ex((peer_ip, port))
+        if err not in (0, errno.EINPROGRESS):
+            c.close()
+            return
+        pending[c] = (peer_ip, port)
+        by_fd[c.fileno()] = c
+        sel.register(c, selectors.EVENT_WRITE)
+
+    candidates = rng.sample(range(PORT_LO, PORT_HI + 1), probes) if pl.get("probe") else []
+    sent = 0
+    winner = None
+    try:
+        sleep_until(start_at + (0.05 if pl.get("role") == "easy" else 0))
+        if pl.get("role") == "hard":
+            for _ in range(hard_sockets):
+                connect(None, pl["targets"][0])
+        else:
+            for x in pl["targets"]:
+                connect(local, x)
+        while winner is None and time.time() < deadline:
+            if sent < len(candidates):
+                src = None if pl.get("hard") else local
+                for x in candidates[sent:sent + BATCH]:
+                    connect(src, x)
+                sent += BATCH
+            for key, _ in sel.select(TICK):
+                c = by_fd[key.fd]
+                sel.unregister(c)
+                if c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                    winner = c
+                    break
+        return winner, {"probes": min(sent, len(candidates)) if pl.get("probe") else None,
+                        "sockets": len(pending)}
+    finally:
+        sel.close()
+        for c in pending:
+            if c is not winner:
+                c.close()
+
+
+def tcp_relay(key: str, relay: tuple, deadline: float) -> tuple[socket.socket | None, dict]:
+    c = socket.socket()
+    c.settimeout(max(0.1, deadline - time.time()))
+    try:
+        c.connect(relay)
+        c.sendall(json.dumps({"key": key}).encode() + b"\n")
+        line = b""
+        while not line.endswith(b"\n"):        # rz's first line: our endpoint as it saw it
+            ch = c.recv(1)
+            if not ch:
+                raise ConnectionError("the relay closed before pairing us")
+            line += ch
+        return c, {"relay_seen_as": _endpoint(json.loads(line)["seen"])}
+    except OSError as exc:
+        c.close()
+        return None, {"error": f"relay: {exc}"}
+
+
+def tcp_try(a, i: int, ctl: socket.socket, rz: tuple, rng: random.Random) -> dict:
+    key = f"tcp-{i}"
+    local = (a.local, a.tcp_port + i)
+    out: dict = {"ok": False, "outcome": "failed"}
+    t_end = time.time() + a.deadline + a.relay_deadline + 3
+    try:
+        seen = observe_tcp(local, rz[0], rz[1], t_end)
+    except OSError as exc:
+        return {**out, "error": f"observe: {exc}"}
+    me = classify(a.tcp_port + i, seen)
+    paired = _request(ctl, {"op": "pair", "key": key, "name": a.name, "peer": a.peer_name, "info": me},
+                      rz, t_end, "peer")
+    if paired is None:
+        return {**out, "error": "the rendezvous host did not pair us", "nat": me}
+    peer, start_at = paired["peer"], paired["start_at"]
+    pl = plan(me, peer, a.predict)
+    out.update(nat=me, peer_nat=peer, method=pl["method"], role=pl.get("role"), targets=pl["targets"][:8])
+    s, info = tcp_direct(local, peer["ip"], pl, start_at, start_at + a.deadline, a.hard_sockets, a.probes, rng)
+    out.update(info)
+    outcome = "direct-simultaneous-open"
+    if s is None and a.relay_deadline > 0:
+        s, info = tcp_relay(key, (rz[0], rz[1] + 2), time.time() + a.relay_deadline)
+        out.update(info)
+        outcome = "relayed"
+    if s is None:
+        return out
+    try:
+        s.settimeout(3)
+        if outcome != "relayed":
+            out.update(peer_seen_as=_endpoint(s.getpeername()), local_port=s.getsockname()[1])
+        out["received"] = exchange(s, a.name, f"#{i} over TCP")
+        if out["received"].startswith("hello from"):
+            out.update(ok=True, outcome=outcome, ms=round((time.time() - start_at) * 1e3, 1))
+    except OSError as exc:
+        out["error"] = f"exchange: {exc}"
+    finally:
+        s.close()
+    return out
+
+
+# ================================================================ the agent
+
+def peer_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="hpnlab.labs.nat peer")
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--peer-name", required=True)
+    ap.add_argument("--local", required=True, help="this peer's private address")
+    ap.add_argument("--rz", required=True, help="rendezvous IP:PORT (PORT+1 observes too, PORT+2 relays)")
+    ap.add_argument("--udp-port", type=int, required=True, help="try i's UDP socket binds this + i")
+    ap.add_argument("--tcp-port", type=int, required=True, help="try i's TCP sockets bind this + i")
+    ap.add_argument("--tries", type=int, default=20)
+    ap.add_argument("--deadline", type=float, default=1.0, help="seconds a direct attempt may take")
+    ap.add_argument("--relay-deadline", type=float, default=2.0, help="seconds for the relay (0: no relay)")
+    ap.add_argument("--predict", type=int, default=8, help="ports an easy side aims at past a sequential mapping")
+    ap.add_argument("--hard-sockets", type=int, default=256)
+    ap.add_argument("--probes", type=int, default=2048, help="random ports an easy side probes at most")
+    ap.add_argument("--tcp", action=argparse.BooleanOptionalAction, default=True)
+    a = ap.parse_args(argv)
+    ip, port = a.rz.rsplit(":", 1)
+    rz = (ip, int(port))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)     # probes and hard sockets are fds
+    need = a.hard_sockets + a.probes + 64
+    if soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, hard), hard))
+    rng = random.Random()
+    ctl = _udp_socket()       # pairs the tries; its one mapping is made now, not inside a try's prediction
+    if _request(ctl, {"op": "observe"}, rz, time.time() + 5, "seen") is None:
+        print(f"the rendezvous host {a.rz} does not answer", file=sys.stderr)
+        return 1
+    tries = []
+    for i in range(a.tries):
+        row = {"try": i, "udp": udp_try(a, i, ctl, rz, rng)}
+        if a.tcp:
+            row["tcp"] = tcp_try(a, i, ctl, rz, rng)
+        tries.append(row)
+    print(json.dumps({"name": a.name, "tries": tries}), flush=True)
+    return 0
