@@ -11,10 +11,10 @@ import pytest
 
 from hpnlab.cli import build_parser
 from hpnlab.labs import lab_module, nat, pcap
+from hpnlab.labs._kit import LabError, StateTrace
 from hpnlab.providers import open_lab
 from hpnlab.testing import unique_lab_name
 from hpnlab.topology import load_lab
-from hpnlab.labs._kit import LabError, StateTrace
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
