@@ -16,8 +16,8 @@ import platform
 import shlex
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 
 def results_dir(lab: str, root: str | Path | None = None, stamp: str | None = None) -> Path:

@@ -25,9 +25,9 @@ from testinfra.backend.base import BaseBackend
 from . import inventory
 from .errors import HpnlabError
 from .hosts.ssh import SshHost, bare_spec, reach_of
+from .paths import repo_root
 from .providers import ProviderError
 
-REPO = Path(__file__).resolve().parents[2]
 DEFAULT_PORT = 47999
 LISTEN_TIMEOUT = 120.0      # python3's start-up on an emulated (TCG) guest of a busy machine
 
@@ -47,7 +47,7 @@ sys.stdin.read()
 
 
 def infra_dir() -> Path:
-    return Path(os.environ.get("HPNLAB_INFRA_DIR") or REPO / "tests" / "infra")
+    return Path(os.environ.get("HPNLAB_INFRA_DIR") or repo_root() / "tests" / "infra")
 
 
 @dataclass
@@ -97,7 +97,7 @@ def testinfra_host(hv: dict):
         return testinfra.get_host("local://")
     ssh = ssh_host(hv)
     try:
-        ssh.conn        # connect now: `hpnlab verify` starts the listeners meanwhile
+        _ = ssh.conn    # connect now: `hpnlab verify` starts the listeners meanwhile
     except Exception:   # noqa: BLE001 — each check says why it cannot connect
         pass
     backend = _SshBackend(ssh)
@@ -195,9 +195,9 @@ def verify(provider, inventory_dir: str | Path = "inventory", step=lambda _m: No
            hosts: list[str] | None = None, port: int = DEFAULT_PORT,
            static_inventory: str | Path | None = None, services: list[dict] | None = None) -> Report:
     lab = provider.lab
-    if lab.provider != "static" and not provider.is_up():
+    if not provider.exists_before_up and not provider.is_up():
         raise ProviderError(f"lab {lab.name} is not up: run `make lab-up` first")
-    inv = inventory.write(lab, provider, inventory_dir, static_inventory)
+    inv = inventory.write(provider, inventory_dir, static_inventory)
     hostvars = inventory.read(inv)
     names = hosts or list(lab.hosts)
     unknown = [h for h in names if h not in hostvars]

@@ -213,8 +213,8 @@ def test_guests_boot_the_box_kernel_directly(vm_lab):
 
 
 def test_provisioned_idempotent_verified_and_dpdk_sends_across(vm_lab, tmp_path):
-    from hpnlab.cli.provision import run_playbook
-    from hpnlab.cli.verify import verify
+    from hpnlab.provision import run_playbook
+    from hpnlab.verify import verify
     provider, inv = vm_lab["provider"], tmp_path / "inventory"
     # `make lab-up` provisioned the guests: running the playbook again changes nothing
     again = run_playbook(provider, inv)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from hpnlab import machine
-from hpnlab.cli.provision import run_playbook
-from hpnlab.cli.verify import verify
+from hpnlab.provision import run_playbook
 from hpnlab.testing import write_lab_file
+from hpnlab.verify import verify
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]

@@ -87,6 +87,7 @@ def _machine_has_dpdk_packages() -> None:
     """The fake machines share this machine's /usr and reach no mirror, so the dpdk role's
     packages, which a real machine's apt would fetch during provisioning, come from here."""
     import yaml
+
     from hpnlab.vm import apt
     wanted = yaml.safe_load((REPO / "ansible/roles/dpdk/defaults/main.yml").read_text())["dpdk_packages"]
     query = _sh("dpkg-query", "-W", "-f=${db:Status-Status} ${Package}\n", *wanted, check=False)
@@ -230,7 +231,7 @@ def test_static_provider_on_namespace_machines(leaves_nothing, lab_factory, tmp_
         # and the command that accepts it (run here as a person would, once they checked it)
         static.write_text(_inventory(machines, key))
         known_hosts = tmp_path / "known_hosts"
-        for host, ns in sorted(machines.items()):
+        for host in sorted(machines):
             proc = _cli(["up"], work, dict(env, COLUMNS="500"), check=False)
             fingerprint = _sh("ssh-keygen", "-lf", str(tmp_path / host / "host_key.pub")).stdout.split()[1]
             assert fingerprint in proc.stderr, proc.stderr
@@ -274,9 +275,11 @@ def test_static_provider_on_namespace_machines(leaves_nothing, lab_factory, tmp_
         log = tmp_path / "state" / name / "provision.log"
         assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}\n{log.read_text()[-3000:] if log.exists() else ''}"
         assert int(POOL.read_text()) == pool + 64
-        proc = _cli(["verify", "--json"], work, env, check=False)
+        proc = _cli(["verify", "--format", "json"], work, env, check=False)
         report = json.loads(proc.stdout)
         assert report["ok"] and proc.returncode == 0, json.dumps(report, indent=1) + proc.stderr
+        assert (report["kind"], report["version"], report["provider"], report["hosts"]) == (
+            "hpnlab/verify", 1, "static", ["h1", "h2"])
         checks = {(c["host"], c["check"]): c["status"] for c in report["checks"]}
         for host in ("h1", "h2"):
             assert checks[(host, "hugepages reserved")] == "passed"

@@ -103,5 +103,6 @@ def test_a_broken_subcommand_leaves_the_others_working(broken, tmp_path):
     helped = python(poison + "from hpnlab.cli import main; main(['--help'])")
     assert " lab " in helped.stdout and "down" in helped.stdout
     bad = python(poison + f"from hpnlab.cli import main; sys.exit(main(['--lab', {lab!r}, 'lab', 'p2p']))")
-    assert bad.returncode == 1 and "hpnlab: the `lab` command cannot load: ModuleNotFoundError" in bad.stderr, bad.stderr
+    assert bad.returncode == 1, bad.stderr
+    assert "hpnlab: the `lab` command cannot load: ModuleNotFoundError" in bad.stderr, bad.stderr
     assert "hint: the other commands still work" in bad.stderr and "Traceback" not in bad.stderr

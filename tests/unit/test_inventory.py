@@ -7,6 +7,8 @@ import pytest
 import yaml
 
 from hpnlab import inventory
+from hpnlab.providers import ProviderError, open_lab
+from hpnlab.providers.vagrant import VagrantProvider
 from hpnlab.topology import load_lab
 
 REPO = Path(__file__).resolve().parents[2]
@@ -14,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_netns_inventory_groups_vars_and_connection(tmp_path):
     lab = load_lab(REPO / "lab.yml", provider="netns", name="invtest")
-    path = inventory.write(lab, directory=tmp_path)
+    path = inventory.write(open_lab(lab), directory=tmp_path)
     assert path == tmp_path / "invtest.yml"
     doc = yaml.safe_load(path.read_text())["all"]
     assert doc["children"]["server"]["hosts"] == {"h1": None}
@@ -32,17 +34,18 @@ def test_netns_inventory_groups_vars_and_connection(tmp_path):
     assert [n["kernel"] for n in h1["hpnlab_nics"]] == [True, True]
     # rewriting an unchanged lab leaves the file alone
     mtime = path.stat().st_mtime_ns
-    inventory.write(lab, directory=tmp_path)
+    inventory.write(open_lab(lab), directory=tmp_path)
     assert path.stat().st_mtime_ns == mtime
 
 
 def test_static_inventory_takes_connection_and_nic_names_from_the_user(tmp_path):
     static = tmp_path / "static.yml"
     static.write_text(yaml.safe_dump({"all": {"vars": {"ansible_user": "lab"}, "hosts": {
-        "h1": {"ansible_host": "192.0.2.11", "hpnlab_ifnames": {"data": "enp3s0f0", "dpdk": "enp3s0f1"}, "hpnlab_dpdk_pci": "0000:03:00.1"},
+        "h1": {"ansible_host": "192.0.2.11", "hpnlab_ifnames": {"data": "enp3s0f0", "dpdk": "enp3s0f1"},
+               "hpnlab_dpdk_pci": "0000:03:00.1"},
         "h2": {"ansible_host": "192.0.2.12", "ansible_become": True}}}}))
     lab = load_lab(REPO / "lab.yml", provider="static", name="st")
-    hosts = inventory.build(lab, static_inventory=static)["all"]["hosts"]
+    hosts = inventory.build(open_lab(lab), static_inventory=static)["all"]["hosts"]
     assert hosts["h1"]["ansible_host"] == "192.0.2.11" and hosts["h1"]["ansible_user"] == "lab"
     assert [n["ifname"] for n in hosts["h1"]["hpnlab_nics"]] == ["enp3s0f0", "enp3s0f1"]
     assert hosts["h1"]["hpnlab_dpdk_ifname"] == "enp3s0f1" and hosts["h1"]["hpnlab_dpdk_pci"] == "0000:03:00.1"
@@ -59,36 +62,23 @@ def test_static_host_missing_is_named(tmp_path):
     static.write_text(yaml.safe_dump({"all": {"hosts": {"h1": {"ansible_host": "192.0.2.11"}}}}))
     lab = load_lab(REPO / "lab.yml", provider="static", name="st")
     with pytest.raises(inventory.InventoryError, match="host h2: not in the static inventory"):
-        inventory.build(lab, static_inventory=static)
+        inventory.build(open_lab(lab), static_inventory=static)
 
 
-def test_vagrant_without_ssh_address_names_the_host():
+def test_vagrant_without_ssh_address_names_the_host(tmp_path):
     lab = load_lab(REPO / "lab.yml", provider="vagrant", name="vg")
-
-    class NoState:
-        class state:
-            @staticmethod
-            def read():
-                return {}
-
-    with pytest.raises(inventory.InventoryError, match="host h1: the vagrant provider has no SSH address"):
-        inventory.build(lab, NoState())
+    with pytest.raises(ProviderError, match="host h1: the vagrant provider has no SSH address"):
+        inventory.build(VagrantProvider(lab, tmp_path))
 
 
 def test_vagrant_connection_from_provider_state(tmp_path):
     lab = load_lab(REPO / "lab.yml", provider="vagrant", name="vg")
-
-    class Up:
-        key_path = tmp_path / "ssh" / "id_ed25519"
-
-        class state:
-            @staticmethod
-            def read():
-                return {"hosts": {"h1": {"address": "192.168.121.11"}, "h2": {"address": "192.168.121.12"}}}
-
-    hosts = inventory.build(lab, Up())["all"]["hosts"]
+    provider = VagrantProvider(lab, tmp_path)
+    provider.state.dir.mkdir(parents=True)
+    provider.state.write({"hosts": {"h1": {"address": "192.168.121.11"}, "h2": {"address": "192.168.121.12"}}})
+    hosts = inventory.build(provider)["all"]["hosts"]
     assert hosts["h2"]["ansible_host"] == "192.168.121.12" and hosts["h2"]["ansible_user"] == "root"
-    assert hosts["h2"]["ansible_ssh_private_key_file"] == str(Up.key_path)
+    assert hosts["h2"]["ansible_ssh_private_key_file"] == str(provider.key_path)
     assert hosts["h2"]["ansible_become"] is False and hosts["h2"]["ansible_connection"] == "ssh"
     # on VMs DPDK takes eth2 from the kernel: verify checks neither its address nor pings over it
     assert [(n["ifname"], n["kernel"]) for n in hosts["h1"]["hpnlab_nics"]] == [("eth1", True), ("eth2", False)]

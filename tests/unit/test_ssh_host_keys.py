@@ -12,6 +12,8 @@ import yaml
 
 from hpnlab import inventory
 from hpnlab.hosts.ssh import CONSOLE_RECORD, SshHost, bare_spec, reach_of
+from hpnlab.providers import open_lab
+from hpnlab.providers.vagrant import VagrantProvider
 from hpnlab.topology import load_lab
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,7 +37,7 @@ def test_static_hosts_are_checked_against_one_file_whatever_the_user_says(tmp_pa
              for i, h in enumerate(("h1", "h2"), start=1)}
     static.write_text(yaml.safe_dump({"all": {"hosts": hosts}}))
     lab = load_lab(REPO / "lab.yml", provider="static", name="khtest")
-    hv = inventory.read(inventory.write(lab, directory=tmp_path, static_inventory=static))["h1"]
+    hv = inventory.read(inventory.write(open_lab(lab), directory=tmp_path, static_inventory=static))["h1"]
     reach = reach_of(hv)
     assert reach["known_hosts"] == file and reach["recorded_by"] is None
     ssh = _effective(hv["ansible_ssh_common_args"])
@@ -51,19 +53,14 @@ def test_static_hosts_are_checked_against_one_file_whatever_the_user_says(tmp_pa
 
 
 def test_vm_hosts_are_checked_against_the_recorded_keys_only(tmp_path):
-    class Provider:     # what inventory asks of the vagrant provider
-        known_hosts_path = tmp_path / "known_hosts"
-        key_path = tmp_path / "id_ed25519"
-
-        class state:
-            @staticmethod
-            def read():
-                return {"hosts": {h: {"address": f"192.168.100.{i}"} for i, h in enumerate(("h1", "h2"), 1)}}
-
     lab = load_lab(REPO / "lab.yml", provider="vagrant", name="khvm")
-    hv = inventory.read(inventory.write(lab, Provider(), directory=tmp_path))["h2"]
+    provider = VagrantProvider(lab, tmp_path)
+    provider.state.dir.mkdir(parents=True)
+    provider.state.write({"hosts": {h: {"address": f"192.168.100.{i}"} for i, h in enumerate(("h1", "h2"), 1)}})
+    hv = inventory.read(inventory.write(provider, directory=tmp_path))["h2"]
     ssh = _effective(hv["ansible_ssh_common_args"])
     assert ssh["stricthostkeychecking"] == "true"
-    assert ssh["userknownhostsfile"] == str(tmp_path / "known_hosts") and ssh["globalknownhostsfile"] == "/dev/null"
+    known = str(provider.known_hosts_path)
+    assert ssh["userknownhostsfile"] == known and ssh["globalknownhostsfile"] == "/dev/null"
     reach = reach_of(hv)
-    assert reach["known_hosts"] == str(tmp_path / "known_hosts") and reach["recorded_by"] == CONSOLE_RECORD
+    assert reach["known_hosts"] == known and reach["recorded_by"] == CONSOLE_RECORD

@@ -10,13 +10,14 @@ not care whether a host is a network namespace, a VM or a real server.
 """
 from __future__ import annotations
 
+import json
 import shlex
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import HpnlabError
 from ..topology.model import Host as HostSpec
@@ -43,6 +44,24 @@ class Result:
         return self.rc == 0
 
 
+@dataclass(frozen=True)
+class Link:
+    """One interface as the kernel reports it."""
+    ifname: str
+    state: str                  # operstate: UP, DOWN, UNKNOWN, ...
+    mtu: int | None
+    mac: str                    # lower case
+    flags: tuple[str, ...]
+    inet: tuple[str, ...]       # IPv4 addresses with their prefix length, "10.0.0.1/24"
+
+    @classmethod
+    def from_ip_json(cls, d: dict) -> Link:
+        return cls(ifname=d["ifname"], state=d.get("operstate", "?"), mtu=d.get("mtu"),
+                   mac=str(d.get("address", "")).lower(), flags=tuple(d.get("flags", ())),
+                   inet=tuple(f"{a['local']}/{a['prefixlen']}" for a in d.get("addr_info", ())
+                              if a.get("family") == "inet"))
+
+
 class CommandError(HpnlabError, RuntimeError):
     hint = "run it by hand on the host: hpnlab exec HOST -- COMMAND"
 
@@ -57,7 +76,7 @@ class Process(ABC):
     """A background process on a host. Every one is recorded so that `down`
     and `cleanup` can end it even if the program that started it died."""
 
-    def __init__(self, host: "Host", cmd: str, name: str):
+    def __init__(self, host: Host, cmd: str, name: str):
         self.host, self.cmd, self.name = host, cmd, name
 
     @property
@@ -147,6 +166,11 @@ class Host(ABC):
         return (self.spec.nic(network) if network else self.spec.nics[0]).ip
 
     # -- conveniences built on run() ---------------------------------------
+    def links(self, timeout: float = 30.0) -> dict[str, Link]:
+        """The host's interfaces as its kernel has them now (`ip -j addr`), by name."""
+        out = self.run(["ip", "-j", "addr", "show"], timeout=timeout).stdout
+        return {d["ifname"]: Link.from_ip_json(d) for d in json.loads(out or "[]")}
+
     def sysctl(self, key: str) -> str:
         return self.run(["sysctl", "-n", key], timeout=10).stdout.strip()
 

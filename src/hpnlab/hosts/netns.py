@@ -10,8 +10,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from . import Command, Host, Process, Result, as_shell
 
@@ -24,7 +24,7 @@ def netns_argv(netns: str, cmd: Command) -> list[str]:
 
 
 class NetnsProcess(Process):
-    def __init__(self, host: "NetnsHost", cmd: str, name: str, popen: subprocess.Popen,
+    def __init__(self, host: NetnsHost, cmd: str, name: str, popen: subprocess.Popen,
                  out: Path, err: Path):
         super().__init__(host, cmd, name)
         self._popen, self.out_path, self.err_path = popen, out, err

@@ -11,8 +11,8 @@ import io
 import re
 import shlex
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..errors import HpnlabError
 from ..topology.model import Host as HostSpec
@@ -98,7 +98,7 @@ def reach_of(hostvars: dict) -> dict:
             "key": str(Path(key).expanduser()) if key else None, "ssh_args": ssh_args,
             "proxy": proxy_command(ssh_args, address, port, user), "become": user != "root" and become,
             "known_hosts": str(Path(str(known).split()[0]).expanduser().absolute()) if known else None,
-            "recorded_by": CONSOLE_RECORD if hostvars.get("hpnlab_provider") == "vagrant" else None}
+            "recorded_by": hostvars.get("hpnlab_host_keys_recorded_by")}
 
 
 def bare_spec(name: str) -> HostSpec:
@@ -125,7 +125,7 @@ def _env_prefix(env: dict | None) -> str:
 
 
 class SshProcess(Process):
-    def __init__(self, host: "SshHost", cmd: str, name: str, pid: int, base: str):
+    def __init__(self, host: SshHost, cmd: str, name: str, pid: int, base: str):
         super().__init__(host, cmd, name)
         self._pid, self.base = pid, base
         self._rc: int | None = None
@@ -164,7 +164,8 @@ class SshProcess(Process):
     def signal(self, signum: int) -> None:
         # the whole process group (setsid made the shell its leader)
         # `-PID` without `--`: dash (sh on Debian) reads `--` as a PID
-        self.host.run(f"kill -{int(signum)} -{self._pid} 2>/dev/null || kill -{int(signum)} {self._pid} 2>/dev/null || true",
+        sig = int(signum)
+        self.host.run(f"kill -{sig} -{self._pid} 2>/dev/null || kill -{sig} {self._pid} 2>/dev/null || true",
                       timeout=30, check=False)
 
     def logs(self) -> tuple[str, str]:
@@ -176,7 +177,7 @@ class SshProcess(Process):
 class _RefuseUnknown:
     """paramiko's missing-host-key policy: refuse, saying which key and how to accept it."""
 
-    def __init__(self, host: "SshHost"):
+    def __init__(self, host: SshHost):
         self.host = host
 
     def missing_host_key(self, client, hostname, key):
@@ -207,7 +208,7 @@ class SshHost(Host):
 
     # -- connection -----------------------------------------------------------
     @classmethod
-    def from_reach(cls, spec, reach: dict, record: Callable[[dict], None] | None = None) -> "SshHost":
+    def from_reach(cls, spec, reach: dict, record: Callable[[dict], None] | None = None) -> SshHost:
         """The host that a reach_of() dict (or one kept in a state file) describes."""
         return cls(spec, reach["address"], user=reach["user"], key=reach.get("key"), port=reach["port"],
                    record=record, proxy_command=reach.get("proxy"), become=reach.get("become", False),

@@ -180,7 +180,7 @@ class Capture:
                 self.proc.wait(5)
         if getattr(self, "_out", None) and not self._out.closed:
             self._out.close()
-        self.summary = " ".join(l.strip() for l in self._err if "packets" in l)
+        self.summary = " ".join(line.strip() for line in self._err if "packets" in line)
 
     def __exit__(self, *exc):
         self.stop()
@@ -225,7 +225,7 @@ class StateTrace:
 
     @staticmethod
     def available(provider=None) -> bool:
-        if provider is not None and getattr(provider, "name", "") != "netns":
+        if provider is not None and not provider.shares_kernel:    # tracefs here sees no other kernel
             return False
         return (TRACEFS / "instances").is_dir() and os.access(TRACEFS / "instances", os.W_OK) and \
             (TRACEFS / "events/sock/inet_sock_set_state").is_dir()

@@ -8,14 +8,13 @@ the hosts of a running lab.
 from __future__ import annotations
 
 import importlib
-import json
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..errors import HpnlabError
-from ..hosts import Host
+from ..hosts import CommandError, Host
 from ..state import LabState, register_live, registered, state_root, unregister_live
 from ..topology import Lab, load_lab
 
@@ -117,9 +116,63 @@ class Provider(ABC):
             if name not in live:
                 unregister_live(cls.name, name)
 
-    # -- using a running lab --------------------------------------------------
+    # -- hooks: what differs between providers, each with the answer most providers give --
+    # The hosts share this machine's kernel (and CPUs, /proc, tracefs): what provisioning
+    # takes from the kernel (hugepages, vm.* sysctls) is the machine's, to give back.
+    shares_kernel: bool = False
+    # The machines exist before `up` (provision and verify may run on a lab that is not up).
+    exists_before_up: bool = False
+    # DPDK binds its NIC to a user-space driver, which takes it from the kernel (no address,
+    # no ping); hosts that share the kernel give DPDK an af_packet vdev over the kernel's NIC.
+    dpdk_takes_nic: bool = True
+    # Ansible runs on the hosts through Mitogen's strategy (one Python per host, not one per
+    # task); a provider whose connection runs the controller's own Python gains nothing by it.
+    ansible_mitogen: bool = True
+
     @abstractmethod
-    def hosts(self) -> dict[str, Host]: ...
+    def ansible_connection(self, host: str) -> dict:
+        """The Ansible connection variables of `host` (ansible_connection, ansible_host, ...),
+        plus any hpnlab_* variables that say how the host differs from lab.yml."""
+
+    def using_inventory(self, path: str | Path | None) -> Provider:
+        """This provider reading its machines from the inventory file `path` (None: the
+        default); a provider whose machines are not in a user's inventory ignores it."""
+        return self
+
+    def prepare(self, progress: Progress = _quiet) -> None:    # noqa: B027 — a hook whose default is nothing
+        """Work `up` needs that can run ahead of it, while nothing else waits (installing
+        packages, building a box); nothing by default."""
+
+    def release_machine(self, progress: Progress = _quiet) -> list[str]:
+        """Give back what provisioning took from this machine for the lab; what was given back."""
+        return []
+
+    # -- using a running lab --------------------------------------------------
+    def hosts(self) -> dict[str, Host]:
+        """The lab's hosts; each process they start is recorded in the lab's state."""
+        state = self.state.read() or {}
+        if not self._usable(state):
+            raise ProviderError(f"lab {self.lab.name} is not up (run `hpnlab up`, provider {self.name})")
+
+        def record(proc: dict) -> None:
+            with self.state.update() as data:
+                data.setdefault("processes", []).append(proc)
+        return self._make_hosts(state, record)
+
+    def _usable(self, state: dict) -> bool:
+        """Whether the hosts of a lab with this state can be used (hosts() says why not)."""
+        return self.is_up()
+
+    def _hosts_during_up(self, state: dict) -> dict[str, Host]:
+        """The hosts while `up`, which holds the lock and owns `state`, creates them."""
+        def record(proc: dict) -> None:
+            state.setdefault("processes", []).append(proc)
+            self.state.write(state)
+        return self._make_hosts(state, record)
+
+    @abstractmethod
+    def _make_hosts(self, state: dict, record: Callable[[dict], None]) -> dict[str, Host]:
+        """Host objects for the lab's hosts, from its state; `record` keeps a started process."""
 
     def host(self, name: str) -> Host:
         hosts = self.hosts()
@@ -155,11 +208,12 @@ class Provider(ABC):
             live, sysctls = {}, {}
             host = live_hosts.get(name)
             if host is not None:
-                r = host.run(["ip", "-j", "addr", "show"], timeout=30, check=False)
-                for link in json.loads(r.stdout or "[]") if r.ok else []:
-                    live[link["ifname"]] = {"state": link.get("operstate", "?"), "mtu": link.get("mtu"),
-                                            "addrs": [f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", [])
-                                                      if a.get("family") == "inet"]}
+                try:
+                    links = host.links()
+                except CommandError:
+                    links = {}
+                live = {ifname: {"state": link.state, "mtu": link.mtu, "addrs": list(link.inet)}
+                        for ifname, link in links.items()}
                 if spec.sysctls:
                     r = host.run(["sysctl", "-n", *spec.sysctls], timeout=30, check=False)
                     sysctls = dict(zip(spec.sysctls, r.stdout.split("\n")))

@@ -114,6 +114,16 @@ def delete_netns(netns: str) -> None:
 
 class NetnsProvider(Provider):
     name = "netns"
+    shares_kernel = True
+    dpdk_takes_nic = False          # an af_packet vdev over the veth: the NIC stays the kernel's
+    ansible_mitogen = False         # the connection plugin runs the controller's own Python
+
+    def ansible_connection(self, host: str) -> dict:
+        return {"ansible_connection": "hpnlab_netns", "hpnlab_netns": self.host_ns(host),
+                "ansible_python_interpreter": "/usr/bin/python3"}
+
+    def release_machine(self, progress: Progress = _quiet) -> list[str]:
+        return _released(self.lab.name, progress)
 
     # -- names -------------------------------------------------------------
     def host_ns(self, host: str) -> str:
@@ -268,7 +278,7 @@ class NetnsProvider(Provider):
 
     def _impair(self, networks, state: dict) -> dict[str, str]:
         use_netem = self._netem_available()
-        hosts = self.hosts(state)
+        hosts = self._hosts_during_up(state)
         mechanisms = {}
         for net in networks:
             for member in net.members:
@@ -286,17 +296,7 @@ class NetnsProvider(Provider):
         return mechanisms
 
     # -- using the lab -------------------------------------------------------
-    def hosts(self, state: dict | None = None) -> dict:
-        if state is None and not self.is_up():
-            raise ProviderError(f"lab {self.lab.name} is not up (run `hpnlab up` / `make lab-up PROVIDER=netns`)")
-        if state is None:
-            def record(proc: dict) -> None:
-                with self.state.update() as data:
-                    data.setdefault("processes", []).append(proc)
-        else:   # during `up`, which already holds the lock and owns `state`
-            def record(proc: dict) -> None:
-                state["processes"].append(proc)
-                self.state.write(state)
+    def _make_hosts(self, state: dict, record) -> dict:
         return {name: NetnsHost(spec, self.host_ns(name), self.state.logdir / name, record)
                 for name, spec in self.lab.hosts.items()}
 
@@ -344,9 +344,13 @@ def _release_machine(lab: str, progress: Progress) -> list[str]:
     """Give back the hugepages, hugetlbfs mounts and machine sysctls that provisioning took
     for the lab: its hosts shared the machine's kernel, so these outlive the namespaces."""
     try:
-        done = machine.release(lab)
+        return _released(lab, progress)
     except machine.MachineError as exc:
         raise ProviderError(f"lab {lab}: namespaces removed, but {exc}") from exc
+
+
+def _released(lab: str, progress: Progress) -> list[str]:
+    done = machine.release(lab)
     for what in done:
         progress(what)
     return done
@@ -358,7 +362,8 @@ def _remove_tree(path: Path) -> None:
 
 def _require_root() -> None:
     if os.geteuid() != 0:
-        raise ProviderError("the netns provider needs root (network namespaces, veth, bridges): run as root or with sudo")
+        raise ProviderError("the netns provider needs root (network namespaces, veth, bridges): "
+                            "run as root or with sudo")
 
 
 PROVIDER = NetnsProvider

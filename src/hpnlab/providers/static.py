@@ -16,16 +16,21 @@ is what a real machine keeps: `down` does not undo it.
 """
 from __future__ import annotations
 
-import json
 import shlex
 from dataclasses import replace
 from pathlib import Path
 
 from .. import inventory
-from ..hosts.ssh import HostKeyError, SshHost, bare_spec, reach_of
+from ..hosts import Link
+from ..hosts.ssh import HostKeyError, SshHost, bare_spec, known_hosts_args, reach_of
 from ..state import unregister_live
 from ..topology import Lab
 from . import Progress, Provider, ProviderError, _quiet
+
+CONNECTION_VARS = ("ansible_host", "ansible_port", "ansible_user", "ansible_ssh_private_key_file",
+                   "ansible_become", "ansible_become_method", "ansible_become_user",
+                   "ansible_become_password", "ansible_ssh_common_args", "ansible_python_interpreter",
+                   "ansible_connection", "ansible_password")
 
 SSH_TIMEOUT = 30.0
 
@@ -33,16 +38,47 @@ SSH_TIMEOUT = 30.0
 class StaticProvider(Provider):
     name = "static"
 
+    exists_before_up = True
+
     def __init__(self, lab: Lab, state_root: Path | None = None):
+        super().__init__(lab, state_root)
+        self.declared = lab
+        self._read_inventory(None)
+
+    def _read_inventory(self, path: str | Path | None) -> None:
         # The hosts' NICs carry their real names (hpnlab_ifnames) everywhere: labs, status,
         # inventory. Without a static inventory the lab keeps lab.yml's names until `up` asks.
+        self.static: dict[str, dict] | None = None
         try:
-            self.static = inventory.load_static()
+            self.static = inventory.load_static(path)
         except inventory.InventoryError as exc:
-            self.static, self.static_error = None, str(exc)
+            self.static_error = str(exc)
         else:
-            lab = _with_real_ifnames(lab, self.static)
-        super().__init__(lab, state_root)
+            self.lab = _with_real_ifnames(self.declared, self.static)
+
+    def using_inventory(self, path: str | Path | None) -> Provider:
+        if path is not None:
+            self._read_inventory(path)
+        return self
+
+    def ansible_connection(self, host: str) -> dict:
+        """The connection variables the user's inventory gives the host (and its hpnlab_*
+        ones), with hpnlab's host-key checking first in the SSH options."""
+        if self.static is None:
+            raise inventory.InventoryError(self.static_error)
+        if host not in self.static:
+            raise inventory.InventoryError(f"host {host}: not in the static inventory (hosts there: "
+                                           f"{', '.join(sorted(self.static)) or 'none'})")
+        given = self.static[host]
+        if "ansible_host" not in given:
+            raise inventory.InventoryError(f"host {host}: the static inventory gives no ansible_host (its address)")
+        conn = {"ansible_connection": "ssh"} | {k: v for k, v in given.items() if k in CONNECTION_VARS}
+        conn.update({k: v for k, v in given.items() if k.startswith("hpnlab_")})
+        # Host keys are checked, by Ansible as by hpnlab, against one file: OpenSSH keeps the
+        # first value of an option, so these go before the user's own.
+        checking = shlex.join(known_hosts_args(reach_of(conn)["known_hosts"]))
+        conn["ansible_ssh_common_args"] = f"{checking} {conn.get('ansible_ssh_common_args') or ''}".strip()
+        return conn
 
     # -- lifecycle -----------------------------------------------------------------
     def is_up(self) -> bool:
@@ -72,14 +108,13 @@ class StaticProvider(Provider):
         reach = {}
         for name in self.lab.hosts:
             try:
-                conn = inventory._static_connection(self.lab, name, self.static)
+                reach[name] = reach_of(self.ansible_connection(name))
             except inventory.InventoryError as exc:
                 raise ProviderError(str(exc)) from None
-            reach[name] = reach_of(conn)
         return reach
 
     def _create(self, state: dict, progress: Progress) -> None:
-        hosts = self.hosts(state)
+        hosts = self._hosts_during_up(state)
         # Look before changing anything: every host answers and has its NICs.
         links = {}
         for name, host in hosts.items():
@@ -90,7 +125,7 @@ class StaticProvider(Provider):
             if not r.ok:
                 raise ProviderError(f"[{name}] no SSH to {_describe(state['hosts'][name])}: "
                                     f"{(r.stderr or r.stdout).strip() or f'exit status {r.rc}'}")
-            links[name] = _links(host)
+            links[name] = host.links(SSH_TIMEOUT)
             missing = [f"{n.ifname} (network {n.network})" for n in host.spec.nics if n.ifname not in links[name]]
             if missing:
                 raise ProviderError(f"[{name}] no NIC {', '.join(missing)} (NICs there: "
@@ -101,7 +136,7 @@ class StaticProvider(Provider):
             self._configure(host, links[name], state)
         progress("NICs given their addresses/MTUs where missing, sysctls applied and read back")
 
-    def _configure(self, host: SshHost, links: dict, state: dict) -> None:
+    def _configure(self, host: SshHost, links: dict[str, Link], state: dict) -> None:
         def change(record: dict, argv: list[str]) -> None:
             state["changes"][host.name].append(record)      # write-ahead: recorded before made
             self.state.write(state)
@@ -109,13 +144,13 @@ class StaticProvider(Provider):
 
         for nic in host.spec.nics:
             link = links[nic.ifname]
-            if link.get("mtu") != nic.mtu:
-                change({"kind": "mtu", "ifname": nic.ifname, "was": link.get("mtu"), "set": nic.mtu},
+            if link.mtu != nic.mtu:
+                change({"kind": "mtu", "ifname": nic.ifname, "was": link.mtu, "set": nic.mtu},
                        ["ip", "link", "set", "dev", nic.ifname, "mtu", str(nic.mtu)])
-            if str(nic.address) not in _inet(link):
+            if str(nic.address) not in link.inet:
                 change({"kind": "addr", "ifname": nic.ifname, "addr": str(nic.address)},
                        ["ip", "addr", "replace", str(nic.address), "dev", nic.ifname])
-            if "UP" not in link.get("flags", []):
+            if "UP" not in link.flags:
                 change({"kind": "link-up", "ifname": nic.ifname}, ["ip", "link", "set", "dev", nic.ifname, "up"])
         sysctls = {**self.lab.machine_sysctls, **host.spec.sysctls}
         if not sysctls:
@@ -155,19 +190,7 @@ class StaticProvider(Provider):
         return removed
 
     # -- using the lab -----------------------------------------------------------------
-    def hosts(self, state: dict | None = None) -> dict:
-        if state is None:
-            state = self.state.read() or {}
-            if not self.is_up():
-                raise ProviderError(f"lab {self.lab.name} is not up (run `hpnlab up`, provider static)")
-
-            def record(proc: dict) -> None:
-                with self.state.update() as data:
-                    data.setdefault("processes", []).append(proc)
-        else:       # during `up`, which holds the lock and owns `state`
-            def record(proc: dict) -> None:
-                state.setdefault("processes", []).append(proc)
-                self.state.write(state)
+    def _make_hosts(self, state: dict, record) -> dict:
         return {name: SshHost.from_reach(spec, state["hosts"][name], record) for name, spec in self.lab.hosts.items()}
 
     def _reach_of(self, host: str) -> dict:
@@ -229,7 +252,7 @@ def _with_real_ifnames(lab: Lab, static: dict[str, dict]) -> Lab:
 
 
 def _ssh_argv(reach: dict) -> list[str]:
-    # ssh_args carry the host-key checking options too (inventory._static_connection)
+    # ssh_args carry the host-key checking options too (ansible_connection)
     argv = ["ssh", "-p", str(reach["port"]), *shlex.split(reach.get("ssh_args") or "")]
     if reach.get("key"):
         argv += ["-i", reach["key"]]
@@ -295,15 +318,6 @@ def _undo_argv(host: SshHost, change: dict) -> list[str] | None:
         if now.ok and _norm(now.stdout) == change["set"]:
             return ["sysctl", "-q", "-w", f"{change['key']}={_norm(change['was'])}"]
     return None
-
-
-def _links(host: SshHost) -> dict[str, dict]:
-    out = host.run(["ip", "-j", "addr", "show"], timeout=SSH_TIMEOUT).stdout
-    return {link["ifname"]: link for link in json.loads(out or "[]")}
-
-
-def _inet(link: dict) -> list[str]:
-    return [f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", []) if a.get("family") == "inet"]
 
 
 def _sysctls(host: SshHost, sysctls: dict) -> dict[str, str]:

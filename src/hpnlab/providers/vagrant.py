@@ -20,6 +20,7 @@ import ipaddress
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -29,8 +30,8 @@ from pathlib import Path
 
 from .. import vm
 from ..hosts.ssh import CONSOLE_RECORD, SshHost, known_hosts_args
+from ..paths import repo_root
 from ..state import register_live, unregister_live
-from ..topology import Lab
 from ..vm import accel, virt
 from ..vm import box as vmbox
 from ..vm import setup as vmsetup
@@ -46,8 +47,28 @@ HOSTKEY_LINE = re.compile(r"hpnlab-hostkey: (ssh-ed25519|ecdsa-sha2-nistp\d+|ssh
 class VagrantProvider(Provider):
     name = "vagrant"
 
-    def __init__(self, lab: Lab, state_root: Path | None = None):
-        super().__init__(lab, state_root)
+    def ansible_connection(self, host: str) -> dict:
+        """SSH as root with the lab's key to the VM's management address, its host key
+        checked against the one `up` recorded from the VM's console and no other."""
+        address = ((self.state.read() or {}).get("hosts") or {}).get(host, {}).get("address")
+        if not address:
+            raise ProviderError(f"host {host}: the vagrant provider has no SSH address for it "
+                                f"(is the VM up? `make lab-up PROVIDER=vagrant`)")
+        return {"ansible_connection": "ssh", "ansible_host": address, "ansible_port": 22,
+                "ansible_user": "root", "ansible_become": False,
+                "ansible_python_interpreter": "/usr/bin/python3",
+                "ansible_ssh_private_key_file": str(self.key_path),
+                "ansible_ssh_common_args": shlex.join([*known_hosts_args(str(self.known_hosts_path)),
+                                                       "-o", "IdentitiesOnly=yes"]),
+                "hpnlab_host_keys_recorded_by": CONSOLE_RECORD}
+
+    def prepare(self, progress: Progress = _quiet) -> None:
+        """The packages, the box and the KVM probe (a test boot of up to 20 s where KVM hangs)."""
+        vmsetup.ensure_packages(progress)
+        settings = self.settings()
+        if settings["box"] == vm.BOX_NAME:
+            vmbox.prebuild(progress)
+            accel.detect(vmbox.kernel_path(), progress, settings["driver"])
 
     # -- names and files -------------------------------------------------------
     @property
@@ -123,7 +144,7 @@ class VagrantProvider(Provider):
                                     f"`make lab-up PROVIDER=netns` needs no hypervisor)") from None
             if self.state.read() or virt.domains(self.prefix) or virt.networks(self.prefix):
                 progress("removing leftovers of an earlier, unfinished run")
-                self._teardown(progress, keep_daemons=True)
+                self._remove(progress, keep_daemons=True)
             # write-ahead (names before anything exists); a failure rolls back through
             # _teardown, which also stops the daemons this run started
             self._bring_up(progress, prefix=self.prefix, **self.expected(), driver=driver)
@@ -141,7 +162,8 @@ class VagrantProvider(Provider):
         self.render(driver=driver, subnet=subnet)
         progress(f"vagrant up: {len(self.lab.hosts)} VM(s), driver {driver}"
                  + (" (TCG: software emulation)" if driver == "qemu" else ""))
-        self._vagrant(["up", "--provider", "libvirt", "--parallel", *self.lab.hosts], progress, timeout=BOOT_TIMEOUT, log="vagrant-up.log")
+        self._vagrant(["up", "--provider", "libvirt", "--parallel", *self.lab.hosts], progress,
+                      timeout=BOOT_TIMEOUT, log="vagrant-up.log")
         state["hosts"] = {}
         for hname in self.lab.hosts:
             ip = virt.domain_ip(self.domain(hname), self.mgmt_network)
@@ -151,7 +173,7 @@ class VagrantProvider(Provider):
         self.state.write(state)
         progress("management addresses: " + ", ".join(f"{h} {v['address']}" for h, v in state["hosts"].items()))
         self._record_host_keys(state["hosts"], settings, progress)
-        hosts = self.hosts(state)
+        hosts = self._hosts_during_up(state)
 
         def ready(host: SshHost) -> None:
             self._wait_ssh(host)
@@ -203,16 +225,13 @@ class VagrantProvider(Provider):
         spec = host.spec
         deadline = time.monotonic() + 60
         while True:
-            out = host.run(["ip", "-j", "addr", "show"], timeout=30).stdout
-            links = {link["ifname"]: link for link in json.loads(out or "[]")}
+            links = host.links()
             missing = []
             for nic in spec.nics:
                 link = links.get(nic.ifname)
-                addrs = [f"{a['local']}/{a['prefixlen']}" for a in (link or {}).get("addr_info", [])
-                         if a.get("family") == "inet"]
-                if not link or link.get("address", "").lower() != nic.mac.lower() or str(nic.address) not in addrs:
+                if not link or link.mac != nic.mac.lower() or str(nic.address) not in link.inet:
                     missing.append(f"{nic.ifname} ({nic.mac}, {nic.address}; have "
-                                   f"{(link or {}).get('address')}, {addrs})")
+                                   f"{link.mac if link else None}, {list(link.inet) if link else []})")
             if not missing:
                 break
             if time.monotonic() > deadline:
@@ -238,7 +257,12 @@ class VagrantProvider(Provider):
         _require_root()
         super().down(progress)
 
-    def _teardown(self, progress: Progress, keep_daemons: bool = False) -> None:
+    def _teardown(self, progress: Progress) -> None:
+        self._remove(progress, keep_daemons=False)
+
+    def _remove(self, progress: Progress, keep_daemons: bool) -> None:
+        """Everything of the lab; `keep_daemons`: leftovers cleared by `up` itself (its
+        registry entry and the daemons it started stay)."""
         state = self.state.read() or {}
         _kill_vagrant(self.lab.name, progress)
         if vmsetup.LIBVIRT_SOCK.exists() or virt.qemu_processes(self.prefix):
@@ -251,7 +275,7 @@ class VagrantProvider(Provider):
                     virt.remove_all(dom, progress)
         _forget_machines(self.dotfile)
         _remove_boot_files(self.prefix)
-        if not keep_daemons:           # leftovers cleared by `up` itself: its entry and daemons stay
+        if not keep_daemons:
             unregister_live(self.name, self.lab.name)
         for path in (self.dotfile, self.spec_path.parent / "ssh", self.state.logdir,
                      self.state.dir / "vagrant.d"):
@@ -382,13 +406,13 @@ class VagrantProvider(Provider):
     def _vagrant(self, args: list[str], progress: Progress, timeout: float, log: str) -> None:
         env = vmbox.vagrant_env()
         env.update(HPNLAB_VAGRANT_JSON=str(self.spec_path), VAGRANT_DOTFILE_PATH=str(self.dotfile),
-                   VAGRANT_CWD=str(vm.repo_root()), HPNLAB_VAGRANT_LAB=self.lab.name,
+                   VAGRANT_CWD=str(repo_root()), HPNLAB_VAGRANT_LAB=self.lab.name,
                    VAGRANT_HOME=str(vmbox.lab_vagrant_home(self.state.dir / "vagrant.d")))
         self.state.logdir.mkdir(parents=True, exist_ok=True)
         logfile = self.state.logdir / log
         started = time.monotonic()
         with open(logfile, "w") as out:
-            proc = subprocess.Popen(["vagrant", *args], cwd=vm.repo_root(), env=env, text=True,
+            proc = subprocess.Popen(["vagrant", *args], cwd=repo_root(), env=env, text=True,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             try:
                 for line in proc.stdout:
@@ -415,19 +439,10 @@ class VagrantProvider(Provider):
             raise ProviderError(f"`vagrant {' '.join(args)}` failed (exit {rc}); log: {kept}\n{excerpt}")
 
     # -- using a running lab -------------------------------------------------------
-    def hosts(self, state: dict | None = None) -> dict:
-        if state is None:
-            state = self.state.read() or {}
-            if state.get("phase") != "up":
-                raise ProviderError(f"lab {self.lab.name} is not up (run `hpnlab up`, provider vagrant)")
+    def _usable(self, state: dict) -> bool:
+        return state.get("phase") == "up"         # (is_up asks libvirt, which may be slow to answer)
 
-            def record(proc: dict) -> None:
-                with self.state.update() as data:
-                    data.setdefault("processes", []).append(proc)
-        else:
-            def record(proc: dict) -> None:
-                state.setdefault("processes", []).append(proc)
-                self.state.write(state)
+    def _make_hosts(self, state: dict, record) -> dict:
         return {name: SshHost(spec, state["hosts"][name]["address"], user="root", key=self.key_path,
                               record=record, known_hosts=self.known_hosts_path, recorded_by=CONSOLE_RECORD)
                 for name, spec in self.lab.hosts.items()}

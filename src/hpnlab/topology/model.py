@@ -104,7 +104,7 @@ class Lab:
     source: Path | None = None
     vm: dict = field(default_factory=dict)      # provider settings for VMs (box, kvm, iommu, ...)
 
-    def with_provider(self, provider: str) -> "Lab":
+    def with_provider(self, provider: str) -> Lab:
         from dataclasses import replace
         return replace(self, provider=provider)
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from ..errors import HpnlabError
 
@@ -36,18 +36,6 @@ Progress = Callable[[str], None]
 
 class VmError(HpnlabError, RuntimeError):
     """A VM substrate step failed; the message says what to do."""
-
-
-def repo_root() -> Path:
-    """The checkout holding the Vagrantfile and box/ (HPNLAB_ROOT overrides)."""
-    env = os.environ.get("HPNLAB_ROOT")
-    if env:
-        return Path(env).resolve()
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        if (parent / "Vagrantfile").is_file() and (parent / "box").is_dir():
-            return parent
-    return Path.cwd()
 
 
 def lab_prefix(lab: str) -> str:

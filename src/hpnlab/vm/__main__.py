@@ -46,19 +46,13 @@ def main(argv: list[str] | None = None) -> int:
             recipe = box.ensure(_say, force=args.force)
             _say(f"box: hpnlab-debian12 (recipe {recipe}) ready in {time.monotonic() - t0:.1f} s")
         elif args.cmd == "prepare":
-            from .. import vm
-            from ..topology import TopologyError, load_lab
-            from . import accel, box, setup
+            from ..providers import open_lab
+            from ..topology import TopologyError
             try:
-                lab = load_lab(args.lab, provider=args.provider)
+                provider = open_lab(args.lab, provider=args.provider)
             except TopologyError:
                 return 0            # `hpnlab up` reports what is wrong with the lab file
-            if lab.provider == "vagrant":
-                setup.ensure_packages(_say)
-                if vm.settings(lab)["box"] == vm.BOX_NAME:
-                    box.prebuild(_say)
-                    # the KVM test boot (up to 20 s where KVM hangs) while pip still runs
-                    accel.detect(box.kernel_path(), _say, vm.settings(lab)["driver"])
+            provider.prepare(_say)  # while pip still runs
         elif args.cmd == "apt":
             from pathlib import Path
 

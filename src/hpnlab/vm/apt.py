@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import Progress, VmError
 

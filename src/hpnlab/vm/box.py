@@ -17,7 +17,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import BOX_NAME, POOL, Progress, VmError, repo_root, run
+from ..paths import repo_root
+from . import BOX_NAME, POOL, Progress, VmError, run
 
 # box/ files that are not part of the image (changing them needs no rebuild)
 NOT_RECIPE = {"provision.sh", "README.md"}
