@@ -32,21 +32,30 @@ def cli(tmp_path):
 
 
 def test_up_status_exec_capture_graph_down(cli):
-    up = cli("up")
-    assert "is up" in up.stderr
+    up = json.loads(cli("up", "--format", "json").stdout)
+    assert (up["kind"], up["version"], up["created"], up["up"]) == ("hpnlab/up", 1, True, True)
     again = cli("up")
-    assert "already up" in again.stderr
+    assert "already up" in again.stderr and "hosts" in again.stdout        # the status tables
 
-    status = json.loads(cli("status", "--json").stdout)
+    status = json.loads(cli("status", "--format", "json").stdout)
+    assert (status["kind"], status["version"], status["lab"], status["provider"]) == ("hpnlab/status", 1,
+                                                                                      cli.name, "netns")
     assert status["up"] and [h["name"] for h in status["hosts"]] == ["h1", "h2"]
+    assert [h["name"] for h in up["hosts"]] == ["h1", "h2"]
     nic = status["hosts"][0]["nics"][0]
     assert nic["ifname"] == "eth1" and nic["addrs"] == ["10.77.1.1/24"] and nic["state"] == "UP"
     assert status["hosts"][0]["sysctls"]["net.core.somaxconn"] == "4096"
+    assert {n["name"] for n in status["networks"]} >= {"data"} and status["other_labs_up"] is not None
 
     ss = cli("exec", "h1", "--", "ss", "-lnt")
     assert "State" in ss.stdout
     failed = cli("exec", "h2", "--", "sh", "-c", "echo oops >&2; exit 7", check=False)
     assert failed.returncode == 7 and "oops" in failed.stderr
+    failed = cli("exec", "--format", "json", "h2", "--", "sh", "-c", "echo out; echo oops >&2; exit 7", check=False)
+    assert failed.returncode == 7 and failed.stderr == "", failed.stderr
+    assert {k: v for k, v in json.loads(failed.stdout).items() if k != "seconds"} == {
+        "kind": "hpnlab/exec", "version": 1, "host": "h2", "cmd": ["sh", "-c", "echo out; echo oops >&2; exit 7"],
+        "rc": 7, "stdout": "out\n", "stderr": "oops\n"}
 
     shell = cli("shell", "h2", input="echo on=$HPNLAB_HOST; ip -br addr show eth1\nexit\n")
     assert "on=h2" in shell.stdout and "10.77.1.2/24" in shell.stdout
@@ -70,7 +79,7 @@ def test_up_status_exec_capture_graph_down(cli):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
     cli("down")
-    assert json.loads(cli("status", "--json").stdout)["up"] is False
+    assert json.loads(cli("status", "--json").stdout)["up"] is False       # --json: --format json
     assert not (cli.tmp / "state" / cli.name).exists()
 
 

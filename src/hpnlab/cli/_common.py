@@ -1,6 +1,19 @@
-"""What the subcommand modules share: opening the lab and showing progress."""
+"""What the subcommand modules share: opening the lab, showing progress, printing JSON.
+
+`--format json` (up, status, exec, lab, verify, bench) prints one JSON object on stdout
+and nothing else there (progress and errors go to stderr). Every object starts with
+
+    "kind":    "hpnlab/<command>"     which command's shape it is
+    "version": 1                      raised when a key changes meaning or goes away
+                                      (new keys may come at any version)
+
+The keys of each command are in the README (section "JSON output").
+"""
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 import time
 from contextlib import contextmanager
 
@@ -9,6 +22,20 @@ from rich.console import Console
 from ..providers import Provider, open_lab
 
 console = Console(stderr=True, highlight=False)
+JSON_VERSION = 1
+
+
+def add_format(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=("table", "json"), default="table",
+                        help="table (for people, the default) or json (for scripts; see the README)")
+    parser.add_argument("--json", dest="format", action="store_const", const="json", help="--format json")
+
+
+def print_json(command: str, payload: dict) -> None:
+    """One JSON object on stdout, in the versioned envelope this module's docstring describes."""
+    json.dump({"kind": f"hpnlab/{command}", "version": JSON_VERSION, **payload}, sys.stdout, indent=2,
+              default=str)
+    sys.stdout.write("\n")
 
 
 def provider_from(args) -> Provider:

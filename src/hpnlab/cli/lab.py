@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 
 from ..labs import LABS, lab_module
-from ._common import console, progress, provider_from
+from ._common import add_format, console, print_json, progress, provider_from
 
 HELP = "run a lab (p2p, nat, backlog, epoll, close) on the running lab's hosts and write a report"
 
@@ -12,6 +12,7 @@ HELP = "run a lab (p2p, nat, backlog, epoll, close) on the running lab's hosts a
 def add_arguments(parser) -> None:
     parser.add_argument("--up", action="store_true", help="bring the lab up first if it is not up")
     parser.add_argument("--results", metavar="DIR", help="results root (default: results/)")
+    add_format(parser)
     sub = parser.add_subparsers(dest="lab_name", metavar="NAME", required=True)
     for name in LABS:
         module = lab_module(name)
@@ -39,9 +40,14 @@ def run(args) -> int:
             # already stopped what it started on every host)
             console.print(f"[red]lab {args.lab_name}: {exc}[/red]")
             return 1
-    console.print(f"[green]lab {args.lab_name} done[/green] in {time.monotonic() - started:.1f}s; "
-                  f"report: {result['report']}")
+    seconds = time.monotonic() - started
     summary = result.get("summary")
+    if args.format == "json":
+        print_json("lab", {"lab": args.lab_name, "topology": provider.lab.name, "provider": provider.name,
+                           "seconds": round(seconds, 3), "report": str(result["report"]),
+                           "dir": str(result["dir"]), "summary": summary})
+        return 0
+    console.print(f"[green]lab {args.lab_name} done[/green] in {seconds:.1f}s; report: {result['report']}")
     if summary:
         console.print(summary)
     return 0

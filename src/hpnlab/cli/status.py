@@ -1,26 +1,30 @@
+"""`hpnlab status`: the lab's hosts, NICs (with their live state), sysctls read back,
+networks and the processes labs started. Exit status 3 (table) if the lab is down."""
 from __future__ import annotations
-
-import json
 
 from rich.console import Console
 from rich.table import Table
 
 from ..state import LIVE_DIR, registered
-from ._common import provider_from
+from ._common import add_format, print_json, provider_from
 
 HELP = "hosts, NICs, addresses, sysctls and impairments of the lab"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--json", action="store_true", help="print the status as JSON")
+    add_format(parser)
 
 
 def run(args) -> int:
     provider = provider_from(args)
-    if args.json:
-        print(json.dumps({**provider.status(), "other_labs_up": other_labs_up(provider)}, indent=2))
+    if args.format == "json":
+        print_json("status", payload(provider))
         return 0
     return 0 if show(provider) else 3
+
+
+def payload(provider) -> dict:
+    return {**provider.status(), "other_labs_up": other_labs_up(provider)}
 
 
 def other_labs_up(provider) -> list[dict]:

@@ -4,16 +4,12 @@ every check holds, else 1 with each failing host and check named.
 """
 from __future__ import annotations
 
-import json
-
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from ..verify import DEFAULT_PORT, Check, Report, verify
-from ._common import console, progress, provider_from
-
-__all__ = ["verify", "Report", "Check", "show", "run"]
+from ._common import add_format, console, print_json, progress, provider_from
 
 HELP = "verify the lab's hosts with testinfra: a table host × check; non-zero names what fails"
 
@@ -26,7 +22,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--host", action="append", metavar="HOST", help="only this host (repeatable)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
                         help=f"TCP port the hosts listen on for the connect checks (default {DEFAULT_PORT})")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    add_format(parser)
 
 
 MARK = {"passed": "[green]✓[/green]", "failed": "[red]✗[/red]", "error": "[red]E[/red]", "skipped": "[dim]-[/dim]"}
@@ -54,8 +50,8 @@ def run(args) -> int:
     with progress(f"lab {lab.name} ({lab.provider}) verify") as step:
         report = verify(provider, args.inventory_dir, step, hosts=args.host, port=args.port,
                         static_inventory=args.static_inventory)
-    if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+    if args.format == "json":
+        print_json("verify", {"lab": lab.name, "provider": provider.name, "hosts": hosts, **report.to_dict()})
     else:
         show(report, hosts)
     for host, why in report.errors.items():     # (escaped: "[h1]" in a message is not markup)

@@ -8,7 +8,7 @@
     close    active/passive/simultaneous close, half-close, RST, TIME_WAIT
 
 A lab module defines HELP, add_arguments(parser) and
-run(provider, args, step) -> dict (with "report": the report's path), and
+run(provider, args, step) -> dict (with "report": the report's path, "dir": its directory), and
 usually an agent (`python -m hpnlab.labs.<name> ...`) that runs on hosts.
 """
 from __future__ import annotations
