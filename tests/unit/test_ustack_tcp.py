@@ -202,7 +202,9 @@ def test_keepalive_probes_and_timeout():
 
 
 def test_syn_backlog_and_accept_queue_are_bounded():
+    """With SYN cookies off (tcp_syncookies = 0), a full half-open queue drops SYNs."""
     w = Wire()
+    w.b.tcp.syncookies = False
     lst = w.b.tcp.listen((w.b.ip, 80), 2, Options(), syn_backlog=4)
     # a SYN flood from many ports, answers never come back: the half-open queue stays at 4
     w.drop = lambda f, d: d == "ba"
@@ -215,6 +217,74 @@ def test_syn_backlog_and_accept_queue_are_bounded():
     w.pump(lambda: False, limit=3)
     assert len(lst.accept_queue) == 3                             # backlog + 1, as Linux
     assert sum(c.state == "ESTABLISHED" for c in conns) >= 3
+
+
+def _flood(w, n: int, start: int = 0) -> None:
+    """n SYNs to port 80 of b from ports/ISNs nobody answers for; their SYN-ACKs go nowhere."""
+    for i in range(start, start + n):
+        w.b.tcp.input(tcpseg.Segment(1024 + i % 60000, 80, i * 7919 & 0xFFFFFFFF, 0, tcpseg.SYN, 64240, b""),
+                      bytes([10, 0, 1 + i // 60000 % 200, 1]), w.b.ip, w.t)
+        if i % 1000 == 0:
+            w.b.take_tx()
+    w.b.take_tx()
+
+
+def test_syn_flood_keeps_no_state_and_a_client_still_connects():
+    """Past the half-open bound every SYN gets a cookie and leaves nothing behind: the
+    stack's memory does not grow with the flood, and a real client then connects through
+    a cookie (its MSS and, riding in the timestamps, its window scale intact)."""
+    import tracemalloc
+    w = Wire()
+    w.b.gateway = w.a.ip                                    # the flood's made-up sources route via a
+    lst = w.b.tcp.listen((w.b.ip, 80), 128, Options(), syn_backlog=16)
+    tracemalloc.start()
+    _flood(w, 1000)
+    before = tracemalloc.get_traced_memory()[0]
+    _flood(w, 10000, start=1000)
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert len(lst.syn_queue) == 16 and len(w.b.tcp.conns) == 16
+    assert lst.counters["syncookies_sent"] == 11000 - 16 and grown < 64 << 10, grown
+    c = w.a.tcp.connect((w.a.ip, 40000), (w.b.ip, 80), Options(), w.t)
+    w.pump(lambda: c.state == "ESTABLISHED" and lst.accept_queue)
+    s = lst.accept()
+    assert lst.counters["syncookies_accepted"] == 1 and [x for _, x in s.history] == ["CLOSED", "ESTABLISHED"]
+    assert s.peer_mss == 1460 and s.ws_ok and s.snd_wscale == c.rcv_wscale and s.rcv_wscale == c.snd_wscale > 0
+    data = random.randbytes(1 << 20)
+    assert transfer(w, c, s, data) == data and transfer(w, s, c, data[:100000]) == data[:100000]
+
+
+def test_syn_cookie_without_timestamps_and_forged_acks():
+    w = Wire()
+    lst = w.b.tcp.listen((w.b.ip, 80), 8, Options(), syn_backlog=0)     # every SYN gets a cookie
+    c = w.a.tcp.connect((w.a.ip, 40001), (w.b.ip, 80), Options(timestamps=False), w.t)
+    w.pump(lambda: c.state == "ESTABLISHED" and lst.accept_queue)
+    s = lst.accept()
+    # no timestamps to carry it: no window scaling (Linux's choice), the MSS from the table
+    assert not s.ws_ok and not s.ts_ok and not c.ws_ok and s.peer_mss == 1460 and s.snd_wscale == 0
+    assert transfer(w, c, s, b"through a cookie") == b"through a cookie"
+    # ACKs that return no valid cookie: a reset, nothing queued
+    rsts = w.b.counters["tcp.rst_sent"]
+    for port in range(2000, 2050):
+        w.b.tcp.input(tcpseg.Segment(port, 80, 5000, random.getrandbits(32), tcpseg.ACK, 1000, b""),
+                      w.a.ip, w.b.ip, w.t)
+    assert w.b.counters["tcp.syncookie_failed"] == 50 and w.b.counters["tcp.rst_sent"] == rsts + 50
+    assert not lst.accept_queue and lst.counters["syncookies_accepted"] == 1
+
+
+def test_cookie_encodes_mss_and_expires():
+    from hpnlab.ustack.proto.tcp import syncookie
+    jar = syncookie.CookieJar()
+    key = (bytes([10, 0, 0, 2]), 80, bytes([10, 0, 0, 1]), 40000)
+    for mss, want in ((1460, 1460), (9000, 1460), (1400, 1300), (536, 536), (100, 536)):
+        isn, got = jar.make(key, 12345, mss, 1000.0)
+        assert got == want and jar.check(key, 12345, isn, 1000.0 + 50) == want
+        assert jar.check(key, 12345, isn, 1000.0 + 200) is None           # older than two periods
+        assert jar.check(key, 99999, isn, 1000.0) is None                  # another client ISN
+        assert jar.check((key[0], 80, key[2], 40001), 12345, isn, 1000.0) is None
+    for ws in (None, 0, 7, 14):
+        ts = syncookie.ts_encode(123456789, ws)
+        assert ts <= 123456789 and syncookie.ts_decode(ts) == ws
 
 
 def make_net(stack):

@@ -8,16 +8,18 @@ import ipaddress
 import os
 import random
 
-from .connection import CLOSED, LISTEN, SYN_RECEIVED, Connection, Options, _d
-from .segment import ACK, RST, SYN, Segment, build, parse
+from .connection import CLOSED, LISTEN, SYN_RECEIVED, Connection, Options, _d, wscale_for
+from .segment import ACK, FIN, RST, SYN, Segment, build, options, parse
+from .syncookie import MAX_AGE, PERIOD, CookieJar, ts_decode, ts_encode
 
 EPHEMERAL = range(32768, 61000)
 
 
 class Listener:
-    """A listening socket's two queues: half-open connections (bounded by `syn_backlog`, so
-    a SYN flood cannot grow memory) and established ones waiting for accept(), which holds
-    backlog + 1 as Linux's does (`sk_acceptq_is_full` is `>`)."""
+    """A listening socket's two queues: half-open connections (bounded by `syn_backlog`; past
+    it a SYN gets a SYN cookie and leaves no state, so a SYN flood cannot grow memory) and
+    established ones waiting for accept(), which holds backlog + 1 as Linux's does
+    (`sk_acceptq_is_full` is `>`)."""
 
     def __init__(self, layer, local: tuple[bytes, int], backlog: int, opts: Options, syn_backlog: int | None = None):
         self.layer, self.local, self.opts = layer, local, opts
@@ -28,7 +30,9 @@ class Listener:
         self.accept_queue: collections.deque[Connection] = collections.deque()
         self.state = LISTEN
         self.on_change = None
-        self.counters = {"syn_dropped_syn_queue_full": 0, "syn_dropped_accept_queue_full": 0, "established": 0}
+        self.counters = {"syn_dropped_syn_queue_full": 0, "syn_dropped_accept_queue_full": 0, "established": 0,
+                         "syncookies_sent": 0, "syncookies_accepted": 0}
+        self.last_overflow: float | None = None     # when a SYN last found the half-open queue full
 
     def can_accept(self) -> bool:
         return len(self.accept_queue) <= self.backlog
@@ -70,7 +74,8 @@ class TcpLayer:
         self.conns: dict[tuple, Connection] = {}
         self.listeners: dict[int, Listener] = {}
         self._secret = os.urandom(16)
-        self._start = None
+        self.cookies = CookieJar()
+        self.syncookies = True      # net.ipv4.tcp_syncookies = 1: cookies once the half-open queue is full
 
     def count(self, key: str) -> None:
         self.stack.count(key)
@@ -149,19 +154,25 @@ class TcpLayer:
             self.count("tcp.listen_rst_ignored")
             return
         if f & ACK:
+            if not f & SYN and self._cookie_ack(listener, seg, key, now):
+                return
             self.count("tcp.listen_ack_rst")
             self.send_rst_for(key[:2], key[2:], seg)
             return
         if not f & SYN:
             self.count("tcp.listen_dropped")
             return
-        if len(listener.syn_queue) >= listener.syn_backlog:
-            listener.counters["syn_dropped_syn_queue_full"] += 1
-            self.count("tcp.syn_queue_full")
-            return
         if not listener.can_accept():
             listener.counters["syn_dropped_accept_queue_full"] += 1
             self.count("tcp.accept_queue_full_syn_drop")
+            return
+        if len(listener.syn_queue) >= listener.syn_backlog:
+            listener.last_overflow = now
+            if self.syncookies:
+                self._send_cookie(listener, seg, key, now)
+            else:
+                listener.counters["syn_dropped_syn_queue_full"] += 1
+                self.count("tcp.syn_queue_full")
             return
         self.count("tcp.syn_received")
         conn = Connection(self, (key[0], key[1]), (key[2], key[3]), listener.opts.copy(), now,
@@ -170,6 +181,45 @@ class TcpLayer:
         listener.syn_queue.add(conn)
         self.conns[key] = conn
         conn.open_passive(seg, now)
+
+    def _send_cookie(self, listener: Listener, syn: Segment, key, now: float) -> None:
+        """A SYN-ACK whose ISN is a SYN cookie; nothing of the SYN is kept."""
+        opts = listener.opts
+        isn, _mss = self.cookies.make(key, syn.seq, syn.mss or 536, now)
+        ts = ws = None
+        if syn.tsval is not None and opts.timestamps:          # else no wscale/timestamps: Linux's choice
+            peer_ws = syn.wscale if opts.window_scaling else None
+            ts = (ts_encode(int(now * 1000) & 0xFFFFFFFF, peer_ws), syn.tsval)
+            ws = wscale_for(opts.rcvbuf) if peer_ws is not None else None
+        listener.counters["syncookies_sent"] += 1
+        self.count("tcp.syncookie_sent")
+        self.emit(key[2], build(key[0], key[2], key[1], key[3], isn, (syn.seq + 1) & 0xFFFFFFFF, SYN | ACK,
+                                min(opts.rcvbuf, 0xFFFF), b"", options(mss=self.mss, wscale=ws, ts=ts)))
+
+    def _cookie_ack(self, listener: Listener, seg: Segment, key, now: float) -> bool:
+        """An ACK for no connection: if cookies went out lately and it returns a valid one,
+        the connection it stands for, established and queued for accept(). False: not a cookie."""
+        if listener.last_overflow is None or now - listener.last_overflow > MAX_AGE * PERIOD:
+            return False
+        mss = self.cookies.check(key, (seg.seq - 1) & 0xFFFFFFFF, (seg.ack - 1) & 0xFFFFFFFF, now)
+        if mss is None:
+            self.count("tcp.syncookie_failed")
+            return False
+        if not listener.can_accept():
+            self.count("tcp.accept_queue_overflow")
+            return True                 # dropped, as Linux does; the client's retransmission may fit
+        ts_ok = seg.tsecr is not None and listener.opts.timestamps
+        wscale = ts_decode(seg.tsecr) if ts_ok and listener.opts.window_scaling else None
+        conn = Connection(self, key[:2], key[2:], listener.opts.copy(), now, (seg.ack - 1) & 0xFFFFFFFF, self.mss)
+        conn.parent = listener
+        self.conns[key] = conn
+        conn.open_from_cookie(seg, mss, wscale, ts_ok, now)
+        listener.counters["syncookies_accepted"] += 1
+        self.count("tcp.syncookie_accepted")
+        listener.established(conn)
+        if seg.payload or seg.flags & FIN:
+            conn.input(seg, now)
+        return True
 
     def send_rst_for(self, local: tuple[bytes, int], remote: tuple[bytes, int], seg: Segment) -> None:
         """RFC 9293 §3.10.7.1: the reset for a segment no connection takes."""

@@ -31,6 +31,14 @@ def _d(a: int, b: int) -> int:
     return x - (1 << 32) if x & 0x80000000 else x
 
 
+def wscale_for(rcvbuf: int) -> int:
+    """The smallest window scale that lets the window field cover `rcvbuf`."""
+    scale = 0
+    while (0xFFFF << scale) < rcvbuf and scale < 14:
+        scale += 1
+    return scale
+
+
 class Options:
     """The per-connection knobs (setsockopt)."""
     __slots__ = (
@@ -222,10 +230,7 @@ class Connection:
 
     def _pick_wscale(self) -> None:
         if self.opts.window_scaling:
-            scale = 0
-            while (0xFFFF << scale) < self.opts.rcvbuf and scale < 14:
-                scale += 1
-            self.rcv_wscale = scale
+            self.rcv_wscale = wscale_for(self.opts.rcvbuf)
 
     def open_active(self, now: float) -> None:
         self._pick_wscale()
@@ -237,6 +242,27 @@ class Connection:
         self._take_syn(syn, now)
         self._set_state(SYN_RECEIVED, now)
         self._send_syn(now)
+
+    def open_from_cookie(self, ack: Segment, mss: int, wscale: int | None, ts_ok: bool, now: float) -> None:
+        """The handshake a SYN cookie vouched for (the client's ACK of our cookie SYN-ACK,
+        syncookie.py): ESTABLISHED at once, with what the cookie carried."""
+        self.irs = (ack.seq - 1) & M
+        self.rcv_nxt = ack.seq
+        self.rcv_adv = (ack.seq + min(self.rcv_window(), 0xFFFF)) & M    # the SYN-ACK's window
+        self.peer_mss = mss
+        self.ws_ok = wscale is not None
+        if wscale is not None:
+            self._pick_wscale()
+            self.snd_wscale = wscale
+        self.ts_ok = ts_ok
+        if ts_ok:
+            self.ts_recent = ack.tsval
+        self.snd_una = self.snd_nxt = self.snd_max = ack.ack
+        self.snd_wnd = self.max_snd_wnd = ack.window << self.snd_wscale
+        self.snd_wl1, self.snd_wl2 = ack.seq, ack.ack
+        self.cc = NewReno(self.mss)
+        self._set_state(ESTABLISHED, now)
+        self.arm_keepalive(now)
 
     def _take_syn(self, syn: Segment, now: float) -> None:
         self.irs = syn.seq
