@@ -84,7 +84,7 @@ def serve(config: dict, workers: int | None = None) -> int:
         raise KVError(f"engine {engine} is unavailable here: {reason}", exit_code=3)
     srv = build(config)
     try:
-        listener = listen(config["bind"], config["port"])
+        listener = listen(config["bind"], config["port"], reuseport=cls.parallel)
     except EngineError as exc:
         raise KVError(str(exc), exit_code=3) from None
     n = (workers or os.cpu_count() or 1) if cls.parallel else 1

@@ -128,8 +128,9 @@ def client(c: Client, args: list[bytes]) -> bytes:
                  (o.id, o.name, now - o.created, o.db.num, o.lib[0], o.lib[1])
                  for o in c.server.clients.values()]
         return bulk(b"\n".join(lines) + b"\n")
-    return resp.error(f"ERR unknown subcommand or wrong number of arguments for "
-                      f"'{args[1].decode(errors='replace')}'. Try CLIENT HELP.")
+    if sub in (b"ID", b"GETNAME", b"SETNAME", b"SETINFO", b"LIST"):
+        return resp.error(f"ERR wrong number of arguments for 'client|{sub.lower().decode()}' command")
+    return resp.error(f"ERR unknown subcommand '{args[1].decode(errors='replace')}'. Try CLIENT HELP.")
 
 
 def _command_info(cmd) -> bytes:

@@ -56,6 +56,11 @@ class ZSet:
         return out
 
 
+def double(c: Client, v: float) -> bytes:
+    """A score: RESP3's double, RESP2's bulk string."""
+    return b",%b\r\n" % fmt_double(v) if c.resp3 else bulk(fmt_double(v))
+
+
 def _zset(c: Client, key: bytes):
     z = c.db.lookup(key)
     if z is not None and type(z) is not ZSet:
@@ -140,7 +145,7 @@ def zadd(c: Client, args: list[bytes]) -> bytes:
     if added or changed:
         c.server.dirty += 1
     if incr:
-        return c.null if result is None else bulk(fmt_double(result))
+        return c.null if result is None else double(c, result)
     return b":%d\r\n" % (added + changed if ch else added)
 
 
@@ -171,7 +176,7 @@ def zscore(c: Client, args: list[bytes]) -> bytes:
     s = z.scores.get(args[2]) if z else None
     if s is None:
         return c.null
-    return b",%b\r\n" % fmt_double(s) if c.resp3 else bulk(fmt_double(s))
+    return double(c, s)
 
 
 @command("zmscore", -3, "readonly fast", 1, 1)
@@ -180,6 +185,9 @@ def zmscore(c: Client, args: list[bytes]) -> bytes:
     if err:
         return err
     scores = z.scores if z else {}
+    if c.resp3:
+        return b"*%d\r\n" % (len(args) - 2) + b"".join(
+            double(c, scores[m]) if m in scores else c.null for m in args[2:])
     return resp.bulks([fmt_double(scores[m]) if m in scores else None for m in args[2:]], c.null)
 
 
