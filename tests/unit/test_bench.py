@@ -37,6 +37,7 @@ def test_quick_bench_runs_and_numbers_are_sane(tmp_path):
         assert c["rps"] > 200, c                       # even a loaded 2-core VM does this
         assert 0 < c["p50_us"] <= c["p99_us"] <= c["p999_us"] < 5_000_000
         assert 0 < c["cpu_us_per_req"] < 10_000
+        assert c["ctxsw_per_req"] >= 0
         assert c["client_util"] <= 1.5 and c["server_util"] <= 1.5
         assert c["connected"] == c["conns"] and c["errors"] == 0
         assert c["kib_per_conn"] >= 0 and c["rss_kib"] > 1000
@@ -187,7 +188,9 @@ def test_proc_snapshot_over_a_shell_matches_the_local_read(tmp_path):
         here = procstat.sample(local, pids)
         assert mine.threads == here.threads == 3           # parent with its thread, and the child
         assert mine.cpu_s == pytest.approx(here.cpu_s, abs=0.02) and mine.cpu_s >= 0.05
-        assert abs(mine.rss_kib - here.rss_kib) < 2048 and mine.vol > 0
+        assert abs(mine.rss_kib - here.rss_kib) < 2048
+        assert len(mine.switches) == 3 and mine.switches.keys() == here.switches.keys()
+        assert sum(vol for vol, _ in mine.switches.values()) > 0
         assert proc.pid not in others and os.getpid() not in others and len(others) > 3
         assert machine.total > 0
         time.sleep(0.3)          # each look carries the host's own clock (/proc/uptime over there)
@@ -227,3 +230,40 @@ def test_labcode_build_makes_the_native_parts_on_an_installed_copy(tmp_path):
             so.unlink()
         assert build("/usr/bin/python3")["missing"] == {
             "liburing binding": "cffi is not installed (Debian: python3-cffi)"}
+
+
+def test_context_switches_stay_counted_per_thread_when_threads_exit_between_looks(tmp_path):
+    """The threads engine's connection threads may end between the two looks: their counts
+    vanish from /proc, so a sum over live threads went down (a negative ctxsw/req)."""
+    import sys
+
+    from hpnlab.bench import procstat
+    from hpnlab.bench.sides import Side
+    code = ("import os, sys, threading, time\n"
+            "gate, ready = threading.Event(), threading.Barrier(11)\n"
+            "def work():\n    for _ in range(30): time.sleep(0.001)\n    ready.wait(); gate.wait()\n"
+            "ts = [threading.Thread(target=work) for _ in range(10)]\n"
+            "[t.start() for t in ts]; ready.wait(); print('ready', flush=True)\n"
+            "sys.stdin.readline(); gate.set(); [t.join() for t in ts]\n"
+            "while len(os.listdir('/proc/self/task')) > 1: time.sleep(0.001)\n"   # gone from /proc too
+            "print('done', flush=True)\n"
+            "sys.stdin.readline()\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        sides = [Side("here", "127.0.0.1", None, logdir=tmp_path),
+                 Side("there", "127.0.0.1", None, local_proc=False, logdir=tmp_path)]
+        before = [procstat.sample(side, proc.pid) for side in sides]
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == "done\n"
+        after = [procstat.sample(side, proc.pid) for side in sides]
+        for s0, s1 in zip(before, after):
+            assert len(s0.switches) == 11 and len(s1.switches) == 1
+            live_sum = [sum(vol for vol, _ in s.switches.values()) for s in (s0, s1)]
+            assert live_sum[1] - live_sum[0] < 0                 # what the old sum reported
+            vol, invol = procstat.switches_between(s0, s1)
+            assert vol >= 1 and invol >= 0                       # the main thread's join, at least
+    finally:
+        proc.kill()
+        proc.wait()

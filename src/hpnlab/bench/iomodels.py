@@ -112,12 +112,13 @@ def timed_run(cfg: Config, srv: Side, cli: Side, pids: list[int], port: int, con
     server_cpu = s1.cpu_s - s0.cpu_s
     foreign = procstat.others_delta(o0, o1) / looked     # cores other people's processes used
     steal = (m1.steal - m0.steal) / looked               # a VM's CPU taken by its hypervisor
+    vol, invol = procstat.switches_between(s0, s1)
     return {
         "rps": res["rps"], "requests": res["requests"], "lat_us": res["lat_us"], "window_s": window,
         "connected": res["connected"], "alive": res["alive"], "connect_errors": res["connect_errors"],
         "errors": res["errors"] + res["closed_by_peer"], "client_util": res["client_cpu"]["util"],
         "server_util": server_cpu / looked, "cpu_us_per_req": server_cpu * 1e6 / reqs, "sampled_s": looked,
-        "ctxsw_vol_per_req": (s1.vol - s0.vol) / reqs, "ctxsw_invol_per_req": (s1.invol - s0.invol) / reqs,
+        "ctxsw_vol_per_req": vol / reqs, "ctxsw_invol_per_req": invol / reqs,
         "rss_kib": max(s0.rss_kib, s1.rss_kib), "threads": s1.threads, "processes": len(pids),
         "foreign_cores": round(foreign, 3), "steal_cores": round(steal, 3),
         "disturbed": foreign > cfg.disturbed_cores,

@@ -2,8 +2,12 @@
 
 /proc/PID/stat utime+stime count every thread of the process (also exited
 ones, and io_uring's iou-wrk threads, which belong to the process).
-Context switches are per thread in /proc/PID/task/*/status, so they are
-summed. /proc/stat gives the machine's busy and steal time, to see whether
+Context switches are per thread in /proc/PID/task/*/status and are kept per
+thread: /proc/PID/status shows the main thread's alone, and a sum over the
+live threads drops the counts of threads that exit between two samples (a
+negative difference). The switches between two samples are the sum of each
+thread's own increase; what a thread did in the interval before it exited is
+not seen (only getrusage inside the process keeps that). /proc/stat gives the machine's busy and steal time, to see whether
 someone else's load disturbed a run. A server of several processes (pre-forked
 workers) is the sum of its processes.
 
@@ -23,28 +27,39 @@ HZ = os.sysconf("SC_CLK_TCK")
 @dataclass
 class ProcSample:
     cpu_s: float          # user + system CPU seconds, all threads
-    vol: int              # voluntary context switches, all live threads
-    invol: int            # non-voluntary
+    switches: dict[int, tuple[int, int]]   # thread id -> (voluntary, non-voluntary) context switches
     rss_kib: int
     threads: int
     at: float = 0.0       # when, in seconds of the host's own clock (CPU deltas need its intervals)
 
 
-def _parse(stat: str, status: str, task_status: str) -> ProcSample:
+def _parse(stat: str, status: str, task_lines: str) -> ProcSample:
+    """task_lines as `grep ctxt_switches /proc/PID/task/*/status` prints them."""
     fields = stat.rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / HZ       # utime, stime (fields 14, 15)
-    rss = threads = vol = invol = 0
+    rss = threads = 0
     for line in status.splitlines():
         if line.startswith("VmRSS:"):
             rss = int(line.split()[1])
         elif line.startswith("Threads:"):
             threads = int(line.split()[1])
-    for line in task_status.splitlines():
-        if line.startswith("voluntary_ctxt_switches:"):
-            vol += int(line.split()[1])
-        elif line.startswith("nonvoluntary_ctxt_switches:"):
-            invol += int(line.split()[1])
-    return ProcSample(cpu, vol, invol, rss, threads)
+    counts: dict[int, list[int]] = {}
+    for line in task_lines.splitlines():
+        path, key, value = line.split(":", 2)
+        vol_invol = counts.setdefault(int(path.split("/")[4]), [0, 0])
+        vol_invol[key != "voluntary_ctxt_switches"] = int(value)
+    return ProcSample(cpu, {tid: (v, i) for tid, (v, i) in counts.items()}, rss, threads)
+
+
+def switches_between(before: ProcSample, after: ProcSample) -> tuple[int, int]:
+    """(voluntary, non-voluntary) context switches from `before` to `after`: each live
+    thread's own increase (a thread born meanwhile counts from 0), never negative."""
+    vol = invol = 0
+    for tid, (v, i) in after.switches.items():
+        v0, i0 = before.switches.get(tid, (0, 0))
+        vol += v - v0
+        invol += i - i0
+    return vol, invol
 
 
 def _total(samples: list[ProcSample | None]) -> ProcSample | None:
@@ -52,7 +67,7 @@ def _total(samples: list[ProcSample | None]) -> ProcSample | None:
     if not samples or samples[0] is None:
         return None
     live = [s for s in samples if s is not None]
-    return ProcSample(sum(s.cpu_s for s in live), sum(s.vol for s in live), sum(s.invol for s in live),
+    return ProcSample(sum(s.cpu_s for s in live), {t: c for s in live for t, c in s.switches.items()},
                       sum(s.rss_kib for s in live), sum(s.threads for s in live), samples[0].at)
 
 
@@ -70,10 +85,10 @@ def _local_one(pid: int, with_ctx: bool) -> ProcSample | None:
     if with_ctx:
         for task in Path(f"/proc/{pid}/task").glob("*/status"):
             try:
-                tasks.append(task.read_text())
+                tasks += [f"{task}:{line}" for line in task.read_text().splitlines() if "ctxt_switches" in line]
             except OSError:
                 pass
-    return _parse(stat, status, "".join(tasks))
+    return _parse(stat, status, "\n".join(tasks))
 
 
 def sample(side, pid, with_ctx: bool = True) -> ProcSample | None:
@@ -129,7 +144,7 @@ def snapshot(side, pid, with_ctx: bool = True, exclude: set[int] | None = None):
                 machine() if others else None)
     script = _SNAPSHOT.format(
         pids=" ".join(str(p) for p in _pids(pid)),
-        tasks="grep -h ctxt_switches /proc/$p/task/*/status 2>/dev/null" if with_ctx else ":",
+        tasks="grep -H ctxt_switches /proc/$p/task/*/status 2>/dev/null" if with_ctx else ":",
         others='echo "@others"; cat /proc/[0-9]*/stat 2>/dev/null' if others else "")
     _rc, out, _ = side.run(["sh", "-c", script], timeout=30)
     procs: list[dict[str, list[str]]] = []
