@@ -7,8 +7,9 @@ thread: /proc/PID/status shows the main thread's alone, and a sum over the
 live threads drops the counts of threads that exit between two samples (a
 negative difference). The switches between two samples are the sum of each
 thread's own increase; what a thread did in the interval before it exited is
-not seen (only getrusage inside the process keeps that). /proc/stat gives the machine's busy and steal time, to see whether
-someone else's load disturbed a run. A server of several processes (pre-forked
+not seen (only getrusage inside the process keeps that).
+/proc/stat gives the machine's busy and steal time, to see whether someone
+else's load disturbed a run. A server of several processes (pre-forked
 workers) is the sum of its processes.
 
 On a host of its own (a VM, a machine) all of it is read in one shell command over
