@@ -34,21 +34,22 @@ from typing import ClassVar
 from ..errors import HpnlabError
 from .protocols import ProtocolFactory
 
-# engine name -> module (names in the CLI use '-', modules '_')
+# engine name -> module (names in the CLI use '-', modules '_'; a module that would share
+# a library's or a package's name - select, asyncio, greenlet, coro... - ends in _engine)
 ENGINES: dict[str, str] = {
     "threads": "threads",
-    "select": "select_reactor",
+    "select": "select_engine",
     "poll": "poll",
     "epoll-lt": "epoll_lt",
     "epoll-et": "epoll_et",
     "epoll-threads": "epoll_threads",
     "epoll-acceptor": "epoll_acceptor",
     "epoll-procs": "epoll_procs",
-    "coro": "coro",
-    "greenlet": "greenlet",
-    "uring": "uring",
-    "asyncio": "asyncio",
-    "uvloop": "uvloop",
+    "coro": "coro_engine",
+    "greenlet": "greenlet_engine",
+    "uring": "uring_engine",
+    "asyncio": "asyncio_engine",
+    "uvloop": "uvloop_engine",
 }
 
 # Socket-level knobs every engine shares, so that engines differ only in the I/O model.

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from . import missing_module
-from .asyncio import AsyncioServer
+from .asyncio_engine import AsyncioServer
 
 
 class UvloopServer(AsyncioServer):

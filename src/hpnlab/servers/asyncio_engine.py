@@ -7,7 +7,7 @@ pauses reading until the buffer drains.
 """
 from __future__ import annotations
 
-import asyncio as _asyncio
+import asyncio
 import signal
 
 from . import HIGH_WATER, LOW_WATER, Server
@@ -22,7 +22,7 @@ class LaterConn:
         self.call_later, self.call_soon_threadsafe = loop.call_later, loop.call_soon_threadsafe
 
 
-class EngineProtocol(_asyncio.Protocol):
+class EngineProtocol(asyncio.Protocol):
     __slots__ = ("handler", "transport")
 
     def __init__(self, factory):
@@ -34,7 +34,7 @@ class EngineProtocol(_asyncio.Protocol):
         transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
         made = getattr(self.handler, "connection_made", None)
         if made is not None:      # a handler that answers later (the KV store's BLPOP)
-            made(LaterConn(transport, _asyncio.get_running_loop()))
+            made(LaterConn(transport, asyncio.get_running_loop()))
 
     def connection_lost(self, exc):
         lost = getattr(self.handler, "connection_lost", None)
@@ -61,8 +61,8 @@ class EngineProtocol(_asyncio.Protocol):
 class AsyncioServer(Server):
     name = "asyncio"
 
-    def new_loop(self) -> _asyncio.AbstractEventLoop:
-        return _asyncio.new_event_loop()
+    def new_loop(self) -> asyncio.AbstractEventLoop:
+        return asyncio.new_event_loop()
 
     def serve(self):
         # The loop runs in C (uvloop) or blocks in epoll_wait; its own signal
@@ -83,7 +83,7 @@ class AsyncioServer(Server):
         try:
             loop.run_until_complete(main())
         finally:
-            for task in _asyncio.all_tasks(loop):
+            for task in asyncio.all_tasks(loop):
                 task.cancel()
             loop.close()
 
