@@ -1,4 +1,4 @@
-# I/O-models lab (issue 5): the C load generator, the liburing binding, `make lab-bench`.
+# I/O-models lab: the C load generator, the liburing binding, `make lab-bench`.
 #   make lab-bench                      full grid; lab mode if the lab is up, else pinned loopback
 #   make lab-bench BENCH_ARGS=--quick   a fast smoke run
 #   make lab-bench BENCH_ARGS="--engines coro,uring,uvloop --conns 100,10000"

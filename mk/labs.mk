@@ -1,4 +1,4 @@
-# Kernel labs (issue 6). Each target brings its lab up if it is not (up is
+# Kernel labs. Each target brings its lab up if it is not (up is
 # idempotent), runs the lab on the running lab's hosts, and writes
 # results/<lab>/<stamp>/report.md with its plots, pcaps and data.json. A lab the
 # target brought up for itself goes down again afterwards, unless KEEP=1.

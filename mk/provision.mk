@@ -1,4 +1,4 @@
-# Provisioning (Ansible) and verification (testinfra) — issue 4.
+# Provisioning (Ansible) and verification (testinfra).
 #   make lab-provision [LAB=lab.yml] [PROVIDER=...]   write inventory/<lab>.yml, run ansible/site.yml
 #   make lab-verify                                   testinfra on every host: table host × check
 #   make lab-release                                  give back hugepages/hugetlbfs/machine sysctls (netns), lab stays up

@@ -1,4 +1,4 @@
-# The user-space TCP/IP stack (issue 14, course §2.4).
+# The user-space TCP/IP stack (course §2.4).
 #   make lab-ustack        interop suite + measurements on labs/ustack/lab.yml (brought up if
 #                          needed, and down again afterwards unless KEEP=1)
 #   make lab-ustack USTACK_LAB=lab.yml   the same on the default lab (the stack on h1's data NIC)
