@@ -63,8 +63,9 @@ def test_ipv4_checks_and_fragments():
     assert (pkt.src, pkt.dst, pkt.proto, pkt.ttl, bytes(pkt.payload)) == (PEER, IP, 17, 64, b"y" * 30)
     bad = bytearray(p)
     bad[10] ^= 1
-    for data, reason in [(p[:19], "truncated"), (b"\x65" + p[1:], "bad_version"), (b"\x44" + p[1:], "bad_header_length"),
-                         (p[:2] + b"\x00\x10" + p[4:], "bad_total_length"), (bytes(bad), "bad_checksum")]:
+    for data, reason in [(p[:19], "truncated"), (b"\x65" + p[1:], "bad_version"),
+                         (b"\x44" + p[1:], "bad_header_length"), (p[:2] + b"\x00\x10" + p[4:], "bad_total_length"),
+                         (bytes(bad), "bad_checksum")]:
         with pytest.raises(ParseError) as e:
             ipv4.parse(data)
         assert e.value.reason == reason
@@ -179,3 +180,67 @@ def test_arp_resolution_retries_then_gives_up():
     s.gratuitous_arp()
     g = arp.parse(ether.parse(s.take_tx()[0]).payload)
     assert g.spa == g.tpa == IP
+
+
+def _scapy_golden():
+    """(name, frame made by scapy, the counter it must bump): a packet library that is not
+    the stack's own builds each frame, so parser and builder cannot share a mistake."""
+    from scapy.all import ARP, ICMP, IP, TCP, UDP, Ether, IPOption_NOP, Raw, raw
+    me, peer, us = "02:00:00:00:00:02", "02:00:00:00:00:01", "10.0.0.1"
+    eth = Ether(dst="02:00:00:00:00:01", src=me)
+    ip = IP(src="10.0.0.2", dst=us)
+    syn = TCP(sport=40000, dport=81, flags="S")
+    cases = [
+        ("ether truncated", raw(eth)[:10], "ether.drop.truncated"),
+        ("ether 802.3 length", raw(Ether(dst=peer, src=me, type=0x0100)), "ether.drop.not_ethernet2"),
+        ("ether group source", raw(Ether(dst=peer, src="03:00:00:00:00:01") / ip / ICMP()), "ether.drop.bad_src"),
+        ("ether other type", raw(Ether(dst=peer, src=me, type=0x86DD) / Raw(b"x" * 40)), "ether.drop.unknown_type"),
+        ("ether not for us", raw(Ether(dst="02:00:00:00:00:09", src=me) / ip / ICMP()), "ether.drop.not_for_us"),
+        ("arp who-has us", raw(Ether(dst="ff:ff:ff:ff:ff:ff", src=me) / ARP(hwsrc=me, psrc="10.0.0.2", pdst=us)),
+         "arp.reply_sent"),
+        ("arp not ethernet", raw(eth / ARP(hwtype=6, hwlen=6, plen=4, psrc="10.0.0.2", pdst=us)),
+         "arp.drop.bad_format"),
+        ("arp bad op", raw(eth / ARP(op=9, hwsrc=me, psrc="10.0.0.2", pdst=us)), "arp.drop.bad_op"),
+        ("ipv4 version 6", raw(eth / IP(version=6, src="10.0.0.2", dst=us) / ICMP()), "ipv4.drop.bad_version"),
+        ("ipv4 bad checksum", raw(eth / IP(src="10.0.0.2", dst=us, chksum=0x1234) / ICMP()),
+         "ipv4.drop.bad_checksum"),
+        ("ipv4 ihl 4", raw(eth / IP(src="10.0.0.2", dst=us, ihl=4) / ICMP()), "ipv4.drop.bad_header_length"),
+        ("ipv4 total length past the frame", raw(eth / IP(src="10.0.0.2", dst=us, len=900) / ICMP()),
+         "ipv4.drop.bad_total_length"),
+        ("ipv4 multicast source", raw(eth / IP(src="224.0.0.9", dst=us) / ICMP()), "ipv4.drop.bad_src"),
+        ("ipv4 not for us", raw(eth / IP(src="10.0.0.2", dst="10.0.0.77") / ICMP()), "ipv4.drop.not_for_us"),
+        ("ipv4 options skipped", raw(eth / IP(src="10.0.0.2", dst=us, options=[IPOption_NOP()] * 4) / ICMP()),
+         "ipv4.options_skipped"),
+        ("ipv4 unknown protocol", raw(eth / IP(src="10.0.0.2", dst=us, proto=99) / Raw(b"x")),
+         "ipv4.drop.unknown_protocol"),
+        ("ipv4 first fragment", raw(eth / IP(src="10.0.0.2", dst=us, flags="MF") / UDP(dport=7) / Raw(b"x" * 16)),
+         "ipv4.fragment"),
+        ("icmp echo request", raw(eth / ip / ICMP(type=8) / Raw(b"ping")), "icmp.echo_request"),
+        ("icmp bad checksum", raw(eth / ip / ICMP(type=8, chksum=0x4321) / Raw(b"ping")), "icmp.drop.bad_checksum"),
+        ("icmp unknown type", raw(eth / ip / ICMP(type=42)), "icmp.drop.bad_type"),
+        ("icmp port unreachable", raw(eth / ip / ICMP(type=3, code=3) / Raw(b"q" * 28)), "icmp.unreachable.3"),
+        ("udp closed port", raw(eth / ip / UDP(sport=5000, dport=9) / Raw(b"?")), "udp.port_unreachable"),
+        ("udp bad checksum", raw(eth / ip / UDP(dport=9, chksum=0x1111) / Raw(b"?")), "udp.drop.bad_checksum"),
+        ("udp length past the data", raw(eth / ip / UDP(dport=9, len=200) / Raw(b"?")), "udp.drop.bad_length"),
+        ("udp port 0", raw(eth / ip / UDP(dport=0) / Raw(b"?")), "udp.drop.bad_port"),
+        ("tcp syn to a closed port", raw(eth / ip / syn), "tcp.rst_sent"),
+        ("tcp bad checksum", raw(eth / ip / TCP(dport=81, flags="S", chksum=0x2222)), "tcp.drop.bad_checksum"),
+        ("tcp data offset past the segment", raw(eth / ip / TCP(dport=81, dataofs=15)), "tcp.drop.bad_data_offset"),
+        ("tcp syn+fin", raw(eth / ip / TCP(dport=81, flags="SF")), "tcp.drop.bad_flags"),
+        ("tcp port 0", raw(eth / ip / TCP(sport=0, dport=81, flags="S")), "tcp.drop.bad_port"),
+        ("tcp mss option of length 9", raw(eth / ip / TCP(dport=81, flags="S", dataofs=6) / Raw(b"\x02\x09\x05\xb4")),
+         "tcp.drop.bad_option"),
+        ("tcp options kept", raw(eth / ip / TCP(dport=81, flags="S", options=[("MSS", 1460), ("WScale", 7),
+                                                                             ("Timestamp", (1, 0))])),
+         "tcp.rst_sent"),
+    ]
+    return cases
+
+
+@pytest.mark.parametrize("name, frame, counter", _scapy_golden(), ids=lambda x: x if isinstance(x, str) else "")
+def test_scapy_golden_frames_take_their_path(name, frame, counter):
+    s = _stack()
+    s.arp.learn(PEER, PEER_MAC, 0)
+    s.receive(frame, 0)
+    assert s.counters[counter] == 1, (name, dict(s.counters))
+    assert "stack.internal_error" not in s.counters

@@ -14,6 +14,8 @@
     echoload IP PORT N SECS   N connections, each with one 64-byte message in flight: round trips/s
     connrate IP PORT SECS     connect and close, one after another: connections/s
     flood IP SECONDS          ICMP echo as fast as answers come (64 in flight)
+    synflood IP PORT N        N SYNs from made-up neighbours (a raw socket) and, during them, a real
+                              connection with 20 echoes
     fuzz IFNAME MAC IP N      N malformed frames at MAC/IP from IFNAME (AF_PACKET): cut short, bytes
                               flipped, lengths, checksums and TCP options at random
 """
@@ -277,9 +279,55 @@ def flood(ip: str, seconds: float, window: int = 64) -> None:
           "replies_per_s": round(got / secs, 1)})
 
 
+def synflood(ip: str, port: int, n: int) -> None:
+    import random
+    import threading
+
+    from .proto import ipv4
+    from .proto.tcp import segment as tcpseg
+    dst = socket.inet_aton(ip)
+    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)     # IP_HDRINCL implied
+    rng = random.Random(n)
+    sent = [0]
+
+    def flood() -> None:
+        for i in range(n):
+            src = dst[:3] + bytes([200 + i % 50])           # addresses nobody on the LAN has
+            seg = tcpseg.build(src, dst, rng.randrange(1024, 65536), port, rng.getrandbits(32), 0, tcpseg.SYN,
+                               64240, b"", tcpseg.options(mss=1460, wscale=7, ts=(i, 0)))
+            try:
+                raw.sendto(ipv4.build(src, dst, ipv4.TCP, seg, i & 0xFFFF), (ip, 0))
+                sent[0] += 1
+            except OSError:
+                pass
+    t = threading.Thread(target=flood)
+    t.start()
+    time.sleep(0.3)                                         # into the flood
+    t0 = time.monotonic()
+    matched, error = 0, None
+    try:
+        s = socket.create_connection((ip, port), timeout=20)
+        connect_secs = time.monotonic() - t0
+        for i in range(20):
+            msg = b"through the flood %d" % i
+            s.sendall(msg)
+            got = b""
+            while len(got) < len(msg):
+                got += s.recv(100)
+            matched += got == msg
+        s.close()
+    except OSError as exc:
+        connect_secs, error = None, str(exc)
+    flooding = t.is_alive()
+    t.join()
+    _out({"event": "synflood", "sent": sent[0], "connect_secs": connect_secs and round(connect_secs, 4),
+          "during_flood": flooding, "matched": matched, "error": error})
+
+
 def fuzz(ifname: str, mac: str, ip: str, n: int) -> None:
     import random
 
+    from .fuzz import mutate
     from .proto import ether, icmp, ipv4, udp
     from .proto.tcp import segment as tcpseg
     dst_mac = bytes(int(x, 16) for x in mac.split(":"))
@@ -298,25 +346,13 @@ def fuzz(ifname: str, mac: str, ip: str, n: int) -> None:
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
     s.bind((ifname, 0))
     sent = 0
+    frames = [ether.build(dst_mac, src_mac, ether.TYPE_IPV4, seed) for seed in seeds]
     for i in range(n):
-        f = bytearray(ether.build(dst_mac, src_mac, ether.TYPE_IPV4, rng.choice(seeds)))
-        kind = i % 5
-        if kind == 0:
-            f = f[:rng.randrange(1, len(f))]
-        elif kind == 1:
-            for _ in range(rng.randrange(1, 6)):
-                f[rng.randrange(14, len(f))] = rng.randrange(256)
-        elif kind == 2:
-            f[14 + rng.choice([0, 2, 3, 6, 7])] = rng.randrange(256)
-        elif kind == 3 and len(f) > 60:
-            f[46] = rng.randrange(256)
-            f[54:60] = rng.randbytes(6)
-        else:
-            f = f[:14] + bytearray(rng.randbytes(rng.randrange(0, 120)))
+        f = mutate(rng.choice(frames), rng, i)
         if len(f) < 14:
             continue
         try:
-            s.send(bytes(f))
+            s.send(f)
             sent += 1
         except OSError:
             pass
@@ -329,7 +365,7 @@ MODES = {                # mode: (function, argument types)
     "simopen": (simopen, str, int, int, float), "simclose": (simclose, int, float),
     "concurrent": (concurrent, str, int, int), "zerowin": (zerowin, str, int, float),
     "echoload": (echoload, str, int, int, float), "connrate": (connrate, str, int, float),
-    "flood": (flood, str, float), "fuzz": (fuzz, str, str, str, int),
+    "flood": (flood, str, float), "fuzz": (fuzz, str, str, str, int), "synflood": (synflood, str, int, int),
 }
 
 
