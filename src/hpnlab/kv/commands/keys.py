@@ -156,9 +156,10 @@ def scan_args(args: list[bytes], start: int):
         if opt == b"MATCH":
             match = matcher(args[i + 1]) if args[i + 1] != b"*" else None
         elif opt == b"COUNT":
-            count = to_int(args[i + 1])
-            if count is None:
+            n = to_int(args[i + 1])
+            if n is None:
                 return None, 0, None, NOT_INT
+            count = n
             if count < 1:
                 return None, 0, None, SYNTAX
         elif opt == b"TYPE":
@@ -201,9 +202,10 @@ def range_(c: Client, args: list[bytes]) -> bytes:
                           "use array, rbtree or skiplist)")
     limit = -1
     if len(args) == 5 and args[3].upper() == b"LIMIT":
-        limit = to_int(args[4])
-        if limit is None:
+        n = to_int(args[4])
+        if n is None:
             return NOT_INT
+        limit = n
     elif len(args) != 3:
         return SYNTAX
     end = args[2]

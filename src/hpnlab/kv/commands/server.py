@@ -242,7 +242,7 @@ def config(c: Client, args: list[bytes]) -> bytes:
         fields = [(k.encode(), bulk(v.encode())) for k, v in pairs.items()]
         return map_reply(c, fields)
     if sub == b"SET" and len(args) >= 4 and len(args) % 2 == 0:
-        changes = {}
+        changes: dict[str, int | str] = {}
         for i in range(2, len(args), 2):
             name, raw = args[i].decode(errors="replace").lower(), args[i + 1].decode(errors="replace")
             if name not in CONFIG_SETTABLE:

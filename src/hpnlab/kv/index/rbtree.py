@@ -14,10 +14,13 @@ RED, BLACK = True, False
 
 class RBNode:
     __slots__ = ("color", "key", "left", "parent", "right", "value")
+    left: Any             # RBNode; the sentinel's links point to itself
+    right: Any
+    parent: Any
 
-    def __init__(self, key: Any, value: Any, color: bool, nil: RBNode | None):
+    def __init__(self, key: Any, value: Any, color: bool, nil: Any):
         self.key, self.value, self.color = key, value, color
-        self.left = self.right = self.parent = nil  # type: ignore[assignment]
+        self.left = self.right = self.parent = nil
 
 
 class RBTreeIndex:
@@ -247,7 +250,8 @@ class RBTreeIndex:
     # -- order ---------------------------------------------------------------------
     def items_from(self, start: bytes) -> Iterator[tuple[bytes, Any]]:
         """(key, value) in key order from the first key >= start (an explicit stack)."""
-        nil, stack, x = self.nil, [], self.root
+        nil, x = self.nil, self.root
+        stack: list[RBNode] = []
         while x is not nil:
             if x.key < start:
                 x = x.right

@@ -282,12 +282,12 @@ def _value(r: Reader, t: int) -> Any:
         for _ in range(r.num()):
             m = r.string()
             if t == T_ZSET2:
-                s = struct.unpack("<d", r.take(8))[0]
+                score: float = struct.unpack("<d", r.take(8))[0]
             else:
                 n = r.byte()
-                s = {253: float("nan"), 254: float("inf"), 255: float("-inf")}.get(n) \
+                score = {253: float("nan"), 254: float("inf"), 255: float("-inf")}[n] \
                     if n >= 253 else float(r.take(n))
-            z.add(m, s)
+            z.add(m, score)
         return z
     if t == T_LIST_QUICKLIST2:
         lst: deque[bytes] = deque()
