@@ -161,7 +161,8 @@ def run(provider, args, step) -> dict:
             agents[name] = res
             step(f"{name}: reading the routers' wan captures")
             results.append(analyse(name, kind_a, kind_b, res, pcap.read_pcap(out / f"{name}-ra.pcap"),
-                                   pcap.read_pcap(out / f"{name}-rb.pcap"), ips, args.hard_sockets))
+                                   pcap.read_pcap(out / f"{name}-rb.pcap"), ips, args.hard_sockets,
+                                   args.probes))
     finally:
         with deferred_interrupts():
             for router in (ra, rb):
@@ -237,7 +238,7 @@ def summarise(rows: list[dict]) -> dict:
             "claims_not_in_pcap": sum(r["claimed"] != "failed" and r["proven"] == "failed" for r in rows)}
 
 
-def birthday(rows: list[dict], hard_sockets: int) -> dict | None:
+def birthday(rows: list[dict], hard_sockets: int, budget: int) -> dict | None:
     """Probes until success against the bound: with n mappings among N ports, each
     random probe hits with p = n/N, so P(hit within k) = 1 - (1 - p)^k (a median of
     ln 2 / p probes); when both sides are random, a probe pair matches with 1/N²."""
@@ -254,11 +255,12 @@ def birthday(rows: list[dict], hard_sockets: int) -> dict | None:
     p = hard_sockets / N_PORTS
     return {"both_hard": False, "median_probes": statistics.median(probes) if probes else None,
             "max_probes": max(probes) if probes else None, "expected_probes": round(1 / p),
-            "median_bound": round(math.log(2) / p), "p_hit_within_max": 1 - (1 - p) ** max(spent)}
+            "median_bound": round(math.log(2) / p), "budget": budget,
+            "p_hit_within_budget": 1 - (1 - p) ** budget}
 
 
 def analyse(name: str, kind_a: str, kind_b: str, res: dict, segs_a: list, segs_b: list, ips: dict,
-            hard_sockets: int) -> dict:
+            hard_sockets: int, probes: int) -> dict:
     flows = {"a": _flows(segs_a), "b": _flows(segs_b)}
     out: dict = {"scenario": name, "nat_a": kind_a, "nat_b": kind_b,
            "rfc4787_a": KINDS[kind_a][1], "rfc4787_b": KINDS[kind_b][1]}
@@ -279,7 +281,7 @@ def analyse(name: str, kind_a: str, kind_b: str, res: dict, segs_a: list, segs_b
         if rows:
             methods = sorted({r["method"] for r in rows if r["method"]})
             out[proto] = {"summary": summarise(rows), "methods": methods, "tries": rows,
-                          "birthday": birthday(rows, hard_sockets) if "birthday" in methods else None}
+                          "birthday": birthday(rows, hard_sockets, probes) if "birthday" in methods else None}
     return out
 
 
@@ -289,6 +291,33 @@ def _mapping(m: dict | None) -> str:
     if not m:
         return "-"
     return f":{m['private']} → rz saw :{m['ports'][0]}, :{m['ports'][1]} ({m['kind']})"
+
+
+def goals(results: list[dict]) -> list[str]:
+    """The lab's goals, read from the proven counts: an easy NAT meets a hard one
+    directly in ≥ 95 % of tries; two hard ones connect every try counting the relay."""
+    out = []
+    for r in results:
+        hard = [k for k in (r["nat_a"], r["nat_b"]) if k in ("seq", "random")]
+        for proto in ("udp", "tcp"):
+            s = r.get(proto, {}).get("summary")
+            if not s or not hard:
+                continue
+            if len(hard) == 1:
+                need = math.ceil(0.95 * s["tries"])
+                met = "met" if s["direct"] >= need else "**missed**"
+                out.append(f"- {r['scenario']} {proto.upper()}: **{s['direct']} of {s['tries']} direct** "
+                           f"(goal ≥ {need}: {met}), median time to connect {_ms(s['median_direct_ms'])} ms")
+            else:
+                conn = s["direct"] + s["relayed"]
+                met = "met" if conn == s["tries"] else "**missed**"
+                out.append(f"- {r['scenario']} {proto.upper()}: {s['direct']} of {s['tries']} direct, "
+                           f"**{conn} of {s['tries']} connected** counting the relay (goal: all, {met})")
+    return out
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0f}" if x >= 100 else f"{x:.1f}"
 
 
 def _short(rule: str) -> str:
@@ -311,11 +340,13 @@ def render(results: list[dict], args, env: dict) -> str:
             if proto not in r:
                 continue
             s = r[proto]["summary"]
+            shapes = [t["handshake"] for t in r[proto]["tries"] if t["handshake"]]
             rows.append([r["scenario"], proto.upper(), ", ".join(r[proto]["methods"]), s["tries"], s["direct"],
-                         s["relayed"], s["failed"], "-" if s["median_ms"] is None else s["median_ms"],
-                         "-" if s["median_direct_ms"] is None else s["median_direct_ms"]])
+                         s["relayed"], s["failed"], _ms(s["median_ms"]), _ms(s["median_direct_ms"]),
+                         ", ".join(f"{k} {shapes.count(k)}" for k in sorted(set(shapes))) or "-"])
     L += [report.md_table(["scenario (ra-rb)", "proto", "method", "tries", "direct", "relayed", "failed",
-                           "median ms", "median direct ms"], rows, align="lllrrrrrr")]
+                           "median ms", "median direct ms", "TCP handshake (pcap)"], rows, align="lllrrrrrrl")]
+    L += ["", *goals(results), ""]
     L += ["## Mappings seen from the rendezvous host", "",
           "Try 0 of each scenario: the peer's private port, the public ports rz saw from it toward "
           f"{RZ_PORT} and {RZ_PORT + 1}, and what the peer concluded.", "",
@@ -339,7 +370,7 @@ def render(results: list[dict], args, env: dict) -> str:
                 L.append(f"- {r['scenario']} {proto.upper()}: the random side opened {args.hard_sockets} mappings; "
                          f"the easy side needed a median **{med}** probes (most {bd['max_probes']}); the bound: "
                          f"median ln 2·N/n = {bd['median_bound']}, mean N/n = {bd['expected_probes']}, "
-                         f"P(hit within {args.probes}) = {bd['p_hit_within_max']:.4f}.")
+                         f"P(hit within the budget of {bd['budget']}) = {bd['p_hit_within_budget']:.4f}.")
     L += ["", "## How each method works", "",
           "- **punch** (both endpoint-independent): the endpoint rz saw is the one the peer must aim at; each "
           "side's first packet opens its own router's conntrack entry, so the other side's packets arrive as "

@@ -223,7 +223,7 @@ def udp_direct(hs: UdpHandshake, main: socket.socket, peer_ip: str, pl: dict, st
             while time.time() < linger:
                 for key, _ in sel.select(TICK):
                     _drain(socks_by_fd[key.fd], hs)
-        return {"probes": sent if pl.get("probe") else None,
+        return {"probes": _probes_until(candidates, hs.path[1][1] if hs.path else None, sent),
                 "sockets": len(socks),
                 "peer_seen_as": _endpoint(hs.path[1]) if hs.path else None,
                 "local_port": hs.path[0].getsockname()[1] if hs.path else None}
@@ -231,6 +231,13 @@ def udp_direct(hs: UdpHandshake, main: socket.socket, peer_ip: str, pl: dict, st
         sel.close()
         for s in socks[1:]:
             s.close()
+
+
+def _probes_until(candidates: list[int], hit: int | None, sent: int) -> int | None:
+    """Which probe found the peer (1-based), or all that were sent; None if this side did not probe."""
+    if not candidates:
+        return None
+    return candidates.index(hit) + 1 if hit in candidates[:sent] else sent
 
 
 def _drain(s: socket.socket, hs: UdpHandshake) -> None:
@@ -352,7 +359,8 @@ def tcp_direct(local: tuple, peer_ip: str, pl: dict, start_at: float, deadline: 
                 if c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
                     winner = c
                     break
-        return winner, {"probes": min(sent, len(candidates)) if pl.get("probe") else None,
+        return winner, {"probes": _probes_until(candidates, winner.getpeername()[1] if winner else None,
+                                                min(sent, len(candidates))),
                         "sockets": len(pending)}
     finally:
         sel.close()
