@@ -267,3 +267,19 @@ def test_context_switches_stay_counted_per_thread_when_threads_exit_between_look
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_group_s_cells_and_run_order():
+    from hpnlab.bench.iomodels import Config, new_cells, rotated, wants_rerun
+    cfg = Config(engines=["select", "epoll-lt", "epoll-procs"], workers=[1, 2],
+                 unavailable={"epoll-lt": "on h1: no epoll"}, parallel={"epoll-procs": True})
+    cells = new_cells(cfg, 2000, 64)
+    assert [(c["engine"], c["workers"], c["status"]) for c in cells.values()] == [
+        ("select", None, "n/a"), ("epoll-lt", None, "skipped"), ("epoll-procs", 1, "ok"), ("epoll-procs", 2, "ok")]
+    assert cells["epoll-lt"]["reason"] == "on h1: no epoll" and "FD_SETSIZE" in cells["select"]["reason"]
+    assert [rotated(["a", "b", "c"], r) for r in range(4)] == [
+        ["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
+    assert rotated([], 1) == []
+    calm, noisy = {"disturbed": False}, {"disturbed": True}
+    assert wants_rerun([calm, noisy], 2) and not wants_rerun([calm, calm, noisy], 2)
+    assert not wants_rerun([calm], 2)          # too few, but none disturbed: nothing to repeat

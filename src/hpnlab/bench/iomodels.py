@@ -239,6 +239,97 @@ def lineup(cfg: Config) -> list[tuple[str, int | None]]:
             for w in (cfg.workers if cfg.parallel.get(e) else [None])]
 
 
+def new_cells(cfg: Config, conns: int, size: int) -> dict[str, dict]:
+    """The cells of one group by label, in lineup order; those that cannot run here
+    (the host lacks the engine, or the engine cannot take that many connections)
+    are marked so already."""
+    cells = {}
+    for engine, workers in lineup(cfg):
+        cell: dict = {"engine": engine, "workers": workers, "conns": conns, "size": size, "status": "ok", "runs": []}
+        if cfg.unavailable.get(engine):
+            cell.update(status="skipped", reason=cfg.unavailable[engine])
+        elif out_of_range(engine, conns):
+            cell.update(status="n/a", reason=out_of_range(engine, conns))
+        cells[label(engine, workers)] = cell
+    return cells
+
+
+def rotated(names: list[str], r: int) -> list[str]:
+    """Round r's order: A, B, C, then B, C, A... (no engine always runs first or last)."""
+    k = r % len(names) if names else 0
+    return names[k:] + names[:k]
+
+
+def wants_rerun(runs: list[dict], repeats: int) -> bool:
+    """Some runs were disturbed by others' load and fewer than `repeats` were not."""
+    return sum(1 for x in runs if not x["disturbed"]) < repeats and any(x["disturbed"] for x in runs)
+
+
+class ServerPool:
+    """One fresh server per runnable cell of a group, each on its own port, all started
+    at once; a context manager that stops them all (and notes a server that died)."""
+
+    def __init__(self, cfg: Config, srv: Side, cli: Side, cells: dict[str, dict], say=print):
+        self.cfg, self.srv, self.cli, self.cells, self.say = cfg, srv, cli, cells, say
+        self.servers: dict[str, tuple] = {}          # label -> (handle, port, pids)
+
+    def __enter__(self) -> ServerPool:
+        try:
+            self._start()
+        except BaseException:
+            self._stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop()
+
+    def _start(self) -> None:
+        srv = self.srv
+        for i, (name, cell) in enumerate(self.cells.items()):
+            if cell["status"] != "ok":
+                continue
+            port = self.cfg.port + i
+            argv = [srv.python, "-m", "hpnlab.servers", cell["engine"], "--host", srv.bind_address,
+                    "--port", str(port)] + (["--workers", str(cell["workers"])] if cell["workers"] else [])
+            self.servers[name] = (srv.start(argv, name=cell["engine"]), port, [])
+        for name, (handle, port, _pids) in list(self.servers.items()):   # all start at once; wait for each
+            why = srv.wait_listening(handle, port)
+            if why:
+                self.cells[name].update(status="error", reason=why)
+                handle.stop()
+                del self.servers[name]
+        time.sleep(0.3)
+        for name, (handle, _port, pids) in self.servers.items():
+            pids += procstat.family(srv, Side.server_pids(handle))     # pre-forked workers too
+            idle = procstat.sample(srv, pids, with_ctx=False)
+            self.cells[name]["rss_idle_kib"] = idle.rss_kib if idle else 0
+
+    def _stop(self) -> None:
+        for name, (handle, _port, _pids) in self.servers.items():
+            cell = self.cells[name]
+            if cell["status"] == "ok" and not handle.alive():
+                cell.update(status="error", reason="the server exited during the runs: "
+                            + (handle.logs()[1].strip().splitlines() or ["?"])[-1][:200])
+            cell["server_exit"] = handle.stop(timeout=10)
+
+    def active(self) -> list[str]:
+        """The servers still worth a run: none failed, none collapsed."""
+        return [e for e in self.servers if self.cells[e]["status"] == "ok" and "collapsed" not in self.cells[e]]
+
+    def run(self, name: str, duration: float, probe: bool = False) -> dict | None:
+        """One timed run against server `name`; None (and the cell marked) if it failed."""
+        _handle, port, pids = self.servers[name]
+        cell = self.cells[name]
+        _settle(self.srv, pids)
+        try:
+            return timed_run(self.cfg, self.srv, self.cli, pids, port, cell["conns"], cell["size"], duration, probe)
+        except (RuntimeError, OSError, ValueError) as exc:
+            cell.update(status="error", reason=str(exc).strip().splitlines()[0][:300])
+            self.say(f"    {name:>9} error: {cell['reason']}")
+            return None
+
+
 def run_group(cfg: Config, conns: int, size: int, srv: Side, cli: Side, say=print,
               quiet: procstat.QuietWaiter | None = None) -> list[dict]:
     """All engines at one (connections, size): a fresh server each, runs interleaved.
@@ -250,80 +341,30 @@ def run_group(cfg: Config, conns: int, size: int, srv: Side, cli: Side, say=prin
     on a shared machine. The first run of each server is the one on a fresh
     process, so it is the one that gives memory per connection.
     """
-    cells = {label(e, w): {"engine": e, "workers": w, "conns": conns, "size": size, "status": "ok", "runs": []}
-             for e, w in lineup(cfg)}
-    servers: dict[str, tuple] = {}
+    cells = new_cells(cfg, conns, size)
     quiet_info = (quiet or procstat.QuietWaiter(cfg.quiet_wait, cfg.quiet_threshold, say))()
-    try:
-        for i, (engine, workers) in enumerate(lineup(cfg)):
-            cell = cells[label(engine, workers)]
-            why = cfg.unavailable.get(engine)
-            if why:
-                cell.update(status="skipped", reason=why)
-                continue
-            why = out_of_range(engine, conns)
-            if why:
-                cell.update(status="n/a", reason=why)
-                continue
-            port = cfg.port + i
-            argv = [srv.python, "-m", "hpnlab.servers", engine, "--host", srv.bind_address, "--port", str(port)]
-            servers[label(engine, workers)] = (srv.start(argv + (["--workers", str(workers)] if workers else []),
-                                                         name=engine), port, [])
-        for name, (handle, port, pids) in list(servers.items()):   # all start at once; wait for each
-            why = srv.wait_listening(handle, port)
-            if why:
-                cells[name].update(status="error", reason=why)
-                handle.stop()
-                del servers[name]
-        time.sleep(0.3)
-        for name, (handle, _port, pids) in servers.items():
-            pids += procstat.family(srv, Side.server_pids(handle))     # pre-forked workers too
-            idle = procstat.sample(srv, pids, with_ctx=False)
-            cells[name]["rss_idle_kib"] = idle.rss_kib if idle else 0
+    with ServerPool(cfg, srv, cli, cells, say) as pool:
+        for name in pool.servers:
             cells[name]["quiet"] = quiet_info
-
-        def active() -> list[str]:
-            return [e for e in servers if cells[e]["status"] == "ok" and "collapsed" not in cells[e]]
-
-        def one_run(name: str, duration: float, probe: bool = False):
-            _handle, port, pids = servers[name]
-            _settle(srv, pids)
-            try:
-                return timed_run(cfg, srv, cli, pids, port, conns, size, duration, probe)
-            except (RuntimeError, OSError, ValueError) as exc:
-                cells[name].update(status="error", reason=str(exc).strip().splitlines()[0][:300])
-                say(f"    {name:>9} error: {cells[name]['reason']}")
-                return None
-
         for r in range(cfg.repeats):
-            order = active()
-            order = order[r % len(order):] + order[:r % len(order)] if order else []   # rotate
-            for name in order:
-                run = one_run(name, cfg.duration)
+            for name in rotated(pool.active(), r):
+                run = pool.run(name, cfg.duration)
                 if run is not None:
                     _record(cells[name], run, conns, say)
         for _ in range(cfg.max_extra):          # repeat runs others' load disturbed
-            for name in active():
-                runs = cells[name]["runs"]
-                if sum(1 for x in runs if not x["disturbed"]) < cfg.repeats and any(x["disturbed"] for x in runs):
-                    run = one_run(name, cfg.duration)
+            for name in pool.active():
+                if wants_rerun(cells[name]["runs"], cfg.repeats):
+                    run = pool.run(name, cfg.duration)
                     if run is not None:
                         _record(cells[name], run, conns, say)
         if cfg.syscalls and srv.syscall_tool:
-            for name in active():
-                probe = one_run(name, cfg.syscall_duration, probe=True)
+            for name in pool.active():
+                probe = pool.run(name, cfg.syscall_duration, probe=True)
                 if probe is not None:
                     rate = probe["syscalls_per_s"]
                     cells[name]["syscalls_per_req"] = round(rate / probe["rps"], 3) \
                         if rate and probe["rps"] else None
                     cells[name]["syscall_tool"] = srv.syscall_tool
-    finally:
-        for name, (handle, _port, _pids) in servers.items():
-            cell = cells[name]
-            if cell["status"] == "ok" and not handle.alive():
-                cell.update(status="error", reason="the server exited during the runs: "
-                            + (handle.logs()[1].strip().splitlines() or ["?"])[-1][:200])
-            cell["server_exit"] = handle.stop(timeout=10)
     for cell in cells.values():
         if cell["runs"]:
             summarize(cell)
@@ -500,7 +541,8 @@ def render(out, data: dict) -> None:
                  "one core each used.", "",
                  writeup.results_table(cells, size), ""]
     text += [f"![{p}]({p})" for p in pngs] + [""]
-    text += [writeup.reading(cells, env | {'mode': data['mode']}), writeup.load_md(cells), writeup.skipped_md(cells), "",
+    text += [writeup.reading(cells, env | {'mode': data['mode']}), writeup.load_md(cells),
+             writeup.skipped_md(cells), "",
              environment_md(env) + software_md(env), "",
              rerun_md(data.get("argv") or shlex.split(data.get("command", "hpnlab bench")),
                       make_target=data.get("make_target"))]
