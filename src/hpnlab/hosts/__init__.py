@@ -20,6 +20,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 from ..errors import HpnlabError
+from ..interrupts import deferred_interrupts
 from ..topology.model import Host as HostSpec
 from ..topology.model import Nic
 
@@ -112,7 +113,8 @@ class Process(ABC):
         return self
 
     def __exit__(self, *exc):
-        self.stop()
+        with deferred_interrupts():     # a Ctrl-C meanwhile leaves no process behind
+            self.stop()
 
     def __repr__(self):
         return f"<{type(self).__name__} {self.host.name}:{self.name} pid={self.pid}>"

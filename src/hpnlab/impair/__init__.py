@@ -10,16 +10,27 @@ modules), each knob gets its own mechanism:
            (this kernel lacks nft's own `queue` expression, xt NFQUEUE works)
 
 Both are expressed as commands run *inside* the host, so the same plan serves
-network namespaces and SSH hosts.
+network namespaces and SSH hosts. `apply` makes a plan on a host (netem if the
+host's kernel takes it, else the fallback); `applied` does it for a block and
+undoes each step it made, newest first, on the way out.
 """
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
+from ..errors import HpnlabError
+from ..interrupts import deferred_interrupts
 from ..topology.model import Impairment, format_rate
 
 NFT_TABLE = "hpnlab_impair"
+
+
+class ImpairError(HpnlabError, RuntimeError):
+    hint = "the host's kernel needs sch_netem, or nftables, iptables-nft and NFQUEUE"
 
 
 @dataclass
@@ -28,6 +39,8 @@ class Plan:
     commands: list[list[str]]   # run in order inside the host
     delay_daemon: list[str] | None = None   # start (in the host) before `commands`
     queue: int | None = None
+    # undo[i] undoes commands[i] (None: undone with an earlier one); run newest first
+    undo: list[list[str] | None] = field(default_factory=list)
 
 
 def netem_plan(ifname: str, imp: Impairment) -> Plan:
@@ -40,16 +53,23 @@ def netem_plan(ifname: str, imp: Impairment) -> Plan:
         args += ["rate", format_rate(imp.rate_bps)]
     # netem's default queue of 1000 packets is too short for a delayed fast link
     args += ["limit", "100000"]
-    return Plan("netem", [args])
+    return Plan("netem", [args], undo=[_del_root_qdisc(ifname)])
 
 
-def fallback_plan(ifname: str, imp: Impairment, queue: int) -> Plan:
-    commands, parts, daemon = [], [], None
+def fallback_plan(ifname: str, imp: Impairment, queue: int, python: str = sys.executable,
+                  match: Sequence[str] = ()) -> Plan:
+    """Without netem: tbf, an nftables drop rule, an NFQUEUE delay line (run with `python`)
+    for the packets that also match the iptables `match` (all of the NIC's by default)."""
+    commands: list[list[str]] = []
+    undo: list[list[str] | None] = []
+    parts: list[str] = []
+    daemon = None
     if imp.rate_bps:
         # burst: at least a few full frames, or 10 ms worth at the rate
         burst = max(imp.rate_bps // 8 // 100, 16 * 1514)
         commands.append(["tc", "qdisc", "replace", "dev", ifname, "root", "tbf",
                          "rate", format_rate(imp.rate_bps), "burst", str(burst), "latency", "100ms"])
+        undo.append(_del_root_qdisc(ifname))
         parts.append("tbf (rate)")
     if imp.loss_pct:
         threshold = round(imp.loss_pct / 100 * 1_000_000)
@@ -59,11 +79,67 @@ def fallback_plan(ifname: str, imp: Impairment, queue: int) -> Plan:
              "{ type filter hook postrouting priority 0; policy accept; }"],
             ["nft", "add", "rule", "inet", NFT_TABLE, "egress", "oifname", ifname,
              "numgen", "random", "mod", "1000000", "<", str(threshold), "counter", "drop"]]
+        # deleting the table (hpnlab's own) takes its chain and rule along
+        undo += [["nft", "delete", "table", "inet", NFT_TABLE], None, None]
         parts.append("nftables numgen (loss)")
     if imp.delay_ms:
-        daemon = [sys.executable, "-m", "hpnlab.impair.delayq", "--queue", str(queue),
+        daemon = [python, "-m", "hpnlab.impair.delayq", "--queue", str(queue),
                   "--delay-ms", f"{imp.delay_ms:g}", "--jitter-ms", f"{imp.jitter_ms:g}"]
-        commands.append(["iptables-nft", "-t", "mangle", "-A", "POSTROUTING", "-o", ifname,
-                         "-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass"])
+        rule = ["POSTROUTING", "-o", ifname, *match, "-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass"]
+        commands.append(["iptables-nft", "-t", "mangle", "-A", *rule])
+        undo.append(["iptables-nft", "-t", "mangle", "-D", *rule])
         parts.append("NFQUEUE delay line (delay)")
-    return Plan(", ".join(parts), commands, daemon, queue if daemon else None)
+    return Plan(", ".join(parts), commands, daemon, queue if daemon else None, undo)
+
+
+def _del_root_qdisc(ifname: str) -> list[str]:
+    return ["tc", "qdisc", "del", "dev", ifname, "root"]
+
+
+def apply(host, ifname: str, imp: Impairment, queue: int, match: Sequence[str] = (),
+          undo: list[Callable[[], object]] | None = None) -> Plan:
+    """Impair the egress of `host`'s NIC `ifname`: netem where the host's kernel takes it,
+    else the fallback (its delay line on NFQUEUE `queue`, for the packets `match` selects).
+    Each step made appends its undoing to `undo`. Returns the plan that was made."""
+    undo = [] if undo is None else undo
+    plan = netem_plan(ifname, imp)
+    if host.run(plan.commands[0], timeout=10, check=False).ok:
+        undo.append(lambda: host.run(_del_root_qdisc(ifname), timeout=10, check=False))
+        return plan
+    plan = fallback_plan(ifname, imp, queue, host.python, match)
+    if plan.delay_daemon:
+        proc = host.start(plan.delay_daemon, name=f"delayq-{ifname}")
+        undo.append(lambda: proc.stop(3))
+        wait_queue_bound(host, queue)
+    for argv, back in zip(plan.commands, plan.undo):
+        host.run(argv, timeout=10)
+        if back:
+            undo.append(lambda back=back: host.run(back, timeout=10, check=False))
+    return plan
+
+
+@contextmanager
+def applied(host, ifname: str, imp: Impairment, queue: int, match: Sequence[str] = ()) -> Iterator[Plan]:
+    """`apply` for the block; on the way out (an error or Ctrl-C included) every step that
+    was made is undone, newest first."""
+    undo: list[Callable[[], object]] = []
+    try:
+        with deferred_interrupts():
+            plan = apply(host, ifname, imp, queue, match, undo)
+        yield plan
+    finally:
+        with deferred_interrupts():
+            for step in reversed(undo):
+                step()
+
+
+def wait_queue_bound(host, queue: int, timeout: float | None = None) -> None:
+    """The delay daemon is ready once the kernel lists its queue in the host's namespace."""
+    timeout = timeout or host.start_timeout
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        table = host.run(["cat", "/proc/net/netfilter/nfnetlink_queue"], check=False).stdout
+        if any(line.split()[:1] == [str(queue)] for line in table.splitlines()):
+            return
+        time.sleep(0.02)
+    raise ImpairError(f"[{host.name}] the NFQUEUE delay line for queue {queue} did not start in {timeout:g}s")

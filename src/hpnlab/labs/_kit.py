@@ -18,41 +18,15 @@ import signal
 import subprocess
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import HpnlabError
+from ..interrupts import deferred_interrupts
 
 
 class LabError(HpnlabError, RuntimeError):
     """A lab cannot run here: the message names what is missing and how to get it."""
-
-
-# -- interrupts ----------------------------------------------------------------------------------
-
-_deferring = 0
-
-
-@contextmanager
-def deferred_interrupts():
-    """Hold Ctrl-C (SIGINT) back while cleanup runs, so a lab interrupted at any
-    point still stops every process and removes every rule it made; the
-    interrupt is raised once the (outermost) cleanup is done."""
-    global _deferring
-    if threading.current_thread() is not threading.main_thread() or _deferring:
-        yield                      # an outer cleanup (or another thread) already holds SIGINT
-        return
-    got = []
-    old = signal.signal(signal.SIGINT, lambda *_: got.append(1))
-    _deferring = 1
-    try:
-        yield
-    finally:
-        _deferring = 0
-        signal.signal(signal.SIGINT, old)
-        if got:
-            raise KeyboardInterrupt
 
 
 # -- preconditions -----------------------------------------------------------------------------
@@ -303,53 +277,19 @@ def state_paths(events: list[StateEvent]) -> dict[tuple, list[str]]:
 
 # -- the labs' agents on hosts ---------------------------------------------------------------------
 
-class DelayLine:
-    """A few ms of one-way delay on a host's NIC, so that two segments sent at about the
-    same time (two FINs, two SYNs) cross in flight: netem where the host's kernel has it
-    (VMs, most machines; the data NIC carries only lab traffic), else hpnlab's NFQUEUE
-    delay line for the lab's TCP ports (this dev machine's kernel has no netem). Removed on exit."""
-    QUEUE = 77
+DELAY_QUEUE = 77      # the NFQUEUE of a lab's delay line (the netns provider's: its NICs' numbers, eth1 → 1)
 
-    def __init__(self, host, ifname: str, ports: tuple[int, int], delay_ms: float):
-        self.host, self.ifname, self.delay = host, ifname, delay_ms
-        self.match = ["-p", "tcp", "-m", "multiport", "--ports",
-                      str(ports[0]) if ports[0] == ports[1] else f"{ports[0]}:{ports[1]}"]
-        self.proc = None
-        self.netem = False
 
-    def _rule(self, op: str) -> list[str]:
-        return ["iptables-nft", "-t", "mangle", op, "POSTROUTING", "-o", self.ifname, *self.match,
-                "-j", "NFQUEUE", "--queue-num", str(self.QUEUE), "--queue-bypass"]
-
-    def __enter__(self):
-        with deferred_interrupts():
-            self.netem = self.host.run(["tc", "qdisc", "replace", "dev", self.ifname, "root", "netem", "delay",
-                                        f"{self.delay}ms"], check=False).ok
-        if self.netem:
-            return self
-        with deferred_interrupts():
-            self.proc = self.host.start([agent_python(self.host), "-m", "hpnlab.impair.delayq", "--queue", str(self.QUEUE),
-                                         "--delay-ms", str(self.delay)], name=f"close-delayq-{self.ifname}")
-        deadline = time.monotonic() + self.host.start_timeout
-        while time.monotonic() < deadline:
-            table = self.host.run(["cat", "/proc/net/netfilter/nfnetlink_queue"], check=False).stdout
-            if any(l.split()[:1] == [str(self.QUEUE)] for l in table.splitlines()):
-                break
-            time.sleep(0.02)
-        else:
-            self.__exit__()
-            raise LabError(f"[{self.host.name}] the NFQUEUE delay line did not start")
-        self.host.run(self._rule("-A"))
-        return self
-
-    def __exit__(self, *exc):
-        with deferred_interrupts():
-            if self.netem:
-                self.host.run(["tc", "qdisc", "del", "dev", self.ifname, "root"], check=False)
-                return
-            self.host.run(self._rule("-D"), check=False)
-            if self.proc:
-                self.proc.stop(3)
+def delay_line(host, ifname: str, ports: tuple[int, int], delay_ms: float):
+    """A few ms of one-way delay on a host's NIC for the block, so that two segments sent at
+    about the same time (two FINs, two SYNs) cross in flight: impair.applied, so netem where
+    the host's kernel has it (VMs, most machines; the data NIC carries only lab traffic),
+    else hpnlab's NFQUEUE delay line for the lab's TCP ports. Removed on exit."""
+    from .. import impair  # (here: the agents import this module where only the stdlib is sure)
+    from ..topology.model import Impairment
+    match = ["-p", "tcp", "-m", "multiport", "--ports",
+             str(ports[0]) if ports[0] == ports[1] else f"{ports[0]}:{ports[1]}"]
+    return impair.applied(host, ifname, Impairment(delay_ms=delay_ms), DELAY_QUEUE, match)
 
 
 def agent_python(host) -> str:

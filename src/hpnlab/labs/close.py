@@ -18,17 +18,18 @@ import socket
 import sys
 import threading
 import time
+from contextlib import ExitStack
 
 from .. import report
 from . import pcap
 from ._agent import dispatch, listener
 from ._kit import (
     Capture,
-    DelayLine,
     LabError,
     StateTrace,
     agent_argv,
     deferred_interrupts,
+    delay_line,
     host_pair,
     run_agents,
     set_sysctls,
@@ -250,7 +251,7 @@ class SsSampler:
         def loop():
             while not self._stop.is_set():
                 out = self.host.run(["ss", "-Htan", self.filter], check=False, timeout=10).stdout
-                rows = [(p[0], p[3], p[4]) for p in (l.split() for l in out.splitlines()) if len(p) >= 5]
+                rows = [(p[0], p[3], p[4]) for p in (line.split() for line in out.splitlines()) if len(p) >= 5]
                 self.samples.append((time.time(), rows))
                 self._stop.wait(0.02)
         self._t = threading.Thread(target=loop, daemon=True)
@@ -297,50 +298,41 @@ def run(provider, args, step) -> dict:
     results: dict = {"scenarios": {}, "tw": [], "p2p": []}
     knobs = ("net.ipv4.tcp_tw_reuse", "net.ipv4.tcp_timestamps")
     old = {h.name: {k: h.sysctl(k) for k in knobs} for h in (srv, cli)}
-    try:
-        with Capture(provider, f"{names[1]}:{net}", out / "close.pcap", f"tcp and portrange {lo}-{hi}"), \
-                SsSampler(srv, lo, hi) as ss_s, SsSampler(cli, lo, hi) as ss_c:
-            if tracer:
-                tracer.__enter__()
-            try:
-                port = base
-                for scen in SCENARIOS:
-                    step(f"{scen} close on port {port}")
-                    t0 = time.time()
-                    results["scenarios"][scen] = _scenario(srv, cli, sip, port, scen, args, net)
-                    results["scenarios"][scen].update(port=port, t0=t0, t1=time.time())
-                    port += 1
-                time.sleep(0.3)
-                # TIME_WAIT vs bind/connect from a fixed port
-                sink = srv.start(agent_argv(srv, "close", "sink", "--port", base + 50), name="close-sink")
-                try:
-                    srv.wait_for_port(base + 50)
-                    for i, ts in enumerate((1, 0)):
-                        set_sysctls(cli, {"net.ipv4.tcp_tw_reuse": 0, "net.ipv4.tcp_timestamps": ts})
-                        step(f"TIME_WAIT vs SO_REUSEADDR, tcp_timestamps={ts}, tcp_tw_reuse=0")
-                        res = cli.run(agent_argv(cli, "close", "tw", "--server", f"{sip}:{base + 50}",
-                                                 "--local-port", base + 60 + i), timeout=30)
-                        results["tw"].append({"tcp_timestamps": ts, **json.loads(res.stdout.splitlines()[-1])})
-                finally:
-                    with deferred_interrupts():
-                        sink.stop(3)
-                # the fixed ports of the P2P lab
-                if not args.no_p2p:
-                    for i, ts in enumerate((1, 0)):
-                        for h in (srv, cli):
-                            set_sysctls(h, {"net.ipv4.tcp_tw_reuse": 0, "net.ipv4.tcp_timestamps": ts})
-                        results["p2p"].append(_p2p_twice(provider, srv, cli, sip, cip, base + 70 + i, ts, step))
-            finally:
-                if tracer:
-                    tracer.__exit__(None, None, None)
-    finally:
-        with deferred_interrupts():
-            for h in (srv, cli):
-                set_sysctls(h, old[h.name])
+    with ExitStack() as stack:      # unwound in reverse: the tracer first, the sysctls last
+        stack.callback(_restore_sysctls, (srv, cli), old)
+        stack.enter_context(Capture(provider, f"{names[1]}:{net}", out / "close.pcap",
+                                    f"tcp and portrange {lo}-{hi}"))
+        ss_s = stack.enter_context(SsSampler(srv, lo, hi))
+        ss_c = stack.enter_context(SsSampler(cli, lo, hi))
+        if tracer:
+            stack.enter_context(tracer)
+        port = base
+        for scen in SCENARIOS:
+            step(f"{scen} close on port {port}")
+            t0 = time.time()
+            results["scenarios"][scen] = _scenario(srv, cli, sip, port, scen, args, net)
+            results["scenarios"][scen].update(port=port, t0=t0, t1=time.time())
+            port += 1
+        time.sleep(0.3)
+        # TIME_WAIT vs bind/connect from a fixed port
+        with srv.start(agent_argv(srv, "close", "sink", "--port", base + 50), name="close-sink"):
+            srv.wait_for_port(base + 50)
+            for i, ts in enumerate((1, 0)):
+                set_sysctls(cli, {"net.ipv4.tcp_tw_reuse": 0, "net.ipv4.tcp_timestamps": ts})
+                step(f"TIME_WAIT vs SO_REUSEADDR, tcp_timestamps={ts}, tcp_tw_reuse=0")
+                res = cli.run(agent_argv(cli, "close", "tw", "--server", f"{sip}:{base + 50}",
+                                         "--local-port", base + 60 + i), timeout=30)
+                results["tw"].append({"tcp_timestamps": ts, **json.loads(res.stdout.splitlines()[-1])})
+        # the fixed ports of the P2P lab
+        if not args.no_p2p:
+            for i, ts in enumerate((1, 0)):
+                for h in (srv, cli):
+                    set_sysctls(h, {"net.ipv4.tcp_tw_reuse": 0, "net.ipv4.tcp_timestamps": ts})
+                results["p2p"].append(_p2p_twice(provider, srv, cli, sip, cip, base + 70 + i, ts, step))
     step("reading the pcap and the state traces")
     segs = pcap.read_pcap(out / "close.pcap")
     paths = state_paths(tracer.events) if tracer else {}
-    for scen, r in results["scenarios"].items():
+    for r in results["scenarios"].values():
         p = r["port"]
         conn = [s for s in segs if p in (s.sport, s.dport)]
         r["segments"] = [f"{'C' if s.src == cip else 'S'} {s.flagstr}" + (f" len={s.length}" if s.length else "")
@@ -363,52 +355,46 @@ def _after_fin(conn, seg) -> bool:
 
 
 def _closing_path(paths, addr, sport, dport=None) -> list[str] | None:
-    for (sa, sp, da, dp), path in paths.items():
+    for (sa, sp, _da, dp), path in paths.items():
         if sa == addr and (sport is None or sp == sport) and (dport is None or dp == dport):
             if "ESTABLISHED" in path:
                 return path[path.index("ESTABLISHED"):]
     return None
 
 
+def _restore_sysctls(hosts, old: dict) -> None:
+    with deferred_interrupts():
+        for h in hosts:
+            set_sysctls(h, old[h.name])
+
+
 def _scenario(srv, cli, sip: str, port: int, scen: str, args, net: str) -> dict:
-    delay = []
-    if scen == "simultaneous":
-        delay = [DelayLine(h, h.nic(net).ifname, (port, port), args.delay_ms) for h in (srv, cli)]
-    s = c = None
-    try:
-        for d in delay:
-            d.__enter__()
-        s = srv.start(agent_argv(srv, "close", "server", "--port", port, "--scenario", scen),
-                          name=f"close-server-{port}")
+    with ExitStack() as stack:      # unwound in reverse: client, server, then the delay lines
+        if scen == "simultaneous":
+            for h in (srv, cli):
+                stack.enter_context(delay_line(h, h.nic(net).ifname, (port, port), args.delay_ms))
+        s = stack.enter_context(srv.start(agent_argv(srv, "close", "server", "--port", port, "--scenario", scen),
+                                          name=f"close-server-{port}"))
         srv.wait_for_port(port)
-        c = cli.start(agent_argv(cli, "close", "client", "--server", f"{sip}:{port}", "--scenario", scen),
-                          name=f"close-client-{port}")
+        c = stack.enter_context(cli.start(agent_argv(cli, "close", "client", "--server", f"{sip}:{port}",
+                                                     "--scenario", scen), name=f"close-client-{port}"))
         res = {}
         for who, proc in (("server", s), ("client", c)):
             try:
                 proc.wait(15)
             except TimeoutError:
-                proc.stop(2)
                 raise LabError(f"{scen}: the {who} did not finish: {proc.logs()[1][-500:]}") from None
             out, err = proc.logs()
-            lines = [l for l in out.splitlines() if l.startswith("{") and "events" in l]
+            lines = [line for line in out.splitlines() if line.startswith("{") and "events" in line]
             if not lines:
                 raise LabError(f"{scen}: the {who} failed: {err[-800:]}")
             res[who] = json.loads(lines[-1])
         time.sleep(0.4 if scen != "simultaneous" else 0.2)   # let ss see FIN_WAIT2/TIME_WAIT
         # who holds TIME_WAIT afterwards: asked once, synchronously (it lasts 60 s)
-        res["time_wait_after"] = {
-            who: len([l for l in h.run(["ss", "-Htan", "state", "time-wait",
-                                        f"( sport = :{port} or dport = :{port} )"]).stdout.splitlines() if l.strip()])
-            for who, h in (("client", cli), ("server", srv))}
+        tw = ["ss", "-Htan", "state", "time-wait", f"( sport = :{port} or dport = :{port} )"]
+        res["time_wait_after"] = {who: len([row for row in h.run(tw).stdout.splitlines() if row.strip()])
+                                  for who, h in (("client", cli), ("server", srv))}
         return res
-    finally:
-        with deferred_interrupts():
-            for proc in (c, s):
-                if proc is not None and proc.alive():
-                    proc.stop(2)
-            for d in delay:
-                d.__exit__()
 
 
 def _p2p_twice(provider, a, b, ip_a: str, ip_b: str, port: int, ts: int, step) -> dict:
@@ -420,8 +406,8 @@ def _p2p_twice(provider, a, b, ip_a: str, ip_b: str, port: int, ts: int, step) -
         start = time.time() + 0.8
         common = ["--port", port, "--tries", 1, "--start-at", f"{start:.6f}", "--timeout", 3, "--jitter-ms", 1]
         r = run_agents(peer_jobs(provider, a, b, ip_a, ip_b, common), timeout=25)
-        tw = {h.name: len([l for l in h.run(["ss", "-Htan", "state", "time-wait", f"sport = :{port}"]).stdout
-                           .splitlines() if l.strip()]) for h in (a, b)}
+        held = ["ss", "-Htan", "state", "time-wait", f"sport = :{port}"]
+        tw = {h.name: len([row for row in h.run(held).stdout.splitlines() if row.strip()]) for h in (a, b)}
         ta, tb = r[a.name]["tries"][0], r[b.name]["tries"][0]
         res["tries"].append({"ok": ta["ok"] and tb["ok"], "errors": ta["errors"] + tb["errors"],
                              "attempts": [ta["attempts"], tb["attempts"]], "time_wait_after": tw})
@@ -445,8 +431,8 @@ def render(results: dict, names: list[str], env: dict, args, traced: bool) -> st
          "timewait socket, so the trace ends in `→CLOSE` where ss shows TIME-WAIT.", "",
          report.md_table(["scenario", "pcap", "ss client", "ss server", "trace client", "trace server",
                           "TIME_WAIT after C/S"],
-                         [[k, ", ".join(_close_phase(r["segments"])), " ".join(r["ss_client"]), " ".join(r["ss_server"]),
-                           tr(r, "client"), tr(r, "server"),
+                         [[k, ", ".join(_close_phase(r["segments"])), " ".join(r["ss_client"]),
+                           " ".join(r["ss_server"]), tr(r, "client"), tr(r, "server"),
                            f"{r['time_wait_after']['client']}/{r['time_wait_after']['server']}"]
                           for k, r in sc.items()], align="lllllll"),
          "## What each one shows", "",
@@ -454,7 +440,8 @@ def render(results: dict, names: list[str], env: dict, args, traced: bool) -> st
          "reads EOF and sits in CLOSE_WAIT (被动关闭) until *it* calls close(), then LAST_ACK → CLOSED. "
          "Only the active closer keeps TIME_WAIT (2×MSL, 60 s on Linux).",
          f"- **simultaneous** — both call close() at the same instant; {args.delay_ms:g} ms of one-way delay "
-         "(netem on both data NICs where the kernel has it, else an NFQUEUE delay line for this port only) makes the FINs cross in flight. Each side "
+         "(netem on both data NICs where the kernel has it, else an NFQUEUE delay line for this port only) "
+         "makes the FINs cross in flight. Each side "
          "receives a FIN while in FIN_WAIT1 (its own FIN not yet ACKed) and goes to **CLOSING**, skipping "
          "FIN_WAIT2, then TIME_WAIT when its FIN is ACKed: *both* sides end in TIME_WAIT.",
          "- **halfclose** — shutdown(SHUT_WR) sends a FIN but keeps the read side: the client sits in "

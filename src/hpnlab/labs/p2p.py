@@ -37,9 +37,9 @@ from . import pcap
 from ._agent import dispatch
 from ._kit import (
     Capture,
-    DelayLine,
     StateTrace,
     agent_argv,
+    delay_line,
     host_pair,
     need_tools,
     run_agents,
@@ -183,7 +183,7 @@ def run(provider, args, step) -> dict:
     with ExitStack() as stack:
         if args.delay_ms > 0:
             for host in (ha, hb):
-                stack.enter_context(DelayLine(host, host.nic(net).ifname, (ports.start, ports.stop - 1),
+                stack.enter_context(delay_line(host, host.nic(net).ifname, (ports.start, ports.stop - 1),
                                               args.delay_ms))
             step(f"{args.delay_ms:g} ms one-way delay on both peers' ports: the SYNs cross if the two "
                  f"connect() calls are < {args.delay_ms:g} ms apart")

@@ -268,30 +268,15 @@ class NetnsProvider(Provider):
             if " ".join(have.split()) != " ".join(want.split()):
                 raise ProviderError(f"host {hname}: sysctl {key} reads back {have!r}, wanted {want!r}")
 
-    def _netem_available(self) -> bool:
-        ns = self.host_ns(next(iter(self.lab.hosts)))
-        probe = _run(netns_argv(ns, ["tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "0ms"]),
-                     check=False)
-        if probe.returncode == 0:
-            _run(netns_argv(ns, ["tc", "qdisc", "del", "dev", "lo", "root"]), check=False)
-        return probe.returncode == 0
-
     def _impair(self, networks, state: dict) -> dict[str, str]:
-        use_netem = self._netem_available()
+        """Each member's egress onto an impaired network, for as long as the lab is up (the
+        namespaces' deletion takes every qdisc, rule and delay line along)."""
         hosts = self._hosts_during_up(state)
         mechanisms = {}
         for net in networks:
             for member in net.members:
-                nic = self.lab.hosts[member].nic(net.name)
-                host = hosts[member]
-                queue = int(nic.ifname.removeprefix("eth"))
-                plan = (impair.netem_plan(nic.ifname, net.impair) if use_netem
-                        else impair.fallback_plan(nic.ifname, net.impair, queue))
-                if plan.delay_daemon:
-                    host.start(plan.delay_daemon, name=f"delayq-{nic.ifname}")
-                    _wait_queue_bound(host, queue)
-                for argv in plan.commands:
-                    host.run(argv, timeout=10)
+                ifname = self.lab.hosts[member].nic(net.name).ifname
+                plan = impair.apply(hosts[member], ifname, net.impair, queue=int(ifname.removeprefix("eth")))
                 mechanisms[net.name] = plan.mechanism
         return mechanisms
 
@@ -327,17 +312,6 @@ class NetnsProvider(Provider):
 
     def _live_processes(self, state: dict) -> list[dict]:
         return [p for p in state.get("processes", []) if _alive(p["pid"])]
-
-
-def _wait_queue_bound(host, queue: int, timeout: float = 5.0) -> None:
-    """The delay daemon is ready once the kernel lists its queue in this namespace."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        table = host.run(["cat", "/proc/net/netfilter/nfnetlink_queue"], check=False).stdout
-        if any(line.split() and line.split()[0] == str(queue) for line in table.splitlines()):
-            return
-        time.sleep(0.02)
-    raise ProviderError(f"[{host.name}] the NFQUEUE delay line for queue {queue} did not start")
 
 
 def _release_machine(lab: str, progress: Progress) -> list[str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 
-from ..labs._kit import DelayLine, LabError, agent_python
+from ..labs._kit import LabError, agent_python, delay_line
 
 NETWORK = "stack"
 
@@ -264,7 +264,7 @@ class Suite:
         late (the NFQUEUE delay line), so each SYN meets a peer in SYN-SENT."""
         def go():
             sport, lport = 40123, 40321
-            with DelayLine(self.h2, self.h2.nic(self.network).ifname, (lport, lport), delay_ms):
+            with delay_line(self.h2, self.h2.nic(self.network).ifname, (lport, lport), delay_ms):
                 at = time.time() + 4.0     # room for both programs to start on a loaded machine
                 with self._run("--app", "connect", "--connect", f"{self.peer_addr}:{lport}", "--bind-port", sport,
                                "--start-at", f"{at + delay_ms / 2000:.6f}", "--timeout", 15).start("ready") as run:
@@ -383,7 +383,7 @@ class Suite:
         delay/2 after Linux, so each FIN meets a peer in FIN_WAIT_1 (CLOSING on both)."""
         def go():
             lport = 40555
-            with DelayLine(self.h2, self.h2.nic(self.network).ifname, (lport, lport), delay_ms):
+            with delay_line(self.h2, self.h2.nic(self.network).ifname, (lport, lport), delay_ms):
                 at = time.time() + 4.0
                 with kernel_tool(self.h2, "simclose", lport, f"{at:.6f}").start("listening") as closer:
                     with self._run("--app", "connect", "--connect", f"{self.peer_addr}:{lport}",
