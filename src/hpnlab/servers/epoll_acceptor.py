@@ -13,9 +13,7 @@ from __future__ import annotations
 import socket
 from itertools import cycle
 
-from .reactor import Reactor, ReactorThread
-
-JOIN_TIMEOUT = 5.0
+from .reactor import Reactor, ReactorThread, stop_all
 
 
 class EpollAcceptor(Reactor):
@@ -40,12 +38,7 @@ class EpollAcceptor(Reactor):
         worker.loop.call_soon_threadsafe(worker.adopt, sock)
 
     def close(self):
-        for t in self.threads:
-            if t.is_alive():
-                t.stop()
-                t.join(JOIN_TIMEOUT)
-            else:
-                t.reactor.close()    # never started (a signal came first)
+        stop_all(self.threads)
         super().close()
 
 

@@ -11,38 +11,32 @@ in the kernel lets another run Python. epoll-procs is the way out.
 """
 from __future__ import annotations
 
-from . import Server, reuseport_listeners
-from .reactor import Reactor, ReactorThread
-
-JOIN_TIMEOUT = 5.0
+from . import reuseport_listeners
+from .reactor import Reactor, ReactorThread, stop_all
 
 
-class EpollThreads(Server):
+class EpollThreads(Reactor):
+    """The main thread is reactor 0, on the listener it was given."""
+
     name = "epoll-threads"
     parallel = True
 
     def __init__(self, listener, protocol, workers: int = 1):
-        super().__init__(listener, protocol, workers)
-        # Thread 0 (the main one) serves the listener it was given; the others get
-        # their own, opened now so that all N take connections from the start.
+        # The other threads get their own listeners, opened now so that all N take
+        # connections from the start.
         first, *others = reuseport_listeners(listener, workers)
-        self.main = Reactor(first, protocol)
+        super().__init__(first, protocol, workers)
         self.threads = [ReactorThread(Reactor(sock, protocol), name=f"epoll-{i}")
                         for i, sock in enumerate(others, start=1)]
 
     def serve_forever(self):
         for t in self.threads:
             t.start()
-        self.main.serve_forever()
+        super().serve_forever()
 
     def close(self):
-        for t in self.threads:
-            if t.is_alive():
-                t.stop()
-                t.join(JOIN_TIMEOUT)
-            else:
-                t.reactor.close()    # never started (a signal came first)
-        self.main.close()            # closes the listener too
+        stop_all(self.threads)
+        super().close()             # closes the listener too
 
 
 ENGINE = EpollThreads

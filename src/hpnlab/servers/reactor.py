@@ -90,3 +90,17 @@ class ReactorThread(threading.Thread):
 
     def stop(self) -> None:
         self.reactor.loop.call_soon_threadsafe(self.reactor.loop.stop)
+
+
+def stop_all(threads: list[ReactorThread], timeout: float = 5.0) -> None:
+    """Stop the reactor threads of a multi-threaded engine and wait for them (all asked
+    first, then joined); a thread that never started (a signal came first) has its
+    reactor closed here."""
+    started = [t for t in threads if t.is_alive()]
+    for t in started:
+        t.stop()
+    for t in threads:
+        if t in started:
+            t.join(timeout)
+        else:
+            t.reactor.close()
