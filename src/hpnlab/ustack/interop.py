@@ -348,6 +348,27 @@ class Suite:
                 f"then {e['matched']}/{e['round_trips']} echoes"
         self.record(f"fuzz: {n} malformed frames, then still serving", go)
 
+    def syn_flood(self, n: int = 20000, backlog: int = 128) -> None:
+        """n SYNs from addresses nobody has while a real client connects and echoes: the
+        half-open queue stays at its bound, SYN cookies answer the rest, the client gets in."""
+        def go():
+            with self.app("--app", "echo", "--port", 7, "--backlog", backlog) as run:
+                f = peer(self.h2, "synflood", self.addr, 7, n, timeout=300)
+                run.stop()
+                stats = run.wait("stats", 10)
+            c = stats["counters"]
+            half_open = stats["tcp_states"].get("SYN_RECEIVED", 0)
+            cookies = c.get("tcp.syncookie_sent", 0)
+            self.data["syn_flood"] = {**f, "half_open_at_end": half_open, "syncookies_sent": cookies,
+                                      "syncookies_accepted": c.get("tcp.syncookie_accepted", 0),
+                                      "maxrss_kb": stats.get("maxrss_kb")}
+            ok = f["matched"] == 20 and f["sent_before_connected"] > 0 and half_open <= backlog and cookies > 0
+            return ok, f"{f['sent']} SYNs; a client connected after {f['sent_before_connected']} of them, in " \
+                       f"{f['connect_secs']} s, and got " \
+                       f"{f['matched']}/20 echoes; {cookies} SYN cookies sent, {half_open} half-open at the end " \
+                       f"(bound {backlog}); the stack's peak RSS {stats.get('maxrss_kb')} KiB"
+        self.record(f"tcp: SYN flood ({n} SYNs), a client still connects", go)
+
     def concurrency(self, n: int = 1000) -> None:
         def go():
             with self.app("--app", "echo", "--port", 7, "--backlog", n):
@@ -408,6 +429,7 @@ class Suite:
         self.simultaneous_close()
         self.stack_to_stack(4 << 20)
         self.fuzz(20000)
+        self.syn_flood(20000)
         self.concurrency(1000)
         self.thread_per_connection(200)
         self.zero_window(3.0)

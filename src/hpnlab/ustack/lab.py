@@ -327,6 +327,7 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
     ladders = _ladders(out, suite.addr, suite.peer_addr)
     suite.stack_to_stack()
     suite.fuzz(100000)
+    suite.syn_flood(20000)
     suite.concurrency(1000)
     suite.thread_per_connection(200)
     suite.zero_window(10.0)
@@ -406,6 +407,7 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
                             "retransmits": (_conn(v).get("stats") or {}).get("retransmits")}
                      for name, v in imp_bulk.items()},
         "simultaneous_open": suite.data.get("simultaneous_open"),
+        "syn_flood": suite.data.get("syn_flood"),
         "bytes": nbytes,
         "environment": fingerprint(provider),
     }

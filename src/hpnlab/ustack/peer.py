@@ -14,8 +14,8 @@
     echoload IP PORT N SECS   N connections, each with one 64-byte message in flight: round trips/s
     connrate IP PORT SECS     connect and close, one after another: connections/s
     flood IP SECONDS          ICMP echo as fast as answers come (64 in flight)
-    synflood IP PORT N        N SYNs from made-up neighbours (a raw socket) and, during them, a real
-                              connection with 20 echoes
+    synflood IP PORT N        N SYNs from made-up neighbours (a raw socket) and, from the start of
+                              them, a real connection with 20 echoes
     fuzz IFNAME MAC IP N      N malformed frames at MAC/IP from IFNAME (AF_PACKET): cut short, bytes
                               flipped, lengths, checksums and TCP options at random
 """
@@ -290,7 +290,7 @@ def synflood(ip: str, port: int, n: int) -> None:
     rng = random.Random(n)
     sent = [0]
 
-    def flood() -> None:
+    def flood() -> None:                                    # as fast as a raw socket goes
         for i in range(n):
             src = dst[:3] + bytes([200 + i % 50])           # addresses nobody on the LAN has
             seg = tcpseg.build(src, dst, rng.randrange(1024, 65536), port, rng.getrandbits(32), 0, tcpseg.SYN,
@@ -302,12 +302,13 @@ def synflood(ip: str, port: int, n: int) -> None:
                 pass
     t = threading.Thread(target=flood)
     t.start()
-    time.sleep(0.3)                                         # into the flood
+    time.sleep(0.05)                                        # into the flood
     t0 = time.monotonic()
-    matched, error = 0, None
+    matched, error, flooded_before = 0, None, 0
     try:
         s = socket.create_connection((ip, port), timeout=20)
         connect_secs = time.monotonic() - t0
+        flooded_before = sent[0]
         for i in range(20):
             msg = b"through the flood %d" % i
             s.sendall(msg)
@@ -318,10 +319,9 @@ def synflood(ip: str, port: int, n: int) -> None:
         s.close()
     except OSError as exc:
         connect_secs, error = None, str(exc)
-    flooding = t.is_alive()
     t.join()
     _out({"event": "synflood", "sent": sent[0], "connect_secs": connect_secs and round(connect_secs, 4),
-          "during_flood": flooding, "matched": matched, "error": error})
+          "sent_before_connected": flooded_before, "matched": matched, "error": error})
 
 
 def fuzz(ifname: str, mac: str, ip: str, n: int) -> None:

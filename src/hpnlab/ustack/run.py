@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import resource
 import signal
 import subprocess
 import sys
@@ -109,9 +110,10 @@ def _impair_spec(text: str) -> dict:
     return out
 
 
-def stats(net: Net, driver, conns=()) -> dict:
+def stats(net: Net, driver) -> dict:
     stack = net.stack
     return {"counters": dict(sorted(stack.counters.items())), "timers_fired": dict(stack.timers.fired),
+            "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
             "loop": net.loop.stats,
             "driver": getattr(driver, "counters_all", None) or getattr(driver, "counters", {}),
             "tcp_states": stack.tcp.states(), "last_error": stack.last_error}
@@ -170,7 +172,8 @@ def main(args) -> int:
         if args.stats:
             with open(args.stats, "w") as f:
                 json.dump(data, f, default=str)
-        _report({"event": "stats", **{k: data[k] for k in ("counters", "tcp_states", "last_error", "driver")}})
+        _report({"event": "stats", **{k: data[k] for k in ("counters", "tcp_states", "last_error", "driver",
+                                                           "maxrss_kb")}})
         driver.close()
     return rc
 
