@@ -49,12 +49,14 @@ class Command:
 
 
 COMMANDS: dict[bytes, Command] = {}
+LOOKUP: dict[bytes, Command] = {}      # also by UPPER-case name: most clients send that, no lower() then
 
 
 def command(name: str, arity: int, flags: str = "", first: int = 0, last: int = 0, step: int = 1):
     """Register a command: arity as Redis (N exact, -N at least N, the name included)."""
     def deco(func):
-        COMMANDS[name.encode()] = Command(name, func, arity, flags, first, last, step)
+        cmd = COMMANDS[name.encode()] = Command(name, func, arity, flags, first, last, step)
+        LOOKUP[name.encode()] = LOOKUP[name.upper().encode()] = cmd
         return func
     return deco
 
@@ -322,15 +324,14 @@ class Client:
 
     def execute(self, args: list[bytes]) -> bytes:
         srv = self.server
-        name = args[0].lower()
-        cmd = COMMANDS.get(name)
+        cmd = LOOKUP.get(args[0]) or COMMANDS.get(args[0].lower())
         if cmd is None:
             self.multi_error = self.multi is not None
             shown = " ".join(f"'{a[:128].decode(errors='replace')}'" for a in args[1:])
             return resp.error(f"ERR unknown command '{args[0][:128].decode(errors='replace')}', "
                               f"with args beginning with: {shown}{' ' if shown else ''}")
-        n = len(args)
-        if (n != cmd.arity) if cmd.arity > 0 else (n < -cmd.arity):
+        n, arity = len(args), cmd.arity
+        if n != arity and (arity > 0 or n < -arity):
             self.multi_error = self.multi is not None
             return resp.error(f"ERR wrong number of arguments for '{cmd.name}' command")
         if not self.authed and "noauth" not in cmd.flags:
@@ -342,7 +343,10 @@ class Client:
         dirty = srv.dirty
         reply = cmd.func(self, args)
         if srv.dirty != dirty:
-            self._after_write(cmd, args)
+            if srv.aof is not None or self.db.watched:
+                self._after_write(cmd, args)
+            else:
+                self.rewrite = None
         return reply
 
     def _after_write(self, cmd: Command, args: list[bytes]) -> None:

@@ -35,9 +35,44 @@ def parse_requests(data: bytes, pos: int, max_bulk: int, authed: bool = True
     """
     cmds: list[list[bytes]] = []
     try:
+        if authed and data[pos:pos + 1] == b"*" and max_bulk >= FAST_BULK_MAX:
+            pos = _parse_fast(data, pos, cmds)
+            if pos == len(data):
+                return cmds, pos, 0
         return _parse(data, pos, max_bulk, authed, cmds)
     except ProtocolError as exc:
         raise ProtocolError(exc.args[0], cmds) from None
+
+
+# The fast path: split the whole read on CRLF once (in C) and take commands as runs of
+# tokens "*N", "$len", arg, ...; every "$len" must name the length of the token after it.
+# It stops at the first thing it does not vouch for (an argument containing CRLF, a big
+# or odd header, an incomplete tail, inline input) and _parse goes on from there.
+FAST_ARGC_MAX = 64
+FAST_BULK_MAX = 4096
+_ARGC = {b"*%d" % n: n for n in range(1, FAST_ARGC_MAX + 1)}
+_LENS = {b"$%d" % n: n for n in range(FAST_BULK_MAX + 1)}
+
+
+def _parse_fast(data: bytes, pos: int, cmds: list[list[bytes]]) -> int:
+    toks = data[pos:].split(b"\r\n") if pos else data.split(b"\r\n")
+    last = len(toks) - 1                 # the piece after the last CRLF: never complete
+    argcs, lens = _ARGC, _LENS
+    append = cmds.append
+    i = 0
+    while i < last:
+        argc = argcs.get(toks[i])
+        if argc is None:
+            break
+        end = i + 1 + 2 * argc
+        if end > last:
+            break
+        args = toks[i + 2:end:2]
+        if list(map(lens.get, toks[i + 1:end:2])) != list(map(len, args)):
+            break
+        append(args)
+        i = end
+    return pos + sum(map(len, toks[:i])) + 2 * i
 
 
 def _parse(data: bytes, pos: int, max_bulk: int, authed: bool, cmds: list[list[bytes]]

@@ -24,8 +24,10 @@ def get(c: Client, args: list[bytes]) -> bytes:
 @command("set", -3, "write", 1, 1)
 def set_(c: Client, args: list[bytes]) -> bytes:
     db = c.db
-    if len(args) == 3:                      # the common case, first
-        db.set(args[1], args[2])
+    if len(args) == 3:                      # the common case, first (Database.set inlined)
+        db.data[args[1]] = args[2]
+        if db.expires:
+            db.expires.pop(args[1], None)
         c.server.dirty += 1
         return OK
     key, value = args[1], args[2]
