@@ -74,7 +74,7 @@ def load_generator() -> dict:
 def versions() -> dict:
     import platform
     import subprocess
-    v = {"python": platform.python_version()}
+    v: dict[str, str | None] = {"python": platform.python_version()}
     for mod in ("uvloop", "greenlet", "cffi"):
         try:
             v[mod] = __import__(mod).__version__

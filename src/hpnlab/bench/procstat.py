@@ -150,7 +150,8 @@ def snapshot(side, pid, with_ctx: bool = True, exclude: set[int] | None = None):
     _rc, out, _ = side.run(["sh", "-c", script], timeout=30)
     procs: list[dict[str, list[str]]] = []
     rest: dict[str, list[str]] = {"uptime": [], "others": [], "machine": []}
-    section, cur = "", None
+    section = ""
+    cur: dict[str, list[str]] | None = None
     for line in out.splitlines():
         if line.startswith("@pid "):
             cur, section = {"stat": [], "status": [], "tasks": []}, "stat"

@@ -28,7 +28,8 @@ class LocalProcess(Process):
     API's Process interface (stop() = SIGTERM, then SIGKILL)."""
 
     def __init__(self, argv: Sequence[str], logdir: Path, name: str, env: dict | None):
-        super().__init__(SimpleNamespace(name="local"), shlex.join([str(a) for a in argv]), name)
+        super().__init__(SimpleNamespace(name="local"),  # type: ignore[arg-type]  # no Host: this machine
+                         shlex.join([str(a) for a in argv]), name)
         self.out, self.err = logdir / f"{name}.out", logdir / f"{name}.err"
         with open(self.out, "wb") as fo, open(self.err, "wb") as fe:
             self.popen = subprocess.Popen(list(argv), stdout=fo, stderr=fe, stdin=subprocess.DEVNULL,

@@ -110,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / "data.json").write_text(json.dumps(data, indent=2))
     text = ["# netns provider: bring-up and teardown times", "",
             md_table(["lab", "hosts", "up median (s)", "up max (s)", "down median (s)", "down max (s)"],
-                     [[l["lab"], l["hosts"], round(l["up_median_s"], 3), round(max(l["up_s"]), 3),
-                       round(l["down_median_s"], 3), round(max(l["down_s"]), 3)] for l in labs]),
+                     [[lab["lab"], lab["hosts"], round(lab["up_median_s"], 3), round(max(lab["up_s"]), 3),
+                       round(lab["down_median_s"], 3), round(max(lab["down_s"]), 3)] for lab in labs]),
             "", f"Goals: 2-host up < 1 s and down < 1 s; 50-host up < 10 s. Each lab ran {args.repeat} times.",
             "", "## Wiring 10 hosts on a bridge: `ip -batch` vs pyroute2", "",
             md_table(["method", "median (s)", "runs"],

@@ -230,8 +230,9 @@ def _multi(cells: list[dict], conns: int, size: int, env: dict) -> list[str]:
         return []
 
     def vs(c: dict) -> str:
+        more_cpu = c['cpu_us_per_req'] / lt['cpu_us_per_req'] - 1
         return (f"{name(c)} {_fmt(c)} = {c['rps'] / lt['rps']:.2f}× epoll-lt, on {c['server_util']:.2f} cores, "
-                f"{_fmt(c, 'cpu_us_per_req', ' µs')} CPU/request ({c['cpu_us_per_req'] / lt['cpu_us_per_req'] - 1:+.0%}), "
+                f"{_fmt(c, 'cpu_us_per_req', ' µs')} CPU/request ({more_cpu:+.0%}), "
                 f"{_fmt(c, 'ctxsw_per_req', '')} context switches/request")
     out = ["### Multi-threaded epoll: threads vs processes in CPython (多线程 epoll, 多个 EPOLL)", "",
            f"At {conns} connections, epoll-lt (one thread) {_fmt(lt)} on {lt['server_util']:.2f} cores, "
@@ -317,7 +318,7 @@ def _thread_vs_process_cost(threads: list[dict], procs: dict | None) -> str:
 
 def _scaling(cells: list[dict], conns: int, size: int) -> list[str]:
     """req/s over --workers for each parallel engine (when the run had several values)."""
-    curves = {}
+    curves: dict[str, dict[int, dict]] = {}
     for c in ok(cells):
         if c.get("workers") and c["conns"] == conns and c["size"] == size:
             curves.setdefault(c["engine"], {})[c["workers"]] = c

@@ -118,7 +118,7 @@ def run(args) -> int:
                 raise
             console.print(f"[dim]no lab ({exc}); using loopback mode[/dim]")
             up = False
-        if mode == "lab" and not up:
+        if mode == "lab" and not up and provider is not None:
             console.print(f"[red]lab {provider.lab.name} is not up[/red]: run `make lab-up` first, "
                           "or use --mode loopback")
             return 1
@@ -126,8 +126,8 @@ def run(args) -> int:
         if mode == "loopback":
             provider = None
     console.print(f"hpnlab bench: mode {mode}")
-    result = benchmark(cfg, mode, provider, argv=rerun_argv(args, cfg, mode), results_root=args.results, say=lambda m: console.print(m),
-                       make_target=None)
+    result = benchmark(cfg, mode, provider, argv=rerun_argv(args, cfg, mode), results_root=args.results,
+                       say=lambda m: console.print(m), make_target=None)
     for g in result["goals"]:
         mark = {True: "[green]PASS[/green]", False: "[yellow]FAIL[/yellow]", None: "n/a"}[g["pass"]]
         console.print(f"  {mark} {g['goal']}: {g['measured']}")

@@ -100,8 +100,8 @@ async def gather(*aws: Awaitable) -> list[Any]:
         raise
 
 
-from .multicore import run_workers
-from .net import Socket, connect, listen
+from .multicore import run_workers  # noqa: E402 - they import the scheduler defined above
+from .net import Socket, connect, listen  # noqa: E402
 
 __all__ = [
     "Cancelled",

@@ -73,7 +73,7 @@ class Task:
         # What it is parked on; None = ready or running. An fd wait is stored as
         # the int fd*4 + 1 (read) or + 2 (write) rather than a tuple: 56 bytes
         # less per parked connection. Timer and join waits are tuples.
-        self._wait: tuple | int | None = None
+        self._wait: Any = None                     # tuple | int | None
         self._timer: TimerHandle | None = None     # its loop timer (sleep, join deadline), if any
         self._cancel_pending = False
         self._observed = False
@@ -100,9 +100,9 @@ class Task:
 
     def __call__(self) -> None:
         """The loop calls a task parked on an fd when the fd is ready: wake it (once)."""
-        s = _running
+        s: Scheduler = _running   # type: ignore[assignment]   # set while any task runs
         w = self._wait
-        (s.loop.readers if w & 3 == 1 else s.loop.writers)[w >> 2] = None   # type: ignore[operator]
+        (s.loop.readers if w & 3 == 1 else s.loop.writers)[w >> 2] = None
         s.fd_waiters -= 1
         self._wait = None
         s.ready.append(self)
@@ -158,6 +158,7 @@ class Scheduler:
         """Take a parked task out of whatever it waits on (not off the ready queue)."""
         w = t._wait
         if w is not None:
+            key: Any
             kind, key = ((w & 3) - 1, w >> 2) if type(w) is int else w
             if kind in (READ, WRITE):
                 table = self.loop.readers if kind == READ else self.loop.writers
@@ -173,7 +174,7 @@ class Scheduler:
     def _finish(self, t: Task, result: Any, exc: BaseException | None) -> None:
         t.done = True
         t._value, t._error = result, exc
-        t.coro = None                          # free the frame now, not when the Task goes
+        t.coro = None  # type: ignore[assignment]   # free the frame now, not when the Task goes
         joiners, t._joiners = t._joiners, None
         if joiners:
             for j in joiners:
@@ -214,7 +215,7 @@ class Scheduler:
         if fd >= len(loop.masks):
             return
         for table in (loop.readers, loop.writers):
-            t = table[fd]
+            t: Any = table[fd]                 # a parked Task: the loop calls it when ready
             if t is not None:
                 table[fd] = None
                 self.fd_waiters -= 1

@@ -114,7 +114,7 @@ class Server(ABC):
         except Shutdown:
             pass
         finally:
-            for s, h in old.items():
+            for s in old:
                 signal.signal(s, signal.SIG_IGN)   # a second signal must not interrupt cleanup
             self.close()
             for s, h in old.items():

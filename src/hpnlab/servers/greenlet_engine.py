@@ -101,13 +101,13 @@ class GreenletServer(Server):
                 view = memoryview(out)
                 # Drop the message before parking again (or each idle
                 # connection's stack keeps its last message alive).
-                data = out = None
+                del data, out
                 while view:
                     try:
                         view = view[sock.send(view):]
                     except BlockingIOError:
                         hub.wait(fd, OUT)
-                view = None
+                del view
                 if close:
                     break
         except OSError:

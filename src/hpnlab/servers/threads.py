@@ -82,10 +82,10 @@ class Threads(Reactor):
                 if not data:
                     break
                 out, close = handler.feed(data)
-                data = None                    # do not hold the last message while blocked in recv
+                del data                       # do not hold the last message while blocked in recv
                 if out:
                     sock.sendall(out)
-                    out = None
+                del out
                 if close:
                     break
         except OSError:

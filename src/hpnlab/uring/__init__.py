@@ -29,7 +29,7 @@ class UringUnavailable(HpnlabError, RuntimeError):
 
 def _load():
     try:
-        from . import _hpnlab_uring_v3 as mod  # type: ignore[attr-defined]
+        from . import _hpnlab_uring_v3 as mod  # type: ignore[attr-defined,unused-ignore]  # built by make setup
         return mod.ffi, mod.lib
     except ImportError:
         pass
@@ -38,7 +38,7 @@ def _load():
         _build.build()
     except Exception as exc:  # noqa: BLE001 - any build failure means unavailable, and why
         raise UringUnavailable(f"the liburing binding is not built and cannot be built: {exc}") from None
-    from . import _hpnlab_uring_v3 as mod  # type: ignore[attr-defined]
+    from . import _hpnlab_uring_v3 as mod  # type: ignore[attr-defined,unused-ignore]  # built by make setup
     return mod.ffi, mod.lib
 
 

@@ -48,4 +48,4 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-from . import echo  # noqa: F401  (registers itself)
+from . import echo  # noqa: E402, F401 - registers itself, with register() defined above
