@@ -12,11 +12,13 @@ LAB_ARGS ?=
 NAT_ARGS := --lab $(NAT_LAB) $(if $(PROVIDER),--provider $(PROVIDER))
 KEEP ?=
 
-# $(call run-lab,HPNLAB ARGS,LAB): run LAB on that lab, bringing it up if it is not up;
-# down again afterwards if this target brought it up (the lab's exit status stays).
+# $(call run-lab,HPNLAB ARGS,LAB[,provision]): run LAB on that lab, bringing it up if it is
+# not up (and provisioning it, with `provision`: VMs get the lab code from there); down
+# again afterwards if this target brought it up (the lab's exit status stays).
 define run-lab
-	@if $(HPNLAB) $(1) status >/dev/null 2>&1; then was=up; else was=down; fi; \
-	$(HPNLAB) $(1) lab --up $(2) $(LAB_ARGS); rc=$$?; \
+	@if $(HPNLAB) $(1) status >/dev/null 2>&1; then was=up; else was=down; fi; rc=0; \
+	if [ $$was = down ] && [ -n "$(3)" ]; then $(HPNLAB) $(1) up && $(HPNLAB) $(1) provision; rc=$$?; fi; \
+	if [ $$rc = 0 ]; then $(HPNLAB) $(1) lab --up $(2) $(LAB_ARGS); rc=$$?; fi; \
 	if [ $$was = down ] && [ "$(KEEP)" != 1 ]; then \
 	  echo "==> $(2): taking down the lab this target brought up (KEEP=1 keeps it)"; \
 	  $(HPNLAB) $(1) down || rc=1; \
@@ -28,7 +30,7 @@ endef
 lab-p2p: lab-p2p-lan lab-p2p-nat
 
 lab-p2p-lan: setup
-	$(call run-lab,$(HPNLAB_ARGS),p2p)
+	$(call run-lab,$(HPNLAB_ARGS),p2p,provision)
 
 lab-p2p-nat: setup
 	$(call run-lab,$(NAT_ARGS),nat)
@@ -37,10 +39,10 @@ lab-p2p-nat-down: setup
 	$(HPNLAB) $(NAT_ARGS) down
 
 lab-backlog: setup
-	$(call run-lab,$(HPNLAB_ARGS),backlog)
+	$(call run-lab,$(HPNLAB_ARGS),backlog,provision)
 
 lab-epoll: setup
-	$(call run-lab,$(HPNLAB_ARGS),epoll)
+	$(call run-lab,$(HPNLAB_ARGS),epoll,provision)
 
 lab-close: setup
-	$(call run-lab,$(HPNLAB_ARGS),close)
+	$(call run-lab,$(HPNLAB_ARGS),close,provision)

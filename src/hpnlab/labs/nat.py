@@ -54,6 +54,7 @@ KINDS = {
     "random": ("masquerade fully-random",
                "address and port-dependent mapping, random port assignment"),
 }
+MAX_TRIES = 200
 SCENARIOS = ("cone-cone", "remap-cone", "cone-seq", "cone-random", "seq-seq", "random-random")
 
 
@@ -108,8 +109,8 @@ def run(provider, args, step) -> dict:
         raise LabError(f"lab {provider.lab.name} has no host(s) {', '.join(missing)}: the NAT lab runs on "
                        "labs/p2p/nat.yml (`hpnlab --lab labs/p2p/nat.yml lab --up nat`)")
     scenarios = parse_scenarios(args.scenarios)
-    if args.tries < 1:
-        raise LabError(f"--tries must be at least 1 (got {args.tries})")
+    if not 1 <= args.tries <= MAX_TRIES:
+        raise LabError(f"--tries must be 1 to {MAX_TRIES} (got {args.tries})")
     hosts = need_hosts(provider, *HOSTS)
     need_tools("tcpdump")
     need_tools("nft", "ip", hosts=[hosts["ra"], hosts["rb"]])
@@ -131,7 +132,10 @@ def run(provider, args, step) -> dict:
         for peer, router, lan in side.values():
             peer.run(["ip", "route", "replace", str(wan_net.subnet), "via", str(router.address(lan))])
             routes.append((peer, str(wan_net.subnet)))
-        base = 20000 + (int(time.time()) % 8) * 1000      # fresh private ports per run: no stale conntrack
+        # fresh private ports per run (no stale conntrack entry meets a new try), all below
+        # the ephemeral range the hard sides' extra sockets use
+        span = 2 * args.tries * len(scenarios)
+        base = 10000 + (int(time.time()) % max(1, 22000 // span)) * span
         for i, (kind_a, kind_b) in enumerate(scenarios):
             name = f"{kind_a}-{kind_b}"
             step(f"{name}: ra {KINDS[kind_a][1]}; rb {KINDS[kind_b][1]}; {args.tries} tries")
@@ -139,11 +143,11 @@ def run(provider, args, step) -> dict:
                 router.run(["nft", "delete", "table", "ip", TABLE], check=False)
                 router.run(["nft", "-f", "-"], input=nat_rules(router.nic(lan).ifname, router.nic("wan").ifname,
                                                                str(lab.networks[lan].subnet), kind))
-            udp_port = base + 100 * i
+            udp_port = base + 2 * args.tries * i
             rzp = rz.start(agent_argv(rz, "nat", "rendezvous", "--port", RZ_PORT), name=f"nat-rz-{i}")
             try:
                 rz.wait_for_port(RZ_PORT)
-                common = ["--rz", f"{ips['rz']}:{RZ_PORT}", "--udp-port", udp_port, "--tcp-port", udp_port + 50,
+                common = ["--rz", f"{ips['rz']}:{RZ_PORT}", "--udp-port", udp_port, "--tcp-port", udp_port + args.tries,
                           "--tries", args.tries, "--deadline", args.deadline,
                           "--relay-deadline", args.relay_deadline, "--hard-sockets", args.hard_sockets,
                           "--probes", args.probes, "--tcp" if args.tcp else "--no-tcp"]
