@@ -2,6 +2,7 @@
 `make lab-down` / `hpnlab status` of one lab name the other labs still up (issue 12)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -41,8 +42,11 @@ def test_a_target_downs_the_lab_it_brought_up_unless_keep(tmp_path):
         assert "taking down the lab this target brought up" in run.stdout
         assert nat not in registered("netns") and not _namespaces(nat)
 
-        kept = make("lab-p2p-nat", f"NAT_LAB={nat_file}", QUICK, "KEEP=1")
+        kept = make("lab-p2p-nat", f"NAT_LAB={nat_file}", QUICK + " --format json", "KEEP=1")
         assert kept.returncode == 0, kept.stdout[-3000:] + kept.stderr[-3000:]
+        result = json.loads(kept.stdout)        # `hpnlab lab --format json`: one object, nothing else
+        assert (result["kind"], result["version"], result["lab"], result["topology"]) == ("hpnlab/lab", 1, "nat", nat)
+        assert Path(result["report"]).is_file() and result["summary"], result
         assert registered("netns")[nat]["live"] and _namespaces(nat)
 
         down = make("lab-down", f"LAB={other_file}", "PROVIDER=netns")

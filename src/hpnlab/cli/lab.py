@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from ..labs import LABS, lab_module
 from ._common import add_format, console, print_json, progress, provider_from
@@ -12,12 +13,12 @@ HELP = "run a lab (p2p, nat, backlog, epoll, close) on the running lab's hosts a
 def add_arguments(parser) -> None:
     parser.add_argument("--up", action="store_true", help="bring the lab up first if it is not up")
     parser.add_argument("--results", metavar="DIR", help="results root (default: results/)")
-    add_format(parser)
     sub = parser.add_subparsers(dest="lab_name", metavar="NAME", required=True)
     for name in LABS:
         module = lab_module(name)
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
+        add_format(p)           # after the lab's name: `hpnlab lab nat --format json`
 
 
 def run(args) -> int:
@@ -44,8 +45,8 @@ def run(args) -> int:
     summary = result.get("summary")
     if args.format == "json":
         print_json("lab", {"lab": args.lab_name, "topology": provider.lab.name, "provider": provider.name,
-                           "seconds": round(seconds, 3), "report": str(result["report"]),
-                           "dir": str(result["dir"]), "summary": summary})
+                           "seconds": round(seconds, 3), "report": str(Path(result["report"]).resolve()),
+                           "dir": str(Path(result["dir"]).resolve()), "summary": summary})
         return 0
     console.print(f"[green]lab {args.lab_name} done[/green] in {seconds:.1f}s; report: {result['report']}")
     if summary:
