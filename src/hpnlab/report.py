@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 
 def results_dir(lab: str, root: str | Path | None = None, stamp: str | None = None) -> Path:
@@ -45,7 +46,7 @@ def _cpu_model() -> str:
 
 def fingerprint(provider=None, sysctls: Iterable[str] = (), hosts: dict | None = None) -> dict:
     """The environment a run saw: this machine, and each lab host's kernel and sysctls."""
-    env = {
+    env: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": {"kernel": platform.release(), "cpu": _cpu_model(), "cpus": os.cpu_count(),
                     "python": sys.version.split()[0], "platform": platform.platform()},

@@ -139,10 +139,12 @@ class _Listener:
     def ready(self) -> str | None:
         """None once it listens, else why not."""
         if self.proc is not None:
+            assert self.proc.stdout is not None and self.proc.stderr is not None     # (pipes)
             if "listening" in self.proc.stdout.readline():
                 return None
             err = self.proc.stderr.read() if self.proc.poll() is not None else ""
             return err.strip()[-300:] or "no answer"
+        assert self.ssh is not None
         try:
             # kept: a file object's end (even garbage collection) closes the listener's stdin
             self.stdin, out, err = self.ssh.attach(self.py, timeout=LISTEN_TIMEOUT)
@@ -162,7 +164,8 @@ class _Listener:
     def close(self) -> None:
         if self.proc is not None:
             try:
-                self.proc.stdin.close()
+                if self.proc.stdin:
+                    self.proc.stdin.close()
             except OSError:
                 pass
             try:
@@ -261,7 +264,7 @@ def _parse_junit(host: str, path: Path) -> list[Check]:
         if "NOTSET" in case.get("name", ""):     # a parametrized check with nothing to check here
             continue
         props = {p.get("name"): p.get("value") for p in case.iter("property")}
-        name = props.get("check") or case.get("name", "?")
+        name = props.get("check") or case.get("name") or "?"
         status, message = "passed", ""
         for kind in ("failure", "error", "skipped"):
             node = case.find(kind)

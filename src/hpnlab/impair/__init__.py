@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 from ..errors import HpnlabError
 from ..interrupts import deferred_interrupts
@@ -114,7 +115,7 @@ def apply(host, ifname: str, imp: Impairment, queue: int, match: Sequence[str] =
     for argv, back in zip(plan.commands, plan.undo):
         host.run(argv, timeout=10)
         if back:
-            undo.append(lambda back=back: host.run(back, timeout=10, check=False))
+            undo.append(partial(host.run, back, timeout=10, check=False))
     return plan
 
 

@@ -309,7 +309,7 @@ def run_agents(jobs: dict, timeout: float = 60.0, names: dict | None = None) -> 
 
     `jobs` maps Host -> argv. The agents print one JSON document on stdout.
     Whatever happens (a timeout, Ctrl-C), every started agent is stopped."""
-    procs = {}
+    procs: dict = {}
     try:
         for host, argv in jobs.items():
             procs[host] = host.start(argv, name=(names or {}).get(host.name, f"lab-{host.name}-{len(procs)}"))

@@ -400,7 +400,7 @@ def _scenario(srv, cli, sip: str, port: int, scen: str, args, net: str) -> dict:
 def _p2p_twice(provider, a, b, ip_a: str, ip_b: str, port: int, ts: int, step) -> dict:
     """Two P2P simultaneous opens on the same fixed ports, 1.5 s apart: the
     first one's TIME_WAIT sits on exactly the 4-tuple the second one needs."""
-    res = {"tcp_timestamps": ts, "port": port, "tries": []}
+    res: dict = {"tcp_timestamps": ts, "port": port, "tries": []}
     for i in range(2):
         step(f"P2P on fixed port {port}, run {i + 1}/2, tcp_timestamps={ts}")
         start = time.time() + 0.8

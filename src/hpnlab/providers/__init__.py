@@ -69,6 +69,10 @@ class Provider(ABC):
         state["ready"] = time.time()
         self.state.write(state)
 
+    @abstractmethod
+    def _create(self, state: dict, progress: Progress) -> None:
+        """up's work, under the lab's lock, once its state is written ahead (see _bring_up)."""
+
     def down(self, progress: Progress = _quiet) -> None:
         """Remove everything the lab made, including processes it started."""
         with self.state.lock(timeout=self.lock_timeout):

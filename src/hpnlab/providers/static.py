@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .. import inventory
-from ..hosts import Link
+from ..hosts import Host, Link
 from ..hosts.ssh import HostKeyError, SshHost, bare_spec, known_hosts_args, reach_of
 from ..state import unregister_live
 from ..topology import Lab
@@ -136,7 +136,7 @@ class StaticProvider(Provider):
             self._configure(host, links[name], state)
         progress("NICs given their addresses/MTUs where missing, sysctls applied and read back")
 
-    def _configure(self, host: SshHost, links: dict[str, Link], state: dict) -> None:
+    def _configure(self, host: Host, links: dict[str, Link], state: dict) -> None:
         def change(record: dict, argv: list[str]) -> None:
             state["changes"][host.name].append(record)      # write-ahead: recorded before made
             self.state.write(state)
@@ -305,7 +305,7 @@ def _undo(state: dict, progress: Progress) -> list[str]:
 
 
 def _undo_argv(host: SshHost, change: dict) -> list[str] | None:
-    kind, ifname = change["kind"], change.get("ifname")
+    kind, ifname = change["kind"], str(change.get("ifname"))
     if kind == "addr":
         return ["ip", "addr", "del", change["addr"], "dev", ifname]
     if kind == "mtu" and change.get("was"):
@@ -320,7 +320,7 @@ def _undo_argv(host: SshHost, change: dict) -> list[str] | None:
     return None
 
 
-def _sysctls(host: SshHost, sysctls: dict) -> dict[str, str]:
+def _sysctls(host: Host, sysctls: dict) -> dict[str, str]:
     got = host.run(["sysctl", "-n", *sysctls], timeout=SSH_TIMEOUT).stdout.split("\n")
     return dict(zip(sysctls, got))
 

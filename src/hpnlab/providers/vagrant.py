@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .. import vm
+from ..hosts import Host
 from ..hosts.ssh import CONSOLE_RECORD, SshHost, known_hosts_args
 from ..paths import repo_root
 from ..state import register_live, unregister_live
@@ -175,7 +176,7 @@ class VagrantProvider(Provider):
         self._record_host_keys(state["hosts"], settings, progress)
         hosts = self._hosts_during_up(state)
 
-        def ready(host: SshHost) -> None:
+        def ready(host: Host) -> None:
             self._wait_ssh(host)
             self._configure(host, state)
         with ThreadPoolExecutor(max_workers=len(hosts)) as pool:    # each SSH handshake is slow under TCG
@@ -220,7 +221,7 @@ class VagrantProvider(Provider):
             out.writelines(lines)
         progress(f"SSH host keys recorded from the guests' consoles: {self.known_hosts_path}")
 
-    def _configure(self, host: SshHost, state: dict) -> None:
+    def _configure(self, host: Host, state: dict) -> None:
         """Check each data NIC has the model's MAC and address; apply sysctls."""
         spec = host.spec
         deadline = time.monotonic() + 60
@@ -241,7 +242,7 @@ class VagrantProvider(Provider):
         if sysctls:
             host.run(["sysctl", "-q", "-w", *(f"{k}={v}" for k, v in sysctls.items())], timeout=30)
 
-    def _wait_ssh(self, host: SshHost, timeout: float = 120) -> None:
+    def _wait_ssh(self, host: Host, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while True:
             r = host.run("true", timeout=20, check=False)
@@ -414,6 +415,7 @@ class VagrantProvider(Provider):
         with open(logfile, "w") as out:
             proc = subprocess.Popen(["vagrant", *args], cwd=repo_root(), env=env, text=True,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            assert proc.stdout is not None      # (a pipe)
             try:
                 for line in proc.stdout:
                     out.write(line)
@@ -505,7 +507,7 @@ def _used_subnets() -> list[ipaddress.IPv4Network]:
         dst = route.get("dst", "")
         if dst and dst != "default" and "/" in dst:
             try:
-                used.append(ipaddress.ip_network(dst, strict=False))
+                used.append(ipaddress.IPv4Network(dst, strict=False))
             except ValueError:
                 pass
     if virt.available():
@@ -515,7 +517,7 @@ def _used_subnets() -> list[ipaddress.IPv4Network]:
                 attrs = dict(a.split("=", 1) for a in part.split(">")[0].split() if "=" in a)
                 addr, mask = attrs.get("address", "").strip("'\""), attrs.get("netmask", "").strip("'\"")
                 if addr and mask:
-                    used.append(ipaddress.ip_network(f"{addr}/{mask}", strict=False))
+                    used.append(ipaddress.IPv4Network(f"{addr}/{mask}", strict=False))
     return used
 
 

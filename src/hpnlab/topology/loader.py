@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 import reprlib
-from ipaddress import IPv4Interface, IPv4Network, ip_address, ip_network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, ip_address, ip_network
 from pathlib import Path
 
 import yaml
@@ -65,7 +65,7 @@ class _Checker:
     def mapping(self, value, line, field, allowed) -> LineDict:
         if value is None:
             return LineDict()
-        if not isinstance(value, dict):
+        if not isinstance(value, LineDict):
             self.error(line, field, f"must be a mapping, got {type_name(value)}")
             return LineDict()
         for key in value:
@@ -187,7 +187,7 @@ def parse_lab(text: str, source: str = "lab.yml", provider: str | None = None,
     except RecursionError:
         raise TopologyError([f"{source}:1: YAML: nested too deeply"]) from None
     c = _Checker(source)
-    if not isinstance(doc, dict):
+    if not isinstance(doc, LineDict):
         raise TopologyError([f"{source}:1: the lab file must be a mapping with hosts: and networks:"])
     c.mapping(doc, 1, "", TOP_KEYS)
 
@@ -219,14 +219,14 @@ def parse_lab(text: str, source: str = "lab.yml", provider: str | None = None,
         profiles[pname] = _sysctl_table(c, body, profiles_node.line_of(pname), f"profiles.{pname}", per_host=True)
 
     hosts_node = doc.get("hosts")
-    if not isinstance(hosts_node, dict) or not hosts_node:
+    if not isinstance(hosts_node, LineDict) or not hosts_node:
         got = "" if hosts_node is None else f", got {type_name(hosts_node)} {show(hosts_node)}"
         c.error(doc.line_of("hosts"), "hosts", f"a lab needs at least one host (a mapping of name → settings){got}")
         hosts_node = LineDict()
     networks_node = doc.get("networks")
     if networks_node is None:
         networks_node = LineDict()
-    elif not isinstance(networks_node, dict):
+    elif not isinstance(networks_node, LineDict):
         c.error(doc.line_of("networks"), "networks", f"must be a mapping, got {type_name(networks_node)}")
         networks_node = LineDict()
 
@@ -326,7 +326,8 @@ def _networks(c: _Checker, node: LineDict, hosts_node: LineDict, pool: IPv4Netwo
         nline = node.line_of(nname)
         field = f"networks.{nname}"
         if not isinstance(nname, str) or not NAME_RE.match(nname):
-            c.error(nline, f"networks.{part(nname)}", "network names are lower-case letters, digits and '_', starting with a letter")
+            c.error(nline, f"networks.{part(nname)}",
+                    "network names are lower-case letters, digits and '_', starting with a letter")
             continue
         body = c.mapping(body, nline, field, NETWORK_KEYS)
         kind = c.typed(body.get("type"), body.line_of("type"), f"{field}.type", str, "lan")
@@ -335,15 +336,17 @@ def _networks(c: _Checker, node: LineDict, hosts_node: LineDict, pool: IPv4Netwo
         mtu = c.typed(body.get("mtu"), body.line_of("mtu"), f"{field}.mtu", int, DEFAULT_MTU)
         if not 68 <= mtu <= 65535:
             c.error(body.line_of("mtu"), f"{field}.mtu", f"must be 68..65535, got {mtu}")
-        subnet, written_subnet = None, body.get("subnet")
+        subnet: IPv4Network | None = None
+        written_subnet = body.get("subnet")
         if written_subnet is not None and not isinstance(written_subnet, str):
             c.error(body.line_of("subnet"), f"{field}.subnet",
                     f"must be a string like 10.77.1.0/24, got {type_name(written_subnet)} {show(written_subnet)}")
         elif written_subnet is not None:
             try:
-                subnet = ip_network(written_subnet, strict=True)
-                if subnet.version != 4 or subnet.num_addresses < 4:
+                written_net = ip_network(written_subnet, strict=True)
+                if not isinstance(written_net, IPv4Network) or written_net.num_addresses < 4:
                     raise ValueError("must be an IPv4 network with room for hosts (/30 or larger)")
+                subnet = written_net
             except ValueError as exc:
                 c.error(body.line_of("subnet"), f"{field}.subnet", str(exc))
                 subnet = None
@@ -368,7 +371,7 @@ def _networks(c: _Checker, node: LineDict, hosts_node: LineDict, pool: IPv4Netwo
         taken.append((subnet, nname, sline))
     free = (s for s in pool.subnets(new_prefix=max(24, pool.prefixlen))
             if not any(s.overlaps(t) for t, _, _ in taken))
-    for nname, nline, kind, mtu, subnet, members, impair, sline in drafts:
+    for nname, nline, kind, mtu, subnet, members, impair, _sline in drafts:
         if subnet is None:
             subnet = next(free, None)
             if subnet is None:
@@ -387,7 +390,7 @@ def _networks(c: _Checker, node: LineDict, hosts_node: LineDict, pool: IPv4Netwo
             used[addr] = host
             addresses.append(IPv4Interface(f"{addr}/{subnet.prefixlen}"))
         auto = (a for a in subnet.hosts() if a not in used)
-        for i, (host, _addr, _aline) in enumerate(members):
+        for i in range(len(members)):
             if addresses[i] is None:
                 nxt = next(auto, None)
                 if nxt is None:
@@ -401,10 +404,10 @@ def _networks(c: _Checker, node: LineDict, hosts_node: LineDict, pool: IPv4Netwo
 
 
 def _members(c: _Checker, node, line: int, field: str, hosts_node: LineDict):
-    members = []
-    if isinstance(node, list):
+    members: list[tuple[str, IPv4Address | None, int]] = []
+    if isinstance(node, LineList):
         items = [(h, None, node.line_of(i)) for i, h in enumerate(node)]
-    elif isinstance(node, dict):
+    elif isinstance(node, LineDict):
         items = [(h, a, node.line_of(h)) for h, a in node.items()]
     else:
         c.error(line, field, f"list the hosts, or map host → address; got {type_name(node)} {show(node)}")
@@ -500,8 +503,8 @@ def _hosts(c: _Checker, lab: str, node: LineDict, profiles, networks, membership
 
         dpdk = c.typed(body.get("dpdk"), body.line_of("dpdk"), f"{field}.dpdk", str)
         if dpdk is not None and dpdk not in {n.network for n in nics}:
-            c.error(body.line_of("dpdk"), f"{field}.dpdk",
-                    f"{hname} has no NIC on network {show(dpdk)} (its networks: {', '.join(n.network for n in nics) or 'none'})")
+            c.error(body.line_of("dpdk"), f"{field}.dpdk", f"{hname} has no NIC on network {show(dpdk)} "
+                    f"(its networks: {', '.join(n.network for n in nics) or 'none'})")
         hosts[hname] = Host(hname, role, cpus, memory, profile, merged, hugepages, hp_size,
                             dpdk, tuple(nics), hline)
     return hosts

@@ -71,7 +71,7 @@ def netns_keys() -> frozenset[str]:
             flags = CLONE_NEWNET if os.geteuid() == 0 else CLONE_NEWNET | CLONE_NEWUSER
             if libc.unshare(flags) != 0:
                 os._exit(1)
-            keys = []
+            keys: list[str] = []
             for dirpath, _dirs, files in os.walk("/proc/sys/net"):
                 rel = os.path.relpath(dirpath, "/proc/sys").replace("/", ".")
                 # newer kernels show machine-wide keys (rmem_max, ...) read-only here

@@ -13,7 +13,7 @@ import yaml
 
 
 class LineDict(dict):
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.line = 0
         self.key_lines: dict = {}
@@ -23,7 +23,7 @@ class LineDict(dict):
 
 
 class LineList(list):
-    def __init__(self, *args):
+    def __init__(self, *args) -> None:
         super().__init__(*args)
         self.line = 0
         self.item_lines: list = []
@@ -36,7 +36,10 @@ class DuplicateKey(yaml.MarkedYAMLError):
     pass
 
 
-class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):   # libyaml: ~8x faster
+_Base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)     # libyaml: ~8x faster
+
+
+class _Loader(_Base):  # type: ignore[valid-type,misc]  # (a base chosen at import: mypy sees no class)
     def construct_object(self, node, deep=False):
         try:
             return super().construct_object(node, deep)
@@ -50,11 +53,10 @@ class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):   # libyaml: ~8x f
         for key_node, value_node in node.value:
             key = self.construct_object(key_node, deep=True)
             if not isinstance(key, Hashable):
+                kind = "list" if isinstance(key, list) else "mapping" if isinstance(key, dict) else type(key).__name__
                 raise yaml.constructor.ConstructorError(
                     "while reading a mapping", node.start_mark,
-                    f"a key must be a plain value (a name or a number), not a "
-                    f"{'list' if isinstance(key, list) else 'mapping' if isinstance(key, dict) else type(key).__name__}",
-                    key_node.start_mark)
+                    f"a key must be a plain value (a name or a number), not a {kind}", key_node.start_mark)
             if key in result:
                 raise DuplicateKey(
                     "while reading a mapping", node.start_mark,

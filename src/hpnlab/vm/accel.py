@@ -46,7 +46,7 @@ def kvm_boots(kernel: Path, timeout: float = 20.0) -> tuple[bool, str]:
                 if any(m in text for m in MARKERS):
                     return True, f"a test kernel booted under KVM in {time.monotonic() - t0:.1f} s"
                 if proc.poll() is not None:
-                    err = proc.stderr.read().strip()
+                    err = proc.stderr.read().strip() if proc.stderr else ""
                     return False, f"qemu -accel kvm exited ({proc.returncode}): {err[-300:]}"
                 time.sleep(0.2)
             return False, f"a test kernel under KVM printed nothing useful in {timeout:g} s (hangs)"

@@ -50,6 +50,7 @@ def _apt(argv: list[str], phases: tuple, progress: Progress, log: Path, timeout:
                                     env=env, stdin=subprocess.DEVNULL)
         except FileNotFoundError:
             raise VmError("apt-get is not installed: hpnlab installs packages on Debian/Ubuntu only") from None
+        assert proc.stdout is not None      # (a pipe)
         try:
             for line in proc.stdout:
                 out.write(line)

@@ -91,6 +91,7 @@ def build(progress: Progress, force: bool = False) -> Path:
         with open(log, "w") as out:
             proc = subprocess.Popen([str(recipe_dir() / "build.sh"), str(tmp), recipe],
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            assert proc.stdout is not None      # (a pipe)
             for line in proc.stdout:
                 out.write(line)
                 if line.startswith("==>"):
