@@ -1,7 +1,8 @@
 """The user-space stack on real namespaces against h2's Linux kernel: every interop case
 of the suite (ARP both ways, ping incl. 1472-byte and fragmented 4000-byte, ping -f,
 UDP echo and port unreachable, TCP both directions, 8 MiB each way with matching
-sha256, RST on a closed port, simultaneous open and close, 1000 concurrent connections,
+sha256, RST on a closed port, simultaneous open and close, hpnlab.servers' reactor on the
+stack's epoll, a SYN flood with a client still connecting, 1000 concurrent connections,
 a zero window held and reopened, the TPACKET_V3 ring, the TAP driver, and a second stack
 on h2 as the peer)."""
 from __future__ import annotations
@@ -42,6 +43,8 @@ def test_interop_suite(ustack_lab):
     assert suite.data["zero_window"]["probes"] > 0 and suite.data["concurrent"]["matched"] == 1000
     assert suite.data["thread_per_connection"]["matched"] == 200
     assert suite.data["fuzz"]["internal_errors"] == 0 and suite.data["fuzz"]["parser_drops"] > 0
+    flood = suite.data["syn_flood"]
+    assert flood["half_open_at_end"] <= 128 and flood["syncookies_sent"] > 0 and flood["matched"] == 20
     s2s = suite.data["stack_to_stack"]
     assert s2s["sink"]["sha256"] == s2s["source"]["sha256"]
 

@@ -11,7 +11,7 @@ import time
 from .bulk import CHUNK, Transfer, receive_all, send_all
 from .epoll import EPOLLERR, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Epoll
 from .errors import SocketError
-from .sockets import SOCK_DGRAM
+from .sockets import SOCK_DGRAM, Socket
 
 
 class Handler:
@@ -157,31 +157,28 @@ def serve(net, args, report, stop) -> None:
     """A TCP server on the stack's epoll: accept, then feed each connection's handler."""
     cls = SERVERS[args.app]
     ep = Epoll(net, args.interest)
-    lsock = net.socket()
+    lsock: Socket = net.socket()
     lsock.setblocking(False)
     lsock.bind(("", args.port))
     lsock.listen(args.backlog)
-    ep.register(lsock.fd, EPOLLIN)
-    handlers: dict[int, Handler] = {}
+    ep.register(lsock.fd, EPOLLIN, data=lsock)
     report({"event": "listening", "port": args.port, "app": args.app})
     served = 0
     while not stop():
-        for fd, ev in ep.wait(256, 0.1):
-            if fd == lsock.fd:
+        for h, ev in ep.wait(256, 0.1):            # each connection's epoll data is its handler
+            if h is lsock:
                 while True:
                     try:
                         sock, _peer = lsock.accept()
                     except SocketError:
                         break
                     sock.setblocking(False)
-                    h = handlers[sock.fd] = cls(sock, report, args)
-                    ep.register(sock.fd, EPOLLIN | EPOLLRDHUP | (EPOLLOUT if h.want_write() else 0))
-                    if h.want_write():
-                        h.on_writable()
+                    new = cls(sock, report, args)
+                    ep.register(sock.fd, EPOLLIN | EPOLLRDHUP | (EPOLLOUT if new.want_write() else 0), data=new)
+                    if new.want_write():
+                        new.on_writable()
                 continue
-            h = handlers.get(fd)
-            if h is None:
-                continue
+            assert isinstance(h, Handler)
             if ev & EPOLLIN:
                 while True:
                     try:
@@ -199,14 +196,13 @@ def serve(net, args, report, stop) -> None:
             if ev & EPOLLERR:
                 h.done = True
             if h.done:
-                ep.unregister(fd)
+                ep.unregister(h.sock.fd)
                 h.sock.close()
-                del handlers[fd]
                 served += 1
                 if args.once and served >= args.once:
                     return
             else:
-                ep.modify(fd, EPOLLIN | EPOLLRDHUP | (EPOLLOUT if h.want_write() else 0))
+                ep.modify(h.sock.fd, EPOLLIN | EPOLLRDHUP | (EPOLLOUT if h.want_write() else 0))
 
 
 def reactor(net, args, report, stop) -> None:

@@ -36,7 +36,7 @@ class Epoll:
         if interest not in ("rbtree", "dict"):
             raise ValueError(f"interest={interest!r}: rbtree or dict")
         self.net = net
-        self.interest = RBTree() if interest == "rbtree" else {}
+        self.interest: RBTree | dict[int, _Item] = RBTree() if interest == "rbtree" else {}
         self.ready: dict[int, _Item] = {}       # insertion-ordered: the ready list
         self.stats = {"wait_calls": 0, "events": 0, "wakeups": 0}
         self._kernel: select.epoll | None = None    # kernel descriptors, made on the first
@@ -55,12 +55,12 @@ class Epoll:
             sock.watchers.add(self)
             self._wakeup(sock)                   # already ready? then it goes on the list now
         elif op == EPOLL_CTL_MOD:
-            item = self.interest.get(fd)
-            if item is None:
+            known = self.interest.get(fd)
+            if known is None:
                 raise SocketError(errno.ENOENT, f"fd {fd} is not in the interest set")
-            item.events, item.armed = events, True
+            known.events, known.armed = events, True
             if data is not None:
-                item.data = data
+                known.data = data
             self._wakeup(sock)
         elif op == EPOLL_CTL_DEL:
             if fd not in self.interest:
@@ -116,7 +116,7 @@ class Epoll:
         self.ready.pop(sock.fd, None)
 
     def _harvest(self, maxevents: int) -> list[tuple[object, int]]:
-        out = []
+        out: list[tuple[object, int]] = []
         for fd in list(self.ready):
             if len(out) >= maxevents:
                 break

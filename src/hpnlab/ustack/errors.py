@@ -32,7 +32,7 @@ class SocketError(OSError):
 
     @property
     def name(self) -> str:
-        return errno.errorcode.get(self.errno, str(self.errno))
+        return errno.errorcode.get(self.errno or 0, str(self.errno))
 
 
 # errno -> a SocketError that is also the built-in OSError subclass Python picks for it

@@ -37,7 +37,10 @@ def mutate(frame: bytes, rng: random.Random, kind: int) -> bytes:
 
 def scapy_frames(dst_mac: str, src_mac: str, dst_ip: str, src_ip: str, n: int, seed: int = 0) -> list[bytes]:
     """n frames made with scapy, addressed to the stack (so they reach its parsers)."""
-    from scapy.all import ARP, ICMP, IP, TCP, UDP, Ether, Raw, fuzz, raw
+    from scapy.compat import raw
+    from scapy.layers.inet import ICMP, IP, TCP, UDP
+    from scapy.layers.l2 import ARP, Ether
+    from scapy.packet import Raw, fuzz
     from scapy.volatile import RandShort
 
     rng = random.Random(seed)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any, Self
 
 from ..labs._kit import LabError, agent_python, delay_line
 
@@ -52,9 +53,9 @@ class HostTool:
     def __init__(self, host, module: str, *args, name: str = "ustack-tool"):
         self.host, self.name = host, name
         self.argv = [agent_python(host), "-m", module, *[str(a) for a in args]]
-        self.proc = None
+        self.proc: Any = None           # the host's process handle while it runs
 
-    def start(self, wait_for: str = "ready", timeout: float = 30.0) -> HostTool:
+    def start(self, wait_for: str = "ready", timeout: float = 30.0) -> Self:
         self.proc = self.host.start(self.argv, name=f"{self.name}-{int(time.time() * 1000) % 100000}")
         try:
             self.wait(wait_for, timeout)
@@ -233,6 +234,17 @@ class Suite:
                 e = peer(self.h2, "refused", self.addr, 8081)
                 return e["error"] == "ECONNREFUSED", f"connect: {e['error']}"
             self.record("tcp: RST on a closed port", refused)
+
+    def reactor(self) -> None:
+        """hpnlab.servers' epoll-lt engine, unchanged, on the stack's epoll (--app reactor)."""
+        def go():
+            with self.app("--app", "reactor", "--port", 7):
+                one = peer(self.h2, "echo", self.addr, 7, 200, 100)
+                many = peer(self.h2, "concurrent", self.addr, 7, 100, timeout=120)
+            return one["matched"] == one["round_trips"] and many["matched"] == 100, \
+                f"{one['matched']}/{one['round_trips']} echoes on one connection ({one['rps']} rt/s); " \
+                f"{many['matched']}/100 connections at once echoed"
+        self.record("tcp: hpnlab.servers' reactor (epoll-lt engine) on the stack's epoll", go)
 
     def bulk(self) -> None:
         n = self.bulk_bytes
@@ -424,6 +436,7 @@ class Suite:
         self.ring_v3()
         self.udp_echo()
         self.tcp_cases()
+        self.reactor()
         self.bulk()
         self.simultaneous_open()
         self.simultaneous_close()

@@ -13,6 +13,7 @@ import importlib.util
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 from ..labs import pcap
 from ..labs._kit import Capture, agent_python
@@ -86,7 +87,7 @@ def _epoll_interest(n: int = 20000) -> dict:
     for name, make in (("rbtree", RBTree), ("dict", dict)):
         tracemalloc.start()
         t0 = time.perf_counter()
-        s = make()
+        s: Any = make()
         for fd in range(n):
             s[fd] = fd
         t_add = time.perf_counter() - t0
@@ -314,6 +315,7 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
     suite.ring_v3()
     suite.udp_echo()
     suite.tcp_cases()
+    suite.reactor()
     # captured on h1's NIC, where the stack's frames leave and Linux's ACKs arrive: the
     # sender's view of what is in flight, to set beside the stack's own count
     with Capture(provider, f"h1:{net}", out / "bulk.pcap", "tcp", snaplen=96):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import select
 import time
 
-from .stack import Stack
+from .stack import Outgoing, Stack
 
 
 class Loop:
@@ -18,7 +18,7 @@ class Loop:
         stack.offload = bool(getattr(driver, "offload", False))
         self._poll = select.poll()
         self._poll.register(driver.fileno(), select.POLLIN)
-        self._backlog: list[bytes] = []
+        self._backlog: list[Outgoing] = []          # frames the driver could not take yet
         self.stats = {"rx": 0, "tx": 0, "wakeups": 0}
 
     def fileno(self) -> int:

@@ -28,6 +28,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from .bulk import receive_all, send_all
 
@@ -155,7 +156,8 @@ def concurrent(ip: str, port: int, n: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, n + 64)), hard))
     ep = select.epoll()
-    socks, t0 = {}, time.monotonic()
+    socks: dict[int, list[Any]] = {}
+    t0 = time.monotonic()
     for i in range(n):
         s = socket.socket()
         s.setblocking(False)
@@ -204,7 +206,7 @@ def echoload(ip: str, port: int, n: int, seconds: float) -> None:
     import select
     ep = select.epoll()
     msg = b"x" * 64
-    socks = {}
+    socks: dict[int, list[Any]] = {}
     for _ in range(n):
         s = socket.create_connection((ip, port), timeout=30)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -359,7 +361,7 @@ def fuzz(ifname: str, mac: str, ip: str, n: int) -> None:
     _out({"event": "fuzz", "sent": sent})
 
 
-MODES = {                # mode: (function, argument types)
+MODES: dict[str, tuple[Any, ...]] = {                # mode: (function, argument types)
     "sink": (sink, int), "source": (source, str, int, int), "fetch": (fetch, str, int),
     "echo": (echo, str, int, int, int), "udp": (udp, str, int, int), "refused": (refused, str, int),
     "simopen": (simopen, str, int, int, float), "simclose": (simclose, int, float),

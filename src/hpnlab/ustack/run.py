@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 
 from ..servers.protocols import names as protocol_names
 from . import apps
@@ -69,7 +70,7 @@ def _report(obj: dict) -> None:
     print(json.dumps(obj, default=str), flush=True)
 
 
-def open_net(args) -> tuple[Net, object]:
+def open_net(args) -> tuple[Net, Any]:
     try:
         if "/" not in args.ip:
             raise ValueError

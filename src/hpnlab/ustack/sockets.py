@@ -26,7 +26,7 @@ import threading
 from .epoll import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP
 from .errors import SocketError
 from .loop import Loop
-from .proto.tcp import Options
+from .proto.tcp import Connection, Listener, Options
 from .proto.tcp.connection import (
     CLOSE_WAIT,
     CLOSED,
@@ -132,8 +132,9 @@ class Socket:
         self.timeout: float | None = None
         self.opts = Options()
         self.local: tuple[bytes, int] | None = None
-        self.conn = None            # a TCP Connection
-        self.listener = None        # a TCP Listener
+        self.conn: Connection | None = None
+        self.listener: Listener | None = None
+        self.peer: tuple[bytes, int] | None = None      # a datagram socket's connect()
         self.dgrams: list[tuple[bytes, int, bytes]] = []
         self.closed = False
         self.rd_shut = False
@@ -234,10 +235,8 @@ class Socket:
     def listen(self, backlog: int = 128) -> None:
         if self.type != SOCK_STREAM:
             raise SocketError(errno.EOPNOTSUPP, "listen on a datagram socket")
-        if self.local is None:
-            self.bind(("", 0))
         if self.listener is None:
-            self.listener = self.net.stack.tcp.listen(self.local, backlog, self.opts)
+            self.listener = self.net.stack.tcp.listen(self._bound(), backlog, self.opts)
             self.listener.on_change = self._changed
         else:
             self.listener.backlog = backlog
@@ -267,8 +266,7 @@ class Socket:
         remote = (_ip(ip), int(port))
         stack = self.net.stack
         if self.type == SOCK_DGRAM:
-            if self.local is None:
-                self.bind(("", 0))
+            self._bound()
             self.peer = remote
             return 0
         if self.conn is not None:
@@ -278,20 +276,25 @@ class Socket:
         if self.local is None:
             self.local = (stack.ip, stack.tcp.ephemeral_port(remote))
         try:
-            self.conn = stack.tcp.connect(self.local, remote, self.opts, self.net.now)
+            conn = self.conn = stack.tcp.connect(self.local, remote, self.opts, self.net.now)
         except OSError as exc:
-            return exc.errno
-        self.conn.on_change = self._changed
+            return exc.errno or errno.EADDRNOTAVAIL
+        conn.on_change = self._changed
         self.net.loop.flush()
         if not self.blocking:
             return errno.EINPROGRESS
         try:
-            self._block(lambda: self.conn.state != SYN_SENT and self.conn.state != SYN_RECEIVED, "connect")
+            self._block(lambda: conn.state != SYN_SENT and conn.state != SYN_RECEIVED, "connect")
         except SocketError as exc:
-            return exc.errno
-        if self.conn.error is not None:
-            return self.conn.error
-        return 0
+            return exc.errno or errno.ETIMEDOUT
+        return conn.error or 0
+
+    def _bound(self) -> tuple[bytes, int]:
+        """The local address, bound to an ephemeral port first if the socket has none."""
+        if self.local is None:
+            self.bind(("", 0))
+        assert self.local is not None
+        return self.local
 
     def _block(self, ready, what: str) -> None:
         if not self.blocking:
@@ -308,6 +311,10 @@ class Socket:
 
     @_locked
     def send(self, data) -> int:
+        if self.type == SOCK_DGRAM:
+            if self.peer is None:
+                raise SocketError(errno.EDESTADDRREQ, "send on an unconnected datagram socket")
+            return self.sendto(data, (str(ipaddress.IPv4Address(self.peer[0])), self.peer[1]))
         c = self._need_conn()
         if c.error is not None:
             raise SocketError(c.error, "send")
@@ -368,9 +375,7 @@ class Socket:
     def sendto(self, data, addr: tuple[str, int]) -> int:
         if self.type != SOCK_DGRAM:
             raise SocketError(errno.EOPNOTSUPP, "sendto on a stream socket; use send")
-        if self.local is None:
-            self.bind(("", 0))
-        if not self.net.stack.send_udp(_ip(addr[0]), self.local[1], int(addr[1]), bytes(data)):
+        if not self.net.stack.send_udp(_ip(addr[0]), self._bound()[1], int(addr[1]), bytes(data)):
             raise SocketError(errno.ENETUNREACH, addr[0])
         self.net.loop.flush()
         return len(data)

@@ -12,10 +12,13 @@ import ipaddress
 import struct
 import traceback
 from collections import Counter
+from collections.abc import Callable
 
 from .errors import ParseError
 from .proto import arp, ether, icmp, ipv4, tcp, udp
 from .timers import TimerHeap
+
+Outgoing = bytes | tuple[bytes, bytes]      # a frame, or (virtio-net header, frame) for the offloads
 
 # struct virtio_net_hdr: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset (host order)
 VNET_HDR = struct.Struct("=BBHHHH")
@@ -36,14 +39,14 @@ class Stack:
         self.now = 0.0
         self.timers = TimerHeap()
         self.counters: Counter = Counter()    # shared with the ARP cache and the reassembler
-        self.tx: list[bytes] = []
+        self.tx: list[Outgoing] = []
         self.last_error: str | None = None
         self._ip_id = 0
         self.arp = arp.Cache(self.timers, self._arp_request, self._emit_ipv4, lifetime=arp_lifetime,
                              counters=self.counters)
         self.reasm = ipv4.Reassembler(self.timers, counters=self.counters)
         self.tcp = tcp.TcpLayer(self, self.timers, self._tcp_out, mss=mtu - 40)
-        self.udp_ports: dict[int, object] = {}        # port -> callback(src_ip, sport, payload)
+        self.udp_ports: dict[int, Callable[[bytes, int, bytes], None]] = {}   # port -> (src_ip, sport, payload)
         self.echo_replies: list[tuple[float, bytes, int, int, int]] = []   # (t, src, id, seq, len)
         self._arp_sweep = self.timers.add(arp_lifetime, self._sweep_arp, "arp_expire")
 
@@ -52,7 +55,7 @@ class Stack:
     def count(self, key: str, n: int = 1) -> None:
         self.counters[key] += n
 
-    def take_tx(self) -> list[bytes]:
+    def take_tx(self) -> list[Outgoing]:
         out, self.tx = self.tx, []
         return out
 

@@ -87,7 +87,7 @@ class AfPacket:
         return self._rx_v3(n) if self.version == 3 else self._rx_v2(n)
 
     def _rx_v2(self, n: int) -> list[tuple[bytes, bool]]:
-        out = []
+        out: list[tuple[bytes, bool]] = []
         ring = self.ring
         while len(out) < n:
             base = self.block * V2_FRAME
@@ -106,7 +106,7 @@ class AfPacket:
     def _rx_v3(self, n: int) -> list[tuple[bytes, bool]]:
         """Every frame of the blocks the kernel has handed over (a block at a time: `n`
         is a floor, not a cap, since a block must be returned whole)."""
-        out = []
+        out: list[tuple[bytes, bool]] = []
         ring = self.ring
         while len(out) < n:
             base = self.block * BLOCK_SIZE

@@ -65,7 +65,7 @@ class Cache:
             for packet in waiting[0]:
                 self.emit(mac, packet)
 
-    def resolve(self, ip: bytes, packet: bytes, now: float) -> None:
+    def resolve(self, ip: bytes, packet: object, now: float) -> None:
         """Send `packet` to `ip` now if its MAC is known, else queue it and ask."""
         mac = self.lookup(ip, now)
         if mac is not None:

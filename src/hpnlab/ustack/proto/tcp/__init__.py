@@ -7,6 +7,7 @@ import hashlib
 import ipaddress
 import os
 import random
+from collections.abc import Callable
 
 from .connection import CLOSED, LISTEN, SYN_RECEIVED, Connection, Options, _d, wscale_for
 from .segment import ACK, FIN, RST, SYN, Segment, build, options, parse
@@ -29,7 +30,7 @@ class Listener:
         self.syn_queue: set[Connection] = set()
         self.accept_queue: collections.deque[Connection] = collections.deque()
         self.state = LISTEN
-        self.on_change = None
+        self.on_change: Callable[[Listener], None] | None = None
         self.counters = {"syn_dropped_syn_queue_full": 0, "syn_dropped_accept_queue_full": 0, "established": 0,
                          "syncookies_sent": 0, "syncookies_accepted": 0}
         self.last_overflow: float | None = None     # when a SYN last found the half-open queue full

@@ -7,10 +7,15 @@ as `now`. Sequence numbers are modulo 2**32; `_d(a, b)` is a - b in that space.
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .congestion import NewReno
 from .rto import RtoEstimator
 from .segment import ACK, FIN, HEADER, PSH, RST, SYN, Segment, build, options
+
+if TYPE_CHECKING:
+    from . import Listener
 
 M = 0xFFFFFFFF
 
@@ -80,8 +85,8 @@ class Connection:
         self.state = CLOSED
         self.history: list[tuple[float, str]] = []
         self.error: int | None = None           # errno once reset, refused or timed out
-        self.on_change = None                   # the socket's callback: readiness may have changed
-        self.parent = None                      # the listener of a passive open
+        self.on_change: Callable[[Connection], None] | None = None   # the socket's: readiness may have changed
+        self.parent: Listener | None = None     # the listener of a passive open
         self.trace: list | None = None          # (t, cwnd, ssthresh, srtt, flight) samples when enabled
         self._trace_t = 0.0
         # send side
@@ -667,7 +672,7 @@ class Connection:
                 self._receive(seg, now)
             elif f & FIN and self.state == TIME_WAIT:
                 self.send_ack(now)      # the peer lost our ACK of its FIN: again, and restart 2MSL
-                self.tw_timer.cancel()
+                self._stop("tw_timer")
                 self.tw_timer = self.layer.timers.add(now + 2 * self.opts.msl, self._on_final_timer, "tcp_time_wait")
             elif f & FIN or seg.payload:
                 self.send_ack(now)
