@@ -25,9 +25,24 @@ def add_arguments(parser) -> None:
     serve.add_argument("--maxmemory", type=int, default=0, metavar="BYTES")
     serve.add_argument("--maxmemory-policy", default="noeviction",
                        choices=("noeviction", "allkeys-random", "volatile-random", "allkeys-lru", "volatile-ttl"))
+    lab = sub.add_parser("lab", help="the store on h1 vs redis-server, redis-benchmark from h2; into results/kv/")
+    lab.add_argument("--up", action="store_true", help="bring the lab up first if it is not up")
+    lab.add_argument("--hosts", default="h1,h2", help="server,client (default h1,h2)")
+    lab.add_argument("--network", default="data", help="the LAN between them (default data)")
+    lab.add_argument("--engines", default="epoll-lt,epoll-et,uvloop,asyncio,threads,epoll-threads",
+                     help="engines to measure with the first index (default: %(default)s)")
+    lab.add_argument("--indexes", default="hash,skiplist,rbtree,array",
+                     help="indexes to measure with the first engine (default: %(default)s)")
+    lab.add_argument("--tests", default="set,get,incr,lpush,lrange_100,zadd", help="redis-benchmark -t tests")
+    lab.add_argument("--requests", type=int, default=20000, help="requests per test at -P 1 (default 20000)")
+    lab.add_argument("--fill-keys", type=int, default=100000,
+                     help="keys filled for memory per key and RANGE (default 100000)")
+    lab.add_argument("--results", metavar="DIR", help="results root (default: results/)")
 
 
 def run(args) -> int:
+    if args.kv_cmd == "lab":
+        return run_lab(args)
     from ..kv.serve import KVError, serve
     if not 0 < args.port < 65536:
         raise KVError(f"--port {args.port}: must be 1..65535")
@@ -42,3 +57,37 @@ def run(args) -> int:
     from ..servers.__main__ import raise_nofile
     raise_nofile()
     return serve(config, args.workers)
+
+
+def run_lab(args) -> int:
+    import time
+
+    from ..kv.index import INDEXES
+    from ..kv.lab import run
+    from ..kv.serve import SEPARATE_PROCESSES, KVError
+    from ..labs._kit import LabError
+    from ..servers import ENGINES
+    from ._common import console, progress, provider_from
+    for e in args.engines.split(","):
+        if e not in ENGINES or e in SEPARATE_PROCESSES:
+            raise KVError(f"--engines: {e!r} is not an engine the store runs on")
+    for i in args.indexes.split(","):
+        if i not in INDEXES:
+            raise KVError(f"--indexes: {i!r} is not an index (valid: {', '.join(INDEXES)})")
+    if args.requests < 100 or args.fill_keys < 200:
+        raise KVError(f"--requests {args.requests} / --fill-keys {args.fill_keys}: at least 100 / 200")
+    provider = provider_from(args)
+    started = time.monotonic()
+    with progress(f"kv lab on {provider.lab.name} ({provider.name})") as step:
+        if args.up and not provider.is_up():
+            provider.up(step)
+        if not provider.is_up():
+            console.print(f"[red]lab {provider.lab.name} is not up[/red]: `hpnlab --lab {args.lab} up` or pass --up")
+            return 1
+        try:
+            result = run(provider, args, step)
+        except LabError as exc:
+            console.print(f"[red]kv lab: {exc}[/red]")
+            return 1
+    console.print(f"kv lab done in {time.monotonic() - started:.1f}s; report: {result['report']}")
+    return 0
