@@ -281,6 +281,21 @@ def udp_relay(hs: UdpHandshake, s: socket.socket, relay: tuple, peer_name: str, 
     return {"relay_seen_as": _endpoint(seen) if seen else None}
 
 
+def meet(a, ctl: socket.socket, rz: tuple, key: str, me: dict, deadline: float, out: dict) -> tuple | None:
+    """Through rz: tell the peer what our NAT did, learn what its did, agree on a
+    start time and a plan. Records all of it (or why not) in `out`."""
+    out["nat"] = me
+    paired = _request(ctl, {"op": "pair", "key": key, "name": a.name, "peer": a.peer_name, "info": me},
+                      rz, deadline, "peer")
+    if paired is None:
+        out["error"] = "the rendezvous host did not pair us"
+        return None
+    peer = paired["peer"]
+    pl = plan(me, peer, a.predict)
+    out.update(peer_nat=peer, method=pl["method"], role=pl.get("role"), targets=pl["targets"][:8])
+    return peer, paired["start_at"], pl
+
+
 def udp_try(a, i: int, ctl: socket.socket, rz: tuple, rng: random.Random) -> dict:
     key = f"udp-{i}"
     s = _udp_socket(a.udp_port + i)
@@ -290,15 +305,11 @@ def udp_try(a, i: int, ctl: socket.socket, rz: tuple, rng: random.Random) -> dic
         seen = observe_udp(s, rz[0], rz[1], t_end)
         if seen is None:
             return {**out, "error": "the rendezvous host did not answer"}
-        me = classify(a.udp_port + i, seen)
-        paired = _request(ctl, {"op": "pair", "key": key, "name": a.name, "peer": a.peer_name, "info": me},
-                          rz, t_end, "peer")
-        if paired is None:
-            return {**out, "error": "the rendezvous host did not pair us", "nat": me}
-        peer, start_at = paired["peer"], paired["start_at"]
-        pl = plan(me, peer, a.predict)
+        met = meet(a, ctl, rz, key, classify(a.udp_port + i, seen), t_end, out)
+        if met is None:
+            return out
+        peer, start_at, pl = met
         hs = UdpHandshake(key, a.name)
-        out.update(nat=me, peer_nat=peer, method=pl["method"], role=pl.get("role"), targets=pl["targets"][:8])
         direct = udp_direct(hs, s, peer["ip"], pl, start_at, start_at + a.deadline, a.hard_sockets, a.probes, rng)
         out.update(direct)
         if hs.done:
@@ -396,14 +407,10 @@ def tcp_try(a, i: int, ctl: socket.socket, rz: tuple, rng: random.Random) -> dic
         seen = observe_tcp(local, rz[0], rz[1], t_end)
     except OSError as exc:
         return {**out, "error": f"observe: {exc}"}
-    me = classify(a.tcp_port + i, seen)
-    paired = _request(ctl, {"op": "pair", "key": key, "name": a.name, "peer": a.peer_name, "info": me},
-                      rz, t_end, "peer")
-    if paired is None:
-        return {**out, "error": "the rendezvous host did not pair us", "nat": me}
-    peer, start_at = paired["peer"], paired["start_at"]
-    pl = plan(me, peer, a.predict)
-    out.update(nat=me, peer_nat=peer, method=pl["method"], role=pl.get("role"), targets=pl["targets"][:8])
+    met = meet(a, ctl, rz, key, classify(a.tcp_port + i, seen), t_end, out)
+    if met is None:
+        return out
+    peer, start_at, pl = met
     s, info = tcp_direct(local, peer["ip"], pl, start_at, start_at + a.deadline, a.hard_sockets, a.probes, rng)
     out.update(info)
     outcome = "direct-simultaneous-open"
