@@ -163,6 +163,13 @@ def test_a_scaling_curve_over_workers_is_drawn(tmp_path):
     assert writeup.scaling_plot(cells, tmp_path) == ["scaling.png"]
     assert (tmp_path / "scaling.png").stat().st_size > 0
     assert "Not measured in this run" in writeup.reading(cells[:1], {"mode": "lab"})
+    assert "With 4 workers epoll-procs×4 used 4.00 cores of the server's 4: the cores were there" in text
+    starved = [_full("epoll-procs", 1000 * min(w, 2), 90, util=min(w, 1.6), workers=w) for w in (1, 2, 4)]
+    text = writeup.reading(starved, {"mode": "lab", "server_cpus": 4, "server_emulated": True,
+                                     "machine": {"cpus": 2}})
+    assert ("With 4 workers no engine used more than 1.60 cores (epoll-procs×4) of the server's 4 CPU(s), "
+            "so the curve stops where the cores ran out") in text
+    assert "emulated by QEMU TCG, each vCPU a thread on this machine's 2 cores" in text
 
 
 def test_proc_snapshot_over_a_shell_matches_the_local_read(tmp_path):

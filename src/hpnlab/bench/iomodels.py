@@ -43,6 +43,9 @@ class Config:
     syscalls: bool = True
     syscall_duration: float = 1.0
     workers: list[int] = field(default_factory=list)   # for parallel engines; [] = the server host's CPUs
+    # the grid to use instead when the server's CPU turns out to be emulated (TCG); {} = keep
+    emulated_grid: dict = field(default_factory=dict)
+    grid_note: str = ""             # why the grid is not the one asked for (said in the report)
     # what the server's host said (probe): engines it cannot run, and why; which are parallel
     unavailable: dict[str, str] = field(default_factory=dict)
     parallel: dict[str, bool] = field(default_factory=dict)
@@ -434,6 +437,13 @@ def prepare(cfg: Config, srv: Side, cli: Side, say=print) -> tuple[dict, str | N
     cfg.unavailable = {e: f"{where}: {why}" for e, why in answer["engines"].items() if why}
     cfg.parallel = {e: True for e in answer.get("parallel", [])}
     cfg.workers = cfg.workers or [answer["cpus"]]
+    if answer.get("emulated") and cfg.emulated_grid:
+        for knob, value in cfg.emulated_grid.items():
+            setattr(cfg, knob, value)
+        cfg.grid_note = ("the server host's CPU is emulated (QEMU TCG), so the default grid was cut to "
+                         + ", ".join(f"{k} {v}" for k, v in cfg.emulated_grid.items())
+                         + " (the full one takes hours there; give --conns/--duration/--repeats to choose)")
+        say(f"  {cfg.grid_note}")
     srv.syscall_tool = answer.get("syscall_tool")
     for engine, why in cfg.unavailable.items():
         say(f"  {engine} cannot run {why}")
@@ -486,6 +496,7 @@ def benchmark(cfg: Config, mode: str, provider=None, argv: list[str] | None = No
     env["versions"] = server.get("versions", {})
     env["server_python"] = server.get("python")
     env["server_cpus"] = server.get("cpus")
+    env["server_emulated"] = server.get("emulated")
     env["server_host"] = srv.host.name if srv.host else "this machine"
     env["syscall_tool"] = srv.syscall_tool
     env["nofile_limit"] = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -529,6 +540,7 @@ def render(out, data: dict) -> None:
             f"that others' load disturbed are repeated (up to {cfg['max_extra']} extra); syscalls counted by "
             f"{env.get('syscall_tool') or 'nothing (no perf/strace)'} in a separate "
             f"{cfg['syscall_duration']:g} s run",
+            *([f"- grid cut: {cfg['grid_note']}"] if cfg.get("grid_note") else []),
             f"- took {data.get('took_s', '?')} s", "",
             writeup.goals_md(goal_rows), ""]
     text[2:2] = [writeup.failure_banner(cells), ""] if failures(cells) else []

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import sys
+from pathlib import Path
 
 from ..labcode import installed_prefix
 
@@ -71,6 +72,16 @@ def load_generator() -> dict:
         return {"error": f"hpnlab-loadgen is missing and cannot be built here: {exc}. Fix: {fix}"}
 
 
+def emulated_cpu() -> bool:
+    """Whether QEMU emulates this CPU in software (TCG, as on the default VM lab where KVM
+    fails): then each guest instruction costs many host ones."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "QEMU TCG CPU" in cpuinfo or "QEMU Virtual CPU" in cpuinfo
+
+
 def versions() -> dict:
     import platform
     import subprocess
@@ -93,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     tool = "perf" if shutil.which("perf") else "strace" if shutil.which("strace") else None
     print(json.dumps({"python": sys.executable, "cpus": os.cpu_count() or 1, "engines": engines(names),
                       "parallel": parallel(names), "loadgen": load_generator(), "syscall_tool": tool,
-                      "versions": versions()}))
+                      "emulated": emulated_cpu(), "versions": versions()}))
     return 0
 
 

@@ -316,7 +316,7 @@ def _thread_vs_process_cost(threads: list[dict], procs: dict | None) -> str:
             "hand-off was not what the CPU went to.")
 
 
-def _scaling(cells: list[dict], conns: int, size: int) -> list[str]:
+def _scaling(cells: list[dict], conns: int, size: int, env: dict) -> list[str]:
     """req/s over --workers for each parallel engine (when the run had several values)."""
     curves: dict[str, dict[int, dict]] = {}
     for c in ok(cells):
@@ -333,7 +333,26 @@ def _scaling(cells: list[dict], conns: int, size: int) -> list[str]:
         base = by_w[ws[0]]["rps"]
         out.append(f"- {engine}: " + ", ".join(f"{w} → {_fmt(by_w[w])} ({by_w[w]['rps'] / base:.2f}×, "
                                                 f"{by_w[w]['server_util']:.2f} cores)" for w in ws))
-    return out + [""]
+    return out + [""] + _cores_delivered(curves, env)
+
+
+def _cores_delivered(curves: dict[str, dict[int, dict]], env: dict) -> list[str]:
+    """Did the server get the cores its workers could use? Read from the CPU it used."""
+    top = max(max(by_w) for by_w in curves.values())
+    most = max((by_w[top] for by_w in curves.values() if top in by_w), key=lambda c: c["server_util"])
+    cpus, machine = env.get("server_cpus") or top, (env.get("machine") or {}).get("cpus")
+    room = min(top, cpus)
+    if most["server_util"] >= 0.75 * room:
+        return [f"With {top} workers {name(most)} used {most['server_util']:.2f} cores of the server's "
+                f"{cpus}: the cores were there, and the curve is the engines' own.", ""]
+    text = (f"With {top} workers no engine used more than {most['server_util']:.2f} cores ({name(most)}) of "
+            f"the server's {cpus} CPU(s), so the curve stops where the cores ran out, not where the engines "
+            "stopped scaling")
+    if env.get("server_emulated"):
+        text += (f": the server host's CPUs are emulated by QEMU TCG, each vCPU a thread on this machine's "
+                 f"{machine or '?'} cores, which also run the client's vCPU and whatever else runs here. "
+                 "It is a reading of the emulator's share, not of the engines on real cores")
+    return [text + ".", ""]
 
 
 def scaling_plot(cells: list[dict], out: Path) -> list[str]:
@@ -398,7 +417,7 @@ def reading(cells: list[dict], env: dict | None = None) -> str:
             "accepts late (accept starvation), new connections sit in the SYN/accept queue, and the "
             "tail latency explodes long before the CPU is full. Each thread also keeps a kernel task and "
             f"a stack: {_fmt(th_hi, 'kib_per_conn', ' KiB/conn')} at {hi_c} connections.", ""]
-    out += _multi(cells, lo_c, size, env or {}) + _scaling(cells, lo_c, size)
+    out += _multi(cells, lo_c, size, env or {}) + _scaling(cells, lo_c, size, env or {})
 
     et = find(cells, "epoll-et", lo_c, size)
     faster = "slower" if lt and et and et["rps"] < lt["rps"] else "not slower"
