@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from hpnlab.providers import open_lab
+from hpnlab.providers import Provider, open_lab
 from hpnlab.topology import load_lab, parse_lab
 
 REPO = Path(__file__).resolve().parents[2]   # the checkout (src layout, editable install)
@@ -46,7 +46,7 @@ def _needs_root():
 class _Factory:
     def __init__(self, state_root: Path):
         self.state_root = state_root
-        self.providers = []
+        self.providers: list[Provider] = []
 
     def __call__(self, source: str | Path = REPO / "lab.yml", name: str | None = None, up: bool = True):
         name = name or unique_lab_name()

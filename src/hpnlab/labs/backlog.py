@@ -21,7 +21,9 @@ import signal
 import socket
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from .. import report
 from . import pcap
@@ -121,7 +123,7 @@ def client_main(argv: list[str]) -> int:
                 try:
                     s.send(b"x")
                 except OSError as exc:
-                    f["probe"] = errno.errorcode.get(exc.errno, str(exc))
+                    f["probe"] = errno.errorcode.get(exc.errno or 0, str(exc))
         time.sleep(a.probe_wait)
         for f, s in zip(fate, socks):
             if f["state"] == "connected" and "probe" not in f:
@@ -188,7 +190,7 @@ def listener_queue(host, port: int) -> tuple[int, int]:
 
 def count_state(host, port: int, state: str) -> int:
     out = host.run(["ss", "-Hnt", "state", state, f"sport = :{port}"], timeout=10).stdout
-    return len([l for l in out.splitlines() if l.strip()])
+    return len([line for line in out.splitlines() if line.strip()])
 
 
 def one_case(srv, cli, server_ip: str, port: int, backlog: int, n: int, wait: float,
@@ -197,47 +199,36 @@ def one_case(srv, cli, server_ip: str, port: int, backlog: int, n: int, wait: fl
     """One experiment: listen(backlog), `prefill` normal connections, then `n`
     connects (with the 3rd ACK held for `hold_ack` s if given); read both sides."""
     before_s, before_c = nstat(srv, COUNTERS), nstat(cli, COUNTERS)
-    server = srv.start(agent_argv(srv, "backlog", "server", "--port", port, "--backlog", backlog,
-                                  "--accept-every", accept_every), name=f"backlog-server-{port}")
-    clients = []
-    try:
+    with ExitStack() as stack:      # the clients, then the server, stop on the way out
+        server = stack.enter_context(srv.start(agent_argv(srv, "backlog", "server", "--port", port, "--backlog",
+                                                          backlog, "--accept-every", accept_every),
+                                               name=f"backlog-server-{port}"))
         _json_line(server, 10, "listening")
         if prefill:
-            pre = cli.start(agent_argv(cli, "backlog", "client", "--target", f"{server_ip}:{port}", "--n", prefill,
-                                       "--wait", 0.5), name=f"backlog-prefill-{port}")
-            clients.append(pre)
+            pre = stack.enter_context(cli.start(agent_argv(cli, "backlog", "client", "--target",
+                                                           f"{server_ip}:{port}", "--n", prefill, "--wait", 0.5),
+                                                name=f"backlog-prefill-{port}"))
             _json_line(pre, 10, "fate")
-        hold = HoldThirdAck(srv, port) if hold_ack is not None else None
-        syn_recv_held = None
-        if hold:
-            hold.__enter__()
-        try:
-            c = cli.start(agent_argv(cli, "backlog", "client", "--target", f"{server_ip}:{port}", "--n", n,
-                                     "--wait", wait, *(["--probe"] if probe else [])),
-                          name=f"backlog-client-{port}")
-            clients.append(c)
-            if hold:
+        syn_recv_held = held = None
+        with ExitStack() as holding:    # the 3rd ACKs are let through again before the clients' end
+            hold = holding.enter_context(HoldThirdAck(srv, port)) if hold_ack is not None else None
+            c = stack.enter_context(cli.start(agent_argv(cli, "backlog", "client", "--target", f"{server_ip}:{port}",
+                                                         "--n", n, "--wait", wait, *(["--probe"] if probe else [])),
+                                              name=f"backlog-client-{port}"))
+            if hold is not None and hold_ack is not None:
                 _json_line(c, 15, "sent")        # every SYN is out: now hold their 3rd ACKs
                 time.sleep(hold_ack)
                 syn_recv_held = count_state(srv, port, "syn-recv")
                 held = hold.dropped()
-        finally:
-            if hold:
-                hold.__exit__(None, None, None)
         fate = _json_line(c, wait + 15, "fate")["fate"]
         recvq, sendq = listener_queue(srv, port)
         row = {"backlog": backlog, "n": n, "prefill": prefill, "accept_queue": recvq, "limit": sendq,
                "syn_recv": count_state(srv, port, "syn-recv") if syn_recv_held is None else syn_recv_held,
                "server_established": count_state(srv, port, "established"),
                "client": _summarise(fate), "fate": fate}
-        if hold:
+        if hold_ack is not None:
             row["third_acks_dropped"] = held
         row["t_measured"] = time.time()        # before the clients go away (and reset what is left)
-    finally:
-        with deferred_interrupts():
-            for p in clients:
-                p.stop(3)
-            server.stop(3)
     after_s, after_c = nstat(srv, COUNTERS), nstat(cli, COUNTERS)
     row["server_counters"] = {k: after_s[k] - before_s[k] for k in COUNTERS}
     row["client_counters"] = {k: after_c[k] - before_c[k] for k in COUNTERS}
@@ -281,7 +272,7 @@ def run(provider, args, step) -> dict:
     old = {k: srv.sysctl(k) for k in SYSCTLS}
     env = report.fingerprint(provider, SYSCTLS, hosts)
     port = PORT
-    data = {"sweep": [], "synq": [], "overflow": [], "slow": None}
+    data: dict[str, Any] = {"sweep": [], "synq": [], "overflow": [], "slow": None}
     try:
         with Capture(provider, f"{names[0]}:{net}", out / "server.pcap",
                      f"tcp and portrange {PORT}-{PORT + 99}"):
@@ -364,8 +355,7 @@ def plot(data: dict, out: Path) -> list[str]:
     plt.close(fig)
     files.append("accept_queue.png")
     if data["slow"]:
-        lat = sorted((f["ms"] / 1000 if f["state"] == "connected" else None) for f in data["slow"]["fate"]
-                     if f["state"] == "connected")
+        lat = sorted(f["ms"] / 1000 for f in data["slow"]["fate"] if f["state"] == "connected")
         fig, ax = plt.subplots(figsize=(6.5, 3.6))
         ax.plot(range(1, len(lat) + 1), lat, "o", ms=4)
         ax.set_xlabel("connection (sorted by connect time)")
