@@ -31,6 +31,13 @@ def add_format(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", dest="format", action="store_const", const="json", help="--format json")
 
 
+def add_inventory_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--inventory-dir", default="inventory", metavar="DIR",
+                        help="where to write <lab>.yml (default: inventory)")
+    parser.add_argument("--static-inventory", metavar="FILE",
+                        help="static provider: your hosts (default: inventory/static.yml)")
+
+
 def print_json(command: str, payload: dict) -> None:
     """One JSON object on stdout, in the versioned envelope this module's docstring describes."""
     json.dump({"kind": f"hpnlab/{command}", "version": JSON_VERSION, **payload}, sys.stdout, indent=2,

@@ -13,16 +13,13 @@ from rich.table import Table
 
 from .. import inventory, machine
 from ..provision import Outcome, release, run_playbook
-from ._common import console, progress, provider_from
+from ._common import add_inventory_options, console, progress, provider_from
 
 HELP = "provision the lab's hosts with Ansible (kernel tuning, hugepages, DPDK, tools)"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--inventory-dir", default="inventory", metavar="DIR",
-                        help="where to write <lab>.yml (default: inventory)")
-    parser.add_argument("--static-inventory", metavar="FILE",
-                        help="static provider: your hosts (default: inventory/static.yml)")
+    add_inventory_options(parser)
     parser.add_argument("--limit", metavar="HOSTS", help="only these hosts (Ansible --limit pattern)")
     parser.add_argument("--check", action="store_true", help="dry run: report what would change")
     parser.add_argument("--release", action="store_true",

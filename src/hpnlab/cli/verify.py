@@ -9,16 +9,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..verify import DEFAULT_PORT, Check, Report, verify
-from ._common import add_format, console, print_json, progress, provider_from
+from ._common import add_format, add_inventory_options, console, print_json, progress, provider_from
 
 HELP = "verify the lab's hosts with testinfra: a table host × check; non-zero names what fails"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--inventory-dir", default="inventory", metavar="DIR",
-                        help="where to write <lab>.yml (default: inventory)")
-    parser.add_argument("--static-inventory", metavar="FILE",
-                        help="static provider: your hosts (default: inventory/static.yml)")
+    add_inventory_options(parser)
     parser.add_argument("--host", action="append", metavar="HOST", help="only this host (repeatable)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
                         help=f"TCP port the hosts listen on for the connect checks (default {DEFAULT_PORT})")
