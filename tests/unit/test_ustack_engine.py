@@ -52,14 +52,22 @@ class PairDriver:
         self.sock.close()
 
 
-@pytest.fixture
-def two_nets():
+class PollModeDriver(PairDriver):
+    """The same wire with no descriptor to sleep on, as a DPDK port has none."""
+
+    def fileno(self):
+        return None
+
+
+@pytest.fixture(params=[PairDriver, PollModeDriver], ids=["fd", "poll-mode"])
+def two_nets(request):
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
     b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
     nets = []
-    for sock, mac, ip in ((a, b"\x02\0\0\0\0\x01", "10.0.0.1"), (b, b"\x02\0\0\0\0\x02", "10.0.0.2")):
-        drv = PairDriver(sock, mac)
+    for sock, mac, ip, kind in ((a, b"\x02\0\0\0\0\x01", "10.0.0.1", PairDriver),
+                                (b, b"\x02\0\0\0\0\x02", "10.0.0.2", request.param)):     # the server's
+        drv = kind(sock, mac)
         nets.append(Net(Loop(drv, Stack(mac, ip, 24, drv.mtu))))
     yield nets
     for n in nets:

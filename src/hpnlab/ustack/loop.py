@@ -17,15 +17,12 @@ class Loop:
         self.driver, self.stack, self.clock, self.burst = driver, stack, clock, burst
         stack.offload = bool(getattr(driver, "offload", False))
         self._poll = select.poll()
-        self._poll.register(driver.fileno(), select.POLLIN)
+        fd = driver.fileno()
+        self.busy_poll = fd is None                 # a poll-mode driver (DPDK): no fd to sleep on
+        if fd is not None:
+            self._poll.register(fd, select.POLLIN)
         self._backlog: list[Outgoing] = []          # frames the driver could not take yet
         self.stats = {"rx": 0, "tx": 0, "wakeups": 0}
-
-    def fileno(self) -> int:
-        return self.driver.fileno()
-
-    def next_deadline(self) -> float | None:
-        return self.stack.next_deadline()
 
     def process(self, now: float | None = None) -> int:
         """Take what the driver has, run due timers, send what the stack made."""
@@ -71,6 +68,8 @@ class Loop:
 
     def poll(self, timeout: float | None) -> bool:
         """Wait up to `timeout` s (None: forever) for the driver to have frames."""
+        if self.busy_poll:
+            timeout = 0.0                           # look at the other fds, then poll the NIC again
         ready = bool(self._poll.poll(-1 if timeout is None else int(timeout * 1000 + 0.999)))
         self.stats["wakeups"] += ready
         return ready

@@ -1,14 +1,20 @@
-"""Drivers: how frames reach the stack. One small interface for all of them:
+"""Drivers: how frames reach the stack. One small interface for all of them (TAP,
+AF_PACKET here; DPDK in drivers/dpdk.py over hpnlab.dpdk's binding):
 
     rx_burst(n) -> [(frame, csum_ok), ...]   up to n frames, never blocking
-    tx_burst(frames) -> int                 frames sent
-    fileno() -> int                         poll() it for readability
+    tx_burst(frames) -> int                 how many of `frames`, from the first, were taken;
+                                            the loop offers the rest again later
+    fileno() -> int | None                  poll() it for readability; None for a poll-mode
+                                            driver (DPDK): the loop then never sleeps on it
     mac, mtu, name                          the stack's MAC and the link's MTU
+    offload (optional, default False)       True: tx frames may be (virtio-net header, frame)
+                                            tuples, TCP segments up to 64 KiB to checksum and cut
     close()
 
-`csum_ok` is True when the kernel says the transport checksum was never filled in
-(the frame came from this machine's own kernel, e.g. across a veth), so the stack
-must not check it.
+A frame is bytes-like (bytes, or a memoryview the driver keeps valid until the next
+rx_burst). `csum_ok` is True when the frame's transport checksum need not be checked
+(the kernel says it was never filled in — a frame from this machine's own kernel across
+a veth — or a NIC verified it), so the stack does not check it.
 """
 from __future__ import annotations
 
@@ -23,8 +29,8 @@ class Driver(Protocol):
     mtu: int
 
     def rx_burst(self, n: int = 64) -> list[tuple[bytes, bool]]: ...
-    def tx_burst(self, frames: list[bytes]) -> int: ...
-    def fileno(self) -> int: ...
+    def tx_burst(self, frames: list) -> int: ...
+    def fileno(self) -> int | None: ...
     def close(self) -> None: ...
 
 
