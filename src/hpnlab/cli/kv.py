@@ -22,9 +22,6 @@ def add_arguments(parser) -> None:
     serve.add_argument("--dir", default=".", help="directory of appendonly.aof and dump.rdb")
     serve.add_argument("--requirepass", default="", metavar="PW")
     serve.add_argument("--maxclients", type=int, default=10000)
-    serve.add_argument("--maxmemory", type=int, default=0, metavar="BYTES")
-    serve.add_argument("--maxmemory-policy", default="noeviction",
-                       choices=("noeviction", "allkeys-random", "volatile-random", "allkeys-lru", "volatile-ttl"))
     lab = sub.add_parser("lab", help="the store on h1 vs redis-server, redis-benchmark from h2; into results/kv/")
     lab.add_argument("--up", action="store_true", help="bring the lab up first if it is not up")
     lab.add_argument("--hosts", default="h1,h2", help="server,client (default h1,h2)")
@@ -48,12 +45,11 @@ def run(args) -> int:
         raise KVError(f"--port {args.port}: must be 1..65535")
     if args.workers is not None and args.workers < 1:
         raise KVError(f"--workers {args.workers}: must be >= 1")
-    if args.maxclients < 1 or args.maxmemory < 0:
-        raise KVError("--maxclients must be >= 1 and --maxmemory >= 0")
+    if args.maxclients < 1:
+        raise KVError(f"--maxclients {args.maxclients}: must be >= 1")
     config = {"bind": args.bind, "port": args.port, "engine": args.engine, "index": args.index,
               "appendonly": args.appendonly, "appendfsync": args.appendfsync, "dir": args.dir,
-              "requirepass": args.requirepass, "maxclients": args.maxclients, "maxmemory": args.maxmemory,
-              "maxmemory-policy": args.maxmemory_policy}
+              "requirepass": args.requirepass, "maxclients": args.maxclients}
     from ..servers.__main__ import raise_nofile
     raise_nofile()
     return serve(config, args.workers)

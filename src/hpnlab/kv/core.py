@@ -141,7 +141,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "dbfilename": "dump.rdb", "appendfilename": "appendonly.aof", "databases": 16,
     "maxclients": 10000, "maxmemory": 0, "maxmemory-policy": "noeviction",
     "proto-max-bulk-len": 512 * 1024 * 1024, "client-query-buffer-limit": 1024 * 1024 * 1024,
-    "save": "", "timeout": 0,
+    "save": "",
 }
 
 

@@ -217,14 +217,10 @@ def info(c: Client, args: list[bytes]) -> bytes:
     return (b"=%d\r\ntxt:%b\r\n" % (len(text) + 4, text)) if c.resp3 else bulk(text)
 
 
-CONFIG_INT = {"maxclients", "maxmemory", "proto-max-bulk-len", "client-query-buffer-limit",
-              "databases", "port", "timeout"}
+CONFIG_INT = {"maxclients", "maxmemory", "proto-max-bulk-len", "client-query-buffer-limit", "databases", "port"}
 CONFIG_SETTABLE = {"appendonly", "appendfsync", "requirepass", "maxclients", "maxmemory",
-                   "maxmemory-policy", "proto-max-bulk-len", "client-query-buffer-limit", "save",
-                   "dir", "dbfilename", "timeout"}
-CONFIG_CHOICES = {"appendonly": ("yes", "no"), "appendfsync": ("always", "everysec", "no"),
-                  "maxmemory-policy": ("noeviction", "allkeys-random", "volatile-random",
-                                       "allkeys-lru", "volatile-ttl")}
+                   "proto-max-bulk-len", "client-query-buffer-limit", "dir", "dbfilename"}
+CONFIG_CHOICES = {"appendonly": ("yes", "no"), "appendfsync": ("always", "everysec", "no")}
 
 
 @command("config", -2, "")
@@ -252,6 +248,9 @@ def config(c: Client, args: list[bytes]) -> bytes:
                 if n is None or n < 0:
                     return resp.error(f"ERR CONFIG SET failed (possibly related to argument '{name}') "
                                       f"- argument couldn't be parsed into an integer")
+                if name == "maxmemory" and n:
+                    return resp.error("ERR CONFIG SET failed (possibly related to argument 'maxmemory') - "
+                                      "hpnlab kv has no maxmemory limit or eviction (only 0 is accepted)")
                 changes[name] = n
             elif name in CONFIG_CHOICES and raw.lower() not in CONFIG_CHOICES[name]:
                 return resp.error(f"ERR CONFIG SET failed (possibly related to argument '{name}') "

@@ -306,6 +306,10 @@ def load_bytes(server: Server, data: bytes, name: str) -> int:
     version = int(data[5:9])
     if version > 11:
         raise RdbError(f"{name}: RDB version {version} is newer than this loader knows (<= 11)")
+    if version >= 5 and len(data) > 17:
+        want = struct.unpack("<Q", data[-8:])[0]
+        if want and crc64(data[:-8]) != want:      # 0: written with rdbchecksum no
+            raise RdbError(f"{name}: CRC64 mismatch (the file is corrupt or truncated)")
     r = Reader(data, name)
     r.pos = 9
     db = server.dbs[0]
@@ -346,10 +350,6 @@ def load_bytes(server: Server, data: bytes, name: str) -> int:
                     db.set_expire(key, expire)
                 n += 1
             expire = None
-    if version >= 5 and len(data) >= r.pos + 8:
-        want = struct.unpack("<Q", data[r.pos:r.pos + 8])[0]
-        if want and crc64(data[:r.pos]) != want:
-            raise RdbError(f"{name}: CRC64 mismatch (file corrupt)")
     return n
 
 

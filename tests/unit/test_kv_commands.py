@@ -1,0 +1,113 @@
+"""The KV store in process (no sockets): transactions, expiry, limits, RDB/AOF round trips."""
+from __future__ import annotations
+
+import time
+
+from hpnlab.kv.core import Server
+from hpnlab.kv.persist import aof, rdb
+from hpnlab.kv.serve import KVProtocol, Rejected
+
+
+def run(c, line: str) -> bytes:
+    out, _close = c.feed(line.encode() + b"\r\n")
+    return out
+
+
+def test_maxclients_rejects_with_redis_text():
+    srv = Server(maxclients=1)
+    proto = KVProtocol(srv)
+    first = proto.new()
+    second = proto.new()
+    assert not isinstance(first, Rejected) and isinstance(second, Rejected)
+    assert second.feed(b"PING\r\n") == (b"-ERR max number of clients reached\r\n", True)
+    assert srv.rejected_connections == 1
+
+
+def test_watch_multi_exec_abort_and_discard():
+    srv = Server()
+    a, b = srv.new_client(), srv.new_client()
+    assert run(a, "WATCH k") == b"+OK\r\n"
+    run(b, "SET k 1")
+    assert run(a, "MULTI") + run(a, "SET k 2") + run(a, "EXEC") == b"+OK\r\n+QUEUED\r\n*-1\r\n"
+    assert run(b, "GET k") == b"$1\r\n1\r\n"
+    out = run(a, "MULTI") + run(a, "NOSUCH") + run(a, "EXEC")
+    assert out.endswith(b"-EXECABORT Transaction discarded because of previous errors.\r\n")
+    assert run(a, "MULTI") + run(a, "INCR k") + run(a, "DISCARD") + run(a, "GET k") == \
+        b"+OK\r\n+QUEUED\r\n+OK\r\n$1\r\n1\r\n"
+
+
+def test_active_expiry_without_touching_the_keys():
+    srv = Server()
+    c = srv.new_client()
+    for i in range(30):
+        run(c, f"SET t{i} v PX 20")
+    time.sleep(0.15)
+    srv.cron(time.monotonic())
+    assert len(srv.dbs[0].data) == 0 and srv.expired == 30
+
+
+def test_maxmemory_is_refused_not_ignored():
+    c = Server().new_client()
+    assert run(c, "CONFIG SET maxmemory 100mb").startswith(b"-ERR CONFIG SET failed")
+    assert run(c, "CONFIG SET maxmemory 0") == b"+OK\r\n"
+
+
+def fill(c) -> None:
+    for line in ("SET s v", "SET n 42", "RPUSH l a b c", "HSET h f v g w", "SADD st x y",
+                 "ZADD z 1.5 a -2 b", "SET e v EX 1000", "SELECT 2", "SET in2 yes", "SELECT 0"):
+        assert not run(c, line).startswith(b"-"), line
+
+
+def dump_state(srv) -> dict:
+    from hpnlab.kv.commands.keys import type_name
+    out = {}
+    for db in srv.dbs:
+        for k in db.data:
+            v = db.data[k]
+            t = type_name(v)
+            val = sorted(v.scores.items()) if t == b"zset" else sorted(v) if t == b"set" else \
+                list(v) if t == b"list" else v
+            out[(db.num, k)] = (t, val if t != b"hash" else dict(v), k in db.expires)
+    return out
+
+
+def test_rdb_round_trip_in_process(tmp_path):
+    srv = Server(dir=str(tmp_path))
+    fill(srv.new_client())
+    rdb.save(srv)
+    back = Server(dir=str(tmp_path))
+    assert rdb.load(back) == 8
+    assert dump_state(back) == dump_state(srv)
+    data = (tmp_path / "dump.rdb").read_bytes()
+    (tmp_path / "dump.rdb").write_bytes(data[:40] + bytes([data[40] ^ 1]) + data[41:])
+    try:
+        rdb.load(Server(dir=str(tmp_path)))
+    except rdb.RdbError as exc:
+        assert "CRC64 mismatch" in str(exc)
+    else:
+        raise AssertionError("a flipped byte loaded silently")
+
+
+def test_aof_replay_and_rewrite(tmp_path):
+    srv = Server(dir=str(tmp_path), appendonly="yes")
+    aof.set_appendonly(srv, True)
+    c = srv.new_client()
+    fill(c)
+    run(c, "INCR n")
+    run(c, "DEL s")
+    srv.aof.close()
+    back = Server(dir=str(tmp_path))
+    assert aof.load(back) > 5
+    assert dump_state(back) == dump_state(srv)
+    with open(tmp_path / "rewritten.aof", "wb") as f:
+        aof.write_dataset(srv, f)
+    other = Server(dir=str(tmp_path))
+    aof.replay(other, (tmp_path / "rewritten.aof").read_bytes(), "rewritten.aof")
+    assert dump_state(other) == dump_state(srv)
+    (tmp_path / "appendonly.aof").write_bytes((tmp_path / "appendonly.aof").read_bytes()[:-3])
+    try:
+        aof.load(Server(dir=str(tmp_path)))
+    except aof.AofError as exc:
+        assert "redis-check-aof --fix" in str(exc)
+    else:
+        raise AssertionError("a truncated AOF loaded silently")
