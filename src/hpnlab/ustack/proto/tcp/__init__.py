@@ -72,14 +72,13 @@ class TcpLayer:
 
     def __init__(self, stack, timers, emit, mss: int):
         self.stack, self.timers, self.emit, self.mss = stack, timers, emit, mss
+        self.count = stack.count        # the stack's counters: "tcp.rst_sent", ...
         self.conns: dict[tuple, Connection] = {}
         self.listeners: dict[int, Listener] = {}
         self._secret = os.urandom(16)
         self.cookies = CookieJar()
         self.syncookies = True      # net.ipv4.tcp_syncookies = 1: cookies once the half-open queue is full
 
-    def count(self, key: str) -> None:
-        self.stack.count(key)
 
     @property
     def offload(self) -> bool:
