@@ -1,0 +1,191 @@
+"""What runs on a lab host, one measurement a process (DPDK's EAL lives as long as
+the process): prints one JSON object on stdout.
+
+    python -m hpnlab.pktgen.agent send    --eal "ARGS" --size 64 --seconds 5 [--pps N] [--count N]
+    python -m hpnlab.pktgen.agent recv    --eal "ARGS" | --afpacket IF   --seconds 6
+    python -m hpnlab.pktgen.agent testpmd --eal "ARGS" --size 64 --seconds 5
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from .. import dpdk
+from ..errors import HpnlabError
+from .engine import Generator, Receiver
+from .templates import PROTOS, Traffic, TrafficError, parse_sizes
+
+# The generator's frames go to a MAC no host owns: the peer's kernel leaves them alone
+# (no ICMP errors, no RSTs to the SYNs); its receiver listens promiscuously.
+PEER_MAC = bytes.fromhex("02686e706c02")
+SRC_MAC = bytes.fromhex("02686e706c01")
+
+
+def mac_bytes(text: str) -> bytes:
+    parts = text.split(":")
+    if len(parts) != 6 or not all(re.fullmatch(r"[0-9a-fA-F]{2}", p) for p in parts):
+        raise TrafficError(f"MAC {text!r}: six hex pairs like 02:00:00:00:00:01")
+    return bytes(int(p, 16) for p in parts)
+
+
+def open_port(eal: str, port: int, rxq: int = 1, txq: int = 1, nmbufs: int = 8191, rss: bool = False):
+    dpdk.init(shlex.split(eal))
+    pool = dpdk.Pool(f"pktgen{port}", nmbufs)
+    return dpdk.Port(port, pool, rxq=rxq, txq=txq, rss=rss)
+
+
+def cmd_send(a) -> dict:
+    sizes = parse_sizes(a.size)
+    if len(sizes) != 1:
+        raise TrafficError("--size: the agent sends one size (or imix) a run")
+    traffic = Traffic(proto=a.proto, sizes=sizes[0], flows=a.flows, src_ip=a.src_ip, dst_ip=a.dst_ip)
+    port = open_port(a.eal, a.port)
+    try:
+        link = port.link()
+        gen = Generator(port, traffic, port.mac if a.src_mac is None else mac_bytes(a.src_mac),
+                        mac_bytes(a.dst_mac), burst=a.burst)
+        if a.warmup:
+            gen.run(seconds=a.warmup, first_seq=1 << 62)    # numbers a receiver can tell apart
+        port.reset_stats()
+        out = gen.run(pps=a.pps, count=a.count, seconds=a.seconds)
+        time.sleep(0.05)
+        out.update(port=port.name, driver=port.driver, link_mbps=link.speed_mbps, link_up=link.up,
+                   stats=port.stats(), xstats=port.xstats(), size=a.size, proto=a.proto, flows=a.flows,
+                   eal=a.eal)
+        return out
+    finally:
+        port.close()
+
+
+def cmd_recv(a) -> dict:
+    rcv = Receiver(expect=a.expect)
+    if a.afpacket:
+        sock = rcv.open_afpacket(a.afpacket)
+        print(json.dumps({"ready": True}), flush=True)
+        rcv.run_afpacket(sock, a.seconds)
+        sock.close()
+        return rcv.result()
+    port = open_port(a.eal, a.port)
+    try:
+        print(json.dumps({"ready": True}), flush=True)
+        rcv.run_dpdk(port, a.seconds)
+        out = rcv.result()
+        out.update(port=port.name, driver=port.driver, stats=port.stats())
+        return out
+    finally:
+        port.close()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """user + system CPU time of a process, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when the agent dies, however it dies (a killed agent left
+    busy testpmds behind)."""
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)     # PR_SET_PDEATHSIG
+
+
+def cmd_testpmd(a) -> dict:
+    """dpdk-testpmd --forward-mode=txonly on the same EAL arguments: its own Tx-pps lines
+    (one a second) after the first, and its TX-packets total."""
+    args = shlex.split(a.eal)
+    core = min(os.sched_getaffinity(0))
+    # testpmd needs a forwarding lcore besides its main one: both on this CPU (the main one sleeps)
+    if "-l" in args:
+        i = args.index("-l")
+        del args[i:i + 2]
+    argv = ["dpdk-testpmd", "--lcores", f"0@{core},1@{core}", *args, "--",
+            "--forward-mode=txonly", f"--txpkts={a.size}", f"--burst={a.burst}", "--stats-period=1",
+            "--total-num-mbufs=8191", "--txq=1", "--rxq=1"]
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, preexec_fn=_die_with_parent)
+        deadline = time.monotonic() + 60
+        started: float | None = None
+        try:
+            while proc.poll() is None and time.monotonic() < deadline:
+                log.seek(0)
+                if "packet forwarding - ports=" in log.read():
+                    started = time.monotonic()
+                    break
+                time.sleep(0.05)
+            if started is None:
+                log.seek(0)
+                raise HpnlabError("dpdk-testpmd did not start forwarding: " + log.read()[-1500:])
+            cpu0 = _cpu_seconds(proc.pid)
+            time.sleep(a.seconds + 0.5)
+            cpu = _cpu_seconds(proc.pid) - cpu0
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        elapsed = time.monotonic() - started
+        log.seek(0)
+        text = log.read()
+    samples = [int(x) for x in re.findall(r"Tx-pps:\s+(\d+)", text)]
+    totals = re.findall(r"TX-packets:\s+(\d+)\s+TX-dropped:\s+(\d+)", text)
+    tx = int(totals[-1][0]) if totals else 0
+    # the first sample covers start-up; the per-second samples are testpmd's own clock
+    steady = sorted(samples[1:]) or samples
+    pps = steady[len(steady) // 2] if steady else (tx / elapsed if elapsed else 0.0)
+    if not tx:
+        raise HpnlabError("dpdk-testpmd sent nothing: " + text[-1500:])
+    return {"pps": float(pps), "tx_packets": tx, "seconds": elapsed, "samples": samples,
+            "cpu_seconds": cpu, "pps_per_cpu": tx / cpu if cpu else 0.0,
+            "size": a.size, "argv": argv}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m hpnlab.pktgen.agent")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name in ("send", "recv", "testpmd"):
+        s = sub.add_parser(name)
+        s.add_argument("--eal", default="", help="EAL arguments, one string")
+        s.add_argument("--port", type=int, default=0)
+        s.add_argument("--seconds", type=float, default=0)
+        s.add_argument("--size", default="64")
+        s.add_argument("--burst", type=int, default=32)
+        if name == "send":
+            s.add_argument("--proto", choices=PROTOS, default="udp")
+            s.add_argument("--flows", type=int, default=1)
+            s.add_argument("--pps", type=float, default=0)
+            s.add_argument("--count", type=int, default=0)
+            s.add_argument("--warmup", type=float, default=0)
+            s.add_argument("--src-mac")
+            s.add_argument("--dst-mac", default=":".join(f"{b:02x}" for b in PEER_MAC))
+            s.add_argument("--src-ip", default="10.77.2.1")
+            s.add_argument("--dst-ip", default="10.77.2.2")
+        if name == "recv":
+            s.add_argument("--afpacket", metavar="IFNAME")
+            s.add_argument("--expect", type=int, default=0)
+    a = p.parse_args(argv)
+    # SIGTERM (a lab stopping its agents) unwinds like Ctrl-C: ports closed, testpmd stopped
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        out = {"send": cmd_send, "recv": cmd_recv, "testpmd": cmd_testpmd}[a.cmd](a)
+    except (HpnlabError, TrafficError) as exc:
+        print(json.dumps({"error": str(exc), "hint": getattr(exc, "hint", None)}), flush=True)
+        return 2
+    print(json.dumps(out), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
