@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections import deque
+from itertools import islice
 
 from .. import resp
 from ..core import NOT_INT, WRONGTYPE, Client, Server, command
@@ -116,13 +117,19 @@ def lrange(c: Client, args: list[bytes]) -> bytes:
     start, end = _span(start, end, len(lst))
     if start > end:
         return resp.EMPTY_ARRAY
-    if start == 0 and end == len(lst) - 1:
-        return bulks(lst)
-    if start < len(lst) // 2:
-        items = [lst[i] for i in range(start, end + 1)] if end - start < 64 else list(lst)[start:end + 1]
-    else:
-        items = list(lst)[start:end + 1]
-    return bulks(items)
+    return bulks(span(lst, start, end))
+
+
+def span(lst: deque, start: int, end: int) -> list[bytes]:
+    """lst[start:end+1] walking in from the nearer end (a deque has no O(1) slicing)."""
+    n = len(lst)
+    if start == 0 and end == n - 1:
+        return list(lst)
+    if start <= n - 1 - end:
+        return list(islice(lst, start, end + 1))
+    items = list(islice(reversed(lst), n - 1 - end, n - start))
+    items.reverse()
+    return items
 
 
 @command("lindex", 3, "readonly", 1, 1)
@@ -193,7 +200,7 @@ def ltrim(c: Client, args: list[bytes]) -> bytes:
     if lst is None:
         return resp.OK
     start, end = _span(start, end, len(lst))
-    kept = list(lst)[start:end + 1] if start <= end else []
+    kept = span(lst, start, end) if start <= end else []
     lst.clear()
     lst.extend(kept)
     if not lst:
