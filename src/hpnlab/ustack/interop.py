@@ -50,9 +50,10 @@ class HostTool:
     """`python -m MODULE ARGS` running on a host (the stack, or a kernel-side peer tool) for
     the length of a `with`; `events` are its JSON lines so far."""
 
-    def __init__(self, host, module: str, *args, name: str = "ustack-tool"):
-        self.host, self.name = host, name
-        self.argv = [agent_python(host), "-m", module, *[str(a) for a in args]]
+    def __init__(self, host, module: str, *args, name: str = "ustack-tool", pythonpath: str | None = None):
+        self.host, self.name, self.module = host, name, module
+        self.argv = [*(["env", f"PYTHONPATH={pythonpath}"] if pythonpath else []),
+                     agent_python(host), "-m", module, *[str(a) for a in args]]
         self.proc: Any = None           # the host's process handle while it runs
 
     def start(self, wait_for: str = "ready", timeout: float = 30.0) -> Self:
@@ -78,7 +79,7 @@ class HostTool:
                 break
             time.sleep(0.05)
         out, err = self.proc.logs()
-        raise LabError(f"[{self.host.name}] {self.argv[2]} did not report {event!r} in {timeout:g}s: "
+        raise LabError(f"[{self.host.name}] {self.module} did not report {event!r} in {timeout:g}s: "
                        f"{out[-600:]} {err[-800:]}")
 
     def stop(self) -> list[dict]:

@@ -38,20 +38,47 @@ def _kernel_bulk(provider, nbytes: int) -> dict:
     return src
 
 
+def _pytcp_on(host) -> str | None:
+    """Where the host's python finds PyTCP: None if it has its own, else a copy of this
+    machine's (pure Python, no dependencies) unpacked under /tmp on the host — lab guests
+    reach no package registry."""
+    if host.run([agent_python(host), "-c", "import pytcp"], check=False).ok:
+        return None
+    import tarfile
+    import tempfile
+
+    import pytcp
+    with tempfile.TemporaryDirectory() as tmp:
+        tar = Path(tmp) / "pytcp.tar"
+        with tarfile.open(tar, "w") as t:
+            t.add(Path(pytcp.__file__).parent, arcname="pytcp",
+                  filter=lambda i: None if "__pycache__" in i.name else i)
+        host.put(tar, "/tmp/hpnlab-pytcp.tar")
+    host.run(["sh", "-c", "rm -rf /tmp/hpnlab-pytcp && mkdir /tmp/hpnlab-pytcp && "
+                          "tar -xf /tmp/hpnlab-pytcp.tar -C /tmp/hpnlab-pytcp && rm /tmp/hpnlab-pytcp.tar"])
+    return "/tmp/hpnlab-pytcp"
+
+
 def _pytcp_bulk(host, nbytes: int, tap: str = "pytap0", subnet: str = "10.77.98") -> dict:
     """PyTCP on a TAP device of h1 against h1's kernel, both directions, as the stack's
     TAP cases run (same host, same kind of device, same kernel-side tools)."""
     kernel, addr = f"{subnet}.1/24", f"{subnet}.2/24"
+    path = _pytcp_on(host)
     out = {}
-    with HostTool(host, "hpnlab.ustack.pytcp_peer", "sink", tap, addr, kernel, 9000,
-                  name="pytcp-sink").start("listening", 60) as pytcp:
-        time.sleep(0.5)
-        out["kernel_to_pytcp"] = peer(host, "source", addr.split("/")[0], 9000, nbytes, timeout=600)
-        pytcp.wait("sink", 60)
-    with kernel_tool(host, "sink", 9001).start("listening") as sink:
-        host.run([agent_python(host), "-m", "hpnlab.ustack.pytcp_peer", "source", tap, addr, kernel,
-                  f"{kernel.split('/')[0]}:9001", nbytes], timeout=600)
-        out["pytcp_to_kernel"] = sink.wait("sink", 60)
+    try:
+        with HostTool(host, "hpnlab.ustack.pytcp_peer", "sink", tap, addr, kernel, 9000,
+                      name="pytcp-sink", pythonpath=path).start("listening", 60) as pytcp:
+            time.sleep(0.5)
+            out["kernel_to_pytcp"] = peer(host, "source", addr.split("/")[0], 9000, nbytes, timeout=600)
+            pytcp.wait("sink", 60)
+        with kernel_tool(host, "sink", 9001).start("listening") as sink:
+            host.run([*(["env", f"PYTHONPATH={path}"] if path else []), agent_python(host), "-m",
+                      "hpnlab.ustack.pytcp_peer", "source", tap, addr, kernel, f"{kernel.split('/')[0]}:9001",
+                      nbytes], timeout=600)
+            out["pytcp_to_kernel"] = sink.wait("sink", 60)
+    finally:
+        if path:
+            host.run(["rm", "-rf", path], check=False)
     return out
 
 
