@@ -12,7 +12,7 @@ import os
 import resource
 import sys
 
-from . import ENGINES, EngineError, engine_class, listen
+from . import ENGINES, EngineError, Server, engine_class, listen
 from .protocols import get as get_protocol
 from .protocols import names as protocol_names
 
@@ -24,15 +24,11 @@ def raise_nofile() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def serve_one(engine: str, host: str, port: int, protocol: str, reuseport: bool, workers: int = 1) -> int:
-    cls = engine_class(engine)
-    reason = cls.unavailable()
-    if reason:
-        raise EngineError(f"engine {engine} is unavailable here: {reason}")
+def serve_one(cls: type[Server], host: str, port: int, protocol: str, reuseport: bool, workers: int = 1) -> int:
     listener = listen(host, port, reuseport=reuseport)
     server = cls(listener, get_protocol(protocol), workers)
     extra = f" workers={workers}" if cls.parallel else ""
-    print(f"listening {host}:{port} engine={engine}{extra} pid={os.getpid()}", file=sys.stderr, flush=True)
+    print(f"listening {host}:{port} engine={cls.name}{extra} pid={os.getpid()}", file=sys.stderr, flush=True)
     server.serve()
     return 0
 
@@ -61,19 +57,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     raise_nofile()
     try:
-        if engine_class(args.engine).parallel:
-            return serve_one(args.engine, args.host, args.port, args.protocol, True,
-                             args.workers or os.cpu_count() or 1)
-        if (args.workers or 1) == 1:
-            return serve_one(args.engine, args.host, args.port, args.protocol, False)
-        # Check availability and the port once in the parent, for a clear error.
-        reason = engine_class(args.engine).unavailable()
+        cls = engine_class(args.engine)
+        reason = cls.unavailable()
         if reason:
             raise EngineError(f"engine {args.engine} is unavailable here: {reason}")
-        listen(args.host, args.port, reuseport=True).close()
+        if cls.parallel:
+            return serve_one(cls, args.host, args.port, args.protocol, True, args.workers or os.cpu_count() or 1)
+        if (args.workers or 1) == 1:
+            return serve_one(cls, args.host, args.port, args.protocol, False)
+        listen(args.host, args.port, reuseport=True).close()     # the port checked once, in the parent
         from ..coro.multicore import run_workers
-        return run_workers(args.workers, lambda i: serve_one(args.engine, args.host, args.port,
-                                                             args.protocol, True))
+        return run_workers(args.workers, lambda i: serve_one(cls, args.host, args.port, args.protocol, True))
     except EngineError as exc:
         print(f"hpnlab.servers: {exc}", file=sys.stderr)
         return 3
