@@ -172,9 +172,16 @@ def test_nat_outcomes_come_from_the_pcaps(nat_run):
     assert nat.prove("udp", a, b, empty, ips)[0] == "failed"
 
 
-def test_nat_bad_scenario_is_named():
+def test_nat_bad_input_is_named(nat_run, tmp_path):
     with pytest.raises(LabError, match="--scenarios: bad scenario 'cone-stun'"):
         nat.parse_scenarios("cone-cone,cone-stun")
+    lab = nat_run[0]
+    for argv, field in ((["--probes", "70000"], "--probes must be 1 to 64512"), (["--tries", "0"], "--tries")):
+        with pytest.raises(LabError, match=field):
+            lab_module("nat").run(lab, lab_args(tmp_path, "nat", *argv), lambda m: None)
+    assert not list(tmp_path.rglob("*.pcap"))
+    for r in ("ra", "rb"):                  # nothing half-made on the routers either
+        assert "hpnlab_nat" not in lab.host(r).run(["nft", "list", "tables"]).stdout
 
 
 def test_nat_on_a_lab_without_routers_says_what_is_missing(netns_lab, tmp_path):

@@ -109,8 +109,11 @@ def run(provider, args, step) -> dict:
         raise LabError(f"lab {provider.lab.name} has no host(s) {', '.join(missing)}: the NAT lab runs on "
                        "labs/p2p/nat.yml (`hpnlab --lab labs/p2p/nat.yml lab --up nat`)")
     scenarios = parse_scenarios(args.scenarios)
-    if not 1 <= args.tries <= MAX_TRIES:
-        raise LabError(f"--tries must be 1 to {MAX_TRIES} (got {args.tries})")
+    for flag, value, lo, hi in (("--tries", args.tries, 1, MAX_TRIES), ("--hard-sockets", args.hard_sockets, 1, 4096),
+                                ("--probes", args.probes, 1, N_PORTS), ("--deadline", args.deadline, 0.05, 60),
+                                ("--relay-deadline", args.relay_deadline, 0, 60)):
+        if not lo <= value <= hi:
+            raise LabError(f"{flag} must be {lo:g} to {hi:g} (got {value:g})")
     hosts = need_hosts(provider, *HOSTS)
     need_tools("tcpdump")
     need_tools("nft", "ip", hosts=[hosts["ra"], hosts["rb"]])
