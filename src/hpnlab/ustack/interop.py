@@ -375,9 +375,10 @@ class Suite:
             self.data["syn_flood"] = {**f, "half_open_at_end": half_open, "syncookies_sent": cookies,
                                       "syncookies_accepted": c.get("tcp.syncookie_accepted", 0),
                                       "maxrss_kb": stats.get("maxrss_kb")}
-            ok = f["matched"] == 20 and f["sent_before_connected"] > 0 and half_open <= backlog and cookies > 0
-            return ok, f"{f['sent']} SYNs; a client connected after {f['sent_before_connected']} of them, in " \
-                       f"{f['connect_secs']} s, and got " \
+            ok = (f["matched"] == 20 and 0 < f["sent_when_connecting"] < n and half_open <= backlog
+                  and cookies > 0)
+            return ok, f"{f['sent']} SYNs; a client began connecting after {f['sent_when_connecting']} of " \
+                       f"them, was connected in {f['connect_secs']} s (after {f['sent_when_connected']}), and got " \
                        f"{f['matched']}/20 echoes; {cookies} SYN cookies sent, {half_open} half-open at the end " \
                        f"(bound {backlog}); the stack's peak RSS {stats.get('maxrss_kb')} KiB"
         self.record(f"tcp: SYN flood ({n} SYNs), a client still connects", go)

@@ -10,6 +10,7 @@ data.json says so (null), never a made-up figure.
 from __future__ import annotations
 
 import importlib.util
+import os
 import time
 import tracemalloc
 from pathlib import Path
@@ -153,6 +154,16 @@ def _pytcp_reading(tap_from, tap_to, py_from, py_to, pytcp: dict) -> str:
     return (f"Goal: ≥ 10× PyTCP on the same TAP setup — sending {_ratio(tap_from, py_from)}, receiving "
             f"{_ratio(tap_to, py_to)} (PyTCP {pytcp.get('version')}, {pytcp.get('bytes', 0) >> 20} MiB each way): "
             f"{'met' if worst >= 10 else 'not met'}.")
+
+
+def _load_reading(load: dict) -> str:
+    us, k = load["ustack"], load["kernel"]
+
+    def share(key: str) -> str:
+        return f"{us[key] / k[key]:.2f}" if us.get(key) and k.get(key) else "n/a"
+    return (f"On the stack's epoll the same server reached {share('echo_rps_1')} of the kernel's echo rate at "
+            f"1 connection and {share('echo_rps_100')} at 100, and accepted connections at {share('accepts_per_s')} "
+            f"of the kernel's rate.")
 
 
 def _ring_reading(rings: dict) -> str:
@@ -334,6 +345,7 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
         impaired_lab: str | None = "labs/ustack/impaired.yml", impaired_bytes: int = 2 << 20,
         network: str | None = None) -> dict:
     out = results_dir("ustack", results_root)
+    load_before = os.getloadavg()[0]
     suite = Suite(provider, network=network, bulk_bytes=nbytes)
     net = suite.network
     step(f"interop suite: stack {suite.ip} on h1:{suite.ifname} vs linux {suite.peer_addr} (h2)")
@@ -438,6 +450,7 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
         "simultaneous_open": suite.data.get("simultaneous_open"),
         "syn_flood": suite.data.get("syn_flood"),
         "bytes": nbytes,
+        "load_avg_1min": {"start": load_before, "end": os.getloadavg()[0]},
         "environment": fingerprint(provider),
     }
     trace = _conn(bulk.get("stack_to_linux", {})).get("trace") or []
@@ -482,6 +495,7 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
             md_table(["", "echo rt/s, 1 conn", "echo rt/s, 100 conns", "connections accepted/s"],
                      [(side, v.get("echo_rps_1"), v.get("echo_rps_100"), v.get("accepts_per_s"))
                       for side, v in load.items()]), "",
+            _load_reading(load), "",
             _ring_reading(rings), "",
             _super_frame_reading(bulk.get("linux_to_stack", {}).get("counters", {})), "",
             "## epoll's interest set: red-black tree vs dict", "",
@@ -505,6 +519,9 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
                  f"left through a delay line, so each side's SYN and FIN met a peer that had sent its own.", ""]
         text += [f"![{name}]({name})" for name in ladders] + [""]
     text += ["Pcap of the bulk transfers at h1's NIC: `bulk.pcap`.", "",
-             environment_md(data["environment"]), rerun_md(argv, "lab-ustack")]
+             f"This machine's 1-minute load average was {load_before:.1f} when the run began and "
+            f"{data['load_avg_1min']['end']:.1f} at its end (2 cores here; other work running beside the lab slows "
+            f"every figure above, the Python stack's more than the kernel's).", "",
+            environment_md(data["environment"]), rerun_md(argv, "lab-ustack")]
     report = write_report(out, "\n".join(text), data)
     return {"report": report, "data": data, "ok": ok == len(suite.results)}

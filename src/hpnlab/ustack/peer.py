@@ -306,11 +306,11 @@ def synflood(ip: str, port: int, n: int) -> None:
     t.start()
     time.sleep(0.05)                                        # into the flood
     t0 = time.monotonic()
-    matched, error, flooded_before = 0, None, 0
+    matched, error, at_start, at_end = 0, None, sent[0], 0
     try:
         s = socket.create_connection((ip, port), timeout=20)
         connect_secs = time.monotonic() - t0
-        flooded_before = sent[0]
+        at_end = sent[0]
         for i in range(20):
             msg = b"through the flood %d" % i
             s.sendall(msg)
@@ -323,7 +323,7 @@ def synflood(ip: str, port: int, n: int) -> None:
         connect_secs, error = None, str(exc)
     t.join()
     _out({"event": "synflood", "sent": sent[0], "connect_secs": connect_secs and round(connect_secs, 4),
-          "sent_before_connected": flooded_before, "matched": matched, "error": error})
+          "sent_when_connecting": at_start, "sent_when_connected": at_end, "matched": matched, "error": error})
 
 
 def fuzz(ifname: str, mac: str, ip: str, n: int) -> None:
