@@ -18,6 +18,8 @@ HPNLAB = str(Path(sys.executable).parent / "hpnlab")
     (["--driver", "afpacket-v3", "--offload", "--ifname", "nonexist0", "--ip", "10.0.0.1/24"],
      "needs the TPACKET_V2 ring"),
     (["--ifname", "nonexist0", "--ip", "10.0.0.1/24"], "--ifname nonexist0: "),
+    (["--ifname", "nonexist0", "--ip", "10.0.0.1/24", "--app", "reactor", "--protocol", "nope"],
+     "--protocol: invalid choice: 'nope'"),
 ])
 def test_serve_refuses_bad_input(args, says):
     res = subprocess.run([HPNLAB, "ustack", "serve", *args], capture_output=True, text=True, timeout=60)
