@@ -97,10 +97,38 @@ networks:
     assert imp.describe() == "delay 1.5ms±0.5ms, loss 2%, rate 100mbit"
 
 
-def test_errors_are_all_reported_at_once():
-    with pytest.raises(TopologyError) as err:
-        parse_lab("hosts: {h1: {hugepages: -1, cpus: 0}}\nnetworks: {d: {hosts: [h1, zz]}}\n")
-    assert len(err.value.problems) == 3
+def test_errors_of_the_first_failing_stage_are_all_reported_at_once():
+    def problems(text: str) -> list[str]:
+        with pytest.raises(TopologyError) as err:
+            parse_lab(text, provider="netns")
+        return [p.split(": ", 1)[1] for p in err.value.problems]
+
+    hosts = "hosts: {h1: {sysctls: {net.core.rmem_max: 1}}, h2: {}}\n"
+    # schema: both of h1's bad values; the unknown host of the next stage is not looked at yet
+    assert problems("hosts: {h1: {hugepages: -1, cpus: 0}}\nnetworks: {d: {hosts: [h1, zz]}}\n") == [
+        "hosts.h1.cpus: must be ≥ 1, got 0", "hosts.h1.hugepages: must be ≥ 0, got -1"]
+    # references: every name that names nothing
+    assert problems(hosts + "networks: {d: {hosts: [h1, zz]}, e: {hosts: [yy]}}\n") == [
+        "networks.d.hosts.zz: unknown host 'zz' (hosts: 'h1', 'h2')",
+        "networks.e.hosts.yy: unknown host 'yy' (hosts: 'h1', 'h2')", "networks.e.hosts: a LAN needs at least one host"]
+    # addressing, then the provider's own checks (this machine's kernel for netns)
+    assert problems(hosts + "networks: {d: {subnet: 10.0.0.0/30, hosts: [h1, h2]}, "
+                            "e: {subnet: 10.0.0.0/24, hosts: {h1: 10.9.9.9}}}\n") == [
+        "networks.e.subnet: 10.0.0.0/24 overlaps 10.0.0.0/30 of network d",
+        "networks.e.hosts.h1: address 10.9.9.9 is not a host address of 10.0.0.0/24"]
+    assert problems(hosts + "networks: {d: {hosts: [h1, h2]}}\n") == [
+        "hosts.h1.sysctls.net.core.rmem_max: is machine-wide, not per network namespace: put it under machine.sysctls"]
+
+
+def test_sysctls_are_judged_by_the_provider_whose_kernel_applies_them():
+    text = "hosts: {h1: {sysctls: {net.core.rmem_max: 1}}, h2: {}}\nnetworks: {d: {hosts: [h1, h2]}}\n"
+    with pytest.raises(TopologyError, match="machine-wide, not per network namespace"):
+        parse_lab(text, provider="netns")          # namespaces share this machine's kernel
+    assert parse_lab(text, provider="vagrant").hosts["h1"].sysctls == {"net.core.rmem_max": "1"}   # a VM's own
+    unknown = text.replace("net.core.rmem_max", "net.core.no_such_key")
+    with pytest.raises(TopologyError, match="no such sysctl on this kernel"):
+        parse_lab(unknown, provider="vagrant")
+    assert parse_lab(unknown, provider="static").name     # a real machine's kernel is asked at `up`
 
 
 def test_a_lab_file_that_is_not_utf8_names_line_and_byte(tmp_path):

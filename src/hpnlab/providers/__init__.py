@@ -133,6 +133,13 @@ class Provider(ABC):
     # task); a provider whose connection runs the controller's own Python gains nothing by it.
     ansible_mitogen: bool = True
 
+    @classmethod
+    def validate(cls, lab: Lab) -> list[tuple[int, str, str]]:
+        """What only this provider can judge of a lab file, as (line, field, message): the
+        topology loader's last stage. By default nothing: the machines' own kernels take
+        or refuse each setting at `up`."""
+        return []
+
     @abstractmethod
     def ansible_connection(self, host: str) -> dict:
         """The Ansible connection variables of `host` (ansible_connection, ansible_host, ...),

@@ -29,9 +29,11 @@ from pathlib import Path
 from .. import impair, machine
 from ..hosts.netns import NetnsHost, netns_argv
 from ..state import unregister_live
+from ..topology import Lab, sysctls
 from . import Progress, Provider, ProviderError, _quiet
 
 MARKER = "hpnlab"
+IFNAMSIZ = 15          # usable characters in a Linux interface name
 NETNS_DIR = Path("/run/netns")
 
 
@@ -117,6 +119,21 @@ class NetnsProvider(Provider):
     shares_kernel = True
     dpdk_takes_nic = False          # an af_packet vdev over the veth: the NIC stays the kernel's
     ansible_mitogen = False         # the connection plugin runs the controller's own Python
+
+    @classmethod
+    def validate(cls, lab: Lab) -> list[tuple[int, str, str]]:
+        """Sysctls against this machine's kernel (the one the namespaces share; a host's own
+        must be per namespace), and each LAN port's name (<host>-<network>, in the switch
+        namespace) within Linux's interface name length."""
+        problems = sysctls.lab_problems(lab, namespaces=True)
+        for host in lab.hosts.values():
+            for nic in host.nics:
+                port = f"{host.name}-{nic.network}"
+                if lab.networks[nic.network].kind == "lan" and len(port) > IFNAMSIZ:
+                    problems.append((host.line, f"hosts.{host.name}",
+                                     f"interface name {port!r} (host-network) is {len(port)} characters; "
+                                     f"Linux allows {IFNAMSIZ}: shorten the host or network name"))
+        return problems
 
     def ansible_connection(self, host: str) -> dict:
         return {"ansible_connection": "hpnlab_netns", "hpnlab_netns": self.host_ns(host),

@@ -33,6 +33,7 @@ from ..hosts import Host
 from ..hosts.ssh import CONSOLE_RECORD, SshHost, known_hosts_args
 from ..paths import repo_root
 from ..state import register_live, unregister_live
+from ..topology import Lab, sysctls
 from ..vm import accel, virt
 from ..vm import box as vmbox
 from ..vm import setup as vmsetup
@@ -47,6 +48,13 @@ HOSTKEY_LINE = re.compile(r"hpnlab-hostkey: (ssh-ed25519|ecdsa-sha2-nistp\d+|ssh
 
 class VagrantProvider(Provider):
     name = "vagrant"
+
+    @classmethod
+    def validate(cls, lab: Lab) -> list[tuple[int, str, str]]:
+        """Sysctls against the guests' kernel: the box's (Debian 12's linux-image), for which
+        this Debian 12 machine's kernel stands in; every key a guest's own (it is its own
+        kernel). The guest applies each one at `up` and fails it there if it lacks the key."""
+        return sysctls.lab_problems(lab, namespaces=False)
 
     def ansible_connection(self, host: str) -> dict:
         """SSH as root with the lab's key to the VM's management address, its host key

@@ -1,8 +1,23 @@
-"""lab.yml → validated Lab model, or a TopologyError naming field and line."""
+"""lab.yml → validated Lab model, or a TopologyError naming field and line.
+
+The loader runs in stages, each on what the one before it made:
+
+    parse        YAML, with the line of every key and item (yamlsource)
+    schema       types, ranges and unknown keys, section by section → a draft
+    references   hosts, networks and profiles named elsewhere exist
+    addressing   subnets carved from the pool, addresses checked and assigned → the Lab
+    provider     what only the provider can judge (`Provider.validate`): sysctls against
+                 the kernel that will apply them, names its substrate limits
+
+It stops after the first stage that found problems and reports all of that stage's at
+once: a problem of a later stage may only be a consequence of an earlier one.
+"""
 from __future__ import annotations
 
+import dataclasses
 import re
 import reprlib
+from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, ip_address, ip_network
 from pathlib import Path
 
@@ -10,10 +25,9 @@ import yaml
 
 from ..errors import HpnlabError
 from . import sysctls, yamlsource
-from .model import PROVIDERS, Host, Impairment, Lab, Network, Nic, stable_mac
+from .model import PROVIDERS, Host, Impairment, Lab, Network, Nic, SysctlSource, stable_mac
 from .yamlsource import LineDict, LineList
 
-IFNAMSIZ = 15          # usable characters in a Linux interface name
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 LAB_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,30}$")
 ROLE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
@@ -180,17 +194,97 @@ def _yaml_problem(exc: yaml.YAMLError, text: str, source: str) -> str:
 
 def parse_lab(text: str, source: str = "lab.yml", provider: str | None = None,
               path: Path | None = None, name: str | None = None) -> Lab:
+    doc = _parse(text, source)
+    draft = _stage(source, _schema, doc, provider, name)
+    _stage(source, _references, draft)
+    lab = _stage(source, _addressing, draft, path)
+    _stage(source, _provider_checks, lab)
+    return lab
+
+
+def _stage(source: str, run, *args):
+    """One stage with its own checker; the problems it found, if any, end the load."""
+    c = _Checker(source)
+    result = run(c, *args)
+    if c.problems:
+        raise TopologyError(c.problems)
+    return result
+
+
+def _parse(text: str, source: str) -> LineDict:
     try:
         doc = yamlsource.load(text)
     except yaml.YAMLError as exc:
         raise TopologyError([_yaml_problem(exc, text, source)]) from None
     except RecursionError:
         raise TopologyError([f"{source}:1: YAML: nested too deeply"]) from None
-    c = _Checker(source)
     if not isinstance(doc, LineDict):
         raise TopologyError([f"{source}:1: the lab file must be a mapping with hosts: and networks:"])
-    c.mapping(doc, 1, "", TOP_KEYS)
+    return doc
 
+
+# -- schema: each section on its own ------------------------------------------------------
+
+@dataclass
+class _Sysctl:
+    field: str
+    line: int
+    key: str
+    value: str
+
+
+@dataclass
+class _Member:
+    host: str
+    address: IPv4Address | None
+    line: int
+
+
+@dataclass
+class _NetworkDraft:
+    name: str
+    line: int
+    kind: str
+    mtu: int
+    subnet: IPv4Network | None
+    subnet_line: int
+    members: list[_Member]
+    hosts_line: int
+    impair: Impairment
+
+
+@dataclass
+class _HostDraft:
+    name: str
+    line: int
+    role: str
+    cpus: int
+    memory: int
+    hugepages: int
+    hugepage_size: str
+    profile: str | None
+    profile_line: int
+    sysctls: list[_Sysctl]
+    dpdk: str | None
+    dpdk_line: int
+
+
+@dataclass
+class _Draft:
+    name: str
+    provider: str
+    pool: IPv4Network
+    vm: LineDict
+    vm_settings: dict
+    machine: list[_Sysctl]
+    profiles: dict[str, list[_Sysctl]]
+    hosts: dict[str, _HostDraft] = dataclasses.field(default_factory=dict)
+    networks: dict[str, _NetworkDraft] = dataclasses.field(default_factory=dict)
+
+
+def _schema(c: _Checker, doc: LineDict, provider: str | None, name: str | None) -> _Draft:
+    source = c.source
+    c.mapping(doc, 1, "", TOP_KEYS)
     name = name or c.typed(doc.get("name"), doc.line_of("name"), "name", str, "hpnlab")
     if not LAB_NAME_RE.fullmatch(name):
         c.error(doc.line_of("name"), "name",
@@ -201,12 +295,7 @@ def parse_lab(text: str, source: str = "lab.yml", provider: str | None = None,
         raise TopologyError([f"{source}:{where}: unknown provider {show(chosen)} (valid: {', '.join(PROVIDERS)})"])
 
     vm = c.mapping(doc.get("vm"), doc.line_of("vm"), "vm", set(VM_KEYS))
-    vm_settings = _vm_settings(c, vm)
-
     machine = c.mapping(doc.get("machine"), doc.line_of("machine"), "machine", MACHINE_KEYS)
-    machine_sysctls = _sysctl_table(c, machine.get("sysctls"), machine.line_of("sysctls"),
-                                    "machine.sysctls", per_host=False)
-
     profiles_node = doc.get("profiles")
     profiles_node = c.mapping(profiles_node, doc.line_of("profiles"), "profiles",
                               set(profiles_node) if isinstance(profiles_node, dict) else set())
@@ -216,24 +305,7 @@ def parse_lab(text: str, source: str = "lab.yml", provider: str | None = None,
             c.error(profiles_node.line_of(pname), f"profiles.{part(pname)}",
                     "profile names are lower-case letters, digits and '_', starting with a letter")
             continue
-        profiles[pname] = _sysctl_table(c, body, profiles_node.line_of(pname), f"profiles.{pname}", per_host=True)
-
-    hosts_node = doc.get("hosts")
-    if not isinstance(hosts_node, LineDict) or not hosts_node:
-        got = "" if hosts_node is None else f", got {type_name(hosts_node)} {show(hosts_node)}"
-        c.error(doc.line_of("hosts"), "hosts", f"a lab needs at least one host (a mapping of name → settings){got}")
-        hosts_node = LineDict()
-    networks_node = doc.get("networks")
-    if networks_node is None:
-        networks_node = LineDict()
-    elif not isinstance(networks_node, LineDict):
-        c.error(doc.line_of("networks"), "networks", f"must be a mapping, got {type_name(networks_node)}")
-        networks_node = LineDict()
-
-    for hname in hosts_node:
-        if not isinstance(hname, str) or not NAME_RE.match(hname):
-            c.error(hosts_node.line_of(hname), f"hosts.{part(hname)}",
-                    "host names are lower-case letters, digits and '_', starting with a letter")
+        profiles[pname] = _sysctl_table(c, body, profiles_node.line_of(pname), f"profiles.{pname}")
 
     pool_text = c.typed(doc.get("subnet_pool"), doc.line_of("subnet_pool"), "subnet_pool", str, DEFAULT_POOL)
     try:
@@ -244,13 +316,136 @@ def parse_lab(text: str, source: str = "lab.yml", provider: str | None = None,
         c.error(doc.line_of("subnet_pool"), "subnet_pool", str(exc))
         pool = IPv4Network(DEFAULT_POOL)
 
-    networks, memberships = _networks(c, networks_node, hosts_node, pool)
-    hosts = _hosts(c, name, hosts_node, profiles, networks, memberships)
-    _check_management_subnet(c, vm, vm_settings, networks)
-    if c.problems:
-        raise TopologyError(c.problems)
-    return Lab(name=name, provider=chosen, hosts=hosts, networks=networks,
-               machine_sysctls=machine_sysctls, source=path, vm=vm_settings)
+    draft = _Draft(name, chosen, pool, vm, _vm_settings(c, vm),
+                   _sysctl_table(c, machine.get("sysctls"), machine.line_of("sysctls"), "machine.sysctls"), profiles)
+
+    hosts_node = doc.get("hosts")
+    if not isinstance(hosts_node, LineDict) or not hosts_node:
+        got = "" if hosts_node is None else f", got {type_name(hosts_node)} {show(hosts_node)}"
+        c.error(doc.line_of("hosts"), "hosts", f"a lab needs at least one host (a mapping of name → settings){got}")
+        hosts_node = LineDict()
+    for hname, body in hosts_node.items():
+        if not isinstance(hname, str) or not NAME_RE.match(hname):
+            c.error(hosts_node.line_of(hname), f"hosts.{part(hname)}",
+                    "host names are lower-case letters, digits and '_', starting with a letter")
+            continue
+        draft.hosts[hname] = _host(c, hname, hosts_node.line_of(hname), body)
+
+    networks_node = doc.get("networks")
+    if networks_node is None:
+        networks_node = LineDict()
+    elif not isinstance(networks_node, LineDict):
+        c.error(doc.line_of("networks"), "networks", f"must be a mapping, got {type_name(networks_node)}")
+        networks_node = LineDict()
+    for nname, body in networks_node.items():
+        if not isinstance(nname, str) or not NAME_RE.match(nname):
+            c.error(networks_node.line_of(nname), f"networks.{part(nname)}",
+                    "network names are lower-case letters, digits and '_', starting with a letter")
+            continue
+        draft.networks[nname] = _network(c, nname, networks_node.line_of(nname), body)
+    return draft
+
+
+def _host(c: _Checker, hname: str, hline: int, body) -> _HostDraft:
+    field = f"hosts.{hname}"
+    body = c.mapping(body, hline, field, HOST_KEYS)
+    role = c.typed(body.get("role"), body.line_of("role"), f"{field}.role", str, "host")
+    if not ROLE_RE.fullmatch(role):     # it names an Ansible group
+        c.error(body.line_of("role"), f"{field}.role",
+                f"{show(role)} must be letters, digits and '_', starting with a letter (an Ansible group name)")
+    cpus = c.typed(body.get("cpus"), body.line_of("cpus"), f"{field}.cpus", int, 1)
+    memory = c.typed(body.get("memory"), body.line_of("memory"), f"{field}.memory", int, 512)
+    if cpus < 1:
+        c.error(body.line_of("cpus"), f"{field}.cpus", f"must be ≥ 1, got {cpus}")
+    if memory < 128:
+        c.error(body.line_of("memory"), f"{field}.memory", f"MiB, must be ≥ 128, got {memory}")
+    hugepages = c.typed(body.get("hugepages"), body.line_of("hugepages"), f"{field}.hugepages", int, 0)
+    if hugepages < 0:
+        c.error(body.line_of("hugepages"), f"{field}.hugepages", f"must be ≥ 0, got {hugepages}")
+    hp_size = c.typed(body.get("hugepage_size"), body.line_of("hugepage_size"),
+                      f"{field}.hugepage_size", str, "2M")
+    if hp_size not in ("2M", "1G"):
+        c.error(body.line_of("hugepage_size"), f"{field}.hugepage_size", f"must be 2M or 1G, got {show(hp_size)}")
+    return _HostDraft(hname, hline, role, cpus, memory, hugepages, hp_size,
+                      c.typed(body.get("profile"), body.line_of("profile"), f"{field}.profile", str),
+                      body.line_of("profile"),
+                      _sysctl_table(c, body.get("sysctls"), body.line_of("sysctls"), f"{field}.sysctls"),
+                      c.typed(body.get("dpdk"), body.line_of("dpdk"), f"{field}.dpdk", str), body.line_of("dpdk"))
+
+
+def _network(c: _Checker, nname: str, nline: int, body) -> _NetworkDraft:
+    field = f"networks.{nname}"
+    body = c.mapping(body, nline, field, NETWORK_KEYS)
+    kind = c.typed(body.get("type"), body.line_of("type"), f"{field}.type", str, "lan")
+    if kind not in ("lan", "link"):
+        c.error(body.line_of("type"), f"{field}.type", f"must be lan or link, got {show(kind)}")
+    mtu = c.typed(body.get("mtu"), body.line_of("mtu"), f"{field}.mtu", int, DEFAULT_MTU)
+    if not 68 <= mtu <= 65535:
+        c.error(body.line_of("mtu"), f"{field}.mtu", f"must be 68..65535, got {mtu}")
+    subnet: IPv4Network | None = None
+    written_subnet = body.get("subnet")
+    if written_subnet is not None and not isinstance(written_subnet, str):
+        c.error(body.line_of("subnet"), f"{field}.subnet",
+                f"must be a string like 10.77.1.0/24, got {type_name(written_subnet)} {show(written_subnet)}")
+    elif written_subnet is not None:
+        try:
+            written_net = ip_network(written_subnet, strict=True)
+            if not isinstance(written_net, IPv4Network) or written_net.num_addresses < 4:
+                raise ValueError("must be an IPv4 network with room for hosts (/30 or larger)")
+            subnet = written_net
+        except ValueError as exc:
+            c.error(body.line_of("subnet"), f"{field}.subnet", str(exc))
+    written = body.get("hosts")
+    members = _members(c, written, body.line_of("hosts"), f"{field}.hosts")
+    listed = len(written) if isinstance(written, (list, dict)) else 0   # what was written, valid or not
+    if kind == "link" and listed != 2:
+        c.error(body.line_of("hosts"), f"{field}.hosts", f"a link joins exactly 2 hosts, got {listed}")
+    impair = _impairment(c, body.get("impair"), body.line_of("impair"), f"{field}.impair")
+    return _NetworkDraft(nname, nline, kind, mtu, subnet, body.line_of("subnet"), members, body.line_of("hosts"),
+                         impair)
+
+
+def _members(c: _Checker, node, line: int, field: str) -> list[_Member]:
+    """The hosts a network lists (a list, or a mapping host → address), addresses parsed."""
+    if isinstance(node, LineList):
+        items = [(h, None, node.line_of(i)) for i, h in enumerate(node)]
+    elif isinstance(node, LineDict):
+        items = [(h, a, node.line_of(h)) for h, a in node.items()]
+    else:
+        c.error(line, field, f"list the hosts, or map host → address; got {type_name(node)} {show(node)}")
+        return []
+    members = []
+    for host, addr, hline in items:
+        parsed = None
+        if addr is not None:
+            try:
+                parsed = ip_address(addr.split("/")[0]) if isinstance(addr, str) else None
+            except ValueError:
+                pass
+            if not isinstance(parsed, IPv4Address):
+                c.error(hline, f"{field}.{part(host)}", f"not an IPv4 address: {show(addr)}")
+                parsed = None
+        members.append(_Member(host, parsed, hline))
+    return members
+
+
+def _sysctl_table(c: _Checker, node, line: int, field: str) -> list[_Sysctl]:
+    node = c.mapping(node, line, field, set(node or {}) if isinstance(node, dict) else set())
+    table = []
+    for key, value in node.items():
+        kline = node.line_of(key)
+        problem = sysctls.key_problem(key)
+        if problem:
+            c.error(kline, f"{field}.{part(key)}", problem)
+            continue
+        if not isinstance(value, (str, int, float)) or value is None:
+            c.error(kline, f"{field}.{key}", "a sysctl is `dotted.key: value` (a number or a string), "
+                    f"got {type_name(value)} {show(value)}")
+            continue
+        value = " ".join(str(v) for v in value.split()) if isinstance(value, str) else str(int(value)) \
+            if isinstance(value, bool) else str(value)
+        table.append(_Sysctl(f"{field}.{key}", kline, key, value))
+    return table
 
 
 def _vm_settings(c: _Checker, vm: LineDict) -> dict:
@@ -282,159 +477,6 @@ def _vm_settings(c: _Checker, vm: LineDict) -> dict:
     return settings
 
 
-def _check_management_subnet(c: _Checker, vm: LineDict, settings: dict, networks: dict) -> None:
-    subnet = settings.get("management_subnet")
-    if subnet in (None, "auto"):
-        return
-    for net in networks.values():
-        if net.subnet.overlaps(ip_network(subnet)):
-            c.error(vm.line_of("management_subnet"), "vm.management_subnet",
-                    f"{subnet} overlaps {net.subnet} of network {net.name}")
-
-
-def _sysctl_table(c: _Checker, node, line: int, field: str, per_host: bool,
-                  ifnames: tuple[str, ...] = ()) -> dict[str, str]:
-    node = c.mapping(node, line, field, set(node or {}) if isinstance(node, dict) else set())
-    table = {}
-    for key, value in node.items():
-        kline = node.line_of(key)
-        problem = sysctls.key_problem(key)
-        if problem:
-            c.error(kline, f"{field}.{part(key)}", problem)
-            continue
-        if not isinstance(value, (str, int, float)) or value is None:
-            c.error(kline, f"{field}.{key}", "a sysctl is `dotted.key: value` (a number or a string), "
-                    f"got {type_name(value)} {show(value)}")
-            continue
-        value = " ".join(str(v) for v in value.split()) if isinstance(value, str) else str(int(value)) \
-            if isinstance(value, bool) else str(value)
-        norm = sysctls.normalise(key, ifnames or tuple(f"eth{i}" for i in range(1, 10)))
-        if not sysctls.exists(norm):
-            c.error(kline, f"{field}.{key}", "no such sysctl on this kernel")
-        elif per_host and not sysctls.per_netns(norm):
-            c.error(kline, f"{field}.{key}",
-                    "is machine-wide, not per network namespace: put it under machine.sysctls")
-        table[key] = value
-    return table
-
-
-def _networks(c: _Checker, node: LineDict, hosts_node: LineDict, pool: IPv4Network):
-    networks: dict[str, Network] = {}
-    memberships: dict[str, list[tuple[str, IPv4Interface | None, int]]] = {}
-    drafts = []
-    for nname, body in node.items():
-        nline = node.line_of(nname)
-        field = f"networks.{nname}"
-        if not isinstance(nname, str) or not NAME_RE.match(nname):
-            c.error(nline, f"networks.{part(nname)}",
-                    "network names are lower-case letters, digits and '_', starting with a letter")
-            continue
-        body = c.mapping(body, nline, field, NETWORK_KEYS)
-        kind = c.typed(body.get("type"), body.line_of("type"), f"{field}.type", str, "lan")
-        if kind not in ("lan", "link"):
-            c.error(body.line_of("type"), f"{field}.type", f"must be lan or link, got {show(kind)}")
-        mtu = c.typed(body.get("mtu"), body.line_of("mtu"), f"{field}.mtu", int, DEFAULT_MTU)
-        if not 68 <= mtu <= 65535:
-            c.error(body.line_of("mtu"), f"{field}.mtu", f"must be 68..65535, got {mtu}")
-        subnet: IPv4Network | None = None
-        written_subnet = body.get("subnet")
-        if written_subnet is not None and not isinstance(written_subnet, str):
-            c.error(body.line_of("subnet"), f"{field}.subnet",
-                    f"must be a string like 10.77.1.0/24, got {type_name(written_subnet)} {show(written_subnet)}")
-        elif written_subnet is not None:
-            try:
-                written_net = ip_network(written_subnet, strict=True)
-                if not isinstance(written_net, IPv4Network) or written_net.num_addresses < 4:
-                    raise ValueError("must be an IPv4 network with room for hosts (/30 or larger)")
-                subnet = written_net
-            except ValueError as exc:
-                c.error(body.line_of("subnet"), f"{field}.subnet", str(exc))
-                subnet = None
-        members = _members(c, body.get("hosts"), body.line_of("hosts"), f"{field}.hosts", hosts_node)
-        written = body.get("hosts")
-        listed = len(written) if isinstance(written, (list, dict)) else 0   # what was written, valid or not
-        if kind == "link" and listed != 2:
-            c.error(body.line_of("hosts"), f"{field}.hosts", f"a link joins exactly 2 hosts, got {listed}")
-        if kind == "lan" and not members:
-            c.error(body.line_of("hosts"), f"{field}.hosts", "a LAN needs at least one host")
-        impair = _impairment(c, body.get("impair"), body.line_of("impair"), f"{field}.impair")
-        drafts.append((nname, nline, kind, mtu, subnet, members, impair, body.line_of("subnet")))
-
-    # Explicit subnets first, then carve /24s for the rest from the pool.
-    taken: list[tuple[IPv4Network, str, int]] = []
-    for nname, _nl, _k, _m, subnet, _mem, _i, sline in drafts:
-        if subnet is None:
-            continue
-        for other, oname, _ in taken:
-            if subnet.overlaps(other):
-                c.error(sline, f"networks.{nname}.subnet", f"{subnet} overlaps {other} of network {oname}")
-        taken.append((subnet, nname, sline))
-    free = (s for s in pool.subnets(new_prefix=max(24, pool.prefixlen))
-            if not any(s.overlaps(t) for t, _, _ in taken))
-    for nname, nline, kind, mtu, subnet, members, impair, _sline in drafts:
-        if subnet is None:
-            subnet = next(free, None)
-            if subnet is None:
-                c.error(nline, f"networks.{nname}", f"subnet_pool {pool} has no free /24 left")
-                continue
-        used: dict = {}
-        addresses: list[IPv4Interface | None] = []
-        for host, addr, aline in members:
-            if addr is None:
-                addresses.append(None)
-                continue
-            if addr not in subnet or addr in (subnet.network_address, subnet.broadcast_address):
-                c.error(aline, f"networks.{nname}.hosts.{host}", f"address {addr} is not a host address of {subnet}")
-            elif addr in used:
-                c.error(aline, f"networks.{nname}.hosts.{host}", f"address {addr} is already used by {used[addr]}")
-            used[addr] = host
-            addresses.append(IPv4Interface(f"{addr}/{subnet.prefixlen}"))
-        auto = (a for a in subnet.hosts() if a not in used)
-        for i in range(len(members)):
-            if addresses[i] is None:
-                nxt = next(auto, None)
-                if nxt is None:
-                    c.error(nline, f"networks.{nname}", f"subnet {subnet} has too few addresses for its hosts")
-                    break
-                addresses[i] = IPv4Interface(f"{nxt}/{subnet.prefixlen}")
-        for (host, _a, aline), address in zip(members, addresses):
-            memberships.setdefault(host, []).append((nname, address, aline))
-        networks[nname] = Network(nname, kind, subnet, mtu, impair, tuple(h for h, _, _ in members), nline)
-    return networks, memberships
-
-
-def _members(c: _Checker, node, line: int, field: str, hosts_node: LineDict):
-    members: list[tuple[str, IPv4Address | None, int]] = []
-    if isinstance(node, LineList):
-        items = [(h, None, node.line_of(i)) for i, h in enumerate(node)]
-    elif isinstance(node, LineDict):
-        items = [(h, a, node.line_of(h)) for h, a in node.items()]
-    else:
-        c.error(line, field, f"list the hosts, or map host → address; got {type_name(node)} {show(node)}")
-        return members
-    seen = set()
-    for host, addr, hline in items:
-        if not isinstance(host, str) or host not in hosts_node:
-            c.error(hline, f"{field}.{part(host)}",
-                    f"unknown host {show(host)} (hosts: {', '.join(map(show, hosts_node))})")
-            continue
-        if host in seen:
-            c.error(hline, f"{field}.{host}", "host listed twice")
-            continue
-        seen.add(host)
-        parsed = None
-        if addr is not None:
-            try:
-                parsed = ip_address(addr.split("/")[0]) if isinstance(addr, str) else None
-            except ValueError:
-                pass
-            if parsed is None or parsed.version != 4:
-                c.error(hline, f"{field}.{host}", f"not an IPv4 address: {show(addr)}")
-                parsed = None
-        members.append((host, parsed, hline))
-    return members
-
-
 def _impairment(c: _Checker, node, line: int, field: str) -> Impairment:
     node = c.mapping(node, line, field, IMPAIR_KEYS)
     values = {}
@@ -453,58 +495,116 @@ def _impairment(c: _Checker, node, line: int, field: str) -> Impairment:
                       loss_pct=values.get("loss", 0.0), rate_bps=int(values.get("rate", 0)))
 
 
-def _hosts(c: _Checker, lab: str, node: LineDict, profiles, networks, memberships) -> dict[str, Host]:
-    hosts = {}
-    for hname, body in node.items():
-        if not isinstance(hname, str) or not NAME_RE.match(hname):
-            continue
-        hline = node.line_of(hname)
-        field = f"hosts.{hname}"
-        body = c.mapping(body, hline, field, HOST_KEYS)
-        role = c.typed(body.get("role"), body.line_of("role"), f"{field}.role", str, "host")
-        if not ROLE_RE.fullmatch(role):     # it names an Ansible group
-            c.error(body.line_of("role"), f"{field}.role",
-                    f"{show(role)} must be letters, digits and '_', starting with a letter (an Ansible group name)")
-        cpus = c.typed(body.get("cpus"), body.line_of("cpus"), f"{field}.cpus", int, 1)
-        memory = c.typed(body.get("memory"), body.line_of("memory"), f"{field}.memory", int, 512)
-        if cpus < 1:
-            c.error(body.line_of("cpus"), f"{field}.cpus", f"must be ≥ 1, got {cpus}")
-        if memory < 128:
-            c.error(body.line_of("memory"), f"{field}.memory", f"MiB, must be ≥ 128, got {memory}")
-        hugepages = c.typed(body.get("hugepages"), body.line_of("hugepages"), f"{field}.hugepages", int, 0)
-        if hugepages < 0:
-            c.error(body.line_of("hugepages"), f"{field}.hugepages", f"must be ≥ 0, got {hugepages}")
-        hp_size = c.typed(body.get("hugepage_size"), body.line_of("hugepage_size"),
-                          f"{field}.hugepage_size", str, "2M")
-        if hp_size not in ("2M", "1G"):
-            c.error(body.line_of("hugepage_size"), f"{field}.hugepage_size", f"must be 2M or 1G, got {show(hp_size)}")
+# -- references: what one section names, another has ---------------------------------------
 
-        joined = memberships.get(hname, [])
-        nics = []
-        for index, (nname, address, _aline) in enumerate(joined, start=1):
-            ifname = f"eth{index}"
-            port = f"{hname}-{nname}"      # the host's port on a LAN bridge, in the switch namespace
-            if networks[nname].kind == "lan" and len(port) > IFNAMSIZ:
-                c.error(hline, field, f"interface name {port!r} (host-network) is {len(port)} characters; "
-                        f"Linux allows {IFNAMSIZ}: shorten the host or network name")
-            nics.append(Nic(hname, nname, ifname, address, stable_mac(lab, hname, nname), networks[nname].mtu))
-        ifnames = tuple(n.ifname for n in nics)
-
-        profile = c.typed(body.get("profile"), body.line_of("profile"), f"{field}.profile", str)
-        merged = {}
-        if profile is not None:
-            if profile not in profiles:
-                c.error(body.line_of("profile"), f"{field}.profile",
-                        f"unknown profile {show(profile)} (profiles: {', '.join(profiles) or 'none'})")
+def _references(c: _Checker, d: _Draft) -> None:
+    for net in d.networks.values():
+        field, seen = f"networks.{net.name}.hosts", set()
+        known = []
+        for m in net.members:
+            if not isinstance(m.host, str) or m.host not in d.hosts:
+                c.error(m.line, f"{field}.{part(m.host)}",
+                        f"unknown host {show(m.host)} (hosts: {', '.join(map(show, d.hosts))})")
+            elif m.host in seen:
+                c.error(m.line, f"{field}.{m.host}", "host listed twice")
             else:
-                merged.update(profiles[profile])
-        merged.update(_sysctl_table(c, body.get("sysctls"), body.line_of("sysctls"),
-                                    f"{field}.sysctls", per_host=True, ifnames=ifnames))
+                seen.add(m.host)
+                known.append(m)
+        net.members = known
+        if net.kind == "lan" and not known:
+            c.error(net.hosts_line, field, "a LAN needs at least one host")
+    for host in d.hosts.values():
+        field = f"hosts.{host.name}"
+        if host.profile is not None and host.profile not in d.profiles:
+            c.error(host.profile_line, f"{field}.profile",
+                    f"unknown profile {show(host.profile)} (profiles: {', '.join(d.profiles) or 'none'})")
+        joined = [n.name for n in d.networks.values() if any(m.host == host.name for m in n.members)]
+        if host.dpdk is not None and host.dpdk not in joined:
+            c.error(host.dpdk_line, f"{field}.dpdk", f"{host.name} has no NIC on network {show(host.dpdk)} "
+                    f"(its networks: {', '.join(joined) or 'none'})")
 
-        dpdk = c.typed(body.get("dpdk"), body.line_of("dpdk"), f"{field}.dpdk", str)
-        if dpdk is not None and dpdk not in {n.network for n in nics}:
-            c.error(body.line_of("dpdk"), f"{field}.dpdk", f"{hname} has no NIC on network {show(dpdk)} "
-                    f"(its networks: {', '.join(n.network for n in nics) or 'none'})")
-        hosts[hname] = Host(hname, role, cpus, memory, profile, merged, hugepages, hp_size,
-                            dpdk, tuple(nics), hline)
-    return hosts
+
+# -- addressing: subnets and addresses, then the model --------------------------------------
+
+def _addressing(c: _Checker, d: _Draft, path: Path | None) -> Lab:
+    # Explicit subnets first, then carve /24s for the rest from the pool.
+    taken: list[tuple[IPv4Network, str]] = []
+    for net in d.networks.values():
+        if net.subnet is None:
+            continue
+        for other, oname in taken:
+            if net.subnet.overlaps(other):
+                c.error(net.subnet_line, f"networks.{net.name}.subnet",
+                        f"{net.subnet} overlaps {other} of network {oname}")
+        taken.append((net.subnet, net.name))
+    free = (s for s in d.pool.subnets(new_prefix=max(24, d.pool.prefixlen))
+            if not any(s.overlaps(t) for t, _ in taken))
+    networks: dict[str, Network] = {}
+    addresses: dict[str, list[tuple[str, IPv4Interface]]] = {}     # host → (network, address), in order
+    for net in d.networks.values():
+        subnet = net.subnet or next(free, None)
+        if subnet is None:
+            c.error(net.line, f"networks.{net.name}", f"subnet_pool {d.pool} has no free /24 left")
+            continue
+        assigned = _assign(c, net, subnet)
+        for m, address in zip(net.members, assigned):
+            addresses.setdefault(m.host, []).append((net.name, address))
+        networks[net.name] = Network(net.name, net.kind, subnet, net.mtu, net.impair,
+                                     tuple(m.host for m in net.members), net.line)
+    subnet = d.vm_settings.get("management_subnet")
+    if subnet not in (None, "auto"):
+        for network in networks.values():
+            if network.subnet.overlaps(ip_network(subnet)):
+                c.error(d.vm.line_of("management_subnet"), "vm.management_subnet",
+                        f"{subnet} overlaps {network.subnet} of network {network.name}")
+    if c.problems:
+        return None     # type: ignore[return-value]  # (_stage raises on the problems)
+
+    hosts = {}
+    for h in d.hosts.values():
+        nics = tuple(Nic(h.name, nname, f"eth{index}", address, stable_mac(d.name, h.name, nname),
+                         networks[nname].mtu)
+                     for index, (nname, address) in enumerate(addresses.get(h.name, []), start=1))
+        merged = {s.key: s.value for s in (d.profiles[h.profile] if h.profile else [])}
+        merged.update({s.key: s.value for s in h.sysctls})
+        hosts[h.name] = Host(h.name, h.role, h.cpus, h.memory, h.profile, merged, h.hugepages, h.hugepage_size,
+                             h.dpdk, nics, h.line)
+    sources = [SysctlSource(s.field, s.line, s.key, None, per_host=False) for s in d.machine]
+    sources += [SysctlSource(s.field, s.line, s.key, None, per_host=True) for table in d.profiles.values()
+                for s in table]
+    sources += [SysctlSource(s.field, s.line, s.key, h.name, per_host=True) for h in d.hosts.values()
+                for s in h.sysctls]
+    return Lab(name=d.name, provider=d.provider, hosts=hosts, networks=networks,
+               machine_sysctls={s.key: s.value for s in d.machine}, source=path, vm=d.vm_settings,
+               sysctl_sources=tuple(sources))
+
+
+def _assign(c: _Checker, net: _NetworkDraft, subnet: IPv4Network) -> list[IPv4Interface]:
+    """Each member's address on `subnet`: the one written for it, else the first free one."""
+    used: dict[IPv4Address, str] = {}
+    for m in net.members:
+        if m.address is None:
+            continue
+        where = f"networks.{net.name}.hosts.{m.host}"
+        if m.address not in subnet or m.address in (subnet.network_address, subnet.broadcast_address):
+            c.error(m.line, where, f"address {m.address} is not a host address of {subnet}")
+        elif m.address in used:
+            c.error(m.line, where, f"address {m.address} is already used by {used[m.address]}")
+        used[m.address] = m.host
+    auto = (a for a in subnet.hosts() if a not in used)
+    assigned = []
+    for m in net.members:
+        address = m.address if m.address is not None else next(auto, None)
+        if address is None:
+            c.error(net.line, f"networks.{net.name}", f"subnet {subnet} has too few addresses for its hosts")
+            break
+        assigned.append(IPv4Interface(f"{address}/{subnet.prefixlen}"))
+    return assigned
+
+
+# -- provider: what only the provider that runs the lab can judge ------------------------------
+
+def _provider_checks(c: _Checker, lab: Lab) -> None:
+    from ..providers import provider_class  # (here: the providers build on this package)
+    for line, where, message in provider_class(lab.provider).validate(lab):
+        c.error(line, where, message)

@@ -95,6 +95,16 @@ class Host:
 
 
 @dataclass(frozen=True)
+class SysctlSource:
+    """Where lab.yml sets a sysctl: for the problems a provider finds with it."""
+    field: str                     # "hosts.h1.sysctls.net.core.somaxconn"
+    line: int
+    key: str
+    host: str | None               # None: machine.sysctls or a profile
+    per_host: bool                 # a host's own (or its profile's), not machine-wide
+
+
+@dataclass(frozen=True)
 class Lab:
     name: str
     provider: str
@@ -103,6 +113,7 @@ class Lab:
     machine_sysctls: dict[str, str] = field(default_factory=dict)
     source: Path | None = None
     vm: dict = field(default_factory=dict)      # provider settings for VMs (box, kvm, iommu, ...)
+    sysctl_sources: tuple[SysctlSource, ...] = field(default=(), compare=False, repr=False)
 
     def with_provider(self, provider: str) -> Lab:
         from dataclasses import replace

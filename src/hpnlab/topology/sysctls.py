@@ -99,3 +99,19 @@ def per_netns(key: str) -> bool:
         return key.startswith("net.") and not key.startswith(("net.core.rmem", "net.core.wmem",
                                                               "net.core.optmem", "net.core.netdev"))
     return key in keys
+
+
+def lab_problems(lab, namespaces: bool) -> list[tuple[int, str, str]]:
+    """(line, field, message) for each sysctl of `lab` that this machine's kernel lacks;
+    `namespaces`: a host's own sysctls must also be per network namespace (the hosts
+    share this kernel)."""
+    problems = []
+    for s in lab.sysctl_sources:
+        ifnames = tuple(n.ifname for n in lab.hosts[s.host].nics) if s.host else ()
+        key = normalise(s.key, ifnames or tuple(f"eth{i}" for i in range(1, 10)))
+        if not exists(key):
+            problems.append((s.line, s.field, "no such sysctl on this kernel"))
+        elif namespaces and s.per_host and not per_netns(key):
+            problems.append((s.line, s.field,
+                             "is machine-wide, not per network namespace: put it under machine.sysctls"))
+    return problems
