@@ -21,11 +21,15 @@ def _run_dir(root) -> Path:
 
 
 @pytest.mark.slow
-def test_quick_bench_runs_and_numbers_are_sane(tmp_path):
+def test_quick_bench_runs_and_numbers_are_sane(tmp_path, capsys):
     rc = main(["bench", "--quick", "--mode", "loopback", "--engines", "epoll-lt,uring",
-               "--port", "7391", "--results", str(tmp_path)])
+               "--port", "7391", "--results", str(tmp_path), "--format", "json"])
     assert rc == 0
     out = _run_dir(tmp_path)
+    printed = json.loads(capsys.readouterr().out)       # --format json: one object on stdout
+    assert (printed["kind"], printed["version"], printed["mode"], printed["dir"]) == ("hpnlab/bench", 1, "loopback",
+                                                                                    str(out.resolve()))
+    assert len(printed["cells"]) == 2 and printed["failed"] == [] and printed["goals"]
     for name in ("report.md", "data.json", "data.csv", "throughput.png", "latency.png",
                  "kib_per_conn.png", "cpu_per_req.png"):
         assert (out / name).stat().st_size > 0, name

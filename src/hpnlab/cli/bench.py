@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..servers import ENGINES
-from ._common import console
+from ._common import add_format, console, print_json
 
 HELP = "benchmark the I/O-model servers (threads ... io_uring) and write results/bench/<stamp>/"
 
@@ -28,6 +28,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--depth", type=int, default=1, help="requests in flight per connection")
+    add_format(parser)
     parser.add_argument("--workers", metavar="N[,N...]",
                         help="threads/processes of the parallel engines (epoll-threads, -acceptor, -procs); "
                              "several values draw a scaling curve (default: the server host's CPU count)")
@@ -132,6 +133,10 @@ def run(args) -> int:
     console.print(f"hpnlab bench: mode {mode}")
     result = benchmark(cfg, mode, provider, argv=rerun_argv(args, cfg, mode), results_root=args.results,
                        say=lambda m: console.print(m), make_target=None)
+    if args.format == "json":
+        print_json("bench", {"mode": mode, "report": str((result["dir"] / "report.md").resolve()),
+                             "dir": str(result["dir"].resolve()), "goals": result["goals"], "cells": result["cells"],
+                             "failed": result["failed"]})
     for g in result["goals"]:
         mark = {True: "[green]PASS[/green]", False: "[yellow]FAIL[/yellow]", None: "n/a"}[g["pass"]]
         console.print(f"  {mark} {g['goal']}: {g['measured']}")
