@@ -6,6 +6,7 @@
     backlog  SYN queue (半连接队列) and accept queue (全连接队列)
     epoll    level- vs edge-triggered epoll (水平触发/边缘触发)
     close    active/passive/simultaneous close, half-close, RST, TIME_WAIT
+    pktgen   a DPDK packet generator against dpdk-testpmd txonly; receiver accounting
 
 A lab module defines HELP, add_arguments(parser) and
 run(provider, args, step) -> dict (with "report": the report's path, "dir": its directory), and
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 
-LABS = ("p2p", "nat", "backlog", "epoll", "close")
+LABS = ("p2p", "nat", "backlog", "epoll", "close", "pktgen")
 
 
 def lab_module(name: str):

@@ -1,7 +1,7 @@
 """What runs on a lab host, one measurement a process (DPDK's EAL lives as long as
 the process): prints one JSON object on stdout.
 
-    python -m hpnlab.pktgen.agent send    --eal "ARGS" --size 64 --seconds 5 [--pps N] [--count N]
+    python -m hpnlab.pktgen.agent send    --eal "ARGS" --size 64 --seconds 5 [--rate 100kpps] [--count N]
     python -m hpnlab.pktgen.agent recv    --eal "ARGS" | --afpacket IF   --seconds 6
     python -m hpnlab.pktgen.agent testpmd --eal "ARGS" --size 64 --seconds 5
 """
@@ -21,7 +21,7 @@ import time
 from .. import dpdk
 from ..errors import HpnlabError
 from .engine import Generator, Receiver
-from .templates import PROTOS, Traffic, TrafficError, parse_sizes
+from .templates import PROTOS, Traffic, TrafficError, parse_sizes, rate_pps
 
 # The generator's frames go to a MAC no host owns: the peer's kernel leaves them alone
 # (no ICMP errors, no RSTs to the SYNs); its receiver listens promiscuously.
@@ -52,12 +52,11 @@ def cmd_send(a) -> dict:
         link = port.link()
         gen = Generator(port, traffic, port.mac if a.src_mac is None else mac_bytes(a.src_mac),
                         mac_bytes(a.dst_mac), burst=a.burst)
-        if a.warmup:
-            gen.run(seconds=a.warmup, first_seq=1 << 62)    # numbers a receiver can tell apart
         port.reset_stats()
-        out = gen.run(pps=a.pps, count=a.count, seconds=a.seconds)
+        out = gen.run(pps=rate_pps(a.rate, traffic.mean_size(), link.speed_mbps), count=a.count,
+                      seconds=a.seconds)
         time.sleep(0.05)
-        out.update(port=port.name, driver=port.driver, link_mbps=link.speed_mbps, link_up=link.up,
+        out.update(rate=a.rate, port=port.name, driver=port.driver, link_mbps=link.speed_mbps, link_up=link.up,
                    stats=port.stats(), xstats=port.xstats(), size=a.size, proto=a.proto, flows=a.flows,
                    eal=a.eal)
         return out
@@ -70,15 +69,15 @@ def cmd_recv(a) -> dict:
     if a.afpacket:
         sock = rcv.open_afpacket(a.afpacket)
         print(json.dumps({"ready": True}), flush=True)
-        rcv.run_afpacket(sock, a.seconds)
+        rcv.run_afpacket(sock, a.seconds, a.idle)
         sock.close()
         return rcv.result()
     port = open_port(a.eal, a.port)
     try:
         print(json.dumps({"ready": True}), flush=True)
-        rcv.run_dpdk(port, a.seconds)
+        rcv.run_dpdk(port, a.seconds, idle=a.idle)
         out = rcv.result()
-        out.update(port=port.name, driver=port.driver, stats=port.stats())
+        out.update(rate=a.rate, port=port.name, driver=port.driver, stats=port.stats())
         return out
     finally:
         port.close()
@@ -165,9 +164,8 @@ def main(argv=None) -> int:
         if name == "send":
             s.add_argument("--proto", choices=PROTOS, default="udp")
             s.add_argument("--flows", type=int, default=1)
-            s.add_argument("--pps", type=float, default=0)
+            s.add_argument("--rate", default="max", help="max, line, 100kpps, 1Gbit...")
             s.add_argument("--count", type=int, default=0)
-            s.add_argument("--warmup", type=float, default=0)
             s.add_argument("--src-mac")
             s.add_argument("--dst-mac", default=":".join(f"{b:02x}" for b in PEER_MAC))
             s.add_argument("--src-ip", default="10.77.2.1")
@@ -175,6 +173,8 @@ def main(argv=None) -> int:
         if name == "recv":
             s.add_argument("--afpacket", metavar="IFNAME")
             s.add_argument("--expect", type=int, default=0)
+            s.add_argument("--idle", type=float, default=0,
+                           help="stop after this many seconds without a stamped frame (once one came)")
     a = p.parse_args(argv)
     # SIGTERM (a lab stopping its agents) unwinds like Ctrl-C: ports closed, testpmd stopped
     signal.signal(signal.SIGTERM, signal.default_int_handler)

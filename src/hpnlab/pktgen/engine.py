@@ -128,17 +128,26 @@ class Receiver:
         self.kernel_drops = 0
         self.mode = ""
 
-    def _loop(self, seconds: float, step) -> None:
+    def _loop(self, seconds: float, step, idle: float = 0) -> None:
+        """Receive for `seconds`, or until `idle` seconds passed without a stamped frame
+        once one came (0: the whole time)."""
         lib = self.lib
+        counts = self.ffi.new("struct hp_rcv_counts *")
         end = lib.hp_tsc() + int(seconds * self.hz)
+        seen, quiet_since = 0, lib.hp_tsc()
         while lib.hp_tsc() < end:
             ret = step(min(end, lib.hp_tsc() + int(SLICE * self.hz)))
             if ret < 0:
                 raise DpdkError(f"receiver: {self.mode}: errno {-ret}")
+            lib.hp_rcv_counts(self.r, counts)
+            if counts.stamped != seen:
+                seen, quiet_since = counts.stamped, lib.hp_tsc()
+            elif idle and seen and lib.hp_tsc() - quiet_since > idle * self.hz:
+                break
 
-    def run_dpdk(self, port: Port, seconds: float, queue: int = 0) -> None:
+    def run_dpdk(self, port: Port, seconds: float, queue: int = 0, idle: float = 0) -> None:
         self.mode = f"dpdk {port.name}"
-        self._loop(seconds, lambda until: self.lib.hp_rcv_dpdk(self.r, port.id, queue, until))
+        self._loop(seconds, lambda until: self.lib.hp_rcv_dpdk(self.r, port.id, queue, until), idle)
 
     def open_afpacket(self, ifname: str) -> socket.socket:
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
@@ -150,9 +159,9 @@ class Receiver:
         sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)   # reset the kernel's counters
         return sock
 
-    def run_afpacket(self, sock: socket.socket, seconds: float) -> None:
+    def run_afpacket(self, sock: socket.socket, seconds: float, idle: float = 0) -> None:
         self.mode = "af_packet"
-        self._loop(seconds, lambda until: self.lib.hp_rcv_afpacket(self.r, sock.fileno(), until))
+        self._loop(seconds, lambda until: self.lib.hp_rcv_afpacket(self.r, sock.fileno(), until), idle)
         _packets, drops = struct.unpack("II", sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
         self.kernel_drops += drops
 

@@ -149,3 +149,39 @@ def parse_sizes(text: str) -> list[list[int]]:
 
 def size_label(sizes: list[int]) -> str:
     return "imix" if len(sizes) > 1 else str(sizes[0])
+
+
+RATE_UNITS = {"pps": ("pps", 1.0), "kpps": ("pps", 1e3), "mpps": ("pps", 1e6),
+              "bit": ("bps", 1.0), "kbit": ("bps", 1e3), "mbit": ("bps", 1e6), "gbit": ("bps", 1e9)}
+WIRE_EXTRA = 24        # bytes a frame takes on the wire beyond its data: FCS 4, preamble 8, gap 12
+
+
+def parse_rate(text: str) -> tuple[str, float]:
+    """--rate: `max` (as fast as the queue takes), `line` (the link's speed), `250kpps`,
+    `1.5Mpps`, `800Mbit`, `2Gbit` → (kind, value)."""
+    t = text.strip().lower()
+    if t in ("max", "line"):
+        return t, 0.0
+    number = t.rstrip("abcdefghijklmnopqrstuvwxyz/")
+    unit = t[len(number):].replace("/s", "")
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if unit not in RATE_UNITS or value <= 0:
+        raise TrafficError(f"--rate {text!r}: max, line, or a number with one of "
+                           f"{', '.join(RATE_UNITS)} (e.g. 100kpps, 1Gbit)")
+    kind, scale = RATE_UNITS[unit]
+    return kind, value * scale
+
+
+def rate_pps(text: str, mean_size: float, link_mbps: int) -> float:
+    """The packets per second a --rate asks for (0: as fast as possible)."""
+    kind, value = parse_rate(text)
+    if kind == "max":
+        return 0.0
+    if kind == "line":
+        if not link_mbps:
+            raise TrafficError("--rate line: the device does not report its link speed; give a rate")
+        value, kind = link_mbps * 1e6, "bps"
+    return value if kind == "pps" else value / ((mean_size + WIRE_EXTRA) * 8)
