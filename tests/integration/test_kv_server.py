@@ -331,3 +331,28 @@ def test_kill_9_with_appendfsync_always_loses_no_acknowledged_write(tmp_path):
         assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {missing[:5]}"
     finally:
         stop(proc)
+
+
+@pytest.mark.parametrize("engine", ["select", "poll", "epoll-et", "epoll-acceptor", "asyncio", "coro", "greenlet",
+                                    "uring"])
+def test_every_other_engine_serves(tmp_path, engine):
+    from hpnlab.servers import unavailable
+    reason = unavailable(engine)
+    if reason:
+        pytest.skip(f"{engine}: {reason}")
+    proc, port = start_kv(tmp_path, "--engine", engine)
+    try:
+        r = redis.Redis(port=port)
+        p = r.pipeline(transaction=False)
+        for i in range(200):
+            p.set(f"k{i}", "v" * i)
+        p.execute()
+        assert r.mget([f"k{i}" for i in range(200)]) == [b"v" * i for i in range(200)]
+        if engine in ("coro", "greenlet", "uring"):       # no way to answer later: a clear error
+            with pytest.raises(redis.ResponseError, match=f"blocking commands need.*{engine} cannot"):
+                r.blpop(["empty"], timeout=1)
+        else:
+            assert r.blpop(["empty"], timeout=0.2) is None
+    finally:
+        stop(proc)
+    assert proc.returncode == 0

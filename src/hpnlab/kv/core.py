@@ -281,6 +281,7 @@ class Client:
         now = time.monotonic()
         if now >= srv.next_cron:
             srv.cron(now)
+        srv.commands_processed += len(cmds)
         out = []
         execute = self.execute
         for i, args in enumerate(cmds):
@@ -339,7 +340,6 @@ class Client:
         if self.multi is not None and "notx" not in cmd.flags:
             self.multi.append((cmd, args))
             return resp.QUEUED
-        srv.commands_processed += 1
         dirty = srv.dirty
         reply = cmd.func(self, args)
         if srv.dirty != dirty:

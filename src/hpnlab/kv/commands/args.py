@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 INT_MIN, INT_MAX = -(1 << 63), (1 << 63) - 1
 
@@ -36,3 +37,29 @@ def fmt_float(v: float) -> bytes:
     elif s.endswith(".0"):
         s = s[:-2]
     return s.encode()
+
+
+OUT_OF_RANGE = b"-ERR value is out of range, must be positive\r\n"
+
+
+def pop_count(args: list[bytes]) -> tuple[int | None, bytes | None]:
+    """The optional COUNT of LPOP/RPOP/SPOP/ZPOPMIN (args[2]): (count or None, error or None)."""
+    if len(args) > 3:
+        return None, b"-ERR syntax error\r\n"
+    if len(args) < 3:
+        return None, None
+    count = to_int(args[2])
+    if count is None or count < 0:
+        return None, OUT_OF_RANGE
+    return count, None
+
+
+def expire_option(opt: bytes, arg: bytes, name: str) -> tuple[int | None, bytes | None]:
+    """EX/PX/EXAT/PXAT n of SET and GETEX as an absolute unix time in ms: (when, error)."""
+    n = to_int(arg)
+    if n is None:
+        return None, b"-ERR value is not an integer or out of range\r\n"
+    if n <= 0:
+        return None, b"-ERR invalid expire time in '%b' command\r\n" % name.encode()
+    now = int(time.time() * 1000)
+    return {b"EX": now + n * 1000, b"PX": now + n, b"EXAT": n * 1000, b"PXAT": n}[opt], None

@@ -7,7 +7,7 @@ from itertools import islice
 from .. import resp
 from ..core import NOT_INT, WRONGTYPE, Client, Server, command
 from ..resp import bulk, bulks
-from .args import to_float, to_int
+from .args import pop_count, to_float, to_int
 
 
 def _list(c: Client, key: bytes):
@@ -56,13 +56,9 @@ def rpushx(c: Client, args: list[bytes]) -> bytes:
 
 
 def _pop(c: Client, args: list[bytes], left: bool) -> bytes:
-    if len(args) > 3:
-        return resp.error("ERR syntax error")
-    count = None
-    if len(args) == 3:
-        count = to_int(args[2])
-        if count is None or count < 0:
-            return b"-ERR value is out of range, must be positive\r\n"
+    count, err = pop_count(args)
+    if err:
+        return err
     lst, err = _list(c, args[1])
     if err:
         return err

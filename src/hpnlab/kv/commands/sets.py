@@ -6,7 +6,7 @@ import random
 from .. import resp
 from ..core import NOT_INT, WRONGTYPE, Client, command
 from ..resp import bulk, bulks
-from .args import to_int
+from .args import pop_count, to_int
 
 
 def _set(c: Client, key: bytes):
@@ -83,13 +83,9 @@ def scard(c: Client, args: list[bytes]) -> bytes:
 
 @command("spop", -2, "write fast", 1, 1)
 def spop(c: Client, args: list[bytes]) -> bytes:
-    if len(args) > 3:
-        return resp.error("ERR syntax error")
-    count = None
-    if len(args) == 3:
-        count = to_int(args[2])
-        if count is None or count < 0:
-            return b"-ERR value is out of range, must be positive\r\n"
+    count, err = pop_count(args)
+    if err:
+        return err
     s, err = _set(c, args[1])
     if err:
         return err

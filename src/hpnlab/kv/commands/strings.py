@@ -6,14 +6,15 @@ import time
 from .. import resp
 from ..core import NOT_FLOAT, NOT_INT, SYNTAX, WRONGTYPE, Client, command
 from ..resp import OK, bulk
-from .args import fmt_float, to_float, to_int
+from .args import expire_option, fmt_float, to_float, to_int
 
 INVALID_EXPIRE = "ERR invalid expire time in '{}' command"
 
 
 @command("get", 2, "readonly fast", 1, 1)
 def get(c: Client, args: list[bytes]) -> bytes:
-    v = c.db.lookup(args[1])
+    db = c.db
+    v = db.lookup(args[1]) if db.expires else db.data.get(args[1])
     if v is None:
         return c.null
     if type(v) is not bytes:
@@ -45,13 +46,9 @@ def set_(c: Client, args: list[bytes]) -> bytes:
         elif opt == b"KEEPTTL" and when is None:
             keepttl = True
         elif opt in (b"EX", b"PX", b"EXAT", b"PXAT") and not keepttl and when is None and i + 1 < len(args):
-            n = to_int(args[i + 1])
-            if n is None:
-                return NOT_INT
-            if n <= 0:
-                return resp.error(INVALID_EXPIRE.format("set"))
-            now = int(time.time() * 1000)
-            when = {b"EX": now + n * 1000, b"PX": now + n, b"EXAT": n * 1000, b"PXAT": n}[opt]
+            when, err = expire_option(opt, args[i + 1], "set")
+            if err:
+                return err
             i += 1
         else:
             return SYNTAX
@@ -173,13 +170,9 @@ def getex(c: Client, args: list[bytes]) -> bytes:
         if opt == b"PERSIST" and when is None and not persist:
             persist = True
         elif opt in (b"EX", b"PX", b"EXAT", b"PXAT") and when is None and not persist and i + 1 < len(args):
-            n = to_int(args[i + 1])
-            if n is None:
-                return NOT_INT
-            if n <= 0:
-                return resp.error(INVALID_EXPIRE.format("getex"))
-            now = int(time.time() * 1000)
-            when = {b"EX": now + n * 1000, b"PX": now + n, b"EXAT": n * 1000, b"PXAT": n}[opt]
+            when, err = expire_option(opt, args[i + 1], "getex")
+            if err:
+                return err
             i += 1
         else:
             return SYNTAX

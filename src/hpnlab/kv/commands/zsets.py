@@ -2,11 +2,13 @@
 as Redis's zset (t_zset.c) pairs a dict with its zskiplist."""
 from __future__ import annotations
 
+from typing import Any
+
 from .. import resp
 from ..core import NOT_FLOAT, NOT_INT, SYNTAX, WRONGTYPE, Client, command
 from ..index.skiplist import SkipList
 from ..resp import bulk, fmt_double
-from .args import to_float, to_int
+from .args import pop_count, to_float, to_int
 
 INF = float("inf")
 
@@ -268,28 +270,32 @@ def zrange_generic(c: Client, z, start: bytes, stop: bytes, byscore: bool, rev: 
     return _pairs(c, items, withscores)
 
 
-@command("zrange", -4, "readonly", 1, 1)
-def zrange(c: Client, args: list[bytes]) -> bytes:
-    byscore = rev = withscores = False
-    limit = None
+def range_options(args: list[bytes], flags: tuple[bytes, ...]) -> tuple[dict, bytes | None]:
+    """The options after ZRANGE-family key start stop: {FLAG: True, b"LIMIT": (offset, count)}."""
+    opts: dict[bytes, Any] = {}
     i = 4
     while i < len(args):
         o = args[i].upper()
-        if o == b"BYSCORE":
-            byscore = True
-        elif o == b"REV":
-            rev = True
-        elif o == b"WITHSCORES":
-            withscores = True
+        if o in flags:
+            opts[o] = True
         elif o == b"LIMIT" and i + 2 < len(args):
             off, cnt = to_int(args[i + 1]), to_int(args[i + 2])
             if off is None or cnt is None:
-                return NOT_INT
-            limit = (off, cnt)
+                return opts, NOT_INT
+            opts[o] = (off, cnt)
             i += 2
         else:
-            return SYNTAX
+            return opts, SYNTAX
         i += 1
+    return opts, None
+
+
+@command("zrange", -4, "readonly", 1, 1)
+def zrange(c: Client, args: list[bytes]) -> bytes:
+    opts, err = range_options(args, (b"BYSCORE", b"REV", b"WITHSCORES"))
+    if err:
+        return err
+    byscore, rev, withscores, limit = b"BYSCORE" in opts, b"REV" in opts, b"WITHSCORES" in opts, opts.get(b"LIMIT")
     if limit is not None and not byscore:
         return b"-ERR syntax error, LIMIT is only supported in combination with either BYSCORE or BYLEX\r\n"
     z, err = _zset(c, args[1])
@@ -306,24 +312,12 @@ def zrevrange(c: Client, args: list[bytes]) -> bytes:
 
 def _byscore(rev: bool):
     def cmd(c: Client, args: list[bytes]) -> bytes:
-        withscores = False
-        limit = None
-        i = 4
-        while i < len(args):
-            o = args[i].upper()
-            if o == b"WITHSCORES":
-                withscores = True
-            elif o == b"LIMIT" and i + 2 < len(args):
-                off, cnt = to_int(args[i + 1]), to_int(args[i + 2])
-                if off is None or cnt is None:
-                    return NOT_INT
-                limit = (off, cnt)
-                i += 2
-            else:
-                return SYNTAX
-            i += 1
+        opts, err = range_options(args, (b"WITHSCORES",))
+        if err:
+            return err
         z, err = _zset(c, args[1])
-        return err or zrange_generic(c, z, args[2], args[3], True, rev, limit, withscores)
+        return err or zrange_generic(c, z, args[2], args[3], True, rev, opts.get(b"LIMIT"),
+                                     b"WITHSCORES" in opts)
     return cmd
 
 
@@ -343,14 +337,10 @@ def zcount(c: Client, args: list[bytes]) -> bytes:
 
 
 def _zpop(c: Client, args: list[bytes], maximum: bool) -> bytes:
-    if len(args) > 3:
-        return SYNTAX
-    count = 1
-    if len(args) == 3:
-        n = to_int(args[2])
-        if n is None or n < 0:
-            return b"-ERR value is out of range, must be positive\r\n"
-        count = n
+    n, err = pop_count(args)
+    if err:
+        return err
+    count = 1 if n is None else n
     z, err = _zset(c, args[1])
     if err:
         return err

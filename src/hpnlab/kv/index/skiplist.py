@@ -58,14 +58,8 @@ class SkipList:
         return update, rank
 
     def find(self, key: Any) -> Node | None:
-        x = self.head
-        for i in range(self.level - 1, -1, -1):
-            nxt = x.next[i]
-            while nxt is not None and nxt.key < key:
-                x = nxt
-                nxt = x.next[i]
-        x2 = x.next[0]
-        return x2 if x2 is not None and x2.key == key else None
+        node = self.first_ge(key)
+        return node if node is not None and node.key == key else None
 
     def insert(self, key: Any, value: Any) -> Node:
         """Insert a key that is not in the list (the caller checks)."""
