@@ -70,6 +70,30 @@ def null_eal(lcore: int) -> str:
                        "-m", "256", "--no-pci", "--vdev=net_null0"])
 
 
+def ensure_binding(provider, host) -> str:
+    """Make the DPDK binding importable on a host: netns hosts share this checkout's; a
+    VM or machine builds its own where it has DPDK's headers (the labcode role's
+    copy), else gets this machine's build (same Debian 12, DPDK 22.11 ABI, Python)."""
+    if provider.name == "netns":
+        return "this checkout's"
+    probe = "import os, hpnlab.dpdk as d; d.binding(); print(os.path.dirname(d.__file__))"
+    res = host.run([agent_python(host), "-c", probe], timeout=host.start_timeout + 240, check=False)
+    if res.rc == 0:
+        return "built on the host"
+    from ..dpdk import _build
+    local = next(Path(_build.__file__).parent.glob(f"{_build.MODULE}.*.so"), None)
+    where = host.run([agent_python(host), "-c", "import os, hpnlab.dpdk as d; print(os.path.dirname(d.__file__))"],
+                     timeout=host.start_timeout, check=False)
+    if local is None or where.rc != 0:
+        raise LabError(f"[{host.name}] the DPDK binding cannot be built there ({res.stderr.strip()[-300:]}) "
+                       "and there is no build here to copy: `make setup`")
+    host.put(local, f"{where.stdout.strip()}/{local.name}")
+    res = host.run([agent_python(host), "-c", probe], timeout=host.start_timeout + 60, check=False)
+    if res.rc != 0:
+        raise LabError(f"[{host.name}] this machine's DPDK binding does not load there: {res.stderr.strip()[-500:]}")
+    return "copied from the controller"
+
+
 def agent(host, *args) -> list[str]:
     return [agent_python(host), "-m", "hpnlab.pktgen.agent", *[str(a) for a in args]]
 
@@ -244,6 +268,7 @@ def run(provider, args, step) -> dict:
     cpus = os.cpu_count() or 1
     # netns hosts share this machine's CPUs: the sender on the first, the receiver on the last
     lcore_r = cpus - 1 if provider.name == "netns" else 0
+    binding = {h.name: ensure_binding(provider, h) for h in (sender, receiver)}
     eal_s, drives_s = eal_for(provider, sender, ifname_s, 0)
     eal_r, _ = eal_for(provider, receiver, ifname_r, lcore_r)
     out = report.results_dir("pktgen", getattr(args, "results", None))
@@ -262,6 +287,7 @@ def run(provider, args, step) -> dict:
                                   f"{loss_pct:g} % loss injected", loss))
     env["load_after"] = os.getloadavg()
     env["eal"] = {"sender": eal_s, "receiver": eal_r, "net_null": null_eal(0)}
+    env["binding"] = binding
     png = plot(rows, out)
     data = {"throughput": rows, "accounting": acc, "environment": env,
             "traffic": {"proto": args.proto, "flows": args.flows, "sizes": args.size, "seconds": args.seconds,
