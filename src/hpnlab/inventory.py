@@ -1,10 +1,13 @@
 """The Ansible inventory of a lab, generated from the topology model.
 
     inventory/<lab>.yml
-      all.vars            hpnlab_lab, hpnlab_provider, hpnlab_machine_sysctls, hpnlab_networks
+      all.vars            hpnlab_lab, hpnlab_provider, hpnlab_shares_kernel (the provider's hook:
+                          the hosts run on the controller's kernel and file system),
+                          hpnlab_machine_sysctls, hpnlab_networks
       all.children
         <role>            one group per host role in lab.yml (server, client, ...)
-        provider_<name>   netns / vagrant / static: the group the roles branch on
+        provider_<name>   netns / vagrant / static (for --limit; the roles branch on
+                          hpnlab_shares_kernel, not on a provider's name)
       host vars           everything the roles and testinfra need about a host, from
                           the topology: hpnlab_sysctls, hpnlab_hugepages, hpnlab_dpdk_*,
                           hpnlab_nics (ifname, network, address, mac, mtu, kernel:
@@ -130,6 +133,7 @@ def build(provider: Provider, static_inventory: str | Path | None = None) -> dic
         "vars": {
             "hpnlab_lab": lab.name,
             "hpnlab_provider": lab.provider,
+            "hpnlab_shares_kernel": provider.shares_kernel,     # what the roles branch on
             "hpnlab_machine_sysctls": dict(lab.machine_sysctls),
             "hpnlab_networks": d["networks"],
             "hpnlab_source": str(lab.source.resolve()) if lab.source else "",

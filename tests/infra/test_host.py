@@ -42,8 +42,8 @@ def _ip(value) -> str:
     return str(ipaddress.ip_address(str(value)))
 
 
-def _netns(spec) -> bool:
-    return spec["hpnlab_provider"] == "netns"
+def _shares_kernel(spec) -> bool:
+    return bool(spec["hpnlab_shares_kernel"])       # (a namespace host: the machine's kernel)
 
 
 def test_sysctl(host, spec, sysctl, record_property):
@@ -59,14 +59,14 @@ def test_machine_sysctl(host, spec, machine_sysctl, record_property):
     # netns hosts share the machine's kernel: read the key in the machine's own namespace
     # (`hpnlab verify` names a process of its own there: HPNLAB_MACHINE_PID)
     machine = str(int(os.environ.get("HPNLAB_MACHINE_PID", "1")))
-    have = _norm(host.check_output("nsenter -t %s -n sysctl -n %s", machine, _key(key)) if _netns(spec)
+    have = _norm(host.check_output("nsenter -t %s -n sysctl -n %s", machine, _key(key)) if _shares_kernel(spec)
                  else host.check_output("sysctl -n %s", _key(key)))
     assert have == _norm(want), f"{key} is {have!r}, machine.sysctls wants {_norm(want)!r}"
 
 
 def test_nofile_limit(host, spec, record_property):
     record_property("check", "nofile limit")
-    if _netns(spec):
+    if _shares_kernel(spec):
         pytest.skip("netns hosts inherit the caller's limits")
     role = yaml.safe_load(KERNEL_TUNING.read_text())
     want, path = int(role["kernel_tuning_nofile"]), role["kernel_tuning_limits_file"]
@@ -99,7 +99,7 @@ def test_hugetlbfs_mounted(host, spec, record_property):
     record_property("check", "hugetlbfs mounted")
     if not int(spec["hpnlab_hugepages"]):
         pytest.skip("the lab asks no hugepages for this host")
-    if _netns(spec):
+    if _shares_kernel(spec):
         path = f"/run/hpnlab/hugetlbfs/{spec['hpnlab_lab']}/{spec['hpnlab_host']}"
         mount = host.mount_point(path)
         assert mount.exists, f"no hugetlbfs at {path}"
@@ -119,7 +119,7 @@ def test_dpdk_nic(host, spec, record_property):
     if not ifname:
         record_property("check", "dpdk NIC")
         pytest.skip("no DPDK NIC for this host")
-    if _netns(spec):
+    if _shares_kernel(spec):
         record_property("check", f"dpdk vdev on {ifname} starts")
         ifname = _ifname(ifname)
         offloads = host.check_output("ethtool -k %s", ifname)

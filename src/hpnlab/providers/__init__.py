@@ -121,8 +121,9 @@ class Provider(ABC):
                 unregister_live(cls.name, name)
 
     # -- hooks: what differs between providers, each with the answer most providers give --
-    # The hosts share this machine's kernel (and CPUs, /proc, tracefs): what provisioning
-    # takes from the kernel (hugepages, vm.* sysctls) is the machine's, to give back.
+    # The hosts run on this machine's kernel (namespaces): they share its CPUs, /proc,
+    # tracefs and file system too; what provisioning takes from the kernel (hugepages,
+    # vm.* sysctls) is the machine's, to give back.
     shares_kernel: bool = False
     # The machines exist before `up` (provision and verify may run on a lab that is not up).
     exists_before_up: bool = False
