@@ -123,7 +123,6 @@ class Process(ABC):
 class Host(ABC):
     """One lab host. `spec` is its entry in the topology model."""
 
-    provider: str = "?"
     # the interpreter that runs hpnlab's code on the host (lab agents): the system python3,
     # where provisioning (the labcode role) installs hpnlab on VMs and machines
     python: str = "python3"

@@ -54,7 +54,6 @@ class NetnsProcess(Process):
 
 
 class NetnsHost(Host):
-    provider = "netns"
     python = sys.executable        # a namespace shares this machine's file system and venv
     start_timeout = 10.0
 

@@ -185,8 +185,6 @@ class _RefuseUnknown:
 
 
 class SshHost(Host):
-    provider = "ssh"
-
     def __init__(self, spec, address: str, user: str = "root", key: str | Path | None = None,
                  port: int = 22, record: Callable[[dict], None] | None = None,
                  connect_timeout: float = 15.0, proxy_command: str | None = None,
