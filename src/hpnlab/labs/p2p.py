@@ -31,6 +31,7 @@ import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from .. import report
 from . import pcap
@@ -69,7 +70,7 @@ def simultaneous_connect(local: tuple[str, int], remote: tuple[str, int], start_
     rng = rng or random.Random()
     sleep_until(start_at)
     t0 = time.time()
-    info = {"attempts": 0, "refused": 0, "timeouts": 0, "errors": [], "first_connect": t0}
+    info: dict[str, Any] = {"attempts": 0, "refused": 0, "timeouts": 0, "errors": [], "first_connect": t0}
     while True:
         left = t0 + timeout - time.time()
         if left <= 0:
@@ -88,11 +89,11 @@ def simultaneous_connect(local: tuple[str, int], remote: tuple[str, int], start_
             return s, info
         except ConnectionRefusedError:
             info["refused"] += 1
-        except socket.timeout:
+        except TimeoutError:
             info["timeouts"] += 1
         except OSError as exc:   # e.g. a reset in SYN_RECV, EADDRNOTAVAIL while a tuple is busy
             if len(info["errors"]) < 5:
-                info["errors"].append(errno.errorcode.get(exc.errno, str(exc)))
+                info["errors"].append(errno.errorcode.get(exc.errno or 0, str(exc)))
         s.close()
         time.sleep(rng.uniform(0, jitter_ms / 1000))
 
@@ -206,8 +207,8 @@ def run(provider, args, step) -> dict:
         ladder_png = out / "ladder.png"
         conn = [s for s in segs_a if args.port + example["try"] in (s.sport, s.dport)]
         conn_b = [s for s in segs_b if args.port + example["try"] in (s.sport, s.dport)]
-        draw_ladder(pcap.opening(conn)[:12], pcap.opening(conn_b)[:12], (a_name, ip_a), (b_name, ip_b),
-                    ladder_png, title=f"try #{example['try']}: {example['kind']} open, port {args.port + example['try']}")
+        draw_ladder(pcap.opening(conn)[:12], pcap.opening(conn_b)[:12], (a_name, ip_a), (b_name, ip_b), ladder_png,
+                    title=f"try #{example['try']}: {example['kind']} open, port {args.port + example['try']}")
     step("writing the report")
     env = report.fingerprint(provider, ["net.ipv4.tcp_syn_retries", "net.ipv4.tcp_tw_reuse"], hosts)
     md = render(analysis, a_name, b_name, ip_a, ip_b, net, args, env, ladder_png, out)
@@ -219,7 +220,7 @@ def syn_gap_ms(opening: list, ip_a: str, ip_b: str) -> float | None:
     """B's SYN minus A's SYN as captured on A's NIC: both have passed an egress delay there
     (A's leaving, B's arriving), so this is the connect() gap plus the difference of the
     two delays' own jitter — read with no clock but A's."""
-    first = {}
+    first: dict[str, float] = {}
     for s in opening:
         if s.flags & pcap.SYN and not s.flags & pcap.ACK:
             first.setdefault(s.src, s.ts)
@@ -230,12 +231,13 @@ def syn_gap_ms(opening: list, ip_a: str, ip_b: str) -> float | None:
 
 def analyse(tries_a: list, tries_b: list, segs: list, ip_a: str, ip_b: str, events,
             delay_ms: float = 0.0) -> dict:
-    conns = {}
+    conns: dict[int, list] = {}
     for s in segs:
         if s.proto == "tcp" and s.sport == s.dport:
             conns.setdefault(s.sport, []).append(s)
     paths = state_paths(events) if events is not None else {}
-    rows, kinds = [], {}
+    rows: list[dict] = []
+    kinds: dict[str, int] = {}
     for ta, tb in zip(tries_a, tries_b):
         port = ta["port"]
         conn = conns.get(port, [])
@@ -306,10 +308,10 @@ def draw_ladder(segs_a: list, segs_b: list, a: tuple, b: tuple, path: Path, titl
 
     def k(s):
         return (s.src, s.sport, s.dst, s.dport, s.seq, s.ack, s.flags)
-    seen_b = {}
+    seen_b: dict[tuple, float] = {}
     for s in segs_b:
         seen_b.setdefault(k(s), s.ts)
-    seen_a = {}
+    seen_a: dict[tuple, float] = {}
     for s in segs_a:
         seen_a.setdefault(k(s), s.ts)
     arrows = []
@@ -393,7 +395,8 @@ def render(an: dict, a: str, b: str, ip_a: str, ip_b: str, net: str, args, env: 
               "before the other side had connected and was answered with RST.", "",
               report.md_table(["try", "port", "ok", "handshake", "connect gap ms", "SYN gap ms", "attempts A/B",
                                "RSTs", "connect s A/B", "opening (pcap, A=" + a + ")", "states A | B (tracepoint)"],
-                              [[r["try"], r["port"], "yes" if r["ok"] else "NO", r["kind"], f"{r['connect_gap_ms']:+.3f}",
+                              [[r["try"], r["port"], "yes" if r["ok"] else "NO", r["kind"],
+                                f"{r['connect_gap_ms']:+.3f}",
                                 "-" if r["syn_gap_ms"] is None else f"{r['syn_gap_ms']:+.3f}",
                                 "/".join(map(str, r["attempts"])), r["rsts"],
                                 "/".join(f"{x:.3f}" for x in r["seconds"]), ", ".join(r["opening"]),
