@@ -45,7 +45,7 @@ def link_mtu(ifname: str) -> int:
     return int(Path(f"/sys/class/net/{ifname}/mtu").read_text())
 
 
-DRIVERS = ("afpacket", "afpacket-v3", "tap")
+DRIVERS = ("afpacket", "afpacket-v3", "tap", "dpdk")
 ZERO_VNET = bytes(10)                       # a virtio-net header asking for nothing
 
 
@@ -78,4 +78,7 @@ def open_driver(kind: str, ifname: str, mac: bytes | None = None, offload: bool 
     if kind == "tap":
         from .tap import Tap
         return Tap(ifname, mac, offload=offload)
+    if kind == "dpdk":                 # hpnlab.dpdk: ifname is a PCI address, a vdev or a kernel NIC
+        from .dpdk import Dpdk
+        return Dpdk(ifname, mac, offload=offload)
     raise ValueError(f"driver {kind!r}: one of {', '.join(DRIVERS)}")
