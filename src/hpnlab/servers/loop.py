@@ -108,7 +108,7 @@ class SelectBackend(Backend):
     max_fd = 1024
     readable, writable = READ, WRITE
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.rset: set[int] = set()
         self.wset: set[int] = set()
 

@@ -58,7 +58,7 @@ class UringServer(Server):
         from .. import uring
         return uring.unavailable()
 
-    def serve_forever(self):
+    def serve_forever(self) -> None:
         from ..uring import Ring
         self.ring = ring = Ring(entries=4096, nbufs=NBUFS, bufsize=BUFSIZE)
         self.conns: dict[int, UConn] = {}
@@ -68,6 +68,7 @@ class UringServer(Server):
         self.signals = signals = SignalWakeup()
         ring.prep_poll(signals.rfd, SIGNAL)
         conns, bufs, bufsize = self.conns, ring.bufs, ring.bufsize
+        assert bufs is not None         # (a ring made with nbufs has its provided buffers)
         send, r = ring.lib.hp_send, ring.r
         F_MORE, SHIFT = ring.F_MORE, ring.BUFFER_SHIFT
         SEND, DRAIN = ring.SEND_TAG, ring.DRAIN_TAG

@@ -23,7 +23,7 @@ class Timer:
 
 
 class TimerHeap:
-    def __init__(self):
+    def __init__(self) -> None:
         self._heap: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
         self.fired: Counter = Counter()
