@@ -1,7 +1,7 @@
 """The user-space stack on real namespaces against h2's Linux kernel: every interop case
 of the suite (ARP both ways, ping incl. 1472-byte and fragmented 4000-byte, ping -f,
 UDP echo and port unreachable, TCP both directions, 8 MiB each way with matching
-sha256, RST on a closed port, simultaneous open and close, hpnlab.servers' reactor on the
+sha256, RST on a closed port, simultaneous open and close, HTTP/1.1, hpnlab.servers' reactor on the
 stack's epoll, a SYN flood with a client still connecting, 1000 concurrent connections,
 a zero window held and reopened, the TPACKET_V3 ring, the TAP driver, and a second stack
 on h2 as the peer)."""

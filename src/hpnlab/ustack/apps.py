@@ -21,7 +21,6 @@ class Handler:
         self.sock, self.report, self.args = sock, report, args
         self.out = bytearray()
         self.done = False
-        self.started = time.monotonic()
 
     def on_data(self, data: bytes) -> None: ...
     def on_eof(self) -> None:
@@ -73,6 +72,7 @@ class Source(Handler):
     def __init__(self, *a):
         super().__init__(*a)
         self.t = Transfer()
+        self.shut = False           # shutdown(SHUT_WR) once everything is queued
         if self.sock.conn is not None and self.args.trace:
             self.sock.conn.trace = []
 
@@ -98,8 +98,6 @@ class Source(Handler):
             self.shut = True
             self.sock.shutdown(1)
 
-    shut = False
-
     def on_eof(self):
         # the peer closed after reading everything: only now is the transfer over (what
         # was queued may have waited out a zero window)
@@ -112,6 +110,7 @@ class Http(Handler):
     def __init__(self, *a):
         super().__init__(*a)
         self.buf = bytearray()
+        self.closing = False        # close once the reply is sent
 
     def on_data(self, data):
         self.buf += data
@@ -131,8 +130,6 @@ class Http(Handler):
                          f"\r\n\r\n").encode() + body
             if close:
                 self.closing = True
-
-    closing = False
 
     def on_writable(self):
         super().on_writable()

@@ -247,6 +247,19 @@ class Suite:
                 f"{many['matched']}/100 connections at once echoed"
         self.record("tcp: hpnlab.servers' reactor (epoll-lt engine) on the stack's epoll", go)
 
+    def http(self) -> None:
+        """The small HTTP/1.1 server (--app http): two requests on one keep-alive connection
+        from Linux's http.client."""
+        def go():
+            code = ("import http.client,sys;c=http.client.HTTPConnection(sys.argv[1],80,timeout=10);out=[]\n"
+                    "for p in ('/a','/b'):\n c.request('GET',p);r=c.getresponse();out.append(f'{r.status} '+"
+                    "r.read().decode().strip())\nprint(' | '.join(out))")
+            with self.app("--app", "http", "--port", 80):
+                res = self.h2.run([agent_python(self.h2), "-c", code, self.addr], check=False, timeout=60)
+            line = res.stdout.strip() or res.stderr.strip()[-300:]
+            return res.ok and line.count("200 hello from the hpnlab user-space stack") == 2, line
+        self.record("http/1.1: two requests on one connection from linux", go)
+
     def bulk(self) -> None:
         n = self.bulk_bytes
 
@@ -439,6 +452,7 @@ class Suite:
         self.udp_echo()
         self.tcp_cases()
         self.reactor()
+        self.http()
         self.bulk()
         self.simultaneous_open()
         self.simultaneous_close()

@@ -355,6 +355,7 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
     suite.udp_echo()
     suite.tcp_cases()
     suite.reactor()
+    suite.http()
     # captured on h1's NIC, where the stack's frames leave and Linux's ACKs arrive: the
     # sender's view of what is in flight, to set beside the stack's own count
     with Capture(provider, f"h1:{net}", out / "bulk.pcap", "tcp", snaplen=96):

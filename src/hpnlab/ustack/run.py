@@ -116,7 +116,7 @@ def stats(net: Net, driver) -> dict:
     return {"counters": dict(sorted(stack.counters.items())), "timers_fired": dict(stack.timers.fired),
             "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
             "loop": net.loop.stats,
-            "driver": getattr(driver, "counters_all", None) or getattr(driver, "counters", {}),
+            "driver": getattr(driver, "counters", {}),
             "tcp_states": stack.tcp.states(), "last_error": stack.last_error}
 
 

@@ -19,7 +19,7 @@ class ImpairedDriver:
         self.rng = random.Random(seed)
         self.held: list[tuple[float, int, bytes]] = []
         self._seq = itertools.count()
-        self.counters = {"impair_dropped": 0, "impair_delayed": 0}
+        self.own = {"impair_dropped": 0, "impair_delayed": 0}
         self.name, self.mac, self.mtu = inner.name, inner.mac, inner.mtu
         self.offload = False        # a loss must take one wire frame, not a 64 KiB burst of them
 
@@ -34,12 +34,12 @@ class ImpairedDriver:
         now = self.clock()
         for f in frames:
             if self.loss and self.rng.random() < self.loss:
-                self.counters["impair_dropped"] += 1
+                self.own["impair_dropped"] += 1
                 continue
             if self.delay or self.jitter:
                 due = now + max(0.0, self.delay + self.rng.uniform(-self.jitter, self.jitter))
                 heapq.heappush(self.held, (due, next(self._seq), f))
-                self.counters["impair_delayed"] += 1
+                self.own["impair_delayed"] += 1
             else:
                 self.inner.tx_burst([f])
         self._release()
@@ -57,8 +57,9 @@ class ImpairedDriver:
         return self.held[0][0] if self.held else None
 
     @property
-    def counters_all(self) -> dict:
-        return {**getattr(self.inner, "counters", {}), **self.counters}
+    def counters(self) -> dict:
+        """The wrapped driver's counters and this wrapper's own."""
+        return {**getattr(self.inner, "counters", {}), **self.own}
 
     def close(self) -> None:
         self.inner.close()
