@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from hpnlab.paths import repo_root
 from hpnlab.providers import Provider, open_lab
 from hpnlab.topology import load_lab, parse_lab
 
-REPO = Path(__file__).resolve().parents[2]   # the checkout (src layout, editable install)
+REPO = repo_root()
 _serial = itertools.count(1)
 
 

@@ -16,11 +16,12 @@ import subprocess
 import time
 from pathlib import Path
 
+from ..paths import repo_root
 from ..providers import open_lab
 from ..report import environment_md, fingerprint, md_table, rerun_md, results_dir
 from ..topology import load_lab
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = repo_root()
 
 
 def time_lab(path: Path, repeat: int) -> dict:
