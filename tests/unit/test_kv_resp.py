@@ -118,3 +118,21 @@ def test_fuzz_mutated_valid_requests():
             parse_requests(bytes(data), 0, 512 * 1024 * 1024)
         except ProtocolError as exc:
             assert exc.args[0].startswith("Protocol error: ")
+
+
+def test_fast_path_agrees_with_the_general_parser():
+    """Values with CRLF inside, big values, inline lines and cut tails: the CRLF-split fast path
+    must hand over to the byte-by-byte parser exactly where it cannot vouch for the input."""
+    from hpnlab.kv.resp import _parse
+    rng = random.Random(5)
+    pieces = [b"a", b"a\r\nb", b"\r\n", b"x" * 5000, b"", b"$3", b"*2"]
+    for _ in range(2000):
+        data = b""
+        for _ in range(rng.randint(1, 6)):
+            if rng.random() < 0.15:
+                data += b"PING\r\n"
+                continue
+            args = [b"SET"] + [rng.choice(pieces) for _ in range(rng.randint(1, 3))]
+            data += b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%b\r\n" % (len(a), a) for a in args)
+        data = data[:rng.randint(len(data) // 2, len(data))]
+        assert parse_requests(data, 0, 1 << 29) == _parse(data, 0, 1 << 29, True, [])

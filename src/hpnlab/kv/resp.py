@@ -16,6 +16,8 @@ differs only in nulls, maps, sets, doubles and booleans.
 """
 from __future__ import annotations
 
+from itertools import chain
+
 INLINE_MAX = 64 * 1024          # PROTO_INLINE_MAX_SIZE: an inline command or a header line
 MULTIBULK_MAX = 1024 * 1024     # the most arguments one command may declare
 UNAUTH_MULTIBULK_MAX = 10       # before AUTH (requirepass set), as Redis 7
@@ -58,20 +60,29 @@ def _parse_fast(data: bytes, pos: int, cmds: list[list[bytes]]) -> int:
     toks = data[pos:].split(b"\r\n") if pos else data.split(b"\r\n")
     last = len(toks) - 1                 # the piece after the last CRLF: never complete
     argcs, lens = _ARGC, _LENS
-    append = cmds.append
+    found: list[list[bytes]] = []
+    ends: list[int] = []
+    headers: list[bytes] = []
     i = 0
-    while i < last:
+    while i < last:                       # command boundaries from the "*N" tokens alone...
         argc = argcs.get(toks[i])
         if argc is None:
             break
         end = i + 1 + 2 * argc
         if end > last:
             break
-        args = toks[i + 2:end:2]
-        if list(map(lens.get, toks[i + 1:end:2])) != list(map(len, args)):
-            break
-        append(args)
+        found.append(toks[i + 2:end:2])
+        headers += toks[i + 1:end:2]
+        ends.append(end)
         i = end
+    # ...then every "$len" against its argument at once; on a mismatch, keep the commands before it
+    if list(map(lens.get, headers)) != list(map(len, chain.from_iterable(found))):
+        for k, args in enumerate(found):
+            start = ends[k - 1] if k else 0
+            if list(map(lens.get, toks[start + 1:ends[k]:2])) != list(map(len, args)):
+                found, i = found[:k], start
+                break
+    cmds += found
     return pos + sum(map(len, toks[:i])) + 2 * i
 
 
