@@ -46,10 +46,45 @@ def test_active_expiry_without_touching_the_keys():
     assert len(srv.dbs[0].data) == 0 and srv.expired == 30
 
 
-def test_maxmemory_is_refused_not_ignored():
+def test_maxmemory_noeviction_answers_oom_but_lets_shrinking_commands_run():
+    srv = Server(**{"maxmemory": 20_000})
+    c = srv.new_client()
+    replies = [run(c, f"SET k{i} {'x' * 100}") for i in range(200)]
+    assert b"-OOM command not allowed when used memory > 'maxmemory'.\r\n" in replies
+    kept = len(srv.dbs[0].data)
+    assert 0 < kept < 200 and srv.memory.used <= 20_000 + 400
+    assert run(c, "DEL k0") == b":1\r\n"                     # shrinking commands still run
+    assert run(c, "GET k1").startswith(b"$100")
+
+
+def test_maxmemory_allkeys_random_evicts_to_fit():
     c = Server().new_client()
-    assert run(c, "CONFIG SET maxmemory 100mb").startswith(b"-ERR CONFIG SET failed")
-    assert run(c, "CONFIG SET maxmemory 0") == b"+OK\r\n"
+    assert run(c, "CONFIG SET maxmemory-policy allkeys-random") == b"+OK\r\n"
+    assert run(c, "CONFIG SET maxmemory 50kb") == b"+OK\r\n"
+    for i in range(2000):
+        assert run(c, f"SET k{i} {'x' * 100}") == b"+OK\r\n"
+    srv = c.server
+    assert srv.memory.used <= 51_200 + 400 and srv.memory.evicted > 1000
+    assert srv.memory.used == sum(srv.memory.sizes.values())
+    info = run(c, "INFO stats")
+    assert b"evicted_keys:%d" % srv.memory.evicted in info
+
+
+def test_maxmemory_volatile_ttl_evicts_the_nearest_expiry_first():
+    c = Server(**{"maxmemory": 10**9, "maxmemory-policy": "volatile-ttl"}).new_client()
+    run(c, "SET persistent v")
+    for i in range(10):
+        run(c, f"SET t{i} v EX {100 + i}")
+    c.server.config["maxmemory"] = c.server.memory.used - 1
+    run(c, "SET new v")
+    assert run(c, "EXISTS t0") == b":0\r\n" and run(c, "EXISTS t1 persistent") == b":2\r\n"
+
+
+def test_maxmemory_sizes_parse():
+    c = Server().new_client()
+    assert run(c, "CONFIG SET maxmemory lots").startswith(b"-ERR CONFIG SET failed")
+    assert run(c, "CONFIG SET maxmemory 1gb") == b"+OK\r\n"
+    assert run(c, "CONFIG GET maxmemory") == b"*2\r\n$9\r\nmaxmemory\r\n$10\r\n1073741824\r\n"
 
 
 def fill(c) -> None:

@@ -22,6 +22,10 @@ def add_arguments(parser) -> None:
     serve.add_argument("--dir", default=".", help="directory of appendonly.aof and dump.rdb")
     serve.add_argument("--requirepass", default="", metavar="PW")
     serve.add_argument("--maxclients", type=int, default=10000)
+    serve.add_argument("--maxmemory", default="0", metavar="SIZE",
+                       help="limit on the dataset's estimated size (100mb, 1gb...; 0: none)")
+    serve.add_argument("--maxmemory-policy", default="noeviction",
+                       choices=("noeviction", "allkeys-random", "volatile-random", "volatile-ttl"))
     lab = sub.add_parser("lab", help="the store on h1 vs redis-server, redis-benchmark from h2; into results/kv/")
     lab.add_argument("--up", action="store_true", help="bring the lab up first if it is not up")
     lab.add_argument("--hosts", default="h1,h2", help="server,client (default h1,h2)")
@@ -47,9 +51,14 @@ def run(args) -> int:
         raise KVError(f"--workers {args.workers}: must be >= 1")
     if args.maxclients < 1:
         raise KVError(f"--maxclients {args.maxclients}: must be >= 1")
+    from ..kv.memory import parse_size
+    maxmemory = parse_size(args.maxmemory)
+    if maxmemory is None:
+        raise KVError(f"--maxmemory {args.maxmemory!r}: a size such as 0, 4096, 100mb or 1gb")
     config = {"bind": args.bind, "port": args.port, "engine": args.engine, "index": args.index,
               "appendonly": args.appendonly, "appendfsync": args.appendfsync, "dir": args.dir,
-              "requirepass": args.requirepass, "maxclients": args.maxclients}
+              "requirepass": args.requirepass, "maxclients": args.maxclients,
+              "maxmemory": maxmemory, "maxmemory-policy": args.maxmemory_policy}
     from ..servers.__main__ import raise_nofile
     raise_nofile()
     return serve(config, args.workers)

@@ -25,6 +25,7 @@ from typing import Any
 
 from . import resp
 from .index import new_index
+from .memory import SHRINKING, Memory
 from .resp import ProtocolError, parse_requests
 
 WRONGTYPE = b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"
@@ -84,6 +85,8 @@ class Database:
         self.data.pop(key, None)
         self.expires.pop(key, None)
         self.server.expired += 1
+        if self.server.memory is not None:
+            self.server.memory.update(self, key)
         self.touch(key)
         self.server.propagate(self.num, [b"DEL", key])
 
@@ -139,7 +142,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "bind": "127.0.0.1", "port": 6379, "engine": "epoll-lt", "index": "hash",
     "appendonly": "no", "appendfsync": "everysec", "dir": ".", "requirepass": "",
     "dbfilename": "dump.rdb", "appendfilename": "appendonly.aof", "databases": 16,
-    "maxclients": 10000, "maxmemory": 0, "maxmemory-policy": "noeviction",
+    "maxclients": 10000, "maxmemory": 0, "maxmemory-policy": "noeviction",   # memory.py
     "proto-max-bulk-len": 512 * 1024 * 1024, "client-query-buffer-limit": 1024 * 1024 * 1024,
     "save": "",
 }
@@ -165,10 +168,21 @@ class Server:
         self.blocking: dict[tuple[int, bytes], list[Client]] = {}
         self.ready: list[tuple[int, bytes]] = []
         self.aof: Any = None              # persist.aof.Aof once appendonly is on
+        self.memory: Memory | None = None  # the dataset's size, while maxmemory is set
+        if self.config["maxmemory"]:
+            self.set_maxmemory(self.config["maxmemory"])
         self.next_cron = 0.0
         self.last_save = int(time.time())
         self.bgsave_child = 0
         self.engine_name = self.config["engine"]
+
+    def set_maxmemory(self, limit: int) -> None:
+        self.config["maxmemory"] = limit
+        if not limit:
+            self.memory = None
+        elif self.memory is None:
+            self.memory = Memory(self)
+            self.memory.recount()
 
     # -- propagation (AOF) ------------------------------------------------------
     def propagate(self, dbnum: int, args: list[bytes]) -> None:
@@ -340,10 +354,14 @@ class Client:
         if self.multi is not None and "notx" not in cmd.flags:
             self.multi.append((cmd, args))
             return resp.QUEUED
+        if srv.memory is not None and "write" in cmd.flags and cmd.name not in SHRINKING:
+            oom = srv.memory.admit()
+            if oom:
+                return oom
         dirty = srv.dirty
         reply = cmd.func(self, args)
         if srv.dirty != dirty:
-            if srv.aof is not None or self.db.watched:
+            if srv.aof is not None or self.db.watched or srv.memory is not None:
                 self._after_write(cmd, args)
             else:
                 self.rewrite = None
@@ -351,6 +369,13 @@ class Client:
 
     def _after_write(self, cmd: Command, args: list[bytes]) -> None:
         db = self.db
+        memory = self.server.memory
+        if memory is not None:
+            if cmd.name in ("flushdb", "flushall"):
+                for d in (self.server.dbs if cmd.name == "flushall" else [db]):
+                    memory.flushed(d)
+            for k in cmd.keys(args):
+                memory.update(db, k)
         if db.watched:
             for k in cmd.keys(args):
                 db.touch(k)

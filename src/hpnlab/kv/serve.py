@@ -72,6 +72,8 @@ def build(config: dict) -> Server:
         aof.set_appendonly(srv, True)
     else:
         rdb.load(srv)
+    if srv.memory is not None:
+        srv.memory.recount()
     return srv
 
 

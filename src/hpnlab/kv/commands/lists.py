@@ -293,6 +293,8 @@ def serve_blocked(srv: Server, dbnum: int, key: bytes) -> None:
             db.delete(key)
         srv.dirty += 1
         srv.propagate(dbnum, [b"LPOP" if left else b"RPOP", key])
+        if srv.memory is not None:
+            srv.memory.update(db, key)
         w.unblock(bulks([key, v]))
         waiters = srv.blocking.get((dbnum, key))
 

@@ -7,8 +7,11 @@ import time
 
 from .. import resp
 from ..core import COMMANDS, SYNTAX, Client, command
+from ..memory import POLICIES, parse_size
 from ..resp import OK, bulk, bulks
 from .args import to_int
+
+MEMORY_CONFIG = {"maxmemory", "proto-max-bulk-len", "client-query-buffer-limit"}
 
 VERSION = b"7.0.15"     # the redis_version clients see (the RESP/command set we follow)
 
@@ -177,6 +180,7 @@ def info_sections(c: Client) -> dict[str, list[tuple[str, object]]]:
                     ("blocked_clients", sum(len(w) for w in srv.blocking.values())),
                     ("maxclients", srv.config["maxclients"])],
         "memory": [("used_memory", used), ("used_memory_rss", used), ("used_memory_peak", rss),
+                   ("used_memory_dataset", srv.memory.used if srv.memory else ""),
                    ("maxmemory", srv.config["maxmemory"]),
                    ("maxmemory_policy", srv.config["maxmemory-policy"])],
         "persistence": [("loading", 0), ("rdb_changes_since_last_save", srv.dirty),
@@ -186,7 +190,8 @@ def info_sections(c: Client) -> dict[str, list[tuple[str, object]]]:
                         ("aof_rewrite_in_progress", int(bool(srv.aof and srv.aof.rewriting)))],
         "stats": [("total_connections_received", srv.connections_received),
                   ("total_commands_processed", srv.commands_processed),
-                  ("expired_keys", srv.expired), ("rejected_connections", srv.rejected_connections)],
+                  ("expired_keys", srv.expired), ("evicted_keys", srv.memory.evicted if srv.memory else 0),
+                  ("rejected_connections", srv.rejected_connections)],
         "replication": [("role", "master"), ("connected_slaves", 0)],
         "keyspace": keyspace,
     }
@@ -218,9 +223,10 @@ def info(c: Client, args: list[bytes]) -> bytes:
 
 
 CONFIG_INT = {"maxclients", "maxmemory", "proto-max-bulk-len", "client-query-buffer-limit", "databases", "port"}
-CONFIG_SETTABLE = {"appendonly", "appendfsync", "requirepass", "maxclients", "maxmemory",
+CONFIG_SETTABLE = {"appendonly", "appendfsync", "requirepass", "maxclients", "maxmemory", "maxmemory-policy",
                    "proto-max-bulk-len", "client-query-buffer-limit", "dir", "dbfilename"}
-CONFIG_CHOICES = {"appendonly": ("yes", "no"), "appendfsync": ("always", "everysec", "no")}
+CONFIG_CHOICES = {"appendonly": ("yes", "no"), "appendfsync": ("always", "everysec", "no"),
+                  "maxmemory-policy": POLICIES}
 
 
 @command("config", -2, "")
@@ -244,13 +250,10 @@ def config(c: Client, args: list[bytes]) -> bytes:
             if name not in CONFIG_SETTABLE:
                 return resp.error(f"ERR Unknown option or number of arguments for CONFIG SET - '{name}'")
             if name in CONFIG_INT:
-                n = to_int(raw.encode())
+                n = parse_size(raw) if name in MEMORY_CONFIG else to_int(raw.encode())
                 if n is None or n < 0:
                     return resp.error(f"ERR CONFIG SET failed (possibly related to argument '{name}') "
                                       f"- argument couldn't be parsed into an integer")
-                if name == "maxmemory" and n:
-                    return resp.error("ERR CONFIG SET failed (possibly related to argument 'maxmemory') - "
-                                      "hpnlab kv has no maxmemory limit or eviction (only 0 is accepted)")
                 changes[name] = n
             elif name in CONFIG_CHOICES and raw.lower() not in CONFIG_CHOICES[name]:
                 return resp.error(f"ERR CONFIG SET failed (possibly related to argument '{name}') "
@@ -262,6 +265,8 @@ def config(c: Client, args: list[bytes]) -> bytes:
             if name == "appendonly" and value != cfg["appendonly"]:
                 cfg[name] = value
                 aofmod.set_appendonly(c.server, value == "yes")
+            elif name == "maxmemory":
+                c.server.set_maxmemory(int(value))
             else:
                 cfg[name] = value
                 if name == "appendfsync" and c.server.aof is not None:
