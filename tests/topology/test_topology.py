@@ -138,3 +138,15 @@ def test_a_lab_file_that_is_not_utf8_names_line_and_byte(tmp_path):
         load_lab(path)
     assert f"{path}:3: column 4: byte 0xe9 is not UTF-8" in str(err.value)
     assert err.value.hint == "save the lab file as UTF-8" and err.value.exit_code == 2
+
+
+def test_the_vm_block_is_the_vagrant_providers_to_judge():
+    text = "vm: {driver: warp, tb_size_mb: 2, management_subnet: 10.1.0.0/16}\nhosts: {h1: {}}\n"
+    assert parse_lab(text, provider="netns").vm["driver"] == "warp"          # no VM: nobody reads it
+    with pytest.raises(TopologyError) as err:
+        parse_lab(text, provider="vagrant")
+    assert [p.split(": ", 1)[1] for p in err.value.problems] == [
+        "vm.driver: must be one of auto, kvm, qemu, got 'warp'", "vm.tb_size_mb: MiB, must be 8..4096, got 2"]
+    lab = parse_lab(text.replace("warp", "qemu").replace(" 2,", " 16,"), provider="vagrant")
+    from hpnlab import vm
+    assert vm.settings(lab)["management_subnet"] == "10.1.0.0/16" and vm.settings(lab)["iommu"] is False

@@ -53,8 +53,9 @@ class VagrantProvider(Provider):
     def validate(cls, lab: Lab) -> list[tuple[int, str, str]]:
         """Sysctls against the guests' kernel: the box's (Debian 12's linux-image), for which
         this Debian 12 machine's kernel stands in; every key a guest's own (it is its own
-        kernel). The guest applies each one at `up` and fails it there if it lacks the key."""
-        return sysctls.lab_problems(lab, namespaces=False)
+        kernel). The guest applies each one at `up` and fails it there if it lacks the key.
+        And the `vm:` block, this provider's own settings."""
+        return sysctls.lab_problems(lab, namespaces=False) + vm.settings_problems(lab)
 
     def ansible_connection(self, host: str) -> dict:
         """SSH as root with the lab's key to the VM's management address, its host key

@@ -7,7 +7,8 @@ The loader runs in stages, each on what the one before it made:
     references   hosts, networks and profiles named elsewhere exist
     addressing   subnets carved from the pool, addresses checked and assigned → the Lab
     provider     what only the provider can judge (`Provider.validate`): sysctls against
-                 the kernel that will apply them, names its substrate limits
+                 the kernel that will apply them, its own settings (vm: is the vagrant
+                 provider's), the limits of its substrate (interface name lengths)
 
 It stops after the first stage that found problems and reports all of that stage's at
 once: a problem of a later stage may only be a consequence of an earlier one.
@@ -39,12 +40,6 @@ HOST_KEYS = {"role", "cpus", "memory", "profile", "sysctls", "hugepages", "hugep
 NETWORK_KEYS = {"type", "subnet", "mtu", "hosts", "impair"}
 IMPAIR_KEYS = {"delay", "jitter", "loss", "rate"}
 MACHINE_KEYS = {"sysctls"}
-VM_KEYS = {"box": str, "driver": str, "iommu": bool, "nat": bool, "management_subnet": str,
-           "tb_size_mb": int}
-VM_DRIVERS = ("auto", "kvm", "qemu")
-BOX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
-TB_SIZE_MB = (8, 4096)      # QEMU's TCG translation cache, MiB
-
 _short = reprlib.Repr()     # values quoted in messages: bounded, however big or nested
 _short.maxstring = _short.maxother = 60
 
@@ -91,16 +86,22 @@ class _Checker:
     def typed(self, value, line, field, kind, default=None):
         if value is None:
             return default
-        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-            self.error(line, field, f"must be an integer, got {type_name(value)} {show(value)}")
-            return default
-        if kind is str and not isinstance(value, str):
-            self.error(line, field, f"must be a string, got {type_name(value)} {show(value)}")
-            return default
-        if kind is bool and not isinstance(value, bool):
-            self.error(line, field, f"must be true or false, got {show(value)}")
+        problem = type_problem(value, kind)
+        if problem:
+            self.error(line, field, problem)
             return default
         return value
+
+
+def type_problem(value, kind: type) -> str | None:
+    """Why `value` (from YAML) is not of `kind` (int, str or bool), or None."""
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        return f"must be an integer, got {type_name(value)} {show(value)}"
+    if kind is str and not isinstance(value, str):
+        return f"must be a string, got {type_name(value)} {show(value)}"
+    if kind is bool and not isinstance(value, bool):
+        return f"must be true or false, got {show(value)}"
+    return None
 
 
 def type_name(value) -> str:
@@ -275,7 +276,6 @@ class _Draft:
     provider: str
     pool: IPv4Network
     vm: LineDict
-    vm_settings: dict
     machine: list[_Sysctl]
     profiles: dict[str, list[_Sysctl]]
     hosts: dict[str, _HostDraft] = dataclasses.field(default_factory=dict)
@@ -294,7 +294,8 @@ def _schema(c: _Checker, doc: LineDict, provider: str | None, name: str | None) 
         where = "--provider" if provider else f"{doc.line_of('provider')}: provider"
         raise TopologyError([f"{source}:{where}: unknown provider {show(chosen)} (valid: {', '.join(PROVIDERS)})"])
 
-    vm = c.mapping(doc.get("vm"), doc.line_of("vm"), "vm", set(VM_KEYS))
+    vm_node = doc.get("vm")     # the vagrant provider's settings: its validate() judges them
+    vm = c.mapping(vm_node, doc.line_of("vm"), "vm", set(vm_node) if isinstance(vm_node, dict) else set())
     machine = c.mapping(doc.get("machine"), doc.line_of("machine"), "machine", MACHINE_KEYS)
     profiles_node = doc.get("profiles")
     profiles_node = c.mapping(profiles_node, doc.line_of("profiles"), "profiles",
@@ -316,7 +317,7 @@ def _schema(c: _Checker, doc: LineDict, provider: str | None, name: str | None) 
         c.error(doc.line_of("subnet_pool"), "subnet_pool", str(exc))
         pool = IPv4Network(DEFAULT_POOL)
 
-    draft = _Draft(name, chosen, pool, vm, _vm_settings(c, vm),
+    draft = _Draft(name, chosen, pool, vm,
                    _sysctl_table(c, machine.get("sysctls"), machine.line_of("sysctls"), "machine.sysctls"), profiles)
 
     hosts_node = doc.get("hosts")
@@ -448,35 +449,6 @@ def _sysctl_table(c: _Checker, node, line: int, field: str) -> list[_Sysctl]:
     return table
 
 
-def _vm_settings(c: _Checker, vm: LineDict) -> dict:
-    """`vm:` (the vagrant provider's settings), each value checked here rather than deep in `up`."""
-    settings = {}
-    for key, value in vm.items():
-        if key not in VM_KEYS:
-            continue
-        field, line = f"vm.{key}", vm.line_of(key)
-        value = c.typed(value, line, field, VM_KEYS[key])
-        if value is None:
-            continue
-        if key == "driver" and value not in VM_DRIVERS:
-            c.error(line, field, f"must be one of {', '.join(VM_DRIVERS)}, got {show(value)}")
-        elif key == "box" and not BOX_RE.match(value):
-            c.error(line, field, f"{show(value)} is not a box name (letters, digits, '.', '_', '-', '/')")
-        elif key == "tb_size_mb" and not TB_SIZE_MB[0] <= value <= TB_SIZE_MB[1]:
-            c.error(line, field, f"MiB, must be {TB_SIZE_MB[0]}..{TB_SIZE_MB[1]}, got {value}")
-        elif key == "management_subnet" and value != "auto":
-            try:
-                net = ip_network(value, strict=False)
-                if net.version != 4 or not net.is_private or net.prefixlen > 29:
-                    raise ValueError("must be a private IPv4 network of /29 or larger, or `auto`")
-            except ValueError as exc:
-                c.error(line, field, f"{show(value)}: {exc}")
-                continue
-            value = str(net)
-        settings[key] = value
-    return settings
-
-
 def _impairment(c: _Checker, node, line: int, field: str) -> Impairment:
     node = c.mapping(node, line, field, IMPAIR_KEYS)
     values = {}
@@ -551,12 +523,6 @@ def _addressing(c: _Checker, d: _Draft, path: Path | None) -> Lab:
             addresses.setdefault(m.host, []).append((net.name, address))
         networks[net.name] = Network(net.name, net.kind, subnet, net.mtu, net.impair,
                                      tuple(m.host for m in net.members), net.line)
-    subnet = d.vm_settings.get("management_subnet")
-    if subnet not in (None, "auto"):
-        for network in networks.values():
-            if network.subnet.overlaps(ip_network(subnet)):
-                c.error(d.vm.line_of("management_subnet"), "vm.management_subnet",
-                        f"{subnet} overlaps {network.subnet} of network {network.name}")
     if c.problems:
         return None     # type: ignore[return-value]  # (_stage raises on the problems)
 
@@ -575,7 +541,7 @@ def _addressing(c: _Checker, d: _Draft, path: Path | None) -> Lab:
     sources += [SysctlSource(s.field, s.line, s.key, h.name, per_host=True) for h in d.hosts.values()
                 for s in h.sysctls]
     return Lab(name=d.name, provider=d.provider, hosts=hosts, networks=networks,
-               machine_sysctls={s.key: s.value for s in d.machine}, source=path, vm=d.vm_settings,
+               machine_sysctls={s.key: s.value for s in d.machine}, source=path, vm=d.vm,
                sysctl_sources=tuple(sources))
 
 
