@@ -20,6 +20,7 @@ NFQUEUE delay line where the kernel has no netem): a window of ± that delay.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import json
 import math
@@ -98,6 +99,68 @@ def simultaneous_connect(local: tuple[str, int], remote: tuple[str, int], start_
         time.sleep(rng.uniform(0, jitter_ms / 1000))
 
 
+def agree_start(role: str, local_ip: str, peer_ip: str, port: int, lead: float = 0.5,
+                timeout: float = 20.0) -> dict:
+    """A start time both peers keep, whatever their clocks say (fresh VMs under TCG are
+    seconds apart): the follower reads the leader's clock over UDP, NTP-style, keeping
+    the sample with the shortest round trip; the leader names a start on its own
+    clock; the follower converts it to its own. Returns start_at on this host's
+    clock and offset (leader's clock minus this one's)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((local_ip, port))
+    s.settimeout(0.2)
+    deadline = time.time() + timeout
+    try:
+        if role == "leader":
+            start = None
+            while time.time() < deadline and (start is None or time.time() < start - 0.1):
+                try:
+                    data, addr = s.recvfrom(256)
+                except TimeoutError:
+                    continue
+                if addr[0] != peer_ip:
+                    continue
+                msg = json.loads(data)
+                if msg["op"] == "start":
+                    start = start or time.time() + lead
+                    msg["t"] = start
+                else:
+                    msg["t"] = time.time()
+                s.sendto(json.dumps(msg).encode(), addr)
+            if start is None:
+                raise TimeoutError(f"the follower {peer_ip} never asked for a start time")
+            return {"start_at": start, "offset": 0.0, "rtt_ms": None}
+        best: tuple[float, float] | None = None
+        samples = 0
+        while samples < 16 and time.time() < deadline:
+            t0 = time.time()
+            s.sendto(json.dumps({"op": "time", "k": samples}).encode(), (peer_ip, port))
+            try:
+                reply = json.loads(s.recv(256))
+            except TimeoutError:
+                continue                        # the leader is not listening yet
+            t1 = time.time()
+            if reply.get("k") != samples:
+                continue
+            samples += 1
+            if best is None or t1 - t0 < best[0]:
+                best = (t1 - t0, reply["t"] - (t0 + t1) / 2)
+        if best is None:
+            raise TimeoutError(f"the leader {peer_ip}:{port} did not answer")
+        while time.time() < deadline:
+            s.sendto(json.dumps({"op": "start"}).encode(), (peer_ip, port))
+            try:
+                reply = json.loads(s.recv(256))
+            except TimeoutError:
+                continue
+            if reply.get("op") == "start":
+                return {"start_at": reply["t"] - best[1], "offset": best[1], "rtt_ms": round(best[0] * 1e3, 3)}
+        raise TimeoutError(f"the leader {peer_ip}:{port} named no start time")
+    finally:
+        s.close()
+
+
 def exchange(s: socket.socket, name: str, tag: str) -> str:
     """Send a line, read the peer's line: data both ways over the P2P connection."""
     s.sendall(f"hello from {name} {tag}\n".encode())
@@ -117,7 +180,8 @@ def peer_main(argv: list[str]) -> int:
     ap.add_argument("--peer", required=True, help="the other host's address")
     ap.add_argument("--port", type=int, default=BASE_PORT, help="first port; try i uses port+i on both sides")
     ap.add_argument("--tries", type=int, default=20)
-    ap.add_argument("--start-at", type=float, required=True, help="shared start time (epoch seconds)")
+    ap.add_argument("--sync", choices=("leader", "follower"), required=True,
+                    help="the leader names the start time on its clock; the follower reads that clock")
     ap.add_argument("--spacing", type=float, default=0.5, help="seconds between the tries' start times")
     ap.add_argument("--timeout", type=float, default=3.0, help="give a try up after this many seconds")
     ap.add_argument("--jitter-ms", type=float, default=1.0, help="random pause after a refused attempt")
@@ -130,10 +194,12 @@ def peer_main(argv: list[str]) -> int:
             pass
     rng = random.Random()
     results = []
+    clock = agree_start(a.sync, a.local, a.peer, a.port - 1)     # a port outside the delayed range
     for i in range(a.tries):
         port = a.port + i
-        s, info = simultaneous_connect((a.local, port), (a.peer, port), a.start_at + i * a.spacing,
+        s, info = simultaneous_connect((a.local, port), (a.peer, port), clock["start_at"] + i * a.spacing,
                                        a.timeout, a.jitter_ms, rng=rng)
+        info["first_connect"] += clock["offset"]           # on the leader's clock
         info.update(try_=i, port=port, ok=s is not None)
         if s is not None:
             try:
@@ -144,7 +210,7 @@ def peer_main(argv: list[str]) -> int:
             finally:
                 s.close()
         results.append(info)
-    print(json.dumps({"name": a.name, "tries": results}))
+    print(json.dumps({"name": a.name, "clock": clock, "tries": results}))
     return 0
 
 
@@ -192,14 +258,15 @@ def run(provider, args, step) -> dict:
         stack.enter_context(cap_b)
         if tracer:
             stack.enter_context(tracer)
-        start = ["--start-at", f"{time.time() + 1.0:.6f}"]     # once the delay and captures are in place
-        jobs = peer_jobs(provider, ha, hb, ip_a, ip_b, common + start)
+        jobs = peer_jobs(provider, ha, hb, ip_a, ip_b, common)
         results = run_agents(jobs, timeout=5 + args.tries * (args.spacing + args.timeout) + 10)
     step("peers finished; reading the pcaps")
     segs_a = pcap.read_pcap(out / f"{a_name}.pcap")
-    segs_b = pcap.read_pcap(out / f"{b_name}.pcap")
+    clock = results[b_name]["clock"]          # B's clock + offset = A's clock (VMs' clocks differ)
+    segs_b = [dataclasses.replace(s, ts=s.ts + clock["offset"]) for s in pcap.read_pcap(out / f"{b_name}.pcap")]
     analysis = analyse(results[a_name]["tries"], results[b_name]["tries"], segs_a, ip_a, ip_b,
                        tracer.events if tracer else None, args.delay_ms)
+    analysis["clock"] = {"offset_ms": round(clock["offset"] * 1e3, 3), "rtt_ms": clock["rtt_ms"]}
     ladder_png = None
     example = next((t for t in analysis["tries"] if t["kind"] == "simultaneous"),
                    next((t for t in analysis["tries"] if t["ok"]), None))
@@ -252,7 +319,7 @@ def analyse(tries_a: list, tries_b: list, segs: list, ip_a: str, ip_b: str, even
                "rsts": sum(1 for s in conn if s.flags & pcap.RST),
                "opening": [f"{'A' if s.src == ip_a else 'B'} {s.flagstr}" for s in opening[:6]],
                "syn_gap_ms": syn_gap_ms(opening, ip_a, ip_b),
-               # how far apart the two first connect() calls were, by the hosts' clocks
+               # how far apart the two first connect() calls were, on A's clock (B's converted)
                "connect_gap_ms": round((tb["first_connect"] - ta["first_connect"]) * 1e3, 3),
                "states": [state_a, state_b] if events is not None else None,
                "received": [ta.get("received"), tb.get("received")],
@@ -279,9 +346,9 @@ def peer_jobs(provider, ha, hb, ip_a: str, ip_b: str, common: list) -> dict:
     that their retry loops really run at the same time, even under load."""
     pin = provider.shares_kernel and (os.cpu_count() or 1) >= 2
     return {ha: agent_argv(ha, "p2p", "peer", "--name", ha.name, "--local", ip_a, "--peer", ip_b, *common,
-                           "--cpu", 0 if pin else -1),
+                           "--cpu", 0 if pin else -1, "--sync", "leader"),
             hb: agent_argv(hb, "p2p", "peer", "--name", hb.name, "--local", ip_b, "--peer", ip_a, *common,
-                           "--cpu", 1 if pin else -1)}
+                           "--cpu", 1 if pin else -1, "--sync", "follower")}
 
 
 def last_life(path: list[str] | None) -> list[str] | None:
@@ -384,8 +451,14 @@ def render(an: dict, a: str, b: str, ip_a: str, ip_b: str, net: str, args, env: 
     if w["median_gap_ms"] is not None:
         inside = (f" {w['inside']} of {an['tries_n']} tries started inside the window, and "
                   f"{w['inside_simultaneous']} of those were canonical." if w["delay_ms"] > 0 else "")
-        lines += [f"How far apart the two first connect() calls of a try were (`connect gap`, by the hosts' "
-                  f"clocks — one clock on the netns provider; VMs' clocks may differ by more): median "
+        c = an["clock"]
+        lines += [f"The peers agree on each try's start time themselves: {b} reads {a}'s clock over UDP before "
+                  f"the tries (NTP-style, the sample with the shortest round trip, {c['rtt_ms']} ms) and finds it "
+                  f"{c['offset_ms']:+.3f} ms from its own — 0 where the hosts share a kernel, seconds between "
+                  f"freshly booted VMs, which an absolute start time passed to both would turn into a gap of "
+                  f"seconds.", "",
+                  f"How far apart the two first connect() calls of a try were (`connect gap`, on {a}'s clock, "
+                  f"{b}'s times converted with that offset): median "
                   f"{w['median_gap_ms']:.3f} ms, largest {w['max_gap_ms']:.3f} ms.{inside} A try that starts "
                   f"outside it still connects: the early SYN is refused (RST) and retried until the two overlap. "
                   f"`SYN gap` is the same gap read from {a}'s pcap alone (B's SYN minus A's): it adds the "
