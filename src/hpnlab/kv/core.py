@@ -214,17 +214,7 @@ class Server:
             serve_blocked(self, dbnum, key)
 
     def new_client(self) -> Client:
-        c = Client(self)
-        return c
-
-
-class Conn:
-    """What a client needs of its connection beyond feed's return value (blocked
-    clients are answered later). Engines that offer it call handler.connection_made(conn)."""
-
-    def write(self, data: bytes) -> None: ...
-    def call_later(self, delay: float, fn: Callable[[], object]) -> Any: ...
-    def call_soon_threadsafe(self, fn: Callable[..., object], *args: Any) -> None: ...
+        return Client(self)
 
 
 class Client:
@@ -258,6 +248,8 @@ class Client:
         server.clients[self.id] = self
 
     def connection_made(self, conn: Any) -> None:
+        """From engines that let a handler answer later (a blocked BLPOP): `conn` offers
+        write(bytes), close(), call_later(delay, fn) and call_soon_threadsafe(fn, *args)."""
         self.conn = conn
 
     def set_protocol(self, v3: bool) -> None:

@@ -235,22 +235,9 @@ def bulk(v: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(v), v)
 
 
-def integer(i: int) -> bytes:
-    return b":%d\r\n" % i
-
-
-def simple(s: str) -> bytes:
-    return b"+%b\r\n" % s.encode()
-
-
 def error(msg: str) -> bytes:
     """msg starts with its code (ERR, WRONGTYPE, ...); newlines would break the frame."""
     return b"-%b\r\n" % msg.replace("\r", " ").replace("\n", " ").encode()
-
-
-def array(items: list[bytes]) -> bytes:
-    """An array of already-encoded replies."""
-    return b"*%d\r\n%b" % (len(items), b"".join(items))
 
 
 def bulks(values, null: bytes = NULL2) -> bytes:
