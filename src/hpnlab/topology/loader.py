@@ -300,13 +300,8 @@ def _schema(c: _Checker, doc: LineDict, provider: str | None, name: str | None) 
     profiles_node = doc.get("profiles")
     profiles_node = c.mapping(profiles_node, doc.line_of("profiles"), "profiles",
                               set(profiles_node) if isinstance(profiles_node, dict) else set())
-    profiles = {}
-    for pname, body in profiles_node.items():
-        if not isinstance(pname, str) or not NAME_RE.match(pname):
-            c.error(profiles_node.line_of(pname), f"profiles.{part(pname)}",
-                    "profile names are lower-case letters, digits and '_', starting with a letter")
-            continue
-        profiles[pname] = _sysctl_table(c, body, profiles_node.line_of(pname), f"profiles.{pname}")
+    profiles = {pname: _sysctl_table(c, body, pline, f"profiles.{pname}")
+                for pname, pline, body in _named(c, profiles_node, "profiles", "profile")}
 
     pool_text = c.typed(doc.get("subnet_pool"), doc.line_of("subnet_pool"), "subnet_pool", str, DEFAULT_POOL)
     try:
@@ -325,12 +320,8 @@ def _schema(c: _Checker, doc: LineDict, provider: str | None, name: str | None) 
         got = "" if hosts_node is None else f", got {type_name(hosts_node)} {show(hosts_node)}"
         c.error(doc.line_of("hosts"), "hosts", f"a lab needs at least one host (a mapping of name → settings){got}")
         hosts_node = LineDict()
-    for hname, body in hosts_node.items():
-        if not isinstance(hname, str) or not NAME_RE.match(hname):
-            c.error(hosts_node.line_of(hname), f"hosts.{part(hname)}",
-                    "host names are lower-case letters, digits and '_', starting with a letter")
-            continue
-        draft.hosts[hname] = _host(c, hname, hosts_node.line_of(hname), body)
+    for hname, hline, body in _named(c, hosts_node, "hosts", "host"):
+        draft.hosts[hname] = _host(c, hname, hline, body)
 
     networks_node = doc.get("networks")
     if networks_node is None:
@@ -338,13 +329,19 @@ def _schema(c: _Checker, doc: LineDict, provider: str | None, name: str | None) 
     elif not isinstance(networks_node, LineDict):
         c.error(doc.line_of("networks"), "networks", f"must be a mapping, got {type_name(networks_node)}")
         networks_node = LineDict()
-    for nname, body in networks_node.items():
-        if not isinstance(nname, str) or not NAME_RE.match(nname):
-            c.error(networks_node.line_of(nname), f"networks.{part(nname)}",
-                    "network names are lower-case letters, digits and '_', starting with a letter")
-            continue
-        draft.networks[nname] = _network(c, nname, networks_node.line_of(nname), body)
+    for nname, nline, body in _named(c, networks_node, "networks", "network"):
+        draft.networks[nname] = _network(c, nname, nline, body)
     return draft
+
+
+def _named(c: _Checker, node: LineDict, section: str, what: str):
+    """(name, line, body) of each entry of a section whose name is one; the others are reported."""
+    for name, body in node.items():
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            c.error(node.line_of(name), f"{section}.{part(name)}",
+                    f"{what} names are lower-case letters, digits and '_', starting with a letter")
+            continue
+        yield name, node.line_of(name), body
 
 
 def _host(c: _Checker, hname: str, hline: int, body) -> _HostDraft:
