@@ -91,8 +91,8 @@ def build_parser(load: list[str] | None = None) -> argparse.ArgumentParser:
             p = sub.add_parser(name, help=module.HELP, description=module.HELP)
             module.add_arguments(p)
             p.set_defaults(func=module.run)
-        else:
-            sub.add_parser(name, help=_help_of(module_name))
+        else:       # its line of help only shows in the list of commands (no command given)
+            sub.add_parser(name, help=None if load else _help_of(module_name))
     return parser
 
 
