@@ -18,5 +18,6 @@ $(DPDK_SO_STAMP): src/hpnlab/dpdk/_build.py
 	@echo "==> DPDK binding (cffi)"
 	@$(VENV)/bin/python -m hpnlab.dpdk._build && mkdir -p build && touch $@
 
+# a lab this target brings up is provisioned first (on VMs that binds eth2 to DPDK)
 lab-pktgen: setup
-	$(call run-lab,$(HPNLAB_ARGS),pktgen)
+	$(call run-lab,$(HPNLAB_ARGS),pktgen $(PKTGEN_ARGS),provision)

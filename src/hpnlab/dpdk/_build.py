@@ -333,7 +333,7 @@ typedef struct hp_rcv hp_rcv;
 
 /* Templates of one frame size form a group with its own mempool; within a group the
  * templates differ only in [lo, hi) (the flows' ports and checksums). Every mbuf
- * remembers in its private area which template it holds, so a frame is written into an
+ * remembers which template it holds, so a frame is written into an
  * mbuf once: an mbuf that comes back from the pool holding another flow of its size
  * gets those few bytes rewritten, one holding the same template nothing. Freed mbufs go
  * back to the pool as usual (no reference counting: an atomic per packet cost a third
@@ -365,10 +365,14 @@ hp_gen *hp_gen_new(uint16_t port, uint16_t queue, unsigned pool_size, unsigned b
     return g;
 }
 
+/* The tag lives in the mbuf's RX hash field, on the first cache line that every packet
+ * touches anyway: a TX-only pool's mbufs never carry a hash, and nothing resets it. */
+#define HP_TAG(m) (*(int32_t *)&(m)->hash.usr)
+
 static void hp_tag_none(struct rte_mempool *mp, void *arg, void *obj, unsigned idx)
 {
     (void)mp; (void)arg; (void)idx;
-    *(int32_t *)rte_mbuf_to_priv((struct rte_mbuf *)obj) = -1;
+    HP_TAG((struct rte_mbuf *)obj) = -1;
 }
 
 /* The template's checksum field is 0 and its stamp area zero; csum_base is the unfolded
@@ -415,7 +419,7 @@ int hp_gen_schedule(hp_gen *g, const uint32_t *order, unsigned n)
     for (unsigned gi = 0; gi < g->ngrp; gi++) {
         char name[RTE_MEMPOOL_NAMESIZE];
         snprintf(name, sizeof name, "hpgen%u_%u", g->id, gi);
-        g->grp[gi].pool = rte_pktmbuf_pool_create(name, g->pool_size, 256, 8,
+        g->grp[gi].pool = rte_pktmbuf_pool_create(name, g->pool_size, 256, 0,
                                                   RTE_MBUF_DEFAULT_BUF_SIZE, rte_socket_id());
         if (!g->grp[gi].pool) return -rte_errno;
         rte_mempool_obj_iter(g->grp[gi].pool, hp_tag_none, NULL);
@@ -435,7 +439,7 @@ void hp_gen_limits(hp_gen *g, double pps, uint64_t count, uint64_t first_seq)
 static inline void hp_fill(hp_gen *g, struct rte_mbuf *b, uint32_t k, uint64_t seq, uint64_t tsc)
 {
     struct hp_tmpl *t = &g->t[k];
-    int32_t *tag = rte_mbuf_to_priv(b);
+    int32_t *tag = &HP_TAG(b);
     uint8_t *p = rte_pktmbuf_mtod(b, uint8_t *);
     if (*tag != (int32_t)k) {
         struct hp_group *gr = &g->grp[t->group];

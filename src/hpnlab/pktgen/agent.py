@@ -147,7 +147,8 @@ def cmd_testpmd(a) -> dict:
     if not tx:
         raise HpnlabError("dpdk-testpmd sent nothing: " + text[-1500:])
     return {"pps": float(pps), "tx_packets": tx, "seconds": elapsed, "samples": samples,
-            "cpu_seconds": cpu, "pps_per_cpu": tx / cpu if cpu else 0.0,
+            # testpmd's rate over the share of a CPU it had while forwarding
+            "cpu_seconds": cpu, "pps_per_cpu": pps * (a.seconds + 0.5) / cpu if cpu else 0.0,
             "size": a.size, "argv": argv}
 
 
