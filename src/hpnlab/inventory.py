@@ -59,16 +59,16 @@ def role_group(role: str) -> str:
     return f"role_{role}" if role in RESERVED_GROUPS or role.startswith("provider_") else role
 
 
-def host_vars(lab: Lab, host: str, dpdk_takes_nic: bool) -> dict:
-    """The host's variables from the topology. `dpdk_takes_nic`: DPDK's NIC leaves the kernel
-    (no address, no ping over it) once provisioned (the provider's hook of that name)."""
+def host_vars(lab: Lab, model: dict, host: str, dpdk_takes_nic: bool) -> dict:
+    """The host's variables from the topology (`model`: lab.to_dict(), made once for all
+    hosts). `dpdk_takes_nic`: DPDK's NIC leaves the kernel (no address, no ping over it)
+    once provisioned (the provider's hook of that name)."""
     def kernel_keeps(host: str, network: str) -> bool:
         dpdk = lab.hosts[host].dpdk_nic
         return not dpdk_takes_nic or dpdk is None or dpdk.network != network
 
     spec = lab.hosts[host]
-    d = lab.to_dict()["hosts"][host]
-    nics = d["nics"]
+    nics = model["hosts"][host]["nics"]
     for nic in nics:
         nic["kernel"] = kernel_keeps(host, nic["network"])
     peers = []
@@ -123,19 +123,19 @@ def build(provider: Provider, static_inventory: str | Path | None = None) -> dic
     """The inventory of the provider's lab as a dict (see the module docstring for its shape)."""
     provider = provider.using_inventory(static_inventory)
     lab = provider.lab
+    model = lab.to_dict()
     groups: dict[str, dict] = {}
     hosts: dict[str, dict] = {}
     for name, spec in lab.hosts.items():
-        hosts[name] = host_vars(lab, name, provider.dpdk_takes_nic) | provider.ansible_connection(name)
+        hosts[name] = host_vars(lab, model, name, provider.dpdk_takes_nic) | provider.ansible_connection(name)
         groups.setdefault(role_group(spec.role), {})[name] = None
-    d = lab.to_dict()
     return {"all": {
         "vars": {
             "hpnlab_lab": lab.name,
             "hpnlab_provider": lab.provider,
             "hpnlab_shares_kernel": provider.shares_kernel,     # what the roles branch on
             "hpnlab_machine_sysctls": dict(lab.machine_sysctls),
-            "hpnlab_networks": d["networks"],
+            "hpnlab_networks": model["networks"],
             "hpnlab_source": str(lab.source.resolve()) if lab.source else "",
         },
         "hosts": hosts,
