@@ -16,7 +16,7 @@ from hpnlab.testing import unique_lab_name, write_lab_file
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-QUICK = "LAB_ARGS=--scenarios cone-cone --timeout 2"
+QUICK = "LAB_ARGS=--scenarios cone-cone --tries 2"
 
 
 def _namespaces(lab: str) -> list[str]:
