@@ -84,10 +84,10 @@ def test_generated_frames_carry_valid_checksums_stamps_and_flows(netns_lab):
     assert all(f[47] == 0x02 for f in by_proto[6])                  # TCP flags: SYN
 
 
-def test_lab_compares_with_testpmd_and_accounts_for_every_packet(netns_lab, tmp_path):
+def test_lab_compares_with_testpmd_accounts_for_every_packet_and_spreads_queues(netns_lab, tmp_path):
     args = build_parser(["lab"]).parse_args(
         ["lab", "--results", str(tmp_path), "pktgen", "--size", "64", "--seconds", "1", "--rounds", "1",
-         "--count", "20000", "--rate", "40kpps", "--loss", "5"])
+         "--count", "20000", "--rate", "40kpps", "--loss", "5", "--queues", "2", "--mq-flows", "16"])
     res = lab_module("pktgen").run(netns_lab, args, lambda m: None)
     data = json.loads((res["dir"] / "data.json").read_text())
     assert set(data["pps"]) == {"net_null", "net_af_packet on eth2"}
@@ -99,5 +99,8 @@ def test_lab_compares_with_testpmd_and_accounts_for_every_packet(netns_lab, tmp_
     assert lossy["received"] + lossy["lost"] == lossy["sent"] == 20000
     assert lossy["lost"] == lossy["dropped_by_switch"]          # every loss is the switch's drop
     assert abs(lossy["loss_pct"] - 5) < 1
+    mq = res["multiqueue"]                  # 16 flows hashed over 2 RX queues: both carry some
+    assert len(mq["per_queue"]) == 2 and all(n > 0 for n in mq["per_queue"]), mq
+    assert sum(mq["per_queue"]) >= mq["received"] > 0.99 * mq["sent"]
     text = (res["dir"] / "report.md").read_text()
     assert "ratio" in text and "received + lost = 20000 + 0 = 20000 = sent 20000" in text

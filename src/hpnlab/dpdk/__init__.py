@@ -14,7 +14,7 @@ Errors a user can make - EAL arguments EAL rejects, no hugepages without
 found before or right after rte_eal_init and raised as DpdkError with the fix
 in the hint, never left to a crash.
 
-The compiled part (_hpnlab_dpdk_v1, built from _build.py) is made by `make
+The compiled part (_hpnlab_dpdk_v2, built from _build.py) is made by `make
 setup`; if it is missing the first import builds it, or says what is missing.
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ class DpdkError(HpnlabError, RuntimeError):
 
 def _load():
     try:
-        from . import _hpnlab_dpdk_v1 as mod  # type: ignore[attr-defined,unused-ignore]
+        from . import _hpnlab_dpdk_v2 as mod  # type: ignore[attr-defined,unused-ignore]
         return mod.ffi, mod.lib
     except ImportError:
         pass
@@ -46,7 +46,7 @@ def _load():
     except Exception as exc:  # noqa: BLE001 - any build failure means unavailable, and why
         raise DpdkError(f"the DPDK binding is not built and cannot be built: {exc}",
                         hint="`make setup` installs libdpdk-dev and builds it") from None
-    from . import _hpnlab_dpdk_v1 as mod  # type: ignore[attr-defined,unused-ignore]
+    from . import _hpnlab_dpdk_v2 as mod  # type: ignore[attr-defined,unused-ignore]
     return mod.ffi, mod.lib
 
 

@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 # The version changes with the C interface, so a build of an older one is never loaded.
-MODULE = "_hpnlab_dpdk_v1"
+MODULE = "_hpnlab_dpdk_v2"
 
 CDEF = r"""
 struct rte_mempool;
@@ -100,7 +100,7 @@ struct hp_rcv_counts {
 typedef struct hp_rcv hp_rcv;
 hp_rcv *hp_rcv_new(uint64_t expect, uint64_t tsc_hz);
 void hp_rcv_frame(hp_rcv *r, const uint8_t *frame, unsigned len, uint64_t now_tsc);
-int hp_rcv_dpdk(hp_rcv *r, uint16_t port, uint16_t q, uint64_t until_tsc);
+int hp_rcv_dpdk(hp_rcv *r, uint16_t port, uint16_t nq, uint64_t *per_queue, uint64_t until_tsc);
 int hp_rcv_afpacket(hp_rcv *r, int fd, uint64_t until_tsc);
 void hp_rcv_counts(hp_rcv *r, struct hp_rcv_counts *out);
 int hp_rcv_hist(hp_rcv *r, uint64_t *out, unsigned n);
@@ -628,15 +628,20 @@ void hp_rcv_frame(hp_rcv *r, const uint8_t *f, unsigned len, uint64_t now)
     }
 }
 
-int hp_rcv_dpdk(hp_rcv *r, uint16_t port, uint16_t q, uint64_t until_tsc)
+/* Poll RX queues 0..nq-1 in turn (one lcore for all: the course's 多队列 picture is
+ * which queue each flow lands in, counted in per_queue[q]). */
+int hp_rcv_dpdk(hp_rcv *r, uint16_t port, uint16_t nq, uint64_t *per_queue, uint64_t until_tsc)
 {
     struct rte_mbuf *m[64];
     int total = 0;
+    uint16_t q = 0;
     for (;;) {
         uint64_t now = rte_rdtsc();
         if (now >= until_tsc) return total;
+        if (++q >= nq) q = 0;
         uint16_t n = rte_eth_rx_burst(port, q, m, 64);
         if (!n) { rte_pause(); continue; }
+        per_queue[q] += n;
         now = rte_rdtsc();
         for (uint16_t i = 0; i < n; i++) {
             struct rte_mbuf *b = m[i];

@@ -47,16 +47,21 @@ def add_arguments(p) -> None:
     p.add_argument("--loss", type=float, help="loss %% to inject in the impaired run (default: the "
                    "network's impair.loss, else 2; 0 skips it)")
     p.add_argument("--no-null", action="store_true", help="skip the net_null comparison")
+    p.add_argument("--queues", type=int, default=2,
+                   help="multi-queue run: a DPDK receiver with this many RX queues (<2 skips it)")
+    p.add_argument("--mq-flows", type=int, default=8, help="flows of the multi-queue run")
 
 
 # -- where and how DPDK runs on a host ---------------------------------------------------------
 
-def eal_for(provider, host, ifname: str, lcore: int) -> tuple[str, str]:
-    """(EAL arguments for the host's DPDK NIC, what they drive)."""
+def eal_for(provider, host, ifname: str, lcore: int, queues: int = 1) -> tuple[str, str]:
+    """(EAL arguments for the host's DPDK NIC, what they drive). `queues`: queue pairs
+    the af_packet vdev opens (a PACKET_FANOUT group: the kernel's flow hash picks the queue)."""
     base = ["--no-telemetry", "--log-level=warning", "-l", str(lcore)]
     if provider.name == "netns":
+        qpairs = f",qpairs={queues}" if queues > 1 else ""
         return shlex.join([*base, "--no-huge", "--no-shconf", "-m", "256", "--no-pci",
-                           f"--vdev=net_af_packet0,iface={ifname}"]), f"net_af_packet on {ifname}"
+                           f"--vdev=net_af_packet0,iface={ifname}{qpairs}"]), f"net_af_packet on {ifname}"
     res = host.run(["cat", "/var/lib/hpnlab/dpdk-nic"], timeout=20, check=False)
     pci = res.stdout.strip()
     if res.rc != 0 or not pci:
@@ -204,14 +209,16 @@ class Loss:
 
 
 def accounting(provider, sender, receiver, eal_s: str, eal_r: str, ifname_r: str, args, step,
-               label: str, loss: Loss | None = None) -> dict:
+               label: str, loss: Loss | None = None, kind: str | None = None, queues: int = 1,
+               flows: int | None = None) -> dict:
     """A known count at a known rate; what the receiver saw."""
-    kind = receiver_kind(provider, args)
+    kind = kind or receiver_kind(provider, args)
+    flows = flows or args.flows
     pps = parse_rate(args.rate)
     seconds_needed = args.count / pps[1] if pps[0] == "pps" else 10.0
     listen = seconds_needed * 1.5 + 8
     rargs = ["recv", "--seconds", f"{listen:.1f}", "--expect", args.count, "--idle", 1.5]
-    rargs += ["--afpacket", ifname_r] if kind == "afpacket" else ["--eal", eal_r]
+    rargs += ["--afpacket", ifname_r] if kind == "afpacket" else ["--eal", eal_r, "--queues", queues]
     step(f"{label}: {args.count} packets at {args.rate} to a {kind} receiver on {receiver.name}")
     proc = receiver.start(agent(receiver, *rargs), name=f"pktgen-recv-{receiver.name}")
     try:
@@ -225,7 +232,7 @@ def accounting(provider, sender, receiver, eal_s: str, eal_r: str, ifname_r: str
                 raise LabError(f"[{receiver.name}] receiver not ready in {receiver.start_timeout:g}s")
             time.sleep(0.1)
         sent = run_agent(sender, ["send", "--eal", eal_s, "--size", "64", "--proto", args.proto,
-                                  "--flows", args.flows, "--count", args.count, "--rate", args.rate,
+                                  "--flows", flows, "--count", args.count, "--rate", args.rate,
                                   "--seconds", f"{seconds_needed * 1.5 + 5:.1f}"],
                          seconds_needed * 2 + 120 + sender.start_timeout, "generator")
         rc = proc.wait(listen + 60)
@@ -244,7 +251,8 @@ def accounting(provider, sender, receiver, eal_s: str, eal_r: str, ifname_r: str
            "loss_pct": 100.0 * (sent["sent"] - unique) / sent["sent"] if sent["sent"] else 0.0,
            "latency_ns": got["latency_ns"] if provider.name == "netns" else None,
            "histogram": got["histogram"] if provider.name == "netns" else None,
-           "beyond_sent": max(0, got["max_seq"] - sent["sent"])}
+           "beyond_sent": max(0, got["max_seq"] - sent["sent"]), "flows": flows,
+           "per_queue": got.get("per_queue", []), "rss": got.get("rss")}
     if loss is not None:
         res["injected_pct"] = loss.pct
         res["dropped_by_switch"] = loss.dropped()
@@ -285,19 +293,29 @@ def run(provider, args, step) -> dict:
         with Loss(provider, sender.name, net, loss_pct) as loss:
             acc.append(accounting(provider, sender, receiver, eal_s, eal_r, ifname_r, args, step,
                                   f"{loss_pct:g} % loss injected", loss))
+    multiqueue = None
+    if args.queues > 1:
+        eal_mq, _ = eal_for(provider, receiver, ifname_r, lcore_r, args.queues)
+        try:
+            multiqueue = accounting(provider, sender, receiver, eal_s, eal_mq, ifname_r, args, step,
+                                    f"{args.queues} RX queues, {args.mq_flows} flows", kind="dpdk",
+                                    queues=args.queues, flows=args.mq_flows)
+        except LabError as exc:        # a NIC with one queue (QEMU's virtio-net by default)
+            multiqueue = {"error": str(exc)}
     env["load_after"] = os.getloadavg()
     env["eal"] = {"sender": eal_s, "receiver": eal_r, "net_null": null_eal(0)}
     env["binding"] = binding
     png = plot(rows, out)
-    data = {"throughput": rows, "accounting": acc, "environment": env,
+    data = {"throughput": rows, "accounting": acc, "multiqueue": multiqueue, "environment": env,
             "traffic": {"proto": args.proto, "flows": args.flows, "sizes": args.size, "seconds": args.seconds,
                         "rounds": args.rounds},
             "goal": GOAL}
     data["pps"] = {d: {r["size"]: r["pps"] for r in rows if r["device"] == d}
                    for d in dict.fromkeys(r["device"] for r in rows)}
-    md = render(rows, acc, args, env, png, provider)
+    md = render(rows, acc, args, env, png, provider) + render_mq(multiqueue)
     path = report.write_report(out, md, data)
-    return {"report": path, "dir": out, "summary": summary(rows, acc), "throughput": rows, "accounting": acc}
+    return {"report": path, "dir": out, "summary": summary(rows, acc), "throughput": rows, "accounting": acc,
+            "multiqueue": multiqueue}
 
 
 # -- the report --------------------------------------------------------------------------------
@@ -334,6 +352,29 @@ def plot(rows: list[dict], out: Path) -> str:
     fig.savefig(out / "pps.png", dpi=110)
     plt.close(fig)
     return "pps.png"
+
+
+def render_mq(mq: dict | None) -> str:
+    if mq is None:
+        return ""
+    md = ["", "## Multi-queue (多队列网卡)", ""]
+    if "error" in mq:
+        return "\n".join(md + [f"Not run here: {mq['error']}", ""])
+    total = sum(mq["per_queue"]) or 1
+    md += [f"{mq['sent']} packets over {mq['flows']} flows (source ports) to a DPDK receiver polling "
+           f"{len(mq['per_queue'])} RX queues"
+           + (" with RSS" if mq.get("rss") else " (the device's own spreading: for net_af_packet the kernel's "
+              "PACKET_FANOUT flow hash)") + ".", "",
+           report.md_table(["queue", "frames", "share %"],
+                           [[q, n, f"{100 * n / total:.1f}"] for q, n in enumerate(mq["per_queue"])]), "",
+           f"received + lost = {mq['received']} + {mq['lost']} = {mq['received'] + mq['lost']} of "
+           f"{mq['sent']} sent; reordered {mq['reordered']} (one sequence, several queues: frames of "
+           "different flows overtake each other between queues).", ""]
+    used = sum(1 for n in mq["per_queue"] if n)
+    md.append(f"Reading: {used} of {len(mq['per_queue'])} queues carried traffic"
+              + ("; each flow stays in one queue, so the split follows how the hash spread the flows."
+                 if used > 1 else "; the hash put every flow in one queue."))
+    return "\n".join(md) + "\n"
 
 
 def _m(v) -> str:

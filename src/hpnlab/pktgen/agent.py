@@ -72,12 +72,13 @@ def cmd_recv(a) -> dict:
         rcv.run_afpacket(sock, a.seconds, a.idle)
         sock.close()
         return rcv.result()
-    port = open_port(a.eal, a.port)
+    port = open_port(a.eal, a.port, rxq=a.queues, rss=a.queues > 1)
     try:
         print(json.dumps({"ready": True}), flush=True)
         rcv.run_dpdk(port, a.seconds, idle=a.idle)
         out = rcv.result()
-        out.update(rate=a.rate, port=port.name, driver=port.driver, stats=port.stats())
+        out.update(port=port.name, driver=port.driver, stats=port.stats(), rss=port.rss,
+                   queue_xstats={k: v for k, v in port.xstats().items() if k.startswith("rx_q")})
         return out
     finally:
         port.close()
@@ -174,6 +175,7 @@ def main(argv=None) -> int:
         if name == "recv":
             s.add_argument("--afpacket", metavar="IFNAME")
             s.add_argument("--expect", type=int, default=0)
+            s.add_argument("--queues", type=int, default=1, help="DPDK: RX queues to spread flows over (RSS)")
             s.add_argument("--idle", type=float, default=0,
                            help="stop after this many seconds without a stamped frame (once one came)")
     a = p.parse_args(argv)

@@ -127,6 +127,7 @@ class Receiver:
             raise DpdkError("receiver: out of memory")
         self.kernel_drops = 0
         self.mode = ""
+        self.per_queue: list[int] = []
 
     def _loop(self, seconds: float, step, idle: float = 0) -> None:
         """Receive for `seconds`, or until `idle` seconds passed without a stamped frame
@@ -145,9 +146,12 @@ class Receiver:
             elif idle and seen and lib.hp_tsc() - quiet_since > idle * self.hz:
                 break
 
-    def run_dpdk(self, port: Port, seconds: float, queue: int = 0, idle: float = 0) -> None:
+    def run_dpdk(self, port: Port, seconds: float, idle: float = 0) -> None:
+        """Poll every RX queue of the port; frames per queue in self.per_queue."""
         self.mode = f"dpdk {port.name}"
-        self._loop(seconds, lambda until: self.lib.hp_rcv_dpdk(self.r, port.id, queue, until), idle)
+        counts = self.ffi.new("uint64_t[]", port.rxq)
+        self._loop(seconds, lambda until: self.lib.hp_rcv_dpdk(self.r, port.id, port.rxq, counts, until), idle)
+        self.per_queue = [int(c) for c in counts]
 
     def open_afpacket(self, ifname: str) -> socket.socket:
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
@@ -175,7 +179,7 @@ class Receiver:
         unique = int(c.unique)
         out = {"mode": self.mode, "frames": int(c.frames), "stamped": int(c.stamped), "unique": unique,
                "duplicates": int(c.dups), "reordered": int(c.reordered), "max_seq": int(c.max_seq),
-               "kernel_drops": self.kernel_drops,
+               "kernel_drops": self.kernel_drops, "per_queue": self.per_queue,
                "latency_ns": {"min": int(c.lat_min_ns), "max": int(c.lat_max_ns),
                               "mean": int(c.lat_sum_ns) / unique if unique else 0.0,
                               **percentiles(hist_list, lib.HP_HIST_SUB)},
