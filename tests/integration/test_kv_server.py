@@ -248,6 +248,26 @@ def test_aof_and_rdb_interoperate_with_redis(tmp_path):
         assert c.get("after") == b"x" and c.get("after2") == b"y"
     finally:
         stop(rs)
+    # we load redis 7's own AOF (appendonlydir: the manifest, its base and incremental files)
+    rs, rport = start_redis(rdir, "--appendonly", "yes")
+    try:
+        redis.Redis(port=rport).set("incr-only", "z")      # lands in the incremental file
+    finally:
+        stop(rs)
+    assert (rdir / "appendonlydir" / "appendonly.aof.manifest").exists()
+    redis7 = tmp_path / "redis7"
+    redis7.mkdir()
+    shutil.copytree(rdir / "appendonlydir", redis7 / "appendonlydir")
+    for n in (1, 2):                                        # the second start loads our own file
+        proc, port = start_kv(redis7, "--appendonly", "yes")
+        try:
+            c = redis.Redis(port=port)
+            assert_filled(c)
+            assert c.get("incr-only") == b"z"
+            assert c.incr("restarts") == n
+        finally:
+            stop(proc)
+    assert (redis7 / "appendonly.aof").exists()
     # we load redis's RDB
     (kvdir / "dump.rdb").unlink()
     (kvdir / "appendonly.aof").unlink()

@@ -194,11 +194,16 @@ def replay(server: Server, data: bytes, name: str) -> int:
 
 
 def load(server: Server) -> int:
-    """Load the AOF of the configured dir: our single file, or Redis 7's appendonlydir manifest."""
+    """Load the AOF of the configured dir: our single file, or else Redis 7's appendonlydir
+    (manifest: a base file, RDB or AOF, then the incremental AOFs). Started on Redis 7's files,
+    the store writes the dataset to a single file of its own, which is what it loads from then on."""
     d = server.config["dir"]
+    single = os.path.join(d, server.config["appendfilename"])
     manifest = os.path.join(d, "appendonlydir", server.config["appendfilename"] + ".manifest")
     files: deque[tuple[str, str]] = deque()
-    if os.path.exists(manifest):
+    if os.path.exists(single):
+        files.append((single, "i"))
+    elif os.path.exists(manifest):
         for line in open(manifest, encoding="utf-8"):
             f = dict(zip(line.split()[0::2], line.split()[1::2]))
             if "file" in f:
@@ -208,10 +213,6 @@ def load(server: Server) -> int:
                     files.appendleft(entry)
                 else:
                     files.append(entry)
-    else:
-        path = os.path.join(d, server.config["appendfilename"])
-        if os.path.exists(path):
-            files.append((path, "i"))
     n = 0
     for path, _kind in files:
         with open(path, "rb") as fh:
