@@ -24,6 +24,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..cbuild import BuildError, load_or_build
 from ..errors import HpnlabError
 
 # Kernel drivers through which DPDK can drive a PCI NIC.
@@ -35,18 +36,12 @@ class DpdkError(HpnlabError, RuntimeError):
 
 
 def _load():
-    try:
-        from . import _hpnlab_dpdk_v2 as mod  # type: ignore[attr-defined,unused-ignore]
-        return mod.ffi, mod.lib
-    except ImportError:
-        pass
     from . import _build
     try:
-        _build.build()
-    except Exception as exc:  # noqa: BLE001 - any build failure means unavailable, and why
+        mod = load_or_build(__name__, _build.MODULE, _build.build)
+    except BuildError as exc:
         raise DpdkError(f"the DPDK binding is not built and cannot be built: {exc}",
                         hint="`make setup` installs libdpdk-dev and builds it") from None
-    from . import _hpnlab_dpdk_v2 as mod  # type: ignore[attr-defined,unused-ignore]
     return mod.ffi, mod.lib
 
 

@@ -15,19 +15,37 @@ would cost more than the packets they move:
 """
 from __future__ import annotations
 
-import os
 import shlex
 import shutil
 import subprocess
 import sys
-import sysconfig
-import tempfile
 from pathlib import Path
+
+from ..cbuild import build_main, compile_into
 
 # The version changes with the C interface, so a build of an older one is never loaded.
 MODULE = "_hpnlab_dpdk_v2"
 
-CDEF = r"""
+# The structs Python reads, in both the cdef and the C source.
+STRUCTS = r"""
+struct hp_port_info {
+    char driver[64];
+    uint16_t max_rx_queues, max_tx_queues;
+    uint16_t mtu;
+    uint8_t mac[6];
+    uint64_t rss_offloads;
+};
+struct hp_link { uint32_t speed_mbps; int up; int full_duplex; int autoneg; };
+struct hp_stats {
+    uint64_t ipackets, opackets, ibytes, obytes, imissed, ierrors, oerrors, rx_nombuf;
+};
+struct hp_rcv_counts {
+    uint64_t frames, stamped, bytes, unique, dups, reordered, max_seq, late, kernel_drops;
+    uint64_t lat_min_ns, lat_max_ns, lat_sum_ns;
+};
+"""
+
+CDEF = STRUCTS + r"""
 struct rte_mempool;
 struct rte_mbuf;
 
@@ -42,24 +60,13 @@ uint16_t hp_port_count(void);
 int hp_port_valid(uint16_t port);
 int hp_port_name(uint16_t port, char *name, unsigned cap);
 
-struct hp_port_info {
-    char driver[64];
-    uint16_t max_rx_queues, max_tx_queues;
-    uint16_t mtu;
-    uint8_t mac[6];
-    uint64_t rss_offloads;
-};
 int hp_port_info(uint16_t port, struct hp_port_info *out);
 int hp_port_start(uint16_t port, uint16_t nrxq, uint16_t ntxq, uint16_t nrxd, uint16_t ntxd,
                   struct rte_mempool *pool, int rss);
 int hp_port_stop(uint16_t port);
 
-struct hp_link { uint32_t speed_mbps; int up; int full_duplex; int autoneg; };
 int hp_link(uint16_t port, struct hp_link *out);
 
-struct hp_stats {
-    uint64_t ipackets, opackets, ibytes, obytes, imissed, ierrors, oerrors, rx_nombuf;
-};
 int hp_stats(uint16_t port, struct hp_stats *out);
 int hp_stats_reset(uint16_t port);
 int hp_xstats(uint16_t port, char *names, uint64_t *values, unsigned cap);
@@ -93,10 +100,6 @@ void hp_gen_free(hp_gen *g);
 
 #define HP_HIST_SUB ...
 #define HP_HIST_N ...
-struct hp_rcv_counts {
-    uint64_t frames, stamped, bytes, unique, dups, reordered, max_seq, late, kernel_drops;
-    uint64_t lat_min_ns, lat_max_ns, lat_sum_ns;
-};
 typedef struct hp_rcv hp_rcv;
 hp_rcv *hp_rcv_new(uint64_t expect, uint64_t tsc_hz);
 void hp_rcv_frame(hp_rcv *r, const uint8_t *frame, unsigned len, uint64_t now_tsc);
@@ -123,6 +126,7 @@ SOURCE = r"""
 #include <rte_lcore.h>
 #include <rte_mbuf.h>
 #include <rte_mempool.h>
+""" + STRUCTS + r"""
 
 /* ---- EAL ------------------------------------------------------------------------------ */
 
@@ -150,13 +154,6 @@ int hp_port_name(uint16_t port, char *name, unsigned cap)
     return 0;
 }
 
-struct hp_port_info {
-    char driver[64];
-    uint16_t max_rx_queues, max_tx_queues;
-    uint16_t mtu;
-    uint8_t mac[6];
-    uint64_t rss_offloads;
-};
 
 int hp_port_info(uint16_t port, struct hp_port_info *out)
 {
@@ -213,7 +210,6 @@ int hp_port_stop(uint16_t port)
     return r < 0 ? r : c;
 }
 
-struct hp_link { uint32_t speed_mbps; int up; int full_duplex; int autoneg; };
 
 int hp_link(uint16_t port, struct hp_link *out)
 {
@@ -227,9 +223,6 @@ int hp_link(uint16_t port, struct hp_link *out)
     return 0;
 }
 
-struct hp_stats {
-    uint64_t ipackets, opackets, ibytes, obytes, imissed, ierrors, oerrors, rx_nombuf;
-};
 
 int hp_stats(uint16_t port, struct hp_stats *out)
 {
@@ -543,10 +536,6 @@ void hp_gen_free(hp_gen *g)
 #define HP_HIST_SUB 16
 #define HP_HIST_N (64 * HP_HIST_SUB)
 
-struct hp_rcv_counts {
-    uint64_t frames, stamped, bytes, unique, dups, reordered, max_seq, late, kernel_drops;
-    uint64_t lat_min_ns, lat_max_ns, lat_sum_ns;
-};
 
 struct hp_rcv {
     struct hp_rcv_counts c;
@@ -740,21 +729,8 @@ def build(target_dir: Path | None = None, verbose: bool = False) -> Path:
     ffi = FFI()
     ffi.cdef(CDEF)
     ffi.set_source(MODULE, SOURCE, libraries=libs, extra_compile_args=["-O2", *cflags])
-    target = target_dir or build_dir()
-    with tempfile.TemporaryDirectory(prefix="hpnlab-dpdk-") as tmp:
-        so = ffi.compile(tmpdir=tmp, verbose=verbose)
-        suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
-        out = target / f"{MODULE}{suffix}"
-        # copy then rename: a concurrent importer never sees half a file
-        staged = target / f".{MODULE}.{os.getpid()}.tmp"
-        shutil.copyfile(so, staged)
-        os.replace(staged, out)
-    return out
+    return compile_into(ffi, MODULE, target_dir or build_dir(), verbose)
 
 
 if __name__ == "__main__":
-    try:
-        print(build(verbose="-v" in sys.argv))
-    except Exception as exc:  # noqa: BLE001 - a setup step: say what failed, in one line
-        print(f"hpnlab.dpdk: build failed: {exc}", file=sys.stderr)
-        sys.exit(1)
+    sys.exit(build_main("hpnlab.dpdk", build))
