@@ -190,7 +190,7 @@ def plot(data: dict, out: Path) -> list[str]:
     names = [f"{e}/{i}" for e, idx in data["rps"].items() for i in idx] + ["redis-server"]
     files = []
     for p in ("1", "16"):
-        fig, ax = plt.subplots(figsize=(11, 4))
+        fig, ax = plt.subplots(figsize=(11, 4.8))
         tests = list(data["tests"])
         w = 0.8 / len(names)
         for k, n in enumerate(names):
@@ -203,7 +203,7 @@ def plot(data: dict, out: Path) -> list[str]:
         ax.set_xticks([x + 0.4 - w / 2 for x in range(len(tests))], [t.upper() for t in tests])
         ax.set_ylabel("requests/s")
         ax.set_title(f"redis-benchmark -c 50 -P {p}: hpnlab kv (engine/index) vs redis-server")
-        ax.legend(fontsize=7, ncol=3)
+        ax.legend(fontsize=7, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.12))
         fig.tight_layout()
         name = f"rps_P{p}.png"
         fig.savefig(out / name, dpi=110)
@@ -225,7 +225,10 @@ def render(data: dict, pngs: list[str], args) -> str:
     L = ["# KV lab: hpnlab kv vs redis-server", "",
          f"The store runs on `{data['server']}` ({data['address']}), `redis-benchmark -c 50` runs on "
          f"`{data['client']}` across the lab's data LAN; redis-server runs on the same host in the same run. "
-         f"{data['requests']} requests per test at -P 1, 4× that at -P 16.", "",
+         f"{data['requests']} requests per test at -P 1, 4× that at -P 16. Each cell is one run; the "
+         f"machine's load average was {data['load_before'][0]} before and {data['load_after'][0]} after on "
+         f"{data['environment']['machine']['cpus']} CPUs, so differences within ±{NOISE:.0%} between "
+         "cells (more, on a loaded machine) are not meaningful.", "",
          "## Requests per second", "",
          report.md_table(["server (engine/index)", "-P"] + [t.upper() for t in tests], rows), ""]
     L += [f"![rps]({png})" for png in pngs] + [""]
