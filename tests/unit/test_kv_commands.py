@@ -146,3 +146,35 @@ def test_aof_replay_and_rewrite(tmp_path):
         assert "redis-check-aof --fix" in str(exc)
     else:
         raise AssertionError("a truncated AOF loaded silently")
+
+
+def test_scan_walks_ordered_indexes_in_key_order():
+    c = Server(index="skiplist").new_client()
+    keys = [f"k{i:03d}" for i in range(57)]
+    for k in reversed(keys):
+        run(c, f"SET {k} v")
+    run(c, "RPUSH alist x")
+    seen, cursor = [], b"0"
+    while True:
+        out = run(c, f"SCAN {cursor.decode()} COUNT 10 MATCH k*")
+        parts = out.split(b"\r\n")
+        cursor = parts[2]
+        seen += [p for p in parts[5::2] if p]
+        if cursor == b"0":
+            break
+    assert seen == [k.encode() for k in keys]
+    assert run(c, "SCAN 0 TYPE list COUNT 1000") == b"*2\r\n$1\r\n0\r\n*1\r\n$5\r\nalist\r\n"
+    assert run(c, "RANGE k010 k012") == b"*3\r\n$4\r\nk010\r\n$4\r\nk011\r\n$4\r\nk012\r\n"
+
+
+def test_config_set_appendonly_starts_the_aof_with_the_dataset(tmp_path):
+    srv = Server(dir=str(tmp_path))
+    c = srv.new_client()
+    run(c, "SET before 1")
+    assert run(c, "CONFIG SET appendonly yes") == b"+OK\r\n"
+    run(c, "SET after 2")
+    assert run(c, "CONFIG GET appendonly") == b"*2\r\n$10\r\nappendonly\r\n$3\r\nyes\r\n"
+    srv.aof.close()
+    back = Server(dir=str(tmp_path))
+    aof.load(back)
+    assert dump_state(back) == dump_state(srv)
