@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 redis = pytest.importorskip("redis")
+pytestmark = pytest.mark.slow          # starts server processes (each test a second or a few)
 
 REDIS_SERVER = shutil.which("redis-server")
 needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed (make setup installs it)")
