@@ -63,3 +63,13 @@ def expire_option(opt: bytes, arg: bytes, name: str) -> tuple[int | None, bytes 
         return None, b"-ERR invalid expire time in '%b' command\r\n" % name.encode()
     now = int(time.time() * 1000)
     return {b"EX": now + n * 1000, b"PX": now + n, b"EXAT": n * 1000, b"PXAT": n}[opt], None
+
+
+def leading_flags(args: list[bytes], start: int, names: set[bytes]) -> tuple[set[bytes], int]:
+    """The options among `names` (any case) from args[start] on, and the index where they stop."""
+    seen: set[bytes] = set()
+    i = start
+    while i < len(args) and args[i].upper() in names:
+        seen.add(args[i].upper())
+        i += 1
+    return seen, i

@@ -10,7 +10,7 @@ from collections import deque
 
 from .. import resp
 from ..core import NOT_INT, SYNTAX, Client, command
-from .args import to_int
+from .args import leading_flags, to_int
 
 _PATTERNS: dict[bytes, re.Pattern[bytes]] = {}
 
@@ -222,19 +222,10 @@ def _expire(c: Client, args: list[bytes], unit: int, absolute: bool, name: str) 
     n = to_int(args[2])
     if n is None:
         return NOT_INT
-    nx = xx = gt = lt = False
-    for opt in args[3:]:
-        o = opt.upper()
-        if o == b"NX":
-            nx = True
-        elif o == b"XX":
-            xx = True
-        elif o == b"GT":
-            gt = True
-        elif o == b"LT":
-            lt = True
-        else:
-            return resp.error(f"ERR Unsupported option {opt.decode(errors='replace')}")
+    opts, i = leading_flags(args, 3, {b"NX", b"XX", b"GT", b"LT"})
+    if i < len(args):
+        return resp.error(f"ERR Unsupported option {args[i].decode(errors='replace')}")
+    nx, xx, gt, lt = (o in opts for o in (b"NX", b"XX", b"GT", b"LT"))
     if nx and (xx or gt or lt):
         return b"-ERR NX and XX, GT or LT options at the same time are not compatible\r\n"
     if gt and lt:

@@ -100,18 +100,24 @@ def _span(start: int, end: int, n: int) -> tuple[int, int]:
     return start, min(end, n - 1)
 
 
-@command("lrange", 4, "readonly", 1, 1)
-def lrange(c: Client, args: list[bytes]) -> bytes:
+def _ranged(c: Client, args: list[bytes]) -> tuple[deque | None, int, int, bytes | None]:
+    """LRANGE/LTRIM's key start stop: (the list or None, start, end clamped to it, error)."""
     start, end = to_int(args[2]), to_int(args[3])
     if start is None or end is None:
-        return NOT_INT
+        return None, 0, -1, NOT_INT
     lst, err = _list(c, args[1])
+    if err or lst is None:
+        return None, 0, -1, err
+    start, end = _span(start, end, len(lst))
+    return lst, start, end, None
+
+
+@command("lrange", 4, "readonly", 1, 1)
+def lrange(c: Client, args: list[bytes]) -> bytes:
+    lst, start, end, err = _ranged(c, args)
     if err:
         return err
-    if lst is None:
-        return resp.EMPTY_ARRAY
-    start, end = _span(start, end, len(lst))
-    if start > end:
+    if lst is None or start > end:
         return resp.EMPTY_ARRAY
     return bulks(span(lst, start, end))
 
@@ -187,15 +193,11 @@ def lrem(c: Client, args: list[bytes]) -> bytes:
 
 @command("ltrim", 4, "write", 1, 1)
 def ltrim(c: Client, args: list[bytes]) -> bytes:
-    start, end = to_int(args[2]), to_int(args[3])
-    if start is None or end is None:
-        return NOT_INT
-    lst, err = _list(c, args[1])
+    lst, start, end, err = _ranged(c, args)
     if err:
         return err
     if lst is None:
         return resp.OK
-    start, end = _span(start, end, len(lst))
     kept = span(lst, start, end) if start <= end else []
     lst.clear()
     lst.extend(kept)

@@ -8,7 +8,7 @@ from .. import resp
 from ..core import NOT_FLOAT, NOT_INT, SYNTAX, WRONGTYPE, Client, command
 from ..index.skiplist import SkipList
 from ..resp import bulk, fmt_double
-from .args import pop_count, to_float, to_int
+from .args import leading_flags, pop_count, to_float, to_int
 
 INF = float("inf")
 
@@ -81,25 +81,8 @@ def _pairs(c: Client, items: list[tuple[bytes, float]], withscores: bool) -> byt
 
 @command("zadd", -4, "write fast", 1, 1)
 def zadd(c: Client, args: list[bytes]) -> bytes:
-    nx = xx = gt = lt = ch = incr = False
-    i = 2
-    while i < len(args):
-        o = args[i].upper()
-        if o == b"NX":
-            nx = True
-        elif o == b"XX":
-            xx = True
-        elif o == b"GT":
-            gt = True
-        elif o == b"LT":
-            lt = True
-        elif o == b"CH":
-            ch = True
-        elif o == b"INCR":
-            incr = True
-        else:
-            break
-        i += 1
+    opts, i = leading_flags(args, 2, {b"NX", b"XX", b"GT", b"LT", b"CH", b"INCR"})
+    nx, xx, gt, lt, ch, incr = (o in opts for o in (b"NX", b"XX", b"GT", b"LT", b"CH", b"INCR"))
     rest = args[i:]
     if not rest or len(rest) % 2:
         return SYNTAX
