@@ -96,7 +96,11 @@ def measure(server_host, client, ip: str, port: int, argv: list[str], name: str,
 def run(provider, args, step) -> dict:
     server_host, client, net = host_pair(provider, args.hosts, "server,client", args.network)
     need_tools("redis-benchmark", "redis-cli", hosts=[client])
-    need_tools("redis-server", hosts=[server_host])
+    try:
+        need_tools("redis-server", hosts=[server_host])
+    except LabError as exc:
+        raise LabError(f"{exc} - the peer of this lab; netns hosts get it from `make setup`, VMs from the box "
+                       "(box/packages.txt: a box built before redis-server was added needs `make box`)") from None
     ip = str(server_host.address(net))
     out = report.results_dir("kv", getattr(args, "results", None))
     env = report.fingerprint(provider, [], {server_host.name: server_host, client.name: client})
