@@ -71,6 +71,7 @@ class Database:
         self.expires: dict[bytes, int] = {}
         self.heap: list[tuple[int, bytes]] = []      # (when, key): active expiry, stale entries skipped
         self.watched: dict[bytes, set[Client]] = {}
+        self.scans: dict[int, Any] = {}              # SCAN cursor -> where it resumes (commands/keys.py)
 
     def lookup(self, key: bytes) -> Any:
         v = self.data.get(key)

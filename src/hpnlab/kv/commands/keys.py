@@ -7,6 +7,8 @@ import random
 import re
 import time
 from collections import deque
+from collections.abc import Iterator
+from itertools import islice
 
 from .. import resp
 from ..core import NOT_INT, SYNTAX, Client, command
@@ -170,10 +172,17 @@ def scan_args(args: list[bytes], start: int):
     return match, count, typ, None
 
 
+SCANS_KEPT = 64     # cursors whose resume point is remembered, per database
+
+
 @command("scan", -2, "readonly")
 def scan(c: Client, args: list[bytes]) -> bytes:
-    """The cursor is a position in the index's iteration (key order for ordered indexes;
-    a key added or removed during a hash-index scan may shift it, as rehashing can in Redis)."""
+    """The cursor counts the keys returned so far, and the database remembers where the
+    scan stopped: for ordered indexes the last key (the next call starts after it, in key
+    order, whatever was added or removed meanwhile), for the hash index the dict's live
+    iterator (if the dict changed size meanwhile it is invalid, and the scan goes on from
+    that position in iteration order, which may then skip or repeat keys, as Redis may
+    repeat them across a rehash). An unknown cursor also resumes at that position."""
     cursor = to_int(args[1])
     if cursor is None or cursor < 0:
         return b"-ERR invalid cursor\r\n"
@@ -181,9 +190,27 @@ def scan(c: Client, args: list[bytes]) -> bytes:
     if err:
         return err
     db = c.db
-    keys_all = list(db.data)
-    batch = keys_all[cursor:cursor + count]
-    nxt = cursor + count if cursor + count < len(keys_all) else 0
+    data = db.data
+    resume = db.scans.pop(cursor, None) if cursor else None
+    it: Iterator[bytes]
+    if data.ordered:
+        if resume is not None:
+            it = (k for k, _ in data.items_from(resume) if k != resume)
+        else:
+            it = islice((k for k, _ in data.items_from(b"")), cursor, None)
+        batch = list(islice(it, count))
+    else:
+        try:
+            it = resume if resume is not None else islice(iter(data), cursor, None)
+            batch = list(islice(it, count))
+        except RuntimeError:                  # "dictionary changed size during iteration"
+            it = islice(iter(data), cursor, None)
+            batch = list(islice(it, count))
+    nxt = cursor + len(batch) if len(batch) == count else 0
+    if nxt:
+        db.scans[nxt] = batch[-1] if data.ordered else it
+        if len(db.scans) > SCANS_KEPT:
+            del db.scans[next(iter(db.scans))]
     out = []
     for k in batch:
         v = db.lookup(k)
