@@ -177,6 +177,12 @@ def test_engines_serve_and_block(tmp_path, engine):
             time.sleep(0.2)
             reply = s.recv(65536)
         assert reply.startswith(b"%7\r\n$6\r\nserver\r\n") and reply.endswith(b"_\r\n")
+        for _ in range(10):                       # closed connections are forgotten
+            socket.create_connection(("127.0.0.1", port)).close()
+        deadline = time.monotonic() + 5
+        while int(r.info("clients")["connected_clients"]) != 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert int(r.info("clients")["connected_clients"]) == 1
     finally:
         stop(proc)
     assert proc.returncode == 0

@@ -17,6 +17,7 @@ def test_maxclients_rejects_with_redis_text():
     srv = Server(maxclients=1)
     proto = KVProtocol(srv)
     first = proto.new()
+    first.connection_made(None)       # an engine that reports connections (all loop engines do)
     second = proto.new()
     assert not isinstance(first, Rejected) and isinstance(second, Rejected)
     assert second.feed(b"PING\r\n") == (b"-ERR max number of clients reached\r\n", True)

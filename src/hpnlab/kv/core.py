@@ -246,12 +246,15 @@ class Client:
         self.held: list[bytes] = []       # input that arrived while blocked
         self.closing = False
         self.created = time.time()
-        server.clients[self.id] = self
 
     def connection_made(self, conn: Any) -> None:
         """From engines that let a handler answer later (a blocked BLPOP): `conn` offers
-        write(bytes), close(), call_later(delay, fn) and call_soon_threadsafe(fn, *args)."""
+        write(bytes), close(), call_later(delay, fn) and call_soon_threadsafe(fn, *args).
+        Only such engines also say when a connection ends (connection_lost), so only their
+        clients are counted (INFO clients, CLIENT LIST, maxclients): on the others a client
+        that is never forgotten would be a leak."""
         self.conn = conn
+        self.server.clients[self.id] = self
 
     def set_protocol(self, v3: bool) -> None:
         self.resp3 = v3

@@ -189,7 +189,6 @@ def replay(server: Server, data: bytes, name: str) -> int:
         if r.startswith(b"-"):
             raise AofError(f"{name}: command {args[0].decode(errors='replace')} failed: "
                            f"{r[1:].decode(errors='replace').strip()}")
-    server.clients.pop(c.id, None)
     return len(cmds)
 
 
