@@ -495,7 +495,11 @@ int hp_gen_run(hp_gen *g, uint64_t until_tsc)
                 if (rte_mempool_get(g->grp[g->t[g->order[i]].group].pool, (void **)&m[k]) < 0) break;
             }
         }
-        if (!k) { g->full++; rte_pause(); continue; }      /* the driver holds every mbuf */
+        if (!k) {                                           /* the driver holds every mbuf */
+            rte_eth_tx_done_cleanup(g->port, g->queue, 0);  /* drivers that free on completion */
+            g->full++;
+            continue;
+        }
         uint32_t len[512];
         for (unsigned i = 0; i < k; i++) {
             hp_fill(g, m[i], g->order[at], g->seq + i, now);
