@@ -91,7 +91,7 @@ def nat_run(tmp_path_factory):
     try:
         out = tmp_path_factory.mktemp("nat")
         res = lab_module("nat").run(provider, lab_args(out, "nat", "--scenarios", "cone-cone,remap-cone,cone-seq,"
-                                                       "cone-random", "--tries", "3"), lambda m: None)
+                                                       "cone-random,full-random", "--tries", "3"), lambda m: None)
         both = lab_module("nat").run(provider, lab_args(out, "nat", "--scenarios", "random-random", "--tries", "2",
                                                         "--deadline", "0.3"), lambda m: None)
         yield provider, {**{r["scenario"]: r for r in res["scenarios"]},
@@ -115,6 +115,19 @@ def test_nat_punch_through_endpoint_independent_nats(nat_run):
                 assert m["kind"] == kind_a and m["ports"][0] == m["ports"][1], m
                 assert (m["ports"][0] == m["private"]) == (kind_a == "eim-preserving"), m
     assert all(t["handshake"] in ("simultaneous", "syn-syn-ack") for t in rows["cone-cone"]["tcp"]["tries"])
+
+
+def test_nat_punch_through_an_open_filter_to_a_random_nat(nat_run):
+    """ra filters on nothing but its mappings (endpoint-independent): pb, behind a random NAT,
+    just sends to pa's public endpoint; no prediction, no birthday probes."""
+    _lab, rows, _res = nat_run
+    row = rows["full-random"]
+    for proto, outcome in (("udp", "direct-hole-punch"), ("tcp", "direct-hole-punch")):
+        assert methods_and_outcomes(row, proto) == ({"punch"}, {outcome}), row[proto]
+        assert all(t["probes"] is None for t in row[proto]["tries"])
+    assert {t["a_mapping"]["filtering"] for t in row["udp"]["tries"]} == {"open to other ports"}
+    assert {t["b_mapping"]["filtering"] for t in row["udp"]["tries"]} == {"address and port-dependent"}
+    assert {t["handshake"] for t in row["tcp"]["tries"]} == {"three-way"}      # pa listened
 
 
 def test_nat_port_prediction_through_a_sequential_nat(nat_run):

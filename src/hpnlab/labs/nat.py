@@ -44,6 +44,7 @@ N_PORTS = traversal.PORT_HI - traversal.PORT_LO + 1
 # kind: (the nftables NAT statement for TCP/UDP, RFC 4787's name for the behaviour)
 KINDS = {
     "cone": ("masquerade", "endpoint-independent mapping, port preservation"),
+    "full": ("masquerade", "endpoint-independent mapping, port preservation, endpoint-independent filtering"),
     "remap": ("masquerade to :jhash ip saddr . th sport mod 20000 seed 0x5eed offset 30000",
               "endpoint-independent mapping, no port preservation (the port is a hash of the private endpoint)"),
     # nft 1.0.6 hands numgen's host-order number to the NAT unconverted (ports would
@@ -55,20 +56,31 @@ KINDS = {
                "address and port-dependent mapping, random port assignment"),
 }
 MAX_TRIES = 200
-SCENARIOS = ("cone-cone", "remap-cone", "cone-seq", "cone-random", "seq-seq", "random-random")
+SCENARIOS = ("cone-cone", "remap-cone", "cone-seq", "cone-random", "full-random", "seq-seq", "random-random")
 
 
 def nat_rules(lan_if: str, wan_if: str, lan_net: str, kind: str) -> str:
     """A home-router-like NAT: translate from the private LAN onto `wan` only;
-    drop whatever comes in from `wan` unasked."""
+    drop whatever comes in from `wan` unasked. Conntrack filters on address and
+    port; `full` also lets in anything sent to a port a private endpoint has sent
+    from (its mapping, the port being preserved): endpoint-independent filtering."""
+    eif = kind == "full"
+    mapped = remember = let_in = ""
+    if eif:
+        mapped = (f"\n  map mapped {{ type inet_proto . inet_service : ipv4_addr; flags dynamic,timeout; timeout 2m; }}"
+                  f"\n  chain nat_pre {{ type nat hook prerouting priority dstnat; policy accept;"
+                  f"\n    iifname \"{wan_if}\" dnat ip to meta l4proto . th dport map @mapped\n  }}")
+        remember = "update @mapped { meta l4proto . th sport : ip saddr } "
+        let_in = f"\n    iifname \"{wan_if}\" ct status dnat accept"
     return f"""
-table ip {TABLE} {{
+table ip {TABLE} {{{mapped}
   chain nat_post {{ type nat hook postrouting priority srcnat; policy accept;
     oifname "{wan_if}" ip saddr {lan_net} meta l4proto {{ tcp, udp }} {KINDS[kind][0]}
     oifname "{wan_if}" ip saddr {lan_net} masquerade
   }}
   chain filter_fwd {{ type filter hook forward priority filter; policy drop;
-    ct state established,related accept
+    ct state established,related accept{let_in}
+    iifname "{lan_if}" oifname "{wan_if}" ip saddr {lan_net} meta l4proto {{ tcp, udp }} {remember}accept
     iifname "{lan_if}" oifname "{wan_if}" ip saddr {lan_net} accept
   }}
   chain filter_in {{ type filter hook input priority filter; policy accept;
@@ -297,7 +309,8 @@ def analyse(name: str, kind_a: str, kind_b: str, res: dict, segs_a: list, segs_b
 def _mapping(m: dict | None) -> str:
     if not m:
         return "-"
-    return f":{m['private']} → rz saw :{m['ports'][0]}, :{m['ports'][1]} ({m['kind']})"
+    filtering = f"; filtering: {m['filtering']}" if m.get("filtering") else ""
+    return f":{m['private']} → rz saw :{m['ports'][0]}, :{m['ports'][1]} ({m['kind']}{filtering})"
 
 
 def goals(results: list[dict]) -> list[str]:
@@ -338,7 +351,8 @@ def render(results: list[dict], args, env: dict) -> str:
          f"relayed through rz. Outcomes are counted from the captures on both routers' `wan` NICs (a claim by the "
          "peers that the packets do not show counts as failed).", "", "## NAT kinds (RFC 4787)", "",
          report.md_table(["kind", "nftables (TCP/UDP)", "RFC 4787 behaviour"],
-                         [[k, f"`{_short(v[0])}`", v[1] + "; address and port-dependent filtering (conntrack)"]
+                         [[k, f"`{_short(v[0])}`", v[1] if "filtering" in v[1] else
+                  v[1] + ", address and port-dependent filtering (conntrack)"]
                           for k, v in KINDS.items()], align="lll"),
          "## Results", ""]
     rows = []
@@ -382,6 +396,11 @@ def render(results: list[dict], args, env: dict) -> str:
           "- **punch** (both endpoint-independent): the endpoint rz saw is the one the peer must aim at; each "
           "side's first packet opens its own router's conntrack entry, so the other side's packets arrive as "
           "replies. TCP: both connect(); the SYN that finds the hole reaches a socket in SYN_SENT.",
+          "- **punch through an open filter** (`full`: endpoint-independent filtering): rz answers each "
+          f"observation from a third port ({RZ_PORT + 2}) too; when that gets through, the side's router does not "
+          "filter on the port, so the hard side just sends to it from whatever mapping its NAT picks, and is "
+          "answered there. For TCP the open side listens (a SYN from an unknown port would meet no connected "
+          "socket and be refused): a three-way handshake, through a hole its own earlier packets opened.",
           "- **prediction** (sequential allocation): a peer sends from its socket to rz's two ports and sees "
           "the mapping move by a step; the next new destination gets the next port, so the other side aims at "
           "a few ports past it (a sequential side aims at exactly one, as each new destination costs it a port).",

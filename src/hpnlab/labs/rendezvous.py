@@ -2,7 +2,8 @@
 process): what runs on `rz`, reached by the peers only through their NATs.
 
   UDP/TCP PORT      observe: answer with the source endpoint seen (the peer's
-                    public mapping toward PORT); UDP also pairs two peers of one
+                    public mapping toward PORT; UDP also sends a filtering probe
+                    from PORT+2, which the peer never sent to); UDP also pairs two peers of one
                     try (`pair`): each gets the other's observations and a shared
                     start time
   UDP/TCP PORT+1    observe only: a second destination, so a peer sees whether its
@@ -31,8 +32,9 @@ class Rendezvous:
         self.relay_to: dict[str, dict] = {}         # try key -> {name: its UDP relay endpoint}
         self.tcp_wait: dict[str, tuple] = {}        # try key -> (first TCP relay client, bytes it sent early)
         self.log = {"observed": 0, "paired": 0, "relayed_datagrams": 0, "relayed_streams": 0}
+        self.udp: dict[int, socket.socket] = {}
         for off in (0, 1, 2):
-            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            u = self.udp[off] = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             u.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             u.bind(("0.0.0.0", port + off))
             self.sel.register(u, selectors.EVENT_READ, ("udp", off))
@@ -55,6 +57,8 @@ class Rendezvous:
         elif msg.get("op") == "observe":
             self.log["observed"] += 1
             s.sendto(json.dumps({"seen": addr}).encode(), addr)
+            if off == 0:                # from a port the peer never sent to: does its NAT let it in?
+                self.udp[2].sendto(b'{"filter-probe": true}', addr)
         elif msg.get("op") == "pair" and off == 0:
             seen = self.pairs.setdefault(msg["key"], {})
             seen[msg["name"]] = msg["info"]

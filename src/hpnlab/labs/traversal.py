@@ -40,7 +40,7 @@ BATCH = 32                          # probes per tick
 
 # ================================================================ observing the NAT
 
-def classify(local_port: int, seen: list) -> dict:
+def classify(local_port: int, seen: list, filtering: str | None = None) -> dict:
     """The mapping behaviour from the two public endpoints rz saw (toward PORT, PORT+1)."""
     (ip, m0), (_, m1) = seen
     if m0 == m1:
@@ -49,7 +49,8 @@ def classify(local_port: int, seen: list) -> dict:
         kind = "sequential"
     else:
         kind = "random"
-    return {"kind": kind, "ip": ip, "private": local_port, "ports": [m0, m1], "step": m1 - m0}
+    return {"kind": kind, "ip": ip, "private": local_port, "ports": [m0, m1], "step": m1 - m0,
+            "filtering": filtering}
 
 
 def easy(info: dict) -> bool:
@@ -62,6 +63,13 @@ def plan(me: dict, peer: dict, predict: int) -> dict:
     probe: aim at random peer ports."""
     if easy(me) and easy(peer):
         return {"method": "punch", "targets": [peer["ports"][0]]}
+    # an easy side whose NAT lets in any port of an address it sent to: the hard side
+    # just sends to it, from whatever mapping its NAT picks, and is answered there
+    # (TCP: the easy side listens — a SYN from an unknown port would meet no socket)
+    if easy(me) and open_filter(me) and not open_filter(peer):
+        return {"method": "punch", "targets": [], "listen": True}
+    if easy(peer) and open_filter(peer):
+        return {"method": "punch", "targets": [peer["ports"][0]], "peer_listens": True}
     if peer["kind"] == "sequential" and (easy(me) or me["kind"] == "sequential"):
         # an easy side can aim at several ports (its own mapping does not move); a
         # sequential side must send its first new packet to the one port predicted
@@ -77,6 +85,10 @@ def plan(me: dict, peer: dict, predict: int) -> dict:
     return {"method": "birthday", "role": "both-hard", "hard": True, "probe": True, "targets": []}
 
 
+def open_filter(info: dict) -> bool:
+    return info.get("filtering") == "open to other ports"
+
+
 def _udp_socket(port: int = 0) -> socket.socket:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind(("0.0.0.0", port))
@@ -84,8 +96,10 @@ def _udp_socket(port: int = 0) -> socket.socket:
     return s
 
 
-def _request(s: socket.socket, msg: dict, to: tuple, deadline: float, want: str) -> dict | None:
-    """Send a JSON datagram until a reply with `want` comes back from `to`."""
+def _request(s: socket.socket, msg: dict, to: tuple, deadline: float, want: str,
+             stray: list | None = None) -> dict | None:
+    """Send a JSON datagram until a reply with `want` comes back from `to`; what else
+    arrives meanwhile goes to `stray` (as (data, addr)), if given."""
     raw = json.dumps(msg).encode()
     while time.time() < deadline:
         s.sendto(raw, to)
@@ -100,17 +114,31 @@ def _request(s: socket.socket, msg: dict, to: tuple, deadline: float, want: str)
                 reply = json.loads(data)
                 if want in reply:
                     return reply
+            elif stray is not None:
+                stray.append((data, addr))
     return None
 
 
-def observe_udp(s: socket.socket, rz_ip: str, port: int, deadline: float) -> list | None:
-    seen = []
+def observe_udp(s: socket.socket, rz_ip: str, port: int, deadline: float) -> tuple[list, str] | None:
+    """The public endpoints toward PORT and PORT+1, and the filtering: rz answers an
+    observation on PORT from PORT+2 as well, a port this socket never sent to; if that
+    gets through, the NAT does not filter on the port (RFC 4787 address-dependent or
+    endpoint-independent filtering: with one rz address the two are not told apart)."""
+    seen: list = []
+    stray: list = []
     for off in (0, 1):
-        r = _request(s, {"op": "observe"}, (rz_ip, port + off), deadline, "seen")
+        r = _request(s, {"op": "observe"}, (rz_ip, port + off), deadline, "seen", stray)
         if r is None:
             return None
         seen.append(r["seen"])
-    return seen
+    time.sleep(0.01)                         # the probe left rz with the first answer
+    while True:
+        try:
+            stray.append(s.recvfrom(4096))
+        except BlockingIOError:
+            break
+    opened = any(addr == (rz_ip, port + 2) and b"filter-probe" in data for data, addr in stray)
+    return seen, ("open to other ports" if opened else "address and port-dependent")
 
 
 def observe_tcp(local: tuple, rz_ip: str, port: int, deadline: float) -> list:
@@ -269,6 +297,8 @@ def udp_relay(hs: UdpHandshake, s: socket.socket, relay: tuple, peer_name: str, 
         if addr != relay:
             continue
         msg = json.loads(data)
+        if "data" not in msg:                # rz's filtering probe, late
+            continue
         seen = msg["seen"]
         parts = msg["data"].split()
         if len(parts) == 3 and parts[1] == hs.key and parts[2] != hs.name:
@@ -302,10 +332,10 @@ def udp_try(a, i: int, ctl: socket.socket, rz: tuple, rng: random.Random) -> dic
     out: dict = {"ok": False, "outcome": "failed"}
     try:
         t_end = time.time() + a.deadline + a.relay_deadline + 3
-        seen = observe_udp(s, rz[0], rz[1], t_end)
-        if seen is None:
+        observed = observe_udp(s, rz[0], rz[1], t_end)
+        if observed is None:
             return {**out, "error": "the rendezvous host did not answer"}
-        met = meet(a, ctl, rz, key, classify(a.udp_port + i, seen), t_end, out)
+        met = meet(a, ctl, rz, key, classify(a.udp_port + i, *observed), t_end, out)
         if met is None:
             return out
         peer, start_at, pl = met
@@ -348,10 +378,17 @@ def tcp_direct(local: tuple, peer_ip: str, pl: dict, start_at: float, deadline: 
         sel.register(c, selectors.EVENT_WRITE)
 
     candidates = rng.sample(range(PORT_LO, PORT_HI + 1), probes) if pl.get("probe") else []
-    sent = 0
+    sent = refused = 0
     winner = None
     try:
         sleep_until(start_at + (0.05 if pl.get("role") == "easy" else 0))
+        if pl.get("listen"):
+            server = _tcp_socket(local)
+            server.listen(4)
+            server.setblocking(False)
+            pending[server] = ("listen",)
+            by_fd[server.fileno()] = server
+            sel.register(server, selectors.EVENT_READ)
         if pl.get("role") == "hard":
             for _ in range(hard_sockets):
                 connect(None, pl["targets"][0])
@@ -367,12 +404,24 @@ def tcp_direct(local: tuple, peer_ip: str, pl: dict, start_at: float, deadline: 
             for key, _ in sel.select(TICK):
                 c = by_fd[key.fd]
                 sel.unregister(c)
-                if c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                if pending[c] == ("listen",):
+                    winner = c.accept()[0]
+                    break
+                err = c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err == 0:
                     winner = c
                     break
+                if err == errno.ECONNREFUSED and not pl.get("role") and pending[c][1] in pl["targets"]:
+                    # an open filter let our SYN in before the peer's socket was there (RST):
+                    # again after a random pause, as on a LAN (p2p.simultaneous_connect)
+                    refused += 1
+                    port = pending.pop(c)[1]
+                    c.close()
+                    time.sleep(rng.uniform(0, 0.002))
+                    connect(local, port)
         return winner, {"probes": _probes_until(candidates, winner.getpeername()[1] if winner else None,
                                                 min(sent, len(candidates))),
-                        "sockets": len(pending)}
+                        "sockets": len(pending), "refused": refused}
     finally:
         sel.close()
         for c in pending:
@@ -398,7 +447,8 @@ def tcp_relay(key: str, relay: tuple, deadline: float) -> tuple[socket.socket | 
         return None, {"error": f"relay: {exc}"}
 
 
-def tcp_try(a, i: int, ctl: socket.socket, rz: tuple, rng: random.Random) -> dict:
+def tcp_try(a, i: int, ctl: socket.socket, rz: tuple, rng: random.Random, filtering: str | None) -> dict:
+    """`filtering`: what this try's UDP observation found (the routers filter TCP alike)."""
     key = f"tcp-{i}"
     local = (a.local, a.tcp_port + i)
     out: dict = {"ok": False, "outcome": "failed"}
@@ -407,13 +457,14 @@ def tcp_try(a, i: int, ctl: socket.socket, rz: tuple, rng: random.Random) -> dic
         seen = observe_tcp(local, rz[0], rz[1], t_end)
     except OSError as exc:
         return {**out, "error": f"observe: {exc}"}
-    met = meet(a, ctl, rz, key, classify(a.tcp_port + i, seen), t_end, out)
+    met = meet(a, ctl, rz, key, classify(a.tcp_port + i, seen, filtering), t_end, out)
     if met is None:
         return out
     peer, start_at, pl = met
     s, info = tcp_direct(local, peer["ip"], pl, start_at, start_at + a.deadline, a.hard_sockets, a.probes, rng)
     out.update(info)
-    outcome = "direct-simultaneous-open"
+    # both sides connect(): a simultaneous open; a listener behind an open filter: a punched hole
+    outcome = "direct-hole-punch" if pl.get("listen") or pl.get("peer_listens") else "direct-simultaneous-open"
     if s is None and a.relay_deadline > 0:
         s, info = tcp_relay(key, (rz[0], rz[1] + 2), time.time() + a.relay_deadline)
         out.update(info)
@@ -465,9 +516,10 @@ def peer_main(argv: list[str]) -> int:
         return 1
     tries = []
     for i in range(a.tries):
-        row = {"try": i, "udp": udp_try(a, i, ctl, rz, rng)}
+        udp = udp_try(a, i, ctl, rz, rng)
+        row = {"try": i, "udp": udp}
         if a.tcp:
-            row["tcp"] = tcp_try(a, i, ctl, rz, rng)
+            row["tcp"] = tcp_try(a, i, ctl, rz, rng, udp.get("nat", {}).get("filtering"))
         tries.append(row)
     print(json.dumps({"name": a.name, "tries": tries}), flush=True)
     return 0
