@@ -326,7 +326,7 @@ class Client:
         aof = self.server.aof
         if aof is not None and aof.buf:
             aof.flush()                   # written (and fsynced for "always") before any reply
-        return b"".join(out)
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def _drop(self) -> tuple[bytes, bool]:
         self.pending = []

@@ -60,6 +60,13 @@ def _parse_fast(data: bytes, pos: int, cmds: list[list[bytes]]) -> int:
     toks = data[pos:].split(b"\r\n") if pos else data.split(b"\r\n")
     last = len(toks) - 1                 # the piece after the last CRLF: never complete
     argcs, lens = _ARGC, _LENS
+    argc = argcs.get(toks[0])
+    if argc is not None and last == 2 * argc + 1 and not toks[last]:
+        # exactly one command, the usual read without pipelining
+        args = toks[2:last:2]
+        if list(map(lens.get, toks[1:last:2])) == list(map(len, args)):
+            cmds.append(args)
+            return len(data)
     found: list[list[bytes]] = []
     ends: list[int] = []
     headers: list[bytes] = []
