@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from .. import report
-from ..pktgen.templates import PROTOS, TrafficError, parse_rate, parse_sizes, size_label
+from ..pktgen.templates import PROTOS, Traffic, TrafficError, parse_rate, parse_sizes, size_label
 from ._kit import LabError, agent_python, deferred_interrupts, host_pair
 
 HELP = "DPDK packet generator vs dpdk-testpmd txonly (pps per size), receiver loss/reorder/latency"
@@ -263,6 +263,8 @@ def run(provider, args, step) -> dict:
     try:
         sizes = parse_sizes(args.size)
         parse_rate(args.rate)
+        for sz in sizes:                    # bad sizes, flows, protocol: said before anything runs
+            Traffic(proto=args.proto, sizes=sz, flows=args.flows)
     except TrafficError as exc:
         raise LabError(str(exc)) from None
     if args.rounds < 1 or args.seconds <= 0 or args.count < 1:
