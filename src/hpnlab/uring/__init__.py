@@ -10,7 +10,7 @@ syscalls per request drop well below one.
     ring.prep_accept(listen_fd, ud=1, multishot=True)
     for ud, res, flags in ring.wait(): ...
 
-The compiled part (_hpnlab_uring_v3, built from _build.py) is made by
+The compiled part (_build.MODULE, built from _build.py) is made by
 `make setup`; if it is missing, the first import builds it, and says
 clearly what is missing when it cannot (no gcc, no liburing-dev).
 """
@@ -20,6 +20,7 @@ import errno
 import os
 from pathlib import Path
 
+from ..cbuild import BuildError, load_or_build
 from ..errors import HpnlabError
 
 
@@ -28,17 +29,11 @@ class UringUnavailable(HpnlabError, RuntimeError):
 
 
 def _load():
-    try:
-        from . import _hpnlab_uring_v3 as mod  # type: ignore[attr-defined,unused-ignore]  # built by make setup
-        return mod.ffi, mod.lib
-    except ImportError:
-        pass
     from . import _build
     try:
-        _build.build()
-    except Exception as exc:  # noqa: BLE001 - any build failure means unavailable, and why
+        mod = load_or_build(__name__, _build.MODULE, _build.build)
+    except BuildError as exc:
         raise UringUnavailable(f"the liburing binding is not built and cannot be built: {exc}") from None
-    from . import _hpnlab_uring_v3 as mod  # type: ignore[attr-defined,unused-ignore]  # built by make setup
     return mod.ffi, mod.lib
 
 

@@ -21,12 +21,11 @@ Two jobs are done in C because in Python they cost more than the I/O saves
 """
 from __future__ import annotations
 
-import os
 import shutil
 import sys
-import sysconfig
-import tempfile
 from pathlib import Path
+
+from ..cbuild import build_main, compile_into
 
 # The version changes with the C interface, so a build of an older one is never loaded.
 MODULE = "_hpnlab_uring_v3"
@@ -456,21 +455,8 @@ def build(target_dir: Path | None = None, verbose: bool = False) -> Path:
     ffi = FFI()
     ffi.cdef(CDEF)
     ffi.set_source(MODULE, SOURCE, libraries=["uring"], extra_compile_args=["-O2"])
-    target = target_dir or build_dir()
-    with tempfile.TemporaryDirectory(prefix="hpnlab-uring-") as tmp:
-        so = ffi.compile(tmpdir=tmp, verbose=verbose)
-        suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
-        out = target / f"{MODULE}{suffix}"
-        # copy then rename: a concurrent importer never sees half a file
-        staged = target / f".{MODULE}.{os.getpid()}.tmp"
-        shutil.copyfile(so, staged)
-        os.replace(staged, out)
-    return out
+    return compile_into(ffi, MODULE, target_dir or build_dir(), verbose)
 
 
 if __name__ == "__main__":
-    try:
-        print(build(verbose="-v" in sys.argv))
-    except Exception as exc:  # noqa: BLE001 - a setup step: say what failed, in one line
-        print(f"hpnlab.uring: build failed: {exc}", file=sys.stderr)
-        sys.exit(1)
+    sys.exit(build_main("hpnlab.uring", build))
