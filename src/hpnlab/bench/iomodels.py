@@ -441,8 +441,10 @@ def prepare(cfg: Config, srv: Side, cli: Side, say=print) -> tuple[dict, str | N
         for knob, value in cfg.emulated_grid.items():
             setattr(cfg, knob, value)
         cfg.grid_note = ("the server host's CPU is emulated (QEMU TCG), so the default grid was cut to "
-                         + ", ".join(f"{k} {v}" for k, v in cfg.emulated_grid.items())
+                         + ", ".join(f"{k} {v}" for k, v in cfg.emulated_grid.items() if k != "syscalls")
                          + " (the full one takes hours there; give --conns/--duration/--repeats to choose)")
+        if not cfg.syscalls:
+            cfg.grid_note += "; syscalls were not counted (that is one more run per cell)"
         say(f"  {cfg.grid_note}")
     srv.syscall_tool = answer.get("syscall_tool")
     for engine, why in cfg.unavailable.items():
