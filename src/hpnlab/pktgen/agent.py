@@ -26,7 +26,6 @@ from .templates import PROTOS, Traffic, TrafficError, parse_sizes, rate_pps
 # The generator's frames go to a MAC no host owns: the peer's kernel leaves them alone
 # (no ICMP errors, no RSTs to the SYNs); its receiver listens promiscuously.
 PEER_MAC = bytes.fromhex("02686e706c02")
-SRC_MAC = bytes.fromhex("02686e706c01")
 
 
 def mac_bytes(text: str) -> bytes:

@@ -19,7 +19,7 @@ from .templates import Traffic
 
 SLICE = 0.1            # seconds the C loops run before Python looks at signals and clocks
 SOL_PACKET = 263       # <linux/socket.h> (the socket module may lack it)
-PACKET_STATISTICS = 6  # <linux/if_packet.h>
+PACKET_ADD_MEMBERSHIP, PACKET_STATISTICS, PACKET_MR_PROMISC = 1, 6, 1     # <linux/if_packet.h>
 ETH_P_ALL = 0x0003
 
 
@@ -160,6 +160,9 @@ class Receiver:
         except OSError:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 20)
         sock.bind((ifname, 0))
+        # promiscuous while the socket lives: the generator sends to a MAC nobody owns
+        mreq = struct.pack("iHH8s", socket.if_nametoindex(ifname), PACKET_MR_PROMISC, 0, b"")
+        sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
         sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)   # reset the kernel's counters
         return sock
 
