@@ -93,7 +93,7 @@ def test_lab_compares_with_testpmd_accounts_for_every_packet_and_spreads_queues(
     assert set(data["pps"]) == {"net_af_packet on eth2"}       # net_null: tests/unit/test_dpdk.py
     for device in data["pps"].values():
         assert device["64"]["hpnlab"] > 0 and device["64"]["testpmd"] > 0
-    assert (res["dir"] / "pps.png").stat().st_size > 0
+    assert (res["dir"] / "pps.png").stat().st_size > 0 and (res["dir"] / "latency.png").stat().st_size > 0
     clean, lossy = res["accounting"]
     assert (clean["sent"], clean["received"], clean["lost"], clean["duplicates"]) == (20000, 20000, 0, 0)
     assert lossy["received"] + lossy["lost"] == lossy["sent"] == 20000

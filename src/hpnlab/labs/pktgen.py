@@ -314,7 +314,7 @@ def run(provider, args, step) -> dict:
             "goal": GOAL}
     data["pps"] = {d: {r["size"]: r["pps"] for r in rows if r["device"] == d}
                    for d in dict.fromkeys(r["device"] for r in rows)}
-    md = render(rows, acc, args, env, png, provider) + render_mq(multiqueue)
+    md = render(rows, acc, args, env, png, provider, out) + render_mq(multiqueue)
     path = report.write_report(out, md, data)
     return {"report": path, "dir": out, "summary": summary(rows, acc), "throughput": rows, "accounting": acc,
             "multiqueue": multiqueue}
@@ -387,7 +387,32 @@ def _r(v) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
-def render(rows, acc, args, env, png, provider) -> str:
+def plot_latency(acc: list[dict], out: Path) -> str:
+    """The receiver's latency histograms as CDFs (log time axis)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for a in acc:
+        points = sorted((int(k), n) for k, n in a["histogram"].items())
+        total, run = sum(n for _, n in points), 0
+        xs, ys = [], []
+        for low, n in points:
+            run += n
+            xs.append(max(low, 1) / 1e3)
+            ys.append(run / total)
+        ax.step(xs, ys, where="post", label=a["label"])
+    ax.set_xscale("log")
+    ax.set_xlabel("one-way latency, µs (bucket lower bounds)")
+    ax.set_ylabel("fraction of packets")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "latency.png", dpi=110)
+    plt.close(fig)
+    return "latency.png"
+
+
+def render(rows, acc, args, env, png, provider, out: Path) -> str:
     md = ["# Lab pktgen: a DPDK packet generator against dpdk-testpmd txonly", "",
           f"Sender {args.hosts.split(',')[0]}, receiver {args.hosts.split(',')[1]}; {args.proto}, "
           f"{args.flows} flow(s); each throughput run {args.seconds:g} s, {args.rounds} round(s) per tool "
@@ -435,7 +460,8 @@ def render(rows, acc, args, env, png, provider) -> str:
                report.md_table(["run", "min µs", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "max µs"],
                                [[a["label"], *[f"{a['latency_ns'].get(k, 0) / 1e3:.1f}"
                                                for k in ("min", "p50", "p90", "p99", "p99.9", "max")]]
-                                for a in lat])]
+                                for a in lat]),
+               f"![latency]({plot_latency(lat, out)})"]
     elif acc:
         md += ["", "Latency is not reported: sender and receiver are different machines, whose TSCs "
                "are not one clock."]
