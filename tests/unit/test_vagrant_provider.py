@@ -123,3 +123,22 @@ def test_render_leaves_no_boot_files(provider, tmp_path, monkeypatch):
     monkeypatch.setattr(vm, "BOOT_DIR", tmp_path / "boot")
     doc = json.loads(provider.render().read_text())
     assert "kernel" not in doc["vagrant"] and not (tmp_path / "boot").exists()
+
+
+def test_lab_sysctls_are_checked_against_the_box_kernels_own_names(tmp_path, monkeypatch):
+    from hpnlab.topology import TopologyError
+    monkeypatch.setattr(vmbox, "CACHE", tmp_path)
+    text = "provider: vagrant\nhosts: {h1: {sysctls: {net.core.somaxconn: 1, net.ipv4.conf.eth1.rp_filter: 0}}}\n" \
+           "networks: {d: {hosts: [h1]}}\n"
+    assert parse_lab(text).hosts["h1"].sysctls          # no box recorded yet: this machine's kernel stands in
+    vmbox.cached().mkdir(parents=True)
+    vmbox.record_sysctl_names("net.core.somaxconn\nnet.ipv4.conf.default.rp_filter\nnet.ipv4.conf.eth0.rp_filter\n")
+    vmbox.record_sysctl_names("kernel.only_once\n")     # one box, one kernel: the first record stays
+    assert vmbox.sysctl_names() == {"net.core.somaxconn", "net.ipv4.conf.default.rp_filter",
+                                    "net.ipv4.conf.eth0.rp_filter"}
+    assert parse_lab(text).hosts["h1"].sysctls["net.ipv4.conf.eth1.rp_filter"] == "0"   # as `default`
+    with pytest.raises(TopologyError, match="net.ipv4.tcp_fastopen: no such sysctl on the box's kernel"):
+        parse_lab(text.replace("net.core.somaxconn", "net.ipv4.tcp_fastopen"))
+    # another box: this machine's kernel again
+    other = text.replace("provider: vagrant\n", "provider: vagrant\nvm: {box: debian/bookworm64}\n")
+    assert parse_lab(other.replace("net.core.somaxconn", "net.ipv4.tcp_fastopen")).name

@@ -51,11 +51,15 @@ class VagrantProvider(Provider):
 
     @classmethod
     def validate(cls, lab: Lab) -> list[tuple[int, str, str]]:
-        """Sysctls against the guests' kernel: the box's (Debian 12's linux-image), for which
-        this Debian 12 machine's kernel stands in; every key a guest's own (it is its own
-        kernel). The guest applies each one at `up` and fails it there if it lacks the key.
-        And the `vm:` block, this provider's own settings."""
-        return sysctls.lab_problems(lab, namespaces=False) + vm.settings_problems(lab)
+        """Sysctls against the guests' kernel, every key a guest's own (it is its own kernel):
+        hpnlab's box's names, as the first `up` on that box recorded them; before that, and
+        for another box, this (Debian 12) machine's kernel stands in (a guest refuses a key
+        its kernel lacks at `up`). And the `vm:` block, this provider's own settings."""
+        own_box = (lab.vm or {}).get("box") in (None, vm.BOX_NAME)
+        names = vmbox.sysctl_names() if own_box else None
+        return (sysctls.lab_problems(lab, namespaces=False, names=names,
+                                     kernel="the box's kernel" if names is not None else "this kernel")
+                + vm.settings_problems(lab))
 
     def ansible_connection(self, host: str) -> dict:
         """SSH as root with the lab's key to the VM's management address, its host key
@@ -191,6 +195,10 @@ class VagrantProvider(Provider):
         with ThreadPoolExecutor(max_workers=len(hosts)) as pool:    # each SSH handshake is slow under TCG
             for done in [pool.submit(ready, host) for host in hosts.values()]:
                 done.result()
+        if settings["box"] == vm.BOX_NAME:      # what validate() checks the next lab files against
+            files = next(iter(hosts.values())).run(["find", "/proc/sys", "-type", "f", "-printf", "%P\\n"],
+                                                    timeout=60, check=False).stdout
+            vmbox.record_sysctl_names(files.replace("/", "."))      # (sysctl -aN leaves out write-only keys)
         progress("data NICs checked, sysctls applied")
         impaired = [n for n in self.lab.networks.values() if n.impair]
         if impaired:

@@ -101,16 +101,17 @@ def per_netns(key: str) -> bool:
     return key in keys
 
 
-def lab_problems(lab, namespaces: bool) -> list[tuple[int, str, str]]:
-    """(line, field, message) for each sysctl of `lab` that this machine's kernel lacks;
-    `namespaces`: a host's own sysctls must also be per network namespace (the hosts
-    share this kernel)."""
+def lab_problems(lab, namespaces: bool, names: frozenset[str] | None = None,
+                 kernel: str = "this kernel") -> list[tuple[int, str, str]]:
+    """(line, field, message) for each sysctl of `lab` that the kernel lacks: the one whose
+    sysctl `names` are given, else this machine's; `namespaces`: a host's own sysctls must
+    also be per network namespace (the hosts share this kernel)."""
     problems = []
     for s in lab.sysctl_sources:
         ifnames = tuple(n.ifname for n in lab.hosts[s.host].nics) if s.host else ()
         key = normalise(s.key, ifnames or tuple(f"eth{i}" for i in range(1, 10)))
-        if not exists(key):
-            problems.append((s.line, s.field, "no such sysctl on this kernel"))
+        if not (key in names if names is not None else exists(key)):
+            problems.append((s.line, s.field, f"no such sysctl on {kernel}"))
         elif namespaces and s.per_host and not per_netns(key):
             problems.append((s.line, s.field,
                              "is machine-wide, not per network namespace: put it under machine.sysctls"))

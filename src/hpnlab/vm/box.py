@@ -45,6 +45,28 @@ def cached(recipe: str | None = None) -> Path:
     return CACHE / (recipe or recipe_hash())
 
 
+SYSCTL_NAMES = "sysctl-names.txt"      # in a box's cache: its kernel's sysctls, as a guest listed them
+
+
+def sysctl_names() -> frozenset[str] | None:
+    """The sysctl names of the current box's kernel, as the first `up` of a lab on that box
+    recorded them from a guest (None before that)."""
+    try:
+        return frozenset((cached() / SYSCTL_NAMES).read_text().split())
+    except (OSError, VmError):
+        return None
+
+
+def record_sysctl_names(names: str) -> None:
+    """Keep a guest's sysctl names (one a line) for the current box (once: one box, one kernel)."""
+    path = cached() / SYSCTL_NAMES
+    if path.exists() or not path.parent.is_dir() or not names.split():
+        return
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(names)
+    os.replace(tmp, path)
+
+
 def vagrant_home() -> Path:
     return Path(os.environ.get("VAGRANT_HOME", Path.home() / ".vagrant.d"))
 
