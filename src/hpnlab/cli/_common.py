@@ -19,7 +19,7 @@ from contextlib import contextmanager
 
 from rich.console import Console
 
-from ..providers import Provider, open_lab
+from ..providers import Provider, ProviderError, open_lab
 
 console = Console(stderr=True, highlight=False)
 JSON_VERSION = 1
@@ -47,6 +47,16 @@ def print_json(command: str, payload: dict) -> None:
 
 def provider_from(args) -> Provider:
     return open_lab(args.lab, provider=args.provider)
+
+
+def ensure_up(provider: Provider, args, step) -> None:
+    """What a lab command needs first: with --up the lab comes up if it is not; a lab that
+    is not up then is an error saying how to bring it up."""
+    if args.up and not provider.is_up():
+        provider.up(step)
+    if not provider.is_up():
+        raise ProviderError(f"lab {provider.lab.name} is not up",
+                            hint=f"`hpnlab --lab {args.lab} up` (or `make lab-up`), or pass --up")
 
 
 @contextmanager

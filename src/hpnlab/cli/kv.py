@@ -72,7 +72,7 @@ def run_lab(args) -> int:
     from ..kv.serve import SEPARATE_PROCESSES, KVError
     from ..labs._kit import LabError
     from ..servers import ENGINES
-    from ._common import console, progress, provider_from
+    from ._common import console, ensure_up, progress, provider_from
     for e in args.engines.split(","):
         if e not in ENGINES or e in SEPARATE_PROCESSES:
             raise KVError(f"--engines: {e!r} is not an engine the store runs on")
@@ -84,11 +84,7 @@ def run_lab(args) -> int:
     provider = provider_from(args)
     started = time.monotonic()
     with progress(f"kv lab on {provider.lab.name} ({provider.name})") as step:
-        if args.up and not provider.is_up():
-            provider.up(step)
-        if not provider.is_up():
-            console.print(f"[red]lab {provider.lab.name} is not up[/red]: `hpnlab --lab {args.lab} up` or pass --up")
-            return 1
+        ensure_up(provider, args, step)
         try:
             result = run(provider, args, step)
         except LabError as exc:

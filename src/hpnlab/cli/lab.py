@@ -5,7 +5,7 @@ import time
 from pathlib import Path
 
 from ..labs import LABS, lab_module
-from ._common import add_format, console, print_json, progress, provider_from
+from ._common import add_format, console, ensure_up, print_json, progress, provider_from
 
 HELP = "run a lab (p2p, nat, backlog, epoll, close, pktgen) on the running lab's hosts and write a report"
 
@@ -28,12 +28,7 @@ def run(args) -> int:
     provider = provider_from(args)
     started = time.monotonic()
     with progress(f"lab {args.lab_name} on {provider.lab.name} ({provider.name})") as step:
-        if args.up and not provider.is_up():
-            provider.up(step)
-        if not provider.is_up():
-            console.print(f"[red]lab {provider.lab.name} is not up[/red]: run `hpnlab --lab {args.lab} up` "
-                          f"(or `make lab-up`), or pass --up")
-            return 1
+        ensure_up(provider, args, step)
         try:
             result = module.run(provider, args, step)
         except (LabError, CommandError, TimeoutError) as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import time
 
-from ._common import console, progress, provider_from
+from ._common import console, ensure_up, progress, provider_from
 
 HELP = "the user-space TCP/IP stack: run an app on it, or run its interop suite and measurements"
 
@@ -45,11 +45,7 @@ def run(args) -> int:
     from ..ustack import lab
     started = time.monotonic()
     with progress(f"ustack lab on {provider.lab.name} ({provider.name})") as step:
-        if args.up and not provider.is_up():
-            provider.up(step)
-        if not provider.is_up():
-            console.print(f"[red]lab {provider.lab.name} is not up[/red]: `hpnlab --lab {args.lab} up` or pass --up")
-            return 1
+        ensure_up(provider, args, step)
         try:
             result = lab.run(provider, args.bytes, args.results, step, sys.argv,
                              args.impaired_lab or None, args.impaired_bytes, args.net)
