@@ -105,6 +105,10 @@ def test_every_subcommand_loads():
 def test_exec_on_a_lab_that_is_down(cli):
     proc = cli("exec", "h1", "--", "true", check=False)
     assert proc.returncode == 1 and "is not up" in proc.stderr
+    for command in (["lab", "epoll"], ["kv", "lab"], ["ustack", "lab"]):
+        proc = cli(*command, check=False)
+        assert proc.returncode == 1 and "is not up" in proc.stderr and "or pass --up" in proc.stderr, proc.stderr
+        assert not (cli.tmp / "state" / cli.name).exists()
 
 
 def test_substrate_benchmark_writes_a_sane_report(tmp_path):
