@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 
+from .. import impair
 from ..errors import HpnlabError
 from ..hosts import CommandError, Host
 from ..state import LabState, register_live, registered, state_root, unregister_live
@@ -72,6 +73,22 @@ class Provider(ABC):
     @abstractmethod
     def _create(self, state: dict, progress: Progress) -> None:
         """up's work, under the lab's lock, once its state is written ahead (see _bring_up)."""
+
+    def _impair(self, hosts: dict[str, Host], state: dict, progress: Progress) -> None:
+        """Each member's egress onto an impaired network, for as long as the lab is up (the
+        hosts' removal takes qdiscs, rules and delay lines along); state.json records the
+        mechanism of each network for `hpnlab status`."""
+        impaired = [n for n in self.lab.networks.values() if n.impair]
+        if not impaired:
+            return
+        mechanisms = state.setdefault("impairments", {})
+        for net in impaired:
+            for member in net.members:
+                ifname = self.lab.hosts[member].nic(net.name).ifname
+                plan = impair.apply(hosts[member], ifname, net.impair, queue=int(ifname.removeprefix("eth")))
+                mechanisms[net.name] = plan.mechanism
+        self.state.write(state)
+        progress(f"impaired {len(impaired)} network(s): " + "; ".join(f"{k}: {v}" for k, v in mechanisms.items()))
 
     def down(self, progress: Progress = _quiet) -> None:
         """Remove everything the lab made, including processes it started."""

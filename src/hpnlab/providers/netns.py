@@ -26,7 +26,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .. import impair, machine
+from .. import machine
 from ..hosts.netns import NetnsHost, netns_argv
 from ..state import unregister_live
 from ..topology import Lab, sysctls
@@ -270,12 +270,7 @@ class NetnsProvider(Provider):
                 self._apply_sysctls(hname, host.sysctls)
         progress("applied and read back sysctls")
 
-        impaired = [n for n in lab.networks.values() if n.impair]
-        if impaired:
-            state["impairments"] = self._impair(impaired, state)
-            self.state.write(state)
-            progress(f"impaired {len(impaired)} network(s): "
-                     + "; ".join(f"{k}: {v}" for k, v in state["impairments"].items()))
+        self._impair(self._hosts_during_up(state), state, progress)
 
     def _apply_sysctls(self, hname: str, sysctls: dict[str, str]) -> None:
         ns = self.host_ns(hname)
@@ -284,18 +279,6 @@ class NetnsProvider(Provider):
         for (key, want), have in zip(sysctls.items(), got):
             if " ".join(have.split()) != " ".join(want.split()):
                 raise ProviderError(f"host {hname}: sysctl {key} reads back {have!r}, wanted {want!r}")
-
-    def _impair(self, networks, state: dict) -> dict[str, str]:
-        """Each member's egress onto an impaired network, for as long as the lab is up (the
-        namespaces' deletion takes every qdisc, rule and delay line along)."""
-        hosts = self._hosts_during_up(state)
-        mechanisms = {}
-        for net in networks:
-            for member in net.members:
-                ifname = self.lab.hosts[member].nic(net.name).ifname
-                plan = impair.apply(hosts[member], ifname, net.impair, queue=int(ifname.removeprefix("eth")))
-                mechanisms[net.name] = plan.mechanism
-        return mechanisms
 
     # -- using the lab -------------------------------------------------------
     def _make_hosts(self, state: dict, record) -> dict:

@@ -200,16 +200,7 @@ class VagrantProvider(Provider):
                                                     timeout=60, check=False).stdout
             vmbox.record_sysctl_names(files.replace("/", "."))      # (sysctl -aN leaves out write-only keys)
         progress("data NICs checked, sysctls applied")
-        impaired = [n for n in self.lab.networks.values() if n.impair]
-        if impaired:
-            from .. import impair
-            for net in impaired:
-                for member in net.members:
-                    plan = impair.netem_plan(self.lab.hosts[member].nic(net.name).ifname, net.impair)
-                    for argv in plan.commands:
-                        hosts[member].run(argv, timeout=30)
-            state["impairments"] = {n.name: "netem (in the guests)" for n in impaired}
-            progress("impaired " + ", ".join(f"{n.name}: {n.impair.describe()}" for n in impaired))
+        self._impair(hosts, state, progress)
 
     def _record_host_keys(self, hosts: dict, settings: dict, progress: Progress) -> None:
         """Write known_hosts from the key each guest printed on its serial console at boot: a
