@@ -92,6 +92,15 @@ def llen(c: Client, args: list[bytes]) -> bytes:
     return err or b":%d\r\n" % (len(lst) if lst is not None else 0)
 
 
+def _list_and_int(c: Client, args: list[bytes]) -> tuple[deque | None, int, bytes | None]:
+    """LINDEX/LSET/LREM's key n: (the list or None, n, error)."""
+    n = to_int(args[2])
+    if n is None:
+        return None, 0, NOT_INT
+    lst, err = _list(c, args[1])
+    return lst, n, err
+
+
 def _span(start: int, end: int, n: int) -> tuple[int, int]:
     if start < 0:
         start = max(0, n + start)
@@ -136,10 +145,7 @@ def span(lst: deque, start: int, end: int) -> list[bytes]:
 
 @command("lindex", 3, "readonly", 1, 1)
 def lindex(c: Client, args: list[bytes]) -> bytes:
-    i = to_int(args[2])
-    if i is None:
-        return NOT_INT
-    lst, err = _list(c, args[1])
+    lst, i, err = _list_and_int(c, args)
     if err:
         return err
     if lst is None or not -len(lst) <= i < len(lst):
@@ -149,10 +155,7 @@ def lindex(c: Client, args: list[bytes]) -> bytes:
 
 @command("lset", 4, "write", 1, 1)
 def lset(c: Client, args: list[bytes]) -> bytes:
-    i = to_int(args[2])
-    if i is None:
-        return NOT_INT
-    lst, err = _list(c, args[1])
+    lst, i, err = _list_and_int(c, args)
     if err:
         return err
     if lst is None:
@@ -166,10 +169,7 @@ def lset(c: Client, args: list[bytes]) -> bytes:
 
 @command("lrem", 4, "write", 1, 1)
 def lrem(c: Client, args: list[bytes]) -> bytes:
-    count = to_int(args[2])
-    if count is None:
-        return NOT_INT
-    lst, err = _list(c, args[1])
+    lst, count, err = _list_and_int(c, args)
     if err:
         return err
     if lst is None:
