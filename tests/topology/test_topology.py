@@ -131,6 +131,13 @@ def test_sysctls_are_judged_by_the_provider_whose_kernel_applies_them():
     assert parse_lab(unknown, provider="static").name     # a real machine's kernel is asked at `up`
 
 
+def test_real_links_are_not_impaired():
+    text = "hosts: {h1: {}, h2: {}}\nnetworks:\n  wan: {type: link, hosts: [h1, h2], impair: {delay: 5ms}}\n"
+    assert parse_lab(text, provider="netns").networks["wan"].impair.delay_ms == 5.0
+    with pytest.raises(TopologyError, match="3: networks.wan.impair: the static provider leaves real links"):
+        parse_lab(text, provider="static")
+
+
 def test_a_lab_file_that_is_not_utf8_names_line_and_byte(tmp_path):
     path = tmp_path / "lab.yml"
     path.write_bytes(b"name: x\nhosts:\n  h\xe9: {}\n")

@@ -56,6 +56,14 @@ class StaticProvider(Provider):
         else:
             self.lab = _with_real_ifnames(self.declared, self.static)
 
+    @classmethod
+    def validate(cls, lab: Lab) -> list[tuple[int, str, str]]:
+        """Real links stay as they are: an impaired network is not this provider's to make.
+        (Sysctls are the machines' own: each one is set and read back there at `up`.)"""
+        return [(n.line, f"networks.{n.name}.impair", "the static provider leaves real links as they are: "
+                 "an impaired network needs the netns or the vagrant provider")
+                for n in lab.networks.values() if n.impair]
+
     def using_inventory(self, path: str | Path | None) -> Provider:
         if path is not None:
             self._read_inventory(path)
