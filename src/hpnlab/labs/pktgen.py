@@ -381,9 +381,9 @@ def render_mq(mq: dict | None) -> str:
            report.md_table(["queue", "frames", "share %"],
                            [[q, n, f"{100 * n / total:.1f}"] for q, n in enumerate(mq["per_queue"])]), "",
            f"received + lost = {mq['received']} + {mq['lost']} = {mq['received'] + mq['lost']} of "
-           f"{mq['sent']} sent, {mq['kernel_drops']} of the lost missed by the port's rings (the receiver "
-           f"polls on a shared CPU); reordered {mq['reordered']} (one sequence, several queues: frames of "
-           "different flows overtake each other between queues).", ""]
+           f"{mq['sent']} sent (the port's own miss counter, imissed: {mq['kernel_drops']}); reordered "
+           f"{mq['reordered']} (one sequence, several queues: frames of different flows overtake each other "
+           "between queues).", ""]
     used = sum(1 for n in mq["per_queue"] if n)
     md.append(f"Reading: {used} of {len(mq['per_queue'])} queues carried traffic"
               + ("; each flow stays in one queue, so the split follows how the hash spread the flows."
