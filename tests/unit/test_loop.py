@@ -281,3 +281,48 @@ def test_removing_a_closed_fd_touches_no_other_slot():
     loop.remove_writer(-1)
     assert loop.readers[last] is print and loop.writers[last] is print
     loop.close()
+
+
+class FastClient:
+    """A handler whose peer sends its next request the moment it gets a reply (a client
+    on another core): an edge-triggered read that went on until EAGAIN would find it."""
+
+    def __init__(self, name, peer, log):
+        self.name, self.peer, self.log = name, peer, log
+
+    def feed(self, data):
+        self.log.append(self.name)
+        self.peer.send(b"next")
+        return b"+OK\r\n", False
+
+
+def test_edge_triggered_short_read_lets_other_connections_go_first(pair):
+    a, b = pair
+    c, d = socket.socketpair()
+    loop = Loop("epoll-et")
+    log = []
+    ta, tc = Transport(loop, a, FastClient("a", b, log)), Transport(loop, c, FastClient("c", d, log))
+    loop.run_once(block=False)                      # the first (added-reader) calls: nothing to read yet
+    b.send(b"req")
+    d.send(b"req")
+    loop.run_once(block=True)
+    assert sorted(log[:2]) == ["a", "c"], f"each connection served once before either again, not in lockstep: {log}"
+    turns(loop, 2)
+    assert log.count("a") >= 2 and log.count("c") >= 2, "the deferred read still finds the next request"
+    ta.abort(), tc.abort()
+    c.close(), d.close()
+    loop.close()
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_data_and_eof_in_one_arrival_are_both_seen(backend, pair):
+    a, b = pair
+    loop = Loop(backend)
+    closed = []
+    t = Transport(loop, a, Echo(), on_close=closed.append)
+    b.send(b"ping")
+    b.shutdown(socket.SHUT_WR)
+    turns(loop, 5)
+    assert b.recv(10) == b"ping"
+    assert closed == [t], "the EOF behind a short read is not lost"
+    loop.close()

@@ -4,7 +4,13 @@ Read: on each readiness callback recv, feed the handler (servers/protocols:
 `feed(data) -> (reply, close)`) and write the reply. Level-triggered, one
 recv per callback (the loop calls again while data is left); edge-triggered,
 recv until EAGAIN - at most FAIR_READS per turn, then the rest waits for the
-next turn (call_soon), so one busy connection cannot starve the others.
+next turn (call_soon), so one busy connection cannot starve the others. A short
+read (less than asked) also ends the turn's reading: the recv that should say
+EAGAIN comes on the next turn. Read at once, it often finds the next request of
+a fast request/response client - which arrived while we replied - and the loop
+then serves that one connection in lockstep with its client (up to FAIR_READS
+round trips) while every other ready connection waits (redis-benchmark -c 50
+-P 1 on the KV store: p95 latency 2-4x level-triggered epoll's).
 
 Write: try to send at once (a socket is almost always writable); what the
 kernel did not take is kept as a queue of memoryviews over the caller's
@@ -96,6 +102,8 @@ class Transport:
                 self.write(out)
             if close:
                 self.close()
+            if len(data) < RECV_SIZE:
+                break     # drained for now: the EAGAIN check waits for the next turn (docstring)
         self.loop.call_soon(self._read_edge)
 
     def pause_reading(self) -> None:
