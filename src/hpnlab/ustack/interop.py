@@ -295,7 +295,8 @@ class Suite:
                 with self._run("--app", "connect", "--connect", f"{self.peer_addr}:{lport}", "--bind-port", sport,
                                "--start-at", f"{at + delay_ms / 2000:.6f}", "--timeout", 15).start("ready") as run:
                     p = peer(self.h2, "simopen", self.addr, sport, lport, f"{at:.6f}", timeout=60)
-                    run.wait("stats", 30)            # connected, read Linux's greeting to its FIN, closed
+                    # connected, read Linux's greeting to its FIN, closed (slow on emulated VMs)
+                    run.wait("stats", 90)
                     connects = [e for e in run.events if e.get("event") == "connect"]
                     opened, s = connects[0], connects[-1]   # at connect(); at the end, with the byte count
             path = [state for _, state in (s.get("conn") or {}).get("history", [])]
@@ -436,7 +437,7 @@ class Suite:
                 with kernel_tool(self.h2, "simclose", lport, f"{at:.6f}").start("listening") as closer:
                     with self._run("--app", "connect", "--connect", f"{self.peer_addr}:{lport}",
                                    "--close-at", f"{at + delay_ms / 2000:.6f}", "--timeout", 15).start("ready") as run:
-                        run.wait("stats", 30)        # the app reports its "connect" events, then exits
+                        run.wait("stats", 90)        # the app reports its "connect" events, then exits
                         s = [e for e in run.events if e.get("event") == "connect"][-1]
                     p = closer.wait("simclose", 30)
             path = [state for _, state in (s.get("conn") or {}).get("history", [])]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..labs import pcap
-from ..labs._kit import Capture, agent_python
+from ..labs._kit import Capture, LabError, agent_python
 from ..report import (
     environment_md,
     fingerprint,
@@ -65,21 +65,33 @@ def _pytcp_bulk(host, nbytes: int, tap: str = "pytap0", subnet: str = "10.77.98"
     TAP cases run (same host, same kind of device, same kernel-side tools)."""
     kernel, addr = f"{subnet}.1/24", f"{subnet}.2/24"
     path = _pytcp_on(host)
-    out = {}
-    try:
+    out: dict = {}
+
+    def to_pytcp() -> dict:
         with HostTool(host, "hpnlab.ustack.pytcp_peer", "sink", tap, addr, kernel, 9000,
                       name="pytcp-sink", pythonpath=path).start("listening", 60) as pytcp:
             time.sleep(0.5)
-            out["kernel_to_pytcp"] = peer(host, "source", addr.split("/")[0], 9000, nbytes, timeout=600)
+            sent = peer(host, "source", addr.split("/")[0], 9000, nbytes, timeout=600)
             pytcp.wait("sink", 60)
+        return sent
+
+    def from_pytcp() -> dict:
         with kernel_tool(host, "sink", 9001).start("listening") as sink:
             host.run([*(["env", f"PYTHONPATH={path}"] if path else []), agent_python(host), "-m",
                       "hpnlab.ustack.pytcp_peer", "source", tap, addr, kernel, f"{kernel.split('/')[0]}:9001",
                       nbytes], timeout=600)
-            out["pytcp_to_kernel"] = sink.wait("sink", 60)
+            return sink.wait("sink", 60)
+    try:
+        for key, fn in (("kernel_to_pytcp", to_pytcp), ("pytcp_to_kernel", from_pytcp)):
+            try:
+                out[key] = fn()
+            except LabError as exc:         # one direction failing must not hide the other
+                out.setdefault("errors", {})[key] = str(exc)[-400:]
     finally:
         if path:
             host.run(["rm", "-rf", path], check=False)
+    if len(out.get("errors", {})) == 2:
+        out["error"] = "; ".join(f"{k}: {v}" for k, v in out["errors"].items())
     return out
 
 
@@ -147,13 +159,16 @@ def _ratio(a, b) -> str:
 
 
 def _pytcp_reading(tap_from, tap_to, py_from, py_to, pytcp: dict) -> str:
+    failed = ", ".join(pytcp.get("errors", {})).replace("_to_", " → ").replace("pytcp", "PyTCP")
     if not (py_from or py_to):
         return f"Goal: ≥ 10× PyTCP — not measured: {pytcp.get('error', 'no PyTCP figure')}."
     worst = min(r for r in ((tap_from or 0) / py_from if py_from else None,
                             (tap_to or 0) / py_to if py_to else None) if r is not None)
     return (f"Goal: ≥ 10× PyTCP on the same TAP setup — sending {_ratio(tap_from, py_from)}, receiving "
             f"{_ratio(tap_to, py_to)} (PyTCP {pytcp.get('version')}, {pytcp.get('bytes', 0) >> 20} MiB each way): "
-            f"{'met' if worst >= 10 else 'not met'}.")
+            f"{'met' if worst >= 10 else 'not met'}"
+            + (f" for the direction measured; {failed} did not complete (data.json: pytcp.errors)." if failed
+               else "."))
 
 
 def _load_reading(load: dict) -> str:
