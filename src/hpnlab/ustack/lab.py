@@ -194,9 +194,10 @@ def _super_frame_reading(counters: dict) -> str:
     if not frames:
         return ""
     return (f"Receiving from Linux over AF_PACKET, {big} of {frames} frames ({100 * big / frames:.0f} %) were larger "
-            f"than the MTU: a veth hands over the sending kernel's GSO super-frames (checksum not yet computed, "
-            f"TP_STATUS_CSUMNOTREADY), and the stack takes each as any receiver takes a large segment — fewer, "
-            f"bigger frames per byte than on a wire, or through TAP, which segments them.")
+            f"than the MTU: segments merged before AF_PACKET sees them — on a veth the sending kernel's GSO "
+            f"super-frames (checksum not yet computed, TP_STATUS_CSUMNOTREADY), on a VM's virtio NIC its GRO — "
+            f"and the stack takes each as any receiver takes a large segment: fewer, bigger frames per byte than "
+            f"on a wire, or through TAP, which segments them.")
 
 
 def _interest_reading(m: dict) -> str:
