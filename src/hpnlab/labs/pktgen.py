@@ -60,7 +60,7 @@ def eal_for(provider, host, ifname: str, lcore: int, queues: int = 1) -> tuple[s
     """(EAL arguments for the host's DPDK NIC, what they drive). `queues`: queue pairs
     the af_packet vdev opens (a PACKET_FANOUT group: the kernel's flow hash picks the queue)."""
     base = ["--no-telemetry", "--log-level=warning", "-l", str(lcore)]
-    if provider.name == "netns":
+    if not provider.dpdk_takes_nic:       # an af_packet vdev over the kernel's NIC
         qpairs = f",qpairs={queues}" if queues > 1 else ""
         return shlex.join([*base, "--no-huge", "--no-shconf", "-m", "256", "--no-pci",
                            f"--vdev=net_af_packet0,iface={ifname}{qpairs}"]), f"net_af_packet on {ifname}"
@@ -81,7 +81,7 @@ def ensure_binding(provider, host) -> str:
     """Make the DPDK binding importable on a host: netns hosts share this checkout's; a
     VM or machine builds its own where it has DPDK's headers (the labcode role's
     copy), else gets this machine's build (same Debian 12, DPDK 22.11 ABI, Python)."""
-    if provider.name == "netns":
+    if provider.shares_kernel:
         return "this checkout's"
     probe = "import os, hpnlab.dpdk as d; d.binding(); print(os.path.dirname(d.__file__))"
     res = host.run([agent_python(host), "-c", probe], timeout=host.start_timeout + 240, check=False)
@@ -169,7 +169,7 @@ def paired_ratio(runs: dict[str, list[dict]], key: str) -> float | None:
 def receiver_kind(provider, args) -> str:
     if args.receiver != "auto":
         return args.receiver
-    return "afpacket" if provider.name == "netns" else "dpdk"
+    return "dpdk" if provider.dpdk_takes_nic else "afpacket"
 
 
 class Loss:
@@ -260,8 +260,8 @@ def accounting(provider, sender, receiver, eal_s: str, eal_r: str, ifname_r: str
            # frames the receiving ring had no room for: the socket's or the DPDK port's count
            "kernel_drops": got.get("kernel_drops") or got.get("stats", {}).get("imissed", 0),
            "loss_pct": 100.0 * (sent["sent"] - unique) / sent["sent"] if sent["sent"] else 0.0,
-           "latency_ns": got["latency_ns"] if provider.name == "netns" else None,
-           "histogram": got["histogram"] if provider.name == "netns" else None,
+           "latency_ns": got["latency_ns"] if provider.shares_kernel else None,     # one clock for both
+           "histogram": got["histogram"] if provider.shares_kernel else None,
            "beyond_sent": max(0, got["max_seq"] - sent["sent"]), "flows": flows,
            "per_queue": got.get("per_queue", []), "rss": got.get("rss")}
     if loss is not None:
@@ -288,7 +288,7 @@ def run(provider, args, step) -> dict:
     ifname_s, ifname_r = sender.nic(net).ifname, receiver.nic(net).ifname
     cpus = os.cpu_count() or 1
     # netns hosts share this machine's CPUs: the sender on the first, the receiver on the last
-    lcore_r = cpus - 1 if provider.name == "netns" else 0
+    lcore_r = cpus - 1 if provider.shares_kernel else 0
     binding = {h.name: ensure_binding(provider, h) for h in (sender, receiver)}
     eal_s, drives_s = eal_for(provider, sender, ifname_s, 0)
     eal_r, _ = eal_for(provider, receiver, ifname_r, lcore_r)
