@@ -181,7 +181,7 @@ class Loss:
 
     def __init__(self, provider, sender: str, network: str, pct: float):
         self.provider, self.pct = provider, pct
-        self.ns = provider.switch_ns
+        self.ns = provider.switch_netns(network)
         self.port = f"{sender}-{network}"
         self.threshold = round(pct / 100 * 1_000_000)
 
@@ -302,7 +302,7 @@ def run(provider, args, step) -> dict:
     acc = [accounting(provider, sender, receiver, eal_s, eal_r, ifname_r, args, step, "unimpaired")]
     imp = lab.networks[net].impair
     loss_pct = args.loss if args.loss is not None else (imp.loss_pct if imp and imp.loss_pct else 2.0)
-    if loss_pct and provider.name == "netns":
+    if loss_pct and provider.switch_netns(net):
         with Loss(provider, sender.name, net, loss_pct) as loss:
             acc.append(accounting(provider, sender, receiver, eal_s, eal_r, ifname_r, args, step,
                                   f"{loss_pct:g} % loss injected", loss))

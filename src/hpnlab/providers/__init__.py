@@ -172,6 +172,11 @@ class Provider(ABC):
         """Work `up` needs that can run ahead of it, while nothing else waits (installing
         packages, building a box); nothing by default."""
 
+    def switch_netns(self, network: str) -> str | None:
+        """The network namespace on this machine whose bridge carries the LAN `network`
+        (what a lab may filter frames in, between hosts); None where there is none."""
+        return None
+
     def release_machine(self, progress: Progress = _quiet) -> list[str]:
         """Give back what provisioning took from this machine for the lab; what was given back."""
         return []

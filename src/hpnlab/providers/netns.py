@@ -142,6 +142,9 @@ class NetnsProvider(Provider):
     def release_machine(self, progress: Progress = _quiet) -> list[str]:
         return _released(self.lab.name, progress)
 
+    def switch_netns(self, network: str) -> str | None:
+        return self.switch_ns if self.lab.networks[network].kind == "lan" else None
+
     # -- names -------------------------------------------------------------
     def host_ns(self, host: str) -> str:
         return f"{self.lab.name}-{host}"
