@@ -86,8 +86,11 @@ def pair(tmp_path):
 
 # Commands whose replies must be the same on both (order-free replies are compared as sets).
 SCRIPT = [
-    "SET s hello", "GET s", "APPEND s _w", "STRLEN s", "GETRANGE s 1 3", "GETRANGE s -3 -1", "SETRANGE s 8 XY",
-    "GET s", "SET n 10", "INCR n", "INCRBY n 5", "DECRBY n 3", "DECR n", "INCRBYFLOAT n 1.5", "INCR s",
+    "SET s hello", "GET s", "APPEND s _w", "OBJECT ENCODING s", "STRLEN s", "GETRANGE s 1 3", "GETRANGE s -3 -1",
+    "SETRANGE s 8 XY", "GET s", "OBJECT ENCODING s", "APPEND ap 12", "OBJECT ENCODING ap", "APPEND ap 3",
+    "OBJECT ENCODING ap", "INCR ap", "OBJECT ENCODING ap", "SETRANGE sr 2 ab", "OBJECT ENCODING sr", "GET sr",
+    "RENAME sr sr2", "OBJECT ENCODING sr2", "SET sr2 ab", "OBJECT ENCODING sr2",
+    "SET n 10", "INCR n", "INCRBY n 5", "DECRBY n 3", "DECR n", "INCRBYFLOAT n 1.5", "INCR s",
     "INCRBYFLOAT n abc", "SET s2 v NX", "SET s2 w NX", "SET s2 w XX GET", "SET nx1 v XX", "SET e v EX 0",
     "SET e v EX x", "SET e v PX 100000", "PTTL nosuch", "TTL s", "PERSIST e", "TTL e", "GETSET s2 z", "GETDEL s2",
     "GETDEL s2", "MSET a 1 b 2", "MGET a b nosuch", "MSETNX a 1 c 3", "SETNX a 9", "EXISTS a b nosuch a",

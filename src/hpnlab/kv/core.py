@@ -62,6 +62,17 @@ def command(name: str, arity: int, flags: str = "", first: int = 0, last: int = 
     return deco
 
 
+class Raw(bytes):
+    """A string that APPEND or SETRANGE changed in place in Redis - its `raw` encoding (a
+    growable sds), whatever its length or digits. Still a string everywhere else: only
+    OBJECT ENCODING tells it apart, and any other write stores plain bytes again."""
+
+    __slots__ = ()
+
+
+STRINGS = (bytes, Raw)
+
+
 class Database:
     """One numbered keyspace: key -> value (index engine), key -> expiry (unix ms)."""
 

@@ -47,7 +47,7 @@ def _avg(items: Any) -> float:
 
 def value_size(v: Any) -> int:
     t = type(v)
-    if t is bytes:
+    if isinstance(v, bytes):          # plain or Raw
         return 33 + len(v)
     n = len(v)
     if t is deque:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from itertools import islice
 
 from .. import resp
-from ..core import NOT_INT, SYNTAX, Client, command
+from ..core import NOT_INT, SYNTAX, Client, Raw, command
 from .args import leading_flags, to_int
 
 _PATTERNS: dict[bytes, re.Pattern[bytes]] = {}
@@ -51,7 +51,7 @@ def matcher(pattern: bytes):
 
 def type_name(v) -> bytes:
     t = type(v)
-    if t is bytes:
+    if t is bytes or t is Raw:
         return b"string"
     if t is deque:
         return b"list"
@@ -327,6 +327,8 @@ def persist(c: Client, args: list[bytes]) -> bytes:
 def encoding(v) -> bytes:
     """What Redis 7.0 reports for the value (its small encodings by its default thresholds)."""
     t = type(v)
+    if t is Raw:
+        return b"raw"
     if t is bytes:
         if len(v) <= 20 and to_int(v) is not None:
             return b"int"

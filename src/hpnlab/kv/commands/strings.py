@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 
 from .. import resp
-from ..core import NOT_FLOAT, NOT_INT, SYNTAX, WRONGTYPE, Client, command
+from ..core import NOT_FLOAT, NOT_INT, STRINGS, SYNTAX, WRONGTYPE, Client, Raw, command
 from ..resp import OK, bulk
 from .args import expire_option, fmt_float, to_float, to_int
 
@@ -17,7 +17,7 @@ def get(c: Client, args: list[bytes]) -> bytes:
     v = db.lookup(args[1]) if db.expires else db.data.get(args[1])
     if v is None:
         return c.null
-    if type(v) is not bytes:
+    if type(v) is not bytes and type(v) is not Raw:
         return WRONGTYPE
     return b"$%d\r\n%b\r\n" % (len(v), v)
 
@@ -54,7 +54,7 @@ def set_(c: Client, args: list[bytes]) -> bytes:
             return SYNTAX
         i += 1
     old = db.lookup(key)
-    if get_old and old is not None and type(old) is not bytes:
+    if get_old and old is not None and type(old) not in STRINGS:
         return WRONGTYPE
     reply = (c.null if old is None else bulk(old)) if get_old else OK
     if (nx and old is not None) or (xx and old is None):
@@ -104,7 +104,7 @@ def setnx(c: Client, args: list[bytes]) -> bytes:
 def mget(c: Client, args: list[bytes]) -> bytes:
     lookup = c.db.lookup
     vals = [lookup(k) for k in args[1:]]
-    return resp.bulks([v if type(v) is bytes else None for v in vals], c.null)
+    return resp.bulks([v if type(v) in STRINGS else None for v in vals], c.null)
 
 
 @command("mset", -3, "write", 1, -1, 2)
@@ -132,7 +132,7 @@ def msetnx(c: Client, args: list[bytes]) -> bytes:
 def _string(c: Client, key: bytes):
     """(value or None, error reply or None)."""
     v = c.db.lookup(key)
-    if v is not None and type(v) is not bytes:
+    if v is not None and type(v) not in STRINGS:
         return None, WRONGTYPE
     return v, None
 
@@ -255,7 +255,8 @@ def append(c: Client, args: list[bytes]) -> bytes:
     v, err = _string(c, args[1])
     if err:
         return err
-    new = (v or b"") + args[2]
+    # on a new key Redis stores the argument as given (int/embstr); an existing one turns raw
+    new = args[2] if v is None else Raw(v + args[2])
     c.db.set(args[1], new, keepttl=True)
     c.server.dirty += 1
     return b":%d\r\n" % len(new)
@@ -308,8 +309,8 @@ def setrange(c: Client, args: list[bytes]) -> bytes:
     old = v or b""
     if not value:
         return b":%d\r\n" % len(old)
-    new = old.ljust(off, b"\x00")[:off] + value + old[off + len(value):] if len(old) >= off else \
-        old + b"\x00" * (off - len(old)) + value
+    new = Raw(old.ljust(off, b"\x00")[:off] + value + old[off + len(value):] if len(old) >= off else
+              old + b"\x00" * (off - len(old)) + value)
     c.db.set(args[1], new, keepttl=True)
     c.server.dirty += 1
     return b":%d\r\n" % len(new)
