@@ -154,3 +154,21 @@ def test_socket_errors_and_descriptors_are_kernel_like(two_nets):
         os.fstat(fd)                                          # given back to the kernel
     os.close(r)
     os.close(w)
+
+
+def test_out_of_descriptors_is_emfile(two_nets):
+    import resource
+    net = two_nets[0]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    highest = max(int(n) for n in os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))   # no number left for a new one
+    made = []
+    try:
+        with pytest.raises(SocketError) as e:
+            for _ in range(highest + 2):                   # the free numbers below, then none
+                made.append(net.socket())
+        assert e.value.errno == errno.EMFILE and len(made) <= highest
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        for sock in made:
+            sock.close()

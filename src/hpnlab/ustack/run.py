@@ -127,6 +127,8 @@ def main(args) -> int:
         stopping["flag"] = True
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))     # a descriptor per stack socket, as a kernel's
     net, driver = open_net(args)
     deadline = time.monotonic() + args.duration if args.duration else None
 

@@ -104,7 +104,10 @@ class Net:
             raise SocketError(errno.EAFNOSUPPORT, "only AF_INET")
         if type not in (SOCK_STREAM, SOCK_DGRAM):
             raise SocketError(errno.EPROTONOSUPPORT, "SOCK_STREAM or SOCK_DGRAM")
-        fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)     # a number no kernel descriptor has
+        try:
+            fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)     # a number no kernel descriptor has
+        except OSError as exc:              # EMFILE: out of descriptors, as socket() would be
+            raise SocketError(exc.errno or errno.EMFILE, "no descriptor for a new socket") from None
         with self.lock:
             sock = self.fds[fd] = Socket(self, type, fd)
         return sock
