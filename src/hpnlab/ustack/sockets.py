@@ -250,10 +250,11 @@ class Socket:
             raise SocketError(errno.EINVAL, "accept on a socket that is not listening")
         if not self.listener.accept_queue:
             self._block(lambda: bool(self.listener.accept_queue), "accept")
+        sock = self.net.socket(AF_INET, SOCK_STREAM)   # first: EMFILE leaves the connection queued, as in Linux
         conn = self.listener.accept()
         if conn is None:
+            sock.close()
             raise SocketError(errno.EAGAIN, "accept")
-        sock = self.net.socket(AF_INET, SOCK_STREAM)
         sock.local, sock.conn, sock.opts = conn.local, conn, conn.opts
         conn.on_change = sock._changed
         return sock, (str(ipaddress.IPv4Address(conn.remote[0])), conn.remote[1])
