@@ -255,6 +255,22 @@ def test_syn_flood_keeps_no_state_and_a_client_still_connects():
     assert transfer(w, c, s, data) == data and transfer(w, s, c, data[:100000]) == data[:100000]
 
 
+def test_syn_flood_from_many_neighbours_keeps_arp_bounded():
+    """SYNs from 5,000 made-up on-link addresses: each SYN-ACK needs ARP, and the ARP
+    cache keeps at most 256 resolutions pending (then the SYN-ACK is dropped)."""
+    w = Wire()
+    w.b = Stack(B_MAC, "10.0.0.2", 16)
+    w.b.tcp.listen((w.b.ip, 80), 128, Options(), syn_backlog=16)
+    for i in range(5000):
+        src = bytes([10, 0, 1 + i // 250, 1 + i % 250])
+        w.b.tcp.input(tcpseg.Segment(1024 + i, 80, i, 0, tcpseg.SYN, 64240, b""), src, w.b.ip, w.t)
+        w.b.take_tx()
+    assert len(w.b.arp.pending) == 256 and w.b.counters["arp.pending_full"] == 5000 - 256
+    for t in (1.01, 2.02, 3.03):                      # unanswered: the retries give up, the table empties
+        w.b.tick(t)
+    assert not w.b.arp.pending and len(w.b.tcp.conns) == 16
+
+
 def test_syn_cookie_without_timestamps_and_forged_acks():
     w = Wire()
     lst = w.b.tcp.listen((w.b.ip, 80), 8, Options(), syn_backlog=0)     # every SYN gets a cookie

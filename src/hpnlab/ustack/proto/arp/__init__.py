@@ -42,12 +42,16 @@ class Cache:
     """IPv4 -> MAC with a lifetime; packets wait here (bounded) while a request is out.
 
     The cache does no I/O: `resolve` says what to send, the stack sends it, and timers
-    call `retry`. A request that gets no answer after `tries` sends drops its queue."""
+    call `retry`. A request that gets no answer after `tries` sends drops its queue.
+    Both tables are bounded, as Linux's neighbour table is (gc_thresh3): a flood from
+    many made-up neighbours (SYNs whose SYN-ACKs need ARP) cannot grow them."""
 
     def __init__(self, timers, send_request, emit, lifetime: float = 60.0, retry: float = 1.0,
-                 tries: int = 3, queue_limit: int = 64, counters: Counter | None = None):
+                 tries: int = 3, queue_limit: int = 64, counters: Counter | None = None,
+                 max_entries: int = 1024, max_pending: int = 256):
         self.timers, self.send_request, self.emit = timers, send_request, emit
         self.lifetime, self.retry_every, self.tries, self.queue_limit = lifetime, retry, tries, queue_limit
+        self.max_entries, self.max_pending = max_entries, max_pending
         self.entries: dict[bytes, tuple[bytes, float]] = {}
         self.pending: dict[bytes, list] = {}        # ip -> [queued packets, tries left]
         self.counters = Counter() if counters is None else counters    # the stack's, shared
@@ -59,8 +63,12 @@ class Cache:
         return None
 
     def learn(self, ip: bytes, mac: bytes, now: float) -> None:
-        self.entries[ip] = (mac, now + self.lifetime)
         waiting = self.pending.pop(ip, None)
+        if ip not in self.entries and len(self.entries) >= self.max_entries and not self.expire(now) \
+                and not waiting:
+            self.counters["arp.table_full"] += 1
+            return
+        self.entries[ip] = (mac, now + self.lifetime)
         if waiting:
             for packet in waiting[0]:
                 self.emit(mac, packet)
@@ -73,6 +81,9 @@ class Cache:
             return
         waiting = self.pending.get(ip)
         if waiting is None:
+            if len(self.pending) >= self.max_pending:
+                self.counters["arp.pending_full"] += 1
+                return
             self.pending[ip] = [[packet], self.tries - 1]
             self.counters["arp.request"] += 1
             self.send_request(ip)
