@@ -14,6 +14,8 @@ is the loop callback of the fd it waits for.
 from __future__ import annotations
 
 import socket
+from collections import deque
+from collections.abc import Callable
 
 from . import RECV_SIZE, Server, missing_module, tune
 from .loop import Loop
@@ -57,6 +59,74 @@ class Hub:
         self.loop.run_forever()
 
 
+def send_all(hub: Hub, sock: socket.socket, data: bytes) -> None:
+    """Send everything, parking the current greenlet while the socket is full."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[sock.send(view):]
+        except BlockingIOError:
+            hub.wait(sock.fileno(), OUT)
+
+
+class LaterConn:
+    """What a handler that answers later (connection_made, servers/transport.py's contract)
+    gets: write() and close() come from loop callbacks on the hub, which must not park,
+    so a write is a greenlet of its own. All output goes through send(), one sender at a
+    time, so a late answer never interleaves with the connection greenlet's replies."""
+
+    def __init__(self, hub: Hub, sock: socket.socket):
+        self.hub, self.sock = hub, sock
+        self.queue: deque[bytes] = deque()
+        self.sending = self.closing = False
+
+    def send(self, data: bytes) -> None:
+        self.queue.append(data)
+        if not self.sending:       # else the greenlet already sending sends this too, in order
+            self.sending = True
+            self._flush()
+
+    def _flush(self) -> None:
+        try:
+            while self.queue:
+                send_all(self.hub, self.sock, self.queue.popleft())
+        finally:
+            self.sending = False
+        if self.closing:
+            self._shutdown()
+
+    def _flush_quietly(self) -> None:
+        try:
+            self._flush()
+        except OSError:
+            pass                   # the connection is gone: its own greenlet closes it
+
+    def write(self, data: bytes) -> None:
+        self.queue.append(data)    # queued now, so that a close() right after waits for it
+        if not self.sending:
+            self.sending = True
+            self.hub.spawn(self._flush_quietly)
+
+    def close(self) -> None:
+        """Close once the queued output is sent (the connection greenlet sees EOF)."""
+        self.closing = True
+        if not self.sending and not self.queue:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self.sock.fileno() >= 0:
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def call_later(self, delay: float, callback: Callable, *args):
+        return self.hub.loop.call_later(delay, callback, *args)
+
+    def call_soon_threadsafe(self, callback: Callable, *args) -> None:
+        self.hub.loop.call_soon_threadsafe(callback, *args)
+
+
 class GreenletServer(Server):
     name = "greenlet"
 
@@ -87,7 +157,12 @@ class GreenletServer(Server):
             hub.spawn(self.serve_conn, sock)
 
     def serve_conn(self, sock: socket.socket) -> None:
-        hub, fd, feed = self.hub, sock.fileno(), self.protocol.new().feed
+        hub, fd, handler = self.hub, sock.fileno(), self.protocol.new()
+        feed, later = handler.feed, None
+        made = getattr(handler, "connection_made", None)
+        if made is not None:        # a handler that answers later (the KV store's BLPOP)
+            later = LaterConn(hub, sock)
+            made(later)
         try:
             while True:
                 hub.wait(fd, IN)                  # wait first, then read (as NtyCo)
@@ -98,16 +173,14 @@ class GreenletServer(Server):
                 if not data:
                     break
                 out, close = feed(data)
-                view = memoryview(out)
                 # Drop the message before parking again (or each idle
                 # connection's stack keeps its last message alive).
-                del data, out
-                while view:
-                    try:
-                        view = view[sock.send(view):]
-                    except BlockingIOError:
-                        hub.wait(fd, OUT)
-                del view
+                del data
+                if later is None:
+                    send_all(hub, sock, out)
+                else:
+                    later.send(out)
+                del out
                 if close:
                     break
         except OSError:
@@ -115,6 +188,9 @@ class GreenletServer(Server):
         finally:
             hub.forget(fd)
             sock.close()
+            lost = getattr(handler, "connection_lost", None)
+            if lost is not None:
+                lost()
 
     def close(self):
         hub = getattr(self, "hub", None)
