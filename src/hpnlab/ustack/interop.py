@@ -34,6 +34,27 @@ def stack_ip(host, network: str = NETWORK) -> str:
     return f"{iface.ip + 100}/{iface.network.prefixlen}"
 
 
+DPDK_STATE = "/var/lib/hpnlab/dpdk-nic"     # the PCI address the dpdk role bound (ansible/roles/dpdk)
+
+
+def stack_driver(provider, host: str, network: str) -> tuple[str, str]:
+    """The stack's driver and device, chosen from the topology: DPDK if the lab gives the
+    host's NIC on that LAN to DPDK (`dpdk: NETWORK`), else AF_PACKET on the kernel's NIC.
+    Where DPDK takes the NIC from the kernel (VMs, machines) the device is the PCI address
+    provisioning bound; on netns hosts DPDK reaches the veth through an af_packet vdev."""
+    h = provider.host(host)
+    ifname = h.nic(network).ifname
+    if provider.lab.hosts[host].dpdk_network != network:
+        return "afpacket", ifname
+    if provider.dpdk_takes_nic:
+        res = h.run(["cat", DPDK_STATE], check=False)
+        if not res.ok or not res.stdout.strip():
+            raise LabError(f"[{host}] DPDK's NIC on {network}: no PCI address in {DPDK_STATE} "
+                           "(provision the lab: `hpnlab provision`)")
+        return "dpdk", res.stdout.split()[0]
+    return "dpdk", ifname
+
+
 def _events(text: str) -> list[dict]:
     out = []
     for line in text.splitlines():
@@ -130,7 +151,7 @@ class Suite:
                  bulk_bytes: int = 8 << 20, stack_extra: tuple = ()):
         self.h1, self.h2 = provider.host(stack_host), provider.host(peer_host)
         self.network = network = stack_network(provider, network)
-        self.ifname = self.h1.nic(network).ifname
+        self.driver, self.ifname = stack_driver(provider, stack_host, network)
         self.ip = stack_ip(self.h1, network)
         self.addr = self.ip.split("/")[0]
         self.peer_addr = str(self.h2.nic(network).address.ip)
@@ -144,7 +165,7 @@ class Suite:
         return self._run(*args).start(wait_for)
 
     def _run(self, *args) -> StackRun:
-        return StackRun(self.h1, self.ifname, self.ip, *self.stack_extra, *args)
+        return StackRun(self.h1, self.ifname, self.ip, "--driver", self.driver, *self.stack_extra, *args)
 
     def record(self, name: str, fn) -> dict:
         t0 = time.monotonic()
