@@ -539,9 +539,9 @@ def render(out, data: dict) -> None:
             f"{cfg['sizes']} B; pipeline depth {cfg['depth']}",
             f"- per (connections, size): a fresh server per engine; {cfg['repeats']} timed run(s) each of "
             f"{cfg['duration']:g} s after {cfg['warmup']:g} s warm-up, engines interleaved round-robin; runs "
-            f"that others' load disturbed are repeated (up to {cfg['max_extra']} extra); syscalls counted by "
-            f"{env.get('syscall_tool') or 'nothing (no perf/strace)'} in a separate "
-            f"{cfg['syscall_duration']:g} s run",
+            f"that others' load disturbed are repeated (up to {cfg['max_extra']} extra); "
+            + (f"syscalls counted by {env.get('syscall_tool') or 'nothing (no perf/strace)'} in a separate "
+               f"{cfg['syscall_duration']:g} s run" if cfg.get("syscalls", True) else "syscalls not counted"),
             *([f"- grid cut: {cfg['grid_note']}"] if cfg.get("grid_note") else []),
             f"- took {data.get('took_s', '?')} s", "",
             writeup.goals_md(goal_rows), ""]
