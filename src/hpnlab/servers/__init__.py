@@ -29,6 +29,8 @@ import importlib
 import signal
 import socket
 from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable
 from typing import ClassVar
 
 from ..errors import HpnlabError
@@ -177,3 +179,51 @@ def reuseport_listeners(listener: socket.socket, n: int) -> list[socket.socket]:
 def tune(sock: socket.socket) -> None:
     """Per-connection options all engines set alike: no Nagle delay on replies."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class QueuedLater:
+    """The later-answer connection (connection_made's `conn`, servers/transport.py's
+    contract) of the engines whose sends block the caller: coro and greenlet. write() and
+    close() come from loop callbacks, which must not block, so the queue is flushed by a
+    task or greenlet of its own (`start_flush`); the connection's own replies go through
+    the same queue, so a late answer never interleaves with them."""
+
+    def __init__(self, sock: socket.socket, loop):
+        self.sock, self.loop = sock, loop
+        self.queue: deque[bytes] = deque()
+        self.sending = self.closing = False
+
+    def start_flush(self) -> None:
+        """Flush the queue (then `flushed()`) without blocking the caller."""
+        raise NotImplementedError
+
+    def flushed(self) -> None:
+        self.sending = False
+        if self.closing:
+            self._shutdown()
+
+    def write(self, data: bytes) -> None:
+        self.queue.append(data)    # queued now, so that a close() right after waits for it
+        if not self.sending:
+            self.sending = True
+            self.start_flush()
+
+    def close(self) -> None:
+        """Close once the queued output is sent (the connection's reader sees EOF)."""
+        self.closing = True
+        if not self.sending and not self.queue:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self.sock.fileno() >= 0:
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def call_later(self, delay: float, callback: Callable, *args):
+        return self.loop.call_later(delay, callback, *args)
+
+    def call_soon_threadsafe(self, callback: Callable, *args) -> None:
+        self.loop.call_soon_threadsafe(callback, *args)
+

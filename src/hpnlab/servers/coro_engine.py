@@ -7,29 +7,21 @@ not read. A task costs one coroutine frame and a small Task object.
 """
 from __future__ import annotations
 
-import socket
-from collections import deque
-from collections.abc import Callable
-
 from .. import coro
-from . import RECV_SIZE, Server, tune
+from . import RECV_SIZE, QueuedLater, Server, tune
 
 
-class LaterConn:
-    """What a handler that answers later (connection_made, servers/transport.py's contract)
-    gets: write() and close() from a loop callback, where nothing may block, so a write
-    is a task of its own. All output goes through send(), one sender at a time, so a late
-    answer never interleaves with the connection task's replies."""
+class LaterConn(QueuedLater):
+    """A later-answer connection on coro: the queue is flushed by a task."""
 
     def __init__(self, conn: coro.Socket):
+        super().__init__(conn, coro.scheduler().loop)
         self.conn = conn
-        self.loop = coro.scheduler().loop
-        self.queue: deque[bytes] = deque()
-        self.sending = self.closing = False
 
     async def send(self, data: bytes) -> None:
+        """The connection task's own replies: sent here, or by the task already sending."""
         self.queue.append(data)
-        if not self.sending:       # else the task already sending sends this too, in order
+        if not self.sending:
             self.sending = True
             await self._flush()
 
@@ -38,9 +30,7 @@ class LaterConn:
             while self.queue:
                 await self.conn.sendall(self.queue.popleft())
         finally:
-            self.sending = False
-        if self.closing:
-            self._shutdown()
+            self.flushed()
 
     async def _flush_quietly(self) -> None:
         try:
@@ -48,30 +38,8 @@ class LaterConn:
         except OSError:
             pass                   # the connection is gone: its own task closes it
 
-    def write(self, data: bytes) -> None:
-        self.queue.append(data)    # queued now, so that a close() right after waits for it
-        if not self.sending:
-            self.sending = True
-            coro.spawn(self._flush_quietly())
-
-    def close(self) -> None:
-        """Close once the queued output is sent (the connection task sees EOF)."""
-        self.closing = True
-        if not self.sending and not self.queue:
-            self._shutdown()
-
-    def _shutdown(self) -> None:
-        if self.conn.fileno() >= 0:
-            try:
-                self.conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def call_later(self, delay: float, callback: Callable, *args):
-        return self.loop.call_later(delay, callback, *args)
-
-    def call_soon_threadsafe(self, callback: Callable, *args) -> None:
-        self.loop.call_soon_threadsafe(callback, *args)
+    def start_flush(self) -> None:
+        coro.spawn(self._flush_quietly())
 
 
 async def serve_conn(conn: coro.Socket, handler) -> None:

@@ -14,10 +14,8 @@ is the loop callback of the fd it waits for.
 from __future__ import annotations
 
 import socket
-from collections import deque
-from collections.abc import Callable
 
-from . import RECV_SIZE, Server, missing_module, tune
+from . import RECV_SIZE, QueuedLater, Server, missing_module, tune
 from .loop import Loop
 
 IN, OUT = 1, 2
@@ -69,20 +67,17 @@ def send_all(hub: Hub, sock: socket.socket, data: bytes) -> None:
             hub.wait(sock.fileno(), OUT)
 
 
-class LaterConn:
-    """What a handler that answers later (connection_made, servers/transport.py's contract)
-    gets: write() and close() come from loop callbacks on the hub, which must not park,
-    so a write is a greenlet of its own. All output goes through send(), one sender at a
-    time, so a late answer never interleaves with the connection greenlet's replies."""
+class LaterConn(QueuedLater):
+    """A later-answer connection on the greenlet hub: the queue is flushed by a greenlet."""
 
     def __init__(self, hub: Hub, sock: socket.socket):
-        self.hub, self.sock = hub, sock
-        self.queue: deque[bytes] = deque()
-        self.sending = self.closing = False
+        super().__init__(sock, hub.loop)
+        self.hub = hub
 
     def send(self, data: bytes) -> None:
+        """The connection greenlet's own replies: sent here, or by the greenlet already sending."""
         self.queue.append(data)
-        if not self.sending:       # else the greenlet already sending sends this too, in order
+        if not self.sending:
             self.sending = True
             self._flush()
 
@@ -91,9 +86,7 @@ class LaterConn:
             while self.queue:
                 send_all(self.hub, self.sock, self.queue.popleft())
         finally:
-            self.sending = False
-        if self.closing:
-            self._shutdown()
+            self.flushed()
 
     def _flush_quietly(self) -> None:
         try:
@@ -101,30 +94,8 @@ class LaterConn:
         except OSError:
             pass                   # the connection is gone: its own greenlet closes it
 
-    def write(self, data: bytes) -> None:
-        self.queue.append(data)    # queued now, so that a close() right after waits for it
-        if not self.sending:
-            self.sending = True
-            self.hub.spawn(self._flush_quietly)
-
-    def close(self) -> None:
-        """Close once the queued output is sent (the connection greenlet sees EOF)."""
-        self.closing = True
-        if not self.sending and not self.queue:
-            self._shutdown()
-
-    def _shutdown(self) -> None:
-        if self.sock.fileno() >= 0:
-            try:
-                self.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def call_later(self, delay: float, callback: Callable, *args):
-        return self.hub.loop.call_later(delay, callback, *args)
-
-    def call_soon_threadsafe(self, callback: Callable, *args) -> None:
-        self.hub.loop.call_soon_threadsafe(callback, *args)
+    def start_flush(self) -> None:
+        self.hub.spawn(self._flush_quietly)
 
 
 class GreenletServer(Server):
