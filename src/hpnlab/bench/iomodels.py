@@ -74,8 +74,12 @@ def timed_run(cfg: Config, srv: Side, cli: Side, pids: list[int], port: int, con
               duration: float, syscall_probe: bool = False) -> dict:
     """One loadgen run; the server's /proc and its host's load sampled around its window."""
     connect_timeout = 30.0 + conns / 500
+    # The connections stay open a while after the window, so that a second look that comes late
+    # (over SSH to a slow guest it can take a second or two) still finds a threads server's
+    # connection threads alive: a thread that exits takes its context-switch counts with it.
+    linger = 0.5 if srv.local_proc else 2.5
     lg = cli.start(loadgen.argv(cli.loadgen, srv.address, port, conns, size, cfg.depth, duration, cfg.warmup,
-                                connect_timeout), name="loadgen")
+                                connect_timeout, linger), name="loadgen")
     probe = None
     # others' load on the server's host: on this machine the bench and the client are ours too
     exclude = {lg.pid, os.getpid()} if srv.local_proc else set()

@@ -77,9 +77,11 @@ def build(force: bool = False) -> Path:
 
 
 def argv(binary: str, host: str, port: int, conns: int, size: int, depth: int = 1,
-         duration: float = 5.0, warmup: float = 1.0, connect_timeout: float = 30.0) -> list[str]:
+         duration: float = 5.0, warmup: float = 1.0, connect_timeout: float = 30.0,
+         linger: float = 0.5) -> list[str]:
     return [binary, "-H", host, "-p", str(port), "-c", str(conns), "-s", str(size),
-            "-d", str(depth), "-t", f"{duration:g}", "-w", f"{warmup:g}", "-T", f"{connect_timeout:g}"]
+            "-d", str(depth), "-t", f"{duration:g}", "-w", f"{warmup:g}", "-T", f"{connect_timeout:g}",
+            "-L", f"{linger:g}"]
 
 
 def main() -> int:
