@@ -264,7 +264,8 @@ def _bpop(c: Client, args: list[bytes], left: bool) -> bytes:
         return c.null_array
     if c.conn is None:
         return resp.error(f"ERR blocking commands need an engine that can answer later; "
-                          f"{c.server.engine_name} cannot (use a loop engine, asyncio, uvloop, threads, coro or greenlet)")
+                          f"{c.server.engine_name} cannot "
+                          f"(use a loop engine, asyncio, uvloop, threads, coro or greenlet)")
     timer = None
     if timeout > 0:
         timer = c.conn.call_later(timeout, lambda: _timeout(c))
