@@ -26,28 +26,68 @@ io_uring_enter only returns EINTR for a signal that comes while it waits.
 Backpressure: if a connection's queued output passes HIGH_WATER we cancel
 its recv and ask the ring to tell us (a DRAIN completion) once the queue is
 below LOW_WATER, and re-arm the recv then.
+
+A handler that answers later (connection_made, servers/transport.py's contract)
+gets a UringLater: write() queues on the ring's send queue like any reply;
+call_soon_threadsafe() queues the call and wakes the ring through an eventfd
+it polls; call_later() is a timer thread that does that when it fires.
 """
 from __future__ import annotations
 
 import errno
 import os
 import socket
+import threading
+from collections import deque
+from collections.abc import Callable
 
 from . import HIGH_WATER, LOW_WATER, Server
 from .loop import SignalWakeup
 
-ACCEPT, RECV, SIGNAL, CANCEL = 1, 2, 3, 4   # user_data = fd << 3 | kind (the ring's SEND/DRAIN tags are 5, 6)
+ACCEPT, RECV, SIGNAL, CANCEL, WAKE = 1, 2, 3, 4, 7   # user_data = fd << 3 | kind (the ring's SEND/DRAIN: 5, 6)
 NBUFS, BUFSIZE = 512, 4096
 
 
 class UConn:
-    __slots__ = ("closing", "feed", "paused", "recv_on")
+    __slots__ = ("closing", "feed", "lost", "paused", "recv_on")
 
-    def __init__(self, feed):
-        self.feed = feed
+    def __init__(self, feed, lost=None):
+        self.feed, self.lost = feed, lost
         self.recv_on = False                 # a (multishot) recv is armed
         self.paused = False                  # recv cancelled by backpressure
         self.closing = False
+
+
+class UringLater:
+    """What a handler that answers later gets on uring; see the module docstring."""
+
+    def __init__(self, server: UringServer, fd: int, conn: UConn):
+        self.server, self.fd, self.conn = server, fd, conn
+
+    def write(self, data: bytes) -> None:
+        srv, c, fd = self.server, self.conn, self.fd
+        if srv.conns.get(fd) is c and not c.closing:
+            queued = srv.ring.lib.hp_send(srv.ring.r, fd, data, len(data))
+            if not 0 <= queued <= HIGH_WATER:
+                srv.on_backlog(c, fd, queued)
+
+    def close(self) -> None:
+        if self.server.conns.get(self.fd) is self.conn:
+            self.conn.closing = True
+            self.server.maybe_finish(self.conn, self.fd)
+
+    def call_later(self, delay: float, callback: Callable, *args) -> threading.Timer:
+        timer = threading.Timer(delay, self.call_soon_threadsafe, (callback, *args))
+        timer.daemon = True
+        timer.start()
+        return timer
+
+    def call_soon_threadsafe(self, callback: Callable, *args) -> None:
+        self.server.soon.append((callback, args))      # deque.append is atomic
+        try:
+            os.eventfd_write(self.server.wake, 1)
+        except OSError:
+            pass                                        # closed: the server is gone
 
 
 class UringServer(Server):
@@ -67,6 +107,9 @@ class UringServer(Server):
         ring.prep_accept(lfd, ACCEPT, multishot=True)
         self.signals = signals = SignalWakeup()
         ring.prep_poll(signals.rfd, SIGNAL)
+        self.soon: deque[tuple[Callable, tuple]] = deque()
+        self.wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        ring.prep_poll(self.wake, WAKE)
         conns, bufs, bufsize = self.conns, ring.bufs, ring.bufsize
         assert bufs is not None         # (a ring made with nbufs has its provided buffers)
         send, r = ring.lib.hp_send, ring.r
@@ -124,11 +167,28 @@ class UringServer(Server):
                 elif kind == SIGNAL:                    # its handler runs next (or ran)
                     signals.drain()
                     ring.prep_poll(signals.rfd, SIGNAL)
+                elif kind == WAKE:
+                    self.run_soon()
+
+    def run_soon(self) -> None:
+        try:
+            os.eventfd_read(self.wake)
+        except BlockingIOError:
+            pass
+        soon = self.soon
+        for _ in range(len(soon)):
+            callback, args = soon.popleft()
+            callback(*args)
+        self.ring.prep_poll(self.wake, WAKE)
 
     def on_accept(self, lfd: int, res: int, more: int) -> None:
         if res >= 0:
-            c = UConn(self.protocol.new().feed)
+            handler = self.protocol.new()
+            c = UConn(handler.feed, getattr(handler, "connection_lost", None))
             self.conns[res] = c
+            made = getattr(handler, "connection_made", None)
+            if made is not None:     # a handler that answers later (the KV store's BLPOP)
+                made(UringLater(self, res, c))
             # TCP_NODELAY as every engine does (see servers.tune).
             self.ring.lib.setsockopt(res, socket.IPPROTO_TCP, socket.TCP_NODELAY, self._one(), 4)
             self.arm_recv(c, res)
@@ -178,6 +238,8 @@ class UringServer(Server):
         del self.conns[fd]
         self.ring.send_forget(fd)
         os.close(fd)
+        if c.lost is not None:
+            c.lost()
 
     def close(self):
         ring = getattr(self, "ring", None)
@@ -190,6 +252,9 @@ class UringServer(Server):
             ring.close()                             # cancels what is still in flight
         if getattr(self, "signals", None) is not None:
             self.signals.close()
+        if getattr(self, "wake", -1) >= 0:
+            os.close(self.wake)
+            self.wake = -1
         super().close()
 
 

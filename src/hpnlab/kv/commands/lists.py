@@ -262,10 +262,9 @@ def _bpop(c: Client, args: list[bytes], left: bool) -> bytes:
             return bulks([key, v])
     if c.in_exec:                 # inside MULTI/EXEC a blocking pop does not block (as Redis)
         return c.null_array
-    if c.conn is None:
+    if c.conn is None:            # a handler driven without connection_made (every engine here makes it)
         return resp.error(f"ERR blocking commands need an engine that can answer later; "
-                          f"{c.server.engine_name} cannot "
-                          f"(use a loop engine, asyncio, uvloop, threads, coro or greenlet)")
+                          f"{c.server.engine_name} cannot")
     timer = None
     if timeout > 0:
         timer = c.conn.call_later(timeout, lambda: _timeout(c))
