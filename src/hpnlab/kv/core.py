@@ -259,11 +259,11 @@ class Client:
         self.created = time.time()
 
     def connection_made(self, conn: Any) -> None:
-        """From engines that let a handler answer later (a blocked BLPOP): `conn` offers
+        """From the engine, so that a handler can answer later (a blocked BLPOP): `conn` offers
         write(bytes), close(), call_later(delay, fn) and call_soon_threadsafe(fn, *args).
-        Only such engines also say when a connection ends (connection_lost), so only their
-        clients are counted (INFO clients, CLIENT LIST, maxclients): on the others a client
-        that is never forgotten would be a leak."""
+        Every engine of hpnlab.servers calls it and, at the end, connection_lost; a client is
+        counted (INFO clients, CLIENT LIST, maxclients) in between - one driven without these
+        calls (in-process tests) is not, since nothing would ever forget it."""
         self.conn = conn
         self.server.clients[self.id] = self
 
