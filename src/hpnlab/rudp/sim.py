@@ -1,0 +1,40 @@
+"""A simulated datagram link on a virtual millisecond clock (the shape of KCP's test.h
+LatencySimulator): per-direction loss, a delay drawn from a range, optional duplication,
+and reordering (a delay drawn per packet lets a later packet overtake an earlier one).
+
+    link = Link(loss=0.1, delay=(5, 30), seed=1)
+    link.send(0, datagram, now)        # from end 0 to end 1
+    for datagram in link.deliver(1, now): ...
+"""
+from __future__ import annotations
+
+import heapq
+import random
+
+
+class Link:
+    def __init__(self, loss: float = 0.0, delay: tuple[int, int] = (0, 0), dup: float = 0.0,
+                 seed: int = 0):
+        self.loss, self.delay, self.dup = loss, delay, dup
+        self.rng = random.Random(seed)
+        self.queues: list[list[tuple[int, int, bytes]]] = [[], []]
+        self.n = 0
+        self.sent = [0, 0]          # bytes put on the link, per sending end
+        self.dropped = 0
+
+    def send(self, end: int, datagram: bytes, now: int) -> None:
+        self.sent[end] += len(datagram)
+        copies = 2 if self.rng.random() < self.dup else 1
+        for _ in range(copies):
+            if self.rng.random() < self.loss:
+                self.dropped += 1
+                continue
+            self.n += 1
+            heapq.heappush(self.queues[1 - end], (now + self.rng.randint(*self.delay), self.n, datagram))
+
+    def deliver(self, end: int, now: int) -> list[bytes]:
+        """The datagrams due at `end` by `now`, in arrival order."""
+        q, out = self.queues[end], []
+        while q and q[0][0] <= now:
+            out.append(heapq.heappop(q)[2])
+        return out

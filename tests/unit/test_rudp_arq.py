@@ -1,0 +1,121 @@
+"""hpnlab.rudp.arq, the sans-I/O KCP-format ARQ: two peers over a simulated link."""
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from hpnlab.rudp.arq import CMD_ACK, CMD_PUSH, HEADER, MASK, MODES, Arq
+from hpnlab.rudp.sim import Link
+
+
+def pair(mode="fast", isn=0, **kw):
+    a, b = Arq(7, isn=isn, snd_wnd=128, **kw), Arq(7, isn=isn, snd_wnd=128, **kw)
+    for p in (a, b):
+        p.nodelay(*MODES[mode])
+    return a, b
+
+
+def run(a, b, link, msgs, limit_ms=120_000):
+    """Send `msgs` from a to b over `link`; return what b received, in order."""
+    got, i, now = [], 0, 0
+    while now < limit_ms and (len(got) < len(msgs)):
+        while i < len(msgs) and a.waiting < 256:
+            a.send(msgs[i])
+            i += 1
+        for end, (me, peer) in enumerate(((a, b), (b, a))):
+            me.update(now)
+            for d in me.pop_output():
+                link.send(end, d, now)
+            for d in link.deliver(1 - end, now):
+                peer.input(d, now)
+        while (m := b.recv()) is not None:
+            got.append(m)
+        now += 1
+    return got
+
+
+def messages(n, size=8):
+    return [struct.pack("<I", k) + bytes(size - 4) for k in range(n)]
+
+
+def test_perfect_link_delivers_in_order_with_no_retransmits():
+    a, b = pair()
+    msgs = messages(500)
+    assert run(a, b, Link(delay=(10, 10)), msgs) == msgs
+    assert a.stats["retransmits"] == a.stats["fast_retransmits"] == 0
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_loss_is_repaired_in_every_mode(mode):
+    a, b = pair(mode)
+    msgs = messages(400)
+    assert run(a, b, Link(loss=0.2, delay=(5, 20), seed=3), msgs) == msgs
+    assert a.stats["retransmits"] + a.stats["fast_retransmits"] > 0
+
+
+def test_fast_mode_retransmits_on_duplicate_acks():
+    a, b = pair("fast")
+    msgs = messages(400)
+    assert run(a, b, Link(loss=0.1, delay=(20, 20), seed=5), msgs) == msgs
+    assert a.stats["fast_retransmits"] > 0
+
+
+def test_reordering_and_duplication_are_undone():
+    a, b = pair()
+    msgs = messages(400)
+    # delays 1..60 ms drawn per packet reorder them; 20 % are sent twice
+    assert run(a, b, Link(delay=(1, 60), dup=0.2, seed=9), msgs) == msgs
+    assert b.stats["duplicates"] > 0
+
+
+def test_sequence_numbers_wrap_around():
+    a, b = pair(isn=MASK - 50)
+    msgs = messages(300)
+    assert run(a, b, Link(loss=0.1, delay=(5, 25), seed=11), msgs) == msgs
+    assert a.snd_nxt < 300          # went past 2**32 - 1 and on from 0
+
+
+def test_message_mode_keeps_boundaries_and_stream_mode_joins_bytes():
+    a, b = pair()
+    big = bytes(range(256)) * 20                     # 5120 bytes: 4 fragments at mtu 1400
+    msgs = [big, b"x", big[:1376], big[:1377]]
+    assert run(a, b, Link(loss=0.1, delay=(5, 20), seed=2), msgs) == msgs
+    s, r = pair(stream=True)
+    got = run(s, r, Link(delay=(5, 5)), [b"ab", b"cd", big], limit_ms=5000)
+    assert b"".join(got) == b"abcd" + big
+
+
+def test_bad_input_is_dropped_and_counted():
+    a = Arq(7)
+    a.nodelay(*MODES["fast"])
+    a.update(0)
+    push = HEADER.pack(7, CMD_PUSH, 0, 128, 0, 0, 0, 4) + b"data"
+    assert not a.input(push[:10], 1)                                     # truncated header
+    assert not a.input(push[:-1], 1)                                     # len beyond the datagram
+    assert not a.input(HEADER.pack(8, CMD_PUSH, 0, 128, 0, 0, 0, 0), 1)  # another conv
+    assert not a.input(HEADER.pack(7, 99, 0, 128, 0, 0, 0, 0), 1)        # no such cmd
+    assert not a.input(HEADER.pack(7, CMD_ACK, 0, 128, 0, 0, 5, 0), 1)   # una of unsent data
+    assert not a.input(HEADER.pack(7, CMD_PUSH, 0, 128, 0, 10_000, 0, 0), 1)  # beyond rcv_wnd
+    assert not a.input(b"\xff" * 23, 1)
+    assert {k: v for k, v in a.stats.items() if k.startswith("dropped")} == {
+        "dropped_truncated": 3, "dropped_conv": 1, "dropped_cmd": 1, "dropped_forged": 1, "dropped_window": 1}
+    assert a.input(push, 2) and a.recv() == b"data"                      # and it still works
+
+
+def test_receive_window_bounds_memory():
+    a, b = pair()
+    for k in range(1000):                     # b never calls recv(): its window fills
+        a.send(struct.pack("<I", k))
+    for now in range(0, 3000):
+        for me, peer in ((a, b), (b, a)):
+            me.update(now)
+            for d in me.pop_output():
+                peer.input(d, now)
+    assert len(b.rcv_queue) + len(b.rcv_buf) <= b.rcv_wnd
+    assert b.rmt_wnd == 128 and a.rmt_wnd == 0        # b told a its window is shut
+
+
+def test_oversized_message_is_refused():
+    with pytest.raises(ValueError, match="fragments"):
+        Arq(1).send(bytes(1376 * 200))
