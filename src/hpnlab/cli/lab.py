@@ -7,7 +7,7 @@ from pathlib import Path
 from ..labs import LABS, lab_module
 from ._common import add_format, console, ensure_up, print_json, progress, provider_from
 
-HELP = "run a lab (p2p, nat, backlog, epoll, close, pktgen) on the running lab's hosts and write a report"
+HELP = "run a lab (p2p, nat, backlog, epoll, close, pktgen, rudp) on the running lab's hosts and write a report"
 
 
 def add_arguments(parser) -> None:

@@ -7,6 +7,7 @@
     epoll    level- vs edge-triggered epoll (水平触发/边缘触发)
     close    active/passive/simultaneous close, half-close, RST, TIME_WAIT
     pktgen   a DPDK packet generator against dpdk-testpmd txonly; receiver accounting
+    rudp     reliable UDP: hpnlab's KCP-format ARQ vs C ikcp vs TCP under loss (§2.2.2)
 
 A lab module defines HELP, add_arguments(parser) and
 run(provider, args, step) -> dict (with "report": the report's path, "dir": its directory), and
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 
-LABS = ("p2p", "nat", "backlog", "epoll", "close", "pktgen")
+LABS = ("p2p", "nat", "backlog", "epoll", "close", "pktgen", "rudp")
 
 
 def lab_module(name: str):

@@ -1,0 +1,384 @@
+"""Lab rudp: reliable UDP (course §2.2.2, ARQ 自动重传请求) in KCP's own test scenario.
+
+KCP's test.cpp: a link with 10 % round-trip loss (5 % each way) and a 60-125 ms RTT; one end
+sends an 8-byte message (index, send time) every 20 ms, the other echoes it; the sender records
+each message's RTT. Here the link is the lab's: the two hosts' data NICs get the lab's
+impairment (netem where the kernel has it, else nftables loss + the NFQUEUE delay line) for
+the run, and the same scenario runs for
+
+    hpnlab   hpnlab.rudp.arq in KCP's default / normal / fast modes
+    ckcp     C ikcp (PyPI `kcp`, skywind3000's ikcp.c) in the same modes
+    tcp      TCP, with and without TCP_NODELAY
+
+Overhead: UDP payload bytes both ends sent (retransmissions, ACKs, probes) over what a perfect
+run needs (each message once each way in one 24-byte-header segment, and one ACK for it).
+
+    hpnlab lab rudp [--count 1000] [--quick]
+    python -m hpnlab.labs.rudp echo|ping ...     (the agents)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import select
+import socket
+import struct
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from .. import report
+from ._agent import dispatch, listener
+from ._kit import Capture, LabError, agent_argv, deferred_interrupts, host_pair, need_tools
+
+HELP = "reliable UDP: hpnlab's KCP-format ARQ vs C ikcp vs TCP in KCP's 10 %-loss scenario"
+PORT = 44000
+MSG = struct.Struct("<II")                     # index, send time (ms, the sender's clock)
+PERFECT_BYTES = 2 * (24 + MSG.size + 24)       # per message: a PUSH and its ACK, each way
+CONFIGS = [("hpnlab", m) for m in ("default", "normal", "fast")] + \
+          [("ckcp", m) for m in ("default", "normal", "fast")] + [("tcp", "nodelay"), ("tcp", "nagle")]
+CONV = 0x68706E6C
+IMPAIR_QUEUE = 78
+
+
+def now_ms() -> int:
+    return int(time.monotonic() * 1000)
+
+
+def make_arq(impl: str, mode: str):
+    from ..rudp.arq import MODES, Arq
+    if impl == "hpnlab":
+        arq = Arq(CONV, snd_wnd=128, rcv_wnd=128)
+        arq.nodelay(*MODES[mode])
+        return arq
+    from ..rudp.ckcp import CKcp
+    return CKcp(CONV, MODES[mode], snd_wnd=128, rcv_wnd=128)
+
+
+# ================================================================ agents
+
+def _arq_loop(sock: socket.socket, arq, on_message, done, idle_s: float, deadline: float) -> None:
+    """test.cpp's loop: every millisecond update, then take what arrived."""
+    last_in = time.monotonic()
+    while time.monotonic() < deadline:
+        t = now_ms()
+        arq.update(t)
+        for d in arq.pop_output():
+            try:
+                sock.send(d)
+            except ConnectionRefusedError:      # the peer's port closed (ICMP): it has finished
+                pass
+        if select.select([sock], [], [], 0.001)[0]:
+            while True:
+                try:
+                    d = sock.recv(65536)
+                except (BlockingIOError, ConnectionRefusedError):
+                    break
+                arq.input(d, now_ms())
+                last_in = time.monotonic()
+        while (m := arq.recv()) is not None:
+            on_message(m)
+        if done() and time.monotonic() - last_in > idle_s:
+            return
+    raise TimeoutError("the run did not finish in time")
+
+
+def echo_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="hpnlab.labs.rudp echo")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--impl", choices=("hpnlab", "ckcp", "tcp"), required=True)
+    ap.add_argument("--mode", required=True)
+    ap.add_argument("--count", type=int, required=True)
+    ap.add_argument("--timeout", type=float, default=120)
+    a = ap.parse_args(argv)
+    deadline = time.monotonic() + a.timeout
+    if a.impl == "tcp":
+        ls = listener(a.port, 1)
+        conn, _ = ls.accept()
+        if a.mode == "nodelay":
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(a.count):
+            msg = conn.recv(MSG.size, socket.MSG_WAITALL)
+            if len(msg) < MSG.size:
+                raise SystemExit("the client closed early")
+            conn.sendall(msg)
+        conn.recv(1)
+        print(json.dumps({"echoed": a.count}))
+        return 0
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("0.0.0.0", a.port))
+    first, peer = sock.recvfrom(65536)
+    sock.connect(peer)                       # the kernel now demultiplexes this peer to us
+    sock.setblocking(False)
+    arq = make_arq(a.impl, a.mode)
+    arq.input(first, now_ms())
+    echoed = 0
+
+    def echo(m: bytes) -> None:
+        nonlocal echoed
+        arq.send(m)
+        echoed += 1
+    # done once all are echoed and the pinger has gone quiet (its last ACKs may be lost: then
+    # what is still unacknowledged here would wait forever)
+    _arq_loop(sock, arq, echo, lambda: echoed >= a.count, 1.0, deadline)
+    print(json.dumps({"echoed": echoed, "stats": dict(arq.stats)}))
+    return 0
+
+
+def ping_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="hpnlab.labs.rudp ping")
+    ap.add_argument("--to", required=True, help="IP:PORT of the echo agent")
+    ap.add_argument("--impl", choices=("hpnlab", "ckcp", "tcp"), required=True)
+    ap.add_argument("--mode", required=True)
+    ap.add_argument("--count", type=int, required=True)
+    ap.add_argument("--every-ms", type=int, default=20)
+    ap.add_argument("--timeout", type=float, default=120)
+    a = ap.parse_args(argv)
+    host, port = a.to.rsplit(":", 1)
+    deadline = time.monotonic() + a.timeout
+    rtts: list[int] = []
+    start = now_ms()
+
+    def due(i: int) -> int:
+        return start + i * a.every_ms
+
+    if a.impl == "tcp":
+        s = socket.create_connection((host, int(port)), timeout=a.timeout)
+        if a.mode == "nodelay":
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.setblocking(False)
+        sent, buf = 0, b""
+        start = now_ms()
+        while len(rtts) < a.count:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the run did not finish in time")
+            if sent < a.count and now_ms() >= due(sent):
+                s.send(MSG.pack(sent, now_ms() & 0xFFFFFFFF))   # 8 bytes always fit the send buffer
+                sent += 1
+            wait = max(0, due(sent) - now_ms()) / 1000 if sent < a.count else 0.05
+            if select.select([s], [], [], wait)[0]:
+                buf += s.recv(65536)
+                while len(buf) >= MSG.size:
+                    _, ts = MSG.unpack_from(buf)
+                    buf = buf[MSG.size:]
+                    rtts.append((now_ms() - ts) & 0xFFFFFFFF)
+        s.close()
+        print(json.dumps({"rtts": rtts, "stats": {}}))
+        return 0
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.connect((host, int(port)))
+    sock.setblocking(False)
+    arq = make_arq(a.impl, a.mode)
+    sent = 0
+    order: list[int] = []
+
+    def got(m: bytes) -> None:
+        i, ts = MSG.unpack(m)
+        order.append(i)
+        rtts.append((now_ms() - ts) & 0xFFFFFFFF)
+
+    def done() -> bool:
+        nonlocal sent
+        while sent < a.count and now_ms() >= due(sent):
+            arq.send(MSG.pack(sent, now_ms() & 0xFFFFFFFF))
+            sent += 1
+        return len(rtts) >= a.count
+    _arq_loop(sock, arq, got, done, 0.3, deadline)
+    print(json.dumps({"rtts": rtts, "stats": dict(arq.stats), "in_order": order == list(range(a.count))}))
+    return 0
+
+
+# ================================================================ orchestration
+
+def add_arguments(p) -> None:
+    p.add_argument("--hosts", default="h1,h2", help="pinger,echoer (default: h1,h2)")
+    p.add_argument("--network")
+    p.add_argument("--count", type=int, default=1000, help="messages per run (default: 1000, as test.cpp)")
+    p.add_argument("--quick", action="store_true", help="200 messages per run")
+    p.add_argument("--loss-pct", type=float, default=10.0, help="round-trip loss, split over both "
+                   "directions as test.cpp does (default: 10)")
+    p.add_argument("--rtt-ms", default="60-125", help="RTT range MIN-MAX (default: 60-125)")
+    p.add_argument("--configs", default=",".join(f"{i}:{m}" for i, m in CONFIGS),
+                   help="IMPL:MODE list to run (default: all eight)")
+
+
+def parse_configs(spec: str) -> list[tuple[str, str]]:
+    out = []
+    for item in spec.split(","):
+        impl, _, mode = item.partition(":")
+        if (impl, mode) not in CONFIGS:
+            raise LabError(f"--configs: no {item!r} (choices: {', '.join(f'{i}:{m}' for i, m in CONFIGS)})")
+        out.append((impl, mode))
+    return out
+
+
+def run(provider, args, step) -> dict:
+    from .. import impair
+    from ..topology.model import Impairment
+    configs = parse_configs(args.configs)
+    count = 200 if args.quick else args.count
+    if count < 1:
+        raise LabError(f"--count must be at least 1, not {count}")
+    try:
+        lo, hi = (float(x) for x in args.rtt_ms.split("-"))
+    except ValueError:
+        raise LabError(f"--rtt-ms wants MIN-MAX in ms, got {args.rtt_ms!r}") from None
+    if not 0 <= lo <= hi or not 0 <= args.loss_pct < 100:
+        raise LabError("--rtt-ms wants 0 <= MIN <= MAX and --loss-pct 0..99")
+    a, b, net = host_pair(provider, args.hosts, "pinger,echoer", args.network, tools=("nft",))
+    need_tools("tcpdump")
+    if any(i == "ckcp" for i, _ in configs):
+        res = a.run([agent_argv(a, "rudp")[0], "-c", "import kcp.extension"], check=False, timeout=20)
+        if not res.ok:
+            raise LabError(f"[{a.name}] C ikcp is not importable there (pip install kcp): {res.stderr[-300:]}")
+    if provider.lab.networks[net].impair:
+        raise LabError(f"network {net} already has an impairment in the lab file; this lab sets its own")
+    one_way = Impairment(delay_ms=(lo + hi) / 4, jitter_ms=(hi - lo) / 4, loss_pct=args.loss_pct / 2)
+    out = report.results_dir("rudp", getattr(args, "results", None))
+    env = report.fingerprint(provider, [], {a.name: a, b.name: b})
+    ip_b = str(b.address(net))
+    runs: dict[str, dict] = {}
+    with ExitStack() as stack:
+        mechanisms = []
+        for h in (a, b):
+            step(f"impairment on {h.name}:{h.nic(net).ifname}: {one_way.describe()}")
+            plan = stack.enter_context(impair.applied(h, h.nic(net).ifname, one_way, IMPAIR_QUEUE))
+            mechanisms.append(plan.mechanism)
+        for k, (impl, mode) in enumerate(configs):
+            step(f"{impl} {mode}: {count} messages of 8 bytes, one every 20 ms")
+            port = PORT + k
+            pcap = out / f"{impl}-{mode}.pcap" if (impl, mode) == configs[0] or mode == "fast" else None
+            runs[f"{impl}:{mode}"] = one_run(provider, a, b, ip_b, port, impl, mode, count, pcap, net)
+    kcp_scenario: dict[str, dict] = {}
+    for key, r in runs.items():
+        impl, mode = key.split(":")
+        kcp_scenario.setdefault(impl, {})[mode] = {k: r[k] for k in ("avg_ms", "max_ms", "p50_ms", "p99_ms",
+                                                                     "overhead", "retransmits")}
+    png = plot(runs, out)
+    data = {"kcp_scenario": kcp_scenario, "count": count, "impairment_one_way": one_way.to_dict(),
+            "mechanism": mechanisms[0], "runs": runs, "environment": env}
+    md = render(runs, kcp_scenario, count, one_way, mechanisms[0], a.name, b.name, env, png, args)
+    path = report.write_report(out, md, data)
+    return {"report": path, "dir": out, "summary": goal_lines(kcp_scenario)[0] if goal_lines(kcp_scenario) else None}
+
+
+def one_run(provider, a, b, ip_b: str, port: int, impl: str, mode: str, count: int,
+            pcap: Path | None, net: str) -> dict:
+    timeout = 60 + count * 0.2
+    echo = b.start(agent_argv(b, "rudp", "echo", "--port", port, "--impl", impl, "--mode", mode,
+                              "--count", count, "--timeout", timeout), name=f"rudp-echo-{port}")
+    with ExitStack() as stack:
+        try:
+            if impl == "tcp":
+                b.wait_for_port(port, timeout=max(15.0, b.start_timeout))
+            else:
+                b.wait_for_port(port, timeout=max(15.0, b.start_timeout), proto="udp")
+            if pcap:
+                stack.enter_context(Capture(provider, f"{a.name}:{a.nic(net).ifname}", pcap,
+                                            f"{'tcp' if impl == 'tcp' else 'udp'} port {port}"))
+            res = a.run(agent_argv(a, "rudp", "ping", "--to", f"{ip_b}:{port}", "--impl", impl,
+                                   "--mode", mode, "--count", count, "--timeout", timeout),
+                        timeout=timeout + 10)
+            echo.wait(timeout)
+            eout, eerr = echo.logs()
+            try:
+                server = json.loads(eout.strip().splitlines()[-1])
+            except (IndexError, json.JSONDecodeError):
+                raise LabError(f"[{b.name}] echo agent printed no result: {eerr[-800:]}") from None
+        finally:
+            with deferred_interrupts():
+                echo.stop(3)
+    client = json.loads(res.stdout.strip().splitlines()[-1])
+    rtts = client["rtts"]
+    if len(rtts) != count or client.get("in_order") is False:
+        raise LabError(f"{impl} {mode}: {len(rtts)} of {count} messages came back"
+                       + ("" if client.get("in_order", True) else ", not each once in order"))
+    srt = sorted(rtts)
+    wire = client["stats"].get("bytes_out", 0) + server.get("stats", {}).get("bytes_out", 0)
+    return {"impl": impl, "mode": mode, "rtts": rtts,
+            "avg_ms": round(sum(rtts) / count, 1), "max_ms": srt[-1],
+            "p50_ms": srt[count // 2], "p99_ms": srt[min(count - 1, int(count * 0.99))],
+            "wire_bytes": wire if impl != "tcp" else None,
+            "overhead": round(wire / (count * PERFECT_BYTES) - 1, 3) if impl != "tcp" else None,
+            "retransmits": (client["stats"].get("retransmits", 0) + client["stats"].get("fast_retransmits", 0)
+                            + server.get("stats", {}).get("retransmits", 0)
+                            + server.get("stats", {}).get("fast_retransmits", 0)) if impl == "hpnlab" else None,
+            "pcap": pcap.name if pcap else None}
+
+
+def goal_lines(s: dict) -> list[str]:
+    if "fast" not in s.get("hpnlab", {}) or "fast" not in s.get("ckcp", {}):
+        return []
+    h, c = s["hpnlab"]["fast"], s["ckcp"]["fast"]
+    avg_ok, max_ok, ovh_ok = h["avg_ms"] <= c["avg_ms"], h["max_ms"] <= c["max_ms"], h["overhead"] <= 0.15
+    return [f"hpnlab fast vs C ikcp fast: avg {h['avg_ms']} vs {c['avg_ms']} ms "
+            f"({'met' if avg_ok else 'NOT met'}), max {h['max_ms']} vs {c['max_ms']} ms "
+            f"({'met' if max_ok else 'NOT met'}); overhead {h['overhead']:.1%} "
+            f"(goal <= 15 %: {'met' if ovh_ok else 'NOT met'}; C ikcp fast: {c['overhead']:.1%})"]
+
+
+def plot(runs: dict, out: Path) -> str:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for key, r in runs.items():
+        srt = sorted(r["rtts"])
+        ax.plot(srt, [(i + 1) / len(srt) for i in range(len(srt))], label=key,
+                ls="-" if r["impl"] == "hpnlab" else "--" if r["impl"] == "ckcp" else ":")
+    ax.set_xscale("log")
+    ax.set_xlabel("RTT of an 8-byte message, ms (log)")
+    ax.set_ylabel("fraction of messages")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "rtt_cdf.png", dpi=110)
+    plt.close(fig)
+    return "rtt_cdf.png"
+
+
+def render(runs, s, count, one_way, mechanism, a, b, env, png, args) -> str:
+    rows = [[r["impl"], r["mode"], r["avg_ms"], r["max_ms"], r["p50_ms"], r["p99_ms"],
+             "n/a (TCP)" if r["overhead"] is None else f"{r['overhead']:.1%}",
+             "" if r["retransmits"] is None else r["retransmits"], r["pcap"] or ""] for r in runs.values()]
+    L = ["# rudp lab: reliable UDP (ARQ) in KCP's test.cpp scenario", "",
+         f"`{a}` sends {count} 8-byte messages (index, send time), one every 20 ms; `{b}` echoes each. "
+         f"Both data NICs' egress: {one_way.describe()} ({mechanism}), i.e. {args.loss_pct:g} % loss and "
+         f"{args.rtt_ms} ms RTT per round trip, as test.cpp's simulator. Modes are test.cpp's ikcp_nodelay "
+         "arguments: default (0,10,0,cwnd on), normal (0,10,0,no cwnd), fast (1,10,2,no cwnd); windows 128/128. "
+         "(test.cpp's fast also sets nodelay=2 and minrto 10 on one end; the `kcp` binding cannot, so both "
+         "implementations run the README's fast mode (1,10,2,1).)", "",
+         report.md_table(["impl", "mode", "avg ms", "max ms", "p50 ms", "p99 ms", "overhead", "retransmits",
+                          "pcap"], rows),
+         "", "Overhead: UDP payload bytes both ends sent (PUSHes, retransmissions, ACKs, probes) over a perfect "
+         f"run's {PERFECT_BYTES} bytes per message (one 24+8-byte PUSH and one 24-byte ACK each way); TCP's "
+         "bytes are not counted (n/a).", "", f"![RTT CDF]({png})", "", "## Reading", ""]
+    goals = goal_lines(s)
+    L += [f"- {g}" for g in goals]
+    ranked = sorted(runs.values(), key=lambda r: r["avg_ms"])
+    L.append(f"- Lowest average RTT: {ranked[0]['impl']} {ranked[0]['mode']} ({ranked[0]['avg_ms']} ms); "
+             f"highest: {ranked[-1]['impl']} {ranked[-1]['mode']} ({ranked[-1]['avg_ms']} ms, "
+             f"{ranked[-1]['avg_ms'] / max(ranked[0]['avg_ms'], 1e-9):.1f}x).")
+    for impl in ("hpnlab", "ckcp"):
+        if "default" in s.get(impl, {}) and "fast" in s[impl]:
+            d, f = s[impl]["default"], s[impl]["fast"]
+            L.append(f"- {impl}: fast mode cuts the average RTT from {d['avg_ms']} to {f['avg_ms']} ms and the "
+                     f"maximum from {d['max_ms']} to {f['max_ms']} ms (no-delay RTO floor of 30 ms, RTO growing "
+                     "x1.5 not x2, fast retransmit after 2 later ACKs, no congestion window), at "
+                     f"{f['overhead']:.1%} overhead against {d['overhead']:.1%}.")
+    if "tcp" in s and "fast" in s.get("ckcp", {}):
+        t = min(s["tcp"].values(), key=lambda r: r["avg_ms"])
+        L.append(f"- TCP's best ({t['avg_ms']} ms avg, {t['max_ms']} ms max) against C ikcp fast "
+                 f"({s['ckcp']['fast']['avg_ms']} / {s['ckcp']['fast']['max_ms']} ms): TCP waits out a 200 ms "
+                 "minimum RTO and doubles it on every loss, and a lost segment holds up all behind it.")
+    L += ["", report.environment_md(env), report.rerun_md(None, "lab-rudp")]
+    return "\n".join(L)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return dispatch("rudp", {"echo": echo_main, "ping": ping_main}, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
