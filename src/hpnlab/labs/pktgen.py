@@ -480,6 +480,9 @@ def render(rows, acc, args, env, png, provider, out: Path) -> str:
         md += ["", "Latency is not reported: sender and receiver are different machines, whose TSCs "
                "are not one clock."]
     md += ["", "## EAL arguments", "", f"- sender: `{env['eal']['sender']}`",
-           f"- receiver: `{env['eal']['receiver']}`", f"- net_null: `{env['eal']['net_null']}`", "",
+           f"- receiver: `{env['eal']['receiver']}`"]
+    if any(r["device"] == "net_null" for r in rows):
+        md.append(f"- net_null: `{env['eal']['net_null']}`")
+    md += ["", f"The DPDK binding: {', '.join(f'{h} {how}' for h, how in env['binding'].items())}.", "",
            report.environment_md(env), report.rerun_md(make_target="lab-pktgen")]
     return "\n".join(md)
