@@ -38,3 +38,37 @@ class Link:
         while q and q[0][0] <= now:
             out.append(heapq.heappop(q)[2])
         return out
+
+
+def echo_scenario(a, b, link: Link, count: int, every_ms: int = 20, limit_ms: int = 3_600_000):
+    """KCP's test.cpp on the virtual clock: `a` sends an 8-byte message (index, time) every
+    `every_ms`, `b` echoes it, both update every millisecond. Returns (RTTs in ms in the
+    order they came back, a SHA-256 of every datagram both ends sent, with its time)."""
+    import hashlib
+    import struct
+    msg = struct.Struct("<II")
+    digest = hashlib.sha256()
+    rtts: list[int] = []
+    sent = now = 0
+    while len(rtts) < count:
+        if now > limit_ms:
+            raise TimeoutError(f"{len(rtts)} of {count} echoes after {limit_ms} ms")
+        if sent < count and now >= sent * every_ms:
+            a.send(msg.pack(sent, now))
+            sent += 1
+        for end, me in enumerate((a, b)):
+            me.update(now)
+            for d in me.pop_output():
+                digest.update(msg.pack(end, now) + d)
+                link.send(end, d, now)
+            for d in link.deliver(end, now):
+                me.input(d, now)
+        while (m := b.recv()) is not None:
+            b.send(m)
+        while (m := a.recv()) is not None:
+            i, ts = msg.unpack(m)
+            if i != len(rtts):
+                raise AssertionError(f"echo {i} came back where {len(rtts)} was due")
+            rtts.append(now - ts)
+        now += 1
+    return rtts, digest.hexdigest()
