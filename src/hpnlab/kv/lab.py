@@ -61,7 +61,7 @@ def used_memory(client, ip: str, port: int) -> int:
 
 def measure(server_host, client, ip: str, port: int, argv: list[str], name: str, tests, requests: int,
             pipelines: tuple[int, ...], ordered: bool, fill: int, step) -> dict[str, Any]:
-    """Start one server on h1, run the benchmarks from h2, stop it."""
+    """Start one server on h1; fill it (memory per key, RANGE), empty it, run the benchmarks from h2; stop it."""
     proc = server_host.start(argv, name=f"kvlab-{name}".replace("/", "-"))
     try:
         try:
@@ -69,12 +69,8 @@ def measure(server_host, client, ip: str, port: int, argv: list[str], name: str,
         except TimeoutError:
             raise LabError(f"[{server_host.name}] {name} did not listen on {port}: {proc.logs()[1][-600:]}") from None
         cell: dict[str, Any] = {"rps": {}, "latency": {}}
-        for p in pipelines:
-            step(f"{name}: {','.join(tests)} -P {p}")
-            got = bench(client, ip, port, tests, requests * (4 if p > 1 else 1), p)
-            cell["rps"][p] = {t: v["rps"] for t, v in got.items()}
-            cell["latency"][p] = got
-        cli(client, ip, port, "FLUSHALL")
+        # Memory per key first, on the fresh process: after the benchmarks the store's RSS
+        # (its used_memory) holds arenas their keys freed, and a fill reuses them unseen.
         before = used_memory(client, ip, port)
         client.run(["redis-benchmark", "-h", ip, "-p", str(port), "-c", "50", "-P", "16", "-n", str(fill * 3),
                     "-r", str(fill), "-t", "set", "-q"], timeout=300)
@@ -88,6 +84,12 @@ def measure(server_host, client, ip: str, port: int, argv: list[str], name: str,
                              timeout=300)
             row = next(iter(parse_csv(res.stdout).values()))
             cell["range_ms"] = {"p50": row["p50_ms"], "p99": row["p99_ms"], "rps": row["rps"]}
+        cli(client, ip, port, "FLUSHALL")
+        for p in pipelines:
+            step(f"{name}: {','.join(tests)} -P {p}")
+            got = bench(client, ip, port, tests, requests * (4 if p > 1 else 1), p)
+            cell["rps"][p] = {t: v["rps"] for t, v in got.items()}
+            cell["latency"][p] = got
         return cell
     finally:
         proc.stop(5)
@@ -273,7 +275,8 @@ def render(data: dict, pngs: list[str], args) -> str:
                               [[i, v["keys"], v["p50"], v["p99"], f"{v['rps']:.0f}"]
                                for i, v in data["range_ms"].items()]),
               "", "The hash index cannot answer RANGE (no key order): the store refuses it with an error.", ""]
-    L += ["## Memory per key (INFO memory used_memory growth / keys, 16-byte keys, 3-byte values)", "",
+    L += ["## Memory per key (INFO memory used_memory growth / keys, 16-byte keys, 3-byte values, filled into "
+          "each server as it starts, before its benchmarks)", "",
           report.md_table(["server", "bytes/key"], [[k, f"{v:.0f}"] for k, v in data["bytes_per_key"].items()]),
           "", "hpnlab kv reports its RSS as used_memory (Python objects: key bytes, value bytes, "
           "the index's node), redis-server its allocator's count.", ""]
