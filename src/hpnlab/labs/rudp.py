@@ -58,8 +58,9 @@ def make_arq(impl: str, mode: str):
 
 # ================================================================ agents
 
-def _arq_loop(sock: socket.socket, arq, on_message, done, idle_s: float, deadline: float) -> None:
-    """test.cpp's loop: every millisecond update, then take what arrived."""
+def _arq_loop(sock: socket.socket, arq, on_message, done, deadline: float) -> None:
+    """test.cpp's loop: every millisecond update, then take what arrived; until
+    done(seconds since the last datagram came in)."""
     last_in = time.monotonic()
     while time.monotonic() < deadline:
         t = now_ms()
@@ -79,7 +80,7 @@ def _arq_loop(sock: socket.socket, arq, on_message, done, idle_s: float, deadlin
                 last_in = time.monotonic()
         while (m := arq.recv()) is not None:
             on_message(m)
-        if done() and time.monotonic() - last_in > idle_s:
+        if done(time.monotonic() - last_in):
             return
     raise TimeoutError("the run did not finish in time")
 
@@ -119,9 +120,11 @@ def echo_main(argv: list[str]) -> int:
         nonlocal echoed
         arq.send(m)
         echoed += 1
-    # done once all are echoed and the pinger has gone quiet (its last ACKs may be lost: then
-    # what is still unacknowledged here would wait forever)
-    _arq_loop(sock, arq, echo, lambda: echoed >= a.count, 1.0, deadline)
+    # done once all are echoed, acknowledged and the pinger has been quiet for a second (it may
+    # still need our ACKs); or, if the pinger left before its last ACK got here, after 10 s of
+    # silence (a backed-off RTO in default mode can itself be seconds: less would leave early)
+    _arq_loop(sock, arq, echo,
+              lambda idle: echoed >= a.count and (idle > 1 and arq.waiting == 0 or idle > 10), deadline)
     print(json.dumps({"echoed": echoed, "stats": dict(arq.stats)}))
     return 0
 
@@ -178,13 +181,13 @@ def ping_main(argv: list[str]) -> int:
         order.append(i)
         rtts.append((now_ms() - ts) & 0xFFFFFFFF)
 
-    def done() -> bool:
+    def done(idle: float) -> bool:
         nonlocal sent
         while sent < a.count and now_ms() >= due(sent):
             arq.send(MSG.pack(sent, now_ms() & 0xFFFFFFFF))
             sent += 1
-        return len(rtts) >= a.count
-    _arq_loop(sock, arq, got, done, 0.3, deadline)
+        return len(rtts) >= a.count and idle > 0.3      # a moment to acknowledge the last echoes
+    _arq_loop(sock, arq, got, done, deadline)
     print(json.dumps({"rtts": rtts, "stats": dict(arq.stats), "in_order": order == list(range(a.count))}))
     return 0
 
