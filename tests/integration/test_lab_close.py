@@ -70,10 +70,10 @@ def test_ctrl_c_leaves_nothing(netns_lab, tmp_path):
     proc = subprocess.Popen([str(Path(sys.executable).parent / "hpnlab"), "--lab", str(lab_file), "lab", "--results",
                              str(tmp_path / "r"), "close"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 30
-    while not netns_pids(ns) and proc.poll() is None and time.monotonic() < deadline:
+    deadline = time.monotonic() + 30        # an agent on h1 (not one of the short `ss` runs)
+    while not _agents(ns) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert proc.poll() is None and netns_pids(ns), "the lab never started anything on h1"
+    assert proc.poll() is None and _agents(ns), "the lab never started an agent on h1"
     time.sleep(0.5)                 # well inside the run (it takes ~20 s)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
@@ -88,6 +88,10 @@ def test_ctrl_c_leaves_nothing(netns_lab, tmp_path):
         assert "NFQUEUE" not in host.run(["iptables-nft", "-t", "mangle", "-S"]).stdout
     if StateTrace.available():
         assert not [p for p in (TRACEFS / "instances").iterdir() if p.name.startswith(f"hpnlab-{proc.pid}-")]
+
+
+def _agents(ns: str) -> list[int]:
+    return [pid for pid in netns_pids(ns) if "hpnlab.labs.close" in _cmdline(pid)]
 
 
 def _cmdline(pid: int) -> str:

@@ -1,13 +1,17 @@
 """The labs' pure helpers: pcap reading, handshake classification, trace parsing, tables."""
 from __future__ import annotations
 
+import os
+import signal
 import struct
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from hpnlab.labs import pcap
-from hpnlab.labs._kit import parse_trace, state_paths
+from hpnlab.labs._kit import StateTrace, parse_trace, state_paths
 from hpnlab.labs.pcap import ACK, RST, SYN, Segment
 from hpnlab.report import md_table
 
@@ -98,3 +102,21 @@ def test_labcode_pack_zips_the_package_once_per_fingerprint(tmp_path):
     assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", ".so"))]
     again = labcode.pack(tmp_path)
     assert again == first and sorted(p.name for p in tmp_path.iterdir()) == [Path(first["zip"]).name]
+
+
+def test_a_ctrl_c_while_a_state_trace_starts_leaves_no_tracefs_instance(monkeypatch):
+    if not StateTrace.available():
+        pytest.skip("no writable tracefs with sock:inet_sock_set_state here")
+    write_text = Path.write_text
+
+    def interrupted(path, text, *args, **kwargs):     # Ctrl-C just as the event is enabled
+        n = write_text(path, text, *args, **kwargs)
+        if path.name == "enable" and text == "1":
+            os.kill(os.getpid(), signal.SIGINT)
+        return n
+    monkeypatch.setattr(Path, "write_text", interrupted)
+    trace = StateTrace((40000, 40001))
+    with pytest.raises(KeyboardInterrupt):
+        with trace:
+            pytest.fail("the block must not run")
+    assert not trace.dir.exists()

@@ -220,15 +220,16 @@ class StateTrace:
 
     def __enter__(self):
         self.remove_stale()
-        with deferred_interrupts():
-            self.dir.mkdir()
-            try:
+        try:
+            with deferred_interrupts():     # a Ctrl-C meanwhile is raised at the block's end
+                self.dir.mkdir()
                 ev = self.dir / "events/sock/inet_sock_set_state"
                 (ev / "filter").write_text(self.filter)
                 (ev / "enable").write_text("1")
-            except BaseException:
-                self._exit()
-                raise
+        except BaseException:           # ... and then, as after a failure half-way, the instance goes
+            if self.dir.exists():
+                self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc):
