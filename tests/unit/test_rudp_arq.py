@@ -119,3 +119,18 @@ def test_receive_window_bounds_memory():
 def test_oversized_message_is_refused():
     with pytest.raises(ValueError, match="fragments"):
         Arq(1).send(bytes(1376 * 200))
+
+
+def test_eager_sends_and_acknowledges_without_waiting_for_the_tick():
+    for eager in (False, True):
+        a, b = pair("fast")
+        a.eager = b.eager = eager
+        a.update(0), b.update(0)
+        a.pop_output(), b.pop_output()
+        a.send(b"now")                        # 3 ms after the last tick: the next is at 10
+        sent = a.pop_output()
+        assert bool(sent) is eager
+        if eager:
+            b.input(sent[0], 4)
+            acks = b.pop_output()
+            assert acks and HEADER.unpack_from(acks[0])[1] == CMD_ACK

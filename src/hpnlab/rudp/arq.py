@@ -60,6 +60,9 @@ class Arq:
     rcv_wnd: int = 128
     stream: bool = False
     isn: int = 0                    # first sequence number (both peers must agree; KCP's is 0)
+    # flush at once on send() and on input that leaves ACKs to send, not at the next interval
+    # tick (ikcp leaves that to the caller's ikcp_flush; off: the same bytes as ikcp)
+    eager: bool = False
     stats: Counter = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
@@ -118,6 +121,8 @@ class Arq:
         for i in range(count):
             chunk = bytes(view[i * self.mss:(i + 1) * self.mss])
             self.snd_queue.append(Segment(0, 0 if self.stream else count - i - 1, chunk))
+        if self.eager:
+            self.flush()
 
     def peek_size(self) -> int:
         if not self.rcv_queue:
@@ -212,6 +217,8 @@ class Arq:
             self._parse_fastack(maxack)
         if diff(self.snd_una, prev_una) > 0 and self.cwnd < self.rmt_wnd:
             self._grow_cwnd()
+        if self.eager and self.acklist:
+            self.flush()
         return ok
 
     def _drop(self, why: str) -> bool:
