@@ -480,7 +480,7 @@ class Suite:
         self.simultaneous_close()
         self.stack_to_stack(4 << 20)
         self.fuzz(20000)
-        self.syn_flood(20000)
+        self.syn_flood(5000)
         self.concurrency(1000)
         self.thread_per_connection(200)
         self.zero_window(3.0)
