@@ -1,4 +1,4 @@
-# DPDK binding and the packet generator (issue 16, course: 基于 dpdk 的发包工具).
+# DPDK binding and the packet generator (the course homework: 基于 dpdk 的发包工具).
 #   make lab-pktgen                       generator vs dpdk-testpmd txonly, receiver accounting;
 #                                         on $(LAB) (brought up if needed), report in results/pktgen/
 #   make lab-pktgen PKTGEN_ARGS="--size 64,512,imix --seconds 3"

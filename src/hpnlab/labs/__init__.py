@@ -2,7 +2,8 @@
 (pcaps, `ss`, `nstat`, the TCP state tracepoint) and writes a report.
 
     p2p      TCP simultaneous open between two hosts (course §2.2.1, homework)
-    nat      UDP hole punching and TCP simultaneous open through NAT routers
+    nat      NAT traversal through five RFC 4787 NAT kinds: hole punching, port prediction,
+             birthday punching and a relay; UDP, then TCP simultaneous open
     backlog  SYN queue (半连接队列) and accept queue (全连接队列)
     epoll    level- vs edge-triggered epoll (水平触发/边缘触发)
     close    active/passive/simultaneous close, half-close, RST, TIME_WAIT
