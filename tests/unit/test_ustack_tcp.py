@@ -289,6 +289,35 @@ def test_syn_cookie_without_timestamps_and_forged_acks():
     assert not lst.accept_queue and lst.counters["syncookies_accepted"] == 1
 
 
+def test_cookie_connection_echoes_the_timestamp_of_the_clients_next_segment():
+    """A connection a SYN cookie made has acknowledged the client's SYN (our cookie SYN-ACK
+    did), so its Last.ACK.sent is the client's ISN + 1: the client's next segment refreshes
+    TS.Recent (RFC 7323 §4.3) and our ACK echoes that segment's TSval. Echoing the older
+    handshake ACK's instead inflates the client's RTT (by how long its data took to get
+    through, e.g. retransmissions through an overflowing ring) and so its RTO."""
+    from hpnlab.ustack.proto.tcp import syncookie
+    w = Wire()
+    lst = w.b.tcp.listen((w.b.ip, 80), 8, Options(), syn_backlog=0)     # every SYN gets a cookie
+    isn, key = 1000, (w.b.ip, 80, w.a.ip, 40000)       # an ISN past 0 in sequence space
+
+    def seg(seq, ack, flags, payload, tsval, tsecr):
+        s = tcpseg.Segment(40000, 80, seq, ack, flags, 502, payload)
+        s.tsval, s.tsecr = tsval, tsecr
+        return s
+    syn = seg(isn, 0, tcpseg.SYN, b"", 100, 0)
+    syn.mss, syn.wscale = 1460, 7
+    w.b.tcp.input(syn, w.a.ip, w.b.ip, w.t)
+    cookie, _ = w.b.tcp.cookies.make(key, isn, 1460, w.t)
+    echo = syncookie.ts_encode(int(w.t * 1000), 7)
+    w.b.tcp.input(seg(isn + 1, cookie + 1, tcpseg.ACK, b"", 101, echo), w.a.ip, w.b.ip, w.t)
+    s = lst.accept_queue[0]
+    assert s.ws_ok and s.snd_wscale == 7 and s.ts_recent == 101
+    w.b.take_tx()
+    w.t = 3.0                                          # the data got through 3 s later
+    w.b.tcp.input(seg(isn + 1, cookie + 1, tcpseg.ACK | tcpseg.PSH, b"x" * 20, 3101, echo), w.a.ip, w.b.ip, w.t)
+    assert s.ts_recent == 3101 and s._ts_opt(w.t) == (3000, 3101)     # what our ACK of it echoes
+
+
 def test_cookie_encodes_mss_and_expires():
     from hpnlab.ustack.proto.tcp import syncookie
     jar = syncookie.CookieJar()

@@ -254,6 +254,10 @@ class Connection:
         self.irs = (ack.seq - 1) & M
         self.rcv_nxt = ack.seq
         self.rcv_adv = (ack.seq + min(self.rcv_window(), 0xFFFF)) & M    # the SYN-ACK's window
+        # ... and its ACK (Last.ACK.sent): else TS.Recent would not follow the client's next
+        # segments (RFC 7323 §4.3) and we would echo the handshake ACK's TSval, inflating the
+        # client's RTT by however long its data took to get through (a ring's drops) and its RTO
+        self.last_ack_sent = ack.seq
         self.peer_mss = mss
         self.ws_ok = wscale is not None
         if wscale is not None:
