@@ -278,10 +278,11 @@ def test_bench_quick_runs_every_engine_across_the_guests(vm_lab, tmp_path):
                       for c in cells if c["conns"] == 100))
     assert data["mode"] == "lab" and "lab host h1" in data["server_side"] and "lab host h2" in data["client_side"]
     assert data["environment"]["server_python"] == "/usr/bin/python3"
-    assert data["config"]["grid_note"] == ""           # --quick keeps its grid, emulated CPU or not
+    assert "duration 5.0" in data["config"]["grid_note"]   # --quick's window fits two looks over SSH
     assert {c["engine"] for c in cells} == set(ENGINES)
     for c in cells:
         assert c["status"] == "ok" and c["rps"] > 0 and c["connected"] == c["conns"], c
+        assert c["cpu_us_per_req"] > 0 and c["server_util"] > 0, c      # the looks fell inside the window
 
     h1 = vm_lab["provider"].host("h1")
     where = h1.run(["python3", "-c", "import os, uvloop; print(os.path.dirname(uvloop.__file__))"]).stdout.strip()

@@ -45,6 +45,7 @@ class Config:
     workers: list[int] = field(default_factory=list)   # for parallel engines; [] = the server host's CPUs
     # the grid to use instead when the server's CPU turns out to be emulated (TCG); {} = keep
     emulated_grid: dict = field(default_factory=dict)
+    emulated_why: str = ""          # why that grid, in the report's words
     grid_note: str = ""             # why the grid is not the one asked for (said in the report)
     # what the server's host said (probe): engines it cannot run, and why; which are parallel
     unavailable: dict[str, str] = field(default_factory=dict)
@@ -92,14 +93,19 @@ def timed_run(cfg: Config, srv: Side, cli: Side, pids: list[int], port: int, con
             probe = start_syscall_probe(srv, pids)
         else:
             s0, o0, m0 = procstat.snapshot(srv, pids, exclude=exclude)
+        look = time.monotonic() - t0          # one look's round trip: over SSH to a TCG guest ~1 s
         # the second look, like the probe's stop, inside the window: its numbers must come from
-        # steady load, not from the idle moments after it (which on a host reached over SSH
-        # the bench only notices a few hundred ms late)
-        time.sleep(max(0.05, duration - 0.1 - (time.monotonic() - t0)))
+        # steady load, not from the idle moments after it. It starts early enough for it and the
+        # check below (a round trip to the client) to end before the window does.
+        time.sleep(max(0.05, duration - max(0.25, 3 * look) - (time.monotonic() - t0)))
         if syscall_probe:
             syscall_rate = stop_syscall_probe(probe) if probe is not None else None
         else:
             s1, o1, m1 = procstat.snapshot(srv, pids, exclude=exclude)
+            if "# done" in lg.logs()[1]:
+                # both looks in the idle after the window would read no CPU at all
+                raise RuntimeError(f"the second look at the server came after the {duration:g} s window "
+                                   f"(one look took {look:.2f} s): give a longer --duration")
         if not _wait_marker(lg, "# done", duration + 30, cli.poll_interval):
             raise RuntimeError("loadgen did not finish its window")
         lg.wait(30)
@@ -444,9 +450,9 @@ def prepare(cfg: Config, srv: Side, cli: Side, say=print) -> tuple[dict, str | N
     if answer.get("emulated") and cfg.emulated_grid:
         for knob, value in cfg.emulated_grid.items():
             setattr(cfg, knob, value)
-        cfg.grid_note = ("the server host's CPU is emulated (QEMU TCG), so the default grid was cut to "
+        cfg.grid_note = ("the server host's CPU is emulated (QEMU TCG), so the grid was set to "
                          + ", ".join(f"{k} {v}" for k, v in cfg.emulated_grid.items() if k != "syscalls")
-                         + " (the full one takes hours there; give --conns/--duration/--repeats to choose)")
+                         + f" ({cfg.emulated_why})")
         if not cfg.syscalls:
             cfg.grid_note += "; syscalls were not counted (that is one more run per cell)"
         say(f"  {cfg.grid_note}")
