@@ -25,7 +25,9 @@ chr systemctl mask systemd-networkd-wait-online.service
 # in a lab uses goes: module preloads (fuse, loop, dm, efi_pstore; the kernel loads a
 # module on first use anyway), binfmt_misc, the FUSE/configfs mounts, utmp records,
 # the getty on a screen the VM does not have, and the journal's flush to disk (the
-# journal is kept in memory: see 90-hpnlab.conf).
+# journal is kept in memory: see 90-hpnlab.conf). redis-server is there for the KV lab,
+# which starts its own on a port of its choosing; a daemon of the package's own would
+# take CPU from every benchmark on the guest.
 for unit in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service fstrim.timer \
             dpkg-db-backup.timer dpdk.service getty-static.service \
             modprobe@configfs.service modprobe@dm_mod.service modprobe@efi_pstore.service \
@@ -33,7 +35,8 @@ for unit in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_re
             sys-fs-fuse-connections.mount sys-kernel-config.mount \
             systemd-binfmt.service proc-sys-fs-binfmt_misc.automount proc-sys-fs-binfmt_misc.mount \
             systemd-network-generator.service systemd-update-utmp.service \
-            systemd-update-utmp-runlevel.service systemd-journal-flush.service getty@tty1.service; do
+            systemd-update-utmp-runlevel.service systemd-journal-flush.service getty@tty1.service \
+            redis-server.service; do
   chr systemctl mask "$unit" >/dev/null 2>&1 || true
 done
 install -d "$root/etc/systemd/journald.conf.d"
