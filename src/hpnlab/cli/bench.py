@@ -101,7 +101,7 @@ def run(args) -> int:
     if not args.quick and (args.conns, args.duration, args.repeats) == ("1,10,100,1000,10000", 3.0, 3):
         # the defaults, on a server whose CPU QEMU emulates (the default VM lab): each run costs
         # many seconds of SSH and start-up there, and 10,000 connections do not fit a 1 GiB guest
-        cfg.emulated_grid = {"conns": [100, 1000], "duration": 2.0, "repeats": 1, "syscalls": False}
+        cfg.emulated_grid = {"conns": [100, 1000], "duration": 4.0, "repeats": 1, "syscalls": False}
         cfg.emulated_why = "the full one takes hours there; give --conns/--duration/--repeats to choose"
     if args.quick:
         if args.conns == "1,10,100,1000,10000":
