@@ -106,3 +106,12 @@ def test_a_broken_subcommand_leaves_the_others_working(broken, tmp_path):
     assert bad.returncode == 1, bad.stderr
     assert "hpnlab: the `lab` command cannot load: ModuleNotFoundError" in bad.stderr, bad.stderr
     assert "hint: the other commands still work" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("argv", [["lab", "--help"], ["kv", "lab", "--help"], ["ustack", "lab", "--help"],
+                                  ["pktgen", "--help"]])
+def test_every_lab_command_prints_its_help(argv):
+    """argparse %-formats help texts: a bare % in any lab's HELP crashed `hpnlab lab --help`."""
+    r = subprocess.run([sys.executable, "-m", "hpnlab.cli", *argv], capture_output=True, text=True, timeout=60,
+                       cwd=REPO)
+    assert r.returncode == 0 and "--up" in r.stdout, r.stderr

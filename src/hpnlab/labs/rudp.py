@@ -33,7 +33,7 @@ from .. import report
 from ._agent import dispatch, listener
 from ._kit import Capture, LabError, agent_argv, deferred_interrupts, host_pair, need_tools
 
-HELP = "reliable UDP: hpnlab's KCP-format ARQ vs C ikcp vs TCP in KCP's 10 %-loss scenario"
+HELP = "reliable UDP: hpnlab's KCP-format ARQ vs C ikcp vs TCP in KCP's scenario (10 percent loss)"
 PORT = 44000
 MSG = struct.Struct("<II")                     # index, send time (ms, the sender's clock)
 PERFECT_BYTES = 2 * (24 + MSG.size + 24)       # per message: a PUSH and its ACK, each way
