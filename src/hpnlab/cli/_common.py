@@ -49,6 +49,11 @@ def provider_from(args) -> Provider:
     return open_lab(args.lab, provider=args.provider)
 
 
+def add_up_option(parser: argparse.ArgumentParser) -> None:
+    """--up, which ensure_up() acts on."""
+    parser.add_argument("--up", action="store_true", help="bring the lab up first if it is not up")
+
+
 def ensure_up(provider: Provider, args, step) -> None:
     """What a lab command needs first: with --up the lab comes up if it is not; a lab that
     is not up then is an error saying how to bring it up."""

@@ -10,6 +10,7 @@ HELP = "the KV store: serve RESP2/RESP3 (redis-cli, redis-benchmark, redis-py) o
 def add_arguments(parser) -> None:
     from ..kv.index import INDEXES
     from ..servers import ENGINES
+    from ._common import add_up_option
     sub = parser.add_subparsers(dest="kv_cmd", metavar="ACTION", required=True)
     serve = sub.add_parser("serve", help="run the store in the foreground until SIGTERM/SIGINT")
     serve.add_argument("--bind", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -27,7 +28,7 @@ def add_arguments(parser) -> None:
     serve.add_argument("--maxmemory-policy", default="noeviction",
                        choices=("noeviction", "allkeys-random", "volatile-random", "volatile-ttl"))
     lab = sub.add_parser("lab", help="the store on h1 vs redis-server, redis-benchmark from h2; into results/kv/")
-    lab.add_argument("--up", action="store_true", help="bring the lab up first if it is not up")
+    add_up_option(lab)
     lab.add_argument("--hosts", default="h1,h2", help="server,client (default h1,h2)")
     lab.add_argument("--network", default="data", help="the LAN between them (default data)")
     lab.add_argument("--engines", default="epoll-lt,epoll-et,uvloop,asyncio,threads,epoll-threads",

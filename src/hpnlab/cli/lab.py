@@ -5,13 +5,13 @@ import time
 from pathlib import Path
 
 from ..labs import LABS, lab_module
-from ._common import add_format, console, ensure_up, print_json, progress, provider_from
+from ._common import add_format, add_up_option, console, ensure_up, print_json, progress, provider_from
 
 HELP = "run a lab (p2p, nat, backlog, epoll, close, pktgen, rudp) on the running lab's hosts and write a report"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--up", action="store_true", help="bring the lab up first if it is not up")
+    add_up_option(parser)
     parser.add_argument("--results", metavar="DIR", help="results root (default: results/)")
     sub = parser.add_subparsers(dest="lab_name", metavar="NAME", required=True)
     for name in LABS:

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from ..labs import pktgen
 from . import lab
-from ._common import add_format
+from ._common import add_format, add_up_option
 
 HELP = "DPDK packet generator vs dpdk-testpmd txonly on the lab's hosts; receiver loss, reordering, latency"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--up", action="store_true", help="bring the lab up first if it is not up")
+    add_up_option(parser)
     parser.add_argument("--results", metavar="DIR", help="results root (default: results/)")
     pktgen.add_arguments(parser)
     add_format(parser)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import time
 
-from ._common import console, ensure_up, progress, provider_from
+from ._common import add_up_option, console, ensure_up, progress, provider_from
 
 HELP = "the user-space TCP/IP stack: run an app on it, or run its interop suite and measurements"
 
@@ -24,7 +24,7 @@ def add_arguments(parser) -> None:
     on.add_argument("--net", help="the LAN whose NIC the stack takes (default: stack if the lab has it, else data)")
     on.add_argument("stack_args", nargs="*", help="options for `serve` after `--` (--app, --port, ...)")
     lab = sub.add_parser("lab", help="interop suite against the peer's kernel + measurements, into results/ustack/")
-    lab.add_argument("--up", action="store_true", help="bring the lab up first if it is not up")
+    add_up_option(lab)
     lab.add_argument("--net", help="the LAN whose NIC the stack takes on h1 (default: stack if the lab has it, "
                                    "else data)")
     lab.add_argument("--bytes", type=int, default=64 << 20, help="bulk transfer size (default 64 MiB)")
