@@ -59,3 +59,23 @@ def test_a_target_downs_the_lab_it_brought_up_unless_keep(tmp_path):
         subprocess.run([sys.executable, "-m", "hpnlab.cli", "--lab", str(nat_file), "down"], env=env,
                        capture_output=True, timeout=120, check=False)
     assert not _namespaces(nat)
+
+
+def test_lab_up_option_brings_the_lab_up_provisioned(tmp_path):
+    """`hpnlab lab NAME --up` leaves a lab as `make lab-up` would: up and provisioned."""
+    if os.geteuid() != 0:
+        pytest.skip("netns labs need root")
+    name = unique_lab_name("tu")
+    lab_file = write_lab_file(tmp_path / "lab.yml", name)
+    env = dict(os.environ, HPNLAB_STATE_DIR=str(tmp_path / "state"))
+    cli = [sys.executable, "-m", "hpnlab.cli", "--lab", str(lab_file), "--provider", "netns"]
+    try:
+        run = subprocess.run([*cli, "lab", "--up", "--results", str(tmp_path / "results"), "epoll",
+                              "--mib", "1", "--bursts", "4", "--no-strace"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300, check=False)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        provisioned = json.loads((tmp_path / "state" / name / "provision.json").read_text())
+        assert provisioned["rc"] == 0 and not provisioned["failures"], provisioned
+        assert (tmp_path / "inventory" / f"{name}.yml").is_file()
+    finally:
+        subprocess.run([*cli, "down"], cwd=tmp_path, env=env, capture_output=True, timeout=120, check=False)

@@ -51,14 +51,24 @@ def provider_from(args) -> Provider:
 
 def add_up_option(parser: argparse.ArgumentParser) -> None:
     """--up, which ensure_up() acts on."""
-    parser.add_argument("--up", action="store_true", help="bring the lab up first if it is not up")
+    parser.add_argument("--up", action="store_true",
+                        help="bring the lab up and provision it first if it is not up (what `make lab-up` does)")
 
 
 def ensure_up(provider: Provider, args, step) -> None:
-    """What a lab command needs first: with --up the lab comes up if it is not; a lab that
-    is not up then is an error saying how to bring it up."""
+    """What a lab command needs first: with --up a lab that is not up comes up and is
+    provisioned, as `make lab-up` does (a lab command relies on the tuning and tools the
+    roles install); a lab that is not up then is an error saying how to bring it up."""
     if args.up and not provider.is_up():
+        # provision imports Ansible-side machinery: only when it is needed
+        from ..provision import run_playbook
         provider.up(step)
+        outcome = run_playbook(provider, getattr(args, "inventory_dir", "inventory"), step)
+        if not outcome.ok:
+            failed = "; ".join(f"{f['host']}: {f['task']}: {f['msg']}" for f in outcome.failures)
+            raise ProviderError(f"lab {provider.lab.name} came up but provisioning failed: "
+                                f"{failed or f'ansible exited {outcome.rc}'}",
+                                hint=f"see {outcome.log}; `hpnlab --lab {args.lab} provision` retries it")
     if not provider.is_up():
         raise ProviderError(f"lab {provider.lab.name} is not up",
                             hint=f"`hpnlab --lab {args.lab} up` (or `make lab-up`), or pass --up")
