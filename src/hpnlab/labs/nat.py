@@ -282,7 +282,8 @@ def analyse(name: str, kind_a: str, kind_b: str, res: dict, segs_a: list, segs_b
             hard_sockets: int, probes: int) -> dict:
     flows = {"a": _flows(segs_a), "b": _flows(segs_b)}
     out: dict = {"scenario": name, "nat_a": kind_a, "nat_b": kind_b,
-           "rfc4787_a": KINDS[kind_a][1], "rfc4787_b": KINDS[kind_b][1]}
+                 "rfc4787_a": KINDS[kind_a][1], "rfc4787_b": KINDS[kind_b][1],
+                 "rz_clock": {p: res[p].get("rz_clock") for p in ("pa", "pb")}}
     for proto in ("udp", "tcp"):
         rows = []
         for ta, tb in zip(res["pa"]["tries"], res["pb"]["tries"]):
@@ -336,6 +337,10 @@ def goals(results: list[dict]) -> list[str]:
     return out
 
 
+def _clock(c: dict) -> str:
+    return f"{c['offset_ms']:+.1f} ms (round trip {c['rtt_ms']:.1f} ms)"
+
+
 def _ms(x: float | None) -> str:
     return "-" if x is None else f"{x:.0f}" if x >= 100 else f"{x:.1f}"
 
@@ -368,6 +373,12 @@ def render(results: list[dict], args, env: dict) -> str:
     L += [report.md_table(["scenario (ra-rb)", "proto", "method", "tries", "direct", "relayed", "failed",
                            "median ms", "median direct ms", "TCP handshake (pcap)"], rows, align="lllrrrrrrl")]
     L += ["", *goals(results), ""]
+    clocks = [f"{r['scenario']}: pa {_clock(r['rz_clock']['pa'])}, pb {_clock(r['rz_clock']['pb'])}"
+              for r in results if r.get("rz_clock", {}).get("pa")]
+    if clocks:
+        L += ["rz names each try's start time on its own clock; each peer read that clock first "
+              "(NTP-style, the sample with the shortest round trip) and converted it to its own. "
+              "rz's clock minus the peer's: " + "; ".join(clocks) + ".", ""]
     L += ["## Mappings seen from the rendezvous host", "",
           "Try 0 of each scenario: the peer's private port, the public ports rz saw from it toward "
           f"{RZ_PORT} and {RZ_PORT + 1}, and what the peer concluded.", "",

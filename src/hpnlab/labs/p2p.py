@@ -99,6 +99,29 @@ def simultaneous_connect(local: tuple[str, int], remote: tuple[str, int], start_
         time.sleep(rng.uniform(0, jitter_ms / 1000))
 
 
+def clock_offset(s: socket.socket, to: tuple, deadline: float, samples: int = 16) -> tuple[float, float] | None:
+    """(round trip, the other clock minus ours) from the sample with the shortest round
+    trip (NTP-style): `to` answers {"op": "time", "k": k} with k and its clock as "t".
+    `s` needs a timeout (a reply that does not come is a lost sample); None: no answer."""
+    best: tuple[float, float] | None = None
+    k = 0
+    while k < samples and time.time() < deadline:
+        t0 = time.time()
+        s.sendto(json.dumps({"op": "time", "k": k}).encode(), to)
+        try:
+            reply, addr = s.recvfrom(256)
+            msg = json.loads(reply)
+        except (TimeoutError, ValueError):
+            continue                            # not listening yet, or something else's datagram
+        t1 = time.time()
+        if addr != to or msg.get("k") != k:
+            continue
+        k += 1
+        if best is None or t1 - t0 < best[0]:
+            best = (t1 - t0, msg["t"] - (t0 + t1) / 2)
+    return best
+
+
 def agree_start(role: str, local_ip: str, peer_ip: str, port: int, lead: float = 0.5,
                 timeout: float = 20.0) -> dict:
     """A start time both peers keep, whatever their clocks say (fresh VMs under TCG are
@@ -131,21 +154,7 @@ def agree_start(role: str, local_ip: str, peer_ip: str, port: int, lead: float =
             if start is None:
                 raise TimeoutError(f"the follower {peer_ip} never asked for a start time")
             return {"start_at": start, "offset": 0.0, "rtt_ms": None}
-        best: tuple[float, float] | None = None
-        samples = 0
-        while samples < 16 and time.time() < deadline:
-            t0 = time.time()
-            s.sendto(json.dumps({"op": "time", "k": samples}).encode(), (peer_ip, port))
-            try:
-                reply = json.loads(s.recv(256))
-            except TimeoutError:
-                continue                        # the leader is not listening yet
-            t1 = time.time()
-            if reply.get("k") != samples:
-                continue
-            samples += 1
-            if best is None or t1 - t0 < best[0]:
-                best = (t1 - t0, reply["t"] - (t0 + t1) / 2)
+        best = clock_offset(s, (peer_ip, port), deadline)
         if best is None:
             raise TimeoutError(f"the leader {peer_ip}:{port} did not answer")
         while time.time() < deadline:

@@ -5,7 +5,7 @@ process): what runs on `rz`, reached by the peers only through their NATs.
                     public mapping toward PORT; UDP also sends a filtering probe
                     from PORT+2, which the peer never sent to); UDP also pairs two peers of one
                     try (`pair`): each gets the other's observations and a shared
-                    start time
+                    start time, on this host's clock, which the peers read (`time`)
   UDP/TCP PORT+1    observe only: a second destination, so a peer sees whether its
                     NAT maps per destination and by how much the port moves
   UDP/TCP PORT+2    relay: UDP datagrams, or a spliced TCP stream, between the two
@@ -59,6 +59,8 @@ class Rendezvous:
             s.sendto(json.dumps({"seen": addr}).encode(), addr)
             if off == 0:                # from a port the peer never sent to: does its NAT let it in?
                 self.udp[2].sendto(b'{"filter-probe": true}', addr)
+        elif msg.get("op") == "time":  # the peers read this clock: theirs may be seconds off (VMs)
+            s.sendto(json.dumps({"t": time.time(), "k": msg.get("k")}).encode(), addr)
         elif msg.get("op") == "pair" and off == 0:
             seen = self.pairs.setdefault(msg["key"], {})
             seen[msg["name"]] = msg["info"]

@@ -31,7 +31,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from .p2p import exchange, sleep_until
+from .p2p import clock_offset, exchange, sleep_until
 
 PORT_LO, PORT_HI = 1024, 65535      # where Linux NAT allocates ports for sources >= 1024
 TICK = 0.005
@@ -323,7 +323,7 @@ def meet(a, ctl: socket.socket, rz: tuple, key: str, me: dict, deadline: float, 
     peer = paired["peer"]
     pl = plan(me, peer, a.predict)
     out.update(peer_nat=peer, method=pl["method"], role=pl.get("role"), targets=pl["targets"][:8])
-    return peer, paired["start_at"], pl
+    return peer, paired["start_at"] - a.rz_offset, pl
 
 
 def udp_try(a, i: int, ctl: socket.socket, rz: tuple, rng: random.Random) -> dict:
@@ -514,6 +514,14 @@ def peer_main(argv: list[str]) -> int:
     if _request(ctl, {"op": "observe"}, rz, time.time() + 5, "seen") is None:
         print(f"the rendezvous host {a.rz} does not answer", file=sys.stderr)
         return 1
+    # rz names each try's start on its own clock; two VMs' clocks can be seconds apart
+    ctl.settimeout(0.2)
+    clock = clock_offset(ctl, rz, time.time() + 5)
+    ctl.setblocking(False)
+    if clock is None:
+        print(f"the rendezvous host {a.rz} does not tell its time", file=sys.stderr)
+        return 1
+    a.rz_offset = clock[1]
     tries = []
     for i in range(a.tries):
         udp = udp_try(a, i, ctl, rz, rng)
@@ -521,5 +529,7 @@ def peer_main(argv: list[str]) -> int:
         if a.tcp:
             row["tcp"] = tcp_try(a, i, ctl, rz, rng, udp.get("nat", {}).get("filtering"))
         tries.append(row)
-    print(json.dumps({"name": a.name, "tries": tries}), flush=True)
+    print(json.dumps({"name": a.name, "rz_clock": {"offset_ms": round(clock[1] * 1e3, 3),
+                                                   "rtt_ms": round(clock[0] * 1e3, 3)},
+                      "tries": tries}), flush=True)
     return 0
