@@ -1,6 +1,6 @@
 """The p2p peers' start-time agreement (and the NAT lab's reading of rz's clock),
-over real UDP on loopback (127.0.0.1 leads, 127.0.0.2 follows; one clock here, so the offset it finds must be ~0 and both
-starts the same instant)."""
+over real UDP on loopback (127.0.0.1 leads, 127.0.0.2 follows; one clock here, so the
+offset it finds must be ~0 and both starts the same instant)."""
 from __future__ import annotations
 
 import json
