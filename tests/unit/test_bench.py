@@ -295,3 +295,47 @@ def test_a_group_s_cells_and_run_order():
     calm, noisy = {"disturbed": False}, {"disturbed": True}
     assert wants_rerun([calm, noisy], 2) and not wants_rerun([calm, calm, noisy], 2)
     assert not wants_rerun([calm], 2)          # too few, but none disturbed: nothing to repeat
+
+
+def test_the_engines_a_goal_compares_run_back_to_back_and_take_turns_first():
+    from hpnlab.bench.iomodels import round_order
+    names = ["threads", "epoll-lt", "coro", "greenlet", "uring", "epoll-procs×2", "uvloop"]
+    orders = [round_order(names, r) for r in range(4)]
+    for order in orders:
+        assert sorted(order) == sorted(names)
+        i = order.index("uring")
+        assert {order[i - 1], order[i + 1]} == {"epoll-lt", "uvloop"}      # uring beside both of its peers
+        assert abs(order.index("coro") - order.index("greenlet")) == 1
+    assert [o.index("uring") < o.index("epoll-lt") for o in orders] == [False, True, False, True]
+    assert [o[0] for o in orders] == ["threads", "uvloop", "coro", "epoll-procs×2"]   # the blocks rotate
+
+
+def _runs(*rps):
+    return [{"round": r, "rps": x} for r, x in enumerate(rps)]
+
+
+def test_a_goal_is_the_median_of_back_to_back_ratios_and_says_if_it_is_inside_the_spread():
+    def cell(engine, conns, runs):
+        rps = sorted(x["rps"] for x in runs)
+        med = rps[len(rps) // 2]
+        return _cell(engine, conns, med) | {"runs": runs, "runs_used": len(runs),
+                                            "spread_pct": 100 * (rps[-1] - rps[0]) / med}
+    # others' load moved between rounds: uring's slow round 1 sinks its median below
+    # epoll-lt's (0.97), but it was ahead in the other two rounds it ran beside epoll-lt
+    cells = [cell("uring", 1000, _runs(100, 70, 120)), cell("epoll-lt", 1000, _runs(90, 103, 105)),
+             cell("uring", 100, _runs(50, 110, 200)), cell("epoll-lt", 100, _runs(45, 100, 180))]
+    g = {row["goal"]: row for row in writeup.goals(cells)}
+    near = g["uring ≥ epoll-lt req/s @1000 conns, 64 B"]
+    assert near["ratio"] == pytest.approx(100 / 103) and near["rounds"] == 3
+    assert near["paired"] == pytest.approx(100 / 90) and near["pass"] is True
+    assert near["beyond_spread"] is False and near["spread"] == "inside the spread: 2 of 3 rounds ≥ 1"
+    far = g["uring ≥ epoll-lt req/s @100 conns, 64 B"]
+    assert far["pass"] is True and far["beyond_spread"] is True and far["spread"].startswith("beyond the spread")
+    text = writeup.goals_md(writeup.goals(cells))
+    assert "1.11 [0.68–1.14], 3 rounds; inside the spread: 2 of 3 rounds ≥ 1" in text
+    assert "100 (spread 50%) / 103 (spread 15%)" in text
+    assert "1 goal(s) were decided inside the run-to-run spread" in text and "@1000 conns" in text.split("goal(s)")[1]
+    # an earlier run's data without rounds: the ratio of medians decides, as before
+    old = [_cell("uring", 100, 90.0), _cell("epoll-lt", 100, 100.0)]
+    row = {g["goal"]: g for g in writeup.goals(old)}["uring ≥ epoll-lt req/s @100 conns, 64 B"]
+    assert row["pass"] is False and "paired" not in row

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from ..servers import ENGINES
 from . import loadgen, procstat
 from .sides import Side
-from .writeup import failures, label
+from .writeup import GOAL_PEERS, failures, label
 
 SELECT_LIMIT = 1024 - 24     # FD_SETSIZE minus the descriptors a Python process already holds
 
@@ -282,10 +282,23 @@ def new_cells(cfg: Config, conns: int, size: int) -> dict[str, dict]:
     return cells
 
 
-def rotated(names: list[str], r: int) -> list[str]:
+def rotated(names: list, r: int) -> list:
     """Round r's order: A, B, C, then B, C, A... (no engine always runs first or last)."""
     k = r % len(names) if names else 0
     return names[k:] + names[:k]
+
+
+def round_order(names: list[str], r: int) -> list[str]:
+    """Round r's run order: the engines a goal compares run back to back (GOAL_PEERS), so
+    each round gives a ratio of two runs seconds apart, under the same load; the blocks
+    rotate from round to round and run in reverse order every other round (A B, then B A),
+    so neither engine of a pair always runs first."""
+    blocks: list[list[str]] = []
+    for n in names:
+        if not any(n in b for b in blocks):
+            peers = next((p for p in GOAL_PEERS if n in p), (n,))
+            blocks.append([m for m in peers if m in names])
+    return [n for b in rotated(blocks, r) for n in (b[::-1] if r % 2 else b)]
 
 
 def wants_rerun(runs: list[dict], repeats: int) -> bool:
@@ -386,16 +399,16 @@ def run_group(cfg: Config, conns: int, size: int, srv: Side, cli: Side, say=prin
         for name in pool.servers:
             cells[name]["quiet"] = quiet_info
         for r in range(cfg.repeats):
-            for name in rotated(pool.active(), r):
+            for name in round_order(pool.active(), r):
                 run = pool.run(name, cfg.duration)
                 if run is not None:
-                    _record(cells[name], run, conns, say)
-        for _ in range(cfg.max_extra):          # repeat runs others' load disturbed
-            for name in pool.active():
+                    _record(cells[name], run | {"round": r}, conns, say)
+        for extra in range(cfg.max_extra):      # repeat runs others' load disturbed
+            for name in round_order(pool.active(), extra):
                 if wants_rerun(cells[name]["runs"], cfg.repeats):
                     run = pool.run(name, cfg.duration)
                     if run is not None:
-                        _record(cells[name], run, conns, say)
+                        _record(cells[name], run | {"round": cfg.repeats + extra}, conns, say)
         if cfg.syscalls and srv.syscall_tool:
             for name in pool.active():
                 probe = pool.run(name, cfg.syscall_duration, probe=True)
