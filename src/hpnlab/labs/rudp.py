@@ -60,12 +60,19 @@ def make_arq(impl: str, mode: str):
 
 # ================================================================ agents
 
-def _arq_loop(sock: socket.socket, arq, on_message, done, deadline: float) -> None:
-    """test.cpp's loop: every millisecond update, then take what arrived; until
-    done(seconds since the last datagram came in)."""
+def _arq_loop(sock: socket.socket, arq, on_message, done, deadline: float, produce=None) -> None:
+    """test.cpp's loop: every millisecond queue what is due (`produce(t)`), update, then take
+    what arrived; until done(seconds since the last datagram came in).
+
+    `produce` runs before `update` on the same clock reading: a message due at a flush tick
+    leaves at that tick. (Queued after it, each waited a whole interval; queued at the run's
+    start, each waited (import time mod 10 ms) - a phase the agent's imports set, 12-15 ms for
+    hpnlab and 60-70 ms for C ikcp, which moved one run's average by up to 5 ms either way.)"""
     last_in = time.monotonic()
     while time.monotonic() < deadline:
         t = now_ms()
+        if produce:
+            produce(t)
         arq.update(t)
         for d in arq.pop_output():
             try:
@@ -177,6 +184,15 @@ def ping_main(argv: list[str]) -> int:
     arq = make_arq(a.impl, a.mode)
     sent = 0
     order: list[int] = []
+    first_tick: int | None = None
+
+    def produce(t: int) -> None:
+        nonlocal sent, first_tick
+        if first_tick is None:             # the ARQ's clock starts at this first update
+            first_tick = t
+        while sent < a.count and t >= first_tick + sent * a.every_ms:
+            arq.send(MSG.pack(sent, t & 0xFFFFFFFF))
+            sent += 1
 
     def got(m: bytes) -> None:
         i, ts = MSG.unpack(m)
@@ -184,12 +200,8 @@ def ping_main(argv: list[str]) -> int:
         rtts.append((now_ms() - ts) & 0xFFFFFFFF)
 
     def done(idle: float) -> bool:
-        nonlocal sent
-        while sent < a.count and now_ms() >= due(sent):
-            arq.send(MSG.pack(sent, now_ms() & 0xFFFFFFFF))
-            sent += 1
         return len(rtts) >= a.count and idle > 0.3      # a moment to acknowledge the last echoes
-    _arq_loop(sock, arq, got, done, deadline)
+    _arq_loop(sock, arq, got, done, deadline, produce)
     print(json.dumps({"rtts": rtts, "stats": dict(arq.stats), "in_order": order == list(range(a.count))}))
     return 0
 
