@@ -108,13 +108,39 @@ def test_nat_punch_through_endpoint_independent_nats(nat_run):
     _lab, rows, _res = nat_run
     for name, kind_a in (("cone-cone", "eim-preserving"), ("remap-cone", "eim")):
         row = rows[name]
-        for proto, outcome in (("udp", "direct-hole-punch"), ("tcp", "direct-simultaneous-open")):
-            assert methods_and_outcomes(row, proto) == ({"punch"}, {outcome}), row[proto]
-            for t in row[proto]["tries"]:
-                m = t["a_mapping"]          # what rz saw from pa, toward its two ports
-                assert m["kind"] == kind_a and m["ports"][0] == m["ports"][1], m
-                assert (m["ports"][0] == m["private"]) == (kind_a == "eim-preserving"), m
+        assert methods_and_outcomes(row, "udp") == ({"punch"}, {"direct-hole-punch"}), row["udp"]
+        methods, outcomes = methods_and_outcomes(row, "tcp")       # on UDP's mapping, or by its own punch
+        assert methods <= {"udp-mapping", "punch"} and outcomes == {"direct-simultaneous-open"}, row["tcp"]
+        for t in row["udp"]["tries"] + [t for t in row["tcp"]["tries"] if t["method"] == "punch"]:
+            m = t["a_mapping"]              # what rz saw from pa, toward its two ports
+            assert m["kind"] == kind_a and m["ports"][0] == m["ports"][1], m
+            assert (m["ports"][0] == m["private"]) == (kind_a == "eim-preserving"), m
     assert all(t["handshake"] in ("simultaneous", "syn-syn-ack") for t in rows["cone-cone"]["tcp"]["tries"])
+
+
+def test_nat_tcp_opens_on_udps_punched_mapping_only_where_the_nat_keeps_the_port(nat_run):
+    """UDP first, then TCP on the punched mapping: a NAT that maps a private port to the same
+    public port whatever the protocol (cone: preserved; remap: a hash) lets TCP through the
+    endpoints UDP punched, read here from the routers' wan captures; a sequential or random
+    allocator gives the TCP flow a new port, and TCP falls back to its own method."""
+    _lab, rows, res = nat_run
+    ips = {"a": "10.77.10.1", "b": "10.77.10.2"}
+    data = json.loads((res["dir"] / "data.json").read_text())
+    for name in ("cone-cone", "remap-cone"):
+        reuse = rows[name]["tcp"]["summary"]["on_udp_mapping"]
+        assert reuse["tried"] == 3 and reuse["direct"] >= 2, reuse          # 3 of 3 unless a pairing ran late
+        flows = {r: nat._flows(pcap.read_pcap(res["dir"] / f"{name}-{r}.pcap")) for r in ("ra", "rb")}
+        for ta, tb in zip(data["agents"][name]["pa"]["tries"], data["agents"][name]["pb"]["tries"]):
+            if ta["tcp"].get("method") != "udp-mapping":
+                continue
+            ea, eb = nat._ep(tb["udp"]["peer_seen_as"]), nat._ep(ta["udp"]["peer_seen_as"])   # UDP's public ends
+            assert (ea[0], eb[0]) == (ips["a"], ips["b"]), (ea, eb)
+            assert ta["tcp"]["peer_seen_as"] == ta["udp"]["peer_seen_as"], ta
+            assert all(nat.both_ways(flows[r], "tcp", ea, eb) for r in ("ra", "rb")), (name, ta["try"])
+    for name in ("cone-seq", "cone-random"):
+        reuse = rows[name]["tcp"]["summary"]["on_udp_mapping"]
+        assert reuse["tried"] >= 2 and reuse["direct"] == 0, reuse
+        assert "udp-mapping" not in rows[name]["tcp"]["methods"]
 
 
 def test_nat_punch_through_an_open_filter_to_a_random_nat(nat_run):

@@ -113,6 +113,8 @@ def add_arguments(p) -> None:
     p.add_argument("--hard-sockets", type=int, default=256, help="sockets a random-allocation side opens")
     p.add_argument("--probes", type=int, default=2048, help="random ports the other side probes at most")
     p.add_argument("--no-tcp", dest="tcp", action="store_false", help="UDP only")
+    p.add_argument("--no-reuse", dest="reuse", action="store_false",
+                   help="TCP does not first try a simultaneous open on UDP's punched mapping")
 
 
 def run(provider, args, step) -> dict:
@@ -165,7 +167,8 @@ def run(provider, args, step) -> dict:
                 common = ["--rz", f"{ips['rz']}:{RZ_PORT}", "--udp-port", udp_port, "--tcp-port", udp_port + args.tries,
                           "--tries", args.tries, "--deadline", args.deadline,
                           "--relay-deadline", args.relay_deadline, "--hard-sockets", args.hard_sockets,
-                          "--probes", args.probes, "--tcp" if args.tcp else "--no-tcp"]
+                          "--probes", args.probes, "--tcp" if args.tcp else "--no-tcp",
+                          "--reuse" if args.reuse else "--no-reuse"]
                 with Capture(provider, "ra:wan", out / f"{name}-ra.pcap", "tcp or udp"), \
                         Capture(provider, "rb:wan", out / f"{name}-rb.pcap", "tcp or udp"):
                     res = run_agents({
@@ -257,6 +260,12 @@ def summarise(rows: list[dict]) -> dict:
             "claims_not_in_pcap": sum(r["claimed"] != "failed" and r["proven"] == "failed" for r in rows)}
 
 
+def on_udp_mapping(rows: list[dict]) -> dict:
+    """TCP tries both peers began on UDP's punched mapping, and those that opened there (by the pcap)."""
+    return {"tried": sum(bool(r.get("on_udp_mapping")) for r in rows),
+            "direct": sum(r["method"] == "udp-mapping" and r["proven"].startswith("direct") for r in rows)}
+
+
 def birthday(rows: list[dict], hard_sockets: int, budget: int) -> dict | None:
     """Probes until success against the bound: with n mappings among N ports, each
     random probe hits with p = n/N, so P(hit within k) = 1 - (1 - p)^k (a median of
@@ -296,11 +305,14 @@ def analyse(name: str, kind_a: str, kind_b: str, res: dict, segs_a: list, segs_b
                          if a.get("outcome") == b.get("outcome") else "failed", "proven": proven,
                          "handshake": shape, "role": easy_side.get("role"), "probes": easy_side.get("probes"),
                          "ms": max(a.get("ms") or 0, b.get("ms") or 0) or None,
+                         "on_udp_mapping": "udp_mapping" in a and "udp_mapping" in b,
                          "a_mapping": a.get("nat"), "b_mapping": b.get("nat"),
                          "errors": [x for x in (a.get("error"), b.get("error")) if x]})
         if rows:
             methods = sorted({r["method"] for r in rows if r["method"]})
-            out[proto] = {"summary": summarise(rows), "methods": methods, "tries": rows,
+            out[proto] = {"summary": summarise(rows) | ({"on_udp_mapping": on_udp_mapping(rows)}
+                                                         if proto == "tcp" else {}),
+                          "methods": methods, "tries": rows,
                           "birthday": birthday(rows, hard_sockets, probes) if "birthday" in methods else None}
     return out
 
@@ -367,11 +379,21 @@ def render(results: list[dict], args, env: dict) -> str:
                 continue
             s = r[proto]["summary"]
             shapes = [t["handshake"] for t in r[proto]["tries"] if t["handshake"]]
+            reuse = s.get("on_udp_mapping")
             rows.append([r["scenario"], proto.upper(), ", ".join(r[proto]["methods"]), s["tries"], s["direct"],
                          s["relayed"], s["failed"], _ms(s["median_ms"]), _ms(s["median_direct_ms"]),
+                         f"{reuse['direct']} of {reuse['tried']}" if reuse else "-",
                          ", ".join(f"{k} {shapes.count(k)}" for k in sorted(set(shapes))) or "-"])
     L += [report.md_table(["scenario (ra-rb)", "proto", "method", "tries", "direct", "relayed", "failed",
-                           "median ms", "median direct ms", "TCP handshake (pcap)"], rows, align="lllrrrrrrl")]
+                           "median ms", "median direct ms", "TCP on UDP's mapping", "TCP handshake (pcap)"],
+                          rows, align="lllrrrrrrrl")]
+    L += ["", "TCP goes first where UDP's hole is: a simultaneous open from the UDP socket's private port to "
+          "the endpoint the UDP punch reached (method `udp-mapping`; the column counts the tries where both "
+          "peers' UDP punch worked, and how many of them opened TCP there, by the pcap). TCP is a flow of its "
+          "own to the routers (its own conntrack entry and NAT mapping), so this lands on the punched port "
+          "only where the NAT maps a private port to the same public port whatever the protocol (port "
+          "preservation, a hash of the private endpoint); a sequential or random allocator gives the new flow "
+          "a new port, and TCP falls back to its own observation and method."]
     L += ["", *goals(results), ""]
     clocks = [f"{r['scenario']}: pa {_clock(r['rz_clock']['pa'])}, pb {_clock(r['rz_clock']['pb'])}"
               for r in results if r.get("rz_clock", {}).get("pa")]
@@ -384,7 +406,8 @@ def render(results: list[dict], args, env: dict) -> str:
           f"{RZ_PORT} and {RZ_PORT + 1}, and what the peer concluded.", "",
           report.md_table(["scenario", "proto", "pa behind ra", "pb behind rb"],
                           [[r["scenario"], p.upper(),
-                            _mapping(r[p]["tries"][0]["a_mapping"]), _mapping(r[p]["tries"][0]["b_mapping"])]
+                            *((_mapping(r[p]["tries"][0]["a_mapping"]), _mapping(r[p]["tries"][0]["b_mapping"]))
+                              if r[p]["tries"][0]["method"] != "udp-mapping" else ["UDP's (no TCP observation)"] * 2)]
                            for r in results for p in ("udp", "tcp") if p in r], align="llll")]
     L += ["## Birthday punching against the bound", ""]
     for r in results:

@@ -68,8 +68,8 @@ class Rendezvous:
                 if msg["key"] not in self.starts:
                     self.starts[msg["key"]] = time.time() + self.lead
                     self.log["paired"] += 1
-                s.sendto(json.dumps({"peer": seen[msg["peer"]], "start_at": self.starts[msg["key"]]}).encode(),
-                         addr)
+                s.sendto(json.dumps({"key": msg["key"], "peer": seen[msg["peer"]],
+                                     "start_at": self.starts[msg["key"]]}).encode(), addr)
 
     def _relay_datagram(self, s: socket.socket, addr, msg: dict) -> None:
         ends = self.relay_to.setdefault(msg["key"], {})

@@ -98,8 +98,9 @@ def _udp_socket(port: int = 0) -> socket.socket:
 
 def _request(s: socket.socket, msg: dict, to: tuple, deadline: float, want: str,
              stray: list | None = None) -> dict | None:
-    """Send a JSON datagram until a reply with `want` comes back from `to`; what else
-    arrives meanwhile goes to `stray` (as (data, addr)), if given."""
+    """Send a JSON datagram until a reply with `want` (and the same "key", if the
+    message has one: a late duplicate answer to an earlier request is not this one's)
+    comes back from `to`; what else arrives meanwhile goes to `stray` (as (data, addr)), if given."""
     raw = json.dumps(msg).encode()
     while time.time() < deadline:
         s.sendto(raw, to)
@@ -112,7 +113,7 @@ def _request(s: socket.socket, msg: dict, to: tuple, deadline: float, want: str,
                 continue
             if addr == to:
                 reply = json.loads(data)
-                if want in reply:
+                if want in reply and reply.get("key") == msg.get("key"):
                     return reply
             elif stray is not None:
                 stray.append((data, addr))
@@ -447,17 +448,44 @@ def tcp_relay(key: str, relay: tuple, deadline: float) -> tuple[socket.socket | 
         return None, {"error": f"relay: {exc}"}
 
 
-def tcp_try(a, i: int, ctl: socket.socket, rz: tuple, rng: random.Random, filtering: str | None) -> dict:
-    """`filtering`: what this try's UDP observation found (the routers filter TCP alike)."""
+def tcp_on_udp_mapping(a, i: int, ctl: socket.socket, rz: tuple, udp: dict,
+                       rng: random.Random) -> tuple[socket.socket | None, dict]:
+    """A simultaneous open from the UDP hole's local port to the peer's endpoint the UDP
+    punch found. TCP gets its own conntrack entry and NAT mapping: it lands on the
+    punched port only where the NAT maps a private port to the same public port
+    whatever the protocol (port preservation, a hash of the private endpoint), never
+    where it picks a fresh port per new flow (sequential, random). Both sides try it
+    when their own UDP punch worked; one that waits for its peer in vain goes on."""
+    peer_ip, peer_port = udp["peer_seen_as"].rsplit(":", 1)
+    info: dict = {"tried": True, "ok": False, "local_port": udp["local_port"], "peer": udp["peer_seen_as"]}
+    paired = _request(ctl, {"op": "pair", "key": f"tcpu-{i}", "name": a.name, "peer": a.peer_name,
+                            "info": {"udp": udp["peer_seen_as"]}}, rz, time.time() + a.reuse_deadline, "peer")
+    if paired is None:
+        return None, {**info, "error": "the peer did not try UDP's mapping"}
+    start_at = paired["start_at"] - a.rz_offset
+    s, more = tcp_direct((a.local, udp["local_port"]), peer_ip, {"targets": [int(peer_port)]}, start_at,
+                         start_at + a.reuse_deadline, 0, 0, rng)
+    return s, {**info, "ok": s is not None, "refused": more["refused"], "start_at": start_at}
+
+
+def tcp_try(a, i: int, ctl: socket.socket, rz: tuple, rng: random.Random, udp: dict) -> dict:
+    """TCP after this try's UDP (`udp`: its result): on UDP's punched mapping first, if
+    there is one, else (or when that does not open) by its own observation and method;
+    the routers filter TCP as they filter UDP, so UDP's filtering finding stands."""
     key = f"tcp-{i}"
     local = (a.local, a.tcp_port + i)
     out: dict = {"ok": False, "outcome": "failed"}
+    if a.reuse and udp.get("outcome") == "direct-hole-punch" and udp.get("local_port"):
+        s, out["udp_mapping"] = tcp_on_udp_mapping(a, i, ctl, rz, udp, rng)
+        if s is not None:
+            out["method"] = "udp-mapping"
+            return _tcp_exchange(a, i, s, out, "direct-simultaneous-open", out["udp_mapping"].pop("start_at"))
     t_end = time.time() + a.deadline + a.relay_deadline + 3
     try:
         seen = observe_tcp(local, rz[0], rz[1], t_end)
     except OSError as exc:
         return {**out, "error": f"observe: {exc}"}
-    met = meet(a, ctl, rz, key, classify(a.tcp_port + i, seen, filtering), t_end, out)
+    met = meet(a, ctl, rz, key, classify(a.tcp_port + i, seen, udp.get("nat", {}).get("filtering")), t_end, out)
     if met is None:
         return out
     peer, start_at, pl = met
@@ -471,6 +499,11 @@ def tcp_try(a, i: int, ctl: socket.socket, rz: tuple, rng: random.Random, filter
         outcome = "relayed"
     if s is None:
         return out
+    return _tcp_exchange(a, i, s, out, outcome, start_at)
+
+
+def _tcp_exchange(a, i: int, s: socket.socket, out: dict, outcome: str, start_at: float) -> dict:
+    """A line each way over the connection that opened: then the try counts."""
     try:
         s.settimeout(3)
         if outcome != "relayed":
@@ -502,6 +535,10 @@ def peer_main(argv: list[str]) -> int:
     ap.add_argument("--hard-sockets", type=int, default=256)
     ap.add_argument("--probes", type=int, default=2048, help="random ports an easy side probes at most")
     ap.add_argument("--tcp", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=True,
+                    help="TCP first tries a simultaneous open on UDP's punched mapping")
+    ap.add_argument("--reuse-deadline", type=float, default=0.3,
+                    help="seconds for TCP on UDP's mapping (pairing included) before its own method")
     a = ap.parse_args(argv)
     ip, port = a.rz.rsplit(":", 1)
     rz = (ip, int(port))
@@ -527,7 +564,7 @@ def peer_main(argv: list[str]) -> int:
         udp = udp_try(a, i, ctl, rz, rng)
         row = {"try": i, "udp": udp}
         if a.tcp:
-            row["tcp"] = tcp_try(a, i, ctl, rz, rng, udp.get("nat", {}).get("filtering"))
+            row["tcp"] = tcp_try(a, i, ctl, rz, rng, udp)
         tries.append(row)
     print(json.dumps({"name": a.name, "rz_clock": {"offset_ms": round(clock[1] * 1e3, 3),
                                                    "rtt_ms": round(clock[0] * 1e3, 3)},
