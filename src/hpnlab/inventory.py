@@ -31,13 +31,14 @@ Nothing else restates the lab: the inventory is rewritten from lab.yml every tim
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
 
 from .errors import HpnlabError
-from .topology import Lab
+from .topology import Lab, yamlsource
 
 if TYPE_CHECKING:       # providers/static.py reads the user's inventory through this module
     from .providers import Provider
@@ -96,26 +97,118 @@ def host_vars(lab: Lab, model: dict, host: str, dpdk_takes_nic: bool) -> dict:
     }
 
 
+# What a static inventory may say about a host, checked when it is read: these values reach
+# ssh's command line, the hosts' shells (as quoted arguments) and tasks run with become.
+IFNAME = re.compile(r"[A-Za-z0-9_.@-]{1,15}")     # a Linux interface name (IFNAMSIZ), no '/', ':' or space
+PCI = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]")
+DPDK_DRIVERS = ("uio_pci_generic", "vfio-pci", "igb_uio")    # as the dpdk role's bind tasks allow
+ADDRESS = re.compile(r"[A-Za-z0-9_.:%\[\]-]+")
+USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}")
+BOOLS = ("yes", "no", "true", "false", "on", "off", "1", "0")
+STATIC_VARS = ("hpnlab_ifnames", "hpnlab_dpdk_pci", "hpnlab_dpdk_driver", "hpnlab_known_hosts")
+
+
+def _var_problem(key: str, value) -> str | None:
+    """Why a connection or hpnlab_* variable of a static inventory cannot be used (None: it can)."""
+    def text(pattern: re.Pattern | None = None) -> bool:
+        return isinstance(value, str) and bool(value.strip()) and (
+            pattern is None or (bool(pattern.fullmatch(value)) and not value.startswith("-")))
+
+    if key == "ansible_host" and not text(ADDRESS):
+        return "must be an IP address or a host name"
+    if key == "ansible_port" and not (isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65536
+                                      or isinstance(value, str) and value.isdigit() and 0 < int(value) < 65536):
+        return "must be a TCP port, 1 to 65535"
+    if key == "ansible_user" and not text(USER):
+        return "must be a user name"
+    if key in ("ansible_ssh_private_key_file", "hpnlab_known_hosts") and not text():
+        return "must be a file name"
+    if key == "ansible_become" and not (isinstance(value, bool) or str(value).strip().lower() in BOOLS):
+        return "must be true or false"
+    if key == "ansible_ssh_common_args":
+        from .hosts.ssh import proxy_command
+        try:
+            proxy_command(value if isinstance(value, str) else None, "host")
+        except ValueError as exc:
+            return f"cannot be read as OpenSSH options: {exc}"
+        if not isinstance(value, str):
+            return "must be a string of OpenSSH options"
+    if key == "hpnlab_ifnames":
+        if not isinstance(value, dict):
+            return "must map lab.yml networks to this machine's NIC names ({data: enp3s0f0})"
+        bad = [f"{k}: {v!r}" for k, v in value.items()
+               if not (isinstance(k, str) and isinstance(v, str) and IFNAME.fullmatch(v) and v not in (".", ".."))]
+        if bad:
+            return (f"{', '.join(bad)}: a NIC name is 1 to 15 letters, digits, '_', '.', '@' or '-' "
+                    "(a network's name as key)")
+    if key == "hpnlab_dpdk_pci" and not text(PCI):
+        return "must be a PCI address like 0000:03:00.1 (lower-case hex)"
+    if key == "hpnlab_dpdk_driver" and value not in DPDK_DRIVERS:
+        return f"must be one of {', '.join(DPDK_DRIVERS)}"
+    if key.startswith("hpnlab_") and key not in STATIC_VARS:
+        return f"is not one a static inventory sets (lab.yml says the rest): {', '.join(STATIC_VARS)}"
+    return None
+
+
 def load_static(path: str | Path | None = None) -> dict[str, dict]:
-    """host → its variables, from the user's static inventory (any group layout)."""
+    """host → its variables, from the user's static inventory (any group layout). Every
+    group, host and the variables hpnlab uses are checked first: an InventoryError names
+    each `file:line: field` that is wrong."""
     path = Path(path or os.environ.get("HPNLAB_STATIC_INVENTORY") or STATIC_DEFAULT)
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
+        data = path.read_bytes()
     except FileNotFoundError:
         raise InventoryError(f"the static provider reads real machines from {path}: copy "
                              f"inventory/static.example.yml there and fill in your hosts") from None
+    except OSError as exc:
+        raise InventoryError(f"cannot read the static inventory {path}: {exc.strerror}") from None
+    try:
+        doc = yamlsource.load(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise InventoryError(f"{path}:{line}: byte 0x{data[exc.start]:02x} is not UTF-8") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise InventoryError(f"{path}:{mark.line + 1 if mark else 0}: YAML: "
+                             f"{getattr(exc, 'problem', None) or exc}") from None
+    problems: list[str] = []
     hosts: dict[str, dict] = {}
 
-    def walk(group: dict, inherited: dict) -> None:
-        group = group or {}
-        gvars = {**inherited, **(group.get("vars") or {})}
-        for name, hvars in (group.get("hosts") or {}).items():
-            hosts[name] = {**hosts.get(name, {}), **gvars, **(hvars or {})}
-        for child in (group.get("children") or {}).values():
-            walk(child, gvars)
+    def mapping(node, where: str, line: int) -> yamlsource.LineDict:
+        """`node` as a mapping (None: an empty one), else a problem at its line."""
+        if isinstance(node, yamlsource.LineDict):
+            return node
+        if node is not None:
+            kind = "a list" if isinstance(node, list) else f"the value {node!r}"
+            problems.append(f"{path}:{getattr(node, 'line', line)}: {where}: must be a mapping, not {kind}")
+        empty = yamlsource.LineDict()
+        empty.line = line
+        return empty
 
-    for top in doc.values() if "all" not in doc else [doc["all"]]:
-        walk(top, {})
+    def checked_vars(group: yamlsource.LineDict, key: str, where: str) -> dict:
+        found = mapping(group.get(key), where, group.line_of(key))
+        for name, value in found.items():
+            problem = _var_problem(name, value) if isinstance(name, str) else "a variable's name must be a string"
+            if problem:
+                problems.append(f"{path}:{found.line_of(name)}: {where}.{name}: {problem}")
+        return found
+
+    def walk(group: yamlsource.LineDict, where: str, inherited: dict) -> None:
+        gvars = {**inherited, **checked_vars(group, "vars", f"{where}.vars")}
+        members = mapping(group.get("hosts"), f"{where}.hosts", group.line_of("hosts"))
+        for name in members:
+            hvars = checked_vars(members, name, f"{where}.hosts.{name}")
+            hosts[str(name)] = {**hosts.get(str(name), {}), **gvars, **hvars}
+        children = mapping(group.get("children"), f"{where}.children", group.line_of("children"))
+        for child in children:
+            walk(mapping(children[child], f"{where}.children.{child}", children.line_of(child)),
+                 f"{where}.children.{child}", gvars)
+
+    top = mapping(doc, "the file", 1)
+    for name in ["all"] if "all" in top else list(top):
+        walk(mapping(top[name], str(name), top.line_of(name)), str(name), {})
+    if problems:
+        raise InventoryError("invalid static inventory:\n" + "\n".join(problems))
     return hosts
 
 

@@ -83,3 +83,50 @@ def test_vagrant_connection_from_provider_state(tmp_path):
     # on VMs DPDK takes eth2 from the kernel: verify checks neither its address nor pings over it
     assert [(n["ifname"], n["kernel"]) for n in hosts["h1"]["hpnlab_nics"]] == [("eth1", True), ("eth2", False)]
     assert [p["network"] for p in hosts["h1"]["hpnlab_peers"]] == ["data"]
+
+
+GOOD_H2 = "    h2: {ansible_host: 192.0.2.12}\n"
+
+
+@pytest.mark.parametrize("text, where", [
+    ("[1, 2]\n", ":1: the file: must be a mapping, not a list"),
+    ("all: 5\n", ":1: all: must be a mapping, not the value 5"),
+    ("all:\n  hosts: [h1, h2]\n", ":2: all.hosts: must be a mapping"),
+    ("all:\n  hosts:\n    h1: 5\n", ":3: all.hosts.h1: must be a mapping"),
+    ("all:\n  vars: [1]\n", ":2: all.vars: must be a mapping"),
+    ("all:\n  children: {g: [a]}\n", ":2: all.children.g: must be a mapping"),
+    ("all:\n  hosts:\n    h1: {ansible_host: 192.0.2.11, hpnlab_ifnames: {data: 'eth1; reboot'}}\n",
+     ":3: all.hosts.h1.hpnlab_ifnames: data: 'eth1; reboot': a NIC name is"),
+    ("all:\n  hosts:\n    h1: {ansible_host: 192.0.2.11, hpnlab_ifnames: {data: ../../x}}\n",
+     "all.hosts.h1.hpnlab_ifnames: data: '../../x'"),
+    ("all:\n  hosts:\n    h1: {ansible_host: 192.0.2.11, hpnlab_ifnames: [eth1]}\n", "hpnlab_ifnames: must map"),
+    ("all:\n  hosts:\n    h1: {ansible_host: 192.0.2.11, hpnlab_dpdk_pci: '0000:03:00.1; reboot'}\n",
+     "all.hosts.h1.hpnlab_dpdk_pci: must be a PCI address"),
+    ("all:\n  vars: {hpnlab_dpdk_driver: 'uio; reboot'}\n", ":2: all.vars.hpnlab_dpdk_driver: must be one of"),
+    ("all:\n  hosts:\n    h1: {ansible_host: -oProxyCommand=x}\n", "all.hosts.h1.ansible_host: must be an IP"),
+    ("all:\n  hosts:\n    h1: {ansible_host: 192.0.2.11, ansible_port: 99999}\n", "ansible_port: must be a TCP port"),
+    ("all:\n  hosts:\n    h1: {ansible_host: 192.0.2.11, ansible_user: '-oX=y'}\n", "ansible_user: must be a user"),
+    ("all:\n  hosts:\n    h1: {ansible_host: 192.0.2.11, ansible_ssh_common_args: '-o \"open'}\n",
+     "ansible_ssh_common_args: cannot be read as OpenSSH options: No closing quotation"),
+    ("all:\n  hosts:\n    h1: {ansible_host: 192.0.2.11, ansible_ssh_common_args: '-J a@b:x'}\n",
+     "cannot read ProxyJump"),
+    ("all:\n  hosts:\n    h1: {ansible_host: 192.0.2.11, hpnlab_known_hosts: 5}\n", "hpnlab_known_hosts: must be a file"),
+    # the topology's own variables come from lab.yml: an inventory cannot slip in sysctls or provider hooks
+    ("all:\n  hosts:\n    h1: {ansible_host: 192.0.2.11, hpnlab_sysctls: {/etc/hostname: x}}\n",
+     "all.hosts.h1.hpnlab_sysctls: is not one a static inventory sets"),
+    ("all:\n  vars: {hpnlab_shares_kernel: true}\n", "all.vars.hpnlab_shares_kernel: is not one"),
+    ("a: [\n", ":2: YAML:"),
+    (b"all:\n  hosts: {h1: \xff}\n", ":2: byte 0xff is not UTF-8"),
+])
+def test_static_inventory_values_are_checked_when_read(tmp_path, text, where):
+    """Values of the user's inventory reach ssh's command line and the hosts' shells (with become):
+    each is checked as it is read, naming file:line and the field; nothing else is raised."""
+    static = tmp_path / "static.yml"
+    static.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(inventory.InventoryError) as err:
+        inventory.load_static(static)
+    assert f"{static}{where}" in str(err.value) or where in str(err.value), str(err.value)
+    # and the static provider refuses to build the lab's inventory from it
+    lab = load_lab(REPO / "lab.yml", provider="static", name="st")
+    with pytest.raises(inventory.InventoryError):
+        inventory.build(open_lab(lab), static_inventory=static)
