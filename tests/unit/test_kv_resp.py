@@ -138,6 +138,19 @@ def test_fast_path_agrees_with_the_general_parser():
         assert parse_requests(data, 0, 1 << 29) == _parse(data, 0, 1 << 29, True, [])
 
 
+@pytest.mark.parametrize("argc", [1, 2, 3, 4])
+def test_a_lone_command_with_a_lying_header_is_not_vouched_for(argc):
+    """One whole command per read (-P 1) is checked unrolled for 2 and 3 arguments: a wrong
+    $len in any position must hand over to the general parser, as for other arities."""
+    from hpnlab.kv.resp import _parse
+    args = [b"SET", b"key", b"value", b"more"][:argc]
+    for bad in range(argc):
+        for delta in (-1, 1):
+            data = b"*%d\r\n" % argc + b"".join(b"$%d\r\n%b\r\n" % (len(a) + delta * (i == bad), a)
+                                               for i, a in enumerate(args))
+            assert outcome(parse_requests, data, 0, 1 << 29) == outcome(_parse, data, 0, 1 << 29, True, [])
+
+
 def outcome(parse, *args):
     try:
         return parse(*args)

@@ -257,6 +257,8 @@ class Client:
         self.held: list[bytes] = []       # input that arrived while blocked
         self.closing = False
         self.created = time.time()
+        if not server.threaded:
+            self.feed = self._feed        # type: ignore[method-assign]  # no lock: one call less per read
 
     def connection_made(self, conn: Any) -> None:
         """From the engine, so that a handler can answer later (a blocked BLPOP): `conn` offers
@@ -303,6 +305,17 @@ class Client:
         if now >= srv.next_cron:
             srv.cron(now)
         srv.commands_processed += len(cmds)
+        if len(cmds) == 1 and err is None and pos == len(data):
+            # one whole command, the read of a client that does not pipeline (-P 1)
+            r = self.execute(cmds[0])
+            if self.blocked is None and not srv.ready:
+                aof = srv.aof
+                if aof is not None and aof.buf:
+                    aof.flush()           # before the reply, as in _flush
+                return r, self.closing
+            if self.blocked is None and not self.closing:
+                srv.serve_ready()         # the general path's order: a closing client serves no one
+            return self._flush([r] if r else []), self.closing and self.blocked is None
         out = []
         execute = self.execute
         for i, args in enumerate(cmds):
