@@ -115,3 +115,41 @@ def test_every_lab_command_prints_its_help(argv):
     r = subprocess.run([sys.executable, "-m", "hpnlab.cli", *argv], capture_output=True, text=True, timeout=60,
                        cwd=REPO)
     assert r.returncode == 0 and "--up" in r.stdout, r.stderr
+
+
+# Bad arguments of every command: refused before the lab is even opened (its file here does not
+# exist), with a message naming the argument and the usage or a hint; never a traceback or a bug.
+BAD_ARGUMENTS = [
+    (["exec", "--timeout", "nan", "h1", "--", "true"], "argument --timeout: must be a number > 0"),
+    (["exec", "--timeout", "-1", "h1", "--", "true"], "argument --timeout: must be a number > 0"),
+    (["verify", "--port", "99999"], "argument --port: must be a port 1 to 65535"),
+    (["capture", "data", "-c", "-5"], "argument -c/--count: must be an integer > 0"),
+    (["bench", "--duration", "inf"], "argument --duration: must be a number > 0"),
+    (["bench", "--depth", "0"], "argument --depth: must be an integer > 0"),
+    (["bench", "--engines", "nope"], "hpnlab: --engines: unknown engine(s) nope"),
+    (["bench", "--conns", "x"], "hpnlab: --conns/--sizes/--workers: expected comma-separated integers"),
+    (["kv", "serve", "--port", "0"], "argument --port: must be a port 1 to 65535"),
+    (["ustack", "lab", "--bytes", "-1"], "argument --bytes: must be an integer > 0"),
+    (["lab", "p2p", "--spacing", "nan"], "argument --spacing: must be a finite number"),
+    (["lab", "close", "--delay-ms", "inf"], "argument --delay-ms: must be a finite number"),
+    (["lab", "nope"], "argument NAME: invalid choice"),
+    (["graph", "-o", "x.txt"], "hpnlab: --output must end in .png or .svg"),
+]
+
+
+@pytest.mark.parametrize("argv, said", BAD_ARGUMENTS, ids=[" ".join(a) for a, _ in BAD_ARGUMENTS])
+def test_bad_arguments_are_named_without_a_traceback(argv, said, tmp_path, monkeypatch, capsys):
+    from hpnlab.cli import main
+    lab = tmp_path / "lab.yml"
+    lab.write_text((REPO / "lab.yml").read_text().replace("name: hpnlab", "name: t11args"))
+    monkeypatch.setenv("HPNLAB_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("HPNLAB_DEBUG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    try:
+        rc = main(["--lab", str(lab), "--provider", "netns", *argv])
+    except SystemExit as exc:       # argparse's own error: usage and message, status 2
+        rc = exc.code
+    err = capsys.readouterr().err
+    assert rc == 2 and said in err, err
+    assert ("hint: " in err or "usage: " in err) and "Traceback" not in err and "internal error" not in err
+    assert not (tmp_path / "state").exists()

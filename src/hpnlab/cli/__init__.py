@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
+import math
 import os
 import pkgutil
 import sys
@@ -110,13 +111,16 @@ def main(argv: list[str] | None = None) -> int:
         command = command_in(argv)
         parser = build_parser([command] if command else [])
         args, extra = parser.parse_known_args(argv)
+        for dest, value in vars(args).items():     # float options parse 'nan' and 'inf' too
+            if isinstance(value, float) and not math.isfinite(value):
+                parser.error(f"argument --{dest.replace('_', '-')}: must be a finite number, got {value}")
         if extra:   # free trailing words (a tcpdump filter after the options) go where a command wants them
             if not hasattr(args, "trailing") or any(word.startswith("-") for word in extra):
                 parser.error(f"unrecognized arguments: {' '.join(extra)}")
             setattr(args, args.trailing, getattr(args, args.trailing) + extra)
         return args.func(args) or 0
     except HpnlabError as exc:
-        _report(exc, str(exc), exc.hint)
+        _report(exc, str(exc), exc.hint or DEBUG_HINT)
         return exc.exit_code
     except KeyboardInterrupt as exc:
         _report(exc, "interrupted", None)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from contextlib import contextmanager
@@ -23,6 +24,28 @@ from ..providers import Provider, ProviderError, open_lab
 
 console = Console(stderr=True, highlight=False)
 JSON_VERSION = 1
+
+
+# Argument types for numbers with a range: argparse reports a value out of it as
+# `argument --x: must be ...`, with the command's usage, before anything runs.
+def _number(kind: type, low: float, low_ok: bool, high: float = math.inf, what: str = ""):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") \
+                from None
+        if not math.isfinite(value) or value < low or (value == low and not low_ok) or value > high:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+    parse.__name__ = what
+    return parse
+
+
+positive_int = _number(int, 0, False, what="an integer > 0")
+positive_float = _number(float, 0, False, what="a number > 0")
+seconds = _number(float, 0, True, what="a number of seconds >= 0")
+tcp_port = _number(int, 1, True, 65535, what="a port 1 to 65535")
 
 
 def add_format(parser: argparse.ArgumentParser) -> None:

@@ -1,8 +1,9 @@
 """`hpnlab bench` — the I/O-models benchmark (issue 5, course §2.1–2.5)."""
 from __future__ import annotations
 
+from ..errors import HpnlabError
 from ..servers import ENGINES
-from ._common import add_format, console, print_json
+from ._common import add_format, console, positive_float, positive_int, print_json, seconds, tcp_port
 
 HELP = "benchmark the I/O-model servers (threads ... io_uring) and write results/bench/<stamp>/"
 
@@ -24,16 +25,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--engines", default=",".join(ENGINES), help=f"comma list (default all: {', '.join(ENGINES)})")
     parser.add_argument("--conns", default="1,10,100,1000,10000", help="comma list of connection counts")
     parser.add_argument("--sizes", default="64,4096", help="comma list of message sizes in bytes")
-    parser.add_argument("--duration", type=float, default=3.0, help="seconds measured per run")
-    parser.add_argument("--warmup", type=float, default=1.0)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--depth", type=int, default=1, help="requests in flight per connection")
+    parser.add_argument("--duration", type=positive_float, default=3.0, help="seconds measured per run")
+    parser.add_argument("--warmup", type=seconds, default=1.0)
+    parser.add_argument("--repeats", type=positive_int, default=3)
+    parser.add_argument("--depth", type=positive_int, default=1, help="requests in flight per connection")
     add_format(parser)
     parser.add_argument("--workers", metavar="N[,N...]",
                         help="threads/processes of the parallel engines (epoll-threads, -acceptor, -procs); "
                              "several values draw a scaling curve (default: the server host's CPU count)")
-    parser.add_argument("--port", type=int, default=7300)
-    parser.add_argument("--quiet-wait", type=float, default=60.0,
+    parser.add_argument("--port", type=tcp_port, default=7300)
+    parser.add_argument("--quiet-wait", type=seconds, default=60.0,
                         help="seconds to wait for a quiet machine before each cell")
     parser.add_argument("--no-syscalls", action="store_true", help="skip the perf/strace syscall count")
     parser.add_argument("--quick", action="store_true",
@@ -77,8 +78,9 @@ def run(args) -> int:
         try:
             data = json.loads((run_dir / "data.json").read_text())
         except (OSError, ValueError) as exc:
-            console.print(f"[red]cannot read {run_dir}/data.json: {exc}[/red]")
-            return 1
+            raise HpnlabError(f"cannot read {run_dir}/data.json: {exc}",
+                              hint="--render takes a run's directory under results/bench/ (it holds data.json)") \
+                from None
         render(run_dir, data)
         console.print(f"report: {run_dir}/report.md")
         return 0
@@ -86,15 +88,14 @@ def run(args) -> int:
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     bad = [e for e in engines if e not in ENGINES]
     if bad or not engines:
-        console.print(f"[red]unknown engine(s) {', '.join(bad) or '(none)'}[/red]; "
-                      f"valid engines: {', '.join(ENGINES)}")
-        return 2
+        raise HpnlabError(f"--engines: unknown engine(s) {', '.join(bad) or '(none)'}",
+                          hint=f"valid engines: {', '.join(ENGINES)}", exit_code=2)
     try:
         conns, sizes = _ints(args.conns), _ints(args.sizes)
         workers = _ints(args.workers) if args.workers else []
     except ValueError as exc:
-        console.print(f"[red]{exc}[/red]")
-        return 2
+        raise HpnlabError(f"--conns/--sizes/--workers: {exc}", hint="e.g. --conns 1,10,100 --sizes 64,4096",
+                          exit_code=2) from None
     cfg = Config(engines=engines, conns=conns, sizes=sizes, duration=args.duration, warmup=args.warmup,
                  repeats=args.repeats, depth=args.depth, port=args.port, quiet_wait=args.quiet_wait,
                  syscalls=not args.no_syscalls, workers=workers)
@@ -115,8 +116,8 @@ def run(args) -> int:
         cfg.emulated_grid = {"duration": 5.0}
         cfg.emulated_why = "two looks at the server over SSH must fit in the window"
     if cfg.repeats < 1 or cfg.duration <= 0 or not 0 < cfg.port < 65536:
-        console.print("[red]--repeats must be >= 1, --duration > 0, --port 1..65535[/red]")
-        return 2
+        raise HpnlabError(f"--repeats {cfg.repeats}, --duration {cfg.duration:g}, --port {cfg.port}: out of range",
+                          hint="--repeats >= 1, --duration > 0, --port 1..65535", exit_code=2)
 
     provider, mode = None, args.mode
     if mode in ("auto", "lab"):
@@ -129,9 +130,8 @@ def run(args) -> int:
             console.print(f"[dim]no lab ({exc}); using loopback mode[/dim]")
             up = False
         if mode == "lab" and not up and provider is not None:
-            console.print(f"[red]lab {provider.lab.name} is not up[/red]: run `make lab-up` first, "
-                          "or use --mode loopback")
-            return 1
+            raise ProviderError(f"lab {provider.lab.name} is not up",
+                                hint="run `make lab-up` first, or use --mode loopback")
         mode = "lab" if up else "loopback"
         if mode == "loopback":
             provider = None

@@ -4,7 +4,7 @@ import os
 from pathlib import Path
 
 from ..providers import ProviderError
-from ._common import console, provider_from
+from ._common import console, positive_int, provider_from
 
 HELP = "tcpdump on a network (its bridge/link) or on HOST:NIC; -w writes a pcap"
 
@@ -12,7 +12,7 @@ HELP = "tcpdump on a network (its bridge/link) or on HOST:NIC; -w writes a pcap"
 def add_arguments(parser) -> None:
     parser.add_argument("target", help="a network name (e.g. data) or HOST:NIC (e.g. h1:eth1 or h1:data)")
     parser.add_argument("-w", "--write", metavar="FILE.pcap", help="write packets to a pcap file")
-    parser.add_argument("-c", "--count", type=int, help="stop after this many packets")
+    parser.add_argument("-c", "--count", type=positive_int, help="stop after this many packets")
     parser.add_argument("filter", nargs="*", help="a tcpdump filter expression, e.g. tcp port 80")
     parser.set_defaults(trailing="filter")
 

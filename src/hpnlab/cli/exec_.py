@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from ._common import add_format, print_json, provider_from
+from ._common import add_format, positive_float, print_json, provider_from
 
 HELP = "run a command on a lab host: hpnlab exec h1 -- ss -lnt"
 
@@ -11,7 +11,7 @@ HELP = "run a command on a lab host: hpnlab exec h1 -- ss -lnt"
 def add_arguments(parser) -> None:
     parser.add_argument("host")
     parser.add_argument("cmd", nargs="+", metavar="-- CMD", help="the command and its arguments")
-    parser.add_argument("--timeout", type=float, default=3600.0)
+    parser.add_argument("--timeout", type=positive_float, default=3600.0)
     add_format(parser)
 
 

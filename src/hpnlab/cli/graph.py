@@ -3,6 +3,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from ..errors import HpnlabError
 from ..topology import Lab, load_lab
 from ._common import console
 
@@ -18,8 +19,8 @@ def run(args) -> int:
     lab = load_lab(args.lab, provider=args.provider)
     out = Path(args.output)
     if out.suffix.lower() not in (".png", ".svg"):
-        console.print(f"[red]--output must end in .png or .svg, got {out.name!r}[/red]")
-        return 2
+        raise HpnlabError(f"--output must end in .png or .svg, got {out.name!r}", hint="e.g. -o topology.png",
+                          exit_code=2)
     draw(lab, out)
     console.print(f"wrote {out}")
     return 0

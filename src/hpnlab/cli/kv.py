@@ -10,19 +10,19 @@ HELP = "the KV store: serve RESP2/RESP3 (redis-cli, redis-benchmark, redis-py) o
 def add_arguments(parser) -> None:
     from ..kv.index import INDEXES
     from ..servers import ENGINES
-    from ._common import add_up_option
+    from ._common import add_up_option, positive_int, tcp_port
     sub = parser.add_subparsers(dest="kv_cmd", metavar="ACTION", required=True)
     serve = sub.add_parser("serve", help="run the store in the foreground until SIGTERM/SIGINT")
     serve.add_argument("--bind", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=6379)
+    serve.add_argument("--port", type=tcp_port, default=6379)
     serve.add_argument("--engine", default="epoll-lt", choices=list(ENGINES), help="I/O engine (default epoll-lt)")
     serve.add_argument("--index", default="hash", choices=list(INDEXES), help="keyspace index (default hash)")
-    serve.add_argument("--workers", type=int, help="epoll-threads/epoll-acceptor: threads (default: CPUs)")
+    serve.add_argument("--workers", type=positive_int, help="epoll-threads/epoll-acceptor: threads (default: CPUs)")
     serve.add_argument("--appendonly", default="no", choices=("yes", "no"))
     serve.add_argument("--appendfsync", default="everysec", choices=("always", "everysec", "no"))
     serve.add_argument("--dir", default=".", help="directory of appendonly.aof and dump.rdb")
     serve.add_argument("--requirepass", default="", metavar="PW")
-    serve.add_argument("--maxclients", type=int, default=10000)
+    serve.add_argument("--maxclients", type=positive_int, default=10000)
     serve.add_argument("--maxmemory", default="0", metavar="SIZE",
                        help="limit on the dataset's estimated size (100mb, 1gb...; 0: none)")
     serve.add_argument("--maxmemory-policy", default="noeviction",
@@ -89,7 +89,6 @@ def run_lab(args) -> int:
         try:
             result = run(provider, args, step)
         except LabError as exc:
-            console.print(f"[red]kv lab: {exc}[/red]")
-            return 1
+            raise LabError(f"kv lab: {exc}", hint=exc.hint) from exc
     console.print(f"kv lab done in {time.monotonic() - started:.1f}s; report: {result['report']}")
     return 0

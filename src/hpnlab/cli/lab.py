@@ -33,9 +33,8 @@ def run(args) -> int:
             result = module.run(provider, args, step)
         except (LabError, CommandError, TimeoutError) as exc:
             # a host that did not do what the lab asked: name it, no traceback (the lab has
-            # already stopped what it started on every host)
-            console.print(f"[red]lab {args.lab_name}: {exc}[/red]")
-            return 1
+            # already stopped what it started on every host); cli.main prints it with its hint
+            raise LabError(f"lab {args.lab_name}: {exc}", hint=getattr(exc, "hint", None)) from exc
     seconds = time.monotonic() - started
     summary = result.get("summary")
     if args.format == "json":

@@ -11,7 +11,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from .. import inventory, machine
+from .. import inventory
 from ..provision import Outcome, release, run_playbook
 from ._common import add_inventory_options, console, progress, provider_from
 
@@ -51,11 +51,7 @@ def run(args) -> int:
     lab = provider.lab
     if args.release:
         with progress(f"lab {lab.name}: releasing machine resources") as step:
-            try:
-                done = release(provider, step)
-            except machine.MachineError as exc:
-                console.print(f"[red]hpnlab: {exc}[/red]")
-                return 1
+            done = release(provider, step)     # a MachineError reaches cli.main
             generated = inventory.remove(lab, args.inventory_dir)
             if generated:
                 done.append(f"removed {generated}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import time
 
-from ._common import add_up_option, console, ensure_up, progress, provider_from
+from ._common import add_up_option, console, ensure_up, positive_int, progress, provider_from
 
 HELP = "the user-space TCP/IP stack: run an app on it, or run its interop suite and measurements"
 
@@ -27,11 +27,12 @@ def add_arguments(parser) -> None:
     add_up_option(lab)
     lab.add_argument("--net", help="the LAN whose NIC the stack takes on h1 (default: stack if the lab has it, "
                                    "else data)")
-    lab.add_argument("--bytes", type=int, default=64 << 20, help="bulk transfer size (default 64 MiB)")
+    lab.add_argument("--bytes", type=positive_int, default=64 << 20, help="bulk transfer size (default 64 MiB)")
     lab.add_argument("--results", metavar="DIR", help="results root (default: results/)")
     lab.add_argument("--impaired-lab", default="labs/ustack/impaired.yml", metavar="FILE",
                      help="the lab for the cases under loss and delay ('' to skip)")
-    lab.add_argument("--impaired-bytes", type=int, default=2 << 20, help="bulk size under impairment (default 2 MiB)")
+    lab.add_argument("--impaired-bytes", type=positive_int, default=2 << 20,
+                     help="bulk size under impairment (default 2 MiB)")
 
 
 def run(args) -> int:
@@ -50,8 +51,7 @@ def run(args) -> int:
             result = lab.run(provider, args.bytes, args.results, step, sys.argv,
                              args.impaired_lab or None, args.impaired_bytes, args.net)
         except LabError as exc:
-            console.print(f"[red]ustack lab: {exc}[/red]")
-            return 1
+            raise LabError(f"ustack lab: {exc}", hint=exc.hint) from exc
     failed = [r["name"] for r in result["data"]["interop"] if not r["ok"]]
     console.print(f"ustack lab done in {time.monotonic() - started:.1f}s; report: {result['report']}")
     if failed:

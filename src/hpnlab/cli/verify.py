@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..verify import DEFAULT_PORT, Check, Report, verify
-from ._common import add_format, add_inventory_options, console, print_json, progress, provider_from
+from ._common import add_format, add_inventory_options, console, print_json, progress, provider_from, tcp_port
 
 HELP = "verify the lab's hosts with testinfra: a table host × check; non-zero names what fails"
 
@@ -17,7 +17,7 @@ HELP = "verify the lab's hosts with testinfra: a table host × check; non-zero n
 def add_arguments(parser) -> None:
     add_inventory_options(parser)
     parser.add_argument("--host", action="append", metavar="HOST", help="only this host (repeatable)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+    parser.add_argument("--port", type=tcp_port, default=DEFAULT_PORT,
                         help=f"TCP port the hosts listen on for the connect checks (default {DEFAULT_PORT})")
     add_format(parser)
 

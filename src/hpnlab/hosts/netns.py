@@ -67,7 +67,7 @@ class NetnsHost(Host):
     def _exec(self, cmd: Command, timeout: float, input: str | None, env: dict | None) -> Result:
         started = time.monotonic()
         try:
-            proc = subprocess.run(netns_argv(self.netns, cmd), capture_output=True, text=True,
+            proc = subprocess.run(netns_argv(self.netns, cmd), capture_output=True, text=True, errors="replace",
                                   timeout=timeout, input=input, env=_env(env),
                                   stdin=None if input is not None else subprocess.DEVNULL)
         except subprocess.TimeoutExpired as exc:

@@ -27,6 +27,8 @@ from ..interrupts import deferred_interrupts
 
 class LabError(HpnlabError, RuntimeError):
     """A lab cannot run here: the message names what is missing and how to get it."""
+    hint = ("the lab stopped what it had started on the hosts; `--help` of its command lists the options, "
+            "`hpnlab status` the lab's hosts and networks")
 
 
 # -- preconditions -----------------------------------------------------------------------------
