@@ -133,6 +133,10 @@ BAD_ARGUMENTS = [
     (["lab", "p2p", "--spacing", "nan"], "argument --spacing: must be a finite number"),
     (["lab", "close", "--delay-ms", "inf"], "argument --delay-ms: must be a finite number"),
     (["lab", "nope"], "argument NAME: invalid choice"),
+    (["lab", "p2p", "--tries", "0"], "argument --tries: must be an integer > 0"),
+    (["lab", "p2p", "--port", "99999"], "argument --port: must be a port 1 to 65535"),
+    (["lab", "backlog", "--backlogs", "1,x"], "argument --backlogs: 'x' is not an integer"),
+    (["lab", "epoll", "--mib", "-1"], "argument --mib: must be a number > 0"),
     (["graph", "-o", "x.txt"], "hpnlab: --output must end in .png or .svg"),
 ]
 

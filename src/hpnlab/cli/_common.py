@@ -44,8 +44,15 @@ def _number(kind: type, low: float, low_ok: bool, high: float = math.inf, what: 
 
 positive_int = _number(int, 0, False, what="an integer > 0")
 positive_float = _number(float, 0, False, what="a number > 0")
-seconds = _number(float, 0, True, what="a number of seconds >= 0")
+non_negative = _number(float, 0, True, what="a number >= 0")
 tcp_port = _number(int, 1, True, 65535, what="a port 1 to 65535")
+
+
+def positive_int_list(text: str) -> str:
+    """A comma list of integers > 0, checked (the command splits it itself)."""
+    for word in text.split(","):
+        positive_int(word.strip())
+    return text
 
 
 def add_format(parser: argparse.ArgumentParser) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..errors import HpnlabError
 from ..servers import ENGINES
-from ._common import add_format, console, positive_float, positive_int, print_json, seconds, tcp_port
+from ._common import add_format, console, non_negative, positive_float, positive_int, print_json, tcp_port
 
 HELP = "benchmark the I/O-model servers (threads ... io_uring) and write results/bench/<stamp>/"
 
@@ -26,7 +26,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--conns", default="1,10,100,1000,10000", help="comma list of connection counts")
     parser.add_argument("--sizes", default="64,4096", help="comma list of message sizes in bytes")
     parser.add_argument("--duration", type=positive_float, default=3.0, help="seconds measured per run")
-    parser.add_argument("--warmup", type=seconds, default=1.0)
+    parser.add_argument("--warmup", type=non_negative, default=1.0)
     parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--depth", type=positive_int, default=1, help="requests in flight per connection")
     add_format(parser)
@@ -34,7 +34,7 @@ def add_arguments(parser) -> None:
                         help="threads/processes of the parallel engines (epoll-threads, -acceptor, -procs); "
                              "several values draw a scaling curve (default: the server host's CPU count)")
     parser.add_argument("--port", type=tcp_port, default=7300)
-    parser.add_argument("--quiet-wait", type=seconds, default=60.0,
+    parser.add_argument("--quiet-wait", type=non_negative, default=60.0,
                         help="seconds to wait for a quiet machine before each cell")
     parser.add_argument("--no-syscalls", action="store_true", help="skip the perf/strace syscall count")
     parser.add_argument("--quick", action="store_true",

@@ -250,12 +250,14 @@ def _summarise(fate: list[dict]) -> dict:
 
 
 def add_arguments(p) -> None:
+    from ..cli._common import positive_float, positive_int_list
     p.add_argument("--hosts", default="h1,h2", help="server,client (default: h1,h2)")
     p.add_argument("--network")
-    p.add_argument("--backlogs", default="1,8,64,256", help="listen() backlogs to sweep")
-    p.add_argument("--somaxconns", default="16,4096", help="net.core.somaxconn values to sweep")
+    p.add_argument("--backlogs", type=positive_int_list, default="1,8,64,256", help="listen() backlogs to sweep")
+    p.add_argument("--somaxconns", type=positive_int_list, default="16,4096",
+                   help="net.core.somaxconn values to sweep")
     p.add_argument("--extra", type=int, default=6, help="connections beyond the queue's capacity")
-    p.add_argument("--wait", type=float, default=1.3, help="seconds a client waits for its connects")
+    p.add_argument("--wait", type=positive_float, default=1.3, help="seconds a client waits for its connects")
     p.add_argument("--quick", action="store_true", help="a shorter run (tests): fewer cases")
 
 

@@ -278,7 +278,8 @@ class SsSampler:
 def add_arguments(p) -> None:
     p.add_argument("--hosts", default="h1,h2", help="server,client (default: h1,h2)")
     p.add_argument("--network")
-    p.add_argument("--delay-ms", type=float, default=20.0,
+    from ..cli._common import non_negative
+    p.add_argument("--delay-ms", type=non_negative, default=20.0,
                    help="one-way delay added for the simultaneous close (default: 20 ms)")
     p.add_argument("--no-p2p", action="store_true", help="skip the P2P fixed-port TIME_WAIT part")
 

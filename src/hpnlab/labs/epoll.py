@@ -156,13 +156,14 @@ def _send(s, a, chunk: bytes, left: int) -> None:
 # ================================================================ orchestration
 
 def add_arguments(p) -> None:
+    from ..cli._common import non_negative, positive_float, positive_int
     p.add_argument("--hosts", default="h1,h2", help="sender,receiver (default: h1,h2)")
     p.add_argument("--network")
-    p.add_argument("--mib", type=float, default=16, help="MiB to send in the bulk pattern (default: 16)")
-    p.add_argument("--bursts", type=int, default=64, help="bursts in the bursts pattern (default: 64)")
-    p.add_argument("--burst-kib", type=int, default=16, help="KiB per burst (default: 16)")
-    p.add_argument("--gap-ms", type=float, default=5.0)
-    p.add_argument("--buf", type=int, default=1024, help="the reader's buffer (default: 1024)")
+    p.add_argument("--mib", type=positive_float, default=16, help="MiB to send in the bulk pattern (default: 16)")
+    p.add_argument("--bursts", type=positive_int, default=64, help="bursts in the bursts pattern (default: 64)")
+    p.add_argument("--burst-kib", type=positive_int, default=16, help="KiB per burst (default: 16)")
+    p.add_argument("--gap-ms", type=non_negative, default=5.0)
+    p.add_argument("--buf", type=positive_int, default=1024, help="the reader's buffer (default: 1024)")
     p.add_argument("--no-strace", action="store_true", help="skip the strace -c cross-check")
 
 

@@ -228,13 +228,14 @@ def peer_main(argv: list[str]) -> int:
 def add_arguments(p) -> None:
     p.add_argument("--hosts", default="h1,h2", help="the two peers (default: h1,h2)")
     p.add_argument("--network", help="the network they meet on (default: the first they share)")
-    p.add_argument("--tries", type=int, default=20, help="simultaneous opens to attempt (default: 20)")
-    p.add_argument("--spacing", type=float, default=0.3, help="seconds between tries (default: 0.3)")
-    p.add_argument("--timeout", type=float, default=2.0, help="seconds before a try counts as failed")
-    p.add_argument("--jitter-ms", type=float, default=1.0,
+    from ..cli._common import non_negative, positive_float, positive_int, tcp_port
+    p.add_argument("--tries", type=positive_int, default=20, help="simultaneous opens to attempt (default: 20)")
+    p.add_argument("--spacing", type=non_negative, default=0.3, help="seconds between tries (default: 0.3)")
+    p.add_argument("--timeout", type=positive_float, default=2.0, help="seconds before a try counts as failed")
+    p.add_argument("--jitter-ms", type=non_negative, default=1.0,
                    help="upper bound of the random pause after a refused connect (default: 1 ms)")
-    p.add_argument("--port", type=int, default=BASE_PORT)
-    p.add_argument("--delay-ms", type=float, default=DELAY_MS,
+    p.add_argument("--port", type=tcp_port, default=BASE_PORT)
+    p.add_argument("--delay-ms", type=non_negative, default=DELAY_MS,
                    help="one-way delay on each peer's segments of the lab's ports during the run, so the SYNs "
                         f"cross in flight: the two connect() calls may be this far apart (default: {DELAY_MS:g} ms; "
                         "0: the bare link)")
