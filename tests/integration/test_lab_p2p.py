@@ -90,8 +90,9 @@ def nat_run(tmp_path_factory):
     provider.up()
     try:
         out = tmp_path_factory.mktemp("nat")
-        res = lab_module("nat").run(provider, lab_args(out, "nat", "--scenarios", "cone-cone,remap-cone,cone-seq,"
-                                                       "cone-random,full-random", "--tries", "3"), lambda m: None)
+        scenarios = "cone-cone,remap-cone,cone-seq,cone-random,full-random,addr-random"
+        res = lab_module("nat").run(provider, lab_args(out, "nat", "--scenarios", scenarios, "--tries", "3"),
+                                    lambda m: None)
         both = lab_module("nat").run(provider, lab_args(out, "nat", "--scenarios", "random-random", "--tries", "2",
                                                         "--deadline", "0.3"), lambda m: None)
         yield provider, {**{r["scenario"]: r for r in res["scenarios"]},
@@ -115,6 +116,7 @@ def test_nat_punch_through_endpoint_independent_nats(nat_run):
             m = t["a_mapping"]              # what rz saw from pa, toward its two ports
             assert m["kind"] == kind_a and m["ports"][0] == m["ports"][1], m
             assert (m["ports"][0] == m["private"]) == (kind_a == "eim-preserving"), m
+            assert m["filtering"] == "address and port-dependent", m     # conntrack's own
     assert all(t["handshake"] in ("simultaneous", "syn-syn-ack") for t in rows["cone-cone"]["tcp"]["tries"])
 
 
@@ -143,15 +145,19 @@ def test_nat_tcp_opens_on_udps_punched_mapping_only_where_the_nat_keeps_the_port
         assert "udp-mapping" not in rows[name]["tcp"]["methods"]
 
 
-def test_nat_punch_through_an_open_filter_to_a_random_nat(nat_run):
-    """ra filters on nothing but its mappings (endpoint-independent): pb, behind a random NAT,
-    just sends to pa's public endpoint; no prediction, no birthday probes."""
+@pytest.mark.parametrize("scenario, filtering", [("full-random", "endpoint-independent"),
+                                                 ("addr-random", "address-dependent")])
+def test_nat_punch_through_an_open_filter_to_a_random_nat(nat_run, scenario, filtering):
+    """ra filters on nothing but its mappings (full: endpoint-independent), or on the address
+    only (addr: address-dependent) — told apart by rz's probes from another port and from
+    another address; pb, behind a random NAT, just sends to pa's public endpoint once pa
+    has sent to pb's address; no prediction, no birthday probes."""
     _lab, rows, _res = nat_run
-    row = rows["full-random"]
+    row = rows[scenario]
     for proto, outcome in (("udp", "direct-hole-punch"), ("tcp", "direct-hole-punch")):
         assert methods_and_outcomes(row, proto) == ({"punch"}, {outcome}), row[proto]
         assert all(t["probes"] is None for t in row[proto]["tries"])
-    assert {t["a_mapping"]["filtering"] for t in row["udp"]["tries"]} == {"open to other ports"}
+    assert {t["a_mapping"]["filtering"] for t in row["udp"]["tries"]} == {filtering}
     assert {t["b_mapping"]["filtering"] for t in row["udp"]["tries"]} == {"address and port-dependent"}
     assert {t["handshake"] for t in row["tcp"]["tries"]} == {"three-way"}      # pa listened
 

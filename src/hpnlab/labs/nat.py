@@ -45,6 +45,7 @@ N_PORTS = traversal.PORT_HI - traversal.PORT_LO + 1
 KINDS = {
     "cone": ("masquerade", "endpoint-independent mapping, port preservation"),
     "full": ("masquerade", "endpoint-independent mapping, port preservation, endpoint-independent filtering"),
+    "addr": ("masquerade", "endpoint-independent mapping, port preservation, address-dependent filtering"),
     "remap": ("masquerade to :jhash ip saddr . th sport mod 20000 seed 0x5eed offset 30000",
               "endpoint-independent mapping, no port preservation (the port is a hash of the private endpoint)"),
     # nft 1.0.6 hands numgen's host-order number to the NAT unconverted (ports would
@@ -56,21 +57,28 @@ KINDS = {
                "address and port-dependent mapping, random port assignment"),
 }
 MAX_TRIES = 200
-SCENARIOS = ("cone-cone", "remap-cone", "cone-seq", "cone-random", "full-random", "seq-seq", "random-random")
+SCENARIOS = ("cone-cone", "remap-cone", "cone-seq", "cone-random", "full-random", "addr-random", "seq-seq",
+             "random-random")
 
 
 def nat_rules(lan_if: str, wan_if: str, lan_net: str, kind: str) -> str:
     """A home-router-like NAT: translate from the private LAN onto `wan` only;
     drop whatever comes in from `wan` unasked. Conntrack filters on address and
     port; `full` also lets in anything sent to a port a private endpoint has sent
-    from (its mapping, the port being preserved): endpoint-independent filtering."""
-    eif = kind == "full"
+    from (its mapping, the port being preserved): endpoint-independent filtering;
+    `addr` the same, but only from an address that port has sent to:
+    address-dependent filtering. A dynamic map remembers what was sent, and a
+    dnat through it lets the rest in."""
     mapped = remember = let_in = ""
-    if eif:
-        mapped = (f"\n  map mapped {{ type inet_proto . inet_service : ipv4_addr; flags dynamic,timeout; timeout 2m; }}"
+    if kind in ("full", "addr"):
+        key, sent, came = (("inet_proto . inet_service", "meta l4proto . th sport", "meta l4proto . th dport")
+                           if kind == "full" else
+                           ("ipv4_addr . inet_proto . inet_service", "ip daddr . meta l4proto . th sport",
+                            "ip saddr . meta l4proto . th dport"))
+        mapped = (f"\n  map mapped {{ type {key} : ipv4_addr; flags dynamic,timeout; timeout 2m; }}"
                   f"\n  chain nat_pre {{ type nat hook prerouting priority dstnat; policy accept;"
-                  f"\n    iifname \"{wan_if}\" dnat ip to meta l4proto . th dport map @mapped\n  }}")
-        remember = "update @mapped { meta l4proto . th sport : ip saddr } "
+                  f"\n    iifname \"{wan_if}\" dnat ip to {came} map @mapped\n  }}")
+        remember = f"update @mapped {{ {sent} : ip saddr }} "
         let_in = f"\n    iifname \"{wan_if}\" ct status dnat accept"
     return f"""
 table ip {TABLE} {{{mapped}
@@ -140,15 +148,22 @@ def run(provider, args, step) -> dict:
     side = {"a": (pa, ra, "lan_a"), "b": (pb, rb, "lan_b")}
     wan_net = lab.networks["wan"]
     ips = {"rz": str(rz.address("wan")), "a": str(ra.address("wan")), "b": str(rb.address("wan"))}
+    # rz's second address (the wan's last one nobody has): filtering probes from it tell
+    # address-dependent from endpoint-independent filtering
+    taken = {h.address("wan") for h in (ra, rb, rz)}
+    alt = next(str(x) for x in reversed(list(wan_net.subnet.hosts())) if x not in taken)
+    rz_wan = f"{alt}/{wan_net.subnet.prefixlen}"
     out = report.results_dir("nat", getattr(args, "results", None))
     env = report.fingerprint(provider, ["net.ipv4.ip_forward", "net.netfilter.nf_conntrack_udp_timeout"], hosts)
     results, agents = [], {}
-    routes = []
+    undo: list[tuple] = []                  # (host, argv) that takes back what the lab added
     per_try = 2 * (args.deadline + args.relay_deadline + 1.5) if args.tcp else args.deadline + args.relay_deadline + 1.5
     try:
+        rz.run(["ip", "addr", "replace", rz_wan, "dev", rz.nic("wan").ifname])
+        undo.append((rz, ["ip", "addr", "del", rz_wan, "dev", rz.nic("wan").ifname]))
         for peer, router, lan in side.values():
             peer.run(["ip", "route", "replace", str(wan_net.subnet), "via", str(router.address(lan))])
-            routes.append((peer, str(wan_net.subnet)))
+            undo.append((peer, ["ip", "route", "del", str(wan_net.subnet)]))
         # fresh private ports per run (no stale conntrack entry meets a new try), all below
         # the ephemeral range the hard sides' extra sockets use
         span = 2 * args.tries * len(scenarios)
@@ -161,10 +176,12 @@ def run(provider, args, step) -> dict:
                 router.run(["nft", "-f", "-"], input=nat_rules(router.nic(lan).ifname, router.nic("wan").ifname,
                                                                str(lab.networks[lan].subnet), kind))
             udp_port = base + 2 * args.tries * i
-            rzp = rz.start(agent_argv(rz, "nat", "rendezvous", "--port", RZ_PORT), name=f"nat-rz-{i}")
+            rzp = rz.start(agent_argv(rz, "nat", "rendezvous", "--port", RZ_PORT, "--alt-ip", alt),
+                           name=f"nat-rz-{i}")
             try:
                 rz.wait_for_port(RZ_PORT)
-                common = ["--rz", f"{ips['rz']}:{RZ_PORT}", "--udp-port", udp_port, "--tcp-port", udp_port + args.tries,
+                common = ["--rz", f"{ips['rz']}:{RZ_PORT}", "--rz-alt", alt,
+                          "--udp-port", udp_port, "--tcp-port", udp_port + args.tries,
                           "--tries", args.tries, "--deadline", args.deadline,
                           "--relay-deadline", args.relay_deadline, "--hard-sockets", args.hard_sockets,
                           "--probes", args.probes, "--tcp" if args.tcp else "--no-tcp",
@@ -189,8 +206,8 @@ def run(provider, args, step) -> dict:
         with deferred_interrupts():
             for router in (ra, rb):
                 router.run(["nft", "delete", "table", "ip", TABLE], check=False)
-            for peer, net in routes:
-                peer.run(["ip", "route", "del", net], check=False)
+            for host, argv in reversed(undo):
+                host.run(argv, check=False)
     md = render(results, args, env)
     summary = {r["scenario"]: {p: r[p]["summary"] for p in ("udp", "tcp") if p in r} for r in results}
     path = report.write_report(out, md, {"summary": summary, "scenarios": results, "agents": agents,

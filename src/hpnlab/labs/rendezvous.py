@@ -2,8 +2,9 @@
 process): what runs on `rz`, reached by the peers only through their NATs.
 
   UDP/TCP PORT      observe: answer with the source endpoint seen (the peer's
-                    public mapping toward PORT; UDP also sends a filtering probe
-                    from PORT+2, which the peer never sent to); UDP also pairs two peers of one
+                    public mapping toward PORT; UDP also sends filtering probes
+                    from PORT+2 and from PORT on a second address, where the peer
+                    never sent to); UDP also pairs two peers of one
                     try (`pair`): each gets the other's observations and a shared
                     start time, on this host's clock, which the peers read (`time`)
   UDP/TCP PORT+1    observe only: a second destination, so a peer sees whether its
@@ -24,7 +25,7 @@ from ._agent import listener
 
 
 class Rendezvous:
-    def __init__(self, port: int, lead: float):
+    def __init__(self, port: int, lead: float, alt_ip: str | None = None):
         self.port, self.lead = port, lead
         self.sel = selectors.DefaultSelector()
         self.pairs: dict[str, dict] = {}            # try key -> {name: what it told us}
@@ -39,6 +40,11 @@ class Rendezvous:
             u.bind(("0.0.0.0", port + off))
             self.sel.register(u, selectors.EVENT_READ, ("udp", off))
             self.sel.register(listener(port + off, backlog=64), selectors.EVENT_READ, ("listen", off))
+        self.alt: socket.socket | None = None       # PORT on a second address: only ever sends
+        if alt_ip:
+            self.alt = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.alt.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.alt.bind((alt_ip, port))
 
     def serve(self, stop: list) -> None:
         while not stop:
@@ -57,8 +63,10 @@ class Rendezvous:
         elif msg.get("op") == "observe":
             self.log["observed"] += 1
             s.sendto(json.dumps({"seen": addr}).encode(), addr)
-            if off == 0:                # from a port the peer never sent to: does its NAT let it in?
-                self.udp[2].sendto(b'{"filter-probe": true}', addr)
+            if off == 0:                # from where the peer never sent to: does its NAT let it in?
+                self.udp[2].sendto(b'{"filter-probe": "other port"}', addr)
+                if self.alt:
+                    self.alt.sendto(b'{"filter-probe": "other address"}', addr)
         elif msg.get("op") == "time":  # the peers read this clock: theirs may be seconds off (VMs)
             s.sendto(json.dumps({"t": time.time(), "k": msg.get("k")}).encode(), addr)
         elif msg.get("op") == "pair" and off == 0:
@@ -155,10 +163,11 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="hpnlab.labs.nat rendezvous")
     ap.add_argument("--port", type=int, required=True, help="first of the three ports (observe, observe, relay)")
     ap.add_argument("--lead", type=float, default=0.15, help="seconds from pairing to a try's start time")
+    ap.add_argument("--alt-ip", help="a second address of this host: filtering probes from it too")
     a = ap.parse_args(argv)
     stop: list = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-    rz = Rendezvous(a.port, a.lead)
+    rz = Rendezvous(a.port, a.lead, a.alt_ip)
     print(json.dumps({"listening": True}), flush=True)
     rz.serve(stop)
     print(json.dumps(rz.log), flush=True)

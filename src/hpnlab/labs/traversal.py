@@ -63,13 +63,16 @@ def plan(me: dict, peer: dict, predict: int) -> dict:
     probe: aim at random peer ports."""
     if easy(me) and easy(peer):
         return {"method": "punch", "targets": [peer["ports"][0]]}
-    # an easy side whose NAT lets in any port of an address it sent to: the hard side
+    # an easy side whose NAT lets in any port of an address it sent to: it sends to the
+    # peer's address once (an address-dependent filter opens for it), and the hard side
     # just sends to it, from whatever mapping its NAT picks, and is answered there
-    # (TCP: the easy side listens — a SYN from an unknown port would meet no socket)
+    # (TCP: the easy side also listens — a SYN from an unknown port would meet no socket)
     if easy(me) and open_filter(me) and not open_filter(peer):
-        return {"method": "punch", "targets": [], "listen": True}
+        return {"method": "punch", "targets": [peer["ports"][0]], "listen": True}
     if easy(peer) and open_filter(peer):
-        return {"method": "punch", "targets": [peer["ports"][0]], "peer_listens": True}
+        # an address-dependent filter opens when the peer's first packet to us has left
+        return {"method": "punch", "targets": [peer["ports"][0]], "peer_listens": True,
+                "wait": 0.1 if peer["filtering"] == ADF else 0}
     if peer["kind"] == "sequential" and (easy(me) or me["kind"] == "sequential"):
         # an easy side can aim at several ports (its own mapping does not move); a
         # sequential side must send its first new packet to the one port predicted
@@ -86,7 +89,8 @@ def plan(me: dict, peer: dict, predict: int) -> dict:
 
 
 def open_filter(info: dict) -> bool:
-    return info.get("filtering") == "open to other ports"
+    """Lets in other ports of an address this side has sent to (at least)."""
+    return info.get("filtering") not in (None, APDF)
 
 
 def _udp_socket(port: int = 0) -> socket.socket:
@@ -120,11 +124,16 @@ def _request(s: socket.socket, msg: dict, to: tuple, deadline: float, want: str,
     return None
 
 
-def observe_udp(s: socket.socket, rz_ip: str, port: int, deadline: float) -> tuple[list, str] | None:
-    """The public endpoints toward PORT and PORT+1, and the filtering: rz answers an
-    observation on PORT from PORT+2 as well, a port this socket never sent to; if that
-    gets through, the NAT does not filter on the port (RFC 4787 address-dependent or
-    endpoint-independent filtering: with one rz address the two are not told apart)."""
+EIF, ADF, APDF = "endpoint-independent", "address-dependent", "address and port-dependent"
+
+
+def observe_udp(s: socket.socket, rz_ip: str, port: int, deadline: float,
+                alt_ip: str | None = None) -> tuple[list, str] | None:
+    """The public endpoints toward PORT and PORT+1, and the filtering (RFC 4787 §5): rz
+    answers an observation on PORT from PORT+2 as well, and from PORT on its second
+    address `alt_ip`, where this socket never sent to. Both get through: the NAT filters
+    on nothing (endpoint-independent); only the other port: on the address
+    (address-dependent); neither: on address and port."""
     seen: list = []
     stray: list = []
     for off in (0, 1):
@@ -138,8 +147,12 @@ def observe_udp(s: socket.socket, rz_ip: str, port: int, deadline: float) -> tup
             stray.append(s.recvfrom(4096))
         except BlockingIOError:
             break
-    opened = any(addr == (rz_ip, port + 2) and b"filter-probe" in data for data, addr in stray)
-    return seen, ("open to other ports" if opened else "address and port-dependent")
+    probes = {addr for data, addr in stray if b"filter-probe" in data}
+    if alt_ip and (alt_ip, port) in probes:
+        return seen, EIF
+    if (rz_ip, port + 2) in probes:
+        return seen, ADF if alt_ip else f"{ADF} or {EIF}"
+    return seen, APDF
 
 
 def observe_tcp(local: tuple, rz_ip: str, port: int, deadline: float) -> list:
@@ -230,13 +243,13 @@ def udp_direct(hs: UdpHandshake, main: socket.socket, peer_ip: str, pl: dict, st
         if pl.get("role") == "hard":
             for s in socks:                  # each socket's first packet opens its own mapping
                 s.sendto(hs.msg("PUNCH"), (peer_ip, pl["targets"][0]))
-        last_aim = 0.0
+        last_aim = on_path = 0.0
         while time.time() < deadline and not hs.done:
             now = time.time()
             if hs.path is not None:
-                if now - last_aim > 0.02:
+                if now - on_path > 0.02:     # at once when the path is new: the peer waits to hear us
                     hs.path[0].sendto(hs.msg("PUNCH"), hs.path[1])
-                    last_aim = now
+                    on_path = now
             elif candidates and sent < len(candidates):
                 for x in candidates[sent:sent + BATCH]:
                     rng.choice(socks).sendto(hs.msg("PUNCH"), (peer_ip, x))
@@ -333,7 +346,7 @@ def udp_try(a, i: int, ctl: socket.socket, rz: tuple, rng: random.Random) -> dic
     out: dict = {"ok": False, "outcome": "failed"}
     try:
         t_end = time.time() + a.deadline + a.relay_deadline + 3
-        observed = observe_udp(s, rz[0], rz[1], t_end)
+        observed = observe_udp(s, rz[0], rz[1], t_end, a.rz_alt)
         if observed is None:
             return {**out, "error": "the rendezvous host did not answer"}
         met = meet(a, ctl, rz, key, classify(a.udp_port + i, *observed), t_end, out)
@@ -382,7 +395,9 @@ def tcp_direct(local: tuple, peer_ip: str, pl: dict, start_at: float, deadline: 
     sent = refused = 0
     winner = None
     try:
-        sleep_until(start_at + (0.05 if pl.get("role") == "easy" else 0))
+        # an easy side probes once the hard side's mappings exist (a SYN that meets no mapping
+        # is lost until its retransmission a second later)
+        sleep_until(start_at + (0.05 if pl.get("role") == "easy" else pl.get("wait", 0)))
         if pl.get("listen"):
             server = _tcp_socket(local)
             server.listen(4)
@@ -526,6 +541,7 @@ def peer_main(argv: list[str]) -> int:
     ap.add_argument("--peer-name", required=True)
     ap.add_argument("--local", required=True, help="this peer's private address")
     ap.add_argument("--rz", required=True, help="rendezvous IP:PORT (PORT+1 observes too, PORT+2 relays)")
+    ap.add_argument("--rz-alt", help="rz's second address, which sends a filtering probe from PORT")
     ap.add_argument("--udp-port", type=int, required=True, help="try i's UDP socket binds this + i")
     ap.add_argument("--tcp-port", type=int, required=True, help="try i's TCP sockets bind this + i")
     ap.add_argument("--tries", type=int, default=20)
