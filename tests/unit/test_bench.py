@@ -175,6 +175,11 @@ def test_a_scaling_curve_over_workers_is_drawn(tmp_path):
     assert ("With 4 workers no engine used more than 1.60 cores (epoll-procs×4) of the server's 4 CPU(s), "
             "so the curve stops where the cores ran out") in text
     assert "emulated by QEMU TCG, each vCPU a thread on this machine's 2 cores" in text
+    # loopback: the probe says 2 CPUs, but the server is pinned to one of them
+    shared = [_full("epoll-procs", 1000, 90 + 10 * w, util=0.95, workers=w) for w in (1, 2)]
+    text = writeup.reading(shared, {"mode": "loopback", "server_cpus": 2, "machine": {"cpus": 2}})
+    assert "Loopback pins the server to CPU0 (the load generator has CPU1 of this machine's 2)" in text
+    assert "CPU per request from 1 to 2 workers: epoll-procs +10%" in text and "of the server's 2" not in text
 
 
 def test_proc_snapshot_over_a_shell_matches_the_local_read(tmp_path):

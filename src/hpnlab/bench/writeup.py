@@ -373,6 +373,16 @@ def _cores_delivered(curves: dict[str, dict[int, dict]], env: dict) -> list[str]
     top = max(max(by_w) for by_w in curves.values())
     most = max((by_w[top] for by_w in curves.values() if top in by_w), key=lambda c: c["server_util"])
     cpus, machine = env.get("server_cpus") or top, (env.get("machine") or {}).get("cpus")
+    if env.get("mode") == "loopback":
+        # pinned to CPU0 whatever the machine has: the workers share one core
+        costs = [f"{e} {by_w[max(by_w)]['cpu_us_per_req'] / by_w[min(by_w)]['cpu_us_per_req'] - 1:+.0%}"
+                 for e, by_w in curves.items() if by_w[min(by_w)].get("cpu_us_per_req")]
+        return [f"Loopback pins the server to CPU0 (the load generator has CPU1 of this machine's "
+                f"{machine or '?'}), so the {top} workers took turns on one core: the most any used was "
+                f"{most['server_util']:.2f} cores ({name(most)}). On these cores the curve can only show what "
+                f"parallelism costs, not what it gains: CPU per request from {min(min(b) for b in curves.values())} "
+                f"to {top} workers: " + ", ".join(costs) + ". Its gain needs a server host with cores of its "
+                "own (lab mode, `cpus:` of h1, on a machine with more cores than the lab's vCPUs).", ""]
     room = min(top, cpus)
     if most["server_util"] >= 0.75 * room:
         return [f"With {top} workers {name(most)} used {most['server_util']:.2f} cores of the server's "
