@@ -17,7 +17,9 @@ from hpnlab.topology import TopologyError, parse_lab, sysctls
 REPO = Path(__file__).resolve().parents[2]
 MODULE = REPO / "ansible/plugins/modules/hpnlab_sysctl.py"
 ESCAPES = ["/etc/hostname", "../../etc/x", "net.ipv4/../../x", "net..core", ".net.core.somaxconn",
-           "net.core.somaxconn/", "NET.core.somaxconn", "net.core.somaxconn\n", "net core", ""]
+           "net.core.somaxconn/", "NET.core.somaxconn", "net.core.somaxconn\n", "net core", "",
+           "kernel/../../etc", "kernel..", "net.core.s\u00f6maxconn", "net.core.\uff53omaxconn", "net.core.x\u0000",
+           "~/x", "net.core.*", "."]
 
 
 @pytest.mark.parametrize("key", ESCAPES)
@@ -60,6 +62,14 @@ def test_ansible_module_refuses_keys_outside_proc_sys(key, tmp_path):
     out = run_module({key: "pwned", "net.core.somaxconn": "4096"}, True, tmp_path)
     assert out.get("failed") and "is not a sysctl name" in out["msg"], out
     assert out.get("key") == key
+
+
+@pytest.mark.parametrize("key", ["net.ipv4", "net.core.no_such_key"])
+def test_ansible_module_refuses_a_key_that_is_no_file_before_writing(key, tmp_path):
+    """A directory (net.ipv4) or a missing key fails the task naming it, before any key is written."""
+    out = run_module({"net.core.somaxconn": "1", key: "1"}, False, tmp_path)
+    assert out.get("failed") and f"sysctl {key}: no such key on this host" in out["msg"], out
+    assert Path("/proc/sys/net/core/somaxconn").read_text().strip() != "1"
 
 
 def test_ansible_module_writes_nothing_for_a_bad_key(tmp_path):

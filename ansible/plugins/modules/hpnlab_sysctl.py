@@ -75,14 +75,16 @@ def main():
             paths[key] = sysctl_path(key)
         except ValueError as exc:
             module.fail_json(msg=f"sysctl {exc}", key=key)
+        if not os.path.isfile(paths[key]):      # missing, or a directory such as net.ipv4
+            module.fail_json(msg=f"sysctl {key}: no such key on this host ({paths[key]})", key=key)
     changed_keys = []
     for key, want in values.items():
         path = paths[key]
         try:
             with open(path) as f:
                 have = _norm(f.read())
-        except FileNotFoundError:
-            module.fail_json(msg=f"sysctl {key}: no such key on this host ({path})", key=key)
+        except OSError as exc:
+            module.fail_json(msg=f"sysctl {key}: cannot read {path}: {exc.strerror}", key=key)
         if have == want:
             continue
         changed_keys.append(key)
