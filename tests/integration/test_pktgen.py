@@ -85,9 +85,13 @@ def test_generated_frames_carry_valid_checksums_stamps_and_flows(netns_lab):
 
 
 def test_lab_compares_with_testpmd_accounts_for_every_packet_and_spreads_queues(netns_lab, tmp_path):
+    # what the dpdk role does on netns hosts: the kernel's frames to the stack leave with their
+    # checksums filled in (a veth otherwise leaves them to an offload no DPDK port sees)
+    netns_lab.host("h2").run(["ethtool", "-K", "eth2", "tx", "off"], timeout=10)
     args = build_parser(["lab"]).parse_args(
         ["lab", "--results", str(tmp_path), "pktgen", "--size", "64", "--seconds", "1", "--rounds", "1", "--no-null",
-         "--count", "20000", "--rate", "40kpps", "--loss", "5", "--queues", "2", "--mq-flows", "16"])
+         "--count", "20000", "--rate", "40kpps", "--loss", "5", "--queues", "2", "--mq-flows", "16",
+         "--stack-bytes", "65536"])
     res = lab_module("pktgen").run(netns_lab, args, lambda m: None)
     data = json.loads((res["dir"] / "data.json").read_text())
     assert set(data["pps"]) == {"net_af_packet on eth2"}       # net_null: tests/unit/test_dpdk.py
@@ -99,6 +103,16 @@ def test_lab_compares_with_testpmd_accounts_for_every_packet_and_spreads_queues(
     assert lossy["received"] + lossy["lost"] == lossy["sent"] == 20000
     assert lossy["lost"] == lossy["dropped_by_switch"]          # every loss is the switch's drop
     assert abs(lossy["loss_pct"] - 5) < 1
+    # the round trip through testpmd macswap on h2, counted and timed on h1's own TSC
+    rtt = res["round_trip"]
+    assert rtt["received"] + rtt["lost"] == rtt["sent"] == 20000 and rtt["beyond_sent"] == 0
+    assert 0 < rtt["received"] <= rtt["reflector"]["tx"] <= rtt["reflector"]["rx"] <= 20000, rtt["reflector"]
+    assert 0 < rtt["latency_ns"]["min"] <= rtt["latency_ns"]["p50"] <= rtt["latency_ns"]["p99"]
+    assert sum(rtt["histogram"].values()) == rtt["received"]
+    # the user-space stack over the same binding (h2's NIC stays Linux's on netns hosts)
+    assert res["stack"]["driver"] == "dpdk" and all(c["ok"] for c in res["stack"]["cases"]), res["stack"]["cases"]
+    assert [c["name"] for c in res["stack"]["cases"]][-2:] == ["tcp: 64 KiB linux -> stack, sha256",
+                                                               "tcp: 64 KiB stack -> linux, sha256"]
     mq = res["multiqueue"]                  # 16 flows hashed over 2 RX queues: both carry some
     assert len(mq["per_queue"]) == 2 and all(n > 0 for n in mq["per_queue"]), mq
     # a busy-polling receiver on a shared CPU may miss frames (the ring overflows): counted, not hidden

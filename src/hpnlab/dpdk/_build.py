@@ -9,7 +9,9 @@ would cost more than the packets they move:
     sequence number, a TSC stamp and the L4 checksum change), paced by the TSC;
   - the receiver (hp_rcv_*): finds the stamp in each frame and counts
     packets, duplicates, reordering and a latency histogram; it reads from a
-    DPDK port or from an AF_PACKET socket.
+    DPDK port or from an AF_PACKET socket, or, inside the generator's loop,
+    from the generator's own port (the round trip: frames a peer sent back,
+    timed by the one TSC that stamped them).
 
     python -m hpnlab.dpdk._build      # what `make setup` runs
 """
@@ -24,7 +26,7 @@ from pathlib import Path
 from ..cbuild import build_main, compile_into
 
 # The version changes with the C interface, so a build of an older one is never loaded.
-MODULE = "_hpnlab_dpdk_v2"
+MODULE = "_hpnlab_dpdk_v3"
 
 # The structs Python reads, in both the cdef and the C source.
 STRUCTS = r"""
@@ -85,6 +87,7 @@ int hp_tx_copy(uint16_t port, uint16_t q, struct rte_mempool *pool,
 #define HP_STAMP_LEN ...
 #define HP_TMPL_MAX ...
 typedef struct hp_gen hp_gen;
+typedef struct hp_rcv hp_rcv;
 hp_gen *hp_gen_new(uint16_t port, uint16_t queue, unsigned pool_size, unsigned burst);
 int hp_gen_template(hp_gen *g, const uint8_t *frame, unsigned len, unsigned stamp_off,
                     int csum_off, uint32_t csum_base);
@@ -97,11 +100,12 @@ uint64_t hp_gen_full(hp_gen *g);
 uint64_t hp_gen_writes(hp_gen *g);
 uint64_t hp_gen_patches(hp_gen *g);
 void hp_gen_free(hp_gen *g);
+void hp_gen_echo(hp_gen *g, hp_rcv *r, uint16_t queue);
 
 #define HP_HIST_SUB ...
 #define HP_HIST_N ...
-typedef struct hp_rcv hp_rcv;
 hp_rcv *hp_rcv_new(uint64_t expect, uint64_t tsc_hz);
+void hp_rcv_want_dst(hp_rcv *r, const uint8_t *mac);
 void hp_rcv_frame(hp_rcv *r, const uint8_t *frame, unsigned len, uint64_t now_tsc);
 int hp_rcv_dpdk(hp_rcv *r, uint16_t port, uint16_t nq, uint64_t *per_queue, uint64_t until_tsc);
 int hp_rcv_afpacket(hp_rcv *r, int fd, uint64_t until_tsc);
@@ -344,7 +348,10 @@ struct hp_gen {
     double tsc_per_pkt;                      /* 0: as fast as the queue takes them */
     uint64_t count, first_seq, seq;          /* count 0: no limit */
     uint64_t start_tsc, sent, bytes, full, writes, patches;
+    hp_rcv *echo; uint16_t echo_q;           /* frames coming back, counted while sending */
 };
+
+static void hp_rcv_mbufs(hp_rcv *r, struct rte_mbuf **m, uint16_t n, uint64_t now);
 
 static unsigned hp_gen_ids;
 
@@ -474,6 +481,11 @@ int hp_gen_run(hp_gen *g, uint64_t until_tsc)
     struct rte_mempool_cache *cache = rte_mempool_default_cache(g->grp[0].pool, rte_lcore_id());
     for (;;) {
         uint64_t now = rte_rdtsc();
+        if (g->echo) {
+            struct rte_mbuf *back[64];
+            uint16_t got = rte_eth_rx_burst(g->port, g->echo_q, back, 64);
+            if (got) hp_rcv_mbufs(g->echo, back, got, rte_rdtsc());
+        }
         if (g->count && g->sent >= g->count) return 1;
         if (now >= until_tsc) return 0;
         unsigned n = g->burst;
@@ -525,6 +537,9 @@ uint64_t hp_gen_bytes(hp_gen *g) { return g->bytes; }
 uint64_t hp_gen_full(hp_gen *g) { return g->full; }
 uint64_t hp_gen_writes(hp_gen *g) { return g->writes; }
 uint64_t hp_gen_patches(hp_gen *g) { return g->patches; }
+/* Count the frames arriving on RX queue `queue` of the generator's port with r while
+ * sending (polled before every burst). */
+void hp_gen_echo(hp_gen *g, hp_rcv *r, uint16_t queue) { g->echo = r; g->echo_q = queue; }
 void hp_gen_free(hp_gen *g)
 {
     if (!g) return;
@@ -547,8 +562,13 @@ struct hp_rcv {
     uint64_t next;                          /* highest sequence number seen + 1 */
     double ns_per_tsc;
     uint64_t hz;
+    uint8_t dst[6]; int want_dst;           /* count only frames sent to this MAC */
     uint64_t hist[HP_HIST_N];
 };
+
+/* Count only frames whose destination is `mac` (a round trip's receiver on the sending
+ * port: AF_PACKET devices also show a port the frames it sent itself). */
+void hp_rcv_want_dst(hp_rcv *r, const uint8_t *mac) { memcpy(r->dst, mac, 6); r->want_dst = 1; }
 
 hp_rcv *hp_rcv_new(uint64_t expect, uint64_t tsc_hz)
 {
@@ -589,6 +609,7 @@ void hp_rcv_frame(hp_rcv *r, const uint8_t *f, unsigned len, uint64_t now)
     r->c.bytes += len;
     unsigned off = 14;
     if (len < off + 20) return;
+    if (r->want_dst && memcmp(f, r->dst, 6) != 0) return;
     uint16_t type = (uint16_t)(f[12] << 8 | f[13]);
     if (type == 0x8100) { off += 4; type = (uint16_t)(f[16] << 8 | f[17]); }
     if (type != 0x0800 || len < off + 20) return;
@@ -635,21 +656,26 @@ int hp_rcv_dpdk(hp_rcv *r, uint16_t port, uint16_t nq, uint64_t *per_queue, uint
         uint16_t n = rte_eth_rx_burst(port, q, m, 64);
         if (!n) { rte_pause(); continue; }
         per_queue[q] += n;
-        now = rte_rdtsc();
-        for (uint16_t i = 0; i < n; i++) {
-            struct rte_mbuf *b = m[i];
-            if (b->nb_segs == 1)
-                hp_rcv_frame(r, rte_pktmbuf_mtod(b, uint8_t *), b->data_len, now);
-            else {
-                uint8_t tmp[128];
-                unsigned take = b->pkt_len < sizeof tmp ? b->pkt_len : sizeof tmp;
-                const uint8_t *p = rte_pktmbuf_read(b, 0, take, tmp);
-                if (p) hp_rcv_frame(r, p, take, now);
-            }
-        }
-        rte_pktmbuf_free_bulk(m, n);
+        hp_rcv_mbufs(r, m, n, rte_rdtsc());
         total += n;
     }
+}
+
+/* Count a burst of received mbufs and free them. */
+static void hp_rcv_mbufs(hp_rcv *r, struct rte_mbuf **m, uint16_t n, uint64_t now)
+{
+    for (uint16_t i = 0; i < n; i++) {
+        struct rte_mbuf *b = m[i];
+        if (b->nb_segs == 1)
+            hp_rcv_frame(r, rte_pktmbuf_mtod(b, uint8_t *), b->data_len, now);
+        else {
+            uint8_t tmp[128];
+            unsigned take = b->pkt_len < sizeof tmp ? b->pkt_len : sizeof tmp;
+            const uint8_t *p = rte_pktmbuf_read(b, 0, take, tmp);
+            if (p) hp_rcv_frame(r, p, take, now);
+        }
+    }
+    rte_pktmbuf_free_bulk(m, n);
 }
 
 /* An AF_PACKET socket bound to the receiving NIC: recvmmsg in batches, frames the host

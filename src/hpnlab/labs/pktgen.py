@@ -7,8 +7,11 @@ wire: the generator's own CPU cost is the limit), then on the lab's DPDK NIC
 (an af_packet vdev on netns hosts, the uio-bound eth2 on VMs). Then a known
 count goes at a modest rate to a receiver on the peer host, which counts what
 arrived from the sequence numbers (received + lost = sent, reordering,
-duplicates) and the latency from the TSC stamps; and once more with loss
-injected on the link, to show the receiver measures it.
+duplicates) and the latency from the TSC stamps; once more with loss
+injected in the lab's switch, to show the receiver measures it; and a round trip
+through a reflector on the peer (testpmd macswap), timed by the sender's own TSC.
+Where the peer's NIC stays the kernel's, the user-space stack runs over the same
+binding on the sender and talks TCP to the peer's Linux.
 
     hpnlab lab pktgen --size 64,512,1500,imix --seconds 3
     hpnlab pktgen ...                 (the same)
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import statistics
 import time
@@ -31,36 +35,61 @@ HELP = "DPDK packet generator vs dpdk-testpmd txonly (pps per size), receiver lo
 NFT_TABLE = "hpnlab_pktgen"
 GOAL = 0.9
 
+# The full grid, and the one used when the sender's CPU is emulated (QEMU TCG: the default
+# VM lab where KVM fails), where each run's start-up alone takes seconds and the full grid
+# ~25 minutes. A knob given on the command line is kept either way.
+GRID = {"size": "64,512,1500,imix", "seconds": 3.0, "rounds": 3, "count": 200_000, "rate": "100kpps",
+        "no_null": False}
+EMULATED_GRID = {"size": "64,1500", "seconds": 2.0, "rounds": 2, "count": 20_000, "rate": "5kpps",
+                 "no_null": True}
+EMULATED_WHY = ("each run's start-up (SSH, Python, EAL) takes seconds there and the full grid about "
+                "25 minutes; net_null would measure the emulator, not the generator; the accounting rate "
+                "is one an emulated receiver keeps up with")
+
 
 def add_arguments(p) -> None:
     p.add_argument("--hosts", default="h1,h2", help="sender,receiver (default h1,h2)")
     p.add_argument("--network", help="the network to send on (default: the sender's DPDK network)")
-    p.add_argument("--size", default="64,512,1500,imix",
-                   help="frame sizes in bytes (no FCS), comma separated, or imix (default 64,512,1500,imix)")
+    p.add_argument("--size", help=f"frame sizes in bytes (no FCS), comma separated, or imix (default "
+                   f"{GRID['size']}; {EMULATED_GRID['size']} on an emulated CPU)")
     p.add_argument("--proto", choices=PROTOS, default="udp")
     p.add_argument("--flows", type=int, default=1, help="flows (source ports) the packets rotate over")
-    p.add_argument("--seconds", type=float, default=3.0, help="length of each throughput run")
-    p.add_argument("--rounds", type=int, default=3,
-                   help="throughput rounds per size: hpnlab and testpmd back to back, order alternating")
-    p.add_argument("--count", type=int, default=200_000, help="packets of the accounting runs")
-    p.add_argument("--rate", default="100kpps", help="rate of the accounting runs (pps, bit/s or line)")
+    p.add_argument("--seconds", type=float, help=f"length of each throughput run (default {GRID['seconds']:g}; "
+                   f"{EMULATED_GRID['seconds']:g} emulated)")
+    p.add_argument("--rounds", type=int, help="throughput rounds per size: hpnlab and testpmd back to back, "
+                   f"order alternating (default {GRID['rounds']}; {EMULATED_GRID['rounds']} emulated)")
+    p.add_argument("--count", type=int, help=f"packets of the accounting runs (default {GRID['count']}; "
+                   f"{EMULATED_GRID['count']} emulated)")
+    p.add_argument("--rate", help="rate of the accounting runs, pps, bit/s or line (default "
+                   f"{GRID['rate']}; {EMULATED_GRID['rate']} emulated)")
     p.add_argument("--receiver", choices=("auto", "afpacket", "dpdk"), default="auto",
                    help="the peer's receiver (auto: AF_PACKET on netns hosts, DPDK where the NIC is bound)")
     p.add_argument("--loss", type=float, help="loss %% to inject in the impaired run (default: the "
                    "network's impair.loss, else 2; 0 skips it)")
-    p.add_argument("--no-null", action="store_true", help="skip the net_null comparison")
+    p.add_argument("--no-null", action="store_true", default=None,
+                   help="skip the net_null comparison (skipped by default on an emulated CPU)")
     p.add_argument("--queues", type=int, default=2,
                    help="multi-queue run: a DPDK receiver with this many RX queues (<2 skips it)")
     p.add_argument("--mq-flows", type=int, default=8, help="flows of the multi-queue run")
+    p.add_argument("--stack-bytes", type=int, default=1 << 20,
+                   help="the user-space stack over DPDK against the peer's Linux: bulk size each way, where "
+                   "the peer's NIC is the kernel's (default 1 MiB; 0 skips it)")
 
 
 # -- where and how DPDK runs on a host ---------------------------------------------------------
 
-def eal_for(provider, host, ifname: str, lcore: int, queues: int = 1) -> tuple[str, str]:
-    """(EAL arguments for the host's DPDK NIC, what they drive). `queues`: queue pairs
+def dpdk_owns(provider, host: str, network: str) -> bool:
+    """Whether provisioning gave the host's NIC on `network` to DPDK (VMs and machines with
+    `dpdk: network`); otherwise DPDK reaches the kernel's NIC through an af_packet vdev."""
+    return provider.dpdk_takes_nic and provider.lab.hosts[host].dpdk_network == network
+
+
+def eal_for(provider, host, network: str, lcore: int, queues: int = 1) -> tuple[str, str]:
+    """(EAL arguments for the host's NIC on `network`, what they drive). `queues`: queue pairs
     the af_packet vdev opens (a PACKET_FANOUT group: the kernel's flow hash picks the queue)."""
     base = ["--no-telemetry", "--log-level=warning", "-l", str(lcore)]
-    if not provider.dpdk_takes_nic:       # an af_packet vdev over the kernel's NIC
+    ifname = host.nic(network).ifname
+    if not dpdk_owns(provider, host.name, network):       # an af_packet vdev over the kernel's NIC
         qpairs = f",qpairs={queues}" if queues > 1 else ""
         return shlex.join([*base, "--no-huge", "--no-shconf", "-m", "256", "--no-pci",
                            f"--vdev=net_af_packet0,iface={ifname}{qpairs}"]), f"net_af_packet on {ifname}"
@@ -166,38 +195,65 @@ def paired_ratio(runs: dict[str, list[dict]], key: str) -> float | None:
     return statistics.median(ratios) if ratios else None
 
 
-def receiver_kind(provider, args) -> str:
+def receiver_kind(provider, args, receiver: str, network: str) -> str:
     if args.receiver != "auto":
         return args.receiver
-    return "dpdk" if provider.dpdk_takes_nic else "afpacket"
+    return "dpdk" if dpdk_owns(provider, receiver, network) else "afpacket"
+
+
+def emulated(host) -> bool:
+    res = host.run([agent_python(host), "-c", "from hpnlab.bench.probe import emulated_cpu; print(emulated_cpu())"],
+                   timeout=host.start_timeout + 60, check=False)
+    return res.stdout.strip() == "True"
+
+
+def settle_grid(args, sender) -> str:
+    """Fill the knobs not given with the full grid, or the emulated one where the sender's
+    CPU is emulated; returns why the grid was cut ('' if it was not)."""
+    cut = emulated(sender)
+    grid = EMULATED_GRID if cut else GRID
+    for knob, value in grid.items():
+        if getattr(args, knob) is None:
+            setattr(args, knob, value)
+    if not cut:
+        return ""
+    return (f"{sender.name}'s CPU is emulated (QEMU TCG), so the knobs not given were set to: sizes "
+            f"{EMULATED_GRID['size']}, {EMULATED_GRID['rounds']} rounds of {EMULATED_GRID['seconds']:g} s, "
+            f"net_null skipped, {EMULATED_GRID['count']} packets at {EMULATED_GRID['rate']} for the accounting "
+            f"runs ({EMULATED_WHY}; give --size, --seconds, --rounds, --count, --rate to choose)")
 
 
 class Loss:
     """Drop `pct` % of the sender's frames inside the lab's switch (the netns provider's
-    bridge): after the sender's NIC, so the sender cannot notice, and before the receiver's,
+    bridge, the VM lab's libvirt bridge on this machine), where the sender's frames enter
+    it: after the sender's NIC, so the sender cannot notice, and before the receiver's,
     whose AF_PACKET tap would see frames a filter on its own NIC dropped. The lab's own
-    impairment (nftables postrouting, netem) does not apply here: it works on IP packets
-    of the kernel's stack, and these frames bypass it."""
+    impairment (nftables postrouting, netem in the guests) does not apply here: it sits in
+    the kernel's path, which these frames bypass (DPDK owns the NIC, or the af_packet vdev
+    skips the qdiscs)."""
 
     def __init__(self, provider, sender: str, network: str, pct: float):
-        self.provider, self.pct = provider, pct
-        self.ns = provider.switch_netns(network)
-        self.port = f"{sender}-{network}"
+        where = provider.switch_port(sender, network)
+        if where is None:
+            raise LabError(f"network {network} has no switch this machine can filter in")
+        self.ns, self.port = where
+        self.pct = pct
+        self.table = NFT_TABLE + "_" + re.sub(r"\W", "_", provider.lab.name)
         self.threshold = round(pct / 100 * 1_000_000)
 
     def nft(self, *args: str) -> str:
         import subprocess
-        proc = subprocess.run(["ip", "netns", "exec", self.ns, "nft", *args], capture_output=True, text=True,
-                              timeout=20)
+        where = ["ip", "netns", "exec", self.ns] if self.ns else []
+        proc = subprocess.run([*where, "nft", *args], capture_output=True, text=True, timeout=20)
         if proc.returncode != 0:
-            raise LabError(f"nft in {self.ns}: {proc.stderr.strip()}")
+            raise LabError(f"nft in {self.ns or 'this machine'}: {proc.stderr.strip()}")
         return proc.stdout
 
     def __enter__(self):
-        self.nft("add", "table", "bridge", NFT_TABLE)
+        self.nft("add", "table", "bridge", self.table)
         try:
-            self.nft("add", "chain", "bridge", NFT_TABLE, "lossy", "{ type filter hook forward priority 0; }")
-            self.nft("add", "rule", "bridge", NFT_TABLE, "lossy", "iifname", self.port,
+            self.nft("add", "chain", "bridge", self.table, "lossy", "{ type filter hook forward priority 0; }")
+            self.nft("add", "rule", "bridge", self.table, "lossy", "iifname", self.port,
                      "numgen", "random", "mod", "1000000", "<", str(self.threshold), "counter", "drop")
         except BaseException:
             self.__exit__()
@@ -205,7 +261,7 @@ class Loss:
         return self
 
     def dropped(self) -> int:
-        out = json.loads(self.nft("-j", "list", "table", "bridge", NFT_TABLE))
+        out = json.loads(self.nft("-j", "list", "table", "bridge", self.table))
         for item in out.get("nftables", []):
             for expr in item.get("rule", {}).get("expr", []):
                 if "counter" in expr:
@@ -214,45 +270,68 @@ class Loss:
 
     def __exit__(self, *exc):
         with deferred_interrupts():
-            self.nft("delete", "table", "bridge", NFT_TABLE)
+            self.nft("delete", "table", "bridge", self.table)
 
 
-def accounting(provider, sender, receiver, eal_s: str, eal_r: str, ifname_r: str, args, step,
-               label: str, loss: Loss | None = None, kind: str | None = None, queues: int = 1,
-               flows: int | None = None) -> dict:
-    """A known count at a known rate; what the receiver saw."""
-    kind = kind or receiver_kind(provider, args)
-    flows = flows or args.flows
-    pps = parse_rate(args.rate)
-    seconds_needed = args.count / pps[1] if pps[0] == "pps" else 10.0
-    listen = seconds_needed * 1.5 + 8
-    rargs = ["recv", "--seconds", f"{listen:.1f}", "--expect", args.count, "--idle", 1.5]
-    rargs += ["--afpacket", ifname_r] if kind == "afpacket" else ["--eal", eal_r, "--queues", queues]
-    step(f"{label}: {args.count} packets at {args.rate} to a {kind} receiver on {receiver.name}")
-    proc = receiver.start(agent(receiver, *rargs), name=f"pktgen-recv-{receiver.name}")
+def start_agent(host, args: list, name: str):
+    """An agent in the background on `host`, once it said it is ready."""
+    proc = host.start(agent(host, *args), name=name)
+    deadline = time.monotonic() + host.start_timeout + 60
+    while '"ready"' not in proc.logs()[0]:
+        if not proc.alive():
+            out, err = proc.logs()
+            parse_agent(host, out, err, name)
+            raise LabError(f"[{host.name}] {name} exited: {err[-1500:]}")
+        if time.monotonic() > deadline:
+            proc.stop(5)
+            raise LabError(f"[{host.name}] {name} not ready in {host.start_timeout + 60:g}s")
+        time.sleep(0.1)
+    return proc
+
+
+def finish_agent(host, proc, timeout: float, name: str, stop: bool = False) -> dict:
+    """The JSON result of a background agent (stopped first with `stop`)."""
     try:
-        deadline = time.monotonic() + receiver.start_timeout
-        while '"ready"' not in proc.logs()[0]:
-            if not proc.alive():
-                out, err = proc.logs()
-                parse_agent(receiver, out, err, "receiver")
-                raise LabError(f"[{receiver.name}] receiver exited: {err[-1500:]}")
-            if time.monotonic() > deadline:
-                raise LabError(f"[{receiver.name}] receiver not ready in {receiver.start_timeout:g}s")
-            time.sleep(0.1)
-        sent = run_agent(sender, ["send", "--eal", eal_s, "--size", "64", "--proto", args.proto,
-                                  "--flows", flows, "--count", args.count, "--rate", args.rate,
-                                  "--seconds", f"{seconds_needed * 1.5 + 5:.1f}"],
-                         seconds_needed * 2 + 120 + sender.start_timeout, "generator")
-        rc = proc.wait(listen + 60)
+        rc = proc.stop(timeout) if stop else proc.wait(timeout)
         out, err = proc.logs()
-        got = parse_agent(receiver, out, err, "receiver")
+        got = parse_agent(host, out, err, name)
         if rc != 0:
-            raise LabError(f"[{receiver.name}] receiver failed (exit {rc}): {err[-1500:]}")
+            raise LabError(f"[{host.name}] {name} failed (exit {rc}): {err[-1500:]}")
+        return got
     finally:
         with deferred_interrupts():
             if proc.alive():
                 proc.stop(5)
+
+
+def send_known_count(sender, eal_s: str, args, flows: int, *extra) -> dict:
+    pps = parse_rate(args.rate)
+    seconds_needed = args.count / pps[1] if pps[0] == "pps" else 10.0
+    return run_agent(sender, ["send", "--eal", eal_s, "--size", "64", "--proto", args.proto,
+                              "--flows", flows, "--count", args.count, "--rate", args.rate,
+                              "--seconds", f"{seconds_needed * 1.5 + 5:.1f}", *extra],
+                     seconds_needed * 2 + 120 + sender.start_timeout, "generator")
+
+
+def accounting(provider, sender, receiver, net: str, eal_s: str, eal_r: str, args, step,
+               label: str, loss: Loss | None = None, kind: str | None = None, queues: int = 1,
+               flows: int | None = None) -> dict:
+    """A known count at a known rate; what the receiver saw."""
+    kind = kind or receiver_kind(provider, args, receiver.name, net)
+    flows = flows or args.flows
+    pps = parse_rate(args.rate)
+    listen = (args.count / pps[1] if pps[0] == "pps" else 10.0) * 1.5 + 8
+    rargs = ["recv", "--seconds", f"{listen:.1f}", "--expect", args.count, "--idle", 1.5]
+    rargs += ["--afpacket", receiver.nic(net).ifname] if kind == "afpacket" else ["--eal", eal_r, "--queues", queues]
+    step(f"{label}: {args.count} packets at {args.rate} to a {kind} receiver on {receiver.name}")
+    proc = start_agent(receiver, rargs, f"pktgen-recv-{receiver.name}")
+    try:
+        sent = send_known_count(sender, eal_s, args, flows)
+    except BaseException:
+        with deferred_interrupts():
+            proc.stop(5)
+        raise
+    got = finish_agent(receiver, proc, listen + 60, "receiver")
     unique = got["unique"]
     res = {"label": label, "receiver": kind, "sent": sent["sent"], "rate": args.rate, "achieved_pps": sent["pps"],
            "received": unique, "lost": sent["sent"] - unique, "duplicates": got["duplicates"],
@@ -270,70 +349,131 @@ def accounting(provider, sender, receiver, eal_s: str, eal_r: str, ifname_r: str
     return res
 
 
-def run(provider, args, step) -> dict:
+def round_trip(sender, receiver, eal_s: str, eal_r: str, args, step) -> dict:
+    """The known count through a reflector on the peer (testpmd macswap sends every frame
+    back): what came back, and the round-trip time from the TSC that stamped each frame —
+    one clock, also where the two hosts' TSCs are not one (VMs, machines)."""
+    step(f"round trip: {args.count} packets at {args.rate} through testpmd macswap on {receiver.name}")
+    proc = start_agent(receiver, ["reflect", "--eal", eal_r, "--seconds", 600], f"pktgen-reflect-{receiver.name}")
     try:
-        sizes = parse_sizes(args.size)
-        parse_rate(args.rate)
-        for sz in sizes:                    # bad sizes, flows, protocol: said before anything runs
+        sent = send_known_count(sender, eal_s, args, args.flows, "--echo")
+    except BaseException:
+        with deferred_interrupts():
+            proc.stop(5)
+        raise
+    reflector = finish_agent(receiver, proc, 30, "reflector", stop=True)
+    back = sent["echo"]
+    return {"label": "round trip", "sent": sent["sent"], "rate": args.rate, "reflector": reflector,
+            "received": back["unique"], "lost": back["lost"], "loss_pct": back["loss_pct"],
+            "duplicates": back["duplicates"], "reordered": back["reordered"],
+            "beyond_sent": max(0, back["max_seq"] - sent["sent"]),
+            "latency_ns": back["latency_ns"], "histogram": back["histogram"]}
+
+
+def stack_over_dpdk(provider, sender, receiver, net: str, nbytes: int, step) -> dict:
+    """The user-space stack on the sender's NIC through this binding (`--driver dpdk`),
+    against the peer's Linux: ping, echo, and `nbytes` each way with their SHA-256."""
+    from ..ustack.interop import Suite
+    suite = Suite(provider, sender.name, receiver.name, net, bulk_bytes=nbytes)
+    step(f"the user-space stack over {suite.driver} ({suite.ifname}) on {sender.name} against Linux on "
+         f"{receiver.name}")
+    suite.stack_ping()
+    suite.tcp_cases()
+    suite.bulk()
+    return {"driver": suite.driver, "device": suite.ifname, "address": suite.addr, "peer": suite.peer_addr,
+            "cases": suite.results, "bulk": suite.data.get("bulk", {}), "echo_rps": suite.data.get("echo_rps_1conn")}
+
+
+def check_knobs(args) -> None:
+    """The traffic knobs given, judged before anything runs."""
+    try:
+        sizes = parse_sizes(args.size) if args.size is not None else []
+        if args.rate is not None:
+            parse_rate(args.rate)
+        for sz in sizes:                    # bad sizes, flows, protocol
             Traffic(proto=args.proto, sizes=sz, flows=args.flows)
     except TrafficError as exc:
         raise LabError(str(exc)) from None
-    if args.rounds < 1 or args.seconds <= 0 or args.count < 1:
-        raise LabError("--rounds, --seconds and --count must be positive")
+    for knob in ("rounds", "seconds", "count"):
+        value = getattr(args, knob)
+        if value is not None and value <= 0:
+            raise LabError(f"--{knob} must be positive (got {value:g})")
+
+
+def run(provider, args, step) -> dict:
+    check_knobs(args)
     lab = provider.lab
     names = args.hosts.split(",")
     net = args.network or (lab.hosts[names[0]].dpdk_network if names and names[0] in lab.hosts else None)
     sender, receiver, net = host_pair(provider, args.hosts, "sender,receiver", net)
     hosts = {sender.name: sender, receiver.name: receiver}
-    ifname_s, ifname_r = sender.nic(net).ifname, receiver.nic(net).ifname
+    grid_note = settle_grid(args, sender)
+    if grid_note:
+        step(grid_note)
+    sizes = parse_sizes(args.size)
     cpus = os.cpu_count() or 1
     # netns hosts share this machine's CPUs: the sender on the first, the receiver on the last
     lcore_r = cpus - 1 if provider.shares_kernel else 0
     binding = {h.name: ensure_binding(provider, h) for h in (sender, receiver)}
-    eal_s, drives_s = eal_for(provider, sender, ifname_s, 0)
-    eal_r, _ = eal_for(provider, receiver, ifname_r, lcore_r)
+    eal_s, drives_s = eal_for(provider, sender, net, 0)
+    eal_r, drives_r = eal_for(provider, receiver, net, lcore_r)
     out = report.results_dir("pktgen", getattr(args, "results", None))
     env = report.fingerprint(provider, [], hosts)
     env["load_before"] = os.getloadavg()
+    env["grid_note"] = grid_note
+    t0 = time.monotonic()
     rows = []
     if not args.no_null:
         rows += throughput(sender, null_eal(0), sizes, args, step, "net_null")
     rows += throughput(sender, eal_s, sizes, args, step, drives_s)
-    acc = [accounting(provider, sender, receiver, eal_s, eal_r, ifname_r, args, step, "unimpaired")]
+    acc = [accounting(provider, sender, receiver, net, eal_s, eal_r, args, step, "unimpaired")]
     imp = lab.networks[net].impair
     loss_pct = args.loss if args.loss is not None else (imp.loss_pct if imp and imp.loss_pct else 2.0)
-    if loss_pct and provider.switch_netns(net):
+    if loss_pct and provider.switch_port(sender.name, net):
         with Loss(provider, sender.name, net, loss_pct) as loss:
-            acc.append(accounting(provider, sender, receiver, eal_s, eal_r, ifname_r, args, step,
+            acc.append(accounting(provider, sender, receiver, net, eal_s, eal_r, args, step,
                                   f"{loss_pct:g} % loss injected", loss))
+    rtt = round_trip(sender, receiver, eal_s, eal_r, args, step)
     multiqueue = None
     if args.queues > 1:
-        eal_mq, _ = eal_for(provider, receiver, ifname_r, lcore_r, args.queues)
+        eal_mq, _ = eal_for(provider, receiver, net, lcore_r, args.queues)
         try:
-            multiqueue = accounting(provider, sender, receiver, eal_s, eal_mq, ifname_r, args, step,
+            multiqueue = accounting(provider, sender, receiver, net, eal_s, eal_mq, args, step,
                                     f"{args.queues} RX queues, {args.mq_flows} flows", kind="dpdk",
                                     queues=args.queues, flows=args.mq_flows)
         except LabError as exc:        # a NIC with one queue (QEMU's virtio-net by default)
             multiqueue = {"error": str(exc)}
+    stack = None
+    if args.stack_bytes > 0:
+        if dpdk_owns(provider, receiver.name, net) or lab.hosts[sender.name].dpdk_network != net:
+            stack = {"skipped": f"the stack over DPDK needs {sender.name}'s NIC on {net} given to DPDK "
+                                f"(`dpdk: {net}`) and {receiver.name}'s left to Linux; here {sender.name}'s is "
+                                f"{drives_s} and {receiver.name}'s {drives_r} (a lab file like "
+                                "labs/pktgen/stack-vs-linux.yml has that shape)"}
+        else:
+            stack = stack_over_dpdk(provider, sender, receiver, net, args.stack_bytes, step)
     env["load_after"] = os.getloadavg()
+    env["seconds"] = round(time.monotonic() - t0, 1)
     env["eal"] = {"sender": eal_s, "receiver": eal_r, "net_null": null_eal(0)}
     env["binding"] = binding
     png = plot(rows, out)
-    data = {"throughput": rows, "accounting": acc, "multiqueue": multiqueue, "environment": env,
+    data = {"throughput": rows, "accounting": acc, "round_trip": rtt, "multiqueue": multiqueue, "stack": stack,
+            "environment": env,
             "traffic": {"proto": args.proto, "flows": args.flows, "sizes": args.size, "seconds": args.seconds,
-                        "rounds": args.rounds},
+                        "rounds": args.rounds, "count": args.count, "rate": args.rate},
             "goal": GOAL}
     data["pps"] = {d: {r["size"]: r["pps"] for r in rows if r["device"] == d}
                    for d in dict.fromkeys(r["device"] for r in rows)}
-    md = render(rows, acc, args, env, png, provider, out) + render_mq(multiqueue)
+    md = (render(rows, acc, rtt, args, env, png, provider, out) + render_mq(multiqueue) + render_stack(stack)
+          + render_tail(env))
     path = report.write_report(out, md, data)
-    return {"report": path, "dir": out, "summary": summary(rows, acc), "throughput": rows, "accounting": acc,
-            "multiqueue": multiqueue}
+    return {"report": path, "dir": out, "summary": summary(rows, acc, rtt), "throughput": rows, "accounting": acc,
+            "round_trip": rtt, "multiqueue": multiqueue, "stack": stack}
 
 
 # -- the report --------------------------------------------------------------------------------
 
-def summary(rows: list[dict], acc: list[dict]) -> str:
+def summary(rows: list[dict], acc: list[dict], rtt: dict) -> str:
     lines = []
     for r in rows:
         if r["size"] == "64":
@@ -342,6 +482,9 @@ def summary(rows: list[dict], acc: list[dict]) -> str:
     for a in acc:
         lines.append(f"{a['label']}: sent {a['sent']}, received {a['received']}, lost {a['lost']} "
                      f"({a['loss_pct']:.2f} %)")
+    lat = rtt["latency_ns"]
+    lines.append(f"round trip: sent {rtt['sent']}, back {rtt['received']}, lost {rtt['lost']}; RTT p50 "
+                 f"{lat.get('p50', 0) / 1e3:.1f} µs, p99 {lat.get('p99', 0) / 1e3:.1f} µs")
     return "\n".join(lines)
 
 
@@ -424,15 +567,17 @@ def plot_latency(acc: list[dict], out: Path) -> str:
     return "latency.png"
 
 
-def render(rows, acc, args, env, png, provider, out: Path) -> str:
+def render(rows, acc, rtt, args, env, png, provider, out: Path) -> str:
     md = ["# Lab pktgen: a DPDK packet generator against dpdk-testpmd txonly", "",
           f"Sender {args.hosts.split(',')[0]}, receiver {args.hosts.split(',')[1]}; {args.proto}, "
           f"{args.flows} flow(s); each throughput run {args.seconds:g} s, {args.rounds} round(s) per tool "
           "back to back, the order alternating; the Mpps columns are each tool's best round, the ratios the "
           "median of the rounds' own ratios. testpmd's figure is the median of its own per-second Tx-pps; "
           "hpnlab's is packets sent / the run's TSC time. Both run on the same port with the same EAL "
-          "arguments, one after the other.", "",
-          "## Packets per second", "",
+          "arguments, one after the other.", ""]
+    if env.get("grid_note"):
+        md += [f"The grid: {env['grid_note']}.", ""]
+    md += ["## Packets per second", "",
           report.md_table(["device", "size", "hpnlab Mpps", "testpmd Mpps", "ratio", "hpnlab Gbit/s",
                            "hpnlab Mpps per CPU-s", "testpmd Mpps per CPU-s", "ratio per CPU-s"],
                           [[r["device"], r["size"], _m(r["pps"]["hpnlab"]), _m(r["pps"]["testpmd"]),
@@ -468,21 +613,56 @@ def render(rows, acc, args, env, png, provider, out: Path) -> str:
                      f"{a['lost']} lost ({a['loss_pct']:.2f} % measured, {a['injected_pct']:g} % injected, "
                      f"{abs(a['loss_pct'] - a['injected_pct']):.2f} pp apart)")
         md.append(line + ".")
-    lat = [a for a in acc if a.get("latency_ns")]
-    if lat:
-        md += ["", "### Latency (sender's TSC stamp to the receiver's TSC, one machine's clock)", "",
-               report.md_table(["run", "min µs", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "max µs"],
-                               [[a["label"], *[f"{a['latency_ns'].get(k, 0) / 1e3:.1f}"
-                                               for k in ("min", "p50", "p90", "p99", "p99.9", "max")]]
-                                for a in lat]),
-               f"![latency]({plot_latency(lat, out)})"]
-    elif acc:
-        md += ["", "Latency is not reported: sender and receiver are different machines, whose TSCs "
-               "are not one clock."]
-    md += ["", "## EAL arguments", "", f"- sender: `{env['eal']['sender']}`",
-           f"- receiver: `{env['eal']['receiver']}`"]
-    if any(r["device"] == "net_null" for r in rows):
-        md.append(f"- net_null: `{env['eal']['net_null']}`")
-    md += ["", f"The DPDK binding: {', '.join(f'{h} {how}' for h, how in env['binding'].items())}.", "",
-           report.environment_md(env), report.rerun_md(make_target="lab-pktgen")]
+    sender, receiver = args.hosts.split(",")
+    exact = rtt["received"] + rtt["lost"] == rtt["sent"] and rtt["beyond_sent"] == 0
+    refl = rtt["reflector"]
+    md += ["", "## Round trip", "",
+           f"{rtt['sent']} packets at {rtt['rate']} from {sender} to `dpdk-testpmd --forward-mode=macswap` on "
+           f"{receiver}, which sent each back (it received {refl['rx']}, sent {refl['tx']}); {sender}'s generator "
+           f"counted what came back while sending: {rtt['received']} back + {rtt['lost']} lost = "
+           f"{rtt['received'] + rtt['lost']} {'=' if exact else '≠'} sent {rtt['sent']} "
+           f"({rtt['loss_pct']:.3f} % lost on the way there or back), {rtt['duplicates']} duplicates, "
+           f"{rtt['reordered']} reordered. The round-trip time is the TSC when a frame came back minus the TSC "
+           "stamped into it when it left: one clock, so it holds also where the hosts' clocks are not one.", ""]
+    lat = [a for a in [*acc, rtt] if a.get("latency_ns")]
+    md += ["### Latency from the TSC stamps", "",
+           report.md_table(["run", "what", "min µs", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "max µs"],
+                           [[a["label"], "round trip" if a is rtt else "one way (one machine's TSC)",
+                             *[f"{a['latency_ns'].get(k, 0) / 1e3:.1f}"
+                               for k in ("min", "p50", "p90", "p99", "p99.9", "max")]]
+                            for a in lat]),
+           f"![latency]({plot_latency(lat, out)})", ""]
+    if not any(a.get("latency_ns") for a in acc):
+        md.append("One-way latency is not reported: sender and receiver are different machines, whose TSCs "
+                  "are not one clock (the round trip above is timed on one).")
+    p50 = rtt["latency_ns"].get("p50", 0)
+    if p50:
+        md.append(f"Reading: half the frames were back within {p50 / 1e3:.1f} µs and 99 % within "
+                  f"{rtt['latency_ns'].get('p99', 0) / 1e3:.1f} µs"
+                  + (" — on emulated CPUs, where a guest's poll loop shares a host core with everything "
+                     "else, the tail is the scheduler's." if env.get("grid_note") else "."))
+    return "\n".join(md) + "\n"
+
+
+def render_stack(stack: dict | None) -> str:
+    if stack is None:
+        return ""
+    md = ["", "## The user-space stack over this binding, against Linux", ""]
+    if "skipped" in stack:
+        return "\n".join(md + [f"Not run: {stack['skipped']}.", ""])
+    ok = sum(c["ok"] for c in stack["cases"])
+    md += [f"hpnlab.ustack with `--driver dpdk` on `{stack['device']}` ({stack['address']}), the peer's kernel "
+           f"at {stack['peer']}: {ok} of {len(stack['cases'])} cases passed.", "",
+           report.md_table(["case", "result", "detail", "s"],
+                           [[c["name"], "pass" if c["ok"] else "FAIL", c["detail"], c["secs"]]
+                            for c in stack["cases"]]), ""]
+    return "\n".join(md)
+
+
+def render_tail(env: dict) -> str:
+    md = ["", "## EAL arguments", "", f"- sender: `{env['eal']['sender']}`",
+          f"- receiver: `{env['eal']['receiver']}`", f"- net_null: `{env['eal']['net_null']}`", "",
+          f"The DPDK binding: {', '.join(f'{h} {how}' for h, how in env['binding'].items())}. "
+          f"All runs took {env['seconds']:g} s.", "",
+          report.environment_md(env), report.rerun_md(make_target="lab-pktgen")]
     return "\n".join(md)

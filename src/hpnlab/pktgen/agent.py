@@ -1,9 +1,10 @@
 """What runs on a lab host, one measurement a process (DPDK's EAL lives as long as
 the process): prints one JSON object on stdout.
 
-    python -m hpnlab.pktgen.agent send    --eal "ARGS" --size 64 --seconds 5 [--rate 100kpps] [--count N]
+    python -m hpnlab.pktgen.agent send    --eal "ARGS" --size 64 --seconds 5 [--rate 100kpps] [--count N] [--echo]
     python -m hpnlab.pktgen.agent recv    --eal "ARGS" | --afpacket IF   --seconds 6
     python -m hpnlab.pktgen.agent testpmd --eal "ARGS" --size 64 --seconds 5
+    python -m hpnlab.pktgen.agent reflect --eal "ARGS" --seconds 60    (testpmd macswap, until SIGTERM)
 """
 from __future__ import annotations
 
@@ -51,9 +52,17 @@ def cmd_send(a) -> dict:
         link = port.link()
         gen = Generator(port, traffic, port.mac if a.src_mac is None else mac_bytes(a.src_mac),
                         mac_bytes(a.dst_mac), burst=a.burst)
+        echo = None
+        if a.echo:          # a peer sends the frames back: count them here, on the clock that stamped them
+            echo = Receiver(expect=a.count, hz=dpdk.tsc_hz())
+            echo.want_dst(port.mac if a.src_mac is None else mac_bytes(a.src_mac))
+            gen.echo(echo)
         port.reset_stats()
         out = gen.run(pps=rate_pps(a.rate, traffic.mean_size(), link.speed_mbps), count=a.count,
                       seconds=a.seconds)
+        if echo is not None:
+            echo.run_dpdk(port, a.echo_wait, idle=0.5)       # the last frames on their way back
+            out["echo"] = echo.result(sent=out["sent"])
         time.sleep(0.05)
         out.update(rate=a.rate, port=port.name, driver=port.driver, link_mbps=link.speed_mbps, link_up=link.up,
                    stats=port.stats(), xstats=port.xstats(), size=a.size, proto=a.proto, flows=a.flows,
@@ -97,18 +106,22 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)     # PR_SET_PDEATHSIG
 
 
-def cmd_testpmd(a) -> dict:
-    """dpdk-testpmd --forward-mode=txonly on the same EAL arguments: its own Tx-pps lines
-    (one a second) after the first, and its TX-packets total."""
-    args = shlex.split(a.eal)
+def testpmd_argv(eal: str, *forwarding: str) -> list[str]:
+    args = shlex.split(eal)
     core = min(os.sched_getaffinity(0))
-    # testpmd needs a forwarding lcore besides its main one: both on this CPU (the main one sleeps)
+    # testpmd needs a forwarding lcore besides its main one: both on the EAL's CPU (the main one sleeps)
     if "-l" in args:
         i = args.index("-l")
+        core = int(args[i + 1].split(",")[0].split("-")[0])
         del args[i:i + 2]
-    argv = ["dpdk-testpmd", "--lcores", f"0@{core},1@{core}", *args, "--",
-            "--forward-mode=txonly", f"--txpkts={a.size}", f"--burst={a.burst}", "--stats-period=1",
+    return ["dpdk-testpmd", "--lcores", f"0@{core},1@{core}", *args, "--", *forwarding, "--stats-period=1",
             "--total-num-mbufs=8191", "--txq=1", "--rxq=1"]
+
+
+def run_testpmd(argv: list[str], seconds: float, until_stopped: bool = False) -> tuple[str, float, float]:
+    """Run testpmd for `seconds` of forwarding (or, `until_stopped`, until this agent gets
+    SIGTERM/Ctrl-C, at most `seconds`), stop it with SIGINT as a user would; (its output,
+    seconds it forwarded, CPU seconds it used meanwhile)."""
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, preexec_fn=_die_with_parent)
@@ -124,8 +137,14 @@ def cmd_testpmd(a) -> dict:
             if started is None:
                 log.seek(0)
                 raise HpnlabError("dpdk-testpmd did not start forwarding: " + log.read()[-1500:])
+            if until_stopped:
+                print(json.dumps({"ready": True}), flush=True)
             cpu0 = _cpu_seconds(proc.pid)
-            time.sleep(a.seconds + 0.5)
+            try:
+                time.sleep(seconds)
+            except KeyboardInterrupt:
+                if not until_stopped:
+                    raise
             cpu = _cpu_seconds(proc.pid) - cpu0
         finally:
             if proc.poll() is None:
@@ -137,10 +156,22 @@ def cmd_testpmd(a) -> dict:
                     proc.wait()
         elapsed = time.monotonic() - started
         log.seek(0)
-        text = log.read()
+        return log.read(), elapsed, cpu
+
+
+def _totals(text: str, what: str) -> int:
+    """testpmd's RX or TX packet total, from its last forward statistics."""
+    found = re.findall(rf"{what}-packets:\s+(\d+)\s+{what}-dropped:", text)
+    return int(found[-1]) if found else 0
+
+
+def cmd_testpmd(a) -> dict:
+    """dpdk-testpmd --forward-mode=txonly on the same EAL arguments: its own Tx-pps lines
+    (one a second) after the first, and its TX-packets total."""
+    argv = testpmd_argv(a.eal, "--forward-mode=txonly", f"--txpkts={a.size}", f"--burst={a.burst}")
+    text, elapsed, cpu = run_testpmd(argv, a.seconds + 0.5)
     samples = [int(x) for x in re.findall(r"Tx-pps:\s+(\d+)", text)]
-    totals = re.findall(r"TX-packets:\s+(\d+)\s+TX-dropped:\s+(\d+)", text)
-    tx = int(totals[-1][0]) if totals else 0
+    tx = _totals(text, "TX")
     # the first sample covers start-up; the per-second samples are testpmd's own clock
     steady = sorted(samples[1:]) or samples
     pps = steady[len(steady) // 2] if steady else (tx / elapsed if elapsed else 0.0)
@@ -152,10 +183,18 @@ def cmd_testpmd(a) -> dict:
             "size": a.size, "argv": argv}
 
 
+def cmd_reflect(a) -> dict:
+    """dpdk-testpmd --forward-mode=macswap: every frame goes back out of the port it came
+    in, source and destination MAC swapped (the far end of a round trip)."""
+    argv = testpmd_argv(a.eal, "--forward-mode=macswap", "--port-topology=loop", f"--burst={a.burst}")
+    text, elapsed, _cpu = run_testpmd(argv, a.seconds, until_stopped=True)
+    return {"rx": _totals(text, "RX"), "tx": _totals(text, "TX"), "seconds": elapsed, "argv": argv}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m hpnlab.pktgen.agent")
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("send", "recv", "testpmd"):
+    for name in ("send", "recv", "testpmd", "reflect"):
         s = sub.add_parser(name)
         s.add_argument("--eal", default="", help="EAL arguments, one string")
         s.add_argument("--port", type=int, default=0)
@@ -171,6 +210,10 @@ def main(argv=None) -> int:
             s.add_argument("--dst-mac", default=":".join(f"{b:02x}" for b in PEER_MAC))
             s.add_argument("--src-ip", default="10.77.2.1")
             s.add_argument("--dst-ip", default="10.77.2.2")
+            s.add_argument("--echo", action="store_true",
+                           help="count the frames a peer sends back (round trip, this host's TSC)")
+            s.add_argument("--echo-wait", type=float, default=3.0,
+                           help="seconds to wait for the last frames back after sending")
         if name == "recv":
             s.add_argument("--afpacket", metavar="IFNAME")
             s.add_argument("--expect", type=int, default=0)
@@ -181,7 +224,7 @@ def main(argv=None) -> int:
     # SIGTERM (a lab stopping its agents) unwinds like Ctrl-C: ports closed, testpmd stopped
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        out = {"send": cmd_send, "recv": cmd_recv, "testpmd": cmd_testpmd}[a.cmd](a)
+        out = {"send": cmd_send, "recv": cmd_recv, "testpmd": cmd_testpmd, "reflect": cmd_reflect}[a.cmd](a)
     except (HpnlabError, TrafficError) as exc:
         print(json.dumps({"error": str(exc), "hint": getattr(exc, "hint", None)}), flush=True)
         return 2

@@ -91,6 +91,11 @@ class Generator:
                 "flow_patches": int(lib.hp_gen_patches(self.g)),
                 "first_seq": first_seq, "target_pps": pps, "burst": self.burst}
 
+    def echo(self, receiver: Receiver, queue: int = 0) -> None:
+        """Count what arrives on the port's RX queue with `receiver` while sending."""
+        self.echo_receiver = receiver       # the C side holds a pointer: keep it alive
+        self.lib.hp_gen_echo(self.g, receiver.r, queue)
+
 
 # The latency histogram's buckets, as the C side lays them out.
 def bucket_low(i: int, sub: int) -> int:
@@ -128,6 +133,10 @@ class Receiver:
         self.kernel_drops = 0
         self.mode = ""
         self.per_queue: list[int] = []
+
+    def want_dst(self, mac: bytes) -> None:
+        """Count only frames sent to `mac`."""
+        self.lib.hp_rcv_want_dst(self.r, mac)
 
     def _loop(self, seconds: float, step, idle: float = 0) -> None:
         """Receive for `seconds`, or until `idle` seconds passed without a stamped frame

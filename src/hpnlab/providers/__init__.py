@@ -177,6 +177,12 @@ class Provider(ABC):
         (what a lab may filter frames in, between hosts); None where there is none."""
         return None
 
+    def switch_port(self, host: str, network: str) -> tuple[str | None, str] | None:
+        """Where `host`'s frames on the LAN `network` enter the bridge that carries it:
+        (network namespace on this machine, or None for this machine's own; the bridge
+        port's name), for a lab that filters frames between hosts; None where there is none."""
+        return None
+
     def release_machine(self, progress: Progress = _quiet) -> list[str]:
         """Give back what provisioning took from this machine for the lab; what was given back."""
         return []

@@ -145,6 +145,9 @@ class NetnsProvider(Provider):
     def switch_netns(self, network: str) -> str | None:
         return self.switch_ns if self.lab.networks[network].kind == "lan" else None
 
+    def switch_port(self, host: str, network: str) -> tuple[str | None, str] | None:
+        return (self.switch_ns, f"{host}-{network}") if self.lab.networks[network].kind == "lan" else None
+
     # -- names -------------------------------------------------------------
     def host_ns(self, host: str) -> str:
         return f"{self.lab.name}-{host}"

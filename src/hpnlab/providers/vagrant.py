@@ -485,6 +485,11 @@ class VagrantProvider(Provider):
             raise ProviderError(f"network {target} has no bridge (is the lab up?)")
         return ["tcpdump", "-i", bridge, "-n", *extra]
 
+    def switch_port(self, host: str, network: str) -> tuple[str | None, str] | None:
+        """The guest NIC's tap on its libvirt network's bridge, in this machine's namespace."""
+        tap = virt.tap_of(self.domain(host), self.nic_of(host, network).mac)
+        return (None, tap) if tap else None
+
     def _where(self, host: str, state: dict) -> str:
         return f"vm {(state.get('hosts') or {}).get(host, {}).get('address', '-')}"
 
