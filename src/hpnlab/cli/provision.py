@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import inventory
+from ..errors import HpnlabError
 from ..provision import Outcome, release, run_playbook
 from ._common import add_inventory_options, console, progress, provider_from
 
@@ -66,7 +67,9 @@ def run(args) -> int:
         console.print(f"[green]lab {lab.name} provisioned[/green] in {outcome.seconds:.1f}s, "
                       f"{outcome.changed} change(s); Ansible log: {outcome.log}")
         return 0
-    hosts = sorted({f["host"] for f in outcome.failures})
-    console.print(f"[red]provisioning failed on {', '.join(hosts)}[/red] after {outcome.seconds:.1f}s "
-                  f"(Ansible log: {outcome.log})")
-    return 1
+    hosts = sorted({f["host"] for f in outcome.failures} - {"-"})
+    raise HpnlabError(f"provisioning failed{' on ' + ', '.join(hosts) if hosts else ''} after {outcome.seconds:.1f}s "
+                      "(each failure is named above)",
+                      hint=f"the Ansible log: {outcome.log}; `hpnlab provision -v` shows Ansible's own output"
+                           + (f"; does --limit {args.limit!r} name hosts of the lab?" if args.limit and not hosts
+                              else ""))
