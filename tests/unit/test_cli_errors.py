@@ -158,3 +158,20 @@ def test_bad_arguments_are_named_without_a_traceback(argv, said, tmp_path, monke
     assert rc == 2 and said in err, err
     assert ("hint: " in err or "usage: " in err) and "Traceback" not in err and "internal error" not in err
     assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize("name, data, said", [
+    ("dump.rdb", b"REDIS0011garbage", "dump.rdb: truncated at byte 12"),
+    ("appendonly.aof", b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$999\r\nxx", "appendonly.aof: ends inside a command"),
+])
+def test_kv_serve_with_a_damaged_file_says_which(name, data, said, tmp_path, capsys, monkeypatch):
+    """The store's persistence errors are the CLI's kind: file and byte, a hint, exit 1 (they were
+    internal errors: a bug report for a damaged file)."""
+    from hpnlab.cli import main
+    monkeypatch.delenv("HPNLAB_DEBUG", raising=False)
+    (tmp_path / name).write_bytes(data)
+    rc = main(["kv", "serve", "--dir", str(tmp_path), "--port", "16398", "--appendonly",
+               "yes" if name.endswith(".aof") else "no"])
+    err = capsys.readouterr().err
+    assert rc == 1 and said in err and "hint: " in err, err
+    assert "internal error" not in err and "Traceback" not in err

@@ -19,12 +19,14 @@ import time
 from collections import deque
 from typing import Any
 
+from ...errors import HpnlabError
 from ..core import Client, Server, encode_request
 from ..resp import ProtocolError, parse_requests
 
 
-class AofError(Exception):
-    pass
+class AofError(HpnlabError):
+    """An append-only file the store cannot replay (the message names the file and byte)."""
+    hint = "repair it as the message says, or start with another --dir"
 
 
 class Aof:

@@ -15,6 +15,7 @@ import time
 from collections import deque
 from typing import Any
 
+from ...errors import HpnlabError
 from ..core import Server
 
 RDB_VERSION = 10
@@ -25,8 +26,9 @@ OP_FUNCTION2, OP_MODULE_AUX, OP_IDLE, OP_FREQ, OP_AUX = 245, 247, 248, 249, 250
 OP_RESIZEDB, OP_EXPIRETIME_MS, OP_EXPIRETIME, OP_SELECTDB, OP_EOF = 251, 252, 253, 254, 255
 
 
-class RdbError(Exception):
-    pass
+class RdbError(HpnlabError):
+    """A dump.rdb the store cannot load (the message names the file and byte)."""
+    hint = "move the file away (or check it with `redis-check-rdb FILE`), or start with another --dir"
 
 
 def _crc_table() -> list[int]:
