@@ -150,6 +150,15 @@ def _var_problem(key: str, value) -> str | None:
     return None
 
 
+def _plain(node):
+    """Plain dicts and lists (for yaml.safe_dump) of a tree with line numbers."""
+    if isinstance(node, dict):
+        return {k: _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    return node
+
+
 def load_static(path: str | Path | None = None) -> dict[str, dict]:
     """host → its variables, from the user's static inventory (any group layout). Every
     group, host and the variables hpnlab uses are checked first: an InventoryError names
@@ -194,11 +203,11 @@ def load_static(path: str | Path | None = None) -> dict[str, dict]:
         return found
 
     def walk(group: yamlsource.LineDict, where: str, inherited: dict) -> None:
-        gvars = {**inherited, **checked_vars(group, "vars", f"{where}.vars")}
+        gvars = {**inherited, **_plain(checked_vars(group, "vars", f"{where}.vars"))}
         members = mapping(group.get("hosts"), f"{where}.hosts", group.line_of("hosts"))
         for name in members:
             hvars = checked_vars(members, name, f"{where}.hosts.{name}")
-            hosts[str(name)] = {**hosts.get(str(name), {}), **gvars, **hvars}
+            hosts[str(name)] = {**hosts.get(str(name), {}), **gvars, **_plain(hvars)}
         children = mapping(group.get("children"), f"{where}.children", group.line_of("children"))
         for child in children:
             walk(mapping(children[child], f"{where}.children.{child}", children.line_of(child)),

@@ -50,6 +50,7 @@ def test_static_inventory_takes_connection_and_nic_names_from_the_user(tmp_path)
     assert [n["ifname"] for n in hosts["h1"]["hpnlab_nics"]] == ["enp3s0f0", "enp3s0f1"]
     assert hosts["h1"]["hpnlab_dpdk_ifname"] == "enp3s0f1" and hosts["h1"]["hpnlab_dpdk_pci"] == "0000:03:00.1"
     assert hosts["h2"]["ansible_become"] is True and hosts["h2"]["hpnlab_nics"][0]["ifname"] == "eth1"
+    yaml.safe_dump(hosts)       # plain data: the generated inventory is written from it
 
 
 def test_static_example_is_a_valid_static_inventory():
