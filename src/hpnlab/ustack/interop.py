@@ -398,7 +398,8 @@ class Suite:
 
     def syn_flood(self, n: int = 20000, backlog: int = 128) -> None:
         """n SYNs from addresses nobody has while a real client connects and echoes: the
-        half-open queue stays at its bound, SYN cookies answer the rest, the client gets in."""
+        half-open queue stays at its bound, SYN cookies answer the rest, and the client's
+        SYN, sent once n/4 are out, finds the queue full and gets in by a cookie."""
         def go():
             with self.app("--app", "echo", "--port", 7, "--backlog", backlog) as run:
                 f = peer(self.h2, "synflood", self.addr, 7, n, timeout=300)
@@ -406,16 +407,20 @@ class Suite:
                 stats = run.wait("stats", 10)
             c = stats["counters"]
             half_open = stats["tcp_states"].get("SYN_RECEIVED", 0)
-            cookies = c.get("tcp.syncookie_sent", 0)
+            cookies, accepted = c.get("tcp.syncookie_sent", 0), c.get("tcp.syncookie_accepted", 0)
+            ring = stats.get("driver", {}).get("kernel_ring_drops", 0)
             self.data["syn_flood"] = {**f, "half_open_at_end": half_open, "syncookies_sent": cookies,
-                                      "syncookies_accepted": c.get("tcp.syncookie_accepted", 0),
-                                      "maxrss_kb": stats.get("maxrss_kb")}
-            ok = (f["matched"] == 20 and 0 < f["sent_when_connecting"] < n and half_open <= backlog
-                  and cookies > 0)
+                                      "syncookies_accepted": accepted, "ring_drops": ring,
+                                      "maxrss_kb": stats.get("maxrss_kb"), "counters": c,
+                                      "driver": stats.get("driver", {})}
+            ok = (f["error"] is None and f["matched"] == 20 and 0 < f["sent_when_connecting"] < n
+                  and half_open <= backlog and cookies > 0 and accepted >= 1)
+            client = (f"was connected in {f['connect_secs']} s (after {f['sent_when_connected']})"
+                      if f["connect_secs"] is not None else "never connected")
             return ok, f"{f['sent']} SYNs; a client began connecting after {f['sent_when_connecting']} of " \
-                       f"them, was connected in {f['connect_secs']} s (after {f['sent_when_connected']}), and got " \
-                       f"{f['matched']}/20 echoes; {cookies} SYN cookies sent, {half_open} half-open at the end " \
-                       f"(bound {backlog}); the stack's peak RSS {stats.get('maxrss_kb')} KiB"
+                       f"them, {client}, got {f['matched']}/20 echoes, error {f['error']}; {cookies} SYN " \
+                       f"cookies sent, {accepted} accepted; {half_open} half-open at the end (bound {backlog}); " \
+                       f"{ring} frames lost to a full ring; the stack's peak RSS {stats.get('maxrss_kb')} KiB"
         self.record(f"tcp: SYN flood ({n} SYNs), a client still connects", go)
 
     def concurrency(self, n: int = 1000) -> None:

@@ -14,8 +14,8 @@
     echoload IP PORT N SECS   N connections, each with one 64-byte message in flight: round trips/s
     connrate IP PORT SECS     connect and close, one after another: connections/s
     flood IP SECONDS          ICMP echo as fast as answers come (64 in flight)
-    synflood IP PORT N        N SYNs from made-up neighbours (a raw socket) and, from the start of
-                              them, a real connection with 20 echoes
+    synflood IP PORT N        N SYNs from made-up neighbours (a raw socket) and, once N/4 are out,
+                              a real connection with 20 echoes
     fuzz IFNAME MAC IP N      N malformed frames at MAC/IP from IFNAME (AF_PACKET): cut short, bytes
                               flipped, lengths, checksums and TCP options at random
 """
@@ -282,6 +282,10 @@ def flood(ip: str, seconds: float, window: int = 64) -> None:
 
 
 def synflood(ip: str, port: int, n: int) -> None:
+    """The client starts when a quarter of the flood is out (by count, not by time: 5,000
+    SYNs from a raw socket take ~40 ms on an idle machine, less than any sleep one could
+    choose), and the flood waits for its word before going on, so the client's SYN always
+    leaves in the middle of the flood, after the half-open queue has filled."""
     import random
     import threading
 
@@ -290,10 +294,15 @@ def synflood(ip: str, port: int, n: int) -> None:
     dst = socket.inet_aton(ip)
     raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)     # IP_HDRINCL implied
     rng = random.Random(n)
-    sent = [0]
+    start_after = max(1, n // 4)
+    sent, send_errors = [0], [0]
+    quarter_out, client_going = threading.Event(), threading.Event()
 
     def flood() -> None:                                    # as fast as a raw socket goes
         for i in range(n):
+            if i == start_after:
+                quarter_out.set()
+                client_going.wait(30)
             src = dst[:3] + bytes([200 + i % 50])           # addresses nobody on the LAN has
             seg = tcpseg.build(src, dst, rng.randrange(1024, 65536), port, rng.getrandbits(32), 0, tcpseg.SYN,
                                64240, b"", tcpseg.options(mss=1460, wscale=7, ts=(i, 0)))
@@ -301,12 +310,15 @@ def synflood(ip: str, port: int, n: int) -> None:
                 raw.sendto(ipv4.build(src, dst, ipv4.TCP, seg, i & 0xFFFF), (ip, 0))
                 sent[0] += 1
             except OSError:
-                pass
+                send_errors[0] += 1
+        quarter_out.set()                                   # n too small to reach start_after
     t = threading.Thread(target=flood)
     t.start()
-    time.sleep(0.05)                                        # into the flood
+    quarter_out.wait(30)
+    at_start = sent[0]
+    client_going.set()
     t0 = time.monotonic()
-    matched, error, at_start, at_end, connect_secs = 0, None, sent[0], 0, None
+    matched, error, at_end, connect_secs = 0, None, None, None
     try:
         # 60 s a call: a slow host (an emulated VM) drops the client's segments in its ring with
         # the flood's, and TCP's backed-off retransmissions then take a while
@@ -318,13 +330,17 @@ def synflood(ip: str, port: int, n: int) -> None:
             s.sendall(msg)
             got = b""
             while len(got) < len(msg):
-                got += s.recv(100)
+                data = s.recv(100)
+                if not data:
+                    raise ConnectionError(f"the stack closed the connection after {matched} echoes")
+                got += data
             matched += got == msg
         s.close()
     except OSError as exc:              # connect_secs says whether it got as far as connecting
-        error = str(exc)
+        error = f"{type(exc).__name__}: {exc}"
     t.join()
-    _out({"event": "synflood", "sent": sent[0], "connect_secs": connect_secs and round(connect_secs, 4),
+    _out({"event": "synflood", "sent": sent[0], "send_errors": send_errors[0],
+          "connect_secs": None if connect_secs is None else round(connect_secs, 4),
           "sent_when_connecting": at_start, "sent_when_connected": at_end, "matched": matched, "error": error})
 
 
