@@ -30,7 +30,8 @@ def both(a: dict, b: dict) -> tuple[dict, dict]:
 
 
 CONE = classify(20000, seen(20000, 20000), "address and port-dependent")
-OPEN = classify(20000, seen(20000, 20000), "open to other ports")
+OPEN = classify(20000, seen(20000, 20000), "endpoint-independent")
+BY_ADDRESS = classify(20000, seen(20000, 20000), "address-dependent")
 SEQ = classify(20000, seen(20001, 20002), "address and port-dependent")
 RANDOM = classify(20000, seen(38218, 12005), "address and port-dependent")
 
@@ -57,6 +58,14 @@ def test_a_random_side_gets_birthday_punching():
 
 
 def test_an_open_filter_is_simply_sent_to():
+    """The open side sends to the peer's address (what opens an address-dependent filter)
+    and listens; the hard side sends to it, later where its first packet must open the filter."""
     open_side, hard = both(OPEN, RANDOM)
-    assert open_side == {"method": "punch", "targets": [], "listen": True}
-    assert hard == {"method": "punch", "targets": [20000], "peer_listens": True}
+    assert open_side == {"method": "punch", "targets": [38218], "listen": True}
+    assert hard == {"method": "punch", "targets": [20000], "peer_listens": True, "wait": 0}
+    by_address, hard = both(BY_ADDRESS, RANDOM)
+    assert by_address == open_side and hard["wait"] > 0
+
+
+def test_filtering_on_address_and_port_is_no_open_filter():
+    assert both(CONE, RANDOM)[0]["method"] == "birthday"
