@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -17,7 +20,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow,
 def test_kv_lab_small_grid(netns_lab, tmp_path):
     args = build_parser(["kv"]).parse_args(
         ["kv", "lab", "--engines", "epoll-lt,threads", "--indexes", "hash,rbtree", "--tests", "set,get",
-         "--requests", "500", "--fill-keys", "1000", "--results", str(tmp_path)])
+         "--requests", "500", "--fill-keys", "1000", "--fake-runs", "1", "--results", str(tmp_path)])
     res = lab.run(netns_lab, args, lambda m: None)
     data = json.loads((res["dir"] / "data.json").read_text())
     for engine, index in (("epoll-lt", "hash"), ("threads", "hash"), ("epoll-lt", "rbtree")):
@@ -27,5 +30,33 @@ def test_kv_lab_small_grid(netns_lab, tmp_path):
     assert data["redis"]["set"]["1"] > 0 and data["redis"]["get"]["16"] > 0
     assert data["range_ms"]["rbtree"]["p50"] > 0 and "hash" not in data["range_ms"]
     assert 0 < data["bytes_per_key"]["redis-server"] < 10_000
+    assert [len(data["fakeredis_runs"]["get"][p]) for p in ("1", "16")] == [1, 1]
+    assert data["fakeredis"]["get"]["1"] == data["fakeredis_runs"]["get"]["1"][0] > 0
     text = (res["dir"] / "report.md").read_text()
     assert "## Goals" in text and (res["dir"] / "rps_P1.png").exists()
+
+
+@pytest.mark.skipif(subprocess.run(["/usr/bin/python3", "-c", "import fakeredis"], capture_output=True).returncode == 0,
+                    reason="the system python has fakeredis: nothing to copy")
+def test_fakeredis_is_copied_to_a_host_whose_python_lacks_it(netns_lab):
+    """On a VM the lab copies this machine's fakeredis (and redis, sortedcontainers) over and runs
+    its TCP server from the copy. Here: h1 with the system python, which has no fakeredis, as a
+    host that does not share our file system would be; then redis-cli from h2 talks to it."""
+    h1, h2 = netns_lab.host("h1"), netns_lab.host("h2")
+    py = "/usr/bin/python3"
+    try:
+        env = lab.fakeredis_env(SimpleNamespace(shares_kernel=False), h1, py, lambda m: None)
+        assert env == {"PYTHONPATH": "/tmp/hpnlab-kvlab-fakeredis"}
+        ip = str(h1.address("data"))
+        serve = f"from fakeredis import TcpFakeServer; TcpFakeServer(('{ip}', 46999)).serve_forever()"
+        proc = h1.start([py, "-c", serve], name="test-fakeredis", env=env)
+        try:
+            h1.wait_for_port(46999, timeout=30)
+            assert lab.cli(h2, ip, 46999, "SET", "k", "v").strip() == "OK"
+            assert lab.cli(h2, ip, 46999, "GET", "k").strip() == "v"
+        finally:
+            proc.stop(5)
+        assert "make setup" in lab.fakeredis_env(SimpleNamespace(shares_kernel=True), h1, py, lambda m: None)
+    finally:
+        shutil.rmtree("/tmp/hpnlab-kvlab-fakeredis", ignore_errors=True)
+        Path("/tmp/hpnlab-kvlab-fakeredis.zip").unlink(missing_ok=True)

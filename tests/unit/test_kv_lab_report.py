@@ -21,3 +21,15 @@ def test_no_bound_claimed_where_redis_server_clears_the_goal():
     text = "\n".join(fake_bound(data(200000.0, 10000.0)))
     assert "itself is under" not in text
     assert fake_bound({"rps": {}, "redis": {}, "fakeredis": {}}) == []
+
+
+def test_an_emulated_server_gets_the_cut_grid_and_the_report_says_so():
+    from types import SimpleNamespace
+
+    from hpnlab.kv.lab import EMULATED_GRID, GRID, sizing
+    defaults = SimpleNamespace(requests=None, fill_keys=None)
+    assert sizing(defaults, False) == (GRID, "")
+    sizes, note = sizing(defaults, True)
+    assert sizes == EMULATED_GRID and "emulated (QEMU TCG)" in note and f"requests {EMULATED_GRID['requests']}" in note
+    sizes, note = sizing(SimpleNamespace(requests=777, fill_keys=888), True)     # what was asked for is kept
+    assert (sizes["requests"], sizes["fill_keys"], note) == (777, 888, "")

@@ -31,14 +31,17 @@ def add_arguments(parser) -> None:
     add_up_option(lab)
     lab.add_argument("--hosts", default="h1,h2", help="server,client (default h1,h2)")
     lab.add_argument("--network", default="data", help="the LAN between them (default data)")
-    lab.add_argument("--engines", default="epoll-lt,epoll-et,uvloop,asyncio,threads,epoll-threads",
+    lab.add_argument("--engines", default="epoll-lt,epoll-et,uvloop,asyncio,uring,threads,epoll-threads",
                      help="engines to measure with the first index (default: %(default)s)")
     lab.add_argument("--indexes", default="hash,skiplist,rbtree,array",
                      help="indexes to measure with the first engine (default: %(default)s)")
     lab.add_argument("--tests", default="set,get,incr,lpush,lrange_100,zadd", help="redis-benchmark -t tests")
-    lab.add_argument("--requests", type=int, default=20000, help="requests per test at -P 1 (default 20000)")
-    lab.add_argument("--fill-keys", type=int, default=100000,
-                     help="keys filled for memory per key and RANGE (default 100000)")
+    lab.add_argument("--requests", type=int,
+                     help="requests per test at -P 1, 4x at -P 16 (default 20000; 3000 on an emulated server)")
+    lab.add_argument("--fill-keys", type=int,
+                     help="keys filled for memory per key and RANGE (default 100000; 10000 on an emulated server)")
+    lab.add_argument("--fake-runs", type=int, default=3, metavar="N",
+                     help="runs of fakeredis's TCP server per pipeline depth, the median counts (0: skip it)")
     lab.add_argument("--results", metavar="DIR", help="results root (default: results/)")
 
 
@@ -80,7 +83,9 @@ def run_lab(args) -> int:
     for i in args.indexes.split(","):
         if i not in INDEXES:
             raise KVError(f"--indexes: {i!r} is not an index (valid: {', '.join(INDEXES)})")
-    if args.requests < 100 or args.fill_keys < 200:
+    if args.fake_runs < 0:
+        raise KVError(f"--fake-runs {args.fake_runs}: must be >= 0")
+    if (args.requests is not None and args.requests < 100) or (args.fill_keys is not None and args.fill_keys < 200):
         raise KVError(f"--requests {args.requests} / --fill-keys {args.fill_keys}: at least 100 / 200")
     provider = provider_from(args)
     started = time.monotonic()

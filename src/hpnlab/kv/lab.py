@@ -23,6 +23,19 @@ PORT = 46379
 TESTS = ("set", "get", "incr", "lpush", "lrange_100", "zadd")
 GOAL_P1, GOAL_P16, GOAL_FAKE = 0.6, 0.4, 10.0
 NOISE = 0.15       # ratios closer to 1 than this are read as "the same" (shared cores, one run each)
+# requests per test at -P 1 (4x at -P 16), keys filled, RANGE requests: the default grid, and the
+# one a server host whose CPU QEMU emulates (TCG) gets instead - there each cell takes minutes
+GRID = {"requests": 20000, "fill_keys": 100000, "range_requests": 2000}
+EMULATED_GRID = {"requests": 3000, "fill_keys": 10000, "range_requests": 300}
+# fakeredis (a Python server that threads per connection) is slow and its rate swings between
+# runs: each pipeline depth is warmed up, then measured --fake-runs times (default 3) with as
+# many requests as ours, or fewer if that would take longer than FAKE_SECONDS a run; the median counts
+FAKE_SECONDS = 6.0
+FAKE_PACKAGES = ("fakeredis", "redis", "sortedcontainers")      # fakeredis and what it imports
+# redis.asyncio (which fakeredis imports, its TCP server never runs) imports async_timeout on
+# Python < 3.11.3 - Debian 12's python3 is 3.11.2, this venv's may be newer and lack it: the
+# copy then gets asyncio's own timeout under that name
+ASYNC_TIMEOUT_SHIM = "from asyncio import timeout  # noqa: F401  (hpnlab kv lab: see kv/lab.py)\n"
 
 
 def bench(client, ip: str, port: int, tests: tuple[str, ...], requests: int, pipeline: int,
@@ -60,7 +73,7 @@ def used_memory(client, ip: str, port: int) -> int:
 
 
 def measure(server_host, client, ip: str, port: int, argv: list[str], name: str, tests, requests: int,
-            pipelines: tuple[int, ...], ordered: bool, fill: int, step) -> dict[str, Any]:
+            pipelines: tuple[int, ...], ordered: bool, fill: int, range_requests: int, step) -> dict[str, Any]:
     """Start one server on h1; fill it (memory per key, RANGE), empty it, run the benchmarks from h2; stop it."""
     proc = server_host.start(argv, name=f"kvlab-{name}".replace("/", "-"))
     try:
@@ -79,7 +92,8 @@ def measure(server_host, client, ip: str, port: int, argv: list[str], name: str,
         cell["bytes_per_key"] = (used_memory(client, ip, port) - before) / max(1, keys)
         if ordered:
             step(f"{name}: RANGE of 100 keys, one client")
-            res = client.run(["redis-benchmark", "-h", ip, "-p", str(port), "-c", "1", "-n", "2000", "--csv",
+            res = client.run(["redis-benchmark", "-h", ip, "-p", str(port), "-c", "1", "-n", str(range_requests),
+                              "--csv",
                               "RANGE", f"key:{fill // 2:012d}", f"key:{fill:012d}", "LIMIT", "100"],
                              timeout=300)
             row = next(iter(parse_csv(res.stdout).values()))
@@ -111,8 +125,14 @@ def run(provider, args, step) -> dict:
     pipelines = (1, 16)
     grid = [(e, args.indexes.split(",")[0]) for e in args.engines.split(",")]
     grid += [(args.engines.split(",")[0], i) for i in args.indexes.split(",")[1:]]
+    emulated = server_host.run([py, "-c", "from hpnlab.bench.probe import emulated_cpu; print(emulated_cpu())"],
+                               timeout=60).stdout.strip() == "True"
+    sizes, grid_note = sizing(args, emulated)
+    requests, fill = sizes["requests"], sizes["fill_keys"]
     data: dict[str, Any] = {"rps": {}, "redis": {}, "fakeredis": {}, "latency": {}, "range_ms": {},
-                            "bytes_per_key": {}, "tests": tests, "requests": args.requests,
+                            "bytes_per_key": {}, "tests": tests, "requests": requests, "fill_keys": fill,
+                            "range_requests": sizes["range_requests"], "server_emulated": emulated,
+                            "grid_note": grid_note,
                             "server": server_host.name, "client": client.name, "address": ip, "skipped": {}}
     load_before = server_host.run(["cat", "/proc/loadavg"], timeout=10).stdout.split()[:3]
     port = PORT
@@ -120,8 +140,8 @@ def run(provider, args, step) -> dict:
         port += 1
         argv = [py, "-m", "hpnlab.cli", "kv", "serve", "--bind", ip, "--port", str(port),
                 "--engine", engine, "--index", index]
-        cell = measure(server_host, client, ip, port, argv, f"kv {engine}/{index}", tests, args.requests,
-                       pipelines, index != "hash", args.fill_keys, step)
+        cell = measure(server_host, client, ip, port, argv, f"kv {engine}/{index}", tests, requests,
+                       pipelines, index != "hash", fill, sizes["range_requests"], step)
         data["rps"].setdefault(engine, {})[index] = {t: {str(p): cell["rps"][p].get(t) for p in pipelines}
                                                     for t in tests}
         data["latency"].setdefault(engine, {})[index] = cell["latency"]
@@ -131,28 +151,31 @@ def run(provider, args, step) -> dict:
     port += 1
     argv = ["redis-server", "--bind", ip, "--port", str(port), "--save", "", "--appendonly", "no",
             "--protected-mode", "no", "--daemonize", "no", "--logfile", ""]
-    cell = measure(server_host, client, ip, port, argv, "redis-server", tests, args.requests, pipelines, False,
-                   args.fill_keys, step)
+    cell = measure(server_host, client, ip, port, argv, "redis-server", tests, requests, pipelines, False,
+                   fill, sizes["range_requests"], step)
     data["redis"] = {t: {str(p): cell["rps"][p].get(t) for p in pipelines} for t in tests}
     data["latency"]["redis"] = cell["latency"]
     data["bytes_per_key"]["redis-server"] = cell["bytes_per_key"]
-    has_fake = server_host.run([py, "-c", "import fakeredis; fakeredis.TcpFakeServer"], timeout=30, check=False)
-    if has_fake.rc == 0:
+    env_py = fakeredis_env(provider, server_host, py, step) if args.fake_runs else "--fake-runs 0"
+    if isinstance(env_py, str):
+        data["skipped"]["fakeredis"] = env_py
+    else:
         port += 1
         argv = [py, "-c", f"from fakeredis import TcpFakeServer; TcpFakeServer(('{ip}', {port}), "
                           "server_type='redis').serve_forever()"]
-        proc = server_host.start(argv, name="kvlab-fakeredis")
+        proc = server_host.start(argv, name="kvlab-fakeredis", env=env_py)
         try:
             server_host.wait_for_port(port, timeout=30)
+            data["fakeredis_runs"], data["fakeredis_requests"] = {}, {}
             for p in pipelines:
-                step(f"fakeredis TcpFakeServer: set,get -P {p}")
-                got = bench(client, ip, port, ("set", "get"), max(1000, args.requests // 10), p)
+                step(f"fakeredis TcpFakeServer: set,get -P {p} (warm-up, then {args.fake_runs} runs)")
+                n, runs = bench_fakeredis(client, ip, port, requests * (4 if p > 1 else 1), p, args.fake_runs)
+                data["fakeredis_requests"][str(p)] = n
                 for t in ("set", "get"):
-                    data["fakeredis"].setdefault(t, {})[str(p)] = got[t]["rps"]
+                    data["fakeredis_runs"].setdefault(t, {})[str(p)] = runs[t]
+                    data["fakeredis"].setdefault(t, {})[str(p)] = sorted(runs[t])[len(runs[t]) // 2]
         finally:
             proc.stop(5)
-    else:
-        data["skipped"]["fakeredis"] = f"fakeredis is not importable by {py} on {server_host.name}"
     data["load_before"] = load_before
     data["load_after"] = server_host.run(["cat", "/proc/loadavg"], timeout=10).stdout.split()[:3]
     data["environment"] = env
@@ -160,6 +183,75 @@ def run(provider, args, step) -> dict:
     md = render(data, pngs, args)
     path = report.write_report(out, md, data)
     return {"report": path, "dir": out, "data": data}
+
+
+def sizing(args, emulated: bool) -> tuple[dict[str, int], str]:
+    """Requests, keys filled and RANGE requests: what the arguments say, else the default grid -
+    or the emulated one (and a note saying so) on a server host whose CPU QEMU emulates."""
+    base = EMULATED_GRID if emulated else GRID
+    sizes = {"requests": args.requests or base["requests"], "fill_keys": args.fill_keys or base["fill_keys"],
+             "range_requests": base["range_requests"]}
+    cut = [k for k in ("requests", "fill_keys") if emulated and getattr(args, k) is None]
+    note = ""
+    if cut:
+        note = ("the server host's CPU is emulated (QEMU TCG), so the grid was cut: "
+                + ", ".join(f"{k.replace('_', ' ')} {EMULATED_GRID[k]} (not {GRID[k]})" for k in cut)
+                + f", RANGE requests {EMULATED_GRID['range_requests']} (not {GRID['range_requests']}) - every "
+                "cell takes minutes there; give --requests/--fill-keys to choose")
+    return sizes, note
+
+
+def fakeredis_env(provider, host, py: str, step) -> dict[str, str] | str:
+    """The environment that lets `py` on `host` import fakeredis: {} where it already does; on a
+    host with its own file system (a VM, a machine) a copy of this machine's fakeredis and the
+    pure-Python packages it imports, put there (lab VMs reach no package index). Else why not."""
+    if host.run([py, "-c", "import fakeredis; fakeredis.TcpFakeServer"], timeout=30, check=False).rc == 0:
+        return {}
+    if provider.shares_kernel:
+        return f"fakeredis is not importable by {py} on {host.name} (`make setup` installs it)"
+    import importlib.metadata
+    import importlib.util
+    import tempfile
+    import zipfile
+    step(f"fakeredis: copying this machine's {', '.join(FAKE_PACKAGES)} to {host.name}")
+    remote = "/tmp/hpnlab-kvlab-fakeredis"
+    with tempfile.TemporaryDirectory() as tmp:
+        zpath = Path(tmp) / "fakeredis.zip"
+        with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED) as z:
+            for name in FAKE_PACKAGES:        # each distribution's files, its metadata too (fakeredis reads it)
+                try:
+                    dist = importlib.metadata.distribution(name)
+                except importlib.metadata.PackageNotFoundError:
+                    return f"fakeredis is not importable on {host.name}, and this machine has no {name} to copy"
+                for f in dist.files or ():
+                    local = Path(str(dist.locate_file(f)))
+                    if f.parts[0] != ".." and "__pycache__" not in f.parts and local.is_file():
+                        z.write(local, str(f))
+            if importlib.util.find_spec("async_timeout") is None:
+                z.writestr("async_timeout/__init__.py", ASYNC_TIMEOUT_SHIM)
+        host.put(zpath, f"{remote}.zip")
+    host.run(["sh", "-c", f"rm -rf {remote} && {py} -m zipfile -e {remote}.zip {remote}"], timeout=120)
+    env = {"PYTHONPATH": remote}
+    probe = host.run(["env", f"PYTHONPATH={remote}", py, "-c", "import fakeredis; fakeredis.TcpFakeServer"],
+                     timeout=60, check=False)
+    if probe.rc != 0:
+        return f"fakeredis copied to {host.name} does not import there: {probe.stderr.strip()[-300:]}"
+    return env
+
+
+def bench_fakeredis(client, ip: str, port: int, requests: int, pipeline: int,
+                    repeats: int) -> tuple[int, dict[str, list[float]]]:
+    """(requests per run, {test: [rps of each run]}) for SET and GET: one warm-up run sizes the
+    runs (at most `requests`, ours; no run longer than FAKE_SECONDS), then `repeats` runs."""
+    warm = bench(client, ip, port, ("set", "get"), 500, pipeline)
+    rate = min(warm[t]["rps"] for t in ("set", "get"))
+    n = max(500, min(requests, int(rate * FAKE_SECONDS)))
+    runs: dict[str, list[float]] = {"set": [], "get": []}
+    for _ in range(repeats):
+        got = bench(client, ip, port, ("set", "get"), n, pipeline)
+        for t in runs:
+            runs[t].append(got[t]["rps"])
+    return n, runs
 
 
 def best(data: dict, test: str, p: str) -> tuple[str, float]:
@@ -204,9 +296,18 @@ def fake_bound(data: dict) -> list[str]:
                 bound.append(f"{test.upper()} -P {p}")
     if not rows:
         return []
-    L = ["## fakeredis: our ratio beside redis-server's", "",
-         report.md_table(["test", "pipeline", "fakeredis rps", "best of ours / fakeredis",
-                          "redis-server / fakeredis"], rows), ""]
+    L = ["## fakeredis: our ratio beside redis-server's", ""]
+    if data.get("fakeredis_runs"):
+        L += [f"fakeredis's TcpFakeServer ran on the same host with the same `redis-benchmark -c 50`; each "
+              f"pipeline depth was warmed up, then run {len(next(iter(data['fakeredis_runs']['set'].values())))} "
+              "times with "
+              + ", ".join(f"{n} requests at -P {p}" for p, n in data["fakeredis_requests"].items())
+              + f" (as many as ours, or fewer where a run would take over {FAKE_SECONDS:g} s); the median "
+              "run counts. Its runs (rps): "
+              + "; ".join(f"{t.upper()} -P {p}: " + ", ".join(f"{r:.0f}" for r in rs)
+                          for t, by_p in data["fakeredis_runs"].items() for p, rs in by_p.items()) + ".", ""]
+    L += [report.md_table(["test", "pipeline", "fakeredis rps", "best of ours / fakeredis",
+                           "redis-server / fakeredis"], rows), ""]
     if bound:
         L += [f"At {', '.join(bound)} redis-server itself is under {GOAL_FAKE:g}× fakeredis: there one "
               "benchmark client and the LAN round trip bound every server, so that ratio cannot tell the "
@@ -259,8 +360,10 @@ def render(data: dict, pngs: list[str], args) -> str:
          f"{data['requests']} requests per test at -P 1, 4× that at -P 16. Each cell is one run; the "
          f"machine's load average was {data['load_before'][0]} before and {data['load_after'][0]} after on "
          f"{data['environment']['machine']['cpus']} CPUs, so differences within ±{NOISE:.0%} between "
-         "cells (more, on a loaded machine) are not meaningful.", "",
-         "## Requests per second", "",
+         "cells (more, on a loaded machine) are not meaningful.", ""]
+    if data.get("grid_note"):
+        L += [f"Grid: {data['grid_note']}.", ""]
+    L += ["## Requests per second", "",
          report.md_table(["server (engine/index)", "-P"] + [t.upper() for t in tests], rows), ""]
     L += [f"![rps]({png})" for png in pngs] + [""]
     L += ["## Goals (ratios in this run)", "",
