@@ -144,7 +144,9 @@ def run(args) -> int:
                              "failed": result["failed"]})
     for g in result["goals"]:
         mark = {True: "[green]PASS[/green]", False: "[yellow]FAIL[/yellow]", None: "n/a"}[g["pass"]]
-        console.print(f"  {mark} {g['goal']}: {g['measured']}")
+        paired = (f"; paired {g['paired']:.2f} [{g['paired_min']:.2f}–{g['paired_max']:.2f}], {g['spread']}"
+                  if "paired" in g else "")
+        console.print(f"  {mark} {g['goal']}: {g['measured']}{paired}")
     console.print(f"report: {result['dir']}/report.md")
     if result["failed"]:
         reasons = dict.fromkeys(f"{c['engine']}: {c.get('reason')}" for c in result["failed"])
