@@ -106,7 +106,8 @@ def test_lab_compares_with_testpmd_accounts_for_every_packet_and_spreads_queues(
     # the round trip through testpmd macswap on h2, counted and timed on h1's own TSC
     rtt = res["round_trip"]
     assert rtt["received"] + rtt["lost"] == rtt["sent"] == 20000 and rtt["beyond_sent"] == 0
-    assert 0 < rtt["received"] <= rtt["reflector"]["tx"] <= rtt["reflector"]["rx"] <= 20000, rtt["reflector"]
+    # (the reflector also sends back what else crosses the LAN: the hosts' own IPv6 and ARP frames)
+    assert 0 < rtt["received"] <= rtt["reflector"]["tx"] <= rtt["reflector"]["rx"], rtt["reflector"]
     assert 0 < rtt["latency_ns"]["min"] <= rtt["latency_ns"]["p50"] <= rtt["latency_ns"]["p99"]
     assert sum(rtt["histogram"].values()) == rtt["received"]
     # the user-space stack over the same binding (h2's NIC stays Linux's on netns hosts)

@@ -84,15 +84,16 @@ def dpdk_owns(provider, host: str, network: str) -> bool:
     return provider.dpdk_takes_nic and provider.lab.hosts[host].dpdk_network == network
 
 
-def eal_for(provider, host, network: str, lcore: int, queues: int = 1) -> tuple[str, str]:
+def eal_for(provider, host, network: str, lcore: int, queues: int = 1, ring: int = 0) -> tuple[str, str]:
     """(EAL arguments for the host's NIC on `network`, what they drive). `queues`: queue pairs
-    the af_packet vdev opens (a PACKET_FANOUT group: the kernel's flow hash picks the queue)."""
+    the af_packet vdev opens (a PACKET_FANOUT group: the kernel's flow hash picks the queue);
+    `ring`: frames in each of its rings (0: the PMD's 512)."""
     base = ["--no-telemetry", "--log-level=warning", "-l", str(lcore)]
     ifname = host.nic(network).ifname
     if not dpdk_owns(provider, host.name, network):       # an af_packet vdev over the kernel's NIC
-        qpairs = f",qpairs={queues}" if queues > 1 else ""
+        opts = (f",qpairs={queues}" if queues > 1 else "") + (f",framecnt={ring}" if ring else "")
         return shlex.join([*base, "--no-huge", "--no-shconf", "-m", "256", "--no-pci",
-                           f"--vdev=net_af_packet0,iface={ifname}{qpairs}"]), f"net_af_packet on {ifname}"
+                           f"--vdev=net_af_packet0,iface={ifname}{opts}"]), f"net_af_packet on {ifname}"
     res = host.run(["cat", "/var/lib/hpnlab/dpdk-nic"], timeout=20, check=False)
     pci = res.stdout.strip()
     if res.rc != 0 or not pci:
@@ -349,14 +350,15 @@ def accounting(provider, sender, receiver, net: str, eal_s: str, eal_r: str, arg
     return res
 
 
-def round_trip(sender, receiver, eal_s: str, eal_r: str, args, step) -> dict:
+def round_trip(sender, receiver, eal_echo: str, eal_reflect: str, args, step) -> dict:
     """The known count through a reflector on the peer (testpmd macswap sends every frame
     back): what came back, and the round-trip time from the TSC that stamped each frame —
     one clock, also where the two hosts' TSCs are not one (VMs, machines)."""
     step(f"round trip: {args.count} packets at {args.rate} through testpmd macswap on {receiver.name}")
-    proc = start_agent(receiver, ["reflect", "--eal", eal_r, "--seconds", 600], f"pktgen-reflect-{receiver.name}")
+    proc = start_agent(receiver, ["reflect", "--eal", eal_reflect, "--seconds", 600],
+                       f"pktgen-reflect-{receiver.name}")
     try:
-        sent = send_known_count(sender, eal_s, args, args.flows, "--echo")
+        sent = send_known_count(sender, eal_echo, args, args.flows, "--echo")
     except BaseException:
         with deferred_interrupts():
             proc.stop(5)
@@ -433,7 +435,11 @@ def run(provider, args, step) -> dict:
         with Loss(provider, sender.name, net, loss_pct) as loss:
             acc.append(accounting(provider, sender, receiver, net, eal_s, eal_r, args, step,
                                   f"{loss_pct:g} % loss injected", loss))
-    rtt = round_trip(sender, receiver, eal_s, eal_r, args, step)
+    # both ends busy-poll rings the kernel fills: on an af_packet vdev, rings that hold what
+    # arrives while a busy machine's scheduler has a poller off its CPU (82 ms at 100 kpps)
+    eal_echo, _ = eal_for(provider, sender, net, 0, ring=8192)
+    eal_reflect, _ = eal_for(provider, receiver, net, lcore_r, ring=8192)
+    rtt = round_trip(sender, receiver, eal_echo, eal_reflect, args, step)
     multiqueue = None
     if args.queues > 1:
         eal_mq, _ = eal_for(provider, receiver, net, lcore_r, args.queues)
@@ -454,7 +460,8 @@ def run(provider, args, step) -> dict:
             stack = stack_over_dpdk(provider, sender, receiver, net, args.stack_bytes, step)
     env["load_after"] = os.getloadavg()
     env["seconds"] = round(time.monotonic() - t0, 1)
-    env["eal"] = {"sender": eal_s, "receiver": eal_r, "net_null": null_eal(0)}
+    env["eal"] = {"sender": eal_s, "receiver": eal_r, "net_null": null_eal(0), "round trip, sender": eal_echo,
+                  "round trip, reflector": eal_reflect}
     env["binding"] = binding
     png = plot(rows, out)
     data = {"throughput": rows, "accounting": acc, "round_trip": rtt, "multiqueue": multiqueue, "stack": stack,
@@ -618,10 +625,12 @@ def render(rows, acc, rtt, args, env, png, provider, out: Path) -> str:
     refl = rtt["reflector"]
     md += ["", "## Round trip", "",
            f"{rtt['sent']} packets at {rtt['rate']} from {sender} to `dpdk-testpmd --forward-mode=macswap` on "
-           f"{receiver}, which sent each back (it received {refl['rx']}, sent {refl['tx']}); {sender}'s generator "
-           f"counted what came back while sending: {rtt['received']} back + {rtt['lost']} lost = "
-           f"{rtt['received'] + rtt['lost']} {'=' if exact else '≠'} sent {rtt['sent']} "
-           f"({rtt['loss_pct']:.3f} % lost on the way there or back), {rtt['duplicates']} duplicates, "
+           f"{receiver}, which sends what it receives back (it received {refl['rx']} and sent {refl['tx']}); "
+           f"{sender}'s generator counted what came back while sending: {rtt['received']} back + {rtt['lost']} "
+           f"lost = {rtt['received'] + rtt['lost']} {'=' if exact else '≠'} sent {rtt['sent']} "
+           f"({rtt['loss_pct']:.3f} %; about {max(0, rtt['sent'] - refl['rx'])} lost on the way there, "
+           f"{max(0, refl['tx'] - rtt['received'])} on the way back: the reflector's counts also hold any other "
+           f"frame on the LAN), {rtt['duplicates']} duplicates, "
            f"{rtt['reordered']} reordered. The round-trip time is the TSC when a frame came back minus the TSC "
            "stamped into it when it left: one clock, so it holds also where the hosts' clocks are not one.", ""]
     lat = [a for a in [*acc, rtt] if a.get("latency_ns")]
@@ -661,7 +670,9 @@ def render_stack(stack: dict | None) -> str:
 
 def render_tail(env: dict) -> str:
     md = ["", "## EAL arguments", "", f"- sender: `{env['eal']['sender']}`",
-          f"- receiver: `{env['eal']['receiver']}`", f"- net_null: `{env['eal']['net_null']}`", "",
+          f"- receiver: `{env['eal']['receiver']}`", f"- net_null: `{env['eal']['net_null']}`",
+          f"- round trip: sender `{env['eal']['round trip, sender']}`, reflector "
+          f"`{env['eal']['round trip, reflector']}`", "",
           f"The DPDK binding: {', '.join(f'{h} {how}' for h, how in env['binding'].items())}. "
           f"All runs took {env['seconds']:g} s.", "",
           report.environment_md(env), report.rerun_md(make_target="lab-pktgen")]
