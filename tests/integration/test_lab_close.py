@@ -67,9 +67,12 @@ def test_ctrl_c_leaves_nothing(netns_lab, tmp_path):
     env = dict(os.environ, HPNLAB_STATE_DIR=str(netns_lab.state.dir.parent))
     ns = f"{netns_lab.lab.name}-h1"
     assert netns_pids(ns) == []
+    # SIGINT as a terminal sends it: a run started in the background (`cmd &` without job
+    # control) inherits SIGINT ignored, and the lab would never see the interrupt
     proc = subprocess.Popen([str(Path(sys.executable).parent / "hpnlab"), "--lab", str(lab_file), "lab", "--results",
                              str(tmp_path / "r"), "close"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 30        # an agent on h1 (not one of the short `ss` runs)
     while not _agents(ns) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
