@@ -111,7 +111,8 @@ GOOD_H2 = "    h2: {ansible_host: 192.0.2.12}\n"
      "ansible_ssh_common_args: cannot be read as OpenSSH options: No closing quotation"),
     ("all:\n  hosts:\n    h1: {ansible_host: 192.0.2.11, ansible_ssh_common_args: '-J a@b:x'}\n",
      "cannot read ProxyJump"),
-    ("all:\n  hosts:\n    h1: {ansible_host: 192.0.2.11, hpnlab_known_hosts: 5}\n", "hpnlab_known_hosts: must be a file"),
+    ("all:\n  hosts:\n    h1: {ansible_host: 192.0.2.11, hpnlab_known_hosts: 5}\n",
+     "hpnlab_known_hosts: must be a file"),
     # the topology's own variables come from lab.yml: an inventory cannot slip in sysctls or provider hooks
     ("all:\n  hosts:\n    h1: {ansible_host: 192.0.2.11, hpnlab_sysctls: {/etc/hostname: x}}\n",
      "all.hosts.h1.hpnlab_sysctls: is not one a static inventory sets"),
