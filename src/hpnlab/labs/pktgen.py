@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import statistics
 import time
 from pathlib import Path
@@ -290,15 +291,36 @@ def start_agent(host, args: list, name: str):
     return proc
 
 
-def finish_agent(host, proc, timeout: float, name: str, stop: bool = False) -> dict:
-    """The JSON result of a background agent (stopped first with `stop`)."""
+def finish_agent(host, proc, timeout: float, name: str) -> dict:
+    """The JSON result of a background agent, once it exited."""
     try:
-        rc = proc.stop(timeout) if stop else proc.wait(timeout)
+        rc = proc.wait(timeout)
         out, err = proc.logs()
         got = parse_agent(host, out, err, name)
         if rc != 0:
             raise LabError(f"[{host.name}] {name} failed (exit {rc}): {err[-1500:]}")
         return got
+    finally:
+        with deferred_interrupts():
+            if proc.alive():
+                proc.stop(5)
+
+
+def stop_agent(host, proc, timeout: float, name: str) -> dict:
+    """SIGTERM to a background agent that answers it with its result; that result. Read from
+    its output, not its exit status: the signal goes to the process group, and the shell
+    that would have recorded the status (SSH hosts) dies of it."""
+    try:
+        proc.signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while True:
+            out, err = proc.logs()
+            done = [line for line in out.splitlines() if line.startswith("{") and '"ready"' not in line]
+            if done:
+                return parse_agent(host, done[-1], err, name)
+            if time.monotonic() > deadline:
+                raise LabError(f"[{host.name}] {name} gave no result {timeout:g}s after SIGTERM: {err[-1500:]}")
+            time.sleep(0.2)
     finally:
         with deferred_interrupts():
             if proc.alive():
@@ -363,7 +385,7 @@ def round_trip(sender, receiver, eal_echo: str, eal_reflect: str, args, step) ->
         with deferred_interrupts():
             proc.stop(5)
         raise
-    reflector = finish_agent(receiver, proc, 30, "reflector", stop=True)
+    reflector = stop_agent(receiver, proc, 60, "reflector")
     back = sent["echo"]
     return {"label": "round trip", "sent": sent["sent"], "rate": args.rate, "reflector": reflector,
             "received": back["unique"], "lost": back["lost"], "loss_pct": back["loss_pct"],
