@@ -10,6 +10,7 @@ domain". hpnlab's libvirtd for TCG guests sees no usable /dev/kvm: one probe, th
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from hpnlab.bench import loadgen
+from hpnlab.uring import _build as uring_build
 from hpnlab.vm import accel, virt
 from hpnlab.vm import setup as vmsetup
 
@@ -113,6 +116,16 @@ def test_first_up_with_kvm_failing_does_not_wait_on_libvirt_probes(fresh_libvirt
             "libvirt wrote no capability cache for the QEMU in PATH"
         gap = _elapsed(out, "Starting domain") - _elapsed(out, "Creating domain")
         assert gap < 15, f"{gap:.0f} s between creating and starting the domain (libvirt re-probing?)"
+        # the box carries hpnlab's native parts built from this checkout's sources, with the
+        # stamps the labcode role checks: provisioning copies them instead of compiling under TCG
+        stamps = subprocess.run([*hpnlab, "exec", "h1", "--", "sh", "-c",
+                                 "cat /opt/hpnlab/build/hpnlab-loadgen.recipe; echo; ls /opt/hpnlab/build"],
+                                env=env, capture_output=True, text=True, timeout=120, cwd=REPO, check=False)
+        recipe, _, built = stamps.stdout.partition("\n")
+        assert recipe == loadgen._recipe(), stamps.stdout + stamps.stderr
+        assert "hpnlab-loadgen" in built.split(), built
+        uring = hashlib.sha256(Path(uring_build.__file__).read_bytes()).hexdigest()[:16]
+        assert any(f.endswith(f"-{uring}.so") for f in built.split()), built
     finally:
         down = subprocess.run([*hpnlab, "down"], env=env, capture_output=True, text=True, timeout=600, cwd=REPO,
                               check=False)

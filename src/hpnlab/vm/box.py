@@ -1,5 +1,6 @@
 """The hpnlab-debian12 box: built from Debian packages by box/build.sh, cached by
-the hash of its recipe (every file under box/), added to Vagrant as
+the hash of its recipe (every file under box/, and the sources of the native parts it
+carries prebuilt), added to Vagrant as
 `hpnlab-debian12`. A recipe change means a rebuild on the next `make box`/`up`.
 
 An online user can set `vm: {box: debian/bookworm64}` in lab.yml instead; then
@@ -13,10 +14,12 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from .. import labcode
 from ..paths import repo_root
 from . import BOX_NAME, POOL, Progress, VmError, run
 
@@ -31,14 +34,24 @@ def recipe_dir() -> Path:
 
 def recipe_hash() -> str:
     """sha256 over the recipe's file names and contents (16 hex digits): every file
-    under box/ but those in NOT_RECIPE."""
+    under box/ but those in NOT_RECIPE, and what the box's native parts are built from."""
     root = recipe_dir()
     if not root.is_dir():
         raise VmError(f"no box recipe at {root}")
     h = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name not in NOT_RECIPE):
         h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    h.update(native_recipe().encode())
     return h.hexdigest()[:16]
+
+
+def native_recipe() -> str:
+    """The stamps of hpnlab's native parts that box/customize.sh builds into the box, as
+    `hpnlab.labcode build` checks them on a guest (the load generator's recipe, the
+    liburing binding's): new sources make a new box, so that no guest compiles them."""
+    from ..bench import loadgen
+    from ..uring import _build
+    return loadgen._recipe() + hashlib.sha256(Path(_build.__file__).read_bytes()).hexdigest()[:16]
 
 
 def cached(recipe: str | None = None) -> Path:
@@ -109,9 +122,12 @@ def build(progress: Progress, force: bool = False) -> Path:
     progress(f"box: building {BOX_NAME} (recipe {recipe}) from Debian packages, ~1-2 min")
     t0 = time.monotonic()
     log = CACHE / f"build-{recipe}.log"
+    packed = tempfile.TemporaryDirectory(prefix="hpnlab-box-labcode-")
     try:
+        # the box carries hpnlab's native parts built from this checkout (box/customize.sh)
+        env = dict(os.environ, HPNLAB_BOX_LABCODE=labcode.pack(Path(packed.name))["zip"])
         with open(log, "w") as out:
-            proc = subprocess.Popen([str(recipe_dir() / "build.sh"), str(tmp), recipe],
+            proc = subprocess.Popen([str(recipe_dir() / "build.sh"), str(tmp), recipe], env=env,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             assert proc.stdout is not None      # (a pipe)
             for line in proc.stdout:
@@ -133,6 +149,7 @@ def build(progress: Progress, force: bool = False) -> Path:
         tmp.rename(final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        packed.cleanup()
     progress(f"box: built in {time.monotonic() - t0:.0f} s")
     _prune(keep=recipe)
     return final
