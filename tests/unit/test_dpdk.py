@@ -76,6 +76,23 @@ def test_generator_paces_to_the_asked_rate():
     assert 45000 <= res["sent"] <= 52000, res
 
 
+def test_generator_counts_and_times_the_frames_that_come_back_to_its_port():
+    """net_ring loops what a port sends back into its RX queue: the round trip of the lab
+    without a peer. Only frames sent to the asked MAC count (an af_packet port also shows
+    the frames it sent itself)."""
+    ring = dpdk.eal_args(vdevs=["net_ring0"], memory_mb=128, extra=["--log-level=warning"])
+    back = {}
+    for mac in ("02:68:6e:70:6c:02", "02:00:00:00:00:99"):      # the frames' destination, another one
+        proc = subprocess.run([sys.executable, "-m", "hpnlab.pktgen.agent", "send", "--eal", " ".join(ring),
+                               "--count", "5000", "--rate", "100kpps", "--seconds", "5", "--echo",
+                               "--echo-wait", "0.3", "--src-mac", mac], capture_output=True, text=True, timeout=60)
+        back[mac] = last_json(proc)["echo"]
+    ok, other = back.values()
+    assert (ok["unique"], ok["lost"], ok["duplicates"]) == (5000, 0, 0)
+    assert sum(ok["histogram"].values()) == 5000 and 0 < ok["latency_ns"]["p50"] <= ok["latency_ns"]["max"]
+    assert other["frames"] == 5000 and (other["unique"], other["lost"]) == (0, 5000)
+
+
 def test_bad_eal_argument_is_an_error_naming_the_arguments():
     proc = run_py("""
         from hpnlab import dpdk
