@@ -213,3 +213,55 @@ def test_scan_resumes_where_it_stopped_despite_changes():
     for i in range(1000):
         run(h, f"SET k{i} v")
     assert sorted(scan_all(h, "COUNT 10")) == sorted(f"k{i}".encode() for i in range(1000))
+
+
+def hot_kept(policy: str) -> float:
+    """The share of 40 keys in use that survive 2000 writes into a store of room for ~200 keys,
+    when one of them is read after every write. ("~" sorts them last, so a tie between keys
+    without a clock would evict them first: only the clock keeps them.)"""
+    c = Server().new_client()
+    assert run(c, f"CONFIG SET maxmemory-policy {policy}") == b"+OK\r\n"
+    assert run(c, "CONFIG SET maxmemory 50kb") == b"+OK\r\n"
+    for i in range(40):
+        run(c, f"SET ~hot{i} {'x' * 100}")
+    for i in range(2000):
+        assert run(c, f"SET k{i} {'x' * 100}") == b"+OK\r\n"
+        run(c, f"GET ~hot{i % 40}")
+    assert c.server.memory.evicted > 1000 and c.server.memory.used <= 51_200 + 400
+    return sum(f"~hot{i}".encode() in c.server.dbs[0].data for i in range(40)) / 40
+
+
+def test_maxmemory_allkeys_lru_keeps_the_keys_in_use():
+    assert hot_kept("allkeys-lru") >= 0.95
+    assert hot_kept("allkeys-random") < 0.5          # what the scenario does without the LRU clock
+
+
+def test_maxmemory_allkeys_lfu_keeps_the_keys_used_most():
+    c = Server().new_client()
+    assert run(c, "CONFIG SET maxmemory-policy allkeys-lfu") + run(c, "CONFIG SET maxmemory 50kb") == b"+OK\r\n" * 2
+    for i in range(40):
+        run(c, f"SET ~hot{i} {'x' * 100}")
+        for _ in range(30):
+            run(c, f"GET ~hot{i}")
+    run(c, "SET cold v")
+    assert run(c, "OBJECT FREQ cold") == b":5\r\n"                  # LFU_INIT_VAL, as Redis
+    assert int(run(c, "OBJECT FREQ ~hot0")[1:]) > 5
+    for i in range(2000):                                          # written once, never read
+        run(c, f"SET k{i} {'x' * 100}")
+    assert all(f"~hot{i}".encode() in c.server.dbs[0].data for i in range(40))
+    assert c.server.memory.evicted > 1000
+    assert run(c, "OBJECT IDLETIME ~hot0").startswith(b"-ERR An LFU maxmemory policy is selected, idle time")
+
+
+def test_maxmemory_volatile_lru_evicts_only_keys_with_a_ttl():
+    c = Server().new_client()
+    run(c, "CONFIG SET maxmemory-policy volatile-lru")
+    run(c, "CONFIG SET maxmemory 50kb")
+    for i in range(100):
+        run(c, f"SET keep{i} {'x' * 100}")
+    replies = [run(c, f"SET t{i} {'x' * 100} EX 1000") for i in range(2000)]
+    assert all(f"keep{i}".encode() in c.server.dbs[0].data for i in range(100))
+    assert c.server.memory.evicted > 1000 and set(replies) == {b"+OK\r\n"}
+    assert int(run(c, "OBJECT IDLETIME keep0")[1:]) >= 0
+    assert run(c, "OBJECT FREQ keep0").startswith(b"-ERR An LFU maxmemory policy is not selected")
+    assert run(c, "CONFIG SET maxmemory-samples 0").startswith(b"-ERR CONFIG SET failed")

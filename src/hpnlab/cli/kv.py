@@ -9,6 +9,7 @@ HELP = "the KV store: serve RESP2/RESP3 (redis-cli, redis-benchmark, redis-py) o
 
 def add_arguments(parser) -> None:
     from ..kv.index import INDEXES
+    from ..kv.memory import POLICIES
     from ..servers import ENGINES
     from ._common import add_up_option, positive_int, tcp_port
     sub = parser.add_subparsers(dest="kv_cmd", metavar="ACTION", required=True)
@@ -25,8 +26,7 @@ def add_arguments(parser) -> None:
     serve.add_argument("--maxclients", type=positive_int, default=10000)
     serve.add_argument("--maxmemory", default="0", metavar="SIZE",
                        help="limit on the dataset's estimated size (100mb, 1gb...; 0: none)")
-    serve.add_argument("--maxmemory-policy", default="noeviction",
-                       choices=("noeviction", "allkeys-random", "volatile-random", "volatile-ttl"))
+    serve.add_argument("--maxmemory-policy", default="noeviction", choices=POLICIES)
     lab = sub.add_parser("lab", help="the store on h1 vs redis-server, redis-benchmark from h2; into results/kv/")
     add_up_option(lab)
     lab.add_argument("--hosts", default="h1,h2", help="server,client (default h1,h2)")

@@ -155,6 +155,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "appendonly": "no", "appendfsync": "everysec", "dir": ".", "requirepass": "",
     "dbfilename": "dump.rdb", "appendfilename": "appendonly.aof", "databases": 16,
     "maxclients": 10000, "maxmemory": 0, "maxmemory-policy": "noeviction",   # memory.py
+    "maxmemory-samples": 5, "lfu-log-factor": 10, "lfu-decay-time": 1,
     "proto-max-bulk-len": 512 * 1024 * 1024, "client-query-buffer-limit": 1024 * 1024 * 1024,
     "save": "",
 }
@@ -385,6 +386,8 @@ class Client:
                 self._after_write(cmd, args)
             else:
                 self.rewrite = None
+        if srv.memory is not None and srv.memory.tracking and cmd.first:
+            srv.memory.accessed(self.db.num, cmd.keys(args))     # LRU/LFU eviction's clock
         return reply
 
     def _after_write(self, cmd: Command, args: list[bytes]) -> None:

@@ -11,16 +11,31 @@ elements, so the estimate is O(1) per write), and the sum is what maxmemory limi
     allkeys-random   evict random keys until the dataset fits
     volatile-random  the same among keys with a TTL
     volatile-ttl     the keys with the nearest expiry first
+    allkeys-lru      the least recently used key of a sample (volatile-lru: among keys with a TTL)
+    allkeys-lfu      the least frequently used key of a sample (volatile-lfu: among keys with a TTL)
+
+LRU and LFU are Redis's approximations (evict.c): each eviction samples
+maxmemory-samples random keys into a pool of the 16 best candidates seen so far and
+evicts the best that still exists. The access clock is kept per key, only while maxmemory
+is set and the policy is an LRU/LFU one (the request path pays nothing otherwise): LRU the
+time of the last access, LFU Redis's 8-bit logarithmic counter (new keys start at 5, an
+access raises it with probability 1/((counter-5)*lfu-log-factor+1), and it drops by one
+for every lfu-decay-time minutes without access). OBJECT IDLETIME and OBJECT FREQ read it.
 """
 from __future__ import annotations
 
+import bisect
 import heapq
 import random
+import time
 from collections import deque
 from itertools import islice
 from typing import Any
 
-POLICIES = ("noeviction", "allkeys-random", "volatile-random", "volatile-ttl")
+POLICIES = ("noeviction", "allkeys-random", "volatile-random", "volatile-ttl", "allkeys-lru", "volatile-lru",
+            "allkeys-lfu", "volatile-lfu")
+LFU_INIT, LFU_MAX = 5, 255      # Redis's LFU_INIT_VAL and the 8-bit counter's top
+POOL_SIZE = 16                  # EVPOOL_SIZE
 OOM = b"-OOM command not allowed when used memory > 'maxmemory'.\r\n"
 # commands that only shrink the dataset (or touch no data) run even when it is over the limit
 SHRINKING = {"del", "unlink", "lpop", "rpop", "srem", "hdel", "zrem", "spop", "zpopmin", "zpopmax", "getdel",
@@ -68,6 +83,70 @@ class Memory:
         self.used = 0
         self.evicted = 0
         self.pool: list[tuple[int, bytes]] = []        # random candidates, refilled when used up
+        # LRU: (dbnum, key) -> last access (monotonic s); LFU: -> (counter, minute of its last decay)
+        self.clock: dict[tuple[int, bytes], Any] = {}
+        self.tracking = ""                               # "lru", "lfu" or "" (from the policy)
+        self.evpool: list[tuple[float, int, bytes]] = []  # (how evictable, dbnum, key), best last
+        self.policy_changed()
+
+    def policy_changed(self) -> None:
+        """After CONFIG SET maxmemory-policy: the clock starts over for the new kind (Redis
+        reinterprets the old field: it, too, takes some time to adjust)."""
+        policy = self.server.config["maxmemory-policy"]
+        tracking = policy[-3:] if policy.endswith(("-lru", "-lfu")) else ""
+        if tracking != self.tracking:
+            self.clock.clear()
+            self.evpool.clear()
+            self.tracking = tracking
+
+    def accessed(self, dbnum: int, keys: list[bytes]) -> None:
+        """A command read or wrote these keys (those that exist after it count)."""
+        clock, sizes = self.clock, self.sizes
+        if self.tracking == "lru":
+            now = time.monotonic()
+            for k in keys:
+                if (dbnum, k) in sizes:
+                    clock[(dbnum, k)] = now
+            return
+        minute = int(time.monotonic() // 60)
+        factor = self.server.config["lfu-log-factor"]
+        for k in keys:
+            if (dbnum, k) not in sizes:
+                continue
+            old = clock.get((dbnum, k))
+            if old is None:
+                clock[(dbnum, k)] = (LFU_INIT, minute)     # created now
+                continue
+            counter = self._decayed(old, minute)
+            if counter < LFU_MAX and random.random() < 1.0 / (max(0, counter - LFU_INIT) * factor + 1):
+                counter += 1
+            clock[(dbnum, k)] = (counter, minute)
+
+    def _decayed(self, entry: tuple[int, int], minute: int) -> int:
+        counter, since = entry
+        period = self.server.config["lfu-decay-time"]
+        return max(0, counter - (minute - since) // period) if period else counter
+
+    def idle_seconds(self, dbnum: int, key: bytes) -> int | None:
+        """OBJECT IDLETIME: None when LRU is not tracked."""
+        if self.tracking != "lru":
+            return None
+        last = self.clock.get((dbnum, key))
+        return int(time.monotonic() - last) if last is not None else 0
+
+    def frequency(self, dbnum: int, key: bytes) -> int | None:
+        """OBJECT FREQ: None when LFU is not tracked."""
+        if self.tracking != "lfu":
+            return None
+        entry = self.clock.get((dbnum, key))
+        return LFU_INIT if entry is None else self._decayed(entry, int(time.monotonic() // 60))
+
+    def _evictable(self, dbnum: int, key: bytes) -> float:
+        """Higher is a better victim: seconds idle (LRU), 255 - counter (LFU)."""
+        entry = self.clock.get((dbnum, key))
+        if self.tracking == "lru":
+            return time.monotonic() - entry if entry is not None else float("inf")
+        return LFU_MAX - (LFU_INIT if entry is None else self._decayed(entry, int(time.monotonic() // 60)))
 
     def recount(self) -> None:
         """From scratch (when maxmemory is turned on)."""
@@ -83,11 +162,14 @@ class Memory:
         new = 0 if v is None else KEY_ENTRY + len(key) + value_size(v)
         if new:
             self.sizes[(db.num, key)] = new
+        elif self.clock:
+            self.clock.pop((db.num, key), None)
         self.used += new - old
 
     def flushed(self, db: Any) -> None:
         for k in [k for k in self.sizes if k[0] == db.num]:
             self.used -= self.sizes.pop(k)
+            self.clock.pop(k, None)
 
     def admit(self) -> bytes | None:
         """Before a command that may grow the dataset: evict to fit, or Redis's OOM error."""
@@ -118,13 +200,47 @@ class Memory:
                 if db.heap and (best is None or db.heap[0][0] < best[0]):
                     best = (db.heap[0][0], db.num, db.heap[0][1])
             return None if best is None else (best[1], best[2])
-        volatile = policy == "volatile-random"
+        volatile = policy.startswith("volatile-")
+        if not self.tracking:
+            return self._random_key(volatile)
+        return self._sampled(volatile)
+
+    def _live(self, dbnum: int, key: bytes, volatile: bool) -> bool:
+        db = self.server.dbs[dbnum]
+        return key in db.data and (not volatile or key in db.expires)
+
+    def _random_key(self, volatile: bool) -> tuple[int, bytes] | None:
+        dbs = self.server.dbs
         for _ in range(2):
             while self.pool:
                 dbnum, key = self.pool.pop()
-                db = dbs[dbnum]
-                if key in db.data and (not volatile or key in db.expires):
+                if self._live(dbnum, key, volatile):
                     return dbnum, key
             cands = [(db.num, k) for db in dbs for k in (db.expires if volatile else db.data)]
             self.pool = random.sample(cands, min(len(cands), 1024))
+        return None
+
+    def _sampled(self, volatile: bool) -> tuple[int, bytes] | None:
+        """Redis's evictionPoolPopulate + the pick: sample, keep the 16 best, evict the best live one."""
+        pool = self.evpool
+        for _ in range(self.server.config["maxmemory-samples"]):
+            cand = self._random_key(volatile)
+            if cand is None:
+                break
+            entry = (self._evictable(*cand), *cand)
+            if any(e[1:] == cand for e in pool):
+                continue
+            if len(pool) < POOL_SIZE or entry > pool[0]:
+                bisect.insort(pool, entry)
+                if len(pool) > POOL_SIZE:
+                    pool.pop(0)
+        while pool:
+            score, dbnum, key = pool.pop()
+            if not self._live(dbnum, key, volatile):
+                continue
+            now = self._evictable(dbnum, key)
+            if now < score:               # used since it was sampled: back in line at its new place
+                bisect.insort(pool, (now, dbnum, key))
+                continue
+            return dbnum, key
         return None

@@ -350,9 +350,33 @@ def object_(c: Client, args: list[bytes]) -> bytes:
     if sub == b"HELP":
         return resp.bulks([b"OBJECT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
                            b"ENCODING <key>", b"    Return the kind of internal representation used in order",
-                           b"    to store the value associated with a <key>."])
-    if sub != b"ENCODING" or len(args) != 3:
+                           b"    to store the value associated with a <key>.",
+                           b"FREQ <key>", b"    Return the access frequency index of the <key>. The returned",
+                           b"    integer is proportional to the logarithm of the recent access frequency",
+                           b"    of the key.",
+                           b"IDLETIME <key>", b"    Return the idle time of the <key>, that is the approximated",
+                           b"    number of seconds elapsed since the last access to the key."])
+    if sub not in (b"ENCODING", b"IDLETIME", b"FREQ") or len(args) != 3:
         return resp.error(f"ERR unknown subcommand or wrong number of arguments for "
                           f"'{args[1].decode(errors='replace')}'. Try OBJECT HELP.")
     v = c.db.lookup(args[2])
-    return c.null if v is None else resp.bulk(encoding(v))
+    if v is None:
+        return c.null
+    if sub == b"ENCODING":
+        return resp.bulk(encoding(v))
+    memory = c.server.memory
+    if sub == b"FREQ":
+        freq = memory.frequency(c.db.num, args[2]) if memory is not None else None
+        return b":%d\r\n" % freq if freq is not None else resp.error(
+            "ERR An LFU maxmemory policy is not selected, access frequency not tracked. " + ADJUST)
+    idle = memory.idle_seconds(c.db.num, args[2]) if memory is not None else None
+    if idle is not None:
+        return b":%d\r\n" % idle
+    if memory is not None and memory.tracking == "lfu":
+        return resp.error("ERR An LFU maxmemory policy is selected, idle time not tracked. " + ADJUST)
+    # Redis keeps an LRU clock in every object; this store keeps one only while it evicts by it
+    return resp.error("ERR idle time is tracked only while maxmemory is set with an LRU maxmemory-policy")
+
+
+ADJUST = ("Please note that when switching between policies at runtime LRU and LFU data will take some time "
+          "to adjust.")

@@ -222,9 +222,11 @@ def info(c: Client, args: list[bytes]) -> bytes:
     return (b"=%d\r\ntxt:%b\r\n" % (len(text) + 4, text)) if c.resp3 else bulk(text)
 
 
-CONFIG_INT = {"maxclients", "maxmemory", "proto-max-bulk-len", "client-query-buffer-limit", "databases", "port"}
+CONFIG_INT = {"maxclients", "maxmemory", "proto-max-bulk-len", "client-query-buffer-limit", "databases", "port",
+              "maxmemory-samples", "lfu-log-factor", "lfu-decay-time"}
 CONFIG_SETTABLE = {"appendonly", "appendfsync", "requirepass", "maxclients", "maxmemory", "maxmemory-policy",
-                   "proto-max-bulk-len", "client-query-buffer-limit", "dir", "dbfilename"}
+                   "proto-max-bulk-len", "client-query-buffer-limit", "dir", "dbfilename", "maxmemory-samples",
+                   "lfu-log-factor", "lfu-decay-time"}
 CONFIG_CHOICES = {"appendonly": ("yes", "no"), "appendfsync": ("always", "everysec", "no"),
                   "maxmemory-policy": POLICIES}
 
@@ -254,6 +256,9 @@ def config(c: Client, args: list[bytes]) -> bytes:
                 if n is None or n < 0:
                     return resp.error(f"ERR CONFIG SET failed (possibly related to argument '{name}') "
                                       f"- argument couldn't be parsed into an integer")
+                if name == "maxmemory-samples" and not 1 <= n <= 64:
+                    return resp.error(f"ERR CONFIG SET failed (possibly related to argument '{name}') "
+                                      f"- argument must be between 1 and 64 inclusive")
                 changes[name] = n
             elif name in CONFIG_CHOICES and raw.lower() not in CONFIG_CHOICES[name]:
                 return resp.error(f"ERR CONFIG SET failed (possibly related to argument '{name}') "
@@ -271,6 +276,8 @@ def config(c: Client, args: list[bytes]) -> bytes:
                 cfg[name] = value
                 if name == "appendfsync" and c.server.aof is not None:
                     c.server.aof.fsync = value
+                if name == "maxmemory-policy" and c.server.memory is not None:
+                    c.server.memory.policy_changed()
         return OK
     if sub == b"RESETSTAT" and len(args) == 2:
         c.server.commands_processed = c.server.expired = 0
