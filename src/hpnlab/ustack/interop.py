@@ -387,6 +387,7 @@ class Suite:
             drops = sum(v for k, v in c.items() if ".drop." in k)
             errors = c.get("stack.internal_error", 0)
             ring = stats.get("driver", {}).get("kernel_ring_drops", 0)
+            holes = stats.get("driver", {}).get("ring_holes_skipped", 0)
             self.data["fuzz"] = {"sent": f["sent"], "ring_drops": ring, "parser_drops": drops,
                                  "internal_errors": errors, "last_error": stats.get("last_error"),
                                  "counters": {k: v for k, v in c.items() if ".drop." in k}}
@@ -409,6 +410,7 @@ class Suite:
             half_open = stats["tcp_states"].get("SYN_RECEIVED", 0)
             cookies, accepted = c.get("tcp.syncookie_sent", 0), c.get("tcp.syncookie_accepted", 0)
             ring = stats.get("driver", {}).get("kernel_ring_drops", 0)
+            holes = stats.get("driver", {}).get("ring_holes_skipped", 0)
             self.data["syn_flood"] = {**f, "half_open_at_end": half_open, "syncookies_sent": cookies,
                                       "syncookies_accepted": accepted, "ring_drops": ring,
                                       "maxrss_kb": stats.get("maxrss_kb"), "counters": c,
@@ -420,7 +422,8 @@ class Suite:
             return ok, f"{f['sent']} SYNs; a client began connecting after {f['sent_when_connecting']} of " \
                        f"them, {client}, got {f['matched']}/20 echoes, error {f['error']}; {cookies} SYN " \
                        f"cookies sent, {accepted} accepted; {half_open} half-open at the end (bound {backlog}); " \
-                       f"{ring} frames lost to a full ring; the stack's peak RSS {stats.get('maxrss_kb')} KiB"
+                       f"{ring} frames lost to a full ring, {holes} ring slots never handed over (stepped " \
+                       f"over); the stack's peak RSS {stats.get('maxrss_kb')} KiB"
         self.record(f"tcp: SYN flood ({n} SYNs), a client still connects", go)
 
     def concurrency(self, n: int = 1000) -> None:
