@@ -387,7 +387,6 @@ class Suite:
             drops = sum(v for k, v in c.items() if ".drop." in k)
             errors = c.get("stack.internal_error", 0)
             ring = stats.get("driver", {}).get("kernel_ring_drops", 0)
-            holes = stats.get("driver", {}).get("ring_holes_skipped", 0)
             self.data["fuzz"] = {"sent": f["sent"], "ring_drops": ring, "parser_drops": drops,
                                  "internal_errors": errors, "last_error": stats.get("last_error"),
                                  "counters": {k: v for k, v in c.items() if ".drop." in k}}
