@@ -92,15 +92,19 @@ class HostTool:
 
     def wait(self, event: str, timeout: float = 30.0) -> dict:
         end = time.monotonic() + timeout
-        while time.monotonic() < end:
+        while True:
+            # alive looked at before the logs are read: a tool that reports and exits between
+            # the two (the stack's last "stats") is then found in the next read, not missed
+            alive = self.proc.alive()
             for e in self.events:
                 if e.get("event") == event:
                     return e
-            if not self.proc.alive():
+            if not alive or time.monotonic() >= end:
                 break
             time.sleep(0.05)
         out, err = self.proc.logs()
-        raise LabError(f"[{self.host.name}] {self.module} did not report {event!r} in {timeout:g}s: "
+        why = f"in {timeout:g}s" if alive else "before it exited"
+        raise LabError(f"[{self.host.name}] {self.module} did not report {event!r} {why}: "
                        f"{out[-600:]} {err[-800:]}")
 
     def stop(self) -> list[dict]:
