@@ -1,5 +1,6 @@
 """Lab rudp on real namespaces: KCP's scenario over the impaired link, hpnlab's ARQ, C ikcp
-and TCP each bring every message back, and the report carries the issue's data.json shape."""
+and TCP each bring every message back; a loss sweep (QUIC included) and the UDP 并发 section
+run; the report carries the issue's data.json shape."""
 from __future__ import annotations
 
 import json
@@ -12,9 +13,12 @@ from hpnlab.labs import lab_module
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def test_kcp_scenario_over_the_impaired_link(netns_lab, tmp_path):
+def test_kcp_scenario_loss_sweep_and_udp_concurrency(netns_lab, tmp_path):
     args = build_parser(["lab"]).parse_args(["lab", "--results", str(tmp_path), "rudp", "--count", "25",
-                                             "--configs", "hpnlab:fast,ckcp:fast,tcp:nodelay"])
+                                             "--configs", "hpnlab:fast,ckcp:fast,tcp:nodelay",
+                                             "--sweep", "10", "--sweep-configs", "quic:default",
+                                             "--sweep-count", "10", "--bulk-seconds", "0.5",
+                                             "--udp-clients", "16", "--udp-seconds", "0.3"])
     res = lab_module("rudp").run(netns_lab, args, lambda m: None)
     data = json.loads((res["dir"] / "data.json").read_text())
     s = data["kcp_scenario"]
@@ -27,6 +31,26 @@ def test_kcp_scenario_over_the_impaired_link(netns_lab, tmp_path):
         assert min(run["rtts"]) >= 55          # the link's 60-125 ms RTT was really there
     assert (res["dir"] / "hpnlab-fast.pcap").stat().st_size > 24 * 25
     assert data["simulated"]["hpnlab"]["fast"]["digest"] == data["simulated"]["ckcp"]["fast"]["digest"]
+
+    sweep = data["loss_sweep"]["10"]
+    assert set(sweep) == {"quic:default"}          # the other implementations take the same path
+    for row in sweep.values():
+        assert len(row["rtts"]) == 10 and min(row["rtts"]) >= 55
+        assert row["p99_ms"] >= row["p50_ms"] > 0 and row["goodput_mbps"] > 0
+        assert row["overhead"] > 1                      # headers, ACKs and resends on top of the payload
+    assert (res["dir"] / "latency_cdf_loss10.png").exists() and (res["dir"] / "goodput_vs_loss.png").exists()
+
+    conc = {r["variant"]: r for r in data["udp_concurrency"]}
+    assert set(conc) == {"single", "reuseport", "connected"}
+    for r in conc.values():
+        assert r["clients"] == 16 and r["replies"] > 0 and r["answered"] >= r["replies"]
+    assert conc["single"]["sockets"] == 1
+    assert conc["reuseport"]["sockets"] == 2 and min(conc["reuseport"]["per_socket"]) > 0   # the hash spread them
+    c = conc["connected"]
+    assert c["sockets"] == 17                           # the listener and one per peer
+    assert c["per_socket"][0] < c["answered"] / 10      # after its first datagram a peer bypasses the listener
+
     text = res["report"].read_text()
     assert "hpnlab fast vs C ikcp fast" in text and "rtt_cdf.png" in text
+    assert "## Loss sweep" in text and "## UDP 并发" in text
     assert (res["dir"] / "rtt_cdf.png").exists()

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import select
 import socket
 import struct
 import sys
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from .. import report
@@ -39,17 +40,28 @@ MSG = struct.Struct("<II")                     # index, send time (ms, the sende
 PERFECT_BYTES = 2 * (24 + MSG.size + 24)       # per message: a PUSH and its ACK, each way
 # hpnlab "eager": KCP's fast mode, flushing on send and on input instead of at the next 10 ms tick
 CONFIGS = [("hpnlab", m) for m in ("default", "normal", "fast", "eager")] + \
-          [("ckcp", m) for m in ("default", "normal", "fast")] + [("tcp", "nodelay"), ("tcp", "nagle")]
+          [("ckcp", m) for m in ("default", "normal", "fast")] + [("tcp", "nodelay"), ("tcp", "nagle")] + \
+          [("quic", "default")]
+SWEEP_CONFIGS = ["hpnlab:fast", "ckcp:fast", "tcp:nodelay", "quic:default"]
+SWEEP_PORT, UDP_PORT = 46000, 47000
+PYTHON_NEEDS = {"ckcp": ("kcp.extension", "pip install kcp"), "quic": ("aioquic", "pip install aioquic")}
 CONV = 0x68706E6C
+IMPLS = ("hpnlab", "ckcp", "tcp", "quic")
+CHUNK = 1024                                   # bulk runs: bytes per message
+END = b"\x00"                                  # bulk runs: the source's last message
 IMPAIR_QUEUE = 78
+WIRE_TABLE = "hpnlab_rudp_wire"
 
 
 def now_ms() -> int:
     return int(time.monotonic() * 1000)
 
 
-def make_arq(impl: str, mode: str):
+def make_arq(impl: str, mode: str, client: bool = False):
     from ..rudp.arq import MODES, Arq
+    if impl == "quic":
+        from ..rudp.quic import Quic
+        return Quic(client=client)
     if impl == "hpnlab":
         arq = Arq(CONV, snd_wnd=128, rcv_wnd=128, eager=mode == "eager")
         arq.nodelay(*MODES["fast" if mode == "eager" else mode])
@@ -75,10 +87,7 @@ def _arq_loop(sock: socket.socket, arq, on_message, done, deadline: float, produ
             produce(t)
         arq.update(t)
         for d in arq.pop_output():
-            try:
-                sock.send(d)
-            except ConnectionRefusedError:      # the peer's port closed (ICMP): it has finished
-                pass
+            _send(sock, d)
         if select.select([sock], [], [], 0.001)[0]:
             while True:
                 try:
@@ -94,10 +103,58 @@ def _arq_loop(sock: socket.socket, arq, on_message, done, deadline: float, produ
     raise TimeoutError("the run did not finish in time")
 
 
+def _send(sock: socket.socket, datagram: bytes) -> None:
+    try:
+        sock.send(datagram)
+    except ConnectionRefusedError:          # the peer's port closed (ICMP): it has finished
+        pass
+    except BlockingIOError:
+        # the send buffer is full (datagrams the delay line holds still count against it):
+        # wait for room a moment; past that the datagram is lost here, and the protocol resends
+        if select.select([], [sock], [], 0.05)[1]:
+            try:
+                sock.send(datagram)
+            except (BlockingIOError, ConnectionRefusedError):
+                pass
+
+
+def _udp_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)    # up to wmem_max
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)    # up to rmem_max
+    return sock
+
+
+def _udp_peer(port: int, impl: str, mode: str):
+    """The serving end of a UDP run: wait for the first datagram, connect to its sender
+    (the kernel then demultiplexes that peer to this socket), hand the datagram over."""
+    sock = _udp_socket()
+    sock.bind(("0.0.0.0", port))
+    first, peer = sock.recvfrom(65536)
+    sock.connect(peer)
+    sock.setblocking(False)
+    arq = make_arq(impl, mode)
+    if impl == "quic":
+        arq.peer = peer
+    arq.input(first, now_ms())
+    return sock, arq
+
+
+def _udp_client(to: str, impl: str, mode: str):
+    host, port = to.rsplit(":", 1)
+    sock = _udp_socket()
+    sock.connect((host, int(port)))
+    sock.setblocking(False)
+    arq = make_arq(impl, mode, client=True)
+    if impl == "quic":
+        arq.connect((host, int(port)), now_ms())
+    return sock, arq
+
+
 def echo_main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="hpnlab.labs.rudp echo")
     ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--impl", choices=("hpnlab", "ckcp", "tcp"), required=True)
+    ap.add_argument("--impl", choices=IMPLS, required=True)
     ap.add_argument("--mode", required=True)
     ap.add_argument("--count", type=int, required=True)
     ap.add_argument("--timeout", type=float, default=120)
@@ -116,13 +173,7 @@ def echo_main(argv: list[str]) -> int:
         conn.recv(1)
         print(json.dumps({"echoed": a.count}))
         return 0
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("0.0.0.0", a.port))
-    first, peer = sock.recvfrom(65536)
-    sock.connect(peer)                       # the kernel now demultiplexes this peer to us
-    sock.setblocking(False)
-    arq = make_arq(a.impl, a.mode)
-    arq.input(first, now_ms())
+    sock, arq = _udp_peer(a.port, a.impl, a.mode)
     echoed = 0
 
     def echo(m: bytes) -> None:
@@ -132,8 +183,8 @@ def echo_main(argv: list[str]) -> int:
     # done once all are echoed, acknowledged and the pinger has been quiet for a second (it may
     # still need our ACKs); or, if the pinger left before its last ACK got here, after 10 s of
     # silence (a backed-off RTO in default mode can itself be seconds: less would leave early)
-    _arq_loop(sock, arq, echo,
-              lambda idle: echoed >= a.count and (idle > 1 and arq.waiting == 0 or idle > 10), deadline)
+    _arq_loop(sock, arq, echo, lambda idle: echoed >= a.count and (
+        idle > 1 and arq.waiting == 0 or idle > 10 or getattr(arq, "closed", False)), deadline)
     print(json.dumps({"echoed": echoed, "stats": dict(arq.stats)}))
     return 0
 
@@ -141,7 +192,7 @@ def echo_main(argv: list[str]) -> int:
 def ping_main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="hpnlab.labs.rudp ping")
     ap.add_argument("--to", required=True, help="IP:PORT of the echo agent")
-    ap.add_argument("--impl", choices=("hpnlab", "ckcp", "tcp"), required=True)
+    ap.add_argument("--impl", choices=IMPLS, required=True)
     ap.add_argument("--mode", required=True)
     ap.add_argument("--count", type=int, required=True)
     ap.add_argument("--every-ms", type=int, default=20)
@@ -178,10 +229,7 @@ def ping_main(argv: list[str]) -> int:
         s.close()
         print(json.dumps({"rtts": rtts, "stats": {}}))
         return 0
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.connect((host, int(port)))
-    sock.setblocking(False)
-    arq = make_arq(a.impl, a.mode)
+    sock, arq = _udp_client(a.to, a.impl, a.mode)
     sent = 0
     order: list[int] = []
     first_tick: int | None = None
@@ -189,6 +237,8 @@ def ping_main(argv: list[str]) -> int:
     def produce(t: int) -> None:
         nonlocal sent, first_tick
         if first_tick is None:             # the ARQ's clock starts at this first update
+            if not getattr(arq, "ready", True):
+                return                     # QUIC: messages start once the handshake is done
             first_tick = t
         while sent < a.count and t >= first_tick + sent * a.every_ms:
             arq.send(MSG.pack(sent, t & 0xFFFFFFFF))
@@ -200,9 +250,136 @@ def ping_main(argv: list[str]) -> int:
         rtts.append((now_ms() - ts) & 0xFFFFFFFF)
 
     def done(idle: float) -> bool:
+        if len(rtts) >= a.count and hasattr(arq, "close"):
+            arq.close()                    # QUIC: say goodbye (aioquic's close is idempotent)
         return len(rtts) >= a.count and idle > 0.3      # a moment to acknowledge the last echoes
     _arq_loop(sock, arq, got, done, deadline, produce)
     print(json.dumps({"rtts": rtts, "stats": dict(arq.stats), "in_order": order == list(range(a.count))}))
+    return 0
+
+
+def sink_main(argv: list[str]) -> int:
+    """Bulk: take what the source sends until it is done; report the bytes and the time from
+    the first message to the last (goodput)."""
+    ap = argparse.ArgumentParser(prog="hpnlab.labs.rudp sink")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--impl", choices=IMPLS, required=True)
+    ap.add_argument("--mode", required=True)
+    ap.add_argument("--timeout", type=float, default=60)
+    a = ap.parse_args(argv)
+    got, first, last = 0, 0.0, 0.0
+    if a.impl == "tcp":
+        ls = listener(a.port, 1)
+        ls.settimeout(a.timeout)
+        conn, _ = ls.accept()
+        conn.settimeout(a.timeout)
+        while data := conn.recv(1 << 20):       # until the source's FIN: all its bytes are here
+            last = time.monotonic()
+            first = first or last
+            got += len(data)
+        conn.close()
+        print(json.dumps({"bytes": got, "seconds": last - first}))
+        return 0
+    sock, arq = _udp_peer(a.port, a.impl, a.mode)
+
+    ended = False
+
+    def take(m: bytes) -> None:
+        nonlocal got, first, last, ended
+        if m == END:
+            ended = True
+            return
+        last = time.monotonic()
+        first = first or last
+        got += len(m)
+    # after the end marker, a moment to acknowledge it (the source leaves once all it sent is
+    # acknowledged; QUIC says goodbye)
+    _arq_loop(sock, arq, take, lambda idle: ended and (idle > 0.3 or getattr(arq, "closed", False)),
+              time.monotonic() + a.timeout)
+    print(json.dumps({"bytes": got, "seconds": last - first, "stats": dict(arq.stats)}))
+    return 0
+
+
+def source_main(argv: list[str]) -> int:
+    """Bulk: send CHUNK-byte messages as fast as the protocol takes them for --seconds, then
+    wait until all of it is acknowledged."""
+    ap = argparse.ArgumentParser(prog="hpnlab.labs.rudp source")
+    ap.add_argument("--to", required=True)
+    ap.add_argument("--impl", choices=IMPLS, required=True)
+    ap.add_argument("--mode", required=True)
+    ap.add_argument("--seconds", type=float, required=True)
+    ap.add_argument("--timeout", type=float, default=60)
+    a = ap.parse_args(argv)
+    chunk = bytes(CHUNK)
+    if a.impl == "tcp":
+        host, port = a.to.rsplit(":", 1)
+        s = socket.create_connection((host, int(port)), timeout=10)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, a.mode == "nodelay")
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 256 * 1024)   # bounds what is left at the end
+        s.setblocking(False)
+        block, end = chunk * 64, time.monotonic() + a.seconds
+        while time.monotonic() < end:
+            if select.select([], [s], [], 0.05)[1]:
+                s.send(block)
+        s.setblocking(True)
+        s.settimeout(a.timeout)
+        s.shutdown(socket.SHUT_WR)
+        s.recv(1)                               # the sink closes once it has read everything
+        print(json.dumps({"stats": {}}))
+        return 0
+    sock, arq = _udp_client(a.to, a.impl, a.mode)
+    # keep the protocol's queue full, no fuller: twice the send window (KCP counts segments,
+    # QUIC bytes)
+    backlog = 256 * CHUNK if a.impl == "quic" else 256
+    end = float("inf")
+
+    ended = False
+
+    def produce(t: int) -> None:
+        nonlocal end, ended
+        if not getattr(arq, "ready", True):
+            return
+        if end == float("inf"):
+            end = time.monotonic() + a.seconds
+        while time.monotonic() < end and arq.waiting < backlog:
+            arq.send(chunk)
+        if not ended and time.monotonic() >= end:
+            arq.send(END)                  # after the last chunk, in order
+            ended = True
+
+    def done(idle: float) -> bool:
+        if time.monotonic() < end or (arq.waiting and idle < 2):   # 2 s quiet: the sink has gone
+            return False
+        if hasattr(arq, "close"):
+            arq.close()
+            return getattr(arq, "closed", False) or idle > 1
+        return True
+    _arq_loop(sock, arq, lambda m: None, done, time.monotonic() + a.timeout, produce)
+    print(json.dumps({"stats": dict(arq.stats)}))
+    return 0
+
+
+def udpserve_main(argv: list[str]) -> int:
+    from ..rudp.concurrency import VARIANTS, serve
+    ap = argparse.ArgumentParser(prog="hpnlab.labs.rudp udpserve")
+    ap.add_argument("--variant", choices=VARIANTS, required=True)
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--seconds", type=float, required=True)
+    ap.add_argument("--workers", type=int, default=2)
+    a = ap.parse_args(argv)
+    print(json.dumps(serve(a.variant, a.port, a.seconds, a.workers)))
+    return 0
+
+
+def udpload_main(argv: list[str]) -> int:
+    from ..rudp.concurrency import load
+    ap = argparse.ArgumentParser(prog="hpnlab.labs.rudp udpload")
+    ap.add_argument("--to", required=True)
+    ap.add_argument("--clients", type=int, required=True)
+    ap.add_argument("--seconds", type=float, required=True)
+    a = ap.parse_args(argv)
+    host, port = a.to.rsplit(":", 1)
+    print(json.dumps(load(host, int(port), a.clients, a.seconds)))
     return 0
 
 
@@ -218,16 +395,28 @@ def add_arguments(p) -> None:
     p.add_argument("--rtt-ms", default="60-125", help="RTT range MIN-MAX (default: 60-125)")
     p.add_argument("--rounds", type=int, default=1, help="repeat every run this many times, in "
                    "alternating order, and pool the RTTs (default: 1)")
-    p.add_argument("--configs", default=",".join(f"{i}:{m}" for i, m in CONFIGS),
-                   help="IMPL:MODE list to run (default: all eight)")
+    p.add_argument("--configs", default=",".join(f"{i}:{m}" for i, m in CONFIGS if i != "quic"),
+                   help="IMPL:MODE list to run in KCP's scenario (default: all but quic:default)")
+    p.add_argument("--sweep", default="0,1,5,10,20", help="round-trip loss rates (percent) for the "
+                   "loss sweep, or 'none' (default: 0,1,5,10,20)")
+    p.add_argument("--sweep-configs", default=",".join(SWEEP_CONFIGS),
+                   help=f"IMPL:MODE list for the loss sweep (default: {','.join(SWEEP_CONFIGS)})")
+    p.add_argument("--sweep-count", type=int, default=300, help="loss sweep: 8-byte messages per latency "
+                   "run (default: 300)")
+    p.add_argument("--bulk-seconds", type=float, default=3.0, help="loss sweep: seconds each bulk "
+                   "(goodput) run sends for (default: 3)")
+    p.add_argument("--udp-clients", default="16,256", help="UDP concurrency: client counts, or 'none' "
+                   "(default: 16,256)")
+    p.add_argument("--udp-seconds", type=float, default=3.0, help="UDP concurrency: seconds per run (default: 3)")
+    p.add_argument("--udp-workers", type=int, default=2, help="UDP concurrency: SO_REUSEPORT workers (default: 2)")
 
 
-def parse_configs(spec: str) -> list[tuple[str, str]]:
+def parse_configs(spec: str, option: str = "--configs") -> list[tuple[str, str]]:
     out = []
     for item in spec.split(","):
         impl, _, mode = item.partition(":")
         if (impl, mode) not in CONFIGS:
-            raise LabError(f"--configs: no {item!r} (choices: {', '.join(f'{i}:{m}' for i, m in CONFIGS)})")
+            raise LabError(f"{option}: no {item!r} (choices: {', '.join(f'{i}:{m}' for i, m in CONFIGS)})")
         out.append((impl, mode))
     return out
 
@@ -239,6 +428,14 @@ def run(provider, args, step) -> dict:
     count = 200 if args.quick else args.count
     if count < 1 or args.rounds < 1:
         raise LabError(f"--count and --rounds must be at least 1, not {count} and {args.rounds}")
+    losses = parse_numbers(args.sweep, "--sweep", 0, 99)
+    sweep_configs = parse_configs(args.sweep_configs, "--sweep-configs") if losses else []
+    clients = [int(c) for c in parse_numbers(args.udp_clients, "--udp-clients", 1, 60000)]
+    sweep_count = 100 if args.quick else args.sweep_count
+    bulk_s = min(args.bulk_seconds, 1.5) if args.quick else args.bulk_seconds
+    udp_s = min(args.udp_seconds, 1.5) if args.quick else args.udp_seconds
+    if sweep_count < 1 or bulk_s <= 0 or udp_s <= 0 or args.udp_workers < 1:
+        raise LabError("--sweep-count and --udp-workers must be at least 1, --bulk-seconds and --udp-seconds above 0")
     try:
         lo, hi = (float(x) for x in args.rtt_ms.split("-"))
     except ValueError:
@@ -247,10 +444,13 @@ def run(provider, args, step) -> dict:
         raise LabError("--rtt-ms wants 0 <= MIN <= MAX and --loss-pct 0..99")
     a, b, net = host_pair(provider, args.hosts, "pinger,echoer", args.network, tools=("nft",))
     need_tools("tcpdump")
-    if any(i == "ckcp" for i, _ in configs):
-        res = a.run([agent_argv(a, "rudp")[0], "-c", "import kcp.extension"], check=False, timeout=20)
-        if not res.ok:
-            raise LabError(f"[{a.name}] C ikcp is not importable there (pip install kcp): {res.stderr[-300:]}")
+    for impl in sorted({i for i, _ in configs + sweep_configs} & set(PYTHON_NEEDS)):
+        module, fix = PYTHON_NEEDS[impl]
+        for h in (a, b):
+            res = h.run([agent_argv(h, "rudp")[0], "-c", f"import {module}"], check=False, timeout=20)
+            if not res.ok:
+                raise LabError(f"[{h.name}] {impl} needs Python's {module}, not importable there ({fix}; "
+                               f"or leave {impl} out of --configs/--sweep-configs): {res.stderr.strip()[-300:]}")
     if provider.lab.networks[net].impair:
         raise LabError(f"network {net} already has an impairment in the lab file; this lab sets its own")
     one_way = Impairment(delay_ms=(lo + hi) / 4, jitter_ms=(hi - lo) / 4, loss_pct=args.loss_pct / 2)
@@ -272,6 +472,27 @@ def run(provider, args, step) -> dict:
                 first = rnd == 0 and ((impl, mode) == configs[0] or mode == "fast")
                 pcap = out / f"{impl}-{mode}.pcap" if first else None
                 raw[(impl, mode)].append(one_run(provider, a, b, ip_b, port, impl, mode, count, pcap, net))
+    sweep: dict[str, dict] = {}
+    port = SWEEP_PORT
+    tcp_cc = a.run(["sysctl", "-n", "net.ipv4.tcp_congestion_control"], check=False, timeout=10).stdout.strip()
+    with wire_counters([(a, a.nic(net).ifname), (b, b.nic(net).ifname)]) as wire:
+        for loss in losses:
+            imp = Impairment(delay_ms=one_way.delay_ms, jitter_ms=one_way.jitter_ms, loss_pct=loss / 2)
+            with ExitStack() as stack:
+                for h in (a, b):
+                    stack.enter_context(impair.applied(h, h.nic(net).ifname, imp, IMPAIR_QUEUE))
+                for impl, mode in sweep_configs:
+                    step(f"loss sweep {loss:g} %, {impl} {mode}: {sweep_count} messages, then {bulk_s:g} s of bulk")
+                    lat = one_run(provider, a, b, ip_b, port, impl, mode, sweep_count, None, net)
+                    before = wire()
+                    bulk = bulk_run(a, b, ip_b, port + 1, impl, mode, bulk_s)
+                    sweep.setdefault(f"{loss:g}", {})[f"{impl}:{mode}"] = sweep_row(lat, bulk, wire() - before)
+                    port += 2
+    concurrency: list[dict] = []
+    for n in clients:
+        for variant in ("single", "reuseport", "connected"):
+            step(f"UDP concurrency: {variant}, {n} clients, {udp_s:g} s")
+            concurrency.append(udp_run(a, b, ip_b, UDP_PORT + len(concurrency), variant, n, udp_s, args.udp_workers))
     runs = {f"{impl}:{mode}": summarize(impl, mode, parts) for (impl, mode), parts in raw.items()}
     modes = [m for i, m in configs if i == "hpnlab" and ("ckcp", m) in configs]
     if modes:
@@ -283,10 +504,21 @@ def run(provider, args, step) -> dict:
         kcp_scenario.setdefault(impl, {})[mode] = {k: r[k] for k in ("avg_ms", "max_ms", "p50_ms", "p99_ms",
                                                                      "overhead", "retransmits")}
     png = plot(runs, out)
+    sweep_pngs = plot_sweep(sweep, out) if sweep else []
     data = {"kcp_scenario": kcp_scenario, "simulated": simulated, "count": count,
             "impairment_one_way": one_way.to_dict(),
-            "mechanism": mechanisms[0], "runs": runs, "environment": env}
+            "mechanism": mechanisms[0], "runs": runs, "environment": env,
+            "loss_sweep": sweep, "loss_sweep_setup": {"round_trip_loss_pct": losses, "messages": sweep_count,
+                                                      "bulk_seconds": bulk_s, "chunk_bytes": CHUNK,
+                                                      "tcp_congestion_control": tcp_cc},
+            "udp_concurrency": concurrency, "load_avg": os.getloadavg()}
     md = render(runs, kcp_scenario, simulated, count, one_way, mechanisms[0], a.name, b.name, env, png, args)
+    if sweep:
+        md = md.replace("\n## Environment", render_sweep(sweep, sweep_pngs, sweep_count, bulk_s, one_way, tcp_cc)
+                        + "\n## Environment", 1)
+    if concurrency:
+        md = md.replace("\n## Environment", render_concurrency(concurrency, udp_s, args.udp_workers, a.name, b.name)
+                        + "\n## Environment", 1)
     path = report.write_report(out, md, data)
     return {"report": path, "dir": out, "summary": goal_lines(kcp_scenario)[0] if goal_lines(kcp_scenario) else None}
 
@@ -326,6 +558,103 @@ def one_run(provider, a, b, ip_b: str, port: int, impl: str, mode: str, count: i
     stats = [client["stats"], server.get("stats", {})]
     return {"rtts": rtts, "wire": wire, "pcap": pcap.name if pcap else None,
             "retransmits": sum(st.get("retransmits", 0) + st.get("fast_retransmits", 0) for st in stats)}
+
+
+def parse_numbers(spec: str, option: str, lo: float, hi: float) -> list[float]:
+    if spec.strip().lower() in ("", "none"):
+        return []
+    try:
+        values = [float(x) for x in spec.split(",")]
+    except ValueError:
+        raise LabError(f"{option} wants numbers separated by commas (or 'none'), got {spec!r}") from None
+    bad = [v for v in values if not lo <= v <= hi]
+    if bad:
+        raise LabError(f"{option}: {bad[0]:g} is outside {lo:g}..{hi:g}")
+    return values
+
+
+@contextmanager
+def wire_counters(nics: list[tuple]):
+    """An nftables counter on each (host, NIC)'s egress, ahead of the impairment's loss rule
+    (priority -10 < 0; netem drops later still, in its qdisc): bytes the endpoints put on
+    the wire, IP headers included. Yields a function returning the total so far."""
+    made = []
+    try:
+        for h, ifname in nics:
+            h.run(["nft", "add", "table", "inet", WIRE_TABLE], timeout=10)
+            made.append(h)
+            h.run(["nft", "add", "chain", "inet", WIRE_TABLE, "out",
+                   "{ type filter hook postrouting priority -10; policy accept; }"], timeout=10)
+            h.run(["nft", "add", "rule", "inet", WIRE_TABLE, "out", "oifname", ifname, "counter"], timeout=10)
+
+        def total() -> int:
+            n = 0
+            for h in made:
+                doc = json.loads(h.run(["nft", "-j", "list", "table", "inet", WIRE_TABLE], timeout=10).stdout)
+                n += sum(e["counter"]["bytes"] for item in doc["nftables"] for e in item.get("rule", {}).get("expr", [])
+                         if "counter" in e)
+            return n
+        yield total
+    finally:
+        with deferred_interrupts():
+            for h in made:
+                h.run(["nft", "delete", "table", "inet", WIRE_TABLE], timeout=10, check=False)
+
+
+def bulk_run(a, b, ip_b: str, port: int, impl: str, mode: str, seconds: float) -> dict:
+    """`a` sends CHUNK-byte messages to `b` for `seconds`; b's bytes and time first to last."""
+    timeout = 60 + seconds * 4
+    sink = b.start(agent_argv(b, "rudp", "sink", "--port", port, "--impl", impl, "--mode", mode,
+                              "--timeout", timeout), name=f"rudp-sink-{port}")
+    try:
+        b.wait_for_port(port, timeout=max(15.0, b.start_timeout), proto="tcp" if impl == "tcp" else "udp")
+        a.run(agent_argv(a, "rudp", "source", "--to", f"{ip_b}:{port}", "--impl", impl, "--mode", mode,
+                         "--seconds", seconds, "--timeout", timeout), timeout=timeout + 10)
+        sink.wait(timeout)
+        out, err = sink.logs()
+        try:
+            return json.loads(out.strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):
+            raise LabError(f"[{b.name}] sink agent printed no result: {err[-800:]}") from None
+    finally:
+        with deferred_interrupts():
+            sink.stop(3)
+
+
+def sweep_row(lat: dict, bulk: dict, wire: int) -> dict:
+    """One loss rate and implementation: latency of the 8-byte messages, goodput of the bulk
+    run, and its bytes on the wire (both ways, IP headers included) per payload byte."""
+    srt = sorted(lat["rtts"])
+    n = len(srt)
+    return {"p50_ms": srt[n // 2], "p99_ms": srt[min(n - 1, n * 99 // 100)], "max_ms": srt[-1],
+            "avg_ms": round(sum(srt) / n, 1), "rtts": lat["rtts"],
+            "goodput_mbps": round(bulk["bytes"] * 8 / max(bulk["seconds"], 1e-3) / 1e6, 3),
+            "bulk_bytes": bulk["bytes"], "wire_bytes": wire,
+            "overhead": round(wire / bulk["bytes"], 3) if bulk["bytes"] else None}
+
+
+def udp_run(a, b, ip_b: str, port: int, variant: str, clients: int, seconds: float, workers: int) -> dict:
+    """The UDP 并发 variant on `b`, `clients` closed-loop clients on `a` (no impairment)."""
+    serve_s = seconds + 60                   # at most: it ends half a second after the load does
+    server = b.start(agent_argv(b, "rudp", "udpserve", "--variant", variant, "--port", port,
+                                "--seconds", serve_s, "--workers", workers), name=f"rudp-udp-{port}")
+    try:
+        b.wait_for_port(port, timeout=max(15.0, b.start_timeout), proto="udp")
+        res = a.run(agent_argv(a, "rudp", "udpload", "--to", f"{ip_b}:{port}", "--clients", clients,
+                               "--seconds", seconds), timeout=seconds + 60)
+        load = json.loads(res.stdout.strip().splitlines()[-1])
+        server.wait(serve_s + 30)
+        out, err = server.logs()
+        try:
+            served = json.loads(out.strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):
+            raise LabError(f"[{b.name}] udpserve printed no result: {err[-800:]}") from None
+    finally:
+        with deferred_interrupts():
+            server.stop(3)
+    return {**load, "variant": variant, "sockets": served["sockets"], "per_socket": served["per_socket"],
+            "answered": served["answered"], "server_cpu_s": served["cpu_s"],
+            "cpu_us_per_reply": round(served["cpu_s"] / max(served["answered"], 1) * 1e6, 2)}
 
 
 def summarize(impl: str, mode: str, parts: list[dict]) -> dict:
@@ -397,6 +726,120 @@ def plot(runs: dict, out: Path) -> str:
     return "rtt_cdf.png"
 
 
+def plot_sweep(sweep: dict, out: Path) -> list[str]:
+    """One latency CDF per loss rate, and goodput against loss."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = []
+    for loss, rows in sweep.items():
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for key, r in rows.items():
+            srt = sorted(r["rtts"])
+            ax.plot(srt, [(i + 1) / len(srt) for i in range(len(srt))], label=key)
+        ax.set_xscale("log")
+        ax.set_xlabel("RTT of an 8-byte message, ms (log)")
+        ax.set_ylabel("fraction of messages")
+        ax.set_title(f"{loss} % round-trip loss")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        names.append(f"latency_cdf_loss{loss}.png")
+        fig.savefig(out / names[-1], dpi=100)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    losses = list(sweep)
+    for key in next(iter(sweep.values())):
+        ax.plot([float(x) for x in losses], [sweep[x][key]["goodput_mbps"] for x in losses], marker="o", label=key)
+    ax.set_xlabel("round-trip loss, %")
+    ax.set_ylabel("goodput, Mbit/s")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    names.append("goodput_vs_loss.png")
+    fig.savefig(out / names[-1], dpi=100)
+    plt.close(fig)
+    return names
+
+
+def render_sweep(sweep: dict, pngs: list[str], count: int, bulk_s: float, one_way, tcp_cc: str) -> str:
+    losses = list(sweep)
+    keys = list(sweep[losses[0]])
+    rows = [[loss, key, r["p50_ms"], r["p99_ms"], r["max_ms"], r["goodput_mbps"],
+             "" if r["overhead"] is None else f"{r['overhead']:.3f}"]
+            for loss in losses for key, r in sweep[loss].items()]
+    L = ["", "## Loss sweep", "",
+         f"The same link ({one_way.describe().split(', loss')[0]} each way) at each round-trip loss rate "
+         f"(half of it on each direction). Latency: {count} 8-byte messages, one every 20 ms, echoed (as "
+         f"above). Goodput: {CHUNK}-byte messages sent as fast as each protocol takes them for {bulk_s:g} s, "
+         "payload bytes delivered over the time from the first to the last. Wire/payload: IP bytes both "
+         "hosts put on the data NICs during the bulk run (an nftables counter ahead of the loss; "
+         "retransmissions, ACKs, headers, handshakes) per payload byte delivered. KCP runs test.cpp's "
+         f"fast mode with 128-segment windows (no congestion window); TCP the host's congestion control "
+         f"({tcp_cc or '?'}); QUIC aioquic's (Reno).", "",
+         report.md_table(["loss %", "impl", "p50 ms", "p99 ms", "max ms", "goodput Mbit/s", "wire/payload"], rows),
+         ""]
+    L += [f"![{p}]({p})" for p in pngs]
+    L += ["", "Reading:", ""]
+    lo, hi = losses[0], losses[-1]
+    for key in keys:
+        a, b = sweep[lo][key], sweep[hi][key]
+        L.append(f"- {key}: from {lo} % to {hi} % loss, p99 {a['p99_ms']} → {b['p99_ms']} ms "
+                 f"({b['p99_ms'] / max(a['p99_ms'], 1):.1f}x), goodput {a['goodput_mbps']} → "
+                 f"{b['goodput_mbps']} Mbit/s ({b['goodput_mbps'] / max(a['goodput_mbps'], 1e-9):.2f}x), "
+                 f"wire/payload {a['overhead']} → {b['overhead']}.")
+    for loss in losses:
+        rows_l = sweep[loss]
+        best_p99 = min(rows_l, key=lambda k: rows_l[k]["p99_ms"])
+        best_gp = max(rows_l, key=lambda k: rows_l[k]["goodput_mbps"])
+        L.append(f"- at {loss} %: lowest p99 {best_p99} ({rows_l[best_p99]['p99_ms']} ms); "
+                 f"highest goodput {best_gp} ({rows_l[best_gp]['goodput_mbps']} Mbit/s).")
+    return "\n".join(L) + "\n"
+
+
+def render_concurrency(rows: list[dict], seconds: float, workers: int, a: str, b: str) -> str:
+    table = [[r["variant"], r["clients"], r["rate"], r["p50_us"], r["p99_us"], r["sockets"],
+              f"{min(r['per_socket'])}..{max(r['per_socket'])}", r["server_cpu_s"], r["cpu_us_per_reply"],
+              r["resent"]] for r in rows]
+    L = ["", "## UDP 并发: one socket, SO_REUSEPORT, a connected socket per peer", "",
+         f"`{b}` runs a UDP echo service three ways; `{a}` runs N clients, each its own socket with one "
+         f"request in flight, for {seconds:g} s (no impairment). single: one socket, one epoll loop. "
+         f"reuseport: {workers} processes, each its own SO_REUSEPORT socket on the port; the kernel hashes "
+         "each 4-tuple to one. connected: one unconnected socket takes a new peer's first datagram, then a "
+         "socket bound to the same port and connect()ed to that peer answers it (the kernel's lookup prefers "
+         "the socket that matches the whole 4-tuple); all in one epoll loop.", "",
+         report.md_table(["variant", "clients", "replies/s", "p50 µs", "p99 µs", "sockets",
+                          "replies per socket", "server CPU s", "server CPU µs/reply", "resent"], table),
+         "", "Reading:", ""]
+    for n in sorted({r["clients"] for r in rows}):
+        group = {r["variant"]: r for r in rows if r["clients"] == n}
+        best = max(group.values(), key=lambda r: r["rate"])
+        base = group.get("single")
+        line = f"- {n} clients: most replies/s {best['variant']} ({best['rate']}/s"
+        if base and best is not base:
+            line += f", {best['rate'] / max(base['rate'], 1):.2f}x single's {base['rate']}/s"
+        line += ")."
+        cheapest = min(group.values(), key=lambda r: r["cpu_us_per_reply"])
+        line += f" Least server CPU per reply: {cheapest['variant']} ({cheapest['cpu_us_per_reply']} µs)."
+        if "reuseport" in group:
+            per = group["reuseport"]["per_socket"]
+            line += (f" reuseport's workers answered {', '.join(map(str, per))}: "
+                     + ("the hash spread the peers evenly (within 25 %)." if min(per) >= 0.75 * max(per) else
+                        "an uneven split (the 4-tuple hash, not the load, picks the worker)."))
+        if "connected" in group:
+            c = group["connected"]
+            line += (f" connected held {c['sockets']} sockets (one per peer plus the listener)"
+                     + (f", at {c['cpu_us_per_reply'] / max(base['cpu_us_per_reply'], 1e-9):.2f}x single's "
+                        "CPU per reply" if base else "") + ".")
+        spread = max(r["rate"] for r in group.values()) / max(min(r["rate"] for r in group.values()), 1)
+        if spread < 1.15:
+            line += (f" All three within {spread:.2f}x of each other: with {n} clients the load generator "
+                     "(one Python process), not the server, set the rate; compare CPU per reply instead.")
+        L.append(line)
+    return "\n".join(L) + "\n"
+
+
 def render(runs, s, simulated, count, one_way, mechanism, a, b, env, png, args) -> str:
     rows = [[r["impl"], r["mode"], r["avg_ms"], r["max_ms"], r["p50_ms"], r["p99_ms"],
              "n/a (TCP)" if r["overhead"] is None else f"{r['overhead']:.1%}",
@@ -466,7 +909,8 @@ def render(runs, s, simulated, count, one_way, mechanism, a, b, env, png, args) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    return dispatch("rudp", {"echo": echo_main, "ping": ping_main}, argv)
+    return dispatch("rudp", {"echo": echo_main, "ping": ping_main, "sink": sink_main, "source": source_main,
+                             "udpserve": udpserve_main, "udpload": udpload_main}, argv)
 
 
 if __name__ == "__main__":

@@ -41,9 +41,10 @@ def _cpu_s(who: int) -> float:
 
 
 def _echo_loop(socks: list[socket.socket], seconds: float, listener: socket.socket | None = None,
-               port: int = 0) -> list[int]:
-    """Echo on `socks` until `seconds` pass; with a `listener`, each new peer's first datagram
-    there gets its own connected socket. Returns the datagrams answered per socket."""
+               port: int = 0, idle: float = 0.5) -> list[int]:
+    """Echo on `socks` until `seconds` pass or, once datagrams came, none has for `idle` s;
+    with a `listener`, each new peer's first datagram there gets its own connected socket.
+    Returns the datagrams answered per socket."""
     ep = select.epoll()
     by_fd: dict[int, int] = {}
     counts: list[int] = []
@@ -60,8 +61,14 @@ def _echo_loop(socks: list[socket.socket], seconds: float, listener: socket.sock
     fds = {s.fileno(): s for s in [*socks, *([listener] if listener else [])]}
     peers: set[tuple[str, int]] = set()
     deadline = time.monotonic() + seconds
+    last = 0.0
     while (left := deadline - time.monotonic()) > 0:
-        for fd, _ in ep.poll(min(left, 0.2)):
+        events = ep.poll(min(left, 0.2))
+        if events:
+            last = time.monotonic()
+        elif last and time.monotonic() - last > idle:       # the load is over
+            break
+        for fd, _ in events:
             s = fds[fd]
             for _ in range(64):                  # a batch per wake-up, then let others in
                 try:
@@ -88,7 +95,8 @@ def _echo_loop(socks: list[socket.socket], seconds: float, listener: socket.sock
 
 
 def serve(variant: str, port: int, seconds: float, workers: int = 2) -> dict:
-    """Run the echo service `variant` for `seconds`; {per_socket, answered, cpu_s, sockets}."""
+    """Run the echo service `variant` for at most `seconds`, until its load has been over for
+    half a second; {per_socket, answered, cpu_s, sockets}."""
     if variant not in VARIANTS:
         raise ValueError(f"variant {variant!r}: one of {', '.join(VARIANTS)}")
     cpu0 = _cpu_s(resource.RUSAGE_SELF) + _cpu_s(resource.RUSAGE_CHILDREN)

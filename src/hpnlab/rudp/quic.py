@@ -52,7 +52,6 @@ class Quic:
         self.client = client
         self.conn: Any = None            # aioquic.quic.connection.QuicConnection, imported lazily
         self.peer: tuple[str, int] = ("0.0.0.0", 0)
-        self.closed = False
         self.stats: Counter = Counter()
         self._rx = bytearray()
         self._out: list[bytes] = []
@@ -81,6 +80,16 @@ class Quic:
         msg = bytes(self._rx[FRAME.size:FRAME.size + n])
         del self._rx[:FRAME.size + n]
         return msg
+
+    @property
+    def closed(self) -> bool:
+        """A CONNECTION_CLOSE went out or came in (aioquic reports the end only after 3 PTOs)."""
+        return self.conn is not None and self.conn._close_event is not None and not self.conn._close_pending
+
+    @property
+    def ready(self) -> bool:
+        """The handshake is done: messages sent now go out at once (in 1-RTT packets)."""
+        return self.conn is not None and self.conn._handshake_complete
 
     @property
     def waiting(self) -> int:
@@ -142,5 +151,3 @@ class Quic:
         while (ev := self.conn.next_event()) is not None:
             if isinstance(ev, events.StreamDataReceived) and ev.stream_id == STREAM:
                 self._rx += ev.data
-            elif isinstance(ev, events.ConnectionTerminated):
-                self.closed = True
