@@ -158,3 +158,14 @@ def test_the_vm_block_is_the_vagrant_providers_to_judge():
     lab = parse_lab(text.replace("warp", "qemu").replace(" 2,", " 16,"), provider="vagrant")
     from hpnlab import vm
     assert vm.settings(lab)["management_subnet"] == "10.1.0.0/16" and vm.settings(lab)["iommu"] is False
+
+
+@pytest.mark.timeout(30)
+def test_yaml_aliases_that_expand_to_10_to_the_8_values_are_refused_quickly():
+    """A 'billion laughs' lab file: eight levels of lists of ten aliases. Each message quotes
+    the value bounded (reprlib; a full repr() of the line-numbered list was 1 GB and minutes)."""
+    lines = ["networks:", '  n0: {hosts: &l0 ["h1", "h1", "h1", "h1", "h1", "h1", "h1", "h1", "h1", "h1"]}']
+    lines += [f"  n{i}: {{hosts: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]}}" for i in range(1, 8)]
+    with pytest.raises(TopologyError) as err:
+        parse_lab("hosts: {h1: {}}\n" + "\n".join(lines) + "\n", "t.yml")
+    assert len(str(err.value)) < 1_000_000 and "t.yml:9: networks.n7.hosts." in str(err.value)

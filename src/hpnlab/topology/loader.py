@@ -40,8 +40,21 @@ HOST_KEYS = {"role", "cpus", "memory", "profile", "sysctls", "hugepages", "hugep
 NETWORK_KEYS = {"type", "subnet", "mtu", "hosts", "impair"}
 IMPAIR_KEYS = {"delay", "jitter", "loss", "rate"}
 MACHINE_KEYS = {"sysctls"}
-_short = reprlib.Repr()     # values quoted in messages: bounded, however big or nested
+class _ShortRepr(reprlib.Repr):
+    """Values quoted in messages: bounded, however big or nested (also a tree that YAML
+    aliases make 10**8 items long). reprlib picks a method by the type's name, so the
+    loader's line-numbered lists and dicts need theirs, or it calls the full repr()."""
+
+    def repr_LineList(self, obj, level):    # noqa: N802 (reprlib's naming)
+        return self.repr_list(obj, level)
+
+    def repr_LineDict(self, obj, level):    # noqa: N802
+        return self.repr_dict(obj, level)
+
+
+_short = _ShortRepr()
 _short.maxstring = _short.maxother = 60
+_short.maxlevel = 3        # reprlib's 6 levels of 6 items each still make 6**6 items
 
 
 def show(value) -> str:
