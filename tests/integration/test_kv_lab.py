@@ -28,6 +28,8 @@ def test_kv_lab_small_grid(netns_lab, tmp_path):
             for p in ("1", "16"):
                 assert data["rps"][engine][index][test][p] > 0
     assert data["redis"]["set"]["1"] > 0 and data["redis"]["get"]["16"] > 0
+    for server in (data["latency"]["redis"], data["latency"]["epoll-lt"]["hash"], data["latency"]["fakeredis"]):
+        assert server["1"]["get"]["cpu_us"] >= 0 and server["16"]["set"]["busy"] >= 0   # the server's CPU, read
     assert data["range_ms"]["rbtree"]["p50"] > 0 and "hash" not in data["range_ms"]
     assert 0 < data["bytes_per_key"]["redis-server"] < 10_000
     assert [len(data["fakeredis_runs"]["get"][p]) for p in ("1", "16")] == [1, 1]

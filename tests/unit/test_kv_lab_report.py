@@ -33,3 +33,20 @@ def test_an_emulated_server_gets_the_cut_grid_and_the_report_says_so():
     assert sizes == EMULATED_GRID and "emulated (QEMU TCG)" in note and f"requests {EMULATED_GRID['requests']}" in note
     sizes, note = sizing(SimpleNamespace(requests=777, fill_keys=888), True)     # what was asked for is kept
     assert (sizes["requests"], sizes["fill_keys"], note) == (777, 888, "")
+
+
+def test_cpu_per_request_says_who_set_the_rate():
+    from hpnlab.kv.lab import cpu_md
+
+    def row(rps, cpu_us, busy):
+        return {"rps": rps, "cpu_us": cpu_us, "busy": busy}
+    d = {"rps": {"uvloop": {"hash": {"set": {"1": 60000.0}}}}, "redis": {"set": {"1": 100000.0}},
+         "latency": {"uvloop": {"hash": {1: {"set": row(60000.0, 6.0, 0.36)}}},
+                     "redis": {1: {"set": row(100000.0, 3.0, 0.3)}},
+                     "fakeredis": {1: {"set": row(1500.0, 120.0, 0.18)}}}}
+    text = "\n".join(cpu_md(d))
+    assert "| SET | -P 1 | uvloop/hash | 6.0 µs, 36% | 3.0 µs, 30% | 120.0 µs, 18% |" in text
+    assert "redis-server was busy 30% of the run" in text and "ours took 2.0× redis-server's CPU" in text
+    assert "fakeredis took 20.0× our CPU per request" in text
+    d["latency"]["redis"][1]["set"]["busy"] = 0.95                 # the server bound: no such claim
+    assert "busy 95%" not in "\n".join(cpu_md(d)) and "set the rate" not in "\n".join(cpu_md(d))

@@ -22,6 +22,7 @@ from ..labs._kit import LabError, agent_python, host_pair, need_tools
 PORT = 46379
 TESTS = ("set", "get", "incr", "lpush", "lrange_100", "zadd")
 GOAL_P1, GOAL_P16, GOAL_FAKE = 0.6, 0.4, 10.0
+GOAL_TESTS = ("set", "get")
 NOISE = 0.15       # ratios closer to 1 than this are read as "the same" (shared cores, one run each)
 # requests per test at -P 1 (4x at -P 16), keys filled, RANGE requests: the default grid, and the
 # one a server host whose CPU QEMU emulates (TCG) gets instead - there each cell takes minutes
@@ -47,6 +48,28 @@ def bench(client, ip: str, port: int, tests: tuple[str, ...], requests: int, pip
     if res.rc != 0:
         raise LabError(f"[{client.name}] redis-benchmark against {ip}:{port} failed: {res.stderr.strip()[-400:]}")
     return parse_csv(res.stdout)
+
+
+def cpu_seconds(host, pid: int) -> float:
+    """CPU time (user + system) of process `pid` on `host` and of its children: the server (a
+    host that starts commands through a shell runs the server as that shell's child)."""
+    res = host.run(["sh", "-c", f"cat /proc/{pid}/stat $(pgrep -P {pid} | sed 's|.*|/proc/&/stat|') 2>/dev/null"],
+                   timeout=30, check=False)
+    ticks = 0
+    for line in res.stdout.splitlines():
+        fields = line.rsplit(")", 1)[-1].split()          # after "pid (comm)": state is field 3
+        ticks += int(fields[11]) + int(fields[12])         # utime, stime: fields 14 and 15
+    return ticks / 100                                     # USER_HZ: 100 on Linux
+
+
+def timed_bench(server_host, pid: int, client, ip: str, port: int, test: str, requests: int,
+                pipeline: int) -> dict[str, float]:
+    """One redis-benchmark test with the server's CPU time over it: {rps, p50_ms, p99_ms,
+    cpu_us (per request), busy (the server's CPU share of the run's duration)}."""
+    before = cpu_seconds(server_host, pid)
+    row = bench(client, ip, port, (test,), requests, pipeline)[test]
+    cpu = cpu_seconds(server_host, pid) - before
+    return {**row, "cpu_us": cpu / requests * 1e6, "busy": cpu / (requests / row["rps"])}
 
 
 def parse_csv(text: str) -> dict[str, dict[str, float]]:
@@ -101,7 +124,12 @@ def measure(server_host, client, ip: str, port: int, argv: list[str], name: str,
         cli(client, ip, port, "FLUSHALL")
         for p in pipelines:
             step(f"{name}: {','.join(tests)} -P {p}")
-            got = bench(client, ip, port, tests, requests * (4 if p > 1 else 1), p)
+            n = requests * (4 if p > 1 else 1)
+            # the goals' tests each on their own, with the server's CPU time over them
+            got = {t: timed_bench(server_host, proc.pid, client, ip, port, t, n, p) for t in GOAL_TESTS if t in tests}
+            rest = [t for t in tests if t not in got]
+            if rest:
+                got.update(bench(client, ip, port, tuple(rest), n, p))
             cell["rps"][p] = {t: v["rps"] for t, v in got.items()}
             cell["latency"][p] = got
         return cell
@@ -169,11 +197,14 @@ def run(provider, args, step) -> dict:
             data["fakeredis_runs"], data["fakeredis_requests"] = {}, {}
             for p in pipelines:
                 step(f"fakeredis TcpFakeServer: set,get -P {p} (warm-up, then {args.fake_runs} runs)")
-                n, runs = bench_fakeredis(client, ip, port, requests * (4 if p > 1 else 1), p, args.fake_runs)
+                n, runs = bench_fakeredis(server_host, proc.pid, client, ip, port, requests * (4 if p > 1 else 1),
+                                          p, args.fake_runs)
                 data["fakeredis_requests"][str(p)] = n
-                for t in ("set", "get"):
-                    data["fakeredis_runs"].setdefault(t, {})[str(p)] = runs[t]
-                    data["fakeredis"].setdefault(t, {})[str(p)] = sorted(runs[t])[len(runs[t]) // 2]
+                for t, rows in runs.items():
+                    median = sorted(rows, key=lambda r: r["rps"])[len(rows) // 2]
+                    data["fakeredis_runs"].setdefault(t, {})[str(p)] = [r["rps"] for r in rows]
+                    data["fakeredis"].setdefault(t, {})[str(p)] = median["rps"]
+                    data["latency"].setdefault("fakeredis", {}).setdefault(p, {})[t] = median
         finally:
             proc.stop(5)
     data["load_before"] = load_before
@@ -239,18 +270,17 @@ def fakeredis_env(provider, host, py: str, step) -> dict[str, str] | str:
     return env
 
 
-def bench_fakeredis(client, ip: str, port: int, requests: int, pipeline: int,
-                    repeats: int) -> tuple[int, dict[str, list[float]]]:
+def bench_fakeredis(server_host, pid: int, client, ip: str, port: int, requests: int, pipeline: int,
+                    repeats: int) -> tuple[int, dict[str, list[dict[str, float]]]]:
     """(requests per run, {test: [rps of each run]}) for SET and GET: one warm-up run sizes the
     runs (at most `requests`, ours; no run longer than FAKE_SECONDS), then `repeats` runs."""
-    warm = bench(client, ip, port, ("set", "get"), 500, pipeline)
-    rate = min(warm[t]["rps"] for t in ("set", "get"))
+    warm = bench(client, ip, port, GOAL_TESTS, 500, pipeline)
+    rate = min(warm[t]["rps"] for t in GOAL_TESTS)
     n = max(500, min(requests, int(rate * FAKE_SECONDS)))
-    runs: dict[str, list[float]] = {"set": [], "get": []}
+    runs: dict[str, list[dict[str, float]]] = {t: [] for t in GOAL_TESTS}
     for _ in range(repeats):
-        got = bench(client, ip, port, ("set", "get"), n, pipeline)
-        for t in runs:
-            runs[t].append(got[t]["rps"])
+        for t in GOAL_TESTS:
+            runs[t].append(timed_bench(server_host, pid, client, ip, port, t, n, pipeline))
     return n, runs
 
 
@@ -315,6 +345,46 @@ def fake_bound(data: dict) -> list[str]:
     return L
 
 
+def _row(data: dict, server: str, p: str, test: str) -> dict | None:
+    """The latency row (with cpu_us, busy) of a server: "redis", "fakeredis" or "engine/index"."""
+    by_p = data["latency"].get(server) if "/" not in server else \
+        data["latency"].get(server.split("/")[0], {}).get(server.split("/")[1])
+    if not by_p:
+        return None
+    row = (by_p.get(p) or by_p.get(int(p)) or {}).get(test)
+    return row if row and "cpu_us" in row else None
+
+
+def cpu_md(data: dict) -> list[str]:
+    """Server CPU per request and how busy each server was: whether the server or the load
+    (one redis-benchmark, the round trip) set the rate - computed from this run."""
+    rows, notes = [], []
+    for test in GOAL_TESTS:
+        for p in ("1", "16"):
+            name, _ = best(data, test, p)
+            cells = {"ours": _row(data, name, p, test), "redis": _row(data, "redis", p, test),
+                     "fake": _row(data, "fakeredis", p, test)}
+            if not any(cells.values()):
+                continue
+            rows.append([test.upper(), f"-P {p}", name] +
+                        [f"{c['cpu_us']:.1f} µs, {c['busy']:.0%}" if c else "-" for c in cells.values()])
+            # CPU time is counted in 10 ms ticks: a run too short to be charged one says nothing
+            ours, redis, fake = (c if c and c["cpu_us"] > 0 else None for c in cells.values())
+            if ours and redis and redis["busy"] < 0.8:
+                notes.append(f"{test.upper()} -P {p}: redis-server was busy {redis['busy']:.0%} of the run and "
+                             f"ours {ours['busy']:.0%} - the load generator and the round trip, not the server, "
+                             f"set the rate there; per request ours took {ours['cpu_us'] / redis['cpu_us']:.1f}× "
+                             "redis-server's CPU")
+            if ours and fake:
+                notes.append(f"{test.upper()} -P {p}: fakeredis took {fake['cpu_us'] / ours['cpu_us']:.1f}× our CPU "
+                             f"per request (busy {fake['busy']:.0%})")
+    if not rows:
+        return []
+    return (["## Server CPU per request (CPU µs / request, share of the run the server was busy)", "",
+             report.md_table(["test", "pipeline", "best of ours", "ours", "redis-server", "fakeredis (median run)"],
+                             rows), ""] + [f"- {n}." for n in notes] + [""])
+
+
 def plot(data: dict, out: Path) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
@@ -370,6 +440,7 @@ def render(data: dict, pngs: list[str], args) -> str:
           report.md_table(["test", "pipeline", "best engine/index", "rps", "peer rps", "ratio", "goal", ""],
                           goals(data)), ""]
     L += fake_bound(data)
+    L += cpu_md(data)
     if data["skipped"]:
         L += [f"- skipped: {k}: {v}" for k, v in data["skipped"].items()] + [""]
     if data["range_ms"]:
