@@ -139,6 +139,9 @@ BAD_ARGUMENTS = [
     (["lab", "backlog", "--backlogs", "1,x"], "argument --backlogs: 'x' is not an integer"),
     (["lab", "epoll", "--mib", "-1"], "argument --mib: must be a number > 0"),
     (["graph", "-o", "x.txt"], "hpnlab: --output must end in .png or .svg"),
+    # '' made the vagrant cleanup match every lab's VMs, live ones included
+    (["cleanup", "--only", ""], "argument --only: '' is not a lab name"),
+    (["cleanup", "--only", "../x"], "argument --only: '../x' is not a lab name"),
 ]
 
 

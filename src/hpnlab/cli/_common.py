@@ -48,6 +48,15 @@ non_negative = _number(float, 0, True, what="a number >= 0")
 tcp_port = _number(int, 1, True, 65535, what="a port 1 to 65535")
 
 
+def lab_name(text: str) -> str:
+    """A lab's name as lab.yml's `name:` allows it (never '' or a path: cleanup matches on it)."""
+    from ..topology.loader import LAB_NAME_RE
+    if not LAB_NAME_RE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a lab name (lower-case letters, digits, '_' or '-', "
+                                         "starting with a letter, at most 31)")
+    return text
+
+
 def positive_int_list(text: str) -> str:
     """A comma list of integers > 0, checked (the command splits it itself)."""
     for word in text.split(","):

@@ -2,13 +2,13 @@ from __future__ import annotations
 
 from ..providers import provider_class
 from ..topology import PROVIDERS
-from ._common import console, progress
+from ._common import console, lab_name, progress
 
 HELP = "find and remove leftovers of any hpnlab lab (even after kill -9, without state)"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--only", metavar="LAB", help="only this lab's leftovers")
+    parser.add_argument("--only", metavar="LAB", type=lab_name, help="only this lab's leftovers")
 
 
 def run(args) -> int:
