@@ -178,3 +178,12 @@ def test_kv_serve_with_a_damaged_file_says_which(name, data, said, tmp_path, cap
     err = capsys.readouterr().err
     assert rc == 1 and said in err and "hint: " in err, err
     assert "internal error" not in err and "Traceback" not in err
+
+
+def test_ustack_serve_refusals_are_the_clis_kind(capsys, monkeypatch):
+    """The stack's own SystemExit(message) (it also runs as a host's agent) becomes hpnlab's error."""
+    from hpnlab.cli import main
+    monkeypatch.delenv("HPNLAB_DEBUG", raising=False)
+    rc = main(["ustack", "serve", "--ifname", "hpnlabnone0", "--ip", "x"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "hpnlab: --ip 'x': an address with a prefix length" in err and "hint: " in err, err

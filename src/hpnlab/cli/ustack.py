@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 import time
 
+from ..errors import HpnlabError
 from ._common import add_up_option, console, ensure_up, positive_int, progress, provider_from
 
 HELP = "the user-space TCP/IP stack: run an app on it, or run its interop suite and measurements"
@@ -38,7 +39,12 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     if args.ustack_cmd == "serve":
         from ..ustack.run import main
-        return main(args)
+        try:
+            return main(args)
+        except SystemExit as exc:   # the stack's own refusal (it also runs as a host's agent)
+            if isinstance(exc.code, str):
+                raise HpnlabError(exc.code, hint="`hpnlab ustack serve --help` lists the options") from None
+            raise
     provider = provider_from(args)
     if args.ustack_cmd == "run":
         return _run_on_host(provider, args)
