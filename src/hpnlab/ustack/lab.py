@@ -171,6 +171,20 @@ def _pytcp_reading(tap_from, tap_to, py_from, py_to, pytcp: dict) -> str:
                else "."))
 
 
+def _flood_reading(stack: float, kernel: float, goal: float = 40000) -> str:
+    """The ping-flood goal, read beside h1's kernel answering the same flood on the same LAN:
+    where the kernel itself stays under the goal, the host, not the stack, sets the ceiling."""
+    met = "met" if stack >= goal else "not met"
+    share = f"{stack / kernel:.2f}" if kernel else "n/a"
+    text = (f"Goal: ping flood ≥ {goal:,.0f} replies/s — measured {stack:,.0f} ({met}); h1's kernel answered "
+            f"the same flood at {kernel:,.0f}/s, so the stack did {share} of the kernel's rate.")
+    if kernel and kernel < goal:
+        text += (f" The goal is out of reach of the kernel itself on this lab ({kernel / goal:.2f} of it): the "
+                 f"hosts' CPU, not the stack, sets that ceiling; the stack's share of the kernel's rate is the "
+                 f"figure that carries over.")
+    return text
+
+
 def _load_reading(load: dict) -> str:
     us, k = load["ustack"], load["kernel"]
 
@@ -413,6 +427,8 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
             rings[driver] = {"flood": peer(suite.h2, "flood", suite.addr, 5),
                              "echo": peer(suite.h2, "echo", suite.addr, 7, 1000, 100)}
     flood = rings["afpacket"]["flood"]
+    # the same flood at h1's own kernel on the same LAN: what this host allows at all
+    kernel_flood = peer(suite.h2, "flood", str(suite.h1.nic(net).address.ip), 5)
     step("throughput per transfer size")
     sizes = sorted({64 << 10, 1 << 20, 8 << 20, nbytes})
     per_size = _per_size(provider, net, sizes, out / "throughput.png")
@@ -455,6 +471,7 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
             "kernel_to_kernel": kernel["mbps"]},
         "pytcp": {"version": _version("PyTCP"), "bytes": pytcp_bytes, **pytcp},
         "ping_flood_replies_per_s": flood["replies_per_s"],
+        "ping_flood_kernel_replies_per_s": kernel_flood["replies_per_s"],
         "rings": {d: {"ping_flood_replies_per_s": r["flood"]["replies_per_s"],
                       "echo_round_trips_per_s": r["echo"]["rps"]} for d, r in rings.items()},
         "echo_round_trips_per_s_1conn": suite.data.get("echo_rps_1conn"),
@@ -498,9 +515,9 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
                 ("TAP: PyTCP → kernel / kernel → PyTCP (Mbit/s)",
                  f"{py_from} / {py_to}" if py_from or py_to else pytcp.get("error")),
                 ("ping flood, 64 in flight (replies/s)", flood["replies_per_s"]),
+                ("the same flood at h1's kernel (replies/s)", kernel_flood["replies_per_s"]),
                 ("echo round trips/s, 1 connection, 100 B", suite.data.get("echo_rps_1conn"))]), "",
-            f"Goal: ping flood ≥ 40,000 replies/s — measured {flood['replies_per_s']:,.0f} "
-            f"({'met' if flood['replies_per_s'] >= 40000 else 'not met'}). "
+            _flood_reading(flood["replies_per_s"], kernel_flood["replies_per_s"]) + " "
             + _pytcp_reading(tap_from, tap_to, py_from, py_to, data["pytcp"])
             + (f" Stretch: ≥ 1 Gbit/s with TAP offloads — {off_tap_from} Mbit/s sending, {off_tap_to} receiving "
                f"({'met' if min(off_tap_from or 0, off_tap_to or 0) >= 1000 else 'not met'})."), "",
