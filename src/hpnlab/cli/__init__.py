@@ -125,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         _report(exc, "interrupted", None)
         return 130
+    except SystemExit as exc:   # sys.exit("why") in code that also runs alone (agents): the same contract
+        if not isinstance(exc.code, str):
+            raise
+        _report(exc, exc.code, DEBUG_HINT)
+        return 1
     except OSError as exc:      # a tool or file the command needed (its name is in the message)
         _report(exc, str(exc), DEBUG_HINT)
         return 1
