@@ -48,5 +48,6 @@ def test_cpu_per_request_says_who_set_the_rate():
     assert "| SET | -P 1 | uvloop/hash | 6.0 µs, 36% | 3.0 µs, 30% | 120.0 µs, 18% |" in text
     assert "redis-server was busy 30% of the run" in text and "ours took 2.0× redis-server's CPU" in text
     assert "fakeredis took 20.0× our CPU per request" in text
+    assert "fakeredis was busy 18% of its run while the same load drove redis-server 67× as fast" in text
     d["latency"]["redis"][1]["set"]["busy"] = 0.95                 # the server bound: no such claim
     assert "busy 95%" not in "\n".join(cpu_md(d)) and "set the rate" not in "\n".join(cpu_md(d))

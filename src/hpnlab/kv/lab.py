@@ -378,6 +378,11 @@ def cpu_md(data: dict) -> list[str]:
             if ours and fake:
                 notes.append(f"{test.upper()} -P {p}: fakeredis took {fake['cpu_us'] / ours['cpu_us']:.1f}× our CPU "
                              f"per request (busy {fake['busy']:.0%})")
+            if fake and redis and fake["busy"] < 0.8 and redis["rps"] > 2 * fake["rps"]:
+                notes.append(f"{test.upper()} -P {p}: fakeredis was busy {fake['busy']:.0%} of its run while the same "
+                             f"load drove redis-server {redis['rps'] / fake['rps']:.0f}× as fast: neither its CPU nor "
+                             "the load set its rate, but waits inside its server (a thread per connection, "
+                             "one GIL)")
     if not rows:
         return []
     return (["## Server CPU per request (CPU µs / request, share of the run the server was busy)", "",
