@@ -64,7 +64,7 @@ def add_arguments(p) -> None:
     p.add_argument("--rate", help="rate of the accounting runs, pps, bit/s or line (default "
                    f"{GRID['rate']}; {EMULATED_GRID['rate']} emulated)")
     p.add_argument("--receiver", choices=("auto", "afpacket", "dpdk"), default="auto",
-                   help="the peer's receiver (auto: AF_PACKET on netns hosts, DPDK where the NIC is bound)")
+                   help="the peer's receiver (auto: DPDK where provisioning bound its NIC, else AF_PACKET)")
     p.add_argument("--loss", type=float, help="loss %% to inject in the impaired run (default: the "
                    "network's impair.loss, else 2; 0 skips it)")
     p.add_argument("--no-null", action="store_true", default=None,
