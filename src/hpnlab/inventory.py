@@ -99,7 +99,7 @@ def host_vars(lab: Lab, model: dict, host: str, dpdk_takes_nic: bool) -> dict:
 
 # What a static inventory may say about a host, checked when it is read: these values reach
 # ssh's command line, the hosts' shells (as quoted arguments) and tasks run with become.
-IFNAME = re.compile(r"[A-Za-z0-9_.@-]{1,15}")     # a Linux interface name (IFNAMSIZ), no '/', ':' or space
+IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")      # a Linux interface name (IFNAMSIZ), as tests/infra checks it
 PCI = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]")
 DPDK_DRIVERS = ("uio_pci_generic", "vfio-pci", "igb_uio")    # as the dpdk role's bind tasks allow
 ADDRESS = re.compile(r"[A-Za-z0-9_.:%\[\]-]+")
@@ -139,7 +139,7 @@ def _var_problem(key: str, value) -> str | None:
         bad = [f"{k}: {v!r}" for k, v in value.items()
                if not (isinstance(k, str) and isinstance(v, str) and IFNAME.fullmatch(v) and v not in (".", ".."))]
         if bad:
-            return (f"{', '.join(bad)}: a NIC name is 1 to 15 letters, digits, '_', '.', '@' or '-' "
+            return (f"{', '.join(bad)}: a NIC name is 1 to 15 letters, digits, '_', '.' or '-' "
                     "(a network's name as key)")
     if key == "hpnlab_dpdk_pci" and not text(PCI):
         return "must be a PCI address like 0000:03:00.1 (lower-case hex)"
