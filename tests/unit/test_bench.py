@@ -219,6 +219,21 @@ def test_proc_snapshot_over_a_shell_matches_the_local_read(tmp_path):
         proc.wait()
 
 
+def test_a_look_over_ssh_does_not_count_its_own_shell_as_others_load():
+    """A look's processes (sh, chrt, cat) are new at each look, so all their CPU counted as
+    others' load: on a TCG guest 0.3 cores, and every run was re-run as disturbed."""
+    from hpnlab.bench import procstat
+
+    def stat(pid, comm, session, ticks, flags=0x400000):
+        return f"{pid} ({comm}) S 1 {session} {session} 0 -1 {flags} 0 0 0 0 {ticks} {ticks} 0 0"
+    lines = [stat(500, "sshd: root@notty", 500, 10), stat(901, "sh", 901, 15), stat(904, "cat", 901, 5),
+             stat(600, "redis-server", 600, 50), stat(2, "kthreadd", 0, 9, flags=0x200000),
+             stat(700, "python3", 700, 99)]
+    hz = procstat.HZ
+    assert procstat.others_from_stat(lines, mine={700}, look=901) == {500: 20 / hz, 600: 100 / hz}
+    assert 901 in procstat.others_from_stat(lines, mine=set())          # no look named: all counted
+
+
 def test_labcode_build_makes_the_native_parts_on_an_installed_copy(tmp_path):
     """What the labcode role runs on a host after unpacking: the load generator into
     <prefix>/build and the liburing binding beside its package, once; then nothing to do.
