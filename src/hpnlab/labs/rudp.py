@@ -44,6 +44,14 @@ CONFIGS = [("hpnlab", m) for m in ("default", "normal", "fast", "eager")] + \
           [("quic", "default")]
 SWEEP_CONFIGS = ["hpnlab:fast", "ckcp:fast", "tcp:nodelay", "quic:default"]
 SWEEP_PORT, UDP_PORT = 46000, 47000
+FULL: dict[str, object] = {"count": 1000, "configs": ",".join(f"{i}:{m}" for i, m in CONFIGS if i != "quic"),
+        "sweep": "0,1,5,10,20", "sweep_configs": ",".join(SWEEP_CONFIGS), "sweep_count": 300,
+        "bulk_seconds": 3.0, "udp_clients": "16,256", "udp_seconds": 3.0}
+QUICK = {**FULL, "count": 200, "sweep": "0,10,20", "sweep_count": 100, "bulk_seconds": 1.5,
+         "udp_clients": "16,128", "udp_seconds": 1.5}
+# QEMU TCG runs Python some 10-50x slower: the ARQ's 1 ms loop and the delay line lag behind
+EMULATED = {**FULL, "count": 300, "sweep": "0,10,20", "sweep_count": 150, "bulk_seconds": 2.0,
+            "udp_clients": "16,64", "udp_seconds": 2.0}
 PYTHON_NEEDS = {"ckcp": ("kcp.extension", "pip install kcp"), "quic": ("aioquic", "pip install aioquic")}
 CONV = 0x68706E6C
 IMPLS = ("hpnlab", "ckcp", "tcp", "quic")
@@ -388,27 +396,63 @@ def udpload_main(argv: list[str]) -> int:
 def add_arguments(p) -> None:
     p.add_argument("--hosts", default="h1,h2", help="pinger,echoer (default: h1,h2)")
     p.add_argument("--network")
-    p.add_argument("--count", type=int, default=1000, help="messages per run (default: 1000, as test.cpp)")
-    p.add_argument("--quick", action="store_true", help="200 messages per run")
+    p.add_argument("--count", type=int, help=f"messages per run (default: {FULL['count']}, as test.cpp; "
+                   f"{EMULATED['count']} on an emulated CPU)")
+    p.add_argument("--quick", action="store_true", help="a small grid: 200 messages per run, a short sweep")
     p.add_argument("--loss-pct", type=float, default=10.0, help="round-trip loss, split over both "
                    "directions as test.cpp does (default: 10)")
     p.add_argument("--rtt-ms", default="60-125", help="RTT range MIN-MAX (default: 60-125)")
     p.add_argument("--rounds", type=int, default=1, help="repeat every run this many times, in "
                    "alternating order, and pool the RTTs (default: 1)")
-    p.add_argument("--configs", default=",".join(f"{i}:{m}" for i, m in CONFIGS if i != "quic"),
-                   help="IMPL:MODE list to run in KCP's scenario (default: all but quic:default)")
-    p.add_argument("--sweep", default="0,1,5,10,20", help="round-trip loss rates (percent) for the "
-                   "loss sweep, or 'none' (default: 0,1,5,10,20)")
-    p.add_argument("--sweep-configs", default=",".join(SWEEP_CONFIGS),
-                   help=f"IMPL:MODE list for the loss sweep (default: {','.join(SWEEP_CONFIGS)})")
-    p.add_argument("--sweep-count", type=int, default=300, help="loss sweep: 8-byte messages per latency "
-                   "run (default: 300)")
-    p.add_argument("--bulk-seconds", type=float, default=3.0, help="loss sweep: seconds each bulk "
-                   "(goodput) run sends for (default: 3)")
-    p.add_argument("--udp-clients", default="16,256", help="UDP concurrency: client counts, or 'none' "
-                   "(default: 16,256)")
-    p.add_argument("--udp-seconds", type=float, default=3.0, help="UDP concurrency: seconds per run (default: 3)")
+    p.add_argument("--configs", help="IMPL:MODE list to run in KCP's scenario (default: all but quic:default)")
+    p.add_argument("--sweep", help="round-trip loss rates (percent) for the loss sweep, or 'none' "
+                   f"(default: {FULL['sweep']}; {EMULATED['sweep']} on an emulated CPU)")
+    p.add_argument("--sweep-configs", help=f"IMPL:MODE list for the loss sweep (default: {FULL['sweep_configs']})")
+    p.add_argument("--sweep-count", type=int, help="loss sweep: 8-byte messages per latency run "
+                   f"(default: {FULL['sweep_count']})")
+    p.add_argument("--bulk-seconds", type=float, help="loss sweep: seconds each bulk (goodput) run sends "
+                   f"for (default: {FULL['bulk_seconds']:g})")
+    p.add_argument("--udp-clients", help=f"UDP concurrency: client counts, or 'none' (default: {FULL['udp_clients']})")
+    p.add_argument("--udp-seconds", type=float, help=f"UDP concurrency: seconds per run (default: "
+                   f"{FULL['udp_seconds']:g})")
     p.add_argument("--udp-workers", type=int, default=2, help="UDP concurrency: SO_REUSEPORT workers (default: 2)")
+
+
+def settle_grid(args, hosts) -> list[str]:
+    """Fill the knobs not given: the full grid, the quick one, or the emulated one where the
+    pinger's CPU is emulated (QEMU TCG); leave out of the defaults an implementation whose
+    Python package a host lacks (guests reach no registry). Returns the notes saying so."""
+    from .pktgen import emulated
+    notes = []
+    grid = QUICK if args.quick else FULL
+    if not args.quick and emulated(hosts[0]):
+        grid = EMULATED
+        notes.append(f"{hosts[0].name}'s CPU is emulated (QEMU TCG): the knobs not given were cut to "
+                     + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in EMULATED.items() if "configs" not in k))
+    for knob, value in grid.items():
+        if getattr(args, knob) is None:
+            setattr(args, knob, value)
+            if "configs" in knob:
+                setattr(args, knob, _installed(str(value), knob, hosts, notes))
+    return notes
+
+
+def _installed(spec: str, knob: str, hosts, notes: list[str]) -> str:
+    keep = []
+    for item in spec.split(","):
+        impl = item.partition(":")[0]
+        if impl in PYTHON_NEEDS:
+            missing = [h.name for h in hosts if not _importable(h, PYTHON_NEEDS[impl][0])]
+            if missing:
+                notes.append(f"{item} left out of --{knob.replace('_', '-')}: Python's {PYTHON_NEEDS[impl][0]} "
+                             f"is not importable on {', '.join(missing)} ({PYTHON_NEEDS[impl][1]} there)")
+                continue
+        keep.append(item)
+    return ",".join(keep)
+
+
+def _importable(h, module: str) -> bool:
+    return h.run([agent_argv(h, "rudp")[0], "-c", f"import {module}"], check=False, timeout=60).ok
 
 
 def parse_configs(spec: str, option: str = "--configs") -> list[tuple[str, str]]:
@@ -424,16 +468,17 @@ def parse_configs(spec: str, option: str = "--configs") -> list[tuple[str, str]]
 def run(provider, args, step) -> dict:
     from .. import impair
     from ..topology.model import Impairment
+    a, b, net = host_pair(provider, args.hosts, "pinger,echoer", args.network, tools=("nft",))
+    need_tools("tcpdump")
+    notes = settle_grid(args, (a, b))
     configs = parse_configs(args.configs)
-    count = 200 if args.quick else args.count
+    count = args.count
     if count < 1 or args.rounds < 1:
         raise LabError(f"--count and --rounds must be at least 1, not {count} and {args.rounds}")
     losses = parse_numbers(args.sweep, "--sweep", 0, 99)
     sweep_configs = parse_configs(args.sweep_configs, "--sweep-configs") if losses else []
     clients = [int(c) for c in parse_numbers(args.udp_clients, "--udp-clients", 1, 60000)]
-    sweep_count = 100 if args.quick else args.sweep_count
-    bulk_s = min(args.bulk_seconds, 1.5) if args.quick else args.bulk_seconds
-    udp_s = min(args.udp_seconds, 1.5) if args.quick else args.udp_seconds
+    sweep_count, bulk_s, udp_s = args.sweep_count, args.bulk_seconds, args.udp_seconds
     if sweep_count < 1 or bulk_s <= 0 or udp_s <= 0 or args.udp_workers < 1:
         raise LabError("--sweep-count and --udp-workers must be at least 1, --bulk-seconds and --udp-seconds above 0")
     try:
@@ -442,15 +487,12 @@ def run(provider, args, step) -> dict:
         raise LabError(f"--rtt-ms wants MIN-MAX in ms, got {args.rtt_ms!r}") from None
     if not 0 <= lo <= hi or not 0 <= args.loss_pct < 100:
         raise LabError("--rtt-ms wants 0 <= MIN <= MAX and --loss-pct 0..99")
-    a, b, net = host_pair(provider, args.hosts, "pinger,echoer", args.network, tools=("nft",))
-    need_tools("tcpdump")
     for impl in sorted({i for i, _ in configs + sweep_configs} & set(PYTHON_NEEDS)):
         module, fix = PYTHON_NEEDS[impl]
         for h in (a, b):
-            res = h.run([agent_argv(h, "rudp")[0], "-c", f"import {module}"], check=False, timeout=20)
-            if not res.ok:
+            if not _importable(h, module):
                 raise LabError(f"[{h.name}] {impl} needs Python's {module}, not importable there ({fix}; "
-                               f"or leave {impl} out of --configs/--sweep-configs): {res.stderr.strip()[-300:]}")
+                               f"or leave {impl} out of --configs/--sweep-configs)")
     if provider.lab.networks[net].impair:
         raise LabError(f"network {net} already has an impairment in the lab file; this lab sets its own")
     one_way = Impairment(delay_ms=(lo + hi) / 4, jitter_ms=(hi - lo) / 4, loss_pct=args.loss_pct / 2)
@@ -511,8 +553,12 @@ def run(provider, args, step) -> dict:
             "loss_sweep": sweep, "loss_sweep_setup": {"round_trip_loss_pct": losses, "messages": sweep_count,
                                                       "bulk_seconds": bulk_s, "chunk_bytes": CHUNK,
                                                       "tcp_congestion_control": tcp_cc},
-            "udp_concurrency": concurrency, "load_avg": os.getloadavg()}
+            "udp_concurrency": concurrency, "load_avg": os.getloadavg(), "grid_notes": notes}
     md = render(runs, kcp_scenario, simulated, count, one_way, mechanisms[0], a.name, b.name, env, png, args)
+    if notes:
+        md = md.replace("\n\n", "\n\n" + "\n".join(f"> Grid: {n}." for n in notes) + "\n\n", 1)
+    md = md.replace("\n## Re-run", f"- load average at the end (1, 5, 15 min): "
+                    f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}\n\n## Re-run", 1)
     if sweep:
         md = md.replace("\n## Environment", render_sweep(sweep, sweep_pngs, sweep_count, bulk_s, one_way, tcp_cc)
                         + "\n## Environment", 1)
@@ -633,6 +679,13 @@ def sweep_row(lat: dict, bulk: dict, wire: int) -> dict:
             "overhead": round(wire / bulk["bytes"], 3) if bulk["bytes"] else None}
 
 
+def udp_rcvbuf_errors(h) -> int:
+    """Datagrams the host's kernel dropped for a full socket receive queue (/proc/net/snmp)."""
+    lines = [ln.split() for ln in h.run(["cat", "/proc/net/snmp"], timeout=10).stdout.splitlines()
+             if ln.startswith("Udp:")]
+    return int(dict(zip(lines[0], lines[1]))["RcvbufErrors"])
+
+
 def udp_run(a, b, ip_b: str, port: int, variant: str, clients: int, seconds: float, workers: int) -> dict:
     """The UDP 并发 variant on `b`, `clients` closed-loop clients on `a` (no impairment)."""
     serve_s = seconds + 60                   # at most: it ends half a second after the load does
@@ -640,10 +693,12 @@ def udp_run(a, b, ip_b: str, port: int, variant: str, clients: int, seconds: flo
                                 "--seconds", serve_s, "--workers", workers), name=f"rudp-udp-{port}")
     try:
         b.wait_for_port(port, timeout=max(15.0, b.start_timeout), proto="udp")
+        drops0 = udp_rcvbuf_errors(b)
         res = a.run(agent_argv(a, "rudp", "udpload", "--to", f"{ip_b}:{port}", "--clients", clients,
                                "--seconds", seconds), timeout=seconds + 60)
         load = json.loads(res.stdout.strip().splitlines()[-1])
         server.wait(serve_s + 30)
+        drops = udp_rcvbuf_errors(b) - drops0
         out, err = server.logs()
         try:
             served = json.loads(out.strip().splitlines()[-1])
@@ -653,7 +708,8 @@ def udp_run(a, b, ip_b: str, port: int, variant: str, clients: int, seconds: flo
         with deferred_interrupts():
             server.stop(3)
     return {**load, "variant": variant, "sockets": served["sockets"], "per_socket": served["per_socket"],
-            "answered": served["answered"], "server_cpu_s": served["cpu_s"],
+            "answered": served["answered"], "server_cpu_s": served["cpu_s"], "rcvbuf_drops": drops,
+            "server_busy": round(served["cpu_s"] / max(served["active_s"], 1e-3), 2),
             "cpu_us_per_reply": round(served["cpu_s"] / max(served["answered"], 1) * 1e6, 2)}
 
 
@@ -800,8 +856,8 @@ def render_sweep(sweep: dict, pngs: list[str], count: int, bulk_s: float, one_wa
 
 def render_concurrency(rows: list[dict], seconds: float, workers: int, a: str, b: str) -> str:
     table = [[r["variant"], r["clients"], r["rate"], r["p50_us"], r["p99_us"], r["sockets"],
-              f"{min(r['per_socket'])}..{max(r['per_socket'])}", r["server_cpu_s"], r["cpu_us_per_reply"],
-              r["resent"]] for r in rows]
+              f"{min(r['per_socket'])}..{max(r['per_socket'])}", f"{r['server_busy']:.0%}", r["cpu_us_per_reply"],
+              r["rcvbuf_drops"], r["resent"]] for r in rows]
     L = ["", "## UDP 并发: one socket, SO_REUSEPORT, a connected socket per peer", "",
          f"`{b}` runs a UDP echo service three ways; `{a}` runs N clients, each its own socket with one "
          f"request in flight, for {seconds:g} s (no impairment). single: one socket, one epoll loop. "
@@ -810,7 +866,11 @@ def render_concurrency(rows: list[dict], seconds: float, workers: int, a: str, b
          "socket bound to the same port and connect()ed to that peer answers it (the kernel's lookup prefers "
          "the socket that matches the whole 4-tuple); all in one epoll loop.", "",
          report.md_table(["variant", "clients", "replies/s", "p50 µs", "p99 µs", "sockets",
-                          "replies per socket", "server CPU s", "server CPU µs/reply", "resent"], table),
+                          "replies per socket", "server CPU busy", "server CPU µs/reply", "rcvbuf drops",
+                          "resent"], table),
+         "", "server CPU busy: the server's CPU time over the time it had traffic (of one core; reuseport's "
+         "workers add up). rcvbuf drops: the server host's UDP RcvbufErrors during the run (a full socket "
+         "queue). resent: requests the clients sent again after 200 ms without an answer.",
          "", "Reading:", ""]
     for n in sorted({r["clients"] for r in rows}):
         group = {r["variant"]: r for r in rows if r["clients"] == n}
@@ -832,10 +892,17 @@ def render_concurrency(rows: list[dict], seconds: float, workers: int, a: str, b
             line += (f" connected held {c['sockets']} sockets (one per peer plus the listener)"
                      + (f", at {c['cpu_us_per_reply'] / max(base['cpu_us_per_reply'], 1e-9):.2f}x single's "
                         "CPU per reply" if base else "") + ".")
-        spread = max(r["rate"] for r in group.values()) / max(min(r["rate"] for r in group.values()), 1)
-        if spread < 1.15:
-            line += (f" All three within {spread:.2f}x of each other: with {n} clients the load generator "
-                     "(one Python process), not the server, set the rate; compare CPU per reply instead.")
+        dropped = [f"{r['variant']} {r['rcvbuf_drops']}" for r in group.values() if r["rcvbuf_drops"]]
+        if dropped:
+            line += f" Datagrams dropped on a full receive queue: {', '.join(dropped)}."
+        idle = [r["variant"] for r in group.values() if r["server_busy"] < 0.9 * (r["sockets"] if
+                r["variant"] == "reuseport" else 1)]
+        if idle:
+            line += (f" {', '.join(idle)}: the server was busy less than 90 % of its core(s), so the clients "
+                     "(one Python process on a 2-core machine shared with the server) set the rate there, "
+                     "not the server; CPU per reply compares the servers.")
+        else:
+            line += " Every server was busy 90 % or more of its core(s): the rates compare the servers."
         L.append(line)
     return "\n".join(L) + "\n"
 

@@ -41,10 +41,10 @@ def _cpu_s(who: int) -> float:
 
 
 def _echo_loop(socks: list[socket.socket], seconds: float, listener: socket.socket | None = None,
-               port: int = 0, idle: float = 0.5) -> list[int]:
+               port: int = 0, idle: float = 0.5) -> tuple[list[int], float]:
     """Echo on `socks` until `seconds` pass or, once datagrams came, none has for `idle` s;
     with a `listener`, each new peer's first datagram there gets its own connected socket.
-    Returns the datagrams answered per socket."""
+    Returns the datagrams answered per socket, and the seconds from the first to the last."""
     ep = select.epoll()
     by_fd: dict[int, int] = {}
     counts: list[int] = []
@@ -61,11 +61,12 @@ def _echo_loop(socks: list[socket.socket], seconds: float, listener: socket.sock
     fds = {s.fileno(): s for s in [*socks, *([listener] if listener else [])]}
     peers: set[tuple[str, int]] = set()
     deadline = time.monotonic() + seconds
-    last = 0.0
+    first = last = 0.0
     while (left := deadline - time.monotonic()) > 0:
         events = ep.poll(min(left, 0.2))
         if events:
             last = time.monotonic()
+            first = first or last
         elif last and time.monotonic() - last > idle:       # the load is over
             break
         for fd, _ in events:
@@ -91,20 +92,20 @@ def _echo_loop(socks: list[socket.socket], seconds: float, listener: socket.sock
     for s in fds.values():
         s.close()
     ep.close()
-    return counts
+    return counts, last - first
 
 
 def serve(variant: str, port: int, seconds: float, workers: int = 2) -> dict:
     """Run the echo service `variant` for at most `seconds`, until its load has been over for
-    half a second; {per_socket, answered, cpu_s, sockets}."""
+    half a second; {per_socket, answered, cpu_s, sockets, active_s (first datagram to last)}."""
     if variant not in VARIANTS:
         raise ValueError(f"variant {variant!r}: one of {', '.join(VARIANTS)}")
     cpu0 = _cpu_s(resource.RUSAGE_SELF) + _cpu_s(resource.RUSAGE_CHILDREN)
     if variant == "single":
-        per = _echo_loop([_udp(port)], seconds)
+        per, active = _echo_loop([_udp(port)], seconds)
     elif variant == "connected":
         listener = _udp(port, reuseaddr=True)
-        per = _echo_loop([], seconds, listener, port)
+        per, active = _echo_loop([], seconds, listener, port)
     else:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, not {workers}")
@@ -118,21 +119,23 @@ def serve(variant: str, port: int, seconds: float, workers: int = 2) -> dict:
                 for other in socks:
                     if other is not s:
                         other.close()
-                n = _echo_loop([s], seconds)[0]
-                os.write(w, str(n).encode())
+                counts, busy = _echo_loop([s], seconds)
+                os.write(w, f"{counts[0]} {busy}".encode())
                 os._exit(0)
             os.close(w)
             s.close()
             pipes.append(r)
             pids.append(pid)
-        per = []
+        per, active = [], 0.0
         for r, pid in zip(pipes, pids):
             with os.fdopen(r) as f:
-                per.append(int(f.read() or 0))
+                n, took = (f.read() or "0 0").split()
+            per.append(int(n))
+            active = max(active, float(took))
             os.waitpid(pid, 0)
     cpu = _cpu_s(resource.RUSAGE_SELF) + _cpu_s(resource.RUSAGE_CHILDREN) - cpu0
     return {"variant": variant, "per_socket": per, "answered": sum(per), "sockets": len(per),
-            "cpu_s": round(cpu, 3)}
+            "cpu_s": round(cpu, 3), "active_s": round(active, 3)}
 
 
 def load(host: str, port: int, clients: int, seconds: float, warmup: float = 0.3) -> dict:
