@@ -121,6 +121,25 @@ def test_oversized_message_is_refused():
         Arq(1).send(bytes(1376 * 200))
 
 
+def test_eager_answers_with_the_ack_and_the_reply_in_one_datagram_at_once():
+    a, b = pair("fast", eager=True)
+    a.update(0), b.update(0)
+    a.pop_output(), b.pop_output()
+    a.send(b"ping")
+    [push] = a.pop_output()                   # 3 ms before the next tick: out at once
+    b.input(push, 4)
+    b.send(b.recv())                          # the application's reply, before b's output is taken
+    [reply] = b.pop_output()
+    cmds = []
+    off = 0
+    while off < len(reply):
+        fields = HEADER.unpack_from(reply, off)
+        cmds.append(fields[1])
+        off += HEADER.size + fields[7]
+    assert cmds == [CMD_ACK, CMD_PUSH]
+    assert b.pop_output() == []               # nothing owed: no empty flushes
+
+
 def test_eager_sends_and_acknowledges_without_waiting_for_the_tick():
     for eager in (False, True):
         a, b = pair("fast")

@@ -60,8 +60,9 @@ class Arq:
     rcv_wnd: int = 128
     stream: bool = False
     isn: int = 0                    # first sequence number (both peers must agree; KCP's is 0)
-    # flush at once on send() and on input that leaves ACKs to send, not at the next interval
-    # tick (ikcp leaves that to the caller's ikcp_flush; off: the same bytes as ikcp)
+    # pop_output() first flushes what is owed now (ACKs, new data the window takes), not at the
+    # next interval tick: an ACK and the reply the application queued after the input that
+    # caused it leave at once, in one datagram. Off: ikcp's schedule, the same bytes as ikcp.
     eager: bool = False
     stats: Counter = field(default_factory=Counter)
 
@@ -121,8 +122,6 @@ class Arq:
         for i in range(count):
             chunk = bytes(view[i * self.mss:(i + 1) * self.mss])
             self.snd_queue.append(Segment(0, 0 if self.stream else count - i - 1, chunk))
-        if self.eager:
-            self.flush()
 
     def peek_size(self) -> int:
         if not self.rcv_queue:
@@ -161,8 +160,15 @@ class Arq:
         return len(self.snd_queue) + len(self.snd_buf)
 
     def pop_output(self) -> list[bytes]:
+        if self.eager and self.updated and (self.acklist or self.probe or self._window_open()):
+            self.flush()
         out, self._out = self._out, []
         return out
+
+    def _window_open(self) -> bool:
+        """New data is queued and the send window would take some of it now."""
+        cwnd = min(self.snd_wnd, self.rmt_wnd) if self.nocwnd else min(self.snd_wnd, self.rmt_wnd, self.cwnd)
+        return bool(self.snd_queue) and diff(self.snd_nxt, (self.snd_una + cwnd) & MASK) < 0
 
     # -- the network's side -----------------------------------------------------------------
 
@@ -217,8 +223,6 @@ class Arq:
             self._parse_fastack(maxack)
         if diff(self.snd_una, prev_una) > 0 and self.cwnd < self.rmt_wnd:
             self._grow_cwnd()
-        if self.eager and self.acklist:
-            self.flush()
         return ok
 
     def _drop(self, why: str) -> bool:
