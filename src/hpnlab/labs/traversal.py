@@ -13,10 +13,15 @@ and the relay when no direct path opened before the deadline.
   birthday     a random side opens many sockets (--hard-sockets) toward the easy
                side's public endpoint, each creating its own mapping; the easy side
                probes random ports until one of them is such a mapping
+  open filter  an easy side whose NAT lets other ports of an address in (RFC 4787
+               endpoint-independent or address-dependent filtering) sends to the
+               peer's address; the hard side just sends to it
   relay        through the rendezvous host (UDP datagrams, a spliced TCP stream)
 
-TCP uses the same methods with non-blocking connect()s: nobody listens; a probe
-SYN that meets a mapping reaches a socket in SYN_SENT (simultaneous open).
+TCP first tries UDP's punched mapping (a simultaneous open between the endpoints
+the UDP punch found), then the same methods with non-blocking connect()s: nobody
+listens; a probe SYN that meets a mapping reaches a socket in SYN_SENT
+(simultaneous open).
 """
 from __future__ import annotations
 
