@@ -68,6 +68,17 @@ def _ledger():
         os.close(fd)
 
 
+def _read_ledger() -> dict:
+    """The ledger as it is now, for reading only (no lock: a dry run or a listing)."""
+    try:
+        data = json.loads(ledger_path().read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        data = {}
+    for key in ("hugepages", "mounts", "sysctls"):
+        data.setdefault(key, {})
+    return data
+
+
 def _pool_file(size: str) -> Path:
     if size not in SIZES_KB:
         raise MachineError(f"unknown hugepage size {size!r} (valid: {', '.join(SIZES_KB)})")
@@ -104,11 +115,16 @@ def _mounted(path: Path) -> bool:
 
 
 # -- hugepages ------------------------------------------------------------
-def hold_hugepages(lab: str, host: str, count: int, size: str = "2M") -> dict:
-    """Make the pool hold `count` pages of `size` for lab/host, and mount its hugetlbfs."""
+def hold_hugepages(lab: str, host: str, count: int, size: str = "2M", check: bool = False) -> dict:
+    """Make the pool hold `count` pages of `size` for lab/host, and mount its hugetlbfs
+    (`check`: only say whether that would change anything, as Ansible's --check asks)."""
     key = f"{lab}/{host}"
     mount = lab_mount(lab, host)
     changed = False
+    if check:
+        held = _read_ledger()["hugepages"].get(size, {}).get(key, 0)
+        return {"changed": count != held or _mounted(mount) != bool(count), "check": True, "host": host,
+                "hugepages": count, "size": size, "mount": str(mount), "pool": _read_int(_pool_file(size))}
     with _ledger() as data:
         pool = data["hugepages"].setdefault(size, {})
         held = pool.get(key, 0)
@@ -154,8 +170,16 @@ def _norm(value: str) -> str:
     return " ".join(str(value).split())
 
 
-def hold_sysctls(lab: str, values: dict[str, str]) -> dict:
+def hold_sysctls(lab: str, values: dict[str, str], check: bool = False) -> dict:
     changed = []
+    if check:
+        for key, want in values.items():
+            path = _sysctl_path(key)
+            if not path.exists():
+                raise MachineError(f"machine sysctl {key}: no such key on this kernel")
+            if _norm(path.read_text()) != _norm(want):
+                changed.append(key)
+        return {"changed": bool(changed), "check": True, "keys": changed}
     with _ledger() as data:
         for key, want in values.items():
             path = _sysctl_path(key)
@@ -229,10 +253,7 @@ def release(lab: str) -> list[str]:
 
 def holders() -> set[str]:
     """Labs that hold something in the ledger."""
-    try:
-        data = json.loads(ledger_path().read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return set()
+    data = _read_ledger()
     labs = {k.split("/")[0] for pool in data.get("hugepages", {}).values() for k in pool}
     labs |= set(data.get("mounts", {}).values())
     labs |= {lab for e in data.get("sysctls", {}).values() for lab in e.get("holds", [])}
@@ -276,8 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", required=True)
     p.add_argument("--count", type=int, required=True)
     p.add_argument("--size", default="2M", choices=sorted(SIZES_KB))
+    p.add_argument("--check", action="store_true", help="change nothing; say whether it would change")
     p = sub.add_parser("sysctls", help="set machine-wide sysctls for a lab (KEY=VALUE ...)")
     p.add_argument("--lab", required=True)
+    p.add_argument("--check", action="store_true", help="change nothing; say whether it would change")
     p.add_argument("values", nargs="*", metavar="KEY=VALUE")
     p = sub.add_parser("release", help="give back everything a lab holds")
     p.add_argument("--lab", required=True)
@@ -288,9 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         if args.cmd == "hugepages":
-            out = hold_hugepages(args.lab, args.host, args.count, args.size)
+            out = hold_hugepages(args.lab, args.host, args.count, args.size, args.check)
         elif args.cmd == "sysctls":
-            out = hold_sysctls(args.lab, dict(v.split("=", 1) for v in args.values))
+            out = hold_sysctls(args.lab, dict(v.split("=", 1) for v in args.values), args.check)
         elif args.cmd == "release":
             done = release(args.lab)
             out = {"changed": bool(done), "done": done}

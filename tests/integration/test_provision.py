@@ -35,6 +35,12 @@ def test_provision_verify_drift_and_idempotence(lab_factory, tmp_path):
     name = lab.lab.name
     inv = tmp_path / "inventory"
     try:
+        # a dry run (provision --check) says what would change and changes nothing on the machine
+        dry = run_playbook(lab, inv, check=True)
+        assert dry.ok, dry.failures
+        assert dry.changed > 0
+        assert hugepages_total() == before_pages and not mounts_of(name) and name not in machine.holders()
+
         first = run_playbook(lab, inv)
         assert first.ok, first.failures
         assert first.changed > 0

@@ -63,6 +63,10 @@ def run(args) -> int:
         outcome = run_playbook(provider, args.inventory_dir, step, limit=args.limit, check=args.check,
                                verbose=args.verbose, static_inventory=args.static_inventory)
     show(outcome)
+    if outcome.ok and args.check:
+        console.print(f"[green]lab {lab.name}: dry run[/green] in {outcome.seconds:.1f}s, nothing changed; "
+                      f"provisioning would make {outcome.changed} change(s); Ansible log: {outcome.log}")
+        return 0
     if outcome.ok:
         console.print(f"[green]lab {lab.name} provisioned[/green] in {outcome.seconds:.1f}s, "
                       f"{outcome.changed} change(s); Ansible log: {outcome.log}")
