@@ -26,6 +26,7 @@ import shlex
 import signal
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .. import report
@@ -438,7 +439,10 @@ def run(provider, args, step) -> dict:
     cpus = os.cpu_count() or 1
     # netns hosts share this machine's CPUs: the sender on the first, the receiver on the last
     lcore_r = cpus - 1 if provider.shares_kernel else 0
-    binding = {h.name: ensure_binding(provider, h) for h in (sender, receiver)}
+    # both hosts at once: where the binding is built there, an emulated guest takes a minute or more
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        built = {h.name: pool.submit(ensure_binding, provider, h) for h in (sender, receiver)}
+        binding = {name: job.result() for name, job in built.items()}
     eal_s, drives_s = eal_for(provider, sender, net, 0)
     eal_r, drives_r = eal_for(provider, receiver, net, lcore_r)
     out = report.results_dir("pktgen", getattr(args, "results", None))
@@ -650,9 +654,10 @@ def render(rows, acc, rtt, args, env, png, provider, out: Path) -> str:
            f"{receiver}, which sends what it receives back (it received {refl['rx']} and sent {refl['tx']}); "
            f"{sender}'s generator counted what came back while sending: {rtt['received']} back + {rtt['lost']} "
            f"lost = {rtt['received'] + rtt['lost']} {'=' if exact else '≠'} sent {rtt['sent']} "
-           f"({rtt['loss_pct']:.3f} %; about {max(0, rtt['sent'] - refl['rx'])} lost on the way there, "
-           f"{max(0, refl['tx'] - rtt['received'])} on the way back: the reflector's counts also hold any other "
-           f"frame on the LAN), {rtt['duplicates']} duplicates, "
+           f"({rtt['loss_pct']:.3f} %"
+           + (f"; about {max(0, rtt['sent'] - refl['rx'])} lost on the way there, "
+              f"{max(0, refl['tx'] - rtt['received'])} on the way back" if rtt["lost"] else "")
+           + f"; the reflector's counts also hold any other frame on the LAN), {rtt['duplicates']} duplicates, "
            f"{rtt['reordered']} reordered. The round-trip time is the TSC when a frame came back minus the TSC "
            "stamped into it when it left: one clock, so it holds also where the hosts' clocks are not one.", ""]
     lat = [a for a in [*acc, rtt] if a.get("latency_ns")]
