@@ -587,12 +587,7 @@ def one_run(provider, a, b, ip_b: str, port: int, impl: str, mode: str, count: i
             res = a.run(agent_argv(a, "rudp", "ping", "--to", f"{ip_b}:{port}", "--impl", impl,
                                    "--mode", mode, "--count", count, "--timeout", timeout),
                         timeout=timeout + 10)
-            echo.wait(timeout)
-            eout, eerr = echo.logs()
-            try:
-                server = json.loads(eout.strip().splitlines()[-1])
-            except (IndexError, json.JSONDecodeError):
-                raise LabError(f"[{b.name}] echo agent printed no result: {eerr[-800:]}") from None
+            server = _agent_result(echo, b, "echo agent", timeout)
         finally:
             with deferred_interrupts():
                 echo.stop(3)
@@ -605,6 +600,16 @@ def one_run(provider, a, b, ip_b: str, port: int, impl: str, mode: str, count: i
     stats = [client["stats"], server.get("stats", {})]
     return {"rtts": rtts, "wire": wire, "pcap": pcap.name if pcap else None,
             "retransmits": sum(st.get("retransmits", 0) + st.get("fast_retransmits", 0) for st in stats)}
+
+
+def _agent_result(proc, host, what: str, timeout: float) -> dict:
+    """Wait for a started agent and read the JSON document it printed last."""
+    proc.wait(timeout)
+    out, err = proc.logs()
+    try:
+        return json.loads(out.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        raise LabError(f"[{host.name}] {what} printed no result: {err[-800:]}") from None
 
 
 def parse_numbers(spec: str, option: str, lo: float, hi: float) -> list[float]:
@@ -657,12 +662,7 @@ def bulk_run(a, b, ip_b: str, port: int, impl: str, mode: str, seconds: float) -
         b.wait_for_port(port, timeout=max(15.0, b.start_timeout), proto="tcp" if impl == "tcp" else "udp")
         a.run(agent_argv(a, "rudp", "source", "--to", f"{ip_b}:{port}", "--impl", impl, "--mode", mode,
                          "--seconds", seconds, "--timeout", timeout), timeout=timeout + 10)
-        sink.wait(timeout)
-        out, err = sink.logs()
-        try:
-            return json.loads(out.strip().splitlines()[-1])
-        except (IndexError, json.JSONDecodeError):
-            raise LabError(f"[{b.name}] sink agent printed no result: {err[-800:]}") from None
+        return _agent_result(sink, b, "sink agent", timeout)
     finally:
         with deferred_interrupts():
             sink.stop(3)
@@ -698,13 +698,8 @@ def udp_run(a, b, ip_b: str, port: int, variant: str, clients: int, seconds: flo
         res = a.run(agent_argv(a, "rudp", "udpload", "--to", f"{ip_b}:{port}", "--clients", clients,
                                "--seconds", seconds), timeout=seconds + 60)
         load = json.loads(res.stdout.strip().splitlines()[-1])
-        server.wait(serve_s + 30)
+        served = _agent_result(server, b, "udpserve", serve_s + 30)
         drops = udp_rcvbuf_errors(b) - drops0
-        out, err = server.logs()
-        try:
-            served = json.loads(out.strip().splitlines()[-1])
-        except (IndexError, json.JSONDecodeError):
-            raise LabError(f"[{b.name}] udpserve printed no result: {err[-800:]}") from None
     finally:
         with deferred_interrupts():
             server.stop(3)
