@@ -172,11 +172,6 @@ class Provider(ABC):
         """Work `up` needs that can run ahead of it, while nothing else waits (installing
         packages, building a box); nothing by default."""
 
-    def switch_netns(self, network: str) -> str | None:
-        """The network namespace on this machine whose bridge carries the LAN `network`
-        (what a lab may filter frames in, between hosts); None where there is none."""
-        return None
-
     def switch_port(self, host: str, network: str) -> tuple[str | None, str] | None:
         """Where `host`'s frames on the LAN `network` enter the bridge that carries it:
         (network namespace on this machine, or None for this machine's own; the bridge

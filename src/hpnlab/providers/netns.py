@@ -142,9 +142,6 @@ class NetnsProvider(Provider):
     def release_machine(self, progress: Progress = _quiet) -> list[str]:
         return _released(self.lab.name, progress)
 
-    def switch_netns(self, network: str) -> str | None:
-        return self.switch_ns if self.lab.networks[network].kind == "lan" else None
-
     def switch_port(self, host: str, network: str) -> tuple[str | None, str] | None:
         return (self.switch_ns, f"{host}-{network}") if self.lab.networks[network].kind == "lan" else None
 
