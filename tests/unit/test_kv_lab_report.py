@@ -49,5 +49,8 @@ def test_cpu_per_request_says_who_set_the_rate():
     assert "redis-server was busy 30% of the run" in text and "ours took 2.0× redis-server's CPU" in text
     assert "fakeredis took 20.0× our CPU per request" in text
     assert "fakeredis was busy 18% of its run while the same load drove redis-server 67× as fast" in text
+    assert "load average" not in text
+    d.update(load_before=["7.5", "6.0", "5.0"], environment={"machine": {"cpus": 2}})
+    assert "the machine's load average was 7.5 on 2 CPUs" in "\n".join(cpu_md(d))
     d["latency"]["redis"][1]["set"]["busy"] = 0.95                 # the server bound: no such claim
     assert "busy 95%" not in "\n".join(cpu_md(d)) and "set the rate" not in "\n".join(cpu_md(d))

@@ -385,6 +385,10 @@ def cpu_md(data: dict) -> list[str]:
                              "one GIL)")
     if not rows:
         return []
+    load, cpus = data.get("load_before"), data.get("environment", {}).get("machine", {}).get("cpus")
+    if load and cpus and float(load[0]) > cpus:
+        notes.append(f"the machine's load average was {load[0]} on {cpus} CPUs: a server that is not busy may "
+                     "also be waiting for a CPU, so there \"the round trip\" includes the machine's other work")
     return (["## Server CPU per request (CPU µs / request, share of the run the server was busy)", "",
              report.md_table(["test", "pipeline", "best of ours", "ours", "redis-server", "fakeredis (median run)"],
                              rows), ""] + [f"- {n}." for n in notes] + [""])
