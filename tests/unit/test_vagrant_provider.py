@@ -8,6 +8,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,27 @@ def test_lab_sysctls_are_checked_against_the_box_kernels_own_names(tmp_path, mon
     # another box: this machine's kernel again
     other = text.replace("provider: vagrant\n", "provider: vagrant\nvm: {box: debian/bookworm64}\n")
     assert parse_lab(other.replace("net.core.somaxconn", "net.ipv4.tcp_fastopen")).name
+
+
+def test_down_removes_the_nft_tables_a_killed_lab_run_left(tmp_path):
+    """Only the lab's own hpnlab_<what>_<lab> tables go (in a network namespace of the
+    test's own, so this machine's tables are never touched)."""
+    if os.geteuid() != 0 or not shutil.which("nft") or not shutil.which("unshare"):
+        pytest.skip("needs root, nft and unshare")
+    script = """
+import json, subprocess, sys
+from hpnlab.providers.vagrant import remove_lab_nft_tables
+for family, name in [("bridge", "hpnlab_pktgen_my_lab"), ("inet", "hpnlab_impair_my_lab"),
+                     ("bridge", "hpnlab_pktgen_other"), ("bridge", "hpnlab_pktgen_x_my_lab"), ("ip", "filter")]:
+    subprocess.run(["nft", "add", "table", family, name], check=True)
+removed = remove_lab_nft_tables("my-lab")
+left = sorted(t["table"]["name"] for t in json.loads(subprocess.run(["nft", "-j", "list", "tables"],
+              capture_output=True, text=True, check=True).stdout)["nftables"] if "table" in t)
+print(json.dumps({"removed": sorted(removed), "left": left}))
+"""
+    proc = subprocess.run(["unshare", "--net", sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["removed"] == ["bridge hpnlab_pktgen_my_lab", "inet hpnlab_impair_my_lab"]
+    assert out["left"] == ["filter", "hpnlab_pktgen_other", "hpnlab_pktgen_x_my_lab"]

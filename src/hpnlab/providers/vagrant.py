@@ -292,6 +292,8 @@ class VagrantProvider(Provider):
         self.spec_path.unlink(missing_ok=True)
         self.known_hosts_path.unlink(missing_ok=True)
         _remove_console_logs({*state.get("domains", []), *self.expected()["domains"]})
+        for table in remove_lab_nft_tables(self.lab.name):
+            progress(f"removed nftables table {table} (a lab run ended before removing it)")
         self.state.remove()
         if not keep_daemons:
             for what in vmsetup.stop_daemons(progress):
@@ -506,6 +508,23 @@ def _interesting(line: str) -> bool:
     return any(word in line for word in ("Creating domain", "Starting domain", "Waiting for domain",
                                          "Uploading base box", "Machine booted", "Running provisioner",
                                          "rror"))
+
+
+def remove_lab_nft_tables(lab: str) -> list[str]:
+    """Delete what a lab's runs left in this machine's nftables: the tables named
+    hpnlab_<what>_<lab> that a lab puts on the VMs' bridges here (pktgen's loss rule)
+    when the run was killed before it could remove them."""
+    listed = subprocess.run(["nft", "-j", "list", "tables"], capture_output=True, text=True)
+    if listed.returncode != 0:
+        return []
+    mine = re.compile(rf"hpnlab_[a-z]+_{re.escape(re.sub(r'[^0-9A-Za-z_]', '_', lab))}")
+    removed = []
+    for item in json.loads(listed.stdout).get("nftables", []):
+        table = item.get("table")
+        if table and mine.fullmatch(table["name"]):
+            subprocess.run(["nft", "delete", "table", table["family"], table["name"]], capture_output=True)
+            removed.append(f"{table['family']} {table['name']}")
+    return removed
 
 
 def _require_root() -> None:
