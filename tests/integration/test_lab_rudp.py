@@ -14,10 +14,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_kcp_scenario_loss_sweep_and_udp_concurrency(netns_lab, tmp_path):
-    args = build_parser(["lab"]).parse_args(["lab", "--results", str(tmp_path), "rudp", "--count", "25",
+    args = build_parser(["lab"]).parse_args(["lab", "--results", str(tmp_path), "rudp", "--count", "20",
                                              "--configs", "hpnlab:fast,ckcp:fast,tcp:nodelay",
                                              "--sweep", "10", "--sweep-configs", "quic:default",
-                                             "--sweep-count", "10", "--bulk-seconds", "0.5",
+                                             "--sweep-count", "5", "--bulk-seconds", "0.3",
                                              "--udp-clients", "16", "--udp-seconds", "0.3"])
     res = lab_module("rudp").run(netns_lab, args, lambda m: None)
     data = json.loads((res["dir"] / "data.json").read_text())
@@ -25,17 +25,17 @@ def test_kcp_scenario_loss_sweep_and_udp_concurrency(netns_lab, tmp_path):
     assert set(s) == {"hpnlab", "ckcp", "tcp"}
     for impl, mode in (("hpnlab", "fast"), ("ckcp", "fast")):
         row = s[impl][mode]
-        assert row["max_ms"] >= row["avg_ms"] > 0 and row["overhead"] > 0
+        assert row["max_ms"] >= row["avg_ms"] > 0 and row["overhead"] >= 0     # 0: no datagram was lost
     for run in data["runs"].values():
-        assert len(run["rtts"]) == 25
+        assert len(run["rtts"]) == 20
         assert min(run["rtts"]) >= 55          # the link's 60-125 ms RTT was really there
-    assert (res["dir"] / "hpnlab-fast.pcap").stat().st_size > 24 * 25
+    assert (res["dir"] / "hpnlab-fast.pcap").stat().st_size > 24 * 20
     assert data["simulated"]["hpnlab"]["fast"]["digest"] == data["simulated"]["ckcp"]["fast"]["digest"]
 
     sweep = data["loss_sweep"]["10"]
     assert set(sweep) == {"quic:default"}          # the other implementations take the same path
     for row in sweep.values():
-        assert len(row["rtts"]) == 10 and min(row["rtts"]) >= 55
+        assert len(row["rtts"]) == 5 and min(row["rtts"]) >= 55
         assert row["p99_ms"] >= row["p50_ms"] > 0 and row["goodput_mbps"] > 0
         assert row["overhead"] > 1                      # headers, ACKs and resends on top of the payload
     assert (res["dir"] / "latency_cdf_loss10.png").exists() and (res["dir"] / "goodput_vs_loss.png").exists()

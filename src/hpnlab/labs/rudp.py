@@ -419,14 +419,28 @@ def add_arguments(p) -> None:
     p.add_argument("--udp-workers", type=int, default=2, help="UDP concurrency: SO_REUSEPORT workers (default: 2)")
 
 
-def settle_grid(args, hosts) -> list[str]:
+def probe(hosts) -> dict[str, dict]:
+    """Per host, in one interpreter: is its CPU emulated, which of PYTHON_NEEDS's modules
+    does its Python lack."""
+    modules = [m for m, _ in PYTHON_NEEDS.values()]
+    code = ("import importlib, json\nfrom hpnlab.bench.probe import emulated_cpu\nmissing = []\n"
+            f"for m in {modules!r}:\n    try:\n        importlib.import_module(m)\n"
+            "    except Exception:\n        missing.append(m)\n"
+            "print(json.dumps({'emulated': emulated_cpu(), 'missing': missing}))")
+    out = {}
+    for h in hosts:
+        res = h.run([agent_argv(h, "rudp")[0], "-c", code], timeout=h.start_timeout + 60)
+        out[h.name] = json.loads(res.stdout.strip().splitlines()[-1])
+    return out
+
+
+def settle_grid(args, hosts, probed: dict[str, dict]) -> list[str]:
     """Fill the knobs not given: the full grid, the quick one, or the emulated one where the
     pinger's CPU is emulated (QEMU TCG); leave out of the defaults an implementation whose
     Python package a host lacks (guests reach no registry). Returns the notes saying so."""
-    from .pktgen import emulated
     notes = []
     grid = QUICK if args.quick else FULL
-    if not args.quick and emulated(hosts[0]):
+    if not args.quick and probed[hosts[0].name]["emulated"]:
         grid = EMULATED
         notes.append(f"{hosts[0].name}'s CPU is emulated (QEMU TCG): the knobs not given were cut to "
                      + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in EMULATED.items() if "configs" not in k))
@@ -434,26 +448,23 @@ def settle_grid(args, hosts) -> list[str]:
         if getattr(args, knob) is None:
             setattr(args, knob, value)
             if "configs" in knob:
-                setattr(args, knob, _installed(str(value), knob, hosts, notes))
+                setattr(args, knob, _installed(str(value), knob, hosts, probed, notes))
     return notes
 
 
-def _installed(spec: str, knob: str, hosts, notes: list[str]) -> str:
+def _installed(spec: str, knob: str, hosts, probed: dict[str, dict], notes: list[str]) -> str:
     keep = []
     for item in spec.split(","):
         impl = item.partition(":")[0]
         if impl in PYTHON_NEEDS:
-            missing = [h.name for h in hosts if not _importable(h, PYTHON_NEEDS[impl][0])]
+            module, fix = PYTHON_NEEDS[impl]
+            missing = [h.name for h in hosts if module in probed[h.name]["missing"]]
             if missing:
-                notes.append(f"{item} left out of --{knob.replace('_', '-')}: Python's {PYTHON_NEEDS[impl][0]} "
-                             f"is not importable on {', '.join(missing)} ({PYTHON_NEEDS[impl][1]} there)")
+                notes.append(f"{item} left out of --{knob.replace('_', '-')}: Python's {module} "
+                             f"is not importable on {', '.join(missing)} ({fix} there)")
                 continue
         keep.append(item)
     return ",".join(keep)
-
-
-def _importable(h, module: str) -> bool:
-    return h.run([agent_argv(h, "rudp")[0], "-c", f"import {module}"], check=False, timeout=60).ok
 
 
 def parse_configs(spec: str, option: str = "--configs") -> list[tuple[str, str]]:
@@ -471,7 +482,8 @@ def run(provider, args, step) -> dict:
     from ..topology.model import Impairment
     a, b, net = host_pair(provider, args.hosts, "pinger,echoer", args.network, tools=("nft",))
     need_tools("tcpdump")
-    notes = settle_grid(args, (a, b))
+    probed = probe((a, b))
+    notes = settle_grid(args, (a, b), probed)
     configs = parse_configs(args.configs)
     count = args.count
     if count < 1 or args.rounds < 1:
@@ -491,7 +503,7 @@ def run(provider, args, step) -> dict:
     for impl in sorted({i for i, _ in configs + sweep_configs} & set(PYTHON_NEEDS)):
         module, fix = PYTHON_NEEDS[impl]
         for h in (a, b):
-            if not _importable(h, module):
+            if module in probed[h.name]["missing"]:
                 raise LabError(f"[{h.name}] {impl} needs Python's {module}, not importable there ({fix}; "
                                f"or leave {impl} out of --configs/--sweep-configs)")
     if provider.lab.networks[net].impair:
