@@ -797,20 +797,27 @@ def plot(runs: dict, out: Path) -> str:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    styles = {"hpnlab": "-", "ckcp": "--"}
+    _cdf_plot(plt, {key: (r["rtts"], styles.get(r["impl"], ":")) for key, r in runs.items()}, out / "rtt_cdf.png")
+    return "rtt_cdf.png"
+
+
+def _cdf_plot(plt, series: dict[str, tuple[list, str]], path: Path, title: str | None = None) -> None:
+    """RTT CDFs, one line per label: (RTTs in ms, line style)."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for key, r in runs.items():
-        srt = sorted(r["rtts"])
-        ax.plot(srt, [(i + 1) / len(srt) for i in range(len(srt))], label=key,
-                ls="-" if r["impl"] == "hpnlab" else "--" if r["impl"] == "ckcp" else ":")
+    for label, (rtts, style) in series.items():
+        srt = sorted(rtts)
+        ax.plot(srt, [(i + 1) / len(srt) for i in range(len(srt))], label=label, ls=style)
     ax.set_xscale("log")
     ax.set_xlabel("RTT of an 8-byte message, ms (log)")
     ax.set_ylabel("fraction of messages")
+    if title:
+        ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "rtt_cdf.png", dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
-    return "rtt_cdf.png"
 
 
 def plot_sweep(sweep: dict, out: Path) -> list[str]:
@@ -820,20 +827,8 @@ def plot_sweep(sweep: dict, out: Path) -> list[str]:
     import matplotlib.pyplot as plt
     names = []
     for loss, rows in sweep.items():
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for key, r in rows.items():
-            srt = sorted(r["rtts"])
-            ax.plot(srt, [(i + 1) / len(srt) for i in range(len(srt))], label=key)
-        ax.set_xscale("log")
-        ax.set_xlabel("RTT of an 8-byte message, ms (log)")
-        ax.set_ylabel("fraction of messages")
-        ax.set_title(f"{loss} % round-trip loss")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
         names.append(f"latency_cdf_loss{loss}.png")
-        fig.savefig(out / names[-1], dpi=100)
-        plt.close(fig)
+        _cdf_plot(plt, {key: (r["rtts"], "-") for key, r in rows.items()}, out / names[-1], f"{loss} % round-trip loss")
     fig, ax = plt.subplots(figsize=(7, 4))
     losses = list(sweep)
     for key in next(iter(sweep.values())):
