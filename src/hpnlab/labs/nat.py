@@ -173,8 +173,12 @@ def run(provider, args, step) -> dict:
             step(f"{name}: ra {KINDS[kind_a][1]}; rb {KINDS[kind_b][1]}; {args.tries} tries")
             for (_peer, router, lan), kind in ((side["a"], kind_a), (side["b"], kind_b)):
                 router.run(["nft", "delete", "table", "ip", TABLE], check=False)
-                router.run(["nft", "-f", "-"], input=nat_rules(router.nic(lan).ifname, router.nic("wan").ifname,
-                                                               str(lab.networks[lan].subnet), kind))
+                # a file, not stdin: `seq`'s 1000-port map is more than an SSH channel's stdin took
+                rules = out / f"{name}-{router.name}.nft"
+                rules.write_text(nat_rules(router.nic(lan).ifname, router.nic("wan").ifname,
+                                           str(lab.networks[lan].subnet), kind))
+                router.put(rules, f"/tmp/{TABLE}.nft")
+                router.run(["nft", "-f", f"/tmp/{TABLE}.nft"])
             udp_port = base + 2 * args.tries * i
             rzp = rz.start(agent_argv(rz, "nat", "rendezvous", "--port", RZ_PORT, "--alt-ip", alt),
                            name=f"nat-rz-{i}")
