@@ -194,6 +194,7 @@ def test_nat_relay_when_both_nats_are_random(nat_run):
     data = json.loads((res["dir"] / "data.json").read_text())
     assert set(data["summary"]["cone-seq"]["udp"]) >= {"tries", "direct", "relayed", "failed", "median_ms"}
     assert "address and port-dependent mapping, sequential port assignment" in res["report"].read_text()
+    assert "make lab-p2p-nat PROVIDER=netns" in res["report"].read_text()     # the re-run names its provider
     # no NAT rule, no route is left behind
     for r in ("ra", "rb"):
         assert "hpnlab_nat" not in lab.host(r).run(["nft", "list", "tables"]).stdout

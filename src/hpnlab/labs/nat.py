@@ -469,7 +469,7 @@ def render(results: list[dict], args, env: dict) -> str:
           "Files: two pcaps per scenario, captured on each router's `wan` NIC (`<scenario>-ra.pcap`, "
           "`-rb.pcap`), `data.json` (per scenario `{tries, direct, relayed, failed, median_ms}` for UDP and "
           "TCP, and every try).", "",
-          report.environment_md(env), report.rerun_md(None, "lab-p2p-nat")]
+          report.environment_md(env), report.rerun_md(None, f"lab-p2p-nat PROVIDER={env['provider']}")]
     return "\n".join(L)
 
 
