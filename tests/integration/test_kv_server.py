@@ -434,3 +434,28 @@ def test_lru_and_lfu_eviction_keep_the_hot_keys_like_redis_server(pair, policy):
         # would keep about 35 of the 50
         assert kept >= 46 and evicted > 100, (limited, policy, kept, evicted)
     assert kv.object("freq" if policy.endswith("lfu") else "idletime", "~hot1") >= 0
+
+
+SYSTEM_PY = "/usr/bin/python3"
+
+
+def _bare_python() -> bool:
+    """Whether this machine has a python3 without hpnlab's dependencies, as the lab VMs do."""
+    return os.path.exists(SYSTEM_PY) and subprocess.run([SYSTEM_PY, "-c", "import rich"],
+                                                         capture_output=True).returncode != 0
+
+
+@pytest.mark.skipif(not _bare_python(), reason="no python3 without rich here to stand for a lab VM's")
+def test_kv_serve_runs_on_a_python_with_only_the_standard_library(tmp_path):
+    """On the lab VMs hpnlab is unpacked for the system python3 without its dependencies (no
+    rich): `python3 -m hpnlab.cli kv serve` - what the KV lab starts on h1 - must parse and serve."""
+    import hpnlab
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(Path(hpnlab.__file__).parents[1])}
+    proc = subprocess.Popen([SYSTEM_PY, "-m", "hpnlab.cli", "kv", "serve", "--port", str(port), "--dir", str(tmp_path)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_port(port, proc)
+        assert redis.Redis(port=port).ping()
+    finally:
+        stop(proc)

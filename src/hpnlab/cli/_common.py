@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from contextlib import contextmanager
@@ -26,26 +25,16 @@ console = Console(stderr=True, highlight=False)
 JSON_VERSION = 1
 
 
-# Argument types for numbers with a range: argparse reports a value out of it as
-# `argument --x: must be ...`, with the command's usage, before anything runs.
-def _number(kind: type, low: float, low_ok: bool, high: float = math.inf, what: str = ""):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") \
-                from None
-        if not math.isfinite(value) or value < low or (value == low and not low_ok) or value > high:
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
-        return value
-    parse.__name__ = what
-    return parse
-
-
-positive_int = _number(int, 0, False, what="an integer > 0")
-positive_float = _number(float, 0, False, what="a number > 0")
-non_negative = _number(float, 0, True, what="a number >= 0")
-tcp_port = _number(int, 1, True, 65535, what="a port 1 to 65535")
+# the argument types live in _args (standard library only: agents parse with them on hosts
+# without rich); re-exported here, where the subcommands have always found them
+from ._args import (  # noqa: E402, F401
+    add_up_option,
+    non_negative,
+    positive_float,
+    positive_int,
+    positive_int_list,
+    tcp_port,
+)
 
 
 def lab_name(text: str) -> str:
@@ -54,13 +43,6 @@ def lab_name(text: str) -> str:
     if not LAB_NAME_RE.fullmatch(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a lab name (lower-case letters, digits, '_' or '-', "
                                          "starting with a letter, at most 31)")
-    return text
-
-
-def positive_int_list(text: str) -> str:
-    """A comma list of integers > 0, checked (the command splits it itself)."""
-    for word in text.split(","):
-        positive_int(word.strip())
     return text
 
 
@@ -86,12 +68,6 @@ def print_json(command: str, payload: dict) -> None:
 
 def provider_from(args) -> Provider:
     return open_lab(args.lab, provider=args.provider)
-
-
-def add_up_option(parser: argparse.ArgumentParser) -> None:
-    """--up, which ensure_up() acts on."""
-    parser.add_argument("--up", action="store_true",
-                        help="bring the lab up and provision it first if it is not up (what `make lab-up` does)")
 
 
 def ensure_up(provider: Provider, args, step) -> None:

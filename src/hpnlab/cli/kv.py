@@ -11,7 +11,7 @@ def add_arguments(parser) -> None:
     from ..kv.index import INDEXES
     from ..kv.memory import POLICIES
     from ..servers import ENGINES
-    from ._common import add_up_option, positive_int, tcp_port
+    from ._args import add_up_option, positive_int, tcp_port  # not _common: guests have no rich
     sub = parser.add_subparsers(dest="kv_cmd", metavar="ACTION", required=True)
     serve = sub.add_parser("serve", help="run the store in the foreground until SIGTERM/SIGINT")
     serve.add_argument("--bind", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
