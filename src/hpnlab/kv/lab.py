@@ -98,7 +98,8 @@ def used_memory(client, ip: str, port: int) -> int:
 def measure(server_host, client, ip: str, port: int, argv: list[str], name: str, tests, requests: int,
             pipelines: tuple[int, ...], ordered: bool, fill: int, range_requests: int, step) -> dict[str, Any]:
     """Start one server on h1; fill it (memory per key, RANGE), empty it, run the benchmarks from h2; stop it."""
-    proc = server_host.start(argv, name=f"kvlab-{name}".replace("/", "-"))
+    # a name for the log files without blanks: an SSH host puts it unquoted in a shell command
+    proc = server_host.start(argv, name=f"kvlab-{name}".replace("/", "-").replace(" ", "-"))
     try:
         try:
             server_host.wait_for_port(port, timeout=30)
