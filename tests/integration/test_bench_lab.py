@@ -29,3 +29,14 @@ def test_bench_across_two_lab_hosts(netns_lab, tmp_path):
     for host in netns_lab.hosts().values():
         out = host.run(["ss", "-Htn", "state", "listening", "sport = :7392"], check=False).stdout
         assert out.strip() == ""
+
+
+def test_bench_runs_on_the_hosts_asked_for(netns_lab, tmp_path):
+    """--server-host/--client-host/--network choose the sides (here the other way round)."""
+    cfg = Config(engines=["epoll-lt"], conns=[10], sizes=[64], duration=0.5, warmup=0.2, repeats=1, max_extra=0,
+                 quiet_wait=0, syscalls=False, port=7394, server_host="h2", client_host="h1")
+    result = benchmark(cfg, "lab", netns_lab, argv=["hpnlab", "bench"], results_root=tmp_path, say=lambda m: None)
+    assert [c["status"] for c in result["cells"]] == ["ok"], result["cells"]
+    report = (result["dir"] / "report.md").read_text()
+    h1, h2 = netns_lab.host("h1").address("data"), netns_lab.host("h2").address("data")
+    assert f"server on lab host h2 ({h2})" in report and f"on lab host h1 ({h1})" in report

@@ -359,3 +359,13 @@ def test_a_goal_is_the_median_of_back_to_back_ratios_and_says_if_it_is_inside_th
     old = [_cell("uring", 100, 90.0), _cell("epoll-lt", 100, 100.0)]
     row = {g["goal"]: g for g in writeup.goals(old)}["uring ≥ epoll-lt req/s @100 conns, 64 B"]
     assert row["pass"] is False and "paired" not in row
+
+
+def test_lab_sides_problem_names_a_host_or_network_the_lab_lacks():
+    from hpnlab.bench.iomodels import lab_sides_problem
+    from hpnlab.topology import load_lab
+    lab = load_lab(Path(__file__).resolve().parents[2] / "lab.yml", provider="netns")
+    assert lab_sides_problem(lab, "h1", "h2", "data") is None
+    assert "--server-host h9: lab" in lab_sides_problem(lab, "h9", "h2", "data")
+    assert "--network nope" in lab_sides_problem(lab, "h1", "h2", "nope")
+    assert "both h1" in lab_sides_problem(lab, "h1", "h1", "data")

@@ -42,6 +42,9 @@ class Config:
     max_extra: int = 2              # extra runs allowed per cell for disturbed ones
     syscalls: bool = True
     syscall_duration: float = 1.0
+    server_host: str = "h1"         # lab mode: the engines run here ...
+    client_host: str = "h2"         # ... and the load generator here,
+    network: str = "data"           # over this network of the lab
     workers: list[int] = field(default_factory=list)   # for parallel engines; [] = the server host's CPUs
     # the grid to use instead when the server's CPU turns out to be emulated (TCG); {} = keep
     emulated_grid: dict = field(default_factory=dict)
@@ -461,6 +464,22 @@ class _LocalRunner:
         return SimpleNamespace(stdout=p.stdout, rc=p.returncode)
 
 
+def lab_sides_problem(lab, server: str, client: str, network: str) -> str | None:
+    """Why the lab cannot hold a server on `server` and its load on `client` over
+    `network` (None: it can)."""
+    if network not in lab.networks:
+        return f"--network {network}: lab {lab.name} has no such network (networks: {', '.join(sorted(lab.networks))})"
+    members = lab.networks[network].members
+    for role, name in (("server", server), ("client", client)):
+        if name not in lab.hosts:
+            return f"--{role}-host {name}: lab {lab.name} has no such host (hosts: {', '.join(sorted(lab.hosts))})"
+        if name not in members:
+            return f"--{role}-host {name} has no NIC on network {network} (its members: {', '.join(members)})"
+    if server == client:
+        return f"--server-host and --client-host are both {server}: the load generator needs a host of its own"
+    return None
+
+
 def sides_for(mode: str, provider=None, server: str = "h1", client: str = "h2",
               network: str = "data") -> tuple[Side, Side, dict]:
     """(server side, client side, hosts for the fingerprint)."""
@@ -525,7 +544,7 @@ def benchmark(cfg: Config, mode: str, provider=None, argv: list[str] | None = No
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:       # 10k connections: children inherit the raised limit
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    srv, cli, hosts = sides_for(mode, provider)
+    srv, cli, hosts = sides_for(mode, provider, cfg.server_host, cfg.client_host, cfg.network)
     say(f"server on {srv.describe()}; client on {cli.describe()}")
     started = time.time()
     out = results_dir("bench", results_root)

@@ -42,9 +42,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--results", metavar="DIR", help="results root (default: results/)")
     parser.add_argument("--render", metavar="RUN_DIR",
                         help="only re-write the report of an earlier run from its data.json")
-    parser.add_argument("--server-host", default="h1")
-    parser.add_argument("--client-host", default="h2")
-    parser.add_argument("--network", default="data")
+    parser.add_argument("--server-host", default="h1", help="lab mode: the host the engines run on (default: h1)")
+    parser.add_argument("--client-host", default="h2",
+                        help="lab mode: the host of the load generator (default: h2)")
+    parser.add_argument("--network", default="data", help="lab mode: the network between them (default: data)")
 
 
 def rerun_argv(args, cfg, mode: str) -> list[str]:
@@ -58,6 +59,8 @@ def rerun_argv(args, cfg, mode: str) -> list[str]:
         argv += ["--duration", f"{cfg.duration:g}", "--warmup", f"{cfg.warmup:g}",
                  "--repeats", str(cfg.repeats), "--quiet-wait", f"{cfg.quiet_wait:g}"]
     argv += ["--depth", str(cfg.depth), "--port", str(cfg.port)]
+    if mode == "lab":
+        argv += ["--server-host", cfg.server_host, "--client-host", cfg.client_host, "--network", cfg.network]
     if args.workers:
         argv += ["--workers", args.workers]
     if not cfg.syscalls:
@@ -68,7 +71,7 @@ def rerun_argv(args, cfg, mode: str) -> list[str]:
 
 
 def run(args) -> int:
-    from ..bench.iomodels import Config, benchmark, render
+    from ..bench.iomodels import Config, benchmark, lab_sides_problem, render
     from ..providers import ProviderError, open_lab
 
     if args.render:
@@ -98,7 +101,8 @@ def run(args) -> int:
                           exit_code=2) from None
     cfg = Config(engines=engines, conns=conns, sizes=sizes, duration=args.duration, warmup=args.warmup,
                  repeats=args.repeats, depth=args.depth, port=args.port, quiet_wait=args.quiet_wait,
-                 syscalls=not args.no_syscalls, workers=workers)
+                 syscalls=not args.no_syscalls, workers=workers, server_host=args.server_host,
+                 client_host=args.client_host, network=args.network)
     if not args.quick and (args.conns, args.duration, args.repeats) == ("1,10,100,1000,10000", 3.0, 3):
         # the defaults, on a server whose CPU QEMU emulates (the default VM lab): each run costs
         # many seconds of SSH and start-up there, and 10,000 connections do not fit a 1 GiB guest
@@ -135,6 +139,10 @@ def run(args) -> int:
         mode = "lab" if up else "loopback"
         if mode == "loopback":
             provider = None
+        elif provider is not None:
+            problem = lab_sides_problem(provider.lab, cfg.server_host, cfg.client_host, cfg.network)
+            if problem:
+                raise HpnlabError(problem, hint="`hpnlab status` shows the lab's hosts and networks", exit_code=2)
     console.print(f"hpnlab bench: mode {mode}")
     result = benchmark(cfg, mode, provider, argv=rerun_argv(args, cfg, mode), results_root=args.results,
                        say=lambda m: console.print(m), make_target=None)
