@@ -184,6 +184,13 @@ class _RefuseUnknown:
         raise self.host.host_key_error(key)
 
 
+def proc_base(name: str) -> str:
+    """Where a started process's .out/.err/.rc go on the host. The name is a label of the
+    caller's: only file-name-safe characters of it go into the path, which the launch line
+    and the later reads use unquoted."""
+    return f"{PROC_DIR}/{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}-{time.time_ns()}"
+
+
 class SshHost(Host):
     def __init__(self, spec, address: str, user: str = "root", key: str | Path | None = None,
                  port: int = 22, record: Callable[[dict], None] | None = None,
@@ -330,7 +337,7 @@ class SshHost(Host):
         shell = as_shell(cmd)
         first = shell.split()[0] if shell.split() else "proc"
         name = name or f"{Path(first).name}-{self._count}"
-        base = f"{PROC_DIR}/{name}-{time.time_ns()}"
+        base = proc_base(name)
         inner = f"{_env_prefix(env)}{shell}"
         # Only the setsid'd shell goes to the background (a `&` after `a && b && c`
         # would background the whole list, holding the SSH channel open until it ends).
