@@ -140,6 +140,21 @@ def peer(host, *args, timeout: float = 120.0) -> dict:
     return events[-1]
 
 
+def clock_offset(host, samples: int = 5) -> float:
+    """The host's clock minus this machine's, from the `date` sample with the shortest
+    round trip (its error is at most half that round trip): fresh VMs under TCG run
+    seconds apart, and the simultaneous cases give both sides one moment to act at."""
+    best: tuple[float, float] | None = None
+    for _ in range(samples):
+        t0 = time.time()
+        out = host.run(["date", "+%s.%N"], timeout=20).stdout
+        t1 = time.time()
+        if best is None or t1 - t0 < best[0]:
+            best = (t1 - t0, float(out) - (t0 + t1) / 2)
+    assert best is not None
+    return best[1]
+
+
 def _size(n: int) -> str:
     return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB"
 
@@ -163,6 +178,12 @@ class Suite:
         self.stack_extra = tuple(stack_extra)       # e.g. ("--impair", "loss=5,delay=20,jitter=5")
         self.results: list[dict] = []
         self.data: dict = {}
+        self.same_clock = provider.shares_kernel     # netns hosts read this machine's clock
+
+    def clock_offsets(self) -> tuple[float, float]:
+        """How far h1's and h2's clocks are ahead of this machine's (a moment given to a
+        host is this machine's time.time() plus its offset)."""
+        return (0.0, 0.0) if self.same_clock else (clock_offset(self.h1), clock_offset(self.h2))
 
     def app(self, *args, wait_for="listening") -> StackRun:
         """The stack with an app, started (it is stopped at the end of a `with`)."""
@@ -316,16 +337,19 @@ class Suite:
         def go():
             sport, lport = 40123, 40321
             with delay_line(self.h2, self.h2.nic(self.network).ifname, (lport, lport), delay_ms):
+                off1, off2 = self.clock_offsets()
                 at = time.time() + 4.0     # room for both programs to start on a loaded machine
+                at1, at2 = at + delay_ms / 2000 + off1, at + off2
                 with self._run("--app", "connect", "--connect", f"{self.peer_addr}:{lport}", "--bind-port", sport,
-                               "--start-at", f"{at + delay_ms / 2000:.6f}", "--timeout", 15).start("ready") as run:
-                    p = peer(self.h2, "simopen", self.addr, sport, lport, f"{at:.6f}", timeout=60)
+                               "--start-at", f"{at1:.6f}", "--timeout", 15).start("ready") as run:
+                    p = peer(self.h2, "simopen", self.addr, sport, lport, f"{at2:.6f}", timeout=60)
                     # connected, read Linux's greeting to its FIN, closed (slow on emulated VMs)
                     run.wait("stats", 90)
                     connects = [e for e in run.events if e.get("event") == "connect"]
                     opened, s = connects[0], connects[-1]   # at connect(); at the end, with the byte count
             path = [state for _, state in (s.get("conn") or {}).get("history", [])]
-            self.data["simultaneous_open"] = {"stack_path": path, "linux": p, "received": s.get("bytes")}
+            self.data["simultaneous_open"] = {"stack_path": path, "linux": p, "received": s.get("bytes"),
+                                              "clock_offsets_s": [round(off1, 4), round(off2, 4)]}
             ok = (p["error"] is None and opened.get("error") is None and "SYN_RECEIVED" in path
                   and "ESTABLISHED" in path and s.get("bytes") == len("hello from linux"))
             return ok, f"stack path {' > '.join(path)}; linux connect: {p['error'] or 'ok'}; " \
@@ -465,15 +489,18 @@ class Suite:
         def go():
             lport = 40555
             with delay_line(self.h2, self.h2.nic(self.network).ifname, (lport, lport), delay_ms):
+                off1, off2 = self.clock_offsets()
                 at = time.time() + 4.0
-                with kernel_tool(self.h2, "simclose", lport, f"{at:.6f}").start("listening") as closer:
+                at1, at2 = at + delay_ms / 2000 + off1, at + off2
+                with kernel_tool(self.h2, "simclose", lport, f"{at2:.6f}").start("listening") as closer:
                     with self._run("--app", "connect", "--connect", f"{self.peer_addr}:{lport}",
-                                   "--close-at", f"{at + delay_ms / 2000:.6f}", "--timeout", 15).start("ready") as run:
+                                   "--close-at", f"{at1:.6f}", "--timeout", 15).start("ready") as run:
                         run.wait("stats", 90)        # the app reports its "connect" events, then exits
                         s = [e for e in run.events if e.get("event") == "connect"][-1]
                     p = closer.wait("simclose", 30)
             path = [state for _, state in (s.get("conn") or {}).get("history", [])]
-            self.data["simultaneous_close"] = {"stack_path": path, "linux": p}
+            self.data["simultaneous_close"] = {"stack_path": path, "linux": p,
+                                               "clock_offsets_s": [round(off1, 4), round(off2, 4)]}
             ok = "CLOSING" in path and "TIME_WAIT" in path and "FIN_WAIT_2" not in path and p.get("time_wait")
             return ok, f"stack path {' > '.join(path)}; linux TIME-WAIT: {p.get('time_wait')}"
         self.record("tcp: simultaneous close with linux", go)
