@@ -54,12 +54,7 @@ def _ledger():
     fd = os.open(RUN_DIR / "machine.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            data = json.loads(ledger_path().read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            data = {}
-        for key in ("hugepages", "mounts", "sysctls"):
-            data.setdefault(key, {})
+        data = _read_ledger()
         yield data
         tmp = ledger_path().with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
@@ -69,7 +64,7 @@ def _ledger():
 
 
 def _read_ledger() -> dict:
-    """The ledger as it is now, for reading only (no lock: a dry run or a listing)."""
+    """The ledger as it is now (without the lock: for a dry run or a listing)."""
     try:
         data = json.loads(ledger_path().read_text())
     except (FileNotFoundError, json.JSONDecodeError):
