@@ -103,7 +103,10 @@ class Side:
 
     def run(self, argv: Sequence[str], timeout: float = 60.0) -> tuple[int, str, str]:
         if self.host is None:
-            p = subprocess.run([str(a) for a in argv], capture_output=True, check=False, text=True, timeout=timeout)
+            # a session of its own, as a command over SSH has: a look at /proc leaves out its own
+            # session's processes, which here would otherwise be the bench's and its callers'
+            p = subprocess.run([str(a) for a in argv], capture_output=True, check=False, text=True, timeout=timeout,
+                               start_new_session=True)
             return p.returncode, p.stdout, p.stderr
         r = self.host.run([str(a) for a in argv], timeout=timeout, check=False)
         return r.rc, r.stdout, r.stderr
