@@ -17,12 +17,7 @@ def test_messages_arrive_whole_and_in_order_under_loss_and_reordering():
     got: list[bytes] = []
     now = 0
     while now < 60_000 and len(got) < len(msgs):
-        for end, me in enumerate((client, server)):
-            me.update(now)
-            for d in me.pop_output():
-                link.send(end, d, now)
-            for d in link.deliver(end, now):
-                me.input(d, now)
+        link.step((client, server), now)
         while (m := server.recv()) is not None:
             got.append(m)
         now += 1

@@ -39,6 +39,18 @@ class Link:
             out.append(heapq.heappop(q)[2])
         return out
 
+    def step(self, ends, now: int, seen=None) -> None:
+        """One tick of both ends (0 and 1) on this link: each updates, puts its output on
+        the link (`seen(end, datagram)` looks at each first) and takes in what is due."""
+        for end, me in enumerate(ends):
+            me.update(now)
+            for d in me.pop_output():
+                if seen is not None:
+                    seen(end, d)
+                self.send(end, d, now)
+            for d in self.deliver(end, now):
+                me.input(d, now)
+
 
 def echo_scenario(a, b, link: Link, count: int, every_ms: int = 20, limit_ms: int = 3_600_000):
     """KCP's test.cpp on the virtual clock: `a` sends an 8-byte message (index, time) every
@@ -56,13 +68,7 @@ def echo_scenario(a, b, link: Link, count: int, every_ms: int = 20, limit_ms: in
         if sent < count and now >= sent * every_ms:
             a.send(msg.pack(sent, now))
             sent += 1
-        for end, me in enumerate((a, b)):
-            me.update(now)
-            for d in me.pop_output():
-                digest.update(msg.pack(end, now) + d)
-                link.send(end, d, now)
-            for d in link.deliver(end, now):
-                me.input(d, now)
+        link.step((a, b), now, lambda end, d, now=now: digest.update(msg.pack(end, now) + d))
         while (m := b.recv()) is not None:
             b.send(m)
         while (m := a.recv()) is not None:
