@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import signal
 import statistics
@@ -31,10 +30,10 @@ from pathlib import Path
 
 from .. import report
 from ..pktgen.templates import PROTOS, Traffic, TrafficError, parse_rate, parse_sizes, size_label
+from ..providers import lab_nft_table
 from ._kit import LabError, agent_python, deferred_interrupts, host_pair
 
 HELP = "DPDK packet generator vs dpdk-testpmd txonly (pps per size), receiver loss/reorder/latency"
-NFT_TABLE = "hpnlab_pktgen"
 GOAL = 0.9
 
 # The full grid, and the one used when the sender's CPU is emulated (QEMU TCG: the default
@@ -241,7 +240,7 @@ class Loss:
             raise LabError(f"network {network} has no switch this machine can filter in")
         self.ns, self.port = where
         self.pct = pct
-        self.table = NFT_TABLE + "_" + re.sub(r"\W", "_", provider.lab.name)
+        self.table = lab_nft_table("pktgen", provider.lab.name)
         self.threshold = round(pct / 100 * 1_000_000)
 
     def nft(self, *args: str) -> str:

@@ -8,6 +8,7 @@ the hosts of a running lab.
 from __future__ import annotations
 
 import importlib
+import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -24,6 +25,12 @@ Progress = Callable[[str], None]
 
 def _quiet(_msg: str) -> None:
     pass
+
+
+def lab_nft_table(what: str, lab: str) -> str:
+    """The nftables table a lab run makes in this machine's namespace (pktgen's loss rule
+    on the VMs' bridge); `vagrant down` removes those a killed run left."""
+    return f"hpnlab_{what}_{re.sub(r'[^0-9A-Za-z_]', '_', lab)}"
 
 
 class ProviderError(HpnlabError, RuntimeError):
