@@ -1,6 +1,7 @@
 """`hpnlab kv serve …` — the Redis-compatible KV store (course §9.1) on an I/O engine.
 
     hpnlab kv serve --port 6380 --engine uvloop --index skiplist --appendonly yes --dir /tmp/kv
+    hpnlab kv serve --engine ustack --ifname eth1 --ip 10.77.1.101/24   # on the user-space stack
 """
 from __future__ import annotations
 
@@ -10,13 +11,16 @@ HELP = "the KV store: serve RESP2/RESP3 (redis-cli, redis-benchmark, redis-py) o
 def add_arguments(parser) -> None:
     from ..kv.index import INDEXES
     from ..kv.memory import POLICIES
+    from ..kv.serve import STACK
     from ..servers import ENGINES
+    from ..ustack.run import add_nic_arguments
     from ._args import add_up_option, positive_int, tcp_port  # not _common: guests have no rich
     sub = parser.add_subparsers(dest="kv_cmd", metavar="ACTION", required=True)
     serve = sub.add_parser("serve", help="run the store in the foreground until SIGTERM/SIGINT")
-    serve.add_argument("--bind", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--bind", help="address to listen on (default 127.0.0.1; --engine ustack: --ip)")
     serve.add_argument("--port", type=tcp_port, default=6379)
-    serve.add_argument("--engine", default="epoll-lt", choices=list(ENGINES), help="I/O engine (default epoll-lt)")
+    serve.add_argument("--engine", default="epoll-lt", choices=[*ENGINES, STACK],
+                       help=f"I/O engine (default epoll-lt; {STACK}: the user-space TCP/IP stack on --ifname)")
     serve.add_argument("--index", default="hash", choices=list(INDEXES), help="keyspace index (default hash)")
     serve.add_argument("--workers", type=positive_int, help="epoll-threads/epoll-acceptor: threads (default: CPUs)")
     serve.add_argument("--appendonly", default="no", choices=("yes", "no"))
@@ -27,6 +31,8 @@ def add_arguments(parser) -> None:
     serve.add_argument("--maxmemory", default="0", metavar="SIZE",
                        help="limit on the dataset's estimated size (100mb, 1gb...; 0: none)")
     serve.add_argument("--maxmemory-policy", default="noeviction", choices=POLICIES)
+    add_nic_arguments(serve.add_argument_group(f"--engine {STACK}: the NIC the stack takes (as `hpnlab ustack serve`)"),
+                      required=False)
     lab = sub.add_parser("lab", help="the store on h1 vs redis-server, redis-benchmark from h2; into results/kv/")
     add_up_option(lab)
     lab.add_argument("--hosts", default="h1,h2", help="server,client (default h1,h2)")
@@ -59,13 +65,32 @@ def run(args) -> int:
     maxmemory = parse_size(args.maxmemory)
     if maxmemory is None:
         raise KVError(f"--maxmemory {args.maxmemory!r}: a size such as 0, 4096, 100mb or 1gb")
-    config = {"bind": args.bind, "port": args.port, "engine": args.engine, "index": args.index,
+    nic = stack_options(args)
+    config = {"bind": args.bind or "127.0.0.1", "port": args.port, "engine": args.engine, "index": args.index,
               "appendonly": args.appendonly, "appendfsync": args.appendfsync, "dir": args.dir,
               "requirepass": args.requirepass, "maxclients": args.maxclients,
               "maxmemory": maxmemory, "maxmemory-policy": args.maxmemory_policy}
     from ..servers.__main__ import raise_nofile
     raise_nofile()
-    return serve(config, args.workers)
+    return serve(config, args.workers, nic)
+
+
+def stack_options(args):
+    """--engine ustack's NIC options (ifname and ip required, --bind refused: the stack's
+    address is --ip); on a kernel engine they are refused."""
+    from ..kv.serve import STACK, KVError
+    given = [f"--{k.replace('_', '-')}" for k in ("ifname", "ip", "mac", "gateway", "tap_kernel_ip", "impair")
+             if getattr(args, k) is not None] + (["--offload"] if args.offload else [])
+    if args.engine != STACK:
+        if given or args.driver != "afpacket":
+            raise KVError(f"{', '.join(given) or '--driver'}: only with --engine {STACK} (the stack's NIC)")
+        return None
+    missing = [o for o in ("--ifname", "--ip") if o not in given]
+    if missing:
+        raise KVError(f"--engine {STACK} needs {' and '.join(missing)} (the NIC the stack takes, its own address)")
+    if args.bind is not None:
+        raise KVError(f"--bind {args.bind}: --engine {STACK} listens on the stack's own address, --ip")
+    return args
 
 
 def run_lab(args) -> int:

@@ -28,16 +28,26 @@ from .stack import Stack
 APPS = ["echo", "reactor", "thread-echo", "discard", "sink", "source", "http", "udp-echo", "ping", "connect"]
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def add_nic_arguments(p, required: bool = True) -> None:
+    """The options that open the stack on a NIC (open_net reads them); also `kv serve --engine ustack`'s."""
     p.add_argument("--driver", choices=DRIVERS, default="afpacket",
                    help="afpacket: a TPACKET_V2 ring (a frame at a time); afpacket-v3: a TPACKET_V3 ring "
                         "(blocks of frames, up to a block timeout of latency); tap: a TAP device")
-    p.add_argument("--ifname", required=True, help="the NIC to take (afpacket) or the TAP device to make")
-    p.add_argument("--ip", required=True, metavar="ADDR/LEN", help="the stack's own address, e.g. 10.77.2.101/24")
+    p.add_argument("--ifname", required=required, help="the NIC to take (afpacket) or the TAP device to make")
+    p.add_argument("--ip", required=required, metavar="ADDR/LEN",
+                   help="the stack's own address, e.g. 10.77.2.101/24")
     p.add_argument("--mac", help="the stack's MAC (default: a random locally administered one)")
     p.add_argument("--gateway", help="next hop for addresses off the subnet")
     p.add_argument("--tap-kernel-ip", metavar="ADDR/LEN",
                    help="tap: give the kernel's side of the device this address and bring it up")
+    p.add_argument("--offload", action="store_true",
+                   help="leave TCP checksums and segmentation to the kernel (virtio-net header: TSO)")
+    p.add_argument("--impair", metavar="loss=PCT,delay=MS,jitter=MS",
+                   help="impair the stack's own egress (netem's knobs; jitter reorders)")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_nic_arguments(p)
     p.add_argument("--app", choices=APPS, default="echo",
                    help="reactor: hpnlab.servers' epoll-lt engine, unchanged, on the stack's epoll; "
                         "thread-echo: a thread per connection on blocking sockets")
@@ -60,10 +70,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: never)")
     p.add_argument("--trace", action="store_true", help="record cwnd/ssthresh/RTT/flight of bulk connections")
     p.add_argument("--stats", metavar="FILE", help="write counters and connection traces here at exit")
-    p.add_argument("--offload", action="store_true",
-                   help="leave TCP checksums and segmentation to the kernel (virtio-net header: TSO)")
-    p.add_argument("--impair", metavar="loss=PCT,delay=MS,jitter=MS",
-                   help="impair the stack's own egress (netem's knobs; jitter reorders)")
 
 
 def _report(obj: dict) -> None:
