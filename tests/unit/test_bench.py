@@ -369,3 +369,25 @@ def test_lab_sides_problem_names_a_host_or_network_the_lab_lacks():
     assert "--server-host h9: lab" in lab_sides_problem(lab, "h9", "h2", "data")
     assert "--network nope" in lab_sides_problem(lab, "h1", "h2", "nope")
     assert "both h1" in lab_sides_problem(lab, "h1", "h1", "data")
+
+
+def test_an_emulated_server_gets_a_grid_cut_to_fit_and_the_report_says_what_was_cut():
+    from hpnlab.bench.iomodels import cut_for_emulated, failed_cells
+    from hpnlab.cli import build_parser
+    from hpnlab.cli.bench import config_from
+
+    def cfg_of(*argv):
+        return config_from(build_parser(["bench"]).parse_args(["bench", *argv]))
+
+    full = cfg_of()
+    assert full.groups() == [(s, c) for s in (64, 4096) for c in (1, 10, 100, 1000, 10000)]  # not cut here
+    cut_for_emulated(full)
+    assert full.groups() == [(64, 100), (64, 1000), (4096, 100)]
+    assert (full.duration, full.repeats, full.syscalls) == (4.0, 1, False)
+    assert "no 1000 connections × 4096 B group" in full.grid_note and "h there" in full.grid_note
+    assert {(c["size"], c["conns"]) for c in failed_cells(full, "x")} == set(full.groups())
+    one_size = cfg_of("--sizes", "64")          # the 4 KiB group is not there to leave out
+    cut_for_emulated(one_size)
+    assert one_size.groups() == [(64, 100), (64, 1000)] and "× 4096 B" not in one_size.grid_note
+    asked = cfg_of("--conns", "100,1000")       # a grid asked for is run as asked
+    assert asked.emulated_grid == {} and len(asked.groups()) == 4

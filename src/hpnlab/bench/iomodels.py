@@ -50,9 +50,14 @@ class Config:
     emulated_grid: dict = field(default_factory=dict)
     emulated_why: str = ""          # why that grid, in the report's words
     grid_note: str = ""             # why the grid is not the one asked for (said in the report)
+    left_out: list[list[int]] = field(default_factory=list)   # [size, conns] groups of the grid not run
     # what the server's host said (probe): engines it cannot run, and why; which are parallel
     unavailable: dict[str, str] = field(default_factory=dict)
     parallel: dict[str, bool] = field(default_factory=dict)
+
+    def groups(self) -> list[tuple[int, int]]:
+        """The (size, connections) groups to run: sizes x connections, less those left out."""
+        return [(s, c) for s in self.sizes for c in self.conns if [s, c] not in self.left_out]
 
 
 def _wait_marker(handle, marker: str, timeout: float, interval: float = 0.005) -> float | None:
@@ -435,7 +440,7 @@ def run_group(cfg: Config, conns: int, size: int, srv: Side, cli: Side, say=prin
 def run_grid(cfg: Config, srv: Side, cli: Side, say=print, checkpoint=None) -> list[dict]:
     """All groups; `checkpoint(cells)` after each, so a long run that dies keeps its data."""
     cells: list[dict] = []
-    groups = [(size, conns) for size in cfg.sizes for conns in cfg.conns]
+    groups = cfg.groups()
     quiet = procstat.QuietWaiter(cfg.quiet_wait, cfg.quiet_threshold, say)
     for n, (size, conns) in enumerate(groups, 1):
         say(f"[{n}/{len(groups)}] conns={conns} size={size}: {', '.join(cfg.engines)}")
@@ -510,13 +515,7 @@ def prepare(cfg: Config, srv: Side, cli: Side, say=print) -> tuple[dict, str | N
     cfg.parallel = {e: True for e in answer.get("parallel", [])}
     cfg.workers = cfg.workers or [answer["cpus"]]
     if answer.get("emulated") and cfg.emulated_grid:
-        for knob, value in cfg.emulated_grid.items():
-            setattr(cfg, knob, value)
-        cfg.grid_note = ("the server host's CPU is emulated (QEMU TCG), so the grid was set to "
-                         + ", ".join(f"{k} {v}" for k, v in cfg.emulated_grid.items() if k != "syscalls")
-                         + f" ({cfg.emulated_why})")
-        if not cfg.syscalls:
-            cfg.grid_note += "; syscalls were not counted (that is one more run per cell)"
+        cut_for_emulated(cfg)
         say(f"  {cfg.grid_note}")
     srv.syscall_tool = answer.get("syscall_tool")
     for engine, why in cfg.unavailable.items():
@@ -527,10 +526,22 @@ def prepare(cfg: Config, srv: Side, cli: Side, say=print) -> tuple[dict, str | N
     return answer, None
 
 
+def cut_for_emulated(cfg: Config) -> None:
+    """Set the knobs of cfg.emulated_grid (the server's CPU is emulated) and say so in cfg.grid_note."""
+    for knob, value in cfg.emulated_grid.items():
+        setattr(cfg, knob, value)
+    said = [f"{k} {v}" for k, v in cfg.emulated_grid.items() if k not in ("syscalls", "left_out")]
+    said += [f"no {c} connections × {s} B group" for s, c in cfg.emulated_grid.get("left_out", [])]
+    cfg.grid_note = (f"the server host's CPU is emulated (QEMU TCG), so the grid was set to {', '.join(said)} "
+                     f"({cfg.emulated_why})")
+    if not cfg.syscalls:
+        cfg.grid_note += "; syscalls were not counted (that is one more run per cell)"
+
+
 def failed_cells(cfg: Config, reason: str) -> list[dict]:
     """Every cell of the grid, failed for one reason (nothing could run)."""
     return [{"engine": e, "workers": w, "conns": c, "size": s, "status": "error", "reason": reason, "runs": []}
-            for s in cfg.sizes for c in cfg.conns for e, w in lineup(cfg)]
+            for s, c in cfg.groups() for e, w in lineup(cfg)]
 
 
 def benchmark(cfg: Config, mode: str, provider=None, argv: list[str] | None = None,
