@@ -14,6 +14,12 @@ The zip carries sources only; `build`, run on the host by the role, compiles the
 parts there (the bench's C load generator into <prefix>/bin, the liburing binding beside
 its package) with the host's own compiler and headers, which the hpnlab box carries.
 A part the host cannot build is reported, not fatal: the bench names it and its fix.
+
+`pack` also zips VENDOR - the PyPI distributions labs import on hosts that no Debian
+package carries (C ikcp's binding, aioquic) - with what they require, from the
+controller's own environment; the role unpacks them into <prefix>/vendor, which is NOT
+on the system python's path (the copies would shadow Debian's cffi and friends for every
+program): a lab agent that needs them calls `use_vendor()`.
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
 FINGERPRINT = "FINGERPRINT"        # in the prefix, written by the role after unpacking
+VENDOR = ("kcp", "aioquic")        # the rudp lab's C ikcp and QUIC (guests reach no package index)
 
 
 def installed_prefix() -> Path | None:
@@ -64,6 +71,67 @@ def pack(directory: Path) -> dict:
             if old != target:
                 old.unlink(missing_ok=True)
     return {"fingerprint": fp, "zip": str(target)}
+
+
+def vendor_closure(names: tuple[str, ...] = VENDOR) -> list:
+    """The installed distributions `names` and, transitively, what they require here (markers
+    evaluated for this interpreter, no extras), sorted by name."""
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+    seen: dict = {}
+    todo = list(names)
+    while todo:
+        name = canonicalize_name(todo.pop())
+        if name in seen:
+            continue
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            raise RuntimeError(f"{name} is not installed here, so it cannot be copied to the lab hosts "
+                               f"(`make setup` installs it)") from None
+        seen[name] = dist
+        for spec in dist.requires or ():
+            req = Requirement(spec)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+    return [seen[n] for n in sorted(seen)]
+
+
+def pack_vendor(directory: Path, names: tuple[str, ...] = VENDOR) -> dict:
+    """Write DIR/vendor-<fingerprint>.zip (the files of `names` and their requirements, as they
+    sit in site-packages) unless it is there; the fingerprint hashes the names and versions."""
+    dists = vendor_closure(names)
+    fp = hashlib.sha256(" ".join(f"{d.metadata['Name']}=={d.version}" for d in dists).encode()).hexdigest()[:16]
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / f"vendor-{fp}.zip"
+    if not target.exists():
+        tmp = target.with_suffix(".zip.part")
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+            for dist in dists:
+                for f in dist.files or ():
+                    local = Path(str(dist.locate_file(f)))
+                    if f.parts[0] != ".." and "__pycache__" not in f.parts and local.is_file():
+                        zf.write(local, f.as_posix())
+        tmp.replace(target)
+        for old in directory.glob("vendor-*.zip"):
+            if old != target:
+                old.unlink(missing_ok=True)
+    return {"vendor_fingerprint": fp, "vendor_zip": str(target),
+            "vendor": [f"{d.metadata['Name']}=={d.version}" for d in dists]}
+
+
+def use_vendor() -> Path | None:
+    """Put <prefix>/vendor (the role's copy of VENDOR) first on this process's path, if this
+    package is the role's copy and the vendor directory is there; return it."""
+    prefix = installed_prefix()
+    vendor = prefix / "vendor" if prefix else None
+    if vendor is None or not vendor.is_dir():
+        return None
+    if str(vendor) not in sys.path:
+        sys.path.insert(0, str(vendor))
+    return vendor
 
 
 def _uring_binding() -> Path:
@@ -130,8 +198,17 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("pack", help="zip the hpnlab package into DIR (if not there); print JSON")
     p.add_argument("directory", type=Path)
+    p = sub.add_parser("pack-vendor", help=f"zip {', '.join(VENDOR)} and what they require into DIR; print JSON")
+    p.add_argument("directory", type=Path)
     sub.add_parser("build", help="build the native parts here (load generator, liburing binding); print JSON")
     args = parser.parse_args(argv)
+    if args.cmd == "pack-vendor":
+        try:
+            print(json.dumps(pack_vendor(args.directory)))
+        except RuntimeError as exc:
+            print(f"labcode pack-vendor: {exc}", file=sys.stderr)
+            return 1
+        return 0
     print(json.dumps(pack(args.directory) if args.cmd == "pack" else build()))
     return 0
 

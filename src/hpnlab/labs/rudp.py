@@ -53,7 +53,9 @@ QUICK = {**FULL, "count": 200, "sweep": "0,10,20", "sweep_count": 100, "bulk_sec
 # QEMU TCG runs Python some 10-50x slower: the ARQ's 1 ms loop and the delay line lag behind
 EMULATED = {**FULL, "count": 300, "sweep": "0,10,20", "sweep_count": 150, "bulk_seconds": 2.0,
             "udp_clients": "16,64", "udp_seconds": 2.0}
-PYTHON_NEEDS = {"ckcp": ("kcp.extension", "pip install kcp"), "quic": ("aioquic", "pip install aioquic")}
+# on VMs and machines the labcode role puts them in <prefix>/vendor (labcode.VENDOR), here the venv has them
+_FIX = "`make setup` here; on VMs and machines `make lab-up` (the labcode role) copies it"
+PYTHON_NEEDS = {"ckcp": ("kcp.extension", _FIX), "quic": ("aioquic", _FIX)}
 CONV = 0x68706E6C
 IMPLS = ("hpnlab", "ckcp", "tcp", "quic")
 CHUNK = 1024                                   # bulk runs: bytes per message
@@ -423,7 +425,8 @@ def probe(hosts) -> dict[str, dict]:
     """Per host, in one interpreter: is its CPU emulated, which of PYTHON_NEEDS's modules
     does its Python lack."""
     modules = [m for m, _ in PYTHON_NEEDS.values()]
-    code = ("import importlib, json\nfrom hpnlab.bench.probe import emulated_cpu\nmissing = []\n"
+    code = ("import importlib, json\nfrom hpnlab.bench.probe import emulated_cpu\n"
+            "from hpnlab.labcode import use_vendor\nuse_vendor()\nmissing = []\n"
             f"for m in {modules!r}:\n    try:\n        importlib.import_module(m)\n"
             "    except Exception:\n        missing.append(m)\n"
             "print(json.dumps({'emulated': emulated_cpu(), 'missing': missing}))")
@@ -1010,6 +1013,8 @@ def render(runs, s, simulated, count, one_way, mechanism, a, b, env, png, args) 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..labcode import use_vendor
+    use_vendor()                           # C ikcp's binding and aioquic, on VMs and machines
     return dispatch("rudp", {"echo": echo_main, "ping": ping_main, "sink": sink_main, "source": source_main,
                              "udpserve": udpserve_main, "udpload": udpload_main}, argv)
 
