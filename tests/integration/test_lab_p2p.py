@@ -181,6 +181,9 @@ def test_nat_birthday_punching_through_a_random_nat(nat_run):
         assert methods == {"birthday"} and outcomes <= {"direct-hole-punch", "direct-simultaneous-open"}, row[proto]
         assert all(0 < t["probes"] < 2048 for t in row[proto]["tries"]), row[proto]["tries"]
         assert row[proto]["birthday"]["expected_probes"] == round(64512 / 256)
+        # the deadline came from this host's measured probe costs (both peers agreed on it)
+        assert all(t["deadline_s"] >= 1.0 and "1741 probes" in t["deadline_why"] for t in row[proto]["tries"])
+        assert all(t["probe_rate"] > 0 for t in row[proto]["tries"])
 
 
 def test_nat_relay_when_both_nats_are_random(nat_run):
@@ -190,11 +193,13 @@ def test_nat_relay_when_both_nats_are_random(nat_run):
         s = row[proto]["summary"]
         assert s["failed"] == 0 and s["relayed"] >= 1 and s["direct"] + s["relayed"] == 2, s
         assert row[proto]["birthday"]["both_hard"] and row[proto]["birthday"]["bound_p_direct"] < 0.01
+        assert {(t["deadline_s"], t["deadline_why"]) for t in row[proto]["tries"]} == {(0.3, "fixed (--deadline)")}
     # data.json holds the issue's per-scenario summary; the report names each NAT by RFC 4787's terms
     data = json.loads((res["dir"] / "data.json").read_text())
     assert set(data["summary"]["cone-seq"]["udp"]) >= {"tries", "direct", "relayed", "failed", "median_ms"}
     assert "address and port-dependent mapping, sequential port assignment" in res["report"].read_text()
     assert "make lab-p2p-nat PROVIDER=netns" in res["report"].read_text()     # the re-run names its provider
+    assert "round trip to rz ms" in res["report"].read_text()                 # the deadline's inputs
     # no NAT rule, no route is left behind
     for r in ("ra", "rb"):
         assert "hpnlab_nat" not in lab.host(r).run(["nft", "list", "tables"]).stdout

@@ -116,7 +116,9 @@ def add_arguments(p) -> None:
                    help=f"NAT pairs (ra's kind-rb's kind; kinds: {', '.join(KINDS)}); default: all of "
                         f"{','.join(SCENARIOS)}")
     p.add_argument("--tries", type=int, default=20, help="tries per scenario (default: 20)")
-    p.add_argument("--deadline", type=float, default=1.0, help="seconds a direct attempt may take before the relay")
+    p.add_argument("--deadline", type=traversal.deadline_arg, default=None,
+                   help="seconds a direct attempt may take before the relay, or auto (the default): per try from "
+                        "the probe costs and round trips the peers measure on their hosts")
     p.add_argument("--relay-deadline", type=float, default=2.0, help="seconds for the relay (0: no relay)")
     p.add_argument("--hard-sockets", type=int, default=256, help="sockets a random-allocation side opens")
     p.add_argument("--probes", type=int, default=2048, help="random ports the other side probes at most")
@@ -132,7 +134,7 @@ def run(provider, args, step) -> dict:
                        "labs/p2p/nat.yml (`hpnlab --lab labs/p2p/nat.yml lab --up nat`)")
     scenarios = parse_scenarios(args.scenarios)
     for flag, value, lo, hi in (("--tries", args.tries, 1, MAX_TRIES), ("--hard-sockets", args.hard_sockets, 1, 4096),
-                                ("--probes", args.probes, 1, N_PORTS), ("--deadline", args.deadline, 0.05, 60),
+                                ("--probes", args.probes, 1, N_PORTS),
                                 ("--relay-deadline", args.relay_deadline, 0, 60)):
         if not lo <= value <= hi:
             raise LabError(f"{flag} must be {lo:g} to {hi:g} (got {value:g})")
@@ -157,7 +159,8 @@ def run(provider, args, step) -> dict:
     env = report.fingerprint(provider, ["net.ipv4.ip_forward", "net.netfilter.nf_conntrack_udp_timeout"], hosts)
     results, agents = [], {}
     undo: list[tuple] = []                  # (host, argv) that takes back what the lab added
-    per_try = 2 * (args.deadline + args.relay_deadline + 1.5) if args.tcp else args.deadline + args.relay_deadline + 1.5
+    one = (args.deadline or traversal.CAP) + args.relay_deadline + 1.5
+    per_try = 2 * one if args.tcp else one
     try:
         rz.run(["ip", "addr", "replace", rz_wan, "dev", rz.nic("wan").ifname])
         undo.append((rz, ["ip", "addr", "del", rz_wan, "dev", rz.nic("wan").ifname]))
@@ -186,7 +189,7 @@ def run(provider, args, step) -> dict:
                 rz.wait_for_port(RZ_PORT)
                 common = ["--rz", f"{ips['rz']}:{RZ_PORT}", "--rz-alt", alt,
                           "--udp-port", udp_port, "--tcp-port", udp_port + args.tries,
-                          "--tries", args.tries, "--deadline", args.deadline,
+                          "--tries", args.tries, "--deadline", args.deadline or "auto",
                           "--relay-deadline", args.relay_deadline, "--hard-sockets", args.hard_sockets,
                           "--probes", args.probes, "--tcp" if args.tcp else "--no-tcp",
                           "--reuse" if args.reuse else "--no-reuse"]
@@ -278,7 +281,13 @@ def summarise(rows: list[dict]) -> dict:
             "failed": sum(r["proven"] == "failed" for r in rows),
             "median_ms": round(statistics.median(times), 1) if times else None,
             "median_direct_ms": round(statistics.median([r["ms"] for r in direct]), 1) if direct else None,
+            "deadline_s": _median([r.get("deadline_s") for r in rows]),
             "claims_not_in_pcap": sum(r["claimed"] != "failed" and r["proven"] == "failed" for r in rows)}
+
+
+def _median(xs: list) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return round(statistics.median(xs), 3) if xs else None
 
 
 def on_udp_mapping(rows: list[dict]) -> dict:
@@ -313,7 +322,8 @@ def analyse(name: str, kind_a: str, kind_b: str, res: dict, segs_a: list, segs_b
     flows = {"a": _flows(segs_a), "b": _flows(segs_b)}
     out: dict = {"scenario": name, "nat_a": kind_a, "nat_b": kind_b,
                  "rfc4787_a": KINDS[kind_a][1], "rfc4787_b": KINDS[kind_b][1],
-                 "rz_clock": {p: res[p].get("rz_clock") for p in ("pa", "pb")}}
+                 "rz_clock": {p: res[p].get("rz_clock") for p in ("pa", "pb")},
+                 "pace": {p: res[p].get("pace") for p in ("pa", "pb")}}
     for proto in ("udp", "tcp"):
         rows = []
         for ta, tb in zip(res["pa"]["tries"], res["pb"]["tries"]):
@@ -326,6 +336,8 @@ def analyse(name: str, kind_a: str, kind_b: str, res: dict, segs_a: list, segs_b
                          if a.get("outcome") == b.get("outcome") else "failed", "proven": proven,
                          "handshake": shape, "role": easy_side.get("role"), "probes": easy_side.get("probes"),
                          "ms": max(a.get("ms") or 0, b.get("ms") or 0) or None,
+                         "deadline_s": max(a.get("deadline_s") or 0, b.get("deadline_s") or 0) or None,
+                         "deadline_why": a.get("deadline_why"), "probe_rate": easy_side.get("probe_rate"),
                          "on_udp_mapping": "udp_mapping" in a and "udp_mapping" in b,
                          "a_mapping": a.get("nat"), "b_mapping": b.get("nat"),
                          "errors": [x for x in (a.get("error"), b.get("error")) if x]})
@@ -382,11 +394,46 @@ def _short(rule: str) -> str:
     return rule if len(rule) < 100 else rule.split("{")[0] + "{ 0 : 20000, 1 : 20001, … 999 : 20999 }"
 
 
+def deadline_md(results: list[dict], args) -> list[str]:
+    """How long each direct attempt was given, and why: the costs the peers measured
+    against the rate their probes really went out at."""
+    L = ["## The direct attempt's deadline", ""]
+    if args.deadline is not None:
+        return L + [f"Fixed by `--deadline {args.deadline:g}` for every try.", ""]
+    L += ["Each peer timed its probes at its start (TCP: a new socket and a non-blocking connect(); UDP: a "
+          f"sendto(); in batches of {traversal.BATCH} with a {traversal.TICK * 1e3:g} ms wait after each, as the "
+          "lab probes) and read its round trip to rz; per try both computed the same deadline from both "
+          f"sides' figures: for birthday punching against one random side, the time the hard side's sockets "
+          f"and the probes that hit with P ≥ {1 - traversal.MISS:g} take at those costs, plus three round "
+          f"trips, ×{traversal.SAFETY:g} (the machine's load moves between the measurement and a try), "
+          f"within {traversal.FLOOR:g}–{traversal.CAP:g} s; every other plan gets {traversal.FLOOR:g} s. "
+          "A try that connects ends at once, so a long deadline costs only the tries that miss.", ""]
+    pace = [[p, f"{1e6 * c['tcp']['probe_s']:.0f}", f"{1e6 * c['udp']['probe_s']:.1f}",
+             f"{1e3 * c['tcp']['tick_s']:.1f}", f"{1e3 * c['tcp']['rtt_s']:.1f}"]
+            for p, c in (results[0].get("pace") or {}).items() if c] if results else []
+    if pace:
+        L += [f"Measured at the start of {results[0]['scenario']}:", "",
+              report.md_table(["peer", "TCP probe µs", "UDP probe µs", "tick ms", "round trip to rz ms"],
+                              pace, align="lrrrr")]
+    rows = []
+    for r in results:
+        for proto in ("udp", "tcp"):
+            tries = [t for t in r.get(proto, {}).get("tries", []) if t.get("deadline_s")]
+            if not tries:
+                continue
+            ds, rates = [t["deadline_s"] for t in tries], [t["probe_rate"] for t in tries if t.get("probe_rate")]
+            rows.append([r["scenario"], proto.upper(), f"{statistics.median(ds):.2f} [{min(ds):.2f}–{max(ds):.2f}]",
+                         f"{statistics.median(rates):.0f}" if rates else "-", tries[-1]["deadline_why"]])
+    return L + [report.md_table(["scenario", "proto", "deadline s, median [range]", "probes/s sent (median)",
+                                 "why (last try)"], rows, align="llrrl")] if rows else L
+
+
 def render(results: list[dict], args, env: dict) -> str:
     L = ["# NAT lab: hole punching, port prediction, birthday punching and relay", "",
          "pa (10.77.11.10) behind ra, pb (10.77.12.10) behind rb, rendezvous rz (10.77.10.100) on the lab's `wan`. "
-         f"{args.tries} tries per scenario; per try UDP first, then TCP, each direct within {args.deadline:g} s or "
-         f"relayed through rz. Outcomes are counted from the captures on both routers' `wan` NICs (a claim by the "
+         f"{args.tries} tries per scenario; per try UDP first, then TCP, each direct within "
+         f"{'the deadline below' if args.deadline is None else f'{args.deadline:g} s'} or relayed through rz. "
+         "Outcomes are counted from the captures on both routers' `wan` NICs (a claim by the "
          "peers that the packets do not show counts as failed).", "", "## NAT kinds (RFC 4787)", "",
          report.md_table(["kind", "nftables (TCP/UDP)", "RFC 4787 behaviour"],
                          [[k, f"`{_short(v[0])}`", v[1] if "filtering" in v[1] else
@@ -422,6 +469,7 @@ def render(results: list[dict], args, env: dict) -> str:
         L += ["rz names each try's start time on its own clock; each peer read that clock first "
               "(NTP-style, the sample with the shortest round trip) and converted it to its own. "
               "rz's clock minus the peer's: " + "; ".join(clocks) + ".", ""]
+    L += deadline_md(results, args)
     L += ["## Mappings seen from the rendezvous host", "",
           "Try 0 of each scenario: the peer's private port, the public ports rz saw from it toward "
           f"{RZ_PORT} and {RZ_PORT + 1}, and what the peer concluded.", "",

@@ -22,12 +22,18 @@ TCP first tries UDP's punched mapping (a simultaneous open between the endpoints
 the UDP punch found), then the same methods with non-blocking connect()s: nobody
 listens; a probe SYN that meets a mapping reaches a socket in SYN_SENT
 (simultaneous open).
+
+The direct attempt's deadline is the host's own (`deadline_for`): each peer times
+its probes at its start (`probe_costs`) and reads its round trip to rz; the pair's
+deadline is the time the probes a plan needs take at those costs, twice over,
+never under FLOOR: a second on namespaces, several on an emulated CPU.
 """
 from __future__ import annotations
 
 import argparse
 import errno
 import json
+import math
 import random
 import resource
 import selectors
@@ -39,8 +45,95 @@ from dataclasses import dataclass, field
 from .p2p import clock_offset, exchange, sleep_until
 
 PORT_LO, PORT_HI = 1024, 65535      # where Linux NAT allocates ports for sources >= 1024
+N_PORTS = PORT_HI - PORT_LO + 1
 TICK = 0.005
 BATCH = 32                          # probes per tick
+MISS = 1e-3                         # the chance of a birthday miss the deadline leaves to the relay
+FLOOR, CAP = 1.0, 15.0              # seconds: the deadline of earlier runs (met every goal on namespaces), the most
+SAFETY = 2.0                        # the machine's load changes between the measurement and a try
+
+
+# ================================================================ the direct attempt's deadline
+
+def deadline_arg(text: str) -> float | None:
+    """--deadline: `auto` (None: each try's from the measured costs) or fixed seconds."""
+    if text == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--deadline: {text!r} is neither 'auto' nor seconds") from None
+    if not 0.05 <= value <= 60:
+        raise argparse.ArgumentTypeError(f"--deadline must be 'auto' or 0.05 to 60 seconds (got {text})")
+    return value
+
+
+def probe_costs(batches: int = 4) -> dict:
+    """Seconds a probe takes on this host, timed the way the lab probes: TCP, a new socket
+    and a non-blocking connect() (toward a closed port on loopback, so no packet leaves
+    the host; its reset makes it dearer than a real probe, never cheaper); UDP, a sendto();
+    and the wait of one TICK after each BATCH, as it really lasts here (`tick_s`)."""
+    sel = selectors.DefaultSelector()
+    closed = socket.socket()                    # bound, not listening: its port refuses
+    closed.bind(("127.0.0.1", 0))
+    sink, idle = _udp_socket(), _udp_socket()   # idle: what the TICK waits on, as a quiet probe socket
+    sel.register(idle, selectors.EVENT_READ)
+    dst, udp_dst = closed.getsockname(), ("127.0.0.1", sink.getsockname()[1])
+    out: dict = {}
+    try:
+        for proto in ("tcp", "udp"):
+            work = ticks = 0.0
+            for _ in range(batches):
+                t0 = time.perf_counter()
+                if proto == "tcp":
+                    for c in [_connect(None, dst) for _ in range(BATCH)]:
+                        if c is not None:
+                            c.close()
+                else:
+                    for _ in range(BATCH):
+                        sink.sendto(b"x", udp_dst)
+                t1 = time.perf_counter()
+                sel.select(TICK)
+                ticks += time.perf_counter() - t1
+                work += t1 - t0
+                while True:
+                    try:
+                        sink.recv(64)
+                    except BlockingIOError:
+                        break
+            out[proto] = {"probe_s": work / (batches * BATCH), "tick_s": ticks / batches}
+    finally:
+        sel.close()
+        for x in (sink, idle, closed):
+            x.close()
+    return out
+
+
+def deadline_for(pl: dict, me: dict, peer: dict, hard_sockets: int, probes: int) -> tuple[float, str]:
+    """The direct attempt's deadline for this plan, from both sides' measured pace (each
+    observation's "pace": probe_s, tick_s, rtt_s, and seen_s, the time a probe took in
+    this side's last probing try, if any); both sides compute the same. Birthday
+    against one random side: the hard side's sockets, then the probes that find one of
+    its mappings with probability 1 - MISS (each hits with hard_sockets/N), at the
+    easy side's cost and its TICK per BATCH, or what a probe really took the last time
+    if that was longer, and three round trips; SAFETY times that,
+    in FLOOR..CAP. Both sides random: no probe budget makes a direct match likely
+    (two 1/N events), so the relay comes after FLOOR. Other plans aim at known ports: FLOOR."""
+    rtt = max(me["pace"]["rtt_s"], peer["pace"]["rtt_s"])
+    if pl["method"] != "birthday" or pl["role"] == "both-hard":
+        why = ("both sides random: a direct match needs two 1/N events, the relay is the way"
+               if pl["method"] == "birthday" else f"{pl['method']} aims at known ports")
+        return max(FLOOR, SAFETY * 3 * rtt), why
+    hard, easy = (me, peer) if pl["role"] == "hard" else (peer, me)
+    k = min(probes, math.ceil(math.log(1 / MISS) * N_PORTS / hard_sockets))
+    per_probe = max(easy["pace"]["probe_s"] + easy["pace"]["tick_s"] / BATCH, easy["pace"].get("seen_s", 0))
+    need = hard_sockets * hard["pace"]["probe_s"] + k * per_probe + 3 * rtt
+    deadline = min(CAP, max(FLOOR, SAFETY * need))
+    why = (f"{hard_sockets} hard sockets x {hard['pace']['probe_s'] * 1e3:.3g} ms + {k} probes (P(hit) "
+           f"{1 - (1 - hard_sockets / N_PORTS) ** k:.4f}) x {per_probe * 1e3:.3g} ms + 3 round trips of "
+           f"{rtt * 1e3:.3g} ms = {need:.2f} s; x{SAFETY:g}" + ("" if deadline == SAFETY * need else
+                                                                 f", held to {FLOOR:g}..{CAP:g} s"))
+    return deadline, why
 
 
 # ================================================================ observing the NAT
@@ -190,6 +283,18 @@ def _tcp_socket(local: tuple | None) -> socket.socket:
     return s
 
 
+def _connect(src: tuple | None, dst: tuple) -> socket.socket | None:
+    """One TCP probe: a non-blocking connect() from `src` (None: an ephemeral port);
+    None when the kernel refused it at once."""
+    c = _tcp_socket(src)
+    c.setblocking(False)
+    err = c.connect_ex(dst)
+    if err not in (0, errno.EINPROGRESS):
+        c.close()
+        return None
+    return c
+
+
 # ================================================================ UDP
 
 @dataclass
@@ -243,6 +348,7 @@ def udp_direct(hs: UdpHandshake, main: socket.socket, peer_ip: str, pl: dict, st
         sel.register(s, selectors.EVENT_READ)
     candidates = rng.sample(range(PORT_LO, PORT_HI + 1), min(probes, PORT_HI - PORT_LO + 1)) if pl.get("probe") else []
     sent = 0
+    span: list[float] = []                  # when probing began, when the last batch left
     try:
         sleep_until(start_at + (0.03 if pl.get("role") == "easy" else 0))   # the hard side's mappings first
         if pl.get("role") == "hard":
@@ -259,6 +365,7 @@ def udp_direct(hs: UdpHandshake, main: socket.socket, peer_ip: str, pl: dict, st
                 for x in candidates[sent:sent + BATCH]:
                     rng.choice(socks).sendto(hs.msg("PUNCH"), (peer_ip, x))
                 sent = min(len(candidates), sent + BATCH)
+                span[:] = [span[0] if span else now, time.time()]
             elif pl["targets"] and now - last_aim > 0.02 and pl.get("role") != "hard":
                 for x in pl["targets"]:
                     main.sendto(hs.msg("PUNCH"), (peer_ip, x))
@@ -271,13 +378,19 @@ def udp_direct(hs: UdpHandshake, main: socket.socket, peer_ip: str, pl: dict, st
                 for key, _ in sel.select(TICK):
                     _drain(socks_by_fd[key.fd], hs)
         return {"probes": _probes_until(candidates, hs.path[1][1] if hs.path else None, sent),
-                "sockets": len(socks),
+                "probe_rate": _rate(sent, span), "sockets": len(socks),
                 "peer_seen_as": _endpoint(hs.path[1]) if hs.path else None,
                 "local_port": hs.path[0].getsockname()[1] if hs.path else None}
     finally:
         sel.close()
         for s in socks[1:]:
             s.close()
+
+
+def _rate(sent: int, span: list[float]) -> float | None:
+    """Probes per second from the first batch's start to the last one's end (`span`); None if
+    this side did not probe."""
+    return round(sent / max(span[1] - span[0], 1e-6)) if span and sent else None
 
 
 def _probes_until(candidates: list[int], hit: int | None, sent: int) -> int | None:
@@ -331,8 +444,10 @@ def udp_relay(hs: UdpHandshake, s: socket.socket, relay: tuple, peer_name: str, 
 
 
 def meet(a, ctl: socket.socket, rz: tuple, key: str, me: dict, deadline: float, out: dict) -> tuple | None:
-    """Through rz: tell the peer what our NAT did, learn what its did, agree on a
-    start time and a plan. Records all of it (or why not) in `out`."""
+    """Through rz: tell the peer what our NAT did (and how fast this host probes), learn
+    what its did, agree on a start time, a plan and the direct attempt's deadline.
+    Records all of it (or why not) in `out`."""
+    me = {**me, "pace": dict(a.pace[key.split("-")[0]])}      # as it is now: later tries update it
     out["nat"] = me
     paired = _request(ctl, {"op": "pair", "key": key, "name": a.name, "peer": a.peer_name, "info": me},
                       rz, deadline, "peer")
@@ -341,8 +456,17 @@ def meet(a, ctl: socket.socket, rz: tuple, key: str, me: dict, deadline: float, 
         return None
     peer = paired["peer"]
     pl = plan(me, peer, a.predict)
-    out.update(peer_nat=peer, method=pl["method"], role=pl.get("role"), targets=pl["targets"][:8])
-    return peer, paired["start_at"] - a.rz_offset, pl
+    direct_s, why = ((a.deadline, "fixed (--deadline)") if a.deadline is not None else
+                     deadline_for(pl, me, peer, a.hard_sockets, a.probes))
+    out.update(peer_nat=peer, method=pl["method"], role=pl.get("role"), targets=pl["targets"][:8],
+               deadline_s=round(direct_s, 3), deadline_why=why)
+    return peer, paired["start_at"] - a.rz_offset, pl, direct_s
+
+
+def _pace_seen(a, proto: str, direct: dict) -> None:
+    """What a probe really took in this try (from a full batch on), for the next tries' deadlines."""
+    if direct.get("probe_rate") and (direct.get("probes") or 0) > BATCH:
+        a.pace[proto]["seen_s"] = 1 / direct["probe_rate"]
 
 
 def udp_try(a, i: int, ctl: socket.socket, rz: tuple, rng: random.Random) -> dict:
@@ -350,17 +474,18 @@ def udp_try(a, i: int, ctl: socket.socket, rz: tuple, rng: random.Random) -> dic
     s = _udp_socket(a.udp_port + i)
     out: dict = {"ok": False, "outcome": "failed"}
     try:
-        t_end = time.time() + a.deadline + a.relay_deadline + 3
+        t_end = time.time() + (a.deadline or CAP) + a.relay_deadline + 3
         observed = observe_udp(s, rz[0], rz[1], t_end, a.rz_alt)
         if observed is None:
             return {**out, "error": "the rendezvous host did not answer"}
         met = meet(a, ctl, rz, key, classify(a.udp_port + i, *observed), t_end, out)
         if met is None:
             return out
-        peer, start_at, pl = met
+        peer, start_at, pl, direct_s = met
         hs = UdpHandshake(key, a.name)
-        direct = udp_direct(hs, s, peer["ip"], pl, start_at, start_at + a.deadline, a.hard_sockets, a.probes, rng)
+        direct = udp_direct(hs, s, peer["ip"], pl, start_at, start_at + direct_s, a.hard_sockets, a.probes, rng)
         out.update(direct)
+        _pace_seen(a, "udp", direct)
         if hs.done:
             out.update(ok=True, outcome="direct-hole-punch", ms=round((hs.done_at - start_at) * 1e3, 1))
             return out
@@ -386,11 +511,8 @@ def tcp_direct(local: tuple, peer_ip: str, pl: dict, start_at: float, deadline: 
     by_fd: dict[int, socket.socket] = {}
 
     def connect(src: tuple | None, port: int) -> None:
-        c = _tcp_socket(src)
-        c.setblocking(False)
-        err = c.connect_ex((peer_ip, port))
-        if err not in (0, errno.EINPROGRESS):
-            c.close()
+        c = _connect(src, (peer_ip, port))
+        if c is None:
             return
         pending[c] = (peer_ip, port)
         by_fd[c.fileno()] = c
@@ -399,6 +521,7 @@ def tcp_direct(local: tuple, peer_ip: str, pl: dict, start_at: float, deadline: 
     candidates = rng.sample(range(PORT_LO, PORT_HI + 1), probes) if pl.get("probe") else []
     sent = refused = 0
     winner = None
+    span: list[float] = []
     try:
         # an easy side probes once the hard side's mappings exist (a SYN that meets no mapping
         # is lost until its retransmission a second later)
@@ -418,10 +541,12 @@ def tcp_direct(local: tuple, peer_ip: str, pl: dict, start_at: float, deadline: 
                 connect(local, x)
         while winner is None and time.time() < deadline:
             if sent < len(candidates):
+                began = time.time()
                 src = None if pl.get("hard") else local
                 for x in candidates[sent:sent + BATCH]:
                     connect(src, x)
                 sent += BATCH
+                span[:] = [span[0] if span else began, time.time()]
             for key, _ in sel.select(TICK):
                 c = by_fd[key.fd]
                 sel.unregister(c)
@@ -442,6 +567,7 @@ def tcp_direct(local: tuple, peer_ip: str, pl: dict, start_at: float, deadline: 
                     connect(local, port)
         return winner, {"probes": _probes_until(candidates, winner.getpeername()[1] if winner else None,
                                                 min(sent, len(candidates))),
+                        "probe_rate": _rate(min(sent, len(candidates)), span),
                         "sockets": len(pending), "refused": refused}
     finally:
         sel.close()
@@ -500,7 +626,7 @@ def tcp_try(a, i: int, ctl: socket.socket, rz: tuple, rng: random.Random, udp: d
         if s is not None:
             out["method"] = "udp-mapping"
             return _tcp_exchange(a, i, s, out, "direct-simultaneous-open", out["udp_mapping"].pop("start_at"))
-    t_end = time.time() + a.deadline + a.relay_deadline + 3
+    t_end = time.time() + (a.deadline or CAP) + a.relay_deadline + 3
     try:
         seen = observe_tcp(local, rz[0], rz[1], t_end)
     except OSError as exc:
@@ -508,9 +634,10 @@ def tcp_try(a, i: int, ctl: socket.socket, rz: tuple, rng: random.Random, udp: d
     met = meet(a, ctl, rz, key, classify(a.tcp_port + i, seen, udp.get("nat", {}).get("filtering")), t_end, out)
     if met is None:
         return out
-    peer, start_at, pl = met
-    s, info = tcp_direct(local, peer["ip"], pl, start_at, start_at + a.deadline, a.hard_sockets, a.probes, rng)
+    peer, start_at, pl, direct_s = met
+    s, info = tcp_direct(local, peer["ip"], pl, start_at, start_at + direct_s, a.hard_sockets, a.probes, rng)
     out.update(info)
+    _pace_seen(a, "tcp", info)
     # both sides connect(): a simultaneous open; a listener behind an open filter: a punched hole
     outcome = "direct-hole-punch" if pl.get("listen") or pl.get("peer_listens") else "direct-simultaneous-open"
     if s is None and a.relay_deadline > 0:
@@ -550,7 +677,8 @@ def peer_main(argv: list[str]) -> int:
     ap.add_argument("--udp-port", type=int, required=True, help="try i's UDP socket binds this + i")
     ap.add_argument("--tcp-port", type=int, required=True, help="try i's TCP sockets bind this + i")
     ap.add_argument("--tries", type=int, default=20)
-    ap.add_argument("--deadline", type=float, default=1.0, help="seconds a direct attempt may take")
+    ap.add_argument("--deadline", type=deadline_arg, default=None,
+                    help="seconds a direct attempt may take, or auto (default: from the measured probe costs)")
     ap.add_argument("--relay-deadline", type=float, default=2.0, help="seconds for the relay (0: no relay)")
     ap.add_argument("--predict", type=int, default=8, help="ports an easy side aims at past a sequential mapping")
     ap.add_argument("--hard-sockets", type=int, default=256)
@@ -580,6 +708,8 @@ def peer_main(argv: list[str]) -> int:
         print(f"the rendezvous host {a.rz} does not tell its time", file=sys.stderr)
         return 1
     a.rz_offset = clock[1]
+    costs = probe_costs()
+    a.pace = {proto: {**c, "rtt_s": clock[0]} for proto, c in costs.items()}
     tries = []
     for i in range(a.tries):
         udp = udp_try(a, i, ctl, rz, rng)
@@ -589,5 +719,5 @@ def peer_main(argv: list[str]) -> int:
         tries.append(row)
     print(json.dumps({"name": a.name, "rz_clock": {"offset_ms": round(clock[1] * 1e3, 3),
                                                    "rtt_ms": round(clock[0] * 1e3, 3)},
-                      "tries": tries}), flush=True)
+                      "pace": a.pace, "tries": tries}), flush=True)
     return 0
