@@ -1,5 +1,6 @@
 """`hpnlab kv lab` on real namespaces, small: the store on h1 and redis-server on h1 measured from
-h2 in one run; the report and data.json carry rps[engine][index][test][pipeline] and redis."""
+h2 in one run; the report and data.json carry rps[engine][index][test][pipeline] and redis. The
+ustack engine is the store on the user-space stack, here beside h1's kernel on the data LAN."""
 from __future__ import annotations
 
 import json
@@ -19,11 +20,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow,
 
 def test_kv_lab_small_grid(netns_lab, tmp_path):
     args = build_parser(["kv"]).parse_args(
-        ["kv", "lab", "--engines", "epoll-lt,threads", "--indexes", "hash,rbtree", "--tests", "set,get",
+        ["kv", "lab", "--engines", "epoll-lt,threads,ustack", "--indexes", "hash,rbtree", "--tests", "set,get",
          "--requests", "500", "--fill-keys", "1000", "--fake-runs", "1", "--results", str(tmp_path)])
     res = lab.run(netns_lab, args, lambda m: None)
     data = json.loads((res["dir"] / "data.json").read_text())
-    for engine, index in (("epoll-lt", "hash"), ("threads", "hash"), ("epoll-lt", "rbtree")):
+    for engine, index in (("epoll-lt", "hash"), ("threads", "hash"), ("ustack", "hash"), ("epoll-lt", "rbtree")):
         for test in ("set", "get"):
             for p in ("1", "16"):
                 assert data["rps"][engine][index][test][p] > 0
@@ -34,8 +35,13 @@ def test_kv_lab_small_grid(netns_lab, tmp_path):
     assert 0 < data["bytes_per_key"]["redis-server"] < 10_000
     assert [len(data["fakeredis_runs"]["get"][p]) for p in ("1", "16")] == [1, 1]
     assert data["fakeredis"]["get"]["1"] == data["fakeredis_runs"]["get"]["1"][0] > 0
+    # the stack took h1's data NIC beside its kernel, with its own address (the kernel's + 100)
+    assert data["ustack"] == {"network": "data", "driver": "afpacket", "ifname": "eth1", "ip": "10.77.1.101/24",
+                              "address": "10.77.1.101"}
+    assert data["latency"]["ustack"]["hash"]["1"]["set"]["user_us"] > 0
     text = (res["dir"] / "report.md").read_text()
     assert "## Goals" in text and (res["dir"] / "rps_P1.png").exists()
+    assert "## The store on the user-space stack (ustack)" in text and "| SET | -P 1 |" in text
 
 
 @pytest.mark.skipif(subprocess.run(["/usr/bin/python3", "-c", "import fakeredis"], capture_output=True).returncode == 0,

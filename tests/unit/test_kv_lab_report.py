@@ -54,3 +54,31 @@ def test_cpu_per_request_says_who_set_the_rate():
     assert "the machine's load average was 7.5 on 2 CPUs" in "\n".join(cpu_md(d))
     d["latency"]["redis"][1]["set"]["busy"] = 0.95                 # the server bound: no such claim
     assert "busy 95%" not in "\n".join(cpu_md(d)) and "set the rate" not in "\n".join(cpu_md(d))
+
+
+def test_the_stack_row_reads_its_cpu_against_the_same_reactor_on_the_kernel():
+    """The ustack engine beside epoll-lt (the same Reactor on the kernel's TCP) and redis-server;
+    the stack's own CPU per request is the difference of the user times, with the ticks' fuzz."""
+    from hpnlab.kv.lab import stack_md
+
+    def row(rps, user, sys_, busy):
+        return {"rps": rps, "cpu_us": user + sys_, "user_us": user, "sys_us": sys_, "busy": busy}
+    d = {"requests": 20000, "server": "h1", "client": "h2",
+         "ustack": {"network": "stack", "driver": "afpacket", "ifname": "eth2", "ip": "10.77.5.101/24",
+                    "address": "10.77.5.101"},
+         "rps": {"epoll-lt": {"hash": {"set": {"1": 50000.0}}}, "ustack": {"hash": {"set": {"1": 10000.0}}}},
+         "redis": {"set": {"1": 80000.0}},
+         "latency": {"epoll-lt": {"hash": {1: {"set": row(50000.0, 3.0, 2.0, 0.25)}}},
+                     "ustack": {"hash": {1: {"set": row(10000.0, 55.0, 5.0, 0.6)}}}}}
+    text = "\n".join(stack_md(d))
+    assert "the stack took eth2 on the `stack` LAN (afpacket) with its own address 10.77.5.101/24" in text
+    assert "| SET | -P 1 | 10000 | 50000 | 80000 | 0.20× | 0.12× | 60.0 (55.0+5.0), 60% | 5.0 (3.0+2.0), 25% |" in text
+    assert "the stack's TCP/IP in Python took about 52.0 µs (±1.0: 10 ms ticks), 87% of its request" in text
+    assert "one CPU serves at most 16667 requests/s" in text and "busy 60% of the run, so waits" in text
+    d["latency"]["ustack"]["hash"][1]["set"] = row(10000.0, 58.0, 5.0, 0.9)
+    assert "busy 90%: its CPU set the rate" in "\n".join(stack_md(d))
+    d["latency"]["ustack"]["hash"][1]["set"] = row(10000.0, 4.0, 5.0, 0.6)        # within the ticks' fuzz
+    text = "\n".join(stack_md(d))
+    assert "no split read" in text and "took about" not in text
+    del d["rps"]["ustack"]
+    assert stack_md(d) == []

@@ -37,8 +37,11 @@ def add_arguments(parser) -> None:
     add_up_option(lab)
     lab.add_argument("--hosts", default="h1,h2", help="server,client (default h1,h2)")
     lab.add_argument("--network", default="data", help="the LAN between them (default data)")
-    lab.add_argument("--engines", default="epoll-lt,epoll-et,uvloop,asyncio,uring,threads,epoll-threads",
+    lab.add_argument("--engines", default=f"epoll-lt,epoll-et,uvloop,asyncio,uring,threads,epoll-threads,{STACK}",
                      help="engines to measure with the first index (default: %(default)s)")
+    lab.add_argument("--stack-net", metavar="NET",
+                     help=f"{STACK}: the LAN whose NIC the stack takes on the server host (default: the lab's "
+                          "`stack` LAN if it has one, else the data LAN, beside the kernel with its own address)")
     lab.add_argument("--indexes", default="hash,skiplist,rbtree,array",
                      help="indexes to measure with the first engine (default: %(default)s)")
     lab.add_argument("--tests", default="set,get,incr,lpush,lrange_100,zadd", help="redis-benchmark -t tests")
@@ -98,12 +101,12 @@ def run_lab(args) -> int:
 
     from ..kv.index import INDEXES
     from ..kv.lab import run
-    from ..kv.serve import SEPARATE_PROCESSES, KVError
+    from ..kv.serve import SEPARATE_PROCESSES, STACK, KVError
     from ..labs._kit import LabError
     from ..servers import ENGINES
     from ._common import console, ensure_up, progress, provider_from
     for e in args.engines.split(","):
-        if e not in ENGINES or e in SEPARATE_PROCESSES:
+        if (e not in ENGINES and e != STACK) or e in SEPARATE_PROCESSES:
             raise KVError(f"--engines: {e!r} is not an engine the store runs on")
     for i in args.indexes.split(","):
         if i not in INDEXES:

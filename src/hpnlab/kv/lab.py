@@ -6,6 +6,12 @@ redis-server (and fakeredis's TCP server where h1 has it) on h1, all in the same
     redis[test][pipeline]                 the same against redis-server
     range_ms[index]                       RANGE over 100 keys, one client, p50 / p99 (keys: redis-benchmark -r)
     bytes_per_key[server]                 INFO memory's used_memory growth per key filled
+    ustack                                where the ustack engine ran: the stack's LAN, address, driver
+
+The ustack engine is the store on the user-space TCP/IP stack (`kv serve --engine ustack`):
+the stack takes h1's NIC on the lab's `stack` LAN (labs/ustack/lab.yml), or on a lab
+without one sits beside h1's kernel on the data LAN with its own MAC and address (as
+`hpnlab ustack lab` does); redis-benchmark on h2 reaches it through h2's kernel TCP.
 
 Every figure is measured in this run; the report's reading is computed from them.
 """
@@ -17,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import report
-from ..labs._kit import LabError, agent_python, host_pair, need_tools
+from ..labs._kit import LabError, agent_python, host_pair, need_tools, shared_network
+from .serve import STACK
 
 PORT = 46379
 TESTS = ("set", "get", "incr", "lpush", "lrange_100", "zadd")
@@ -50,26 +57,29 @@ def bench(client, ip: str, port: int, tests: tuple[str, ...], requests: int, pip
     return parse_csv(res.stdout)
 
 
-def cpu_seconds(host, pid: int) -> float:
-    """CPU time (user + system) of process `pid` on `host` and of its children: the server (a
+def cpu_seconds(host, pid: int) -> tuple[float, float]:
+    """CPU time (user, system) of process `pid` on `host` and of its children: the server (a
     host that starts commands through a shell runs the server as that shell's child)."""
     res = host.run(["sh", "-c", f"cat /proc/{pid}/stat $(pgrep -P {pid} | sed 's|.*|/proc/&/stat|') 2>/dev/null"],
                    timeout=30, check=False)
-    ticks = 0
+    user = system = 0
     for line in res.stdout.splitlines():
         fields = line.rsplit(")", 1)[-1].split()          # after "pid (comm)": state is field 3
-        ticks += int(fields[11]) + int(fields[12])         # utime, stime: fields 14 and 15
-    return ticks / 100                                     # USER_HZ: 100 on Linux
+        user += int(fields[11])                            # utime, stime: fields 14 and 15
+        system += int(fields[12])
+    return user / 100, system / 100                        # USER_HZ: 100 on Linux
 
 
 def timed_bench(server_host, pid: int, client, ip: str, port: int, test: str, requests: int,
                 pipeline: int) -> dict[str, float]:
     """One redis-benchmark test with the server's CPU time over it: {rps, p50_ms, p99_ms,
-    cpu_us (per request), busy (the server's CPU share of the run's duration)}."""
-    before = cpu_seconds(server_host, pid)
+    cpu_us (per request; user_us + sys_us), busy (the server's CPU share of the run's duration)}."""
+    user0, sys0 = cpu_seconds(server_host, pid)
     row = bench(client, ip, port, (test,), requests, pipeline)[test]
-    cpu = cpu_seconds(server_host, pid) - before
-    return {**row, "cpu_us": cpu / requests * 1e6, "busy": cpu / (requests / row["rps"])}
+    user1, sys1 = cpu_seconds(server_host, pid)
+    user, system = user1 - user0, sys1 - sys0
+    return {**row, "cpu_us": (user + system) / requests * 1e6, "user_us": user / requests * 1e6,
+            "sys_us": system / requests * 1e6, "busy": (user + system) / (requests / row["rps"])}
 
 
 def parse_csv(text: str) -> dict[str, dict[str, float]]:
@@ -95,16 +105,35 @@ def used_memory(client, ip: str, port: int) -> int:
     raise LabError(f"INFO memory of {ip}:{port} has no used_memory")
 
 
+def answers(client, ip: str, port: int, timeout: float) -> bool:
+    """Whether a server answers PING at ip:port from `client` within `timeout` s (a server on
+    the user-space stack listens where the host's `ss` cannot see it)."""
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        res = client.run(["redis-cli", "-h", ip, "-p", str(port), "PING"], timeout=30, check=False)
+        if res.rc == 0 and res.stdout.strip() == "PONG":
+            return True
+        time.sleep(0.2)
+    return False
+
+
 def measure(server_host, client, ip: str, port: int, argv: list[str], name: str, tests, requests: int,
-            pipelines: tuple[int, ...], ordered: bool, fill: int, range_requests: int, step) -> dict[str, Any]:
-    """Start one server on h1; fill it (memory per key, RANGE), empty it, run the benchmarks from h2; stop it."""
+            pipelines: tuple[int, ...], ordered: bool, fill: int, range_requests: int, step,
+            kernel: bool = True) -> dict[str, Any]:
+    """Start one server on h1; fill it (memory per key, RANGE), empty it, run the benchmarks from h2; stop it.
+    kernel=False: the server listens on the user-space stack (waited for by PING from h2)."""
     # a name for the log files without blanks: an SSH host puts it unquoted in a shell command
     proc = server_host.start(argv, name=f"kvlab-{name}".replace("/", "-").replace(" ", "-"))
     try:
         try:
-            server_host.wait_for_port(port, timeout=30)
+            if kernel:
+                server_host.wait_for_port(port, timeout=30)
+            elif not answers(client, ip, port, 30):
+                raise TimeoutError
         except TimeoutError:
-            raise LabError(f"[{server_host.name}] {name} did not listen on {port}: {proc.logs()[1][-600:]}") from None
+            raise LabError(f"[{server_host.name}] {name} did not listen on {ip}:{port}: "
+                           f"{proc.logs()[1][-600:]}") from None
         cell: dict[str, Any] = {"rps": {}, "latency": {}}
         # Memory per key first, on the fresh process: after the benchmarks the store's RSS
         # (its used_memory) holds arenas their keys freed, and a fill reuses them unseen.
@@ -167,10 +196,17 @@ def run(provider, args, step) -> dict:
     port = PORT
     for engine, index in grid:
         port += 1
-        argv = [py, "-m", "hpnlab.cli", "kv", "serve", "--bind", ip, "--port", str(port),
-                "--engine", engine, "--index", index]
-        cell = measure(server_host, client, ip, port, argv, f"kv {engine}/{index}", tests, requests,
-                       pipelines, index != "hash", fill, sizes["range_requests"], step)
+        argv = [py, "-m", "hpnlab.cli", "kv", "serve", "--port", str(port), "--engine", engine, "--index", index]
+        addr = ip
+        if engine == STACK:
+            data["ustack"] = stack_place(provider, server_host, client, args)
+            addr = data["ustack"]["address"]
+            argv += ["--driver", data["ustack"]["driver"], "--ifname", data["ustack"]["ifname"],
+                     "--ip", data["ustack"]["ip"]]
+        else:
+            argv += ["--bind", ip]
+        cell = measure(server_host, client, addr, port, argv, f"kv {engine}/{index}", tests, requests,
+                       pipelines, index != "hash", fill, sizes["range_requests"], step, kernel=engine != STACK)
         data["rps"].setdefault(engine, {})[index] = {t: {str(p): cell["rps"][p].get(t) for p in pipelines}
                                                     for t in tests}
         data["latency"].setdefault(engine, {})[index] = cell["latency"]
@@ -215,6 +251,20 @@ def run(provider, args, step) -> dict:
     md = render(data, pngs, args)
     path = report.write_report(out, md, data)
     return {"report": path, "dir": out, "data": data}
+
+
+def stack_place(provider, server_host, client, args) -> dict[str, str]:
+    """Where the store on the user-space stack listens: the LAN whose NIC the stack takes on the
+    server host (--stack-net, else the lab's `stack` LAN, else the data LAN beside the kernel),
+    its driver there (DPDK where the lab gives that NIC to DPDK, else AF_PACKET) and its own
+    address (the kernel's + 100), all as `hpnlab ustack` chooses them."""
+    from ..ustack.interop import NETWORK, stack_driver, stack_ip, stack_network
+    default = NETWORK if NETWORK in provider.lab.networks else args.network
+    net = stack_network(provider, getattr(args, "stack_net", None) or default)
+    shared_network(provider, server_host.name, client.name, net)    # the client must reach it
+    driver, ifname = stack_driver(provider, server_host.name, net)
+    ip = stack_ip(server_host, net)
+    return {"network": net, "driver": driver, "ifname": ifname, "ip": ip, "address": ip.split("/")[0]}
 
 
 def sizing(args, emulated: bool) -> tuple[dict[str, int], str]:
@@ -395,6 +445,74 @@ def cpu_md(data: dict) -> list[str]:
                              rows), ""] + [f"- {n}." for n in notes] + [""])
 
 
+KERNEL_TWIN = "epoll-lt"      # the engine whose Reactor the ustack engine runs, on the kernel's sockets
+
+
+def stack_md(data: dict) -> list[str]:
+    """The store on the user-space stack beside the same Reactor on the kernel's TCP (epoll-lt)
+    and redis-server, and where its CPU per request goes - computed from this run."""
+    if STACK not in data["rps"] or "ustack" not in data:
+        return []
+    place = data["ustack"]
+    index = next(iter(data["rps"][STACK]))
+    twin = next(iter(data["rps"].get(KERNEL_TWIN, {})), None)
+    rows, notes = [], []
+    for test in GOAL_TESTS:
+        for p in ("1", "16"):
+            ours = data["rps"][STACK][index].get(test, {}).get(p)
+            kern = data["rps"][KERNEL_TWIN][twin].get(test, {}).get(p) if twin else None
+            peer = data["redis"].get(test, {}).get(p)
+            if not ours:
+                continue
+            st, kt = _row(data, f"{STACK}/{index}", p, test), _row(data, f"{KERNEL_TWIN}/{twin}", p, test) \
+                if twin else None
+            rows.append([test.upper(), f"-P {p}", f"{ours:.0f}", f"{kern:.0f}" if kern else "-",
+                         f"{peer:.0f}" if peer else "-", f"{ours / kern:.2f}×" if kern else "-",
+                         f"{ours / peer:.2f}×" if peer else "-",
+                         _cpu_cell(st), _cpu_cell(kt)])
+            if not (st and kt and st.get("user_us") is not None and kt.get("user_us") is not None):
+                continue
+            # CPU time comes in 10 ms ticks: each side's per-request figure is good to one tick's share
+            fuzz = 2 * 1e4 / (data["requests"] * (4 if p != "1" else 1))
+            stack_us = st["user_us"] - kt["user_us"]
+            if stack_us <= 3 * fuzz:
+                notes.append(f"{test.upper()} -P {p}: the stack's user time per request ({st['user_us']:.1f} µs) is "
+                             f"within the 10 ms ticks' resolution (±{fuzz:.1f} µs) of the kernel twin's "
+                             f"({kt['user_us']:.1f} µs): no split read; more --requests would give one")
+                continue
+            notes.append(
+                f"{test.upper()} -P {p}: the stack's process spent {st['cpu_us']:.1f} µs of CPU per request "
+                f"({st['user_us']:.1f} user, {st['sys_us']:.1f} system) where the same Reactor and store on the "
+                f"kernel's TCP spent {kt['cpu_us']:.1f} µs ({kt['user_us']:.1f} user, {kt['sys_us']:.1f} system "
+                f"- the kernel's TCP/IP, partly charged to the client's side). The server's own work (Reactor, "
+                f"RESP, the command) is the kernel twin's {kt['user_us']:.1f} µs user time, so the stack's TCP/IP "
+                f"in Python took about {stack_us:.1f} µs (±{fuzz:.1f}: 10 ms ticks), {stack_us / st['cpu_us']:.0%} "
+                f"of its request. At "
+                f"{st['cpu_us']:.1f} µs per request one CPU serves at most {1e6 / st['cpu_us']:.0f} requests/s"
+                + (f"; the stack's process was busy {st['busy']:.0%}: its CPU set the rate" if st["busy"] >= 0.8 else
+                   f"; the stack's process was busy {st['busy']:.0%} of the run, so waits (for a CPU on this "
+                   "shared machine, for the round trip) held it below that"))
+    if not rows:
+        return []
+    L = [f"## The store on the user-space stack ({STACK})", "",
+         f"`kv serve --engine {STACK}` on {data['server']}: the stack took {place['ifname']} on the "
+         f"`{place['network']}` LAN ({place['driver']}) with its own address {place['ip']}; redis-benchmark on "
+         f"{data['client']} talked to it through its kernel's TCP. Its server is the {KERNEL_TWIN} engine's Reactor "
+         f"on the stack's epoll, so the {KERNEL_TWIN} row is the same code on the kernel's TCP.", "",
+         report.md_table(["test", "pipeline", f"{STACK} rps", f"{KERNEL_TWIN} rps", "redis-server rps",
+                          f"{STACK} / {KERNEL_TWIN}", f"{STACK} / redis-server",
+                          f"{STACK} CPU µs/req (user+sys, busy)", f"{KERNEL_TWIN} CPU µs/req"], rows), ""]
+    return L + [f"- {n}." for n in notes] + [""]
+
+
+def _cpu_cell(row: dict | None) -> str:
+    if not row:
+        return "-"
+    if row.get("user_us") is None:
+        return f"{row['cpu_us']:.1f}, {row['busy']:.0%}"
+    return f"{row['cpu_us']:.1f} ({row['user_us']:.1f}+{row['sys_us']:.1f}), {row['busy']:.0%}"
+
+
 def plot(data: dict, out: Path) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
@@ -451,6 +569,7 @@ def render(data: dict, pngs: list[str], args) -> str:
                           goals(data)), ""]
     L += fake_bound(data)
     L += cpu_md(data)
+    L += stack_md(data)
     if data["skipped"]:
         L += [f"- skipped: {k}: {v}" for k, v in data["skipped"].items()] + [""]
     if data["range_ms"]:
