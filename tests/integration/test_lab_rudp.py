@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def test_kcp_scenario_loss_sweep_and_udp_concurrency(netns_lab, tmp_path):
     args = build_parser(["lab"]).parse_args(["lab", "--results", str(tmp_path), "rudp", "--count", "20",
-                                             "--configs", "hpnlab:fast,ckcp:fast,tcp:nodelay",
+                                             "--rounds", "2", "--configs", "hpnlab:fast,ckcp:fast,tcp:nodelay",
                                              "--sweep", "10", "--sweep-configs", "quic:default",
                                              "--sweep-count", "5", "--bulk-seconds", "0.3",
                                              "--udp-clients", "16", "--udp-seconds", "0.3"])
@@ -27,8 +27,16 @@ def test_kcp_scenario_loss_sweep_and_udp_concurrency(netns_lab, tmp_path):
         row = s[impl][mode]
         assert row["max_ms"] >= row["avg_ms"] > 0 and row["overhead"] >= 0     # 0: no datagram was lost
     for run in data["runs"].values():
-        assert len(run["rtts"]) == 20
+        assert len(run["rtts"]) == 40 and [r["round"] for r in run["per_round"]] == [1, 2]
         assert min(run["rtts"]) >= 55          # the link's 60-125 ms RTT was really there
+    # the goal's pair ran side by side in each round: their runs overlap in time
+    for h, c in zip(data["runs"]["hpnlab:fast"]["per_round"], data["runs"]["ckcp:fast"]["per_round"]):
+        assert max(h["span"][0], c["span"][0]) < min(h["span"][1], c["span"][1]) - 0.2, (h["span"], c["span"])
+    pair = data["paired"]["hpnlab:fast/ckcp:fast"]
+    assert pair["rounds"] == 2
+    for stat in ("avg_ms", "max_ms"):
+        assert len(pair[stat]["ratios"]) == 2 and pair[stat]["min"] <= pair[stat]["median"] <= pair[stat]["max"]
+        assert pair[stat]["lower_in"] + pair[stat]["higher_in"] <= 2
     assert (res["dir"] / "hpnlab-fast.pcap").stat().st_size > 24 * 20
     assert data["simulated"]["hpnlab"]["fast"]["digest"] == data["simulated"]["ckcp"]["fast"]["digest"]
 
@@ -51,6 +59,6 @@ def test_kcp_scenario_loss_sweep_and_udp_concurrency(netns_lab, tmp_path):
     assert c["per_socket"][0] < c["answered"] / 10      # after its first datagram a peer bypasses the listener
 
     text = res["report"].read_text()
-    assert "hpnlab fast vs C ikcp fast" in text and "rtt_cdf.png" in text
+    assert "hpnlab fast vs C ikcp fast" in text and "median of 2 rounds" in text and "rtt_cdf.png" in text
     assert "## Loss sweep" in text and "## UDP 并发" in text
     assert (res["dir"] / "rtt_cdf.png").exists()

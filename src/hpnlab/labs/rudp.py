@@ -25,6 +25,7 @@ import json
 import os
 import select
 import socket
+import statistics
 import struct
 import sys
 import time
@@ -45,13 +46,14 @@ CONFIGS = [("hpnlab", m) for m in ("default", "normal", "fast", "eager")] + \
           [("quic", "default")]
 SWEEP_CONFIGS = ["hpnlab:fast", "hpnlab:eager", "ckcp:fast", "tcp:nodelay", "quic:default"]
 SWEEP_PORT, UDP_PORT = 46000, 47000
-FULL: dict[str, object] = {"count": 1000, "configs": ",".join(f"{i}:{m}" for i, m in CONFIGS if i != "quic"),
+FULL: dict[str, object] = {"count": 1000, "rounds": 4,
+        "configs": ",".join(f"{i}:{m}" for i, m in CONFIGS if i != "quic"),
         "sweep": "0,1,5,10,20", "sweep_configs": ",".join(SWEEP_CONFIGS), "sweep_count": 300,
         "bulk_seconds": 3.0, "udp_clients": "16,256", "udp_seconds": 3.0}
-QUICK = {**FULL, "count": 200, "sweep": "0,10,20", "sweep_count": 100, "bulk_seconds": 1.5,
+QUICK = {**FULL, "count": 200, "rounds": 2, "sweep": "0,10,20", "sweep_count": 100, "bulk_seconds": 1.5,
          "udp_clients": "16,128", "udp_seconds": 1.5}
 # QEMU TCG runs Python some 10-50x slower: the ARQ's 1 ms loop and the delay line lag behind
-EMULATED = {**FULL, "count": 300, "sweep": "0,10,20", "sweep_count": 150, "bulk_seconds": 2.0,
+EMULATED = {**FULL, "count": 300, "rounds": 2, "sweep": "0,10,20", "sweep_count": 150, "bulk_seconds": 2.0,
             "udp_clients": "16,64", "udp_seconds": 2.0}
 # on VMs and machines the labcode role puts them in <prefix>/vendor (labcode.VENDOR), here the venv has them
 _FIX = "`make setup` here; on VMs and machines `make lab-up` (the labcode role) copies it"
@@ -223,7 +225,7 @@ def ping_main(argv: list[str]) -> int:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.setblocking(False)
         sent, buf = 0, b""
-        start = now_ms()
+        start, began = now_ms(), time.time()
         while len(rtts) < a.count:
             if time.monotonic() > deadline:
                 raise TimeoutError("the run did not finish in time")
@@ -238,7 +240,7 @@ def ping_main(argv: list[str]) -> int:
                     buf = buf[MSG.size:]
                     rtts.append((now_ms() - ts) & 0xFFFFFFFF)
         s.close()
-        print(json.dumps({"rtts": rtts, "stats": {}}))
+        print(json.dumps({"rtts": rtts, "stats": {}, "span": [began, time.time()]}))
         return 0
     sock, arq = _udp_client(a.to, a.impl, a.mode)
     sent = 0
@@ -264,8 +266,10 @@ def ping_main(argv: list[str]) -> int:
         if len(rtts) >= a.count and hasattr(arq, "close"):
             arq.close()                    # QUIC: say goodbye (aioquic's close is idempotent)
         return len(rtts) >= a.count and idle > 0.3      # a moment to acknowledge the last echoes
+    began = time.time()                    # wall clock: runs side by side are compared on it
     _arq_loop(sock, arq, got, done, deadline, produce)
-    print(json.dumps({"rtts": rtts, "stats": dict(arq.stats), "in_order": order == list(range(a.count))}))
+    print(json.dumps({"rtts": rtts, "stats": dict(arq.stats), "in_order": order == list(range(a.count)),
+                      "span": [began, time.time()]}))
     return 0
 
 
@@ -405,8 +409,9 @@ def add_arguments(p) -> None:
     p.add_argument("--loss-pct", type=float, default=10.0, help="round-trip loss, split over both "
                    "directions as test.cpp does (default: 10)")
     p.add_argument("--rtt-ms", default="60-125", help="RTT range MIN-MAX (default: 60-125)")
-    p.add_argument("--rounds", type=int, default=1, help="repeat every run this many times, in "
-                   "alternating order, and pool the RTTs (default: 1)")
+    p.add_argument("--rounds", type=int, help="rounds of KCP's scenario; in each, the implementations of one mode "
+                   "run side by side on the link, and the goal is the median of the per-round ratios "
+                   f"(default: {FULL['rounds']}; {QUICK['rounds']} with --quick or on an emulated CPU)")
     p.add_argument("--configs", help="IMPL:MODE list to run in KCP's scenario (default: all but quic:default)")
     p.add_argument("--sweep", help="round-trip loss rates (percent) for the loss sweep, or 'none' "
                    f"(default: {FULL['sweep']}; {EMULATED['sweep']} on an emulated CPU)")
@@ -522,14 +527,18 @@ def run(provider, args, step) -> dict:
             plan = stack.enter_context(impair.applied(h, h.nic(net).ifname, one_way, IMPAIR_QUEUE))
             mechanisms.append(plan.mechanism)
         raw: dict[tuple[str, str], list[dict]] = {c: [] for c in configs}
+        groups = side_by_side(configs)
         for rnd in range(args.rounds):
-            # alternate the order so that no implementation always runs first (or last)
-            for impl, mode in (configs if rnd % 2 == 0 else configs[::-1]):
-                step(f"round {rnd + 1}/{args.rounds}, {impl} {mode}: {count} messages of 8 bytes, one every 20 ms")
-                port = PORT + 10 * rnd + CONFIGS.index((impl, mode))
-                first = rnd == 0 and ((impl, mode) == configs[0] or mode == "fast")
-                pcap = out / f"{impl}-{mode}.pcap" if first else None
-                raw[(impl, mode)].append(one_run(provider, a, b, ip_b, port, impl, mode, count, pcap, net))
+            # alternate the order (of the groups, and of the starts within one) each round
+            for group in (groups if rnd % 2 == 0 else [g[::-1] for g in groups[::-1]]):
+                step(f"round {rnd + 1}/{args.rounds}, side by side: {', '.join(f'{i} {m}' for i, m in group)}: "
+                     f"{count} messages of 8 bytes each, one every 20 ms")
+                items = [(impl, mode, PORT + 10 * rnd + CONFIGS.index((impl, mode)),
+                          out / f"{impl}-{mode}.pcap" if rnd == 0 and (
+                              (impl, mode) == configs[0] or mode == "fast") else None)
+                         for impl, mode in group]
+                for (impl, mode), part in zip(group, group_run(provider, a, b, ip_b, items, count, net)):
+                    raw[(impl, mode)].append({**part, "round": rnd + 1})
     sweep: dict[str, dict] = {}
     port = SWEEP_PORT
     tcp_cc = a.run(["sysctl", "-n", "net.ipv4.tcp_congestion_control"], check=False, timeout=10).stdout.strip()
@@ -570,7 +579,9 @@ def run(provider, args, step) -> dict:
                                                       "bulk_seconds": bulk_s, "chunk_bytes": CHUNK,
                                                       "tcp_congestion_control": tcp_cc},
             "udp_concurrency": concurrency, "load_avg": os.getloadavg(), "grid_notes": notes}
-    md = render(runs, kcp_scenario, simulated, count, one_way, mechanisms[0], a.name, b.name, env, png, args)
+    pairs = paired(runs)
+    data["paired"] = pairs
+    md = render(runs, kcp_scenario, pairs, simulated, count, one_way, mechanisms[0], a.name, b.name, env, png, args)
     if notes:
         md = md.replace("\n\n", "\n\n" + "\n".join(f"> Grid: {n}." for n in notes) + "\n\n", 1)
     md = md.replace("\n## Re-run", f"- load average at the end (1, 5, 15 min): "
@@ -582,39 +593,67 @@ def run(provider, args, step) -> dict:
         md = md.replace("\n## Environment", render_concurrency(concurrency, udp_s, args.udp_workers, a.name, b.name)
                         + "\n## Environment", 1)
     path = report.write_report(out, md, data)
-    return {"report": path, "dir": out, "summary": goal_lines(kcp_scenario)[0] if goal_lines(kcp_scenario) else None}
+    goals = goal_lines(kcp_scenario, pairs)
+    return {"report": path, "dir": out, "summary": goals[0] if goals else None}
 
 
-def one_run(provider, a, b, ip_b: str, port: int, impl: str, mode: str, count: int,
-            pcap: Path | None, net: str) -> dict:
+def side_by_side(configs: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+    """The configs that run at once in a round: hpnlab and C ikcp of one mode (eager with fast,
+    which it is measured against), the TCP variants, QUIC - in the order first named."""
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for impl, mode in configs:
+        key = impl if impl in ("tcp", "quic") else ("fast" if mode == "eager" else mode)
+        groups.setdefault(key, []).append((impl, mode))
+    return list(groups.values())
+
+
+def group_run(provider, a, b, ip_b: str, items: list[tuple[str, str, int, Path | None]], count: int,
+              net: str) -> list[dict]:
+    """KCP's scenario for each (impl, mode, port, pcap) at the same time over the same link:
+    every echo agent on `b`, then every pinger on `a`, so that the link's state, the delay
+    line and the machine's load are the same for all of them (its random losses still fall
+    on each datagram apart: the rounds give the spread)."""
     timeout = 60 + count * 0.2
-    echo = b.start(agent_argv(b, "rudp", "echo", "--port", port, "--impl", impl, "--mode", mode,
-                              "--count", count, "--timeout", timeout), name=f"rudp-echo-{port}")
+    echoes, pingers = [], []
     with ExitStack() as stack:
         try:
-            if impl == "tcp":
-                b.wait_for_port(port, timeout=max(15.0, b.start_timeout))
-            else:
-                b.wait_for_port(port, timeout=max(15.0, b.start_timeout), proto="udp")
-            if pcap:
-                stack.enter_context(Capture(provider, f"{a.name}:{a.nic(net).ifname}", pcap,
-                                            f"{'tcp' if impl == 'tcp' else 'udp'} port {port}"))
-            res = a.run(agent_argv(a, "rudp", "ping", "--to", f"{ip_b}:{port}", "--impl", impl,
-                                   "--mode", mode, "--count", count, "--timeout", timeout),
-                        timeout=timeout + 10)
-            server = _agent_result(echo, b, "echo agent", timeout)
+            for impl, mode, port, _ in items:
+                echoes.append(b.start(agent_argv(b, "rudp", "echo", "--port", port, "--impl", impl, "--mode", mode,
+                                                 "--count", count, "--timeout", timeout), name=f"rudp-echo-{port}"))
+            for impl, _, port, pcap in items:
+                b.wait_for_port(port, timeout=max(15.0, b.start_timeout), proto="tcp" if impl == "tcp" else "udp")
+                if pcap:
+                    stack.enter_context(Capture(provider, f"{a.name}:{a.nic(net).ifname}", pcap,
+                                                f"{'tcp' if impl == 'tcp' else 'udp'} port {port}"))
+            for impl, mode, port, _ in items:
+                pingers.append(a.start(agent_argv(a, "rudp", "ping", "--to", f"{ip_b}:{port}", "--impl", impl,
+                                                  "--mode", mode, "--count", count, "--timeout", timeout),
+                                       name=f"rudp-ping-{port}"))
+            done = [(_agent_result(ping, a, f"{impl} {mode} pinger", timeout + 10),
+                     _agent_result(echo, b, f"{impl} {mode} echo agent", timeout))
+                    for (impl, mode, _, _), ping, echo in zip(items, pingers, echoes)]
         finally:
             with deferred_interrupts():
-                echo.stop(3)
-    client = json.loads(res.stdout.strip().splitlines()[-1])
+                for proc in pingers + echoes:
+                    proc.stop(3)
+    return [_scenario_part(impl, mode, count, pcap, client, server)
+            for (impl, mode, _, pcap), (client, server) in zip(items, done)]
+
+
+def _scenario_part(impl: str, mode: str, count: int, pcap: Path | None, client: dict, server: dict) -> dict:
     rtts = client["rtts"]
     if len(rtts) != count or client.get("in_order") is False:
         raise LabError(f"{impl} {mode}: {len(rtts)} of {count} messages came back"
                        + ("" if client.get("in_order", True) else ", not each once in order"))
     wire = client["stats"].get("bytes_out", 0) + server.get("stats", {}).get("bytes_out", 0)
     stats = [client["stats"], server.get("stats", {})]
-    return {"rtts": rtts, "wire": wire, "pcap": pcap.name if pcap else None,
+    return {"rtts": rtts, "wire": wire, "pcap": pcap.name if pcap else None, "span": client.get("span"),
             "retransmits": sum(st.get("retransmits", 0) + st.get("fast_retransmits", 0) for st in stats)}
+
+
+def one_run(provider, a, b, ip_b: str, port: int, impl: str, mode: str, count: int,
+            pcap: Path | None, net: str) -> dict:
+    return group_run(provider, a, b, ip_b, [(impl, mode, port, pcap)], count, net)[0]
 
 
 def _agent_result(proc, host, what: str, timeout: float) -> dict:
@@ -732,7 +771,9 @@ def summarize(impl: str, mode: str, parts: list[dict]) -> dict:
     return {"impl": impl, "mode": mode, "rtts": rtts, "rounds": len(parts),
             "avg_ms": round(sum(rtts) / n, 1), "max_ms": srt[-1],
             "p50_ms": srt[n // 2], "p99_ms": srt[min(n - 1, int(n * 0.99))],
-            "per_round": [{"avg_ms": round(sum(p["rtts"]) / len(p["rtts"]), 1), "max_ms": max(p["rtts"])}
+            "per_round": [{"round": p["round"], "avg_ms": round(sum(p["rtts"]) / len(p["rtts"]), 1),
+                           "max_ms": max(p["rtts"]), "span": p["span"], "retransmits": p["retransmits"],
+                           "overhead": round(p["wire"] / (len(p["rtts"]) * PERFECT_BYTES) - 1, 3) if udp else None}
                           for p in parts],
             "wire_bytes": wire if udp else None,
             "overhead": round(wire / (n * PERFECT_BYTES) - 1, 3) if udp else None,
@@ -777,22 +818,65 @@ def eager_vs_fast(count: int, one_way, lo: float, hi: float, seeds: int = 10) ->
             "avg_diff_ms": round(sum(diffs) / seeds, 1), "eager_lower_avg_in": sum(d < 0 for d in diffs)}
 
 
-def goal_lines(s: dict) -> list[str]:
-    if "fast" not in s.get("hpnlab", {}) or "fast" not in s.get("ckcp", {}):
-        return []
-    h, c = s["hpnlab"]["fast"], s["ckcp"]["fast"]
-    avg_ok, max_ok, ovh_ok = h["avg_ms"] <= c["avg_ms"], h["max_ms"] <= c["max_ms"], h["overhead"] <= 0.15
-    lines = [f"hpnlab fast vs C ikcp fast: avg {h['avg_ms']} vs {c['avg_ms']} ms "
-             f"({'met' if avg_ok else 'NOT met'}), max {h['max_ms']} vs {c['max_ms']} ms "
-             f"({'met' if max_ok else 'NOT met'}); overhead {h['overhead']:.1%} "
-             f"(goal <= 15 %: {'met' if ovh_ok else 'NOT met'}; C ikcp fast: {c['overhead']:.1%})"]
-    if "eager" in s["hpnlab"]:
-        e = s["hpnlab"]["eager"]
-        lines.append(f"hpnlab eager (fast, flushing what it owes at once) vs C ikcp fast: "
-                     f"avg {e['avg_ms']} vs {c['avg_ms']} ms "
-                     f"({'met' if e['avg_ms'] <= c['avg_ms'] else 'NOT met'}), max {e['max_ms']} vs {c['max_ms']} ms "
-                     f"({'met' if e['max_ms'] <= c['max_ms'] else 'NOT met'}); overhead {e['overhead']:.1%} "
-                     f"({'met' if e['overhead'] <= 0.15 else 'NOT met'})")
+# hpnlab against C ikcp, each pair run side by side in every round
+PAIRS = [("hpnlab:fast", "ckcp:fast"), ("hpnlab:eager", "ckcp:fast"), ("hpnlab:normal", "ckcp:normal"),
+         ("hpnlab:default", "ckcp:default")]
+
+
+def paired(runs: dict) -> dict:
+    """Per pair in PAIRS: hpnlab's average and maximum RTT over C ikcp's, one ratio per round
+    (the two ran side by side in it); the median of the ratios, their range, in how many rounds
+    hpnlab was lower and higher, and whether the difference is beyond the run-to-run spread
+    (every round on the same side of 1). One round gives no spread."""
+    out: dict[str, dict] = {}
+    for x, y in PAIRS:
+        if x not in runs or y not in runs:
+            continue
+        theirs = {p["round"]: p for p in runs[y]["per_round"]}
+        rounds = [(p, theirs[p["round"]]) for p in runs[x]["per_round"] if p["round"] in theirs]
+        row: dict = {"rounds": len(rounds)}
+        for stat in ("avg_ms", "max_ms"):
+            ratios = [round(p[stat] / q[stat], 3) for p, q in rounds]
+            lower, higher = sum(r < 1 for r in ratios), sum(r > 1 for r in ratios)
+            row[stat] = {"ratios": ratios, "median": round(statistics.median(ratios), 3), "min": min(ratios),
+                         "max": max(ratios), "lower_in": lower, "higher_in": higher,
+                         "beyond_spread": len(ratios) >= 2 and len(ratios) in (lower, higher)}
+        out[f"{x}/{y}"] = row
+    return out
+
+
+def _paired_verdict(name: str, r: dict, n: int) -> str:
+    """'avg RTT ratio 0.980 (median of 4 rounds, [0.950–1.030]) → met; inside the spread: ...'."""
+    ok = r["median"] <= 1
+    if n < 2:
+        spread = "one round: no spread to judge it by"
+    elif r["beyond_spread"]:
+        spread = (f"beyond the spread: {'lower' if r['lower_in'] == n else 'higher'} in all {n} rounds "
+                  f"(were the two alike, a {2 / 2 ** n:.0%} chance)")
+    else:
+        spread = f"inside the spread: lower in {r['lower_in']}, higher in {r['higher_in']} of {n} rounds"
+    return (f"{name} ratio {r['median']:.3f}" + (f" (median of {n} rounds, [{r['min']:.3f}–{r['max']:.3f}])"
+                                                  if n > 1 else "")
+            + f" → {'met' if ok else 'NOT met'}; {spread}")
+
+
+def goal_lines(s: dict, pairs: dict) -> list[str]:
+    """The goal, hpnlab fast <= C ikcp fast in average and maximum RTT, decided by the ratios of
+    rounds in which the two ran side by side; overhead <= 15 % over the pooled rounds."""
+    lines = []
+    for mode, label in (("fast", "hpnlab fast vs C ikcp fast"),
+                        ("eager", "hpnlab eager (fast, flushing what it owes at once) vs C ikcp fast")):
+        key = f"hpnlab:{mode}/ckcp:fast"
+        if key not in pairs:
+            continue
+        h, c = s["hpnlab"][mode], s["ckcp"]["fast"]
+        p = pairs[key]
+        lines.append(f"{label} (the goal{'' if mode == 'fast' else ', with eager'}): "
+                     f"{_paired_verdict('avg RTT', p['avg_ms'], p['rounds'])}; "
+                     f"{_paired_verdict('max RTT', p['max_ms'], p['rounds'])}; "
+                     f"pooled avg {h['avg_ms']} vs {c['avg_ms']} ms, max {h['max_ms']} vs {c['max_ms']} ms; "
+                     f"overhead {h['overhead']:.1%} (<= 15 %: {'met' if h['overhead'] <= 0.15 else 'NOT met'}; "
+                     f"C ikcp fast: {c['overhead']:.1%})")
     return lines
 
 
@@ -936,13 +1020,15 @@ def render_concurrency(rows: list[dict], seconds: float, workers: int, a: str, b
     return "\n".join(L) + "\n"
 
 
-def render(runs, s, simulated, count, one_way, mechanism, a, b, env, png, args) -> str:
+def render(runs, s, pairs, simulated, count, one_way, mechanism, a, b, env, png, args) -> str:
     rows = [[r["impl"], r["mode"], r["avg_ms"], r["max_ms"], r["p50_ms"], r["p99_ms"],
              "n/a (TCP)" if r["overhead"] is None else f"{r['overhead']:.1%}",
              "" if r["retransmits"] is None else r["retransmits"], r["pcap"] or ""] for r in runs.values()]
     L = ["# rudp lab: reliable UDP (ARQ) in KCP's test.cpp scenario", "",
          f"`{a}` sends {count} 8-byte messages (index, send time), one every 20 ms, `{b}` echoes each; "
-         f"{args.rounds} round(s), alternating the order. "
+         f"{args.rounds} round(s); in each, hpnlab and C ikcp of one mode (and hpnlab's eager beside fast) run "
+         "side by side, at the same time over the same link, so the link's state and the machine's load are "
+         "the same for both (netem's losses still fall on each datagram apart: the rounds give the spread). "
          f"Both data NICs' egress: {one_way.describe()} ({mechanism}), i.e. {args.loss_pct:g} % loss and "
          f"{args.rtt_ms} ms RTT per round trip, as test.cpp's simulator. Modes are test.cpp's ikcp_nodelay "
          "arguments: default (0,10,0,cwnd on), normal (0,10,0,no cwnd), fast (1,10,2,no cwnd); windows 128/128; "
@@ -955,8 +1041,21 @@ def render(runs, s, simulated, count, one_way, mechanism, a, b, env, png, args) 
          "", "Overhead: UDP payload bytes both ends sent (PUSHes, retransmissions, ACKs, probes) over a perfect "
          f"run's {PERFECT_BYTES} bytes per message (one 24+8-byte PUSH and one 24-byte ACK each way); TCP's "
          "bytes are not counted (n/a).", "", f"![RTT CDF]({png})", "", "## Reading", ""]
-    goals = goal_lines(s)
+    goals = goal_lines(s, pairs)
     L += [f"- {g}" for g in goals]
+    if pairs:
+        L += ["", "hpnlab over C ikcp, per round side by side (a ratio below 1: hpnlab lower). A difference is "
+              "beyond the run-to-run spread only if every round falls on the same side of 1; inside it, this "
+              "run cannot tell the two apart.", "",
+              report.md_table(["pair", "rounds", "avg RTT ratio: median [min–max]", "per round", "max RTT ratio: "
+                               "median [min–max]", "per round", "avg: lower/higher in"],
+                              [[k, r["rounds"], f"{r['avg_ms']['median']:.3f} [{r['avg_ms']['min']:.3f}–"
+                                f"{r['avg_ms']['max']:.3f}]", " ".join(f"{x:.2f}" for x in r["avg_ms"]["ratios"]),
+                                f"{r['max_ms']['median']:.3f} [{r['max_ms']['min']:.3f}–{r['max_ms']['max']:.3f}]",
+                                " ".join(f"{x:.2f}" for x in r["max_ms"]["ratios"]),
+                                f"{r['avg_ms']['lower_in']}/{r['avg_ms']['higher_in']}"
+                                + (" (beyond the spread)" if r["avg_ms"]["beyond_spread"] else "")]
+                               for k, r in pairs.items()]), ""]
     ranked = sorted(runs.values(), key=lambda r: r["avg_ms"])
     L.append(f"- Lowest average RTT: {ranked[0]['impl']} {ranked[0]['mode']} ({ranked[0]['avg_ms']} ms); "
              f"highest: {ranked[-1]['impl']} {ranked[-1]['mode']} ({ranked[-1]['avg_ms']} ms, "
@@ -980,7 +1079,7 @@ def render(runs, s, simulated, count, one_way, mechanism, a, b, env, png, args) 
                     "lost segment holds up all behind it." if t["avg_ms"] > k["avg_ms"] else
                     "TCP is as fast or faster here."))
     if "hpnlab:fast" in runs and runs["hpnlab:fast"]["rounds"] > 1:
-        for key in ("hpnlab:fast", "hpnlab:eager", "ckcp:fast"):
+        for key in ("hpnlab:fast", "hpnlab:eager", "ckcp:fast", "hpnlab:default", "ckcp:default"):
             if key in runs:
                 L.append(f"- {key} per round (avg/max ms): " + ", ".join(
                     f"{p['avg_ms']}/{p['max_ms']}" for p in runs[key]["per_round"]))
