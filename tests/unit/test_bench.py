@@ -178,8 +178,14 @@ def test_a_scaling_curve_over_workers_is_drawn(tmp_path):
     # loopback: the probe says 2 CPUs, but the server is pinned to one of them
     shared = [_full("epoll-procs", 1000, 90 + 10 * w, util=0.95, workers=w) for w in (1, 2)]
     text = writeup.reading(shared, {"mode": "loopback", "server_cpus": 2, "machine": {"cpus": 2}})
-    assert "Loopback pins the server to CPU0 (the load generator has CPU1 of this machine's 2)" in text
+    assert "The bench pinned the server to CPU0 (the load generator has CPU1 of this machine's 2)" in text
     assert "CPU per request from 1 to 2 workers: epoll-procs +10%" in text and "of the server's 2" not in text
+    # netns hosts: lab mode, the probe says 2 CPUs, and the server was pinned all the same
+    netns = {"mode": "lab", "server_cpus": 2, "server_pinned_cpu": 0, "machine": {"cpus": 2}, "provider": "netns"}
+    text = writeup.reading(shared, netns)
+    assert "The bench pinned the server to CPU0" in text and "of the server's 2" not in text
+    assert ("the lab's hosts share this machine's kernel and CPUs (provider netns), and the bench pins the server "
+            "to CPU0 and the load generator to CPU1, so **the server has one core**") in text
 
 
 def test_proc_snapshot_over_a_shell_matches_the_local_read(tmp_path):

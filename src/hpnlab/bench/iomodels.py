@@ -582,6 +582,7 @@ def benchmark(cfg: Config, mode: str, provider=None, argv: list[str] | None = No
     env["server_python"] = server.get("python")
     env["server_cpus"] = server.get("cpus")
     env["server_emulated"] = server.get("emulated")
+    env["server_pinned_cpu"] = srv.cpu
     env["server_host"] = srv.host.name if srv.host else "this machine"
     env["syscall_tool"] = srv.syscall_tool
     env["nofile_limit"] = resource.getrlimit(resource.RLIMIT_NOFILE)[1]

@@ -234,8 +234,11 @@ def _cores(cells: list[dict], env: dict) -> list[str]:
     most = max(par, key=lambda c: c.get("server_util") or 0) if par else None
     used = (f" The most any server used was {most['server_util']:.2f} cores ({name(most)} at "
             f"{most['conns']} connections)." if most else "")
-    if env.get("mode") == "loopback":
-        text = (f"This machine has {machine} cores and loopback mode pins the server to CPU0 and the load "
+    if pinned(env):
+        how = ("loopback mode pins" if env.get("mode") == "loopback" else
+               f"the lab's hosts share this machine's kernel and CPUs (provider {env.get('provider', '?')}), "
+               "and the bench pins")
+        text = (f"This machine has {machine} cores and {how} the server to CPU0 and the load "
                 "generator to CPU1" if (machine or 0) >= 2 else
                 f"This machine has {machine} core(s): server and load generator share it")
         text += (", so **the server has one core**: threads or processes of a parallel engine can only take "
@@ -249,9 +252,14 @@ def _cores(cells: list[dict], env: dict) -> list[str]:
     return ["### Cores available to the server", "", text, ""]
 
 
+def pinned(env: dict) -> bool:
+    """Was the server pinned to one CPU of this machine (loopback; lab hosts that share its CPUs)?"""
+    return env.get("mode") == "loopback" or env.get("server_pinned_cpu") is not None
+
+
 def one_core(env: dict) -> bool:
-    """Did the server have a single core (loopback pins it to CPU0; a 1-vCPU server host)?"""
-    return env.get("mode") == "loopback" or env.get("server_cpus") == 1
+    """Did the server have a single core (pinned to CPU0, or a 1-vCPU server host)?"""
+    return pinned(env) or env.get("server_cpus") == 1
 
 
 def _multi(cells: list[dict], conns: int, size: int, env: dict) -> list[str]:
@@ -373,11 +381,11 @@ def _cores_delivered(curves: dict[str, dict[int, dict]], env: dict) -> list[str]
     top = max(max(by_w) for by_w in curves.values())
     most = max((by_w[top] for by_w in curves.values() if top in by_w), key=lambda c: c["server_util"])
     cpus, machine = env.get("server_cpus") or top, (env.get("machine") or {}).get("cpus")
-    if env.get("mode") == "loopback":
+    if pinned(env):
         # pinned to CPU0 whatever the machine has: the workers share one core
         costs = [f"{e} {by_w[max(by_w)]['cpu_us_per_req'] / by_w[min(by_w)]['cpu_us_per_req'] - 1:+.0%}"
                  for e, by_w in curves.items() if by_w[min(by_w)].get("cpu_us_per_req")]
-        return [f"Loopback pins the server to CPU0 (the load generator has CPU1 of this machine's "
+        return [f"The bench pinned the server to CPU0 (the load generator has CPU1 of this machine's "
                 f"{machine or '?'}), so the {top} workers took turns on one core: the most any used was "
                 f"{most['server_util']:.2f} cores ({name(most)}). On these cores the curve can only show what "
                 f"parallelism costs, not what it gains: CPU per request from {min(min(b) for b in curves.values())} "
