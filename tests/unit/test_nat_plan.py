@@ -8,6 +8,7 @@ import math
 
 import pytest
 
+from hpnlab.cli import build_parser
 from hpnlab.labs.traversal import (
     BATCH,
     CAP,
@@ -141,5 +142,7 @@ def test_deadline_argument(text, value):
 
 @pytest.mark.parametrize("text", ["soon", "0", "nan", "61"])
 def test_bad_deadline_is_named(text):
-    with pytest.raises(argparse.ArgumentTypeError, match="--deadline"):
+    with pytest.raises(argparse.ArgumentTypeError, match="'auto'"):
         deadline_arg(text)
+    with pytest.raises(SystemExit):             # argparse names the option: "argument --deadline: ..."
+        build_parser(["lab"]).parse_args(["lab", "nat", "--deadline", text])

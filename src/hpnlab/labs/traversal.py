@@ -62,9 +62,9 @@ def deadline_arg(text: str) -> float | None:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--deadline: {text!r} is neither 'auto' nor seconds") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is neither 'auto' nor seconds") from None
     if not 0.05 <= value <= 60:
-        raise argparse.ArgumentTypeError(f"--deadline must be 'auto' or 0.05 to 60 seconds (got {text})")
+        raise argparse.ArgumentTypeError(f"must be 'auto' or 0.05 to 60 seconds (got {text})")
     return value
 
 
