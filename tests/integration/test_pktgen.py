@@ -89,7 +89,7 @@ def test_lab_compares_with_testpmd_accounts_for_every_packet_and_spreads_queues(
     # checksums filled in (a veth otherwise leaves them to an offload no DPDK port sees)
     netns_lab.host("h2").run(["ethtool", "-K", "eth2", "tx", "off"], timeout=10)
     args = build_parser(["lab"]).parse_args(
-        ["lab", "--results", str(tmp_path), "pktgen", "--size", "64", "--seconds", "1", "--rounds", "1", "--no-null",
+        ["lab", "--results", str(tmp_path), "pktgen", "--size", "64", "--seconds", "2", "--rounds", "1", "--no-null",
          "--count", "20000", "--rate", "40kpps", "--loss", "5", "--queues", "2", "--mq-flows", "16",
          "--stack-bytes", "65536"])
     res = lab_module("pktgen").run(netns_lab, args, lambda m: None)

@@ -14,7 +14,7 @@ Errors a user can make - EAL arguments EAL rejects, no hugepages without
 found before or right after rte_eal_init and raised as DpdkError with the fix
 in the hint, never left to a crash.
 
-The compiled part (_hpnlab_dpdk_v3, built from _build.py) is made by `make
+The compiled part (_hpnlab_dpdk_v4, built from _build.py) is made by `make
 setup`; if it is missing the first import builds it, or says what is missing.
 """
 from __future__ import annotations

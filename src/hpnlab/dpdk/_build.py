@@ -26,7 +26,7 @@ from pathlib import Path
 from ..cbuild import build_main, compile_into
 
 # The version changes with the C interface, so a build of an older one is never loaded.
-MODULE = "_hpnlab_dpdk_v3"
+MODULE = "_hpnlab_dpdk_v4"
 
 # The structs Python reads, in both the cdef and the C source.
 STRUCTS = r"""
@@ -97,10 +97,12 @@ int hp_gen_run(hp_gen *g, uint64_t until_tsc);
 uint64_t hp_gen_sent(hp_gen *g);
 uint64_t hp_gen_bytes(hp_gen *g);
 uint64_t hp_gen_full(hp_gen *g);
+uint64_t hp_gen_unsent(hp_gen *g);
 uint64_t hp_gen_writes(hp_gen *g);
 uint64_t hp_gen_patches(hp_gen *g);
 void hp_gen_free(hp_gen *g);
 void hp_gen_echo(hp_gen *g, hp_rcv *r, uint16_t queue);
+void hp_gen_backoff(hp_gen *g, unsigned usec);
 
 #define HP_HIST_SUB ...
 #define HP_HIST_N ...
@@ -119,6 +121,7 @@ SOURCE = r"""
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <arpa/inet.h>
 #include <linux/if_packet.h>
 #include <sys/socket.h>
@@ -347,8 +350,9 @@ struct hp_gen {
     uint32_t *order; unsigned norder, next;  /* which template the k-th packet uses */
     double tsc_per_pkt;                      /* 0: as fast as the queue takes them */
     uint64_t count, first_seq, seq;          /* count 0: no limit */
-    uint64_t start_tsc, sent, bytes, full, writes, patches;
+    uint64_t start_tsc, sent, bytes, full, unsent, writes, patches;
     hp_rcv *echo; uint16_t echo_q;           /* frames coming back, counted while sending */
+    struct timespec backoff;                 /* sleep this long when the TX ring is full (0: spin) */
 };
 
 static void hp_rcv_mbufs(hp_rcv *r, struct rte_mbuf **m, uint16_t n, uint64_t now);
@@ -431,7 +435,7 @@ void hp_gen_limits(hp_gen *g, double pps, uint64_t count, uint64_t first_seq)
 {
     g->tsc_per_pkt = pps > 0 ? (double)rte_get_tsc_hz() / pps : 0;
     g->count = count; g->first_seq = g->seq = first_seq;
-    g->start_tsc = 0; g->sent = g->bytes = g->full = 0;
+    g->start_tsc = 0; g->sent = g->bytes = g->full = g->unsent = 0;
 }
 
 /* Write template k into mbuf b (or only what differs from the template it holds) and
@@ -468,6 +472,19 @@ static inline void hp_fill(hp_gen *g, struct rte_mbuf *b, uint32_t k, uint64_t s
         p[t->csum_off] = c >> 8;
         p[t->csum_off + 1] = c & 0xff;
     }
+}
+
+/* With the TX ring full: sleep if asked. An emulated NIC's device model (QEMU) drains the
+ * ring on the host's CPUs, which a guest spinning on its vCPU competes with. */
+static inline void hp_gen_wait(hp_gen *g)
+{
+    if (g->backoff.tv_nsec) nanosleep(&g->backoff, NULL);
+}
+void hp_gen_backoff(hp_gen *g, unsigned usec)
+{
+    if (usec > 999999) usec = 999999;
+    g->backoff.tv_sec = 0;
+    g->backoff.tv_nsec = (long)usec * 1000;
 }
 
 /* Send until the count is reached or the TSC passes until_tsc (the caller calls again:
@@ -510,6 +527,7 @@ int hp_gen_run(hp_gen *g, uint64_t until_tsc)
         if (!k) {                                           /* the driver holds every mbuf */
             rte_eth_tx_done_cleanup(g->port, g->queue, 0);  /* drivers that free on completion */
             g->full++;
+            hp_gen_wait(g);
             continue;
         }
         uint32_t len[512];
@@ -524,6 +542,8 @@ int hp_gen_run(hp_gen *g, uint64_t until_tsc)
              * again, so every number a receiver may see was sent exactly once */
             rte_pktmbuf_free_bulk(m + sent, k - sent);
             g->full++;
+            g->unsent += k - sent;
+            hp_gen_wait(g);
         }
         for (unsigned i = 0; i < sent; i++) g->bytes += len[i];
         g->next = (g->next + sent) % g->norder;
@@ -535,6 +555,7 @@ int hp_gen_run(hp_gen *g, uint64_t until_tsc)
 uint64_t hp_gen_sent(hp_gen *g) { return g->sent; }
 uint64_t hp_gen_bytes(hp_gen *g) { return g->bytes; }
 uint64_t hp_gen_full(hp_gen *g) { return g->full; }
+uint64_t hp_gen_unsent(hp_gen *g) { return g->unsent; }
 uint64_t hp_gen_writes(hp_gen *g) { return g->writes; }
 uint64_t hp_gen_patches(hp_gen *g) { return g->patches; }
 /* Count the frames arriving on RX queue `queue` of the generator's port with r while

@@ -41,7 +41,7 @@ GOAL = 0.9
 # command line is kept either way.
 GRID = {"size": "64,512,1500,imix", "seconds": 3.0, "rounds": 3, "count": 200_000, "rate": "100kpps",
         "no_null": False}
-EMULATED_GRID = {"size": "64,1500", "seconds": 2.0, "rounds": 2, "count": 20_000, "rate": "5kpps",
+EMULATED_GRID = {"size": "64,1500", "seconds": 4.0, "rounds": 2, "count": 20_000, "rate": "5kpps",
                  "no_null": True}
 EMULATED_WHY = ("each run's start-up there (SSH, Python, EAL) takes 4-5 s, so the full grid's 42 throughput "
                 "runs alone take over 5 minutes; net_null would measure the emulator, not the generator; "
@@ -175,17 +175,22 @@ def throughput(sender, eal: str, sizes: list[list[int]], args, step, device: str
                     res = run_agent(sender, ["testpmd", "--eal", eal, "--size", label, "--seconds", args.seconds],
                                     timeout, f"testpmd on {device}")
                 runs[tool].append(res)
-        h = max(runs["hpnlab"], key=lambda x: x["pps"])
-        t = max(runs["testpmd"], key=lambda x: x["pps"]) if runs["testpmd"] else None
+        h = max(runs["hpnlab"], key=lambda x: x["steady_pps"])
+        t = max(runs["testpmd"], key=lambda x: x["steady_pps"]) if runs["testpmd"] else None
         mean = sum(sz) / len(sz)
         rows.append({
             "device": device, "size": label, "mean_size": mean,
-            "pps": {"hpnlab": h["pps"], "testpmd": t["pps"] if t else None},
-            "gbps": {"hpnlab": h["gbps"], "testpmd": t["pps"] * (mean + 24) * 8 / 1e9 if t else None},
+            "pps": {"hpnlab": h["steady_pps"], "testpmd": t["steady_pps"] if t else None},
+            "gbps": {"hpnlab": h["steady_pps"] * (mean + 24) * 8 / 1e9,
+                     "testpmd": t["steady_pps"] * (mean + 24) * 8 / 1e9 if t else None},
             "pps_per_cpu": {"hpnlab": h["pps_per_cpu"], "testpmd": t["pps_per_cpu"] if t else None},
+            # frames made for a burst that the full TX ring did not take, per frame sent
+            "unsent_per_sent": {tool: sum(x["unsent"] for x in rs) / max(1, sum(x.get("sent", x.get("tx_packets", 0))
+                                                                                 for x in rs))
+                                for tool, rs in runs.items() if rs},
             # the median over rounds of each round's ratio: the two runs of a round saw about
             # the same load from the rest of the machine
-            "ratio": paired_ratio(runs, "pps"),
+            "ratio": paired_ratio(runs, "steady_pps"),
             "ratio_per_cpu": paired_ratio(runs, "pps_per_cpu"),
             "runs": runs,
         })
@@ -365,7 +370,8 @@ def accounting(provider, sender, receiver, net: str, eal_s: str, eal_r: str, arg
            "latency_ns": got["latency_ns"] if provider.shares_kernel else None,     # one clock for both
            "histogram": got["histogram"] if provider.shares_kernel else None,
            "beyond_sent": max(0, got["max_seq"] - sent["sent"]), "flows": flows,
-           "per_queue": got.get("per_queue", []), "rss": got.get("rss")}
+           "per_queue": got.get("per_queue", []), "rss": got.get("rss"), "driver": got.get("driver"),
+           "queue_xstats": got.get("queue_xstats", {})}
     if loss is not None:
         res["injected_pct"] = loss.pct
         res["dropped_by_switch"] = loss.dropped()
@@ -422,6 +428,9 @@ def check_knobs(args) -> None:
         value = getattr(args, knob)
         if value is not None and value <= 0:
             raise LabError(f"--{knob} must be positive (got {value:g})")
+    if args.seconds is not None and args.seconds < 2:
+        raise LabError(f"--seconds must be at least 2 (got {args.seconds:g}): each sender's rate is the median of "
+                       "its per-second rates after its first second")
 
 
 def run(provider, args, step) -> dict:
@@ -549,12 +558,14 @@ def render_mq(mq: dict | None) -> str:
     if "error" in mq:
         return "\n".join(md + [f"Not run here: {mq['error']}", ""])
     total = sum(mq["per_queue"]) or 1
+    xstats = mq.get("queue_xstats", {})
     md += [f"{mq['sent']} packets over {mq['flows']} flows (source ports) to a DPDK receiver polling "
            f"{len(mq['per_queue'])} RX queues"
-           + (" with RSS" if mq.get("rss") else " (the device's own spreading: for net_af_packet the kernel's "
-              "PACKET_FANOUT flow hash)") + ".", "",
-           report.md_table(["queue", "frames", "share %"],
-                           [[q, n, f"{100 * n / total:.1f}"] for q, n in enumerate(mq["per_queue"])]), "",
+           + (" with RSS" if mq.get("rss") else f" without RSS: {SPREAD.get(mq.get('driver'), SPREAD[None])}")
+           + ".", "",
+           report.md_table(["queue", "frames polled", "share %", "the driver's rx_q<N>_good_packets"],
+                           [[q, n, f"{100 * n / total:.1f}", xstats.get(f"rx_q{q}_good_packets", "-")]
+                            for q, n in enumerate(mq["per_queue"])]), "",
            f"received + lost = {mq['received']} + {mq['lost']} = {mq['received'] + mq['lost']} of "
            f"{mq['sent']} sent (the port's own miss counter, imissed: {mq['kernel_drops']}); reordered "
            f"{mq['reordered']} (one sequence, several queues: frames of different flows overtake each other "
@@ -564,6 +575,15 @@ def render_mq(mq: dict | None) -> str:
               + ("; each flow stays in one queue, so the split follows how the hash spread the flows."
                  if used > 1 else "; the hash put every flow in one queue."))
     return "\n".join(md) + "\n"
+
+
+# Who puts a flow in a queue when the port has no RSS, by the receiving port's driver.
+SPREAD = {
+    "net_af_packet": "the kernel's PACKET_FANOUT flow hash picks each frame's queue",
+    "net_virtio": "QEMU's virtio-net here has no RSS of its own; the host's multi-queue tap behind it puts "
+                  "each flow in one of its queues by the flow's hash, and each tap queue feeds one RX queue",
+    None: "the device's own spreading",
+}
 
 
 def _m(v) -> str:
@@ -604,17 +624,24 @@ def render(rows, acc, rtt, args, env, png, provider, out: Path) -> str:
           f"Sender {args.hosts.split(',')[0]}, receiver {args.hosts.split(',')[1]}; {args.proto}, "
           f"{args.flows} flow(s); each throughput run {args.seconds:g} s, {args.rounds} round(s) per tool "
           "back to back, the order alternating; the Mpps columns are each tool's best round, the ratios the "
-          "median of the rounds' own ratios. testpmd's figure is the median of its own per-second Tx-pps; "
-          "hpnlab's is packets sent / the run's TSC time. Both run on the same port with the same EAL "
-          "arguments, one after the other.", ""]
+          "median of the rounds' own ratios. Both run on the same port with the same EAL arguments, one "
+          "after the other, set up alike: one TX and one RX queue of 1024 descriptors asked (the driver "
+          "clamps them to its ring), 8191 mbufs, bursts of 32, one polling lcore, no offloads, and a full "
+          "ring met the same way (the burst's untaken frames freed, the next burst made at once). Each "
+          "rate is measured the same way: the port's TX count per second on the sender's own clock "
+          "(testpmd's Tx-pps lines; the generator's count after each 0.1 s slice), the median of the "
+          "seconds after the first (start-up).", ""]
     if env.get("grid_note"):
         md += [f"The grid: {env['grid_note']}.", ""]
     md += ["## Packets per second", "",
           report.md_table(["device", "size", "hpnlab Mpps", "testpmd Mpps", "ratio", "hpnlab Gbit/s",
-                           "hpnlab Mpps per CPU-s", "testpmd Mpps per CPU-s", "ratio per CPU-s"],
+                           "hpnlab Mpps per CPU-s", "testpmd Mpps per CPU-s", "ratio per CPU-s",
+                           "untaken per sent, hpnlab / testpmd"],
                           [[r["device"], r["size"], _m(r["pps"]["hpnlab"]), _m(r["pps"]["testpmd"]),
                             _r(r["ratio"]), f"{r['gbps']['hpnlab']:.3f}", _m(r["pps_per_cpu"]["hpnlab"]),
-                            _m(r["pps_per_cpu"]["testpmd"]), _r(r["ratio_per_cpu"])] for r in rows]),
+                            _m(r["pps_per_cpu"]["testpmd"]), _r(r["ratio_per_cpu"]),
+                            " / ".join(f"{r['unsent_per_sent'][t]:.2f}" if t in r["unsent_per_sent"] else "-"
+                                       for t in ("hpnlab", "testpmd"))] for r in rows]),
           f"![pps per size]({png})", ""]
     md.append("Reading:")
     for r in rows:

@@ -21,7 +21,7 @@ import time
 
 from .. import dpdk
 from ..errors import HpnlabError
-from .engine import Generator, Receiver
+from .engine import Generator, Receiver, steady_pps
 from .templates import PROTOS, Traffic, TrafficError, parse_sizes, rate_pps
 
 # The generator's frames go to a MAC no host owns: the peer's kernel leaves them alone
@@ -36,10 +36,16 @@ def mac_bytes(text: str) -> bytes:
     return bytes(int(p, 16) for p in parts)
 
 
-def open_port(eal: str, port: int, rxq: int = 1, txq: int = 1, nmbufs: int = 8191, rss: bool = False):
+# Both senders' ports are set up alike: one queue pair of these many descriptors (the
+# driver clamps them to what the device has), this many mbufs; testpmd gets them as options.
+DESCRIPTORS = 1024
+MBUFS = 8191
+
+
+def open_port(eal: str, port: int, rxq: int = 1, txq: int = 1, nmbufs: int = MBUFS, rss: bool = False):
     dpdk.init(shlex.split(eal))
     pool = dpdk.Pool(f"pktgen{port}", nmbufs)
-    return dpdk.Port(port, pool, rxq=rxq, txq=txq, rss=rss)
+    return dpdk.Port(port, pool, rxq=rxq, txq=txq, rxd=DESCRIPTORS, txd=DESCRIPTORS, rss=rss)
 
 
 def cmd_send(a) -> dict:
@@ -51,7 +57,7 @@ def cmd_send(a) -> dict:
     try:
         link = port.link()
         gen = Generator(port, traffic, port.mac if a.src_mac is None else mac_bytes(a.src_mac),
-                        mac_bytes(a.dst_mac), burst=a.burst)
+                        mac_bytes(a.dst_mac), burst=a.burst, backoff_us=a.backoff_us)
         echo = None
         if a.echo:          # a peer sends the frames back: count them here, on the clock that stamped them
             echo = Receiver(expect=a.count, hz=dpdk.tsc_hz())
@@ -60,6 +66,7 @@ def cmd_send(a) -> dict:
         port.reset_stats()
         out = gen.run(pps=rate_pps(a.rate, traffic.mean_size(), link.speed_mbps), count=a.count,
                       seconds=a.seconds)
+        out["steady_pps"] = steady_pps(out["samples"])
         if echo is not None:
             echo.run_dpdk(port, a.echo_wait, idle=0.5)       # the last frames on their way back
             out["echo"] = echo.result(sent=out["sent"])
@@ -115,7 +122,7 @@ def testpmd_argv(eal: str, *forwarding: str) -> list[str]:
         core = int(args[i + 1].split(",")[0].split("-")[0])
         del args[i:i + 2]
     return ["dpdk-testpmd", "--lcores", f"0@{core},1@{core}", *args, "--", *forwarding, "--stats-period=1",
-            "--total-num-mbufs=8191", "--txq=1", "--rxq=1"]
+            f"--total-num-mbufs={MBUFS}", "--txq=1", "--rxq=1", f"--txd={DESCRIPTORS}", f"--rxd={DESCRIPTORS}"]
 
 
 def run_testpmd(argv: list[str], seconds: float, until_stopped: bool = False) -> tuple[str, float, float]:
@@ -166,20 +173,26 @@ def _totals(text: str, what: str) -> int:
 
 
 def cmd_testpmd(a) -> dict:
-    """dpdk-testpmd --forward-mode=txonly on the same EAL arguments: its own Tx-pps lines
-    (one a second) after the first, and its TX-packets total."""
+    """dpdk-testpmd --forward-mode=txonly on the same EAL arguments and port setup: its own
+    per-second Tx-pps lines (port counters over its own clock), reduced as the generator's."""
     argv = testpmd_argv(a.eal, "--forward-mode=txonly", f"--txpkts={a.size}", f"--burst={a.burst}")
     text, elapsed, cpu = run_testpmd(argv, a.seconds + 0.5)
-    samples = [int(x) for x in re.findall(r"Tx-pps:\s+(\d+)", text)]
+    # Its first line comes ~0.5 s after forwarding starts and reads 0 (no interval yet); then
+    # one a second, the first of them covering the start-up as the generator's first second.
+    samples = [float(x) for x in re.findall(r"Tx-pps:\s+(\d+)", text)][1:1 + int(a.seconds)]
     tx = _totals(text, "TX")
-    # the first sample covers start-up; the per-second samples are testpmd's own clock
-    steady = sorted(samples[1:]) or samples
-    pps = steady[len(steady) // 2] if steady else (tx / elapsed if elapsed else 0.0)
     if not tx:
         raise HpnlabError("dpdk-testpmd sent nothing: " + text[-1500:])
-    return {"pps": float(pps), "tx_packets": tx, "seconds": elapsed, "samples": samples,
+    steady = steady_pps(samples)
+    if steady is None:
+        raise HpnlabError(f"dpdk-testpmd printed {len(samples)} per-second rate(s) in {a.seconds:g} s: "
+                          "too few for a steady rate (run it 2 s or longer): " + text[-800:])
+    dropped = re.findall(r"TX-dropped:\s+(\d+)", text)
+    return {"steady_pps": steady, "pps": tx / elapsed if elapsed else 0.0, "tx_packets": tx,
+            # prepared for a burst but not taken by the full ring (the generator's "unsent")
+            "unsent": int(dropped[-1]) if dropped else 0, "seconds": elapsed, "samples": samples,
             # testpmd's rate over the share of a CPU it had while forwarding
-            "cpu_seconds": cpu, "pps_per_cpu": pps * (a.seconds + 0.5) / cpu if cpu else 0.0,
+            "cpu_seconds": cpu, "pps_per_cpu": steady * (a.seconds + 0.5) / cpu if cpu else 0.0,
             "size": a.size, "argv": argv}
 
 
@@ -214,6 +227,8 @@ def main(argv=None) -> int:
                            help="count the frames a peer sends back (round trip, this host's TSC)")
             s.add_argument("--echo-wait", type=float, default=3.0,
                            help="seconds to wait for the last frames back after sending")
+            s.add_argument("--backoff-us", type=int, default=0,
+                           help="sleep this long when the TX ring is full (0: spin, as testpmd)")
         if name == "recv":
             s.add_argument("--afpacket", metavar="IFNAME")
             s.add_argument("--expect", type=int, default=0)

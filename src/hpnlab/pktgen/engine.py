@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import statistics
 import struct
 import time
 
@@ -38,12 +39,15 @@ def tsc_hz() -> int:
 
 class Generator:
     def __init__(self, port: Port, traffic: Traffic, src_mac: bytes, dst_mac: bytes,
-                 queue: int = 0, burst: int = 32, pool_size: int = 4095):
+                 queue: int = 0, burst: int = 32, pool_size: int = 4095, backoff_us: int = 0):
         self.ffi, self.lib = ffi, lib = binding()
         self.port, self.traffic, self.queue, self.burst = port, traffic, queue, burst
         self.g = ffi.gc(lib.hp_gen_new(port.id, queue, pool_size, burst), lib.hp_gen_free)
         if self.g == ffi.NULL:
             raise DpdkError("generator: out of memory")
+        # with the TX ring full: spin (0, as testpmd's txonly) or sleep this many µs
+        self.backoff_us = backoff_us
+        lib.hp_gen_backoff(self.g, backoff_us)
         self.templates = traffic.templates(src_mac, dst_mac)
         for t in self.templates:
             if lib.hp_gen_template(self.g, t.frame, len(t.frame), t.stamp_off, t.csum_off, t.csum_base) < 0:
@@ -65,6 +69,7 @@ class Generator:
         cpu0 = os.times()
         start = lib.hp_tsc()
         end = start + int(seconds * hz) if seconds else None
+        marks = [(0.0, 0)]          # (seconds since start, packets sent) after each slice
         while True:
             now = lib.hp_tsc()
             until = now + int(SLICE * hz)
@@ -73,6 +78,7 @@ class Generator:
             done = lib.hp_gen_run(self.g, until)
             if done < 0:
                 raise DpdkError(f"generator: {done}")
+            marks.append(((lib.hp_tsc() - start) / hz, int(lib.hp_gen_sent(self.g))))
             if done == 1 or (end is not None and lib.hp_tsc() >= end):
                 break
         elapsed = (lib.hp_tsc() - start) / hz
@@ -88,13 +94,38 @@ class Generator:
                 # on the wire each frame also has FCS (4), preamble (8) and gap (12)
                 "gbps": (nbytes + 24 * sent) * 8 / elapsed / 1e9 if elapsed else 0.0,
                 "ring_full": int(lib.hp_gen_full(self.g)), "frame_writes": int(lib.hp_gen_writes(self.g)),
+                # stamped for a burst but not taken by the full ring (testpmd's TX-dropped)
+                "unsent": int(lib.hp_gen_unsent(self.g)),
                 "flow_patches": int(lib.hp_gen_patches(self.g)),
-                "first_seq": first_seq, "target_pps": pps, "burst": self.burst}
+                "first_seq": first_seq, "target_pps": pps, "burst": self.burst, "backoff_us": self.backoff_us,
+                "samples": per_second(marks)}
 
     def echo(self, receiver: Receiver, queue: int = 0) -> None:
         """Count what arrives on the port's RX queue with `receiver` while sending."""
         self.echo_receiver = receiver       # the C side holds a pointer: keep it alive
         self.lib.hp_gen_echo(self.g, receiver.r, queue)
+
+
+def per_second(marks: list[tuple[float, int]]) -> list[float]:
+    """Packets per second in each whole second of a run, from (seconds, packets sent)
+    marks taken a slice apart: second k runs from the first mark at or after k s to the
+    first at or after k+1 s (as testpmd's Tx-pps, a counter's growth over its own clock)."""
+    out: list[float] = []
+    k, i = 1, 0
+    while True:
+        j = next((n for n, (t, _) in enumerate(marks) if t >= k), None)
+        if j is None:
+            return out
+        (t0, c0), (t1, c1) = marks[i], marks[j]
+        out.append((c1 - c0) / (t1 - t0) if t1 > t0 else 0.0)
+        i, k = j, k + 1
+
+
+def steady_pps(samples: list[float]) -> float | None:
+    """A sender's steady rate from its per-second rates: the median of those after the
+    first second (start-up: code paths and caches warming, the device catching up)."""
+    rest = samples[1:]
+    return float(statistics.median(rest)) if rest else None
 
 
 # The latency histogram's buckets, as the C side lays them out.
