@@ -365,6 +365,7 @@ class VagrantProvider(Provider):
             "box": settings["box"],
             "driver": driver,
             "tb_size_mb": settings["tb_size_mb"],
+            "dpdk_queues": settings["dpdk_queues"],
             "iommu": settings["iommu"],
             "nat": settings["nat"],
             "management_subnet": subnet or self._management_subnet(settings),

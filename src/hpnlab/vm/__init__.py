@@ -27,10 +27,11 @@ BOX_NAME = "hpnlab-debian12"
 # A lab's `vm:` block over these: the VM settings the Vagrantfile gets (each of the type
 # of its default).
 DEFAULTS = {"box": BOX_NAME, "driver": "auto", "iommu": False, "nat": False,
-            "management_subnet": "auto", "tb_size_mb": 64}
+            "management_subnet": "auto", "tb_size_mb": 64, "dpdk_queues": 2}
 DRIVERS = ("auto", "kvm", "qemu")
 BOX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
 TB_SIZE_MB = (8, 4096)      # QEMU's TCG translation cache, MiB
+DPDK_QUEUES = (1, 8)        # queue pairs of the virtio NIC a host gives DPDK (multi-queue tap)
 
 
 def settings(lab) -> dict:
@@ -64,6 +65,8 @@ def settings_problems(lab) -> list[tuple[int, str, str]]:
             problems.append((line, field, f"{show(value)} is not a box name (letters, digits, '.', '_', '-', '/')"))
         elif key == "tb_size_mb" and not TB_SIZE_MB[0] <= value <= TB_SIZE_MB[1]:
             problems.append((line, field, f"MiB, must be {TB_SIZE_MB[0]}..{TB_SIZE_MB[1]}, got {value}"))
+        elif key == "dpdk_queues" and not DPDK_QUEUES[0] <= value <= DPDK_QUEUES[1]:
+            problems.append((line, field, f"queue pairs, must be {DPDK_QUEUES[0]}..{DPDK_QUEUES[1]}, got {value}"))
         elif key == "management_subnet" and value != "auto":
             try:
                 net = ipaddress.ip_network(value, strict=False)
