@@ -125,6 +125,10 @@ def test_goals_are_computed_from_the_cells():
     assert g["coro ≤ 1 KiB/conn @10000 conns, 64 B"]["pass"] is True
     assert g["uring ≥ epoll-lt req/s @1000 conns, 64 B"]["pass"] is True
     assert g["uring ≤ 8 KiB/conn @1000 conns, 64 B"]["pass"] is False
+    assert len(g) == 7 and not any("4096 B" in k for k in g)       # only goals at what the grid held
+    g = {row["goal"]: row for row in writeup.goals(cells[:5])}      # a grid of 100 connections only
+    assert sorted(g) == ["best hpnlab engine ≥ uvloop req/s @100 conns, 64 B", "coro ≥ greenlet req/s @100 conns, 64 B",
+                         "uring ≥ epoll-lt req/s @100 conns, 64 B"]
 
 
 def _full(engine, rps, cpu, util=1.0, ctxsw=0.0, workers=None, client=0.5):

@@ -595,9 +595,21 @@ def benchmark(cfg: Config, mode: str, provider=None, argv: list[str] | None = No
     return {"dir": out, "cells": cells, "goals": data["goals"], "failed": failures(cells)}
 
 
+def server_md(env: dict) -> str:
+    """The server's CPUs as the engines saw them: how many, emulated or not, pinned or not."""
+    machine = (env.get("machine") or {}).get("cpus", "?")
+    text = f"- server: {env.get('server_host', '?')}, {env.get('server_cpus', '?')} CPU(s)"
+    if env.get("server_emulated"):
+        text += (f", emulated by QEMU TCG (each vCPU a thread on this machine's {machine} cores, which also run "
+                 "the client's vCPUs and everything else here): a guest instruction costs many host ones")
+    if env.get("server_pinned_cpu") is not None:
+        text += f", pinned to CPU{env['server_pinned_cpu']} of this machine's {machine}"
+    return text + "\n"
+
+
 def software_md(env: dict) -> str:
     v = env.get("versions", {})
-    return ("- software: " + ", ".join(f"{k} {val}" for k, val in v.items() if val)
+    return server_md(env) + ("- software: " + ", ".join(f"{k} {val}" for k, val in v.items() if val)
             + f"; syscalls counted with {env.get('syscall_tool') or '-'}; "
             f"descriptor limit {env.get('nofile_limit', '?')}; mode {env.get('mode', '?')}\n")
 
