@@ -27,7 +27,7 @@ BOX_NAME = "hpnlab-debian12"
 # A lab's `vm:` block over these: the VM settings the Vagrantfile gets (each of the type
 # of its default).
 DEFAULTS = {"box": BOX_NAME, "driver": "auto", "iommu": False, "nat": False,
-            "management_subnet": "auto", "tb_size_mb": 64, "dpdk_queues": 2}
+            "management_subnet": "auto", "tb_size_mb": 64, "dpdk_queues": 1}
 DRIVERS = ("auto", "kvm", "qemu")
 BOX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
 TB_SIZE_MB = (8, 4096)      # QEMU's TCG translation cache, MiB
