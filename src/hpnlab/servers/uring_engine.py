@@ -17,7 +17,11 @@ A batch of completions is reaped and the next batch of submissions is sent
 in a single io_uring_enter().
 
 Provided buffers go back to the kernel in one batch at the next wait(), so
-the data of a recv completion is copied out (bytes) before that.
+the data of a recv completion is copied out (bytes) before that - unless the
+handler takes views (protocols: echo does): it then gets a memoryview of the
+buffer itself, and a reply that is that same view is sent from the buffer
+(Ring.send_buf), which goes back to the kernel when the send is done. An echo
+then copies nothing in user space (epoll-lt makes a bytes object per recv).
 
 A signal wakes the wait through a poll on the wake-up pipe of
 signal.set_wakeup_fd (servers/loop.py's SignalWakeup), re-armed each time:
@@ -49,10 +53,11 @@ NBUFS, BUFSIZE = 512, 4096
 
 
 class UConn:
-    __slots__ = ("closing", "feed", "lost", "paused", "recv_on")
+    __slots__ = ("closing", "feed", "lost", "paused", "recv_on", "views")
 
-    def __init__(self, feed, lost=None):
+    def __init__(self, feed, lost=None, views=False):
         self.feed, self.lost = feed, lost
+        self.views = views                   # feed takes a view of the provided buffer
         self.recv_on = False                 # a (multishot) recv is armed
         self.paused = False                  # recv cancelled by backpressure
         self.closing = False
@@ -112,7 +117,7 @@ class UringServer(Server):
         ring.prep_poll(self.wake, WAKE)
         conns, bufs, bufsize = self.conns, ring.bufs, ring.bufsize
         assert bufs is not None         # (a ring made with nbufs has its provided buffers)
-        send, r = ring.lib.hp_send, ring.r
+        send, send_buf, r = ring.lib.hp_send, ring.lib.hp_send_buf, ring.r
         F_MORE, SHIFT = ring.F_MORE, ring.BUFFER_SHIFT
         SEND, DRAIN = ring.SEND_TAG, ring.DRAIN_TAG
         arm_recv, finish = self.arm_recv, self.maybe_finish
@@ -128,10 +133,15 @@ class UringServer(Server):
                     if res > 0:
                         if c is None or c.closing:
                             continue
-                        off = (flags >> SHIFT) * bufsize
-                        out, close = c.feed(bufs[off:off + res].tobytes())
+                        bid = flags >> SHIFT
+                        off = bid * bufsize
+                        data = bufs[off:off + res] if c.views else bufs[off:off + res].tobytes()
+                        out, close = c.feed(data)
                         if out:
-                            queued = send(r, fd, out, len(out))
+                            if out is data:             # echoed: send from the ring's buffer
+                                queued = send_buf(r, fd, bid, res)
+                            else:
+                                queued = send(r, fd, bytes(out) if c.views else out, len(out))
                             if not 0 <= queued <= HIGH_WATER:
                                 self.on_backlog(c, fd, queued)
                         if close:
@@ -184,7 +194,8 @@ class UringServer(Server):
     def on_accept(self, lfd: int, res: int, more: int) -> None:
         if res >= 0:
             handler = self.protocol.new()
-            c = UConn(handler.feed, getattr(handler, "connection_lost", None))
+            c = UConn(handler.feed, getattr(handler, "connection_lost", None),
+                      getattr(handler, "takes_views", False))
             self.conns[res] = c
             made = getattr(handler, "connection_made", None)
             if made is not None:     # a handler that answers later (the KV store's BLPOP)

@@ -137,6 +137,16 @@ class Ring:
             raise OSError(-n, f"send on fd {fd}: {os.strerror(-n)}")
         return n
 
+    def send_buf(self, fd: int, bid: int, n: int) -> int:
+        """Like send() of the first `n` bytes of provided buffer `bid` (handed out by
+        the last wait()), sent from the buffer itself: it goes back to the kernel when
+        the send is done. While half of the buffers are lent to sends, the bytes are
+        copied instead, so that stalled sends never take the buffers recvs need."""
+        queued = self.lib.hp_send_buf(self.r, fd, bid, n)
+        if queued < 0:
+            raise OSError(-queued, f"send of buffer {bid} on fd {fd}: {os.strerror(-queued)}")
+        return queued
+
     def send_notify(self, fd: int, mark: int) -> int:
         """Post one DRAIN_TAG completion once fd's queue is <= mark bytes; the bytes
         queued now (if already <= mark, none will come)."""

@@ -15,7 +15,10 @@ Two jobs are done in C because in Python they cost more than the I/O saves
     flight per fd; its completions, partial sends and the next send are
     handled inside harvest and never reach Python. Python hears only of a
     failed send (HP_SEND_TAG, res < 0) and, when it asked with hp_send_notify,
-    that the queue drained to a mark (HP_DRAIN_TAG, res = bytes still queued).
+    that the queue drained to a mark (HP_DRAIN_TAG, res = bytes still queued);
+  - hp_send_buf queues a provided buffer itself (an echo: no copy, no malloc of
+    the data); the buffer is lent to the send and skipped by the next harvest's
+    give-back until its send is done.
 
     python -m hpnlab.uring._build      # what `make setup` runs
 """
@@ -28,7 +31,7 @@ from pathlib import Path
 from ..cbuild import build_main, compile_into
 
 # The version changes with the C interface, so a build of an older one is never loaded.
-MODULE = "_hpnlab_uring_v3"
+MODULE = "_hpnlab_uring_v4"
 
 CDEF = r"""
 typedef unsigned long long u64;
@@ -37,12 +40,14 @@ typedef struct hp_ring hp_ring;
 hp_ring *hp_ring_new(unsigned entries, unsigned flags, int *err);
 unsigned hp_ring_flags(hp_ring *r);
 unsigned hp_ring_features(hp_ring *r);
+unsigned hp_ring_lent(hp_ring *r);
 void hp_ring_free(hp_ring *r);
 
 int hp_bufring_setup(hp_ring *r, unsigned nbufs, unsigned bufsize, int bgid);
 char *hp_buf_base(hp_ring *r);
 
 long long hp_send(hp_ring *r, int fd, const char *buf, unsigned len);
+long long hp_send_buf(hp_ring *r, int fd, unsigned bid, unsigned len);
 long long hp_send_notify(hp_ring *r, int fd, long long mark);
 void hp_send_forget(hp_ring *r, int fd);
 
@@ -90,8 +95,10 @@ typedef unsigned long long u64;
 #define HP_SEND_TAG 5
 #define HP_DRAIN_TAG 6
 
-typedef struct hp_out {          /* one queued write: a copy of the caller's bytes */
+typedef struct hp_out {          /* one queued write */
     struct hp_out *next;
+    char *ptr;                   /* data[] (a copy), or a provided buffer lent to the send */
+    int bid;                     /* that buffer, or -1 */
     unsigned len, off;
     char data[];
 } hp_out;
@@ -114,6 +121,8 @@ typedef struct hp_ring {
     unsigned *spare;             /* free buffers not in the ring: a stack, last freed on top */
     unsigned nspare;
     unsigned posted;             /* buffers in the ring the kernel has not taken yet */
+    unsigned char *lent;         /* lent[bid]: the buffer is the data of a queued send */
+    unsigned nlent;
     unsigned target;             /* how many to keep posted (doubles on ENOBUFS) */
     hp_fdq *q;                   /* indexed by fd */
     unsigned nq;
@@ -134,11 +143,26 @@ hp_ring *hp_ring_new(unsigned entries, unsigned flags, int *err)
 
 unsigned hp_ring_flags(hp_ring *r) { return r->ring.flags; }
 unsigned hp_ring_features(hp_ring *r) { return r->ring.features; }
+unsigned hp_ring_lent(hp_ring *r) { return r->nlent; }
 
-static void fdq_clear(hp_fdq *q)
+/* A buffer lent to a send is free again once the send is done (or dropped). */
+static void buf_unlend(hp_ring *r, int bid)
+{
+    r->lent[bid] = 0;
+    r->nlent--;
+    r->spare[r->nspare++] = (unsigned)bid;
+}
+
+static void out_free(hp_ring *r, hp_out *o)
+{
+    if (o->bid >= 0) buf_unlend(r, o->bid);
+    free(o);
+}
+
+static void fdq_clear(hp_ring *r, hp_fdq *q)
 {
     hp_out *o = q->head;
-    while (o) { hp_out *n = o->next; free(o); o = n; }
+    while (o) { hp_out *n = o->next; out_free(r, o); o = n; }
     q->head = q->tail = NULL;
     q->pending = 0;
 }
@@ -146,10 +170,11 @@ static void fdq_clear(hp_fdq *q)
 void hp_ring_free(hp_ring *r)
 {
     if (!r) return;
-    for (unsigned i = 0; i < r->nq; i++) fdq_clear(&r->q[i]);
+    for (unsigned i = 0; i < r->nq; i++) fdq_clear(r, &r->q[i]);
     free(r->q);
     free(r->held);
     free(r->spare);
+    free(r->lent);
     if (r->br) {
         io_uring_unregister_buf_ring(&r->ring, r->bgid);
         munmap(r->br, r->nbufs * sizeof(struct io_uring_buf));
@@ -190,7 +215,8 @@ int hp_bufring_setup(hp_ring *r, unsigned nbufs, unsigned bufsize, int bgid)
     r->bufs = malloc((size_t)nbufs * bufsize);
     r->held = malloc(nbufs * sizeof *r->held);
     r->spare = malloc(nbufs * sizeof *r->spare);
-    if (!r->bufs || !r->held || !r->spare) return -ENOMEM;
+    r->lent = calloc(nbufs, 1);
+    if (!r->bufs || !r->held || !r->spare || !r->lent) return -ENOMEM;
     /* Touch the buffers now: a burst may use all of them, so they may all end
      * up resident. Faulting them in up front makes them part of the idle
      * RSS - a fixed cost, not a per-connection one. */
@@ -272,10 +298,23 @@ static int fdq_issue(hp_ring *r, int fd, hp_fdq *q)
     hp_out *o = q->head;
     struct io_uring_sqe *sqe = get_sqe(r);
     if (!sqe) return -EBUSY;
-    io_uring_prep_send(sqe, fd, o->data + o->off, o->len - o->off, MSG_NOSIGNAL);
+    io_uring_prep_send(sqe, fd, o->ptr + o->off, o->len - o->off, MSG_NOSIGNAL);
     io_uring_sqe_set_data64(sqe, (u64)fd << HP_TAG_BITS | HP_SEND_TAG);
     q->inflight = 1;
     return 0;
+}
+
+static long long fdq_push(hp_ring *r, int fd, hp_fdq *q, hp_out *o, unsigned len)
+{
+    o->next = NULL; o->len = len; o->off = 0;
+    if (q->tail) q->tail->next = o; else q->head = o;
+    q->tail = o;
+    q->pending += len;
+    if (!q->inflight) {
+        int ret = fdq_issue(r, fd, q);
+        if (ret < 0) return ret;
+    }
+    return q->pending;
 }
 
 /* Queue a copy of buf for fd; returns the bytes now queued for fd, or -errno. */
@@ -286,16 +325,32 @@ long long hp_send(hp_ring *r, int fd, const char *buf, unsigned len)
     if (q->failed) return -EPIPE;
     hp_out *o = malloc(sizeof *o + len);
     if (!o) return -ENOMEM;
-    o->next = NULL; o->len = len; o->off = 0;
     memcpy(o->data, buf, len);
-    if (q->tail) q->tail->next = o; else q->head = o;
-    q->tail = o;
-    q->pending += len;
-    if (!q->inflight) {
-        int ret = fdq_issue(r, fd, q);
-        if (ret < 0) return ret;
-    }
-    return q->pending;
+    o->ptr = o->data;
+    o->bid = -1;
+    return fdq_push(r, fd, q, o, len);
+}
+
+/* Send the first `len` bytes of provided buffer `bid` (handed out by the last
+ * harvest) from the buffer itself: it is lent to the send and goes back to the
+ * ring when the send is done, not at the next harvest. At most half of the
+ * buffers are lent, so that stalled sends cannot starve every recv; past that
+ * the bytes are copied as hp_send does. */
+long long hp_send_buf(hp_ring *r, int fd, unsigned bid, unsigned len)
+{
+    if (bid >= r->nbufs || len > r->bufsize) return -EINVAL;
+    char *buf = r->bufs + (size_t)bid * r->bufsize;
+    if (r->lent[bid] || r->nlent >= r->nbufs / 2) return hp_send(r, fd, buf, len);
+    hp_fdq *q = fdq(r, fd);
+    if (!q) return -ENOMEM;
+    if (q->failed) return -EPIPE;
+    hp_out *o = malloc(sizeof *o);
+    if (!o) return -ENOMEM;
+    o->ptr = buf;
+    o->bid = (int)bid;
+    r->lent[bid] = 1;
+    r->nlent++;
+    return fdq_push(r, fd, q, o, len);
 }
 
 /* Ask for one DRAIN completion once fd's queue is at or below `mark` bytes;
@@ -313,7 +368,7 @@ void hp_send_forget(hp_ring *r, int fd)
 {
     if (fd < 0 || (unsigned)fd >= r->nq) return;
     hp_fdq *q = &r->q[fd];
-    fdq_clear(q);
+    fdq_clear(r, q);
     q->inflight = q->failed = 0;
     q->mark = -1;
 }
@@ -332,7 +387,7 @@ static int fdq_sent(hp_ring *r, struct io_uring_cqe *cqe, int *res)
         if (o->off == o->len) {
             q->head = o->next;
             if (!q->head) q->tail = NULL;
-            free(o);
+            out_free(r, o);
         }
         if (!q->head || fdq_issue(r, fd, q) == 0) {
             if (q->mark >= 0 && q->pending <= q->mark) {
@@ -346,7 +401,7 @@ static int fdq_sent(hp_ring *r, struct io_uring_cqe *cqe, int *res)
     } else {
         *res = cqe->res < 0 ? cqe->res : -EIO;
     }
-    fdq_clear(q);                    /* EPIPE, ECONNRESET...: the peer is gone */
+    fdq_clear(r, q);                 /* EPIPE, ECONNRESET...: the peer is gone */
     q->failed = 1;
     q->mark = -1;
     return 1;
@@ -391,7 +446,8 @@ int hp_harvest(hp_ring *r, u64 *ud, int *res, unsigned *flags, unsigned max)
     /* The buffers the caller was given last time: it has copied them out by now. */
     if (r->br) {
         for (unsigned i = r->nheld; i > 0; i--)
-            r->spare[r->nspare++] = r->held[i - 1];
+            if (!r->lent[r->held[i - 1]])        /* a lent one comes back with its send */
+                r->spare[r->nspare++] = r->held[i - 1];
         r->nheld = 0;
         hp_buf_post(r);
     }

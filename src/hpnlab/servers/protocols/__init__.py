@@ -14,6 +14,12 @@ messages, several messages at once). The result is the bytes to send back
 sent. Stateless protocols (echo) may return one shared handler for every
 connection, which keeps the memory cost of a connection down to what the
 engine itself needs.
+
+A handler whose class sets `takes_views = True` may be given a memoryview
+instead of bytes, valid only during the call (an engine that reads into
+buffers of its own - uring's provided buffers - then copies nothing); it may
+return that same view, meaning "send these bytes back", and keeps no
+reference to it.
 """
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ from . import register
 
 class EchoHandler:
     __slots__ = ()
+    takes_views = True      # returns what it is given, keeps nothing (see protocols)
 
     def feed(self, data: bytes) -> tuple[bytes, bool]:
         return data, False
