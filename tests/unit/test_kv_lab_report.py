@@ -82,3 +82,7 @@ def test_the_stack_row_reads_its_cpu_against_the_same_reactor_on_the_kernel():
     assert "no split read" in text and "took about" not in text
     del d["rps"]["ustack"]
     assert stack_md(d) == []
+    d["rps"]["ustack"] = {"hash": {"set": {"1": 10000.0}}}
+    d["latency"]["ustack"]["hash"][1]["set"] = row(10000.0, 55.0, 5.0, 0.3)
+    d.update(load_before=["8.0", "6.0", "5.0"], environment={"machine": {"cpus": 2}})
+    assert "load average was 8.0 on 2 CPUs: a process that wants a CPU gets about 25% of one" in "\n".join(stack_md(d))

@@ -492,6 +492,11 @@ def stack_md(data: dict) -> list[str]:
                 + (f"; the stack's process was busy {st['busy']:.0%}: its CPU set the rate" if st["busy"] >= 0.8 else
                    f"; the stack's process was busy {st['busy']:.0%} of the run, so waits (for a CPU on this "
                    "shared machine, for the round trip) held it below that"))
+    load, cpus = data.get("load_before"), data.get("environment", {}).get("machine", {}).get("cpus")
+    if notes and load and cpus and float(load[0]) > cpus:
+        notes.append(f"the machine's load average was {load[0]} on {cpus} CPUs: a process that wants a CPU gets "
+                     f"about {cpus / float(load[0]):.0%} of one, and the stack's, needing the most CPU per request, "
+                     "loses the most time waiting for it")
     if not rows:
         return []
     L = [f"## The store on the user-space stack ({STACK})", "",
