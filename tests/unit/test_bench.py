@@ -401,3 +401,15 @@ def test_an_emulated_server_gets_a_grid_cut_to_fit_and_the_report_says_what_was_
     assert one_size.groups() == [(64, 100), (64, 1000)] and "× 4096 B" not in one_size.grid_note
     asked = cfg_of("--conns", "100,1000")       # a grid asked for is run as asked
     assert asked.emulated_grid == {} and len(asked.groups()) == 4
+
+
+def test_one_worker_each_reads_as_the_structure_s_cost_and_threads_that_held_up_are_not_said_to_collapse():
+    cells = [_full("epoll-lt", 6870, 100.0), _full("epoll-threads", 6500, 106.0, workers=1),
+             _full("epoll-procs", 6250, 86.0, workers=1), _full("threads", 5576, 111.0, ctxsw=1.1)]
+    text = writeup.reading(cells, {"mode": "lab", "server_cpus": 1, "server_emulated": True})
+    assert "With one worker each (--workers 1; the default is the server host's CPU count, here 1)" in text
+    assert "epoll-threads×1 +6%, epoll-procs×1 -14%" in text
+    assert "Threads did not buy" not in text and "Processes did not scale" not in text
+    assert "it held up to 100 connections" in text and "accept starvation" not in text
+    assert "At 100 connections it had not collapsed here (0.81× epoll-lt's req/s)" in text
+    assert text.count("5,576 req/s") == 2           # the ranking and the threads section, not twice there

@@ -291,6 +291,16 @@ def _multi(cells: list[dict], conns: int, size: int, env: dict) -> list[str]:
            f"At {conns} connections, epoll-lt (one thread) {_fmt(lt)} on {lt['server_util']:.2f} cores, "
            f"{_fmt(lt, 'cpu_us_per_req', ' µs')} CPU/request, {_fmt(lt, 'ctxsw_per_req', '')} context "
            "switches/request; " + "; ".join(vs(c) for c in rows) + ".", ""]
+    if all(c.get("workers") == 1 for c in rows):
+        # one worker each: nothing ran in parallel, so there is no gain or GIL contention to read
+        costs = [f"{name(c)} {c['cpu_us_per_req'] / lt['cpu_us_per_req'] - 1:+.0%}" for c in rows]
+        return out + [f"With one worker each (--workers 1; the default is the server host's CPU count, here "
+                      f"{env.get('server_cpus', '?')}), nothing ran in parallel (epoll-acceptor's acceptor thread "
+                      "runs only when a connection arrives): what these numbers show is what each structure costs "
+                      "over the "
+                      "single-threaded reactor, in CPU per request: " + ", ".join(costs) + ". What threads or "
+                      "processes gain needs several workers on a server host with several CPUs (`--workers 1,2,4` "
+                      "on labs/bench/lab-4cpu.yml).", ""]
     threads = [c for c in rows if c["engine"] != "epoll-procs"]
     procs = find(cells, "epoll-procs", conns, size)
     if lt["server_util"] < 0.8:
@@ -468,18 +478,22 @@ def reading(cells: list[dict], env: dict | None = None) -> str:
     fell = bool(collapsed) or bool(th_hi and lt_hi and th_hi["rps"] < 0.5 * lt_hi["rps"])
     out += [] if not (th_lo or th_hi) else [("### Why one-thread-per-connection collapses (一请求一线程)" if fell else
              f"### One thread per connection (一请求一线程): it held up to {hi_c} connections in this run"), "",
-            f"threads: {_fmt(th_lo)} at {lo_c} connections (epoll-lt {_fmt(lt)}); {mid}"
-            f"{_fmt(th_hi)} at {hi_c} (p99 {_fmt(th_hi, 'p99_us', ' µs')}"
-            + (f"; {collapsed}" if collapsed else "") + f"); epoll-lt at {hi_c}: {_fmt(lt_hi)}. "
+            f"threads: {_fmt(th_lo)} at {lo_c} connections (epoll-lt {_fmt(lt)})"
+            + ("" if hi_c == lo_c else
+               f"; {mid}{_fmt(th_hi)} at {hi_c} (p99 {_fmt(th_hi, 'p99_us', ' µs')}"
+               + (f"; {collapsed}" if collapsed else "") + f"); epoll-lt at {hi_c}: {_fmt(lt_hi)}") + ". "
             f"Context switches per request: {_fmt(th_lo, 'ctxsw_per_req', '')} (threads) vs "
             f"{_fmt(find(cells, 'epoll-lt', lo_c, size), 'ctxsw_per_req', '')} (epoll-lt) at {lo_c}. "
             "Every request wakes a different thread: the kernel switches to it, it must take the GIL, "
             "and only one thread runs Python at a time, so N ready threads queue for one lock and the "
-            "wake-up/hand-off cost is paid per request instead of per batch. The accept loop is one more "
-            "thread in that queue: while thousands of connection threads hold or wait for the GIL it "
-            "accepts late (accept starvation), new connections sit in the SYN/accept queue, and the "
-            "tail latency explodes long before the CPU is full. Each thread also keeps a kernel task and "
-            f"a stack: {_fmt(th_hi, 'kib_per_conn', ' KiB/conn')} at {hi_c} connections.", ""]
+            "wake-up/hand-off cost is paid per request instead of per batch. "
+            + ("The accept loop is one more thread in that queue: while thousands of connection threads "
+               "hold or wait for the GIL it accepts late (accept starvation), new connections sit in the "
+               "SYN/accept queue, and the tail latency explodes long before the CPU is full. " if fell else
+               f"At {hi_c} connections it had not collapsed here ({_ratio(th_hi, lt_hi)} epoll-lt's req/s); the "
+               "course's collapse comes with thousands of threads (`--conns 1000,10000` shows it). ")
+            + f"Each thread also keeps a kernel task and a stack: {_fmt(th_hi, 'kib_per_conn', ' KiB/conn')} at "
+            f"{hi_c} connections.", ""]
     out += _multi(cells, lo_c, size, env or {}) + _scaling(cells, lo_c, size, env or {})
 
     et = find(cells, "epoll-et", lo_c, size)
@@ -502,8 +516,9 @@ def reading(cells: list[dict], env: dict | None = None) -> str:
     ur_1 = find(cells, "uring", min(conns_all), size)
     lt_1 = find(cells, "epoll-lt", min(conns_all), size)
     out += ["### Where io_uring wins, and where it does not (Reactor vs Proactor)", "",
-            f"uring vs epoll-lt: {_fmt(ur_lo)} vs {_fmt(lt)} at {lo_c}; {_fmt(ur_hi)} vs {_fmt(lt_hi)} at "
-            f"{hi_c}" + (f"; {_fmt(ur_1)} vs {_fmt(lt_1)} at {min(conns_all)}" if min(conns_all) < lo_c else "")
+            f"uring vs epoll-lt: {_fmt(ur_lo)} vs {_fmt(lt)} at {lo_c}"
+            + (f"; {_fmt(ur_hi)} vs {_fmt(lt_hi)} at {hi_c}" if hi_c > lo_c else "")
+            + (f"; {_fmt(ur_1)} vs {_fmt(lt_1)} at {min(conns_all)}" if min(conns_all) < lo_c else "")
             + ". "
             f"Syscalls/request: uring {_fmt(ur_lo, 'syscalls_per_req', '')}, epoll-lt "
             f"{_fmt(lt, 'syscalls_per_req', '')}; CPU µs/request {_fmt(ur_lo, 'cpu_us_per_req', '')} vs "
@@ -547,6 +562,10 @@ def reading(cells: list[dict], env: dict | None = None) -> str:
                + ", ".join(f"{name(c)}@{c['conns']}/{c['size']}B" for c in bound[:8]) + "."
                if bound else "No cell had it above 90%, so the servers set the pace."), ""]
     return "\n".join(out) + "\n"
+
+
+def _ratio(a: dict | None, b: dict | None) -> str:
+    return f"{a['rps'] / b['rps']:.2f}×" if a and b and b.get("rps") else "n/a ×"
 
 
 def _big_messages(cells: list[dict], conns: int) -> str:
