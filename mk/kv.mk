@@ -5,6 +5,7 @@ APT_PACKAGES += redis-server redis-tools
 # `make lab-kv`: the store on h1 vs redis-server on h1, redis-benchmark on h2 (hpnlab kv lab);
 # brings the lab up if it is not, and down again afterwards unless KEEP=1.
 #   make lab-kv KV_ARGS="--engines epoll-lt,uvloop --indexes hash,skiplist --requests 50000"
+#   make lab-kv LAB=labs/ustack/lab.yml   the ustack engine on a NIC of its own (the `stack` LAN)
 KV_ARGS ?=
 .PHONY: lab-kv
 lab-kv: setup
