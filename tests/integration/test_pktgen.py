@@ -116,6 +116,7 @@ def test_lab_compares_with_testpmd_accounts_for_every_packet_and_spreads_queues(
                                                                "tcp: 64 KiB stack -> linux, sha256"]
     mq = res["multiqueue"]                  # 16 flows hashed over 2 RX queues: both carry some
     assert len(mq["per_queue"]) == 2 and all(n > 0 for n in mq["per_queue"]), mq
+    assert [mq["queue_xstats"][f"rx_q{q}_packets"] for q in (0, 1)] == mq["per_queue"]   # the port's own counts
     # a busy-polling receiver on a shared CPU may miss frames (the ring overflows): counted, not hidden
     assert sum(mq["per_queue"]) >= mq["received"] > 0 and mq["received"] + mq["lost"] == mq["sent"]
     text = (res["dir"] / "report.md").read_text()

@@ -563,8 +563,9 @@ def render_mq(mq: dict | None) -> str:
            f"{len(mq['per_queue'])} RX queues"
            + (" with RSS" if mq.get("rss") else f" without RSS: {SPREAD.get(mq.get('driver'), SPREAD[None])}")
            + ".", "",
-           report.md_table(["queue", "frames polled", "share %", "the driver's rx_q<N>_good_packets"],
-                           [[q, n, f"{100 * n / total:.1f}", xstats.get(f"rx_q{q}_good_packets", "-")]
+           report.md_table(["queue", "frames polled", "share %", "the port's own count (xstats rx_q<N>_...)"],
+                           [[q, n, f"{100 * n / total:.1f}",
+                             xstats.get(f"rx_q{q}_good_packets", xstats.get(f"rx_q{q}_packets", "-"))]
                             for q, n in enumerate(mq["per_queue"])]), "",
            f"received + lost = {mq['received']} + {mq['lost']} = {mq['received'] + mq['lost']} of "
            f"{mq['sent']} sent (the port's own miss counter, imissed: {mq['kernel_drops']}); reordered "
