@@ -82,3 +82,42 @@ def test_send_buf_rejects_a_buffer_that_is_not_the_rings() -> None:
             ring.send_buf(a.fileno(), 0, 17)
     a.close()
     b.close()
+
+
+def test_send_back_echoes_each_buffer_and_reports_queues_past_the_high_water() -> None:
+    """wait(back) and send_back() send each listed buffer back on the connection its
+    data came from; a send that leaves more than the high-water mark queued is reported
+    (the engine pauses that connection on it); the bytes come back whole and in order."""
+    a, b = socket.socketpair()
+    with uring.Ring(entries=64, nbufs=8, bufsize=16) as ring:
+        ring.set_high_water(40)
+        filler = fill(a)
+        ring.prep_recv(a.fileno(), a.fileno() << 3 | RECV)
+        msgs = [bytes([97 + i]) * 16 for i in range(5)]
+        back: list[int] = []
+        reports: list[tuple[int, int]] = []
+        for msg in msgs:
+            b.sendall(msg)
+            received = 0
+            while received < len(msg):
+                for ud, res, flags in zip(*ring.wait(back)):
+                    if ud & 7 == ring.SEND_TAG:
+                        reports.append((ud >> 3, res))
+                        continue
+                    assert res > 0, f"recv failed: {errno.errorcode.get(-res, res)}"
+                    back.append(flags >> ring.BUFFER_SHIFT)
+                    received += res
+        reports += ring.send_back(back)
+        assert back == []
+        # 16 bytes more queued with each message: 48, 64 and 80 are past the mark of 40
+        assert reports == [(a.fileno(), 48), (a.fileno(), 64), (a.fileno(), 80)]
+        echoed: list[bytes] = []
+        reader = threading.Thread(target=read_exactly, args=(b, len(filler) + 80, echoed))
+        reader.start()
+        assert ring.send_notify(a.fileno(), 0) == 80
+        assert ring.wait()[0] == [a.fileno() << 3 | ring.DRAIN_TAG]
+        reader.join(30)
+        assert ring.lib.hp_ring_lent(ring.r) == 0
+    a.close()
+    b.close()
+    assert echoed == [filler + b"".join(msgs)]

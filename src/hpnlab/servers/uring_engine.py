@@ -19,9 +19,11 @@ in a single io_uring_enter().
 Provided buffers go back to the kernel in one batch at the next wait(), so
 the data of a recv completion is copied out (bytes) before that - unless the
 handler takes views (protocols: echo does): it then gets a memoryview of the
-buffer itself, and a reply that is that same view is sent from the buffer
-(Ring.send_buf), which goes back to the kernel when the send is done. An echo
-then copies nothing in user space (epoll-lt makes a bytes object per recv).
+buffer itself, and a reply that is that same view is sent from the buffer,
+which goes back to the kernel when the send is done; the next wait() sends all
+of a batch's such replies in the same call (Ring.wait(back)). An echo then
+copies nothing in user space (epoll-lt makes a bytes object per recv) and makes
+no Python->C call of its own.
 
 A signal wakes the wait through a poll on the wake-up pipe of
 signal.set_wakeup_fd (servers/loop.py's SignalWakeup), re-armed each time:
@@ -72,6 +74,8 @@ class UringLater:
     def write(self, data: bytes) -> None:
         srv, c, fd = self.server, self.conn, self.fd
         if srv.conns.get(fd) is c and not c.closing:
+            if srv.back:
+                srv.send_back_now()
             queued = srv.ring.lib.hp_send(srv.ring.r, fd, data, len(data))
             if not 0 <= queued <= HIGH_WATER:
                 srv.on_backlog(c, fd, queued)
@@ -115,15 +119,22 @@ class UringServer(Server):
         self.soon: deque[tuple[Callable, tuple]] = deque()
         self.wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         ring.prep_poll(self.wake, WAKE)
+        ring.set_high_water(HIGH_WATER)
+        # Buffers whose data goes back as it came (an echo): sent by the next wait() in
+        # one call, not by a Python->C call each (that call cost more than the rest of
+        # a request's Python). Whatever else touches a connection's send queue sends
+        # them first (send_back_now), so the order of the bytes never changes.
+        self.back: list[int] = []
+        back = self.back
         conns, bufs, bufsize = self.conns, ring.bufs, ring.bufsize
         assert bufs is not None         # (a ring made with nbufs has its provided buffers)
-        send, send_buf, r = ring.lib.hp_send, ring.lib.hp_send_buf, ring.r
+        send, r = ring.lib.hp_send, ring.r
         F_MORE, SHIFT = ring.F_MORE, ring.BUFFER_SHIFT
         SEND, DRAIN = ring.SEND_TAG, ring.DRAIN_TAG
         arm_recv, finish = self.arm_recv, self.maybe_finish
         while True:
             try:
-                uds, results, flagss = ring.wait()
+                uds, results, flagss = ring.wait(back)
             except InterruptedError:
                 continue
             for ud, res, flags in zip(uds, results, flagss):
@@ -137,11 +148,12 @@ class UringServer(Server):
                         off = bid * bufsize
                         data = bufs[off:off + res] if c.views else bufs[off:off + res].tobytes()
                         out, close = c.feed(data)
-                        if out:
-                            if out is data:             # echoed: send from the ring's buffer
-                                queued = send_buf(r, fd, bid, res)
-                            else:
-                                queued = send(r, fd, bytes(out) if c.views else out, len(out))
+                        if out is data:                 # echoed: sent from the ring's buffer
+                            back.append(bid)
+                        elif out:
+                            if back:
+                                self.send_back_now()
+                            queued = send(r, fd, bytes(out) if c.views else out, len(out))
                             if not 0 <= queued <= HIGH_WATER:
                                 self.on_backlog(c, fd, queued)
                         if close:
@@ -167,11 +179,10 @@ class UringServer(Server):
                     c = conns.get(fd)
                     if c is not None:
                         self.on_drained(c, fd)
-                elif kind == SEND:                      # a send failed: the peer is gone
+                elif kind == SEND:              # a send failed, or a send back passed HIGH_WATER
                     c = conns.get(fd)
                     if c is not None:
-                        c.closing = True
-                        finish(c, fd)
+                        self.on_backlog(c, fd, res)
                 elif kind == ACCEPT:
                     self.on_accept(lfd, res, flags & F_MORE)
                 elif kind == SIGNAL:                    # its handler runs next (or ran)
@@ -179,6 +190,13 @@ class UringServer(Server):
                     ring.prep_poll(signals.rfd, SIGNAL)
                 elif kind == WAKE:
                     self.run_soon()
+
+    def send_back_now(self) -> None:
+        """Send the buffers listed to go back now (see serve_forever)."""
+        for fd, queued in self.ring.send_back(self.back):
+            c = self.conns.get(fd)
+            if c is not None:
+                self.on_backlog(c, fd, queued)
 
     def run_soon(self) -> None:
         try:
@@ -240,6 +258,8 @@ class UringServer(Server):
 
     def maybe_finish(self, c: UConn, fd: int) -> None:
         """Close once nothing of ours is in flight in the kernel for this fd."""
+        if self.back:
+            self.send_back_now()
         if self.ring.send_notify(fd, 0) > 0:
             return                                   # a DRAIN (or a failed send) comes back here
         if c.recv_on:

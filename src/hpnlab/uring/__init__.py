@@ -88,6 +88,8 @@ class Ring:
         self._ud = ffi.new("unsigned long long[]", self.BATCH)
         self._res = ffi.new("int[]", self.BATCH)
         self._flags = ffi.new("unsigned[]", self.BATCH)
+        self._rep_ud = ffi.new("unsigned long long[]", self.BATCH)
+        self._rep_res = ffi.new("int[]", self.BATCH)
         self._ud_mv = memoryview(ffi.buffer(self._ud)).cast("Q")
         self._res_mv = memoryview(ffi.buffer(self._res)).cast("i")
         self._flags_mv = memoryview(ffi.buffer(self._flags)).cast("I")
@@ -100,12 +102,19 @@ class Ring:
     def setup_flags(self) -> int:
         return self.lib.hp_ring_flags(self.r)
 
-    def wait(self) -> tuple[list[int], list[int], list[int]]:
-        """Submit queued SQEs, wait for >= 1 completion; (user_data, res, flags) lists.
+    def wait(self, back: list[int] | None = None) -> tuple[list[int], list[int], list[int]]:
+        """Send `back` (see send_back; the list is emptied) - its reports come first -,
+        submit queued SQEs, wait for >= 1 completion; (user_data, res, flags) lists.
 
         Raises InterruptedError on a signal, after Python ran its handler.
         """
-        n = self.lib.hp_wait_harvest(self.r, self._ud, self._res, self._flags, self.BATCH)
+        if back:
+            if len(back) > self.BATCH:
+                raise ValueError(f"{len(back)} buffers to send back, more than one batch ({self.BATCH})")
+            n = self.lib.hp_wait_harvest(self.r, self._ud, self._res, self._flags, self.BATCH, back, len(back))
+            back.clear()
+        else:
+            n = self.lib.hp_wait_harvest(self.r, self._ud, self._res, self._flags, self.BATCH, self.ffi.NULL, 0)
         if n < 0:
             if n == -errno.EINTR:
                 raise InterruptedError()
@@ -146,6 +155,22 @@ class Ring:
         if queued < 0:
             raise OSError(-queued, f"send of buffer {bid} on fd {fd}: {os.strerror(-queued)}")
         return queued
+
+    def send_back(self, bids: list[int]) -> list[tuple[int, int]]:
+        """send_buf() of each buffer the last wait() handed out in `bids`, on the
+        connection its data came from (an echo of a batch of recvs in one call; wait()
+        takes the list too). The list is emptied. Returns (fd, queued) for each send
+        that failed (queued < 0) or left more than set_high_water()'s mark queued."""
+        if len(bids) > self.BATCH:
+            raise ValueError(f"{len(bids)} buffers to send back, more than one batch ({self.BATCH})")
+        k = self.lib.hp_send_back(self.r, bids, len(bids), self._rep_ud, self._rep_res)
+        bids.clear()
+        return [(self._rep_ud[i] >> self.TAG_BITS, self._rep_res[i]) for i in range(k)]
+
+    def set_high_water(self, mark: int) -> None:
+        """send_back() and wait() report a connection whose queue passes `mark` bytes
+        (by default none is reported but a failed send)."""
+        self.lib.hp_set_high_water(self.r, mark)
 
     def send_notify(self, fd: int, mark: int) -> int:
         """Post one DRAIN_TAG completion once fd's queue is <= mark bytes; the bytes

@@ -18,7 +18,8 @@ Two jobs are done in C because in Python they cost more than the I/O saves
     that the queue drained to a mark (HP_DRAIN_TAG, res = bytes still queued);
   - hp_send_buf queues a provided buffer itself (an echo: no copy, no malloc of
     the data); the buffer is lent to the send and skipped by the next harvest's
-    give-back until its send is done.
+    give-back until its send is done. hp_wait_harvest takes a list of such
+    buffers to send back before it harvests: one call per batch, not per echo.
 
     python -m hpnlab.uring._build      # what `make setup` runs
 """
@@ -31,7 +32,7 @@ from pathlib import Path
 from ..cbuild import build_main, compile_into
 
 # The version changes with the C interface, so a build of an older one is never loaded.
-MODULE = "_hpnlab_uring_v4"
+MODULE = "_hpnlab_uring_v5"
 
 CDEF = r"""
 typedef unsigned long long u64;
@@ -48,6 +49,8 @@ char *hp_buf_base(hp_ring *r);
 
 long long hp_send(hp_ring *r, int fd, const char *buf, unsigned len);
 long long hp_send_buf(hp_ring *r, int fd, unsigned bid, unsigned len);
+void hp_set_high_water(hp_ring *r, long long mark);
+int hp_send_back(hp_ring *r, unsigned *bids, unsigned n, u64 *ud, int *res);
 long long hp_send_notify(hp_ring *r, int fd, long long mark);
 void hp_send_forget(hp_ring *r, int fd);
 
@@ -64,7 +67,8 @@ int hp_prep_poll(hp_ring *r, int fd, u64 ud);
 int hp_submit(hp_ring *r);
 int hp_submit_and_wait(hp_ring *r, unsigned wait_nr);
 int hp_harvest(hp_ring *r, u64 *ud, int *res, unsigned *flags, unsigned max);
-int hp_wait_harvest(hp_ring *r, u64 *ud, int *res, unsigned *flags, unsigned max);
+int hp_wait_harvest(hp_ring *r, u64 *ud, int *res, unsigned *flags, unsigned max,
+                    unsigned *back, unsigned nback);
 
 int shutdown(int fd, int how);
 int close(int fd);
@@ -90,7 +94,7 @@ SOURCE = r"""
 
 typedef unsigned long long u64;
 
-/* user_data = fd << HP_TAG_BITS | tag; tags 1-4 are the caller's. */
+/* user_data = fd << HP_TAG_BITS | tag; tags 1-4 and 7 are the caller's. */
 #define HP_TAG_BITS 3
 #define HP_SEND_TAG 5
 #define HP_DRAIN_TAG 6
@@ -123,6 +127,9 @@ typedef struct hp_ring {
     unsigned posted;             /* buffers in the ring the kernel has not taken yet */
     unsigned char *lent;         /* lent[bid]: the buffer is the data of a queued send */
     unsigned nlent;
+    int *bfd;                    /* bfd[bid], blen[bid]: the recv the last harvest handed it to */
+    unsigned *blen;
+    long long high_water;        /* hp_send_back reports a queue longer than this */
     unsigned target;             /* how many to keep posted (doubles on ENOBUFS) */
     hp_fdq *q;                   /* indexed by fd */
     unsigned nq;
@@ -138,6 +145,7 @@ hp_ring *hp_ring_new(unsigned entries, unsigned flags, int *err)
     int ret = io_uring_queue_init_params(entries, &r->ring, &p);
     if (ret < 0) { free(r); *err = ret; return NULL; }
     *err = 0;
+    r->high_water = 0x7fffffffffffffffLL;
     return r;
 }
 
@@ -175,6 +183,8 @@ void hp_ring_free(hp_ring *r)
     free(r->held);
     free(r->spare);
     free(r->lent);
+    free(r->bfd);
+    free(r->blen);
     if (r->br) {
         io_uring_unregister_buf_ring(&r->ring, r->bgid);
         munmap(r->br, r->nbufs * sizeof(struct io_uring_buf));
@@ -216,7 +226,9 @@ int hp_bufring_setup(hp_ring *r, unsigned nbufs, unsigned bufsize, int bgid)
     r->held = malloc(nbufs * sizeof *r->held);
     r->spare = malloc(nbufs * sizeof *r->spare);
     r->lent = calloc(nbufs, 1);
-    if (!r->bufs || !r->held || !r->spare || !r->lent) return -ENOMEM;
+    r->bfd = malloc(nbufs * sizeof *r->bfd);
+    r->blen = malloc(nbufs * sizeof *r->blen);
+    if (!r->bufs || !r->held || !r->spare || !r->lent || !r->bfd || !r->blen) return -ENOMEM;
     /* Touch the buffers now: a burst may use all of them, so they may all end
      * up resident. Faulting them in up front makes them part of the idle
      * RSS - a fixed cost, not a per-connection one. */
@@ -353,6 +365,28 @@ long long hp_send_buf(hp_ring *r, int fd, unsigned bid, unsigned len)
     return fdq_push(r, fd, q, o, len);
 }
 
+void hp_set_high_water(hp_ring *r, long long mark) { r->high_water = mark; }
+
+/* Send each listed buffer (handed out by the last harvest) back on the connection
+ * its data came from, as hp_send_buf: an echo for a batch of recvs in one call. A
+ * send that fails, or leaves more than high_water bytes queued, is reported in
+ * ud/res (fd << HP_TAG_BITS | HP_SEND_TAG, the bytes queued or -errno); the
+ * number of reports is returned. */
+int hp_send_back(hp_ring *r, unsigned *bids, unsigned n, u64 *ud, int *res)
+{
+    int k = 0;
+    for (unsigned i = 0; i < n; i++) {
+        unsigned bid = bids[i];
+        int fd = bid < r->nbufs ? r->bfd[bid] : -1;
+        long long q = fd < 0 ? -EINVAL : hp_send_buf(r, fd, bid, r->blen[bid]);
+        if (q >= 0 && q <= r->high_water) continue;
+        ud[k] = (u64)(fd < 0 ? 0 : fd) << HP_TAG_BITS | HP_SEND_TAG;
+        res[k] = q > 0x7fffffff ? 0x7fffffff : (int)q;
+        k++;
+    }
+    return k;
+}
+
 /* Ask for one DRAIN completion once fd's queue is at or below `mark` bytes;
  * returns what is queued now (if that is already <= mark, nothing will come). */
 long long hp_send_notify(hp_ring *r, int fd, long long mark)
@@ -464,7 +498,10 @@ int hp_harvest(hp_ring *r, u64 *ud, int *res, unsigned *flags, unsigned max)
             continue;
         }
         if (cqe->flags & IORING_CQE_F_BUFFER) {
-            r->held[r->nheld++] = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+            unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+            r->held[r->nheld++] = bid;
+            r->bfd[bid] = (int)(cqe->user_data >> HP_TAG_BITS);
+            r->blen[bid] = cqe->res > 0 ? (unsigned)cqe->res : 0;
             r->posted--;
         } else if (cqe->res == -ENOBUFS && r->target < r->nbufs) {
             r->target = r->target * 2 < r->nbufs ? r->target * 2 : r->nbufs;
@@ -478,13 +515,17 @@ int hp_harvest(hp_ring *r, u64 *ud, int *res, unsigned *flags, unsigned max)
     return (int)n;
 }
 
-/* Submit what is queued, wait for at least one completion, harvest up to
- * `max`. One Python->C call per loop turn. Returns -EINTR on a signal so
- * that Python can run its handler. */
-int hp_wait_harvest(hp_ring *r, u64 *ud, int *res, unsigned *flags, unsigned max)
+/* Send back the `nback` buffers listed (hp_send_back, whose reports come
+ * first), submit what is queued, wait for at least one completion, harvest up
+ * to `max` in all. One Python->C call per loop turn. Returns -EINTR on a signal
+ * (never with reports to give) so that Python can run its handler. */
+int hp_wait_harvest(hp_ring *r, u64 *ud, int *res, unsigned *flags, unsigned max,
+                    unsigned *back, unsigned nback)
 {
+    int k = nback ? hp_send_back(r, back, nback < max ? nback : max, ud, res) : 0;
+    for (int i = 0; i < k; i++) flags[i] = 0;
     for (;;) {
-        int n = hp_harvest(r, ud, res, flags, max);
+        int n = k + hp_harvest(r, ud + k, res + k, flags + k, max - (unsigned)k);
         if (n > 0) {
             io_uring_submit(&r->ring);
             return n;
