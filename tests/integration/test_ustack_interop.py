@@ -7,6 +7,8 @@ a zero window held and reopened, the TPACKET_V3 ring, the TAP driver, and a seco
 on h2 as the peer)."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from hpnlab.testing import REPO
@@ -74,6 +76,46 @@ def test_host_kernel_stays_out(ustack_lab):
                                      f"print(s.connect_ex(('{suite.addr}', 7)))"], check=False, timeout=30)
     assert res.stdout.strip() in ("11", "113", "110"), res.stdout     # EAGAIN (timeout), EHOSTUNREACH, ETIMEDOUT
     assert suite.addr not in h1.run(["ip", "-4", "addr"]).stdout
+
+
+def test_pytcp_sink_reads_to_the_end(ustack_lab):
+    """PyTCP's recv() returns b"" while its session is still ESTABLISHED when data arrives
+    between its semaphore and its buffer (threads switching often, as on emulated VMs,
+    where every kernel -> PyTCP transfer ended early): the lab's PyTCP sink reads on to the
+    peer's FIN, so the whole transfer arrives with the sender's sha256."""
+    from hpnlab.labs._kit import agent_python
+    from hpnlab.ustack.interop import _events, peer
+    h1, n = ustack_lab.host("h1"), 1 << 20
+    # the race's window held open: the app thread pauses after each semaphore it gets, as a
+    # slow CPU's thread switch would pause it, while PyTCP's packet thread keeps queueing data
+    racy = ("import sys, threading, time\n"
+            "acquire = threading.Semaphore.acquire\n"
+            "def paused(self, *a, **k):\n"
+            "    got = acquire(self, *a, **k)\n"
+            "    if got and threading.current_thread() is threading.main_thread():\n"
+            "        time.sleep(0.002)\n"
+            "    return got\n"
+            "threading.Semaphore.acquire = paused\n"
+            "from hpnlab.ustack.pytcp_peer import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    proc = h1.start([agent_python(h1), "-c", racy, "sink", "pytap9", "10.77.97.2/24", "10.77.97.1/24", "9000"],
+                    name="pytcp-race")
+    try:
+        for _ in range(300):
+            if any(e.get("event") == "listening" for e in _events(proc.logs()[0])) or not proc.alive():
+                break
+            time.sleep(0.1)
+        sent = peer(h1, "source", "10.77.97.2", 9000, n, timeout=120)
+        for _ in range(300):
+            got = [e for e in _events(proc.logs()[0]) if e.get("event") == "sink"]
+            if got or not proc.alive():
+                break
+            time.sleep(0.1)
+    finally:
+        proc.stop(5)
+    assert got, proc.logs()
+    assert (got[0]["bytes"], got[0]["sha256"]) == (n, sent["sha256"]), got[0]
+    assert got[0]["empty_reads_while_established"] > 0       # the race did happen
 
 
 @pytest.fixture(scope="module")

@@ -71,9 +71,16 @@ def _pytcp_bulk(host, nbytes: int, tap: str = "pytap0", subnet: str = "10.77.98"
         with HostTool(host, "hpnlab.ustack.pytcp_peer", "sink", tap, addr, kernel, 9000,
                       name="pytcp-sink", pythonpath=path).start("listening", 60) as pytcp:
             time.sleep(0.5)
-            sent = peer(host, "source", addr.split("/")[0], 9000, nbytes, timeout=600)
-            pytcp.wait("sink", 60)
-        return sent
+            try:
+                sent = peer(host, "source", addr.split("/")[0], 9000, nbytes, timeout=600)
+            except LabError as exc:         # what PyTCP said is the other half of the story
+                out_, err = pytcp.proc.logs()
+                raise LabError(f"{exc}; PyTCP's side: {(out_ + err)[-600:]}") from None
+            got = pytcp.wait("sink", 60)
+        if (got["bytes"], got["sha256"]) != (nbytes, sent["sha256"]):
+            raise LabError(f"PyTCP received {got['bytes']} of {nbytes} bytes, sha256 "
+                           f"{'matching' if got['sha256'] == sent['sha256'] else 'different'}")
+        return {**sent, "empty_reads_while_established": got.get("empty_reads_while_established")}
 
     def from_pytcp() -> dict:
         with kernel_tool(host, "sink", 9001).start("listening") as sink:
@@ -196,6 +203,8 @@ def _load_reading(load: dict) -> str:
 
 
 def _ring_reading(rings: dict) -> str:
+    if "afpacket-v3" not in rings:          # the stack on DPDK: no AF_PACKET ring to compare
+        return ""
     v2, v3 = rings["afpacket"], rings["afpacket-v3"]
     return (f"AF_PACKET rings: with TPACKET_V2 the stack answered {v2['flood']['replies_per_s']:,.0f} pings/s and "
             f"{v2['echo']['rps']:,.0f} echo round trips/s; with TPACKET_V3 {v3['flood']['replies_per_s']:,.0f} and "
@@ -278,9 +287,10 @@ def _ladders(out: Path, stack_ip: str, linux_ip: str) -> list[str]:
 def _per_size(provider, network: str, sizes: list[int], path: Path) -> dict:
     """Bulk throughput each way at several transfer sizes (connection set-up and slow
     start weigh on the small ones), plotted."""
-    rows = {}
+    rows, driver = {}, "?"
     for n in sizes:
         s = Suite(provider, network=network, bulk_bytes=n)
+        driver = s.driver
         s.bulk()
         b = s.data.get("bulk", {})
         rows[n] = {"stack_to_linux": b.get("stack_to_linux", {}).get("peer", {}).get("mbps"),
@@ -295,7 +305,7 @@ def _per_size(provider, network: str, sizes: list[int], path: Path) -> dict:
     ax.set_xscale("log")
     ax.set_xlabel("transfer size (KiB)")
     ax.set_ylabel("Mbit/s (receiver's timing)")
-    ax.set_title("bulk throughput per size, AF_PACKET, no offloads")
+    ax.set_title(f"bulk throughput per size, {'DPDK' if driver == 'dpdk' else 'AF_PACKET'}, no offloads")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -378,10 +388,15 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
     load_before = os.getloadavg()[0]
     suite = Suite(provider, network=network, bulk_bytes=nbytes)
     net = suite.network
-    step(f"interop suite: stack {suite.ip} on h1:{suite.ifname} vs linux {suite.peer_addr} (h2)")
+    afpacket = suite.driver == "afpacket"
+    # where DPDK owns h1's NIC, h1's kernel has none on that LAN: its side of the
+    # comparisons (the same ping flood, the same echo server) is on the kernels' `data` LAN
+    kernel_net = net if afpacket else "data"
+    step(f"interop suite: stack {suite.ip} on h1:{suite.ifname} ({suite.driver}) vs linux {suite.peer_addr} (h2)")
     suite.ping_cases()
     suite.stack_ping()
-    suite.ring_v3()
+    if afpacket:                # the TPACKET_V3 ring is AF_PACKET's other way of reading the NIC
+        suite.ring_v3()
     suite.udp_echo()
     suite.tcp_cases()
     suite.reactor()
@@ -406,10 +421,11 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
     step("measurements: kernel bulk, ping flood, epoll interest set")
     kernel = _kernel_bulk(provider, nbytes)
     suite.tap_cases(nbytes)
-    step("segmentation offload (virtio-net header) on AF_PACKET and TAP")
+    step(f"segmentation offload (virtio-net header) on {'AF_PACKET and ' if afpacket else ''}TAP")
     # the virtio-net header offloads are AF_PACKET's and TAP's (DPDK's driver has none)
     offload = Suite(provider, network=net, bulk_bytes=nbytes, stack_extra=("--driver", "afpacket", "--offload"))
-    offload.bulk()
+    if afpacket:
+        offload.bulk()
     offload.tap_cases(nbytes, offload=True)
     suite.results += offload.results
     pytcp_bytes = min(nbytes, 4 << 20)
@@ -422,18 +438,18 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
     else:
         pytcp = {"error": "PyTCP is not installed (make setup installs it)"}
     rings = {}
-    for driver in ("afpacket", "afpacket-v3"):
+    for driver in ("afpacket", "afpacket-v3") if afpacket else (suite.driver,):
         with suite.app("--driver", driver, "--app", "echo", "--port", 7):
             rings[driver] = {"flood": peer(suite.h2, "flood", suite.addr, 5),
                              "echo": peer(suite.h2, "echo", suite.addr, 7, 1000, 100)}
-    flood = rings["afpacket"]["flood"]
-    # the same flood at h1's own kernel on the same LAN: what this host allows at all
-    kernel_flood = peer(suite.h2, "flood", str(suite.h1.nic(net).address.ip), 5)
+    flood = rings[suite.driver]["flood"]
+    # the same flood at h1's own kernel from the same peer: what this host allows at all
+    kernel_flood = peer(suite.h2, "flood", str(suite.h1.nic(kernel_net).address.ip), 5)
     step("throughput per transfer size")
     sizes = sorted({64 << 10, 1 << 20, 8 << 20, nbytes})
     per_size = _per_size(provider, net, sizes, out / "throughput.png")
     step("echo load and accept rate: the stack's epoll server vs the kernel's")
-    load = _load(suite, str(suite.h1.nic(net).address.ip), 7)
+    load = _load(suite, str(suite.h1.nic(kernel_net).address.ip), 7)
     interest = _epoll_interest()
     if impaired_lab:
         imp_results, imp_bulk = _impaired(impaired_lab, provider.name, impaired_bytes, step)
@@ -463,7 +479,7 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
         # (PyTCP's only driver), the kernel over the lab's veth LAN; the rest in bulk_mbps_detail
         "bulk_mbps": {"ustack": tap_from, "pytcp": py_from, "kernel": kernel["mbps"]},
         "bulk_mbps_detail": {
-            "afpacket": {"stack_to_linux": from_stack, "linux_to_stack": to_stack},
+            suite.driver: {"stack_to_linux": from_stack, "linux_to_stack": to_stack},
             "tap": {"ustack_to_kernel": tap_from, "kernel_to_ustack": tap_to,
                     "pytcp_to_kernel": py_from, "kernel_to_pytcp": py_to},
             "offload": {"afpacket_stack_to_linux": off_from, "afpacket_linux_to_stack": off_to,
@@ -506,11 +522,11 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
             "## Measurements", "",
             md_table(["what", "value"], [
                 ("bulk stack → linux (Mbit/s)", from_stack), ("bulk linux → stack (Mbit/s)", to_stack),
-                ("bulk kernel → kernel, same LAN (Mbit/s)", kernel["mbps"]),
+                ("bulk kernel → kernel, `data` LAN (Mbit/s)", kernel["mbps"]),
                 ("stack ÷ kernel (stack sending)", f"{ratio:.3f}" if ratio else "n/a"),
                 ("TAP: stack → kernel / kernel → stack (Mbit/s)", f"{tap_from} / {tap_to}"),
                 ("with --offload (TSO + checksum by the kernel), AF_PACKET: stack → linux / linux → stack",
-                 f"{off_from} / {off_to}"),
+                 f"{off_from} / {off_to}" if afpacket else "n/a (h1's NIC is DPDK's)"),
                 ("with --offload, TAP: stack → kernel / kernel → stack", f"{off_tap_from} / {off_tap_to}"),
                 ("TAP: PyTCP → kernel / kernel → PyTCP (Mbit/s)",
                  f"{py_from} / {py_to}" if py_from or py_to else pytcp.get("error")),
@@ -533,7 +549,7 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
                       for side, v in load.items()]), "",
             _load_reading(load), "",
             _ring_reading(rings), "",
-            _super_frame_reading(bulk.get("linux_to_stack", {}).get("counters", {})), "",
+            _super_frame_reading(bulk.get("linux_to_stack", {}).get("counters", {})) if afpacket else "", "",
             "## epoll's interest set: red-black tree vs dict", "",
             md_table(["set", "fds", "add µs", "lookup µs", "del µs", "bytes/fd"],
                      [(k, v["n"], v["add_us"], v["lookup_us"], v["del_us"], v["bytes_per_fd"])
