@@ -179,6 +179,12 @@ class Suite:
         self.results: list[dict] = []
         self.data: dict = {}
         self.same_clock = provider.shares_kernel     # netns hosts read this machine's clock
+        if self.driver == "dpdk" and not provider.dpdk_takes_nic:
+            # DPDK's af_packet vdev hands the stack the veth's frames as they are: the peer
+            # kernel's TCP/UDP checksums left to an offload that no wire ever performs (the
+            # AF_PACKET driver reads the kernel's "checksum not ready" mark; the PMD drops it).
+            # The peer computes its checksums itself, as for a real NIC without offload.
+            self.h2.run(["ethtool", "-K", self.h2.nic(network).ifname, "tx", "off"])
 
     def clock_offsets(self) -> tuple[float, float]:
         """How far h1's and h2's clocks are ahead of this machine's (a moment given to a
