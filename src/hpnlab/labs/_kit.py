@@ -121,8 +121,9 @@ class Capture:
     def _start(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._out = open(self.path, "wb")
+        # stdin a pipe held open: over SSH (static) the remote tcpdump runs until it closes
         self.proc = subprocess.Popen(self.argv, stdout=self._out, stderr=subprocess.PIPE,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+                                     stdin=subprocess.PIPE, start_new_session=True)
         ready = threading.Event()
 
         def drain():
@@ -154,6 +155,8 @@ class Capture:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
+        if self.proc and self.proc.stdin and not self.proc.stdin.closed:
+            self.proc.stdin.close()
         if getattr(self, "_out", None) and not self._out.closed:
             self._out.close()
         self.summary = " ".join(line.strip() for line in self._err if "packets" in line)

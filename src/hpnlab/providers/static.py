@@ -213,18 +213,23 @@ class StaticProvider(Provider):
 
     def capture_argv(self, target: str, extra: list[str]) -> list[str]:
         """tcpdump on the host (a network: its first member's NIC); a pcap (-w FILE) comes
-        back through SSH into the local FILE."""
+        back through SSH into the local FILE (-w -: on the command's stdout)."""
         hname, ifname = self._capture_point(target)
         extra = list(extra)
         local = None
         if "-w" in extra:
             i = extra.index("-w")
             local, extra[i + 1] = extra[i + 1], "-"
-        remote = shlex.join(["tcpdump", "-i", ifname, "-n", *extra])
+        # sshd leaves a command without a terminal running when the connection ends: tcpdump is
+        # tied to it through stdin (EOF when the connection goes), and the session ends with tcpdump
+        tcpdump = shlex.join(["tcpdump", "-i", ifname, "-n", *extra])
+        remote = shlex.join(["sh", "-c", f"exec 3<&0; {tcpdump} <&- & t=$!; "
+                                         f"(cat >/dev/null; kill -INT $t 2>/dev/null) <&3 >/dev/null 2>&1 & "
+                                         f"wait $t"])
         if self._reach_of(hname).get("become"):
             remote = f"sudo -n {remote}"
         argv = [*self.ssh_argv(hname), remote]
-        if local is None:
+        if local in (None, "-"):
             return argv
         return ["sh", "-c", f"{shlex.join(argv)} > {shlex.quote(local)}"]
 
