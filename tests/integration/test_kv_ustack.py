@@ -32,6 +32,7 @@ r.set("big", big)
 back = r.get("big")
 out["big"] = [len(back), hashlib.sha256(back).hexdigest() == hashlib.sha256(big).hexdigest()]
 out["mget"] = [v.decode() for v in r.mget("k", "p7")]
+out["blpop"] = r.blpop(["nothing"], 0.3)            # answered later, from the Reactor's timer on the stack
 print(json.dumps(out))
 """
 
@@ -55,7 +56,7 @@ def test_store_on_the_user_space_stack(lab_factory):
         assert res.rc == 0, res.stderr
         out = json.loads(res.stdout)
         assert out == {"ping": True, "set": True, "get": "v", "incr": 5, "pipeline": True,
-                       "big": [384000, True], "mget": ["v", "7"]}
+                       "big": [384000, True], "mget": ["v", "7"], "blpop": None}
         # a pipeline redis-cli sends as one write (--pipe), and the reply to each command
         piped = h2.run(["sh", "-c", f"printf 'SET a 1\\r\\nINCR a\\r\\nGET a\\r\\n' | redis-cli -h {addr} "
                                     f"-p {PORT} --pipe"], timeout=30)
