@@ -481,8 +481,8 @@ def run(provider, args, step) -> dict:
             multiqueue = accounting(provider, sender, receiver, net, eal_s, eal_mq, args, step,
                                     f"{args.queues} RX queues, {args.mq_flows} flows", kind="dpdk",
                                     queues=args.queues, flows=args.mq_flows)
-        except LabError as exc:        # a NIC with one queue (QEMU's virtio-net by default)
-            multiqueue = {"error": str(exc)}
+        except LabError as exc:        # a NIC with one queue pair
+            multiqueue = {"error": f"{exc} (a VM's DPDK NIC gets more with `vm: {{dpdk_queues: N}}` in the lab file)"}
     stack = None
     if args.stack_bytes > 0:
         if dpdk_owns(provider, receiver.name, net) or lab.hosts[sender.name].dpdk_network != net:
