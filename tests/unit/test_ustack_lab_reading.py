@@ -1,4 +1,4 @@
-"""The ustack lab report's ping-flood reading is drawn from its numbers: the goal met or
+"""The ustack lab report's readings are drawn from its numbers. The ping flood: the goal met or
 not, the stack's share of h1's kernel answering the same flood, and the host named as the
 ceiling only where the kernel itself stays under the goal."""
 from __future__ import annotations
@@ -21,3 +21,35 @@ def test_a_host_where_the_kernel_itself_is_under_the_goal_is_named_as_the_ceilin
 def test_a_slow_stack_on_a_fast_host_is_not_excused():
     text = _flood_reading(9000, 120000)
     assert "(not met)" in text and "out of reach" not in text
+
+
+def test_profile_rows_and_reading_come_from_the_profile():
+    """run.top_functions orders a real cProfile run by own time and names C calls; the
+    report section states the system calls' share and each sender's CPU use from numbers."""
+    import cProfile
+    import os
+
+    from hpnlab.ustack.lab import _profile_section
+    from hpnlab.ustack.run import top_functions
+
+    def busy_python():
+        return sum(i * i for i in range(200000))
+    prof = cProfile.Profile()
+    prof.enable()
+    busy_python()
+    for _ in range(50):
+        os.getpid()
+    prof.disable()
+    top = top_functions(prof, 3)
+    assert [r["own_s"] for r in top["top"]] == sorted((r["own_s"] for r in top["top"]), reverse=True)
+    assert any("busy_python" in r["function"] or "genexpr" in r["function"] for r in top["top"])
+    assert top["total_s"] > 0 and all(0 <= r["share"] <= 1 for r in top["top"])
+
+    prof_data = {"bytes": 2 << 20, "secs": 4.0, "total_s": 4.0, "top": [
+        {"function": "<built-in method posix.write>", "calls": 1452, "own_s": 1.0, "share": 0.25},
+        {"function": "connection.py:358(output)", "calls": 900, "own_s": 0.5, "share": 0.125}]}
+    text = "\n".join(_profile_section(prof_data, {"cpu_s": 1.5, "secs": 2.0}, {"cpu_s": 3.0, "secs": 12.0}))
+    assert "| <built-in method posix.write> | 1452 | 1 | 25.0 % |" in text
+    assert "System calls among these rows: 25 %" in text
+    assert "1.50 s of CPU in 2.00 s (75 % of one CPU)" in text and "3.00 s of CPU in 12.00 s (25 %" in text
+    assert "Not measured: boom" in "\n".join(_profile_section({"error": "boom"}, {}, None))

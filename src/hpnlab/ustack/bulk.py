@@ -12,11 +12,15 @@ CHUNK = os.urandom(1 << 16)
 class Transfer:
     def __init__(self):
         self.hash, self.bytes, self.started = hashlib.sha256(), 0, time.monotonic()
+        self.cpu_started = time.process_time()
 
     def result(self, event: str, **extra) -> dict:
+        """The transfer's figures; cpu_s is the CPU time of the whole process (all its
+        threads: a user-space stack's work included) while it ran."""
         secs = time.monotonic() - self.started
         return {"event": event, "bytes": self.bytes, "sha256": self.hash.hexdigest(), "secs": round(secs, 4),
-                "mbps": round(self.bytes * 8 / secs / 1e6, 3) if secs > 0 else None, **extra}
+                "mbps": round(self.bytes * 8 / secs / 1e6, 3) if secs > 0 else None,
+                "cpu_s": round(time.process_time() - self.cpu_started, 4), **extra}
 
 
 def receive_all(recv, bufsize: int = 1 << 18) -> Transfer:

@@ -27,7 +27,7 @@ from ..report import (
     write_report,
 )
 from .errors import ParseError
-from .interop import HostTool, Suite, impair_args, kernel_tool, peer
+from .interop import HostTool, StackRun, Suite, _events, impair_args, kernel_tool, peer
 
 
 def _kernel_bulk(provider, nbytes: int) -> dict:
@@ -84,10 +84,12 @@ def _pytcp_bulk(host, nbytes: int, tap: str = "pytap0", subnet: str = "10.77.98"
 
     def from_pytcp() -> dict:
         with kernel_tool(host, "sink", 9001).start("listening") as sink:
-            host.run([*(["env", f"PYTHONPATH={path}"] if path else []), agent_python(host), "-m",
-                      "hpnlab.ustack.pytcp_peer", "source", tap, addr, kernel, f"{kernel.split('/')[0]}:9001",
-                      nbytes], timeout=600)
-            return sink.wait("sink", 60)
+            res = host.run([*(["env", f"PYTHONPATH={path}"] if path else []), agent_python(host), "-m",
+                            "hpnlab.ustack.pytcp_peer", "source", tap, addr, kernel, f"{kernel.split('/')[0]}:9001",
+                            nbytes], timeout=600)
+            sent = [e for e in _events(res.stdout) if e.get("event") == "source"]
+            # PyTCP's own process: its CPU time while sending (all its threads)
+            return {**sink.wait("sink", 60), "sender": sent[-1] if sent else None}
     try:
         for key, fn in (("kernel_to_pytcp", to_pytcp), ("pytcp_to_kernel", from_pytcp)):
             try:
@@ -100,6 +102,42 @@ def _pytcp_bulk(host, nbytes: int, tap: str = "pytap0", subnet: str = "10.77.98"
     if len(out.get("errors", {})) == 2:
         out["error"] = "; ".join(f"{k}: {v}" for k, v in out["errors"].items())
     return out
+
+
+def _tap_profile(h1, nbytes: int, tap: str = "ustap1", subnet: str = "10.77.96") -> dict:
+    """The stack sending over TAP to h1's kernel once more, under cProfile: where its time
+    goes on this host (its own functions, and each system call as a row of its own)."""
+    kernel, addr = f"{subnet}.1", f"{subnet}.2"
+    with kernel_tool(h1, "sink", 9003).start("listening") as sink:
+        with StackRun(h1, tap, f"{addr}/24", "--driver", "tap", "--tap-kernel-ip", f"{kernel}/24", "--app", "source",
+                      "--connect", f"{kernel}:9003", "--bytes", nbytes, "--profile", 12).start("ready") as run:
+            sent = run.wait("source", 300)
+            stats = run.wait("stats", 60)
+        sink.wait("sink", 60)
+    return {"bytes": nbytes, "secs": sent["secs"], "cpu_s": sent["cpu_s"], **stats["profile"]}
+
+
+def _profile_section(prof: dict, tap_send: dict, pytcp_send: dict | None) -> list[str]:
+    """The profile as a table, and how busy the senders were without the profiler."""
+    if "top" not in prof:
+        return ["## Where the stack's time goes", "", f"Not measured: {prof.get('error')}", ""]
+
+    def busy(d: dict | None) -> str:
+        if not d or not d.get("secs") or d.get("cpu_s") is None:
+            return "n/a"
+        return f"{d['cpu_s']:.2f} s of CPU in {d['secs']:.2f} s ({100 * d['cpu_s'] / d['secs']:.0f} % of one CPU)"
+    syscalls = sum(r["own_s"] for r in prof["top"] if r["function"].startswith("<built-in method posix."))
+    return ["## Where the stack's time goes (TAP, stack → kernel, under cProfile)", "",
+            f"{prof['bytes'] >> 20} MiB sent once more under cProfile ({prof['secs']} s with the profiler, "
+            f"{prof['total_s']} s of it counted in functions). Own time per function (calls to C, such as "
+            "`posix.write` — one system call per frame on TAP — are rows of their own):", "",
+            md_table(["function", "calls", "own s", "share"],
+                     [(r["function"], r["calls"], r["own_s"], f"{100 * (r['share'] or 0):.1f} %")
+                      for r in prof["top"]]), "",
+            f"System calls among these rows: {100 * syscalls / prof['total_s']:.0f} % of the profiled time. "
+            f"Without the profiler, sending over TAP the stack's process used {busy(tap_send)}; PyTCP's "
+            f"{busy(pytcp_send)} (process CPU time: user + system, all threads; on a one-CPU guest the kernel's "
+            "receiving side shares that CPU).", ""]
 
 
 def _load(suite, kernel_ip: str, port: int, kernel_port: int = 9207) -> dict:
@@ -384,6 +422,12 @@ def _impaired(lab_file: str, provider_name: str | None, nbytes: int, step) -> tu
 def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=None,
         impaired_lab: str | None = "labs/ustack/impaired.yml", impaired_bytes: int = 2 << 20,
         network: str | None = None) -> dict:
+    if impaired_lab:        # before the run, not after it (the static provider refuses an impaired lab)
+        from ..topology import TopologyError, load_lab
+        try:
+            load_lab(impaired_lab, provider=provider.name)
+        except TopologyError as exc:
+            raise LabError(f"{exc}\n(--impaired-lab '' runs the rest of the lab without it)") from None
     out = results_dir("ustack", results_root)
     load_before = os.getloadavg()[0]
     suite = Suite(provider, network=network, bulk_bytes=nbytes)
@@ -421,6 +465,10 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
     step("measurements: kernel bulk, ping flood, epoll interest set")
     kernel = _kernel_bulk(provider, nbytes)
     suite.tap_cases(nbytes)
+    try:
+        profile = _tap_profile(suite.h1, min(nbytes, 2 << 20))
+    except LabError as exc:
+        profile = {"error": str(exc)[-400:]}
     step(f"segmentation offload (virtio-net header) on {'AF_PACKET and ' if afpacket else ''}TAP")
     # the virtio-net header offloads are AF_PACKET's and TAP's (DPDK's driver has none)
     offload = Suite(provider, network=net, bulk_bytes=nbytes, stack_extra=("--driver", "afpacket", "--offload"))
@@ -486,6 +534,7 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
                         "tap_stack_to_kernel": off_tap_from, "tap_kernel_to_stack": off_tap_to},
             "kernel_to_kernel": kernel["mbps"]},
         "pytcp": {"version": _version("PyTCP"), "bytes": pytcp_bytes, **pytcp},
+        "profile_tap_send": profile,
         "ping_flood_replies_per_s": flood["replies_per_s"],
         "ping_flood_kernel_replies_per_s": kernel_flood["replies_per_s"],
         "rings": {d: {"ping_flood_replies_per_s": r["flood"]["replies_per_s"],
@@ -550,6 +599,8 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
             _load_reading(load), "",
             _ring_reading(rings), "",
             _super_frame_reading(bulk.get("linux_to_stack", {}).get("counters", {})) if afpacket else "", "",
+            *_profile_section(profile, tap.get("stack_to_kernel", {}).get("stack", {}),
+                              pytcp.get("pytcp_to_kernel", {}).get("sender")),
             "## epoll's interest set: red-black tree vs dict", "",
             md_table(["set", "fds", "add µs", "lookup µs", "del µs", "bytes/fd"],
                      [(k, v["n"], v["add_us"], v["lookup_us"], v["del_us"], v["bytes_per_fd"])

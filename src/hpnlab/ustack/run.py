@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from ..servers.protocols import names as protocol_names
@@ -70,6 +71,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: never)")
     p.add_argument("--trace", action="store_true", help="record cwnd/ssthresh/RTT/flight of bulk connections")
     p.add_argument("--stats", metavar="FILE", help="write counters and connection traces here at exit")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="run the app under cProfile and put its N costliest functions (own time) in the stats")
 
 
 def _report(obj: dict) -> None:
@@ -126,6 +129,25 @@ def stats(net: Net, driver) -> dict:
             "tcp_states": stack.tcp.states(), "last_error": stack.last_error}
 
 
+def top_functions(profiler, n: int) -> dict:
+    """The n functions with the most own time (tottime) in a cProfile run, and the run's
+    total: where the stack's time goes (C calls such as os.write are their own rows)."""
+    import pstats
+    st = pstats.Stats(profiler)
+    rows = sorted(st.stats.items(), key=lambda kv: -kv[1][2])     # type: ignore[attr-defined]
+    total = sum(v[2] for _, v in rows)
+    return {"total_s": round(total, 4), "top": [
+        {"function": f"{_short(f)}:{line}({name})" if f != "~" else name, "calls": v[1],
+         "own_s": round(v[2], 4), "share": round(v[2] / total, 4) if total else None}
+        for (f, line, name), v in rows[:n]]}
+
+
+def _short(path: str) -> str:
+    """proto/tcp/connection.py -> connection.py; a package's __init__.py keeps its package."""
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}" if p.name == "__init__.py" else p.name
+
+
 def main(args) -> int:
     stopping = {"flag": False}
 
@@ -141,6 +163,11 @@ def main(args) -> int:
     def stop() -> bool:
         return stopping["flag"] or (deadline is not None and time.monotonic() > deadline)
     rc = 0
+    profiler = None
+    if args.profile:
+        import cProfile
+        profiler = cProfile.Profile()
+        profiler.enable()
     try:
         net.stack.gratuitous_arp()
         net.loop.flush()
@@ -174,6 +201,8 @@ def main(args) -> int:
         rc = 1
     finally:
         net.stop_thread()
+        if profiler is not None:
+            profiler.disable()
         inner = getattr(driver, "inner", driver)
         if hasattr(inner, "ring_stats"):
             inner.ring_stats()
@@ -182,7 +211,8 @@ def main(args) -> int:
             with open(args.stats, "w") as f:
                 json.dump(data, f, default=str)
         _report({"event": "stats", **{k: data[k] for k in ("counters", "tcp_states", "last_error", "driver",
-                                                           "maxrss_kb")}})
+                                                           "maxrss_kb")},
+                 **({"profile": top_functions(profiler, args.profile)} if profiler is not None else {})})
         driver.close()
     return rc
 

@@ -115,6 +115,7 @@ class Connection:
         self.rto = RtoEstimator(minimum=opts.rto_min)
         self.cc = NewReno(our_mss)
         self.rto_timer = self.delack_timer = self.persist_timer = self.keep_timer = self.tw_timer = None
+        self.rto_deadline = 0.0
         self.retries = 0
         self.persist_backoff = 0
         self.rtt_seq: int | None = None         # Karn: the one segment being timed (no timestamps)
@@ -429,9 +430,24 @@ class Connection:
         self.rto.sample(max(0.0, (int(now * 1000) - tsecr) / 1000))
 
     def _arm_rto(self, now: float) -> None:
-        if self.rto_timer:
-            self.rto_timer.cancel()
-        self.rto_timer = self.layer.timers.add(now + self.rto.rto, self._on_rto, "tcp_rto")
+        """Restart the retransmission timer (RFC 6298 §5.3: on every new ACK). The armed
+        heap entry is kept when it falls due no later than the new deadline, and moves there
+        when it falls due: a bulk sender pushes one heap entry per RTO interval, not a Timer
+        per ACK that stays in the heap, dead, until its old deadline comes up."""
+        deadline = now + self.rto.rto
+        self.rto_deadline = deadline
+        t = self.rto_timer
+        if t is not None:
+            if t.deadline <= deadline:
+                return
+            t.cancel()
+        self.rto_timer = self.layer.timers.add(deadline, self._rto_due, "tcp_rto")
+
+    def _rto_due(self, now: float) -> None:
+        if now < self.rto_deadline:              # restarted since this entry was pushed
+            self.rto_timer = self.layer.timers.add(self.rto_deadline, self._rto_due, "tcp_rto")
+            return
+        self._on_rto(now)
 
     def _on_rto(self, now: float) -> None:
         self.rto_timer = None
