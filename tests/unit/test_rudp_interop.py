@@ -39,10 +39,18 @@ def test_ten_thousand_messages_each_way_under_loss(mode):
     assert not any(k.startswith("dropped") for k in py.stats), dict(py.stats)
 
 
+@pytest.mark.parametrize("schedule", ["every ms", "the lab's loop"])
 @pytest.mark.parametrize("mode", list(MODES))
-def test_same_bytes_on_the_wire_as_c_ikcp(mode):
+def test_same_bytes_on_the_wire_as_c_ikcp(mode, schedule):
     """KCP's test.cpp scenario on the virtual clock: hpnlab's ARQ pair and a C ikcp pair, over
-    links with the same random draws, send the very same datagrams at the very same times."""
+    links with the same random draws, send the very same datagrams at the very same times -
+    updated every millisecond, and on the lab's loop's schedule (updates 1-3 ms apart, each
+    datagram taken in at its arrival time between them)."""
+    import random
+
+    def lags():
+        return random.Random(5) if schedule == "the lab's loop" else None
+
     def arq():
         a = Arq(1, snd_wnd=128, rcv_wnd=128)
         a.nodelay(*MODES[mode])
@@ -50,7 +58,7 @@ def test_same_bytes_on_the_wire_as_c_ikcp(mode):
 
     def c():
         return CKcp(1, MODES[mode], snd_wnd=128, rcv_wnd=128)
-    ours = echo_scenario(arq(), arq(), Link(loss=0.15, delay=(30, 62), seed=8), 150)
-    theirs = echo_scenario(c(), c(), Link(loss=0.15, delay=(30, 62), seed=8), 150)
+    ours = echo_scenario(arq(), arq(), Link(loss=0.15, delay=(30, 62), seed=8), 150, lags=lags())
+    theirs = echo_scenario(c(), c(), Link(loss=0.15, delay=(30, 62), seed=8), 150, lags=lags())
     assert ours == theirs
     assert max(ours[0]) > 125          # some messages were lost and resent (15 % each way)

@@ -14,7 +14,8 @@ Nothing here does I/O or reads a clock: the caller passes the time in millisecon
     arq.send(b"hello")
     arq.update(now_ms)               # due work: flushes when the interval has passed
     for datagram in arq.pop_output(): sock.send(datagram)
-    arq.input(received, now_ms)      # False (and arq.stats counts why) if dropped
+    arq.input(received, now_ms)      # False (and arq.stats counts why) if dropped; like
+                                     # ikcp_input it times by the last update()'s clock
     msg = arq.recv()                 # a whole message (or stream bytes), or None
 
 Bad input (a truncated or forged segment, another conv, a segment beyond the receive window)
@@ -173,8 +174,12 @@ class Arq:
     # -- the network's side -----------------------------------------------------------------
 
     def input(self, datagram: bytes, now: int) -> bool:
-        """Take one received datagram (one or more segments). False if any of it was dropped."""
-        self.current = now & MASK
+        """Take one received datagram (one or more segments). False if any of it was dropped.
+
+        `now` is not read (it is the face's, which QUIC needs): as ikcp_input does, an RTT sample
+        and whatever is flushed before the next update() use the clock of the last update().
+        Stamping with the arrival time instead measured RTTs up to a loop's lag longer than
+        ikcp's on the lab's loop (input between updates), and the two sent different bytes."""
         self.stats["datagrams_in"] += 1
         self.stats["bytes_in"] += len(datagram)
         prev_una = self.snd_una

@@ -39,23 +39,29 @@ class Link:
             out.append(heapq.heappop(q)[2])
         return out
 
-    def step(self, ends, now: int, seen=None) -> None:
+    def step(self, ends, now: int, seen=None, until: int | None = None) -> None:
         """One tick of both ends (0 and 1) on this link: each updates, puts its output on
-        the link (`seen(end, datagram)` looks at each first) and takes in what is due."""
+        the link (`seen(end, datagram)` looks at each first) and takes in what is due.
+        With `until`, what arrives after `now` up to `until`, each datagram stamped with its
+        own arrival time: a real loop's wait between two updates."""
         for end, me in enumerate(ends):
             me.update(now)
             for d in me.pop_output():
                 if seen is not None:
                     seen(end, d)
                 self.send(end, d, now)
-            for d in self.deliver(end, now):
-                me.input(d, now)
+            for t in (range(now + 1, until + 1) if until is not None else (now,)):
+                for d in self.deliver(end, t):
+                    me.input(d, t)
 
 
-def echo_scenario(a, b, link: Link, count: int, every_ms: int = 20, limit_ms: int = 3_600_000):
+def echo_scenario(a, b, link: Link, count: int, every_ms: int = 20, limit_ms: int = 3_600_000,
+                  lags: random.Random | None = None):
     """KCP's test.cpp on the virtual clock: `a` sends an 8-byte message (index, time) every
-    `every_ms`, `b` echoes it, both update every millisecond. Returns (RTTs in ms in the
-    order they came back, a SHA-256 of every datagram both ends sent, with its time)."""
+    `every_ms`, `b` echoes it, both update every millisecond - or, with `lags`, the schedule
+    of the lab's loop: the next update 1-3 ms later (as a busy machine runs it), and what
+    arrives in between taken in at its own time. Returns (RTTs in ms in the order they came
+    back, a SHA-256 of every datagram both ends sent, with its time)."""
     import hashlib
     import struct
     msg = struct.Struct("<II")
@@ -65,10 +71,12 @@ def echo_scenario(a, b, link: Link, count: int, every_ms: int = 20, limit_ms: in
     while len(rtts) < count:
         if now > limit_ms:
             raise TimeoutError(f"{len(rtts)} of {count} echoes after {limit_ms} ms")
-        if sent < count and now >= sent * every_ms:
+        while sent < count and now >= sent * every_ms:
             a.send(msg.pack(sent, now))
             sent += 1
-        link.step((a, b), now, lambda end, d, now=now: digest.update(msg.pack(end, now) + d))
+        until = now + lags.choice((1, 1, 1, 2, 3)) if lags else None
+        link.step((a, b), now, lambda end, d, now=now: digest.update(msg.pack(end, now) + d), until)
+        now = until if until is not None else now
         while (m := b.recv()) is not None:
             b.send(m)
         while (m := a.recv()) is not None:
@@ -76,5 +84,6 @@ def echo_scenario(a, b, link: Link, count: int, every_ms: int = 20, limit_ms: in
             if i != len(rtts):
                 raise AssertionError(f"echo {i} came back where {len(rtts)} was due")
             rtts.append(now - ts)
-        now += 1
+        if lags is None:
+            now += 1
     return rtts, digest.hexdigest()
