@@ -32,10 +32,12 @@ from pathlib import Path
 import yaml
 
 from . import machine
+from .paths import repo_root
 from .providers import open_lab
-from .providers.netns import NetnsProvider
+from .providers.netns import NetnsProvider, _alive  # _alive: a zombie (a child of this process) is not
 from .state import LabState
 from .topology import load_lab
+from .vm import apt
 
 SSHD = "/usr/sbin/sshd"
 DEFAULT_DIR = Path("/tmp/hpnlab-static")
@@ -53,6 +55,8 @@ for d in etc opt root usr/local var; do
   mkdir -p "$layer/upper" "$layer/work"
   mount -t overlay overlay -o "lowerdir=/$d,upperdir=$layer/upper,workdir=$layer/work" "/$d"
 done
+# root's shell set up as on a fresh Debian machine (python3 is /usr/bin/python3), not as this one's
+cp /etc/skel/.bashrc /etc/skel/.profile /root/
 mount -t hugetlbfs -o pagesize=2M hugetlbfs /mnt
 cat /proc/sys/vm/nr_hugepages > "$dir/nr_hugepages"
 for pool in __POOLS__; do mount --bind "$dir/nr_hugepages" "$pool"; done
@@ -99,6 +103,21 @@ def static_lab_text(source: str | Path, name: str) -> str:
     return yaml.safe_dump(data, sort_keys=False)
 
 
+def machine_has_packages(progress=print) -> None:
+    """The Debian packages provisioning installs on a real machine (the roles' package lists),
+    installed here: the machines share this machine's /usr and reach no mirror."""
+    roles = repo_root() / "ansible" / "roles"
+    wanted = []
+    for role, key in (("tools", "tools_packages"), ("tools", "tools_packages_optional"),
+                      ("labcode", "labcode_packages"), ("dpdk", "dpdk_packages")):
+        wanted += yaml.safe_load((roles / role / "defaults" / "main.yml").read_text())[key]
+    query = _sh("dpkg-query", "-W", "-f=${db:Status-Status} ${Package}\n", *wanted, check=False)
+    installed = {line.split()[1] for line in query.stdout.splitlines() if line.startswith("installed ")}
+    missing = [p for p in dict.fromkeys(wanted) if p not in installed]
+    if missing:
+        apt.install(missing, progress, apt.LOG_DIR / "apt-static-machines.log")
+
+
 class Machines:
     """The machines of `dir` (made by `up`, read back from DIR/machines.json otherwise)."""
 
@@ -123,6 +142,7 @@ class Machines:
             if not os.path.exists(tool):
                 raise MachinesError(f"{tool} is missing: `make setup` installs openssh-server and netcat-openbsd")
         spec = load_lab(lab, provider="netns")
+        machine_has_packages()
         name = name or f"{spec.name}st"
         self.dir.mkdir(parents=True, exist_ok=True)
         record: dict = {"source": str(Path(lab).absolute()), "machines_lab": f"{name}m",
@@ -243,14 +263,6 @@ class Machines:
         return (f"export {env}\n"
                 f"make lab-backlog LAB={self.lab_path} PROVIDER=static      # or any lab target\n"
                 f"python -m hpnlab.static_machines down --dir {self.dir}")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[-1][:1] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def _end(pid: int, seconds: float = 10) -> None:

@@ -28,20 +28,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 POOL = Path("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")
 
 
-def _machine_has_dpdk_packages() -> None:
-    """The fake machines share this machine's /usr and reach no mirror, so the dpdk role's
-    packages, which a real machine's apt would fetch during provisioning, come from here."""
-    import yaml
-
-    from hpnlab.vm import apt
-    wanted = yaml.safe_load((REPO / "ansible/roles/dpdk/defaults/main.yml").read_text())["dpdk_packages"]
-    query = _sh("dpkg-query", "-W", "-f=${db:Status-Status} ${Package}\n", *wanted, check=False)
-    installed = {line.split()[1] for line in query.stdout.splitlines() if line.startswith("installed ")}
-    missing = [p for p in wanted if p not in installed]
-    if missing:
-        apt.install(missing, print, apt.LOG_DIR / "apt-test-static.log")
-
-
 def _unheld_pages() -> int:
     """This machine's 2 MiB pages beyond those the labs hold (which other labs may take and
     give back meanwhile: hpnlab's machine ledger)."""
@@ -106,7 +92,6 @@ def machines(leaves_nothing, tmp_path):
 
 
 def test_static_provider_on_namespace_machines(machines, tmp_path, monkeypatch):
-    _machine_has_dpdk_packages()
     hosts = sorted(machines.read()["namespaces"])
     ns1, ns2 = machines.namespace("h1"), machines.namespace("h2")
     # The machines as one finds them: h2's data NIC has no address yet and h1's dpdk NIC another
