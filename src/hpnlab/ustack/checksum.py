@@ -16,7 +16,9 @@ def ones_sum(*parts) -> int:
     """The one's-complement sum (mod 0xffff) of the parts; each part but the last must
     have an even length (pseudo-headers do). Joined first: one copy costs less than a
     conversion per part (~3x faster for a segment's five parts)."""
-    return _value(parts[0] if len(parts) == 1 else b"".join(parts)) % 0xffff
+    data = parts[0] if len(parts) == 1 else b"".join(parts)
+    v = int.from_bytes(data, "big")            # _value inlined: this runs several times per segment
+    return (v << 8 if len(data) & 1 else v) % 0xffff
 
 
 def checksum(*parts) -> int:

@@ -4,6 +4,7 @@ fragments by offset, joined when the pieces cover the datagram)."""
 from __future__ import annotations
 
 import ipaddress
+import struct
 from collections import Counter
 
 from ...checksum import checksum, verify
@@ -12,6 +13,8 @@ from ...errors import ParseError
 HEADER = 20
 ICMP, TCP, UDP = 1, 6, 17
 MF = 0x2000
+# version/IHL, TOS, total length, identification, flags/fragment offset, TTL, protocol
+_FIXED = struct.Struct("!BBHHHBB")
 DF = 0x4000
 
 
@@ -39,7 +42,7 @@ def parse(data) -> Packet:
         raise ParseError("ipv4", "bad_version", f"version {version} (byte 0, high nibble)")
     if ihl < HEADER or ihl > n:
         raise ParseError("ipv4", "bad_header_length", f"header length {ihl} (byte 0, low nibble) with {n} bytes")
-    total = int.from_bytes(view[2:4], "big")
+    _, _, total, ident, flags_frag, ttl, proto = _FIXED.unpack_from(view)
     if total < ihl or total > n:
         raise ParseError("ipv4", "bad_total_length", f"total length {total} (bytes 2-3) with a {ihl}-byte "
                                              f"header and {n} bytes received")
@@ -49,17 +52,14 @@ def parse(data) -> Packet:
     src, dst = bytes(view[12:16]), bytes(view[16:20])
     if src[0] >= 224 or src == b"\xff\xff\xff\xff" or src[0] == 127:
         raise ParseError("ipv4", "bad_src", f"source {ipaddress.IPv4Address(src)} (bytes 12-15) is not unicast")
-    flags_frag = int.from_bytes(view[6:8], "big")
-    return Packet(src, dst, view[9], view[8], int.from_bytes(view[4:6], "big"), flags_frag & 0xe000,
-                  (flags_frag & 0x1fff) * 8, ihl, view[ihl:total], ihl > HEADER)
+    return Packet(src, dst, proto, ttl, ident, flags_frag & 0xe000, (flags_frag & 0x1fff) * 8, ihl,
+                  view[ihl:total], ihl > HEADER)
 
 
 def header(src: bytes, dst: bytes, proto: int, length: int, ident: int, ttl: int = 64,
            flags_frag: int = DF) -> bytes:
-    h = bytearray(b"\x45\x00" + (HEADER + length).to_bytes(2, "big") + ident.to_bytes(2, "big")
-                  + flags_frag.to_bytes(2, "big") + bytes((ttl, proto)) + b"\0\0" + src + dst)
-    h[10:12] = checksum(h).to_bytes(2, "big")
-    return bytes(h)
+    fixed, addrs = _FIXED.pack(0x45, 0, HEADER + length, ident, flags_frag, ttl, proto), src + dst
+    return fixed + checksum(fixed, b"\0\0", addrs).to_bytes(2, "big") + addrs
 
 
 def build(src: bytes, dst: bytes, proto: int, payload, ident: int, ttl: int = 64, df: bool = True) -> bytes:

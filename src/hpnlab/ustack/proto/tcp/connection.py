@@ -363,11 +363,14 @@ class Connection:
         # with segmentation offload one segment may carry many MSS (the driver cuts it)
         burst = mss * max(1, self.layer.offload_max // mss) if self.layer.offload else mss
         sent = False
+        # what sending does not change, read once (this loop runs once per segment sent)
+        sndbuf, data_seq, snd_una = self.sndbuf, self.data_seq, self.snd_una
+        window = min(self.snd_wnd, self.cc.cwnd)
         while True:
-            off = _d(self.snd_nxt, self.data_seq)
-            unsent = len(self.sndbuf) - off
-            flight = self.flight
-            usable = min(self.snd_wnd, self.cc.cwnd) - flight
+            off = _d(self.snd_nxt, data_seq)
+            unsent = len(sndbuf) - off
+            flight = _d(self.snd_nxt, snd_una)
+            usable = window - flight
             if unsent > 0:
                 n = min(burst, unsent, usable)
                 if n <= 0:
@@ -379,7 +382,7 @@ class Connection:
                     if last and flight > 0 and not self.opts.nodelay and not self.fin_queued:
                         break                      # Nagle: one small segment in flight at most
                 fin = last and self.fin_queued
-                payload = self.sndbuf[off:off + n]
+                payload = sndbuf[off:off + n]
                 flags = ACK | (PSH if last else 0) | (FIN if fin else 0)
                 self._send_data(self.snd_nxt, flags, payload, now)
                 self.snd_nxt = (self.snd_nxt + n + (1 if fin else 0)) & M
