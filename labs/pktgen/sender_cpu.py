@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from hpnlab import report
+from hpnlab.errors import HpnlabError
 from hpnlab.labs.pktgen import eal_for, ensure_binding, run_agent
 from hpnlab.providers import open_lab
 from hpnlab.vm import virt
@@ -98,15 +99,20 @@ def main() -> int:
             for tool, backoff in (VARIANTS if rnd == 0 else VARIANTS[::-1]):
                 sampler = Sampler(pid, where[1])
                 sampler.start()
-                if tool == "hpnlab":
-                    res = run_agent(sender, ["send", "--eal", eal, "--size", size, "--seconds", seconds,
-                                             "--backoff-us", backoff], 200, "generator")
-                else:
-                    res = run_agent(sender, ["testpmd", "--eal", eal, "--size", size, "--seconds", seconds], 200,
-                                    "testpmd")
-                time.sleep(0.5)
-                sampler.done.set()
-                sampler.join()
+                try:
+                    if tool == "hpnlab":
+                        res = run_agent(sender, ["send", "--eal", eal, "--size", size, "--seconds", seconds,
+                                                 "--backoff-us", backoff], 200, "generator")
+                    else:
+                        res = run_agent(sender, ["testpmd", "--eal", eal, "--size", size, "--seconds", seconds],
+                                        200, "testpmd")
+                except HpnlabError as exc:
+                    print(f"{size} B {tool} backoff {backoff}: {exc}", flush=True)
+                    continue
+                finally:
+                    time.sleep(0.5)
+                    sampler.done.set()
+                    sampler.join()
                 row = {"size": size, "round": rnd + 1, "tool": tool, "backoff_us": backoff,
                        "steady_pps": res["steady_pps"], "samples": res["samples"], "unsent": res["unsent"],
                        "sent": res.get("sent", res.get("tx_packets")), "load": os.getloadavg()[0],
