@@ -101,10 +101,9 @@ typedef unsigned long long u64;
 
 typedef struct hp_out {          /* one queued write */
     struct hp_out *next;
-    char *ptr;                   /* data[] (a copy), or a provided buffer lent to the send */
-    int bid;                     /* that buffer, or -1 */
+    char *ptr;                   /* a copy (malloc'd with the node), or a provided buffer lent to the send */
+    int bid;                     /* that buffer (its node is bout[bid]), or -1 */
     unsigned len, off;
-    char data[];
 } hp_out;
 
 typedef struct hp_fdq {          /* the send queue of one fd */
@@ -127,6 +126,7 @@ typedef struct hp_ring {
     unsigned posted;             /* buffers in the ring the kernel has not taken yet */
     unsigned char *lent;         /* lent[bid]: the buffer is the data of a queued send */
     unsigned nlent;
+    hp_out *bout;                /* the send node of each buffer, used while it is lent */
     int *bfd;                    /* bfd[bid], blen[bid]: the recv the last harvest handed it to */
     unsigned *blen;
     long long high_water;        /* hp_send_back reports a queue longer than this */
@@ -164,7 +164,7 @@ static void buf_unlend(hp_ring *r, int bid)
 static void out_free(hp_ring *r, hp_out *o)
 {
     if (o->bid >= 0) buf_unlend(r, o->bid);
-    free(o);
+    else free(o);
 }
 
 static void fdq_clear(hp_ring *r, hp_fdq *q)
@@ -183,6 +183,7 @@ void hp_ring_free(hp_ring *r)
     free(r->held);
     free(r->spare);
     free(r->lent);
+    free(r->bout);
     free(r->bfd);
     free(r->blen);
     if (r->br) {
@@ -226,9 +227,10 @@ int hp_bufring_setup(hp_ring *r, unsigned nbufs, unsigned bufsize, int bgid)
     r->held = malloc(nbufs * sizeof *r->held);
     r->spare = malloc(nbufs * sizeof *r->spare);
     r->lent = calloc(nbufs, 1);
+    r->bout = malloc(nbufs * sizeof *r->bout);
     r->bfd = malloc(nbufs * sizeof *r->bfd);
     r->blen = malloc(nbufs * sizeof *r->blen);
-    if (!r->bufs || !r->held || !r->spare || !r->lent || !r->bfd || !r->blen) return -ENOMEM;
+    if (!r->bufs || !r->held || !r->spare || !r->lent || !r->bout || !r->bfd || !r->blen) return -ENOMEM;
     /* Touch the buffers now: a burst may use all of them, so they may all end
      * up resident. Faulting them in up front makes them part of the idle
      * RSS - a fixed cost, not a per-connection one. */
@@ -337,8 +339,8 @@ long long hp_send(hp_ring *r, int fd, const char *buf, unsigned len)
     if (q->failed) return -EPIPE;
     hp_out *o = malloc(sizeof *o + len);
     if (!o) return -ENOMEM;
-    memcpy(o->data, buf, len);
-    o->ptr = o->data;
+    o->ptr = (char *)(o + 1);
+    memcpy(o->ptr, buf, len);
     o->bid = -1;
     return fdq_push(r, fd, q, o, len);
 }
@@ -356,8 +358,7 @@ long long hp_send_buf(hp_ring *r, int fd, unsigned bid, unsigned len)
     hp_fdq *q = fdq(r, fd);
     if (!q) return -ENOMEM;
     if (q->failed) return -EPIPE;
-    hp_out *o = malloc(sizeof *o);
-    if (!o) return -ENOMEM;
+    hp_out *o = &r->bout[bid];
     o->ptr = buf;
     o->bid = (int)bid;
     r->lent[bid] = 1;
