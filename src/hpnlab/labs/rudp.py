@@ -85,17 +85,25 @@ def make_arq(impl: str, mode: str, client: bool = False):
 
 # ================================================================ agents
 
-def _arq_loop(sock: socket.socket, arq, on_message, done, deadline: float, produce=None) -> None:
+def _arq_loop(sock: socket.socket, arq, on_message, done, deadline: float, produce=None) -> dict:
     """test.cpp's loop: every millisecond queue what is due (`produce(t)`), update, then take
-    what arrived; until done(seconds since the last datagram came in).
+    what arrived; until done(seconds since the last datagram came in). Returns how late the
+    loop ran: updates, the longest gap between two (ms), and the gaps over 2 ms - on the
+    virtual clock every gap is 1 ms; a busy machine stretches them.
 
     `produce` runs before `update` on the same clock reading: a message due at a flush tick
     leaves at that tick. (Queued after it, each waited a whole interval; queued at the run's
     start, each waited (import time mod 10 ms) - a phase the agent's imports set, 12-15 ms for
     hpnlab and 60-70 ms for C ikcp, which moved one run's average by up to 5 ms either way.)"""
     last_in = time.monotonic()
+    loop = {"updates": 0, "gap_max_ms": 0, "gaps_over_2ms": 0}
+    prev = now_ms()
     while time.monotonic() < deadline:
         t = now_ms()
+        loop["updates"] += 1
+        loop["gap_max_ms"] = max(loop["gap_max_ms"], t - prev)
+        loop["gaps_over_2ms"] += t - prev > 2
+        prev = t
         if produce:
             produce(t)
         arq.update(t)
@@ -112,7 +120,7 @@ def _arq_loop(sock: socket.socket, arq, on_message, done, deadline: float, produ
         while (m := arq.recv()) is not None:
             on_message(m)
         if done(time.monotonic() - last_in):
-            return
+            return loop
     raise TimeoutError("the run did not finish in time")
 
 
@@ -196,9 +204,9 @@ def echo_main(argv: list[str]) -> int:
     # done once all are echoed, acknowledged and the pinger has been quiet for a second (it may
     # still need our ACKs); or, if the pinger left before its last ACK got here, after 10 s of
     # silence (a backed-off RTO in default mode can itself be seconds: less would leave early)
-    _arq_loop(sock, arq, echo, lambda idle: echoed >= a.count and (
+    loop = _arq_loop(sock, arq, echo, lambda idle: echoed >= a.count and (
         idle > 1 and arq.waiting == 0 or idle > 10 or getattr(arq, "closed", False)), deadline)
-    print(json.dumps({"echoed": echoed, "stats": dict(arq.stats)}))
+    print(json.dumps({"echoed": echoed, "stats": dict(arq.stats), "loop": loop}))
     return 0
 
 
@@ -210,6 +218,8 @@ def ping_main(argv: list[str]) -> int:
     ap.add_argument("--count", type=int, required=True)
     ap.add_argument("--every-ms", type=int, default=20)
     ap.add_argument("--timeout", type=float, default=120)
+    ap.add_argument("--go-dir", help="once set up, say so (DIR/ready-PORT) and start when DIR/go appears: "
+                    "pingers run side by side start together")
     a = ap.parse_args(argv)
     host, port = a.to.rsplit(":", 1)
     deadline = time.monotonic() + a.timeout
@@ -225,6 +235,7 @@ def ping_main(argv: list[str]) -> int:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.setblocking(False)
         sent, buf = 0, b""
+        _wait_for_go(a.go_dir, port, deadline)
         start, began = now_ms(), time.time()
         while len(rtts) < a.count:
             if time.monotonic() > deadline:
@@ -266,11 +277,24 @@ def ping_main(argv: list[str]) -> int:
         if len(rtts) >= a.count and hasattr(arq, "close"):
             arq.close()                    # QUIC: say goodbye (aioquic's close is idempotent)
         return len(rtts) >= a.count and idle > 0.3      # a moment to acknowledge the last echoes
+    _wait_for_go(a.go_dir, port, deadline)
     began = time.time()                    # wall clock: runs side by side are compared on it
-    _arq_loop(sock, arq, got, done, deadline, produce)
+    loop = _arq_loop(sock, arq, got, done, deadline, produce)
     print(json.dumps({"rtts": rtts, "stats": dict(arq.stats), "in_order": order == list(range(a.count)),
-                      "span": [began, time.time()]}))
+                      "span": [began, time.time()], "loop": loop}))
     return 0
+
+
+def _wait_for_go(go_dir: str | None, port: str, deadline: float) -> None:
+    """The start barrier of pingers run side by side (their agents take seconds to start on an
+    emulated CPU, longer than a short run): ready, then wait for the go."""
+    if go_dir is None:
+        return
+    Path(go_dir, f"ready-{port}").touch()
+    while not os.path.exists(os.path.join(go_dir, "go")):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {go_dir}/go before the run's deadline")
+        time.sleep(0.001)
 
 
 def sink_main(argv: list[str]) -> int:
@@ -625,10 +649,13 @@ def group_run(provider, a, b, ip_b: str, items: list[tuple[str, str, int, Path |
                 if pcap:
                     stack.enter_context(Capture(provider, f"{a.name}:{a.nic(net).ifname}", pcap,
                                                 f"{'tcp' if impl == 'tcp' else 'udp'} port {port}"))
+            go_dir = f"/tmp/hpnlab-rudp-go-{items[0][2]}-{os.getpid()}"
+            a.run(["sh", "-c", f"rm -rf {go_dir} && mkdir -p {go_dir}"], timeout=30)
             for impl, mode, port, _ in items:
                 pingers.append(a.start(agent_argv(a, "rudp", "ping", "--to", f"{ip_b}:{port}", "--impl", impl,
-                                                  "--mode", mode, "--count", count, "--timeout", timeout),
-                                       name=f"rudp-ping-{port}"))
+                                                  "--mode", mode, "--count", count, "--timeout", timeout,
+                                                  "--go-dir", go_dir), name=f"rudp-ping-{port}"))
+            _start_together(a, go_dir, [port for _, _, port, _ in items], pingers, timeout)
             done = [(_agent_result(ping, a, f"{impl} {mode} pinger", timeout + 10),
                      _agent_result(echo, b, f"{impl} {mode} echo agent", timeout))
                     for (impl, mode, _, _), ping, echo in zip(items, pingers, echoes)]
@@ -636,8 +663,23 @@ def group_run(provider, a, b, ip_b: str, items: list[tuple[str, str, int, Path |
             with deferred_interrupts():
                 for proc in pingers + echoes:
                     proc.stop(3)
+                if pingers:
+                    a.run(["rm", "-rf", go_dir], timeout=30, check=False)
     return [_scenario_part(impl, mode, count, pcap, client, server)
             for (impl, mode, _, pcap), (client, server) in zip(items, done)]
+
+
+def _start_together(a, go_dir: str, ports: list[int], pingers: list, timeout: float) -> None:
+    """Once every pinger is set up (its ready file in go_dir), let them all go at once."""
+    deadline = time.monotonic() + timeout
+    want = {f"ready-{port}" for port in ports}
+    while not want <= set(a.run(["ls", go_dir], timeout=30).stdout.split()):
+        dead = [p for p in pingers if not p.alive()]
+        if dead or time.monotonic() > deadline:
+            why = f"exited: {dead[0].logs()[1].strip()[-800:]}" if dead else f"not ready in {timeout:g} s"
+            raise LabError(f"[{a.name}] a pinger {why}")
+        time.sleep(0.1)
+    a.run(["touch", f"{go_dir}/go"], timeout=30)
 
 
 def _scenario_part(impl: str, mode: str, count: int, pcap: Path | None, client: dict, server: dict) -> dict:
@@ -648,6 +690,7 @@ def _scenario_part(impl: str, mode: str, count: int, pcap: Path | None, client: 
     wire = client["stats"].get("bytes_out", 0) + server.get("stats", {}).get("bytes_out", 0)
     stats = [client["stats"], server.get("stats", {})]
     return {"rtts": rtts, "wire": wire, "pcap": pcap.name if pcap else None, "span": client.get("span"),
+            "loop": {"pinger": client.get("loop"), "echoer": server.get("loop")},
             "retransmits": sum(st.get("retransmits", 0) + st.get("fast_retransmits", 0) for st in stats)}
 
 
@@ -773,6 +816,7 @@ def summarize(impl: str, mode: str, parts: list[dict]) -> dict:
             "p50_ms": srt[n // 2], "p99_ms": srt[min(n - 1, int(n * 0.99))],
             "per_round": [{"round": p["round"], "avg_ms": round(sum(p["rtts"]) / len(p["rtts"]), 1),
                            "max_ms": max(p["rtts"]), "span": p["span"], "retransmits": p["retransmits"],
+                           "loop": p["loop"],
                            "overhead": round(p["wire"] / (len(p["rtts"]) * PERFECT_BYTES) - 1, 3) if udp else None}
                           for p in parts],
             "wire_bytes": wire if udp else None,
@@ -841,8 +885,20 @@ def paired(runs: dict) -> dict:
             row[stat] = {"ratios": ratios, "median": round(statistics.median(ratios), 3), "min": min(ratios),
                          "max": max(ratios), "lower_in": lower, "higher_in": higher,
                          "beyond_spread": len(ratios) >= 2 and len(ratios) in (lower, higher)}
+        row["loop_lag"] = {key: _loop_lag(runs[key]["per_round"]) for key in (x, y)}
         out[f"{x}/{y}"] = row
     return out
+
+
+def _loop_lag(per_round: list[dict]) -> dict | None:
+    """Over the rounds, both agents of a config: the share of update gaps over 2 ms and the
+    longest gap (on the virtual clock, where the two send the same bytes, every gap is 1 ms)."""
+    loops = [lp for p in per_round for lp in (p.get("loop") or {}).values() if lp]
+    if not loops:
+        return None
+    updates = sum(lp["updates"] for lp in loops)
+    return {"gaps_over_2ms_share": round(sum(lp["gaps_over_2ms"] for lp in loops) / max(updates, 1), 4),
+            "gap_max_ms": max(lp["gap_max_ms"] for lp in loops)}
 
 
 def _paired_verdict(name: str, r: dict, n: int) -> str:
@@ -1048,14 +1104,19 @@ def render(runs, s, pairs, simulated, count, one_way, mechanism, a, b, env, png,
               "beyond the run-to-run spread only if every round falls on the same side of 1; inside it, this "
               "run cannot tell the two apart.", "",
               report.md_table(["pair", "rounds", "avg RTT ratio: median [min–max]", "per round", "max RTT ratio: "
-                               "median [min–max]", "per round", "avg: lower/higher in"],
+                               "median [min–max]", "per round", "avg: lower/higher in",
+                               "update gaps > 2 ms (longest): hpnlab | C ikcp"],
                               [[k, r["rounds"], f"{r['avg_ms']['median']:.3f} [{r['avg_ms']['min']:.3f}–"
                                 f"{r['avg_ms']['max']:.3f}]", " ".join(f"{x:.2f}" for x in r["avg_ms"]["ratios"]),
                                 f"{r['max_ms']['median']:.3f} [{r['max_ms']['min']:.3f}–{r['max_ms']['max']:.3f}]",
                                 " ".join(f"{x:.2f}" for x in r["max_ms"]["ratios"]),
                                 f"{r['avg_ms']['lower_in']}/{r['avg_ms']['higher_in']}"
-                                + (" (beyond the spread)" if r["avg_ms"]["beyond_spread"] else "")]
-                               for k, r in pairs.items()]), ""]
+                                + (" (beyond the spread)" if r["avg_ms"]["beyond_spread"] else ""),
+                                " | ".join(f"{g['gaps_over_2ms_share']:.1%} ({g['gap_max_ms']} ms)" if g else "?"
+                                           for g in r["loop_lag"].values())]
+                               for k, r in pairs.items()]),
+              "", "Update gaps: how late the agents' 1 ms loops ran (both ends, all rounds); on the virtual "
+              "clock, where hpnlab and C ikcp send the same bytes, every gap is 1 ms.", ""]
     ranked = sorted(runs.values(), key=lambda r: r["avg_ms"])
     L.append(f"- Lowest average RTT: {ranked[0]['impl']} {ranked[0]['mode']} ({ranked[0]['avg_ms']} ms); "
              f"highest: {ranked[-1]['impl']} {ranked[-1]['mode']} ({ranked[-1]['avg_ms']} ms, "
