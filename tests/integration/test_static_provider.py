@@ -20,6 +20,7 @@ import pytest
 
 from hpnlab import machine
 from hpnlab.providers import open_lab
+from hpnlab.state import registered
 from hpnlab.static_machines import Machines
 from hpnlab.testing import REPO, unique_lab_name
 
@@ -91,7 +92,7 @@ def machines(leaves_nothing, tmp_path):
     assert not made.dir.exists()
 
 
-def test_static_provider_on_namespace_machines(machines, tmp_path, monkeypatch):
+def test_static_provider_on_namespace_machines(machines, tmp_path, monkeypatch, request):
     hosts = sorted(machines.read()["namespaces"])
     ns1, ns2 = machines.namespace("h1"), machines.namespace("h2")
     # The machines as one finds them: h2's data NIC has no address yet and h1's dpdk NIC another
@@ -111,6 +112,11 @@ def test_static_provider_on_namespace_machines(machines, tmp_path, monkeypatch):
     monkeypatch.setenv("HPNLAB_STATE_DIR", env["HPNLAB_STATE_DIR"])
     monkeypatch.setenv("HPNLAB_STATIC_INVENTORY", str(static))
     unheld = _unheld_pages()        # the machines' pages are held for them by their netns lab
+
+    def down_if_left_up():          # a failure half-way leaves no static lab registered as live
+        if (tmp_path / "state" / name / "state.json").exists():
+            _cli(["down"], work, env, check=False)
+    request.addfinalizer(down_if_left_up)
     # Host keys nobody accepted yet: refused, one machine at a time, with the fingerprint
     # and the command that accepts it (run here as a person would, once they checked it)
     machines.write_inventory(_inventory(machines))
@@ -202,6 +208,7 @@ def test_static_provider_on_namespace_machines(machines, tmp_path, monkeypatch):
     assert _sh("ip", "netns", "exec", ns1, "sysctl", "-n", "net.core.somaxconn").stdout.strip() == "128"
     assert not (tmp_path / "state" / name / "state.json").exists()
     assert not (work / "inventory" / f"{name}.yml").exists()
+    assert name not in registered("static")
     h1.close()
     h2.close()
 
@@ -244,6 +251,7 @@ def test_static_provider_on_namespace_machines(machines, tmp_path, monkeypatch):
     assert proc.returncode == 1 and "CHANGED" in report["errors"].get("h1", ""), proc.stdout
     proc = _cli(["provision", "--limit", "h1"], work, dict(env, COLUMNS="500"), check=False)
     assert proc.returncode != 0 and "host key" in proc.stderr.lower(), proc.stderr
+    assert name not in registered("static")         # the refused `up`s registered nothing either
 
 
 
