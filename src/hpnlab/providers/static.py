@@ -213,7 +213,8 @@ class StaticProvider(Provider):
 
     def capture_argv(self, target: str, extra: list[str]) -> list[str]:
         """tcpdump on the host (a network: its first member's NIC); a pcap (-w FILE) comes
-        back through SSH into the local FILE (-w -: on the command's stdout)."""
+        back through SSH into the local FILE (-w -: on the command's stdout). It runs while the
+        command's stdin is open (a terminal, a pipe): at its end, or the connection's, it stops."""
         hname, ifname = self._capture_point(target)
         extra = list(extra)
         local = None
@@ -221,10 +222,11 @@ class StaticProvider(Provider):
             i = extra.index("-w")
             local, extra[i + 1] = extra[i + 1], "-"
         # sshd leaves a command without a terminal running when the connection ends: tcpdump is
-        # tied to it through stdin (EOF when the connection goes), and the session ends with tcpdump
+        # tied to it through stdin (EOF when the connection goes), and the session ends with tcpdump.
+        # TERM, not INT: an asynchronous command of sh starts with SIGINT ignored
         tcpdump = shlex.join(["tcpdump", "-i", ifname, "-n", *extra])
         remote = shlex.join(["sh", "-c", f"exec 3<&0; {tcpdump} <&- & t=$!; "
-                                         f"(cat >/dev/null; kill -INT $t 2>/dev/null) <&3 >/dev/null 2>&1 & "
+                                         f"(cat >/dev/null; kill -TERM $t 2>/dev/null) <&3 >/dev/null 2>&1 & "
                                          f"wait $t"])
         if self._reach_of(hname).get("become"):
             remote = f"sudo -n {remote}"
