@@ -51,6 +51,8 @@ class Config:
     emulated_why: str = ""          # why that grid, in the report's words
     grid_note: str = ""             # why the grid is not the one asked for (said in the report)
     left_out: list[list[int]] = field(default_factory=list)   # [size, conns] groups of the grid not run
+    # label -> the window its server's looks turned out to need (a LateLook); its later runs start with it
+    windows: dict[str, float] = field(default_factory=dict)
     # what the server's host said (probe): engines it cannot run, and why; which are parallel
     unavailable: dict[str, str] = field(default_factory=dict)
     parallel: dict[str, bool] = field(default_factory=dict)
@@ -375,16 +377,19 @@ class ServerPool:
         _handle, port, pids = self.servers[name]
         cell = self.cells[name]
         _settle(self.srv, pids)
+        if not probe:
+            duration = max(duration, self.cfg.windows.get(name, 0.0))
         try:
             try:
                 return timed_run(self.cfg, self.srv, self.cli, pids, port, cell["conns"], cell["size"], duration,
                                  probe)
             except LateLook as late:
                 # looks at this server are slow (a busy server of many threads on an emulated
-                # guest): once more with a window that holds them, and the cell says so
+                # guest): once more with a window that holds them, and the engine's later runs
+                # (this group's and the next groups') start with it instead of failing first
                 longer = max(2 * duration, 6 * late.look + 1)
-                self.say(f"    {name:>9}: {late}; once more with a {longer:.0f} s window")
-                cell.setdefault("notes", []).append(f"run with a {longer:.0f} s window: {late}")
+                self.say(f"    {name:>9}: {late}; once more with a {longer:.0f} s window, and from now on")
+                self.cfg.windows[name] = longer
                 _settle(self.srv, pids)
                 return timed_run(self.cfg, self.srv, self.cli, pids, port, cell["conns"], cell["size"], longer,
                                  probe)
@@ -651,7 +656,7 @@ def render(out, data: dict) -> None:
                  "one core each used.", "",
                  writeup.results_table(cells, size), ""]
     text += [f"![{p}]({p})" for p in pngs] + [""]
-    text += [writeup.reading(cells, env | {'mode': data['mode']}), writeup.load_md(cells),
+    text += [writeup.reading(cells, env | {'mode': data['mode']}), writeup.load_md(cells, cfg.get('duration')),
              writeup.skipped_md(cells), "",
              environment_md(env) + software_md(env), "",
              rerun_md(data.get("argv") or shlex.split(data.get("command", "hpnlab bench")),

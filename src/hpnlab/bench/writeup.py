@@ -129,11 +129,18 @@ def plots(cells: list[dict], out: Path) -> list[str]:
 
 
 # -- goals ---------------------------------------------------------------------------
-def paired_ratios(a: dict, b: dict) -> list[float]:
-    """a's req/s over b's, one ratio per round in which both ran (their runs back to back in
-    that round, so under much the same load from others)."""
-    b_by_round = {r["round"]: r["rps"] for r in b.get("runs", []) if "round" in r and r["rps"] > 0}
-    return [r["rps"] / b_by_round[r["round"]] for r in a.get("runs", []) if r.get("round") in b_by_round]
+def paired_ratios(a: dict, b: dict, key: str = "rps") -> list[float]:
+    """a's req/s (or other `key`) over b's, one ratio per round in which both ran (their runs
+    back to back in that round, so under much the same load from others)."""
+    b_by_round = {r["round"]: r[key] for r in b.get("runs", []) if "round" in r and r.get(key)}
+    return [r[key] / b_by_round[r["round"]] for r in a.get("runs", []) if r.get("round") in b_by_round and r.get(key)]
+
+
+def _spread_words(ahead: int, rounds: int) -> str:
+    """Whether `ahead` of `rounds` paired ratios >= 1 is a difference beyond the run-to-run spread."""
+    if ahead in (0, rounds):
+        return f"beyond the spread: all {rounds} rounds {'≥' if ahead else '<'} 1"
+    return f"inside the spread: {ahead} of {rounds} rounds ≥ 1"
 
 
 def _rps_spread(c: dict) -> str:
@@ -148,7 +155,8 @@ def _faster(goal: str, a: dict | None, b: dict | None) -> dict:
     With two or more rounds in which both ran, the verdict is the median of the per-round
     ratios, and the row says whether the difference is beyond the run-to-run spread (every
     round on the same side of 1) or inside it (rounds on both sides): on a shared machine a
-    ratio of medians taken minutes apart mostly measures how others' load moved meanwhile."""
+    ratio of medians taken minutes apart mostly measures how others' load moved meanwhile.
+    The cost per request (server CPU µs) is paired by round the same way."""
     r = a["rps"] / b["rps"] if a and b and b.get("rps") else None
     cap = a["cpu_capacity_rps"] / b["cpu_capacity_rps"] \
         if a and b and a.get("cpu_capacity_rps") and b.get("cpu_capacity_rps") else None
@@ -160,11 +168,13 @@ def _faster(goal: str, a: dict | None, b: dict | None) -> dict:
         mid = statistics.median(pairs)
         wins = sum(1 for x in pairs if x >= 1.0)
         row.update(paired=mid, paired_min=pairs[0], paired_max=pairs[-1], rounds=len(pairs),
-                   beyond_spread=wins in (0, len(pairs)),
-                   spread=(f"beyond the spread: all {len(pairs)} rounds {'≥' if wins else '<'} 1"
-                           if wins in (0, len(pairs)) else
-                           f"inside the spread: {wins} of {len(pairs)} rounds ≥ 1"))
+                   beyond_spread=wins in (0, len(pairs)), spread=_spread_words(wins, len(pairs)))
         row["pass"] = mid >= 1.0
+    costs = sorted(paired_ratios(b, a, "cpu_us_per_req")) if a and b else []   # b's cost / a's
+    if len(costs) >= 2:
+        cpu_mid, cheaper = statistics.median(costs), sum(1 for x in costs if x >= 1.0)
+        row.update(cpu_ratio=cpu_mid, cpu_min=costs[0], cpu_max=costs[-1], cpu_pass=cpu_mid >= 1.0,
+                   cpu_beyond_spread=cheaper in (0, len(costs)), cpu_spread=_spread_words(cheaper, len(costs)))
     return row
 
 
@@ -622,8 +632,9 @@ def skipped_md(cells: list[dict]) -> str:
                                                  align="llll")
 
 
-def load_md(cells: list[dict]) -> str:
-    """How much other people's load and the hypervisor took during the runs."""
+def load_md(cells: list[dict], window: float | None = None) -> str:
+    """How much other people's load and the hypervisor took during the runs (and, given the
+    window asked for, which cells needed a longer one)."""
     runs = [r for c in cells for r in c.get("runs", [])]
     if not runs:
         return ""
@@ -642,8 +653,21 @@ def load_md(cells: list[dict]) -> str:
         f"- waited {sum(waits):.0f} s in total for a quiet machine before the {len(groups)} groups; "
         f"1-min load average when they started: "
         + (f"{min(loads):.1f} – {max(loads):.1f}" if loads else "?"),
+        *(_longer_windows(cells, window) if window else []),
         "- spreads above ~15% in the tables mean the machine was not steady: compare engines by "
         "CPU µs/request there, which load disturbs less than req/s", ""]) + "\n"
+
+
+def _longer_windows(cells: list[dict], asked: float) -> list[str]:
+    """The cells whose window was longer than asked: a look at the server over SSH took so long that
+    two did not fit (the first such run of an engine was repeated, its later ones started longer)."""
+    longer = [f"{name(c)} @{c['conns']}/{c['size']} B {max(r['window_s'] for r in c['runs']):.0f} s" for c in cells
+              if any(r.get("window_s", 0) > asked + 0.5 for r in c.get("runs", []))]
+    if not longer:
+        return []
+    return [f"- {len(longer)} cell(s) ran a longer window than the {asked:g} s asked for, because looks at "
+            "the server over SSH took so long that two did not fit in it (slow looks: a busy guest CPU, or a "
+            "server of many threads): " + ", ".join(longer)]
 
 
 def goals_md(rows: list[dict]) -> str:
@@ -654,13 +678,20 @@ def goals_md(rows: list[dict]) -> str:
             return ""
         return (f"{g['paired']:.2f} [{g['paired_min']:.2f}–{g['paired_max']:.2f}], "
                 f"{g['rounds']} rounds; {g['spread']}")
+
+    def per_cpu(g: dict) -> str:
+        if g.get("cpu_ratio") is None:
+            return ""
+        if "cpu_min" not in g:
+            return f"{g['cpu_ratio']:.2f}"
+        return f"{g['cpu_ratio']:.2f} [{g['cpu_min']:.2f}–{g['cpu_max']:.2f}]; {g['cpu_spread']}"
     table = md_table(["goal", "measured (median req/s)", "ratio / value", "paired ratio: median [min–max]",
-                      "result", "ratio per server CPU-s", "result per CPU-s"],
+                      "result", "ratio per server CPU-s (paired likewise)", "result per CPU-s"],
                      [[g["goal"], g["measured"], "" if g["ratio"] is None else f"{g['ratio']:.2f}", paired(g),
-                       mark[g["pass"]],
-                       "" if g.get("cpu_ratio") is None else f"{g['cpu_ratio']:.2f}",
+                       mark[g["pass"]], per_cpu(g),
                        mark[g.get("cpu_pass")] if "cpu_pass" in g else ""] for g in rows], align="llllclc")
     inside = [g["goal"] for g in rows if g.get("beyond_spread") is False]
+    by_cost = [g["goal"] for g in rows if g.get("beyond_spread") is False and g.get("cpu_beyond_spread")]
     return ("## Performance goals (this run)\n\n"
             "The goals are about req/s measured in one run. The engines a goal compares ran back to back "
             "in every round (their order flipped each round), so each round gives one ratio of two runs "
@@ -671,4 +702,7 @@ def goals_md(rows: list[dict]) -> str:
             f"(requests per second of server CPU time). {NOT_IN_GRID}\n\n" + table
             + ("\n\n" + f"{len(inside)} goal(s) were decided inside the run-to-run spread (rounds on both "
                "sides of 1): their PASS/FAIL is not a difference this run can show: " + "; ".join(inside) + "."
+               + (f" By server CPU per request, {len(by_cost)} of them differed beyond the spread (every round "
+                  "on one side of 1; the last two columns say which way): " + "; ".join(by_cost) + "."
+                  if by_cost else "")
                if inside else ""))
