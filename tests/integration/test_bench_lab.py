@@ -1,6 +1,8 @@
 """The I/O-models bench in lab mode: server on h1, client on h2 of a real netns lab."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from hpnlab.bench.iomodels import Config, benchmark
@@ -25,6 +27,10 @@ def test_bench_across_two_lab_hosts(netns_lab, tmp_path):
     report = (result["dir"] / "report.md").read_text()
     h2 = netns_lab.host("h2").address("data")
     assert "server on lab host h1 (10.77.1.1)" in report and f"on lab host h2 ({h2})" in report
+    # netns hosts share this machine's CPUs: the server was pinned to CPU0, and the reading says so
+    if (os.cpu_count() or 1) >= 2:
+        assert "the bench pins the server to CPU0" in report and "**the server has one core**" in report
+        assert "pinned to CPU0 of this machine's" in report
     # nothing of ours is left running in the lab's namespaces
     for host in netns_lab.hosts().values():
         out = host.run(["ss", "-Htn", "state", "listening", "sport = :7392"], check=False).stdout
