@@ -115,7 +115,7 @@ def main() -> int:
                     sampler.join()
                 row = {"size": size, "round": rnd + 1, "tool": tool, "backoff_us": backoff,
                        "steady_pps": res["steady_pps"], "samples": res["samples"], "unsent": res["unsent"],
-                       "sent": res.get("sent", res.get("tx_packets")), "load": os.getloadavg()[0],
+                       "sent": res["sent"], "load": os.getloadavg()[0],
                        **sampler.steady()}
                 runs.append(row)
                 busiest = sorted(row["threads"].items(), key=lambda kv: -kv[1]["cpu"])[:3]

@@ -185,8 +185,7 @@ def throughput(sender, eal: str, sizes: list[list[int]], args, step, device: str
                      "testpmd": t["steady_pps"] * (mean + 24) * 8 / 1e9 if t else None},
             "pps_per_cpu": {"hpnlab": h["pps_per_cpu"], "testpmd": t["pps_per_cpu"] if t else None},
             # frames made for a burst that the full TX ring did not take, per frame sent
-            "unsent_per_sent": {tool: sum(x["unsent"] for x in rs) / max(1, sum(x.get("sent", x.get("tx_packets", 0))
-                                                                                 for x in rs))
+            "unsent_per_sent": {tool: sum(x["unsent"] for x in rs) / max(1, sum(x["sent"] for x in rs))
                                 for tool, rs in runs.items() if rs},
             # the median over rounds of each round's ratio: the two runs of a round saw about
             # the same load from the rest of the machine

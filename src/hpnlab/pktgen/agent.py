@@ -188,7 +188,7 @@ def cmd_testpmd(a) -> dict:
         raise HpnlabError(f"dpdk-testpmd printed {len(samples)} per-second rate(s) in {a.seconds:g} s: "
                           "too few for a steady rate (run it 2 s or longer): " + text[-800:])
     dropped = re.findall(r"TX-dropped:\s+(\d+)", text)
-    return {"steady_pps": steady, "pps": tx / elapsed if elapsed else 0.0, "tx_packets": tx,
+    return {"steady_pps": steady, "pps": tx / elapsed if elapsed else 0.0, "sent": tx,
             # prepared for a burst but not taken by the full ring (the generator's "unsent")
             "unsent": int(dropped[-1]) if dropped else 0, "seconds": elapsed, "samples": samples,
             # testpmd's rate over the share of a CPU it had while forwarding
