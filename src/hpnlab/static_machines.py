@@ -247,11 +247,16 @@ class Machines:
 
     # -- ending them -------------------------------------------------------------------
     def down(self) -> None:
-        """End the sshds (and with them their mounts), take the machines' netns lab down (its
-        processes, namespaces and held hugepages), remove DIR. Safe on a half-made `up`."""
+        """Take down the static lab on the machines if it is up (`hpnlab down`), end the sshds (and
+        with them their mounts), take the machines' netns lab down (its processes, namespaces and
+        held hugepages), remove DIR. Safe on a half-made `up`."""
         if not self.record.exists():
             return
         record = self.read()
+        if self.lab_path.exists() and self.inventory_path.exists():
+            static = open_lab(self.lab_path).using_inventory(self.inventory_path)
+            if static.state.read():     # the static lab on them first, while they answer
+                static.down()
         for pid in record["sshd"].values():
             _end(pid)
         provider = self._machines_lab(record)
