@@ -29,9 +29,12 @@ def test_kcp_scenario_loss_sweep_and_udp_concurrency(netns_lab, tmp_path):
     for run in data["runs"].values():
         assert len(run["rtts"]) == 40 and [r["round"] for r in run["per_round"]] == [1, 2]
         assert min(run["rtts"]) >= 55          # the link's 60-125 ms RTT was really there
-    # the goal's pair ran side by side in each round: their runs overlap in time
+    # the goal's pair ran side by side in each round: started together (the start barrier), overlapping
     for h, c in zip(data["runs"]["hpnlab:fast"]["per_round"], data["runs"]["ckcp:fast"]["per_round"]):
+        assert abs(h["span"][0] - c["span"][0]) < 0.05, (h["span"], c["span"])
         assert max(h["span"][0], c["span"][0]) < min(h["span"][1], c["span"][1]) - 0.2, (h["span"], c["span"])
+        for run in (h, c):
+            assert run["loop"]["pinger"]["updates"] > 100 and run["loop"]["echoer"]["gap_max_ms"] >= 1
     pair = data["paired"]["hpnlab:fast/ckcp:fast"]
     assert pair["rounds"] == 2
     for stat in ("avg_ms", "max_ms"):
