@@ -473,3 +473,33 @@ def test_an_engine_whose_looks_do_not_fit_its_window_runs_a_longer_one_from_then
     assert [len(c["runs"]) for c in cells] == [1, 1] and cfg.windows["epoll-lt"] >= 1.0
     assert all(r["window_s"] >= 0.9 for c in cells for r in c["runs"])
     assert "2 cell(s) ran a longer window than the 0.02 s asked for" in writeup.load_md(cells, 0.02)
+
+
+@pytest.mark.slow
+def test_sigterm_ends_a_run_with_the_report_of_the_groups_that_finished_and_exit_1(tmp_path):
+    """`timeout 900 make lab-bench` sends SIGTERM: the servers are stopped, the groups that finished
+    are written up, the rest are failed cells that say why, and the exit status is 1."""
+    import signal
+    import time
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([os.path.join(os.path.dirname(os.sys.executable), "hpnlab"), "bench", "--mode",
+                             "loopback", "--quick", "--engines", "epoll-lt", "--conns", "5,10", "--port", str(port),
+                             "--results", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = ""
+    while "[2/2]" not in seen:                  # the first group finished, the second began
+        line = proc.stdout.readline()
+        assert line, seen
+        seen += line
+    time.sleep(0.3)                              # inside the second group
+    proc.send_signal(signal.SIGTERM)
+    out = seen + proc.communicate(timeout=60)[0]
+    assert proc.returncode == 1, out
+    data = json.loads((_run_dir(tmp_path) / "data.json").read_text())
+    assert [(c["conns"], c["status"]) for c in data["cells"]] == [(5, "ok"), (10, "error")]
+    assert data["cells"][0]["rps"] > 0 and "interrupted" in data["cells"][1]["reason"]
+    assert "**INCOMPLETE RUN: 1 of 2" in (_run_dir(tmp_path) / "report.md").read_text()
+    with socket.socket() as s:                   # the server was stopped: its port is free again
+        s.bind(("127.0.0.1", port))

@@ -567,14 +567,25 @@ def benchmark(cfg: Config, mode: str, provider=None, argv: list[str] | None = No
     partial = out / "data.partial.json"
     say(f"results: {out}")
 
+    done: list[dict] = []          # the cells of the groups that finished
+
     def checkpoint(cells: list[dict]) -> None:
+        done[:] = cells
         partial.write_text(json.dumps({"config": cfg.__dict__, "cells": cells}, indent=1, default=str))
 
+    server: dict = {}
     try:
         server, fatal = prepare(cfg, srv, cli, say)
         if fatal:
             say(f"nothing can run: {fatal}")
         cells = failed_cells(cfg, fatal) if fatal else run_grid(cfg, srv, cli, say, checkpoint)
+    except KeyboardInterrupt:
+        # Ctrl-C, or SIGTERM (`timeout` ending a long run): the servers were stopped on the way
+        # out; the groups that finished are written up, the rest are failed cells that say why
+        say("interrupted: writing the report of the groups that finished")
+        ran = {(c["size"], c["conns"]) for c in done}
+        cells = done + [c for c in failed_cells(cfg, "not run: the bench was interrupted (Ctrl-C or SIGTERM)")
+                        if (c["size"], c["conns"]) not in ran]
     finally:
         for side in (srv, cli):
             side.cleanup()

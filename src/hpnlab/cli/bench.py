@@ -1,6 +1,7 @@
 """`hpnlab bench` — the I/O-models benchmark (issue 5, course §2.1–2.5)."""
 from __future__ import annotations
 
+import signal
 from typing import TYPE_CHECKING
 
 from ..errors import HpnlabError
@@ -124,6 +125,10 @@ def config_from(args) -> Config:
     return cfg
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def run(args) -> int:
     from ..bench.iomodels import benchmark, lab_sides_problem, render
     from ..providers import ProviderError, open_lab
@@ -164,8 +169,13 @@ def run(args) -> int:
             if problem:
                 raise HpnlabError(problem, hint="`hpnlab status` shows the lab's hosts and networks", exit_code=2)
     console.print(f"hpnlab bench: mode {mode}")
-    result = benchmark(cfg, mode, provider, argv=rerun_argv(args, cfg, mode), results_root=args.results,
-                       say=lambda m: console.print(m), make_target=None)
+    # SIGTERM (as `timeout` sends) ends the run as Ctrl-C does: servers stopped, a partial report
+    before = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        result = benchmark(cfg, mode, provider, argv=rerun_argv(args, cfg, mode), results_root=args.results,
+                           say=lambda m: console.print(m), make_target=None)
+    finally:
+        signal.signal(signal.SIGTERM, before)
     if args.format == "json":
         print_json("bench", {"mode": mode, "report": str((result["dir"] / "report.md").resolve()),
                              "dir": str(result["dir"].resolve()), "goals": result["goals"], "cells": result["cells"],
