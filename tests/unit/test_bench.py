@@ -391,6 +391,17 @@ def test_a_goal_pairs_the_cost_per_request_by_round_too():
     assert ("By server CPU per request, 1 of them differed beyond the spread (every round on one side of 1; "
             "the last two columns say which way): uring ≥ epoll-lt req/s @100 conns, 64 B.") in text
 
+def test_the_ranking_reads_best_against_uvloop_round_by_round():
+    """The reading's "best hpnlab engine vs uvloop" says what the goal says (the median of the
+    rounds' ratios and whether it is beyond the spread), not only the ratio of the medians."""
+    def cell(engine, *rps):
+        runs = [{"round": i, "rps": x, "cpu_us_per_req": 4.0} for i, x in enumerate(rps)]
+        return {**_full(engine, sorted(rps)[1], 4.0), "runs": runs}
+    text = writeup.reading([cell("uring", 80, 120, 60), cell("uvloop", 100, 110, 50), cell("epoll-lt", 70, 90, 40)],
+                           {"mode": "loopback"})
+    assert ("The best hpnlab engine, uring, was ahead of the best reference peer uvloop by the median of the rounds' "
+            "ratios (1.09× [0.80–1.20]; inside the spread: 2 of 3 rounds ≥ 1; the ratio of the medians: 0.80×).") in text
+
 def test_lab_sides_problem_names_a_host_or_network_the_lab_lacks():
     from hpnlab.bench.iomodels import lab_sides_problem
     from hpnlab.topology import load_lab
