@@ -15,6 +15,11 @@ the run, and the same scenario runs for
 Overhead: UDP payload bytes both ends sent (retransmissions, ACKs, probes) over what a perfect
 run needs (each message once each way in one 24-byte-header segment, and one ACK for it).
 
+In each round hpnlab and C ikcp of one mode run side by side (released together by a start
+barrier), so the link and the machine are the same for both; netem's losses still fall on each
+datagram apart, so the goal is the median of the rounds' ratios, and a difference counts only
+when every round falls on the same side of 1 (`paired`).
+
     hpnlab lab rudp [--count 1000] [--quick]
     python -m hpnlab.labs.rudp echo|ping ...     (the agents)
 """
