@@ -400,7 +400,8 @@ def test_the_ranking_reads_best_against_uvloop_round_by_round():
     text = writeup.reading([cell("uring", 80, 120, 60), cell("uvloop", 100, 110, 50), cell("epoll-lt", 70, 90, 40)],
                            {"mode": "loopback"})
     assert ("The best hpnlab engine, uring, was ahead of the best reference peer uvloop by the median of the rounds' "
-            "ratios (1.09× [0.80–1.20]; inside the spread: 2 of 3 rounds ≥ 1; the ratio of the medians: 0.80×).") in text
+            "ratios (1.09× [0.80–1.20]; inside the spread: 2 of 3 rounds ≥ 1; the ratio of the medians: "
+            "0.80×).") in text
 
 def test_lab_sides_problem_names_a_host_or_network_the_lab_lacks():
     from hpnlab.bench.iomodels import lab_sides_problem
@@ -514,3 +515,15 @@ def test_sigterm_ends_a_run_with_the_report_of_the_groups_that_finished_and_exit
     assert "**INCOMPLETE RUN: 1 of 2" in (_run_dir(tmp_path) / "report.md").read_text()
     with socket.socket() as s:                   # the server was stopped: its port is free again
         s.bind(("127.0.0.1", port))
+
+
+def test_threads_against_processes_per_request_is_called_a_difference_only_beyond_5_percent():
+    def text(threads_cpu):
+        cells = [_full("epoll-lt", 73000, 4.90, util=0.36), _full("epoll-threads", 67000, threads_cpu, util=0.34,
+                                                                  workers=2),
+                 _full("epoll-procs", 91000, 4.92, util=0.45, workers=2)]
+        return writeup.reading(cells, {"mode": "lab", "server_cpus": 2, "server_pinned_cpu": 0})
+    assert "cost about the same per request (5.12 µs vs 4.92 µs, +4%)" in text(5.12)
+    assert "Even the cheaper threaded variant (epoll-threads×2) paid more per request than the processes " \
+           "(6.00 µs vs 4.92 µs, +22%)" in text(6.0)
+    assert "cost less per request than the processes (4.00 µs vs 4.92 µs, -19%)" in text(4.0)

@@ -391,10 +391,15 @@ def _thread_vs_process_cost(threads: list[dict], procs: dict | None) -> str:
     if not threads or not procs:
         return ""
     t = min(threads, key=lambda c: c["cpu_us_per_req"])
-    if t["cpu_us_per_req"] > procs["cpu_us_per_req"]:
-        return (f"Even the cheaper threaded variant ({name(t)}) paid more per request than the processes: "
+    more = t["cpu_us_per_req"] / procs["cpu_us_per_req"] - 1
+    costs = f"({_fmt(t, 'cpu_us_per_req', ' µs')} vs {_fmt(procs, 'cpu_us_per_req', ' µs')}, {more:+.0%})"
+    if more > 0.05:
+        return (f"Even the cheaper threaded variant ({name(t)}) paid more per request than the processes {costs}: "
                 "threads share one GIL and hand it over, processes share nothing.")
-    return (f"Here a threaded variant ({name(t)}) cost no more per request than the processes: the GIL "
+    if more >= -0.05:
+        return (f"The cheaper threaded variant ({name(t)}) and the processes cost about the same per request "
+                f"{costs}: the GIL hand-off was not a cost this run could tell apart.")
+    return (f"Here a threaded variant ({name(t)}) cost less per request than the processes {costs}: the GIL "
             "hand-off was not what the CPU went to.")
 
 
@@ -659,7 +664,7 @@ def load_md(cells: list[dict], window: float | None = None) -> str:
         f"(max {foreign[-1]:.2f}); {disturbed} of {len(runs)} runs were over the limit and repeated "
         "(or kept, marked, when the repeat budget ran out)",
         f"- hypervisor steal: median {steal[len(steal) // 2]:.2f} cores, max {steal[-1]:.2f}",
-        f"- waited {sum(waits):.0f} s in total for a quiet machine before the {len(groups)} groups; "
+        f"- waited {sum(waits):.0f} s in total for a quiet machine before the {len(groups)} group(s); "
         f"1-min load average when they started: "
         + (f"{min(loads):.1f} – {max(loads):.1f}" if loads else "?"),
         *(_longer_windows(cells, window) if window else []),
