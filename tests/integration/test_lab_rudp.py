@@ -35,6 +35,7 @@ def test_kcp_scenario_loss_sweep_and_udp_concurrency(netns_lab, tmp_path):
         assert max(h["span"][0], c["span"][0]) < min(h["span"][1], c["span"][1]) - 0.2, (h["span"], c["span"])
         for run in (h, c):
             assert run["loop"]["pinger"]["updates"] > 100 and run["loop"]["echoer"]["gap_max_ms"] >= 1
+            assert run["stats"]["pinger"]["datagrams_out"] >= 20 and run["stats"]["echoer"]["datagrams_in"] > 0
     pair = data["paired"]["hpnlab:fast/ckcp:fast"]
     assert pair["rounds"] == 2
     for stat in ("avg_ms", "max_ms"):

@@ -696,6 +696,7 @@ def _scenario_part(impl: str, mode: str, count: int, pcap: Path | None, client: 
     stats = [client["stats"], server.get("stats", {})]
     return {"rtts": rtts, "wire": wire, "pcap": pcap.name if pcap else None, "span": client.get("span"),
             "loop": {"pinger": client.get("loop"), "echoer": server.get("loop")},
+            "stats": {"pinger": client["stats"], "echoer": server.get("stats", {})},
             "retransmits": sum(st.get("retransmits", 0) + st.get("fast_retransmits", 0) for st in stats)}
 
 
@@ -821,7 +822,7 @@ def summarize(impl: str, mode: str, parts: list[dict]) -> dict:
             "p50_ms": srt[n // 2], "p99_ms": srt[min(n - 1, int(n * 0.99))],
             "per_round": [{"round": p["round"], "avg_ms": round(sum(p["rtts"]) / len(p["rtts"]), 1),
                            "max_ms": max(p["rtts"]), "span": p["span"], "retransmits": p["retransmits"],
-                           "loop": p["loop"],
+                           "loop": p["loop"], "stats": p["stats"],
                            "overhead": round(p["wire"] / (len(p["rtts"]) * PERFECT_BYTES) - 1, 3) if udp else None}
                           for p in parts],
             "wire_bytes": wire if udp else None,
