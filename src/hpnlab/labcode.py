@@ -56,6 +56,32 @@ def fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
+# What a host answers for "which hpnlab do you run": the FINGERPRINT beside the copy its python3
+# imports. Plain enough that a copy from any earlier checkout can answer it.
+_ASK_INSTALLED = ("import pathlib, hpnlab; "
+                  "p = pathlib.Path(hpnlab.__file__).resolve().parents[2] / 'FINGERPRINT'; "
+                  "print(p.read_text().strip() if p.exists() else '')")
+
+
+def outdated_hosts(provider) -> dict[str, str]:
+    """{host: the fingerprint of the hpnlab it runs ('' for none)} for each of the lab's hosts
+    whose copy is not this checkout's - an edit or a `git pull` since provisioning. Netns
+    hosts import this checkout itself, so never."""
+    if provider.shares_kernel:
+        return {}
+    from concurrent.futures import ThreadPoolExecutor
+
+    def installed(host) -> str:
+        result = host.run([host.python, "-c", _ASK_INSTALLED], check=False, timeout=120)
+        return result.stdout.strip() if result.ok else ""
+
+    hosts = provider.hosts()
+    current = fingerprint()
+    with ThreadPoolExecutor(max_workers=len(hosts) or 1) as pool:
+        found = dict(zip(hosts, pool.map(installed, hosts.values())))
+    return {name: fp for name, fp in found.items() if fp != current}
+
+
 def pack(directory: Path) -> dict:
     """Write DIR/hpnlab-<fingerprint>.zip unless it is there; return where and which."""
     fp = fingerprint()

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from hpnlab import machine
+from hpnlab.labcode import outdated_hosts
 from hpnlab.providers import open_lab
 from hpnlab.state import registered
 from hpnlab.static_machines import Machines
@@ -180,9 +181,14 @@ def test_static_provider_on_namespace_machines(machines, tmp_path, monkeypatch, 
         assert checks[(host, "ping " + ("h2" if host == "h1" else "h1") + " over data")] == "passed"
         assert checks[(host, "dpdk NIC")] == "skipped"      # no PCI NIC here (hpnlab.static_machines)
 
+    # h2's copy of hpnlab is made older than this checkout (as after an edit or a `git pull`
+    # since provisioning), without the lab's agent: the lab command brings it up to date first
+    h2.run(["sh", "-c", "rm /opt/hpnlab/lib/hpnlab/labs/p2p.py && echo 0123456789abcdef > /opt/hpnlab/FINGERPRINT"])
+    assert outdated_hosts(provider) == {"h2": "0123456789abcdef"}
     # a lab end to end (as `make lab-p2p-lan PROVIDER=static` runs it): its pcaps come back over
     # SSH and classify every handshake, and no tcpdump is left on the machines
     _cli(["lab", "--results", str(tmp_path / "results"), "p2p", "--tries", "3"], work, env)
+    assert outdated_hosts(provider) == {}
     run, = (tmp_path / "results" / "p2p").iterdir()
     data = json.loads((run / "data.json").read_text())
     assert data["environment"]["provider"] == "static" and (run / "report.md").exists()

@@ -87,6 +87,26 @@ def ensure_up(provider: Provider, args, step) -> None:
     if not provider.is_up():
         raise ProviderError(f"lab {provider.lab.name} is not up",
                             hint=f"`hpnlab --lab {args.lab} up` (or `make lab-up`), or pass --up")
+    ensure_current_code(provider, getattr(args, "inventory_dir", "inventory"), step)
+
+
+def ensure_current_code(provider: Provider, inventory_dir, step) -> None:
+    """Labs run their agents with the hosts' own copy of hpnlab (the labcode role's): after an
+    edit or a `git pull` since provisioning that is older code - an option unrecognised, a fix
+    missing, figures from code the report does not describe. Bring it up to date first, with
+    the labcode role alone."""
+    from ..labcode import outdated_hosts
+    outdated = outdated_hosts(provider)
+    if not outdated:
+        return
+    from ..provision import run_playbook
+    step(f"hpnlab on {', '.join(sorted(outdated))} is older than this checkout: updating it")
+    outcome = run_playbook(provider, inventory_dir, step, playbook="labcode.yml")
+    if not outcome.ok:
+        failed = "; ".join(f"{f['host']}: {f['task']}: {f['msg']}" for f in outcome.failures)
+        raise ProviderError(f"could not update hpnlab on the hosts of lab {provider.lab.name}: "
+                            f"{failed or f'ansible exited {outcome.rc}'}",
+                            hint=f"see {outcome.log}; `make lab-provision` (hpnlab provision) re-runs every role")
 
 
 @contextmanager

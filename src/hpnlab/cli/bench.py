@@ -6,7 +6,16 @@ from typing import TYPE_CHECKING
 
 from ..errors import HpnlabError
 from ..servers import ENGINES
-from ._common import add_format, console, non_negative, positive_float, positive_int, print_json, tcp_port
+from ._common import (
+    add_format,
+    console,
+    ensure_current_code,
+    non_negative,
+    positive_float,
+    positive_int,
+    print_json,
+    tcp_port,
+)
 
 if TYPE_CHECKING:
     from ..bench.iomodels import Config
@@ -168,6 +177,7 @@ def run(args) -> int:
             problem = lab_sides_problem(provider.lab, cfg.server_host, cfg.client_host, cfg.network)
             if problem:
                 raise HpnlabError(problem, hint="`hpnlab status` shows the lab's hosts and networks", exit_code=2)
+            ensure_current_code(provider, "inventory", lambda message: console.print(f"[dim]{message}[/dim]"))
     console.print(f"hpnlab bench: mode {mode}")
     # SIGTERM (as `timeout` sends) ends the run as Ctrl-C does: servers stopped, a partial report
     before = signal.signal(signal.SIGTERM, _interrupt)
