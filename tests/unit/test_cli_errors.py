@@ -132,7 +132,7 @@ BAD_ARGUMENTS = [
     (["ustack", "lab", "--bytes", "-1"], "argument --bytes: must be an integer > 0"),
     (["lab", "p2p", "--spacing", "nan"], "argument --spacing: must be a number >= 0"),
     (["lab", "rudp", "--loss-pct", "nan"], "argument --loss-pct: must be a finite number"),
-    (["lab", "nat", "--deadline", "inf"], "argument --deadline: must be a finite number"),
+    (["lab", "nat", "--deadline", "inf"], "argument --deadline: must be 'auto' or 0.05 to 60 seconds (got inf)"),
     (["lab", "nope"], "argument NAME: invalid choice"),
     (["lab", "p2p", "--tries", "0"], "argument --tries: must be an integer > 0"),
     (["lab", "p2p", "--port", "99999"], "argument --port: must be a port 1 to 65535"),
