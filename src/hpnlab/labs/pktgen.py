@@ -428,7 +428,7 @@ def check_knobs(args) -> None:
         if value is not None and value <= 0:
             raise LabError(f"--{knob} must be positive (got {value:g})")
     if args.seconds is not None and args.seconds < 2:
-        raise LabError(f"--seconds must be at least 2 (got {args.seconds:g}): each sender's rate is the median of "
+        raise LabError(f"--seconds must be at least 2 (got {args.seconds:g}): each sender's rate is the mean of "
                        "its per-second rates after its first second")
 
 
@@ -634,7 +634,7 @@ def render(rows, acc, rtt, args, env, png, provider, out: Path) -> str:
           "clamps them to its ring), 8191 mbufs, bursts of 32, one polling lcore, no offloads, and a full "
           "ring met the same way (the burst's untaken frames freed, the next burst made at once). Each "
           "rate is measured the same way: the port's TX count per second on the sender's own clock "
-          "(testpmd's Tx-pps lines; the generator's count after each 0.1 s slice), the median of the "
+          "(testpmd's Tx-pps lines; the generator's count after each 0.1 s slice), the mean of the "
           "seconds after the first (start-up).", ""]
     if env.get("grid_note"):
         md += [f"The grid: {env['grid_note']}.", ""]
