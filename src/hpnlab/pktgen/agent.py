@@ -2,6 +2,7 @@
 the process): prints one JSON object on stdout.
 
     python -m hpnlab.pktgen.agent send    --eal "ARGS" --size 64 --seconds 5 [--rate 100kpps] [--count N] [--echo]
+                                          [--backoff-us N]      (sleep on a full TX ring instead of spinning)
     python -m hpnlab.pktgen.agent recv    --eal "ARGS" | --afpacket IF   --seconds 6
     python -m hpnlab.pktgen.agent testpmd --eal "ARGS" --size 64 --seconds 5
     python -m hpnlab.pktgen.agent reflect --eal "ARGS" --seconds 60    (testpmd macswap, until SIGTERM)
