@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 from hpnlab import dpdk
+from hpnlab.labs.pktgen import ring_reading
 from hpnlab.pktgen.engine import per_second, steady_pps
 
 
@@ -48,3 +49,10 @@ def test_generator_sleeps_on_a_full_ring_when_asked_and_spins_otherwise():
     assert len(slept["samples"]) == 1                         # one whole second
     spun = send_on_a_full_ring(backoff_us=0, seconds=0.5)        # a quarter of the time, tries without a pause
     assert spun["sent"] == slept["sent"] and spun["ring_full"] > 10 * slept["ring_full"], spun["ring_full"]
+
+
+def test_the_report_reads_a_ring_both_senders_kept_full():
+    row = {"device": "PCI 0000:00:07.0 (uio_pci_generic)", "unsent_per_sent": {"hpnlab": 25.6, "testpmd": 10.0}}
+    assert "made 25.6 that the ring did not take, testpmd 10.0" in ring_reading(row)
+    assert ring_reading({**row, "unsent_per_sent": {"hpnlab": 0.0, "testpmd": 0.0}}) is None    # netns
+    assert ring_reading({**row, "unsent_per_sent": {"hpnlab": 3.0}}) is None                     # imix: no testpmd

@@ -624,6 +624,17 @@ def plot_latency(acc: list[dict], out: Path) -> str:
     return "latency.png"
 
 
+def ring_reading(row: dict) -> str | None:
+    """What the untaken frames say, where both senders met a full TX ring after most bursts."""
+    untaken = row["unsent_per_sent"]
+    if len(untaken) < 2 or min(untaken.values()) < 1:
+        return None
+    return (f"- {row['device']}: both senders found the TX ring full after most bursts (per frame sent, hpnlab "
+            f"made {untaken['hpnlab']:.1f} that the ring did not take, testpmd {untaken['testpmd']:.1f}): the "
+            "device behind the ring set both rates, not the senders — on an emulated NIC, the host's device "
+            "model and the CPU it gets (labs/pktgen/README.md, labs/pktgen/sender_cpu.py).")
+
+
 def render(rows, acc, rtt, args, env, png, provider, out: Path) -> str:
     md = ["# Lab pktgen: a DPDK packet generator against dpdk-testpmd txonly", "",
           f"Sender {args.hosts.split(',')[0]}, receiver {args.hosts.split(',')[1]}; {args.proto}, "
@@ -656,6 +667,9 @@ def render(rows, acc, rtt, args, env, png, provider, out: Path) -> str:
         md.append(f"- {r['device']}: at 64 B hpnlab sent {r['ratio']:.2f}× testpmd's rate, the median of "
                   f"{len(r['runs']['testpmd'])} round(s) ({verdict} the "
                   f"{GOAL}× goal); per CPU-second of each sender the ratio is {_r(r['ratio_per_cpu'])}.")
+        full = ring_reading(r)
+        if full:
+            md.append(full)
     load = env.get("load_before"), env.get("load_after")
     cpus = env["machine"]["cpus"]
     if load[0] and max(load[0][0], load[1][0]) > cpus / 2:
