@@ -6,6 +6,7 @@ provisioning), h1's dpdk NIC bound to vfio-pci through sysfs, its group's
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 
 import pytest
@@ -41,7 +42,9 @@ def test_iommu_guests_bind_a_nic_to_vfio_pci(tmp_path, monkeypatch):
     monkeypatch.setenv("HPNLAB_STATE_DIR", str(tmp_path / "state"))
     name = unique_lab_name("iommu")
     lab_file = write_lab_file(tmp_path / "lab.yml", name, provider="vagrant")
-    lab_file.write_text(lab_file.read_text() + "\nvm:\n  iommu: true\n")
+    # into lab.yml's own `vm:` settings (a second `vm:` key is refused as a duplicate)
+    text, added = re.subn(r"(?m)^vm:.*$", r"\g<0>\n  iommu: true", lab_file.read_text(), count=1)
+    lab_file.write_text(text if added else text + "\nvm:\n  iommu: true\n")
     provider = open_lab(lab_file)
     try:
         provider.up(print)
