@@ -125,6 +125,15 @@ def vendor_closure(names: tuple[str, ...] = VENDOR) -> list:
     return [seen[n] for n in sorted(seen)]
 
 
+def zip_distribution(zf: zipfile.ZipFile, dist) -> None:
+    """Add an installed distribution's files (its metadata too) to `zf` as they sit in
+    site-packages, so that the zip's root goes on a path: no scripts outside it, no bytecode."""
+    for f in dist.files or ():
+        local = Path(str(dist.locate_file(f)))
+        if f.parts[0] != ".." and "__pycache__" not in f.parts and local.is_file():
+            zf.write(local, f.as_posix())
+
+
 def pack_vendor(directory: Path, names: tuple[str, ...] = VENDOR) -> dict:
     """Write DIR/vendor-<fingerprint>.zip (the files of `names` and their requirements, as they
     sit in site-packages) unless it is there; the fingerprint hashes the names and versions."""
@@ -136,10 +145,7 @@ def pack_vendor(directory: Path, names: tuple[str, ...] = VENDOR) -> dict:
         tmp = target.with_suffix(".zip.part")
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
             for dist in dists:
-                for f in dist.files or ():
-                    local = Path(str(dist.locate_file(f)))
-                    if f.parts[0] != ".." and "__pycache__" not in f.parts and local.is_file():
-                        zf.write(local, f.as_posix())
+                zip_distribution(zf, dist)
         tmp.replace(target)
         for old in directory.glob("vendor-*.zip"):
             if old != target:

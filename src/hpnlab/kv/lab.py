@@ -295,6 +295,8 @@ def fakeredis_env(provider, host, py: str, step) -> dict[str, str] | str:
     import importlib.util
     import tempfile
     import zipfile
+
+    from ..labcode import zip_distribution
     step(f"fakeredis: copying this machine's {', '.join(FAKE_PACKAGES)} to {host.name}")
     remote = "/tmp/hpnlab-kvlab-fakeredis"
     with tempfile.TemporaryDirectory() as tmp:
@@ -302,13 +304,9 @@ def fakeredis_env(provider, host, py: str, step) -> dict[str, str] | str:
         with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED) as z:
             for name in FAKE_PACKAGES:        # each distribution's files, its metadata too (fakeredis reads it)
                 try:
-                    dist = importlib.metadata.distribution(name)
+                    zip_distribution(z, importlib.metadata.distribution(name))
                 except importlib.metadata.PackageNotFoundError:
                     return f"fakeredis is not importable on {host.name}, and this machine has no {name} to copy"
-                for f in dist.files or ():
-                    local = Path(str(dist.locate_file(f)))
-                    if f.parts[0] != ".." and "__pycache__" not in f.parts and local.is_file():
-                        z.write(local, str(f))
             if importlib.util.find_spec("async_timeout") is None:
                 z.writestr("async_timeout/__init__.py", ASYNC_TIMEOUT_SHIM)
         host.put(zpath, f"{remote}.zip")
