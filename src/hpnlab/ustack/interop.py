@@ -37,15 +37,16 @@ def stack_ip(host, network: str = NETWORK) -> str:
 DPDK_STATE = "/var/lib/hpnlab/dpdk-nic"     # the PCI address the dpdk role bound (ansible/roles/dpdk)
 
 
-def stack_driver(provider, host: str, network: str) -> tuple[str, str]:
+def stack_driver(provider, host: str, network: str, driver: str | None = None) -> tuple[str, str]:
     """The stack's driver and device, chosen from the topology: DPDK if the lab gives the
     host's NIC on that LAN to DPDK (`dpdk: NETWORK`), else AF_PACKET on the kernel's NIC.
     Where DPDK takes the NIC from the kernel (VMs, machines) the device is the PCI address
-    provisioning bound; on netns hosts DPDK reaches the veth through an af_packet vdev."""
+    provisioning bound; on netns hosts DPDK reaches the veth through an af_packet vdev.
+    `driver` "dpdk" on a NIC the kernel keeps: DPDK through an af_packet vdev over it."""
     h = provider.host(host)
     ifname = h.nic(network).ifname
     if provider.lab.hosts[host].dpdk_network != network:
-        return "afpacket", ifname
+        return driver or "afpacket", ifname
     if provider.dpdk_takes_nic:
         res = h.run(["cat", DPDK_STATE], check=False)
         if not res.ok or not res.stdout.strip():
@@ -167,10 +168,10 @@ def _ping(host, ip: str, *opts: str) -> tuple[bool, str]:
 
 class Suite:
     def __init__(self, provider, stack_host: str = "h1", peer_host: str = "h2", network: str | None = None,
-                 bulk_bytes: int = 8 << 20, stack_extra: tuple = ()):
+                 bulk_bytes: int = 8 << 20, stack_extra: tuple = (), driver: str | None = None):
         self.h1, self.h2 = provider.host(stack_host), provider.host(peer_host)
         self.network = network = stack_network(provider, network)
-        self.driver, self.ifname = stack_driver(provider, stack_host, network)
+        self.driver, self.ifname = stack_driver(provider, stack_host, network, driver)
         self.ip = stack_ip(self.h1, network)
         self.addr = self.ip.split("/")[0]
         self.peer_addr = str(self.h2.nic(network).address.ip)
@@ -179,11 +180,13 @@ class Suite:
         self.results: list[dict] = []
         self.data: dict = {}
         self.same_clock = provider.shares_kernel     # netns hosts read this machine's clock
-        if self.driver == "dpdk" and not provider.dpdk_takes_nic:
-            # DPDK's af_packet vdev hands the stack the veth's frames as they are: the peer
-            # kernel's TCP/UDP checksums left to an offload that no wire ever performs (the
-            # AF_PACKET driver reads the kernel's "checksum not ready" mark; the PMD drops it).
-            # The peer computes its checksums itself, as for a real NIC without offload.
+        if self.driver == "dpdk" and self.ifname == self.h1.nic(network).ifname and \
+                "driver: veth" in self.h2.run(["ethtool", "-i", self.h2.nic(network).ifname], check=False).stdout:
+            # DPDK's af_packet vdev hands the stack the veth's frames as they are (netns hosts,
+            # hpnlab.static_machines): the peer kernel's TCP/UDP checksums left to an offload
+            # that no wire ever performs (the AF_PACKET driver reads the kernel's "checksum not
+            # ready" mark; the PMD drops it). The peer computes its checksums itself, as for a
+            # real NIC without offload.
             self.h2.run(["ethtool", "-K", self.h2.nic(network).ifname, "tx", "off"])
 
     def clock_offsets(self) -> tuple[float, float]:
