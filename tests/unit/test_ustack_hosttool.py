@@ -43,25 +43,3 @@ def test_a_tool_that_exits_without_the_event_is_an_error_saying_so():
     with pytest.raises(LabError, match="did not report 'stats' before it exited"):
         tool(proc).wait("stats", 5)
 
-
-class ClockAhead:
-    """A host whose clock is `ahead` seconds ahead and whose `date` answers come back
-    after uneven delays (an SSH round trip to an emulated VM)."""
-
-    def __init__(self, ahead: float, delays: list[float]):
-        self.ahead, self.delays = ahead, list(delays)
-
-    def run(self, cmd, timeout: float = 60.0):
-        import time
-        from types import SimpleNamespace
-        delay = self.delays.pop(0)
-        time.sleep(delay * 0.8)                     # most of the trip on the way back
-        stamp = time.time() + self.ahead
-        time.sleep(delay * 0.2)
-        return SimpleNamespace(stdout=f"{stamp:.9f}\n")
-
-
-def test_clock_offset_keeps_the_sample_with_the_shortest_round_trip():
-    from hpnlab.ustack.interop import clock_offset
-    off = clock_offset(ClockAhead(3.0, [0.2, 0.01, 0.3, 0.15, 0.25]))
-    assert abs(off - 3.0) < 0.01, off        # the 10 ms sample: error at most 5 ms (+ scheduling)

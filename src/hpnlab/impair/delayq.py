@@ -26,9 +26,9 @@ NETLINK_NETFILTER = 12
 NFNL_SUBSYS_QUEUE = 3
 NFQNL_MSG_PACKET, NFQNL_MSG_VERDICT, NFQNL_MSG_CONFIG, NFQNL_MSG_VERDICT_BATCH = 0, 1, 2, 3
 NFQA_CFG_CMD, NFQA_CFG_PARAMS, NFQA_CFG_QUEUE_MAXLEN, NFQA_CFG_MASK, NFQA_CFG_FLAGS = 1, 2, 3, 4, 5
-NFQA_PACKET_HDR, NFQA_VERDICT_HDR = 1, 2
+NFQA_PACKET_HDR, NFQA_VERDICT_HDR, NFQA_PAYLOAD = 1, 2, 10
 NFQNL_CFG_CMD_BIND = 1
-NFQNL_COPY_META = 1
+NFQNL_COPY_META, NFQNL_COPY_PACKET = 1, 2
 NFQA_CFG_F_GSO = 4
 NLM_F_REQUEST, NLM_F_ACK = 1, 4
 NLMSG_ERROR = 2
@@ -44,7 +44,10 @@ def _attr(kind: int, payload: bytes) -> bytes:
 
 
 class Queue:
-    def __init__(self, num: int, maxlen: int = 10000):
+    """NFQUEUE `num`, bound. `copy_range` > 0: each packet's first that many bytes (from
+    its IP header) come along with its id, for a holder that decides by what it sees."""
+
+    def __init__(self, num: int, maxlen: int = 10000, copy_range: int = 0):
         self.num = num
         self.seq = 0
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
@@ -54,7 +57,8 @@ class Queue:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         self.sock.bind((0, 0))
         self._config(_attr(NFQA_CFG_CMD, struct.pack("!BBH", NFQNL_CFG_CMD_BIND, 0, socket.AF_INET)))
-        self._config(_attr(NFQA_CFG_PARAMS, struct.pack("!IB", 0, NFQNL_COPY_META)) +
+        mode = (copy_range, NFQNL_COPY_PACKET) if copy_range else (0, NFQNL_COPY_META)
+        self._config(_attr(NFQA_CFG_PARAMS, struct.pack("!IB", *mode)) +
                      _attr(NFQA_CFG_QUEUE_MAXLEN, struct.pack("!I", maxlen)) +
                      _attr(NFQA_CFG_FLAGS, struct.pack("!I", NFQA_CFG_F_GSO)) +
                      _attr(NFQA_CFG_MASK, struct.pack("!I", NFQA_CFG_F_GSO)))
@@ -74,8 +78,9 @@ class Queue:
             if err:
                 raise OSError(-err, f"nfqueue {self.num} config: {os.strerror(-err)}")
 
-    def packet_ids(self, data: bytes):
-        """Yield the packet id of each queued-packet message in a netlink read."""
+    def packets(self, data: bytes):
+        """Yield (packet id, the bytes copied of it: b"" in metadata mode) of each
+        queued-packet message in a netlink read."""
         offset = 0
         while offset + NLMSG_HDR.size <= len(data):
             length, kind, _flags, _seq, _pid = NLMSG_HDR.unpack_from(data, offset)
@@ -83,14 +88,18 @@ class Queue:
                 break
             if kind & 0xff == NFQNL_MSG_PACKET and kind >> 8 == NFNL_SUBSYS_QUEUE:
                 pos, end = offset + NLMSG_HDR.size + NFGENMSG.size, offset + length
+                pid, payload = None, b""
                 while pos + 4 <= end:
                     alen, atype = struct.unpack_from("=HH", data, pos)
                     if alen < 4:
                         break
                     if atype & 0x7fff == NFQA_PACKET_HDR:
-                        yield struct.unpack_from("!I", data, pos + 4)[0]
-                        break
+                        pid = struct.unpack_from("!I", data, pos + 4)[0]
+                    elif atype & 0x7fff == NFQA_PAYLOAD:
+                        payload = data[pos + 4:pos + alen]
                     pos += (alen + 3) & ~3
+                if pid is not None:
+                    yield pid, payload
             offset += (length + 3) & ~3
 
     def accept_through(self, packet_id: int) -> None:
@@ -123,7 +132,7 @@ def run(queue_num: int, delay_ms: float, jitter_ms: float = 0.0, ready_fd: int |
             except OSError:       # ENOBUFS: messages lost, their packets are released by a later batch
                 data = b""
             now = time.monotonic()
-            for pid in queue.packet_ids(data):
+            for pid, _payload in queue.packets(data):
                 due = now + delay + (random.uniform(-jitter, jitter) if jitter else 0.0)
                 last_due = max(due, last_due)   # a delay line keeps order (unlike netem with jitter)
                 held.append((last_due, pid))

@@ -6,10 +6,16 @@ the peer with `hpnlab.ustack.peer` (kernel sockets) or iputils, and returns
 from __future__ import annotations
 
 import json
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any, Self
 
-from ..labs._kit import LabError, agent_python, delay_line
+from ..interrupts import deferred_interrupts
+from ..labs import pcap
+from ..labs._kit import Capture, LabError, agent_python
 
 NETWORK = "stack"
 
@@ -141,21 +147,6 @@ def peer(host, *args, timeout: float = 120.0) -> dict:
     return events[-1]
 
 
-def clock_offset(host, samples: int = 5) -> float:
-    """The host's clock minus this machine's, from the `date` sample with the shortest
-    round trip (its error is at most half that round trip): fresh VMs under TCG run
-    seconds apart, and the simultaneous cases give both sides one moment to act at."""
-    best: tuple[float, float] | None = None
-    for _ in range(samples):
-        t0 = time.time()
-        out = host.run(["date", "+%s.%N"], timeout=20).stdout
-        t1 = time.time()
-        if best is None or t1 - t0 < best[0]:
-            best = (t1 - t0, float(out) - (t0 + t1) / 2)
-    assert best is not None
-    return best[1]
-
-
 def _size(n: int) -> str:
     return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB"
 
@@ -166,9 +157,81 @@ def _ping(host, ip: str, *opts: str) -> tuple[bool, str]:
     return res.ok and " 0% packet loss" in line, line
 
 
+def in_order(seen: list[str], steps: tuple[str, ...]) -> bool:
+    """Whether `steps` occur in `seen` in that order (others may come between)."""
+    it = iter(seen)
+    return all(step in it for step in steps)
+
+
+def fins_crossed(segs: list, a: str, b: str, port: int) -> dict:
+    """What a capture of both directions says of how the connection on `port` between a
+    and b closed: `crossed` if neither FIN acknowledges the other's (each left before its
+    sender had the other's: a simultaneous close); `stack_had_fin_first` if b sent its
+    FIN before anything acknowledging a's FIN (b's segments reach a in the order b sent
+    them, so a had b's FIN in FIN_WAIT_1 and went to CLOSING, not FIN_WAIT_2);
+    `answered[ip]` if ip acknowledged the other's FIN from beyond its own FIN (sequence
+    number FIN + 1: the ACK of CLOSING or TIME_WAIT). Only the order of one sender's
+    segments counts, so any capture point on the path will do."""
+    M = 0xFFFFFFFF
+    conn = [s for s in segs if s.proto == "tcp" and port in (s.sport, s.dport) and {s.src, s.dst} == {a, b}]
+    found = {ip: next((s for s in conn if s.src == ip and s.flags & pcap.FIN), None) for ip in (a, b)}
+    out: dict = {"crossed": False, "stack_had_fin_first": False, "answered": {a: False, b: False}}
+    fins = {ip: f for ip, f in found.items() if f is not None}
+    if len(fins) < 2:
+        return {**out, "detail": "no FIN from " + " or ".join(ip for ip in (a, b) if ip not in fins)}
+    fin_seq = {ip: (f.seq + f.length) & M for ip, f in fins.items()}     # the FIN's own sequence number
+
+    def acks_fin_of(s, ip) -> bool:
+        return bool(s.flags & pcap.ACK) and ((s.ack - fin_seq[ip] - 1) & M) < 1 << 31
+
+    other = {a: b, b: a}
+    crossed = not acks_fin_of(fins[a], b) and not acks_fin_of(fins[b], a)
+    first_ack = next((i for i, s in enumerate(conn) if s.src == b and acks_fin_of(s, a)), len(conn))
+    fin_first = conn.index(fins[b]) < first_ack
+    answered = {ip: any(s.src == ip and acks_fin_of(s, other[ip]) and s.seq == (fin_seq[ip] + 1) & M for s in conn)
+                for ip in (a, b)}
+    return {"crossed": crossed, "stack_had_fin_first": fin_first, "answered": answered,
+            "fins": {ip: {"seq": fin_seq[ip], "ack": f.ack} for ip, f in fins.items()},
+            "detail": f"{a}'s FIN seq {fin_seq[a]} ack {fins[a].ack}, {b}'s FIN seq {fin_seq[b]} ack {fins[b].ack}; "
+                      f"{b}'s FIN reached {a} {'before' if fin_first else 'after'} the ACK of {a}'s; each "
+                      f"acknowledged the other's FIN from beyond its own: "
+                      f"{'yes' if all(answered.values()) else answered}"}
+
+
+HOLD_QUEUE, HOLD_TABLE = 78, "hpnlab_hold"      # the FIN hold's NFQUEUE (the delay lines' is 77)
+
+
+@contextmanager
+def inbound_queued(host, ifname: str, port: int, queue: int) -> Iterator[str]:
+    """For the block, a rule on `host` that hands the TCP segments arriving on `ifname`
+    for `port` to NFQUEUE `queue` before its TCP sees them (bypass: they go through as
+    usual while nothing reads the queue). nftables' own `queue` where the kernel has it
+    (the guests'), else iptables-nft's NFQUEUE (this machine's kernel lacks nft_queue)."""
+    undo = [["nft", "delete", "table", "inet", HOLD_TABLE]]
+    try:
+        host.run(["nft", "add", "table", "inet", HOLD_TABLE], timeout=10)
+        host.run(["nft", "add", "chain", "inet", HOLD_TABLE, "input",
+                  "{ type filter hook input priority 0; policy accept; }"], timeout=10)
+        if host.run(["nft", "add", "rule", "inet", HOLD_TABLE, "input", "iifname", ifname, "tcp", "dport",
+                     str(port), "queue", "num", str(queue), "bypass"], timeout=10, check=False).ok:
+            yield "nftables queue"
+        else:
+            xt = ["INPUT", "-i", ifname, "-p", "tcp", "--dport", str(port), "-j", "NFQUEUE",
+                  "--queue-num", str(queue), "--queue-bypass"]
+            host.run(["iptables-nft", "-A", *xt], timeout=10)
+            undo.append(["iptables-nft", "-D", *xt])
+            yield "iptables-nft NFQUEUE"
+    finally:
+        with deferred_interrupts():
+            for argv in reversed(undo):
+                host.run(argv, timeout=10, check=False)
+
+
 class Suite:
     def __init__(self, provider, stack_host: str = "h1", peer_host: str = "h2", network: str | None = None,
-                 bulk_bytes: int = 8 << 20, stack_extra: tuple = (), driver: str | None = None):
+                 bulk_bytes: int = 8 << 20, stack_extra: tuple = (), pcap_dir: Path | None = None,
+                 driver: str | None = None):
+        self.provider = provider
         self.h1, self.h2 = provider.host(stack_host), provider.host(peer_host)
         self.network = network = stack_network(provider, network)
         self.driver, self.ifname = stack_driver(provider, stack_host, network, driver)
@@ -179,7 +242,7 @@ class Suite:
         self.stack_extra = tuple(stack_extra)       # e.g. ("--impair", "loss=5,delay=20,jitter=5")
         self.results: list[dict] = []
         self.data: dict = {}
-        self.same_clock = provider.shares_kernel     # netns hosts read this machine's clock
+        self.pcap_dir = pcap_dir                    # where cases keep their captures (None: thrown away)
         if self.driver == "dpdk" and self.ifname == self.h1.nic(network).ifname and \
                 "driver: veth" in self.h2.run(["ethtool", "-i", self.h2.nic(network).ifname], check=False).stdout:
             # DPDK's af_packet vdev hands the stack the veth's frames as they are (netns hosts,
@@ -189,17 +252,32 @@ class Suite:
             # real NIC without offload.
             self.h2.run(["ethtool", "-K", self.h2.nic(network).ifname, "tx", "off"])
 
-    def clock_offsets(self) -> tuple[float, float]:
-        """How far h1's and h2's clocks are ahead of this machine's (a moment given to a
-        host is this machine's time.time() plus its offset)."""
-        return (0.0, 0.0) if self.same_clock else (clock_offset(self.h1), clock_offset(self.h2))
-
     def app(self, *args, wait_for="listening") -> StackRun:
         """The stack with an app, started (it is stopped at the end of a `with`)."""
         return self._run(*args).start(wait_for)
 
     def _run(self, *args) -> StackRun:
         return StackRun(self.h1, self.ifname, self.ip, "--driver", self.driver, *self.stack_extra, *args)
+
+    @contextmanager
+    def pcap_paths(self, name: str) -> Iterator[tuple[Path, Path]]:
+        """Where a case's captures at h1 and h2 go: `<pcap_dir>/<name>-h1.pcap` and `-h2`
+        (without a pcap_dir, a directory that lives for the block)."""
+        with ExitStack() as stack:
+            where = self.pcap_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            yield where / f"{name}-h1.pcap", where / f"{name}-h2.pcap"
+
+    def capture(self, paths: tuple[Path, Path], bpf: str) -> ExitStack:
+        """Both ends' captures on the stack's LAN (h1's NIC, where the stack's frames leave,
+        and h2's) until the returned stack is closed (a `with`)."""
+        stack = ExitStack()
+        try:
+            for host, path in zip((self.h1, self.h2), paths):
+                stack.enter_context(Capture(self.provider, f"{host.name}:{self.network}", path, bpf))
+        except BaseException:
+            stack.close()
+            raise
+        return stack
 
     def record(self, name: str, fn) -> dict:
         t0 = time.monotonic()
@@ -340,29 +418,36 @@ class Suite:
                 f"{n} B, sha256 {'match' if s['sha256'] == p['sha256'] else 'MISMATCH'}, {p['mbps']} Mbit/s"
         self.record(f"tcp: {_size(n)} stack -> linux, sha256{self._label()}", from_stack)
 
-    def simultaneous_open(self, delay_ms: float = 400.0) -> None:
-        """Linux connects at T, the stack at T + delay/2; h2's segments leave `delay_ms`
-        late (the NFQUEUE delay line), so each SYN meets a peer in SYN-SENT."""
+    def simultaneous_open(self, sport: int = 40123, lport: int = 40321) -> None:
+        """Both ends connect, each before it has the other's SYN. Not left to timing: the
+        stack connects first (from `sport` to Linux's `lport`), and h2 holds its SYN and
+        all after it before Linux's TCP (`peer simopen`, an NFQUEUE) until Linux has
+        connected too (from `lport` to `sport`), then lets it in alone. Checked on the
+        wire (the canonical SYN, SYN, SYN-ACK, SYN-ACK) and in both sides' states
+        (SYN_SENT, SYN_RECEIVED, ESTABLISHED); then Linux's greeting to its FIN and a close."""
         def go():
-            sport, lport = 40123, 40321
-            with delay_line(self.h2, self.h2.nic(self.network).ifname, (lport, lport), delay_ms):
-                off1, off2 = self.clock_offsets()
-                at = time.time() + 4.0     # room for both programs to start on a loaded machine
-                at1, at2 = at + delay_ms / 2000 + off1, at + off2
-                with self._run("--app", "connect", "--connect", f"{self.peer_addr}:{lport}", "--bind-port", sport,
-                               "--start-at", f"{at1:.6f}", "--timeout", 15).start("ready") as run:
-                    p = peer(self.h2, "simopen", self.addr, sport, lport, f"{at2:.6f}", timeout=60)
-                    # connected, read Linux's greeting to its FIN, closed (slow on emulated VMs)
-                    run.wait("stats", 90)
-                    connects = [e for e in run.events if e.get("event") == "connect"]
-                    opened, s = connects[0], connects[-1]   # at connect(); at the end, with the byte count
+            with self.pcap_paths("simultaneous-open") as paths:
+                with self.capture(paths, f"tcp port {lport}"), \
+                        kernel_tool(self.h2, "simopen", self.addr, sport, lport, HOLD_QUEUE).start("ready") as opener, \
+                        inbound_queued(self.h2, self.h2.nic(self.network).ifname, lport, HOLD_QUEUE):
+                    with self._run("--app", "connect", "--connect", f"{self.peer_addr}:{lport}", "--bind-port", sport,
+                                   "--timeout", 30).start("ready") as run:
+                        # connected, read Linux's greeting to its FIN, closed (slow on emulated VMs)
+                        run.wait("stats", 120)
+                        connects = [e for e in run.events if e.get("event") == "connect"]
+                        opened, s = connects[0], connects[-1]   # at connect(); at the end, with the byte count
+                    p = opener.wait("simopen", 60)
+                kind = pcap.handshake_kind([x for x in pcap.read_pcap(paths[1]) if lport in (x.sport, x.dport)])
             path = [state for _, state in (s.get("conn") or {}).get("history", [])]
+            linux = p.get("states", [])
             self.data["simultaneous_open"] = {"stack_path": path, "linux": p, "received": s.get("bytes"),
-                                              "clock_offsets_s": [round(off1, 4), round(off2, 4)]}
-            ok = (p["error"] is None and opened.get("error") is None and "SYN_RECEIVED" in path
-                  and "ESTABLISHED" in path and s.get("bytes") == len("hello from linux"))
-            return ok, f"stack path {' > '.join(path)}; linux connect: {p['error'] or 'ok'}; " \
-                       f"then {s.get('bytes')} B from linux and a close"
+                                              "wire": kind}
+            ok = (p["error"] is None and opened.get("error") is None and kind == "simultaneous"
+                  and in_order(path, ("SYN_SENT", "SYN_RECEIVED", "ESTABLISHED"))
+                  and in_order(linux, ("SYN_SENT", "SYN_RECV", "ESTABLISHED"))
+                  and s.get("bytes") == len("hello from linux"))
+            return ok, f"stack path {' > '.join(path)}; linux {' > '.join(linux)}, connect: {p['error'] or 'ok'}; " \
+                       f"on the wire: {kind}; then {s.get('bytes')} B from linux and a close"
         self.record("tcp: simultaneous open with linux", go)
 
     def tap_cases(self, nbytes: int | None = None, tap: str = "ustap0", subnet: str = "10.77.99",
@@ -492,26 +577,37 @@ class Suite:
                 f"{'match' if p['sha256'] == s['sha256'] else 'MISMATCH'}"
         self.record(f"tcp: zero window held {hold:g} s, then reopened", go)
 
-    def simultaneous_close(self, delay_ms: float = 400.0) -> None:
-        """Both ends close at once: h2's FIN leaves `delay_ms` late, the stack closes
-        delay/2 after Linux, so each FIN meets a peer in FIN_WAIT_1 (CLOSING on both)."""
+    def simultaneous_close(self, lport: int = 40555) -> None:
+        """Both ends close, each before it has the other's FIN. Not left to timing (over a
+        polling driver on an emulated CPU two agreed moments missed each other): the stack
+        closes first, and h2 holds its FIN and all after it before Linux's TCP
+        (`peer simclose`, an NFQUEUE) until Linux has closed too, then lets it in alone.
+        Checked on the wire (neither FIN acknowledges the other; the stack had
+        Linux's FIN before the ACK of its own; each side acknowledged the other's FIN from
+        beyond its own) and in the states each side went through: FIN_WAIT_1, CLOSING,
+        TIME_WAIT (RFC 9293 §3.6, case 2)."""
         def go():
-            lport = 40555
-            with delay_line(self.h2, self.h2.nic(self.network).ifname, (lport, lport), delay_ms):
-                off1, off2 = self.clock_offsets()
-                at = time.time() + 4.0
-                at1, at2 = at + delay_ms / 2000 + off1, at + off2
-                with kernel_tool(self.h2, "simclose", lport, f"{at2:.6f}").start("listening") as closer:
+            with self.pcap_paths("simultaneous-close") as paths:
+                with self.capture(paths, f"tcp port {lport}"), \
+                        kernel_tool(self.h2, "simclose", lport, HOLD_QUEUE).start("listening") as closer, \
+                        inbound_queued(self.h2, self.h2.nic(self.network).ifname, lport, HOLD_QUEUE):
+                    # --close-at an hour ago: at once once connected, whatever h1's clock says
                     with self._run("--app", "connect", "--connect", f"{self.peer_addr}:{lport}",
-                                   "--close-at", f"{at1:.6f}", "--timeout", 15).start("ready") as run:
-                        run.wait("stats", 90)        # the app reports its "connect" events, then exits
+                                   "--close-at", f"{time.time() - 3600:.0f}", "--timeout", 30).start("ready") as run:
+                        run.wait("stats", 120)       # the app reports its "connect" events, then exits
                         s = [e for e in run.events if e.get("event") == "connect"][-1]
-                    p = closer.wait("simclose", 30)
+                    p = closer.wait("simclose", 60)
+                # h2's capture: a kernel NIC's, which sees both ways (an af_packet vdev's frames
+                # skip the taps of h1's veth on netns)
+                wire = fins_crossed(pcap.read_pcap(paths[1]), self.addr, self.peer_addr, lport)
             path = [state for _, state in (s.get("conn") or {}).get("history", [])]
-            self.data["simultaneous_close"] = {"stack_path": path, "linux": p,
-                                               "clock_offsets_s": [round(off1, 4), round(off2, 4)]}
-            ok = "CLOSING" in path and "TIME_WAIT" in path and "FIN_WAIT_2" not in path and p.get("time_wait")
-            return ok, f"stack path {' > '.join(path)}; linux TIME-WAIT: {p.get('time_wait')}"
+            linux = p.get("states", [])
+            self.data["simultaneous_close"] = {"stack_path": path, "linux": p, "wire": wire}
+            ok = (in_order(path, ("FIN_WAIT_1", "CLOSING", "TIME_WAIT")) and "FIN_WAIT_2" not in path
+                  and in_order(linux, ("FIN_WAIT1", "CLOSING", "TIME_WAIT")) and "FIN_WAIT2" not in linux
+                  and wire["crossed"] and wire["stack_had_fin_first"] and all(wire["answered"].values()))
+            return ok, f"stack path {' > '.join(path)}; linux {' > '.join(linux)}; on the wire: FINs " \
+                       f"{'crossed' if wire['crossed'] else 'did NOT cross'}, {wire['detail']}"
         self.record("tcp: simultaneous close with linux", go)
 
     def run_all(self, flood: bool = True) -> list[dict]:

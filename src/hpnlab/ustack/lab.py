@@ -310,16 +310,37 @@ def _pcap_flight(segs: list, sender: str) -> list[tuple[float, int]]:
 def _ladders(out: Path, stack_ip: str, linux_ip: str) -> list[str]:
     """Ladder diagrams of the simultaneous open and close, from both ends' captures."""
     from ..labs.p2p import draw_ladder
-    a, b = pcap.read_pcap(out / "sim-h1.pcap"), pcap.read_pcap(out / "sim-h2.pcap")
     made = []
-    for port, name, title in ((40321, "ladder-simultaneous-open.png", "simultaneous open: the stack and Linux"),
-                              (40555, "ladder-simultaneous-close.png", "simultaneous close: the stack and Linux")):
-        def mine(segs, port=port):
-            return [s for s in segs if port in (s.sport, s.dport)]
-        draw_ladder(mine(a), mine(b), ("stack (h1)", stack_ip), ("linux (h2)", linux_ip), out / name, title)
+    for case, title in (("simultaneous-open", "simultaneous open: the stack and Linux"),
+                        ("simultaneous-close", "simultaneous close: the stack and Linux")):
+        if not (out / f"{case}-h1.pcap").exists() or not (out / f"{case}-h2.pcap").exists():
+            continue
+        a, b = pcap.read_pcap(out / f"{case}-h1.pcap"), pcap.read_pcap(out / f"{case}-h2.pcap")
+        name = f"ladder-{case}.png"
+        draw_ladder(a, b, ("stack (h1)", stack_ip), ("linux (h2)", linux_ip), out / name, title)
         if (out / name).exists():
             made.append(name)
     return made
+
+
+def _simultaneous_reading(so: dict | None, sc: dict | None) -> str:
+    """What the two simultaneous cases saw, in both sides' states and on the wire."""
+    out = []
+    if so:
+        out.append(f"Opening, the stack went {' → '.join(so['stack_path'])} and Linux "
+                   f"{' → '.join(so['linux'].get('states', []))}; on the wire (h2's capture) the open was "
+                   f"**{so.get('wire')}**.")
+    if sc:
+        w = sc.get("wire", {})
+        out.append(f"Closing, the stack went {' → '.join(sc['stack_path'])} and Linux "
+                   f"{' → '.join(sc['linux'].get('states', []))}; on the wire the FINs "
+                   f"{'**crossed**' if w.get('crossed') else '**did not cross**'} ({w.get('detail', '')}).")
+    out.append("Neither is left to timing: h2 holds the stack's SYN (FIN) with everything after it before its TCP "
+               "(an NFQUEUE) until Linux has connected (closed) too, then lets it in alone, then the rest. So in "
+               "h2's capture, taken before that hold, the stack's segment arrives before Linux's leaves, yet "
+               "Linux's does not acknowledge it: they crossed. The ladders are drawn from both ends' captures "
+               "(`simultaneous-open-h1.pcap`, `-h2.pcap`, and the same for `-close`).")
+    return " ".join(out)
 
 
 def _per_size(provider, network: str, sizes: list[int], path: Path) -> dict:
@@ -430,7 +451,7 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
             raise LabError(f"{exc}\n(--impaired-lab '' runs the rest of the lab without it)") from None
     out = results_dir("ustack", results_root)
     load_before = os.getloadavg()[0]
-    suite = Suite(provider, network=network, bulk_bytes=nbytes)
+    suite = Suite(provider, network=network, bulk_bytes=nbytes, pcap_dir=out)
     net = suite.network
     afpacket = suite.driver == "afpacket"
     # where DPDK owns h1's NIC, h1's kernel has none on that LAN: its side of the
@@ -456,12 +477,8 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
     # sender's view of what is in flight, to set beside the stack's own count
     with Capture(provider, f"h1:{net}", out / "bulk.pcap", "tcp", snaplen=96):
         suite.bulk()
-    # both ends' captures of the simultaneous open and close, for the ladders
-    ports = "tcp port 40321 or tcp port 40555"
-    with Capture(provider, f"h1:{net}", out / "sim-h1.pcap", ports), \
-            Capture(provider, f"h2:{net}", out / "sim-h2.pcap", ports):
-        suite.simultaneous_open()
-        suite.simultaneous_close()
+    suite.simultaneous_open()           # each captures both ends into out/ (the ladders)
+    suite.simultaneous_close()
     ladders = _ladders(out, suite.addr, suite.peer_addr)
     suite.stack_to_stack()
     suite.fuzz(100000)
@@ -622,12 +639,9 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
                  md_table(["from", "flags", "mss", "wscale", "TSval"],
                           [(s["src"], "SYN-ACK" if s["flags"] & 16 else "SYN", s["mss"], s["wscale"], s["tsval"])
                            for s in syns[:8]]), ""]
-    so = suite.data.get("simultaneous_open")
-    if so:
-        text += ["## Simultaneous open and close", "", f"The stack's path opening: {' → '.join(so['stack_path'])}; "
-                 f"closing: {' → '.join((suite.data.get('simultaneous_close') or {}).get('stack_path', []))}. "
-                 f"The ladders are drawn from both ends' captures (`sim-h1.pcap`, `sim-h2.pcap`); h2's segments "
-                 f"left through a delay line, so each side's SYN and FIN met a peer that had sent its own.", ""]
+    so, sc = suite.data.get("simultaneous_open"), suite.data.get("simultaneous_close")
+    if so or sc:
+        text += ["## Simultaneous open and close", "", _simultaneous_reading(so, sc), ""]
         text += [f"![{name}]({name})" for name in ladders] + [""]
     text += ["Pcap of the bulk transfers at h1's NIC: `bulk.pcap`.", "",
              f"This machine's 1-minute load average was {load_before:.1f} when the run began and "
