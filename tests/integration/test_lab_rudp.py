@@ -43,6 +43,12 @@ def test_kcp_scenario_loss_sweep_and_udp_concurrency(netns_lab, tmp_path):
         assert pair[stat]["lower_in"] + pair[stat]["higher_in"] <= 2
     assert (res["dir"] / "hpnlab-fast.pcap").stat().st_size > 24 * 20
     assert data["simulated"]["hpnlab"]["fast"]["digest"] == data["simulated"]["ckcp"]["fast"]["digest"]
+    seeds = data["simulated"]["seeds"]                 # hpnlab on ikcp's rules sends C ikcp's very datagrams
+    assert seeds["hpnlab:fast(ikcp rules)"]["overhead"] == seeds["ckcp:fast"]["overhead"]
+    for key in ("hpnlab:fast", "hpnlab:fast(ikcp rules)"):   # the bytes by why add up to all of them
+        assert sum(seeds[key]["bytes"].values()) == pytest.approx(1 + seeds[key]["overhead"], abs=0.002)
+    st = data["runs"]["hpnlab:fast"]["per_round"][0]["stats"]
+    assert st["pinger"]["bytes_push_new"] == st["echoer"]["bytes_push_new"] == 20 * (24 + 8)
 
     sweep = data["loss_sweep"]["10"]
     assert set(sweep) == {"quic:default"}          # the other implementations take the same path
@@ -65,4 +71,5 @@ def test_kcp_scenario_loss_sweep_and_udp_concurrency(netns_lab, tmp_path):
     text = res["report"].read_text()
     assert "hpnlab fast vs C ikcp fast" in text and "median of 2 rounds" in text and "rtt_cdf.png" in text
     assert "## Loss sweep" in text and "## UDP 并发" in text
+    assert "Where the bytes went" in text and "bytes on the link by why" in text
     assert (res["dir"] / "rtt_cdf.png").exists()

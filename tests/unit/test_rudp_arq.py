@@ -1,6 +1,7 @@
 """hpnlab.rudp.arq, the sans-I/O KCP-format ARQ: two peers over a simulated link."""
 from __future__ import annotations
 
+import heapq
 import struct
 
 import pytest
@@ -16,11 +17,12 @@ def pair(mode="fast", isn=0, **kw):
     return a, b
 
 
-def run(a, b, link, msgs, limit_ms=120_000):
-    """Send `msgs` from a to b over `link`; return what b received, in order."""
+def run(a, b, link, msgs, limit_ms=120_000, every=0):
+    """Send `msgs` from a to b over `link` (with `every`, one each `every` ms); return what b
+    received, in order."""
     got, i, now = [], 0, 0
     while now < limit_ms and (len(got) < len(msgs)):
-        while i < len(msgs) and a.waiting < 256:
+        while i < len(msgs) and a.waiting < 256 and now >= i * every:
             a.send(msgs[i])
             i += 1
         for end, (me, peer) in enumerate(((a, b), (b, a))):
@@ -153,3 +155,86 @@ def test_eager_sends_and_acknowledges_without_waiting_for_the_tick():
             b.input(sent[0], 4)
             acks = b.pop_output()
             assert acks and HEADER.unpack_from(acks[0])[1] == CMD_ACK
+
+
+class Scripted(Link):
+    """A link with a fixed one-way delay; `fate(sns, copy)` for a datagram of a's carrying
+    PUSHes `sns` (copy: how often the first of them was sent before) gives extra ms, or None:
+    lost. `log`: (time, PUSH sns) of every datagram a sent."""
+
+    def __init__(self, delay: int, fate):
+        super().__init__(delay=(delay, delay))
+        self.fate, self.copies, self.log = fate, {}, []
+
+    def send(self, end, datagram, now):
+        sns, off = [], 0
+        while off < len(datagram):
+            fields = HEADER.unpack_from(datagram, off)
+            off += HEADER.size + fields[7]
+            if fields[1] == CMD_PUSH:
+                sns.append(fields[5])
+        extra = 0
+        if end == 0 and sns:
+            self.log.append((now, sns))
+            copy = self.copies[sns[0]] = self.copies.get(sns[0], -1) + 1
+            extra = self.fate(sns, copy)
+        self.sent[end] += len(datagram)
+        if extra is not None:
+            self.n += 1
+            heapq.heappush(self.queues[1 - end], (now + self.delay[0] + extra, self.n, datagram))
+
+
+def one_way_run(fate, ikcp_rules, delay=100, n=80, every=10):
+    """a sends an 8-byte message every `every` ms to b over a Scripted link; b only ACKs. The
+    RTO's floor is raised out of the way (a steady delay makes KCP's RTO hug the RTT): only
+    fast retransmits act. Returns a's stats and the times a sent sn 40."""
+    a, b = pair("fast", ikcp_rules=ikcp_rules)
+    a.minrto = a.rto = 1000
+    link = Scripted(delay, fate)
+    msgs = messages(n)
+    assert run(a, b, link, msgs, every=every) == msgs
+    return a.stats, [when for when, sns in link.log if 40 in sns]
+
+
+@pytest.mark.parametrize("ikcp_rules", [False, True])
+def test_a_resent_segment_is_not_resent_on_every_ack_of_an_older_send(ikcp_rules):
+    """sn 40's first copy is lost (RTT 200 ms, a message every 10 ms); the ACKs of 41, 42, ...
+    (sent before its resend) keep coming for a whole RTT after the resend. ikcp counts them
+    again: a copy of sn 40 every 2 ACKs (20 ms), up to its fastlimit, before the first resend's
+    ACK can be back; hpnlab sends a further copy no sooner than srtt/2 after the last."""
+    stats, sends = one_way_run(lambda sns, copy: None if sns[0] == 40 and copy == 0 else 0, ikcp_rules)
+    gaps = [b - a for a, b in zip(sends[1:], sends[2:])]
+    if ikcp_rules:
+        assert len(sends) == 6 and max(gaps) <= 30, sends
+    else:
+        assert 2 <= len(sends) <= 4 and min(gaps, default=100) >= 100, sends
+        assert sends[1] - sends[0] >= 200 + 200 // 4                  # RACK: its RTT + srtt/4
+
+
+@pytest.mark.parametrize("ikcp_rules", [False, True])
+def test_reordering_inside_the_window_is_not_taken_for_loss(ikcp_rules):
+    """sn 40 takes 35 ms longer than the others (RTT 200 ms, a message every 10 ms): 41, 42 and
+    43 overtake it and their ACKs come first. ikcp resends it after two of them; hpnlab's RACK
+    rule waits the later segment's RTT plus srtt/4 and sees sn 40's own ACK first."""
+    stats, sends = one_way_run(lambda sns, copy: 35 if 40 in sns else 0, ikcp_rules)
+    assert stats["retransmits"] == 0
+    if ikcp_rules:
+        assert len(sends) == 2, sends
+    else:
+        assert len(sends) == 1 and stats["fast_retransmits"] == 0, sends
+
+
+@pytest.mark.parametrize("ikcp_rules", [False, True])
+def test_duplicate_pushes_are_acknowledged_by_una(ikcp_rules):
+    """Every PUSH arrives twice: ikcp ACKs each copy; hpnlab ACKs a duplicate of what it has
+    already delivered only through the una of what it sends anyway (one ACK if nothing)."""
+    a, b = pair("fast", ikcp_rules=ikcp_rules)
+    msgs = messages(200)
+    assert run(a, b, Link(delay=(20, 20), dup=1.0, seed=1), msgs) == msgs
+    acks = b.stats["bytes_ack"] // HEADER.size
+    assert b.stats["duplicates"] >= 200
+    if ikcp_rules:
+        assert acks >= 400 and b.stats["dup_acks_saved"] == 0
+    else:
+        assert acks < 300 and b.stats["dup_acks_saved"] > 100
+    assert a.stats["retransmits"] == a.stats["fast_retransmits"] == 0

@@ -52,7 +52,7 @@ def test_same_bytes_on_the_wire_as_c_ikcp(mode, schedule):
         return random.Random(5) if schedule == "the lab's loop" else None
 
     def arq():
-        a = Arq(1, snd_wnd=128, rcv_wnd=128)
+        a = Arq(1, snd_wnd=128, rcv_wnd=128, ikcp_rules=True)
         a.nodelay(*MODES[mode])
         return a
 

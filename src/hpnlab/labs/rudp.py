@@ -75,13 +75,13 @@ def now_ms() -> int:
     return int(time.monotonic() * 1000)
 
 
-def make_arq(impl: str, mode: str, client: bool = False):
+def make_arq(impl: str, mode: str, client: bool = False, ikcp_rules: bool = False):
     from ..rudp.arq import MODES, Arq
     if impl == "quic":
         from ..rudp.quic import Quic
         return Quic(client=client)
     if impl == "hpnlab":
-        arq = Arq(CONV, snd_wnd=128, rcv_wnd=128, eager=mode == "eager")
+        arq = Arq(CONV, snd_wnd=128, rcv_wnd=128, eager=mode == "eager", ikcp_rules=ikcp_rules)
         arq.nodelay(*MODES["fast" if mode == "eager" else mode])
         return arq
     from ..rudp.ckcp import CKcp
@@ -834,38 +834,57 @@ def summarize(impl: str, mode: str, parts: list[dict]) -> dict:
 def simulate(modes: list[str], count: int, one_way, lo: float, hi: float, seed: int = 1,
              eager: bool = False) -> dict:
     """hpnlab and C ikcp in test.cpp's scenario on hpnlab.rudp.sim's virtual clock, over links
-    with the same random draws: where the two send the same bytes, their digests are equal."""
+    with the same random draws. hpnlab runs ikcp's own rules here (`ikcp_rules`): where the two
+    cores send the same bytes, their digests are equal. Then, over SEEDS links, hpnlab's fast
+    (its own rules) and eager against C ikcp fast, and where the bytes of each go."""
     from ..rudp.sim import Link, echo_scenario
     out: dict[str, dict] = {}
     for impl in ("hpnlab", "ckcp"):
         for mode in modes:
             link = Link(loss=one_way.loss_pct / 100, delay=(int(lo), int(hi)), seed=seed)
-            rtts, digest = echo_scenario(make_arq(impl, mode), make_arq(impl, mode), link, count)
+            rtts, digest = echo_scenario(make_arq(impl, mode, ikcp_rules=True), make_arq(impl, mode, ikcp_rules=True),
+                                         link, count)
             out.setdefault(impl, {})[mode] = {"avg_ms": round(sum(rtts) / count, 1), "max_ms": max(rtts),
                                               "overhead": round(sum(link.sent) / (count * PERFECT_BYTES) - 1, 3),
                                               "digest": digest}
-    if "fast" in modes and eager:
-        out["eager_vs_fast"] = eager_vs_fast(count, one_way, lo, hi)
+    if "fast" in modes:
+        out["seeds"] = over_seeds(count, one_way, lo, hi, ["hpnlab:fast"] + ["hpnlab:eager"] * eager)
     return out
 
 
-def eager_vs_fast(count: int, one_way, lo: float, hi: float, seeds: int = 10) -> dict:
-    """hpnlab's eager against its fast mode (= C ikcp's schedule) on the virtual clock, one
-    pair of runs per seed: the difference eager's flushing makes, beyond one link's luck."""
-    from ..rudp.sim import Link, echo_scenario
-    runs: dict[str, list[dict]] = {"fast": [], "eager": []}
-    for seed in range(1, seeds + 1):
-        for mode in runs:
-            link = Link(loss=one_way.loss_pct / 100, delay=(int(lo), int(hi)), seed=seed)
-            rtts, _ = echo_scenario(make_arq("hpnlab", mode), make_arq("hpnlab", mode), link, count)
-            runs[mode].append({"avg_ms": sum(rtts) / count, "max_ms": max(rtts),
-                               "overhead": sum(link.sent) / (count * PERFECT_BYTES) - 1})
+SEEDS = 10
+# the wire bytes by why (Arq.stats' bytes_<kind>); C ikcp's are those of hpnlab on ikcp's rules
+BYTE_KINDS = ("push_new", "push_rto", "push_fast", "ack", "probe")
 
-    def mean(mode: str, key: str) -> float:
-        return round(sum(r[key] for r in runs[mode]) / seeds, 3)
-    diffs = [e["avg_ms"] - f["avg_ms"] for e, f in zip(runs["eager"], runs["fast"])]
-    return {"seeds": seeds, **{f"{m}_{k}": mean(m, k) for m in runs for k in ("avg_ms", "max_ms", "overhead")},
-            "avg_diff_ms": round(sum(diffs) / seeds, 1), "eager_lower_avg_in": sum(d < 0 for d in diffs)}
+
+def over_seeds(count: int, one_way, lo: float, hi: float, configs: list[str], seeds: int = SEEDS) -> dict:
+    """Each of `configs` and C ikcp fast over the same `seeds` links (one run each): the mean
+    average and maximum RTT, in how many seeds each was at most C ikcp's, the overhead, and the
+    bytes by kind (% of a perfect run's) - C ikcp's counted by hpnlab's core on ikcp's rules,
+    which sends the very same datagrams."""
+    from ..rudp.sim import Link, echo_scenario
+    keys = configs + ["ckcp:fast", "hpnlab:fast(ikcp rules)"]
+    runs: dict[str, list[dict]] = {k: [] for k in keys}
+    for seed in range(1, seeds + 1):
+        for key in keys:
+            impl, mode = key.removesuffix("(ikcp rules)").split(":")
+            ends = [make_arq(impl, mode, ikcp_rules=key.endswith("(ikcp rules)")) for _ in (0, 1)]
+            link = Link(loss=one_way.loss_pct / 100, delay=(int(lo), int(hi)), seed=seed)
+            rtts, _ = echo_scenario(ends[0], ends[1], link, count)
+            runs[key].append({"avg_ms": sum(rtts) / count, "max_ms": max(rtts),
+                              "overhead": sum(link.sent) / (count * PERFECT_BYTES) - 1,
+                              "bytes": {k: sum(e.stats[f"bytes_{k}"] for e in ends) / (count * PERFECT_BYTES)
+                                        for k in BYTE_KINDS} if impl == "hpnlab" else None})
+    out: dict[str, dict] = {"seeds": {"n": seeds}}
+    base = runs["ckcp:fast"]
+    for key, rs in runs.items():
+        out[key] = {k: round(sum(r[k] for r in rs) / seeds, 3) for k in ("avg_ms", "max_ms", "overhead")}
+        out[key]["worst_max_ms"] = max(r["max_ms"] for r in rs)
+        if rs[0]["bytes"]:
+            out[key]["bytes"] = {k: round(sum(r["bytes"][k] for r in rs) / seeds, 4) for k in BYTE_KINDS}
+        for stat in ("avg_ms", "max_ms"):
+            out[key][f"{stat}_le_ckcp_in"] = sum(r[stat] <= b[stat] for r, b in zip(rs, base))
+    return out
 
 
 # hpnlab against C ikcp, each pair run side by side in every round
@@ -1082,6 +1101,46 @@ def render_concurrency(rows: list[dict], seconds: float, workers: int, a: str, b
     return "\n".join(L) + "\n"
 
 
+def render_seeds(sd: dict) -> list[str]:
+    """The seeds comparison on the virtual clock, and where each one's bytes went."""
+    n = sd["seeds"]["n"]
+    keys = [k for k in sd if k != "seeds"]
+    L = ["", f"Over {n} links (seeds 1-{n}, one run each), hpnlab on its own rules against C ikcp fast:", "",
+         report.md_table(["config", "avg ms (mean)", "avg <= C ikcp's in", "max ms (mean; worst)",
+                          "max <= C ikcp's in", "overhead"],
+                         [[k, f"{r['avg_ms']:.1f}", f"{r['avg_ms_le_ckcp_in']} of {n}",
+                           f"{r['max_ms']:.0f}; {r['worst_max_ms']}", f"{r['max_ms_le_ckcp_in']} of {n}",
+                           f"{r['overhead']:.1%}"] for k, r in sd.items() if k != "seeds"])]
+    with_bytes = [k for k in keys if "bytes" in sd[k]]
+    if with_bytes:
+        L += ["", "Where the bytes went (% of a perfect run's: its PUSHes are 57.1 %, its ACKs 42.9 %); "
+              "`hpnlab:fast(ikcp rules)` sends the very datagrams C ikcp does:", "",
+              report.md_table(["config", "first PUSHes", "resent on RTO", "fast resent", "ACKs", "probes", "total"],
+                              [[k] + [f"{sd[k]['bytes'][b]:.1%}" for b in BYTE_KINDS]
+                               + [f"{sum(sd[k]['bytes'].values()):.1%}"] for k in with_bytes])]
+    return L
+
+
+def render_wire(runs: dict) -> list[str]:
+    """hpnlab's bytes on the lab's link by why, from its agents' counters over all rounds."""
+    rows = []
+    for key, r in runs.items():
+        if r["impl"] != "hpnlab":
+            continue
+        st = [p["stats"][end] for p in r["per_round"] for end in ("pinger", "echoer")]
+        perfect = len(r["rtts"]) * PERFECT_BYTES
+        rows.append([key] + [f"{sum(x.get(f'bytes_{b}', 0) for x in st) / perfect:.1%}" for b in BYTE_KINDS]
+                    + [sum(x.get(c, 0) for x in st) for c in ("spurious_seen", "dup_acks_saved", "duplicates")])
+    if not rows:
+        return []
+    return ["", "hpnlab's bytes on the link by why (% of a perfect run's: its PUSHes are 57.1 %, its ACKs 42.9 %), "
+            "both agents, all rounds. spurious resends seen: an ACK that echoed an earlier copy's send time "
+            "(the segment had arrived before its last resend; a lower bound). ACKs saved: duplicate PUSHes "
+            "acknowledged by the una of what went out anyway.", "",
+            report.md_table(["config", "first PUSHes", "resent on RTO", "fast resent", "ACKs", "probes",
+                             "spurious resends seen", "ACKs saved", "duplicate PUSHes in"], rows)]
+
+
 def render(runs, s, pairs, simulated, count, one_way, mechanism, a, b, env, png, args) -> str:
     rows = [[r["impl"], r["mode"], r["avg_ms"], r["max_ms"], r["p50_ms"], r["p99_ms"],
              "n/a (TCP)" if r["overhead"] is None else f"{r['overhead']:.1%}",
@@ -1123,6 +1182,7 @@ def render(runs, s, pairs, simulated, count, one_way, mechanism, a, b, env, png,
                                for k, r in pairs.items()]),
               "", "Update gaps: how late the agents' 1 ms loops ran (both ends, all rounds); on the virtual "
               "clock, where hpnlab and C ikcp send the same bytes, every gap is 1 ms.", ""]
+    L += render_wire(runs) + [""]
     ranked = sorted(runs.values(), key=lambda r: r["avg_ms"])
     L.append(f"- Lowest average RTT: {ranked[0]['impl']} {ranked[0]['mode']} ({ranked[0]['avg_ms']} ms); "
              f"highest: {ranked[-1]['impl']} {ranked[-1]['mode']} ({ranked[-1]['avg_ms']} ms, "
@@ -1154,8 +1214,8 @@ def render(runs, s, pairs, simulated, count, one_way, mechanism, a, b, env, png,
         L += ["", "## The same scenario on a virtual clock", "",
               "The link's loss and delay are random, so two runs on it never see the same losses. Here "
               "both implementations run test.cpp's scenario in hpnlab.rudp.sim (a 1 ms virtual clock) over "
-              "links with the same random draws; the digest covers every datagram both ends sent, with its "
-              "time.", "",
+              "links with the same random draws, hpnlab on ikcp's own rules (`Arq(ikcp_rules=True)`: its fast "
+              "retransmit, an ACK per PUSH); the digest covers every datagram both ends sent, with its time.", "",
               report.md_table(["mode", "hpnlab avg/max ms", "C ikcp avg/max ms", "hpnlab overhead",
                                "C ikcp overhead", "same bytes at the same times"],
                               [[m, f"{h['avg_ms']} / {h['max_ms']}", f"{c['avg_ms']} / {c['max_ms']}",
@@ -1167,13 +1227,8 @@ def render(runs, s, pairs, simulated, count, one_way, mechanism, a, b, env, png,
         L += ["", f"Same datagrams in {len(same)} of {len(simulated['hpnlab'])} modes"
               + (": in those modes every difference between the two in the table above is the link's "
                  "randomness (which packets it dropped, how long it held them), not the protocol." if same else ".")]
-        if "eager_vs_fast" in simulated:
-            e = simulated["eager_vs_fast"]
-            L += ["", f"hpnlab eager against fast on the virtual clock, {e['seeds']} seeds (one pair of runs "
-                  f"each): average RTT {e['eager_avg_ms']:.1f} vs {e['fast_avg_ms']:.1f} ms (eager lower in "
-                  f"{e['eager_lower_avg_in']} of {e['seeds']}; mean difference {e['avg_diff_ms']:+.1f} ms), "
-                  f"maximum {e['eager_max_ms']:.0f} vs {e['fast_max_ms']:.0f} ms, overhead "
-                  f"{e['eager_overhead']:.1%} vs {e['fast_overhead']:.1%}."]
+        if "seeds" in simulated:
+            L += render_seeds(simulated["seeds"])
     L += ["", report.environment_md(env), report.rerun_md(None, "lab-rudp")]
     return "\n".join(L)
 
