@@ -14,7 +14,7 @@ Errors a user can make - EAL arguments EAL rejects, no hugepages without
 found before or right after rte_eal_init and raised as DpdkError with the fix
 in the hint, never left to a crash.
 
-The compiled part (_hpnlab_dpdk_v4, built from _build.py) is made by `make
+The compiled part (_hpnlab_dpdk_v5, built from _build.py) is made by `make
 setup`; if it is missing the first import builds it, or says what is missing.
 """
 from __future__ import annotations
@@ -193,15 +193,19 @@ def tsc() -> int:
 # -- mempool ---------------------------------------------------------------------------------
 
 class Pool:
-    """A pktmbuf mempool (2 KiB data rooms) for RX queues and the generator."""
+    """A pktmbuf mempool for RX queues and the generator; each mbuf holds a frame of up to
+    `frame_max` bytes (2 KiB by default, DPDK's; a device that hands over longer frames in
+    one mbuf, as the af_packet vdev does, needs a pool that fits them)."""
 
-    def __init__(self, name: str, n: int = 8191, cache: int = 256):
+    def __init__(self, name: str, n: int = 8191, cache: int = 256, frame_max: int | None = None):
         ffi, lib = self.ffi, self.lib = binding()
         self.name = name
-        self.ptr = lib.hp_pool_create(name.encode(), n, cache)
+        room = lib.HP_DEFAULT_DATA_ROOM if frame_max is None else lib.HP_HEADROOM + frame_max
+        self.frame_max = room - lib.HP_HEADROOM
+        self.ptr = lib.hp_pool_create(name.encode(), n, cache, room)
         if self.ptr == ffi.NULL:
             code = lib.hp_errno()
-            raise DpdkError(f"mempool {name!r} of {n} mbufs: {_strerror(code)}",
+            raise DpdkError(f"mempool {name!r} of {n} mbufs of {self.frame_max} bytes: {_strerror(code)}",
                             hint="fewer mbufs, or more memory (EAL -m, hugepages)"
                             if code == errno.ENOMEM else "EAL must run first (hpnlab.dpdk.init)")
 
@@ -244,7 +248,8 @@ class Port:
         self.rxq, self.txq = rxq, txq
         self.rss = bool(rss and rxq > 1 and self.rss_offloads)
         self._check(lib.hp_port_start(port_id, rxq, txq, rxd, txd, pool.ptr, int(rss)), "configure/start")
-        self._rx_buf = ffi.new("uint8_t[]", 64 * 2048)
+        self.frame_max = pool.frame_max           # what rx() copies of a frame at most
+        self._rx_buf = ffi.new("uint8_t[]", 64 * self.frame_max)
         self._rx_lens = ffi.new("unsigned[]", 64)
         self._rx_mv = memoryview(ffi.buffer(self._rx_buf))
         self.closed = False
@@ -285,10 +290,12 @@ class Port:
                 for i in range(n)}
 
     def rx(self, n: int = 32, queue: int = 0) -> list[bytes]:
-        """Up to n frames (copies, at most 2048 bytes each); never blocks."""
-        got = self.lib.hp_rx_copy(self.id, queue, self._rx_buf, 2048, self._rx_lens, min(n, 64))
+        """Up to n frames (copies of at most the pool's frame_max bytes, a chain of mbufs
+        included); never blocks."""
+        each = self.frame_max
+        got = self.lib.hp_rx_copy(self.id, queue, self._rx_buf, each, self._rx_lens, min(n, 64))
         mv = self._rx_mv
-        return [bytes(mv[i * 2048:i * 2048 + min(self._rx_lens[i], 2048)]) for i in range(got)]
+        return [bytes(mv[i * each:i * each + min(self._rx_lens[i], each)]) for i in range(got)]
 
     def tx(self, frames: list[bytes], queue: int = 0) -> int:
         """Send frames (copied into mbufs); how many the queue took (the rest were not sent)."""

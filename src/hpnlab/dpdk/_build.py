@@ -26,7 +26,7 @@ from pathlib import Path
 from ..cbuild import build_main, compile_into
 
 # The version changes with the C interface, so a build of an older one is never loaded.
-MODULE = "_hpnlab_dpdk_v4"
+MODULE = "_hpnlab_dpdk_v5"
 
 # The structs Python reads, in both the cdef and the C source.
 STRUCTS = r"""
@@ -74,7 +74,9 @@ int hp_stats_reset(uint16_t port);
 int hp_xstats(uint16_t port, char *names, uint64_t *values, unsigned cap);
 #define HP_XSTAT_NAME ...
 
-struct rte_mempool *hp_pool_create(const char *name, unsigned n, unsigned cache);
+#define HP_HEADROOM ...
+#define HP_DEFAULT_DATA_ROOM ...
+struct rte_mempool *hp_pool_create(const char *name, unsigned n, unsigned cache, unsigned data_room);
 void hp_pool_free(struct rte_mempool *pool);
 unsigned hp_pool_avail(struct rte_mempool *pool);
 
@@ -270,9 +272,13 @@ int hp_xstats(uint16_t port, char *names, uint64_t *values, unsigned cap)
 
 /* ---- mbufs ---------------------------------------------------------------------------- */
 
-struct rte_mempool *hp_pool_create(const char *name, unsigned n, unsigned cache)
+#define HP_HEADROOM RTE_PKTMBUF_HEADROOM
+#define HP_DEFAULT_DATA_ROOM RTE_MBUF_DEFAULT_BUF_SIZE
+/* data_room: headroom + the longest frame an mbuf holds (RTE_MBUF_DEFAULT_BUF_SIZE: 2 KiB) */
+struct rte_mempool *hp_pool_create(const char *name, unsigned n, unsigned cache, unsigned data_room)
 {
-    return rte_pktmbuf_pool_create(name, n, cache, 0, RTE_MBUF_DEFAULT_BUF_SIZE, rte_socket_id());
+    if (data_room > UINT16_MAX) { rte_errno = EINVAL; return NULL; }
+    return rte_pktmbuf_pool_create(name, n, cache, 0, (uint16_t)data_room, rte_socket_id());
 }
 void hp_pool_free(struct rte_mempool *pool) { rte_mempool_free(pool); }
 unsigned hp_pool_avail(struct rte_mempool *pool) { return rte_mempool_avail_count(pool); }
