@@ -181,6 +181,16 @@ def test_a_scaling_curve_over_workers_is_drawn(tmp_path):
     assert ("With 4 workers no engine used more than 1.60 cores (epoll-procs×4) of the server's 4 CPU(s), "
             "so the curve stops where the cores ran out") in text
     assert "emulated by QEMU TCG, each vCPU a thread on this machine's 2 cores" in text
+    # measured from outside (the VM's QEMU process): the guest's count ran ahead of what its VM got
+    seen = [c | {"vm_cores": 0.9, "host_busy_cores": 1.95} for c in starved]
+    text = writeup.reading(seen, {"mode": "lab", "server_cpus": 4, "server_emulated": True, "machine": {"cpus": 2}})
+    assert "4 → 2,000 req/s (2.00×, 1.60 / 0.90 cores)" in text
+    assert "the guest counted 1.60 cores of server CPU (epoll-procs×4) where its whole VM got 0.90" in text
+    assert "runs ahead of what it was given" in text and "1.95 busy in the median run — all of them" in text
+    # the guest counting cores its VM did not get is not "the cores were there"
+    full = [c | {"vm_cores": 1.0, "host_busy_cores": 1.9} for c in cells]
+    text = writeup.reading(full, {"mode": "lab", "server_cpus": 4, "server_emulated": True, "machine": {"cpus": 2}})
+    assert "the cores were there" not in text and "so the curve stops where the cores ran out" in text
     # loopback: the probe says 2 CPUs, but the server is pinned to one of them
     shared = [_full("epoll-procs", 1000, 90 + 10 * w, util=0.95, workers=w) for w in (1, 2)]
     text = writeup.reading(shared, {"mode": "loopback", "server_cpus": 2, "machine": {"cpus": 2}})
@@ -224,11 +234,43 @@ def test_proc_snapshot_over_a_shell_matches_the_local_read(tmp_path):
         assert machine.total > 0
         time.sleep(0.3)          # each look carries the host's own clock (/proc/uptime over there)
         assert procstat.snapshot(remote, pids)[0].at - mine.at == pytest.approx(0.3, abs=0.1)
+        remote.cleanup()              # its look agent ends with its input
     finally:
         for pid in procstat.family(Side("x", "", None, logdir=tmp_path), [proc.pid])[1:]:
             os.kill(pid, 9)
         proc.kill()
         proc.wait()
+
+
+def test_the_look_agent_answers_each_request_on_one_pipe_and_ends_with_its_input(tmp_path):
+    """A host of its own is looked at through one agent process (one SSH channel on a VM):
+    each request a line, each answer ended by @end; `read` says first whether the process
+    lives, then its output files; input closed, it exits."""
+    import sys
+    out = tmp_path / "loadgen.err"
+    out.write_text("# measuring\n")
+    agent = subprocess.Popen([sys.executable, "-m", "hpnlab.bench.procstat"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        def ask(line):
+            agent.stdin.write(line + "\n")
+            agent.stdin.flush()
+            answer = []
+            while (got := agent.stdout.readline()) != "@end\n":
+                assert got, "the agent ended"
+                answer.append(got)
+            return "".join(answer)
+        read = ask(f"read {os.getpid()} {out} /nonexistent")
+        assert read.split("\n")[0] == "@alive 1" and read.split("@file")[1].strip() == "# measuring"
+        assert read.split("@file")[2].strip() == ""                 # a file not there reads as empty
+        assert ask("read 999999999 /nonexistent").startswith("@alive 0")
+        look = ask(f"look ctx others {os.getpid()}")
+        assert f"@pid {os.getpid()}" in look and "voluntary_ctxt_switches" in look and "@others" in look
+        assert look.splitlines()[-1].startswith("cpu ")            # the machine's line comes last
+        assert ask("bogus").startswith("@error unknown request")
+    finally:
+        agent.stdin.close()
+        assert agent.wait(10) == 0
 
 
 def test_a_look_over_ssh_does_not_count_its_own_shell_as_others_load():
@@ -426,13 +468,13 @@ def test_an_emulated_server_gets_a_grid_cut_to_fit_and_the_report_says_what_was_
     full = cfg_of()
     assert full.groups() == [(s, c) for s in (64, 4096) for c in (1, 10, 100, 1000, 10000)]  # not cut here
     cut_for_emulated(full)
-    assert full.groups() == [(64, 100), (64, 1000), (4096, 100)]
-    assert (full.duration, full.repeats, full.syscalls) == (4.0, 1, False)
-    assert "no 1000 connections × 4096 B group" in full.grid_note and "h there" in full.grid_note
+    assert full.groups() == [(64, 100), (64, 1000), (4096, 100), (4096, 1000)]     # every size, no group left out
+    assert (full.duration, full.repeats, full.syscalls) == (3.0, 1, False)
+    assert "conns [100, 1000], duration 3.0, repeats 1" in full.grid_note and "h there" in full.grid_note
     assert {(c["size"], c["conns"]) for c in failed_cells(full, "x")} == set(full.groups())
-    one_size = cfg_of("--sizes", "64")          # the 4 KiB group is not there to leave out
+    one_size = cfg_of("--sizes", "64")
     cut_for_emulated(one_size)
-    assert one_size.groups() == [(64, 100), (64, 1000)] and "× 4096 B" not in one_size.grid_note
+    assert one_size.groups() == [(64, 100), (64, 1000)]
     asked = cfg_of("--conns", "100,1000")       # a grid asked for is run as asked
     assert asked.emulated_grid == {} and len(asked.groups()) == 4
 

@@ -50,7 +50,6 @@ class Config:
     emulated_grid: dict = field(default_factory=dict)
     emulated_why: str = ""          # why that grid, in the report's words
     grid_note: str = ""             # why the grid is not the one asked for (said in the report)
-    left_out: list[list[int]] = field(default_factory=list)   # [size, conns] groups of the grid not run
     # label -> the window its server's looks turned out to need (a LateLook); its later runs start with it
     windows: dict[str, float] = field(default_factory=dict)
     # what the server's host said (probe): engines it cannot run, and why; which are parallel
@@ -58,25 +57,38 @@ class Config:
     parallel: dict[str, bool] = field(default_factory=dict)
 
     def groups(self) -> list[tuple[int, int]]:
-        """The (size, connections) groups to run: sizes x connections, less those left out."""
-        return [(s, c) for s in self.sizes for c in self.conns if [s, c] not in self.left_out]
+        """The (size, connections) groups to run: sizes x connections."""
+        return [(s, c) for s in self.sizes for c in self.conns]
 
 
-def _wait_marker(handle, marker: str, timeout: float, interval: float = 0.005) -> float | None:
-    """Wait for `marker` in the handle's stderr; None if it did not come. Else a moment it had
-    not come yet: when the last look that missed it began (a look over SSH takes a while, so
-    the moment it is seen can be a second after it was written)."""
+def _wait_marker(side: Side, handle, marker: str, timeout: float) -> float | None:
+    """Wait for `marker` in the stderr of a process `side` started; None if it did not come.
+    Else a moment it had not come yet: when the last look that missed it began (a look at a
+    host of its own takes a while, so the moment it is seen can come later than it was written)."""
     before = time.monotonic()
     deadline = before + timeout
     while time.monotonic() < deadline:
         now = time.monotonic()
-        if marker in handle.logs()[1]:
+        _out, err, alive = side.output(handle)
+        if marker in err:
             return before
-        if not handle.alive():
-            return before if marker in handle.logs()[1] else None
+        if not alive:
+            return None
         before = now
-        time.sleep(interval)
+        time.sleep(side.poll_interval)
     return None
+
+
+def _finished(side: Side, handle, timeout: float) -> tuple[str, str]:
+    """(stdout, stderr) of a process `side` started, once it has exited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out, err, alive = side.output(handle)
+        if not alive:
+            return out, err
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{handle.name} did not exit within {timeout:g} s of its end")
+        time.sleep(max(side.poll_interval, 0.02))
 
 
 class LateLook(RuntimeError):
@@ -88,8 +100,7 @@ class LateLook(RuntimeError):
         self.look = look
 
 
-def _loadgen_json(handle) -> dict:
-    out, err = handle.logs()
+def _loadgen_json(out: str, err: str) -> dict:
     lines = [ln for ln in out.splitlines() if ln.strip().startswith("{")]
     if not lines:
         raise RuntimeError(f"loadgen printed no result: {err.strip()[-300:]}")
@@ -101,46 +112,57 @@ def timed_run(cfg: Config, srv: Side, cli: Side, pids: list[int], port: int, con
     """One loadgen run; the server's /proc and its host's load sampled around its window."""
     connect_timeout = 30.0 + conns / 500
     # The connections stay open a while after the window, so that a second look that comes late
-    # (over SSH to a slow guest it can take a second or two) still finds a threads server's
-    # connection threads alive: a thread that exits takes its context-switch counts with it.
-    linger = 0.5 if srv.local_proc else 2.5
+    # still finds a threads server's connection threads alive: a thread that exits takes its
+    # context-switch counts with it. A look at a host of its own is one line to its look agent.
+    linger = 0.5 if srv.local_proc else 1.0
+    launched = time.monotonic()
     lg = cli.start(loadgen.argv(cli.loadgen, srv.address, port, conns, size, cfg.depth, duration, cfg.warmup,
                                 connect_timeout, linger), name="loadgen")
-    probe = None
+    probe, ended = None, False
     # others' load on the server's host: on this machine the bench and the client are ours too
     exclude = {lg.pid, os.getpid()} if srv.local_proc else set()
     try:
-        started = _wait_marker(lg, "# measuring", connect_timeout + cfg.warmup + 15, cli.poll_interval)
+        started = _wait_marker(cli, lg, "# measuring", connect_timeout + cfg.warmup + 15)
         if started is None:
-            lg.stop()
-            raise RuntimeError("loadgen never started measuring: " + lg.logs()[1].strip()[-300:])
+            raise RuntimeError("loadgen never started measuring: " + cli.output(lg)[1].strip()[-300:])
         t0 = time.monotonic()
         if syscall_probe:
             probe = start_syscall_probe(srv, pids)
         else:
             s0, o0, m0 = procstat.snapshot(srv, pids, exclude=exclude)
-        look = time.monotonic() - t0          # one look's round trip: over SSH to a TCG guest ~1 s
+            h0 = procstat.host_sample(srv.vm_pid)
+        look = time.monotonic() - t0          # one look's round trip (to a TCG guest's agent ~0.1 s)
         # the second look, like the probe's stop, inside the window: its numbers must come from
         # steady load, not from the idle moments after it. It starts early enough for it and the
         # check below (a round trip to the client) to end before the window does; the window
         # began after `started`, so it ends after started + duration.
-        time.sleep(max(0.05, started + duration - max(0.25, 3 * look) - time.monotonic()))
+        # (a look at a host of its own varies more: on a TCG guest 0.1-0.9 s, as the host gives its vCPU time)
+        margin = max(0.25 if srv.local_proc else 1.0, 3 * look)
+        time.sleep(max(0.05, started + duration - margin - time.monotonic()))
         if syscall_probe:
             syscall_rate = stop_syscall_probe(probe) if probe is not None else None
         else:
+            t1 = time.monotonic()
             s1, o1, m1 = procstat.snapshot(srv, pids, exclude=exclude)
+            h1 = procstat.host_sample(srv.vm_pid)
             # A look that ended before started + duration was inside the window for certain (the
             # window began after `started`). Only a later one needs the client's word, which takes
             # one more round trip: on a TCG guest that trip alone could find "# done" after a look
             # that had been in time, and cost the cell a run with a longer window.
-            if time.monotonic() > started + duration and "# done" in lg.logs()[1]:
+            if time.monotonic() > started + duration and "# done" in cli.output(lg)[1]:
                 raise LateLook(duration, look)     # its numbers would be of the idle after the window
-        if _wait_marker(lg, "# done", duration + 30, cli.poll_interval) is None:
+        if _wait_marker(cli, lg, "# done", duration + 30) is None:
             raise RuntimeError("loadgen did not finish its window")
-        lg.wait(30)
-        res = _loadgen_json(lg)
+        out, err = _finished(cli, lg, linger + 30)
+        ended = True
+        res = _loadgen_json(out, err)
+        # where a run's time goes (on an emulated guest the window is the smaller part of it)
+        phases = {"to_window": started - launched, "connect": res.get("connect_s", 0.0), "look": look,
+                  "after_window": time.monotonic() - started - duration, "total": time.monotonic() - launched}
+        if not syscall_probe:
+            phases["look2"] = h1[0] - t1
     finally:
-        if lg.alive():
+        if not ended:                 # it did not get to its end: stop it (one that did, exited)
             lg.stop()
     if "error" in res:
         raise RuntimeError(f"loadgen: {res['error']}")
@@ -155,7 +177,9 @@ def timed_run(cfg: Config, srv: Side, cli: Side, pids: list[int], port: int, con
     foreign = procstat.others_delta(o0, o1) / looked     # cores other people's processes used
     steal = (m1.steal - m0.steal) / looked               # a VM's CPU taken by its hypervisor
     vol, invol = procstat.switches_between(s0, s1)
-    return {
+    host_s = max(h1[0] - h0[0], 1e-3)                    # the same two looks, on this machine's clock
+    vm = {"vm_cores": round((h1[1] - h0[1]) / host_s, 3)} if h0[1] is not None and h1[1] is not None else {}
+    return vm | {
         "rps": res["rps"], "requests": res["requests"], "lat_us": res["lat_us"], "window_s": window,
         "connected": res["connected"], "alive": res["alive"], "connect_errors": res["connect_errors"],
         "errors": res["errors"] + res["closed_by_peer"], "client_util": res["client_cpu"]["util"],
@@ -163,7 +187,8 @@ def timed_run(cfg: Config, srv: Side, cli: Side, pids: list[int], port: int, con
         "ctxsw_vol_per_req": vol / reqs, "ctxsw_invol_per_req": invol / reqs,
         "rss_kib": max(s0.rss_kib, s1.rss_kib), "threads": s1.threads, "processes": len(pids),
         "foreign_cores": round(foreign, 3), "steal_cores": round(steal, 3),
-        "disturbed": foreign > cfg.disturbed_cores,
+        "disturbed": foreign > cfg.disturbed_cores, "host_busy_cores": round((h1[2] - h0[2]) / host_s, 3),
+        "phases_s": {k: round(v, 2) for k, v in phases.items()},
     }
 
 
@@ -236,7 +261,10 @@ def summarize(cell: dict) -> None:
         "server_util": round(statistics.median(r["server_util"] for r in runs), 3),
         "errors": sum(r["errors"] + r["connect_errors"] for r in runs),
         "connected": min(r["connected"] for r in runs),
+        "host_busy_cores": round(statistics.median(r.get("host_busy_cores", 0.0) for r in runs), 3),
     })
+    if all("vm_cores" in r for r in runs):
+        cell["vm_cores"] = round(statistics.median(r["vm_cores"] for r in runs), 3)
     rss = cell["runs"][0]["rss_kib"]      # the first run is the one on a fresh server
     cell["rss_kib"] = rss
     cell["kib_per_conn"] = round(max(0, rss - cell["rss_idle_kib"]) / cell["conns"], 2)
@@ -356,17 +384,22 @@ class ServerPool:
                 del self.servers[name]
         time.sleep(0.3)
         for name, (handle, _port, pids) in self.servers.items():
-            pids += procstat.family(srv, Side.server_pids(handle))     # pre-forked workers too
+            pids += procstat.family(srv, srv.server_pids(handle))     # pre-forked workers too
             idle = procstat.sample(srv, pids, with_ctx=False)
             self.cells[name]["rss_idle_kib"] = idle.rss_kib if idle else 0
 
     def _stop(self) -> None:
+        alive = []
         for name, (handle, _port, _pids) in self.servers.items():
             cell = self.cells[name]
-            if cell["status"] == "ok" and not handle.alive():
+            _out, err, running = self.srv.output(handle)
+            if cell["status"] == "ok" and not running:
                 cell.update(status="error", reason="the server exited during the runs: "
-                            + (handle.logs()[1].strip().splitlines() or ["?"])[-1][:200])
-            cell["server_exit"] = handle.stop(timeout=10)
+                            + (err.strip().splitlines() or ["?"])[-1][:200])
+            alive += [handle] if running else []
+        self.srv.terminate(alive)          # all at once: they end meanwhile
+        for name, (handle, _port, _pids) in self.servers.items():
+            self.cells[name]["server_exit"] = handle.stop(timeout=10)
 
     def active(self) -> list[str]:
         """The servers still worth a run: none failed, none collapsed."""
@@ -376,13 +409,19 @@ class ServerPool:
         """One timed run against server `name`; None (and the cell marked) if it failed."""
         _handle, port, pids = self.servers[name]
         cell = self.cells[name]
-        _settle(self.srv, pids)
+        settling = time.monotonic()
+        # every server of the group, not only this one: one that ran before may still be working off
+        # its connections (a threads server ending 1000 threads), which would be others' load here
+        everyone = [p for _h, _port, ps in self.servers.values() for p in ps]
+        _settle(self.srv, everyone)
+        settled = round(time.monotonic() - settling, 2)
         if not probe:
             duration = max(duration, self.cfg.windows.get(name, 0.0))
         try:
             try:
-                return timed_run(self.cfg, self.srv, self.cli, pids, port, cell["conns"], cell["size"], duration,
-                                 probe)
+                run = timed_run(self.cfg, self.srv, self.cli, pids, port, cell["conns"], cell["size"], duration,
+                                probe)
+                return run | {"phases_s": run["phases_s"] | {"settle": settled}} if "phases_s" in run else run
             except LateLook as late:
                 # looks at this server are slow (a busy server of many threads on an emulated
                 # guest): once more with a window that holds them, and the engine's later runs
@@ -390,7 +429,7 @@ class ServerPool:
                 longer = max(2 * duration, 6 * late.look + 1)
                 self.say(f"    {name:>9}: {late}; once more with a {longer:.0f} s window, and from now on")
                 self.cfg.windows[name] = longer
-                _settle(self.srv, pids)
+                _settle(self.srv, everyone)
                 return timed_run(self.cfg, self.srv, self.cli, pids, port, cell["conns"], cell["size"], longer,
                                  probe)
         except (RuntimeError, OSError, ValueError) as exc:
@@ -412,7 +451,9 @@ def run_group(cfg: Config, conns: int, size: int, srv: Side, cli: Side, say=prin
     """
     cells = new_cells(cfg, conns, size)
     quiet_info = (quiet or procstat.QuietWaiter(cfg.quiet_wait, cfg.quiet_threshold, say))()
+    began = time.monotonic()
     with ServerPool(cfg, srv, cli, cells, say) as pool:
+        quiet_info["servers_start_s"] = round(time.monotonic() - began, 1)   # all of the group's, at once
         for name in pool.servers:
             cells[name]["quiet"] = quiet_info
         for r in range(cfg.repeats):
@@ -434,6 +475,9 @@ def run_group(cfg: Config, conns: int, size: int, srv: Side, cli: Side, say=prin
                     cells[name]["syscalls_per_req"] = round(rate / probe["rps"], 3) \
                         if rate and probe["rps"] else None
                     cells[name]["syscall_tool"] = srv.syscall_tool
+        stopping = time.monotonic()
+    quiet_info["servers_stop_s"] = round(time.monotonic() - stopping, 1)
+    quiet_info["group_s"] = round(time.monotonic() - began, 1)
     for cell in cells.values():
         if cell["runs"]:
             summarize(cell)
@@ -504,7 +548,17 @@ def sides_for(mode: str, provider=None, server: str = "h1", client: str = "h2",
     pin = same_machine and (os.cpu_count() or 1) >= 2
     srv = Side(server, addr, 0 if pin else None, h_srv, local_proc=same_machine)
     cli = Side(client, str(h_cli.address(network)), 1 if pin else None, h_cli, local_proc=same_machine)
+    srv.vm_pid = local_vm(provider, server)
     return srv, cli, {server: h_srv, client: h_cli}
+
+
+def local_vm(provider, host: str) -> int | None:
+    """The pid of the QEMU process that runs `host` on this machine (a vagrant lab's VM), else None."""
+    if not hasattr(provider, "domain"):
+        return None
+    from ..vm import virt
+    domain = provider.domain(host)
+    return next((pid for pid, name in virt.qemu_processes(domain).items() if name == domain), None)
 
 
 def prepare(cfg: Config, srv: Side, cli: Side, say=print) -> tuple[dict, str | None]:
@@ -535,8 +589,7 @@ def cut_for_emulated(cfg: Config) -> None:
     """Set the knobs of cfg.emulated_grid (the server's CPU is emulated) and say so in cfg.grid_note."""
     for knob, value in cfg.emulated_grid.items():
         setattr(cfg, knob, value)
-    said = [f"{k} {v}" for k, v in cfg.emulated_grid.items() if k not in ("syscalls", "left_out")]
-    said += [f"no {c} connections × {s} B group" for s, c in cfg.emulated_grid.get("left_out", [])]
+    said = [f"{k} {v}" for k, v in cfg.emulated_grid.items() if k != "syscalls"]
     cfg.grid_note = (f"the server host's CPU is emulated (QEMU TCG), so the grid was set to {', '.join(said)} "
                      f"({cfg.emulated_why})")
     if not cfg.syscalls:

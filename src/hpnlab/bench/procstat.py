@@ -18,7 +18,7 @@ SSH (`snapshot`): one round trip per sample, not one per /proc file.
 from __future__ import annotations
 
 import os
-import shlex
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,7 +112,8 @@ def family(side, pids: list[int]) -> list[int]:
             except OSError:
                 pass
     else:
-        stats = side.run(["sh", "-c", "cat /proc/[0-9]*/stat 2>/dev/null"], timeout=30)[1].splitlines()
+        look = side.look("look - others")          # every process's stat line, under @others
+        stats = look.split("@others\n", 1)[-1].split("\n@machine", 1)[0].splitlines()
     children: dict[int, list[int]] = {}
     for line in stats:
         head, _, tail = line.partition(" (")
@@ -124,40 +125,45 @@ def family(side, pids: list[int]) -> list[int]:
     return out
 
 
-_SNAPSHOT = r"""
-echo "@self $$"
-echo "@uptime"; cat /proc/uptime
-for p in {pids}; do
-  echo "@pid $p"; cat /proc/$p/stat 2>/dev/null; echo "@status"; cat /proc/$p/status 2>/dev/null
-  echo "@tasks"; {tasks}
-done
-{others}
-echo "@machine"; head -1 /proc/stat
-"""
+def _read(path) -> str:
+    try:
+        return Path(path).read_text().rstrip("\n")
+    except OSError:          # gone meanwhile (a thread or process that exited)
+        return ""
+
+
+def look_text(pids: list[int], with_ctx: bool, others: bool) -> str:
+    """One look at this host's /proc, as the text snapshot() reads: the server's processes
+    (stat, status, each thread's context switches), every process's stat (others' load) and
+    the machine's CPU line. The look agent answers with it on a host of its own."""
+    out = [f"@self {os.getpid()}", "@uptime", _read("/proc/uptime")]
+    for pid in pids:
+        out += [f"@pid {pid}", _read(f"/proc/{pid}/stat"), "@status", _read(f"/proc/{pid}/status"), "@tasks"]
+        if with_ctx:
+            out += [f"{task}:{line}" for task in Path(f"/proc/{pid}/task").glob("*/status")
+                    for line in _read(task).splitlines() if "ctxt_switches" in line]
+    if others:
+        out += ["@others"] + [_read(f"/proc/{name}/stat") for name in os.listdir("/proc") if name.isdigit()]
+    out += ["@machine", _read("/proc/stat").split("\n", 1)[0]]
+    return "\n".join(line for line in out if line)
 
 
 def snapshot(side, pid, with_ctx: bool = True, exclude: set[int] | None = None):
     """(server sample, {pid: CPU s} of every user process not in `exclude` nor the server's,
-    MachineSample) of a side, in one round trip on a remote host; the last two are None
-    without `exclude`."""
+    MachineSample) of a side, in one round trip to its look agent on a remote host; the
+    last two are None without `exclude`."""
     others = exclude is not None
     mine = set(_pids(pid)) | (exclude or set())
     if side.local_proc:
         return (sample(side, pid, with_ctx), others_cpu(mine) if others else None,
                 machine() if others else None)
-    script = _SNAPSHOT.format(
-        pids=" ".join(str(p) for p in _pids(pid)),
-        tasks="grep -H ctxt_switches /proc/$p/task/*/status 2>/dev/null" if with_ctx else ":",
-        others='echo "@others"; cat /proc/[0-9]*/stat 2>/dev/null' if others else "")
-    # at real-time priority where the user may (root): a server of many busy threads on a TCG
-    # guest's one vCPU would otherwise leave the shell 1/N of the CPU and a look take seconds
-    quoted = shlex.quote(script)
-    _rc, out, _ = side.run(["sh", "-c", f"chrt -f 1 sh -c {quoted} 2>/dev/null || sh -c {quoted}"], timeout=30)
+    out = side.look(f"look {'ctx' if with_ctx else '-'} {'others' if others else '-'} "
+                    + " ".join(str(p) for p in _pids(pid)))
     procs: list[dict[str, list[str]]] = []
     rest: dict[str, list[str]] = {"uptime": [], "others": [], "machine": []}
     section = ""
     cur: dict[str, list[str]] | None = None
-    look = 0                     # the look's own shell: its session is not others' load
+    look = 0                     # the look agent: its session is not others' load
     for line in out.splitlines():
         if line.startswith("@self "):
             look = int(line.split()[1])
@@ -202,6 +208,21 @@ class MachineSample:
     busy: float    # CPU seconds (all CPUs) not idle/iowait/steal
     steal: float
     total: float
+
+
+def host_sample(vm_pid: int | None) -> tuple[float, float | None, float]:
+    """(this machine's monotonic time, CPU seconds so far of the server's VM - its QEMU process,
+    all threads: vCPUs and device models - or None without a local VM, this machine's busy CPU
+    seconds). Under TCG the guest's own accounting cannot see the time its vCPU threads waited
+    for a host core (no steal is reported), so the QEMU process's CPU is what the host gave it."""
+    cpu = None
+    if vm_pid is not None:
+        try:
+            fields = Path(f"/proc/{vm_pid}/stat").read_text().rsplit(")", 1)[1].split()
+            cpu = (int(fields[11]) + int(fields[12])) / HZ
+        except OSError:
+            pass
+    return time.monotonic(), cpu, machine().busy
 
 
 def machine() -> MachineSample:
@@ -281,3 +302,38 @@ class QuietWaiter:
         return {"busy_before": round(busy, 3), "steal_before": round(steal, 3),
                 "waited_s": round(time.monotonic() - started, 1),
                 "loadavg": open("/proc/loadavg").read().split()[:3]}
+
+
+def read_text(pid: int, paths: list[str]) -> str:
+    """Whether process `pid` is alive, then the files at `paths` (a started program's output),
+    as the look agent answers a `read`: `@alive 0|1`, then `@file` and each file's text."""
+    out = [f"@alive {int(Path(f'/proc/{pid}').exists())}"]
+    for path in paths:
+        out += ["@file", _read(path)]
+    return "\n".join(out)
+
+
+def main() -> int:
+    """`python3 -m hpnlab.bench.procstat`: the look agent of a host of its own (a VM, a machine).
+    It reads requests, one a line, and answers each with a line `@end` after the answer:
+    `look ctx|- others|- PID...` -> look_text(); `read PID PATH...` -> read_text(). The bench
+    starts it once per host on one SSH channel, at real-time priority where it may: a look
+    that opened an SSH session and ran a shell, cat and grep each time took 1.5-3.6 s on a TCG
+    guest whose vCPU the server kept busy (the session's sshd, PAM and logind work get no
+    priority), longer than the runs' windows; the load generator's markers, read the same way,
+    came seconds late."""
+    for line in sys.stdin:
+        verb, *words = line.split() or [""]
+        if verb == "look" and len(words) >= 2:
+            answer = look_text([int(w) for w in words[2:] if w.isdigit()], words[0] == "ctx", words[1] == "others")
+        elif verb == "read" and words and words[0].isdigit():
+            answer = read_text(int(words[0]), words[1:])
+        else:
+            answer = f"@error unknown request {line.strip()!r}"
+        sys.stdout.write(answer + "\n@end\n")
+        sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,6 +12,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -76,15 +77,73 @@ class Side:
         self.python = os.environ.get("HPNLAB_AGENT_PYTHON") or (host.python if host is not None else sys.executable)
         self.loadgen = ""                # the load generator's path there (from probe())
         self.syscall_tool: str | None = None   # perf or strace there (from probe())
-        # how often to look at its processes' output: every look at a host of its own is an SSH
-        # command, which on an emulated guest takes CPU from the very processes being watched
-        self.poll_interval = 0.005 if local_proc else 0.25
+        self.vm_pid: int | None = None   # the QEMU process of its host when that is a VM on this machine
+        # how often to look at its processes' output: on a host of its own a look is a line to its
+        # look agent, which takes a little of the CPU the processes being watched need
+        self.poll_interval = 0.005 if local_proc else 0.05
         self.logdir = logdir or Path(tempfile.mkdtemp(prefix=f"hpnlab-bench-{name}-"))
         self._n = 0
+        self._looker: tuple | None = None     # (its stdin, its stdout, the local Popen or None)
 
     def cleanup(self) -> None:
-        """Remove the processes' log files (they were read as the runs went)."""
+        """End the look agent; remove the processes' log files (they were read as the runs went)."""
+        if self._looker is not None:
+            stdin, _stdout, popen = self._looker
+            self._looker = None
+            stdin.close()                     # its end of input: the agent returns
+            if popen is not None:
+                popen.wait(10)
         shutil.rmtree(self.logdir, ignore_errors=True)
+
+    def terminate(self, handles: list[Process]) -> None:
+        """SIGTERM to the process groups of processes this side started, in one command on a
+        host of its own (not one SSH session each)."""
+        if self.host is None:
+            for handle in handles:
+                handle.signal(signal.SIGTERM)
+        elif handles:
+            # `-PID` without `--`: dash (sh on Debian) reads `--` as a PID
+            self.run(["sh", "-c", " ".join(f"kill -TERM -{h.pid} 2>/dev/null;" for h in handles) + " true"],
+                     timeout=30)
+
+    def output(self, handle: Process) -> tuple[str, str, bool]:
+        """(stdout, stderr, alive) of a process this side started; `alive` was read first, so the
+        output of one that ended is whole. On a host of its own the look agent reads them: one
+        line on its channel, where handle.alive() and handle.logs() open three SSH sessions."""
+        base = getattr(handle, "base", None)       # where an SshProcess's output goes on its host
+        if self.host is None or base is None:
+            alive = handle.alive()
+            return (*handle.logs(), alive)
+        _alive, out, err = self.look(f"read {handle.pid} {base}.out {base}.err").split("@file", 2)
+        return out.strip("\n"), err.strip("\n"), _alive.split()[1] == "1"
+
+    def look(self, request: str) -> str:
+        """The look agent's answer to `request` (hpnlab.bench.procstat, started on this side's host
+        at the first look and kept: one line over one SSH channel per look, no new session)."""
+        if self._looker is None:
+            agent = f"{shlex.quote(self.python)} -m hpnlab.bench.procstat"
+            argv = ["sh", "-c", f"chrt -f 1 true 2>/dev/null && exec chrt -f 1 {agent} || exec {agent}"]
+            if self.host is not None:
+                stdin, stdout, _ = self.host.attach(argv, timeout=60)
+                self._looker = (stdin, stdout, None)
+            else:
+                popen = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                         start_new_session=True)
+                self._looker = (popen.stdin, popen.stdout, popen)
+        stdin, stdout, _ = self._looker
+        stdin.write(request + "\n")
+        stdin.flush()
+        lines: list[str] = []
+        while True:
+            line = stdout.readline()
+            line = line.decode(errors="replace") if isinstance(line, bytes) else line
+            if not line:
+                self._looker = None
+                raise RuntimeError(f"the look agent (`{self.python} -m hpnlab.bench.procstat`) on "
+                                   f"{self.host.name if self.host else 'this machine'} ended")
+            if line.rstrip("\n") == "@end":
+                return "".join(lines)
+            lines.append(line)
 
     def describe(self) -> str:
         where = f"lab host {self.host.name}" if self.host else "this machine"
@@ -126,11 +185,10 @@ class Side:
                                + ((err or out).strip().splitlines() or [f"exit status {rc}"])[-1])
         return json.loads(lines[-1])
 
-    @staticmethod
-    def server_pids(handle: Process) -> list[int]:
+    def server_pids(self, handle: Process) -> list[int]:
         """The pids a server announced ("listening ... pid=N", one line per process): on a
         remote host the handle's pid is the shell that started it, not the server."""
-        pids = [int(m) for m in re.findall(r"(?m)^listening .*\bpid=(\d+)", handle.logs()[1])]
+        pids = [int(m) for m in re.findall(r"(?m)^listening .*\bpid=(\d+)", self.output(handle)[1])]
         return list(dict.fromkeys(pids)) or [handle.pid]
 
     def wait_listening(self, handle: Process, port: int) -> str | None:
@@ -138,10 +196,10 @@ class Side:
         timeout = self.host.start_timeout if self.host else 15.0
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            _, err = handle.logs()
+            _, err, alive = self.output(handle)
             if "listening" in err:
                 return None
-            if not handle.alive():
+            if not alive:
                 msg = [ln for ln in err.strip().splitlines() if ln.strip()]
                 return msg[-1] if msg else f"server exited with status {handle.wait(1)}"
             time.sleep(self.poll_interval)

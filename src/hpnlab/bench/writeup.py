@@ -414,13 +414,24 @@ def _scaling(cells: list[dict], conns: int, size: int, env: dict) -> list[str]:
         return ["### Scaling over --workers", "",
                 "Not measured in this run (one --workers value). Run `hpnlab bench --workers 1,2,4 ...` on a "
                 "lab whose server host has several CPUs (lab.yml: `cpus:` of h1) to draw the curve.", ""]
-    out = ["### Scaling over --workers", "", f"req/s at {conns} connections, {size} B (scaling.png):", ""]
+    out = ["### Scaling over --workers", "", f"req/s at {conns} connections, {size} B (scaling.png), with the "
+           "cores the server used by its host's count" + (" and, after the slash, the host cores this machine "
+                                                         "gave the server's whole VM (its QEMU process)"
+                                                         if _vm_measured(curves) else "") + ":", ""]
     for engine, by_w in curves.items():
         ws = sorted(by_w)
         base = by_w[ws[0]]["rps"]
         out.append(f"- {engine}: " + ", ".join(f"{w} → {_fmt(by_w[w])} ({by_w[w]['rps'] / base:.2f}×, "
-                                                f"{by_w[w]['server_util']:.2f} cores)" for w in ws))
+                                                f"{_cores_of(by_w[w])} cores)" for w in ws))
     return out + [""] + _cores_delivered(curves, env)
+
+
+def _vm_measured(curves: dict[str, dict[int, dict]]) -> bool:
+    return all("vm_cores" in c for by_w in curves.values() for c in by_w.values())
+
+
+def _cores_of(c: dict) -> str:
+    return f"{c['server_util']:.2f}" + (f" / {c['vm_cores']:.2f}" if "vm_cores" in c else "")
 
 
 def _cores_delivered(curves: dict[str, dict[int, dict]], env: dict) -> list[str]:
@@ -439,7 +450,9 @@ def _cores_delivered(curves: dict[str, dict[int, dict]], env: dict) -> list[str]
                 f"to {top} workers: " + ", ".join(costs) + ". Its gain needs a server host with cores of its "
                 "own (lab mode, `cpus:` of h1, on a machine with more cores than the lab's vCPUs).", ""]
     room = min(top, cpus)
-    if most["server_util"] >= 0.75 * room:
+    # under TCG the guest's count can run ahead of what its VM got: the cores were there only if both say so
+    got = min(most["server_util"], most.get("vm_cores", most["server_util"]))
+    if got >= 0.75 * room:
         return [f"With {top} workers {name(most)} used {most['server_util']:.2f} cores of the server's "
                 f"{cpus}: the cores were there, and the curve is the engines' own.", ""]
     text = (f"With {top} workers no engine used more than {most['server_util']:.2f} cores ({name(most)}) of "
@@ -449,7 +462,29 @@ def _cores_delivered(curves: dict[str, dict[int, dict]], env: dict) -> list[str]
         text += (f": the server host's CPUs are emulated by QEMU TCG, each vCPU a thread on this machine's "
                  f"{machine or '?'} cores, which also run the client's vCPU and whatever else runs here. "
                  "It is a reading of the emulator's share, not of the engines on real cores")
-    return [text + ".", ""]
+    return [text + "." + _host_gave(curves, machine), ""]
+
+
+def _host_gave(curves: dict[str, dict[int, dict]], machine) -> str:
+    """What this machine gave the server's VM (its QEMU process, measured here), against what
+    the guest counted and what this machine had."""
+    if not _vm_measured(curves):
+        return ""
+    cells = [c for by_w in curves.values() for c in by_w.values()]
+    top = max(max(by_w) for by_w in curves.values())
+    most = max((by_w[top] for by_w in curves.values() if top in by_w), key=lambda c: c["server_util"])
+    busy = statistics.median(c.get("host_busy_cores", 0.0) for c in cells)
+    ahead = most["server_util"] > 1.1 * most["vm_cores"]
+    return (f" Measured from outside, as the CPU time of its QEMU process (vCPU threads and device models), "
+            f"the server's whole VM got {min(c['vm_cores'] for c in cells):.2f}–"
+            f"{max(c['vm_cores'] for c in cells):.2f} of this machine's cores over the curve; with {top} workers "
+            f"the guest counted {most['server_util']:.2f} cores of server CPU ({name(most)}) where its whole VM "
+            f"got {most['vm_cores']:.2f}"
+            + (" — a TCG guest's clock runs on while its vCPU threads wait for a host core, so its own count "
+               "runs ahead of what it was given" if ahead else "")
+            + f". This machine's {machine or '?'} cores were {busy:.2f} busy in the median run"
+            + (" — all of them: there was no more to give the server, whatever its worker count."
+               if machine and busy >= 0.9 * machine else "."))
 
 
 def scaling_plot(cells: list[dict], out: Path) -> list[str]:
@@ -459,18 +494,28 @@ def scaling_plot(cells: list[dict], out: Path) -> list[str]:
     pts: dict[tuple, list] = {}
     for c in ok(cells):
         if c.get("workers"):
-            pts.setdefault((c["engine"], c["conns"], c["size"]), []).append((c["workers"], c["rps"]))
-    pts = {k: sorted(v) for k, v in pts.items() if len(v) > 1}
+            pts.setdefault((c["engine"], c["conns"], c["size"]), []).append((c["workers"], c["rps"], c))
+    pts = {k: sorted(v, key=lambda p: p[0]) for k, v in pts.items() if len(v) > 1}
     if not pts:
         return []
-    fig, ax = plt.subplots(figsize=(6.5, 4.6))
+    fig, (ax, cores) = plt.subplots(1, 2, figsize=(11, 4.6))
     for (engine, conns, size), xy in sorted(pts.items()):
-        ax.plot([x for x, _ in xy], [y for _, y in xy], marker="o", label=f"{engine} {conns} conns {size} B")
+        line, = ax.plot([x for x, *_ in xy], [y for _, y, *_ in xy], marker="o",
+                        label=f"{engine} {conns} conns {size} B")
+        cores.plot([x for x, *_ in xy], [c["server_util"] for *_, c in xy], marker="o", color=line.get_color(),
+                   label=f"{engine}: server CPU, host's count")
+        if all("vm_cores" in c for *_, c in xy):
+            cores.plot([x for x, *_ in xy], [c["vm_cores"] for *_, c in xy], marker="s", linestyle="--",
+                       color=line.get_color(), label=f"{engine}: its VM's QEMU, on this machine")
     ax.set_xlabel("--workers (threads or processes)")
     ax.set_ylabel("requests/s")
     ax.set_title("Parallel engines: scaling over workers")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    cores.set_xlabel("--workers (threads or processes)")
+    cores.set_ylabel("cores")
+    cores.set_title("Cores the server used")
+    for a in (ax, cores):
+        a.grid(True, alpha=0.3)
+        a.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "scaling.png", dpi=110)
     plt.close(fig)
@@ -667,9 +712,26 @@ def load_md(cells: list[dict], window: float | None = None) -> str:
         f"- waited {sum(waits):.0f} s in total for a quiet machine before the {len(groups)} group(s); "
         f"1-min load average when they started: "
         + (f"{min(loads):.1f} – {max(loads):.1f}" if loads else "?"),
-        *(_longer_windows(cells, window) if window else []),
+        *(_longer_windows(cells, window) if window else []), *_time_md(cells, groups),
         "- spreads above ~15% in the tables mean the machine was not steady: compare engines by "
         "CPU µs/request there, which load disturbs less than req/s", ""]) + "\n"
+
+
+def _time_md(cells: list[dict], groups: dict) -> list[str]:
+    """Where the run's time went: on an emulated guest the windows are the smaller part of it."""
+    runs = [r["phases_s"] for c in cells for r in c.get("runs", []) if "phases_s" in r]
+    if not runs:
+        return []
+
+    def med(key: str) -> float:
+        return statistics.median(r.get(key, 0.0) for r in runs)
+    starts = [q["servers_start_s"] for q in groups.values() if "servers_start_s" in q]
+    return [f"- time: {len(runs)} timed runs took {med('total'):.1f} s each in the median: {med('to_window'):.1f} s "
+            f"to the window (connecting {med('connect'):.2f} s, at most {max(r['connect'] for r in runs):.2f} s; "
+            f"then the warm-up), the window, {med('after_window'):.1f} s after it; one look at the server took "
+            f"{med('look'):.2f} s (at most {max(r['look'] for r in runs):.2f} s), waiting for the servers to be "
+            f"idle before a run {med('settle'):.2f} s"
+            + (f"; starting a group's servers took {min(starts):.0f}–{max(starts):.0f} s" if starts else "")]
 
 
 def _longer_windows(cells: list[dict], asked: float) -> list[str]:
@@ -680,7 +742,7 @@ def _longer_windows(cells: list[dict], asked: float) -> list[str]:
     if not longer:
         return []
     return [f"- {len(longer)} cell(s) ran a longer window than the {asked:g} s asked for, because looks at "
-            "the server over SSH took so long that two did not fit in it (slow looks: a busy guest CPU, or a "
+            "the server took so long that two did not fit in it (slow looks: a busy guest CPU, or a "
             "server of many threads): " + ", ".join(longer)]
 
 
