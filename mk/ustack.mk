@@ -7,8 +7,18 @@
 USTACK_LAB ?= labs/ustack/lab.yml
 USTACK_ARGS ?=
 USTACK_HPNLAB := $(HPNLAB) --lab $(USTACK_LAB) $(if $(PROVIDER),--provider $(PROVIDER))
+USTACK_SO_STAMP := build/.ustack-csum-built
 
-.PHONY: lab-ustack lab-ustack-down
+.PHONY: lab-ustack lab-ustack-down ustack-build
+
+# the stack's checksum helper (C, cffi); without it the stack sums in Python
+setup: ustack-build
+
+ustack-build: $(SETUP_STAMP) $(USTACK_SO_STAMP)
+
+$(USTACK_SO_STAMP): src/hpnlab/ustack/_build.py
+	@echo "==> the stack's checksum helper (cffi)"
+	@$(VENV)/bin/python -m hpnlab.ustack._build && mkdir -p build && touch $@
 
 lab-ustack: setup
 	@if $(USTACK_HPNLAB) status >/dev/null 2>&1; then was=up; else was=down; fi; \

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..servers.protocols import names as protocol_names
-from . import apps
+from . import apps, checksum
 from .drivers import DRIVERS, open_driver
 from .loop import Loop
 from .proto.ether import mac_bytes, mac_str
@@ -123,6 +123,7 @@ def _impair_spec(text: str) -> dict:
 def stats(net: Net, driver) -> dict:
     stack = net.stack
     return {"counters": dict(sorted(stack.counters.items())), "timers_fired": dict(stack.timers.fired),
+            "checksum": checksum.IMPL,    # where segments' checksums were summed: C (the helper) or Python
             "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
             "loop": net.loop.stats,
             "driver": getattr(driver, "counters", {}),
@@ -172,7 +173,7 @@ def main(args) -> int:
         net.stack.gratuitous_arp()
         net.loop.flush()
         _report({"event": "ready", "mac": mac_str(driver.mac), "ip": args.ip, "driver": args.driver,
-                 "ifname": args.ifname, "mtu": driver.mtu})
+                 "ifname": args.ifname, "mtu": driver.mtu, "checksum": checksum.IMPL})
         if args.app == "udp-echo":
             apps.udp_echo(net, args, _report, stop)
         elif args.app == "reactor":
@@ -211,7 +212,7 @@ def main(args) -> int:
             with open(args.stats, "w") as f:
                 json.dump(data, f, default=str)
         _report({"event": "stats", **{k: data[k] for k in ("counters", "tcp_states", "last_error", "driver",
-                                                           "maxrss_kb")},
+                                                           "maxrss_kb", "checksum")},
                  **({"profile": top_functions(profiler, args.profile)} if profiler is not None else {})})
         driver.close()
     return rc

@@ -75,9 +75,9 @@ class Cache:
 
     def resolve(self, ip: bytes, packet: object, now: float) -> None:
         """Send `packet` to `ip` now if its MAC is known, else queue it and ask."""
-        mac = self.lookup(ip, now)
-        if mac is not None:
-            self.emit(mac, packet)
+        entry = self.entries.get(ip)            # lookup() inlined: every packet sent passes here
+        if entry and entry[1] > now:
+            self.emit(entry[0], packet)
             return
         waiting = self.pending.get(ip)
         if waiting is None:

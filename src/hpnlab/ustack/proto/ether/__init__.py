@@ -1,12 +1,15 @@
 """Ethernet II: 14-byte header, no FCS (the NIC strips and checks it)."""
 from __future__ import annotations
 
+import struct
+
 from ...errors import ParseError
 
 HEADER = 14
 TYPE_IPV4 = 0x0800
 TYPE_ARP = 0x0806
 BROADCAST = b"\xff" * 6
+_HEADER = struct.Struct("!6s6sH")         # dst, src, type: one call, not three slices
 
 
 class Frame:
@@ -21,8 +24,7 @@ def parse(frame) -> Frame:
     # integrity: the header is there
     if len(view) < HEADER:
         raise ParseError("ether", "truncated", f"{len(view)} bytes, the header needs {HEADER}")
-    dst, src = bytes(view[0:6]), bytes(view[6:12])
-    ethertype = int.from_bytes(view[12:14], "big")
+    dst, src, ethertype = _HEADER.unpack_from(view)
     # sanity: a unicast source, an Ethernet II type (not an 802.3 length)
     if src[0] & 1:
         raise ParseError("ether", "bad_src", f"source {mac_str(src)} is a group address (byte 6)")

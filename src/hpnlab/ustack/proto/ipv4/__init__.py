@@ -7,14 +7,15 @@ import ipaddress
 import struct
 from collections import Counter
 
-from ...checksum import checksum, verify
+from ...checksum import verify
 from ...errors import ParseError
 
 HEADER = 20
 ICMP, TCP, UDP = 1, 6, 17
 MF = 0x2000
-# version/IHL, TOS, total length, identification, flags/fragment offset, TTL, protocol
-_FIXED = struct.Struct("!BBHHHBB")
+# version/IHL, TOS, total length, identification, flags/fragment offset, TTL, protocol,
+# checksum, source, destination: the whole fixed header in one struct call
+_HEADER = struct.Struct("!BBHHHBBH4s4s")
 DF = 0x4000
 
 
@@ -37,19 +38,18 @@ def parse(data) -> Packet:
     # integrity: the header is whole, the lengths agree with the buffer, the checksum holds
     if n < HEADER:
         raise ParseError("ipv4", "truncated", f"{n} bytes, the header needs {HEADER}")
-    version, ihl = view[0] >> 4, (view[0] & 15) * 4
+    vihl, _, total, ident, flags_frag, ttl, proto, _, src, dst = _HEADER.unpack_from(view)
+    version, ihl = vihl >> 4, (vihl & 15) * 4
     if version != 4:
         raise ParseError("ipv4", "bad_version", f"version {version} (byte 0, high nibble)")
     if ihl < HEADER or ihl > n:
         raise ParseError("ipv4", "bad_header_length", f"header length {ihl} (byte 0, low nibble) with {n} bytes")
-    _, _, total, ident, flags_frag, ttl, proto = _FIXED.unpack_from(view)
     if total < ihl or total > n:
         raise ParseError("ipv4", "bad_total_length", f"total length {total} (bytes 2-3) with a {ihl}-byte "
                                              f"header and {n} bytes received")
     if not verify(view[:ihl]):
         raise ParseError("ipv4", "bad_checksum", "header checksum (bytes 10-11) does not match")
     # sanity: addresses a host may receive from
-    src, dst = bytes(view[12:16]), bytes(view[16:20])
     if src[0] >= 224 or src == b"\xff\xff\xff\xff" or src[0] == 127:
         raise ParseError("ipv4", "bad_src", f"source {ipaddress.IPv4Address(src)} (bytes 12-15) is not unicast")
     return Packet(src, dst, proto, ttl, ident, flags_frag & 0xe000, (flags_frag & 0x1fff) * 8, ihl,
@@ -58,8 +58,12 @@ def parse(data) -> Packet:
 
 def header(src: bytes, dst: bytes, proto: int, length: int, ident: int, ttl: int = 64,
            flags_frag: int = DF) -> bytes:
-    fixed, addrs = _FIXED.pack(0x45, 0, HEADER + length, ident, flags_frag, ttl, proto), src + dst
-    return fixed + checksum(fixed, b"\0\0", addrs).to_bytes(2, "big") + addrs
+    total = HEADER + length
+    # the checksum without building the header twice: the header's words summed as numbers
+    # (version/IHL/TOS, length, id, flags, TTL/protocol, both addresses as one number:
+    # 2**16 = 1 modulo 0xffff, so its words need not be split out)
+    words = 0x4500 + total + ident + flags_frag + (ttl << 8 | proto) + int.from_bytes(src + dst, "big")
+    return _HEADER.pack(0x45, 0, total, ident, flags_frag, ttl, proto, ~(words % 0xffff) & 0xffff, src, dst)
 
 
 def build(src: bytes, dst: bytes, proto: int, payload, ident: int, ttl: int = 64, df: bool = True) -> bytes:

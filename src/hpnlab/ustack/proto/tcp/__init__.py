@@ -138,7 +138,7 @@ class TcpLayer:
         key = (dst, seg.dport, src, seg.sport)
         conn = self.conns.get(key)
         if conn is not None:
-            self.count("tcp.rx_conn")
+            self.stack.counters["tcp.rx_conn"] += 1
             conn.input(seg, now)
             return
         listener = self.listeners.get(seg.dport)

@@ -28,6 +28,7 @@ CAN_QUEUE = CAN_SEND | {SYN_SENT, SYN_RECEIVED}            # send() may queue da
 CAN_OUTPUT = {ESTABLISHED, CLOSE_WAIT, FIN_WAIT_1, CLOSING, LAST_ACK}   # data or a FIN may still leave
 CAN_RECEIVE_DATA = {ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2}
 LIVE = SYNCHRONIZED - {TIME_WAIT}                           # keep-alives and RST on abort
+PREDICTED = {ESTABLISHED, FIN_WAIT_1, CLOSE_WAIT}             # header prediction: pure ACKs (data: ESTABLISHED)
 
 
 def _d(a: int, b: int) -> int:
@@ -123,7 +124,8 @@ class Connection:
         self.last_rx = now
         self.keep_probes = 0
         self.stats = {"segs_out": 0, "segs_in": 0, "retransmits": 0, "bytes_out": 0, "bytes_in": 0,
-                      "dupacks_in": 0, "challenge_acks": 0, "zero_window_probes": 0, "keepalive_probes": 0}
+                      "dupacks_in": 0, "challenge_acks": 0, "zero_window_probes": 0, "keepalive_probes": 0,
+                      "predicted": 0}             # segments header prediction took (_predicted)
         self._set_state(CLOSED, now)
 
     # -- helpers --------------------------------------------------------------------------------
@@ -160,21 +162,16 @@ class Connection:
     def rcv_window(self) -> int:
         return max(0, self.opts.rcvbuf - len(self.rcvbuf))
 
-    def _ts_opt(self, now: float):
-        return (int(now * 1000) & M, self.ts_recent) if self.ts_ok else None
-
     def _window_field(self) -> int:
-        wnd = self.rcv_window()
-        # never move the right edge left (RFC 9293 §3.8.6.2.2)
-        wnd = max(wnd, _d(self.rcv_adv, self.rcv_nxt))
+        # rcv_window(), but never moving the right edge left (RFC 9293 §3.8.6.2.2)
+        wnd = max(self.opts.rcvbuf - len(self.rcvbuf), _d(self.rcv_adv, self.rcv_nxt), 0)
         field = min(wnd >> self.rcv_wscale, 0xFFFF)
         self.rcv_adv = (self.rcv_nxt + (field << self.rcv_wscale)) & M
         return field
 
     def _emit(self, seq: int, flags: int, payload=b"", now: float = 0.0, opts: bytes | None = None) -> None:
-        if opts is None:
-            ts = self._ts_opt(now)
-            opts = options(ts=ts) if ts else b""
+        if opts is None:                        # the timestamps option: our ms clock, TS.Recent
+            opts = options(ts=(int(now * 1000) & M, self.ts_recent)) if self.ts_ok else b""
         if flags & SYN:                          # a SYN's window is never scaled (RFC 7323 §2.2)
             window = min(self.rcv_window(), 0xFFFF)
             self.rcv_adv = (self.rcv_nxt + window) & M
@@ -401,10 +398,11 @@ class Connection:
             self._arm_persist(now)
 
     def _send_data(self, seq: int, flags: int, payload, now: float) -> None:
+        """`payload`: a slice of sndbuf, a copy already (build copies it once more, into the segment)."""
         if self.rtt_seq is None and not self.ts_ok and seq == self.snd_max:
             self.rtt_seq, self.rtt_time = seq, now
         self.stats["bytes_out"] += len(payload)
-        self._emit(seq, flags, bytes(payload), now)
+        self._emit(seq, flags, payload, now)
 
     def _retransmit_first(self, now: float) -> None:
         """Resend the segment at snd_una (fast retransmit, a partial ack)."""
@@ -571,10 +569,62 @@ class Connection:
 
     def input(self, seg: Segment, now: float) -> None:
         self.stats["segs_in"] += 1
+        if self.state in PREDICTED and self._predicted(seg, now):
+            return
         if self.state == SYN_SENT:
             self._input_syn_sent(seg, now)
         elif self.state != CLOSED:
             self._input_synchronized(seg, now)
+
+    def _predicted(self, seg: Segment, now: float) -> bool:
+        """Header prediction (Van Jacobson's, Linux's tcp_rcv_established fast path): a bulk
+        transfer's segments are nearly all either a pure ACK of new data or the next data
+        in order acking nothing new, with only ACK (and PSH) set, a window that was open and
+        a timestamp not older than the last. Those are taken here with what §3.10.7 would do
+        to them and nothing else; True when the segment was one of them, False sends it
+        down the full path untouched. Pure ACKs also after our FIN or the peer's (a sender
+        that shut down with a send buffer still in flight), data only in ESTABLISHED."""
+        if seg.flags & ~PSH != ACK or seg.seq != self.rcv_nxt or not self.snd_wnd:
+            return False                        # (a window reopening from zero: the full path's persist logic)
+        if self.ts_ok and (seg.tsval is None or _d(seg.tsval, self.ts_recent) < 0):
+            return False
+        payload = seg.payload
+        acked = _d(seg.ack, self.snd_una)
+        if payload:
+            if acked != 0 or self.state != ESTABLISHED or self.ooo \
+                    or len(payload) > self.opts.rcvbuf - len(self.rcvbuf):
+                return False
+        elif acked <= 0 or _d(seg.ack, self.snd_max) > 0:
+            return False                        # a duplicate ACK (fast retransmit) or one for unsent data
+        self.stats["predicted"] += 1
+        self.last_rx = now
+        self.keep_probes = 0
+        if self.ts_ok and _d(seg.seq, self.last_ack_sent) <= 0:
+            self.ts_recent = seg.tsval
+        if _d(self.snd_wl1, seg.seq) < 0 or (self.snd_wl1 == seg.seq and _d(self.snd_wl2, seg.ack) <= 0):
+            self.snd_wnd = seg.window << self.snd_wscale        # _process_ack's window update
+            if self.snd_wnd > self.max_snd_wnd:
+                self.max_snd_wnd = self.snd_wnd
+            self.snd_wl1, self.snd_wl2 = seg.seq, seg.ack
+        if not payload:
+            self._new_ack(seg, acked, now)      # our FIN acked: on to FIN_WAIT_2, TIME_WAIT or CLOSED
+            self.output(now)
+            return True
+        # _receive and _accept for in-order data with no hole behind it
+        n = len(payload)
+        self.rcvbuf += payload
+        self.stats["bytes_in"] += n
+        self.rcv_nxt = (self.rcv_nxt + n) & M
+        if n >= self.mss:
+            self.unacked_segments += 1
+        if self.unacked_segments >= 2:
+            self.send_ack(now)
+        else:
+            self._schedule_delack(now)
+        self._notify()
+        if self.sndbuf:                         # else output() has nothing to send
+            self.output(now)
+        return True
 
     def _input_syn_sent(self, seg: Segment, now: float) -> None:
         f = seg.flags

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from ...checksum import checksum, ones_sum, pseudo_header
+from ...checksum import ones_sum, pseudo_header, word_sum
 from ...errors import ParseError
 
 HEADER = 20
@@ -16,6 +16,10 @@ _OPT_LEN = {OPT_MSS: 4, OPT_WS: 3, OPT_SACK_OK: 2, OPT_TS: 10}
 # struct call reads or writes them all, cheaper per segment than a conversion per field
 _FIXED = struct.Struct("!HHIIBBH")
 _TS = struct.Struct("!BBBBII")            # NOP, NOP, kind, length, TSval, TSecr
+# the options of nearly every segment after the handshake: Linux's (and ours) NOP, NOP,
+# timestamps; recognised as a whole, so the option loop runs only for the others
+_TS_ONLY = struct.Struct("!4sII")
+_TS_PREFIX = bytes((OPT_NOP, OPT_NOP, OPT_TS, 10))
 
 
 class Segment:
@@ -58,21 +62,27 @@ def parse(data, src: bytes, dst: bytes, verify_checksum: bool = True) -> Segment
     # integrity: header length and checksum
     if n < HEADER:
         raise ParseError("tcp", "truncated", f"{n} bytes, the header needs {HEADER}")
-    doff = (view[12] >> 4) * 4
+    sport, dport, seq, ack, offset, flags, window = _FIXED.unpack_from(view)
+    doff = (offset >> 4) * 4
     if doff < HEADER or doff > n:
         raise ParseError("tcp", "bad_data_offset", f"data offset {doff} (byte 12) with {n} bytes")
-    if verify_checksum and ones_sum(pseudo_header(src, dst, PROTO, n), view) != 0:
+    if verify_checksum and word_sum(view, int.from_bytes(src + dst, "big"), PROTO + n):   # with the pseudo-header
         raise ParseError("tcp", "bad_checksum", "checksum (bytes 16-17) does not match")
     # sanity: ports, flag combinations no stack sends
-    sport, dport, seq, ack, _, flags, window = _FIXED.unpack_from(view)
     if sport == 0 or dport == 0:
         raise ParseError("tcp", "bad_port", f"port 0 (bytes {'0-1' if sport == 0 else '2-3'})")
     if flags & SYN and flags & (FIN | RST):
         raise ParseError("tcp", "bad_flags", f"flags {flags:#04x} (byte 13) combine SYN with FIN or RST")
     seg = Segment(sport, dport, seq, ack, flags, window, view[doff:])
+    if doff == HEADER + 12:
+        prefix, tsval, tsecr = _TS_ONLY.unpack_from(view, HEADER)
+        if prefix == _TS_PREFIX:
+            seg.tsval, seg.tsecr = tsval, tsecr
+            return seg
     if doff > HEADER:
         parse_options(seg, view[HEADER:doff])
     return seg
+
 
 
 def parse_options(seg: Segment, opts: memoryview) -> None:
@@ -127,5 +137,8 @@ def build(src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int, fl
     if partial:
         c = ones_sum(pseudo_header(src, dst, PROTO, length)) or 0xFFFF
     else:
-        c = checksum(pseudo_header(src, dst, PROTO, length), head, b"\0\0\0\0", opts, payload)
+        # payload, pseudo-header, and header and options (checksum and urgent pointer zero)
+        # summed apart: whole words each, so nothing is joined for the sum
+        c = ~word_sum(payload, int.from_bytes(src + dst, "big"),
+                      PROTO + length + int.from_bytes(head + opts, "big") % 0xffff) & 0xffff
     return b"".join((head, c.to_bytes(2, "big"), b"\0\0", opts, payload))
