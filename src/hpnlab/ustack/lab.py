@@ -104,6 +104,31 @@ def _pytcp_bulk(host, nbytes: int, tap: str = "pytap0", subnet: str = "10.77.98"
     return out
 
 
+def _checksum_helper(provider, hosts) -> dict:
+    """The stack's C checksum helper (ustack/_build.py) on each host that runs a stack:
+    netns hosts share this checkout's (`make setup` built it); a VM or machine builds its
+    own (one small C function: seconds, even under TCG). A host that cannot runs the
+    Python sum — said in data.json, not fatal: the same bytes, more CPU per segment."""
+    if provider.shares_kernel:
+        from . import checksum
+        return {h.name: checksum.IMPL for h in hosts}
+    out = {}
+    for h in hosts:
+        res = h.run([agent_python(h), "-m", "hpnlab.ustack._build"], timeout=h.start_timeout + 240, check=False)
+        out[h.name] = "C" if res.rc == 0 else f"Python: {(res.stderr or res.stdout).strip()[-200:]}"
+    return out
+
+
+def _pytcp_measure(h1, nbytes: int, step) -> dict:
+    if importlib.util.find_spec("pytcp") is None:
+        return {"error": "PyTCP is not installed (make setup installs it)"}
+    step(f"PyTCP {_version('PyTCP')} on a TAP device, {nbytes >> 20} MiB each way")
+    try:
+        return _pytcp_bulk(h1, nbytes)
+    except Exception as exc:      # noqa: BLE001 — the report says what happened
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
 def _tap_profile(h1, nbytes: int, tap: str = "ustap1", subnet: str = "10.77.96") -> dict:
     """The stack sending over TAP to h1's kernel once more, under cProfile: where its time
     goes on this host (its own functions, and each system call as a row of its own)."""
@@ -464,6 +489,7 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
         from ..labs.pktgen import ensure_binding
         step("the DPDK binding on h1")
         binding = ensure_binding(provider, suite.h1)
+    checksum = _checksum_helper(provider, (suite.h1, suite.h2))
     step(f"interop suite: stack {suite.ip} on h1:{suite.ifname} ({suite.driver}) vs linux {suite.peer_addr} (h2)")
     suite.ping_cases()
     suite.stack_ping()
@@ -501,14 +527,7 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
     offload.tap_cases(nbytes, offload=True)
     suite.results += offload.results
     pytcp_bytes = min(nbytes, 4 << 20)
-    if importlib.util.find_spec("pytcp") is not None:
-        step(f"PyTCP {_version('PyTCP')} on a TAP device, {pytcp_bytes >> 20} MiB each way")
-        try:
-            pytcp = _pytcp_bulk(suite.h1, pytcp_bytes)
-        except Exception as exc:      # noqa: BLE001 — the report says what happened
-            pytcp = {"error": f"{type(exc).__name__}: {exc}"}
-    else:
-        pytcp = {"error": "PyTCP is not installed (make setup installs it)"}
+    pytcp = _pytcp_measure(suite.h1, pytcp_bytes, step)
     rings = {}
     for driver in ("afpacket", "afpacket-v3") if afpacket else (suite.driver,):
         with suite.app("--driver", driver, "--app", "echo", "--port", 7):
@@ -560,6 +579,7 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
         "pytcp": {"version": _version("PyTCP"), "bytes": pytcp_bytes, **pytcp},
         "profile_tap_send": profile,
         "dpdk_binding": binding,
+        "checksum": checksum,
         "ping_flood_replies_per_s": flood["replies_per_s"],
         "ping_flood_kernel_replies_per_s": kernel_flood["replies_per_s"],
         "rings": {d: {"ping_flood_replies_per_s": r["flood"]["replies_per_s"],
@@ -647,6 +667,70 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
              f"This machine's 1-minute load average was {load_before:.1f} when the run began and "
             f"{data['load_avg_1min']['end']:.1f} at its end (2 cores here; other work running beside the lab slows "
             f"every figure above, the Python stack's more than the kernel's).", "",
+            environment_md(data["environment"]), rerun_md(argv, "lab-ustack")]
+    report = write_report(out, "\n".join(text), data)
+    return {"report": report, "data": data, "ok": ok == len(suite.results)}
+
+
+def run_bulk(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=None) -> dict:
+    """The performance goal's comparison alone (`ustack lab --bulk-only`): the stack and
+    PyTCP on the same TAP setup of h1, each way, the stack once more under cProfile, and
+    the two kernels over `data` — minutes, where the whole suite takes most of an hour on
+    VMs. The report and data.json have the same keys for these figures as a full run's."""
+    out = results_dir("ustack", results_root)
+    load_before = os.getloadavg()[0]
+    suite = Suite(provider, bulk_bytes=nbytes, pcap_dir=out)
+    checksum = _checksum_helper(provider, (suite.h1,))
+    step(f"TAP on h1: the stack each way, {nbytes >> 20} MiB")
+    suite.tap_cases(nbytes)
+    pytcp_bytes = min(nbytes, 4 << 20)
+    pytcp = _pytcp_measure(suite.h1, pytcp_bytes, step)
+    step("the stack under cProfile; the kernels over data")
+    try:
+        profile = _tap_profile(suite.h1, min(nbytes, 2 << 20))
+    except LabError as exc:
+        profile = {"error": str(exc)[-400:]}
+    kernel = _kernel_bulk(provider, nbytes)
+    tap = suite.data.get("tap", {})
+    tap_to = tap.get("kernel_to_stack", {}).get("peer", {}).get("mbps")
+    tap_from = tap.get("stack_to_kernel", {}).get("peer", {}).get("mbps")
+    py_to = pytcp.get("kernel_to_pytcp", {}).get("mbps")
+    py_from = pytcp.get("pytcp_to_kernel", {}).get("mbps")
+    # PyTCP's transfers are the other half of the goal: one not measured fails the run
+    suite.results.append({"name": "PyTCP on TAP: kernel -> PyTCP and PyTCP -> kernel, sha256",
+                          "ok": bool(py_from and py_to), "detail": pytcp.get("error") or pytcp.get("errors") or
+                          f"{py_from} / {py_to} Mbit/s"})
+    data = {
+        "interop": [{"name": r["name"], "ok": r["ok"], "detail": r["detail"]} for r in suite.results],
+        "bulk_mbps": {"ustack": tap_from, "pytcp": py_from, "kernel": kernel["mbps"]},
+        "bulk_mbps_detail": {"tap": {"ustack_to_kernel": tap_from, "kernel_to_ustack": tap_to,
+                                     "pytcp_to_kernel": py_from, "kernel_to_pytcp": py_to},
+                             "kernel_to_kernel": kernel["mbps"]},
+        "tap": tap,
+        "pytcp": {"version": _version("PyTCP"), "bytes": pytcp_bytes, **pytcp},
+        "profile_tap_send": profile,
+        "checksum": checksum,
+        "bytes": nbytes,
+        "load_avg_1min": {"start": load_before, "end": os.getloadavg()[0]},
+        "environment": fingerprint(provider),
+    }
+    ok = sum(r["ok"] for r in suite.results)
+    text = [f"# User-space TCP/IP stack vs PyTCP, bulk only — {ok}/{len(suite.results)} transfers whole", "",
+            "The stack (its TAP driver) and PyTCP each on a TAP device of h1, against h1's kernel; the kernels "
+            "over the `data` LAN for scale. The rest of the suite did not run (`--bulk-only`).", "",
+            md_table(["case", "result", "detail"], [(r["name"], "ok" if r["ok"] else "FAIL", r["detail"])
+                                                    for r in suite.results]), "",
+            md_table(["what", "value"], [
+                ("TAP: stack → kernel / kernel → stack (Mbit/s)", f"{tap_from} / {tap_to}"),
+                ("TAP: PyTCP → kernel / kernel → PyTCP (Mbit/s)",
+                 f"{py_from} / {py_to}" if py_from or py_to else pytcp.get("error")),
+                ("bulk kernel → kernel, `data` LAN (Mbit/s)", kernel["mbps"]),
+                ("the stack's checksum sum on h1", checksum["h1"])]), "",
+            _pytcp_reading(tap_from, tap_to, py_from, py_to, data["pytcp"]), "",
+            *_profile_section(profile, tap.get("stack_to_kernel", {}).get("stack", {}),
+                              pytcp.get("pytcp_to_kernel", {}).get("sender")),
+            f"This machine's 1-minute load average was {load_before:.1f} when the run began and "
+            f"{data['load_avg_1min']['end']:.1f} at its end.", "",
             environment_md(data["environment"]), rerun_md(argv, "lab-ustack")]
     report = write_report(out, "\n".join(text), data)
     return {"report": report, "data": data, "ok": ok == len(suite.results)}
