@@ -14,6 +14,7 @@ import pytest
 from hpnlab.cli import build_parser
 from hpnlab.labs import lab_module
 from hpnlab.labs._kit import agent_python
+from hpnlab.labs.pktgen import Loss, accounting, eal_for
 from hpnlab.pktgen.templates import checksum
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -101,7 +102,7 @@ def test_lab_compares_with_testpmd_accounts_for_every_packet_and_spreads_queues(
     clean, lossy = res["accounting"]
     assert (clean["sent"], clean["received"], clean["lost"], clean["duplicates"]) == (20000, 20000, 0, 0)
     assert lossy["received"] + lossy["lost"] == lossy["sent"] == 20000
-    assert lossy["lost"] == lossy["dropped_by_switch"]          # every loss is the switch's drop
+    assert lossy["lost"] == lossy["dropped_by_rule"]          # every loss is the switch's drop
     assert abs(lossy["loss_pct"] - 5) < 1
     # the round trip through testpmd macswap on h2, counted and timed on h1's own TSC
     rtt = res["round_trip"]
@@ -121,3 +122,35 @@ def test_lab_compares_with_testpmd_accounts_for_every_packet_and_spreads_queues(
     assert sum(mq["per_queue"]) >= mq["received"] > 0 and mq["received"] + mq["lost"] == mq["sent"]
     text = (res["dir"] / "report.md").read_text()
     assert "ratio" in text and "received + lost = 20000 + 0 = 20000 = sent 20000" in text
+
+
+class NoSwitch:
+    """The netns lab as the static provider sees its links: no switch of the lab's on this
+    machine (real links), so the loss goes where static machines get it."""
+
+    def __init__(self, provider):
+        self._provider = provider
+
+    def __getattr__(self, name):
+        return getattr(self._provider, name)
+
+    def switch_port(self, host, network):
+        return None
+
+
+def test_loss_at_the_senders_egress_hook_is_a_wire_loss_the_sender_never_sees(netns_lab):
+    provider = NoSwitch(netns_lab)
+    h1, h2 = netns_lab.host("h1"), netns_lab.host("h2")
+    args = build_parser(["lab"]).parse_args(["lab", "pktgen", "--count", "20000", "--rate", "40kpps", "--loss", "5"])
+    loss = Loss(provider, h1, "dpdk", 5)
+    assert (loss.family, loss.host, loss.needs_qdisc_path) == ("netdev", h1, True)
+    # the sender's af_packet vdev on the qdisc path: with PACKET_QDISC_BYPASS the hook's verdict
+    # reaches its socket as a drop and the TX ring sends the frame again (lost != the rule's count)
+    eal_s, _ = eal_for(provider, h1, "dpdk", 0, bypass=False)
+    eal_r, _ = eal_for(provider, h2, "dpdk", 1)
+    with loss:
+        got = accounting(provider, h1, h2, "dpdk", eal_s, eal_r, args, lambda m: None, "lossy", loss, kind="afpacket")
+    assert loss.table not in h1.run(["nft", "list", "tables"]).stdout      # the rule went with the block
+    assert got["received"] + got["lost"] == got["sent"] == 20000 and got["duplicates"] == 0
+    assert got["lost"] == got["dropped_by_rule"]               # every loss is the rule's, and only those
+    assert abs(got["loss_pct"] - 5) < 1

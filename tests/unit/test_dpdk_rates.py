@@ -8,8 +8,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from hpnlab import dpdk
-from hpnlab.labs.pktgen import ring_reading
+from hpnlab.labs._kit import LabError
+from hpnlab.labs.pktgen import fail_if_incomplete, paired, ring_reading, verdict
 from hpnlab.pktgen.engine import per_second, steady_pps
 
 
@@ -56,3 +59,35 @@ def test_the_report_reads_a_ring_both_senders_kept_full():
     assert "made 25.6 that the ring did not take, testpmd 10.0" in ring_reading(row)
     assert ring_reading({**row, "unsent_per_sent": {"hpnlab": 0.0, "testpmd": 0.0}}) is None    # netns
     assert ring_reading({**row, "unsent_per_sent": {"hpnlab": 3.0}}) is None                     # imix: no testpmd
+
+
+def _runs(hpnlab: list[float], testpmd: list[float]) -> dict:
+    return {"hpnlab": [{"steady_pps": v} for v in hpnlab], "testpmd": [{"steady_pps": v} for v in testpmd]}
+
+
+def test_the_verdict_is_the_median_of_paired_rounds_and_says_whether_it_is_beyond_the_spread():
+    # the VM lab's kind of rounds: both tools' rates jump together from round to round
+    swinging = paired(_runs([150, 500, 160, 480, 300], [160, 420, 260, 400, 310]), "steady_pps")
+    assert swinging["ratios"] == [0.938, 1.19, 0.615, 1.2, 0.968]
+    assert round(swinging["median"], 3) == 0.968 and (round(swinging["min"], 3), swinging["max"]) == (0.615, 1.2)
+    assert (swinging["met_in"], swinging["faster_in"], swinging["beyond_spread"]) == (4, 2, False)
+    row = {"device": "PCI 0000:00:06.0 (uio_pci_generic)", "size": "64", "paired": swinging, "ratio_per_cpu": 1.0}
+    text = verdict(row)
+    assert "0.97× testpmd's rate, the median of 5 round(s) [0.62–1.20]: meets the 0.9× goal" in text
+    assert "inside the spread: 4 of 5 rounds reached 0.9×, 1 did not" in text
+    steady = paired(_runs([95, 96, 97], [100, 100, 100]), "steady_pps")
+    assert steady["beyond_spread"]
+    assert "beyond the spread: every round reached 0.9×" in verdict({**row, "paired": steady})
+    short = paired(_runs([50, 60], [100, 100]), "steady_pps")
+    assert "misses the 0.9× goal; beyond the spread: every round fell short" in verdict({**row, "paired": short})
+    one = paired(_runs([95], [100]), "steady_pps")
+    assert "one round gives no spread" in verdict({**row, "paired": one})
+
+
+def test_a_run_missing_a_part_it_was_asked_for_fails_naming_it(tmp_path):
+    fail_if_incomplete([], tmp_path / "report.md")            # all ran: no error
+    with pytest.raises(LabError) as exc:
+        fail_if_incomplete(["the receiver accounting with 2 % loss injected: no place to drop h1's frames"],
+                           tmp_path / "report.md")
+    assert "1 part(s) asked for did not run" in str(exc.value) and "no place to drop h1's frames" in str(exc.value)
+    assert str(tmp_path / "report.md") in str(exc.value)

@@ -23,11 +23,7 @@ import time
 from .. import dpdk
 from ..errors import HpnlabError
 from .engine import Generator, Receiver, steady_pps
-from .templates import PROTOS, Traffic, TrafficError, parse_sizes, rate_pps
-
-# The generator's frames go to a MAC no host owns: the peer's kernel leaves them alone
-# (no ICMP errors, no RSTs to the SYNs); its receiver listens promiscuously.
-PEER_MAC = bytes.fromhex("02686e706c02")
+from .templates import PEER_MAC, PROTOS, Traffic, TrafficError, parse_sizes, rate_pps
 
 
 def mac_bytes(text: str) -> bytes:
@@ -126,10 +122,12 @@ def testpmd_argv(eal: str, *forwarding: str) -> list[str]:
             f"--total-num-mbufs={MBUFS}", "--txq=1", "--rxq=1", f"--txd={DESCRIPTORS}", f"--rxd={DESCRIPTORS}"]
 
 
-def run_testpmd(argv: list[str], seconds: float, until_stopped: bool = False) -> tuple[str, float, float]:
+def run_testpmd(argv: list[str], seconds: float, until_stopped: bool = False,
+                rates: int = 0) -> tuple[str, float, float]:
     """Run testpmd for `seconds` of forwarding (or, `until_stopped`, until this agent gets
-    SIGTERM/Ctrl-C, at most `seconds`), stop it with SIGINT as a user would; (its output,
-    seconds it forwarded, CPU seconds it used meanwhile)."""
+    SIGTERM/Ctrl-C, at most `seconds`; or, `rates`, until it printed that many Tx-pps lines,
+    at most `seconds` + 10), stop it with SIGINT as a user would; (its output, seconds it
+    forwarded until then, CPU seconds it used meanwhile)."""
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, preexec_fn=_die_with_parent)
@@ -149,11 +147,23 @@ def run_testpmd(argv: list[str], seconds: float, until_stopped: bool = False) ->
                 print(json.dumps({"ready": True}), flush=True)
             cpu0 = _cpu_seconds(proc.pid)
             try:
-                time.sleep(seconds)
+                if rates:
+                    # its main lcore looks at the clock after each 1 s sleep and prints when a
+                    # whole period passed since its last line: often at every second look (here
+                    # 3 s of forwarding held 1 or 2 lines; each is the rate over its own interval)
+                    end = time.monotonic() + seconds + 10
+                    while proc.poll() is None and time.monotonic() < end:
+                        log.seek(0)
+                        if len(re.findall(r"Tx-pps:", log.read())) >= rates:
+                            break
+                        time.sleep(0.05)
+                else:
+                    time.sleep(seconds)
             except KeyboardInterrupt:
                 if not until_stopped:
                     raise
             cpu = _cpu_seconds(proc.pid) - cpu0
+            elapsed = time.monotonic() - started        # forwarding, until it was told to stop
         finally:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
@@ -162,7 +172,6 @@ def run_testpmd(argv: list[str], seconds: float, until_stopped: bool = False) ->
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-        elapsed = time.monotonic() - started
         log.seek(0)
         return log.read(), elapsed, cpu
 
@@ -177,9 +186,10 @@ def cmd_testpmd(a) -> dict:
     """dpdk-testpmd --forward-mode=txonly on the same EAL arguments and port setup: its own
     per-second Tx-pps lines (port counters over its own clock), reduced as the generator's."""
     argv = testpmd_argv(a.eal, "--forward-mode=txonly", f"--txpkts={a.size}", f"--burst={a.burst}")
-    text, elapsed, cpu = run_testpmd(argv, a.seconds + 0.5)
     # Its first line comes ~0.5 s after forwarding starts and reads 0 (no interval yet); then
-    # one a second, the first of them covering the start-up as the generator's first second.
+    # one every 1-2 s, the first of them covering the start-up as the generator's first
+    # second: as many lines as the generator's run has seconds.
+    text, elapsed, cpu = run_testpmd(argv, a.seconds, rates=1 + int(a.seconds))
     samples = [float(x) for x in re.findall(r"Tx-pps:\s+(\d+)", text)][1:1 + int(a.seconds)]
     tx = _totals(text, "TX")
     if not tx:
@@ -193,7 +203,7 @@ def cmd_testpmd(a) -> dict:
             # prepared for a burst but not taken by the full ring (the generator's "unsent")
             "unsent": int(dropped[-1]) if dropped else 0, "seconds": elapsed, "samples": samples,
             # testpmd's rate over the share of a CPU it had while forwarding
-            "cpu_seconds": cpu, "pps_per_cpu": steady * (a.seconds + 0.5) / cpu if cpu else 0.0,
+            "cpu_seconds": cpu, "pps_per_cpu": steady * elapsed / cpu if cpu else 0.0,
             "size": a.size, "argv": argv}
 
 

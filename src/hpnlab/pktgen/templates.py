@@ -21,6 +21,9 @@ PROTOS = ("udp", "tcp-syn", "icmp")
 IMIX = (64, 576, 64, 1500, 64, 576, 64, 64, 576, 64, 576, 64)
 HEADERS = {"udp": 14 + 20 + 8, "tcp-syn": 14 + 20 + 20, "icmp": 14 + 20 + 8}
 MAX_SIZE = 1514
+# The generator's frames go to a MAC no host owns: the peer's kernel leaves them alone
+# (no ICMP errors, no RSTs to the SYNs); its receiver listens promiscuously.
+PEER_MAC = bytes.fromhex("02686e706c02")
 
 
 class TrafficError(ValueError):
