@@ -34,8 +34,11 @@ def add_arguments(parser) -> None:
                      help="the lab for the cases under loss and delay ('' to skip)")
     lab.add_argument("--impaired-bytes", type=positive_int, default=2 << 20,
                      help="bulk size under impairment (default 2 MiB)")
-    lab.add_argument("--bulk-only", action="store_true",
-                     help="only the stack vs PyTCP on TAP (the ≥ 10× goal), profiled, and the kernels: minutes")
+    only = lab.add_mutually_exclusive_group()
+    only.add_argument("--bulk-only", action="store_true",
+                      help="only the stack vs PyTCP on TAP (the ≥ 10× goal), profiled, and the kernels: minutes")
+    only.add_argument("--interop-only", action="store_true",
+                      help="every interop case, none of the measurements (on VMs a fraction of the full run)")
 
 
 def run(args) -> int:
@@ -59,8 +62,9 @@ def run(args) -> int:
             if args.bulk_only:
                 result = lab.run_bulk(provider, args.bytes, args.results, step, sys.argv)
             else:
-                result = lab.run(provider, args.bytes, args.results, step, sys.argv,
-                                 args.impaired_lab or None, args.impaired_bytes, args.net)
+                result = (lab.run_interop if args.interop_only else lab.run)(
+                    provider, args.bytes, args.results, step, sys.argv, args.impaired_lab or None,
+                    args.impaired_bytes, args.net)
         except LabError as exc:
             raise LabError(f"ustack lab: {exc}", hint=exc.hint) from exc
     failed = [r["name"] for r in result["data"]["interop"] if not r["ok"]]
