@@ -243,6 +243,7 @@ class Suite:
         self.results: list[dict] = []
         self.data: dict = {}
         self.pcap_dir = pcap_dir                    # where cases keep their captures (None: thrown away)
+        self.say: Any = None                        # a callable told each case's outcome as it ends
         if self.driver == "dpdk" and self.ifname == self.h1.nic(network).ifname and \
                 "driver: veth" in self.h2.run(["ethtool", "-i", self.h2.nic(network).ifname], check=False).stdout:
             # DPDK's af_packet vdev hands the stack the veth's frames as they are (netns hosts,
@@ -287,6 +288,8 @@ class Suite:
             ok, detail = False, f"{type(exc).__name__}: {exc}"
         row = {"name": name, "ok": bool(ok), "detail": detail, "secs": round(time.monotonic() - t0, 2)}
         self.results.append(row)
+        if self.say:            # on emulated VMs the suite runs for many minutes: show it going
+            self.say(f"{'ok' if ok else 'FAIL'}: {name} ({row['secs']:g} s)")
         return row
 
     def _label(self) -> str:

@@ -485,6 +485,7 @@ def _cases(provider, suite: Suite, out: Path, step) -> tuple[Suite, list[str]]:
     """Every interop case of the lab, in order; the offload cases run on a Suite of their
     own (returned, its results added to `suite`'s), and the ladders are drawn."""
     net, afpacket, nbytes = suite.network, suite.driver == "afpacket", suite.bulk_bytes
+    suite.say = step
     step(f"interop suite: stack {suite.ip} on h1:{suite.ifname} ({suite.driver}) vs linux {suite.peer_addr} (h2)")
     suite.ping_cases()
     suite.stack_ping()
@@ -511,6 +512,7 @@ def _cases(provider, suite: Suite, out: Path, step) -> tuple[Suite, list[str]]:
     step(f"segmentation offload (virtio-net header) on {'AF_PACKET and ' if afpacket else ''}TAP")
     # the virtio-net header offloads are AF_PACKET's and TAP's (DPDK's driver has none)
     offload = Suite(provider, network=net, bulk_bytes=nbytes, stack_extra=("--driver", "afpacket", "--offload"))
+    offload.say = step
     if afpacket:
         offload.bulk()
     offload.tap_cases(nbytes, offload=True)
