@@ -135,7 +135,7 @@ def simopen(ip: str, port: int, lport: int, queue: int) -> None:
     err: int | None = errno.ETIMEDOUT
     got = b""
     try:
-        if states.until(lambda _st: hold.first is not None, 60):        # the peer's SYN is held
+        if states.until(lambda _st: hold.first is not None, 120):        # the peer's SYN is held
             states.peer = (ip, port)
             s.connect_ex((ip, port))            # Linux's SYN leaves: SYN_SENT
             states.until(lambda st: st == "SYN_SENT", 5)
@@ -294,7 +294,7 @@ def simclose(port: int, queue: int) -> None:
         return conn is not None and hold.first is not None
 
     try:
-        if states.until(connected_and_fin, 60) and conn is not None:    # the peer's FIN is held
+        if states.until(connected_and_fin, 120) and conn is not None:    # the peer's FIN is held
             conn.close()                        # Linux's FIN leaves: FIN_WAIT1
             states.until(lambda st: st == "FIN_WAIT1", 5)
             hold.release_first()                # the peer's FIN alone: CLOSING
