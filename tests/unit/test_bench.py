@@ -528,7 +528,14 @@ def test_an_engine_whose_looks_do_not_fit_its_window_runs_a_longer_one_from_then
     assert len(late) == 1, said                          # the first group only, not the next
     assert [len(c["runs"]) for c in cells] == [1, 1] and cfg.windows["epoll-lt"] >= 1.0
     assert all(r["window_s"] >= 0.9 for c in cells for r in c["runs"])
-    assert "2 cell(s) ran a longer window than the 0.02 s asked for" in writeup.load_md(cells, 0.02)
+    text = writeup.load_md(cells, 0.02)
+    assert "2 cell(s) ran a longer window than the 0.02 s asked for" in text
+    assert "- time: 2 timed runs took" in text and "starting a group's servers took" in text   # where it went
+    # a VM lab on this machine: what else the machine ran besides the two VMs is said
+    vm_runs = [r | {"host_busy_cores": 1.9, "host_others_cores": o} for c in cells for r, o in zip(c["runs"], (0.6,))]
+    assert ("1.90 cores busy in the median run, of which work other than the two VMs 0.60 cores (max 0.60)"
+            in writeup.load_md([{**cells[0], "runs": vm_runs}]))
+    assert "other than the two VMs" not in text
 
 
 @pytest.mark.slow

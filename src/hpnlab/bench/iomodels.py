@@ -130,7 +130,7 @@ def timed_run(cfg: Config, srv: Side, cli: Side, pids: list[int], port: int, con
             probe = start_syscall_probe(srv, pids)
         else:
             s0, o0, m0 = procstat.snapshot(srv, pids, exclude=exclude)
-            h0 = procstat.host_sample(srv.vm_pid)
+            h0 = procstat.host_sample([srv.vm_pid, cli.vm_pid])
         look = time.monotonic() - t0          # one look's round trip (to a TCG guest's agent ~0.1 s)
         # the second look, like the probe's stop, inside the window: its numbers must come from
         # steady load, not from the idle moments after it. It starts early enough for it and the
@@ -144,7 +144,7 @@ def timed_run(cfg: Config, srv: Side, cli: Side, pids: list[int], port: int, con
         else:
             t1 = time.monotonic()
             s1, o1, m1 = procstat.snapshot(srv, pids, exclude=exclude)
-            h1 = procstat.host_sample(srv.vm_pid)
+            h1 = procstat.host_sample([srv.vm_pid, cli.vm_pid])
             # A look that ended before started + duration was inside the window for certain (the
             # window began after `started`). Only a later one needs the client's word, which takes
             # one more round trip: on a TCG guest that trip alone could find "# done" after a look
@@ -178,7 +178,11 @@ def timed_run(cfg: Config, srv: Side, cli: Side, pids: list[int], port: int, con
     steal = (m1.steal - m0.steal) / looked               # a VM's CPU taken by its hypervisor
     vol, invol = procstat.switches_between(s0, s1)
     host_s = max(h1[0] - h0[0], 1e-3)                    # the same two looks, on this machine's clock
-    vm = {"vm_cores": round((h1[1] - h0[1]) / host_s, 3)} if h0[1] is not None and h1[1] is not None else {}
+    vms = [(b - a) / host_s if a is not None and b is not None else None for a, b in zip(h0[1], h1[1])]
+    busy = (h1[2] - h0[2]) / host_s
+    vm = {} if vms[0] is None else {"vm_cores": round(vms[0], 3)}
+    if None not in vms:         # the lab's two VMs run here: what else this machine ran meanwhile
+        vm["host_others_cores"] = round(max(0.0, busy - sum(v for v in vms if v is not None)), 3)
     return vm | {
         "rps": res["rps"], "requests": res["requests"], "lat_us": res["lat_us"], "window_s": window,
         "connected": res["connected"], "alive": res["alive"], "connect_errors": res["connect_errors"],
@@ -187,7 +191,7 @@ def timed_run(cfg: Config, srv: Side, cli: Side, pids: list[int], port: int, con
         "ctxsw_vol_per_req": vol / reqs, "ctxsw_invol_per_req": invol / reqs,
         "rss_kib": max(s0.rss_kib, s1.rss_kib), "threads": s1.threads, "processes": len(pids),
         "foreign_cores": round(foreign, 3), "steal_cores": round(steal, 3),
-        "disturbed": foreign > cfg.disturbed_cores, "host_busy_cores": round((h1[2] - h0[2]) / host_s, 3),
+        "disturbed": foreign > cfg.disturbed_cores, "host_busy_cores": round(busy, 3),
         "phases_s": {k: round(v, 2) for k, v in phases.items()},
     }
 
@@ -263,8 +267,9 @@ def summarize(cell: dict) -> None:
         "connected": min(r["connected"] for r in runs),
         "host_busy_cores": round(statistics.median(r.get("host_busy_cores", 0.0) for r in runs), 3),
     })
-    if all("vm_cores" in r for r in runs):
-        cell["vm_cores"] = round(statistics.median(r["vm_cores"] for r in runs), 3)
+    for key in ("vm_cores", "host_others_cores"):
+        if all(key in r for r in runs):
+            cell[key] = round(statistics.median(r[key] for r in runs), 3)
     rss = cell["runs"][0]["rss_kib"]      # the first run is the one on a fresh server
     cell["rss_kib"] = rss
     cell["kib_per_conn"] = round(max(0, rss - cell["rss_idle_kib"]) / cell["conns"], 2)
@@ -548,7 +553,7 @@ def sides_for(mode: str, provider=None, server: str = "h1", client: str = "h2",
     pin = same_machine and (os.cpu_count() or 1) >= 2
     srv = Side(server, addr, 0 if pin else None, h_srv, local_proc=same_machine)
     cli = Side(client, str(h_cli.address(network)), 1 if pin else None, h_cli, local_proc=same_machine)
-    srv.vm_pid = local_vm(provider, server)
+    srv.vm_pid, cli.vm_pid = local_vm(provider, server), local_vm(provider, client)
     return srv, cli, {server: h_srv, client: h_cli}
 
 

@@ -210,18 +210,19 @@ class MachineSample:
     total: float
 
 
-def host_sample(vm_pid: int | None) -> tuple[float, float | None, float]:
-    """(this machine's monotonic time, CPU seconds so far of the server's VM - its QEMU process,
-    all threads: vCPUs and device models - or None without a local VM, this machine's busy CPU
-    seconds). Under TCG the guest's own accounting cannot see the time its vCPU threads waited
-    for a host core (no steal is reported), so the QEMU process's CPU is what the host gave it."""
-    cpu = None
-    if vm_pid is not None:
+def host_sample(vm_pids: list[int | None]) -> tuple[float, list[float | None], float]:
+    """(this machine's monotonic time, CPU seconds so far of each VM's QEMU process - all its
+    threads: vCPUs and device models; None where there is no such VM here -, this machine's
+    busy CPU seconds). Under TCG a guest's own accounting cannot see the time its vCPU threads
+    waited for a host core (no steal is reported), so its QEMU process's CPU is what the host
+    really gave it."""
+    cpu: list[float | None] = []
+    for pid in vm_pids:
         try:
-            fields = Path(f"/proc/{vm_pid}/stat").read_text().rsplit(")", 1)[1].split()
-            cpu = (int(fields[11]) + int(fields[12])) / HZ
-        except OSError:
-            pass
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            cpu.append((int(fields[11]) + int(fields[12])) / HZ)
+        except (OSError, TypeError):       # gone, or no VM (pid None)
+            cpu.append(None)
     return time.monotonic(), cpu, machine().busy
 
 

@@ -708,13 +708,24 @@ def load_md(cells: list[dict], window: float | None = None) -> str:
         f"- other people's processes used {foreign[len(foreign) // 2]:.2f} cores in the median run "
         f"(max {foreign[-1]:.2f}); {disturbed} of {len(runs)} runs were over the limit and repeated "
         "(or kept, marked, when the repeat budget ran out)",
-        f"- hypervisor steal: median {steal[len(steal) // 2]:.2f} cores, max {steal[-1]:.2f}",
+        f"- hypervisor steal: median {steal[len(steal) // 2]:.2f} cores, max {steal[-1]:.2f}", *_host_md(runs),
         f"- waited {sum(waits):.0f} s in total for a quiet machine before the {len(groups)} group(s); "
         f"1-min load average when they started: "
         + (f"{min(loads):.1f} – {max(loads):.1f}" if loads else "?"),
         *(_longer_windows(cells, window) if window else []), *_time_md(cells, groups),
         "- spreads above ~15% in the tables mean the machine was not steady: compare engines by "
         "CPU µs/request there, which load disturbs less than req/s", ""]) + "\n"
+
+
+def _host_md(runs: list[dict]) -> list[str]:
+    """The machine under the lab's VMs: what else it ran (a TCG guest sees none of it as steal)."""
+    others = sorted(r["host_others_cores"] for r in runs if "host_others_cores" in r)
+    if not others:
+        return []
+    busy = statistics.median(r["host_busy_cores"] for r in runs if "host_others_cores" in r)
+    return [f"- this machine, which runs the lab's VMs: {busy:.2f} cores busy in the median run, of which work "
+            f"other than the two VMs {others[len(others) // 2]:.2f} cores (max {others[-1]:.2f}); the guests "
+            "see none of it as steal, only as a slower CPU"]
 
 
 def _time_md(cells: list[dict], groups: dict) -> list[str]:
