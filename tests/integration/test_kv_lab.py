@@ -4,8 +4,11 @@ ustack engine is the store on the user-space stack, here beside h1's kernel on t
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
+import sysconfig
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,6 +16,7 @@ import pytest
 
 from hpnlab.cli import build_parser
 from hpnlab.kv import lab
+from hpnlab.testing import REPO, write_lab_file
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow,
               pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")]
@@ -42,6 +46,47 @@ def test_kv_lab_small_grid(netns_lab, tmp_path):
     text = (res["dir"] / "report.md").read_text()
     assert "## Goals" in text and (res["dir"] / "rps_P1.png").exists()
     assert "## The store on the user-space stack (ustack)" in text and "| SET | -P 1 |" in text
+
+
+def _python_without(tmp_path: Path, package: str) -> Path:
+    """A venv holding everything this one has except `package` (its entries linked, the package
+    left out): an interpreter on which `import package` really fails."""
+    venv = tmp_path / f"venv-without-{package}"
+    subprocess.run([Path(sys.base_prefix) / "bin" / "python3", "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = Path(sysconfig.get_paths(vars={"base": str(venv), "platbase": str(venv)})["purelib"])
+    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
+        if not entry.name.startswith(package):
+            (site / entry.name).symlink_to(entry)
+    py = venv / "bin" / "python"
+    assert subprocess.run([py, "-c", "import hpnlab.kv.serve"], check=False).returncode == 0
+    assert subprocess.run([py, "-c", f"import {package}"], capture_output=True, check=False).returncode == 1
+    return py
+
+
+def test_an_engine_whose_library_is_missing_is_reported_and_the_rest_runs(netns_lab, tmp_path):
+    """h1's python lacks uvloop (really: a venv without it, as the agent python): `hpnlab kv lab`
+    still measures epoll-lt and redis-server, writes the report with the missing engine on top
+    (why, and the fix) and exits non-zero."""
+    py = _python_without(tmp_path, "uvloop")
+    lab_file = write_lab_file(tmp_path / "lab.yml", netns_lab.lab.name)
+    env = dict(os.environ, HPNLAB_STATE_DIR=str(netns_lab.state.dir.parent), HPNLAB_AGENT_PYTHON=str(py))
+    proc = subprocess.run([sys.executable, "-m", "hpnlab.cli", "--lab", str(lab_file), "kv", "lab",
+                           "--engines", "epoll-lt,uvloop", "--indexes", "hash", "--tests", "set,get",
+                           "--requests", "200", "--fill-keys", "200", "--fake-runs", "0",
+                           "--results", str(tmp_path / "results")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "1 of 3 requested servers did not run" in proc.stderr and "uvloop/hash not run" in proc.stderr, proc.stderr
+    run, = (tmp_path / "results" / "kv").iterdir()
+    data = json.loads((run / "data.json").read_text())
+    assert list(data["not_run"]) == ["uvloop/hash"] and "uvloop" not in data["rps"]
+    reason = data["not_run"]["uvloop/hash"]["reason"]
+    assert reason.startswith("on h1: uvloop is not installed") and f"{py.parent}/pip install uvloop" in reason
+    assert data["rps"]["epoll-lt"]["hash"]["get"]["1"] > 0 and data["redis"]["set"]["16"] > 0
+    text = (run / "report.md").read_text()
+    top = text.split("## Requests per second")[0]
+    assert "**INCOMPLETE RUN: 1 of 3 requested servers did not run" in top and "**uvloop/hash not run**" in top
+    assert "| epoll-lt/hash | 1 |" in text and "| **redis-server** | 1 |" in text
 
 
 @pytest.mark.skipif(subprocess.run(["/usr/bin/python3", "-c", "import fakeredis"], capture_output=True).returncode == 0,

@@ -124,4 +124,11 @@ def run_lab(args) -> int:
         except LabError as exc:
             raise LabError(f"kv lab: {exc}", hint=exc.hint) from exc
     console.print(f"kv lab done in {time.monotonic() - started:.1f}s; report: {result['report']}")
+    missed = result["data"]["not_run"]
+    if missed:
+        console.print(f"[red]{len(missed)} of {result['data']['requested']} requested servers did not run[/red] "
+                      "(a partial report was written):\n  "
+                      + "\n  ".join(f"{name} {v['status']}: {v['reason']}" for name, v in missed.items()),
+                      soft_wrap=True)
+        return 1
     return 0

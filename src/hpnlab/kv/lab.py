@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -183,47 +184,66 @@ def run(provider, args, step) -> dict:
     pipelines = (1, 16)
     grid = [(e, args.indexes.split(",")[0]) for e in args.engines.split(",")]
     grid += [(args.engines.split(",")[0], i) for i in args.indexes.split(",")[1:]]
-    emulated = server_host.run([py, "-c", "from hpnlab.bench.probe import emulated_cpu; print(emulated_cpu())"],
-                               timeout=60).stdout.strip() == "True"
+    emulated, unable = probe(server_host, py, [e for e, _ in grid if e != STACK])
     sizes, grid_note = sizing(args, emulated)
     requests, fill = sizes["requests"], sizes["fill_keys"]
     data: dict[str, Any] = {"rps": {}, "redis": {}, "fakeredis": {}, "latency": {}, "range_ms": {},
                             "bytes_per_key": {}, "tests": tests, "requests": requests, "fill_keys": fill,
                             "range_requests": sizes["range_requests"], "server_emulated": emulated,
                             "grid_note": grid_note,
-                            "server": server_host.name, "client": client.name, "address": ip, "skipped": {}}
+                            "server": server_host.name, "client": client.name, "address": ip, "skipped": {},
+                            "not_run": {}, "requested": len(grid) + 1 + (1 if args.fake_runs else 0)}
     load_before = server_host.run(["cat", "/proc/loadavg"], timeout=10).stdout.split()[:3]
     port = PORT
+
+    def not_run(name: str, status: str, reason: str) -> None:
+        # a requested cell that did not run: the report says so on top and the command exits non-zero
+        step(f"{name}: {status}: {reason}")
+        data["not_run"][name] = {"status": status, "reason": reason}
+
     for engine, index in grid:
         port += 1
+        name = f"{engine}/{index}"
+        if engine in unable:
+            not_run(name, "not run", unable[engine])
+            continue
         argv = [py, "-m", "hpnlab.cli", "kv", "serve", "--port", str(port), "--engine", engine, "--index", index]
-        addr = ip
-        if engine == STACK:
-            data["ustack"] = stack_place(provider, server_host, client, args)
-            addr = data["ustack"]["address"]
-            argv += ["--driver", data["ustack"]["driver"], "--ifname", data["ustack"]["ifname"],
-                     "--ip", data["ustack"]["ip"]]
-        else:
-            argv += ["--bind", ip]
-        cell = measure(server_host, client, addr, port, argv, f"kv {engine}/{index}", tests, requests,
-                       pipelines, index != "hash", fill, sizes["range_requests"], step, kernel=engine != STACK)
+        try:
+            addr = ip
+            if engine == STACK:
+                data["ustack"] = stack_place(provider, server_host, client, args)
+                addr = data["ustack"]["address"]
+                argv += ["--driver", data["ustack"]["driver"], "--ifname", data["ustack"]["ifname"],
+                         "--ip", data["ustack"]["ip"]]
+            else:
+                argv += ["--bind", ip]
+            cell = measure(server_host, client, addr, port, argv, f"kv {name}", tests, requests,
+                           pipelines, index != "hash", fill, sizes["range_requests"], step, kernel=engine != STACK)
+        except LabError as exc:       # this cell failed: the others still run
+            not_run(name, "failed", str(exc))
+            continue
         data["rps"].setdefault(engine, {})[index] = {t: {str(p): cell["rps"][p].get(t) for p in pipelines}
                                                     for t in tests}
         data["latency"].setdefault(engine, {})[index] = cell["latency"]
-        data["bytes_per_key"][f"kv {engine}/{index}"] = cell["bytes_per_key"]
+        data["bytes_per_key"][f"kv {name}"] = cell["bytes_per_key"]
         if "range_ms" in cell:
             data["range_ms"][index] = {**cell["range_ms"], "keys": cell["keys_filled"]}
     port += 1
     argv = ["redis-server", "--bind", ip, "--port", str(port), "--save", "", "--appendonly", "no",
             "--protected-mode", "no", "--daemonize", "no", "--logfile", ""]
-    cell = measure(server_host, client, ip, port, argv, "redis-server", tests, requests, pipelines, False,
-                   fill, sizes["range_requests"], step)
-    data["redis"] = {t: {str(p): cell["rps"][p].get(t) for p in pipelines} for t in tests}
-    data["latency"]["redis"] = cell["latency"]
-    data["bytes_per_key"]["redis-server"] = cell["bytes_per_key"]
+    try:
+        cell = measure(server_host, client, ip, port, argv, "redis-server", tests, requests, pipelines, False,
+                       fill, sizes["range_requests"], step)
+        data["redis"] = {t: {str(p): cell["rps"][p].get(t) for p in pipelines} for t in tests}
+        data["latency"]["redis"] = cell["latency"]
+        data["bytes_per_key"]["redis-server"] = cell["bytes_per_key"]
+    except LabError as exc:
+        not_run("redis-server", "failed", str(exc))
     env_py = fakeredis_env(provider, server_host, py, step) if args.fake_runs else "--fake-runs 0"
-    if isinstance(env_py, str):
+    if not args.fake_runs:
         data["skipped"]["fakeredis"] = env_py
+    elif isinstance(env_py, str):
+        not_run("fakeredis", "not run", env_py)
     else:
         port += 1
         argv = [py, "-c", f"from fakeredis import TcpFakeServer; TcpFakeServer(('{ip}', {port}), "
@@ -242,6 +262,10 @@ def run(provider, args, step) -> dict:
                     data["fakeredis_runs"].setdefault(t, {})[str(p)] = [r["rps"] for r in rows]
                     data["fakeredis"].setdefault(t, {})[str(p)] = median["rps"]
                     data["latency"].setdefault("fakeredis", {}).setdefault(p, {})[t] = median
+        except TimeoutError:
+            not_run("fakeredis", "failed", f"it did not listen on {ip}:{port}: {proc.logs()[1][-600:]}")
+        except LabError as exc:
+            not_run("fakeredis", "failed", str(exc))
         finally:
             proc.stop(5)
     data["load_before"] = load_before
@@ -251,6 +275,16 @@ def run(provider, args, step) -> dict:
     md = render(data, pngs, args)
     path = report.write_report(out, md, data)
     return {"report": path, "dir": out, "data": data}
+
+
+def probe(host, py: str, engines: list[str]) -> tuple[bool, dict[str, str]]:
+    """Asked of the server host's own python (hpnlab.bench.probe's verdicts, as the bench asks
+    them): whether QEMU emulates its CPU, and why each of `engines` cannot run there, with the
+    fix ({} if all can) - an engine whose library is missing is reported, not tried."""
+    code = ("import json; from hpnlab.bench.probe import emulated_cpu, engines; "
+            f"print(json.dumps([emulated_cpu(), engines({sorted(set(engines))!r})]))")
+    emulated, verdicts = json.loads(host.run([py, "-c", code], timeout=120).stdout.splitlines()[-1])
+    return emulated, {e: f"on {host.name}: {why}" for e, why in verdicts.items() if why}
 
 
 def stack_place(provider, server_host, client, args) -> dict[str, str]:
@@ -553,9 +587,9 @@ def render(data: dict, pngs: list[str], args) -> str:
             for p in ("1", "16"):
                 rows.append([f"{e}/{i}", p] + [f"{v[t][p]:.0f}" if v[t].get(p) else "-" for t in tests])
     for p in ("1", "16"):
-        rows.append(["**redis-server**", p] + [f"{data['redis'][t][p]:.0f}" if data["redis"][t].get(p) else "-"
-                                              for t in tests])
-    L = ["# KV lab: hpnlab kv vs redis-server", "",
+        rows.append(["**redis-server**", p] + [f"{data['redis'][t][p]:.0f}" if data["redis"].get(t, {}).get(p)
+                                              else "-" for t in tests])
+    L = ["# KV lab: hpnlab kv vs redis-server", "", *incomplete_md(data),
          f"The store runs on `{data['server']}` ({data['address']}), `redis-benchmark -c 50` runs on "
          f"`{data['client']}` across the lab's data LAN; redis-server runs on the same host in the same run. "
          f"{data['requests']} requests per test at -P 1, 4× that at -P 16. Each cell is one run; the "
@@ -592,6 +626,16 @@ def render(data: dict, pngs: list[str], args) -> str:
           f"{' '.join(data['load_before'])} / {' '.join(data['load_after'])}", "",
           report.rerun_md(None, "lab-kv")]
     return "\n".join(L)
+
+
+def incomplete_md(data: dict) -> list[str]:
+    """On top of the report: the requested cells that did not run, and why (the command exits non-zero)."""
+    missed = data.get("not_run") or {}
+    if not missed:
+        return []
+    return ([f"**INCOMPLETE RUN: {len(missed)} of {data['requested']} requested servers did not run, so "
+             "`hpnlab kv lab` exited non-zero. The numbers below are the part that ran.**", ""]
+            + [f"- **{name} {v['status']}**: **{v['reason']}**" for name, v in missed.items()] + [""])
 
 
 def reading(data: dict) -> list[str]:
