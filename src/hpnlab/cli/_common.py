@@ -95,6 +95,9 @@ def ensure_current_code(provider: Provider, inventory_dir, step) -> None:
     edit or a `git pull` since provisioning that is older code - an option unrecognised, a fix
     missing, figures from code the report does not describe. Bring it up to date first, with
     the labcode role alone."""
+    # every lab command and the bench come through here as their run starts: what a killed
+    # earlier run left on the hosts may go first (the provider's begin_run)
+    provider.begin_run(step)
     from ..labcode import outdated_hosts
     outdated = outdated_hosts(provider)
     if not outdated:

@@ -13,6 +13,12 @@ Both are expressed as commands run *inside* the host, so the same plan serves
 network namespaces and SSH hosts. `apply` makes a plan on a host (netem if the
 host's kernel takes it, else the fallback); `applied` does it for a block and
 undoes each step it made, newest first, on the way out.
+
+What a plan makes carries hpnlab's mark, so that what a killed run (kill -9: no
+undo ran) left on a machine can be found and removed, and nothing else: the root
+qdisc has the handle QDISC_HANDLE, the nftables table is NFT_TABLE, the NFQUEUE
+rule has the comment TAG, and iptables-nft's mangle table, where hpnlab made it,
+the comment TAG too (`sweep`).
 """
 from __future__ import annotations
 
@@ -28,6 +34,13 @@ from ..interrupts import deferred_interrupts
 from ..topology.model import Impairment, format_rate
 
 NFT_TABLE = "hpnlab_impair"
+TAG = "hpnlab-impair"       # the NFQUEUE rule's comment; the mangle table's where hpnlab made it
+QDISC_HANDLE = "4850:"      # hpnlab's root qdiscs ("HP"): a leftover is told from the machine's own by it
+# iptables-nft keeps its mangle table (and the base chain) after the last rule went: an empty
+# table that, where hpnlab made it (its comment), goes with hpnlab's last rule
+DROP_OWN_MANGLE = (f"nft list table ip mangle 2>/dev/null | grep -qF 'comment \"{TAG}\"' "
+                   "&& ! iptables-nft -t mangle -S | grep -q '^-[AN] ' "
+                   "&& nft delete table ip mangle && echo dropped; true")
 
 
 class ImpairError(HpnlabError, RuntimeError):
@@ -45,7 +58,7 @@ class Plan:
 
 
 def netem_plan(ifname: str, imp: Impairment) -> Plan:
-    args = ["tc", "qdisc", "replace", "dev", ifname, "root", "netem"]
+    args = ["tc", "qdisc", "replace", "dev", ifname, "root", "handle", QDISC_HANDLE, "netem"]
     if imp.delay_ms:
         args += ["delay", f"{imp.delay_ms:g}ms"] + ([f"{imp.jitter_ms:g}ms"] if imp.jitter_ms else [])
     if imp.loss_pct:
@@ -68,7 +81,7 @@ def fallback_plan(ifname: str, imp: Impairment, queue: int, python: str = sys.ex
     if imp.rate_bps:
         # burst: at least a few full frames, or 10 ms worth at the rate
         burst = max(imp.rate_bps // 8 // 100, 16 * 1514)
-        commands.append(["tc", "qdisc", "replace", "dev", ifname, "root", "tbf",
+        commands.append(["tc", "qdisc", "replace", "dev", ifname, "root", "handle", QDISC_HANDLE, "tbf",
                          "rate", format_rate(imp.rate_bps), "burst", str(burst), "latency", "100ms"])
         undo.append(_del_root_qdisc(ifname))
         parts.append("tbf (rate)")
@@ -86,9 +99,12 @@ def fallback_plan(ifname: str, imp: Impairment, queue: int, python: str = sys.ex
     if imp.delay_ms:
         daemon = [python, "-m", "hpnlab.impair.delayq", "--queue", str(queue),
                   "--delay-ms", f"{imp.delay_ms:g}", "--jitter-ms", f"{imp.jitter_ms:g}"]
-        rule = ["POSTROUTING", "-o", ifname, *match, "-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass"]
-        commands.append(["iptables-nft", "-t", "mangle", "-A", *rule])
-        undo.append(["iptables-nft", "-t", "mangle", "-D", *rule])
+        rule = ["POSTROUTING", "-o", ifname, *match, "-m", "comment", "--comment", TAG,
+                "-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass"]
+        # the mangle table marked as hpnlab's where it makes it (`create` fails if it exists: then not ours)
+        commands += [["sh", "-c", f"nft create table ip mangle '{{ comment \"{TAG}\"; }}' 2>/dev/null; true"],
+                     ["iptables-nft", "-t", "mangle", "-A", *rule]]
+        undo += [["sh", "-c", DROP_OWN_MANGLE], ["iptables-nft", "-t", "mangle", "-D", *rule]]
         parts.append("NFQUEUE delay line (delay)")
     return Plan(", ".join(parts), commands, daemon, queue if daemon else None, undo)
 
@@ -132,6 +148,36 @@ def applied(host, ifname: str, imp: Impairment, queue: int, match: Sequence[str]
         with deferred_interrupts():
             for step in reversed(undo):
                 step()
+
+
+def sweep(host, ifnames: Sequence[str], own_table: Callable[[str], bool] = lambda name: False) -> list[str]:
+    """Remove what impairment plans left on `host` (a run killed before its undo): hpnlab's root
+    qdiscs on `ifnames`, its nftables tables (NFT_TABLE, and those `own_table` names: a lab's),
+    the NFQUEUE rules with its comment and the mangle table it made once empty. Marks that are
+    not hpnlab's are left alone. Returns what it removed. (The delay lines' processes are the
+    provider's: it recorded them.)"""
+    import json
+    import shlex
+    removed = []
+    for ifname in ifnames:
+        shown = host.run(["tc", "-j", "qdisc", "show", "dev", ifname, "root"], timeout=10, check=False)
+        qdiscs = json.loads(shown.stdout or "[]") if shown.ok else []
+        if any(q.get("root") and q.get("handle") == QDISC_HANDLE for q in qdiscs):
+            host.run(_del_root_qdisc(ifname), timeout=10, check=False)
+            removed.append(f"qdisc {QDISC_HANDLE} on {ifname}")
+    listed = host.run(["nft", "list", "tables"], timeout=10, check=False).stdout.split("\n")
+    for family, name in (line.split()[1:3] for line in listed if line.startswith("table ")):
+        if name == NFT_TABLE or own_table(name):
+            host.run(["nft", "delete", "table", family, name], timeout=10, check=False)
+            removed.append(f"nft table {family} {name}")
+    rules = host.run(["iptables-nft", "-t", "mangle", "-S"], timeout=10, check=False).stdout.splitlines()
+    for argv in map(shlex.split, rules):
+        if argv[:1] == ["-A"] and "--comment" in argv and argv[argv.index("--comment") + 1] == TAG:
+            host.run(["iptables-nft", "-t", "mangle", "-D", *argv[1:]], timeout=10, check=False)
+            removed.append(f"iptables-nft mangle rule {shlex.join(argv[1:])}")
+    if "dropped" in host.run(["sh", "-c", DROP_OWN_MANGLE], timeout=10, check=False).stdout:
+        removed.append("nft table ip mangle (hpnlab's, empty)")
+    return removed
 
 
 def wait_queue_bound(host, queue: int, timeout: float | None = None) -> None:

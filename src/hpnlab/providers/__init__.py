@@ -185,6 +185,9 @@ class Provider(ABC):
         port's name), for a lab that filters frames between hosts; None where there is none."""
         return None
 
+    def begin_run(self, progress: Progress = _quiet) -> None:  # noqa: B027 — a hook whose default is nothing
+        """A lab run on the lab's hosts starts (what a killed earlier run left may go first)."""
+
     def release_machine(self, progress: Progress = _quiet) -> list[str]:
         """Give back what provisioning took from this machine for the lab; what was given back."""
         return []

@@ -7,25 +7,34 @@
     up     every host answers over SSH and has every data NIC named → each NIC gets the
            topology's address, MTU and link state where it lacks them → the host's sysctls
            (machine + profile) are set and read back → state phase up
-    down   the processes labs started, then exactly what `up` changed, undone
+    down   the processes labs started, what their impairments left, then exactly what `up`
+           changed, undone
 
 The machines are not hpnlab's: `up` records each change in state.json before it makes
 it, so `down`, a rolled-back `up` and `cleanup` undo those changes and touch nothing
 else. A machine without a state file is never touched. Provisioning (`hpnlab provision`)
 is what a real machine keeps: `down` does not undo it.
+
+A lab run that is killed (kill -9: no undo runs) leaves its processes and impairments
+(qdiscs, nftables tables and rules, delay lines) on the machines. Each run holds the lab's
+run lock while it lives; the next run that gets it, `cleanup` and `down` end the processes
+the state recorded and remove what hpnlab's impairments left (by the marks hpnlab.impair
+gives them), nothing else.
 """
 from __future__ import annotations
 
+import fcntl
+import os
 import shlex
 from dataclasses import replace
 from pathlib import Path
 
-from .. import inventory
+from .. import impair, inventory
 from ..hosts import Host, Link
 from ..hosts.ssh import HostKeyError, SshHost, bare_spec, known_hosts_args, reach_of
-from ..state import unregister_live
+from ..state import LabState, registered, unregister_live
 from ..topology import Lab
-from . import Progress, Provider, ProviderError, _quiet
+from . import Progress, Provider, ProviderError, _quiet, lab_nft_table
 
 CONNECTION_VARS = ("ansible_host", "ansible_port", "ansible_user", "ansible_ssh_private_key_file",
                    "ansible_become", "ansible_become_method", "ansible_become_user",
@@ -33,6 +42,7 @@ CONNECTION_VARS = ("ansible_host", "ansible_port", "ansible_user", "ansible_ssh_
                    "ansible_connection", "ansible_password")
 
 SSH_TIMEOUT = 30.0
+RUN_LOCK = "run.lock"       # in the lab's state directory: held by the live lab run, if any
 
 
 class StaticProvider(Provider):
@@ -43,6 +53,7 @@ class StaticProvider(Provider):
     def __init__(self, lab: Lab, state_root: Path | None = None):
         super().__init__(lab, state_root)
         self.declared = lab
+        self._run_lock: int | None = None
         self._read_inventory(None)
 
     def _read_inventory(self, path: str | Path | None) -> None:
@@ -177,6 +188,22 @@ class StaticProvider(Provider):
         _undo(state, progress)
         unregister_live(self.name, self.lab.name)
         self.state.remove()
+        if self._run_lock is None:          # (this process's own run keeps its lock until it ends)
+            (self.state.dir / RUN_LOCK).unlink(missing_ok=True)
+
+    def begin_run(self, progress: Progress = _quiet) -> None:
+        """A lab run starts: it holds the lab's run lock until this process ends (the kernel lets
+        go of it then, after kill -9 too). Where it got it, no other run of the lab is live, so
+        the processes and impairments earlier runs left on the machines are stale: they go."""
+        if self._run_lock is not None:
+            return
+        self._run_lock = _take_run_lock(self.state.dir)
+        if self._run_lock is None:
+            progress(f"another run of lab {self.lab.name} is live: what it made on the machines is left alone")
+            return
+        with self.state.lock():
+            for what in _sweep_runs(self.state):
+                progress(f"left by an earlier run that ended without cleaning up: {what}")
 
     @classmethod
     def cleanup(cls, progress: Progress = _quiet, lab: str | None = None) -> list[str]:
@@ -184,6 +211,19 @@ class StaticProvider(Provider):
         machines a state file names are reached, and only what it recorded is undone."""
         live, states = cls._leftovers(lab, progress)
         removed = []
+        for name in sorted(live):           # up, kept up: only what a dead run left goes
+            path = registered(cls.name)[name]["state"]
+            st = LabState(name, path.parent.parent) if path else None
+            fd = _take_run_lock(st.dir) if st and st.dir.exists() else None
+            if st is None or fd is None:
+                continue                    # coming up, or a run of it is live: left alone
+            try:
+                with st.lock():
+                    for what in _sweep_runs(st):
+                        progress(f"lab {name}: left by a run that ended without cleaning up: {what}")
+                        removed.append(f"{name}: {what}")
+            finally:
+                os.close(fd)
         for st in states:
             with st.lock():
                 data = st.read()
@@ -192,6 +232,7 @@ class StaticProvider(Provider):
                 progress(f"undoing what lab {st.dir.name} changed on its machines")
                 removed += _undo(data, progress)
                 st.remove()
+                (st.dir / RUN_LOCK).unlink(missing_ok=True)
             st.discard()
             removed.append(f"state {st.dir}")
         cls._forget_dead(lab, live)
@@ -279,33 +320,69 @@ def _describe(reach: dict) -> str:
     return f"{reach['user']}@{reach['address']}:{reach['port']}{via}"
 
 
-def _undo(state: dict, progress: Progress) -> list[str]:
-    """End the processes labs started and undo the recorded changes, newest first, on
-    every host the state names. A host that cannot be reached keeps its record (the state
-    stays) and is named in the error."""
+def _take_run_lock(state_dir: Path) -> int | None:
+    """The lab's run lock (a descriptor holding it), or None if a live run holds it."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(state_dir / RUN_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _sweep_runs(st: LabState) -> list[str]:
+    """What dead runs left on the machines of a lab that is up (the caller holds its lock and
+    run lock): the processes they recorded ended, their impairments removed; their records go."""
+    state = st.read() or {}
+    if state.get("phase") != "up":
+        return []
+    done = _undo(state, _quiet, changes=False)
+    state["processes"] = []
+    st.write(state)
+    return done
+
+
+def _undo(state: dict, progress: Progress, changes: bool = True) -> list[str]:
+    """End the processes labs started, remove what their impairments left (hpnlab's marks) and,
+    with `changes`, undo the recorded changes, newest first, on every host the state names. A
+    host that cannot be reached keeps its record (the state stays) and is named in the error."""
     done, failed = [], []
+    lab = state.get("lab", "")
+    nics = {name: [n["ifname"] for n in h.get("nics", [])]
+            for name, h in ((state.get("topology") or {}).get("hosts") or {}).items()}
     for name, reach in (state.get("hosts") or {}).items():
         host = SshHost.from_reach(bare_spec(name), reach)
         processes = [p for p in state.get("processes", []) if p.get("host") == name]
-        changes = (state.get("changes") or {}).get(name, [])
-        if not processes and not changes:
-            continue
+        undo = (state.get("changes") or {}).get(name, []) if changes else []
         try:
             reachable = host.run("true", timeout=SSH_TIMEOUT, check=False).ok
         except HostKeyError as exc:
-            failed.append(f"{name} ({exc}; {exc.hint})")
-            continue
+            reachable, why = False, f"{exc}; {exc.hint}"
+        else:
+            why = _describe(reach)
         if not reachable:
-            failed.append(f"{name} ({_describe(reach)})")
+            if processes or undo:       # a record to keep; else nothing of hpnlab's is known to be there
+                failed.append(f"{name} ({why})")
+            else:
+                progress(f"{name}: not reachable ({why}): not looked at for impairments left there")
             continue
         for proc in processes:
             base = proc["stdout"].removesuffix(".out")
             # the group only while its exit-status file is missing: then the PID is still the lab's
-            host.run(f"if [ ! -e {base}.rc ] && kill -0 {proc['pid']} 2>/dev/null; then "
-                     f"kill -TERM -{proc['pid']} 2>/dev/null; sleep 1; kill -KILL -{proc['pid']} 2>/dev/null; "
-                     f"fi; rm -f {base}.out {base}.err {base}.rc", timeout=SSH_TIMEOUT, check=False)
+            # (up to 1 s to end on TERM: a delay line lets its held packets go)
+            pid = proc["pid"]
+            host.run(f"if [ ! -e {base}.rc ] && kill -0 {pid} 2>/dev/null; then kill -TERM -{pid} 2>/dev/null; "
+                     f"for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 {pid} 2>/dev/null || break; sleep 0.1; done; "
+                     f"kill -KILL -{pid} 2>/dev/null; fi; rm -f {base}.out {base}.err {base}.rc",
+                     timeout=SSH_TIMEOUT, check=False)
             done.append(f"{name}: ended {proc['name']} (pid {proc['pid']})")
-        for change in reversed(changes):
+        # after the delay lines ended: their rules pass packets on (--queue-bypass) meanwhile
+        done += [f"{name}: removed {what}" for what in impair.sweep(
+            host, nics.get(name, []), lambda table: table.startswith("hpnlab_")
+            and table == lab_nft_table(table.split("_")[1], lab))]
+        for change in reversed(undo):
             argv = _undo_argv(host, change)
             if argv:
                 host.run(argv, timeout=SSH_TIMEOUT, check=False)
