@@ -6,8 +6,8 @@ import struct
 
 import pytest
 
-from hpnlab.rudp.arq import CMD_ACK, CMD_PUSH, HEADER, MASK, MODES, Arq
-from hpnlab.rudp.sim import Link
+from hpnlab.rudp.arq import CMD_ACK, CMD_PUSH, HEADER, MASK, MODES, Arq, segments
+from hpnlab.rudp.sim import Link, echo_scenario, resend_census
 
 
 def pair(mode="fast", isn=0, **kw):
@@ -132,13 +132,7 @@ def test_eager_answers_with_the_ack_and_the_reply_in_one_datagram_at_once():
     b.input(push, 4)
     b.send(b.recv())                          # the application's reply, before b's output is taken
     [reply] = b.pop_output()
-    cmds = []
-    off = 0
-    while off < len(reply):
-        fields = HEADER.unpack_from(reply, off)
-        cmds.append(fields[1])
-        off += HEADER.size + fields[7]
-    assert cmds == [CMD_ACK, CMD_PUSH]
+    assert [f[1] for f in segments(reply)] == [CMD_ACK, CMD_PUSH]
     assert b.pop_output() == []               # nothing owed: no empty flushes
 
 
@@ -167,12 +161,7 @@ class Scripted(Link):
         self.fate, self.copies, self.log = fate, {}, []
 
     def send(self, end, datagram, now):
-        sns, off = [], 0
-        while off < len(datagram):
-            fields = HEADER.unpack_from(datagram, off)
-            off += HEADER.size + fields[7]
-            if fields[1] == CMD_PUSH:
-                sns.append(fields[5])
+        sns = [f[5] for f in segments(datagram) if f[1] == CMD_PUSH]
         extra = 0
         if end == 0 and sns:
             self.log.append((now, sns))
@@ -238,3 +227,15 @@ def test_duplicate_pushes_are_acknowledged_by_una(ikcp_rules):
     else:
         assert acks < 300 and b.stats["dup_acks_saved"] > 100
     assert a.stats["retransmits"] == a.stats["fast_retransmits"] == 0
+
+
+def test_resend_census_counts_every_resend_by_what_became_of_the_earlier_copies():
+    a, b = pair("fast", ikcp_rules=True)
+    link = Link(loss=0.1, delay=(30, 62), seed=3, record=True)
+    echo_scenario(a, b, link, 300)
+    census = resend_census(link.log)
+    assert sum(census.values()) == sum(p.stats["retransmits"] + p.stats["fast_retransmits"] for p in (a, b))
+    assert census["needed"] > 0 and census["arrived"] > 0 and census["in flight"] > 0
+    lossless = Link(delay=(30, 62), seed=3, record=True)
+    echo_scenario(*pair("fast", ikcp_rules=True), lossless, 300)
+    assert resend_census(lossless.log)["needed"] == 0

@@ -855,6 +855,7 @@ def simulate(modes: list[str], count: int, one_way, lo: float, hi: float, seed: 
 SEEDS = 10
 # the wire bytes by why (Arq.stats' bytes_<kind>); C ikcp's are those of hpnlab on ikcp's rules
 BYTE_KINDS = ("push_new", "push_rto", "push_fast", "ack", "probe")
+RESENDS = ("needed", "arrived", "in flight")        # hpnlab.rudp.sim.resend_census
 
 
 def over_seeds(count: int, one_way, lo: float, hi: float, configs: list[str], seeds: int = SEEDS) -> dict:
@@ -862,19 +863,21 @@ def over_seeds(count: int, one_way, lo: float, hi: float, configs: list[str], se
     average and maximum RTT, in how many seeds each was at most C ikcp's, the overhead, and the
     bytes by kind (% of a perfect run's) - C ikcp's counted by hpnlab's core on ikcp's rules,
     which sends the very same datagrams."""
-    from ..rudp.sim import Link, echo_scenario
+    from ..rudp.sim import Link, echo_scenario, resend_census
     keys = configs + ["ckcp:fast", "hpnlab:fast(ikcp rules)"]
     runs: dict[str, list[dict]] = {k: [] for k in keys}
     for seed in range(1, seeds + 1):
         for key in keys:
             impl, mode = key.removesuffix("(ikcp rules)").split(":")
             ends = [make_arq(impl, mode, ikcp_rules=key.endswith("(ikcp rules)")) for _ in (0, 1)]
-            link = Link(loss=one_way.loss_pct / 100, delay=(int(lo), int(hi)), seed=seed)
+            link = Link(loss=one_way.loss_pct / 100, delay=(int(lo), int(hi)), seed=seed, record=True)
             rtts, _ = echo_scenario(ends[0], ends[1], link, count)
+            assert link.log is not None
             runs[key].append({"avg_ms": sum(rtts) / count, "max_ms": max(rtts),
                               "overhead": sum(link.sent) / (count * PERFECT_BYTES) - 1,
                               "bytes": {k: sum(e.stats[f"bytes_{k}"] for e in ends) / (count * PERFECT_BYTES)
-                                        for k in BYTE_KINDS} if impl == "hpnlab" else None})
+                                        for k in BYTE_KINDS} if impl == "hpnlab" else None,
+                              "resends": resend_census(link.log)})
     out: dict[str, dict] = {"seeds": {"n": seeds}}
     base = runs["ckcp:fast"]
     for key, rs in runs.items():
@@ -882,6 +885,7 @@ def over_seeds(count: int, one_way, lo: float, hi: float, configs: list[str], se
         out[key]["worst_max_ms"] = max(r["max_ms"] for r in rs)
         if rs[0]["bytes"]:
             out[key]["bytes"] = {k: round(sum(r["bytes"][k] for r in rs) / seeds, 4) for k in BYTE_KINDS}
+        out[key]["resends"] = {k: sum(r["resends"][k] for r in rs) for k in RESENDS}
         for stat in ("avg_ms", "max_ms"):
             out[key][f"{stat}_le_ckcp_in"] = sum(r[stat] <= b[stat] for r, b in zip(rs, base))
     return out
@@ -1114,10 +1118,14 @@ def render_seeds(sd: dict) -> list[str]:
     with_bytes = [k for k in keys if "bytes" in sd[k]]
     if with_bytes:
         L += ["", "Where the bytes went (% of a perfect run's: its PUSHes are 57.1 %, its ACKs 42.9 %); "
-              "`hpnlab:fast(ikcp rules)` sends the very datagrams C ikcp does:", "",
-              report.md_table(["config", "first PUSHes", "resent on RTO", "fast resent", "ACKs", "probes", "total"],
+              "`hpnlab:fast(ikcp rules)` sends the very datagrams C ikcp does. Resends, all seeds: needed (no "
+              "earlier copy got through) or not - an earlier copy had arrived (its ACK lost or on its way) or "
+              "was still in flight (overtaken):", "",
+              report.md_table(["config", "first PUSHes", "resent on RTO", "fast resent", "ACKs", "probes", "total",
+                               "resends: needed / arrived / in flight"],
                               [[k] + [f"{sd[k]['bytes'][b]:.1%}" for b in BYTE_KINDS]
-                               + [f"{sum(sd[k]['bytes'].values()):.1%}"] for k in with_bytes])]
+                               + [f"{sum(sd[k]['bytes'].values()):.1%}",
+                                  " / ".join(str(sd[k]["resends"][r]) for r in RESENDS)] for k in with_bytes])]
     return L
 
 

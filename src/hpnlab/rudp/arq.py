@@ -40,6 +40,16 @@ PROBE_INIT, PROBE_LIMIT = 7000, 120000
 MASK = 0xFFFFFFFF
 
 
+def segments(datagram: bytes):
+    """The header fields (conv, cmd, frg, wnd, ts, sn, una, len) of each segment in a
+    well-formed datagram (a tool for taps and tests; input() checks what it reads)."""
+    off = 0
+    while off + OVERHEAD <= len(datagram):
+        fields = HEADER.unpack_from(datagram, off)
+        yield fields
+        off += OVERHEAD + fields[7]
+
+
 def diff(a: int, b: int) -> int:
     """a - b on the 32-bit circle (sequence numbers and timestamps wrap)."""
     return ((a - b + 0x80000000) & MASK) - 0x80000000

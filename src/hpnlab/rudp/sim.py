@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections import Counter
 
 
 class Link:
     def __init__(self, loss: float = 0.0, delay: tuple[int, int] = (0, 0), dup: float = 0.0,
-                 seed: int = 0):
+                 seed: int = 0, record: bool = False):
         self.loss, self.delay, self.dup = loss, delay, dup
+        # with record: (end, time sent, datagram, when its first copy arrives or None: lost)
+        self.log: list[tuple[int, int, bytes, int | None]] | None = [] if record else None
         self.rng = random.Random(seed)
         self.queues: list[list[tuple[int, int, bytes]]] = [[], []]
         self.n = 0
@@ -25,12 +28,16 @@ class Link:
     def send(self, end: int, datagram: bytes, now: int) -> None:
         self.sent[end] += len(datagram)
         copies = 2 if self.rng.random() < self.dup else 1
+        arrivals = []
         for _ in range(copies):
             if self.rng.random() < self.loss:
                 self.dropped += 1
                 continue
             self.n += 1
-            heapq.heappush(self.queues[1 - end], (now + self.rng.randint(*self.delay), self.n, datagram))
+            arrivals.append(now + self.rng.randint(*self.delay))
+            heapq.heappush(self.queues[1 - end], (arrivals[-1], self.n, datagram))
+        if self.log is not None:
+            self.log.append((end, now, datagram, min(arrivals, default=None)))
 
     def deliver(self, end: int, now: int) -> list[bytes]:
         """The datagrams due at `end` by `now`, in arrival order."""
@@ -53,6 +60,24 @@ class Link:
             for t in (range(now + 1, until + 1) if until is not None else (now,)):
                 for d in self.deliver(end, t):
                     me.input(d, t)
+
+
+def resend_census(log) -> Counter:
+    """Every PUSH resent on a recorded link, by what had become of its earlier copies when it
+    left: 'needed' (none got through), 'arrived' (one had arrived: its ACK was lost or still on
+    its way), 'in flight' (one was still on its way: a slow one, overtaken)."""
+    from .arq import CMD_PUSH, segments
+    copies: dict[tuple[int, int], list[int]] = {}
+    out: Counter = Counter()
+    for end, now, datagram, arrival in log:
+        for _, cmd, _, _, _, sn, _, _ in segments(datagram):
+            if cmd != CMD_PUSH:
+                continue
+            if (end, sn) in copies:
+                got = copies[(end, sn)]
+                out["needed" if not got else "arrived" if min(got) <= now else "in flight"] += 1
+            copies.setdefault((end, sn), []).extend([arrival] if arrival is not None else [])
+    return out
 
 
 def echo_scenario(a, b, link: Link, count: int, every_ms: int = 20, limit_ms: int = 3_600_000,
