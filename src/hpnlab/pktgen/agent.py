@@ -129,8 +129,13 @@ def run_testpmd(argv: list[str], seconds: float, until_stopped: bool = False,
     at most `seconds` + 10), stop it with SIGINT as a user would; (its output, seconds it
     forwarded until then, CPU seconds it used meanwhile)."""
     with tempfile.TemporaryFile("w+") as log:
+        # a process group of its own (the signals sent to the agent's group are the agent's to
+        # pass on), in the agent's session: the scheduler's autogroups are per session, and a
+        # session of its own gave testpmd a fair share of its own — on a netns host, where the
+        # generator shares the lab command's session with whatever else runs there, testpmd had
+        # 0.36 of a CPU to the generator's 0.19 (net_null, load 7)
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, preexec_fn=_die_with_parent)
+                                process_group=0, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + 60
         started: float | None = None
         try:
