@@ -214,7 +214,8 @@ class Stack:
             self._emit_ipv4(ether.BROADCAST, ipv4.build(self.ip, dst, proto, payload, self._next_id(), df=False))
             return True
         if ipv4.HEADER + len(payload) <= self.mtu:
-            self.arp.resolve(hop, ipv4.build(self.ip, dst, proto, payload, self._next_id(), df=df), self.now)
+            self._ip_id = ident = (self._ip_id + 1) & 0xFFFF       # _next_id() inlined: once per packet
+            self.arp.resolve(hop, ipv4.build(self.ip, dst, proto, payload, ident, df=df), self.now)
             self.counters["ipv4.tx"] += 1
             return True
         self.count("ipv4.fragmented_tx")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from .congestion import NewReno
 from .rto import RtoEstimator
-from .segment import ACK, FIN, HEADER, PSH, RST, SYN, Segment, build, options
+from .segment import ACK, FIN, HEADER, OPT_NOP, OPT_TS, PSH, RST, SYN, TS_OPTION, Segment, build, options
 
 if TYPE_CHECKING:
     from . import Listener
@@ -171,7 +171,8 @@ class Connection:
 
     def _emit(self, seq: int, flags: int, payload=b"", now: float = 0.0, opts: bytes | None = None) -> None:
         if opts is None:                        # the timestamps option: our ms clock, TS.Recent
-            opts = options(ts=(int(now * 1000) & M, self.ts_recent)) if self.ts_ok else b""
+            opts = TS_OPTION.pack(OPT_NOP, OPT_NOP, OPT_TS, 10, int(now * 1000) & M, self.ts_recent) \
+                if self.ts_ok else b""
         if flags & SYN:                          # a SYN's window is never scaled (RFC 7323 §2.2)
             window = min(self.rcv_window(), 0xFFFF)
             self.rcv_adv = (self.rcv_nxt + window) & M
@@ -185,7 +186,7 @@ class Connection:
                 self.delack_timer.cancel()
                 self.delack_timer = None
         self.stats["segs_out"] += 1
-        if self.layer.offload:
+        if self.layer.stack.offload:
             self.layer.emit_offload(self.remote[0], build(self.local[0], self.remote[0], self.local[1],
                                                           self.remote[1], seq, ack, flags, window, payload, opts,
                                                           partial=True), HEADER + len(opts), self.mss)

@@ -16,6 +16,7 @@ _OPT_LEN = {OPT_MSS: 4, OPT_WS: 3, OPT_SACK_OK: 2, OPT_TS: 10}
 # struct call reads or writes them all, cheaper per segment than a conversion per field
 _FIXED = struct.Struct("!HHIIBBH")
 _TS = struct.Struct("!BBBBII")            # NOP, NOP, kind, length, TSval, TSecr
+TS_OPTION = _TS                           # connections pack it per segment, without options()
 # the options of nearly every segment after the handshake: Linux's (and ours) NOP, NOP,
 # timestamps; recognised as a whole, so the option loop runs only for the others
 _TS_ONLY = struct.Struct("!4sII")
