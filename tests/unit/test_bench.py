@@ -469,7 +469,10 @@ def test_an_emulated_server_gets_a_grid_cut_to_fit_and_the_report_says_what_was_
     assert full.groups() == [(s, c) for s in (64, 4096) for c in (1, 10, 100, 1000, 10000)]  # not cut here
     cut_for_emulated(full)
     assert full.groups() == [(64, 100), (64, 1000), (4096, 100), (4096, 1000)]     # every size, no group left out
-    assert (full.duration, full.repeats, full.syscalls) == (3.0, 1, False)
+    assert (full.duration, full.repeats, full.syscalls, full.quiet_wait) == (3.0, 1, False, 15.0)
+    waits = cfg_of("--quiet-wait", "5")          # a wait asked for is kept
+    cut_for_emulated(waits)
+    assert waits.quiet_wait == 5.0 and len(waits.groups()) == 4
     assert "conns [100, 1000], duration 3.0, repeats 1" in full.grid_note and "h there" in full.grid_note
     assert {(c["size"], c["conns"]) for c in failed_cells(full, "x")} == set(full.groups())
     one_size = cfg_of("--sizes", "64")
