@@ -273,6 +273,20 @@ def test_the_look_agent_answers_each_request_on_one_pipe_and_ends_with_its_input
         assert agent.wait(10) == 0
 
 
+def test_a_look_agent_that_ended_is_named_and_the_next_look_starts_a_new_one(tmp_path):
+    from hpnlab.bench.sides import Side
+    side = Side("there", "127.0.0.1", None, local_proc=False, logdir=tmp_path)
+    try:
+        assert "@machine" in side.look("look - -")
+        side._looker[2].kill()                               # the agent dies (as with a lost connection)
+        side._looker[2].wait()
+        with pytest.raises(RuntimeError, match="the look agent .* on this machine ended"):
+            side.look("look - -")
+        assert "@machine" in side.look("look - -")           # a new agent, not a stale answer
+    finally:
+        side.cleanup()
+
+
 def test_a_look_over_ssh_does_not_count_its_own_shell_as_others_load():
     """A look's processes (sh, chrt, cat) are new at each look, so all their CPU counted as
     others' load: on a TCG guest 0.3 cores, and every run was re-run as disturbed."""

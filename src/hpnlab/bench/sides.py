@@ -87,13 +87,25 @@ class Side:
 
     def cleanup(self) -> None:
         """End the look agent; remove the processes' log files (they were read as the runs went)."""
-        if self._looker is not None:
-            stdin, _stdout, popen = self._looker
-            self._looker = None
-            stdin.close()                     # its end of input: the agent returns
-            if popen is not None:
-                popen.wait(10)
+        self.cleanup_looker()
         shutil.rmtree(self.logdir, ignore_errors=True)
+
+    def cleanup_looker(self) -> None:
+        """End the look agent, if one runs: at the end of its input it returns."""
+        if self._looker is None:
+            return
+        stdin, _stdout, popen = self._looker
+        self._looker = None
+        try:
+            stdin.close()
+        except OSError:               # the connection is gone already, and the agent with it
+            pass
+        if popen is not None:
+            try:
+                popen.wait(10)
+            except subprocess.TimeoutExpired:
+                popen.kill()
+                popen.wait()
 
     def terminate(self, handles: list[Process]) -> None:
         """SIGTERM to the process groups of processes this side started, in one command on a
@@ -131,19 +143,21 @@ class Side:
                                          start_new_session=True)
                 self._looker = (popen.stdin, popen.stdout, popen)
         stdin, stdout, _ = self._looker
-        stdin.write(request + "\n")
-        stdin.flush()
         lines: list[str] = []
-        while True:
-            line = stdout.readline()
-            line = line.decode(errors="replace") if isinstance(line, bytes) else line
-            if not line:
-                self._looker = None
-                raise RuntimeError(f"the look agent (`{self.python} -m hpnlab.bench.procstat`) on "
-                                   f"{self.host.name if self.host else 'this machine'} ended")
-            if line.rstrip("\n") == "@end":
-                return "".join(lines)
-            lines.append(line)
+        try:
+            stdin.write(request + "\n")
+            stdin.flush()
+            while (line := stdout.readline()) and line.rstrip("\n") != "@end":
+                lines.append(line)
+        except OSError as exc:        # a timeout or a lost connection: its next answer would not be ours
+            line = ""
+            lines.append(str(exc))
+        if not line:
+            self.cleanup_looker()     # the next look starts a new one
+            raise RuntimeError(f"the look agent (`{self.python} -m hpnlab.bench.procstat`) on "
+                               f"{self.host.name if self.host else 'this machine'} ended: "
+                               + ("".join(lines).strip().splitlines() or ["no answer"])[-1])
+        return "".join(lines)
 
     def describe(self) -> str:
         where = f"lab host {self.host.name}" if self.host else "this machine"
