@@ -595,3 +595,23 @@ def test_threads_against_processes_per_request_is_called_a_difference_only_beyon
     assert "Even the cheaper threaded variant (epoll-threads×2) paid more per request than the processes " \
            "(6.00 µs vs 4.92 µs, +22%)" in text(6.0)
     assert "cost less per request than the processes (4.00 µs vs 4.92 µs, -19%)" in text(4.0)
+
+
+def test_a_cell_s_median_uses_the_undisturbed_runs_only_when_they_are_at_least_half():
+    """One quiet run of one engine against all the disturbed runs of the next made the first
+    engine's median twice the second's on a busy machine: the same runs for both, then."""
+    from hpnlab.bench.iomodels import summarize
+
+    def run(rps, disturbed):
+        return {"rps": rps, "disturbed": disturbed, "lat_us": {"p50": 1, "p99": 2, "p999": 3}, "cpu_us_per_req": 5.0,
+                "ctxsw_vol_per_req": 0.0, "ctxsw_invol_per_req": 0.0, "client_util": 0.5, "server_util": 0.5,
+                "errors": 0, "connect_errors": 0, "connected": 100, "rss_kib": 1000}
+
+    def cell(runs):
+        c = {"conns": 100, "rss_idle_kib": 900, "runs": runs}
+        summarize(c)
+        return c
+    busy = cell([run(80000, False)] + [run(40000, True)] * 6)
+    assert busy["rps"] == 40000 and busy["runs_used"] == 7 and busy["runs_disturbed"] == 6
+    quiet = cell([run(80000, False)] * 4 + [run(40000, True)] * 3)
+    assert quiet["rps"] == 80000 and quiet["runs_used"] == 4
