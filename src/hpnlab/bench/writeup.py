@@ -503,10 +503,10 @@ def scaling_plot(cells: list[dict], out: Path) -> list[str]:
         line, = ax.plot([x for x, *_ in xy], [y for _, y, *_ in xy], marker="o",
                         label=f"{engine} {conns} conns {size} B")
         cores.plot([x for x, *_ in xy], [c["server_util"] for *_, c in xy], marker="o", color=line.get_color(),
-                   label=f"{engine}: server CPU, host's count")
+                   label=f"{engine}: server CPU (its host's /proc)")
         if all("vm_cores" in c for *_, c in xy):
             cores.plot([x for x, *_ in xy], [c["vm_cores"] for *_, c in xy], marker="s", linestyle="--",
-                       color=line.get_color(), label=f"{engine}: its VM's QEMU, on this machine")
+                       color=line.get_color(), label=f"{engine}: its whole VM (QEMU, this machine's /proc)")
     ax.set_xlabel("--workers (threads or processes)")
     ax.set_ylabel("requests/s")
     ax.set_title("Parallel engines: scaling over workers")
