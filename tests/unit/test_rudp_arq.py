@@ -123,8 +123,8 @@ def test_oversized_message_is_refused():
         Arq(1).send(bytes(1376 * 200))
 
 
-def test_eager_answers_with_the_ack_and_the_reply_in_one_datagram_at_once():
-    a, b = pair("fast", eager=True)
+def test_fast_answers_with_the_ack_and_the_reply_in_one_datagram_at_once():
+    a, b = pair("fast")
     a.update(0), b.update(0)
     a.pop_output(), b.pop_output()
     a.send(b"ping")
@@ -136,19 +136,29 @@ def test_eager_answers_with_the_ack_and_the_reply_in_one_datagram_at_once():
     assert b.pop_output() == []               # nothing owed: no empty flushes
 
 
-def test_eager_sends_and_acknowledges_without_waiting_for_the_tick():
-    for eager in (False, True):
-        a, b = pair("fast")
-        a.eager = b.eager = eager
-        a.update(0), b.update(0)
-        a.pop_output(), b.pop_output()
-        a.send(b"now")                        # 3 ms after the last tick: the next is at 10
-        sent = a.pop_output()
-        assert bool(sent) is eager
-        if eager:
-            b.input(sent[0], 4)
-            acks = b.pop_output()
-            assert acks and HEADER.unpack_from(acks[0])[1] == CMD_ACK
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("ikcp_rules", [False, True])
+def test_fast_sends_and_acknowledges_at_once_and_ikcp_rules_wait_for_the_tick(mode, ikcp_rules):
+    """hpnlab's fast mode sends what it owes when the output is taken, without an update()
+    tick in between; ikcp's rules (and the other modes, as ikcp) wait for the next tick."""
+    a, b = pair(mode, ikcp_rules=ikcp_rules)
+    a.update(0), b.update(0)
+    a.pop_output(), b.pop_output()
+    a.send(b"now")                            # after the last tick: the next is at 10
+    sent = a.pop_output()
+    at_once = mode == "fast" and not ikcp_rules
+    assert bool(sent) is at_once
+    if not at_once:
+        a.update(10)                          # the tick sends it
+        [push] = a.pop_output()
+        sent = [push]
+    b.input(sent[0], 4)                       # owed: an ACK
+    acks = b.pop_output()
+    assert bool(acks) is at_once
+    if not at_once:
+        b.update(10)
+        acks = b.pop_output()
+    assert acks and HEADER.unpack_from(acks[0])[1] == CMD_ACK
 
 
 class Scripted(Link):

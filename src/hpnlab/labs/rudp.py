@@ -6,9 +6,9 @@ each message's RTT. Here the link is the lab's: the two hosts' data NICs get the
 impairment (netem where the kernel has it, else nftables loss + the NFQUEUE delay line) for
 the run, and the same scenario runs for
 
-    hpnlab   hpnlab.rudp.arq in KCP's default / normal / fast modes, and `eager` (fast, but
-             flushing what is owed - ACKs, new data - whenever output is taken, not at the
-             next 10 ms tick: an ACK and the echo it answers leave at once, in one datagram)
+    hpnlab   hpnlab.rudp.arq in KCP's default / normal / fast modes (its fast flushes what is
+             owed - ACKs, new data - whenever output is taken, not at the next 10 ms tick: an
+             ACK and the echo it answers leave at once, in one datagram)
     ckcp     C ikcp (PyPI `kcp`, skywind3000's ikcp.c) in the same modes
     tcp      TCP, with and without TCP_NODELAY
 
@@ -45,11 +45,10 @@ HELP = "reliable UDP: hpnlab's KCP-format ARQ vs C ikcp vs TCP in KCP's scenario
 PORT = 44000
 MSG = struct.Struct("<II")                     # index, send time (ms, the sender's clock)
 PERFECT_BYTES = 2 * (24 + MSG.size + 24)       # per message: a PUSH and its ACK, each way
-# hpnlab "eager": KCP's fast mode, flushing what is owed when output is taken, not at the next tick
-CONFIGS = [("hpnlab", m) for m in ("default", "normal", "fast", "eager")] + \
+CONFIGS = [("hpnlab", m) for m in ("default", "normal", "fast")] + \
           [("ckcp", m) for m in ("default", "normal", "fast")] + [("tcp", "nodelay"), ("tcp", "nagle")] + \
           [("quic", "default")]
-SWEEP_CONFIGS = ["hpnlab:fast", "hpnlab:eager", "ckcp:fast", "tcp:nodelay", "quic:default"]
+SWEEP_CONFIGS = ["hpnlab:fast", "ckcp:fast", "tcp:nodelay", "quic:default"]
 SWEEP_PORT, UDP_PORT = 46000, 47000
 FULL: dict[str, object] = {"count": 1000, "rounds": 4,
         "configs": ",".join(f"{i}:{m}" for i, m in CONFIGS if i != "quic"),
@@ -81,8 +80,8 @@ def make_arq(impl: str, mode: str, client: bool = False, ikcp_rules: bool = Fals
         from ..rudp.quic import Quic
         return Quic(client=client)
     if impl == "hpnlab":
-        arq = Arq(CONV, snd_wnd=128, rcv_wnd=128, eager=mode == "eager", ikcp_rules=ikcp_rules)
-        arq.nodelay(*MODES["fast" if mode == "eager" else mode])
+        arq = Arq(CONV, snd_wnd=128, rcv_wnd=128, ikcp_rules=ikcp_rules)
+        arq.nodelay(*MODES[mode])
         return arq
     from ..rudp.ckcp import CKcp
     return CKcp(CONV, MODES[mode], snd_wnd=128, rcv_wnd=128)
@@ -593,7 +592,7 @@ def run(provider, args, step) -> dict:
     modes = [m for i, m in configs if i == "hpnlab" and ("ckcp", m) in configs]
     if modes:
         step(f"the same scenario on a virtual clock, same random draws for both: {', '.join(modes)}")
-    simulated = simulate(modes, count, one_way, lo / 2, hi / 2, eager=("hpnlab", "eager") in configs)
+    simulated = simulate(modes, count, one_way, lo / 2, hi / 2)
     kcp_scenario: dict[str, dict] = {}
     for key, r in runs.items():
         impl, mode = key.split(":")
@@ -627,11 +626,11 @@ def run(provider, args, step) -> dict:
 
 
 def side_by_side(configs: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
-    """The configs that run at once in a round: hpnlab and C ikcp of one mode (eager with fast,
-    which it is measured against), the TCP variants, QUIC - in the order first named."""
+    """The configs that run at once in a round: hpnlab and C ikcp of one mode, the TCP
+    variants, QUIC - in the order first named."""
     groups: dict[str, list[tuple[str, str]]] = {}
     for impl, mode in configs:
-        key = impl if impl in ("tcp", "quic") else ("fast" if mode == "eager" else mode)
+        key = impl if impl in ("tcp", "quic") else mode
         groups.setdefault(key, []).append((impl, mode))
     return list(groups.values())
 
@@ -831,12 +830,11 @@ def summarize(impl: str, mode: str, parts: list[dict]) -> dict:
             "pcap": parts[0]["pcap"]}
 
 
-def simulate(modes: list[str], count: int, one_way, lo: float, hi: float, seed: int = 1,
-             eager: bool = False) -> dict:
+def simulate(modes: list[str], count: int, one_way, lo: float, hi: float, seed: int = 1) -> dict:
     """hpnlab and C ikcp in test.cpp's scenario on hpnlab.rudp.sim's virtual clock, over links
     with the same random draws. hpnlab runs ikcp's own rules here (`ikcp_rules`): where the two
     cores send the same bytes, their digests are equal. Then, over SEEDS links, hpnlab's fast
-    (its own rules) and eager against C ikcp fast, and where the bytes of each go."""
+    (its own rules and flushing) against C ikcp fast, and where the bytes of each go."""
     from ..rudp.sim import Link, echo_scenario
     out: dict[str, dict] = {}
     for impl in ("hpnlab", "ckcp"):
@@ -848,7 +846,7 @@ def simulate(modes: list[str], count: int, one_way, lo: float, hi: float, seed: 
                                               "overhead": round(sum(link.sent) / (count * PERFECT_BYTES) - 1, 3),
                                               "digest": digest}
     if "fast" in modes:
-        out["seeds"] = over_seeds(count, one_way, lo, hi, ["hpnlab:fast"] + ["hpnlab:eager"] * eager)
+        out["seeds"] = over_seeds(count, one_way, lo, hi, ["hpnlab:fast"])
     return out
 
 
@@ -892,7 +890,7 @@ def over_seeds(count: int, one_way, lo: float, hi: float, configs: list[str], se
 
 
 # hpnlab against C ikcp, each pair run side by side in every round
-PAIRS = [("hpnlab:fast", "ckcp:fast"), ("hpnlab:eager", "ckcp:fast"), ("hpnlab:normal", "ckcp:normal"),
+PAIRS = [("hpnlab:fast", "ckcp:fast"), ("hpnlab:normal", "ckcp:normal"),
          ("hpnlab:default", "ckcp:default")]
 
 
@@ -948,21 +946,16 @@ def _paired_verdict(name: str, r: dict, n: int) -> str:
 def goal_lines(s: dict, pairs: dict) -> list[str]:
     """The goal, hpnlab fast <= C ikcp fast in average and maximum RTT, decided by the ratios of
     rounds in which the two ran side by side; overhead <= 15 % over the pooled rounds."""
-    lines = []
-    for mode, label in (("fast", "hpnlab fast vs C ikcp fast"),
-                        ("eager", "hpnlab eager (fast, flushing what it owes at once) vs C ikcp fast")):
-        key = f"hpnlab:{mode}/ckcp:fast"
-        if key not in pairs:
-            continue
-        h, c = s["hpnlab"][mode], s["ckcp"]["fast"]
-        p = pairs[key]
-        lines.append(f"{label} (the goal{'' if mode == 'fast' else ', with eager'}): "
-                     f"{_paired_verdict('avg RTT', p['avg_ms'], p['rounds'])}; "
-                     f"{_paired_verdict('max RTT', p['max_ms'], p['rounds'])}; "
-                     f"pooled avg {h['avg_ms']} vs {c['avg_ms']} ms, max {h['max_ms']} vs {c['max_ms']} ms; "
-                     f"overhead {h['overhead']:.1%} (<= 15 %: {'met' if h['overhead'] <= 0.15 else 'NOT met'}; "
-                     f"C ikcp fast: {c['overhead']:.1%})")
-    return lines
+    p = pairs.get("hpnlab:fast/ckcp:fast")
+    if p is None:
+        return []
+    h, c = s["hpnlab"]["fast"], s["ckcp"]["fast"]
+    return [f"hpnlab fast vs C ikcp fast (the goal): "
+            f"{_paired_verdict('avg RTT', p['avg_ms'], p['rounds'])}; "
+            f"{_paired_verdict('max RTT', p['max_ms'], p['rounds'])}; "
+            f"pooled avg {h['avg_ms']} vs {c['avg_ms']} ms, max {h['max_ms']} vs {c['max_ms']} ms; "
+            f"overhead {h['overhead']:.1%} (<= 15 %: {'met' if h['overhead'] <= 0.15 else 'NOT met'}; "
+            f"C ikcp fast: {c['overhead']:.1%})"]
 
 
 def plot(runs: dict, out: Path) -> str:
@@ -1155,14 +1148,14 @@ def render(runs, s, pairs, simulated, count, one_way, mechanism, a, b, env, png,
              "" if r["retransmits"] is None else r["retransmits"], r["pcap"] or ""] for r in runs.values()]
     L = ["# rudp lab: reliable UDP (ARQ) in KCP's test.cpp scenario", "",
          f"`{a}` sends {count} 8-byte messages (index, send time), one every 20 ms, `{b}` echoes each; "
-         f"{args.rounds} round(s); in each, hpnlab and C ikcp of one mode (and hpnlab's eager beside fast) run "
+         f"{args.rounds} round(s); in each, hpnlab and C ikcp of one mode run "
          "side by side, at the same time over the same link, so the link's state and the machine's load are "
          "the same for both (netem's losses still fall on each datagram apart: the rounds give the spread). "
          f"Both data NICs' egress: {one_way.describe()} ({mechanism}), i.e. {args.loss_pct:g} % loss and "
          f"{args.rtt_ms} ms RTT per round trip, as test.cpp's simulator. Modes are test.cpp's ikcp_nodelay "
          "arguments: default (0,10,0,cwnd on), normal (0,10,0,no cwnd), fast (1,10,2,no cwnd); windows 128/128; "
-         "hpnlab's `eager` is fast that flushes what it owes (ACKs, new data) whenever its output is taken "
-         "rather than at the next 10 ms tick, so an ACK and the echo it answers leave at once, in one datagram. "
+         "hpnlab's fast also flushes what it owes (ACKs, new data) whenever its output is taken rather than "
+         "at the next 10 ms tick, so an ACK and the echo it answers leave at once, in one datagram. "
          "(test.cpp's fast also sets nodelay=2 and minrto 10 on one end; the `kcp` binding cannot, so both "
          "implementations run the README's fast mode (1,10,2,1).)", "",
          report.md_table(["impl", "mode", "avg ms", "max ms", "p50 ms", "p99 ms", "overhead", "retransmits",
@@ -1214,7 +1207,7 @@ def render(runs, s, pairs, simulated, count, one_way, mechanism, a, b, env, png,
                     "lost segment holds up all behind it." if t["avg_ms"] > k["avg_ms"] else
                     "TCP is as fast or faster here."))
     if "hpnlab:fast" in runs and runs["hpnlab:fast"]["rounds"] > 1:
-        for key in ("hpnlab:fast", "hpnlab:eager", "ckcp:fast", "hpnlab:default", "ckcp:default"):
+        for key in ("hpnlab:fast", "ckcp:fast", "hpnlab:default", "ckcp:default"):
             if key in runs:
                 L.append(f"- {key} per round (avg/max ms): " + ", ".join(
                     f"{p['avg_ms']}/{p['max_ms']}" for p in runs[key]["per_round"]))

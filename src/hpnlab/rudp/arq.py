@@ -10,7 +10,9 @@ congestion window, stream and message modes), so an `Arq` and a C ikcp talk to e
 Two of ikcp's rules cost bytes for nothing, and hpnlab's own (`ikcp_rules=False`, the
 default) change them without changing the wire: a fast retransmit that reordering cannot
 trigger (RACK-like, `_fast_lost`), and no ACK segment for a duplicate PUSH the una already
-covers. `ikcp_rules=True` sends the very datagrams C ikcp does.
+covers; and in no-delay (fast) mode it sends what it owes (ACKs, new data) when the output
+is taken, not at the next interval tick. `ikcp_rules=True` sends the very datagrams C ikcp
+does, on ikcp's schedule.
 
 Nothing here does I/O or reads a clock: the caller passes the time in milliseconds.
 
@@ -75,14 +77,11 @@ class Arq:
     rcv_wnd: int = 128
     stream: bool = False
     isn: int = 0                    # first sequence number (both peers must agree; KCP's is 0)
-    # pop_output() first flushes what is owed now (ACKs, new data the window takes), not at the
-    # next interval tick: an ACK and the reply the application queued after the input that
-    # caused it leave at once, in one datagram. Off: ikcp's schedule, the same bytes as ikcp.
-    eager: bool = False
-    # True: ikcp's own loss and ACK rules, the very same datagrams as C ikcp (tests and the lab
-    # show the two cores alike with it). False, hpnlab's: the same wire format, fewer bytes -
-    # a fast retransmit that reordering cannot trigger (_fast_lost) and no ACK segment per
-    # duplicate PUSH (the una every segment carries acknowledges it).
+    # True: ikcp's own loss and ACK rules and its flush schedule, the very same datagrams as
+    # C ikcp (tests and the lab show the two cores alike with it). False, hpnlab's: the same
+    # wire format, fewer bytes - a fast retransmit that reordering cannot trigger (_fast_lost)
+    # and no ACK segment per duplicate PUSH (the una every segment carries acknowledges it) -
+    # and in no-delay (fast) mode, what is owed leaves when the output is taken (pop_output).
     ikcp_rules: bool = False
     stats: Counter = field(default_factory=Counter)
 
@@ -182,7 +181,13 @@ class Arq:
         return len(self.snd_queue) + len(self.snd_buf)
 
     def pop_output(self) -> list[bytes]:
-        if self.eager and self.updated and (self.acklist or self.dup_ack or self.probe or self._window_open()):
+        """The datagrams to send now. In no-delay (fast) mode on hpnlab's rules, first flush
+        what is owed (ACKs, new data the window takes) rather than at the next interval tick,
+        as an application calling ikcp_flush would: an ACK and the reply queued after the
+        input that caused it leave at once, in one datagram - up to a tick sooner, and fewer
+        needless resends. ikcp itself (ikcp_rules) waits for the tick."""
+        owed = self.acklist or self.dup_ack or self.probe or self._window_open()
+        if self.nodelay_mode and not self.ikcp_rules and self.updated and owed:
             self.flush()
         out, self._out = self._out, []
         return out
