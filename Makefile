@@ -76,7 +76,7 @@ lab-cleanup: setup
 
 # Every test: the lint, unit, netns integration (root) and the VM tests. CI runs exactly this.
 test: setup lint
-	$(VENV)/bin/pytest -q -rs --timeout 1800
+	$(VENV)/bin/pytest -q -rs --timeout 1800 --durations 25
 
 # ruff and mypy as pyproject.toml configures them; mypy keeps its cache in .lab/ (a warm
 # run re-checks only what changed: ~2 s; a cold one ~10-40 s on the 2-core machine).
