@@ -32,7 +32,15 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from .. import report
-from ..pktgen.templates import PEER_MAC, PROTOS, Traffic, TrafficError, parse_rate, parse_sizes, size_label
+from ..pktgen.templates import (
+    PEER_MAC_TEXT,
+    PROTOS,
+    Traffic,
+    TrafficError,
+    parse_rate,
+    parse_sizes,
+    size_label,
+)
 from ..providers import lab_nft_table
 from ._kit import LabError, agent_python, deferred_interrupts, host_pair
 
@@ -299,7 +307,7 @@ class Loss:
         self.pct = pct
         self.table = lab_nft_table("pktgen", provider.lab.name)
         # only the generator's frames (to PEER_MAC): not the hosts' own ARP and IPv6 chatter
-        rule = ["ether", "daddr", ":".join(f"{b:02x}" for b in PEER_MAC),
+        rule = ["ether", "daddr", PEER_MAC_TEXT,
                 "numgen", "random", "mod", "1000000", "<", str(round(pct / 100 * 1_000_000)), "counter"]
         port = provider.switch_port(sender.name, network)
         if port is not None:

@@ -23,7 +23,7 @@ import time
 from .. import dpdk
 from ..errors import HpnlabError
 from .engine import Generator, Receiver, steady_pps
-from .templates import PEER_MAC, PROTOS, Traffic, TrafficError, parse_sizes, rate_pps
+from .templates import PEER_MAC_TEXT, PROTOS, Traffic, TrafficError, parse_sizes, rate_pps
 
 
 def mac_bytes(text: str) -> bytes:
@@ -236,7 +236,7 @@ def main(argv=None) -> int:
             s.add_argument("--rate", default="max", help="max, line, 100kpps, 1Gbit...")
             s.add_argument("--count", type=int, default=0)
             s.add_argument("--src-mac")
-            s.add_argument("--dst-mac", default=":".join(f"{b:02x}" for b in PEER_MAC))
+            s.add_argument("--dst-mac", default=PEER_MAC_TEXT)
             s.add_argument("--src-ip", default="10.77.2.1")
             s.add_argument("--dst-ip", default="10.77.2.2")
             s.add_argument("--echo", action="store_true",

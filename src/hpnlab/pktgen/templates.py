@@ -15,6 +15,8 @@ import ipaddress
 import struct
 from dataclasses import dataclass, field
 
+from ..ustack.proto.ether import mac_str
+
 STAMP_LEN = 20
 PROTOS = ("udp", "tcp-syn", "icmp")
 # The simple IMIX (7:4:1 of 64, 576 and 1500 bytes), in an interleaved order.
@@ -24,6 +26,7 @@ MAX_SIZE = 1514
 # The generator's frames go to a MAC no host owns: the peer's kernel leaves them alone
 # (no ICMP errors, no RSTs to the SYNs); its receiver listens promiscuously.
 PEER_MAC = bytes.fromhex("02686e706c02")
+PEER_MAC_TEXT = mac_str(PEER_MAC)
 
 
 class TrafficError(ValueError):

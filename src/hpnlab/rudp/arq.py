@@ -186,8 +186,8 @@ class Arq:
         as an application calling ikcp_flush would: an ACK and the reply queued after the
         input that caused it leave at once, in one datagram - up to a tick sooner, and fewer
         needless resends. ikcp itself (ikcp_rules) waits for the tick."""
-        owed = self.acklist or self.dup_ack or self.probe or self._window_open()
-        if self.nodelay_mode and not self.ikcp_rules and self.updated and owed:
+        if self.nodelay_mode and not self.ikcp_rules and self.updated and (
+                self.acklist or self.dup_ack or self.probe or self._window_open()):
             self.flush()
         out, self._out = self._out, []
         return out
