@@ -577,6 +577,18 @@ class Connection:
         elif self.state != CLOSED:
             self._input_synchronized(seg, now)
 
+    def _update_send_window(self, seg) -> int | None:
+        """RFC 9293's window update: SND.WL1/WL2 keep old segments from shrinking the window.
+        The window before, if this segment updated it."""
+        if _d(self.snd_wl1, seg.seq) < 0 or (self.snd_wl1 == seg.seq and _d(self.snd_wl2, seg.ack) <= 0):
+            old = self.snd_wnd
+            self.snd_wnd = seg.window << self.snd_wscale
+            if self.snd_wnd > self.max_snd_wnd:
+                self.max_snd_wnd = self.snd_wnd
+            self.snd_wl1, self.snd_wl2 = seg.seq, seg.ack
+            return old
+        return None
+
     def _predicted(self, seg: Segment, now: float) -> bool:
         """Header prediction (Van Jacobson's, Linux's tcp_rcv_established fast path): a bulk
         transfer's segments are nearly all either a pure ACK of new data or the next data
@@ -602,11 +614,7 @@ class Connection:
         self.keep_probes = 0
         if self.ts_ok and _d(seg.seq, self.last_ack_sent) <= 0:
             self.ts_recent = seg.tsval
-        if _d(self.snd_wl1, seg.seq) < 0 or (self.snd_wl1 == seg.seq and _d(self.snd_wl2, seg.ack) <= 0):
-            self.snd_wnd = seg.window << self.snd_wscale        # _process_ack's window update
-            if self.snd_wnd > self.max_snd_wnd:
-                self.max_snd_wnd = self.snd_wnd
-            self.snd_wl1, self.snd_wl2 = seg.seq, seg.ack
+        self._update_send_window(seg)
         if not payload:
             self._new_ack(seg, acked, now)      # our FIN acked: on to FIN_WAIT_2, TIME_WAIT or CLOSED
             self.output(now)
@@ -763,12 +771,8 @@ class Connection:
             self.layer.count("tcp.ack_too_old")
             self._challenge_ack(now)
             return False
-        # window update (SND.WL1/WL2 keep old segments from shrinking it)
-        if _d(self.snd_wl1, seg.seq) < 0 or (self.snd_wl1 == seg.seq and _d(self.snd_wl2, seg.ack) <= 0):
-            old = self.snd_wnd
-            self.snd_wnd = seg.window << self.snd_wscale
-            self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
-            self.snd_wl1, self.snd_wl2 = seg.seq, seg.ack
+        old = self._update_send_window(seg)
+        if old is not None:
             if old == 0 and self.snd_wnd > 0:
                 self.persist_backoff = 0
                 self._stop("persist_timer")
