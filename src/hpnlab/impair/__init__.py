@@ -167,14 +167,15 @@ def sweep(host, ifnames: Sequence[str], own_table: Callable[[str], bool] = lambd
             removed.append(f"qdisc {QDISC_HANDLE} on {ifname}")
     listed = host.run(["nft", "list", "tables"], timeout=10, check=False).stdout.split("\n")
     for family, name in (line.split()[1:3] for line in listed if line.startswith("table ")):
-        if name == NFT_TABLE or own_table(name):
+        if name == NFT_TABLE or name.startswith(NFT_TABLE + "_") or own_table(name):
             host.run(["nft", "delete", "table", family, name], timeout=10, check=False)
             removed.append(f"nft table {family} {name}")
-    rules = host.run(["iptables-nft", "-t", "mangle", "-S"], timeout=10, check=False).stdout.splitlines()
-    for argv in map(shlex.split, rules):
-        if argv[:1] == ["-A"] and "--comment" in argv and argv[argv.index("--comment") + 1] == TAG:
-            host.run(["iptables-nft", "-t", "mangle", "-D", *argv[1:]], timeout=10, check=False)
-            removed.append(f"iptables-nft mangle rule {shlex.join(argv[1:])}")
+    for table in ("mangle", "filter"):       # the delay lines' rules; the ustack FIN hold's
+        rules = host.run(["iptables-nft", "-t", table, "-S"], timeout=10, check=False).stdout.splitlines()
+        for argv in map(shlex.split, rules):
+            if argv[:1] == ["-A"] and "--comment" in argv and argv[argv.index("--comment") + 1] == TAG:
+                host.run(["iptables-nft", "-t", table, "-D", *argv[1:]], timeout=10, check=False)
+                removed.append(f"iptables-nft {table} rule {shlex.join(argv[1:])}")
     if "dropped" in host.run(["sh", "-c", DROP_OWN_MANGLE], timeout=10, check=False).stdout:
         removed.append("nft table ip mangle (hpnlab's, empty)")
     return removed

@@ -13,6 +13,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Self
 
+from .. import impair
 from ..interrupts import deferred_interrupts
 from ..labs import pcap
 from ..labs._kit import Capture, LabError, agent_python
@@ -198,7 +199,9 @@ def fins_crossed(segs: list, a: str, b: str, port: int) -> dict:
                       f"{'yes' if all(answered.values()) else answered}"}
 
 
-HOLD_QUEUE, HOLD_TABLE = 78, "hpnlab_hold"      # the FIN hold's NFQUEUE (the delay lines' is 77)
+HOLD_QUEUE = 78                                 # the FIN hold's NFQUEUE (the delay lines' is 77)
+# named and commented as impair's own, so impair.sweep finds what a killed run left
+HOLD_TABLE = f"{impair.NFT_TABLE}_hold"
 
 
 @contextmanager
@@ -217,7 +220,7 @@ def inbound_queued(host, ifname: str, port: int, queue: int) -> Iterator[str]:
             yield "nftables queue"
         else:
             xt = ["INPUT", "-i", ifname, "-p", "tcp", "--dport", str(port), "-j", "NFQUEUE",
-                  "--queue-num", str(queue), "--queue-bypass"]
+                  "--queue-num", str(queue), "--queue-bypass", "-m", "comment", "--comment", impair.TAG]
             host.run(["iptables-nft", "-A", *xt], timeout=10)
             undo.append(["iptables-nft", "-D", *xt])
             yield "iptables-nft NFQUEUE"
