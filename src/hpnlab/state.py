@@ -104,7 +104,8 @@ def unregister_live(provider: str, lab: str) -> None:
 
 def registered(provider: str) -> dict[str, dict]:
     """The provider's registered labs: name → {"state": its state file, "live": whether it
-    is up (its state file says so) or coming up (the process running its `up` is alive)}."""
+    is up (its state file says so) or coming up (the process running its `up` is alive),
+    "coming_up": the latter alone}."""
     found = {}
     for entry in sorted(LIVE_DIR.glob(f"{provider}.*")) if LIVE_DIR.exists() else []:
         try:
@@ -115,9 +116,10 @@ def registered(provider: str) -> dict[str, dict]:
             phase = json.loads(Path(info["state"]).read_text()).get("phase")
         except (OSError, ValueError, KeyError):
             phase = None        # no state (yet: an `up` registers before it writes any)
+        coming_up = pid_alive(int(info.get("pid") or 0))
         found[entry.name.removeprefix(f"{provider}.")] = {
             "state": Path(info["state"]) if info.get("state") else None,
-            "live": phase == "up" or pid_alive(int(info.get("pid") or 0))}
+            "live": phase == "up" or coming_up, "coming_up": coming_up}
     return found
 
 

@@ -64,7 +64,8 @@ def _leftovers(lab: str) -> dict:
     from hpnlab.vm import BOOT_DIR
     found = {"qemu": sorted(virt.qemu_processes(prefix).values()),
              "boot files": sorted(p.name for p in BOOT_DIR.glob(f"{prefix}*")),
-             "console files": sorted(p.name for p in CONSOLE_DIR.glob(f"{prefix}*"))}
+             "console files": sorted(p.name for p in CONSOLE_DIR.glob(f"{prefix}*")),
+             "kept by libvirt on disk": virt.kept_on_disk(prefix)}
     if virt.available():
         found |= {"domains": virt.domains(prefix), "volumes": virt.volumes(prefix),
                   "networks": virt.networks(prefix)}

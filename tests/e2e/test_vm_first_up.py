@@ -54,7 +54,8 @@ def fresh_libvirt():
         pytest.skip("no /dev/kvm: nothing for libvirt to probe")
     vmsetup.ensure_packages(print)
     assert not virt.available() or not virt.domains(""), \
-        f"libvirt has domains ({virt.domains('')}): run with no VM lab up (under the VM lock)"
+        (f"libvirt has domains ({virt.domains('')}): run with no VM lab up (under the VM lock); "
+         "a killed run's are removed by `hpnlab --provider vagrant cleanup`")
     vmsetup.stop_daemons(print)
     if vmsetup._pidfile_pid(vmsetup.LIBVIRTD_PIDFILE):
         pytest.skip("libvirtd here was not started by hpnlab: the test cannot restart it")

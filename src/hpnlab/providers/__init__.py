@@ -121,9 +121,14 @@ class Provider(ABC):
         named with --only) and the state of the others, in this state directory and wherever
         the registry says an `up` kept its own."""
         registry = registered(cls.name)
-        live = set() if lab is not None else {name for name, e in registry.items() if e["live"]}
-        for name in sorted(live):
-            progress(f"lab {name} is live (up or coming up): kept")
+        live = set()
+        for name, entry in sorted(registry.items()) if lab is None else []:
+            if entry["coming_up"] or (entry["live"] and cls._still_runs(name)):
+                live.add(name)
+                progress(f"lab {name} is live (up or coming up): kept")
+            elif entry["live"]:
+                progress(f"lab {name}: its state says up, but nothing of it runs "
+                         "(killed, or the machine restarted): a leftover")
         root = state_root()
         files = sorted(root.glob("*/state.json")) if root.exists() else []
         files += [e["state"] for e in registry.values() if e["state"] and e["state"] not in files]
@@ -136,6 +141,12 @@ class Provider(ABC):
             if (st.read() or {}).get("provider") in (None, cls.name):
                 states.append(st)
         return live, states
+
+    @classmethod
+    def _still_runs(cls, lab: str) -> bool:
+        """Whether a lab whose state says up still has its machines running; by default
+        what the state says is believed."""
+        return True
 
     @classmethod
     def _forget_dead(cls, lab: str | None, live: set[str]) -> None:

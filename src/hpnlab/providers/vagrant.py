@@ -268,13 +268,17 @@ class VagrantProvider(Provider):
 
     def _teardown(self, progress: Progress) -> None:
         self._remove(progress, keep_daemons=False)
+        left = virt.kept_on_disk(self.prefix)
+        if left:     # they would come back with libvirtd's next start
+            raise ProviderError(f"lab {self.lab.name}: libvirt still keeps {', '.join(left)}; "
+                                f"`hpnlab --provider vagrant cleanup --only {self.lab.name}` removes them")
 
     def _remove(self, progress: Progress, keep_daemons: bool) -> None:
         """Everything of the lab; `keep_daemons`: leftovers cleared by `up` itself (its
         registry entry and the daemons it started stay)."""
         state = self.state.read() or {}
         _kill_vagrant(self.lab.name, progress)
-        if vmsetup.LIBVIRT_SOCK.exists() or virt.qemu_processes(self.prefix):
+        if vmsetup.LIBVIRT_SOCK.exists() or virt.qemu_processes(self.prefix) or virt.kept_on_disk(self.prefix):
             if not virt.available() and shutil.which("libvirtd"):
                 vmsetup.ensure_daemons(progress)    # leftovers exist: libvirt must be up to remove them
             virt.remove_all(self.prefix, progress)
@@ -300,6 +304,10 @@ class VagrantProvider(Provider):
                 progress(f"stopped {what}")
 
     @classmethod
+    def _still_runs(cls, lab: str) -> bool:
+        return bool(virt.qemu_processes(vm.lab_prefix(lab)))
+
+    @classmethod
     def cleanup(cls, progress: Progress = _quiet, lab: str | None = None) -> list[str]:
         _require_root()
         prefix = vm.lab_prefix(lab) if lab else vm.PREFIX
@@ -308,10 +316,16 @@ class VagrantProvider(Provider):
         live_labs, states = cls._leftovers(lab, progress)
         live = tuple(vm.lab_prefix(name) for name in sorted(live_labs))
         removed = [f"vagrant pid {p}" for p in _kill_vagrant(lab, progress, skip=live)]
-        leftovers = virt.qemu_processes(prefix)
+        leftovers = [*virt.qemu_processes(prefix).values(), *virt.kept_on_disk(prefix)]
+        if live:
+            leftovers = [name for name in leftovers if not name.startswith(live)]
         if not virt.available() and (leftovers or states) and shutil.which("libvirtd"):
             vmsetup.ensure_daemons(progress)
         removed += virt.remove_all(prefix, progress, keep=live)
+        for path in [*vm.BOOT_DIR.glob(f"{prefix}*"), *CONSOLE_DIR.glob(f"{prefix}*")]:
+            if not (live and path.name.startswith(live)):     # a dead lab's kernel copy, console log
+                path.unlink(missing_ok=True)
+                removed.append(f"file {path}")
         for st in states:
             data = st.read() or {}
             for dom in data.get("domains", []):

@@ -7,10 +7,11 @@ import signal
 import time
 from pathlib import Path
 
-from . import BOX_NAME, POOL, PREFIX, Progress, run
+from . import BOX_NAME, POOL, POOL_DIR, PREFIX, Progress, run
 from .setup import LIBVIRT_SOCK
 
 VIRSH = ("virsh", "-q", "-c", "qemu:///system")
+DEFINITIONS = Path("/etc/libvirt/qemu")        # libvirt's persistent domains (networks/: its networks)
 
 
 def available() -> bool:
@@ -40,6 +41,17 @@ def volumes(prefix: str = PREFIX) -> list[str]:
         return []
     return [n for n in _names("vol-list", POOL)
             if n.startswith(prefix) and not n.startswith(f"{BOX_NAME}_vagrant_box_image")]
+
+
+def kept_on_disk(prefix: str = PREFIX) -> list[str]:
+    """Domains, networks and disks named `prefix`* that libvirt keeps on disk, read from its
+    files: with libvirtd stopped `virsh` sees none of them, yet a run killed outright leaves
+    them, and they come back the next time libvirtd starts."""
+    found = [p.stem for p in DEFINITIONS.glob(f"{prefix}*.xml")]
+    found += [p.stem for p in (DEFINITIONS / "networks").glob(f"{prefix}*.xml")]
+    found += [p.name for p in POOL_DIR.glob(f"{prefix}*")
+              if not p.name.startswith(f"{BOX_NAME}_vagrant_box_image")]
+    return sorted(found)
 
 
 def qemu_processes(prefix: str = PREFIX) -> dict[int, str]:
