@@ -33,6 +33,11 @@ def lab_nft_table(what: str, lab: str) -> str:
     return f"hpnlab_{what}_{re.sub(r'[^0-9A-Za-z_]', '_', lab)}"
 
 
+def is_lab_nft_table(table: str, lab: str) -> bool:
+    """Whether `table` is one of lab_nft_table's for `lab` (of any purpose)."""
+    return table.startswith("hpnlab_") and table == lab_nft_table(table.split("_")[1], lab)
+
+
 class ProviderError(HpnlabError, RuntimeError):
     """A lifecycle step failed; the message says what and what to do."""
     hint = "`hpnlab status` shows the lab's hosts, NICs and whether it is up"

@@ -34,7 +34,7 @@ from ..hosts import Host, Link
 from ..hosts.ssh import HostKeyError, SshHost, bare_spec, known_hosts_args, reach_of
 from ..state import LabState, registered, unregister_live
 from ..topology import Lab
-from . import Progress, Provider, ProviderError, _quiet, lab_nft_table
+from . import Progress, Provider, ProviderError, _quiet, is_lab_nft_table
 
 CONNECTION_VARS = ("ansible_host", "ansible_port", "ansible_user", "ansible_ssh_private_key_file",
                    "ansible_become", "ansible_become_method", "ansible_become_user",
@@ -380,8 +380,7 @@ def _undo(state: dict, progress: Progress, changes: bool = True) -> list[str]:
             done.append(f"{name}: ended {proc['name']} (pid {proc['pid']})")
         # after the delay lines ended: their rules pass packets on (--queue-bypass) meanwhile
         done += [f"{name}: removed {what}" for what in impair.sweep(
-            host, nics.get(name, []), lambda table: table.startswith("hpnlab_")
-            and table == lab_nft_table(table.split("_")[1], lab))]
+            host, nics.get(name, []), lambda table: is_lab_nft_table(table, lab))]
         for change in reversed(undo):
             argv = _undo_argv(host, change)
             if argv:

@@ -37,7 +37,7 @@ from ..topology import Lab, sysctls
 from ..vm import accel, virt
 from ..vm import box as vmbox
 from ..vm import setup as vmsetup
-from . import Progress, Provider, ProviderError, _quiet, lab_nft_table
+from . import Progress, Provider, ProviderError, _quiet, is_lab_nft_table
 
 BOOT_TIMEOUT = int(os.environ.get("HPNLAB_VM_BOOT_TIMEOUT", "600"))
 # Each guest's serial console goes to a file here (QEMU's user must reach it: not under .lab/).
@@ -536,7 +536,7 @@ def remove_lab_nft_tables(lab: str) -> list[str]:
     for item in json.loads(listed.stdout).get("nftables", []):
         table = item.get("table")
         name = table["name"] if table else ""
-        if name.startswith("hpnlab_") and name == lab_nft_table(name.split("_")[1], lab):
+        if is_lab_nft_table(name, lab):
             subprocess.run(["nft", "delete", "table", table["family"], table["name"]], capture_output=True)
             removed.append(f"{table['family']} {table['name']}")
     return removed
