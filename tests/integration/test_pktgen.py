@@ -154,3 +154,28 @@ def test_loss_at_the_senders_egress_hook_is_a_wire_loss_the_sender_never_sees(ne
     assert got["received"] + got["lost"] == got["sent"] == 20000 and got["duplicates"] == 0
     assert got["lost"] == got["dropped_by_rule"]               # every loss is the rule's, and only those
     assert abs(got["loss_pct"] - 5) < 1
+
+
+def test_loss_rule_is_one_nft_transaction_a_refused_rule_leaves_the_ruleset_as_it_was(netns_lab):
+    """The table, chain and rule are one `nft -f -`: where nft refuses the last line nothing of it
+    is made, and a table a killed run left behind stays as it was (made apart, the leftover went
+    and the new table with its chain was made before the rule failed); where nft takes it, the
+    leftover is replaced (one rule, not two) and the block's end removes the table. Both places:
+    the LAN's switch (bridge) and the sender's own egress hook (netdev)."""
+    from hpnlab.labs._kit import LabError
+    h1 = netns_lab.host("h1")
+    for provider in (netns_lab, NoSwitch(netns_lab)):
+        Loss(provider, h1, "dpdk", 5).__enter__()                  # a killed run's table: never exited
+        probe = Loss(provider, h1, "dpdk", 5)
+        before = probe.nft("list", "ruleset")
+        assert probe.table in before
+        bad = Loss(provider, h1, "dpdk", 5)
+        bad.rule = [*bad.rule, "counter", "bogus-verdict"]
+        with pytest.raises(LabError, match="bogus-verdict"):
+            bad.__enter__()
+        assert probe.nft("list", "ruleset") == before, probe.family
+        with Loss(provider, h1, "dpdk", 5) as loss:
+            rules = [i for i in json.loads(loss.nft("-j", "list", "table", loss.family, loss.table))["nftables"]
+                     if "rule" in i]
+            assert len(rules) == 1, rules
+        assert probe.table not in probe.nft("list", "tables")

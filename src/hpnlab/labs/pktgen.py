@@ -326,31 +326,36 @@ class Loss:
                            f"hook sees them) and the {provider.name} provider's links have no switch of the lab's")
         self.needs_qdisc_path = self.host is not None
 
-    def nft(self, *args: str) -> str:
+    def nft(self, *args: str, script: str | None = None, check: bool = True) -> str:
+        """nft with `args` where the rule lives (`script` on its stdin); its output."""
         if self.host is not None:
-            res = self.host.run(["nft", *args], timeout=20, check=False)
+            res = self.host.run(["nft", *args], timeout=20, check=False, input=script)
             rc, out, err = res.rc, res.stdout, res.stderr
         else:
             import subprocess
             where = ["ip", "netns", "exec", self.ns] if self.ns else []
-            proc = subprocess.run([*where, "nft", *args], capture_output=True, text=True, timeout=20)
+            proc = subprocess.run([*where, "nft", *args], input=script, capture_output=True, text=True, timeout=20)
             rc, out, err = proc.returncode, proc.stdout, proc.stderr
-        if rc != 0:
+        if rc != 0 and check:
             raise LabError(f"nft on {self.host.name if self.host else self.ns or 'this machine'} "
                            f"(loss on {self.where}): {err.strip()}")
         return out
 
+    def script(self) -> str:
+        """The table, its chain and its rule as one nft transaction: it is made whole or not at
+        all (a refused line leaves the ruleset as it was). A table a killed run left behind
+        goes first (`add` keeps an existing one, `delete` then takes it and what it held)."""
+        t = f"{self.family} {self.table}"
+        return (f"add table {t}\ndelete table {t}\nadd table {t}\n"
+                f"add chain {t} lossy {{ type filter hook {self.hook} priority 0; }}\n"
+                f"add rule {t} lossy {' '.join(self.rule)}\n")
+
     def __enter__(self):
-        # a table a killed run left behind goes first (`add` keeps an existing one)
-        self.nft("add", "table", self.family, self.table)
-        self.nft("delete", "table", self.family, self.table)
-        self.nft("add", "table", self.family, self.table)
         try:
-            self.nft("add", "chain", self.family, self.table, "lossy",
-                     f"{{ type filter hook {self.hook} priority 0; }}")
-            self.nft("add", "rule", self.family, self.table, "lossy", *self.rule)
-        except BaseException:
-            self.__exit__()
+            with deferred_interrupts():       # nft is not cut off between its commit and the undo below
+                self.nft("-f", "-", script=self.script())
+        except KeyboardInterrupt:             # held back while nft made the table: it goes again
+            self.nft("delete", "table", self.family, self.table, check=False)
             raise
         return self
 
