@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -91,3 +92,42 @@ def test_a_run_missing_a_part_it_was_asked_for_fails_naming_it(tmp_path):
                            tmp_path / "report.md")
     assert "1 part(s) asked for did not run" in str(exc.value) and "no place to drop h1's frames" in str(exc.value)
     assert str(tmp_path / "report.md") in str(exc.value)
+
+
+def test_testpmds_log_is_read_on_from_where_the_last_look_ended(tmp_path):
+    """Each look at the log gives the whole lines written since the last one: nothing twice
+    (a re-read from the start made a long run's polling quadratic), a line not yet ended kept
+    back until it is, the writer's own offset untouched."""
+    from hpnlab.pktgen.agent import LogTail
+    path = tmp_path / "log"
+    with open(path, "ab", buffering=0) as out, open(path, "rb") as log:
+        tail = LogTail(log.fileno())
+        out.write(b"EAL: probe\nTx-pps: 1")
+        assert (tail.lines(), tail.unended()) == ("EAL: probe", "Tx-pps: 1")
+        out.write(b"0\nTx-pps: 20\n")
+        assert tail.lines() == "Tx-pps: 10\nTx-pps: 20"
+        assert (tail.lines(), tail.unended()) == ("", "")
+        out.write(b"end\n")
+        assert tail.lines() == "end" and tail.text() == "EAL: probe\nTx-pps: 10\nTx-pps: 20\nend\n"
+
+
+FAKE_TESTPMD = """
+import signal, sys, time
+signal.signal(signal.SIGINT, lambda *_: (print("TX-packets: 30 TX-dropped: 0", flush=True), sys.exit(0)))
+sys.stdout.write("EAL: probe\\nio packet forwarding - ports=1 - cores=1\\nTx-pps: 0\\nTx-p")
+sys.stdout.flush()
+for n in range(1, 100):
+    time.sleep(0.2)
+    sys.stdout.write(f"ps: {n}\\nTx-p")
+    sys.stdout.flush()
+"""
+
+
+def test_testpmd_is_stopped_once_it_printed_the_rate_lines_asked_for():
+    """run_testpmd counts testpmd's Tx-pps lines as they come, the ones printed with its start
+    line and those split across writes (a stand-in for testpmd: a line every 0.2 s)."""
+    from hpnlab.pktgen.agent import run_testpmd
+    t0 = time.monotonic()
+    text, elapsed, _cpu = run_testpmd([sys.executable, "-c", FAKE_TESTPMD], 30, rates=4)
+    assert time.monotonic() - t0 < 10 and 0.5 < elapsed < 3, elapsed
+    assert "Tx-pps: 3\n" in text and "Tx-pps: 7\n" not in text and "TX-packets: 30" in text

@@ -122,13 +122,49 @@ def testpmd_argv(eal: str, *forwarding: str) -> list[str]:
             f"--total-num-mbufs={MBUFS}", "--txq=1", "--rxq=1", f"--txd={DESCRIPTORS}", f"--rxd={DESCRIPTORS}"]
 
 
+class LogTail:
+    """The whole lines a growing log (file descriptor `fd`) gained since the last look: from an
+    offset, the part of a line not yet ended kept back. The loops below look at testpmd's log
+    every 50 ms, and a re-read from the start each time (it prints a stats block a second) made
+    a long run quadratic. pread, not seek and read: testpmd writes through a copy of the same
+    descriptor, which shares its offset (a seek back would have it write over its own lines)."""
+
+    def __init__(self, fd: int):
+        self.fd, self.pos, self.part = fd, 0, b""
+
+    def lines(self) -> str:
+        new = read_from(self.fd, self.pos)
+        self.pos += len(new)
+        whole, _, self.part = (self.part + new).rpartition(b"\n")
+        return whole.decode(errors="replace")
+
+    def unended(self) -> str:
+        """The last line, not ended yet (testpmd's output to a file comes as its buffer fills)."""
+        return self.part.decode(errors="replace")
+
+    def text(self) -> str:
+        """The whole log so far."""
+        return read_from(self.fd, 0).decode(errors="replace")
+
+
+def read_from(fd: int, pos: int) -> bytes:
+    chunks = []
+    while chunk := os.pread(fd, 1 << 20, pos):
+        chunks.append(chunk)
+        pos += len(chunk)
+    return b"".join(chunks)
+
+
+STARTED = "packet forwarding - ports="      # testpmd's line as forwarding starts
+
+
 def run_testpmd(argv: list[str], seconds: float, until_stopped: bool = False,
                 rates: int = 0) -> tuple[str, float, float]:
     """Run testpmd for `seconds` of forwarding (or, `until_stopped`, until this agent gets
     SIGTERM/Ctrl-C, at most `seconds`; or, `rates`, until it printed that many Tx-pps lines,
     at most `seconds` + 10), stop it with SIGINT as a user would; (its output, seconds it
     forwarded until then, CPU seconds it used meanwhile)."""
-    with tempfile.TemporaryFile("w+") as log:
+    with tempfile.TemporaryFile("w+b") as log:
         # a process group of its own (the signals sent to the agent's group are the agent's to
         # pass on), in the agent's session: the scheduler's autogroups are per session, and a
         # session of its own gave testpmd a fair share of its own — on a netns host, where the
@@ -136,18 +172,21 @@ def run_testpmd(argv: list[str], seconds: float, until_stopped: bool = False,
         # 0.36 of a CPU to the generator's 0.19 (net_null, load 7)
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 process_group=0, preexec_fn=_die_with_parent)
+        tail = LogTail(log.fileno())
         deadline = time.monotonic() + 60
         started: float | None = None
+        printed = 0             # Tx-pps lines since forwarding started
         try:
             while proc.poll() is None and time.monotonic() < deadline:
-                log.seek(0)
-                if "packet forwarding - ports=" in log.read():
+                new = tail.lines()
+                if STARTED in new + "\n" + tail.unended():
                     started = time.monotonic()
+                    # rate lines after it in the same read (their count goes on from the next)
+                    printed = new.split(STARTED, 1)[-1].count("Tx-pps:") if STARTED in new else 0
                     break
                 time.sleep(0.05)
             if started is None:
-                log.seek(0)
-                raise HpnlabError("dpdk-testpmd did not start forwarding: " + log.read()[-1500:])
+                raise HpnlabError("dpdk-testpmd did not start forwarding: " + tail.text()[-1500:])
             if until_stopped:
                 print(json.dumps({"ready": True}), flush=True)
             cpu0 = _cpu_seconds(proc.pid)
@@ -158,8 +197,8 @@ def run_testpmd(argv: list[str], seconds: float, until_stopped: bool = False,
                     # 3 s of forwarding held 1 or 2 lines; each is the rate over its own interval)
                     end = time.monotonic() + seconds + 10
                     while proc.poll() is None and time.monotonic() < end:
-                        log.seek(0)
-                        if len(re.findall(r"Tx-pps:", log.read())) >= rates:
+                        printed += tail.lines().count("Tx-pps:")
+                        if printed >= rates:
                             break
                         time.sleep(0.05)
                 else:
@@ -177,8 +216,7 @@ def run_testpmd(argv: list[str], seconds: float, until_stopped: bool = False,
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-        log.seek(0)
-        return log.read(), elapsed, cpu
+        return tail.text(), elapsed, cpu
 
 
 def _totals(text: str, what: str) -> int:
