@@ -53,3 +53,26 @@ def test_profile_rows_and_reading_come_from_the_profile():
     assert "System calls among these rows: 25 %" in text
     assert "1.50 s of CPU in 2.00 s (75 % of one CPU)" in text and "3.00 s of CPU in 12.00 s (25 %" in text
     assert "Not measured: boom" in "\n".join(_profile_section({"error": "boom"}, {}, None))
+
+
+def test_a_stalled_pytcp_direction_is_tried_again_and_a_failing_one_does_not_hide_the_other():
+    """PyTCP now and then stops mid-transfer: the lab runs a failed direction once more, and
+    says how many runs each took; a direction failing every time is named, the other kept."""
+    from hpnlab.labs._kit import LabError
+    from hpnlab.ustack.lab import _each_way
+    calls = {"once": 0, "never": 0}
+
+    def fails_once() -> dict:
+        calls["once"] += 1
+        if calls["once"] == 1:
+            raise LabError("stalled at 293 KB")
+        return {"mbps": 5.0}
+
+    def never() -> dict:
+        calls["never"] += 1
+        raise LabError("stalled again")
+    out = _each_way({"kernel_to_pytcp": fails_once, "pytcp_to_kernel": never}, tries=2)
+    assert out["kernel_to_pytcp"] == {"mbps": 5.0} and out["tries"] == {"kernel_to_pytcp": 2, "pytcp_to_kernel": 2}
+    assert out["errors"] == {"pytcp_to_kernel": "stalled again"} and "error" not in out
+    both = _each_way({"a": never, "b": never}, tries=1)
+    assert both["tries"] == {"a": 1, "b": 1} and "a: stalled again; b: stalled again" == both["error"]

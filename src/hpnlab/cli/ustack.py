@@ -59,12 +59,9 @@ def run(args) -> int:
     with progress(f"ustack lab on {provider.lab.name} ({provider.name})") as step:
         ensure_up(provider, args, step)
         try:
-            if args.bulk_only:
-                result = lab.run_bulk(provider, args.bytes, args.results, step, sys.argv)
-            else:
-                result = (lab.run_interop if args.interop_only else lab.run)(
-                    provider, args.bytes, args.results, step, sys.argv, args.impaired_lab or None,
-                    args.impaired_bytes, args.net)
+            result = lab.run(provider, args.bytes, args.results, step, sys.argv, args.impaired_lab or None,
+                             args.impaired_bytes, args.net,
+                             mode="bulk" if args.bulk_only else "interop" if args.interop_only else "full")
         except LabError as exc:
             raise LabError(f"ustack lab: {exc}", hint=exc.hint) from exc
     failed = [r["name"] for r in result["data"]["interop"] if not r["ok"]]
