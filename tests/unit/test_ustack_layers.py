@@ -28,11 +28,8 @@ def test_checksum_matches_rfc1071_example():
     assert not verify(b"\0" * 20)
 
 
-def test_word_sum_in_c_and_python_agree():
-    """The C helper (make setup builds it) and the Python sum give the same checksums: the
-    stack's segments are the same bytes whichever it runs, and either catches the same errors."""
-    import random
-
+def built_checksum():
+    """hpnlab.ustack.checksum with its C helper (built here if `make setup` has not)."""
     from hpnlab.cbuild import load_or_build
     from hpnlab.ustack import _build
     from hpnlab.ustack import checksum as cs
@@ -41,6 +38,14 @@ def test_word_sum_in_c_and_python_agree():
         import importlib
         importlib.reload(cs)
     assert cs.IMPL == "C"
+    return cs
+
+
+def test_word_sum_in_c_and_python_agree(monkeypatch):
+    """The C helper (make setup builds it) and the Python sum give the same checksums: the
+    stack's segments are the same bytes whichever it runs, and either catches the same errors."""
+    import random
+    cs = built_checksum()
     rng = random.Random(7)
     sizes = list(range(0, 9)) + [19, 20, 21, 1459, 1460, 1461, 1500] + [rng.randrange(0, 9000) for _ in range(300)]
     for n in sizes:
@@ -48,8 +53,39 @@ def test_word_sum_in_c_and_python_agree():
         a, b = rng.randrange(1 << 64), rng.randrange(1 << 32)
         want = cs._py_word_sum(data, a, b)
         for form in (data, bytearray(data), memoryview(data), memoryview(b"xx" + data)[2:]):
-            assert cs._c_word_sum(form, a, b) == want, (n, type(form))
+            assert cs._c_word_sum(form, a, b) == want, (n, type(form))     # C from C_FROM bytes on
+            with monkeypatch.context() as m:
+                m.setattr(cs, "C_FROM", 0)                                  # the C loop on every size
+                assert cs._c_word_sum(form, a, b) == want, (n, type(form))
+    monkeypatch.setattr(cs, "C_FROM", 0)
     assert cs._c_word_sum(golden_ipv4_header()) == 0     # a header with its checksum sums to all ones
+
+
+def test_ones_sum_and_verify_take_word_sum_and_agree_in_c_and_python(monkeypatch):
+    """UDP's, ICMP's and IPv4's checksums (ones_sum, checksum, verify) sum through word_sum,
+    the C loop where it is built, as TCP's do: the same answers with either sum, and the sum
+    that word_sum is is the one they took."""
+    import random
+    cs = built_checksum()
+    rng = random.Random(11)
+    cases = [(golden_ipv4_header(),), (b"\0" * 20,), (b"",), (b"\xff\xff",)]
+    cases += [(rng.randbytes(12), rng.randbytes(rng.randrange(0, 1600))) for _ in range(100)]
+    cases += [(memoryview(b"x" + c[0])[1:],) for c in cases[:40:3]]
+    monkeypatch.setattr(cs, "C_FROM", 0)                    # the C loop on every size
+    seen = {}
+    for impl in (cs._py_word_sum, cs._c_word_sum):
+        taken: list = []
+
+        def counted(d, a=0, b=0, impl=impl, taken=taken):
+            taken.append(impl)
+            return impl(d, a, b)
+        monkeypatch.setattr(cs, "word_sum", counted)
+        seen[impl] = [(cs.ones_sum(*c), cs.checksum(*c), cs.verify(*c)) for c in cases]
+        assert len(taken) == 3 * len(cases)
+    assert seen[cs._py_word_sum] == seen[cs._c_word_sum]
+    assert [v for _, _, v in seen[cs._c_word_sum][:4]] == [True, False, False, True]
+    monkeypatch.undo()
+    assert cs.word_sum is cs._c_word_sum
 
 
 def test_ether_parse_and_checks():
