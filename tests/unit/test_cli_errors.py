@@ -129,6 +129,7 @@ BAD_ARGUMENTS = [
     (["bench", "--engines", "nope"], "hpnlab: --engines: unknown engine(s) nope"),
     (["bench", "--conns", "x"], "hpnlab: --conns/--sizes/--workers: expected comma-separated integers"),
     (["kv", "serve", "--port", "0"], "argument --port: must be a port 1 to 65535"),
+    (["kv", "lab", "--fake-runs", "-1"], "hpnlab: --fake-runs -1: must be >= 0"),
     (["ustack", "lab", "--bytes", "-1"], "argument --bytes: must be an integer > 0"),
     (["lab", "p2p", "--spacing", "nan"], "argument --spacing: must be a number >= 0"),
     (["lab", "rudp", "--loss-pct", "nan"], "argument --loss-pct: must be a finite number"),
