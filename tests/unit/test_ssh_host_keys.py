@@ -64,3 +64,15 @@ def test_vm_hosts_are_checked_against_the_recorded_keys_only(tmp_path):
     assert ssh["userknownhostsfile"] == known and ssh["globalknownhostsfile"] == "/dev/null"
     reach = reach_of(hv)
     assert reach["known_hosts"] == known and reach["recorded_by"] == CONSOLE_RECORD
+
+
+def test_a_proxy_command_that_ends_fails_the_connection_at_once_saying_why():
+    """A machine behind a jump host that does not answer (the jump's `nc` is refused and exits):
+    the command's end is the connection's, reported with what the command said (paramiko's
+    own ProxyCommand read the ended pipe until the 15 s connect timeout, "No existing session")."""
+    # (it ends after the client's first write: one that ended before had its end found by that write)
+    proxy = "sh -c 'sleep 0.3; echo nc: connect to 127.0.0.1 port 2222 failed >&2; exit 1'"
+    host = SshHost(bare_spec("h2"), "192.0.2.2", proxy_command=proxy)
+    r = host.run("true", timeout=30, check=False)
+    assert r.rc == 255 and r.stderr.endswith(": nc: connect to 127.0.0.1 port 2222 failed"), r
+    assert r.seconds < 5, r

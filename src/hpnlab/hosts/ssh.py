@@ -224,15 +224,17 @@ class SshHost(Host):
         """The open connection; the host's key checked against known_hosts first."""
         if self._conn is None:
             import paramiko
-            from fabric import Config, Connection
+            from fabric import Config
+
+            from .proxy import ProxiedConnection
             kwargs = {"look_for_keys": self.key is None, "allow_agent": self.key is None,
                       "banner_timeout": 30, "auth_timeout": 30}
             if self.key:
                 kwargs["key_filename"] = [self.key]
             config = Config(overrides={"load_ssh_configs": False})
-            conn = Connection(self.ssh_address, user=self.user, port=self.port, config=config,
-                              connect_timeout=self.connect_timeout, connect_kwargs=kwargs,
-                              gateway=self.proxy_command or None)
+            conn = ProxiedConnection(self.ssh_address, user=self.user, port=self.port, config=config,
+                                     connect_timeout=self.connect_timeout, connect_kwargs=kwargs,
+                                     gateway=self.proxy_command or None)
             conn.client._system_host_keys = paramiko.HostKeys()
             for path in self._known_hosts_files():
                 if path.exists():
