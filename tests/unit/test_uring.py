@@ -6,7 +6,6 @@ test_servers.py; here the ring itself, with a socket pair whose sends are stalle
 from __future__ import annotations
 
 import errno
-import os
 import socket
 import threading
 
@@ -122,28 +121,3 @@ def test_send_back_echoes_each_buffer_and_reports_queues_past_the_high_water() -
     a.close()
     b.close()
     assert echoed == [filler + b"".join(msgs)]
-
-
-def test_a_registered_fd_is_used_through_the_file_table_until_forgotten() -> None:
-    """register_fd() puts a socket in the ring's file table: a recv and a send on it
-    go through the table - a send still reaches the peer after the plain fd is closed,
-    which one through the fd could not - and send_forget() takes it out, so the socket
-    is closed then (the peer reads EOF) and not kept open by the table."""
-    a, b = socket.socketpair()
-    b.settimeout(10)
-    with uring.Ring(entries=16, nbufs=4, bufsize=16, files=64) as ring:
-        fd = a.detach()
-        assert ring.register_fd(fd)
-        ring.prep_recv(fd, fd << 3 | RECV, multishot=False)
-        b.sendall(b"ping")
-        _uds, results, flagss = ring.wait()
-        assert results == [4]
-        assert ring.take(flagss[0] >> ring.BUFFER_SHIFT, 4) == b"ping"
-        os.close(fd)                        # only the table holds the socket now
-        ring.send(fd, b"pong")
-        ring.submit()
-        assert b.recv(16) == b"pong"
-        ring.send_forget(fd)
-        assert b.recv(16) == b""            # closed: the table let go of it
-        assert not ring.register_fd(64)     # past the table: used as a plain fd
-    b.close()

@@ -14,9 +14,7 @@ The kernel does the I/O; we only hand it operations and read results:
     successful send. That halves the completions Python handles per request:
     in Python, a completion costs more than the syscall io_uring saves.
 A batch of completions is reaped and the next batch of submissions is sent
-in a single io_uring_enter(). Each accepted socket is put in the ring's file
-table (Ring.register_fd), so a send does not take and drop a reference to its
-file: at 1000 connections those files are cold in the cache.
+in a single io_uring_enter().
 
 Provided buffers go back to the kernel in one batch at the next wait(), so
 the data of a recv completion is copied out (bytes) before that - unless the
@@ -44,7 +42,6 @@ from __future__ import annotations
 
 import errno
 import os
-import resource
 import socket
 import threading
 from collections import deque
@@ -55,7 +52,6 @@ from .loop import SignalWakeup
 
 ACCEPT, RECV, SIGNAL, CANCEL, WAKE = 1, 2, 3, 4, 7   # user_data = fd << 3 | kind (the ring's SEND/DRAIN: 5, 6)
 NBUFS, BUFSIZE = 512, 4096
-MAX_FILES = 1 << 16
 
 
 class UConn:
@@ -113,10 +109,7 @@ class UringServer(Server):
 
     def serve_forever(self) -> None:
         from ..uring import Ring
-        # A file table as large as the fds this process may open (capped): every
-        # connection's socket fits in it.
-        files = min(resource.getrlimit(resource.RLIMIT_NOFILE)[0], MAX_FILES)
-        self.ring = ring = Ring(entries=4096, nbufs=NBUFS, bufsize=BUFSIZE, files=files)
+        self.ring = ring = Ring(entries=4096, nbufs=NBUFS, bufsize=BUFSIZE)
         self.conns: dict[int, UConn] = {}
         self.multishot_accept = self.multishot_recv = True
         lfd = self.listener.fileno()
@@ -227,7 +220,6 @@ class UringServer(Server):
                 made(UringLater(self, res, c))
             # TCP_NODELAY as every engine does (see servers.tune).
             self.ring.lib.setsockopt(res, socket.IPPROTO_TCP, socket.TCP_NODELAY, self._one(), 4)
-            self.ring.register_fd(res)
             self.arm_recv(c, res)
         elif res == -errno.EINVAL and self.multishot_accept:
             self.multishot_accept = False           # kernel < 5.19: one accept at a time

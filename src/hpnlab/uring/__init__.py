@@ -54,8 +54,7 @@ class Ring:
 
     BATCH = 1024
 
-    def __init__(self, entries: int = 4096, nbufs: int = 512, bufsize: int = 4096, bgid: int = 0,
-                 files: int = 0):
+    def __init__(self, entries: int = 4096, nbufs: int = 512, bufsize: int = 4096, bgid: int = 0):
         self.ffi, self.lib = ffi, lib = _load()
         err = ffi.new("int *")
         # Newest flags first: a single task submits and reaps, so the kernel may
@@ -86,12 +85,6 @@ class Ring:
             # One memoryview over all buffers: slicing it copies a CQE's data
             # out in pure Python, without a cffi call per buffer.
             self.bufs = memoryview(ffi.buffer(lib.hp_buf_base(self.r), nbufs * bufsize))
-        if files:
-            ret = lib.hp_files_setup(self.r, files)
-            if ret < 0:
-                lib.hp_ring_free(self.r)
-                self.r = ffi.NULL
-                raise UringUnavailable(f"registering a file table of {files} failed: {os.strerror(-ret)}")
         self._ud = ffi.new("unsigned long long[]", self.BATCH)
         self._res = ffi.new("int[]", self.BATCH)
         self._flags = ffi.new("unsigned[]", self.BATCH)
@@ -185,17 +178,8 @@ class Ring:
         return self.lib.hp_send_notify(self.r, fd, mark)
 
     def send_forget(self, fd: int) -> None:
-        """Drop fd's send queue and its place in the file table (it is closed, and
-        nothing of it is in flight)."""
+        """Drop fd's send queue (it is closed, and nothing of it is in flight)."""
         self.lib.hp_send_forget(self.r, fd)
-
-    def register_fd(self, fd: int) -> bool:
-        """Put fd in the file table (a ring made with `files`) at index fd: its recvs
-        and sends then use it from there, with no file reference taken and dropped per
-        operation. False if fd is past the table (it is then used as a plain fd)."""
-        ret = self.lib.hp_file_register(self.r, fd)
-        self._check(ret, f"register fd {fd}")
-        return ret == 1
 
     def prep_cancel(self, target_ud: int, ud: int) -> None:
         self._check(self.lib.hp_prep_cancel(self.r, target_ud, ud), "prep cancel")

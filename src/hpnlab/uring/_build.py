@@ -32,7 +32,7 @@ from pathlib import Path
 from ..cbuild import build_main, compile_into
 
 # The version changes with the C interface, so a build of an older one is never loaded.
-MODULE = "_hpnlab_uring_v6"
+MODULE = "_hpnlab_uring_v5"
 
 CDEF = r"""
 typedef unsigned long long u64;
@@ -53,9 +53,6 @@ void hp_set_high_water(hp_ring *r, long long mark);
 int hp_send_back(hp_ring *r, unsigned *bids, unsigned n, u64 *ud, int *res);
 long long hp_send_notify(hp_ring *r, int fd, long long mark);
 void hp_send_forget(hp_ring *r, int fd);
-int hp_files_setup(hp_ring *r, unsigned n);
-int hp_file_register(hp_ring *r, int fd);
-int hp_file_registered(hp_ring *r, int fd);
 
 #define HP_TAG_BITS ...
 #define HP_SEND_TAG ...
@@ -136,8 +133,6 @@ typedef struct hp_ring {
     unsigned target;             /* how many to keep posted (doubles on ENOBUFS) */
     hp_fdq *q;                   /* indexed by fd */
     unsigned nq;
-    unsigned char *fixed;        /* fixed[fd]: fd is in the registered file table at index fd */
-    unsigned nfixed;             /* the table's size (0: no table) */
 } hp_ring;
 
 hp_ring *hp_ring_new(unsigned entries, unsigned flags, int *err)
@@ -191,7 +186,6 @@ void hp_ring_free(hp_ring *r)
     free(r->bout);
     free(r->bfd);
     free(r->blen);
-    free(r->fixed);
     if (r->br) {
         io_uring_unregister_buf_ring(&r->ring, r->bgid);
         munmap(r->br, r->nbufs * sizeof(struct io_uring_buf));
@@ -282,51 +276,6 @@ int hp_prep_accept(hp_ring *r, int fd, u64 ud, int multishot)
     return 0;
 }
 
-/* A registered file table, indexed by fd (a sparse one, filled as connections
- * come): an operation on a registered fd finds its file in the table, where one
- * on a plain fd takes and drops a reference to the struct file (fget/fput: two
- * atomic writes to a line of that connection's file). Measured on loopback at
- * 1000 connections, fget and its neighbours were among the costs per request that
- * grew most with the connection count (the files no longer stay in the cache). */
-int hp_files_setup(hp_ring *r, unsigned n)
-{
-    int ret = io_uring_register_files_sparse(&r->ring, n);
-    if (ret < 0) return ret;
-    r->fixed = calloc(n, 1);
-    if (!r->fixed) return -ENOMEM;
-    r->nfixed = n;
-    return 0;
-}
-
-/* Put fd in the table at index fd; 1 if it is there, 0 if the table is too small. */
-int hp_file_register(hp_ring *r, int fd)
-{
-    if (fd < 0 || (unsigned)fd >= r->nfixed) return 0;
-    int ret = io_uring_register_files_update(&r->ring, (unsigned)fd, &fd, 1);
-    if (ret < 0) return ret;
-    r->fixed[fd] = 1;
-    return 1;
-}
-
-int hp_file_registered(hp_ring *r, int fd)
-{
-    return fd >= 0 && (unsigned)fd < r->nfixed && r->fixed[fd];
-}
-
-/* The fd is closed or about to be: the table must not keep its file open. */
-static void file_unregister(hp_ring *r, int fd)
-{
-    if (!hp_file_registered(r, fd)) return;
-    int none = -1;
-    io_uring_register_files_update(&r->ring, (unsigned)fd, &none, 1);
-    r->fixed[fd] = 0;
-}
-
-static unsigned char fixed_flag(hp_ring *r, int fd)
-{
-    return hp_file_registered(r, fd) ? IOSQE_FIXED_FILE : 0;
-}
-
 int hp_prep_recv(hp_ring *r, int fd, u64 ud, int multishot)
 {
     struct io_uring_sqe *sqe = get_sqe(r);
@@ -335,7 +284,7 @@ int hp_prep_recv(hp_ring *r, int fd, u64 ud, int multishot)
         io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
     else
         io_uring_prep_recv(sqe, fd, NULL, r->bufsize, 0);
-    sqe->flags |= IOSQE_BUFFER_SELECT | fixed_flag(r, fd);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
     sqe->buf_group = r->bgid;
     io_uring_sqe_set_data64(sqe, ud);
     return 0;
@@ -364,7 +313,6 @@ static int fdq_issue(hp_ring *r, int fd, hp_fdq *q)
     struct io_uring_sqe *sqe = get_sqe(r);
     if (!sqe) return -EBUSY;
     io_uring_prep_send(sqe, fd, o->ptr + o->off, o->len - o->off, MSG_NOSIGNAL);
-    sqe->flags |= fixed_flag(r, fd);
     io_uring_sqe_set_data64(sqe, (u64)fd << HP_TAG_BITS | HP_SEND_TAG);
     q->inflight = 1;
     return 0;
@@ -450,11 +398,9 @@ long long hp_send_notify(hp_ring *r, int fd, long long mark)
     return q->pending;
 }
 
-/* fd is closed or about to be: drop its queue (only with no send in flight)
- * and its place in the file table. */
+/* fd is closed or about to be: drop its queue (only with no send in flight). */
 void hp_send_forget(hp_ring *r, int fd)
 {
-    file_unregister(r, fd);
     if (fd < 0 || (unsigned)fd >= r->nq) return;
     hp_fdq *q = &r->q[fd];
     fdq_clear(r, q);
