@@ -1,6 +1,8 @@
 # The user-space TCP/IP stack (course §2.4).
 #   make lab-ustack        interop suite + measurements on labs/ustack/lab.yml (brought up if
 #                          needed, and down again afterwards unless KEEP=1)
+#   make lab-ustack USTACK_LAB=labs/ustack/dpdk.yml USTACK_ARGS="--bytes 8388608 --impaired-lab="
+#                          the default VM lab's hosts with the stack over DPDK on h1 (the full run)
 #   make lab-ustack USTACK_LAB=lab.yml   the same on the default lab (the stack on h1's data NIC)
 #   make lab-ustack-down   take that lab down
 # USTACK_ARGS="--bytes 8388608" for a shorter run.
