@@ -36,9 +36,9 @@ def add_arguments(parser) -> None:
                      help="bulk size under impairment (default 2 MiB)")
     only = lab.add_mutually_exclusive_group()
     only.add_argument("--bulk-only", action="store_true",
-                      help="only the stack vs PyTCP on TAP (the ≥ 10× goal), profiled, and the kernels: minutes")
+                      help="only the stack vs PyTCP on TAP (the ≥ 10× goal), profiled, and the kernels")
     only.add_argument("--interop-only", action="store_true",
-                      help="every interop case, none of the measurements (on VMs a fraction of the full run)")
+                      help="every interop case, none of the measurements")
 
 
 def run(args) -> int:
