@@ -76,3 +76,21 @@ def test_a_stalled_pytcp_direction_is_tried_again_and_a_failing_one_does_not_hid
     assert out["errors"] == {"pytcp_to_kernel": "stalled again"} and "error" not in out
     both = _each_way({"a": never, "b": never}, tries=1)
     assert both["tries"] == {"a": 1, "b": 1} and "a: stalled again; b: stalled again" == both["error"]
+
+
+def test_a_per_size_row_is_whole_only_where_the_bulk_case_said_so(tmp_path):
+    """The run's own size is the bulk case's transfer, not run again: its row's "sha256 ok" is that
+    case's verdict (sha256 and byte count each way), not a sha256 comparison alone, which a
+    transfer cut short at both ends (the peer sending less than asked) would pass."""
+    from types import SimpleNamespace
+
+    from hpnlab.ustack.lab import _per_size
+    n = 1 << 20
+    short = {"peer": {"mbps": 5.0, "sha256": "same", "bytes": n // 2}, "stack": {"sha256": "same", "bytes": n // 2}}
+    whole = {"peer": {"mbps": 6.0, "sha256": "all", "bytes": n}, "stack": {"sha256": "all", "bytes": n}}
+    suite = SimpleNamespace(bulk_bytes=n, driver="afpacket", network="lan", data={"bulk": {
+        "linux_to_stack": {**short, "whole": False}, "stack_to_linux": {**whole, "whole": True}}})
+    rows = _per_size(None, suite, [n], tmp_path / "throughput.png")
+    assert rows == {n: {"stack_to_linux": 6.0, "linux_to_stack": 5.0, "ok": False}}
+    suite.data["bulk"]["linux_to_stack"] = {**whole, "whole": True}
+    assert _per_size(None, suite, [n], tmp_path / "throughput.png")[n]["ok"] is True

@@ -407,9 +407,10 @@ class Suite:
                 p = peer(self.h2, "source", self.addr, 9000, n)
                 s = run.wait("sink", 120)
                 stats = run.wait("stats", 30)        # --once: it exits after the one connection
-            self.data.setdefault("bulk", {})["linux_to_stack"] = {"peer": p, "stack": s,
+            whole = s["sha256"] == p["sha256"] and s["bytes"] == n
+            self.data.setdefault("bulk", {})["linux_to_stack"] = {"peer": p, "stack": s, "whole": whole,
                                                                   "counters": stats.get("counters", {})}
-            return s["sha256"] == p["sha256"] and s["bytes"] == n, \
+            return whole, \
                 f"{n} B, sha256 {'match' if s['sha256'] == p['sha256'] else 'MISMATCH'}, {p['mbps']} Mbit/s"
         self.record(f"tcp: {_size(n)} linux -> stack, sha256{self._label()}", to_stack)
 
@@ -419,8 +420,9 @@ class Suite:
                                "--trace").start("ready") as run:
                     s = run.wait("source", 120)
                 p = sink.wait("sink", 60)
-            self.data.setdefault("bulk", {})["stack_to_linux"] = {"peer": p, "stack": s}
-            return s["sha256"] == p["sha256"] and p["bytes"] == n, \
+            whole = s["sha256"] == p["sha256"] and p["bytes"] == n
+            self.data.setdefault("bulk", {})["stack_to_linux"] = {"peer": p, "stack": s, "whole": whole}
+            return whole, \
                 f"{n} B, sha256 {'match' if s['sha256'] == p['sha256'] else 'MISMATCH'}, {p['mbps']} Mbit/s"
         self.record(f"tcp: {_size(n)} stack -> linux, sha256{self._label()}", from_stack)
 
