@@ -117,7 +117,7 @@ signal.signal(signal.SIGINT, lambda *_: (print("TX-packets: 30 TX-dropped: 0", f
 sys.stdout.write("EAL: probe\\nio packet forwarding - ports=1 - cores=1\\nTx-pps: 0\\nTx-p")
 sys.stdout.flush()
 for n in range(1, 100):
-    time.sleep(0.2)
+    time.sleep(0.5)
     sys.stdout.write(f"ps: {n}\\nTx-p")
     sys.stdout.flush()
 """
@@ -125,9 +125,10 @@ for n in range(1, 100):
 
 def test_testpmd_is_stopped_once_it_printed_the_rate_lines_asked_for():
     """run_testpmd counts testpmd's Tx-pps lines as they come, the ones printed with its start
-    line and those split across writes (a stand-in for testpmd: a line every 0.2 s)."""
+    line and those split across writes, and stops it at the line that makes the count, not one later
+    or earlier (a stand-in for testpmd: a line every 0.5 s, Tx-pps: 3 the fourth)."""
     from hpnlab.pktgen.agent import run_testpmd
     t0 = time.monotonic()
     text, elapsed, _cpu = run_testpmd([sys.executable, "-c", FAKE_TESTPMD], 30, rates=4)
-    assert time.monotonic() - t0 < 10 and 0.5 < elapsed < 3, elapsed
-    assert "Tx-pps: 3\n" in text and "Tx-pps: 7\n" not in text and "TX-packets: 30" in text
+    assert time.monotonic() - t0 < 10 and 1 < elapsed < 3, elapsed
+    assert "Tx-pps: 3\n" in text and "Tx-pps: 4\n" not in text and "TX-packets: 30" in text, text
