@@ -49,3 +49,24 @@ def test_cleanup_keeps_a_lab_coming_up_or_whose_guests_run_and_takes_one_whose_g
     # named with --only, a lab goes whatever its state (the user asked for it)
     live, states = VagrantProvider._leftovers("runs", said.append)
     assert live == set() and [st.dir.name for st in states] == ["runs"]
+
+
+def test_cleanup_of_lab_a_spares_the_files_of_lab_a_b(tmp_path, monkeypatch):
+    """Lab `a`'s prefix (hpnlab-a-) begins lab `a-b`'s names too: `cleanup --only a` takes `a`'s
+    kernel copies and console logs and none of `a-b`'s (its guests would not boot again
+    without their kernel); a whole cleanup takes every lab's but a live one's."""
+    from hpnlab import vm
+    from hpnlab.providers import vagrant
+    monkeypatch.setattr(vm, "BOOT_DIR", tmp_path / "boot")
+    monkeypatch.setattr(vagrant, "CONSOLE_DIR", tmp_path / "console")
+    files = {}
+    for lab in ("a", "a-b"):
+        p = lab_prefix(lab)
+        files[lab] = {vm.BOOT_DIR / f"{p}vmlinuz", vm.BOOT_DIR / f"{p}initrd.img", vagrant.CONSOLE_DIR / f"{p}h1.log"}
+        for path in files[lab]:
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(lab)
+    assert set(vagrant._dead_labs_files("a", ())) == files["a"]
+    assert set(vagrant._dead_labs_files("a-b", ())) == files["a-b"]
+    assert set(vagrant._dead_labs_files(None, (lab_prefix("a-b"),))) == files["a"]
+    assert set(vagrant._dead_labs_files(None, ())) == files["a"] | files["a-b"]

@@ -322,10 +322,9 @@ class VagrantProvider(Provider):
         if not virt.available() and (leftovers or states) and shutil.which("libvirtd"):
             vmsetup.ensure_daemons(progress)
         removed += virt.remove_all(prefix, progress, keep=live)
-        for path in [*vm.BOOT_DIR.glob(f"{prefix}*"), *CONSOLE_DIR.glob(f"{prefix}*")]:
-            if not (live and path.name.startswith(live)):     # a dead lab's kernel copy, console log
-                path.unlink(missing_ok=True)
-                removed.append(f"file {path}")
+        for path in _dead_labs_files(lab, live):
+            path.unlink(missing_ok=True)
+            removed.append(f"file {path}")
         for st in states:
             data = st.read() or {}
             for dom in data.get("domains", []):
@@ -603,6 +602,15 @@ def _kill_vagrant(lab: str | None, progress: Progress, skip: tuple[str, ...] = (
 def _boot_copies(prefix: str) -> dict[str, Path]:
     """A lab's copy of the box kernel and initrd (exact names: lab `a` spares lab `a-b`'s)."""
     return {"kernel": vm.BOOT_DIR / f"{prefix}vmlinuz", "initrd": vm.BOOT_DIR / f"{prefix}initrd.img"}
+
+
+def _dead_labs_files(lab: str | None, live: tuple[str, ...]) -> list[Path]:
+    """The kernel copies and console logs of `lab` (all labs: None) but those of the `live`
+    prefixes. Lab `a`'s are its prefix and a name without "-" (`vmlinuz`, `<host>.log`: a
+    host's name has none), so lab `a`'s cleanup spares lab `a-b`'s files."""
+    prefix = vm.lab_prefix(lab) if lab else vm.PREFIX
+    return [path for path in [*vm.BOOT_DIR.glob(f"{prefix}*"), *CONSOLE_DIR.glob(f"{prefix}*")]
+            if not (lab and "-" in path.name.removeprefix(prefix)) and not (live and path.name.startswith(live))]
 
 
 def _remove_boot_files(prefix: str) -> None:
