@@ -51,7 +51,7 @@ class Outcome:
     stats: dict = field(default_factory=dict)           # host → {ok, changed, failures, unreachable, ...}
     failures: list = field(default_factory=list)        # [{host, task, msg, status}]
     facts: dict = field(default_factory=dict)           # host → facts the roles set (dpdk_testpmd, ...)
-    changed_tasks: list = field(default_factory=list)   # [(host, task)]
+    changed_tasks: list = field(default_factory=list)   # [(host, task, what it said it changed)]
     log: Path | None = None
 
     @property
@@ -138,8 +138,9 @@ def _event(ev: dict, outcome: Outcome, step) -> None:
         if ev.get("facts"):
             outcome.facts.setdefault(host, {}).update(ev["facts"])
         if status == "changed":
-            outcome.changed_tasks.append((host, task))
-            step(f"[yellow]changed[/yellow] {host}: {task}")
+            said = ev.get("msg", "")
+            outcome.changed_tasks.append((host, task, said))
+            step(f"[yellow]changed[/yellow] {host}: {task}" + (f" ({said[:300]})" if said else ""))
         elif status in ("failed", "unreachable"):
             outcome.failures.append({"host": host, "task": task, "status": status, "msg": ev.get("msg", "")})
             step(f"[red]{status}[/red] {host}: {task}: {ev.get('msg', '')[:300]}")

@@ -68,12 +68,13 @@ def test_provision_verify_drift_and_idempotence(lab_factory, tmp_path):
                           "the client profile wants '1'"], proc.stderr
 
         # provisioning repairs the drift and changes nothing else: this second run is also the
-        # idempotence check (one Ansible run fewer): every task on both hosts reports ok but the
-        # drifted one, which h1 runs unchanged; the repair holds
+        # idempotence check (one Ansible run fewer): every task on both hosts reports ok but h2's
+        # sysctl task, which says it set the drifted key and no other; the repair holds
         second = run_playbook(lab, inv)
         assert second.ok, second.failures
         assert second.changed_tasks == [
-            ("h2", "kernel_tuning : The host's sysctl profile, inside its network namespace")], second.changed_tasks
+            ("h2", "kernel_tuning : The host's sysctl profile, inside its network namespace",
+             "set net.ipv4.tcp_tw_reuse")], second.changed_tasks
         assert lab.host("h2").run(["sysctl", "-n", "net.ipv4.tcp_tw_reuse"]).stdout.strip() == "1"
         print(f"\nprovision first {first.seconds:.1f}s, repair and idempotent {second.seconds:.1f}s; "
               f"verify {report.seconds:.1f}s; testpmd pps "

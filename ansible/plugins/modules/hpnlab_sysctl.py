@@ -118,7 +118,12 @@ def main():
                 with open(tmp, "w") as f:
                     f.write(text)
                 os.replace(tmp, persist)
-    module.exit_json(changed=bool(changed_keys) or persisted, keys=changed_keys, persisted=persisted)
+    # what changed, in the result's msg (hpnlab's event log and `provision` show it): a test of
+    # idempotence can ask for exactly the drifted key, not only this task, changed
+    said = [f"set {', '.join(changed_keys)}"] if changed_keys else []
+    said += [f"wrote {persist}"] if persisted else []
+    module.exit_json(changed=bool(changed_keys) or persisted, keys=changed_keys, persisted=persisted,
+                     msg="; ".join(said))
 
 
 if __name__ == "__main__":
