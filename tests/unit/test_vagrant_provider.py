@@ -167,3 +167,13 @@ print(json.dumps({"removed": sorted(removed), "left": left}))
     out = json.loads(proc.stdout)
     assert out["removed"] == ["bridge hpnlab_pktgen_my_lab", "inet hpnlab_impair_my_lab"]
     assert out["left"] == ["filter", "hpnlab_pktgen_other", "hpnlab_pktgen_x_my_lab"]
+
+
+def test_a_labs_prefix_owns_its_own_names_and_not_a_longer_labs():
+    from hpnlab.vm import PREFIX, lab_prefix, owns
+    a = lab_prefix("a")
+    assert all(owns(a, n) for n in ("hpnlab-a-h1", "hpnlab-a-mgmt", "hpnlab-a-h1.img", "hpnlab-a-vmlinuz",
+                                    "hpnlab-a-initrd.img", "hpnlab-a-h1.log"))
+    assert not any(owns(a, n) for n in ("hpnlab-a-b-h1", "hpnlab-a-b-data", "hpnlab-a-b-h1.img", "hpnlab-ab-h1"))
+    assert owns(lab_prefix("a-b"), "hpnlab-a-b-h1")
+    assert owns(PREFIX, "hpnlab-a-b-h1") and owns("hpnlab-a-h1", "hpnlab-a-h1.img")   # all labs; one guest

@@ -316,9 +316,8 @@ class VagrantProvider(Provider):
         live_labs, states = cls._leftovers(lab, progress)
         live = tuple(vm.lab_prefix(name) for name in sorted(live_labs))
         removed = [f"vagrant pid {p}" for p in _kill_vagrant(lab, progress, skip=live)]
-        leftovers = [*virt.qemu_processes(prefix).values(), *virt.kept_on_disk(prefix)]
-        if live:
-            leftovers = [name for name in leftovers if not name.startswith(live)]
+        leftovers = [name for name in [*virt.qemu_processes(prefix).values(), *virt.kept_on_disk(prefix)]
+                     if not any(vm.owns(p, name) for p in live)]
         if not virt.available() and (leftovers or states) and shutil.which("libvirtd"):
             vmsetup.ensure_daemons(progress)
         removed += virt.remove_all(prefix, progress, keep=live)
@@ -610,7 +609,7 @@ def _dead_labs_files(lab: str | None, live: tuple[str, ...]) -> list[Path]:
     host's name has none), so lab `a`'s cleanup spares lab `a-b`'s files."""
     prefix = vm.lab_prefix(lab) if lab else vm.PREFIX
     return [path for path in [*vm.BOOT_DIR.glob(f"{prefix}*"), *CONSOLE_DIR.glob(f"{prefix}*")]
-            if not (lab and "-" in path.name.removeprefix(prefix)) and not (live and path.name.startswith(live))]
+            if vm.owns(prefix, path.name) and not any(vm.owns(p, path.name) for p in live)]
 
 
 def _remove_boot_files(prefix: str) -> None:

@@ -91,6 +91,15 @@ def lab_prefix(lab: str) -> str:
     return f"{PREFIX}{lab}-"
 
 
+def owns(prefix: str, name: str) -> bool:
+    """Whether `name` (a domain, network, disk, kernel copy, console log) is one of `prefix`'s.
+    For a lab's prefix, only a rest without "-" is its own: host and network names have none,
+    and lab names may, so lab `a`'s `hpnlab-a-` must spare lab `a-b`'s `hpnlab-a-b-h1`."""
+    if not name.startswith(prefix):
+        return False
+    return not (prefix.endswith("-") and prefix != PREFIX) or "-" not in name[len(prefix):]
+
+
 def run(cmd: Sequence[str], timeout: float = 120, check: bool = True, env: dict | None = None,
         input: str | None = None) -> subprocess.CompletedProcess:
     """Run a host command, capturing output; a failure raises VmError with its stderr."""

@@ -7,7 +7,7 @@ import signal
 import time
 from pathlib import Path
 
-from . import BOX_NAME, POOL, POOL_DIR, PREFIX, Progress, run
+from . import BOX_NAME, POOL, POOL_DIR, PREFIX, Progress, owns, run
 from .setup import LIBVIRT_SOCK
 
 VIRSH = ("virsh", "-q", "-c", "qemu:///system")
@@ -24,15 +24,15 @@ def _names(*args: str) -> list[str]:
 
 
 def domains(prefix: str = PREFIX) -> list[str]:
-    return [n for n in _names("list", "--all", "--name") if n.startswith(prefix)]
+    return [n for n in _names("list", "--all", "--name") if owns(prefix, n)]
 
 
 def running_domains(prefix: str = PREFIX) -> list[str]:
-    return [n for n in _names("list", "--state-running", "--name") if n.startswith(prefix)]
+    return [n for n in _names("list", "--state-running", "--name") if owns(prefix, n)]
 
 
 def networks(prefix: str = PREFIX) -> list[str]:
-    return [n for n in _names("net-list", "--all", "--name") if n.startswith(prefix)]
+    return [n for n in _names("net-list", "--all", "--name") if owns(prefix, n)]
 
 
 def volumes(prefix: str = PREFIX) -> list[str]:
@@ -40,7 +40,7 @@ def volumes(prefix: str = PREFIX) -> list[str]:
     if run([*VIRSH, "pool-info", POOL], check=False, timeout=20).returncode != 0:
         return []
     return [n for n in _names("vol-list", POOL)
-            if n.startswith(prefix) and not n.startswith(f"{BOX_NAME}_vagrant_box_image")]
+            if owns(prefix, n) and not n.startswith(f"{BOX_NAME}_vagrant_box_image")]
 
 
 def kept_on_disk(prefix: str = PREFIX) -> list[str]:
@@ -51,7 +51,7 @@ def kept_on_disk(prefix: str = PREFIX) -> list[str]:
     found += [p.stem for p in (DEFINITIONS / "networks").glob(f"{prefix}*.xml")]
     found += [p.name for p in POOL_DIR.glob(f"{prefix}*")
               if not p.name.startswith(f"{BOX_NAME}_vagrant_box_image")]
-    return sorted(found)
+    return sorted(name for name in found if owns(prefix, name))
 
 
 def qemu_processes(prefix: str = PREFIX) -> dict[int, str]:
@@ -70,7 +70,7 @@ def qemu_processes(prefix: str = PREFIX) -> dict[int, str]:
             if arg == b"-name":
                 name = argv[i + 1].decode(errors="replace")
                 name = name.split("guest=", 1)[1].split(",")[0] if "guest=" in name else name.split(",")[0]
-                if name.startswith(prefix):
+                if owns(prefix, name):
                     found[int(proc.name)] = name
     return found
 
@@ -104,11 +104,11 @@ def tap_of(domain: str, mac: str) -> str | None:
 
 
 def remove_all(prefix: str, progress: Progress, keep: tuple[str, ...] = ()) -> list[str]:
-    """Destroy and undefine every domain, volume and network named `prefix`*, and
-    kill QEMU processes of such guests (by PID), except names starting with one of
-    `keep` (the prefixes of live labs). Returns what was removed."""
+    """Destroy and undefine every domain, volume and network of `prefix` (see `owns`), and
+    kill QEMU processes of such guests (by PID), except those of the `keep` prefixes (live
+    labs'). Returns what was removed."""
     def mine(names):
-        return [n for n in names if not (keep and n.startswith(keep))]
+        return [n for n in names if not any(owns(p, n) for p in keep)]
 
     removed = []
     if available():
@@ -121,7 +121,7 @@ def remove_all(prefix: str, progress: Progress, keep: tuple[str, ...] = ()) -> l
                 run([*VIRSH, "undefine", dom], check=False, timeout=60)
             removed.append(f"domain {dom}")
     for pid, name in qemu_processes(prefix).items():
-        if keep and name.startswith(keep):
+        if any(owns(p, name) for p in keep):
             continue
         progress(f"killing QEMU of {name} (pid {pid})")
         _kill(pid)
