@@ -257,6 +257,8 @@ def test_provisioned_idempotent_verified_and_dpdk_sends_across(vm_lab, tmp_path)
     tx = hosts["h1"].run(f"timeout -s INT 12 dpdk-testpmd {eal} --file-prefix tx -- --forward-mode=txonly "
                          f"--eth-peer=0,{h2_mac} --stats-period 1 --total-num-mbufs=2048 </dev/null",
                          timeout=120, check=False)
+    # the receiver stops as its `timeout` would have stopped it, once the sender is done
+    hosts["h2"].run(["pkill", "-INT", "-x", "dpdk-testpmd"], check=False)     # h2 runs only rx
     rx.wait(60)
     out, _err = rx.logs()
     received = max([int(n) for n in re.findall(r"RX-packets:\s+(\d+)", out)] or [0])
