@@ -126,14 +126,15 @@ class Provider(ABC):
         named with --only) and the state of the others, in this state directory and wherever
         the registry says an `up` kept its own."""
         registry = registered(cls.name)
-        live = set()
-        for name, entry in sorted(registry.items()) if lab is None else []:
-            if entry["coming_up"] or (entry["live"] and cls._still_runs(name)):
-                live.add(name)
-                progress(f"lab {name} is live (up or coming up): kept")
-            elif entry["live"]:
-                progress(f"lab {name}: its state says up, but nothing of it runs "
-                         "(killed, or the machine restarted): a leftover")
+        live: set[str] = set()
+        if lab is None:             # a lab named with --only goes whatever its state
+            for name, entry in sorted(registry.items()):
+                if entry["coming_up"] or (entry["live"] and cls._still_runs(name)):
+                    live.add(name)
+                    progress(f"lab {name} is live (up or coming up): kept")
+                elif entry["live"]:
+                    progress(f"lab {name}: its state says up, but nothing of it runs "
+                             "(killed, or the machine restarted): a leftover")
         root = state_root()
         files = sorted(root.glob("*/state.json")) if root.exists() else []
         files += [e["state"] for e in registry.values() if e["state"] and e["state"] not in files]
