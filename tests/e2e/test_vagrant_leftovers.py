@@ -75,8 +75,10 @@ def test_cleanup_removes_what_libvirt_keeps_on_disk_of_a_killed_lab(killed_lab):
     assert virt.kept_on_disk(prefix) == [f"{prefix}data", f"{prefix}h1", f"{prefix}h1.img"]
     if killed_lab["registered"]:
         assert registered("vagrant")[killed_lab["name"]]["live"]       # by its state, up
+    # the state directory of its own: the cleanup judges this lab, not what REPO/.lab holds
     r = subprocess.run([sys.executable, "-m", "hpnlab.cli", "--provider", "vagrant", "cleanup"],
-                       capture_output=True, text=True, timeout=300, cwd=REPO)
+                       capture_output=True, text=True, timeout=300, cwd=REPO,
+                       env=dict(os.environ, HPNLAB_STATE_DIR=str(killed_lab["state"].dir.parent)))
     assert r.returncode == 0, r.stdout + r.stderr
     if killed_lab["registered"]:
         assert "nothing of it runs" in r.stdout + r.stderr
