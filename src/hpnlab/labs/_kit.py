@@ -305,6 +305,13 @@ def agent_python(host) -> str:
     return os.environ.get("HPNLAB_AGENT_PYTHON") or host.python
 
 
+def emulated(host) -> bool:
+    """Whether the host's CPU is emulated (QEMU TCG), asked of the host's own Python."""
+    res = host.run([agent_python(host), "-c", "from hpnlab.bench.probe import emulated_cpu; print(emulated_cpu())"],
+                   timeout=host.start_timeout + 60, check=False)
+    return res.stdout.strip() == "True"
+
+
 def agent_argv(host, module: str, *args) -> list[str]:
     """Run `python -m hpnlab.labs.<module> ...` on a host."""
     return [agent_python(host), "-m", f"hpnlab.labs.{module}", *[str(a) for a in args]]

@@ -42,7 +42,7 @@ from ..pktgen.templates import (
     size_label,
 )
 from ..providers import lab_nft_table
-from ._kit import LabError, agent_python, deferred_interrupts, host_pair
+from ._kit import LabError, agent_python, deferred_interrupts, emulated, host_pair
 
 HELP = "DPDK packet generator vs dpdk-testpmd txonly (pps per size), receiver loss/reorder/latency"
 GOAL = 0.9
@@ -260,12 +260,6 @@ def receiver_kind(provider, args, receiver: str, network: str) -> str:
     if args.receiver != "auto":
         return args.receiver
     return "dpdk" if dpdk_owns(provider, receiver, network) else "afpacket"
-
-
-def emulated(host) -> bool:
-    res = host.run([agent_python(host), "-c", "from hpnlab.bench.probe import emulated_cpu; print(emulated_cpu())"],
-                   timeout=host.start_timeout + 60, check=False)
-    return res.stdout.strip() == "True"
 
 
 def settle_grid(args, sender) -> str:

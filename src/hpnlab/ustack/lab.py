@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import HpnlabError
 from ..labs import pcap
-from ..labs._kit import Capture, LabError, agent_python
+from ..labs._kit import Capture, LabError, agent_python, emulated
 from ..report import (
     environment_md,
     fingerprint,
@@ -576,11 +576,6 @@ def _part(spent: dict, name: str, step) -> Iterator[None]:
         spent[name] = round(time.monotonic() - t0, 1)
 
 
-def _emulated(host) -> bool:
-    from ..labs.pktgen import emulated
-    return emulated(host)
-
-
 def _goal(suite: Suite, nbytes: int, step, spent: dict) -> tuple[dict, list[str]]:
     """The ≥ 10× PyTCP goal, side by side on h1's TAP setup (the stack's TAP cases are the
     stack's half), the stack once more under cProfile, and the two kernels over `data` for
@@ -766,9 +761,9 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
     suite.say = step
     with _part(spent, "preparing the hosts", step):
         binding, checksum = _prepare(provider, suite, step, dpdk=cases)
-        emulated = _emulated(suite.h1)
+        is_emulated = emulated(suite.h1)
     data: dict[str, Any] = {"mode": mode, "driver": suite.driver, "dpdk_binding": binding, "checksum": checksum,
-                            "emulated_cpu": emulated}
+                            "emulated_cpu": is_emulated}
     sections: list[str] = []
     if cases:
         with _part(spent, "interop cases", step):
@@ -781,7 +776,7 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
         data.update(goal)
         sections += text
     if mode == "full":
-        more, text = _measurements(provider, suite, offload, data["bulk_mbps"]["kernel"], out, emulated, step,
+        more, text = _measurements(provider, suite, offload, data["bulk_mbps"]["kernel"], out, is_emulated, step,
                                    spent)
         _deep_update(data, more)
         sections += text
@@ -811,7 +806,7 @@ def run(provider, nbytes: int = 64 << 20, results_root=None, step=print, argv=No
             f"{'DPDK (hpnlab.dpdk, poll mode)' if suite.driver == 'dpdk' else 'AF_PACKET (a TPACKET_V2 ring)'} "
             f"with its own MAC and IP ({suite.ip}); h2 ({suite.peer_addr}) talks to it with its Linux kernel."
             + intro + (" h1's CPU is emulated (QEMU TCG): where a measurement is shorter there, its section "
-                       "says so." if emulated else ""), "",
+                       "says so." if is_emulated else ""), "",
             "## Cases", "", md_table(["case", "result", "seconds", "detail"],
                                      [(r["name"], "ok" if r["ok"] else "FAIL", r["secs"], r["detail"])
                                       for r in suite.results]), "",
