@@ -72,7 +72,7 @@ def test_an_engine_whose_library_is_missing_is_reported_and_the_rest_runs(netns_
     env = dict(os.environ, HPNLAB_STATE_DIR=str(netns_lab.state.dir.parent), HPNLAB_AGENT_PYTHON=str(py))
     proc = subprocess.run([sys.executable, "-m", "hpnlab.cli", "--lab", str(lab_file), "kv", "lab",
                            "--engines", "epoll-lt,uvloop", "--indexes", "hash", "--tests", "set,get",
-                           "--requests", "200", "--fill-keys", "200", "--fake-runs", "0",
+                           "--requests", "2000", "--fill-keys", "200", "--fake-runs", "0",
                            "--results", str(tmp_path / "results")],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]

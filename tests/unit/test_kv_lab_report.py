@@ -1,7 +1,10 @@
 """The KV lab's report reading, computed from the run's numbers (hpnlab.kv.lab)."""
 from __future__ import annotations
 
-from hpnlab.kv.lab import fake_bound
+import pytest
+
+from hpnlab.kv.lab import fake_bound, parse_csv
+from hpnlab.labs._kit import LabError
 
 
 def data(redis_p1: float, fake_p1: float) -> dict:
@@ -86,3 +89,15 @@ def test_the_stack_row_reads_its_cpu_against_the_same_reactor_on_the_kernel():
     d["latency"]["ustack"]["hash"][1]["set"] = row(10000.0, 55.0, 5.0, 0.3)
     d.update(load_before=["8.0", "6.0", "5.0"], environment={"machine": {"cpus": 2}})
     assert "load average was 8.0 on 2 CPUs: a process that wants a CPU gets about 25% of one" in "\n".join(stack_md(d))
+
+
+HEADER = '"test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"\n'
+
+
+def test_a_run_within_redis_benchmarks_millisecond_clock_is_refused_not_divided_by():
+    """redis-benchmark 7 prints rps = requests / elapsed whole ms: a run under 1 ms gives inf,
+    which once reached the CPU-share division as 0 s and crashed the lab."""
+    row = parse_csv(HEADER + '"SET","399999.97","0.940","0.392","0.999","1.503","1.543","1.543"\n')
+    assert row["set"]["rps"] == pytest.approx(399999.97)
+    with pytest.raises(LabError, match="GET no rate.*raise --requests"):
+        parse_csv(HEADER + '"GET","inf","0.780","0.400","0.719","1.215","1.247","1.247"\n')

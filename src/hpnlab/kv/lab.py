@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +88,12 @@ def parse_csv(text: str) -> dict[str, dict[str, float]]:
     out = {}
     for row in csv.DictReader(io.StringIO(text)):
         # "LRANGE_100 (first 100 elements)" -> lrange_100, the -t name
-        out[row["test"].split()[0].lower()] = {"rps": float(row["rps"]), "p50_ms": float(row["p50_latency_ms"]),
-                                    "p99_ms": float(row["p99_latency_ms"])}
+        test, rps = row["test"].split()[0].lower(), float(row["rps"])
+        # redis-benchmark divides by its elapsed whole milliseconds: a run shorter than one gives inf
+        if not math.isfinite(rps) or rps <= 0:
+            raise LabError(f"redis-benchmark gave {test.upper()} no rate (rps {row['rps']}): the run ended within "
+                           "its 1 ms clock - raise --requests")
+        out[test] = {"rps": rps, "p50_ms": float(row["p50_latency_ms"]), "p99_ms": float(row["p99_latency_ms"])}
     return out
 
 
