@@ -1,12 +1,15 @@
 """Server CPU per request of the same engines from two source trees, side by side.
 
     git worktree add /tmp/before 994c883^      # the tree before servers/loop.py
-    .venv/bin/python labs/bench/compare_trees.py /tmp/before/src src select,poll,epoll-lt 5
+    .venv/bin/python labs/bench/compare_trees.py /tmp/before/src src select,poll,epoll-lt --rounds 5
+    .venv/bin/python labs/bench/compare_trees.py /tmp/variant/src src uring --size 4096 --conns 100
 
 Each round runs the old and the new engine back to back (order flipped each round),
-server pinned to CPU0 and hpnlab-loadgen to CPU1, 100 connections x 64 B, 2 s window.
+server pinned to CPU0 and hpnlab-loadgen to CPU1, --conns connections x --size B
+(default 100 x 64), 2 s window.
 CPU is the server's utime+stime from /proc over the window (all threads).
 """
+import argparse
 import json
 import os
 import statistics
@@ -14,12 +17,20 @@ import subprocess
 import sys
 import time
 
+ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+ap.add_argument("before", help="the src directory of the tree to compare against")
+ap.add_argument("now", help="the src directory of the tree under test")
+ap.add_argument("engines", help="comma-separated engine names")
+ap.add_argument("--rounds", type=int, default=7)
+ap.add_argument("--size", type=int, default=64, help="message bytes")
+ap.add_argument("--conns", type=int, default=100)
+ARGS = ap.parse_args()
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TREES = {"before": os.path.abspath(sys.argv[1]), "now": os.path.abspath(sys.argv[2])}
+TREES = {"before": os.path.abspath(ARGS.before), "now": os.path.abspath(ARGS.now)}
 PY = sys.executable
 LOADGEN = os.path.join(REPO, "build", "hpnlab-loadgen")
-ENGINES = sys.argv[3].split(",")
-ROUNDS = int(sys.argv[4]) if len(sys.argv) > 4 else 7
+ENGINES = ARGS.engines.split(",")
+ROUNDS = ARGS.rounds
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -35,8 +46,8 @@ def one(tree, engine, port):
     try:
         line = srv.stderr.readline()
         assert "listening" in line, line
-        lg = subprocess.Popen(["taskset", "-c", "1", LOADGEN, "-p", str(port), "-c", "100", "-s", "64",
-                               "-t", "2", "-w", "1", "-L", "0.2"], stdout=subprocess.PIPE,
+        lg = subprocess.Popen(["taskset", "-c", "1", LOADGEN, "-p", str(port), "-c", str(ARGS.conns),
+                               "-s", str(ARGS.size), "-t", "2", "-w", "1", "-L", "0.2"], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
         c0 = c1 = None
         for ln in lg.stderr:

@@ -91,7 +91,8 @@ def test_the_stack_row_reads_its_cpu_against_the_same_reactor_on_the_kernel():
     assert "load average was 8.0 on 2 CPUs: a process that wants a CPU gets about 25% of one" in "\n".join(stack_md(d))
 
 
-HEADER = '"test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"\n'
+HEADER = ('"test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms",'
+          '"max_latency_ms"\n')
 
 
 def test_a_run_within_redis_benchmarks_millisecond_clock_is_refused_not_divided_by():

@@ -188,6 +188,7 @@ def timed_run(cfg: Config, srv: Side, cli: Side, pids: list[int], port: int, con
         "connected": res["connected"], "alive": res["alive"], "connect_errors": res["connect_errors"],
         "errors": res["errors"] + res["closed_by_peer"], "client_util": res["client_cpu"]["util"],
         "server_util": server_cpu / looked, "cpu_us_per_req": server_cpu * 1e6 / reqs, "sampled_s": looked,
+        "user_us_per_req": (s1.user_s - s0.user_s) * 1e6 / reqs,
         "ctxsw_vol_per_req": vol / reqs, "ctxsw_invol_per_req": invol / reqs,
         "rss_kib": max(s0.rss_kib, s1.rss_kib), "threads": s1.threads, "processes": len(pids),
         "foreign_cores": round(foreign, 3), "steal_cores": round(steal, 3),
@@ -263,6 +264,7 @@ def summarize(cell: dict) -> None:
         "runs_used": len(runs), "runs_disturbed": sum(1 for r in cell["runs"] if r.get("disturbed")),
         "p50_us": mid["lat_us"]["p50"], "p99_us": mid["lat_us"]["p99"], "p999_us": mid["lat_us"]["p999"],
         "cpu_us_per_req": round(statistics.median(r["cpu_us_per_req"] for r in runs), 2),
+        "user_us_per_req": round(statistics.median(r.get("user_us_per_req", 0.0) for r in runs), 2),
         "ctxsw_per_req": round(statistics.median(r["ctxsw_vol_per_req"] + r["ctxsw_invol_per_req"]
                                                  for r in runs), 3),
         "client_util": round(max(r["client_util"] for r in runs), 3),

@@ -33,12 +33,14 @@ class ProcSample:
     rss_kib: int
     threads: int
     at: float = 0.0       # when, in seconds of the host's own clock (CPU deltas need its intervals)
+    user_s: float = 0.0   # the user-space part of cpu_s (the rest is the kernel's, for this process)
 
 
 def _parse(stat: str, status: str, task_lines: str) -> ProcSample:
     """task_lines as `grep ctxt_switches /proc/PID/task/*/status` prints them."""
     fields = stat.rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / HZ       # utime, stime (fields 14, 15)
+    user = int(fields[11]) / HZ                          # utime, stime (fields 14, 15)
+    cpu = user + int(fields[12]) / HZ
     rss = threads = 0
     for line in status.splitlines():
         if line.startswith("VmRSS:"):
@@ -50,7 +52,7 @@ def _parse(stat: str, status: str, task_lines: str) -> ProcSample:
         path, key, value = line.split(":", 2)
         vol_invol = counts.setdefault(int(path.split("/")[4]), [0, 0])
         vol_invol[key != "voluntary_ctxt_switches"] = int(value)
-    return ProcSample(cpu, {tid: (v, i) for tid, (v, i) in counts.items()}, rss, threads)
+    return ProcSample(cpu, {tid: (v, i) for tid, (v, i) in counts.items()}, rss, threads, user_s=user)
 
 
 def switches_between(before: ProcSample, after: ProcSample) -> tuple[int, int]:
@@ -70,7 +72,8 @@ def _total(samples: list[ProcSample | None]) -> ProcSample | None:
         return None
     live = [s for s in samples if s is not None]
     return ProcSample(sum(s.cpu_s for s in live), {t: c for s in live for t, c in s.switches.items()},
-                      sum(s.rss_kib for s in live), sum(s.threads for s in live), samples[0].at)
+                      sum(s.rss_kib for s in live), sum(s.threads for s in live), samples[0].at,
+                      sum(s.user_s for s in live))
 
 
 def _pids(pid) -> list[int]:
