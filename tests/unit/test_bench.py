@@ -134,6 +134,16 @@ def test_goals_are_computed_from_the_cells():
                          "uring ≥ epoll-lt req/s @100 conns, 64 B"]
 
 
+def test_goals_about_engines_the_run_was_not_asked_for_are_left_out_and_a_failed_one_stays():
+    two = [_cell("uring", 100, 120.0), _cell("epoll-lt", 100, 110.0)]        # --engines uring,epoll-lt
+    assert [row["goal"] for row in writeup.goals(two)] == ["uring ≥ epoll-lt req/s @100 conns, 64 B"]
+    failed_uvloop = {"engine": "uvloop", "conns": 100, "size": 64, "status": "failed", "reason": "no uvloop"}
+    g = {row["goal"]: row for row in writeup.goals(two + [failed_uvloop])}
+    assert g["best hpnlab engine ≥ uvloop req/s @100 conns, 64 B"]["pass"] is None     # asked for: n/a
+    only_peers = [_cell("uvloop", 100, 100.0), _cell("asyncio", 100, 60.0)]
+    assert writeup.goals(only_peers) == []
+
+
 def _full(engine, rps, cpu, util=1.0, ctxsw=0.0, workers=None, client=0.5):
     return {"engine": engine, "workers": workers, "conns": 100, "size": 64, "status": "ok", "rps": rps,
             "cpu_us_per_req": cpu, "server_util": util, "client_util": client, "ctxsw_per_req": ctxsw,
