@@ -670,14 +670,13 @@ def _big_messages(cells: list[dict], conns: int, size: int) -> str:
             + (", so it is a smaller share of a bigger request. " if saved < saved_s else
                " (here the saving did not shrink with the message, though). "))
     if all(c.get("user_us_per_req") for c in (ur, lt, ur_s, lt_s)):
-        def kern(c):
-            return c["cpu_us_per_req"] - c["user_us_per_req"]
+        k_ur, k_lt, k_ur_s, k_lt_s = (c["cpu_us_per_req"] - c["user_us_per_req"] for c in (ur, lt, ur_s, lt_s))
         text += (f"Split: user space (Python) uring {ur['user_us_per_req']:.2f} vs epoll-lt "
-                 f"{lt['user_us_per_req']:.2f} µs, kernel {kern(ur):.2f} vs {kern(lt):.2f} µs; from {size} B to "
-                 f"{big} B the kernel part grew {kern(ur) - kern(ur_s):+.2f} µs under uring and "
-                 f"{kern(lt) - kern(lt_s):+.2f} µs under epoll-lt"
+                 f"{lt['user_us_per_req']:.2f} µs, kernel {k_ur:.2f} vs {k_lt:.2f} µs; from {size} B to "
+                 f"{big} B the kernel part grew {k_ur - k_ur_s:+.2f} µs under uring and "
+                 f"{k_lt - k_lt_s:+.2f} µs under epoll-lt"
                  + (" - the provided buffers, the completion batches and the sends from the buffer cost "
-                    "no more per byte than epoll's recv/send. " if kern(ur) - kern(ur_s) <= kern(lt) - kern(lt_s)
+                    "no more per byte than epoll's recv/send. " if k_ur - k_ur_s <= k_lt - k_lt_s
                     else " - io_uring's path costs more per byte here (provided buffers cycled through "
                     "cache, sends from lent buffers). "))
     bound = [c for c in (ur, lt) if (c.get("client_util") or 0) > CLIENT_BOUND]

@@ -91,8 +91,8 @@ def parse_csv(text: str) -> dict[str, dict[str, float]]:
         test, rps = row["test"].split()[0].lower(), float(row["rps"])
         # redis-benchmark divides by its elapsed whole milliseconds: a run shorter than one gives inf
         if not math.isfinite(rps) or rps <= 0:
-            raise LabError(f"redis-benchmark gave {test.upper()} no rate (rps {row['rps']}): the run ended within "
-                           "its 1 ms clock - raise --requests")
+            why = "the run ended within its 1 ms clock" if math.isinf(rps) else "no request was timed"
+            raise LabError(f"redis-benchmark gave {test.upper()} no rate (rps {row['rps']}): {why} - raise --requests")
         out[test] = {"rps": rps, "p50_ms": float(row["p50_latency_ms"]), "p99_ms": float(row["p99_latency_ms"])}
     return out
 
