@@ -322,6 +322,29 @@ def test_run_workers_forks_and_reports_worst_status():
     assert coro.run_workers(2, lambda i: coro.run(coro.sleep(0.01))) == 0
 
 
+def test_a_worker_the_forwarded_sigterm_ends_before_it_has_a_handler_stopped_cleanly():
+    """`python -m hpnlab.servers ENGINE --workers N` stopped while its workers start: a worker
+    that has no handler yet dies by the SIGTERM's default action, which is the stop asked
+    for (exit 0), not a failure (241)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+    code = r'''
+import os, signal, sys, time
+from hpnlab.coro.multicore import run_workers
+sys.exit(run_workers(2, lambda i: time.sleep(30), after_fork=lambda: os.kill(os.getpid(), signal.SIGTERM)))
+'''
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True)
+    try:
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 def test_run_workers_forwards_a_sigterm_that_comes_while_forking():
     """A SIGTERM between the forks and the forwarding handler reaches every worker."""
     import os

@@ -27,8 +27,10 @@ def run_workers(n: int, target: Callable[[int], int | None],
     # workers serving. A signal that came meanwhile is delivered once unblocked.
     signals = (signal.SIGTERM, signal.SIGINT)
     pids: list[int] = []
+    forwarded: set[int] = set()
 
     def forward(signum, frame):
+        forwarded.add(signum)
         for p in pids:
             try:
                 os.kill(p, signum)
@@ -62,16 +64,19 @@ def run_workers(n: int, target: Callable[[int], int | None],
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     try:
-        return _reap(pids)
+        return _reap(pids, forwarded)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
 
 
-def _reap(pids: list[int]) -> int:
+def _reap(pids: list[int], forwarded: set[int]) -> int:
     """Wait for every worker; the worst exit status. The wait is a Loop on the workers'
     pidfds that a signal wakes too, so a SIGTERM landing just before the wait's syscall
-    is forwarded at once (a blocking waitpid would sit on it until a worker ended)."""
+    is forwarded at once (a blocking waitpid would sit on it until a worker ended).
+
+    A worker that the forwarded signal itself ended stopped as asked: one that had not
+    installed a handler yet (still starting) has the default action, and dies by it."""
     loop = Loop("epoll")
     loop.wake_on_signals()
     worst, left = 0, len(pids)
@@ -81,7 +86,8 @@ def _reap(pids: list[int]) -> int:
         loop.forget(pidfd)
         os.close(pidfd)
         _, status = os.waitpid(pid, 0)
-        worst = max(worst, os.waitstatus_to_exitcode(status) & 0xFF)
+        code = os.waitstatus_to_exitcode(status)
+        worst = max(worst, 0 if -code in forwarded else code & 0xFF)
         left -= 1
         if not left:
             loop.stop()
