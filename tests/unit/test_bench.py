@@ -646,3 +646,27 @@ def test_a_cell_s_median_uses_the_undisturbed_runs_only_when_they_are_at_least_h
     assert busy["rps"] == 40000 and busy["runs_used"] == 7 and busy["runs_disturbed"] == 6
     quiet = cell([run(80000, False)] * 4 + [run(40000, True)] * 3)
     assert quiet["rps"] == 80000 and quiet["runs_used"] == 4
+
+
+def test_a_goals_paired_rounds_leave_out_disturbed_ones_only_when_they_are_fewer_than_half():
+    """Loopback on a cloud VM: in the rounds where the hypervisor stole 0.8 of a core from one
+    engine's run, that run's req/s fell to half and the pair's ratio said nothing of the engines."""
+    from hpnlab.bench.writeup import paired_ratios
+
+    def runs(*rps_disturbed):
+        return {"runs": [{"round": i, "rps": rps, "disturbed": d} for i, (rps, d) in enumerate(rps_disturbed)]}
+    uring = runs((110, False), (50, True), (108, False), (112, False), (109, False))
+    lt = runs((100, False), (100, False), (100, False), (100, True), (100, False))
+    assert paired_ratios(uring, lt) == [1.1, 1.08, 1.09]          # rounds 1 and 3 left out
+    mostly_busy = runs((50, True), (50, True), (110, False))
+    assert len(paired_ratios(mostly_busy, runs((100, False), (100, False), (100, False)))) == 3
+
+
+def test_the_quiet_wait_counts_hypervisor_steal_as_load(monkeypatch):
+    from hpnlab.bench import procstat
+    said: list[str] = []
+    samples = iter([(0.05, 0.40), (0.05, 0.40), (0.05, 0.02)])
+    monkeypatch.setattr(procstat, "busy_fraction", lambda seconds=1.0: next(samples))
+    info = procstat.QuietWaiter(30.0, 0.25, said.append)()
+    assert info["steal_before"] == 0.02 and not next(samples, None)     # waited until the steal went
+    assert "40% stolen by the hypervisor" in said[0]

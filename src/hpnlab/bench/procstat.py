@@ -280,7 +280,8 @@ def busy_fraction(seconds: float = 1.0) -> tuple[float, float]:
 
 
 class QuietWaiter:
-    """Wait (up to max_wait s) before each cell until the machine is below `threshold` busy.
+    """Wait (up to max_wait s) before each cell until others' processes and the hypervisor's
+    steal together take less than `threshold` of the machine.
 
     Load average lags by a minute and counts our own just-finished run, so
     this samples /proc/stat directly (loadavg is still recorded). When a wait
@@ -298,11 +299,12 @@ class QuietWaiter:
         started = time.monotonic()
         limit = min(self.max_wait, 3.0) if self.busy_streak else self.max_wait
         busy, steal = busy_fraction(0.5)
-        if busy > self.threshold and limit > 0:
-            self.say(f"    machine {busy:.0%} busy with others' load; waiting up to {limit:g}s for quiet")
-        while busy > self.threshold and time.monotonic() - started < limit:
+        if busy + steal > self.threshold and limit > 0:
+            self.say(f"    machine {busy:.0%} busy with others' load, {steal:.0%} stolen by the hypervisor; "
+                     f"waiting up to {limit:g}s for quiet")
+        while busy + steal > self.threshold and time.monotonic() - started < limit:
             busy, steal = busy_fraction(1.0)
-        self.busy_streak = busy > self.threshold
+        self.busy_streak = busy + steal > self.threshold
         return {"busy_before": round(busy, 3), "steal_before": round(steal, 3),
                 "waited_s": round(time.monotonic() - started, 1),
                 "loadavg": open("/proc/loadavg").read().split()[:3]}

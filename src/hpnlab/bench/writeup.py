@@ -133,9 +133,12 @@ def plots(cells: list[dict], out: Path) -> list[str]:
 # -- goals ---------------------------------------------------------------------------
 def paired_ratios(a: dict, b: dict, key: str = "rps") -> list[float]:
     """a's req/s (or other `key`) over b's, one ratio per round in which both ran (their runs
-    back to back in that round, so under much the same load from others)."""
-    b_by_round = {r["round"]: r[key] for r in b.get("runs", []) if "round" in r and r.get(key)}
-    return [r[key] / b_by_round[r["round"]] for r in a.get("runs", []) if r.get("round") in b_by_round and r.get(key)]
+    back to back in that round, so under much the same load from others). Only the rounds in
+    which neither run was disturbed, when they are at least half (as a cell's median does)."""
+    b_by_round = {r["round"]: r for r in b.get("runs", []) if "round" in r and r.get(key)}
+    pairs = [(r, b_by_round[r["round"]]) for r in a.get("runs", []) if r.get("round") in b_by_round and r.get(key)]
+    clean = [(x, y) for x, y in pairs if not x.get("disturbed") and not y.get("disturbed")]
+    return [x[key] / y[key] for x, y in (clean if 2 * len(clean) >= len(pairs) else pairs)]
 
 
 def _spread_words(ahead: int, rounds: int) -> str:
@@ -738,9 +741,11 @@ def load_md(cells: list[dict], window: float | None = None) -> str:
     return "\n".join([
         "## Machine load during the runs", "",
         f"- other people's processes used {foreign[len(foreign) // 2]:.2f} cores in the median run "
-        f"(max {foreign[-1]:.2f}); {disturbed} of {len(runs)} runs were over the limit and repeated "
-        "(or kept, marked, when the repeat budget ran out)",
-        f"- hypervisor steal: median {steal[len(steal) // 2]:.2f} cores, max {steal[-1]:.2f}", *_host_md(runs),
+        f"(max {foreign[-1]:.2f}); hypervisor steal: median {steal[len(steal) // 2]:.2f} cores, "
+        f"max {steal[-1]:.2f}",
+        f"- {disturbed} of {len(runs)} runs lost more than the limit to the two together and were repeated "
+        "(or kept, marked, when the repeat budget ran out); a cell's median and a goal's paired rounds "
+        "leave them out when they are fewer than half", *_host_md(runs),
         f"- waited {sum(waits):.0f} s in total for a quiet machine before the {len(groups)} group(s); "
         f"1-min load average when they started: "
         + (f"{min(loads):.1f} – {max(loads):.1f}" if loads else "?"),
