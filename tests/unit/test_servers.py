@@ -79,8 +79,11 @@ class ServerProc:
             try:
                 self.popen.wait(10)
             except subprocess.TimeoutExpired:
-                print(f"{self.engine} did not stop in 10 s:", *process_states(self.pid), sep="\n  ")
-                self.popen.kill()
+                # (a worker of a coro --workers 2 server was once left serving, its handler installed:
+                # the server's stderr shows whether a Shutdown was raised where it could not propagate)
+                print(f"{self.engine} did not stop in 10 s:", *process_states(self.pid),
+                      f"stderr: {self.err.read_text(errors='replace')[-2000:]}", sep="\n  ")
+                os.killpg(self.pid, signal.SIGKILL)      # its session: workers too, none left serving
                 self.popen.wait(5)
         self.err.unlink(missing_ok=True)
         return self.popen.returncode
