@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from ..servers import ENGINES
 from . import loadgen, procstat
 from .sides import Side
-from .writeup import GOAL_PEERS, failures, label
+from .writeup import GOAL_PEERS, failures, label, undisturbed
 
 SELECT_LIMIT = 1024 - 24     # FD_SETSIZE minus the descriptors a Python process already holds
 
@@ -255,8 +255,7 @@ def summarize(cell: dict) -> None:
     # The runs others' load did not disturb, when they are at least half: on a machine that stayed
     # busy, the one quiet run of one engine against all runs of the next made its median 2x theirs
     # (loopback run 20261202-125039: epoll-lt 1 of 7 undisturbed, 78,628 req/s, vs uvloop 39,874)
-    clean = [r for r in cell["runs"] if not r.get("disturbed")]
-    runs = clean if 2 * len(clean) >= len(cell["runs"]) else cell["runs"]
+    runs = undisturbed(cell["runs"], lambda r: r.get("disturbed"))
     rps = [r["rps"] for r in runs]
     med = statistics.median(rps)
     mid = min(runs, key=lambda r: abs(r["rps"] - med))        # the run that represents the cell

@@ -9,7 +9,9 @@ from __future__ import annotations
 import csv
 import re
 import statistics
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..report import md_table
 
@@ -131,14 +133,20 @@ def plots(cells: list[dict], out: Path) -> list[str]:
 
 
 # -- goals ---------------------------------------------------------------------------
+def undisturbed(items: list, disturbed: Callable[[Any], bool]) -> list:
+    """The items nothing disturbed, when they are at least half, else all: on a machine that
+    stayed busy, one engine's one quiet run against all of the next's busy runs misleads."""
+    clean = [x for x in items if not disturbed(x)]
+    return clean if 2 * len(clean) >= len(items) else items
+
+
 def paired_ratios(a: dict, b: dict, key: str = "rps") -> list[float]:
     """a's req/s (or other `key`) over b's, one ratio per round in which both ran (their runs
     back to back in that round, so under much the same load from others). Only the rounds in
     which neither run was disturbed, when they are at least half (as a cell's median does)."""
     b_by_round = {r["round"]: r for r in b.get("runs", []) if "round" in r and r.get(key)}
     pairs = [(r, b_by_round[r["round"]]) for r in a.get("runs", []) if r.get("round") in b_by_round and r.get(key)]
-    clean = [(x, y) for x, y in pairs if not x.get("disturbed") and not y.get("disturbed")]
-    return [x[key] / y[key] for x, y in (clean if 2 * len(clean) >= len(pairs) else pairs)]
+    return [x[key] / y[key] for x, y in undisturbed(pairs, lambda p: p[0].get("disturbed") or p[1].get("disturbed"))]
 
 
 def _spread_words(ahead: int, rounds: int) -> str:
