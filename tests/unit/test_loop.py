@@ -4,13 +4,16 @@ Real sockets (socketpairs) and the real kernel demultiplexers, no mocks.
 """
 from __future__ import annotations
 
+import signal
 import socket
+import sys
 import threading
 import time
 
 import pytest
 
-from hpnlab.servers.loop import BACKENDS, Loop
+from hpnlab.servers import Shutdown
+from hpnlab.servers.loop import BACKENDS, Loop, StopHandler
 from hpnlab.servers.transport import Transport
 
 ALL = list(BACKENDS)
@@ -327,3 +330,30 @@ def test_edge_triggered_eof_behind_a_short_read_is_seen(pair):
     turns(loop, 3)
     assert closed == [t]
     loop.close()
+
+
+class SignalsInItsFinalizer:
+    """Dropped, it runs the SIGTERM handler inside __del__, where CPython loses whatever
+    the handler raises ("Exception ignored in ...")."""
+
+    def __del__(self):
+        signal.raise_signal(signal.SIGTERM)
+
+
+def test_a_stop_whose_exception_a_finalizer_swallowed_still_ends_the_loop(monkeypatch):
+    lost = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: lost.append(unraisable.exc_type))
+    loop = Loop("epoll")
+    loop.wake_on_signals()
+    timed_out = []
+    loop.call_later(5, lambda: (timed_out.append(True), loop.stop()))
+    loop.call_soon(SignalsInItsFinalizer)          # made and dropped by the call
+    old = signal.signal(signal.SIGTERM, StopHandler(Shutdown))
+    try:
+        with pytest.raises(Shutdown):
+            loop.run_forever()
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        loop.close()
+    assert not timed_out
+    assert lost == [Shutdown]                      # the first raise was indeed lost

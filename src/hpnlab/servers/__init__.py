@@ -28,12 +28,15 @@ import errno
 import importlib
 import signal
 import socket
+import sys
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import ClassVar
 
 from ..errors import HpnlabError
+from .loop import StopHandler
 from .protocols import ProtocolFactory
 
 # engine name -> module (names in the CLI use '-', modules '_'; a module that would share
@@ -74,7 +77,9 @@ class Shutdown(BaseException):
     epoll_wait/io_uring_enter (or on another thread) does not interrupt it and
     would wait for the next event. So every engine's main thread waits where
     the signal.set_wakeup_fd pipe wakes it (servers/loop.py: Loop.wake_on_signals,
-    SignalWakeup); asyncio and uvloop do the same in add_signal_handler.
+    SignalWakeup); asyncio and uvloop do the same in add_signal_handler. The
+    handler is a StopHandler: if the main thread was in a finalizer when it ran,
+    its exception was lost, and the pipe's drain raises it again.
     """
 
 
@@ -108,9 +113,12 @@ class Server(ABC):
         self.listener.close()
 
     def serve(self) -> None:
-        def on_signal(signum, frame):
-            raise Shutdown(signum)
+        on_signal = StopHandler(Shutdown)
         old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        # A Shutdown lost in a finalizer is raised again by the loop (StopHandler): not
+        # worth the "Exception ignored" traceback CPython would print on a clean stop.
+        report_unraisable = sys.unraisablehook
+        sys.unraisablehook = partial(_unless_shutdown, report_unraisable)
         try:
             self.serve_forever()
         except Shutdown:
@@ -121,6 +129,12 @@ class Server(ABC):
             self.close()
             for s, h in old.items():
                 signal.signal(s, h)
+            sys.unraisablehook = report_unraisable
+
+
+def _unless_shutdown(report: Callable, unraisable) -> None:
+    if not isinstance(unraisable.exc_value, Shutdown):
+        report(unraisable)
 
 
 def missing_module(module: str) -> str | None:

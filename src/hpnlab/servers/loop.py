@@ -54,6 +54,12 @@ wait's syscall (or on another thread) only sets a flag, and the handler
 would wait for the next event. `loop.wake_on_signals()` closes that gap
 the way asyncio does: signal.set_wakeup_fd makes the C-level handler write
 a byte to a pipe this loop watches, so the wait returns and the handler runs.
+
+A stop can also be lost after its handler ran: the handler runs at whatever
+bytecode the main thread is at, and an exception it raises inside a finalizer
+(a `__del__`, a generator's close) is printed as "Exception ignored" and
+dropped. So a handler made by `StopHandler` is called again when the pipe is
+drained, from a plain loop callback, where its exception does propagate.
 """
 from __future__ import annotations
 
@@ -222,6 +228,19 @@ class TimerHandle:
         self.cancelled = True     # left in the heap, skipped when it comes up (lazy deletion)
 
 
+class StopHandler:
+    """A SIGTERM/SIGINT handler that unwinds the main thread by raising `exc_type(signum)`,
+    and raises it again from SignalWakeup.drain if the first one was lost in a finalizer
+    (see the module docstring). Once the stop is under way, the stopper sets the signal to
+    SIG_IGN (or back to its old handler): the drain then no longer raises."""
+
+    def __init__(self, exc_type: Callable[[int], BaseException]):
+        self.exc_type = exc_type
+
+    def __call__(self, signum: int, frame) -> None:
+        raise self.exc_type(signum)
+
+
 class SignalWakeup:
     """A non-blocking pipe that every signal with a Python handler writes a byte to
     (signal.set_wakeup_fd): a wait that watches `rfd` returns when a signal comes,
@@ -233,10 +252,15 @@ class SignalWakeup:
         self.previous = signal.set_wakeup_fd(self.wfd, warn_on_full_buffer=False)
 
     def drain(self) -> None:
+        """Empty the pipe; a StopHandler's signal in it raises (again) from here."""
         try:
-            os.read(self.rfd, 4096)          # more than that: the fd stays ready, read again
+            carried = os.read(self.rfd, 4096)  # more than that: the fd stays ready, read again
         except BlockingIOError:
-            pass
+            return
+        for signum in set(carried):
+            handler = signal.getsignal(signum)
+            if isinstance(handler, StopHandler):
+                handler(signum, None)
 
     def close(self) -> None:
         if self.wfd >= 0:
