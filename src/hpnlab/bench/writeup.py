@@ -140,13 +140,20 @@ def undisturbed(items: list, disturbed: Callable[[Any], bool]) -> list:
     return clean if 2 * len(clean) >= len(items) else items
 
 
-def paired_ratios(a: dict, b: dict, key: str = "rps") -> list[float]:
-    """a's req/s (or other `key`) over b's, one ratio per round in which both ran (their runs
-    back to back in that round, so under much the same load from others). Only the rounds in
-    which neither run was disturbed, when they are at least half (as a cell's median does)."""
+def paired_rounds(a: dict, b: dict, key: str = "rps") -> list[tuple[float, bool]]:
+    """(a's req/s (or other `key`) over b's, whether either run was disturbed), one per round in
+    which both ran (their runs back to back in that round, so under much the same load from
+    others). Only the rounds in which neither run was disturbed, when they are at least half
+    (as a cell's median does)."""
     b_by_round = {r["round"]: r for r in b.get("runs", []) if "round" in r and r.get(key)}
-    pairs = [(r, b_by_round[r["round"]]) for r in a.get("runs", []) if r.get("round") in b_by_round and r.get(key)]
-    return [x[key] / y[key] for x, y in undisturbed(pairs, lambda p: p[0].get("disturbed") or p[1].get("disturbed"))]
+    pairs = [(x[key] / b_by_round[x["round"]][key], bool(x.get("disturbed") or b_by_round[x["round"]].get("disturbed")))
+             for x in a.get("runs", []) if x.get("round") in b_by_round and x.get(key)]
+    return undisturbed(pairs, lambda p: p[1])
+
+
+def paired_ratios(a: dict, b: dict, key: str = "rps") -> list[float]:
+    """paired_rounds' ratios alone."""
+    return [ratio for ratio, _ in paired_rounds(a, b, key)]
 
 
 def _spread_words(ahead: int, rounds: int) -> str:
@@ -176,11 +183,13 @@ def _faster(goal: str, a: dict | None, b: dict | None) -> dict:
     row = {"goal": goal, "measured": f"{_rps_spread(a)} / {_rps_spread(b)}" if a and b else "n/a",
            "ratio": r, "pass": None if r is None else r >= 1.0,
            "cpu_ratio": cap, "cpu_pass": None if cap is None else cap >= 1.0}
-    pairs = sorted(paired_ratios(a, b)) if a and b else []
+    rounds = paired_rounds(a, b) if a and b else []
+    pairs = sorted(ratio for ratio, _ in rounds)
     if len(pairs) >= 2:
         mid = statistics.median(pairs)
         wins = sum(1 for x in pairs if x >= 1.0)
         row.update(paired=mid, paired_min=pairs[0], paired_max=pairs[-1], rounds=len(pairs),
+                   disturbed_rounds=sum(1 for _, disturbed in rounds if disturbed),
                    beyond_spread=wins in (0, len(pairs)), spread=_spread_words(wins, len(pairs)))
         row["pass"] = mid >= 1.0
     costs = sorted(paired_ratios(b, a, "cpu_us_per_req")) if a and b else []   # b's cost / a's
@@ -808,8 +817,9 @@ def goals_md(rows: list[dict]) -> str:
     def paired(g: dict) -> str:
         if "paired" not in g:
             return ""
+        disturbed = f" ({g['disturbed_rounds']} disturbed)" if g.get("disturbed_rounds") else ""
         return (f"{g['paired']:.2f} [{g['paired_min']:.2f}–{g['paired_max']:.2f}], "
-                f"{g['rounds']} rounds; {g['spread']}")
+                f"{g['rounds']} rounds{disturbed}; {g['spread']}")
 
     def per_cpu(g: dict) -> str:
         if g.get("cpu_ratio") is None:
@@ -824,6 +834,8 @@ def goals_md(rows: list[dict]) -> str:
                        mark[g.get("cpu_pass")] if "cpu_pass" in g else ""] for g in rows], align="llllclc")
     inside = [g["goal"] for g in rows if g.get("beyond_spread") is False]
     by_cost = [g["goal"] for g in rows if g.get("beyond_spread") is False and g.get("cpu_beyond_spread")]
+    # A goal whose rounds were mostly disturbed kept them all (undisturbed): the machine set its req/s.
+    busy = [g["goal"] for g in rows if 2 * g.get("disturbed_rounds", 0) > g.get("rounds", 0)]
     return ("## Performance goals (this run)\n\n"
             "The goals are about req/s measured in one run. The engines a goal compares ran back to back "
             "in every round (their order flipped each round), so each round gives one ratio of two runs "
@@ -837,4 +849,9 @@ def goals_md(rows: list[dict]) -> str:
                + (f" By server CPU per request, {len(by_cost)} of them differed beyond the spread (every round "
                   "on one side of 1; the last two columns say which way): " + "; ".join(by_cost) + "."
                   if by_cost else "")
-               if inside else ""))
+               if inside else "")
+            + ("\n\n" + f"{len(busy)} goal(s) rest on rounds most of which were disturbed (a run lost more "
+               "cores than the limit to steal or others' processes; see Machine load during the runs), so "
+               "they were kept and the machine's load, more than the engines, set their req/s ratio: "
+               + "; ".join(busy) + "."
+               if busy else ""))

@@ -192,7 +192,8 @@ def run(args) -> int:
                              "failed": result["failed"]})
     for g in result["goals"]:
         mark = {True: "[green]PASS[/green]", False: "[yellow]FAIL[/yellow]", None: "n/a"}[g["pass"]]
-        paired = (f"; paired {g['paired']:.2f} [{g['paired_min']:.2f}–{g['paired_max']:.2f}], {g['spread']}"
+        disturbed = f", {g['disturbed_rounds']} of {g['rounds']} rounds disturbed" if g.get("disturbed_rounds") else ""
+        paired = (f"; paired {g['paired']:.2f} [{g['paired_min']:.2f}–{g['paired_max']:.2f}], {g['spread']}{disturbed}"
                   if "paired" in g else "")
         console.print(f"  {mark} {g['goal']}: {g['measured']}{paired}")
     console.print(f"report: {result['dir']}/report.md")
