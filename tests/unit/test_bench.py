@@ -412,6 +412,25 @@ def test_the_engines_a_goal_compares_run_back_to_back_and_take_turns_first():
     assert [o[0] for o in orders] == ["threads", "uvloop", "coro", "epoll-procs×2"]   # the blocks rotate
 
 
+def test_an_engine_run_again_for_disturbance_brings_its_goal_peers():
+    """Steal through all of uring's runs but not epoll-lt's: repeating uring alone would add no
+    round in which both ran, so the goal's pairs would all stay disturbed."""
+    from hpnlab.bench.iomodels import rerun_order
+    calm, noisy = {"disturbed": False}, {"disturbed": True}
+    names = ["threads", "epoll-lt", "uring", "uvloop", "coro", "greenlet"]
+    cells = {n: {"runs": [calm, calm, calm]} for n in names}
+    cells["uring"]["runs"] = [noisy, noisy, noisy]
+    cells["threads"]["runs"] = [noisy, calm, calm]      # calm enough: 2 of 2 wanted
+    order = rerun_order(cells, names, 2, 0)
+    assert sorted(order) == ["epoll-lt", "uring", "uvloop"]
+    i = order.index("uring")
+    assert {order[i - 1], order[i + 1]} == {"epoll-lt", "uvloop"}            # still back to back
+    cells["uring"]["runs"] += [calm, calm]
+    assert rerun_order(cells, names, 2, 1) == []                              # enough: nothing more
+    cells["threads"]["runs"] = [noisy, noisy]
+    assert rerun_order(cells, names, 2, 1) == ["threads"]                     # no goal: alone
+
+
 def _runs(*rps):
     return [{"round": r, "rps": x} for r, x in enumerate(rps)]
 

@@ -351,14 +351,27 @@ def round_order(names: list[str], r: int) -> list[str]:
     blocks: list[list[str]] = []
     for n in names:
         if not any(n in b for b in blocks):
-            peers = next((p for p in GOAL_PEERS if n in p), (n,))
-            blocks.append([m for m in peers if m in names])
+            blocks.append(goal_block(n, names))
     return [n for b in rotated(blocks, r) for n in (b[::-1] if r % 2 else b)]
+
+
+def goal_block(name: str, names: list[str]) -> list[str]:
+    """`name` and the engines of `names` a goal compares it with (GOAL_PEERS)."""
+    return [m for m in next((p for p in GOAL_PEERS if name in p), (name,)) if m in names]
 
 
 def wants_rerun(runs: list[dict], repeats: int) -> bool:
     """Some runs were disturbed (others' load, hypervisor steal) and fewer than `repeats` were not."""
     return sum(1 for x in runs if not x["disturbed"]) < repeats and any(x["disturbed"] for x in runs)
+
+
+def rerun_order(cells: dict[str, dict], names: list[str], repeats: int, r: int) -> list[str]:
+    """Extra round r's runs: the engines that want a rerun, each with its goal peers, in round
+    r's order. A goal pairs runs by round, so an engine repeated alone adds no pair: when the
+    hypervisor stole through all of uring's runs but not epoll-lt's, the goal was left with
+    disturbed pairs only (the full loopback grid of 2026-12-03)."""
+    again = {m for n in names if wants_rerun(cells[n]["runs"], repeats) for m in goal_block(n, names)}
+    return [n for n in round_order(names, r) if n in again]
 
 
 class ServerPool:
@@ -475,11 +488,10 @@ def run_group(cfg: Config, conns: int, size: int, srv: Side, cli: Side, say=prin
                 if run is not None:
                     _record(cells[name], run | {"round": r}, conns, say)
         for extra in range(cfg.max_extra):      # repeat runs others' load disturbed
-            for name in round_order(pool.active(), extra):
-                if wants_rerun(cells[name]["runs"], cfg.repeats):
-                    run = pool.run(name, cfg.duration)
-                    if run is not None:
-                        _record(cells[name], run | {"round": cfg.repeats + extra}, conns, say)
+            for name in rerun_order(cells, pool.active(), cfg.repeats, extra):
+                run = pool.run(name, cfg.duration)
+                if run is not None:
+                    _record(cells[name], run | {"round": cfg.repeats + extra}, conns, say)
         if cfg.syscalls and srv.syscall_tool:
             for name in pool.active():
                 probe = pool.run(name, cfg.syscall_duration, probe=True)
@@ -717,7 +729,8 @@ def render(out, data: dict) -> None:
             f"{cfg['sizes']} B; pipeline depth {cfg['depth']}",
             f"- per (connections, size): a fresh server per engine; {cfg['repeats']} timed run(s) each of "
             f"{cfg['duration']:g} s after {cfg['warmup']:g} s warm-up, engines interleaved round-robin; runs "
-            f"that others' load disturbed are repeated (up to {cfg['max_extra']} extra); "
+            f"that others' load disturbed are repeated (up to {cfg['max_extra']} extra), with the engines a goal "
+            "pairs them with; "
             + (f"syscalls counted by {env.get('syscall_tool') or 'nothing (no perf/strace)'} in a separate "
                f"{cfg['syscall_duration']:g} s run" if cfg.get("syscalls", True) else "syscalls not counted"),
             *([f"- grid cut: {cfg['grid_note']}"] if cfg.get("grid_note") else []),
