@@ -219,9 +219,11 @@ def test_provisioned_idempotent_verified_and_dpdk_sends_across(vm_lab, tmp_path)
     provider, inv = vm_lab["provider"], tmp_path / "inventory"
     report = verify(provider, inv)
     assert report.ok, [c.__dict__ for c in report.failures] or report.errors
-    # one SSH connection a host, a shell command a check (it took 60 s with an Ansible module
-    # a check): ≤ 15 s on an idle machine, the margin for a busy one
-    assert report.seconds < 30, f"verify took {report.seconds:.1f}s for {len(report.checks)} checks"
+    # one SSH connection a host, a shell command a check (it took 60 s on an idle machine with
+    # an Ansible module a check): ≤ 15 s on an idle machine. `make test` runs the host tests
+    # beside these, and under hypervisor steal it took 35 s (2026-12-03): the bound still
+    # tells one connection a host from a module a check.
+    assert report.seconds < 45, f"verify took {report.seconds:.1f}s for {len(report.checks)} checks"
     passed = {(c.host, c.check) for c in report.checks if c.status == "passed"}
     dpdk_if = provider.lab.hosts["h2"].dpdk_nic.ifname
     assert ("h2", f"dpdk NIC {dpdk_if} bound") in passed and ("h1", "tcp h2 over data") in passed
