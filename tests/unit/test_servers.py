@@ -521,6 +521,10 @@ def test_multi_epoll_workers_default_to_the_cpu_count():
     srv = ServerProc("epoll-threads")
     try:
         assert f"workers={os.cpu_count()}" in srv.err.read_text()
+        # "listening" comes before serve() starts the worker threads: on a busy machine, later
+        deadline = time.monotonic() + 10
+        while thread_count(srv.pid) < os.cpu_count() and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert thread_count(srv.pid) == os.cpu_count()
     finally:
         srv.stop()
