@@ -27,6 +27,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
 def process_states(pid: int) -> list[str]:
     """`pid` and its children: state, kernel wait channel and command (why a stop hangs)."""
     def one(p: str) -> str:
@@ -37,10 +41,10 @@ def process_states(pid: int) -> list[str]:
         except OSError as exc:
             return f"{p}: {exc}"
     try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        kids = children(pid)
     except OSError:
-        children = []
-    return [one(str(pid)), *(one(c) for c in children)]
+        kids = []
+    return [one(str(pid)), *(one(str(c)) for c in kids)]
 
 
 class ServerProc:
@@ -79,8 +83,6 @@ class ServerProc:
             try:
                 self.popen.wait(10)
             except subprocess.TimeoutExpired:
-                # (a worker of a coro --workers 2 server was once left serving, its handler installed:
-                # the server's stderr shows whether a Shutdown was raised where it could not propagate)
                 print(f"{self.engine} did not stop in 10 s:", *process_states(self.pid),
                       f"stderr: {self.err.read_text(errors='replace')[-2000:]}", sep="\n  ")
                 os.killpg(self.pid, signal.SIGKILL)      # its session: workers too, none left serving
@@ -329,10 +331,6 @@ def forks(case: list[str]) -> bool:
     return case[0] == "epoll-procs" or "--workers" in case and not engine_class(case[0]).parallel
 
 
-def children(pid: int) -> list[int]:
-    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-
-
 class ScriptedServers:
     """Every engine at once, each server started by `python -c script ENGINE...` (a script
     that sets a trap, then runs hpnlab.servers' main); `stop_all(send)` signals them and
@@ -458,15 +456,15 @@ def test_multicore_mode_serves_and_stops():
     try:
         # "listening" is the first worker's: on a busy machine the parent may fork the second after
         deadline = time.monotonic() + 10
-        while len(children := Path(f"/proc/{srv.pid}/task/{srv.pid}/children").read_text().split()) < 2:
-            assert time.monotonic() < deadline, children
+        while len(workers := children(srv.pid)) < 2:
+            assert time.monotonic() < deadline, workers
             time.sleep(0.01)
-        assert len(children) == 2
+        assert len(workers) == 2
         for i in range(20):
             assert echo_roundtrip(srv.port, b"m%d" % i) == b"m%d" % i
     finally:
         assert srv.stop() == 0
-    for pid in children:
+    for pid in workers:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
 
 
@@ -501,10 +499,10 @@ def test_multi_epoll_engines_run_their_workers(engine):
             c.settimeout(10)
             assert c.recv(100) == b"w%d" % i
         if engine == "epoll-procs":
-            children = [int(p) for p in Path(f"/proc/{srv.pid}/task/{srv.pid}/children").read_text().split()]
-            assert len(children) == 3
+            workers = children(srv.pid)
+            assert len(workers) == 3
             assert listening_sockets(srv.port) == 3
-            assert all(connection_fds(p) > 0 for p in children), "SO_REUSEPORT gave every worker connections"
+            assert all(connection_fds(p) > 0 for p in workers), "SO_REUSEPORT gave every worker connections"
         elif engine == "epoll-threads":
             assert thread_count(srv.pid) == 3
             assert listening_sockets(srv.port) == 3
