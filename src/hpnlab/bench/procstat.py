@@ -18,6 +18,7 @@ SSH (`snapshot`): one round trip per sample, not one per /proc file.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -279,6 +280,45 @@ def busy_fraction(seconds: float = 1.0) -> tuple[float, float]:
     return (b.busy - a.busy) / total, (b.steal - a.steal) / total
 
 
+PINGPONG = """
+import os, socket, sys, time
+a, b = socket.socketpair()
+cpus = sorted(os.sched_getaffinity(0))
+if os.fork() == 0:
+    a.close()
+    os.sched_setaffinity(0, {cpus[-1]})
+    try:
+        while data := b.recv(64):
+            b.sendall(data)
+    finally:
+        os._exit(0)     # also when the other end closed first
+b.close()
+os.sched_setaffinity(0, {cpus[0]})
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    a.sendall(b"x" * 64)
+    a.recv(64)
+a.close()
+os.wait()
+"""
+
+
+def steal_in_pingpong(seconds: float = 1.0) -> tuple[float, float]:
+    """(busy, steal) as fractions of all CPUs: others' processes over `seconds` while this machine is
+    idle, then the hypervisor's steal over `seconds` of a ping-pong between two CPUs, the kind of
+    traffic the bench makes. On the cloud VMs here steal comes with wake-ups (a vCPU that halted
+    waits for its core back): two spinners read 0-2 % while a ping-pong read 3-24 % and the bench's
+    runs lost 0.5-1.0 of the 2 cores, minutes on end (2026-12-03)."""
+    busy, _ = busy_fraction(seconds)
+    pingpong = subprocess.Popen([sys.executable, "-c", PINGPONG, str(seconds + 0.5)])
+    try:
+        time.sleep(0.2)             # both ends are running (a Python start takes ~30 ms)
+        _, steal = busy_fraction(seconds)
+    finally:
+        pingpong.wait(timeout=10)
+    return busy, steal
+
+
 class QuietWaiter:
     """Wait (up to max_wait s) before each cell until others' processes and the hypervisor's
     steal together take less than `threshold` of the machine.
@@ -289,21 +329,25 @@ class QuietWaiter:
     short look until it is quiet again: on a shared machine that stays busy,
     waiting the full time before each of 100 cells would take an hour and
     change nothing; the per-run "others' CPU" check still catches disturbance.
+    `probe(seconds)` reads (busy, steal): steal_in_pingpong where the server's
+    CPUs are this machine's, since an idle machine shows no steal.
     """
 
-    def __init__(self, max_wait: float, threshold: float = 0.25, say=print):
+    def __init__(self, max_wait: float, threshold: float = 0.25, say=print, probe=None):
         self.max_wait, self.threshold, self.say = max_wait, threshold, say
+        # (busy, steal) = probe(seconds); with nothing to wait for, a look at /proc/stat is enough
+        self.probe = probe if probe and max_wait > 0 else busy_fraction
         self.busy_streak = False
 
     def __call__(self) -> dict:
         started = time.monotonic()
         limit = min(self.max_wait, 3.0) if self.busy_streak else self.max_wait
-        busy, steal = busy_fraction(0.5)
+        busy, steal = self.probe(0.5)
         if busy + steal > self.threshold and limit > 0:
             self.say(f"    machine {busy:.0%} busy with others' load, {steal:.0%} stolen by the hypervisor; "
                      f"waiting up to {limit:g}s for quiet")
         while busy + steal > self.threshold and time.monotonic() - started < limit:
-            busy, steal = busy_fraction(1.0)
+            busy, steal = self.probe(1.0)
         self.busy_streak = busy + steal > self.threshold
         return {"busy_before": round(busy, 3), "steal_before": round(steal, 3),
                 "waited_s": round(time.monotonic() - started, 1),

@@ -133,27 +133,30 @@ def plots(cells: list[dict], out: Path) -> list[str]:
 
 
 # -- goals ---------------------------------------------------------------------------
-def undisturbed(items: list, disturbed: Callable[[Any], bool]) -> list:
-    """The items nothing disturbed, when they are at least half, else all: on a machine that
-    stayed busy, one engine's one quiet run against all of the next's busy runs misleads."""
+def undisturbed(items: list, disturbed: Callable[[Any], bool], enough: int | None = None) -> list:
+    """The items nothing disturbed, when they are at least half (or at least `enough`: the runs a
+    cell was asked for), else all: on a machine that stayed busy, one engine's one quiet run
+    against all of the next's busy runs misleads."""
     clean = [x for x in items if not disturbed(x)]
-    return clean if 2 * len(clean) >= len(items) else items
+    return clean if 2 * len(clean) >= len(items) or (enough and len(clean) >= enough) else items
 
 
-def paired_rounds(a: dict, b: dict, key: str = "rps") -> list[tuple[float, bool]]:
-    """(a's req/s (or other `key`) over b's, whether either run was disturbed), one per round in
-    which both ran (their runs back to back in that round, so under much the same load from
-    others). Only the rounds in which neither run was disturbed, when they are at least half
-    (as a cell's median does)."""
+def paired_rounds(a: dict, b: dict, key: str = "rps") -> list[tuple[float, bool, int]]:
+    """(a's req/s (or other `key`) over b's, whether either run was disturbed, the round), one per
+    round in which both ran (their runs back to back in that round, so under much the same load
+    from others). Only the rounds in which neither run was disturbed, when they are at least half
+    or as many as the rounds asked for (as a cell's median does)."""
     b_by_round = {r["round"]: r for r in b.get("runs", []) if "round" in r and r.get(key)}
-    pairs = [(x[key] / b_by_round[x["round"]][key], bool(x.get("disturbed") or b_by_round[x["round"]].get("disturbed")))
+    pairs = [(x[key] / b_by_round[x["round"]][key],
+              bool(x.get("disturbed") or b_by_round[x["round"]].get("disturbed")), x["round"])
              for x in a.get("runs", []) if x.get("round") in b_by_round and x.get(key)]
-    return undisturbed(pairs, lambda p: p[1])
+    asked = [c["repeats"] for c in (a, b) if c.get("repeats")]
+    return undisturbed(pairs, lambda p: p[1], min(asked) if len(asked) == 2 else None)
 
 
 def paired_ratios(a: dict, b: dict, key: str = "rps") -> list[float]:
     """paired_rounds' ratios alone."""
-    return [ratio for ratio, _ in paired_rounds(a, b, key)]
+    return [ratio for ratio, _disturbed, _round in paired_rounds(a, b, key)]
 
 
 def _spread_words(ahead: int, rounds: int) -> str:
@@ -183,13 +186,17 @@ def _faster(goal: str, a: dict | None, b: dict | None) -> dict:
     row = {"goal": goal, "measured": f"{_rps_spread(a)} / {_rps_spread(b)}" if a and b else "n/a",
            "ratio": r, "pass": None if r is None else r >= 1.0,
            "cpu_ratio": cap, "cpu_pass": None if cap is None else cap >= 1.0}
+    if a and b:
+        row["pair"] = [[c["engine"], c.get("workers")] for c in (a, b)]
     rounds = paired_rounds(a, b) if a and b else []
-    pairs = sorted(ratio for ratio, _ in rounds)
-    if len(pairs) >= 2:
+    pairs = sorted(ratio for ratio, _disturbed, _round in rounds)
+    if len(pairs) >= 2 and a and b:
         mid = statistics.median(pairs)
         wins = sum(1 for x in pairs if x >= 1.0)
+        rechecked = max(a.get("rechecked_from", float("inf")), b.get("rechecked_from", float("inf")))
         row.update(paired=mid, paired_min=pairs[0], paired_max=pairs[-1], rounds=len(pairs),
-                   disturbed_rounds=sum(1 for _, disturbed in rounds if disturbed),
+                   disturbed_rounds=sum(1 for _, disturbed, _r in rounds if disturbed),
+                   rechecked_rounds=sum(1 for _, _d, r in rounds if r >= rechecked),
                    beyond_spread=wins in (0, len(pairs)), spread=_spread_words(wins, len(pairs)))
         row["pass"] = mid >= 1.0
     costs = sorted(paired_ratios(b, a, "cpu_us_per_req")) if a and b else []   # b's cost / a's
@@ -240,7 +247,15 @@ def goals(cells: list[dict]) -> list[dict]:
         ur = find(cells, "uring", 1000, size) or find(cells, "uring", 10000, size)
         rows.append((_lean(f"uring ≤ 8 KiB/conn @{ur['conns'] if ur else 1000} conns, {size} B", ur, 8.0),
                      {"uring"}))
-    return [r for r, engines in rows if _at(r["goal"]) in grid and engines <= asked]
+    for row, _engines in rows:
+        row["at"] = _at(row["goal"])
+    return [r for r, engines in rows if r["at"] in grid and engines <= asked]
+
+
+def unsettled(rows: list[dict]) -> list[dict]:
+    """The goals whose paired rounds were mostly disturbed (they were then all kept): the machine's
+    load, more than the engines, set their ratio."""
+    return [g for g in rows if 2 * g.get("disturbed_rounds", 0) > g.get("rounds", 0)]
 
 
 NOT_IN_GRID = ("Goals at a connection count or message size this run's grid did not hold, or about an engine "
@@ -817,9 +832,10 @@ def goals_md(rows: list[dict]) -> str:
     def paired(g: dict) -> str:
         if "paired" not in g:
             return ""
-        disturbed = f" ({g['disturbed_rounds']} disturbed)" if g.get("disturbed_rounds") else ""
+        notes = [f"{g[k]} {word}" for k, word in (("disturbed_rounds", "disturbed"),
+                                                   ("rechecked_rounds", "from the recheck")) if g.get(k)]
         return (f"{g['paired']:.2f} [{g['paired_min']:.2f}–{g['paired_max']:.2f}], "
-                f"{g['rounds']} rounds{disturbed}; {g['spread']}")
+                f"{g['rounds']} rounds{' (' + ', '.join(notes) + ')' if notes else ''}; {g['spread']}")
 
     def per_cpu(g: dict) -> str:
         if g.get("cpu_ratio") is None:
@@ -834,8 +850,8 @@ def goals_md(rows: list[dict]) -> str:
                        mark[g.get("cpu_pass")] if "cpu_pass" in g else ""] for g in rows], align="llllclc")
     inside = [g["goal"] for g in rows if g.get("beyond_spread") is False]
     by_cost = [g["goal"] for g in rows if g.get("beyond_spread") is False and g.get("cpu_beyond_spread")]
-    # A goal whose rounds were mostly disturbed kept them all (undisturbed): the machine set its req/s.
-    busy = [g["goal"] for g in rows if 2 * g.get("disturbed_rounds", 0) > g.get("rounds", 0)]
+    busy = [g["goal"] for g in unsettled(rows)]
+    rechecked = [g["goal"] for g in rows if g.get("rechecked_rounds")]
     return ("## Performance goals (this run)\n\n"
             "The goals are about req/s measured in one run. The engines a goal compares ran back to back "
             "in every round (their order flipped each round), so each round gives one ratio of two runs "
@@ -850,6 +866,11 @@ def goals_md(rows: list[dict]) -> str:
                   "on one side of 1; the last two columns say which way): " + "; ".join(by_cost) + "."
                   if by_cost else "")
                if inside else "")
+            + ("\n\n" + f"{len(rechecked)} goal(s) were measured again at the end of the grid, after a wait for "
+               "a quiet machine, because most of their rounds had been disturbed (only that, never the "
+               "verdict, triggers it); the rounds of both times are pooled as any are: the undisturbed ones "
+               "when they are at least half or as many as the repeats asked for: " + "; ".join(rechecked) + "."
+               if rechecked else "")
             + ("\n\n" + f"{len(busy)} goal(s) rest on rounds most of which were disturbed (a run lost more "
                "cores than the limit to steal or others' processes; see Machine load during the runs), so "
                "they were kept and the machine's load, more than the engines, set their req/s ratio: "

@@ -51,6 +51,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--port", type=tcp_port, default=7300)
     parser.add_argument("--quiet-wait", type=non_negative, default=60.0,
                         help="seconds to wait for a quiet machine before each cell")
+    parser.add_argument("--recheck-wait", type=non_negative, default=180.0,
+                        help="seconds to wait for a quiet machine before measuring again, at the end of the grid, "
+                             "the engines of a goal most of whose rounds were disturbed")
+    parser.add_argument("--no-recheck", action="store_true", help="do not measure such goals again")
     parser.add_argument("--no-syscalls", action="store_true", help="skip the perf/strace syscall count")
     parser.add_argument("--quick", action="store_true",
                         help="a fast smoke run: 100 connections, 64 B, 0.5 s, 1 repeat, no syscall count")
@@ -73,6 +77,7 @@ def rerun_argv(args, cfg, mode: str) -> list[str]:
     else:
         argv += ["--duration", f"{cfg.duration:g}", "--warmup", f"{cfg.warmup:g}",
                  "--repeats", str(cfg.repeats), "--quiet-wait", f"{cfg.quiet_wait:g}"]
+        argv += ["--recheck-wait", f"{cfg.recheck_wait:g}"] if cfg.recheck else ["--no-recheck"]
     argv += ["--depth", str(cfg.depth), "--port", str(cfg.port)]
     if mode == "lab":
         argv += ["--server-host", cfg.server_host, "--client-host", cfg.client_host, "--network", cfg.network]
@@ -101,6 +106,7 @@ def config_from(args) -> Config:
                           exit_code=2) from None
     cfg = Config(engines=engines, conns=conns, sizes=sizes, duration=args.duration, warmup=args.warmup,
                  repeats=args.repeats, depth=args.depth, port=args.port, quiet_wait=args.quiet_wait,
+                 recheck=not args.no_recheck, recheck_wait=args.recheck_wait,
                  syscalls=not args.no_syscalls, workers=workers, server_host=args.server_host,
                  client_host=args.client_host, network=args.network)
     if not args.quick and (args.conns, args.duration, args.repeats) == ("1,10,100,1000,10000", 3.0, 3):
@@ -123,7 +129,7 @@ def config_from(args) -> Config:
         if args.sizes == "64,4096":
             cfg.sizes = [64]
         cfg.duration, cfg.warmup, cfg.repeats, cfg.max_extra = 0.5, 0.2, 1, 0
-        cfg.quiet_wait, cfg.syscalls = 0.0, False
+        cfg.quiet_wait, cfg.syscalls, cfg.recheck = 0.0, False, False
         # the two looks at the server must both fall inside the window: through the look agent
         # one takes 0.1-0.9 s on a TCG guest, as the host gives its vCPU time
         cfg.emulated_grid = {"duration": 3.0}
@@ -193,6 +199,7 @@ def run(args) -> int:
     for g in result["goals"]:
         mark = {True: "[green]PASS[/green]", False: "[yellow]FAIL[/yellow]", None: "n/a"}[g["pass"]]
         disturbed = f", {g['disturbed_rounds']} of {g['rounds']} rounds disturbed" if g.get("disturbed_rounds") else ""
+        disturbed += f", {g['rechecked_rounds']} of {g['rounds']} from the recheck" if g.get("rechecked_rounds") else ""
         paired = (f"; paired {g['paired']:.2f} [{g['paired_min']:.2f}–{g['paired_max']:.2f}], {g['spread']}{disturbed}"
                   if "paired" in g else "")
         console.print(f"  {mark} {g['goal']}: {g['measured']}{paired}")
