@@ -254,9 +254,10 @@ def out_of_range(engine: str, conns: int) -> str | None:
 
 
 def summarize(cell: dict) -> None:
-    # The runs others' load did not disturb, when they are at least half: on a machine that stayed
-    # busy, the one quiet run of one engine against all runs of the next made its median 2x theirs
-    # (loopback run 20261202-125039: epoll-lt 1 of 7 undisturbed, 78,628 req/s, vs uvloop 39,874)
+    # The runs others' load did not disturb, when they are at least half or as many as the repeats
+    # asked for: on a machine that stayed busy, the one quiet run of one engine against all runs of
+    # the next made its median 2x theirs (loopback run 20261202-125039: epoll-lt 1 of 7
+    # undisturbed, 78,628 req/s, vs uvloop 39,874)
     runs = undisturbed(cell["runs"], lambda r: r.get("disturbed"), cell.get("repeats"))
     rps = [r["rps"] for r in runs]
     med = statistics.median(rps)

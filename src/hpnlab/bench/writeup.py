@@ -229,10 +229,13 @@ def goals(cells: list[dict]) -> list[dict]:
     for size in sorted({c["size"] for c in ok(cells)}):
         uv = find(cells, "uvloop", 100, size)
         ours = [c for c in ok(cells) if c["engine"] not in REFERENCES and c["conns"] == 100 and c["size"] == size]
-        best = max(ours, key=lambda c: c["rps"]) if ours else None
+        best = beside_uvloop(ours)
         row = _faster(f"best hpnlab engine ≥ uvloop req/s @100 conns, {size} B", best, uv)
         if best and uv:
-            row["measured"] = f"{name(best)} {row['measured']} (uvloop)"
+            fastest = max(ours, key=lambda c: c["rps"])
+            row["measured"] = f"{name(best)} {row['measured']} (uvloop)" + (
+                f"; {name(fastest)}'s median was higher, {fastest['rps']:,.0f}, but it did not run beside uvloop"
+                if fastest is not best else "")
         rows.append((row, {"uvloop", OURS}))
         for conns in (100, 10000):
             rows.append((_faster(f"coro ≥ greenlet req/s @{conns} conns, {size} B",
@@ -256,6 +259,17 @@ def unsettled(rows: list[dict]) -> list[dict]:
     """The goals whose paired rounds were mostly disturbed (they were then all kept): the machine's
     load, more than the engines, set their ratio."""
     return [g for g in rows if 2 * g.get("disturbed_rounds", 0) > g.get("rounds", 0)]
+
+
+def beside_uvloop(ours: list[dict]) -> dict | None:
+    """The fastest (by median req/s) of hpnlab's engines `ours` that ran back to back with uvloop
+    in every round (its GOAL_PEERS block), else of all of them: a paired ratio of two runs a
+    minute apart is not one. In the loopback grid of 2026-12-03 epoll-threads×2 had the highest
+    median at 100 x 64 B (118,572 against uvloop's 107,593) and a "paired" 0.99 of runs that
+    were not neighbours. Any engine of ours that reaches uvloop is enough for the goal: the best
+    one reaches at least as far."""
+    beside = [c for c in ours if any("uvloop" in p and c["engine"] in p for p in GOAL_PEERS)] or ours
+    return max(beside, key=lambda c: c["rps"]) if beside else None
 
 
 NOT_IN_GRID = ("Goals at a connection count or message size this run's grid did not hold, or about an engine "
@@ -293,16 +307,18 @@ def _ranking(cells: list[dict], conns: int, size: int) -> list[str]:
            f"{name(fast)} served {fast['rps'] / slow['rps']:.1f}× the requests of {name(slow)}; the cheapest per "
            f"request was {name(cheap)} at {_fmt(cheap, 'cpu_us_per_req', ' µs')} of server CPU."]
     if ours and refs:
-        best, ref = ours[0], refs[0]
+        best, ref = beside_uvloop(ours) or ours[0], refs[0]
         pairs = sorted(paired_ratios(best, ref))
-        if len(pairs) >= 2:       # as the goals decide it: round by round (see _faster)
+        if len(pairs) >= 2:       # as the goals decide it: round by round, of neighbours (see _faster)
             ahead = sum(1 for x in pairs if x >= 1.0)
             mid = statistics.median(pairs)
-            out[-1] += (f" The best hpnlab engine, {name(best)}, was {'ahead of' if mid >= 1.0 else 'behind'} "
+            who = "The best hpnlab engine" + (" run back to back with the peers" if best is not ours[0] else "")
+            out[-1] += (f" {who}, {name(best)}, was {'ahead of' if mid >= 1.0 else 'behind'} "
                         f"the best reference peer {name(ref)} by the median of the rounds' ratios "
                         f"({mid:.2f}× [{pairs[0]:.2f}–{pairs[-1]:.2f}]; {_spread_words(ahead, len(pairs))}; "
                         f"the ratio of the medians: {best['rps'] / ref['rps']:.2f}×).")
         else:
+            best = ours[0]
             verdict = "ahead of" if best["rps"] >= ref["rps"] else "behind"
             out[-1] += (f" The best hpnlab engine, {name(best)}, was {verdict} the best reference peer "
                         f"{name(ref)} ({best['rps'] / ref['rps']:.2f}×).")
