@@ -517,6 +517,15 @@ def test_the_uvloop_goal_pairs_uvloop_with_an_engine_that_ran_beside_it():
     assert row["pair"] == [["epoll-threads", 2], ["uvloop", None]] and "did not run beside" not in row["measured"]
 
 
+def test_a_cell_that_collapsed_to_no_requests_is_plotted(tmp_path):
+    """The full grid of 2026-12-03 (c128c99): threads at 10,000 x 64 B served 0 requests in its one
+    run, and the report died drawing its error bar (matplotlib: 'yerr' must not contain negative
+    values) after 38 minutes of runs."""
+    cells = [_full("threads", 0.0, 0.0) | {"conns": 10000, "rps_min": 0.0, "rps_max": 0.0},
+             _full("threads", 900.0, 9.0) | {"rps_min": 800.0, "rps_max": 1000.0}]
+    assert "throughput.png" in writeup.plots(cells, tmp_path) and (tmp_path / "throughput.png").stat().st_size > 0
+
+
 def test_lab_sides_problem_names_a_host_or_network_the_lab_lacks():
     from hpnlab.bench.iomodels import lab_sides_problem
     from hpnlab.topology import load_lab

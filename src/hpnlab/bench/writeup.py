@@ -111,8 +111,9 @@ def plots(cells: list[dict], out: Path) -> list[str]:
                 style = "--" if engine in REFERENCES else "-"
                 marker = "os^vD<>pP*X"[i % 11]
                 if key == "rps":
-                    lo = [y - p[2]["rps_min"] for y, p in zip(ys, pts)]
-                    hi = [p[2]["rps_max"] - y for y, p in zip(ys, pts)]
+                    # a cell that collapsed to 0 req/s is drawn at 1e-3: its bar must not go negative
+                    lo = [max(0.0, y - p[2]["rps_min"]) for y, p in zip(ys, pts)]
+                    hi = [max(0.0, p[2]["rps_max"] - y) for y, p in zip(ys, pts)]
                     ax.errorbar(xs, ys, yerr=[lo, hi], label=engine, linestyle=style, marker=marker,
                                 capsize=3, markersize=4)
                 else:
