@@ -604,25 +604,35 @@ def test_the_io_uring_reading_splits_user_and_kernel_and_names_a_client_bound_si
     assert "the client, not the server, set the req/s" not in dear
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _loopback_grid(cfg) -> tuple[list[dict], list[str]]:
+    """run_grid on loopback, as `hpnlab bench` runs it: (the cells, what it said)."""
+    from hpnlab.bench.iomodels import prepare, run_grid, sides_for
+    srv, cli, _hosts = sides_for("loopback")
+    said: list[str] = []
+    try:
+        assert prepare(cfg, srv, cli, said.append)[1] is None
+        return run_grid(cfg, srv, cli, said.append), said
+    finally:
+        srv.cleanup()
+        cli.cleanup()
+
+
 @pytest.mark.slow
 def test_an_engine_whose_looks_do_not_fit_its_window_runs_a_longer_one_from_then_on():
     """A 0.02 s window on loopback is too short for the two looks at the server (as a 4 s one is for
     looks over SSH at a busy TCG guest): the first run is repeated with a window that holds them, and
     the engine's later runs, in this group and the next, start with that window instead of failing."""
-    from hpnlab.bench.iomodels import Config, prepare, run_grid, sides_for
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from hpnlab.bench.iomodels import Config
+    port = _free_port()
     cfg = Config(engines=["epoll-lt"], conns=[5, 10], sizes=[64], duration=0.02, warmup=0.1, repeats=1,
                  quiet_wait=0, max_extra=0, syscalls=False, port=port)
-    srv, cli, _hosts = sides_for("loopback")
-    said: list[str] = []
-    try:
-        assert prepare(cfg, srv, cli, said.append)[1] is None
-        cells = run_grid(cfg, srv, cli, said.append)
-    finally:
-        srv.cleanup()
-        cli.cleanup()
+    cells, said = _loopback_grid(cfg)
     late = [m for m in said if "came after the 0.02 s window" in m]
     assert len(late) == 1, said                          # the first group only, not the next
     assert [len(c["runs"]) for c in cells] == [1, 1] and cfg.windows["epoll-lt"] >= 1.0
@@ -643,9 +653,7 @@ def test_sigterm_ends_a_run_with_the_report_of_the_groups_that_finished_and_exit
     are written up, the rest are failed cells that say why, and the exit status is 1."""
     import signal
     import time
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     proc = subprocess.Popen([os.path.join(os.path.dirname(os.sys.executable), "hpnlab"), "bench", "--mode",
                              "loopback", "--quick", "--engines", "epoll-lt", "--conns", "5,10", "--port", str(port),
                              "--results", str(tmp_path)],
@@ -787,22 +795,13 @@ def test_a_goal_whose_rounds_were_disturbed_is_measured_again_at_the_end_of_the_
     100 x 64 B rests on disturbed rounds, so after the grid its two engines, and only they, run
     again on fresh servers; their rounds join the old ones, numbered after every round the group
     ran, still in pairs."""
-    from hpnlab.bench.iomodels import Config, prepare, run_grid, sides_for
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from hpnlab.bench.iomodels import Config
+    port = _free_port()
     cfg = Config(engines=["epoll-lt", "threads", "uring"], conns=[100], sizes=[64], duration=0.3, warmup=0.1,
                  repeats=2, quiet_wait=0, max_extra=0, syscalls=False, port=port, disturbed_cores=-1.0,
                  recheck_wait=0)
-    srv, cli, _hosts = sides_for("loopback")
-    said: list[str] = []
     before = set(_children())
-    try:
-        assert prepare(cfg, srv, cli, said.append)[1] is None
-        cells = run_grid(cfg, srv, cli, said.append)
-    finally:
-        srv.cleanup()
-        cli.cleanup()
+    cells, said = _loopback_grid(cfg)
     by = {c["engine"]: c for c in cells}
     assert [c["status"] for c in cells] == ["ok"] * 3, [c.get("reason") for c in cells]
     assert [r["round"] for r in by["threads"]["runs"]] == [0, 1] and "rechecked_from" not in by["threads"]
