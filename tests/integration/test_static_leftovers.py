@@ -47,10 +47,17 @@ def _on(ns: str, *argv: str) -> str:
     return _sh("ip", "netns", "exec", ns, *argv)
 
 
+def _cmdline(pid: str) -> bytes:
+    """A process's command line; empty for one that ended after `ip netns pids` listed it."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return b""
+
+
 def _found(ns: str) -> dict:
     """What is on machine `ns`: its qdiscs, nftables tables, mangle rules and delay lines."""
-    delay_lines = [pid for pid in _sh("ip", "netns", "pids", ns).split()
-                   if b"hpnlab.impair.delayq" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    delay_lines = [pid for pid in _sh("ip", "netns", "pids", ns).split() if b"hpnlab.impair.delayq" in _cmdline(pid)]
     return {"qdiscs": _on(ns, "tc", "qdisc", "show", "dev", "lan0", "root") + _on(ns, "tc", "qdisc", "show", "dev",
                                                                                    "eth2", "root"),
             "tables": sorted(line.split(None, 1)[1] for line in _on(ns, "nft", "list", "tables").splitlines()),
