@@ -100,9 +100,10 @@ def test_a_killed_runs_impairments_go_and_nothing_else(static_lab):
         return subprocess.run([sys.executable, "-c", DRIVER, mode], cwd=work, env=env, capture_output=True,
                               text=True, timeout=120, check=True).stdout
 
-    def killed_run(meanwhile: bool = False) -> None:
+    def killed_run(meanwhile: bool = False) -> list[str]:
         """A run that impairs h1's data NIC and is killed with kill -9 meanwhile: its leftovers stay.
-        `meanwhile`: another run starts while it is live and leaves what it made alone."""
+        `meanwhile`: another run starts while it is live and leaves what it made alone. What the
+        run said before it was killed."""
         proc = subprocess.Popen([sys.executable, "-c", DRIVER, "wait"], cwd=work, env=env, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
@@ -119,6 +120,7 @@ def test_a_killed_runs_impairments_go_and_nothing_else(static_lab):
             proc.send_signal(signal.SIGKILL)
             proc.wait()
         assert _found(ns) == left
+        return said
 
     hpnlab("up")
     # the machine's own: a root qdisc on another NIC, an nftables table
@@ -132,7 +134,9 @@ def test_a_killed_runs_impairments_go_and_nothing_else(static_lab):
     assert "applied" in run("exit")
     assert _found(ns) == theirs
 
-    killed_run(meanwhile=True)      # ... and the next run removes its leftovers
+    # (the next run forgets its processes' records and names none: they ended with it)
+    assert not [line for line in killed_run(meanwhile=True) if "left by an earlier run" in line]
+    # ... and the next run removes a killed run's leftovers
     out = run("start")
     assert "left by an earlier run" in out and "ended delayq-lan0" in out and "nft table ip mangle" in out, out
     assert _found(ns) == theirs

@@ -373,11 +373,16 @@ def _undo(state: dict, progress: Progress, changes: bool = True) -> list[str]:
             # the group only while its exit-status file is missing: then the PID is still the lab's
             # (up to 1 s to end on TERM: a delay line lets its held packets go)
             pid = proc["pid"]
-            host.run(f"if [ ! -e {base}.rc ] && kill -0 {pid} 2>/dev/null; then kill -TERM -{pid} 2>/dev/null; "
-                     f"for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 {pid} 2>/dev/null || break; sleep 0.1; done; "
-                     f"kill -KILL -{pid} 2>/dev/null; fi; rm -f {base}.out {base}.err {base}.rc",
-                     timeout=SSH_TIMEOUT, check=False)
-            done.append(f"{name}: ended {proc['name']} (pid {proc['pid']})")
+            ended = host.run(
+                f"if [ ! -e {base}.rc ] && kill -0 {pid} 2>/dev/null; then echo running; "
+                f"kill -TERM -{pid} 2>/dev/null; "
+                f"for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 {pid} 2>/dev/null || break; sleep 0.1; done; "
+                f"kill -KILL -{pid} 2>/dev/null; fi; rm -f {base}.out {base}.err {base}.rc",
+                timeout=SSH_TIMEOUT, check=False)
+            # A process that had ended by itself (every one of a lab run that finished) only
+            # loses its record and files: naming it would report a leftover that was none.
+            if ended.stdout.startswith("running"):
+                done.append(f"{name}: ended {proc['name']} (pid {proc['pid']})")
         # after the delay lines ended: their rules pass packets on (--queue-bypass) meanwhile
         done += [f"{name}: removed {what}" for what in impair.sweep(
             host, nics.get(name, []), lambda table: is_lab_nft_table(table, lab))]
