@@ -368,21 +368,11 @@ def _undo(state: dict, progress: Progress, changes: bool = True) -> list[str]:
             else:
                 progress(f"{name}: not reachable ({why}): not looked at for impairments left there")
             continue
-        for proc in processes:
-            base = proc["stdout"].removesuffix(".out")
-            # the group only while its exit-status file is missing: then the PID is still the lab's
-            # (up to 1 s to end on TERM: a delay line lets its held packets go)
-            pid = proc["pid"]
-            ended = host.run(
-                f"if [ ! -e {base}.rc ] && kill -0 {pid} 2>/dev/null; then echo running; "
-                f"kill -TERM -{pid} 2>/dev/null; "
-                f"for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 {pid} 2>/dev/null || break; sleep 0.1; done; "
-                f"kill -KILL -{pid} 2>/dev/null; fi; rm -f {base}.out {base}.err {base}.rc",
-                timeout=SSH_TIMEOUT, check=False)
+        if processes:
+            still_ran = _end_processes(host, processes)
             # A process that had ended by itself (every one of a lab run that finished) only
             # loses its record and files: naming it would report a leftover that was none.
-            if ended.stdout.startswith("running"):
-                done.append(f"{name}: ended {proc['name']} (pid {proc['pid']})")
+            done += [f"{name}: ended {p['name']} (pid {p['pid']})" for p in processes if p["pid"] in still_ran]
         # after the delay lines ended: their rules pass packets on (--queue-bypass) meanwhile
         done += [f"{name}: removed {what}" for what in impair.sweep(
             host, nics.get(name, []), lambda table: is_lab_nft_table(table, lab))]
@@ -398,6 +388,23 @@ def _undo(state: dict, progress: Progress, changes: bool = True) -> list[str]:
         raise ProviderError(f"cannot reach {', '.join(failed)} to undo what the lab changed there; "
                             f"its record stays: run `hpnlab down` again once SSH works")
     return done
+
+
+def _end_processes(host: SshHost, processes: list[dict]) -> set[int]:
+    """End the recorded processes still running on `host` and remove their files, in one SSH
+    command (a bench records hundreds: one round trip each took a static `down` 25 s). Each one's
+    group goes only while its exit-status file is missing: then the PID is still the lab's. They get
+    up to 1 s to end on TERM (a delay line lets its held packets go). The PIDs that still ran."""
+    lines = ["live="]
+    for proc in processes:
+        base, pid = shlex.quote(proc["stdout"].removesuffix(".out")), int(proc["pid"])
+        lines.append(f"if [ ! -e {base}.rc ] && kill -0 {pid} 2>/dev/null; then echo {pid}; "
+                     f"kill -TERM -{pid} 2>/dev/null; live=\"$live {pid}\"; fi; rm -f {base}.out {base}.err {base}.rc")
+    lines.append('for i in 1 2 3 4 5 6 7 8 9 10; do left=; for p in $live; do kill -0 $p 2>/dev/null && left=1; done; '
+                 '[ -z "$left" ] && break; sleep 0.1; done')
+    lines.append("for p in $live; do kill -KILL -$p 2>/dev/null; done; true")
+    ran = host.run("\n".join(lines), timeout=SSH_TIMEOUT + 2, check=False)
+    return {int(word) for word in ran.stdout.split() if word.isdigit()}
 
 
 def _undo_argv(host: SshHost, change: dict) -> list[str] | None:
